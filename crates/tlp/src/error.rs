@@ -1,0 +1,47 @@
+//! Why a byte string is not an acceptable TLP.
+
+use thiserror::Error;
+
+/// A TLP that a receiver must treat as malformed (or cannot decode at all).
+///
+/// Parsing never panics; every way a buffer can be wrong maps to one of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum ParseError {
+    #[error("truncated TLP: {needed} bytes needed, {got} present")]
+    Truncated { needed: usize, got: usize },
+    #[error("TLP length mismatch: header implies {expected} bytes, buffer has {actual}")]
+    LengthMismatch { expected: usize, actual: usize },
+    #[error("reserved Fmt/Type combination: Fmt={fmt:#05b} Type={type_:#07b}")]
+    ReservedType { fmt: u8, type_: u8 },
+    #[error("TLP prefixes are not supported (Fmt=100)")]
+    UnsupportedPrefix,
+    #[error(
+        "byte enables first={first:#06b} last={last:#06b} are invalid for a {length_dw} DW request"
+    )]
+    InvalidByteEnables { first: u8, last: u8, length_dw: u16 },
+    #[error("64-bit address format used for address {address:#x} below 4 GiB")]
+    Address64Below4G { address: u64 },
+    #[error("request at {address:#x} of {length_dw} DW crosses a 4 KiB boundary")]
+    CrossesFourKiB { address: u64, length_dw: u16 },
+    #[error("length of {length_dw} DW is not allowed for this TLP type")]
+    InvalidLength { length_dw: u16 },
+    #[error("field {field} must be zero for this TLP type")]
+    FieldNotAllowed { field: &'static str },
+    #[error("reserved completion status {0:#05b}")]
+    ReservedCompletionStatus(u8),
+    #[error("reserved message routing {0:#05b}")]
+    ReservedMessageRouting(u8),
+    #[error("AtomicOp address {address:#x} is not aligned to its {operand_size}-byte operand")]
+    MisalignedAtomic { address: u64, operand_size: u64 },
+}
+
+/// Why a TLP repr cannot be written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum EmitError {
+    #[error("buffer of {got} bytes is too small for a {needed}-byte TLP")]
+    BufferTooSmall { needed: usize, got: usize },
+    #[error("the repr is not a valid TLP: {0}")]
+    Invalid(#[from] ParseError),
+    #[error("payload of {0} bytes is not a whole number of DWs in 4..=4096")]
+    BadPayloadLength(usize),
+}

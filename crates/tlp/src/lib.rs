@@ -1,0 +1,36 @@
+//! PCI Express Transaction Layer Packets, exact to the PCIe Base Specification's bit layout.
+//!
+//! - [`TlpPacket`]: a zero-copy view with checked field accessors.
+//! - [`Tlp`]: a typed, validated representation with [`Tlp::parse`] and [`Tlp::emit`].
+//! - [`split`]: MRRS/MPS/4 KiB request splitting and RCB completion splitting.
+//! - [`reassembly`]: completions back into the requester's buffer, with checks.
+//!
+//! Parsing never panics: any byte string either decodes or yields a [`ParseError`].
+
+pub mod byte_enables;
+pub mod error;
+pub mod packet;
+pub mod reassembly;
+pub mod repr;
+pub mod split;
+pub mod types;
+
+pub use byte_enables::{check_byte_enables, enabled_bytes, DwSpan};
+pub use error::{EmitError, ParseError};
+pub use packet::TlpPacket;
+pub use reassembly::{Progress, ReadReassembly, ReassemblyError};
+pub use repr::{
+    Atomic, Completion, ConfigRequest, Header, HeaderFlags, IoRequest, MemRead, MemWrite, Message,
+    Tlp, MAX_PAYLOAD,
+};
+pub use split::{
+    split_completions, split_read_completions, split_requests, CompletionChunk, MaxSize, Rcb,
+    RequestChunk,
+};
+pub use types::{
+    message_code, AtomicOp, Attributes, Bdf, CompletionStatus, Fmt, IntxPin, MessageRouting,
+    ProcessingHint, Tag,
+};
+
+#[cfg(feature = "strategies")]
+pub mod strategies;

@@ -1,0 +1,855 @@
+//! Typed, validated representation of a TLP (`parse` from bytes, `emit` into bytes).
+
+use core::fmt;
+
+use crate::byte_enables::check_byte_enables;
+use crate::error::{EmitError, ParseError};
+use crate::packet::{encode_length, type_code, TlpPacket};
+use crate::types::{
+    message_code, AtomicOp, Attributes, Bdf, CompletionStatus, Fmt, IntxPin, MessageRouting,
+    ProcessingHint, Tag,
+};
+
+/// Largest data payload a TLP can carry (Length = 1024 DW).
+pub const MAX_PAYLOAD: usize = 4096;
+
+/// DW0 fields that every TLP type has, apart from Fmt/Type/Length/TD which the repr
+/// derives from its header and payload.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct HeaderFlags {
+    /// TC, 0..=7.
+    pub traffic_class: u8,
+    pub attributes: Attributes,
+    /// LN: Lightweight Notification.
+    pub ln: bool,
+    /// EP: poisoned data.
+    pub poisoned: bool,
+    /// AT, 0..=3 (0 = untranslated).
+    pub address_type: u8,
+}
+
+/// Memory Read Request (MRd), or the locked variant MRdLk.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct MemRead {
+    pub requester: Bdf,
+    pub tag: Tag,
+    /// DW-aligned address; the 64-bit header is used exactly when it is >= 4 GiB.
+    pub address: u64,
+    /// 1..=1024.
+    pub length_dw: u16,
+    pub first_be: u8,
+    pub last_be: u8,
+    pub locked: bool,
+    /// With TH set the Steering Tag occupies the byte-enable byte and all bytes of the
+    /// range are read: `first_be` is then 0xf and `last_be` 0xf (0 for one DW).
+    pub hint: Option<ProcessingHint>,
+}
+
+/// Memory Write Request (MWr). MSI is a MWr to the address/data the host programmed.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct MemWrite {
+    pub requester: Bdf,
+    /// Posted requests need no tag; with TH set byte 6 is the Steering Tag and only
+    /// the tag's T9/T8 bits are carried.
+    pub tag: Tag,
+    pub address: u64,
+    pub first_be: u8,
+    pub last_be: u8,
+    pub hint: Option<ProcessingHint>,
+}
+
+/// I/O Read or Write Request (always 3DW, one DW).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct IoRequest {
+    pub requester: Bdf,
+    pub tag: Tag,
+    pub address: u32,
+    pub first_be: u8,
+}
+
+/// Configuration Read or Write Request, Type 0 or Type 1 (always 3DW, one DW).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct ConfigRequest {
+    pub type1: bool,
+    pub requester: Bdf,
+    pub tag: Tag,
+    pub target: Bdf,
+    /// DW-aligned byte offset into the 4 KiB configuration space.
+    pub register: u16,
+    pub first_be: u8,
+}
+
+/// Completion (Cpl/CplD, CplLk/CplDLk): data present exactly when the payload is not empty.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Completion {
+    pub completer: Bdf,
+    pub status: CompletionStatus,
+    /// Byte Count Modified (set only by PCI-X completers).
+    pub bcm: bool,
+    /// Remaining byte count including this completion, 1..=4096.
+    pub byte_count: u16,
+    pub requester: Bdf,
+    pub tag: Tag,
+    /// Low 7 bits of the byte address of the first byte returned (0 for I/O and config).
+    pub lower_address: u8,
+    pub locked: bool,
+}
+
+/// Message (Msg) or Message with data (MsgD); always a 4DW header.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Message {
+    pub requester: Bdf,
+    pub tag: Tag,
+    pub code: u8,
+    pub routing: MessageRouting,
+    /// Header bytes 8..16: an address, a destination ID and vendor fields, or reserved.
+    pub body: [u8; 8],
+}
+
+/// AtomicOp Request: FetchAdd, Swap or CAS.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Atomic {
+    pub op: AtomicOp,
+    pub requester: Bdf,
+    pub tag: Tag,
+    pub address: u64,
+    /// With TH set the Steering Tag occupies byte 7.
+    pub hint: Option<ProcessingHint>,
+}
+
+/// The type-specific part of a TLP header.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Header {
+    MemRead(MemRead),
+    MemWrite(MemWrite),
+    IoRead(IoRequest),
+    IoWrite(IoRequest),
+    ConfigRead(ConfigRequest),
+    ConfigWrite(ConfigRequest),
+    Completion(Completion),
+    Message(Message),
+    Atomic(Atomic),
+}
+
+/// A whole TLP: header, DW0 flags, payload (borrowed) and optional digest.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Tlp<'a> {
+    pub header: Header,
+    pub flags: HeaderFlags,
+    /// Data payload, a whole number of DWs; empty for TLPs without data.
+    pub payload: &'a [u8],
+    /// TLP digest (ECRC). Carried as is; tether protects frames with its own check.
+    pub digest: Option<u32>,
+}
+
+/// Byte enables implied for a read or AtomicOp whose byte-7 carries a Steering Tag.
+pub const fn implied_byte_enables(length_dw: u16) -> (u8, u8) {
+    if length_dw == 1 {
+        (0xf, 0)
+    } else {
+        (0xf, 0xf)
+    }
+}
+
+fn payload_dw(payload: &[u8]) -> Result<u16, EmitError> {
+    if payload.is_empty() || !payload.len().is_multiple_of(4) || payload.len() > MAX_PAYLOAD {
+        return Err(EmitError::BadPayloadLength(payload.len()));
+    }
+    Ok((payload.len() / 4) as u16)
+}
+
+fn check_four_kib(address: u64, length_dw: u16) -> Result<(), ParseError> {
+    if (address & 0xfff) + length_dw as u64 * 4 > 4096 {
+        return Err(ParseError::CrossesFourKiB { address, length_dw });
+    }
+    Ok(())
+}
+
+fn require_zero(cond: bool, field: &'static str) -> Result<(), ParseError> {
+    if cond {
+        Err(ParseError::FieldNotAllowed { field })
+    } else {
+        Ok(())
+    }
+}
+
+/// I/O and configuration requests: TC0, no attributes, no LN/TH, untranslated.
+fn check_io_like_flags(flags: &HeaderFlags) -> Result<(), ParseError> {
+    require_zero(flags.traffic_class != 0, "TC")?;
+    require_zero(!flags.attributes.is_none(), "Attr")?;
+    require_zero(flags.ln, "LN")?;
+    require_zero(flags.address_type != 0, "AT")
+}
+
+impl Header {
+    /// The short mnemonic used by the spec and by Wireshark (`MRd`, `CplD`, ...).
+    pub fn mnemonic(&self, has_data: bool) -> &'static str {
+        match self {
+            Header::MemRead(r) if r.locked => "MRdLk",
+            Header::MemRead(_) => "MRd",
+            Header::MemWrite(_) => "MWr",
+            Header::IoRead(_) => "IORd",
+            Header::IoWrite(_) => "IOWr",
+            Header::ConfigRead(c) if c.type1 => "CfgRd1",
+            Header::ConfigRead(_) => "CfgRd0",
+            Header::ConfigWrite(c) if c.type1 => "CfgWr1",
+            Header::ConfigWrite(_) => "CfgWr0",
+            Header::Completion(c) => match (c.locked, has_data) {
+                (false, false) => "Cpl",
+                (false, true) => "CplD",
+                (true, false) => "CplLk",
+                (true, true) => "CplDLk",
+            },
+            Header::Message(_) if has_data => "MsgD",
+            Header::Message(_) => "Msg",
+            Header::Atomic(a) => match a.op {
+                AtomicOp::FetchAdd => "FetchAdd",
+                AtomicOp::Swap => "Swap",
+                AtomicOp::CompareAndSwap => "CAS",
+            },
+        }
+    }
+
+    /// The requester and tag that a completion to this request will carry; `None` for
+    /// posted requests and completions.
+    pub fn transaction_id(&self) -> Option<(Bdf, Tag)> {
+        match *self {
+            Header::MemRead(r) => Some((r.requester, r.tag)),
+            Header::IoRead(r) | Header::IoWrite(r) => Some((r.requester, r.tag)),
+            Header::ConfigRead(r) | Header::ConfigWrite(r) => Some((r.requester, r.tag)),
+            Header::Atomic(r) => Some((r.requester, r.tag)),
+            Header::MemWrite(_) | Header::Completion(_) | Header::Message(_) => None,
+        }
+    }
+}
+
+impl Message {
+    /// Assert_INTx / Deassert_INTx message (local routing, code 0x20..=0x27).
+    pub fn intx(requester: Bdf, pin: IntxPin, assert: bool) -> Message {
+        let base = if assert {
+            message_code::ASSERT_INTA
+        } else {
+            message_code::DEASSERT_INTA
+        };
+        Message {
+            requester,
+            tag: Tag::default(),
+            code: base + pin as u8,
+            routing: MessageRouting::Local,
+            body: [0; 8],
+        }
+    }
+
+    /// For an INTx message: the pin and whether it asserts.
+    pub fn as_intx(&self) -> Option<(IntxPin, bool)> {
+        match self.code {
+            message_code::ASSERT_INTA..=message_code::ASSERT_INTD => Some((
+                IntxPin::from_index(self.code - message_code::ASSERT_INTA),
+                true,
+            )),
+            message_code::DEASSERT_INTA..=message_code::DEASSERT_INTD => Some((
+                IntxPin::from_index(self.code - message_code::DEASSERT_INTA),
+                false,
+            )),
+            _ => None,
+        }
+    }
+
+    /// Vendor-Defined message (Type 0 or 1), routed by ID to `destination`.
+    pub fn vendor_defined(
+        requester: Bdf,
+        type1: bool,
+        destination: Bdf,
+        vendor_id: u16,
+        vendor_data: u32,
+    ) -> Message {
+        let mut body = [0u8; 8];
+        body[0..2].copy_from_slice(&destination.to_u16().to_be_bytes());
+        body[2..4].copy_from_slice(&vendor_id.to_be_bytes());
+        body[4..8].copy_from_slice(&vendor_data.to_be_bytes());
+        Message {
+            requester,
+            tag: Tag::default(),
+            code: if type1 {
+                message_code::VENDOR_DEFINED_TYPE1
+            } else {
+                message_code::VENDOR_DEFINED_TYPE0
+            },
+            routing: MessageRouting::ById,
+            body,
+        }
+    }
+
+    /// For a Vendor-Defined message: (type1, destination ID, vendor ID, vendor data).
+    pub fn as_vendor_defined(&self) -> Option<(bool, Bdf, u16, u32)> {
+        let type1 = match self.code {
+            message_code::VENDOR_DEFINED_TYPE0 => false,
+            message_code::VENDOR_DEFINED_TYPE1 => true,
+            _ => return None,
+        };
+        let b = &self.body;
+        Some((
+            type1,
+            Bdf::from_u16(u16::from_be_bytes([b[0], b[1]])),
+            u16::from_be_bytes([b[2], b[3]]),
+            u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+        ))
+    }
+
+    /// For a message routed by address: the address in bytes 8..16.
+    pub fn address(&self) -> Option<u64> {
+        (self.routing == MessageRouting::ByAddress).then(|| u64::from_be_bytes(self.body))
+    }
+}
+
+impl<'a> Tlp<'a> {
+    /// A TLP with default flags and no digest.
+    pub fn new(header: Header, payload: &'a [u8]) -> Tlp<'a> {
+        Tlp {
+            header,
+            flags: HeaderFlags::default(),
+            payload,
+            digest: None,
+        }
+    }
+
+    /// Decodes and validates one TLP that fills `bytes` exactly.
+    pub fn parse(bytes: &'a [u8]) -> Result<Tlp<'a>, ParseError> {
+        let packet = TlpPacket::new_checked(bytes)?;
+        let tlp = Self::decode(&packet, bytes)?;
+        tlp.check()?;
+        Ok(tlp)
+    }
+
+    fn decode(packet: &TlpPacket<&'a [u8]>, bytes: &'a [u8]) -> Result<Tlp<'a>, ParseError> {
+        // new_checked has rejected prefixes and reserved Fmt values.
+        let fmt = packet.fmt().ok_or(ParseError::UnsupportedPrefix)?;
+        let type_bits = packet.type_bits();
+        let reserved = || ParseError::ReservedType {
+            fmt: fmt as u8,
+            type_: type_bits,
+        };
+        let four = fmt.is_four_dw();
+        let data = fmt.has_data();
+        let th = packet.th();
+        let flags = HeaderFlags {
+            traffic_class: packet.traffic_class(),
+            attributes: packet.attributes(),
+            ln: packet.ln(),
+            poisoned: packet.ep(),
+            address_type: packet.address_type(),
+        };
+        let tag = packet.request_tag();
+        let requester = packet.id();
+        let address = packet.address();
+        if four && address < 1 << 32 && (type_bits & type_code::MSG_MASK) != type_code::MSG {
+            return Err(ParseError::Address64Below4G { address });
+        }
+        let hint = th.then(|| ProcessingHint {
+            ph: packet.ph(),
+            steering_tag: 0,
+        });
+        let io_like = || -> Result<(), ParseError> {
+            if four {
+                return Err(reserved());
+            }
+            require_zero(th, "TH")
+        };
+        let header = match type_bits {
+            type_code::MEM | type_code::MEM_LOCKED => {
+                let locked = type_bits == type_code::MEM_LOCKED;
+                if data && locked {
+                    return Err(reserved());
+                }
+                if data {
+                    let (tag, hint) = match hint {
+                        Some(h) => (
+                            Tag::wrapping(tag.value() & 0x300),
+                            Some(ProcessingHint {
+                                steering_tag: packet.byte6(),
+                                ..h
+                            }),
+                        ),
+                        None => (tag, None),
+                    };
+                    Header::MemWrite(MemWrite {
+                        requester,
+                        tag,
+                        address,
+                        first_be: packet.first_be(),
+                        last_be: packet.last_be(),
+                        hint,
+                    })
+                } else {
+                    let length_dw = packet.length_dw();
+                    let ((first_be, last_be), hint) = match hint {
+                        Some(h) => (
+                            implied_byte_enables(length_dw),
+                            Some(ProcessingHint {
+                                steering_tag: packet.byte7(),
+                                ..h
+                            }),
+                        ),
+                        None => ((packet.first_be(), packet.last_be()), None),
+                    };
+                    Header::MemRead(MemRead {
+                        requester,
+                        tag,
+                        address,
+                        length_dw,
+                        first_be,
+                        last_be,
+                        locked,
+                        hint,
+                    })
+                }
+            }
+            type_code::IO => {
+                io_like()?;
+                let req = IoRequest {
+                    requester,
+                    tag,
+                    address: address as u32,
+                    first_be: packet.first_be(),
+                };
+                if packet.last_be() != 0 {
+                    return Err(ParseError::InvalidByteEnables {
+                        first: packet.first_be(),
+                        last: packet.last_be(),
+                        length_dw: packet.length_dw(),
+                    });
+                }
+                if data {
+                    Header::IoWrite(req)
+                } else {
+                    Header::IoRead(req)
+                }
+            }
+            type_code::CFG0 | type_code::CFG1 => {
+                io_like()?;
+                let req = ConfigRequest {
+                    type1: type_bits == type_code::CFG1,
+                    requester,
+                    tag,
+                    target: packet.config_target(),
+                    register: packet.config_register(),
+                    first_be: packet.first_be(),
+                };
+                if packet.last_be() != 0 {
+                    return Err(ParseError::InvalidByteEnables {
+                        first: packet.first_be(),
+                        last: packet.last_be(),
+                        length_dw: packet.length_dw(),
+                    });
+                }
+                if data {
+                    Header::ConfigWrite(req)
+                } else {
+                    Header::ConfigRead(req)
+                }
+            }
+            type_code::CPL | type_code::CPL_LOCKED => {
+                if four {
+                    return Err(reserved());
+                }
+                let bits = packet.completion_status_bits();
+                let status = CompletionStatus::from_bits(bits)
+                    .ok_or(ParseError::ReservedCompletionStatus(bits))?;
+                Header::Completion(Completion {
+                    completer: requester,
+                    status,
+                    bcm: packet.bcm(),
+                    byte_count: packet.byte_count(),
+                    requester: packet.completion_requester(),
+                    tag: packet.completion_tag(),
+                    lower_address: packet.lower_address(),
+                    locked: type_bits == type_code::CPL_LOCKED,
+                })
+            }
+            type_code::FETCH_ADD | type_code::SWAP | type_code::CAS => {
+                if !data {
+                    return Err(reserved());
+                }
+                let op = match type_bits {
+                    type_code::FETCH_ADD => AtomicOp::FetchAdd,
+                    type_code::SWAP => AtomicOp::Swap,
+                    _ => AtomicOp::CompareAndSwap,
+                };
+                Header::Atomic(Atomic {
+                    op,
+                    requester,
+                    tag,
+                    address,
+                    hint: hint.map(|h| ProcessingHint {
+                        steering_tag: packet.byte7(),
+                        ..h
+                    }),
+                })
+            }
+            t if t & type_code::MSG_MASK == type_code::MSG => {
+                if !four {
+                    return Err(reserved());
+                }
+                require_zero(th, "TH")?;
+                let routing_bits = t & 0x7;
+                let routing = MessageRouting::from_bits(routing_bits)
+                    .ok_or(ParseError::ReservedMessageRouting(routing_bits))?;
+                Header::Message(Message {
+                    requester,
+                    tag,
+                    code: packet.message_code(),
+                    routing,
+                    body: packet.message_body(),
+                })
+            }
+            _ => return Err(reserved()),
+        };
+        // new_checked guaranteed header + data + digest == bytes.len().
+        let digest_len = if packet.td() { 4 } else { 0 };
+        Ok(Tlp {
+            header,
+            flags,
+            payload: &bytes[fmt.header_len()..bytes.len() - digest_len],
+            digest: packet.digest(),
+        })
+    }
+
+    /// The rules a receiver checks beyond decoding (and that `emit` enforces).
+    pub fn check(&self) -> Result<(), ParseError> {
+        let data = !self.payload.is_empty();
+        let data_dw = (self.payload.len() / 4) as u16;
+        if self.flags.traffic_class > 7 || self.flags.address_type > 3 {
+            return Err(ParseError::FieldNotAllowed { field: "TC/AT" });
+        }
+        match &self.header {
+            Header::MemRead(r) => {
+                if !(1..=1024).contains(&r.length_dw) {
+                    return Err(ParseError::InvalidLength {
+                        length_dw: r.length_dw,
+                    });
+                }
+                check_hint(r.hint)?;
+                if r.hint.is_some() {
+                    let implied = implied_byte_enables(r.length_dw);
+                    if (r.first_be, r.last_be) != implied {
+                        return Err(ParseError::InvalidByteEnables {
+                            first: r.first_be,
+                            last: r.last_be,
+                            length_dw: r.length_dw,
+                        });
+                    }
+                }
+                check_byte_enables(r.length_dw, r.first_be, r.last_be, r.address)?;
+                check_four_kib(r.address, r.length_dw)
+            }
+            Header::MemWrite(w) => {
+                if !data {
+                    return Err(ParseError::InvalidLength { length_dw: 0 });
+                }
+                check_hint(w.hint)?;
+                if w.hint.is_some() && w.tag.value() & 0xff != 0 {
+                    return Err(ParseError::FieldNotAllowed { field: "Tag" });
+                }
+                check_byte_enables(data_dw, w.first_be, w.last_be, w.address)?;
+                check_four_kib(w.address, data_dw)
+            }
+            Header::IoRead(r) | Header::IoWrite(r) => {
+                check_io_like_flags(&self.flags)?;
+                let want_data = matches!(self.header, Header::IoWrite(_));
+                check_single_dw(want_data, self.payload.len())?;
+                check_byte_enables(1, r.first_be, 0, r.address as u64)
+            }
+            Header::ConfigRead(c) | Header::ConfigWrite(c) => {
+                check_io_like_flags(&self.flags)?;
+                let want_data = matches!(self.header, Header::ConfigWrite(_));
+                check_single_dw(want_data, self.payload.len())?;
+                if c.register >= 4096 || c.register % 4 != 0 {
+                    return Err(ParseError::FieldNotAllowed { field: "Register" });
+                }
+                Ok(())
+            }
+            Header::Completion(c) => {
+                if c.byte_count == 0 || c.byte_count > 4096 {
+                    return Err(ParseError::FieldNotAllowed {
+                        field: "Byte Count",
+                    });
+                }
+                if c.lower_address > 0x7f {
+                    return Err(ParseError::FieldNotAllowed {
+                        field: "Lower Address",
+                    });
+                }
+                check_payload_len(self.payload.len())
+            }
+            Header::Message(_) => check_payload_len(self.payload.len()),
+            Header::Atomic(a) => {
+                if !a.op.valid_length(data_dw) || !self.payload.len().is_multiple_of(4) {
+                    return Err(ParseError::InvalidLength { length_dw: data_dw });
+                }
+                check_hint(a.hint)?;
+                let operand_size = a.op.operand_size(data_dw);
+                if a.address % operand_size != 0 {
+                    return Err(ParseError::MisalignedAtomic {
+                        address: a.address,
+                        operand_size,
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn uses_four_dw(&self) -> bool {
+        match &self.header {
+            Header::MemRead(r) => r.address >= 1 << 32,
+            Header::MemWrite(w) => w.address >= 1 << 32,
+            Header::Atomic(a) => a.address >= 1 << 32,
+            Header::Message(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Size of the encoded TLP in bytes.
+    pub fn buffer_len(&self) -> usize {
+        let header = if self.uses_four_dw() { 16 } else { 12 };
+        header + self.payload.len() + if self.digest.is_some() { 4 } else { 0 }
+    }
+
+    /// Writes the TLP at the start of `buf` and returns its size. Reserved fields are zero.
+    pub fn emit(&self, buf: &mut [u8]) -> Result<usize, EmitError> {
+        self.check()?;
+        let len = self.buffer_len();
+        if buf.len() < len {
+            return Err(EmitError::BufferTooSmall {
+                needed: len,
+                got: buf.len(),
+            });
+        }
+        let has_data = !self.payload.is_empty();
+        let fmt = Fmt::new(self.uses_four_dw(), has_data);
+        let mut p = TlpPacket::new_unchecked(&mut buf[..len]);
+        p.clear_header(fmt.header_len());
+        let f = &self.flags;
+        let (type_bits, length_dw, th) = match &self.header {
+            Header::MemRead(r) => (
+                if r.locked {
+                    type_code::MEM_LOCKED
+                } else {
+                    type_code::MEM
+                },
+                r.length_dw,
+                r.hint.is_some(),
+            ),
+            Header::MemWrite(w) => (type_code::MEM, payload_dw(self.payload)?, w.hint.is_some()),
+            Header::IoRead(_) | Header::IoWrite(_) => (type_code::IO, 1, false),
+            Header::ConfigRead(c) | Header::ConfigWrite(c) => (
+                if c.type1 {
+                    type_code::CFG1
+                } else {
+                    type_code::CFG0
+                },
+                1,
+                false,
+            ),
+            Header::Completion(c) => (
+                if c.locked {
+                    type_code::CPL_LOCKED
+                } else {
+                    type_code::CPL
+                },
+                if has_data {
+                    payload_dw(self.payload)?
+                } else {
+                    0
+                },
+                false,
+            ),
+            Header::Message(m) => (
+                type_code::MSG | m.routing as u8,
+                if has_data {
+                    payload_dw(self.payload)?
+                } else {
+                    0
+                },
+                false,
+            ),
+            Header::Atomic(a) => (
+                match a.op {
+                    AtomicOp::FetchAdd => type_code::FETCH_ADD,
+                    AtomicOp::Swap => type_code::SWAP,
+                    AtomicOp::CompareAndSwap => type_code::CAS,
+                },
+                payload_dw(self.payload)?,
+                a.hint.is_some(),
+            ),
+        };
+        p.set_dw0(
+            fmt,
+            type_bits,
+            f.traffic_class,
+            f.attributes,
+            f.ln,
+            th,
+            self.digest.is_some(),
+            f.poisoned,
+            f.address_type,
+            encode_length(length_dw),
+        );
+        match &self.header {
+            Header::MemRead(r) => {
+                p.set_id(r.requester);
+                p.set_request_tag(r.tag);
+                match r.hint {
+                    Some(h) => {
+                        p.set_byte7(h.steering_tag);
+                        p.set_address(r.address, h.ph);
+                    }
+                    None => {
+                        p.set_byte_enables(r.first_be, r.last_be);
+                        p.set_address(r.address, 0);
+                    }
+                }
+            }
+            Header::MemWrite(w) => {
+                p.set_id(w.requester);
+                p.set_request_tag(w.tag);
+                p.set_byte_enables(w.first_be, w.last_be);
+                match w.hint {
+                    Some(h) => {
+                        p.set_byte6(h.steering_tag);
+                        p.set_address(w.address, h.ph);
+                    }
+                    None => p.set_address(w.address, 0),
+                }
+            }
+            Header::IoRead(r) | Header::IoWrite(r) => {
+                p.set_id(r.requester);
+                p.set_request_tag(r.tag);
+                p.set_byte_enables(r.first_be, 0);
+                p.set_address(r.address as u64, 0);
+            }
+            Header::ConfigRead(c) | Header::ConfigWrite(c) => {
+                p.set_id(c.requester);
+                p.set_request_tag(c.tag);
+                p.set_byte_enables(c.first_be, 0);
+                p.set_config_target(c.target, c.register);
+            }
+            Header::Completion(c) => {
+                p.set_id(c.completer);
+                p.set_completion_fields(c.status as u8, c.bcm, c.byte_count);
+                p.set_completion_requester(c.requester, c.tag, c.lower_address);
+            }
+            Header::Message(m) => {
+                p.set_id(m.requester);
+                p.set_request_tag(m.tag);
+                p.set_byte7(m.code);
+                p.set_message_body(&m.body);
+            }
+            Header::Atomic(a) => {
+                p.set_id(a.requester);
+                p.set_request_tag(a.tag);
+                match a.hint {
+                    Some(h) => {
+                        p.set_byte7(h.steering_tag);
+                        p.set_address(a.address, h.ph);
+                    }
+                    None => p.set_address(a.address, 0),
+                }
+            }
+        }
+        p.payload_mut().copy_from_slice(self.payload);
+        if let Some(d) = self.digest {
+            p.set_digest(d);
+        }
+        Ok(len)
+    }
+}
+
+fn check_hint(hint: Option<ProcessingHint>) -> Result<(), ParseError> {
+    match hint {
+        Some(h) if h.ph > 3 => Err(ParseError::FieldNotAllowed { field: "PH" }),
+        _ => Ok(()),
+    }
+}
+
+fn check_single_dw(want_data: bool, payload_len: usize) -> Result<(), ParseError> {
+    let expected = if want_data { 4 } else { 0 };
+    if payload_len != expected {
+        return Err(ParseError::InvalidLength {
+            length_dw: (payload_len / 4) as u16,
+        });
+    }
+    Ok(())
+}
+
+fn check_payload_len(len: usize) -> Result<(), ParseError> {
+    if !len.is_multiple_of(4) || len > MAX_PAYLOAD {
+        return Err(ParseError::InvalidLength {
+            length_dw: (len / 4) as u16,
+        });
+    }
+    Ok(())
+}
+
+impl fmt::Display for Tlp<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let has_data = !self.payload.is_empty();
+        let name = self.header.mnemonic(has_data);
+        match &self.header {
+            Header::MemRead(r) => write!(
+                f,
+                "{name}{} {} tag {} addr {:#x} len {} BE {:x}/{:x}",
+                if r.address >= 1 << 32 { 64 } else { 32 },
+                r.requester,
+                r.tag,
+                r.address,
+                r.length_dw,
+                r.first_be,
+                r.last_be
+            ),
+            Header::MemWrite(w) => write!(
+                f,
+                "{name}{} {} addr {:#x} len {} BE {:x}/{:x}",
+                if w.address >= 1 << 32 { 64 } else { 32 },
+                w.requester,
+                w.address,
+                self.payload.len() / 4,
+                w.first_be,
+                w.last_be
+            ),
+            Header::IoRead(r) | Header::IoWrite(r) => write!(
+                f,
+                "{name} {} tag {} port {:#x} BE {:x}",
+                r.requester, r.tag, r.address, r.first_be
+            ),
+            Header::ConfigRead(c) | Header::ConfigWrite(c) => write!(
+                f,
+                "{name} {} tag {} -> {} reg {:#05x} BE {:x}",
+                c.requester, c.tag, c.target, c.register, c.first_be
+            ),
+            Header::Completion(c) => write!(
+                f,
+                "{name} {} -> {} tag {} {} bytes {} la {:#04x}",
+                c.completer,
+                c.requester,
+                c.tag,
+                c.status.abbreviation(),
+                c.byte_count,
+                c.lower_address
+            ),
+            Header::Message(m) => write!(
+                f,
+                "{name} {} code {:#04x} routing {:?}",
+                m.requester, m.code, m.routing
+            ),
+            Header::Atomic(a) => write!(
+                f,
+                "{name} {} tag {} addr {:#x} len {}",
+                a.requester,
+                a.tag,
+                a.address,
+                self.payload.len() / 4
+            ),
+        }
+    }
+}
