@@ -837,11 +837,14 @@ impl fmt::Display for Tlp<'_> {
                 c.byte_count,
                 c.lower_address
             ),
-            Header::Message(m) => write!(
-                f,
-                "{name} {} code {:#04x} routing {:?}",
-                m.requester, m.code, m.routing
-            ),
+            Header::Message(m) => {
+                write!(f, "{name} {} ", m.requester)?;
+                match message_code::name(m.code) {
+                    Some(n) => write!(f, "{n}")?,
+                    None => write!(f, "code {:#04x}", m.code)?,
+                }
+                write!(f, " routing {:?}", m.routing)
+            }
             Header::Atomic(a) => write!(
                 f,
                 "{name} {} tag {} addr {:#x} len {}",

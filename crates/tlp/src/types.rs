@@ -297,4 +297,31 @@ pub mod message_code {
     pub const SET_SLOT_POWER_LIMIT: u8 = 0x50;
     pub const VENDOR_DEFINED_TYPE0: u8 = 0x7e;
     pub const VENDOR_DEFINED_TYPE1: u8 = 0x7f;
+
+    /// The spec's name for a message code, where this codec knows it.
+    pub const fn name(code: u8) -> Option<&'static str> {
+        Some(match code {
+            UNLOCK => "Unlock",
+            LTR => "LTR",
+            PM_ACTIVE_STATE_NAK => "PM_Active_State_Nak",
+            PM_PME => "PM_PME",
+            PME_TURN_OFF => "PME_Turn_Off",
+            PME_TO_ACK => "PME_TO_Ack",
+            0x20 => "Assert_INTA",
+            0x21 => "Assert_INTB",
+            0x22 => "Assert_INTC",
+            0x23 => "Assert_INTD",
+            0x24 => "Deassert_INTA",
+            0x25 => "Deassert_INTB",
+            0x26 => "Deassert_INTC",
+            0x27 => "Deassert_INTD",
+            ERR_COR => "ERR_COR",
+            ERR_NONFATAL => "ERR_NONFATAL",
+            ERR_FATAL => "ERR_FATAL",
+            SET_SLOT_POWER_LIMIT => "Set_Slot_Power_Limit",
+            VENDOR_DEFINED_TYPE0 => "Vendor_Defined_Type0",
+            VENDOR_DEFINED_TYPE1 => "Vendor_Defined_Type1",
+            _ => return None,
+        })
+    }
 }

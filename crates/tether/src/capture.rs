@@ -1,0 +1,86 @@
+//! `tether capture` and `tether wire replay`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+use crate::rawsock::RawSocket;
+use crate::{pcap, signals};
+
+pub struct Options {
+    pub interface: String,
+    pub output: PathBuf,
+    pub count: Option<u64>,
+    pub duration: Option<Duration>,
+    pub all: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub seen: u64,
+    pub filtered: u64,
+    pub written: u64,
+}
+
+/// The EtherType after an optional 802.1Q tag.
+fn ethertype(frame: &[u8]) -> Option<u16> {
+    let at = |i: usize| {
+        frame
+            .get(i..i + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    match at(12)? {
+        wire::ethernet::TPID_8021Q => at(16),
+        t => Some(t),
+    }
+}
+
+/// Captures until the count or duration is reached, or SIGINT/SIGTERM.
+pub fn run(opts: &Options) -> Result<Stats> {
+    let sock = RawSocket::open(&opts.interface)?;
+    let mut out = pcap::Writer::create(&opts.output)?;
+    signals::install();
+    let start = Instant::now();
+    let mut stats = Stats::default();
+    let mut buf = vec![0u8; 65536 + 4];
+    loop {
+        if signals::stop_requested()
+            || opts.count.is_some_and(|c| stats.written >= c)
+            || opts.duration.is_some_and(|d| start.elapsed() >= d)
+        {
+            break;
+        }
+        let Some(rx) = sock.recv(&mut buf, Duration::from_millis(100))? else {
+            continue;
+        };
+        stats.seen += 1;
+        let frame = &buf[..rx.len];
+        if !opts.all && ethertype(frame) != Some(wire::ETHERTYPE) {
+            stats.filtered += 1;
+            continue;
+        }
+        out.write(rx.time_us, frame)?;
+        stats.written += 1;
+    }
+    out.finish()?;
+    Ok(stats)
+}
+
+/// Sends every frame of a pcap file out of `interface`.
+pub fn replay(path: &Path, interface: &str, gap: Duration) -> Result<u64> {
+    let frames = pcap::read(path)?;
+    if frames.is_empty() {
+        bail!("{} holds no frames", path.display());
+    }
+    let sock = RawSocket::open(interface)?;
+    let mut sent = 0;
+    for (_, frame) in &frames {
+        sock.send(frame)?;
+        sent += 1;
+        if !gap.is_zero() {
+            std::thread::sleep(gap);
+        }
+    }
+    Ok(sent)
+}

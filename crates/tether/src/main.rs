@@ -1,0 +1,126 @@
+//! `tether`: PCI Express over plain Ethernet, in software.
+
+mod capture;
+mod decode;
+mod pcap;
+mod rawsock;
+mod signals;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "tether",
+    version,
+    about = "PCI Express over plain Ethernet, in software"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Capture frames on an interface into a pcap file (needs CAP_NET_RAW).
+    Capture(CaptureArgs),
+    /// Work with tether frames offline.
+    #[command(subcommand)]
+    Wire(WireCommand),
+}
+
+#[derive(clap::Args)]
+struct CaptureArgs {
+    /// Interface to capture on.
+    #[arg(short, long)]
+    interface: String,
+    /// Output pcap file.
+    #[arg(short = 'w', long)]
+    output: PathBuf,
+    /// Stop after this many frames.
+    #[arg(short = 'c', long)]
+    count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(short, long)]
+    duration: Option<f64>,
+    /// Capture every frame, not only tether's EtherType.
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Subcommand)]
+enum WireCommand {
+    /// Write a pcap with one frame of every kind carrying every TLP type.
+    Sample {
+        /// Output pcap file.
+        #[arg(long)]
+        pcap: PathBuf,
+    },
+    /// Print the frames and TLPs of a pcap file.
+    Decode {
+        /// Input pcap file.
+        #[arg(long)]
+        pcap: PathBuf,
+    },
+    /// Send the frames of a pcap file out of an interface (needs CAP_NET_RAW).
+    Replay {
+        /// Input pcap file.
+        #[arg(long)]
+        pcap: PathBuf,
+        /// Interface to send on.
+        #[arg(short, long)]
+        interface: String,
+        /// Pause between frames, in microseconds.
+        #[arg(long, default_value_t = 0)]
+        gap_us: u64,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("tether: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Capture(a) => {
+            let stats = capture::run(&capture::Options {
+                interface: a.interface,
+                output: a.output,
+                count: a.count,
+                duration: a.duration.map(Duration::from_secs_f64),
+                all: a.all,
+            })?;
+            eprintln!(
+                "tether capture: {} frames written, {} seen, {} not tether",
+                stats.written, stats.seen, stats.filtered
+            );
+            Ok(())
+        }
+        Command::Wire(WireCommand::Sample { pcap: path }) => {
+            let frames = wire::sample::frames();
+            let n = frames.len();
+            pcap::write(&path, frames.into_iter().map(|f| (f.time_us, f.bytes)))?;
+            eprintln!("wrote {n} sample frames to {}", path.display());
+            Ok(())
+        }
+        Command::Wire(WireCommand::Decode { pcap: path }) => {
+            let stdout = std::io::stdout();
+            decode::print_pcap(&path, &mut stdout.lock())
+        }
+        Command::Wire(WireCommand::Replay {
+            pcap: path,
+            interface,
+            gap_us,
+        }) => {
+            let sent = capture::replay(&path, &interface, Duration::from_micros(gap_us))?;
+            eprintln!("sent {sent} frames on {interface}");
+            Ok(())
+        }
+    }
+}

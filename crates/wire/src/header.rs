@@ -1,0 +1,236 @@
+//! The tether header that follows the Ethernet/802.1Q header.
+//!
+//! ```text
+//!  0      1      2      3
+//! +------+------+------+------+
+//! |ver|kd|flags | payload len | 0
+//! +------+------+------+------+
+//! |         epoch             | 4
+//! |       peer epoch          | 8
+//! |          seq              | 12
+//! |          ack              | 16
+//! |         tsval             | 20
+//! |         tsecr             | 24
+//! |   window    | hlen | rsvd | 28
+//! |   check (CRC-32C)         | 32
+//! +------+------+------+------+
+//! ```
+//!
+//! All fields are big-endian. docs/wire-format.md is the normative description.
+
+use crate::error::WireError;
+
+/// Version of the frame format written by this code.
+pub const VERSION: u8 = 1;
+/// Size of the fixed tether header in bytes.
+pub const HEADER_LEN: usize = 36;
+
+mod field {
+    pub const VER_KIND: usize = 0;
+    pub const FLAGS: usize = 1;
+    pub const PAYLOAD_LEN: usize = 2;
+    pub const EPOCH: usize = 4;
+    pub const PEER_EPOCH: usize = 8;
+    pub const SEQ: usize = 12;
+    pub const ACK: usize = 16;
+    pub const TSVAL: usize = 20;
+    pub const TSECR: usize = 24;
+    pub const WINDOW: usize = 28;
+    pub const HLEN: usize = 30;
+    pub const CHECK: usize = 32;
+}
+
+/// What a frame carries.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum FrameKind {
+    /// TLP records, in sequence.
+    Data = 1,
+    /// A cumulative acknowledgement with no records.
+    Ack = 2,
+    /// A negative acknowledgement: `ack` names the sequence number expected next.
+    Nak = 3,
+    /// A bridge announcing itself and its devices.
+    Info = 4,
+    /// A management command or its result.
+    Ctrl = 5,
+}
+
+impl FrameKind {
+    pub const fn from_bits(b: u8) -> Option<FrameKind> {
+        match b {
+            1 => Some(FrameKind::Data),
+            2 => Some(FrameKind::Ack),
+            3 => Some(FrameKind::Nak),
+            4 => Some(FrameKind::Info),
+            5 => Some(FrameKind::Ctrl),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            FrameKind::Data => "DATA",
+            FrameKind::Ack => "ACK",
+            FrameKind::Nak => "NAK",
+            FrameKind::Info => "INFO",
+            FrameKind::Ctrl => "CTRL",
+        }
+    }
+}
+
+/// Header flag bits.
+pub mod flags {
+    /// The `ack` field is valid.
+    pub const ACK: u8 = 0x01;
+    /// The sender starts (or restarts) a session: the receiver resynchronises to `epoch`.
+    pub const SYN: u8 = 0x02;
+    /// A rate-control probe: the receiver acknowledges it at once.
+    pub const PROBE: u8 = 0x04;
+    /// An authentication tag follows the payload (reserved; not produced by v1).
+    pub const AUTH: u8 = 0x08;
+}
+
+/// The fields of a tether header. `payload_len` and `check` are computed on emit.
+///
+/// The check is mandatory: a CRC-32C over the Group ID (as a 2-byte pseudo-header),
+/// the tether header with the check field zero, and the payload. veth and AF_PACKET
+/// give no Ethernet FCS to rely on, and covering the GID keeps a corrupted tag from
+/// delivering a frame into another group.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct TetherHeader {
+    pub kind: FrameKind,
+    pub flags: u8,
+    /// The sender's session epoch (INFO: its boot epoch).
+    pub epoch: u32,
+    /// The receiver's epoch as last seen by the sender; 0 when not known yet.
+    pub peer_epoch: u32,
+    pub seq: u32,
+    /// Cumulative: the next sequence number the sender expects.
+    pub ack: u32,
+    /// Sender's clock in microseconds.
+    pub tsval: u32,
+    /// Echo of the peer's latest tsval.
+    pub tsecr: u32,
+    /// Receive window in frames.
+    pub window: u16,
+}
+
+impl TetherHeader {
+    pub fn new(kind: FrameKind) -> TetherHeader {
+        TetherHeader {
+            kind,
+            flags: 0,
+            epoch: 0,
+            peer_epoch: 0,
+            seq: 0,
+            ack: 0,
+            tsval: 0,
+            tsecr: 0,
+            window: 0,
+        }
+    }
+
+    pub fn has_flag(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// Parses the tether header and payload that start at `bytes[0]` of a frame in
+    /// group `gid` (0 when untagged). Bytes after the declared payload (Ethernet
+    /// padding) are ignored. Verifies the check.
+    pub fn parse(bytes: &[u8], gid: u16) -> Result<(TetherHeader, &[u8]), WireError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(WireError::Truncated {
+                what: "tether header",
+                needed: HEADER_LEN,
+                got: bytes.len(),
+            });
+        }
+        let be16 = |at: usize| u16::from_be_bytes([bytes[at], bytes[at + 1]]);
+        let be32 = |at: usize| {
+            u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
+        let version = bytes[field::VER_KIND] >> 4;
+        if version != VERSION {
+            return Err(WireError::UnsupportedVersion(version));
+        }
+        let kind_bits = bytes[field::VER_KIND] & 0xf;
+        let kind = FrameKind::from_bits(kind_bits).ok_or(WireError::UnknownKind(kind_bits))?;
+        let hlen_words = bytes[field::HLEN];
+        let hlen = hlen_words as usize * 4;
+        if hlen < HEADER_LEN {
+            return Err(WireError::BadHeaderLength(hlen_words));
+        }
+        let payload_len = be16(field::PAYLOAD_LEN) as usize;
+        let total = hlen + payload_len;
+        if bytes.len() < total {
+            return Err(WireError::Truncated {
+                what: "tether payload",
+                needed: total,
+                got: bytes.len(),
+            });
+        }
+        let flags = bytes[field::FLAGS];
+        if flags & flags::AUTH != 0 {
+            return Err(WireError::AuthNotSupported);
+        }
+        let carried = be32(field::CHECK);
+        let computed = frame_check(gid, &bytes[..total]);
+        if carried != computed {
+            return Err(WireError::BadCheck { carried, computed });
+        }
+        let header = TetherHeader {
+            kind,
+            flags,
+            epoch: be32(field::EPOCH),
+            peer_epoch: be32(field::PEER_EPOCH),
+            seq: be32(field::SEQ),
+            ack: be32(field::ACK),
+            tsval: be32(field::TSVAL),
+            tsecr: be32(field::TSECR),
+            window: be16(field::WINDOW),
+        };
+        Ok((header, &bytes[hlen..total]))
+    }
+
+    /// Writes the header into `buf[..HEADER_LEN]` for a payload of `payload_len` bytes
+    /// that the caller has placed at `buf[HEADER_LEN..]`, then the check for group `gid`.
+    pub fn emit(&self, buf: &mut [u8], payload_len: usize, gid: u16) -> Result<usize, WireError> {
+        let total = HEADER_LEN + payload_len;
+        if buf.len() < total || payload_len > u16::MAX as usize {
+            return Err(WireError::NoRoom {
+                needed: total,
+                got: buf.len(),
+            });
+        }
+        buf[field::VER_KIND] = (VERSION << 4) | self.kind as u8;
+        buf[field::FLAGS] = self.flags;
+        buf[field::PAYLOAD_LEN..field::PAYLOAD_LEN + 2]
+            .copy_from_slice(&(payload_len as u16).to_be_bytes());
+        for (at, v) in [
+            (field::EPOCH, self.epoch),
+            (field::PEER_EPOCH, self.peer_epoch),
+            (field::SEQ, self.seq),
+            (field::ACK, self.ack),
+            (field::TSVAL, self.tsval),
+            (field::TSECR, self.tsecr),
+        ] {
+            buf[at..at + 4].copy_from_slice(&v.to_be_bytes());
+        }
+        buf[field::WINDOW..field::WINDOW + 2].copy_from_slice(&self.window.to_be_bytes());
+        buf[field::HLEN] = (HEADER_LEN / 4) as u8;
+        buf[field::HLEN + 1] = 0;
+        let check = frame_check(gid, &buf[..total]);
+        buf[field::CHECK..field::CHECK + 4].copy_from_slice(&check.to_be_bytes());
+        Ok(total)
+    }
+}
+
+/// The frame check: CRC-32C (Castagnoli) of the 12-bit Group ID as two big-endian
+/// bytes, then the tether header with its check field taken as zero, then the payload.
+pub fn frame_check(gid: u16, header_and_payload: &[u8]) -> u32 {
+    let b = header_and_payload;
+    let crc = crc32c::crc32c(&(gid & 0x0fff).to_be_bytes());
+    let crc = crc32c::crc32c_append(crc, &b[..field::CHECK]);
+    let crc = crc32c::crc32c_append(crc, &[0; 4]);
+    crc32c::crc32c_append(crc, &b[field::CHECK + 4..])
+}
