@@ -1,0 +1,526 @@
+-- Wireshark dissector for tether: PCI Express TLPs over Ethernet.
+--
+-- Decodes the tether header (EtherType 0x88B5, normally behind an 802.1Q tag whose
+-- VLAN ID is the Group ID), verifies the frame check, decodes every TLP field, INFO
+-- and CTRL frames, and matches each completion to its request by
+-- (GID, requester ID, tag), showing the request's frame and the latency.
+--
+-- Use:  wireshark -X lua_script:contrib/wireshark/tether.lua capture.pcap
+--       tshark -r capture.pcap -X lua_script:contrib/wireshark/tether.lua -2 -V
+-- or copy it into ~/.local/lib/wireshark/plugins/.
+--
+-- docs/wire-format.md is the normative description of the format.
+
+local bit = bit32 or bit
+
+local tether = Proto("tether", "tether PCIe over Ethernet")
+
+local ETHERTYPE = 0x88b5
+local HEADER_LEN = 36
+
+local kinds = { [1] = "DATA", [2] = "ACK", [3] = "NAK", [4] = "INFO", [5] = "CTRL" }
+local roles = { [1] = "host", [2] = "iobox", [3] = "manager" }
+local ctrl_ops = { [1] = "SET_GROUP", [2] = "RESET", [3] = "RESULT" }
+local ctrl_status = { [0] = "OK", [1] = "NO_SUCH_DEVICE", [2] = "BAD_GROUP", [3] = "REFUSED" }
+local record_types = { [1] = "TLP" }
+local fmts = {
+    [0] = "3DW, no data", [1] = "4DW, no data", [2] = "3DW, with data",
+    [3] = "4DW, with data", [4] = "TLP prefix",
+}
+local cpl_status = { [0] = "SC", [1] = "UR", [2] = "CRS", [4] = "CA" }
+local routings = {
+    [0] = "to Root Complex", [1] = "by address", [2] = "by ID",
+    [3] = "broadcast from Root Complex", [4] = "local", [5] = "gathered to Root Complex",
+}
+local msg_codes = {
+    [0x00] = "Unlock", [0x10] = "LTR", [0x14] = "PM_Active_State_Nak", [0x18] = "PM_PME",
+    [0x19] = "PME_Turn_Off", [0x1b] = "PME_TO_Ack",
+    [0x20] = "Assert_INTA", [0x21] = "Assert_INTB", [0x22] = "Assert_INTC", [0x23] = "Assert_INTD",
+    [0x24] = "Deassert_INTA", [0x25] = "Deassert_INTB", [0x26] = "Deassert_INTC", [0x27] = "Deassert_INTD",
+    [0x30] = "ERR_COR", [0x31] = "ERR_NONFATAL", [0x33] = "ERR_FATAL",
+    [0x50] = "Set_Slot_Power_Limit", [0x7e] = "Vendor_Defined_Type0", [0x7f] = "Vendor_Defined_Type1",
+}
+
+local f = tether.fields
+-- tether header
+f.version = ProtoField.uint8("tether.version", "Version", base.DEC, nil, 0xf0)
+f.kind = ProtoField.uint8("tether.kind", "Kind", base.DEC, kinds, 0x0f)
+f.flags = ProtoField.uint8("tether.flags", "Flags", base.HEX)
+f.flag_ack = ProtoField.bool("tether.flags.ack", "ACK valid", 8, nil, 0x01)
+f.flag_syn = ProtoField.bool("tether.flags.syn", "SYN (session start)", 8, nil, 0x02)
+f.flag_probe = ProtoField.bool("tether.flags.probe", "Rate probe", 8, nil, 0x04)
+f.flag_auth = ProtoField.bool("tether.flags.auth", "Authenticated", 8, nil, 0x08)
+f.payload_len = ProtoField.uint16("tether.payload_len", "Payload length", base.DEC)
+f.epoch = ProtoField.uint32("tether.epoch", "Epoch", base.HEX)
+f.peer_epoch = ProtoField.uint32("tether.peer_epoch", "Peer epoch", base.HEX)
+f.seq = ProtoField.uint32("tether.seq", "Sequence number", base.DEC)
+f.ack = ProtoField.uint32("tether.ack", "Acknowledgement", base.DEC)
+f.tsval = ProtoField.uint32("tether.tsval", "Timestamp value (us)", base.DEC)
+f.tsecr = ProtoField.uint32("tether.tsecr", "Timestamp echo (us)", base.DEC)
+f.window = ProtoField.uint16("tether.window", "Receive window (frames)", base.DEC)
+f.hlen = ProtoField.uint8("tether.hlen", "Header length (32-bit words)", base.DEC)
+f.check = ProtoField.uint32("tether.check", "Frame check (CRC-32C)", base.HEX)
+f.check_status = ProtoField.string("tether.check.status", "Frame check status")
+f.check_computed = ProtoField.uint32("tether.check.computed", "Computed frame check", base.HEX)
+f.gid = ProtoField.uint16("tether.gid", "Group ID", base.DEC)
+-- records
+f.record = ProtoField.bytes("tether.record", "Record")
+f.record_len = ProtoField.uint16("tether.record.len", "Record length", base.DEC)
+f.record_type = ProtoField.uint8("tether.record.type", "Record type", base.DEC, record_types)
+-- TLP
+f.tlp = ProtoField.string("tether.tlp", "TLP")
+f.tlp_name = ProtoField.string("tether.tlp.name", "TLP type")
+f.tlp_fmt = ProtoField.uint8("tether.tlp.fmt", "Fmt", base.DEC, fmts, 0xe0)
+f.tlp_type = ProtoField.uint8("tether.tlp.type", "Type", base.HEX, nil, 0x1f)
+f.tlp_t9 = ProtoField.uint8("tether.tlp.t9", "T9", base.DEC, nil, 0x80)
+f.tlp_tc = ProtoField.uint8("tether.tlp.tc", "Traffic class", base.DEC, nil, 0x70)
+f.tlp_t8 = ProtoField.uint8("tether.tlp.t8", "T8", base.DEC, nil, 0x08)
+f.tlp_ido = ProtoField.bool("tether.tlp.attr.ido", "ID-based ordering (Attr[2])", 8, nil, 0x04)
+f.tlp_ln = ProtoField.bool("tether.tlp.ln", "Lightweight notification", 8, nil, 0x02)
+f.tlp_th = ProtoField.bool("tether.tlp.th", "TLP processing hints", 8, nil, 0x01)
+f.tlp_td = ProtoField.bool("tether.tlp.td", "TLP digest", 8, nil, 0x80)
+f.tlp_ep = ProtoField.bool("tether.tlp.ep", "Poisoned", 8, nil, 0x40)
+f.tlp_ro = ProtoField.bool("tether.tlp.attr.ro", "Relaxed ordering (Attr[1])", 8, nil, 0x20)
+f.tlp_ns = ProtoField.bool("tether.tlp.attr.ns", "No snoop (Attr[0])", 8, nil, 0x10)
+f.tlp_at = ProtoField.uint8("tether.tlp.at", "Address type", base.DEC, nil, 0x0c)
+f.tlp_length = ProtoField.uint16("tether.tlp.length", "Length (DW)", base.DEC)
+f.tlp_requester = ProtoField.string("tether.tlp.requester", "Requester ID")
+f.tlp_completer = ProtoField.string("tether.tlp.completer", "Completer ID")
+f.tlp_tag = ProtoField.uint16("tether.tlp.tag", "Tag", base.DEC)
+f.tlp_last_be = ProtoField.uint8("tether.tlp.last_be", "Last DW BE", base.HEX, nil, 0xf0)
+f.tlp_first_be = ProtoField.uint8("tether.tlp.first_be", "First DW BE", base.HEX, nil, 0x0f)
+f.tlp_st = ProtoField.uint8("tether.tlp.st", "Steering tag", base.HEX)
+f.tlp_address = ProtoField.uint64("tether.tlp.address", "Address", base.HEX)
+f.tlp_ph = ProtoField.uint8("tether.tlp.ph", "Processing hint", base.DEC, nil, 0x03)
+f.cfg_target = ProtoField.string("tether.tlp.cfg.target", "Target (bus:dev.fn)")
+f.cfg_register = ProtoField.uint16("tether.tlp.cfg.register", "Register offset", base.HEX)
+f.cpl_status = ProtoField.uint8("tether.tlp.cpl.status", "Completion status", base.DEC, cpl_status, 0xe0)
+f.cpl_bcm = ProtoField.bool("tether.tlp.cpl.bcm", "Byte count modified", 8, nil, 0x10)
+f.cpl_byte_count = ProtoField.uint16("tether.tlp.cpl.byte_count", "Byte count", base.DEC)
+f.cpl_requester = ProtoField.string("tether.tlp.cpl.requester", "Requester ID")
+f.cpl_tag = ProtoField.uint16("tether.tlp.cpl.tag", "Tag", base.DEC)
+f.cpl_lower_address = ProtoField.uint8("tether.tlp.cpl.lower_address", "Lower address", base.HEX, nil, 0x7f)
+f.msg_code = ProtoField.uint8("tether.tlp.msg.code", "Message code", base.HEX, msg_codes)
+f.msg_routing = ProtoField.uint8("tether.tlp.msg.routing", "Routing", base.DEC, routings, 0x07)
+f.msg_dest = ProtoField.string("tether.tlp.msg.destination", "Destination ID")
+f.msg_vendor = ProtoField.uint16("tether.tlp.msg.vendor_id", "Vendor ID", base.HEX)
+f.msg_vendor_data = ProtoField.uint32("tether.tlp.msg.vendor_data", "Vendor data", base.HEX)
+f.msg_body = ProtoField.bytes("tether.tlp.msg.body", "Message header bytes 8-15")
+f.tlp_data = ProtoField.bytes("tether.tlp.data", "Data")
+f.tlp_digest = ProtoField.uint32("tether.tlp.digest", "TLP digest (ECRC)", base.HEX)
+f.request_in = ProtoField.framenum("tether.tlp.request_in", "Request in frame", base.NONE, frametype.REQUEST)
+f.response_in = ProtoField.framenum("tether.tlp.response_in", "Completion in frame", base.NONE, frametype.RESPONSE)
+f.latency = ProtoField.double("tether.tlp.latency_us", "Completion latency (us)")
+-- INFO
+f.info_role = ProtoField.uint8("tether.info.role", "Bridge role", base.DEC, roles)
+f.info_count = ProtoField.uint8("tether.info.device_count", "Devices", base.DEC)
+f.info_flags = ProtoField.uint16("tether.info.flags", "Flags", base.HEX)
+f.info_bridge = ProtoField.uint64("tether.info.bridge_id", "Bridge ID", base.HEX)
+f.info_mtu = ProtoField.uint16("tether.info.mtu", "MTU", base.DEC)
+f.info_max_tlps = ProtoField.uint16("tether.info.max_tlps", "Max TLPs per frame", base.DEC)
+f.info_interval = ProtoField.uint16("tether.info.interval_ms", "Announce interval (ms)", base.DEC)
+f.info_mps = ProtoField.uint16("tether.info.max_payload", "Max payload size", base.DEC)
+f.info_mrrs = ProtoField.uint16("tether.info.max_read_request", "Max read request size", base.DEC)
+f.dev = ProtoField.bytes("tether.info.device", "Device")
+f.dev_slot = ProtoField.uint8("tether.info.device.slot", "Slot", base.DEC)
+f.dev_flags = ProtoField.uint8("tether.info.device.flags", "Flags", base.HEX)
+f.dev_gid = ProtoField.uint16("tether.info.device.gid", "Group ID", base.DEC)
+f.dev_vendor = ProtoField.uint16("tether.info.device.vendor_id", "Vendor ID", base.HEX)
+f.dev_device = ProtoField.uint16("tether.info.device.device_id", "Device ID", base.HEX)
+f.dev_class = ProtoField.uint24("tether.info.device.class", "Class code", base.HEX)
+f.dev_rev = ProtoField.uint8("tether.info.device.revision", "Revision", base.HEX)
+f.dev_ssvid = ProtoField.uint16("tether.info.device.subsystem_vendor_id", "Subsystem vendor ID", base.HEX)
+f.dev_ssid = ProtoField.uint16("tether.info.device.subsystem_id", "Subsystem ID", base.HEX)
+-- CTRL
+f.ctrl_op = ProtoField.uint8("tether.ctrl.op", "Operation", base.DEC, ctrl_ops)
+f.ctrl_status = ProtoField.uint8("tether.ctrl.status", "Status", base.DEC, ctrl_status)
+f.ctrl_gid = ProtoField.uint16("tether.ctrl.gid", "Group ID", base.DEC)
+f.ctrl_request = ProtoField.uint32("tether.ctrl.request_id", "Request ID", base.DEC)
+f.ctrl_target = ProtoField.uint64("tether.ctrl.target", "Target bridge ID", base.HEX)
+f.ctrl_slot = ProtoField.uint8("tether.ctrl.slot", "Slot", base.DEC)
+
+local e_bad_check = ProtoExpert.new("tether.check.bad", "Frame check mismatch", expert.group.CHECKSUM, expert.severity.ERROR)
+local e_malformed = ProtoExpert.new("tether.malformed", "Malformed", expert.group.MALFORMED, expert.severity.ERROR)
+local e_unmatched = ProtoExpert.new("tether.tlp.unmatched", "Completion without a request in this capture", expert.group.SEQUENCE, expert.severity.NOTE)
+tether.experts = { e_bad_check, e_malformed, e_unmatched }
+
+local vlan_id = Field.new("vlan.id")
+
+-- CRC-32C (Castagnoli), reflected polynomial 0x82F63B78.
+local crc_table = {}
+for i = 0, 255 do
+    local c = i
+    for _ = 1, 8 do
+        if bit.band(c, 1) == 1 then
+            c = bit.bxor(bit.rshift(c, 1), 0x82f63b78)
+        else
+            c = bit.rshift(c, 1)
+        end
+    end
+    crc_table[i] = c
+end
+
+local function crc32c_update(crc, bytes, from, to)
+    for i = from, to do
+        crc = bit.bxor(crc_table[bit.band(bit.bxor(crc, bytes:get_index(i)), 0xff)], bit.rshift(crc, 8))
+    end
+    return crc
+end
+
+local function frame_check(gid, tvb, total)
+    local b = tvb:range(0, total):bytes()
+    local crc = 0xffffffff
+    local g = ByteArray.new()
+    g:set_size(2)
+    g:set_index(0, bit.band(bit.rshift(gid, 8), 0x0f))
+    g:set_index(1, bit.band(gid, 0xff))
+    crc = crc32c_update(crc, g, 0, 1)
+    crc = crc32c_update(crc, b, 0, 31)
+    local zero = ByteArray.new("00 00 00 00")
+    crc = crc32c_update(crc, zero, 0, 3)
+    if total > 36 then
+        crc = crc32c_update(crc, b, 36, total - 1)
+    end
+    return bit.bxor(crc, 0xffffffff)
+end
+
+local function bdf(v)
+    return string.format("%02x:%02x.%d", bit.rshift(v, 8), bit.band(bit.rshift(v, 3), 0x1f), bit.band(v, 7))
+end
+
+-- TLP mnemonic from Fmt and Type.
+local function tlp_name(fmt, typ)
+    local data = fmt == 2 or fmt == 3
+    local four = fmt == 1 or fmt == 3
+    if fmt == 4 then return "Prefix" end
+    if typ == 0x00 then
+        if data then return four and "MWr64" or "MWr32" end
+        return four and "MRd64" or "MRd32"
+    elseif typ == 0x01 and not data then return four and "MRdLk64" or "MRdLk32"
+    elseif typ == 0x02 and not four then return data and "IOWr" or "IORd"
+    elseif typ == 0x04 and not four then return data and "CfgWr0" or "CfgRd0"
+    elseif typ == 0x05 and not four then return data and "CfgWr1" or "CfgRd1"
+    elseif typ == 0x0a and not four then return data and "CplD" or "Cpl"
+    elseif typ == 0x0b and not four then return data and "CplDLk" or "CplLk"
+    elseif typ == 0x0c and data then return "FetchAdd"
+    elseif typ == 0x0d and data then return "Swap"
+    elseif typ == 0x0e and data then return "CAS"
+    elseif bit.band(typ, 0x18) == 0x10 and four then return data and "MsgD" or "Msg"
+    end
+    return nil
+end
+
+-- Request/completion matching state, rebuilt on every (re)load of the capture.
+local outstanding = {}   -- key -> { frame, time, record }
+local matches = {}       -- "frame:record" -> { request_frame, latency_us }
+local responses = {}     -- "frame:record" of a request -> completion frame
+
+function tether.init()
+    outstanding = {}
+    matches = {}
+    responses = {}
+end
+
+local function dissect_tlp(tvb, pinfo, tree, gid, rec_no)
+    local len = tvb:len()
+    if len < 4 then
+        tree:add_proto_expert_info(e_malformed, "TLP shorter than one DW")
+        return "?"
+    end
+    local b0 = tvb(0, 1):uint()
+    local fmt = bit.rshift(b0, 5)
+    local typ = bit.band(b0, 0x1f)
+    local name = tlp_name(fmt, typ)
+    if name == nil then
+        tree:add_proto_expert_info(e_malformed, string.format("Reserved Fmt %d / Type 0x%02x", fmt, typ))
+        return "reserved"
+    end
+    local four = fmt == 1 or fmt == 3
+    local data = fmt == 2 or fmt == 3
+    local hdr = four and 16 or 12
+    local t = tree:add(f.tlp, tvb(), name)
+    t:set_text("TLP: " .. name)
+    t:add(f.tlp_name, tvb(0, 1), name)
+    t:add(f.tlp_fmt, tvb(0, 1))
+    t:add(f.tlp_type, tvb(0, 1))
+    if len < hdr then
+        t:add_proto_expert_info(e_malformed, "Truncated TLP header")
+        return name
+    end
+    local b1 = tvb(1, 1)
+    local b2 = tvb(2, 1)
+    t:add(f.tlp_t9, b1)
+    t:add(f.tlp_tc, b1)
+    t:add(f.tlp_t8, b1)
+    t:add(f.tlp_ido, b1)
+    t:add(f.tlp_ln, b1)
+    t:add(f.tlp_th, b1)
+    t:add(f.tlp_td, b2)
+    t:add(f.tlp_ep, b2)
+    t:add(f.tlp_ro, b2)
+    t:add(f.tlp_ns, b2)
+    t:add(f.tlp_at, b2)
+    local raw_len = bit.band(tvb(2, 2):uint(), 0x3ff)
+    local length = raw_len == 0 and 1024 or raw_len
+    t:add(f.tlp_length, tvb(2, 2), length)
+    local tag_hi = bit.bor(bit.band(bit.rshift(b1:uint(), 7), 1) * 512, bit.band(bit.rshift(b1:uint(), 3), 1) * 256)
+    local th = bit.band(b1:uint(), 1) == 1
+    local td = bit.band(b2:uint(), 0x80) ~= 0
+    local key = nil
+    local summary = name
+    local is_cpl = typ == 0x0a or typ == 0x0b
+    local is_msg = bit.band(typ, 0x18) == 0x10
+    local id = tvb(4, 2):uint()
+    if is_cpl then
+        t:add(f.tlp_completer, tvb(4, 2), bdf(id))
+        t:add(f.cpl_status, tvb(6, 1))
+        t:add(f.cpl_bcm, tvb(6, 1))
+        local bc = bit.band(tvb(6, 2):uint(), 0xfff)
+        if bc == 0 then bc = 4096 end
+        t:add(f.cpl_byte_count, tvb(6, 2), bc)
+        local req = tvb(8, 2):uint()
+        local tag = tag_hi + tvb(10, 1):uint()
+        t:add(f.cpl_requester, tvb(8, 2), bdf(req))
+        t:add(f.cpl_tag, tvb(10, 1), tag)
+        t:add(f.cpl_lower_address, tvb(11, 1))
+        local st = cpl_status[bit.rshift(tvb(6, 1):uint(), 5)] or "reserved"
+        summary = string.format("%s %s tag %d %s", name, bdf(req), tag, st)
+        key = gid .. "/" .. req .. "/" .. tag
+        local here = pinfo.number .. ":" .. rec_no
+        if not pinfo.visited then
+            local r = outstanding[key]
+            if r ~= nil then
+                local lat = (pinfo.rel_ts - r.time) * 1e6
+                matches[here] = { frame = r.frame, latency = lat }
+                if responses[r.frame .. ":" .. r.record] == nil then
+                    responses[r.frame .. ":" .. r.record] = pinfo.number
+                end
+                local la = bit.band(tvb(11, 1):uint(), 3)
+                local payload = data and (length * 4) or 0
+                if not data or payload - la >= bc then
+                    outstanding[key] = nil
+                end
+            end
+        end
+        local m = matches[here]
+        if m ~= nil then
+            t:add(f.request_in, m.frame):set_generated()
+            t:add(f.latency, math.floor(m.latency * 1000 + 0.5) / 1000):set_generated()
+        else
+            t:add_proto_expert_info(e_unmatched)
+        end
+    else
+        t:add(f.tlp_requester, tvb(4, 2), bdf(id))
+        local tag = tag_hi + tvb(6, 1):uint()
+        local st_in_tag = th and data and typ == 0x00
+        if st_in_tag then
+            t:add(f.tlp_st, tvb(6, 1))
+        else
+            t:add(f.tlp_tag, tvb(6, 1), tag)
+        end
+        if is_msg then
+            t:add(f.msg_code, tvb(7, 1))
+            t:add(f.msg_routing, tvb(0, 1))
+            local code = tvb(7, 1):uint()
+            local routing = bit.band(typ, 7)
+            if routing == 1 then
+                t:add(f.tlp_address, tvb(8, 8))
+            elseif routing == 2 then
+                t:add(f.msg_dest, tvb(8, 2), bdf(tvb(8, 2):uint()))
+            end
+            if code == 0x7e or code == 0x7f then
+                t:add(f.msg_vendor, tvb(10, 2))
+                t:add(f.msg_vendor_data, tvb(12, 4))
+            elseif routing ~= 1 then
+                t:add(f.msg_body, tvb(8, 8))
+            end
+            summary = string.format("%s %s", name, msg_codes[code] or string.format("code 0x%02x", code))
+        else
+            if th and (typ == 0x00 or typ == 0x01 or typ >= 0x0c) and not st_in_tag then
+                t:add(f.tlp_st, tvb(7, 1))
+            else
+                t:add(f.tlp_last_be, tvb(7, 1))
+                t:add(f.tlp_first_be, tvb(7, 1))
+            end
+            if typ == 0x04 or typ == 0x05 then
+                local target = tvb(8, 2):uint()
+                local reg = bit.bor(bit.lshift(bit.band(tvb(10, 1):uint(), 0x0f), 8), bit.band(tvb(11, 1):uint(), 0xfc))
+                t:add(f.cfg_target, tvb(8, 2), bdf(target))
+                t:add(f.cfg_register, tvb(10, 2), reg)
+                summary = string.format("%s %s reg 0x%03x", name, bdf(target), reg)
+            else
+                local addr
+                if four then
+                    addr = UInt64.new(bit.band(tvb(12, 4):uint(), 0xfffffffc), tvb(8, 4):uint())
+                    t:add(f.tlp_address, tvb(8, 8), addr)
+                    t:add(f.tlp_ph, tvb(15, 1))
+                else
+                    addr = UInt64.new(bit.band(tvb(8, 4):uint(), 0xfffffffc), 0)
+                    t:add(f.tlp_address, tvb(8, 4), addr)
+                    t:add(f.tlp_ph, tvb(11, 1))
+                end
+                summary = string.format("%s 0x%s", name, addr:tohex():gsub("^0+(.)", "%1"))
+            end
+            -- Non-posted requests expect completions.
+            local non_posted = not (typ == 0x00 and data)
+            if non_posted then
+                key = gid .. "/" .. id .. "/" .. tag
+                local here = pinfo.number .. ":" .. rec_no
+                if not pinfo.visited then
+                    outstanding[key] = { frame = pinfo.number, time = pinfo.rel_ts, record = rec_no }
+                end
+                local resp = responses[here]
+                if resp ~= nil then
+                    t:add(f.response_in, resp):set_generated()
+                end
+                summary = summary .. string.format(" tag %d", tag)
+            end
+        end
+    end
+    local payload_len = data and length * 4 or 0
+    local expected = hdr + payload_len + (td and 4 or 0)
+    if len ~= expected then
+        t:add_proto_expert_info(e_malformed, string.format("TLP is %d bytes, its header implies %d", len, expected))
+        return summary
+    end
+    if data then
+        t:add(f.tlp_data, tvb(hdr, payload_len))
+    end
+    if td then
+        t:add(f.tlp_digest, tvb(hdr + payload_len, 4))
+    end
+    t:set_text("TLP: " .. summary)
+    return summary
+end
+
+local function dissect_info(tvb, tree)
+    if tvb:len() < 24 then
+        tree:add_proto_expert_info(e_malformed, "INFO payload shorter than 24 bytes")
+        return "INFO"
+    end
+    tree:add(f.info_role, tvb(0, 1))
+    tree:add(f.info_count, tvb(1, 1))
+    tree:add(f.info_flags, tvb(2, 2))
+    tree:add(f.info_bridge, tvb(4, 8))
+    tree:add(f.info_mtu, tvb(12, 2))
+    tree:add(f.info_max_tlps, tvb(14, 2))
+    tree:add(f.info_interval, tvb(16, 2))
+    tree:add(f.info_mps, tvb(18, 2))
+    tree:add(f.info_mrrs, tvb(20, 2))
+    local n = tvb(1, 1):uint()
+    for i = 0, n - 1 do
+        local at = 24 + i * 16
+        if at + 16 > tvb:len() then
+            tree:add_proto_expert_info(e_malformed, "INFO device entries truncated")
+            break
+        end
+        local d = tree:add(f.dev, tvb(at, 16))
+        d:set_text(string.format("Device slot %d [%04x:%04x] GID %d", tvb(at, 1):uint(), tvb(at + 4, 2):uint(), tvb(at + 6, 2):uint(), tvb(at + 2, 2):uint()))
+        d:add(f.dev_slot, tvb(at, 1))
+        d:add(f.dev_flags, tvb(at + 1, 1))
+        d:add(f.dev_gid, tvb(at + 2, 2))
+        d:add(f.dev_vendor, tvb(at + 4, 2))
+        d:add(f.dev_device, tvb(at + 6, 2))
+        d:add(f.dev_class, tvb(at + 8, 3))
+        d:add(f.dev_rev, tvb(at + 11, 1))
+        d:add(f.dev_ssvid, tvb(at + 12, 2))
+        d:add(f.dev_ssid, tvb(at + 14, 2))
+    end
+    return string.format("INFO %s, %d device(s)", roles[tvb(0, 1):uint()] or "?", n)
+end
+
+local function dissect_ctrl(tvb, tree)
+    if tvb:len() < 20 then
+        tree:add_proto_expert_info(e_malformed, "CTRL payload shorter than 20 bytes")
+        return "CTRL"
+    end
+    tree:add(f.ctrl_op, tvb(0, 1))
+    tree:add(f.ctrl_status, tvb(1, 1))
+    tree:add(f.ctrl_gid, tvb(2, 2))
+    tree:add(f.ctrl_request, tvb(4, 4))
+    tree:add(f.ctrl_target, tvb(8, 8))
+    tree:add(f.ctrl_slot, tvb(16, 1))
+    return string.format("CTRL %s slot %d GID %d", ctrl_ops[tvb(0, 1):uint()] or "?", tvb(16, 1):uint(), tvb(2, 2):uint())
+end
+
+function tether.dissector(tvb, pinfo, tree)
+    if tvb:len() < HEADER_LEN then
+        return 0
+    end
+    pinfo.cols.protocol = "tether"
+    local root = tree:add(tether, tvb())
+    local gid_field = vlan_id()
+    local gid = gid_field and gid_field.value or 0
+    root:add(f.gid, gid):set_generated()
+    local kind = bit.band(tvb(0, 1):uint(), 0x0f)
+    root:add(f.version, tvb(0, 1))
+    root:add(f.kind, tvb(0, 1))
+    local fl = root:add(f.flags, tvb(1, 1))
+    fl:add(f.flag_ack, tvb(1, 1))
+    fl:add(f.flag_syn, tvb(1, 1))
+    fl:add(f.flag_probe, tvb(1, 1))
+    fl:add(f.flag_auth, tvb(1, 1))
+    root:add(f.payload_len, tvb(2, 2))
+    root:add(f.epoch, tvb(4, 4))
+    root:add(f.peer_epoch, tvb(8, 4))
+    root:add(f.seq, tvb(12, 4))
+    root:add(f.ack, tvb(16, 4))
+    root:add(f.tsval, tvb(20, 4))
+    root:add(f.tsecr, tvb(24, 4))
+    root:add(f.window, tvb(28, 2))
+    root:add(f.hlen, tvb(30, 1))
+    local hlen = tvb(30, 1):uint() * 4
+    local plen = tvb(2, 2):uint()
+    local total = hlen + plen
+    local ck = root:add(f.check, tvb(32, 4))
+    if hlen < HEADER_LEN or total > tvb:len() then
+        root:add_proto_expert_info(e_malformed, "Header or payload length runs past the frame")
+        return tvb:len()
+    end
+    local computed = frame_check(gid, tvb, total)
+    if computed == tvb(32, 4):uint() then
+        ck:add(f.check_status, "good"):set_generated()
+    else
+        ck:add(f.check_status, "bad"):set_generated()
+        ck:add(f.check_computed, computed):set_generated()
+        ck:add_proto_expert_info(e_bad_check)
+    end
+    local name = kinds[kind] or string.format("kind %d", kind)
+    root:set_text(string.format("tether %s, GID %d, Seq %d, Ack %d", name, gid, tvb(12, 4):uint(), tvb(16, 4):uint()))
+    local payload = plen > 0 and tvb(hlen, plen) or nil
+    local info = name .. string.format(" seq=%d ack=%d", tvb(12, 4):uint(), tvb(16, 4):uint())
+    if payload == nil then
+        -- ACK, NAK, or an empty DATA frame.
+    elseif kind == 1 then
+        local at = 0
+        local rec_no = 0
+        local parts = {}
+        while at + 4 <= plen do
+            local rlen = payload(at, 2):uint()
+            local r = root:add(f.record, payload(at, math.min(4 + rlen, plen - at)))
+            r:set_text(string.format("Record %d (%d bytes)", rec_no, rlen))
+            r:add(f.record_len, payload(at, 2))
+            r:add(f.record_type, payload(at + 2, 1))
+            if at + 4 + rlen > plen then
+                r:add_proto_expert_info(e_malformed, "Record runs past the payload")
+                break
+            end
+            if payload(at + 2, 1):uint() == 1 and rlen > 0 then
+                parts[#parts + 1] = dissect_tlp(payload(at + 4, rlen):tvb(), pinfo, r, gid, rec_no)
+            end
+            at = at + 4 + rlen
+            rec_no = rec_no + 1
+        end
+        if #parts > 0 then
+            info = info .. ": " .. table.concat(parts, ", ")
+        end
+    elseif kind == 4 then
+        info = dissect_info(payload:tvb(), root)
+    elseif kind == 5 then
+        info = dissect_ctrl(payload:tvb(), root)
+    end
+    pinfo.cols.info = info
+    return tvb:len()
+end
+
+DissectorTable.get("ethertype"):add(ETHERTYPE, tether)

@@ -1,0 +1,102 @@
+//! The tether command line: sample, decode and clear errors on bad input.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn sample_decodes_with_matched_completions() {
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("s.pcap");
+    run_ok(tether().args(["wire", "sample", "--pcap"]).arg(&pcap));
+    let out = run_ok(tether().args(["wire", "decode", "--pcap"]).arg(&pcap));
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.starts_with(char::is_whitespace)
+                && l.trim_start()
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_digit()))
+            .count(),
+        13,
+        "{out}"
+    );
+    assert!(
+        out.contains("CfgRd0 00:00.0 tag 1 -> 01:00.0 reg 0x000 BE f"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "CplD 01:00.0 -> 00:00.0 tag 1 SC bytes 4 la 0x00  [request in frame 3, 23 µs]"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("Msg 01:00.0 Assert_INTA routing Local"),
+        "{out}"
+    );
+    assert!(
+        out.contains("slot 1 GID 10 [1af4:1042] class 018000"),
+        "{out}"
+    );
+    assert!(out.contains("SetGroup request 77"), "{out}");
+}
+
+#[test]
+fn decode_reports_malformed_frames_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("bad.pcap");
+    let mut frames = wire::sample::frames();
+    frames[2].bytes[40] ^= 1; // breaks the frame check
+    frames[3].bytes.truncate(30); // truncated header
+    let file = std::fs::File::create(&pcap).unwrap();
+    let mut w = pcap_file::pcap::PcapWriter::new(file).unwrap();
+    for f in &frames {
+        w.write_packet(&pcap_file::pcap::PcapPacket::new(
+            std::time::Duration::from_micros(f.time_us),
+            f.bytes.len() as u32,
+            &f.bytes,
+        ))
+        .unwrap();
+    }
+    drop(w);
+    let out = run_ok(tether().args(["wire", "decode", "--pcap"]).arg(&pcap));
+    assert!(out.contains("frame check failed"), "{out}");
+    assert!(out.contains("truncated tether header"), "{out}");
+    // The frames after the bad ones are still decoded.
+    assert!(out.contains("CTRL"), "{out}");
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pcap = dir.path().join("x.pcap");
+    std::fs::write(&not_pcap, b"hello").unwrap();
+    let out = tether()
+        .args(["wire", "decode", "--pcap"])
+        .arg(&not_pcap)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not a pcap file"), "{err}");
+
+    let out = tether()
+        .args(["wire", "decode", "--pcap", "/nonexistent/x.pcap"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("opening /nonexistent/x.pcap"));
+
+    let out = tether()
+        .args(["capture", "--interface", "no-such-if0", "-w"])
+        .arg(dir.path().join("c.pcap"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no interface named \"no-such-if0\"") || err.contains("CAP_NET_RAW"),
+        "{err}"
+    );
+}

@@ -1,0 +1,298 @@
+//! The Wireshark Lua dissector, run for real in Debian's tshark on the sample capture.
+//! tshark is installed by scripts/deps/tshark.sh when missing (root only); without it
+//! the test says so loudly and skips.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn have_tshark() -> bool {
+    Command::new("tshark")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn ensure_tshark() -> bool {
+    if have_tshark() {
+        return true;
+    }
+    if !is_root() {
+        return false;
+    }
+    let status = Command::new("bash")
+        .arg(repo_root().join("scripts/deps/tshark.sh"))
+        .status()
+        .expect("running scripts/deps/tshark.sh");
+    status.success() && have_tshark()
+}
+
+fn lua() -> String {
+    format!(
+        "lua_script:{}",
+        repo_root().join("contrib/wireshark/tether.lua").display()
+    )
+}
+
+/// tshark -T fields for `fields`, one map per frame (field -> all occurrences).
+fn fields(pcap: &Path, fields: &[&str]) -> Vec<HashMap<String, Vec<String>>> {
+    let mut cmd = Command::new("tshark");
+    cmd.arg("-r").arg(pcap).args([
+        "-X",
+        &lua(),
+        "-2",
+        "-T",
+        "fields",
+        "-E",
+        "occurrence=a",
+        "-E",
+        "aggregator=|",
+    ]);
+    for f in fields {
+        cmd.args(["-e", f]);
+    }
+    let out = run_ok(&mut cmd);
+    out.lines()
+        .map(|line| {
+            line.split('\t')
+                .zip(fields)
+                .map(|(v, f)| {
+                    let vals = if v.is_empty() {
+                        Vec::new()
+                    } else {
+                        v.split('|').map(str::to_string).collect()
+                    };
+                    (f.to_string(), vals)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn get<'a>(frame: &'a HashMap<String, Vec<String>>, field: &str) -> Vec<&'a str> {
+    frame[field].iter().map(String::as_str).collect()
+}
+
+#[test]
+fn tshark_decodes_the_sample_capture() {
+    if !ensure_tshark() {
+        skip(
+            "tshark_decodes_the_sample_capture",
+            "tshark is not installed and cannot be installed without root",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("sample.pcap");
+    run_ok(tether().args(["wire", "sample", "--pcap"]).arg(&pcap));
+
+    let frames = fields(
+        &pcap,
+        &[
+            "tether.kind",
+            "tether.gid",
+            "tether.seq",
+            "tether.ack",
+            "tether.check.status",
+            "tether.tlp.name",
+            "tether.tlp.tag",
+            "tether.tlp.cpl.tag",
+            "tether.tlp.request_in",
+            "tether.tlp.response_in",
+            "tether.tlp.latency_us",
+            "tether.tlp.address",
+            "tether.tlp.length",
+            "tether.tlp.requester",
+            "tether.tlp.completer",
+            "tether.tlp.cpl.status",
+            "tether.tlp.cpl.byte_count",
+            "tether.tlp.cpl.lower_address",
+            "tether.tlp.first_be",
+            "tether.tlp.last_be",
+            "tether.tlp.cfg.target",
+            "tether.tlp.cfg.register",
+            "tether.tlp.msg.code",
+            "tether.tlp.msg.routing",
+            "tether.tlp.msg.vendor_id",
+            "tether.tlp.ep",
+            "tether.tlp.digest",
+            "tether.tlp.fmt",
+            "tether.info.role",
+            "tether.info.device.vendor_id",
+            "tether.info.device.class",
+            "tether.ctrl.op",
+            "tether.ctrl.gid",
+            "tether.ctrl.slot",
+        ],
+    );
+    let expected_frames = wire::sample::frames().len();
+    assert_eq!(frames.len(), expected_frames);
+    for (i, f) in frames.iter().enumerate() {
+        assert_eq!(get(f, "tether.check.status"), ["good"], "frame {}", i + 1);
+        assert_eq!(get(f, "tether.gid"), ["10"], "frame {}", i + 1);
+    }
+    let kinds: Vec<_> = frames
+        .iter()
+        .map(|f| get(f, "tether.kind").join(""))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["4", "4", "1", "1", "1", "1", "1", "1", "1", "2", "3", "5", "5"]
+    );
+
+    // INFO: roles and devices.
+    assert_eq!(get(&frames[0], "tether.info.role"), ["2"]);
+    assert_eq!(
+        get(&frames[0], "tether.info.device.vendor_id"),
+        ["0x1de5", "0x1af4"]
+    );
+    assert_eq!(
+        get(&frames[0], "tether.info.device.class"),
+        ["0xff0000", "0x018000"]
+    );
+    assert_eq!(get(&frames[1], "tether.info.role"), ["1"]);
+
+    // Config requests and their completions, matched with latency.
+    let f = &frames[2];
+    assert_eq!(
+        get(f, "tether.tlp.name"),
+        ["CfgRd0", "CfgWr0", "CfgRd1", "CfgWr1"]
+    );
+    assert_eq!(get(f, "tether.tlp.tag"), ["1", "2", "3", "4"]);
+    assert_eq!(get(f, "tether.tlp.cfg.target"), ["01:00.0"; 4]);
+    assert_eq!(
+        get(f, "tether.tlp.cfg.register"),
+        ["0x0000", "0x0010", "0x0100", "0x0004"]
+    );
+    assert_eq!(get(f, "tether.tlp.response_in"), ["4"; 4]);
+    let f = &frames[3];
+    assert_eq!(get(f, "tether.tlp.name"), ["CplD", "Cpl", "Cpl", "Cpl"]);
+    assert_eq!(get(f, "tether.tlp.cpl.tag"), ["1", "2", "3", "4"]);
+    assert_eq!(get(f, "tether.tlp.cpl.status"), ["0", "0", "1", "2"]);
+    assert_eq!(get(f, "tether.tlp.completer"), ["01:00.0"; 4]);
+    assert_eq!(get(f, "tether.tlp.request_in"), ["3"; 4]);
+    assert_eq!(get(f, "tether.tlp.latency_us"), ["23"; 4]);
+
+    // Memory and I/O requests: both address formats, locked read, poisoned write with digest.
+    let f = &frames[4];
+    assert_eq!(
+        get(f, "tether.tlp.name"),
+        ["MRd32", "MRd64", "MRdLk32", "MWr32", "MWr64", "MWr32", "IORd", "IOWr"]
+    );
+    assert_eq!(
+        get(f, "tether.tlp.fmt"),
+        ["0", "1", "0", "2", "3", "2", "0", "2"]
+    );
+    assert_eq!(
+        get(f, "tether.tlp.address"),
+        [
+            "0x00000000febf0000",
+            "0x0000000800001000",
+            "0x00000000febf0100",
+            "0x00000000febf0008",
+            "0x0000000800002000",
+            "0x00000000febf0010",
+            "0x000000000000c000",
+            "0x000000000000c004"
+        ]
+    );
+    assert_eq!(
+        get(f, "tether.tlp.length"),
+        ["32", "2", "1", "2", "2", "1", "1", "1"]
+    );
+    assert_eq!(
+        get(f, "tether.tlp.first_be"),
+        ["0x0f", "0x0f", "0x0f", "0x0f", "0x0f", "0x0f", "0x03", "0x0f"]
+    );
+    assert_eq!(
+        get(f, "tether.tlp.ep"),
+        ["0", "0", "0", "0", "0", "1", "0", "0"]
+    );
+    assert_eq!(get(f, "tether.tlp.digest"), ["0x0badc0de"]);
+    assert_eq!(get(f, "tether.tlp.requester"), ["00:00.0"; 8]);
+
+    // Read completions split at the RCB: byte counts and lower addresses.
+    let f = &frames[5];
+    assert_eq!(
+        get(f, "tether.tlp.name"),
+        ["CplD", "CplD", "CplD", "CplDLk", "CplD", "Cpl"]
+    );
+    assert_eq!(
+        get(f, "tether.tlp.cpl.byte_count"),
+        ["128", "64", "8", "4", "2", "4"]
+    );
+    assert_eq!(
+        get(f, "tether.tlp.cpl.lower_address"),
+        ["0x00", "0x40", "0x00", "0x00", "0x00", "0x00"]
+    );
+    assert_eq!(get(f, "tether.tlp.request_in"), ["5"; 6]);
+    assert_eq!(get(f, "tether.tlp.latency_us"), ["19"; 6]);
+
+    // MSI, INTx and other messages.
+    let f = &frames[6];
+    assert_eq!(
+        get(f, "tether.tlp.name"),
+        ["MWr32", "Msg", "Msg", "MsgD", "Msg"]
+    );
+    assert_eq!(get(f, "tether.tlp.address"), ["0x00000000fee00000"]);
+    assert_eq!(
+        get(f, "tether.tlp.msg.code"),
+        ["0x20", "0x24", "0x7f", "0x30"]
+    );
+    assert_eq!(get(f, "tether.tlp.msg.routing"), ["4", "4", "2", "0"]);
+    assert_eq!(get(f, "tether.tlp.msg.vendor_id"), ["0x1de5"]);
+
+    // AtomicOps from the device and the host's completions.
+    assert_eq!(
+        get(&frames[7], "tether.tlp.name"),
+        ["FetchAdd", "Swap", "CAS"]
+    );
+    assert_eq!(get(&frames[7], "tether.tlp.response_in"), ["9"; 3]);
+    assert_eq!(get(&frames[8], "tether.tlp.request_in"), ["8"; 3]);
+    assert_eq!(get(&frames[8], "tether.tlp.latency_us"), ["31"; 3]);
+    assert_eq!(get(&frames[8], "tether.tlp.cpl.status"), ["0", "0", "4"]);
+
+    // ACK/NAK and CTRL.
+    assert_eq!(get(&frames[9], "tether.ack"), ["4"]);
+    assert_eq!(get(&frames[10], "tether.ack"), ["5"]);
+    assert_eq!(get(&frames[11], "tether.ctrl.op"), ["1"]);
+    assert_eq!(get(&frames[11], "tether.ctrl.gid"), ["20"]);
+    assert_eq!(get(&frames[11], "tether.ctrl.slot"), ["1"]);
+    assert_eq!(get(&frames[12], "tether.ctrl.op"), ["3"]);
+}
+
+#[test]
+fn tshark_flags_a_corrupted_frame() {
+    if !ensure_tshark() {
+        skip(
+            "tshark_flags_a_corrupted_frame",
+            "tshark is not installed and cannot be installed without root",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("corrupt.pcap");
+    let mut frames = wire::sample::frames();
+    // Flip one payload bit of the first DATA frame.
+    let last = frames[2].bytes.len() - 1;
+    frames[2].bytes[last] ^= 0x10;
+    let file = std::fs::File::create(&pcap).unwrap();
+    let mut w = pcap_file::pcap::PcapWriter::new(file).unwrap();
+    for f in &frames {
+        w.write_packet(&pcap_file::pcap::PcapPacket::new(
+            std::time::Duration::from_micros(f.time_us),
+            f.bytes.len() as u32,
+            &f.bytes,
+        ))
+        .unwrap();
+    }
+    drop(w);
+    let frames = fields(&pcap, &["tether.check.status", "tether.check.computed"]);
+    assert_eq!(get(&frames[2], "tether.check.status"), ["bad"]);
+    assert_eq!(get(&frames[2], "tether.check.computed").len(), 1);
+    assert_eq!(get(&frames[3], "tether.check.status"), ["good"]);
+}
