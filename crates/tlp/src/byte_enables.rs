@@ -74,44 +74,61 @@ pub fn enabled_bytes(length_dw: u16, first_be: u8, last_be: u8) -> (u8, u32) {
     (lo as u8, length_dw as u32 * 4 - lo - trailing_disabled)
 }
 
+/// Bit n set: BE pattern n enables a run of bytes that reaches the top of the DW
+/// (1111, 1110, 1100, 1000).
+const CONTIGUOUS_FROM_TOP: u16 = (1 << 0b1111) | (1 << 0b1110) | (1 << 0b1100) | (1 << 0b1000);
+/// Bit n set: BE pattern n enables a run that starts at the bottom (1111, 0111, 0011, 0001).
+const CONTIGUOUS_FROM_BOTTOM: u16 = (1 << 0b1111) | (1 << 0b0111) | (1 << 0b0011) | (1 << 0b0001);
+
 fn contiguous_from_top(be: u8) -> bool {
-    matches!(be, 0b1111 | 0b1110 | 0b1100 | 0b1000)
+    CONTIGUOUS_FROM_TOP >> (be & 0xf) & 1 != 0
 }
 
 fn contiguous_from_bottom(be: u8) -> bool {
-    matches!(be, 0b1111 | 0b0111 | 0b0011 | 0b0001)
+    CONTIGUOUS_FROM_BOTTOM >> (be & 0xf) & 1 != 0
 }
 
 /// Byte-enable rules for a memory or I/O request of `length_dw` DWs at `address`:
 /// one DW: Last BE must be 0000 (any First BE, 0000 being a zero-length access);
 /// more: neither may be 0000, and unless the request is 2 DW and QW-aligned the
 /// enabled bytes must be contiguous.
+#[inline(always)]
 pub fn check_byte_enables(
     length_dw: u16,
     first_be: u8,
     last_be: u8,
     address: u64,
 ) -> Result<(), ParseError> {
-    let bad = || ParseError::InvalidByteEnables {
-        first: first_be,
-        last: last_be,
-        length_dw,
-    };
-    if first_be > 0xf || last_be > 0xf {
-        return Err(bad());
+    if byte_enables_valid(length_dw, first_be, last_be, address) {
+        Ok(())
+    } else {
+        Err(invalid_byte_enables(first_be, last_be, length_dw))
+    }
+}
+
+/// The rule of [`check_byte_enables`] as a predicate (the hot path: no error value).
+#[inline(always)]
+pub fn byte_enables_valid(length_dw: u16, first_be: u8, last_be: u8, address: u64) -> bool {
+    if (first_be | last_be) > 0xf {
+        return false;
     }
     if length_dw == 1 {
-        return if last_be == 0 { Ok(()) } else { Err(bad()) };
+        return last_be == 0;
     }
     if first_be == 0 || last_be == 0 {
-        return Err(bad());
+        return false;
     }
     let qw_aligned_pair = length_dw == 2 && address.is_multiple_of(8);
-    let contiguous = contiguous_from_top(first_be) && contiguous_from_bottom(last_be);
-    if !(qw_aligned_pair || contiguous) {
-        return Err(bad());
+    qw_aligned_pair || (contiguous_from_top(first_be) && contiguous_from_bottom(last_be))
+}
+
+#[cold]
+fn invalid_byte_enables(first: u8, last: u8, length_dw: u16) -> ParseError {
+    ParseError::InvalidByteEnables {
+        first,
+        last,
+        length_dw,
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod reassembly;
 pub mod repr;
 pub mod split;
 pub mod types;
+mod words;
 
 pub use byte_enables::{check_byte_enables, enabled_bytes, DwSpan};
 pub use error::{EmitError, ParseError};

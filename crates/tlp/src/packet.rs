@@ -52,11 +52,6 @@ pub const fn decode_length(raw: u16) -> u16 {
     }
 }
 
-/// Encodes a length of 1..=1024 DW into the 10-bit Length field.
-pub const fn encode_length(length_dw: u16) -> u16 {
-    length_dw & 0x3ff
-}
-
 /// A read-only or read-write view of one TLP.
 #[derive(Debug, Clone, Copy)]
 pub struct TlpPacket<T: AsRef<[u8]>> {
@@ -80,55 +75,7 @@ impl<T: AsRef<[u8]>> TlpPacket<T> {
 
     /// The size check behind [`TlpPacket::new_checked`].
     pub fn check_len(&self) -> Result<(), ParseError> {
-        let data = self.buffer.as_ref();
-        if data.len() < 4 {
-            return Err(ParseError::Truncated {
-                needed: 4,
-                got: data.len(),
-            });
-        }
-        let fmt_bits = data[field::FMT_TYPE] >> 5;
-        let fmt = match Fmt::from_bits(fmt_bits) {
-            Some(Fmt::Prefix) => return Err(ParseError::UnsupportedPrefix),
-            Some(fmt) => fmt,
-            None => {
-                return Err(ParseError::ReservedType {
-                    fmt: fmt_bits,
-                    type_: data[field::FMT_TYPE] & 0x1f,
-                })
-            }
-        };
-        let header = fmt.header_len();
-        if data.len() < header {
-            return Err(ParseError::Truncated {
-                needed: header,
-                got: data.len(),
-            });
-        }
-        let expected = self.total_len_for(fmt);
-        if data.len() != expected {
-            if data.len() < expected {
-                return Err(ParseError::Truncated {
-                    needed: expected,
-                    got: data.len(),
-                });
-            }
-            return Err(ParseError::LengthMismatch {
-                expected,
-                actual: data.len(),
-            });
-        }
-        Ok(())
-    }
-
-    fn total_len_for(&self, fmt: Fmt) -> usize {
-        let data_len = if fmt.has_data() {
-            self.length_dw() as usize * 4
-        } else {
-            0
-        };
-        let digest = if self.td() { 4 } else { 0 };
-        fmt.header_len() + data_len + digest
+        crate::words::HeaderWords::read(self.buffer.as_ref()).map(|_| ())
     }
 
     /// The underlying buffer.
@@ -359,133 +306,18 @@ impl<T: AsRef<[u8]>> TlpPacket<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> TlpPacket<T> {
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        self.buffer.as_mut()
-    }
-
-    fn set_be16(&mut self, i: usize, v: u16) {
-        self.bytes_mut()[i..i + 2].copy_from_slice(&v.to_be_bytes());
-    }
-
-    fn set_be32(&mut self, i: usize, v: u32) {
-        self.bytes_mut()[i..i + 4].copy_from_slice(&v.to_be_bytes());
-    }
-
-    /// Writes DW0. The tag's high bits (T9/T8) are set separately by the tag setters.
-    #[allow(clippy::too_many_arguments)]
-    pub fn set_dw0(
-        &mut self,
-        fmt: Fmt,
-        type_bits: u8,
-        traffic_class: u8,
-        attributes: Attributes,
-        ln: bool,
-        th: bool,
-        td: bool,
-        ep: bool,
-        address_type: u8,
-        length_field: u16,
-    ) {
-        let b0 = ((fmt as u8) << 5) | (type_bits & 0x1f);
-        let b1 = ((traffic_class & 7) << 4)
-            | ((attributes.id_based_ordering as u8) << 2)
-            | ((ln as u8) << 1)
-            | th as u8;
-        let b2 = ((td as u8) << 7)
-            | ((ep as u8) << 6)
-            | ((attributes.relaxed_ordering as u8) << 5)
-            | ((attributes.no_snoop as u8) << 4)
-            | ((address_type & 3) << 2)
-            | ((length_field >> 8) as u8 & 0x3);
-        let d = self.bytes_mut();
-        d[0] = b0;
-        d[1] = b1;
-        d[2] = b2;
-        d[3] = length_field as u8;
-    }
-
-    fn set_tag_high(&mut self, tag: Tag) {
-        let t9 = ((tag.value() >> 9) & 1) as u8;
-        let t8 = ((tag.value() >> 8) & 1) as u8;
-        let d = self.bytes_mut();
-        d[field::TC] = (d[field::TC] & !0x88) | (t9 << 7) | (t8 << 3);
-    }
-
-    pub fn set_id(&mut self, id: Bdf) {
-        self.set_be16(field::ID, id.to_u16());
-    }
-
-    /// Sets a request's tag (byte 6 plus T9/T8).
-    pub fn set_request_tag(&mut self, tag: Tag) {
-        self.bytes_mut()[field::TAG] = tag.value() as u8;
-        self.set_tag_high(tag);
-    }
-
-    pub fn set_byte6(&mut self, v: u8) {
-        self.bytes_mut()[field::TAG] = v;
-    }
-
-    pub fn set_byte7(&mut self, v: u8) {
-        self.bytes_mut()[field::BE] = v;
-    }
-
-    pub fn set_byte_enables(&mut self, first: u8, last: u8) {
-        self.set_byte7(((last & 0xf) << 4) | (first & 0xf));
-    }
-
-    /// Writes the address DW(s) for the header size already set in Fmt; `low_bits` are PH.
-    pub fn set_address(&mut self, address: u64, low_bits: u8) {
-        if self.fmt().is_some_and(Fmt::is_four_dw) {
-            self.set_be32(field::DW2, (address >> 32) as u32);
-            self.set_be32(field::DW3, (address as u32 & !3) | (low_bits & 3) as u32);
-        } else {
-            self.set_be32(field::DW2, (address as u32 & !3) | (low_bits & 3) as u32);
-        }
-    }
-
-    pub fn set_config_target(&mut self, target: Bdf, register: u16) {
-        self.set_be16(field::DW2, target.to_u16());
-        let d = self.bytes_mut();
-        d[field::DW2 + 2] = ((register >> 8) & 0xf) as u8;
-        d[field::DW2 + 3] = (((register >> 2) & 0x3f) as u8) << 2;
-    }
-
-    pub fn set_completion_fields(&mut self, status_bits: u8, bcm: bool, byte_count: u16) {
-        let field = byte_count & 0xfff; // 4096 encodes as 0
-        self.bytes_mut()[field::TAG] =
-            ((status_bits & 7) << 5) | ((bcm as u8) << 4) | ((field >> 8) as u8);
-        self.bytes_mut()[field::BE] = field as u8;
-    }
-
-    pub fn set_completion_requester(&mut self, requester: Bdf, tag: Tag, lower_address: u8) {
-        self.set_be16(field::DW2, requester.to_u16());
-        let d = self.bytes_mut();
-        d[field::DW2 + 2] = tag.value() as u8;
-        d[field::DW2 + 3] = lower_address & 0x7f;
-        self.set_tag_high(tag);
-    }
-
-    pub fn set_message_body(&mut self, body: &[u8; 8]) {
-        self.bytes_mut()[field::DW2..field::DW2 + 8].copy_from_slice(body);
-    }
-
-    /// Mutable payload (between the header and the digest).
+    /// Mutable payload (between the header and the digest), for filling data in place
+    /// after `Tlp::emit` wrote the header.
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let start = self.header_len();
         let td = self.td();
-        let d = self.bytes_mut();
-        let end = if td { d.len() - 4 } else { d.len() };
-        &mut d[start..end]
-    }
-
-    pub fn set_digest(&mut self, digest: u32) {
-        let len = self.buffer.as_ref().len();
-        self.set_be32(len - 4, digest);
-    }
-
-    /// Zeroes the first `header_len` bytes, so that reserved fields are written as zero.
-    pub fn clear_header(&mut self, header_len: usize) {
-        self.bytes_mut()[..header_len].fill(0);
+        let d = self.buffer.as_mut();
+        let end = if td {
+            d.len().saturating_sub(4)
+        } else {
+            d.len()
+        };
+        &mut d[start.min(end)..end]
     }
 }
 

@@ -4,11 +4,12 @@ use core::fmt;
 
 use crate::byte_enables::check_byte_enables;
 use crate::error::{EmitError, ParseError};
-use crate::packet::{encode_length, type_code, TlpPacket};
+use crate::packet::type_code;
 use crate::types::{
     message_code, AtomicOp, Attributes, Bdf, CompletionStatus, Fmt, IntxPin, MessageRouting,
     ProcessingHint, Tag,
 };
+use crate::words::{make_dw0, HeaderWords};
 
 /// Largest data payload a TLP can carry (Length = 1024 DW).
 pub const MAX_PAYLOAD: usize = 4096;
@@ -151,6 +152,7 @@ pub const fn implied_byte_enables(length_dw: u16) -> (u8, u8) {
     }
 }
 
+#[inline]
 fn payload_dw(payload: &[u8]) -> Result<u16, EmitError> {
     if payload.is_empty() || !payload.len().is_multiple_of(4) || payload.len() > MAX_PAYLOAD {
         return Err(EmitError::BadPayloadLength(payload.len()));
@@ -158,13 +160,20 @@ fn payload_dw(payload: &[u8]) -> Result<u16, EmitError> {
     Ok((payload.len() / 4) as u16)
 }
 
+#[inline(always)]
 fn check_four_kib(address: u64, length_dw: u16) -> Result<(), ParseError> {
     if (address & 0xfff) + length_dw as u64 * 4 > 4096 {
-        return Err(ParseError::CrossesFourKiB { address, length_dw });
+        return Err(crosses_four_kib(address, length_dw));
     }
     Ok(())
 }
 
+#[cold]
+fn crosses_four_kib(address: u64, length_dw: u16) -> ParseError {
+    ParseError::CrossesFourKiB { address, length_dw }
+}
+
+#[inline]
 fn require_zero(cond: bool, field: &'static str) -> Result<(), ParseError> {
     if cond {
         Err(ParseError::FieldNotAllowed { field })
@@ -174,6 +183,7 @@ fn require_zero(cond: bool, field: &'static str) -> Result<(), ParseError> {
 }
 
 /// I/O and configuration requests: TC0, no attributes, no LN/TH, untranslated.
+#[inline]
 fn check_io_like_flags(flags: &HeaderFlags) -> Result<(), ParseError> {
     require_zero(flags.traffic_class != 0, "TC")?;
     require_zero(!flags.attributes.is_none(), "Attr")?;
@@ -314,46 +324,60 @@ impl<'a> Tlp<'a> {
     }
 
     /// Decodes and validates one TLP that fills `bytes` exactly.
+    #[inline]
     pub fn parse(bytes: &'a [u8]) -> Result<Tlp<'a>, ParseError> {
-        let packet = TlpPacket::new_checked(bytes)?;
-        let tlp = Self::decode(&packet, bytes)?;
+        let h = HeaderWords::read(bytes)?;
+        let tlp = Self::decode(&h, bytes)?;
         tlp.check()?;
         Ok(tlp)
     }
 
-    fn decode(packet: &TlpPacket<&'a [u8]>, bytes: &'a [u8]) -> Result<Tlp<'a>, ParseError> {
-        // new_checked has rejected prefixes and reserved Fmt values.
-        let fmt = packet.fmt().ok_or(ParseError::UnsupportedPrefix)?;
-        let type_bits = packet.type_bits();
+    #[inline]
+    fn decode(h: &HeaderWords, bytes: &'a [u8]) -> Result<Tlp<'a>, ParseError> {
+        let fmt = h.fmt;
+        let type_bits = h.type_bits();
         let reserved = || ParseError::ReservedType {
             fmt: fmt as u8,
             type_: type_bits,
         };
-        let four = fmt.is_four_dw();
+        let four = h.four_dw;
         let data = fmt.has_data();
-        let th = packet.th();
+        let th = h.th();
         let flags = HeaderFlags {
-            traffic_class: packet.traffic_class(),
-            attributes: packet.attributes(),
-            ln: packet.ln(),
-            poisoned: packet.ep(),
-            address_type: packet.address_type(),
+            traffic_class: h.traffic_class(),
+            attributes: h.attributes(),
+            ln: h.ln(),
+            poisoned: h.ep(),
+            address_type: h.address_type(),
         };
-        let tag = packet.request_tag();
-        let requester = packet.id();
-        let address = packet.address();
+        let tag = h.tag_with(h.byte6());
+        let requester = Bdf::from_u16(h.id());
+        let address = h.address();
+        let first_be = h.byte7() & 0xf;
+        let last_be = h.byte7() >> 4;
         if four && address < 1 << 32 && (type_bits & type_code::MSG_MASK) != type_code::MSG {
             return Err(ParseError::Address64Below4G { address });
         }
-        let hint = th.then(|| ProcessingHint {
-            ph: packet.ph(),
-            steering_tag: 0,
-        });
+        let hint = |steering_tag| {
+            th.then(|| ProcessingHint {
+                ph: h.ph(),
+                steering_tag,
+            })
+        };
+        // I/O and configuration requests: 3DW only, one DW, Last BE 0000, no TH.
         let io_like = || -> Result<(), ParseError> {
             if four {
                 return Err(reserved());
             }
-            require_zero(th, "TH")
+            require_zero(th, "TH")?;
+            if last_be != 0 {
+                return Err(ParseError::InvalidByteEnables {
+                    first: first_be,
+                    last: last_be,
+                    length_dw: h.length_dw(),
+                });
+            }
+            Ok(())
         };
         let header = match type_bits {
             type_code::MEM | type_code::MEM_LOCKED => {
@@ -362,35 +386,26 @@ impl<'a> Tlp<'a> {
                     return Err(reserved());
                 }
                 if data {
-                    let (tag, hint) = match hint {
-                        Some(h) => (
-                            Tag::wrapping(tag.value() & 0x300),
-                            Some(ProcessingHint {
-                                steering_tag: packet.byte6(),
-                                ..h
-                            }),
-                        ),
-                        None => (tag, None),
+                    // With TH, byte 6 is the Steering Tag and only T9/T8 remain of the tag.
+                    let tag = if th {
+                        Tag::wrapping(tag.value() & 0x300)
+                    } else {
+                        tag
                     };
                     Header::MemWrite(MemWrite {
                         requester,
                         tag,
                         address,
-                        first_be: packet.first_be(),
-                        last_be: packet.last_be(),
-                        hint,
+                        first_be,
+                        last_be,
+                        hint: hint(h.byte6()),
                     })
                 } else {
-                    let length_dw = packet.length_dw();
-                    let ((first_be, last_be), hint) = match hint {
-                        Some(h) => (
-                            implied_byte_enables(length_dw),
-                            Some(ProcessingHint {
-                                steering_tag: packet.byte7(),
-                                ..h
-                            }),
-                        ),
-                        None => ((packet.first_be(), packet.last_be()), None),
+                    let length_dw = h.length_dw();
+                    let (first_be, last_be) = if th {
+                        implied_byte_enables(length_dw)
+                    } else {
+                        (first_be, last_be)
                     };
                     Header::MemRead(MemRead {
                         requester,
@@ -400,7 +415,7 @@ impl<'a> Tlp<'a> {
                         first_be,
                         last_be,
                         locked,
-                        hint,
+                        hint: hint(h.byte7()),
                     })
                 }
             }
@@ -410,15 +425,8 @@ impl<'a> Tlp<'a> {
                     requester,
                     tag,
                     address: address as u32,
-                    first_be: packet.first_be(),
+                    first_be,
                 };
-                if packet.last_be() != 0 {
-                    return Err(ParseError::InvalidByteEnables {
-                        first: packet.first_be(),
-                        last: packet.last_be(),
-                        length_dw: packet.length_dw(),
-                    });
-                }
                 if data {
                     Header::IoWrite(req)
                 } else {
@@ -427,21 +435,15 @@ impl<'a> Tlp<'a> {
             }
             type_code::CFG0 | type_code::CFG1 => {
                 io_like()?;
+                let dw2 = h.dw[2];
                 let req = ConfigRequest {
                     type1: type_bits == type_code::CFG1,
                     requester,
                     tag,
-                    target: packet.config_target(),
-                    register: packet.config_register(),
-                    first_be: packet.first_be(),
+                    target: Bdf::from_u16((dw2 >> 16) as u16),
+                    register: ((((dw2 >> 8) & 0xf) << 8) | (dw2 & 0xfc)) as u16,
+                    first_be,
                 };
-                if packet.last_be() != 0 {
-                    return Err(ParseError::InvalidByteEnables {
-                        first: packet.first_be(),
-                        last: packet.last_be(),
-                        length_dw: packet.length_dw(),
-                    });
-                }
                 if data {
                     Header::ConfigWrite(req)
                 } else {
@@ -452,17 +454,19 @@ impl<'a> Tlp<'a> {
                 if four {
                     return Err(reserved());
                 }
-                let bits = packet.completion_status_bits();
+                let bits = h.byte6() >> 5;
                 let status = CompletionStatus::from_bits(bits)
                     .ok_or(ParseError::ReservedCompletionStatus(bits))?;
+                let byte_count = (((h.byte6() & 0xf) as u16) << 8) | h.byte7() as u16;
+                let dw2 = h.dw[2];
                 Header::Completion(Completion {
                     completer: requester,
                     status,
-                    bcm: packet.bcm(),
-                    byte_count: packet.byte_count(),
-                    requester: packet.completion_requester(),
-                    tag: packet.completion_tag(),
-                    lower_address: packet.lower_address(),
+                    bcm: h.byte6() & 0x10 != 0,
+                    byte_count: if byte_count == 0 { 4096 } else { byte_count },
+                    requester: Bdf::from_u16((dw2 >> 16) as u16),
+                    tag: h.tag_with((dw2 >> 8) as u8),
+                    lower_address: dw2 as u8 & 0x7f,
                     locked: type_bits == type_code::CPL_LOCKED,
                 })
             }
@@ -480,10 +484,7 @@ impl<'a> Tlp<'a> {
                     requester,
                     tag,
                     address,
-                    hint: hint.map(|h| ProcessingHint {
-                        steering_tag: packet.byte7(),
-                        ..h
-                    }),
+                    hint: hint(h.byte7()),
                 })
             }
             t if t & type_code::MSG_MASK == type_code::MSG => {
@@ -494,27 +495,37 @@ impl<'a> Tlp<'a> {
                 let routing_bits = t & 0x7;
                 let routing = MessageRouting::from_bits(routing_bits)
                     .ok_or(ParseError::ReservedMessageRouting(routing_bits))?;
+                let mut body = [0u8; 8];
+                body[..4].copy_from_slice(&h.dw[2].to_be_bytes());
+                body[4..].copy_from_slice(&h.dw[3].to_be_bytes());
                 Header::Message(Message {
                     requester,
                     tag,
-                    code: packet.message_code(),
+                    code: h.byte7(),
                     routing,
-                    body: packet.message_body(),
+                    body,
                 })
             }
             _ => return Err(reserved()),
         };
-        // new_checked guaranteed header + data + digest == bytes.len().
-        let digest_len = if packet.td() { 4 } else { 0 };
+        // HeaderWords::read guaranteed header + data + digest == bytes.len().
+        let (payload, digest) = if h.td() {
+            let at = bytes.len() - 4;
+            let d = u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+            (&bytes[fmt.header_len()..at], Some(d))
+        } else {
+            (&bytes[fmt.header_len()..], None)
+        };
         Ok(Tlp {
             header,
             flags,
-            payload: &bytes[fmt.header_len()..bytes.len() - digest_len],
-            digest: packet.digest(),
+            payload,
+            digest,
         })
     }
 
     /// The rules a receiver checks beyond decoding (and that `emit` enforces).
+    #[inline]
     pub fn check(&self) -> Result<(), ParseError> {
         let data = !self.payload.is_empty();
         let data_dw = (self.payload.len() / 4) as u16;
@@ -599,6 +610,7 @@ impl<'a> Tlp<'a> {
         }
     }
 
+    #[inline]
     fn uses_four_dw(&self) -> bool {
         match &self.header {
             Header::MemRead(r) => r.address >= 1 << 32,
@@ -610,12 +622,14 @@ impl<'a> Tlp<'a> {
     }
 
     /// Size of the encoded TLP in bytes.
+    #[inline]
     pub fn buffer_len(&self) -> usize {
         let header = if self.uses_four_dw() { 16 } else { 12 };
         header + self.payload.len() + if self.digest.is_some() { 4 } else { 0 }
     }
 
     /// Writes the TLP at the start of `buf` and returns its size. Reserved fields are zero.
+    #[inline]
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, EmitError> {
         self.check()?;
         let len = self.buffer_len();
@@ -626,66 +640,150 @@ impl<'a> Tlp<'a> {
             });
         }
         let has_data = !self.payload.is_empty();
-        let fmt = Fmt::new(self.uses_four_dw(), has_data);
-        let mut p = TlpPacket::new_unchecked(&mut buf[..len]);
-        p.clear_header(fmt.header_len());
-        let f = &self.flags;
-        let (type_bits, length_dw, th) = match &self.header {
-            Header::MemRead(r) => (
-                if r.locked {
+        let four = self.uses_four_dw();
+        let fmt = Fmt::new(four, has_data);
+        let data_dw = || payload_dw(self.payload);
+        let id_tag =
+            |id: Bdf, tag: Tag| ((id.to_u16() as u32) << 16) | ((tag.value() as u32 & 0xff) << 8);
+        let be = |first: u8, last: u8| ((last as u32 & 0xf) << 4) | (first as u32 & 0xf);
+        // Address DW(s) with PH in the low bits: (dw2, dw3).
+        let addr = |address: u64, ph: u8| {
+            if four {
+                (
+                    (address >> 32) as u32,
+                    (address as u32 & !3) | (ph as u32 & 3),
+                )
+            } else {
+                ((address as u32 & !3) | (ph as u32 & 3), 0)
+            }
+        };
+        // (type, tag for T9/T8, length, TH, dw1, dw2, dw3)
+        let (type_bits, tag, length_dw, th, dw1, dw2, dw3) = match &self.header {
+            Header::MemRead(r) => {
+                let type_bits = if r.locked {
                     type_code::MEM_LOCKED
                 } else {
                     type_code::MEM
-                },
-                r.length_dw,
-                r.hint.is_some(),
+                };
+                let (byte7, ph) = match r.hint {
+                    Some(h) => (h.steering_tag as u32, h.ph),
+                    None => (be(r.first_be, r.last_be), 0),
+                };
+                let (a2, a3) = addr(r.address, ph);
+                (
+                    type_bits,
+                    r.tag,
+                    r.length_dw,
+                    r.hint.is_some(),
+                    id_tag(r.requester, r.tag) | byte7,
+                    a2,
+                    a3,
+                )
+            }
+            Header::MemWrite(w) => {
+                let (byte6, ph) = match w.hint {
+                    Some(h) => (h.steering_tag as u32, h.ph),
+                    None => (w.tag.value() as u32 & 0xff, 0),
+                };
+                let dw1 = ((w.requester.to_u16() as u32) << 16)
+                    | (byte6 << 8)
+                    | be(w.first_be, w.last_be);
+                let (a2, a3) = addr(w.address, ph);
+                (
+                    type_code::MEM,
+                    w.tag,
+                    data_dw()?,
+                    w.hint.is_some(),
+                    dw1,
+                    a2,
+                    a3,
+                )
+            }
+            Header::IoRead(r) | Header::IoWrite(r) => (
+                type_code::IO,
+                r.tag,
+                1,
+                false,
+                id_tag(r.requester, r.tag) | be(r.first_be, 0),
+                r.address & !3,
+                0,
             ),
-            Header::MemWrite(w) => (type_code::MEM, payload_dw(self.payload)?, w.hint.is_some()),
-            Header::IoRead(_) | Header::IoWrite(_) => (type_code::IO, 1, false),
-            Header::ConfigRead(c) | Header::ConfigWrite(c) => (
-                if c.type1 {
+            Header::ConfigRead(c) | Header::ConfigWrite(c) => {
+                let type_bits = if c.type1 {
                     type_code::CFG1
                 } else {
                     type_code::CFG0
-                },
-                1,
-                false,
-            ),
-            Header::Completion(c) => (
-                if c.locked {
+                };
+                let reg = c.register as u32;
+                let dw2 =
+                    ((c.target.to_u16() as u32) << 16) | (((reg >> 8) & 0xf) << 8) | (reg & 0xfc);
+                (
+                    type_bits,
+                    c.tag,
+                    1,
+                    false,
+                    id_tag(c.requester, c.tag) | be(c.first_be, 0),
+                    dw2,
+                    0,
+                )
+            }
+            Header::Completion(c) => {
+                let type_bits = if c.locked {
                     type_code::CPL_LOCKED
                 } else {
                     type_code::CPL
-                },
-                if has_data {
-                    payload_dw(self.payload)?
-                } else {
-                    0
-                },
-                false,
-            ),
-            Header::Message(m) => (
-                type_code::MSG | m.routing as u8,
-                if has_data {
-                    payload_dw(self.payload)?
-                } else {
-                    0
-                },
-                false,
-            ),
-            Header::Atomic(a) => (
-                match a.op {
+                };
+                let bc = c.byte_count as u32 & 0xfff; // 4096 encodes as 0
+                let dw1 = ((c.completer.to_u16() as u32) << 16)
+                    | ((c.status as u32) << 13)
+                    | ((c.bcm as u32) << 12)
+                    | bc;
+                let dw2 = ((c.requester.to_u16() as u32) << 16)
+                    | ((c.tag.value() as u32 & 0xff) << 8)
+                    | (c.lower_address as u32 & 0x7f);
+                let length = if has_data { data_dw()? } else { 0 };
+                (type_bits, c.tag, length, false, dw1, dw2, 0)
+            }
+            Header::Message(m) => {
+                let length = if has_data { data_dw()? } else { 0 };
+                let b = &m.body;
+                (
+                    type_code::MSG | m.routing as u8,
+                    m.tag,
+                    length,
+                    false,
+                    id_tag(m.requester, m.tag) | m.code as u32,
+                    u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+                    u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+                )
+            }
+            Header::Atomic(a) => {
+                let type_bits = match a.op {
                     AtomicOp::FetchAdd => type_code::FETCH_ADD,
                     AtomicOp::Swap => type_code::SWAP,
                     AtomicOp::CompareAndSwap => type_code::CAS,
-                },
-                payload_dw(self.payload)?,
-                a.hint.is_some(),
-            ),
+                };
+                let (byte7, ph) = match a.hint {
+                    Some(h) => (h.steering_tag as u32, h.ph),
+                    None => (0, 0),
+                };
+                let (a2, a3) = addr(a.address, ph);
+                (
+                    type_bits,
+                    a.tag,
+                    data_dw()?,
+                    a.hint.is_some(),
+                    id_tag(a.requester, a.tag) | byte7,
+                    a2,
+                    a3,
+                )
+            }
         };
-        p.set_dw0(
+        let f = &self.flags;
+        let dw0 = make_dw0(
             fmt,
             type_bits,
+            tag,
             f.traffic_class,
             f.attributes,
             f.ln,
@@ -693,78 +791,33 @@ impl<'a> Tlp<'a> {
             self.digest.is_some(),
             f.poisoned,
             f.address_type,
-            encode_length(length_dw),
+            length_dw,
         );
-        match &self.header {
-            Header::MemRead(r) => {
-                p.set_id(r.requester);
-                p.set_request_tag(r.tag);
-                match r.hint {
-                    Some(h) => {
-                        p.set_byte7(h.steering_tag);
-                        p.set_address(r.address, h.ph);
-                    }
-                    None => {
-                        p.set_byte_enables(r.first_be, r.last_be);
-                        p.set_address(r.address, 0);
-                    }
-                }
-            }
-            Header::MemWrite(w) => {
-                p.set_id(w.requester);
-                p.set_request_tag(w.tag);
-                p.set_byte_enables(w.first_be, w.last_be);
-                match w.hint {
-                    Some(h) => {
-                        p.set_byte6(h.steering_tag);
-                        p.set_address(w.address, h.ph);
-                    }
-                    None => p.set_address(w.address, 0),
-                }
-            }
-            Header::IoRead(r) | Header::IoWrite(r) => {
-                p.set_id(r.requester);
-                p.set_request_tag(r.tag);
-                p.set_byte_enables(r.first_be, 0);
-                p.set_address(r.address as u64, 0);
-            }
-            Header::ConfigRead(c) | Header::ConfigWrite(c) => {
-                p.set_id(c.requester);
-                p.set_request_tag(c.tag);
-                p.set_byte_enables(c.first_be, 0);
-                p.set_config_target(c.target, c.register);
-            }
-            Header::Completion(c) => {
-                p.set_id(c.completer);
-                p.set_completion_fields(c.status as u8, c.bcm, c.byte_count);
-                p.set_completion_requester(c.requester, c.tag, c.lower_address);
-            }
-            Header::Message(m) => {
-                p.set_id(m.requester);
-                p.set_request_tag(m.tag);
-                p.set_byte7(m.code);
-                p.set_message_body(&m.body);
-            }
-            Header::Atomic(a) => {
-                p.set_id(a.requester);
-                p.set_request_tag(a.tag);
-                match a.hint {
-                    Some(h) => {
-                        p.set_byte7(h.steering_tag);
-                        p.set_address(a.address, h.ph);
-                    }
-                    None => p.set_address(a.address, 0),
-                }
-            }
+        let mut header = [0u8; 16];
+        header[0..4].copy_from_slice(&dw0.to_be_bytes());
+        header[4..8].copy_from_slice(&dw1.to_be_bytes());
+        header[8..12].copy_from_slice(&dw2.to_be_bytes());
+        header[12..16].copy_from_slice(&dw3.to_be_bytes());
+        let out = &mut buf[..len];
+        // Fixed-size copies compile to plain stores.
+        let hlen = if four {
+            out[..16].copy_from_slice(&header);
+            16
+        } else {
+            out[..12].copy_from_slice(&header[..12]);
+            12
+        };
+        if has_data {
+            out[hlen..hlen + self.payload.len()].copy_from_slice(self.payload);
         }
-        p.payload_mut().copy_from_slice(self.payload);
         if let Some(d) = self.digest {
-            p.set_digest(d);
+            out[len - 4..].copy_from_slice(&d.to_be_bytes());
         }
         Ok(len)
     }
 }
 
+#[inline]
 fn check_hint(hint: Option<ProcessingHint>) -> Result<(), ParseError> {
     match hint {
         Some(h) if h.ph > 3 => Err(ParseError::FieldNotAllowed { field: "PH" }),
@@ -772,6 +825,7 @@ fn check_hint(hint: Option<ProcessingHint>) -> Result<(), ParseError> {
     }
 }
 
+#[inline]
 fn check_single_dw(want_data: bool, payload_len: usize) -> Result<(), ParseError> {
     let expected = if want_data { 4 } else { 0 };
     if payload_len != expected {
@@ -782,6 +836,7 @@ fn check_single_dw(want_data: bool, payload_len: usize) -> Result<(), ParseError
     Ok(())
 }
 
+#[inline]
 fn check_payload_len(len: usize) -> Result<(), ParseError> {
     if !len.is_multiple_of(4) || len > MAX_PAYLOAD {
         return Err(ParseError::InvalidLength {
