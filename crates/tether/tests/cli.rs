@@ -49,17 +49,7 @@ fn decode_reports_malformed_frames_and_goes_on() {
     let mut frames = wire::sample::frames();
     frames[2].bytes[40] ^= 1; // breaks the frame check
     frames[3].bytes.truncate(30); // truncated header
-    let file = std::fs::File::create(&pcap).unwrap();
-    let mut w = pcap_file::pcap::PcapWriter::new(file).unwrap();
-    for f in &frames {
-        w.write_packet(&pcap_file::pcap::PcapPacket::new(
-            std::time::Duration::from_micros(f.time_us),
-            f.bytes.len() as u32,
-            &f.bytes,
-        ))
-        .unwrap();
-    }
-    drop(w);
+    write_pcap(&pcap, &frames);
     let out = run_ok(tether().args(["wire", "decode", "--pcap"]).arg(&pcap));
     assert!(out.contains("frame check failed"), "{out}");
     assert!(out.contains("truncated tether header"), "{out}");

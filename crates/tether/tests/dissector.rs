@@ -280,17 +280,7 @@ fn tshark_flags_a_corrupted_frame() {
     // Flip one payload bit of the first DATA frame.
     let last = frames[2].bytes.len() - 1;
     frames[2].bytes[last] ^= 0x10;
-    let file = std::fs::File::create(&pcap).unwrap();
-    let mut w = pcap_file::pcap::PcapWriter::new(file).unwrap();
-    for f in &frames {
-        w.write_packet(&pcap_file::pcap::PcapPacket::new(
-            std::time::Duration::from_micros(f.time_us),
-            f.bytes.len() as u32,
-            &f.bytes,
-        ))
-        .unwrap();
-    }
-    drop(w);
+    write_pcap(&pcap, &frames);
     let frames = fields(&pcap, &["tether.check.status", "tether.check.computed"]);
     assert_eq!(get(&frames[2], "tether.check.status"), ["bad"]);
     assert_eq!(get(&frames[2], "tether.check.computed").len(), 1);

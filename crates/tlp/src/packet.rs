@@ -12,20 +12,7 @@
 
 use crate::error::ParseError;
 use crate::types::{Attributes, Bdf, Fmt, Tag};
-
-/// Byte offsets of header fields.
-pub(crate) mod field {
-    pub const FMT_TYPE: usize = 0;
-    pub const TC: usize = 1;
-    pub const TD_EP: usize = 2;
-    pub const LENGTH_HI: usize = 2;
-    pub const LENGTH_LO: usize = 3;
-    pub const ID: usize = 4;
-    pub const TAG: usize = 6;
-    pub const BE: usize = 7;
-    pub const DW2: usize = 8;
-    pub const DW3: usize = 12;
-}
+use crate::words as w;
 
 /// The Type field value of every decodable TLP type (the message routing bits masked off).
 pub(crate) mod type_code {
@@ -41,15 +28,6 @@ pub(crate) mod type_code {
     pub const CAS: u8 = 0b0_1110;
     pub const MSG_MASK: u8 = 0b1_1000;
     pub const MSG: u8 = 0b1_0000;
-}
-
-/// Decodes the Length field: 1..=1024 DW, where the encoding 0 means 1024.
-pub const fn decode_length(raw: u16) -> u16 {
-    if raw == 0 {
-        1024
-    } else {
-        raw
-    }
 }
 
 /// A read-only or read-write view of one TLP.
@@ -83,23 +61,25 @@ impl<T: AsRef<[u8]>> TlpPacket<T> {
         self.buffer
     }
 
-    fn byte(&self, i: usize) -> u8 {
-        self.buffer.as_ref()[i]
+    /// Big-endian header word `i` (0..=3). Panics when the buffer is too short, which
+    /// `new_checked` rules out for the words the header has.
+    fn dw(&self, i: usize) -> u32 {
+        w::word(self.buffer.as_ref(), i)
     }
 
-    fn be16(&self, i: usize) -> u16 {
-        let d = self.buffer.as_ref();
-        u16::from_be_bytes([d[i], d[i + 1]])
+    fn four_dw(&self) -> bool {
+        self.fmt().is_some_and(Fmt::is_four_dw)
     }
 
-    fn be32(&self, i: usize) -> u32 {
-        let d = self.buffer.as_ref();
-        u32::from_be_bytes([d[i], d[i + 1], d[i + 2], d[i + 3]])
+    /// DW2 and DW3 (DW3 is 0 in a 3DW header).
+    fn dw23(&self) -> (u32, u32) {
+        let four = self.four_dw();
+        (self.dw(2), if four { self.dw(3) } else { 0 })
     }
 
     /// Raw Fmt bits.
     pub fn fmt_bits(&self) -> u8 {
-        self.byte(field::FMT_TYPE) >> 5
+        w::fmt_bits(self.dw(0))
     }
 
     pub fn fmt(&self) -> Option<Fmt> {
@@ -108,172 +88,150 @@ impl<T: AsRef<[u8]>> TlpPacket<T> {
 
     /// Raw Type field (5 bits).
     pub fn type_bits(&self) -> u8 {
-        self.byte(field::FMT_TYPE) & 0x1f
+        w::type_bits(self.dw(0))
     }
 
     pub fn traffic_class(&self) -> u8 {
-        (self.byte(field::TC) >> 4) & 0x7
+        w::traffic_class(self.dw(0))
     }
 
     pub fn attributes(&self) -> Attributes {
-        Attributes {
-            relaxed_ordering: self.byte(field::TD_EP) & 0x20 != 0,
-            no_snoop: self.byte(field::TD_EP) & 0x10 != 0,
-            id_based_ordering: self.byte(field::TC) & 0x04 != 0,
-        }
+        w::attributes(self.dw(0))
     }
 
     /// LN: Lightweight Notification.
     pub fn ln(&self) -> bool {
-        self.byte(field::TC) & 0x02 != 0
+        w::ln(self.dw(0))
     }
 
     /// TH: TLP Processing Hints present.
     pub fn th(&self) -> bool {
-        self.byte(field::TC) & 0x01 != 0
+        w::th(self.dw(0))
     }
 
     /// TD: a TLP digest (ECRC) follows the data.
     pub fn td(&self) -> bool {
-        self.byte(field::TD_EP) & 0x80 != 0
+        w::td(self.dw(0))
     }
 
     /// EP: the data is poisoned.
     pub fn ep(&self) -> bool {
-        self.byte(field::TD_EP) & 0x40 != 0
+        w::ep(self.dw(0))
     }
 
     /// AT: Address Type.
     pub fn address_type(&self) -> u8 {
-        (self.byte(field::TD_EP) >> 2) & 0x3
+        w::address_type(self.dw(0))
     }
 
     /// The raw 10-bit Length field.
     pub fn length_field(&self) -> u16 {
-        (((self.byte(field::LENGTH_HI) & 0x3) as u16) << 8) | self.byte(field::LENGTH_LO) as u16
+        w::length_field(self.dw(0))
     }
 
     /// Length in DW, with 0 decoded as 1024.
     pub fn length_dw(&self) -> u16 {
-        decode_length(self.length_field())
+        w::length_dw(self.dw(0))
     }
 
     /// Requester ID of a request, completer ID of a completion.
     pub fn id(&self) -> Bdf {
-        Bdf::from_u16(self.be16(field::ID))
-    }
-
-    /// T9 and T8 from DW0 joined with the 8-bit tag at `at`.
-    fn tag_at(&self, at: usize) -> Tag {
-        let b1 = self.byte(field::TC);
-        let t9 = ((b1 >> 7) & 1) as u16;
-        let t8 = ((b1 >> 3) & 1) as u16;
-        Tag::wrapping((t9 << 9) | (t8 << 8) | self.byte(at) as u16)
+        w::id(self.dw(1))
     }
 
     /// Tag of a request (byte 6 plus T9/T8).
     pub fn request_tag(&self) -> Tag {
-        self.tag_at(field::TAG)
+        w::tag(self.dw(0), self.byte6())
     }
 
     /// The raw byte 6: the tag, or a Memory Write's Steering Tag when TH is set.
     pub fn byte6(&self) -> u8 {
-        self.byte(field::TAG)
+        w::byte6(self.dw(1))
     }
 
     /// The raw byte 7: byte enables, message code, or a Steering Tag.
     pub fn byte7(&self) -> u8 {
-        self.byte(field::BE)
+        w::byte7(self.dw(1))
     }
 
     pub fn first_be(&self) -> u8 {
-        self.byte(field::BE) & 0xf
+        self.byte7() & 0xf
     }
 
     pub fn last_be(&self) -> u8 {
-        self.byte(field::BE) >> 4
+        self.byte7() >> 4
     }
 
     /// Message code of a message.
     pub fn message_code(&self) -> u8 {
-        self.byte(field::BE)
+        self.byte7()
     }
 
     /// The address of a memory, I/O or AtomicOp request, with its low two bits
     /// (PH when TH is set) cleared.
     pub fn address(&self) -> u64 {
-        if self.fmt().is_some_and(Fmt::is_four_dw) {
-            ((self.be32(field::DW2) as u64) << 32) | (self.be32(field::DW3) & !3) as u64
-        } else {
-            (self.be32(field::DW2) & !3) as u64
-        }
+        let (w2, w3) = self.dw23();
+        w::address(self.four_dw(), w2, w3)
     }
 
     /// The two low bits of the address DW: PH when TH is set.
     pub fn ph(&self) -> u8 {
-        let at = if self.fmt().is_some_and(Fmt::is_four_dw) {
-            field::DW3 + 3
-        } else {
-            field::DW2 + 3
-        };
-        self.byte(at) & 0x3
+        let (w2, w3) = self.dw23();
+        w::ph(self.four_dw(), w2, w3)
     }
 
     /// Target of a configuration request.
     pub fn config_target(&self) -> Bdf {
-        Bdf::from_u16(self.be16(field::DW2))
+        w::config_target(self.dw(2))
     }
 
     /// Register byte offset (Extended Register Number and Register Number) of a
     /// configuration request: a DW-aligned offset in 0..4096.
     pub fn config_register(&self) -> u16 {
-        let ext = (self.byte(field::DW2 + 2) & 0xf) as u16;
-        let reg = (self.byte(field::DW2 + 3) >> 2) as u16;
-        (ext << 8) | (reg << 2)
+        w::config_register(self.dw(2))
     }
 
     /// Completion status bits.
     pub fn completion_status_bits(&self) -> u8 {
-        self.byte(field::TAG) >> 5
+        w::completion_status_bits(self.dw(1))
     }
 
     /// BCM: Byte Count Modified.
     pub fn bcm(&self) -> bool {
-        self.byte(field::TAG) & 0x10 != 0
+        w::bcm(self.dw(1))
     }
 
     /// The raw 12-bit Byte Count field (0 means 4096).
     pub fn byte_count_field(&self) -> u16 {
-        (((self.byte(field::TAG) & 0xf) as u16) << 8) | self.byte(field::BE) as u16
+        w::byte_count_field(self.dw(1))
     }
 
     /// Byte Count with 0 decoded as 4096.
     pub fn byte_count(&self) -> u16 {
-        match self.byte_count_field() {
-            0 => 4096,
-            n => n,
-        }
+        w::byte_count(self.dw(1))
     }
 
     /// Requester ID of a completion.
     pub fn completion_requester(&self) -> Bdf {
-        Bdf::from_u16(self.be16(field::DW2))
+        w::completion_requester(self.dw(2))
     }
 
     /// Tag of a completion (byte 10 plus T9/T8).
     pub fn completion_tag(&self) -> Tag {
-        self.tag_at(field::DW2 + 2)
+        w::tag(self.dw(0), w::completion_tag_low(self.dw(2)))
     }
 
     /// Lower Address (7 bits) of a completion.
     pub fn lower_address(&self) -> u8 {
-        self.byte(field::DW2 + 3) & 0x7f
+        w::lower_address(self.dw(2))
     }
 
     /// Bytes 8..16 of a message header (routing-specific).
     pub fn message_body(&self) -> [u8; 8] {
+        let (w2, w3) = self.dw23();
         let mut out = [0u8; 8];
-        out.copy_from_slice(&self.buffer.as_ref()[field::DW2..field::DW2 + 8]);
+        out[..4].copy_from_slice(&w2.to_be_bytes());
+        out[4..].copy_from_slice(&w3.to_be_bytes());
         out
     }
 
@@ -298,7 +256,8 @@ impl<T: AsRef<[u8]>> TlpPacket<T> {
     pub fn digest(&self) -> Option<u32> {
         let data = self.buffer.as_ref();
         if self.td() && data.len() >= self.header_len() + 4 {
-            Some(self.be32(data.len() - 4))
+            let d = &data[data.len() - 4..];
+            Some(u32::from_be_bytes([d[0], d[1], d[2], d[3]]))
         } else {
             None
         }

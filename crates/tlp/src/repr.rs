@@ -9,7 +9,7 @@ use crate::types::{
     message_code, AtomicOp, Attributes, Bdf, CompletionStatus, Fmt, IntxPin, MessageRouting,
     ProcessingHint, Tag,
 };
-use crate::words::{make_dw0, HeaderWords};
+use crate::words::{self as w, make_dw0, HeaderWords};
 
 /// Largest data payload a TLP can carry (Length = 1024 DW).
 pub const MAX_PAYLOAD: usize = 4096;
@@ -332,29 +332,30 @@ impl<'a> Tlp<'a> {
         Ok(tlp)
     }
 
-    #[inline]
+    #[inline(always)]
     fn decode(h: &HeaderWords, bytes: &'a [u8]) -> Result<Tlp<'a>, ParseError> {
         let fmt = h.fmt;
-        let type_bits = h.type_bits();
+        let [w0, w1, w2, _] = h.dw;
+        let type_bits = w::type_bits(w0);
         let reserved = || ParseError::ReservedType {
             fmt: fmt as u8,
             type_: type_bits,
         };
         let four = h.four_dw;
         let data = fmt.has_data();
-        let th = h.th();
+        let th = w::th(w0);
         let flags = HeaderFlags {
-            traffic_class: h.traffic_class(),
-            attributes: h.attributes(),
-            ln: h.ln(),
-            poisoned: h.ep(),
-            address_type: h.address_type(),
+            traffic_class: w::traffic_class(w0),
+            attributes: w::attributes(w0),
+            ln: w::ln(w0),
+            poisoned: w::ep(w0),
+            address_type: w::address_type(w0),
         };
-        let tag = h.tag_with(h.byte6());
-        let requester = Bdf::from_u16(h.id());
+        let tag = w::tag(w0, w::byte6(w1));
+        let requester = w::id(w1);
         let address = h.address();
-        let first_be = h.byte7() & 0xf;
-        let last_be = h.byte7() >> 4;
+        let first_be = w::byte7(w1) & 0xf;
+        let last_be = w::byte7(w1) >> 4;
         if four && address < 1 << 32 && (type_bits & type_code::MSG_MASK) != type_code::MSG {
             return Err(ParseError::Address64Below4G { address });
         }
@@ -374,7 +375,7 @@ impl<'a> Tlp<'a> {
                 return Err(ParseError::InvalidByteEnables {
                     first: first_be,
                     last: last_be,
-                    length_dw: h.length_dw(),
+                    length_dw: w::length_dw(w0),
                 });
             }
             Ok(())
@@ -398,10 +399,10 @@ impl<'a> Tlp<'a> {
                         address,
                         first_be,
                         last_be,
-                        hint: hint(h.byte6()),
+                        hint: hint(w::byte6(w1)),
                     })
                 } else {
-                    let length_dw = h.length_dw();
+                    let length_dw = w::length_dw(w0);
                     let (first_be, last_be) = if th {
                         implied_byte_enables(length_dw)
                     } else {
@@ -415,7 +416,7 @@ impl<'a> Tlp<'a> {
                         first_be,
                         last_be,
                         locked,
-                        hint: hint(h.byte7()),
+                        hint: hint(w::byte7(w1)),
                     })
                 }
             }
@@ -435,13 +436,12 @@ impl<'a> Tlp<'a> {
             }
             type_code::CFG0 | type_code::CFG1 => {
                 io_like()?;
-                let dw2 = h.dw[2];
                 let req = ConfigRequest {
                     type1: type_bits == type_code::CFG1,
                     requester,
                     tag,
-                    target: Bdf::from_u16((dw2 >> 16) as u16),
-                    register: ((((dw2 >> 8) & 0xf) << 8) | (dw2 & 0xfc)) as u16,
+                    target: w::config_target(w2),
+                    register: w::config_register(w2),
                     first_be,
                 };
                 if data {
@@ -454,19 +454,17 @@ impl<'a> Tlp<'a> {
                 if four {
                     return Err(reserved());
                 }
-                let bits = h.byte6() >> 5;
+                let bits = w::completion_status_bits(w1);
                 let status = CompletionStatus::from_bits(bits)
                     .ok_or(ParseError::ReservedCompletionStatus(bits))?;
-                let byte_count = (((h.byte6() & 0xf) as u16) << 8) | h.byte7() as u16;
-                let dw2 = h.dw[2];
                 Header::Completion(Completion {
                     completer: requester,
                     status,
-                    bcm: h.byte6() & 0x10 != 0,
-                    byte_count: if byte_count == 0 { 4096 } else { byte_count },
-                    requester: Bdf::from_u16((dw2 >> 16) as u16),
-                    tag: h.tag_with((dw2 >> 8) as u8),
-                    lower_address: dw2 as u8 & 0x7f,
+                    bcm: w::bcm(w1),
+                    byte_count: w::byte_count(w1),
+                    requester: w::completion_requester(w2),
+                    tag: w::tag(w0, w::completion_tag_low(w2)),
+                    lower_address: w::lower_address(w2),
                     locked: type_bits == type_code::CPL_LOCKED,
                 })
             }
@@ -484,7 +482,7 @@ impl<'a> Tlp<'a> {
                     requester,
                     tag,
                     address,
-                    hint: hint(h.byte7()),
+                    hint: hint(w::byte7(w1)),
                 })
             }
             t if t & type_code::MSG_MASK == type_code::MSG => {
@@ -501,7 +499,7 @@ impl<'a> Tlp<'a> {
                 Header::Message(Message {
                     requester,
                     tag,
-                    code: h.byte7(),
+                    code: w::byte7(w1),
                     routing,
                     body,
                 })
@@ -509,7 +507,7 @@ impl<'a> Tlp<'a> {
             _ => return Err(reserved()),
         };
         // HeaderWords::read guaranteed header + data + digest == bytes.len().
-        let (payload, digest) = if h.td() {
+        let (payload, digest) = if w::td(w0) {
             let at = bytes.len() - 4;
             let d = u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
             (&bytes[fmt.header_len()..at], Some(d))
@@ -525,7 +523,7 @@ impl<'a> Tlp<'a> {
     }
 
     /// The rules a receiver checks beyond decoding (and that `emit` enforces).
-    #[inline]
+    #[inline(always)]
     pub fn check(&self) -> Result<(), ParseError> {
         let data = !self.payload.is_empty();
         let data_dw = (self.payload.len() / 4) as u16;
@@ -714,9 +712,7 @@ impl<'a> Tlp<'a> {
                 } else {
                     type_code::CFG0
                 };
-                let reg = c.register as u32;
-                let dw2 =
-                    ((c.target.to_u16() as u32) << 16) | (((reg >> 8) & 0xf) << 8) | (reg & 0xfc);
+                let dw2 = w::config_dw2(c.target, c.register);
                 (
                     type_bits,
                     c.tag,

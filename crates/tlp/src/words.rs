@@ -1,8 +1,9 @@
-//! A TLP header as four big-endian 32-bit words: the fast path behind `Tlp::parse`
-//! and `Tlp::emit`. Bit positions are those of the spec's header figures, DW by DW.
+//! A TLP header as big-endian 32-bit words, and the one place that knows where each
+//! field sits in them (the spec's header figures, DW by DW). The zero-copy view
+//! (`TlpPacket`) and the repr (`Tlp`) both read and write fields through these.
 
 use crate::error::ParseError;
-use crate::types::{Attributes, Fmt, Tag};
+use crate::types::{Attributes, Bdf, Fmt, Tag};
 
 /// Bit offsets within DW0.
 mod dw0 {
@@ -21,27 +22,147 @@ mod dw0 {
     pub const AT: u32 = 10;
 }
 
+const fn bit(w: u32, at: u32) -> bool {
+    w & (1 << at) != 0
+}
+
+// DW0: format, type and the flags every TLP has.
+pub(crate) const fn fmt_bits(w0: u32) -> u8 {
+    (w0 >> dw0::FMT) as u8
+}
+pub(crate) const fn type_bits(w0: u32) -> u8 {
+    (w0 >> dw0::TYPE) as u8 & 0x1f
+}
+pub(crate) const fn traffic_class(w0: u32) -> u8 {
+    (w0 >> dw0::TC) as u8 & 7
+}
+pub(crate) const fn attributes(w0: u32) -> Attributes {
+    Attributes {
+        relaxed_ordering: bit(w0, dw0::ATTR1),
+        no_snoop: bit(w0, dw0::ATTR0),
+        id_based_ordering: bit(w0, dw0::ATTR2),
+    }
+}
+pub(crate) const fn ln(w0: u32) -> bool {
+    bit(w0, dw0::LN)
+}
+pub(crate) const fn th(w0: u32) -> bool {
+    bit(w0, dw0::TH)
+}
+pub(crate) const fn td(w0: u32) -> bool {
+    bit(w0, dw0::TD)
+}
+pub(crate) const fn ep(w0: u32) -> bool {
+    bit(w0, dw0::EP)
+}
+pub(crate) const fn address_type(w0: u32) -> u8 {
+    (w0 >> dw0::AT) as u8 & 3
+}
+/// The raw 10-bit Length field.
+pub(crate) const fn length_field(w0: u32) -> u16 {
+    (w0 & 0x3ff) as u16
+}
+/// Length in DW, with the encoding 0 meaning 1024.
+pub(crate) const fn length_dw(w0: u32) -> u16 {
+    match length_field(w0) {
+        0 => 1024,
+        n => n,
+    }
+}
+/// T9/T8 from DW0 joined with the 8-bit tag field `low`.
+pub(crate) const fn tag(w0: u32, low: u8) -> Tag {
+    let t9 = (w0 >> dw0::T9) as u16 & 1;
+    let t8 = (w0 >> dw0::T8) as u16 & 1;
+    Tag::wrapping((t9 << 9) | (t8 << 8) | low as u16)
+}
+
+// DW1: requester/completer ID, tag or completion fields, byte enables or message code.
+pub(crate) const fn id(w1: u32) -> Bdf {
+    Bdf::from_u16((w1 >> 16) as u16)
+}
+pub(crate) const fn byte6(w1: u32) -> u8 {
+    (w1 >> 8) as u8
+}
+pub(crate) const fn byte7(w1: u32) -> u8 {
+    w1 as u8
+}
+pub(crate) const fn completion_status_bits(w1: u32) -> u8 {
+    byte6(w1) >> 5
+}
+pub(crate) const fn bcm(w1: u32) -> bool {
+    byte6(w1) & 0x10 != 0
+}
+/// The raw 12-bit Byte Count field.
+pub(crate) const fn byte_count_field(w1: u32) -> u16 {
+    (w1 & 0xfff) as u16
+}
+/// Byte Count with the encoding 0 meaning 4096.
+pub(crate) const fn byte_count(w1: u32) -> u16 {
+    match byte_count_field(w1) {
+        0 => 4096,
+        n => n,
+    }
+}
+
+// DW2/DW3: address, configuration target, or completion requester/tag/lower address.
+/// Address with the low two (PH) bits cleared.
+pub(crate) const fn address(four_dw: bool, w2: u32, w3: u32) -> u64 {
+    if four_dw {
+        ((w2 as u64) << 32) | (w3 & !3) as u64
+    } else {
+        (w2 & !3) as u64
+    }
+}
+pub(crate) const fn ph(four_dw: bool, w2: u32, w3: u32) -> u8 {
+    (if four_dw { w3 } else { w2 }) as u8 & 3
+}
+pub(crate) const fn config_target(w2: u32) -> Bdf {
+    Bdf::from_u16((w2 >> 16) as u16)
+}
+/// Extended Register Number and Register Number as a DW-aligned byte offset.
+pub(crate) const fn config_register(w2: u32) -> u16 {
+    ((((w2 >> 8) & 0xf) << 8) | (w2 & 0xfc)) as u16
+}
+pub(crate) const fn config_dw2(target: Bdf, register: u16) -> u32 {
+    let reg = register as u32;
+    ((target.to_u16() as u32) << 16) | (((reg >> 8) & 0xf) << 8) | (reg & 0xfc)
+}
+pub(crate) const fn completion_requester(w2: u32) -> Bdf {
+    Bdf::from_u16((w2 >> 16) as u16)
+}
+pub(crate) const fn completion_tag_low(w2: u32) -> u8 {
+    (w2 >> 8) as u8
+}
+pub(crate) const fn lower_address(w2: u32) -> u8 {
+    w2 as u8 & 0x7f
+}
+
 /// The size a TLP must have given its DW0, or why it cannot be one.
-#[inline]
-pub(crate) fn expected_len(dw0: u32) -> Result<(Fmt, usize), ParseError> {
-    let fmt_bits = (dw0 >> dw0::FMT) as u8;
-    let fmt = match Fmt::from_bits(fmt_bits) {
+pub(crate) fn expected_len(w0: u32) -> Result<(Fmt, usize), ParseError> {
+    let bits = fmt_bits(w0);
+    let fmt = match Fmt::from_bits(bits) {
         Some(Fmt::Prefix) => return Err(ParseError::UnsupportedPrefix),
         Some(fmt) => fmt,
         None => {
             return Err(ParseError::ReservedType {
-                fmt: fmt_bits,
-                type_: (dw0 >> dw0::TYPE) as u8 & 0x1f,
+                fmt: bits,
+                type_: type_bits(w0),
             })
         }
     };
-    let length = match dw0 & 0x3ff {
-        0 => 1024,
-        n => n as usize,
+    let data = if fmt.has_data() {
+        length_dw(w0) as usize * 4
+    } else {
+        0
     };
-    let data = if fmt.has_data() { length * 4 } else { 0 };
-    let digest = if dw0 & (1 << dw0::TD) != 0 { 4 } else { 0 };
+    let digest = if td(w0) { 4 } else { 0 };
     Ok((fmt, fmt.header_len() + data + digest))
+}
+
+/// Big-endian word `i` of `b` (the caller guarantees `b.len() >= 4 * i + 4`).
+pub(crate) fn word(b: &[u8], i: usize) -> u32 {
+    let at = i * 4;
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 /// Header words read from a buffer whose size has been checked.
@@ -50,10 +171,6 @@ pub(crate) struct HeaderWords {
     pub dw: [u32; 4],
     pub fmt: Fmt,
     pub four_dw: bool,
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 impl HeaderWords {
@@ -66,8 +183,8 @@ impl HeaderWords {
                 got: bytes.len(),
             });
         }
-        let d0 = be32(bytes, 0);
-        let (fmt, total) = expected_len(d0)?;
+        let w0 = word(bytes, 0);
+        let (fmt, total) = expected_len(w0)?;
         let header = fmt.header_len();
         if bytes.len() < header.max(total) {
             return Err(ParseError::Truncated {
@@ -82,92 +199,20 @@ impl HeaderWords {
             });
         }
         let four_dw = header == 16;
-        let d3 = if four_dw { be32(bytes, 12) } else { 0 };
+        let w3 = if four_dw { word(bytes, 3) } else { 0 };
         Ok(HeaderWords {
-            dw: [d0, be32(bytes, 4), be32(bytes, 8), d3],
+            dw: [w0, word(bytes, 1), word(bytes, 2), w3],
             fmt,
             four_dw,
         })
     }
 
-    fn bit(&self, at: u32) -> bool {
-        self.dw[0] & (1 << at) != 0
-    }
-
-    pub fn type_bits(&self) -> u8 {
-        (self.dw[0] >> dw0::TYPE) as u8 & 0x1f
-    }
-
-    pub fn traffic_class(&self) -> u8 {
-        (self.dw[0] >> dw0::TC) as u8 & 7
-    }
-
-    pub fn attributes(&self) -> Attributes {
-        Attributes {
-            relaxed_ordering: self.bit(dw0::ATTR1),
-            no_snoop: self.bit(dw0::ATTR0),
-            id_based_ordering: self.bit(dw0::ATTR2),
-        }
-    }
-
-    pub fn ln(&self) -> bool {
-        self.bit(dw0::LN)
-    }
-
-    pub fn th(&self) -> bool {
-        self.bit(dw0::TH)
-    }
-
-    pub fn td(&self) -> bool {
-        self.bit(dw0::TD)
-    }
-
-    pub fn ep(&self) -> bool {
-        self.bit(dw0::EP)
-    }
-
-    pub fn address_type(&self) -> u8 {
-        (self.dw[0] >> dw0::AT) as u8 & 3
-    }
-
-    pub fn length_dw(&self) -> u16 {
-        match self.dw[0] & 0x3ff {
-            0 => 1024,
-            n => n as u16,
-        }
-    }
-
-    /// T9/T8 joined with an 8-bit tag field.
-    pub fn tag_with(&self, low: u8) -> Tag {
-        let t9 = (self.dw[0] >> dw0::T9) as u16 & 1;
-        let t8 = (self.dw[0] >> dw0::T8) as u16 & 1;
-        Tag::wrapping((t9 << 9) | (t8 << 8) | low as u16)
-    }
-
-    pub fn id(&self) -> u16 {
-        (self.dw[1] >> 16) as u16
-    }
-
-    pub fn byte6(&self) -> u8 {
-        (self.dw[1] >> 8) as u8
-    }
-
-    pub fn byte7(&self) -> u8 {
-        self.dw[1] as u8
-    }
-
-    /// Address with the low two (PH) bits cleared.
     pub fn address(&self) -> u64 {
-        if self.four_dw {
-            ((self.dw[2] as u64) << 32) | (self.dw[3] & !3) as u64
-        } else {
-            (self.dw[2] & !3) as u64
-        }
+        address(self.four_dw, self.dw[2], self.dw[3])
     }
 
     pub fn ph(&self) -> u8 {
-        let w = if self.four_dw { self.dw[3] } else { self.dw[2] };
-        w as u8 & 3
+        ph(self.four_dw, self.dw[2], self.dw[3])
     }
 }
 

@@ -21,6 +21,33 @@ proptest! {
         prop_assert_eq!(view.payload(), tlp.payload);
         prop_assert_eq!(view.digest(), tlp.digest);
         prop_assert_eq!(view.ep(), tlp.flags.poisoned);
+        prop_assert_eq!(view.traffic_class(), tlp.flags.traffic_class);
+        prop_assert_eq!(view.attributes(), tlp.flags.attributes);
+        match tlp.header {
+            Header::MemRead(r) => {
+                prop_assert_eq!((view.id(), view.request_tag(), view.address(), view.length_dw()), (r.requester, r.tag, r.address, r.length_dw));
+            }
+            Header::MemWrite(w) => {
+                prop_assert_eq!((view.id(), view.address()), (w.requester, w.address));
+                prop_assert_eq!(view.length_dw() as usize * 4, tlp.payload.len());
+            }
+            Header::ConfigRead(c) | Header::ConfigWrite(c) => {
+                prop_assert_eq!((view.config_target(), view.config_register(), view.first_be()), (c.target, c.register, c.first_be));
+            }
+            Header::Completion(c) => {
+                prop_assert_eq!((view.id(), view.completion_requester(), view.completion_tag()), (c.completer, c.requester, c.tag));
+                prop_assert_eq!((view.byte_count(), view.lower_address(), view.bcm()), (c.byte_count, c.lower_address, c.bcm));
+            }
+            Header::Message(m) => {
+                prop_assert_eq!((view.message_code(), view.message_body(), view.request_tag()), (m.code, m.body, m.tag));
+            }
+            Header::IoRead(r) | Header::IoWrite(r) => {
+                prop_assert_eq!((view.address(), view.request_tag()), (r.address as u64, r.tag));
+            }
+            Header::Atomic(a) => {
+                prop_assert_eq!((view.address(), view.request_tag()), (a.address, a.tag));
+            }
+        }
     }
 
     #[test]

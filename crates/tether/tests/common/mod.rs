@@ -115,3 +115,17 @@ impl Drop for Namespaces {
         }
     }
 }
+
+/// Writes sample frames (possibly altered) to a pcap file.
+pub fn write_pcap(path: &Path, frames: &[wire::sample::SampleFrame]) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = pcap_file::pcap::PcapWriter::new(file).unwrap();
+    for f in frames {
+        w.write_packet(&pcap_file::pcap::PcapPacket::new(
+            std::time::Duration::from_micros(f.time_us),
+            f.bytes.len() as u32,
+            &f.bytes,
+        ))
+        .unwrap();
+    }
+}
