@@ -34,8 +34,8 @@ fn main() {
             }
         }
     }
-    // A 128-byte read at 0x1010 answered in two completions (RCB 64).
+    // A 128-byte read at 0x1010 whose completions arrive in order, unmutated.
     let mut r = vec![0x10, 0x10, 0, 0, 0, 0, 0, 0, 31, 0, 0xff, 0];
-    r.extend_from_slice(&[128, 0, 0x10, 28, 0x50, 0, 0x40, 20]);
+    r.extend_from_slice(&[7, 0, 7, 1, 7, 2]);
     fs::write(dir.join("reassembly").join("split-read"), &r).unwrap();
 }
