@@ -56,6 +56,15 @@ pub enum FrameKind {
 }
 
 impl FrameKind {
+    /// Every kind, in numeric order.
+    pub const ALL: [FrameKind; 5] = [
+        FrameKind::Data,
+        FrameKind::Ack,
+        FrameKind::Nak,
+        FrameKind::Info,
+        FrameKind::Ctrl,
+    ];
+
     pub const fn from_bits(b: u8) -> Option<FrameKind> {
         match b {
             1 => Some(FrameKind::Data),

@@ -229,13 +229,7 @@ fn vlan() -> impl Strategy<Value = Option<VlanTag>> {
 }
 
 fn kind() -> impl Strategy<Value = FrameKind> {
-    prop_oneof![
-        Just(FrameKind::Data),
-        Just(FrameKind::Ack),
-        Just(FrameKind::Nak),
-        Just(FrameKind::Info),
-        Just(FrameKind::Ctrl)
-    ]
+    proptest::sample::select(FrameKind::ALL.to_vec())
 }
 
 fn header() -> impl Strategy<Value = TetherHeader> {

@@ -1,0 +1,111 @@
+//! Delay-based rate control and pacing (in the spirit of ExpEther's EFE, TIMELY and
+//! Swift): the minimum RTT seen is the base; above base + target the rate falls in
+//! proportion to the excess delay, at most once per RTT; at or below it, the rate
+//! rises additively, by `additive_increase` per RTT. Random loss is not a congestion
+//! signal here; a retransmission timeout is.
+
+use crate::config::RateConfig;
+
+#[derive(Clone, Debug)]
+pub struct RateControl {
+    cfg: RateConfig,
+    /// Bytes per second.
+    rate: f64,
+    last_decrease: Option<u64>,
+    /// Fractional µs: at 10 Gbit/s a frame takes about a microsecond.
+    next_send_at: f64,
+}
+
+impl RateControl {
+    pub fn new(cfg: RateConfig) -> RateControl {
+        RateControl {
+            rate: cfg.initial,
+            cfg,
+            last_decrease: None,
+            next_send_at: 0.0,
+        }
+    }
+
+    /// Current sending rate in bytes per second.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// The queueing delay aimed for, in µs.
+    pub fn target_queueing(&self) -> u32 {
+        self.cfg.target_queueing_us
+    }
+
+    /// One RTT sample (µs) that acknowledged `acked_bytes`, with the base and smoothed RTT.
+    pub fn on_rtt(&mut self, now: u64, rtt: u32, base: u32, srtt: u32, acked_bytes: usize) {
+        let target = base.saturating_add(self.cfg.target_queueing_us);
+        if rtt <= target {
+            // Spread one RTT's worth of increase over that RTT's acknowledgements.
+            let bytes_per_rtt = (self.rate * srtt.max(1) as f64 / 1e6).max(acked_bytes as f64);
+            self.rate += self.cfg.additive_increase * acked_bytes as f64 / bytes_per_rtt.max(1.0);
+        } else if self
+            .last_decrease
+            .is_none_or(|t| now.saturating_sub(t) >= srtt.max(1) as u64)
+        {
+            let excess = (rtt - target) as f64 / rtt as f64;
+            let factor = (1.0 - self.cfg.beta * excess).max(1.0 - self.cfg.max_decrease);
+            self.rate *= factor;
+            self.last_decrease = Some(now);
+        }
+        self.rate = self.rate.clamp(self.cfg.min, self.cfg.max);
+    }
+
+    /// A retransmission timeout: the path may be badly congested.
+    pub fn on_timeout(&mut self, now: u64) {
+        self.rate = (self.rate * (1.0 - self.cfg.max_decrease)).max(self.cfg.min);
+        self.last_decrease = Some(now);
+    }
+
+    /// When the next frame may leave (rounded down to the µs).
+    pub fn next_send_at(&self) -> u64 {
+        self.next_send_at as u64
+    }
+
+    /// Accounts for a frame of `bytes` sent at `now`.
+    pub fn on_send(&mut self, now: u64, bytes: usize) {
+        let interval = bytes as f64 * 1e6 / self.rate;
+        self.next_send_at = self.next_send_at.max(now as f64) + interval;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn increases_below_target_decreases_above() {
+        let mut rc = RateControl::new(RateConfig::default());
+        let r0 = rc.rate();
+        rc.on_rtt(100, 20, 20, 20, 1500);
+        assert!(rc.rate() > r0);
+        let r1 = rc.rate();
+        rc.on_rtt(200, 200, 20, 40, 1500);
+        assert!(rc.rate() < r1);
+        let r2 = rc.rate();
+        // No second decrease within one RTT.
+        rc.on_rtt(210, 200, 20, 40, 1500);
+        assert_eq!(rc.rate(), r2);
+        // Decrease bounded by max_decrease.
+        rc.on_rtt(1000, 1_000_000, 20, 40, 1500);
+        assert!(rc.rate() >= r2 * 0.5 - 1.0);
+    }
+
+    #[test]
+    fn paces() {
+        let mut rc = RateControl::new(RateConfig {
+            initial: 1e6,
+            ..RateConfig::default()
+        });
+        rc.on_send(0, 1000);
+        assert_eq!(rc.next_send_at(), 1000);
+        rc.on_send(500, 1000);
+        assert_eq!(rc.next_send_at(), 2000);
+        rc.on_send(5000, 1000);
+        assert_eq!(rc.next_send_at(), 6000);
+    }
+}

@@ -1,0 +1,657 @@
+//! One EFE session: reliable, in-order, exactly-once delivery of TLP records between
+//! two bridges in one group, as a sans-IO state machine (quinn-proto style). It does
+//! no I/O and reads no clock: the caller passes `now` (µs) in and moves frames.
+//!
+//! - Go-Back-N: frames carry sequence numbers; the receiver takes only the next one in
+//!   order, acknowledges cumulatively (piggybacked, or after `ack_every` frames or
+//!   `ack_delay_us`), and answers a gap with one NAK naming the frame it needs; the
+//!   sender then goes back to it. A retransmission timer (RFC 6298 RTO with
+//!   exponential backoff) covers lost NAKs and tails; after `retry_limit` expiries in a
+//!   row the session goes down.
+//! - Epochs: each side has an epoch that grows across restarts. Frames carry the
+//!   sender's epoch and the epoch it believes the receiver has. A higher epoch from the
+//!   peer means it restarted: both directions start over at sequence 0 and the TLPs in
+//!   flight are reported lost. Frames of an older peer epoch, or addressed to an older
+//!   epoch of ours, are refused.
+//! - Back-pressure: a frame is acknowledged only once its TLPs are queued for the layer
+//!   above; the advertised window is the room left in that queue.
+//! - Rate: delay-based control (`RateControl`) paces data frames.
+
+use std::collections::VecDeque;
+
+use thiserror::Error;
+use wire::records::{RecordType, RECORD_HEADER_LEN};
+use wire::{flags, FrameKind, Records, TetherHeader};
+
+use crate::config::{Config, ConfigError};
+use crate::rate::RateControl;
+use crate::rtt::RttEstimator;
+use crate::seq;
+use crate::stats::Stats;
+
+/// Time in microseconds, from any origin the caller keeps.
+pub type Micros = u64;
+
+/// Session-level events for the layer above.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The peer acknowledged our epoch: both directions work.
+    Up,
+    /// The peer restarted (a higher epoch); `lost` TLPs of ours were in flight or queued.
+    PeerRestarted { lost: u64 },
+    /// Retries exhausted: the peer is unreachable. `lost` TLPs were discarded.
+    Down { lost: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Waiting for the peer to acknowledge our epoch.
+    Connecting,
+    Up,
+    /// Retries exhausted. Nothing is sent or accepted until `restart`.
+    Down,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum SendError {
+    #[error("send queue full ({0} TLPs)")]
+    QueueFull(usize),
+    #[error("TLP of {size} bytes does not fit in a frame (at most {max})")]
+    TooLarge { size: usize, max: usize },
+    #[error("empty TLP")]
+    Empty,
+    #[error("session is down")]
+    Down,
+}
+
+/// Why an incoming frame was not taken (it is counted in `Stats` too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum Refused {
+    #[error("frame from an older epoch of the peer")]
+    StalePeerEpoch,
+    #[error("frame addressed to an older epoch of ours")]
+    StaleLocalEpoch,
+    #[error("duplicate frame")]
+    Duplicate,
+    #[error("out-of-order frame")]
+    OutOfOrder,
+    #[error("no room in the receive queue")]
+    NoRoom,
+    #[error("malformed records")]
+    Malformed,
+    #[error("session is down")]
+    Down,
+    #[error("frame kind {0:?} does not belong to a session")]
+    NotSessionFrame(FrameKind),
+}
+
+/// A frame to send: the tether header and the payload. The caller adds the Ethernet
+/// header (with the group's VLAN tag) and the frame check (`wire::FrameWriter`).
+#[derive(Debug)]
+pub struct Transmit<'a> {
+    pub header: TetherHeader,
+    pub payload: &'a [u8],
+}
+
+#[derive(Debug)]
+struct SentFrame {
+    seq: u32,
+    payload: Vec<u8>,
+    tlps: u32,
+}
+
+pub struct Session {
+    cfg: Config,
+    local_epoch: u32,
+    peer_epoch: u32,
+    state: State,
+    // Sending.
+    pending: VecDeque<Vec<u8>>,
+    unacked: VecDeque<SentFrame>,
+    /// Sequence number of the oldest unacknowledged frame (= unacked.front()).
+    snd_una: u32,
+    /// Next frame to (re)transmit; below `next_seq` after a go-back.
+    snd_nxt: u32,
+    /// Sequence number the next new frame gets.
+    next_seq: u32,
+    peer_window: u32,
+    rto_deadline: Option<Micros>,
+    backoffs: u32,
+    /// The NAK we last went back for, and when: duplicates within an RTT are ignored.
+    last_go_back: Option<(u32, Micros)>,
+    frames_since_probe: u32,
+    rtt: RttEstimator,
+    rate: RateControl,
+    // Receiving.
+    rcv_nxt: u32,
+    delivered: VecDeque<Vec<u8>>,
+    ts_recent: u32,
+    unacked_rx: u32,
+    ack_deadline: Option<Micros>,
+    ack_now: bool,
+    nak_now: bool,
+    /// The gap we already sent a NAK for (until it is filled).
+    nak_sent_for: Option<u32>,
+    /// Out-of-order frames seen since that NAK.
+    out_of_order_since_nak: u32,
+    window_was_low: bool,
+    events: VecDeque<Event>,
+    stats: Stats,
+    scratch: Vec<u8>,
+}
+
+impl Session {
+    /// A session with our `local_epoch`, which must be non-zero and grow across restarts
+    /// of this bridge (tether uses its start time).
+    pub fn new(cfg: Config, local_epoch: u32) -> Result<Session, ConfigError> {
+        cfg.validate()?;
+        if local_epoch == 0 {
+            return Err(ConfigError::Zero("local_epoch"));
+        }
+        Ok(Session {
+            rtt: RttEstimator::new(cfg.rto_initial_us, cfg.rto_min_us, cfg.rto_max_us),
+            rate: RateControl::new(cfg.rate),
+            cfg,
+            local_epoch,
+            peer_epoch: 0,
+            state: State::Connecting,
+            pending: VecDeque::new(),
+            unacked: VecDeque::new(),
+            snd_una: 0,
+            snd_nxt: 0,
+            next_seq: 0,
+            peer_window: cfg.window,
+            rto_deadline: None,
+            backoffs: 0,
+            last_go_back: None,
+            frames_since_probe: 0,
+            rcv_nxt: 0,
+            delivered: VecDeque::new(),
+            ts_recent: 0,
+            unacked_rx: 0,
+            ack_deadline: None,
+            ack_now: false,
+            nak_now: false,
+            nak_sent_for: None,
+            out_of_order_since_nak: 0,
+            window_was_low: false,
+            events: VecDeque::new(),
+            stats: Stats::default(),
+            scratch: Vec::new(),
+        })
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn local_epoch(&self) -> u32 {
+        self.local_epoch
+    }
+
+    pub fn peer_epoch(&self) -> u32 {
+        self.peer_epoch
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Counters, with the current RTT and rate filled in.
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats.clone();
+        s.srtt_us = self.rtt.srtt().unwrap_or(0);
+        s.min_rtt_us = self.rtt.min().unwrap_or(0);
+        s.rate_bytes_per_s = self.rate.rate();
+        s
+    }
+
+    /// TLPs queued or in flight that the peer has not acknowledged.
+    pub fn outstanding_tlps(&self) -> usize {
+        self.pending.len() + self.unacked.iter().map(|f| f.tlps as usize).sum::<usize>()
+    }
+
+    /// Largest TLP a frame can carry.
+    pub fn max_tlp_len(&self) -> usize {
+        self.cfg.max_payload() - RECORD_HEADER_LEN
+    }
+
+    /// Queues one encoded TLP for reliable, in-order delivery.
+    pub fn send(&mut self, tlp: &[u8]) -> Result<(), SendError> {
+        if self.state == State::Down {
+            return Err(SendError::Down);
+        }
+        if tlp.is_empty() {
+            return Err(SendError::Empty);
+        }
+        if tlp.len() > self.max_tlp_len() {
+            return Err(SendError::TooLarge {
+                size: tlp.len(),
+                max: self.max_tlp_len(),
+            });
+        }
+        if self.pending.len() >= self.cfg.send_queue {
+            return Err(SendError::QueueFull(self.cfg.send_queue));
+        }
+        self.pending.push_back(tlp.to_vec());
+        Ok(())
+    }
+
+    /// Room in the send queue.
+    pub fn send_room(&self) -> usize {
+        self.cfg.send_queue - self.pending.len()
+    }
+
+    /// The next TLP delivered in order, exactly once.
+    pub fn recv(&mut self) -> Option<Vec<u8>> {
+        let tlp = self.delivered.pop_front()?;
+        if self.window_was_low && self.advertised_window() >= self.cfg.window / 2 {
+            // The peer may be waiting on a closed window: tell it.
+            self.window_was_low = false;
+            self.ack_now = true;
+        }
+        Some(tlp)
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn advertised_window(&self) -> u32 {
+        let free = self.cfg.recv_queue.saturating_sub(self.delivered.len());
+        ((free / self.cfg.max_tlps_per_frame) as u32).min(self.cfg.window)
+    }
+
+    /// Takes a frame that arrived from the peer (already parsed, its check verified).
+    pub fn handle_frame(
+        &mut self,
+        now: Micros,
+        h: &TetherHeader,
+        payload: &[u8],
+    ) -> Result<(), Refused> {
+        self.stats.frames_in += 1;
+        self.stats.bytes_in += (wire::HEADER_LEN + payload.len()) as u64;
+        if !matches!(h.kind, FrameKind::Data | FrameKind::Ack | FrameKind::Nak) {
+            return Err(Refused::NotSessionFrame(h.kind));
+        }
+        if self.state == State::Down {
+            self.stats.drop_down += 1;
+            return Err(Refused::Down);
+        }
+        // Whose epoch is this?
+        if h.epoch != self.peer_epoch {
+            if self.peer_epoch != 0 && seq::lt(h.epoch, self.peer_epoch) || h.epoch == 0 {
+                self.stats.drop_stale_epoch += 1;
+                return Err(Refused::StalePeerEpoch);
+            }
+            if self.peer_epoch != 0 {
+                self.peer_restarted();
+            }
+            self.peer_epoch = h.epoch;
+            self.rcv_nxt = 0;
+            self.ts_recent = 0;
+            self.nak_sent_for = None;
+        }
+        if h.peer_epoch != 0 && h.peer_epoch != self.local_epoch {
+            // Meant for an older incarnation of us: answer so the peer learns our epoch.
+            self.stats.drop_stale_epoch += 1;
+            self.ack_now = true;
+            return Err(Refused::StaleLocalEpoch);
+        }
+        if h.peer_epoch == self.local_epoch && self.state == State::Connecting {
+            self.state = State::Up;
+            self.events.push_back(Event::Up);
+        }
+        if h.has_flag(flags::ACK) && h.peer_epoch == self.local_epoch {
+            self.peer_window = h.window as u32;
+            self.on_ack(now, h.ack, h.tsecr);
+        }
+        match h.kind {
+            FrameKind::Nak => {
+                self.stats.naks_in += 1;
+                if h.peer_epoch == self.local_epoch {
+                    self.on_nak(now, h.ack);
+                }
+                Ok(())
+            }
+            FrameKind::Data => self.on_data(now, h, payload),
+            _ => Ok(()),
+        }
+    }
+
+    fn peer_restarted(&mut self) {
+        let lost = self.discard_outgoing();
+        self.stats.peer_restarts += 1;
+        self.delivered.clear();
+        self.state = State::Connecting;
+        self.events.push_back(Event::PeerRestarted { lost });
+    }
+
+    /// Drops everything queued or in flight and restarts numbering; returns the TLP count.
+    fn discard_outgoing(&mut self) -> u64 {
+        let lost = self.outstanding_tlps() as u64;
+        self.stats.tlps_lost += lost;
+        self.pending.clear();
+        self.unacked.clear();
+        self.snd_una = 0;
+        self.snd_nxt = 0;
+        self.next_seq = 0;
+        self.rto_deadline = None;
+        self.backoffs = 0;
+        self.last_go_back = None;
+        self.frames_since_probe = 0;
+        self.peer_window = self.cfg.window;
+        lost
+    }
+
+    fn on_ack(&mut self, now: Micros, ack: u32, tsecr: u32) {
+        if !seq::lt(self.snd_una, ack) || seq::lt(self.next_seq, ack) {
+            return; // Nothing new, or acknowledging what was never sent.
+        }
+        let mut acked_bytes = 0;
+        while let Some(f) = self.unacked.front() {
+            if !seq::lt(f.seq, ack) {
+                break;
+            }
+            acked_bytes += f.payload.len();
+            self.unacked.pop_front();
+        }
+        self.snd_una = ack;
+        if seq::lt(self.snd_nxt, ack) {
+            self.snd_nxt = ack;
+        }
+        self.backoffs = 0;
+        if tsecr != 0 {
+            let rtt = (now as u32).wrapping_sub(tsecr);
+            if (rtt as i32) >= 0 {
+                self.rtt.sample(rtt.max(1));
+                let base = self.rtt.min().unwrap_or(rtt);
+                let srtt = self.rtt.srtt().unwrap_or(rtt);
+                self.rate
+                    .on_rtt(now, rtt, base, srtt, acked_bytes + wire::HEADER_LEN);
+            }
+        }
+        self.rto_deadline = (!self.unacked.is_empty()).then(|| now + self.rtt.rto());
+    }
+
+    fn on_nak(&mut self, now: Micros, expected: u32) {
+        if !self.cfg.nak || !seq::lt(expected, self.next_seq) || seq::lt(expected, self.snd_una) {
+            return;
+        }
+        let srtt = self.rtt.srtt().unwrap_or(0) as u64;
+        if let Some((s, at)) = self.last_go_back {
+            if s == expected && now < at + srtt.max(1) {
+                return; // Already going back for this gap.
+            }
+        }
+        self.go_back(now, expected);
+    }
+
+    fn go_back(&mut self, now: Micros, to: u32) {
+        self.stats.go_backs += 1;
+        self.snd_nxt = to;
+        self.last_go_back = Some((to, now));
+    }
+
+    fn on_data(&mut self, now: Micros, h: &TetherHeader, payload: &[u8]) -> Result<(), Refused> {
+        if h.has_flag(flags::PROBE) {
+            self.ack_now = true;
+        }
+        if h.seq != self.rcv_nxt {
+            if seq::lt(h.seq, self.rcv_nxt) {
+                self.stats.drop_duplicate += 1;
+                self.ack_now = true;
+                return Err(Refused::Duplicate);
+            }
+            self.stats.drop_out_of_order += 1;
+            self.out_of_order_since_nak += 1;
+            let renak = self.out_of_order_since_nak >= self.cfg.renak_after;
+            if self.cfg.nak && (self.nak_sent_for != Some(self.rcv_nxt) || renak) {
+                self.nak_now = true;
+                self.nak_sent_for = Some(self.rcv_nxt);
+                self.out_of_order_since_nak = 0;
+            }
+            return Err(Refused::OutOfOrder);
+        }
+        // Validate every record before taking any.
+        let mut count = 0usize;
+        for r in Records::new(payload) {
+            match r {
+                Ok(r) if r.kind == RecordType::Tlp && !r.body.is_empty() => count += 1,
+                _ => {
+                    self.stats.drop_malformed += 1;
+                    return Err(Refused::Malformed);
+                }
+            }
+        }
+        if self.delivered.len() + count > self.cfg.recv_queue {
+            self.stats.drop_no_room += 1;
+            self.window_was_low = true;
+            self.ack_now = true;
+            return Err(Refused::NoRoom);
+        }
+        for r in Records::new(payload).flatten() {
+            self.delivered.push_back(r.body.to_vec());
+        }
+        self.stats.tlps_in += count as u64;
+        self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
+        self.ts_recent = h.tsval;
+        self.nak_sent_for = None;
+        self.unacked_rx += 1;
+        if self.advertised_window() < self.cfg.window / 4 {
+            self.window_was_low = true;
+        }
+        if self.unacked_rx >= self.cfg.ack_every {
+            self.ack_now = true;
+        } else if self.ack_deadline.is_none() {
+            self.ack_deadline = Some(now + self.cfg.ack_delay_us);
+        }
+        Ok(())
+    }
+
+    /// Frames in flight allowed now: our window and the peer's advertised one, with one
+    /// frame always allowed as a window probe.
+    fn send_window(&self) -> u32 {
+        self.cfg.window.min(self.peer_window).max(1)
+    }
+
+    fn can_send_data(&self, now: Micros) -> bool {
+        if self.state == State::Down || now < self.rate.next_send_at() {
+            return false;
+        }
+        if seq::lt(self.snd_nxt, self.next_seq) {
+            return true; // Retransmission after a go-back or timeout.
+        }
+        !self.pending.is_empty()
+            && (seq::diff(self.next_seq, self.snd_una) as u32) < self.send_window()
+    }
+
+    fn base_header(&self, kind: FrameKind, now: Micros) -> TetherHeader {
+        let known = self.peer_epoch != 0;
+        TetherHeader {
+            kind,
+            flags: if known { flags::ACK } else { 0 }
+                | if self.state == State::Connecting {
+                    flags::SYN
+                } else {
+                    0
+                },
+            epoch: self.local_epoch,
+            peer_epoch: self.peer_epoch,
+            seq: 0,
+            ack: self.rcv_nxt,
+            tsval: (now as u32).max(1),
+            tsecr: self.ts_recent,
+            window: self.advertised_window() as u16,
+        }
+    }
+
+    fn acked_sent(&mut self) {
+        self.ack_now = false;
+        self.ack_deadline = None;
+        self.unacked_rx = 0;
+    }
+
+    /// The next frame to send now, if any. Call until it returns `None`.
+    pub fn poll_transmit(&mut self, now: Micros) -> Option<Transmit<'_>> {
+        if self.state == State::Down {
+            return None;
+        }
+        if self.nak_now {
+            self.nak_now = false;
+            self.stats.naks_out += 1;
+            return Some(self.control(now, FrameKind::Nak));
+        }
+        if self.can_send_data(now) {
+            return Some(self.data_frame(now));
+        }
+        let ack_due = self.ack_now || self.ack_deadline.is_some_and(|d| now >= d);
+        if ack_due && (self.peer_epoch != 0 || self.ack_now) {
+            self.stats.acks_out += 1;
+            return Some(self.control(now, FrameKind::Ack));
+        }
+        None
+    }
+
+    fn control(&mut self, now: Micros, kind: FrameKind) -> Transmit<'_> {
+        let header = self.base_header(kind, now);
+        self.acked_sent();
+        self.stats.frames_out += 1;
+        self.stats.bytes_out += wire::HEADER_LEN as u64;
+        Transmit {
+            header,
+            payload: &[],
+        }
+    }
+
+    fn data_frame(&mut self, now: Micros) -> Transmit<'_> {
+        let retransmit = seq::lt(self.snd_nxt, self.next_seq);
+        if !retransmit {
+            self.build_frame();
+        }
+        let idx = seq::diff(self.snd_nxt, self.snd_una) as usize;
+        let seq_no = self.snd_nxt;
+        self.snd_nxt = self.snd_nxt.wrapping_add(1);
+        let mut header = self.base_header(FrameKind::Data, now);
+        header.seq = seq_no;
+        self.frames_since_probe += 1;
+        let startup = self.stats.data_frames_out < self.cfg.startup_probes as u64;
+        if startup || (self.cfg.probe_every > 0 && self.frames_since_probe >= self.cfg.probe_every)
+        {
+            header.flags |= flags::PROBE;
+            self.frames_since_probe = 0;
+        }
+        self.acked_sent();
+        let frame = &self.unacked[idx];
+        let bytes = wire::HEADER_LEN + frame.payload.len();
+        self.stats.frames_out += 1;
+        self.stats.data_frames_out += 1;
+        self.stats.bytes_out += bytes as u64;
+        if retransmit {
+            self.stats.retransmits += 1;
+        } else {
+            self.stats.tlps_out += frame.tlps as u64;
+        }
+        self.rate.on_send(now, bytes + 18);
+        if self.rto_deadline.is_none() {
+            self.rto_deadline = Some(now + self.rtt.rto_backed_off(self.backoffs));
+        }
+        Transmit {
+            header,
+            payload: &self.unacked[idx].payload,
+        }
+    }
+
+    /// Packs pending TLPs into a new frame at the back of `unacked`.
+    fn build_frame(&mut self) {
+        let max = self.cfg.max_payload();
+        self.scratch.clear();
+        let mut tlps = 0u32;
+        while let Some(t) = self.pending.front() {
+            if tlps as usize >= self.cfg.max_tlps_per_frame
+                || self.scratch.len() + RECORD_HEADER_LEN + t.len() > max
+            {
+                break;
+            }
+            let t = self.pending.pop_front().expect("front exists");
+            self.scratch
+                .extend_from_slice(&(t.len() as u16).to_be_bytes());
+            self.scratch.push(RecordType::Tlp as u8);
+            self.scratch.push(0);
+            self.scratch.extend_from_slice(&t);
+            tlps += 1;
+        }
+        self.unacked.push_back(SentFrame {
+            seq: self.next_seq,
+            payload: self.scratch.clone(),
+            tlps,
+        });
+        self.next_seq = self.next_seq.wrapping_add(1);
+    }
+
+    /// When `handle_timeout` (or `poll_transmit`) next has work, if ever.
+    pub fn poll_timeout(&self) -> Option<Micros> {
+        if self.state == State::Down {
+            return None;
+        }
+        let mut t: Option<Micros> = None;
+        let mut consider = |x: Option<Micros>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        consider(self.rto_deadline);
+        consider(self.ack_deadline);
+        let data_waiting = seq::lt(self.snd_nxt, self.next_seq)
+            || (!self.pending.is_empty()
+                && (seq::diff(self.next_seq, self.snd_una) as u32) < self.send_window());
+        if data_waiting {
+            consider(Some(self.rate.next_send_at()));
+        }
+        t
+    }
+
+    /// Runs the timers that are due at `now`.
+    pub fn handle_timeout(&mut self, now: Micros) {
+        if self.state == State::Down {
+            return;
+        }
+        if self.ack_deadline.is_some_and(|d| now >= d) {
+            self.ack_now = true;
+        }
+        if let Some(d) = self.rto_deadline {
+            if now >= d {
+                if self.unacked.is_empty() {
+                    self.rto_deadline = None;
+                    return;
+                }
+                self.stats.timeouts += 1;
+                self.backoffs += 1;
+                if self.backoffs > self.cfg.retry_limit {
+                    let lost = self.discard_outgoing();
+                    self.state = State::Down;
+                    self.events.push_back(Event::Down { lost });
+                    return;
+                }
+                self.rate.on_timeout(now);
+                let to = self.snd_una;
+                self.go_back(now, to);
+                self.rto_deadline = Some(now + self.rtt.rto_backed_off(self.backoffs));
+            }
+        }
+    }
+
+    /// Starts over after `Down`, with a new (higher) local epoch.
+    pub fn restart(&mut self, local_epoch: u32) {
+        self.discard_outgoing();
+        self.local_epoch = local_epoch;
+        self.peer_epoch = 0;
+        self.state = State::Connecting;
+        self.rcv_nxt = 0;
+        self.delivered.clear();
+        self.ts_recent = 0;
+        self.nak_sent_for = None;
+        self.acked_sent();
+        self.nak_now = false;
+    }
+}
