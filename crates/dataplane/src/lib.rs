@@ -1,4 +1,12 @@
 //! DPDK-style user-space packet I/O for tether: lock-free rings, a buffer pool with
 //! per-thread caches, and ports that move frames in bursts.
 
+pub mod mempool;
 pub mod ring;
+
+pub use mempool::{Backing, Mbuf, Mempool, PoolCache, PoolError};
+pub mod port;
+pub mod ports;
+pub mod sys;
+
+pub use port::{LinkInfo, Port, PortError, PortStats};

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use crate::rawsock::RawSocket;
 use crate::{pcap, signals};
+use dataplane::sys::PacketSocket;
 
 pub struct Options {
     pub interface: String,
@@ -38,7 +38,8 @@ fn ethertype(frame: &[u8]) -> Option<u16> {
 
 /// Captures until the count or duration is reached, or SIGINT/SIGTERM.
 pub fn run(opts: &Options) -> Result<Stats> {
-    let sock = RawSocket::open(&opts.interface)?;
+    // Outgoing frames too, as tcpdump shows them; kernel receive timestamps.
+    let sock = PacketSocket::open(&opts.interface, false, true)?;
     let mut out = pcap::Writer::create(&opts.output)?;
     signals::install();
     eprintln!(
@@ -60,17 +61,22 @@ pub fn run(opts: &Options) -> Result<Stats> {
         {
             break;
         }
-        let Some(rx) = sock.recv(&mut buf, Duration::from_millis(100))? else {
-            continue;
-        };
-        stats.seen += 1;
-        let frame = &buf[..rx.len];
-        if !opts.all && ethertype(frame) != Some(wire::ETHERTYPE) {
-            stats.filtered += 1;
+        if !sock.wait(Duration::from_millis(100)) {
             continue;
         }
-        out.write(rx.time_us, frame)?;
-        stats.written += 1;
+        while let Some(rx) = sock.recv(&mut buf)? {
+            stats.seen += 1;
+            let frame = &buf[..rx.len];
+            if !opts.all && ethertype(frame) != Some(wire::ETHERTYPE) {
+                stats.filtered += 1;
+                continue;
+            }
+            out.write(rx.time_ns / 1000, frame)?;
+            stats.written += 1;
+            if opts.count.is_some_and(|c| stats.written >= c) {
+                break;
+            }
+        }
     }
     out.finish()?;
     Ok(stats)
@@ -82,10 +88,13 @@ pub fn replay(path: &Path, interface: &str, gap: Duration) -> Result<u64> {
     if frames.is_empty() {
         bail!("{} holds no frames", path.display());
     }
-    let sock = RawSocket::open(interface)?;
+    let sock = PacketSocket::open(interface, true, false)?;
     let mut sent = 0;
     for (_, frame) in &frames {
-        sock.send(frame)?;
+        // A full kernel queue is back-pressure: wait and try again.
+        while !sock.send(frame)? {
+            std::thread::sleep(Duration::from_micros(50));
+        }
         sent += 1;
         if !gap.is_zero() {
             std::thread::sleep(gap);

@@ -3,7 +3,6 @@
 mod capture;
 mod decode;
 mod pcap;
-mod rawsock;
 mod signals;
 
 use std::path::PathBuf;

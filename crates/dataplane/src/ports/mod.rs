@@ -1,0 +1,5 @@
+//! Port implementations.
+
+pub mod mem;
+pub mod null;
+pub mod socket;

@@ -1,0 +1,327 @@
+//! Linux AF_PACKET plumbing shared by the socket port and by tools (capture, replay):
+//! opening a packet socket bound to an interface, receiving one frame with its VLAN
+//! tag (which the kernel strips on receive and reports in PACKET_AUXDATA) and its
+//! kernel timestamp, sending one frame, waiting for input.
+
+use std::ffi::CString;
+use std::io;
+use std::mem;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use crate::port::PortError;
+
+/// asm-generic SO_TIMESTAMPNS (SO_TIMESTAMPNS_OLD), x86_64 and aarch64.
+const SO_TIMESTAMPNS: libc::c_int = 35;
+const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+
+/// Mirror of the kernel's `struct tpacket_auxdata`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct TpacketAuxdata {
+    tp_status: u32,
+    tp_len: u32,
+    tp_snaplen: u32,
+    tp_mac: u16,
+    tp_net: u16,
+    tp_vlan_tci: u16,
+    tp_vlan_tpid: u16,
+}
+
+/// An AF_PACKET socket bound to one interface.
+pub struct PacketSocket {
+    fd: OwnedFd,
+    ifindex: i32,
+    name: String,
+}
+
+/// What `recv` learned about a frame besides its bytes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecvMeta {
+    /// Bytes in the buffer (the re-inserted VLAN tag included).
+    pub len: usize,
+    /// The frame was longer than the buffer and was cut.
+    pub truncated: bool,
+    /// Kernel receive time in ns since the Unix epoch (0 when not asked for).
+    pub time_ns: u64,
+}
+
+pub fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `value` lives across the call and its size is passed.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &value as *const libc::c_int as *const libc::c_void,
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+const SIOCGIFMTU: libc::c_ulong = 0x8921;
+const SIOCGIFHWADDR: libc::c_ulong = 0x8927;
+
+/// `struct ifreq`: the name, then a 24-byte union (sockaddr for the hardware address,
+/// int for the MTU).
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    data: [u8; 24],
+}
+
+impl PacketSocket {
+    fn ifreq(&self, request: libc::c_ulong) -> Result<IfReq, PortError> {
+        let mut req = IfReq {
+            name: [0; 16],
+            data: [0; 24],
+        };
+        let n = self.name.len().min(15);
+        req.name[..n].copy_from_slice(&self.name.as_bytes()[..n]);
+        // SAFETY: `req` is a properly sized ifreq for these two requests, alive for the call.
+        let r = unsafe { libc::ioctl(self.fd(), request as _, &mut req as *mut IfReq) };
+        if r < 0 {
+            return Err(PortError::io("ioctl on the interface", &self.name));
+        }
+        Ok(req)
+    }
+
+    /// The interface's MAC address and MTU (asked through this socket, so they are
+    /// those of the socket's network namespace).
+    pub fn link_info(&self) -> Result<([u8; 6], usize), PortError> {
+        let hw = self.ifreq(SIOCGIFHWADDR)?;
+        let mut mac = [0u8; 6];
+        // sockaddr: 2 bytes of family, then the address.
+        mac.copy_from_slice(&hw.data[2..8]);
+        let m = self.ifreq(SIOCGIFMTU)?;
+        let mtu = i32::from_ne_bytes([m.data[0], m.data[1], m.data[2], m.data[3]]);
+        Ok((mac, mtu.max(0) as usize))
+    }
+}
+
+impl PacketSocket {
+    /// Opens an AF_PACKET raw socket bound to `interface`, seeing every EtherType, with
+    /// PACKET_AUXDATA on. `incoming_only` drops the copies of frames other sockets on
+    /// this host send; `timestamps` asks for kernel receive times.
+    pub fn open(
+        interface: &str,
+        incoming_only: bool,
+        timestamps: bool,
+    ) -> Result<PacketSocket, PortError> {
+        let name = CString::new(interface)
+            .map_err(|_| PortError::NoSuchInterface(interface.to_string()))?;
+        // SAFETY: `name` is a valid NUL-terminated string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(PortError::NoSuchInterface(interface.to_string()));
+        }
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2); the result is checked before use.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                proto as libc::c_int,
+            )
+        };
+        if raw < 0 {
+            return Err(PortError::io(
+                "opening an AF_PACKET socket (needs CAP_NET_RAW)",
+                interface,
+            ));
+        }
+        // SAFETY: `raw` is a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+        let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = proto;
+        addr.sll_ifindex = ifindex as i32;
+        // SAFETY: `addr` is an initialised sockaddr_ll and its size is passed.
+        let ret = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
+                mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if ret < 0 {
+            return Err(PortError::io("binding the AF_PACKET socket", interface));
+        }
+        setsockopt_int(fd.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_AUXDATA, 1)
+            .map_err(|_| PortError::io("enabling PACKET_AUXDATA", interface))?;
+        if timestamps {
+            setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                .map_err(|_| PortError::io("enabling SO_TIMESTAMPNS", interface))?;
+        }
+        if incoming_only {
+            // Linux 4.20+; older kernels just keep delivering outgoing copies.
+            let _ = setsockopt_int(fd.as_raw_fd(), libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, 1);
+        }
+        Ok(PacketSocket {
+            fd,
+            ifindex: ifindex as i32,
+            name: interface.to_string(),
+        })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Waits up to `timeout` for input; true when some is ready.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        poll_in(self.fd(), timeout)
+    }
+
+    /// Receives one frame into `buf` without blocking (`None` when nothing is queued).
+    /// A VLAN tag the kernel stripped is put back into the frame, so `buf` needs 4 bytes
+    /// more than the largest frame.
+    pub fn recv(&self, buf: &mut [u8]) -> Result<Option<RecvMeta>, PortError> {
+        let room = buf.len().saturating_sub(4);
+        let mut iov = libc::iovec {
+            iov_base: buf[4..].as_mut_ptr() as *mut libc::c_void,
+            iov_len: room,
+        };
+        // u64 elements keep the control buffer aligned for cmsghdr.
+        let mut control = [0u64; 32];
+        // SAFETY: msghdr is plain data; all-zero is valid; the pointers are set below.
+        let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = mem::size_of_val(&control);
+        // SAFETY: `msg` points at `iov` (into `buf`) and `control`, both alive and sized
+        // as declared; MSG_TRUNC only changes the returned length.
+        let n = unsafe { libc::recvmsg(self.fd(), &mut msg, libc::MSG_TRUNC | libc::MSG_DONTWAIT) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
+                _ => Err(PortError::Io {
+                    op: "recvmsg",
+                    port: self.name.clone(),
+                    source: e,
+                }),
+            };
+        }
+        let truncated = n as usize > room;
+        let n = (n as usize).min(room);
+        let mut aux = None;
+        let mut time_ns = 0;
+        // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, within
+        // msg_controllen; each payload is read unaligned into a local copy.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                let data = libc::CMSG_DATA(c);
+                if (*c).cmsg_level == libc::SOL_PACKET && (*c).cmsg_type == libc::PACKET_AUXDATA {
+                    aux = Some(std::ptr::read_unaligned(data as *const TpacketAuxdata));
+                } else if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == SO_TIMESTAMPNS {
+                    let ts = std::ptr::read_unaligned(data as *const libc::timespec);
+                    time_ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        // The frame sits at buf[4..4 + n]: move the MACs forward to open a tag slot.
+        let len = match aux {
+            Some(a) if a.tp_status & TP_STATUS_VLAN_VALID != 0 && n >= 12 => {
+                let tpid = if a.tp_status & TP_STATUS_VLAN_TPID_VALID != 0 {
+                    a.tp_vlan_tpid
+                } else {
+                    0x8100
+                };
+                buf.copy_within(4..16, 0);
+                buf[12..14].copy_from_slice(&tpid.to_be_bytes());
+                buf[14..16].copy_from_slice(&a.tp_vlan_tci.to_be_bytes());
+                n + 4
+            }
+            _ => {
+                buf.copy_within(4..4 + n, 0);
+                n
+            }
+        };
+        Ok(Some(RecvMeta {
+            len,
+            truncated,
+            time_ns,
+        }))
+    }
+
+    /// Sends one whole Ethernet frame (tags included). `Ok(false)` when the kernel's
+    /// queue is full.
+    pub fn send(&self, frame: &[u8]) -> Result<bool, PortError> {
+        if frame.len() < 14 {
+            return Err(PortError::Setup(format!(
+                "a {}-byte frame is shorter than an Ethernet header",
+                frame.len()
+            )));
+        }
+        // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+        let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = self.ifindex;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: `frame` and `addr` are valid for the lengths passed.
+        let n = unsafe {
+            libc::sendto(
+                self.fd(),
+                frame.as_ptr() as *const libc::c_void,
+                frame.len(),
+                libc::MSG_DONTWAIT,
+                &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
+                mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if matches!(e.kind(), io::ErrorKind::WouldBlock)
+                || e.raw_os_error() == Some(libc::ENOBUFS)
+            {
+                return Ok(false);
+            }
+            return Err(PortError::Io {
+                op: "sendto",
+                port: self.name.clone(),
+                source: e,
+            });
+        }
+        Ok(true)
+    }
+}
+
+/// Waits up to `timeout` for `fd` to become readable.
+pub fn poll_in(fd: RawFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let ready = unsafe {
+        libc::poll(
+            &mut pfd,
+            1,
+            timeout.as_millis().min(i32::MAX as u128) as i32,
+        )
+    };
+    ready > 0
+}
