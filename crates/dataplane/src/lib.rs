@@ -10,3 +10,4 @@ pub mod ports;
 pub mod sys;
 
 pub use port::{LinkInfo, Port, PortError, PortStats};
+pub mod engine;

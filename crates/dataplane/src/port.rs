@@ -75,8 +75,8 @@ pub trait Port: Send {
     fn stats(&self) -> PortStats;
 
     /// Waits up to `timeout` for frames to arrive (ports with a file descriptor use
-    /// poll(2); others sleep briefly).
+    /// poll(2); others sleep for the timeout, which the idle policy keeps short).
     fn wait_rx(&self, timeout: Duration) {
-        std::thread::sleep(timeout.min(Duration::from_micros(100)));
+        std::thread::sleep(timeout);
     }
 }
