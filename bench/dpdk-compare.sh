@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# tether's data plane against DPDK itself, on this machine, in one run, with ratios.
+# Installs Debian's DPDK (dpdk-dev: dpdk-test, dpdk-testpmd) when missing. Run as root
+# (veth rows need namespaces-free veth creation; DPDK runs with --no-huge unless huge
+# pages are reserved). The veth rows run in a network namespace of their own, created
+# and removed here. Takes about 15 minutes, most of it mempool_perf_autotest.
+#
+#   bench/dpdk-compare.sh [--quick]     (--quick skips mempool_perf_autotest)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+if ! command -v dpdk-testpmd >/dev/null || ! command -v dpdk-test >/dev/null; then
+    echo "installing Debian's DPDK (dpdk-dev)..." >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dpdk-dev >/tmp/tether-apt-dpdk.log 2>&1
+fi
+cargo build --quiet --release -p dataplane --example perf
+perf=target/release/examples/perf
+mhz=$(awk -F: '/cpu MHz/ {print $2; exit}' /proc/cpuinfo | tr -d ' ')
+eal=(--no-huge -m 1024 --no-pci --log-level=3)
+work=$(mktemp -d /tmp/tether-dpdk.XXXXXX)
+ns=tdpdk-$$
+cleanup() {
+    ip netns del "$ns" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+echo "machine: $(nproc) CPUs, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //') at ${mhz} MHz; DPDK $(dpkg-query -W -f='${Version}' dpdk-dev)"
+echo
+
+# 1. Rings: one core, enqueue+dequeue of a bulk, cycles per operation pair.
+echo ring_perf_autotest | dpdk-test "${eal[@]}" -l 0 >"$work/ring.txt" 2>&1 || true
+"$perf" ring >"$work/ours-ring.txt"
+echo "rings (one core, cycles per bulk enqueue+dequeue; ratio = ours / DPDK, goal <= 1.0)"
+for mode in "SP/SC:spsc" "MP/MC:mpmc"; do
+    d=${mode%%:*}; o=${mode##*:}
+    for size in 8 32; do
+        dpdk=$(grep -m1 "legacy APIs: $d: bulk (size: $size)" "$work/ring.txt" | awk -F': ' '{print $NF}')
+        ns=$(awk -v k="ring_${o}_bulk_$size" '$1 == k {print $2}' "$work/ours-ring.txt")
+        ours=$(awk -v ns="$ns" -v mhz="$mhz" 'BEGIN { printf "%.2f", ns * mhz / 1000 }')
+        printf "  %-6s bulk %-3s DPDK %8s  ours %8s  ratio %s\n" "$d" "$size" "$dpdk" "$ours" "$(ratio "$ours" "$dpdk")"
+    done
+done
+echo
+
+# 2. Mempool: one core, cache 512, get/put bulk 32, 32 kept: objects per second.
+if [ $quick = 0 ]; then
+    echo mempool_perf_autotest | timeout 1800 dpdk-test "${eal[@]}" -l 0 >"$work/mempool.txt" 2>&1 || true
+    dpdk=$(grep -m1 "cache=512 cores=1 n_get_bulk=32 n_put_bulk=32 n_keep=32 constant_n=0" "$work/mempool.txt" | sed 's/.*rate_persec=//')
+    ours=$("$perf" mempool 2>/dev/null | awk '{print $2}')
+    echo "mempool (one core, cache 512, bulk 32; ratio = ours / DPDK, goal >= 1.0)"
+    printf "  DPDK %s objs/s  ours %s objs/s  ratio %s\n" "${dpdk:-n/a}" "$ours" "$(ratio "$ours" "${dpdk:-0}")"
+    echo
+fi
+
+# 3. Forwarding between two null ports, io mode, burst 32, one forwarding core.
+timeout -s INT 12 dpdk-testpmd "${eal[@]}" -l 0-1 --vdev net_null0 --vdev net_null1 -- \
+    --forward-mode=io --burst=32 --nb-cores=1 --stats-period=2 >"$work/testpmd-null.txt" 2>&1 || true
+dpdk=$(grep "Rx-pps:" "$work/testpmd-null.txt" | tail -n 2 | awk '{s += $2} END {print s + 0}')
+ours=$("$perf" forward | awk '{print $2}')
+echo "forwarding (net_null io mode, 64 B, burst 32, one core; frames/s over both ports; goal >= 1.0)"
+printf "  DPDK %s  ours %s  ratio %s\n" "$dpdk" "$ours" "$(ratio "$ours" "$dpdk")"
+echo
+
+# 4. veth: frames out of one end, counted at the other.
+if [ "$(id -u)" -eq 0 ] && ip netns add "$ns" 2>/dev/null \
+    && ip -n "$ns" link add tdpa type veth peer name tdpb 2>/dev/null; then
+    ip -n "$ns" link set tdpa up && ip -n "$ns" link set tdpb up
+    echo "veth (frames/s one port sends into the veth; testpmd txonly drives both ports from one core, ours sends on one and receives on the other)"
+    for size in 64 1500; do
+        timeout -s INT 12 ip netns exec "$ns" dpdk-testpmd "${eal[@]}" -l 0-1 \
+            --vdev "net_af_packet0,iface=tdpa" --vdev "net_af_packet1,iface=tdpb" -- \
+            --forward-mode=txonly --txpkts="$size" --burst=32 --nb-cores=1 --stats-period=2 \
+            >"$work/testpmd-afp-$size.txt" 2>&1 || true
+        # Port 0's Tx-pps in the last statistics block.
+        dpdk=$(grep "Tx-pps:" "$work/testpmd-afp-$size.txt" | tail -n 2 | head -n 1 | awk '{print $2}')
+        ip netns exec "$ns" "$perf" veth-socket tdpa tdpb "$size" >"$work/ours-veth-$size.txt"
+        sock=$(awk '$1 ~ /^veth_socket_tx/ {print $2}' "$work/ours-veth-$size.txt")
+        rx=$(awk '$1 ~ /^veth_socket_rx/ {print $2}' "$work/ours-veth-$size.txt")
+        printf "  %4s B: DPDK net_af_packet %s; ours: af_packet n/a, af_xdp n/a (ports not built yet); per-packet socket port %s (received %s; socket / DPDK af_packet %s)\n" \
+            "$size" "${dpdk:-n/a}" "$sock" "$rx" "$(ratio "$sock" "${dpdk:-0}")"
+    done
+else
+    echo "veth: SKIPPED (needs root to create a namespace and a veth pair)"
+fi

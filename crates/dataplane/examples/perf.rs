@@ -1,0 +1,132 @@
+//! Our side of bench/dpdk-compare.sh, measured the way DPDK's autotests measure theirs:
+//!
+//!     perf ring      one core: enqueue+dequeue of a bulk of 8 and 32 (SP/SC and MP/MC),
+//!                    nanoseconds per operation pair (ring_perf_autotest's single-core lines)
+//!     perf mempool   one core, cache 512: get 32 / put 32 with 32 kept, objects per second
+//!                    (mempool_perf_autotest's cache=512 cores=1 n_get_bulk=32 ... line)
+//!     perf forward   io-forwarding between two null ports, burst 32, one core, for 5 s:
+//!                    frames per second (testpmd io mode over net_null0/net_null1)
+//!
+//!     perf veth-socket A B SIZE
+//!                    frames of SIZE bytes sent out of interface A with the per-packet socket
+//!                    port for 5 s, while B receives: frames per second sent, and received
+//!                    (against testpmd txonly on net_af_packet: Tx-pps of one port)
+//!
+//! Output lines are `name value unit`, for the script to parse.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use dataplane::engine::{io_forward, IdlePolicy, Stop};
+use dataplane::ports::null::NullPort;
+use dataplane::ring::{mpmc, spsc};
+use dataplane::Mempool;
+
+fn ns_per<F: FnMut()>(iterations: u64, mut f: F) -> f64 {
+    for _ in 0..iterations / 10 {
+        f();
+    }
+    let t = Instant::now();
+    for _ in 0..iterations {
+        f();
+    }
+    t.elapsed().as_nanos() as f64 / iterations as f64
+}
+
+fn ring() {
+    const ITER: u64 = 1 << 24;
+    for burst in [8usize, 32] {
+        let items: Vec<usize> = (0..burst).collect();
+        let mut out = vec![0usize; burst];
+        let (p, c) = spsc::<usize>(4096);
+        let ns = ns_per(ITER, || {
+            p.enqueue_bulk(black_box(&items));
+            c.dequeue_bulk(black_box(&mut out));
+        });
+        println!("ring_spsc_bulk_{burst} {ns:.2} ns");
+        let (p, c) = mpmc::<usize>(4096);
+        let ns = ns_per(ITER, || {
+            p.enqueue_bulk(black_box(&items));
+            c.dequeue_bulk(black_box(&mut out));
+        });
+        println!("ring_mpmc_bulk_{burst} {ns:.2} ns");
+    }
+}
+
+fn mempool() {
+    let pool = Mempool::new(16 * 1024, 2048).expect("pool");
+    eprintln!("pool backing: {}", pool.backing());
+    let mut cache = pool.cache(512);
+    let mut held = Vec::with_capacity(32);
+    let t = Instant::now();
+    let mut objs = 0u64;
+    while t.elapsed() < Duration::from_secs(3) {
+        for _ in 0..1000 {
+            cache.get_bulk(&mut held, 32);
+            cache.put_all(&mut held);
+        }
+        objs += 32_000;
+    }
+    println!("mempool_cache512_bulk32 {:.0} objs/s", objs as f64 / t.elapsed().as_secs_f64());
+}
+
+fn forward() {
+    let pool = Mempool::new(4096, 2048).expect("pool");
+    let mut a = NullPort::new("null0", &pool, &[0u8; 64], false);
+    let mut b = NullPort::new("null1", &pool, &[0u8; 64], false);
+    let stop = Stop::new();
+    let s = stop.clone();
+    let timer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(5));
+        s.request();
+    });
+    let _ = dataplane::engine::pin_to_core(0);
+    let t = Instant::now();
+    let stats = io_forward(&mut a, &mut b, 32, &stop, IdlePolicy::BUSY).expect("forwarding");
+    timer.join().expect("timer");
+    println!("forward_null_io_burst32 {:.0} frames/s", stats.frames as f64 / t.elapsed().as_secs_f64());
+}
+
+fn veth_socket(a: &str, b: &str, size: usize) {
+    use dataplane::ports::socket::SocketPort;
+    use dataplane::Port;
+    let pool = Mempool::new(8192, 2048).expect("pool");
+    let mut tx = SocketPort::open(a, &pool).expect("port A");
+    let mut rx = SocketPort::open(b, &pool).expect("port B");
+    let mut frame = vec![0u8; size];
+    frame[..6].copy_from_slice(&[0xff; 6]);
+    frame[12..14].copy_from_slice(&[0x88, 0xb5]);
+    let mut cache = pool.cache(256);
+    let (mut out, mut got) = (Vec::with_capacity(32), Vec::with_capacity(64));
+    let t = Instant::now();
+    let (mut sent, mut received) = (0u64, 0u64);
+    while t.elapsed() < Duration::from_secs(5) {
+        if out.is_empty() && cache.get_bulk(&mut out, 32) {
+            for m in out.iter_mut() {
+                pool.fill(m, &frame);
+            }
+        }
+        sent += tx.tx_burst(&mut out).expect("tx") as u64;
+        while rx.rx_burst(&mut got, 64).expect("rx") > 0 {
+            received += got.len() as u64;
+            cache.put_all(&mut got);
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!("veth_socket_tx_{size} {:.0} frames/s", sent as f64 / secs);
+    println!("veth_socket_rx_{size} {:.0} frames/s", received as f64 / secs);
+}
+
+fn main() {
+    let arg = |i: usize| std::env::args().nth(i).unwrap_or_default();
+    match std::env::args().nth(1).as_deref() {
+        Some("veth-socket") => veth_socket(&arg(2), &arg(3), arg(4).parse().unwrap_or(64)),
+        Some("ring") => ring(),
+        Some("mempool") => mempool(),
+        Some("forward") => forward(),
+        _ => {
+            eprintln!("usage: perf ring|mempool|forward|veth-socket A B SIZE");
+            std::process::exit(2);
+        }
+    }
+}
