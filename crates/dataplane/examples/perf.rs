@@ -67,7 +67,10 @@ fn mempool() {
         }
         objs += 32_000;
     }
-    println!("mempool_cache512_bulk32 {:.0} objs/s", objs as f64 / t.elapsed().as_secs_f64());
+    println!(
+        "mempool_cache512_bulk32 {:.0} objs/s",
+        objs as f64 / t.elapsed().as_secs_f64()
+    );
 }
 
 fn forward() {
@@ -84,7 +87,10 @@ fn forward() {
     let t = Instant::now();
     let stats = io_forward(&mut a, &mut b, 32, &stop, IdlePolicy::BUSY).expect("forwarding");
     timer.join().expect("timer");
-    println!("forward_null_io_burst32 {:.0} frames/s", stats.frames as f64 / t.elapsed().as_secs_f64());
+    println!(
+        "forward_null_io_burst32 {:.0} frames/s",
+        stats.frames as f64 / t.elapsed().as_secs_f64()
+    );
 }
 
 fn veth_socket(a: &str, b: &str, size: usize) {
@@ -114,7 +120,10 @@ fn veth_socket(a: &str, b: &str, size: usize) {
     }
     let secs = t.elapsed().as_secs_f64();
     println!("veth_socket_tx_{size} {:.0} frames/s", sent as f64 / secs);
-    println!("veth_socket_rx_{size} {:.0} frames/s", received as f64 / secs);
+    println!(
+        "veth_socket_rx_{size} {:.0} frames/s",
+        received as f64 / secs
+    );
 }
 
 fn main() {

@@ -11,3 +11,4 @@ pub mod sys;
 
 pub use port::{LinkInfo, Port, PortError, PortStats};
 pub mod engine;
+pub mod netns;

@@ -3,10 +3,10 @@
 //! namespaces joined by a veth pair that the test creates and removes (root only; a
 //! loud SKIPPED line otherwise).
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dataplane::netns::Rig;
 use dataplane::ports::{mem, null::NullPort, socket::SocketPort};
 use dataplane::{Mbuf, Mempool, Port};
 
@@ -144,84 +144,22 @@ fn null_port_conforms() {
     assert_eq!(pool.available(), pool.count(), "buffers leaked");
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Two namespaces joined by a veth pair, removed on drop.
-struct Veth {
-    ns: [String; 2],
-}
-
-impl Veth {
-    fn create(tag: &str) -> Option<Veth> {
-        if !is_root() {
-            eprintln!(
-                "\n*** SKIPPED socket_port_conforms: needs root for network namespaces ***\n"
-            );
-            return None;
-        }
-        let ns = [0, 1].map(|i| format!("dp{tag}{i}-{}", std::process::id()));
-        let v = Veth { ns };
-        let ip = |args: &[&str]| {
-            Command::new("ip")
-                .args(args)
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false)
-        };
-        let ok = ip(&["netns", "add", &v.ns[0]])
-            && ip(&["netns", "add", &v.ns[1]])
-            && ip(&[
-                "-n", &v.ns[0], "link", "add", "dpa", "type", "veth", "peer", "name", "dpb",
-                "netns", &v.ns[1],
-            ])
-            && ip(&["-n", &v.ns[0], "link", "set", "dpa", "up"])
-            && ip(&["-n", &v.ns[1], "link", "set", "dpb", "up"]);
-        if !ok {
-            eprintln!(
-                "\n*** SKIPPED socket_port_conforms: could not create namespaces and veth ***\n"
-            );
-            return None;
-        }
-        Some(v)
-    }
-
-    /// Runs `f` on a thread inside namespace `i`; a socket it opens stays in that namespace.
-    fn within<T: Send + 'static>(&self, i: usize, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.ns[i]);
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("namespace handle");
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns on a namespace fd affects only this thread.
-            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns failed");
-            f()
-        })
-        .join()
-        .unwrap()
-    }
-}
-
-impl Drop for Veth {
-    fn drop(&mut self) {
-        for n in &self.ns {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
-
 #[test]
 fn socket_port_conforms() {
-    let Some(veth) = Veth::create("s") else {
-        return;
+    let mut rig = match Rig::new("dps") {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("\n*** SKIPPED socket_port_conforms: {e} ***\n");
+            return;
+        }
     };
+    let (h0, h1) = (rig.host("a").unwrap(), rig.host("b").unwrap());
+    rig.veth(h0, "dpa", h1, "dpb", 1500).unwrap();
     let pool = Mempool::new(8192, 2048).unwrap();
     let p1 = pool.clone();
     let p2 = pool.clone();
-    let mut a = veth.within(0, move || SocketPort::open("dpa", &p1).unwrap());
-    let mut b = veth.within(1, move || SocketPort::open("dpb", &p2).unwrap());
+    let mut a = rig.within(h0, move || SocketPort::open("dpa", &p1).unwrap());
+    let mut b = rig.within(h1, move || SocketPort::open("dpb", &p2).unwrap());
     assert_eq!(a.info().mtu, 1500);
     // VLAN-tagged frames cross whole, the tag the kernel strips put back.
     let small = stream(&mut a, &mut b, 1000, 60, Duration::from_secs(10));

@@ -9,14 +9,22 @@ use std::path::Path;
 use std::process::Stdio;
 
 use common::*;
+use dataplane::netns::Rig;
 
 #[test]
 fn capture_sees_replayed_frames_with_their_vlan_tags() {
-    let Some(ns) = Namespaces::create("capture_sees_replayed_frames_with_their_vlan_tags", "c", 2)
-    else {
-        return;
+    let mut rig = match Rig::new("tc") {
+        Ok(r) => r,
+        Err(e) => {
+            skip(
+                "capture_sees_replayed_frames_with_their_vlan_tags",
+                &e.to_string(),
+            );
+            return;
+        }
     };
-    ns.veth(0, "tta", 1, "ttb");
+    let (a, b) = (rig.host("a").unwrap(), rig.host("b").unwrap());
+    rig.veth(a, "tta", b, "ttb", 1500).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sample = dir.path().join("sample.pcap");
     let captured = dir.path().join("captured.pcap");
@@ -24,8 +32,8 @@ fn capture_sees_replayed_frames_with_their_vlan_tags() {
     let expected = wire::sample::frames();
 
     let bin = Path::new(env!("CARGO_BIN_EXE_tether"));
-    let mut cap = ns
-        .exec(1, bin)
+    let mut cap = rig
+        .command(b, bin)
         .args([
             "capture",
             "-i",
@@ -46,7 +54,7 @@ fn capture_sees_replayed_frames_with_their_vlan_tags() {
     assert!(line.contains("listening on ttb"), "capture said: {line}");
 
     run_ok(
-        ns.exec(0, bin)
+        rig.command(a, bin)
             .args(["wire", "replay", "--pcap"])
             .arg(&sample)
             .args(["-i", "tta", "--gap-us", "200"]),

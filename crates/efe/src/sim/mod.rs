@@ -5,11 +5,7 @@
 //!
 //! The same seed gives the same run on any machine.
 
-pub mod link;
-pub mod rng;
-
-pub use link::{Link, LinkConfig, LinkStats};
-pub use rng::Rng;
+pub use netem::{Link, LinkConfig, LinkStats, Rng};
 
 use tlp::{Bdf, Header, MemWrite, Tag, Tlp};
 use wire::{EthernetRepr, Frame, FrameWriter, MacAddr, VlanTag, ETHERTYPE};

@@ -6,7 +6,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use super::rng::Rng;
-use crate::session::Micros;
+use crate::Micros;
 
 #[derive(Clone, Debug)]
 pub struct LinkConfig {
@@ -173,5 +173,75 @@ impl Link {
         let f = self.in_flight.pop()?.0;
         self.stats.delivered += 1;
         Some((f.dest, f.frame))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(l: &mut Link, until: Micros) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some((_, f)) = l.pop_arrived(until) {
+            out.push(f);
+        }
+        out
+    }
+
+    #[test]
+    fn rate_delay_and_queue() {
+        // 8 Mbit/s = 1 byte/us; 1000-byte frames take 1 ms each; 5 us propagation.
+        let mut l = Link::new(LinkConfig {
+            bandwidth_bps: 8e6,
+            delay_us: 5,
+            queue_bytes: 2500,
+            ..LinkConfig::default()
+        });
+        let mut rng = Rng::new(1);
+        for i in 0..4u8 {
+            l.send(0, 0, vec![i; 1000], &mut rng);
+        }
+        // 2500 bytes of queue: the first leaves at once, the second waits behind 1000
+        // bytes, the third would make 3000 and is dropped, like the fourth.
+        assert_eq!(l.stats.dropped_queue, 2);
+        assert_eq!(l.next_arrival(), Some(1005));
+        assert!(drain(&mut l, 1004).is_empty());
+        assert_eq!(drain(&mut l, 2005).len(), 2);
+    }
+
+    #[test]
+    fn faults_happen_at_their_rates() {
+        let mut l = Link::new(LinkConfig {
+            loss: 0.1,
+            duplicate: 0.05,
+            corrupt: 0.02,
+            reorder: 0.1,
+            ..LinkConfig::default()
+        });
+        let mut rng = Rng::new(7);
+        for i in 0..100_000u32 {
+            l.send(i as Micros, 0, i.to_be_bytes().to_vec(), &mut rng);
+        }
+        let s = l.stats.clone();
+        let near = |x: u64, p: f64| (x as f64 - 100_000.0 * p).abs() < 100_000.0 * p * 0.1;
+        assert!(near(s.dropped_loss, 0.1), "{s:?}");
+        assert!(near(s.duplicated, 0.05 * 0.9), "{s:?}");
+        assert!(near(s.corrupted, 0.02 * 0.9), "{s:?}");
+        assert!(near(s.reordered, 0.1 * 0.9), "{s:?}");
+        let got = drain(&mut l, Micros::MAX);
+        assert_eq!(got.len() as u64, 100_000 - s.dropped_loss + s.duplicated);
+    }
+
+    #[test]
+    fn outages_drop_everything_inside_them() {
+        let mut l = Link::new(LinkConfig {
+            outages: vec![(100, 200)],
+            ..LinkConfig::default()
+        });
+        let mut rng = Rng::new(3);
+        for t in 0..300 {
+            l.send(t, 0, vec![1], &mut rng);
+        }
+        assert_eq!(l.stats.dropped_outage, 100);
     }
 }
