@@ -82,15 +82,15 @@ pub fn run(opts: &Options) -> Result<Stats> {
     Ok(stats)
 }
 
-/// Sends every frame of a pcap file out of `interface`.
-pub fn replay(path: &Path, interface: &str, gap: Duration) -> Result<u64> {
+/// Sends every frame of a pcap file out of `interface`, `repeat` times over.
+pub fn replay(path: &Path, interface: &str, gap: Duration, repeat: u64) -> Result<u64> {
     let frames = pcap::read(path)?;
     if frames.is_empty() {
         bail!("{} holds no frames", path.display());
     }
     let sock = PacketSocket::open(interface, true, false)?;
     let mut sent = 0;
-    for (_, frame) in &frames {
+    for (_, frame) in frames.iter().cycle().take(frames.len() * repeat as usize) {
         // A full kernel queue is back-pressure: wait and try again.
         while !sock.send(frame)? {
             std::thread::sleep(Duration::from_micros(50));

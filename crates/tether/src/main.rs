@@ -2,6 +2,7 @@
 
 mod capture;
 mod decode;
+mod impair;
 mod pcap;
 mod signals;
 
@@ -29,6 +30,32 @@ enum Command {
     /// Work with tether frames offline.
     #[command(subcommand)]
     Wire(WireCommand),
+    /// Relay frames between two interfaces with seeded loss, duplication, reordering,
+    /// delay, corruption, rate limits and outages (needs CAP_NET_RAW).
+    Impair(ImpairArgs),
+}
+
+#[derive(clap::Args)]
+struct ImpairArgs {
+    /// First interface.
+    #[arg(long)]
+    a: String,
+    /// Second interface.
+    #[arg(long)]
+    b: String,
+    /// Impairments from A to B: key=value,... (loss, dup, reorder, reorder_us,
+    /// delay_us, jitter_us, corrupt, rate_mbit, queue_kb, outage=START_MS-END_MS).
+    #[arg(long, default_value = "")]
+    ab: String,
+    /// Impairments from B to A, same keys.
+    #[arg(long, default_value = "")]
+    ba: String,
+    /// Seed of the random faults.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Stop after this many seconds (default: until SIGINT/SIGTERM).
+    #[arg(short, long)]
+    duration: Option<f64>,
 }
 
 #[derive(clap::Args)]
@@ -75,6 +102,9 @@ enum WireCommand {
         /// Pause between frames, in microseconds.
         #[arg(long, default_value_t = 0)]
         gap_us: u64,
+        /// Send the file's frames this many times over.
+        #[arg(long, default_value_t = 1)]
+        repeat: u64,
     },
 }
 
@@ -101,6 +131,25 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Impair(a) => {
+            let stats = impair::run(impair::Options {
+                a_to_b: impair::parse_spec(&a.ab)?,
+                b_to_a: impair::parse_spec(&a.ba)?,
+                a: a.a.clone(),
+                b: a.b.clone(),
+                seed: a.seed,
+                duration: a.duration.map(Duration::from_secs_f64),
+            })?;
+            eprintln!(
+                "{}",
+                impair::describe(&format!("{} -> {}", a.a, a.b), &stats[0].0, stats[0].1)
+            );
+            eprintln!(
+                "{}",
+                impair::describe(&format!("{} -> {}", a.b, a.a), &stats[1].0, stats[1].1)
+            );
+            Ok(())
+        }
         Command::Wire(WireCommand::Sample { pcap: path }) => {
             let frames = wire::sample::frames();
             let n = frames.len();
@@ -116,8 +165,9 @@ fn run(cli: Cli) -> Result<()> {
             pcap: path,
             interface,
             gap_us,
+            repeat,
         }) => {
-            let sent = capture::replay(&path, &interface, Duration::from_micros(gap_us))?;
+            let sent = capture::replay(&path, &interface, Duration::from_micros(gap_us), repeat)?;
             eprintln!("sent {sent} frames on {interface}");
             Ok(())
         }
