@@ -182,6 +182,12 @@ impl Drop for Region {
 
 static NEXT_POOL_ID: AtomicU32 = AtomicU32::new(1);
 
+#[cold]
+#[inline(never)]
+fn wrong_pool(buf_pool: u32, pool: u32) -> ! {
+    panic!("Mbuf of pool {buf_pool} used with pool {pool}");
+}
+
 pub struct Mempool {
     id: u32,
     region: Region,
@@ -266,13 +272,11 @@ impl Mempool {
         debug_assert!(ok);
     }
 
+    #[inline]
     fn check(&self, m: &Mbuf) {
-        assert!(
-            m.pool == self.id && (m.idx as usize) < self.count,
-            "Mbuf of pool {} used with pool {}",
-            m.pool,
-            self.id
-        );
+        if m.pool != self.id || m.idx as usize >= self.count {
+            wrong_pool(m.pool, self.id);
+        }
     }
 
     fn buf_ptr(&self, m: &Mbuf) -> *mut u8 {
@@ -374,8 +378,13 @@ impl PoolCache {
 
     /// Gives every buffer in `bufs` back, leaving it empty.
     pub fn put_all(&mut self, bufs: &mut Vec<Mbuf>) {
-        for m in bufs.drain(..) {
-            self.put(m);
+        let pool = &self.pool;
+        self.objs.extend(bufs.drain(..).map(|m| {
+            pool.check(&m);
+            m.idx
+        }));
+        if self.objs.len() >= self.size * 2 {
+            self.flush_to(self.size);
         }
     }
 

@@ -105,49 +105,65 @@ impl<T: Copy> Inner<T> {
         }
     }
 
-    fn enqueue(&self, items: &[T], amount: Amount, multi: bool) -> usize {
-        let asked = items.len().min(u32::MAX as usize) as u32;
-        let (head, n) = loop {
-            let head = self.prod.0.head.load(Ordering::Relaxed);
-            let cons_tail = self.cons.0.tail.load(Ordering::Acquire);
-            let free = self.capacity().wrapping_sub(head.wrapping_sub(cons_tail));
-            let n = Self::want(amount, asked, free);
+    /// Moves `own.head` forward over up to `asked` slots that `available(head)` says
+    /// are free (producer) or filled (consumer). Returns the old head and the count, or
+    /// None when nothing can be taken.
+    fn reserve(
+        own: &HeadTail,
+        asked: usize,
+        amount: Amount,
+        multi: bool,
+        available: impl Fn(u32) -> u32,
+    ) -> Option<(u32, u32)> {
+        let asked = asked.min(u32::MAX as usize) as u32;
+        loop {
+            let head = own.head.load(Ordering::Relaxed);
+            let n = Self::want(amount, asked, available(head));
             if n == 0 {
-                return 0;
+                return None;
             }
             let next = head.wrapping_add(n);
             if !multi {
-                self.prod.0.head.store(next, Ordering::Relaxed);
-                break (head, n);
+                own.head.store(next, Ordering::Relaxed);
+                return Some((head, n));
             }
-            if self
-                .prod
-                .0
+            if own
                 .head
                 .compare_exchange_weak(head, next, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
             {
-                break (head, n);
+                return Some((head, n));
             }
+        }
+    }
+
+    /// Publishes a reservation: after earlier ones (multi), move the tail over it.
+    fn publish(own: &HeadTail, head: u32, n: u32, multi: bool) {
+        if multi {
+            wait_for(&own.tail, head);
+        }
+        own.tail.store(head.wrapping_add(n), Ordering::Release);
+    }
+
+    fn enqueue(&self, items: &[T], amount: Amount, multi: bool) -> usize {
+        let cons = &self.cons.0;
+        let capacity = self.capacity();
+        let free =
+            |head: u32| capacity.wrapping_sub(head.wrapping_sub(cons.tail.load(Ordering::Acquire)));
+        let Some((head, n)) = Self::reserve(&self.prod.0, items.len(), amount, multi, free) else {
+            return 0;
         };
         let (first, second) = self.split(head, n);
         // SAFETY: slots head..head+n (the two index ranges from `split`, both within
-        // the array) were reserved for this producer alone by the head update above,
-        // and no consumer reads them before the tail store below publishes them.
+        // the array) were reserved for this producer alone by `reserve`, and no
+        // consumer reads them before `publish` moves the producer tail over them.
         // UnsafeCell<MaybeUninit<T>> has T's layout, so the slot pointer is a *mut T.
         unsafe {
             let base = UnsafeCell::raw_get(self.slots.as_ptr()) as *mut T;
             std::ptr::copy_nonoverlapping(items.as_ptr(), base.add(first.0), first.1);
             std::ptr::copy_nonoverlapping(items.as_ptr().add(first.1), base, second);
         }
-        if multi {
-            // Earlier producers publish first, in reservation order.
-            wait_for(&self.prod.0.tail, head);
-        }
-        self.prod
-            .0
-            .tail
-            .store(head.wrapping_add(n), Ordering::Release);
+        Self::publish(&self.prod.0, head, n, multi);
         n as usize
     }
 
@@ -159,34 +175,15 @@ impl<T: Copy> Inner<T> {
         multi: bool,
         mut take: impl FnMut(usize, T),
     ) -> usize {
-        let asked = asked.min(u32::MAX as usize) as u32;
-        let (head, n) = loop {
-            let head = self.cons.0.head.load(Ordering::Relaxed);
-            let prod_tail = self.prod.0.tail.load(Ordering::Acquire);
-            let entries = prod_tail.wrapping_sub(head);
-            let n = Self::want(amount, asked, entries);
-            if n == 0 {
-                return 0;
-            }
-            let next = head.wrapping_add(n);
-            if !multi {
-                self.cons.0.head.store(next, Ordering::Relaxed);
-                break (head, n);
-            }
-            if self
-                .cons
-                .0
-                .head
-                .compare_exchange_weak(head, next, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-            {
-                break (head, n);
-            }
+        let prod = &self.prod.0;
+        let filled = |head: u32| prod.tail.load(Ordering::Acquire).wrapping_sub(head);
+        let Some((head, n)) = Self::reserve(&self.cons.0, asked, amount, multi, filled) else {
+            return 0;
         };
         let (first, second) = self.split(head, n);
-        // SAFETY: these slots are below the producer tail read with Acquire above, so
-        // they were written and published; this consumer reserved them alone. The
-        // indices stay within the array (see `split`).
+        // SAFETY: these slots are below the producer tail read with Acquire in
+        // `filled`, so they were written and published; this consumer reserved them
+        // alone. The indices stay within the array (see `split`).
         unsafe {
             let base = UnsafeCell::raw_get(self.slots.as_ptr()) as *const T;
             for k in 0..first.1 {
@@ -196,13 +193,7 @@ impl<T: Copy> Inner<T> {
                 take(first.1 + k, base.add(k).read());
             }
         }
-        if multi {
-            wait_for(&self.cons.0.tail, head);
-        }
-        self.cons
-            .0
-            .tail
-            .store(head.wrapping_add(n), Ordering::Release);
+        Self::publish(&self.cons.0, head, n, multi);
         n as usize
     }
 
