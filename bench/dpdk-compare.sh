@@ -78,11 +78,13 @@ if [ "$(id -u)" -eq 0 ] && ip netns add "$ns" 2>/dev/null \
             >"$work/testpmd-afp-$size.txt" 2>&1 || true
         # Port 0's Tx-pps in the last statistics block.
         dpdk=$(grep "Tx-pps:" "$work/testpmd-afp-$size.txt" | tail -n 2 | head -n 1 | awk '{print $2}')
-        ip netns exec "$ns" "$perf" veth-socket tdpa tdpb "$size" >"$work/ours-veth-$size.txt"
-        sock=$(awk '$1 ~ /^veth_socket_tx/ {print $2}' "$work/ours-veth-$size.txt")
-        rx=$(awk '$1 ~ /^veth_socket_rx/ {print $2}' "$work/ours-veth-$size.txt")
-        printf "  %4s B: DPDK net_af_packet %s; ours: af_packet n/a, af_xdp n/a (ports not built yet); per-packet socket port %s (received %s; socket / DPDK af_packet %s)\n" \
-            "$size" "${dpdk:-n/a}" "$sock" "$rx" "$(ratio "$sock" "${dpdk:-0}")"
+        ip netns exec "$ns" "$perf" veth socket tdpa tdpb "$size" >"$work/ours-veth-$size.txt"
+        ip netns exec "$ns" "$perf" veth af_packet tdpa tdpb "$size" >>"$work/ours-veth-$size.txt"
+        get() { awk -v k="$1" '$1 == k {print $2}' "$work/ours-veth-$size.txt"; }
+        afp=$(get "veth_af_packet_tx_$size"); sock=$(get "veth_socket_tx_$size")
+        printf "  %4s B: DPDK net_af_packet %s | ours af_packet %s (received %s), ratio %s | af_xdp n/a (not built yet) | per-packet socket %s (received %s); af_packet / socket %s\n" \
+            "$size" "${dpdk:-n/a}" "$afp" "$(get "veth_af_packet_rx_$size")" "$(ratio "$afp" "${dpdk:-0}")" \
+            "$sock" "$(get "veth_socket_rx_$size")" "$(ratio "$afp" "$sock")"
     done
 else
     echo "veth: SKIPPED (needs root to create a namespace and a veth pair)"

@@ -7,9 +7,10 @@
 //!     perf forward   io-forwarding between two null ports, burst 32, one core, for 5 s:
 //!                    frames per second (testpmd io mode over net_null0/net_null1)
 //!
-//!     perf veth-socket A B SIZE
-//!                    frames of SIZE bytes sent out of interface A with the per-packet socket
-//!                    port for 5 s, while B receives: frames per second sent, and received
+//!     perf veth KIND A B SIZE
+//!                    frames of SIZE bytes sent out of interface A for 5 s with a port of
+//!                    KIND (socket: one syscall per frame; af_packet: TPACKET_V3/TX rings),
+//!                    while B (same kind) receives: frames per second sent, and received
 //!                    (against testpmd txonly on net_af_packet: Tx-pps of one port)
 //!
 //! Output lines are `name value unit`, for the script to parse.
@@ -93,12 +94,22 @@ fn forward() {
     );
 }
 
-fn veth_socket(a: &str, b: &str, size: usize) {
+fn veth(kind: &str, a: &str, b: &str, size: usize) {
+    use dataplane::ports::af_packet::{AfPacketPort, RingConfig};
     use dataplane::ports::socket::SocketPort;
     use dataplane::Port;
-    let pool = Mempool::new(8192, 2048).expect("pool");
-    let mut tx = SocketPort::open(a, &pool).expect("port A");
-    let mut rx = SocketPort::open(b, &pool).expect("port B");
+    let pool = Mempool::new(16384, 2048).expect("pool");
+    let open = |name: &str| -> Box<dyn Port> {
+        match kind {
+            "socket" => Box::new(SocketPort::open(name, &pool).expect("socket port")),
+            "af_packet" => Box::new(
+                AfPacketPort::open(name, &pool, RingConfig::default()).expect("af_packet port"),
+            ),
+            _ => panic!("port kind {kind:?}: socket or af_packet"),
+        }
+    };
+    let mut tx = open(a);
+    let mut rx = open(b);
     let mut frame = vec![0u8; size];
     frame[..6].copy_from_slice(&[0xff; 6]);
     frame[12..14].copy_from_slice(&[0x88, 0xb5]);
@@ -129,12 +140,12 @@ fn veth_socket(a: &str, b: &str, size: usize) {
 fn main() {
     let arg = |i: usize| std::env::args().nth(i).unwrap_or_default();
     match std::env::args().nth(1).as_deref() {
-        Some("veth-socket") => veth_socket(&arg(2), &arg(3), arg(4).parse().unwrap_or(64)),
+        Some("veth") => veth(&arg(2), &arg(3), &arg(4), arg(5).parse().unwrap_or(64)),
         Some("ring") => ring(),
         Some("mempool") => mempool(),
         Some("forward") => forward(),
         _ => {
-            eprintln!("usage: perf ring|mempool|forward|veth-socket A B SIZE");
+            eprintln!("usage: perf ring|mempool|forward|veth socket|af_packet A B SIZE");
             std::process::exit(2);
         }
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dataplane::netns::Rig;
+use dataplane::ports::af_packet::{AfPacketPort, RingConfig};
 use dataplane::ports::{mem, null::NullPort, socket::SocketPort};
 use dataplane::{Mbuf, Mempool, Port};
 
@@ -144,12 +145,14 @@ fn null_port_conforms() {
     assert_eq!(pool.available(), pool.count(), "buffers leaked");
 }
 
-#[test]
-fn socket_port_conforms() {
-    let mut rig = match Rig::new("dps") {
+/// Opens a port of some kind on an interface of the current namespace.
+type Opener = fn(&str, &Arc<Mempool>) -> Box<dyn Port>;
+
+fn kernel_port_conforms(test: &str, tag: &str, open: Opener) {
+    let mut rig = match Rig::new(tag) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("\n*** SKIPPED socket_port_conforms: {e} ***\n");
+            eprintln!("\n*** SKIPPED {test}: {e} ***\n");
             return;
         }
     };
@@ -158,22 +161,36 @@ fn socket_port_conforms() {
     let pool = Mempool::new(8192, 2048).unwrap();
     let p1 = pool.clone();
     let p2 = pool.clone();
-    let mut a = rig.within(h0, move || SocketPort::open("dpa", &p1).unwrap());
-    let mut b = rig.within(h1, move || SocketPort::open("dpb", &p2).unwrap());
+    let mut a = rig.within(h0, move || open("dpa", &p1));
+    let mut b = rig.within(h1, move || open("dpb", &p2));
     assert_eq!(a.info().mtu, 1500);
     // VLAN-tagged frames cross whole, the tag the kernel strips put back.
-    let small = stream(&mut a, &mut b, 1000, 60, Duration::from_secs(10));
+    let small = stream(&mut *a, &mut *b, 1000, 60, Duration::from_secs(10));
     assert_eq!(small, 1000);
-    let big = stream(&mut b, &mut a, 1000, 1518, Duration::from_secs(10));
+    let big = stream(&mut *b, &mut *a, 1000, 1518, Duration::from_secs(10));
     assert_eq!(big, 1000);
-    let got = stream(&mut a, &mut b, MILLION, 64, Duration::from_secs(120));
-    eprintln!("socket port: {got} of {MILLION} frames through the veth");
+    let got = stream(&mut *a, &mut *b, MILLION, 64, Duration::from_secs(120));
+    eprintln!("{test}: {got} of {MILLION} frames through the veth");
     assert!(
         got as f64 >= 0.9 * MILLION as f64,
         "only {got} of {MILLION} frames arrived"
     );
     drop((a, b));
     assert_eq!(pool.available(), pool.count(), "buffers leaked");
+}
+
+#[test]
+fn socket_port_conforms() {
+    kernel_port_conforms("socket_port_conforms", "dps", |i, p| {
+        Box::new(SocketPort::open(i, p).unwrap())
+    });
+}
+
+#[test]
+fn af_packet_port_conforms() {
+    kernel_port_conforms("af_packet_port_conforms", "dpp", |i, p| {
+        Box::new(AfPacketPort::open(i, p, RingConfig::default()).unwrap())
+    });
 }
 
 #[allow(dead_code)]

@@ -1,5 +1,6 @@
 //! Port implementations.
 
+pub mod af_packet;
 pub mod mem;
 pub mod null;
 pub mod socket;

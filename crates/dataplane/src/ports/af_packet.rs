@@ -1,0 +1,422 @@
+//! AF_PACKET with memory-mapped rings: a TPACKET_V3 receive ring (the kernel fills
+//! whole blocks of frames; one poll covers many frames) and a PACKET_TX_RING (frames
+//! are written into the ring and one `send` call kicks the lot), with
+//! PACKET_QDISC_BYPASS. Frames are copied once between the ring and the pool.
+//!
+//! The kernel strips the 802.1Q tag on receive and reports it in the frame header
+//! (`tp_vlan_tci`); the port puts it back, like the socket port.
+
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::mempool::{Mbuf, Mempool, PoolCache};
+use crate::port::{LinkInfo, Port, PortError, PortStats};
+use crate::sys::{setsockopt_int, PacketSocket};
+
+const PACKET_RX_RING: libc::c_int = 5;
+const PACKET_VERSION: libc::c_int = 10;
+const PACKET_TX_RING: libc::c_int = 13;
+const PACKET_QDISC_BYPASS: libc::c_int = 20;
+const TPACKET_V3: libc::c_int = 2;
+
+const TP_STATUS_KERNEL: u32 = 0;
+const TP_STATUS_USER: u32 = 1;
+const TP_STATUS_AVAILABLE: u32 = 0;
+const TP_STATUS_SEND_REQUEST: u32 = 1;
+const TP_STATUS_SENDING: u32 = 2;
+const TP_STATUS_WRONG_FORMAT: u32 = 4;
+const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
+
+/// `struct tpacket_req3`.
+#[repr(C)]
+#[derive(Default)]
+struct TpacketReq3 {
+    block_size: u32,
+    block_nr: u32,
+    frame_size: u32,
+    frame_nr: u32,
+    retire_blk_tov: u32,
+    sizeof_priv: u32,
+    feature_req_word: u32,
+}
+
+/// `struct tpacket3_hdr` (48 bytes with its trailing padding).
+#[repr(C)]
+struct Tpacket3Hdr {
+    next_offset: u32,
+    sec: u32,
+    nsec: u32,
+    snaplen: u32,
+    len: u32,
+    status: u32,
+    mac: u16,
+    net: u16,
+    rxhash: u32,
+    vlan_tci: u32,
+    vlan_tpid: u16,
+    padding: u16,
+    tp_padding: [u8; 8],
+}
+
+/// Offsets in `struct tpacket_block_desc` (version, offset_to_priv, then hdr_v1).
+mod block {
+    pub const STATUS: usize = 8;
+    pub const NUM_PKTS: usize = 12;
+    pub const FIRST_PKT: usize = 16;
+}
+
+/// Where frame data starts in a TX ring slot: TPACKET_ALIGN(sizeof(tpacket3_hdr)).
+const TX_DATA_OFFSET: usize = 48;
+
+/// Ring sizes.
+#[derive(Clone, Copy, Debug)]
+pub struct RingConfig {
+    pub rx_block_size: u32,
+    pub rx_blocks: u32,
+    /// Milliseconds after which the kernel hands over a partly filled block.
+    pub rx_block_timeout_ms: u32,
+    pub tx_frame_size: u32,
+    pub tx_frames: u32,
+}
+
+impl Default for RingConfig {
+    fn default() -> RingConfig {
+        RingConfig {
+            rx_block_size: 1 << 20,
+            rx_blocks: 16,
+            rx_block_timeout_ms: 1,
+            tx_frame_size: 2048,
+            tx_frames: 2048,
+        }
+    }
+}
+
+/// A shared mapping of both rings.
+struct Mapping {
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is shared with the kernel; this port is its only user-space
+// user, and &mut self serialises our accesses.
+unsafe impl Send for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: base/len are what mmap returned.
+        unsafe {
+            libc::munmap(self.base as *mut libc::c_void, self.len);
+        }
+    }
+}
+
+pub struct AfPacketPort {
+    info: LinkInfo,
+    sock: PacketSocket,
+    map: Mapping,
+    cfg: RingConfig,
+    cache: PoolCache,
+    /// Current RX block, and the next frame in it when a block is half consumed.
+    rx_block: u32,
+    rx_next: Option<(usize, u32)>,
+    tx_next: u32,
+    stats: PortStats,
+}
+
+fn req_for(cfg: &RingConfig, rx: bool) -> TpacketReq3 {
+    if rx {
+        TpacketReq3 {
+            block_size: cfg.rx_block_size,
+            block_nr: cfg.rx_blocks,
+            frame_size: 2048,
+            frame_nr: cfg.rx_block_size / 2048 * cfg.rx_blocks,
+            retire_blk_tov: cfg.rx_block_timeout_ms,
+            ..TpacketReq3::default()
+        }
+    } else {
+        let per_block = (1u32 << 16) / cfg.tx_frame_size;
+        TpacketReq3 {
+            block_size: 1 << 16,
+            block_nr: cfg.tx_frames.div_ceil(per_block),
+            frame_size: cfg.tx_frame_size,
+            frame_nr: cfg.tx_frames.div_ceil(per_block) * per_block,
+            ..TpacketReq3::default()
+        }
+    }
+}
+
+impl AfPacketPort {
+    pub fn open(
+        interface: &str,
+        pool: &Arc<Mempool>,
+        cfg: RingConfig,
+    ) -> Result<AfPacketPort, PortError> {
+        let sock = PacketSocket::open(interface, true, false)?;
+        let (mac, mtu) = sock.link_info()?;
+        let fd = sock.fd();
+        setsockopt_int(fd, libc::SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+            .map_err(|_| PortError::io("setting TPACKET_V3", interface))?;
+        let _ = setsockopt_int(fd, libc::SOL_PACKET, PACKET_QDISC_BYPASS, 1);
+        let rx = req_for(&cfg, true);
+        let tx = req_for(&cfg, false);
+        for (opt, req, what) in [
+            (PACKET_RX_RING, &rx, "PACKET_RX_RING"),
+            (PACKET_TX_RING, &tx, "PACKET_TX_RING"),
+        ] {
+            // SAFETY: `req` is a tpacket_req3 alive for the call; its size is passed.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_PACKET,
+                    opt,
+                    req as *const TpacketReq3 as *const libc::c_void,
+                    std::mem::size_of::<TpacketReq3>() as libc::socklen_t,
+                )
+            };
+            if r < 0 {
+                return Err(PortError::io(what, interface));
+            }
+        }
+        let rx_len = (rx.block_size * rx.block_nr) as usize;
+        let tx_len = (tx.block_size * tx.block_nr) as usize;
+        // SAFETY: maps the rings the kernel just set up on this socket; checked below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                rx_len + tx_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_LOCKED,
+                fd,
+                0,
+            )
+        };
+        let base = if base == libc::MAP_FAILED {
+            // MAP_LOCKED can fail on a low memlock limit; the rings work without it.
+            // SAFETY: as above, without MAP_LOCKED.
+            let b = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    rx_len + tx_len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    fd,
+                    0,
+                )
+            };
+            if b == libc::MAP_FAILED {
+                return Err(PortError::io("mapping the packet rings", interface));
+            }
+            b
+        } else {
+            base
+        };
+        let mut cfg = cfg;
+        cfg.tx_frames = tx.frame_nr;
+        Ok(AfPacketPort {
+            info: LinkInfo {
+                name: interface.to_string(),
+                mac,
+                mtu,
+            },
+            sock,
+            map: Mapping {
+                base: base as *mut u8,
+                len: rx_len + tx_len,
+            },
+            cfg,
+            cache: pool.cache(256),
+            rx_block: 0,
+            rx_next: None,
+            tx_next: 0,
+            stats: PortStats::default(),
+        })
+    }
+
+    fn rx_len(&self) -> usize {
+        (self.cfg.rx_block_size * self.cfg.rx_blocks) as usize
+    }
+
+    /// The status word of a shared ring header, read and written atomically.
+    fn status_at(&self, offset: usize) -> &AtomicU32 {
+        // SAFETY: every caller passes the offset of a 4-byte-aligned status field
+        // inside the mapping; the kernel and this port only access it atomically.
+        unsafe { &*(self.map.base.add(offset) as *const AtomicU32) }
+    }
+
+    fn load_status(&self, offset: usize) -> u32 {
+        self.status_at(offset).load(Ordering::Acquire)
+    }
+
+    fn store_status(&self, offset: usize, value: u32) {
+        self.status_at(offset).store(value, Ordering::Release);
+    }
+
+    fn read_u32(&self, offset: usize) -> u32 {
+        // SAFETY: offset lies inside the mapping (block or frame headers the kernel wrote).
+        unsafe { std::ptr::read_volatile(self.map.base.add(offset) as *const u32) }
+    }
+}
+
+impl Port for AfPacketPort {
+    fn info(&self) -> &LinkInfo {
+        &self.info
+    }
+
+    fn pool(&self) -> &Arc<Mempool> {
+        self.cache.pool()
+    }
+
+    fn rx_burst(&mut self, out: &mut Vec<Mbuf>, max: usize) -> Result<usize, PortError> {
+        let pool = self.cache.pool().clone();
+        let bs = self.cfg.rx_block_size as usize;
+        let mut n = 0;
+        while n < max {
+            let block = self.rx_block as usize * bs;
+            if self.load_status(block + block::STATUS) & TP_STATUS_USER == 0 {
+                break;
+            }
+            let num = self.read_u32(block + block::NUM_PKTS);
+            let (mut off, mut left) = self
+                .rx_next
+                .unwrap_or((self.read_u32(block + block::FIRST_PKT) as usize, num));
+            while left > 0 && n < max {
+                let pkt = block + off;
+                // SAFETY: the kernel wrote a tpacket3_hdr at this offset of a block it
+                // handed to user space; it lies inside the RX part of the mapping.
+                let h = unsafe {
+                    std::ptr::read_unaligned(self.map.base.add(pkt) as *const Tpacket3Hdr)
+                };
+                let Some(mut m) = self.cache.get() else {
+                    self.stats.rx_nombuf += 1;
+                    self.rx_next = Some((off, left));
+                    return Ok(n);
+                };
+                let snap = h.snaplen as usize;
+                let tag = h.status & TP_STATUS_VLAN_VALID != 0 && snap >= 12;
+                let len = snap + if tag { 4 } else { 0 };
+                let buf = pool.buf_mut(&mut m);
+                if len > buf.len() || pkt + h.mac as usize + snap > self.rx_len() {
+                    self.stats.rx_dropped += 1;
+                    self.cache.put(m);
+                } else {
+                    // SAFETY: the frame bytes lie inside the block (checked above).
+                    let data = unsafe {
+                        std::slice::from_raw_parts(self.map.base.add(pkt + h.mac as usize), snap)
+                    };
+                    if tag {
+                        let tpid = if h.status & TP_STATUS_VLAN_TPID_VALID != 0 {
+                            h.vlan_tpid
+                        } else {
+                            0x8100
+                        };
+                        buf[..12].copy_from_slice(&data[..12]);
+                        buf[12..14].copy_from_slice(&tpid.to_be_bytes());
+                        buf[14..16].copy_from_slice(&(h.vlan_tci as u16).to_be_bytes());
+                        buf[16..len].copy_from_slice(&data[12..]);
+                    } else {
+                        buf[..len].copy_from_slice(data);
+                    }
+                    pool.set_len(&mut m, len);
+                    self.stats.rx_packets += 1;
+                    self.stats.rx_bytes += len as u64;
+                    out.push(m);
+                    n += 1;
+                }
+                left -= 1;
+                off += h.next_offset as usize;
+            }
+            if left == 0 {
+                // Hand the block back to the kernel.
+                self.store_status(block + block::STATUS, TP_STATUS_KERNEL);
+                self.rx_block = (self.rx_block + 1) % self.cfg.rx_blocks;
+                self.rx_next = None;
+            } else {
+                self.rx_next = Some((off, left));
+            }
+        }
+        Ok(n)
+    }
+
+    fn tx_burst(&mut self, bufs: &mut Vec<Mbuf>) -> Result<usize, PortError> {
+        let pool = self.cache.pool().clone();
+        let fs = self.cfg.tx_frame_size as usize;
+        let room = fs - TX_DATA_OFFSET;
+        let per_block = (1usize << 16) / fs;
+        let (mut sent, mut too_large) = (0, 0);
+        for m in bufs.iter() {
+            let i = self.tx_next as usize;
+            // Frames are laid out per block of 64 KiB.
+            let slot = self.rx_len() + (i / per_block) * (1 << 16) + (i % per_block) * fs;
+            let st = self.load_status(slot + 20);
+            if st & (TP_STATUS_SEND_REQUEST | TP_STATUS_SENDING) != 0 {
+                break; // ring full
+            }
+            if st & TP_STATUS_WRONG_FORMAT != 0 {
+                self.stats.tx_errors += 1;
+            }
+            let data = pool.data(m);
+            if data.len() > room {
+                // Too large for a ring slot: dropped (and counted), not retried forever.
+                self.stats.tx_errors += 1;
+                too_large += 1;
+                sent += 1;
+                continue;
+            }
+            // SAFETY: the slot is ours (status AVAILABLE) and the copy stays within it.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    data.as_ptr(),
+                    self.map.base.add(slot + TX_DATA_OFFSET),
+                    data.len(),
+                );
+                std::ptr::write_volatile(
+                    self.map.base.add(slot + 16) as *mut u32,
+                    data.len() as u32,
+                );
+                std::ptr::write_volatile(
+                    self.map.base.add(slot + 12) as *mut u32,
+                    data.len() as u32,
+                );
+            }
+            fence(Ordering::Release);
+            self.store_status(slot + 20, TP_STATUS_SEND_REQUEST);
+            self.tx_next = (self.tx_next + 1) % self.cfg.tx_frames;
+            self.stats.tx_bytes += data.len() as u64;
+            sent += 1;
+        }
+        if sent > too_large {
+            // SAFETY: a zero-length send on our socket asks the kernel to transmit the ring.
+            let r = unsafe { libc::send(self.sock.fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT) };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if !matches!(e.kind(), std::io::ErrorKind::WouldBlock)
+                    && e.raw_os_error() != Some(libc::ENOBUFS)
+                {
+                    self.stats.tx_errors += 1;
+                }
+            }
+        }
+        for m in bufs.drain(..sent) {
+            self.cache.put(m);
+        }
+        self.stats.tx_packets += (sent - too_large) as u64;
+        self.stats.tx_busy += bufs.len() as u64;
+        Ok(sent)
+    }
+
+    fn stats(&self) -> PortStats {
+        self.stats
+    }
+
+    fn wait_rx(&self, timeout: Duration) {
+        self.sock.wait(timeout);
+    }
+}
+
+#[allow(dead_code)]
+const _: () = {
+    assert!(std::mem::size_of::<Tpacket3Hdr>() == 48);
+    let _ = TP_STATUS_AVAILABLE;
+};
