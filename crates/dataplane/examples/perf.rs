@@ -130,9 +130,9 @@ fn veth(kind: &str, a: &str, b: &str, size: usize) {
         }
     }
     let secs = t.elapsed().as_secs_f64();
-    println!("veth_socket_tx_{size} {:.0} frames/s", sent as f64 / secs);
+    println!("veth_{kind}_tx_{size} {:.0} frames/s", sent as f64 / secs);
     println!(
-        "veth_socket_rx_{size} {:.0} frames/s",
+        "veth_{kind}_rx_{size} {:.0} frames/s",
         received as f64 / secs
     );
 }
