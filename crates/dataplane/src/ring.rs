@@ -160,8 +160,13 @@ impl<T: Copy> Inner<T> {
         // UnsafeCell<MaybeUninit<T>> has T's layout, so the slot pointer is a *mut T.
         unsafe {
             let base = UnsafeCell::raw_get(self.slots.as_ptr()) as *mut T;
-            std::ptr::copy_nonoverlapping(items.as_ptr(), base.add(first.0), first.1);
-            std::ptr::copy_nonoverlapping(items.as_ptr().add(first.1), base, second);
+            // Element loops rather than memcpy calls: bursts are short.
+            for (k, item) in items[..first.1].iter().enumerate() {
+                base.add(first.0 + k).write(*item);
+            }
+            for (k, item) in items[first.1..first.1 + second].iter().enumerate() {
+                base.add(k).write(*item);
+            }
         }
         Self::publish(&self.prod.0, head, n, multi);
         n as usize
