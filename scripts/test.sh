@@ -20,6 +20,9 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 step "cargo test"
 cargo test --workspace --all-features 2>&1 | tee "$log"
 
+step "loom model checks of the rings"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -p dataplane --test loom 2>&1 | tee -a "$log"
+
 fuzz_passed=0
 secs=${FUZZ_SECONDS:-30}
 if [ "$secs" != 0 ]; then

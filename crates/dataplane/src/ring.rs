@@ -9,10 +9,24 @@
 //! the CAS and the wait. The type system decides which is used: [`spsc`] hands out one
 //! `Producer` and one `Consumer` (neither `Clone`), [`mpmc`] hands out clonable ones.
 
-use std::cell::UnsafeCell;
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+
+// Under `--cfg loom` the same code runs on loom's model of atomics, cells and threads,
+// which explores every interleaving of a small test (tests/loom.rs).
+#[cfg(loom)]
+use loom::cell::UnsafeCell;
+#[cfg(loom)]
+use loom::sync::{
+    atomic::{AtomicU32, Ordering},
+    Arc,
+};
+#[cfg(not(loom))]
+use std::cell::UnsafeCell;
+#[cfg(not(loom))]
+use std::sync::{
+    atomic::{AtomicU32, Ordering},
+    Arc,
+};
 
 /// A value alone on its cache line(s), so producer and consumer state never share one.
 #[repr(align(128))]
@@ -50,15 +64,22 @@ unsafe impl<T: Send> Send for Inner<T> {}
 /// Waits until an earlier reservation has been published. Spins first; a thread that
 /// reserved and was then preempted could keep everyone spinning for a whole time slice
 /// when threads outnumber cores, so after a while it yields.
+///
+/// The load is Acquire: the earlier producer's slot writes must happen before our own
+/// Release of the tail, or a consumer that acquires our tail could read its slots
+/// before they are visible. (loom found this with a Relaxed load here.)
 fn wait_for(tail: &AtomicU32, value: u32) {
     let mut spins = 0u32;
-    while tail.load(Ordering::Relaxed) != value {
+    while tail.load(Ordering::Acquire) != value {
+        #[cfg(loom)]
+        loom::thread::yield_now();
+        #[cfg(not(loom))]
         if spins < 256 {
             std::hint::spin_loop();
-            spins += 1;
         } else {
             std::thread::yield_now();
         }
+        spins = spins.saturating_add(1);
     }
 }
 
@@ -87,6 +108,43 @@ impl<T: Copy> Inner<T> {
 
     fn capacity(&self) -> u32 {
         self.mask + 1
+    }
+
+    /// Writes `items` into consecutive slots from `start`.
+    ///
+    /// # Safety
+    /// The caller has reserved those slots for itself (they exist: `split` keeps them
+    /// in the array) and publishes them only afterwards.
+    #[cfg(not(loom))]
+    unsafe fn write_slots(&self, start: usize, items: &[T]) {
+        // UnsafeCell<MaybeUninit<T>> has T's layout, so the slot pointer is a *mut T.
+        let base = UnsafeCell::raw_get(self.slots.as_ptr()) as *mut T;
+        // An element loop rather than a memcpy call: bursts are short.
+        for (k, item) in items.iter().enumerate() {
+            base.add(start + k).write(*item);
+        }
+    }
+
+    /// Reads a published slot.
+    ///
+    /// # Safety
+    /// The slot is below the producer tail (written and published) and reserved by
+    /// the calling consumer.
+    #[cfg(not(loom))]
+    unsafe fn read_slot(&self, i: usize) -> T {
+        (*self.slots[i].get()).assume_init()
+    }
+
+    #[cfg(loom)]
+    unsafe fn write_slots(&self, start: usize, items: &[T]) {
+        for (k, item) in items.iter().enumerate() {
+            self.slots[start + k].with_mut(|p| (*p).write(*item));
+        }
+    }
+
+    #[cfg(loom)]
+    unsafe fn read_slot(&self, i: usize) -> T {
+        self.slots[i].with(|p| (*p).assume_init())
     }
 
     /// The slots of `n` elements from counter `head`: (start index, count) up to the end
@@ -157,16 +215,9 @@ impl<T: Copy> Inner<T> {
         // SAFETY: slots head..head+n (the two index ranges from `split`, both within
         // the array) were reserved for this producer alone by `reserve`, and no
         // consumer reads them before `publish` moves the producer tail over them.
-        // UnsafeCell<MaybeUninit<T>> has T's layout, so the slot pointer is a *mut T.
         unsafe {
-            let base = UnsafeCell::raw_get(self.slots.as_ptr()) as *mut T;
-            // Element loops rather than memcpy calls: bursts are short.
-            for (k, item) in items[..first.1].iter().enumerate() {
-                base.add(first.0 + k).write(*item);
-            }
-            for (k, item) in items[first.1..first.1 + second].iter().enumerate() {
-                base.add(k).write(*item);
-            }
+            self.write_slots(first.0, &items[..first.1]);
+            self.write_slots(0, &items[first.1..first.1 + second]);
         }
         Self::publish(&self.prod.0, head, n, multi);
         n as usize
@@ -190,12 +241,11 @@ impl<T: Copy> Inner<T> {
         // `filled`, so they were written and published; this consumer reserved them
         // alone. The indices stay within the array (see `split`).
         unsafe {
-            let base = UnsafeCell::raw_get(self.slots.as_ptr()) as *const T;
             for k in 0..first.1 {
-                take(k, base.add(first.0 + k).read());
+                take(k, self.read_slot(first.0 + k));
             }
             for k in 0..second {
-                take(first.1 + k, base.add(k).read());
+                take(first.1 + k, self.read_slot(k));
             }
         }
         Self::publish(&self.cons.0, head, n, multi);
@@ -333,7 +383,7 @@ macro_rules! ring_ends {
 ring_ends!(Producer, Consumer, false, false);
 ring_ends!(MpProducer, McConsumer, true, true);
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use std::thread;
