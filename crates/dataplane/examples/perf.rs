@@ -8,10 +8,12 @@
 //!                    frames per second (testpmd io mode over net_null0/net_null1)
 //!
 //!     perf veth KIND A B SIZE
-//!                    frames of SIZE bytes sent out of interface A for 5 s with a port of
-//!                    KIND (socket: one syscall per frame; af_packet: TPACKET_V3/TX rings),
-//!                    while B (same kind) receives: frames per second sent, and received
-//!                    (against testpmd txonly on net_af_packet: Tx-pps of one port)
+//!                    ports of KIND (socket: one syscall per frame; af_packet: TPACKET_V3
+//!                    and TX rings; af_xdp: XDP socket, UMEM = the pool) on interfaces A
+//!                    and B, frames of SIZE bytes, one core, 5 s each:
+//!                    txonly: bursts of 32 out of both ports, nothing received, frames/s
+//!                    of port A (testpmd txonly on net_af_packet / net_af_xdp, port 0);
+//!                    tx/rx: A sends, B receives, frames/s sent and received
 //!
 //! Output lines are `name value unit`, for the script to parse.
 
@@ -96,6 +98,7 @@ fn forward() {
 
 fn veth(kind: &str, a: &str, b: &str, size: usize) {
     use dataplane::ports::af_packet::{AfPacketPort, RingConfig};
+    use dataplane::ports::af_xdp::{AfXdpPort, XdpConfig};
     use dataplane::ports::socket::SocketPort;
     use dataplane::Port;
     let pool = Mempool::new(16384, 2048).expect("pool");
@@ -105,7 +108,12 @@ fn veth(kind: &str, a: &str, b: &str, size: usize) {
             "af_packet" => Box::new(
                 AfPacketPort::open(name, &pool, RingConfig::default()).expect("af_packet port"),
             ),
-            _ => panic!("port kind {kind:?}: socket or af_packet"),
+            "af_xdp" => {
+                let p = AfXdpPort::open(name, &pool, XdpConfig::default()).expect("af_xdp port");
+                eprintln!("af_xdp on {name}: {}", p.mode());
+                Box::new(p)
+            }
+            _ => panic!("port kind {kind:?}: socket, af_packet or af_xdp"),
         }
     };
     let mut tx = open(a);
@@ -114,15 +122,44 @@ fn veth(kind: &str, a: &str, b: &str, size: usize) {
     frame[..6].copy_from_slice(&[0xff; 6]);
     frame[12..14].copy_from_slice(&[0x88, 0xb5]);
     let mut cache = pool.cache(256);
-    let (mut out, mut got) = (Vec::with_capacity(32), Vec::with_capacity(64));
-    let t = Instant::now();
-    let (mut sent, mut received) = (0u64, 0u64);
-    while t.elapsed() < Duration::from_secs(5) {
-        if out.is_empty() && cache.get_bulk(&mut out, 32) {
+    let refill = |out: &mut Vec<dataplane::Mbuf>, cache: &mut dataplane::PoolCache| {
+        if out.is_empty() && cache.get_bulk(out, 32) {
             for m in out.iter_mut() {
                 pool.fill(m, &frame);
             }
         }
+    };
+    // 1. testpmd's txonly: one core sends bursts of 32 on both ports and receives
+    //    nothing; the rate of port A is what testpmd's port 0 line shows.
+    let (mut out_a, mut out_b) = (Vec::with_capacity(32), Vec::with_capacity(32));
+    let t = Instant::now();
+    let mut sent_a = 0u64;
+    while t.elapsed() < Duration::from_secs(5) {
+        refill(&mut out_a, &mut cache);
+        refill(&mut out_b, &mut cache);
+        sent_a += tx.tx_burst(&mut out_a).expect("tx") as u64;
+        rx.tx_burst(&mut out_b).expect("tx");
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "veth_{kind}_txonly_{size} {:.0} frames/s",
+        sent_a as f64 / secs
+    );
+    cache.put_all(&mut out_a);
+    cache.put_all(&mut out_b);
+    let mut got = Vec::with_capacity(64);
+    std::thread::sleep(Duration::from_millis(100));
+    for port in [&mut tx, &mut rx] {
+        while port.rx_burst(&mut got, 64).expect("rx") > 0 {
+            cache.put_all(&mut got);
+        }
+    }
+    // 2. One port sends, the other receives, on one core: what arrives is counted.
+    let mut out = Vec::with_capacity(32);
+    let t = Instant::now();
+    let (mut sent, mut received) = (0u64, 0u64);
+    while t.elapsed() < Duration::from_secs(5) {
+        refill(&mut out, &mut cache);
         sent += tx.tx_burst(&mut out).expect("tx") as u64;
         while rx.rx_burst(&mut got, 64).expect("rx") > 0 {
             received += got.len() as u64;
@@ -135,6 +172,7 @@ fn veth(kind: &str, a: &str, b: &str, size: usize) {
         "veth_{kind}_rx_{size} {:.0} frames/s",
         received as f64 / secs
     );
+    cache.put_all(&mut out);
 }
 
 fn main() {
@@ -145,7 +183,7 @@ fn main() {
         Some("mempool") => mempool(),
         Some("forward") => forward(),
         _ => {
-            eprintln!("usage: perf ring|mempool|forward|veth socket|af_packet A B SIZE");
+            eprintln!("usage: perf ring|mempool|forward|veth socket|af_packet|af_xdp A B SIZE");
             std::process::exit(2);
         }
     }

@@ -10,5 +10,6 @@ pub mod ports;
 pub mod sys;
 
 pub use port::{LinkInfo, Port, PortError, PortStats};
+pub mod bpf;
 pub mod engine;
 pub mod netns;

@@ -38,7 +38,7 @@ impl std::fmt::Display for Backing {
 #[derive(Debug, Error)]
 pub enum PoolError {
     #[error(
-        "pool of {count} buffers of {buf_size} bytes is invalid (count 1..2^31, size 64..=65536)"
+        "pool of {count} buffers of {buf_size} bytes is invalid (count 1..2^31, size 64..=32768)"
     )]
     BadSize { count: usize, buf_size: usize },
     #[error("mapping {bytes} bytes for the pool failed: {source}")]
@@ -48,13 +48,19 @@ pub enum PoolError {
     },
 }
 
-/// A handle on one pool buffer, with the length of the frame in it and its VLAN tag
-/// (as AF_PACKET reports it; `None` when the tag is in the frame or absent).
+/// The largest buffer a pool hands out: a frame length and its offset in the buffer
+/// each fit 16 bits.
+pub const MAX_BUF_SIZE: usize = 32768;
+
+/// A handle on one pool buffer: where the frame starts in it (0 unless a port placed
+/// it further in, as AF_XDP does), the frame's length, and its VLAN tag as AF_PACKET
+/// reports it (`None` when the tag is in the frame or absent).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Mbuf {
     pool: u32,
     idx: u32,
-    len: u32,
+    len: u16,
+    off: u16,
     vlan_tci: Option<u16>,
 }
 
@@ -63,7 +69,8 @@ pub struct Mbuf {
 pub struct RawMbuf {
     pool: u32,
     idx: u32,
-    len: u32,
+    /// Offset in the high half, length in the low half.
+    off_len: u32,
     vlan: u32,
 }
 
@@ -89,13 +96,18 @@ impl Mbuf {
         self.idx
     }
 
+    /// Where the frame starts in the buffer.
+    pub fn data_offset(&self) -> usize {
+        self.off as usize
+    }
+
     /// Flattens the handle for a ring. The buffer stays owned by whoever turns the raw
     /// value back into an `Mbuf`, which must happen exactly once.
     pub fn into_raw(self) -> RawMbuf {
         RawMbuf {
             pool: self.pool,
             idx: self.idx,
-            len: self.len,
+            off_len: (self.off as u32) << 16 | self.len as u32,
             vlan: self.vlan_tci.map_or(u32::MAX, u32::from),
         }
     }
@@ -109,7 +121,8 @@ impl Mbuf {
         Mbuf {
             pool: raw.pool,
             idx: raw.idx,
-            len: raw.len,
+            len: raw.off_len as u16,
+            off: (raw.off_len >> 16) as u16,
             vlan_tci: (raw.vlan != u32::MAX).then_some(raw.vlan as u16),
         }
     }
@@ -213,7 +226,7 @@ impl std::fmt::Debug for Mempool {
 impl Mempool {
     /// A pool of `count` buffers of `buf_size` bytes (rounded up to 64).
     pub fn new(count: usize, buf_size: usize) -> Result<Arc<Mempool>, PoolError> {
-        if count == 0 || count >= 1 << 31 || !(64..=65536).contains(&buf_size) {
+        if count == 0 || count >= 1 << 31 || !(64..=MAX_BUF_SIZE).contains(&buf_size) {
             return Err(PoolError::BadSize { count, buf_size });
         }
         let buf_size = buf_size.div_ceil(64) * 64;
@@ -255,8 +268,36 @@ impl Mempool {
             pool: self.id,
             idx,
             len: 0,
+            off: 0,
             vlan_tci: None,
         }
+    }
+
+    /// Whether `m` is a buffer of this pool.
+    pub fn owns(&self, m: &Mbuf) -> bool {
+        m.pool == self.id && (m.idx as usize) < self.count
+    }
+
+    /// The start and length of the buffers' region, for handing it to the kernel
+    /// (an AF_XDP UMEM); buffer `i` starts `i * buf_size` bytes in.
+    pub(crate) fn region(&self) -> (*mut u8, usize) {
+        (self.region.base, self.count * self.buf_size)
+    }
+
+    /// Where the frame of `m` starts, counted from the start of the region.
+    pub(crate) fn region_offset(&self, m: &Mbuf) -> u64 {
+        self.check(m);
+        (m.idx as usize * self.buf_size + m.off as usize) as u64
+    }
+
+    /// The handle of buffer `idx`, which was given away by forgetting its handle
+    /// (to the kernel, as an AF_XDP frame address) and has now come back.
+    ///
+    /// # Safety
+    /// No other handle on buffer `idx` may exist, and it is rebuilt once per giving away.
+    pub(crate) unsafe fn reclaim(&self, idx: u32) -> Mbuf {
+        debug_assert!((idx as usize) < self.count);
+        self.handle(idx)
     }
 
     /// One buffer from the shared ring (prefer a [`PoolCache`] on hot paths).
@@ -285,28 +326,43 @@ impl Mempool {
         unsafe { self.region.base.add(m.idx as usize * self.buf_size) }
     }
 
-    /// The frame in a buffer (its first `len` bytes).
+    /// The frame in a buffer (`len` bytes from the data offset).
     pub fn data<'a>(&'a self, m: &'a Mbuf) -> &'a [u8] {
-        // SAFETY: the buffer lies inside the region (buf_ptr checks), len <= buf_size
-        // (set_len checks), and the shared borrow of the unique handle excludes writers.
-        unsafe { std::slice::from_raw_parts(self.buf_ptr(m), m.len as usize) }
+        // SAFETY: the buffer lies inside the region (buf_ptr checks), off + len <=
+        // buf_size (set_len and set_data check), and the shared borrow of the unique
+        // handle excludes writers.
+        unsafe { std::slice::from_raw_parts(self.buf_ptr(m).add(m.off as usize), m.len as usize) }
     }
 
-    /// The whole buffer, for writing a frame into; then call [`Mempool::set_len`].
+    /// The buffer from the data offset to its end, for writing a frame into; then call
+    /// [`Mempool::set_len`].
     pub fn buf_mut<'a>(&'a self, m: &'a mut Mbuf) -> &'a mut [u8] {
-        // SAFETY: the buffer lies inside the region, and the mutable borrow of its
-        // unique handle makes this the only reference to those bytes.
-        unsafe { std::slice::from_raw_parts_mut(self.buf_ptr(m), self.buf_size) }
+        let off = m.off as usize;
+        // SAFETY: the buffer lies inside the region, off <= buf_size, and the mutable
+        // borrow of its unique handle makes this the only reference to those bytes.
+        unsafe { std::slice::from_raw_parts_mut(self.buf_ptr(m).add(off), self.buf_size - off) }
     }
 
-    /// Sets the frame length (at most the buffer size).
+    /// Sets the frame length (at most the room after the data offset).
     pub fn set_len(&self, m: &mut Mbuf, len: usize) {
         assert!(
-            len <= self.buf_size,
-            "frame of {len} bytes in a {}-byte buffer",
+            m.off as usize + len <= self.buf_size,
+            "frame of {len} bytes at offset {} in a {}-byte buffer",
+            m.off,
             self.buf_size
         );
-        m.len = len as u32;
+        m.len = len as u16;
+    }
+
+    /// Places the frame at `off` bytes into the buffer, `len` bytes long.
+    pub fn set_data(&self, m: &mut Mbuf, off: usize, len: usize) {
+        assert!(
+            off + len <= self.buf_size,
+            "frame of {len} bytes at offset {off} in a {}-byte buffer",
+            self.buf_size
+        );
+        m.off = off as u16;
+        m.len = len as u16;
     }
 
     /// Copies `frame` into a buffer and sets its length.
@@ -454,8 +510,31 @@ mod tests {
         m.set_vlan_tci(Some(0xa00a));
         let raw = m.into_raw();
         // SAFETY: raw came from into_raw and is rebuilt once.
-        let m = unsafe { Mbuf::from_raw(raw) };
+        let mut m = unsafe { Mbuf::from_raw(raw) };
         assert_eq!((m.len(), m.vlan_tci()), (100, Some(0xa00a)));
+        // A frame placed further into the buffer keeps its place through a ring.
+        pool.set_data(&mut m, 200, 56);
+        pool.buf_mut(&mut m)[..56].copy_from_slice(&[7; 56]);
+        assert_eq!(pool.buf_mut(&mut m).len(), 256 - 200);
+        // SAFETY: as above.
+        let m = unsafe { Mbuf::from_raw(m.into_raw()) };
+        assert_eq!((m.data_offset(), pool.data(&m)), (200, &[7u8; 56][..]));
+        assert_eq!(pool.region_offset(&m), m.index() as u64 * 256 + 200);
         pool.put(m);
+        // Handed out again, a buffer starts at offset 0.
+        let mut again = Vec::new();
+        while let Some(m) = pool.get() {
+            assert_eq!(m.data_offset(), 0);
+            again.push(m);
+        }
+        again.into_iter().for_each(|m| pool.put(m));
+    }
+
+    #[test]
+    #[should_panic(expected = "at offset 200")]
+    fn a_frame_past_the_buffer_end_is_refused() {
+        let pool = Mempool::new(4, 256).unwrap();
+        let mut m = pool.get().unwrap();
+        pool.set_data(&mut m, 200, 57);
     }
 }

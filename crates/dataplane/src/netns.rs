@@ -8,6 +8,8 @@ use std::process::Command;
 
 use thiserror::Error;
 
+use crate::sys::set_vlan_offload;
+
 #[derive(Debug, Error)]
 pub enum RigError {
     #[error("network namespaces need root")]
@@ -106,11 +108,20 @@ impl Rig {
         run(&["-n", self.ns(b), "link", "set", ifb, "up"])
     }
 
-    /// A Linux bridge `name` in host `i` with `ports` (interfaces of that host) enslaved.
+    /// A Linux bridge `name` in host `i` with `ports` (interfaces of that host)
+    /// enslaved. The bridge would hand 802.1Q tags to its ports as metadata, which an
+    /// AF_XDP port beyond them never sees; the ports' VLAN offloads are switched off
+    /// so that the tag stays in the frame, as on a physical wire.
     pub fn bridge(&self, i: usize, name: &str, ports: &[&str]) -> Result<(), RigError> {
         run(&["-n", self.ns(i), "link", "add", name, "type", "bridge"])?;
         for p in ports {
             run(&["-n", self.ns(i), "link", "set", p, "master", name])?;
+            let port = p.to_string();
+            self.within(i, move || set_vlan_offload(&port, Some(false), Some(false)))
+                .map_err(|e| RigError::Command {
+                    cmd: format!("switching VLAN offloads off on {p}"),
+                    stderr: e.to_string(),
+                })?;
         }
         run(&["-n", self.ns(i), "link", "set", name, "up"])
     }

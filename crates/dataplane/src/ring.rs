@@ -110,15 +110,29 @@ impl<T: Copy> Inner<T> {
         self.mask + 1
     }
 
+    /// The slot array as the copy loops address it: a plain pointer normally (no
+    /// bounds checks in the loops), the array itself under loom, whose cells track
+    /// each access.
+    #[cfg(not(loom))]
+    #[inline(always)]
+    fn slot_base(&self) -> *mut T {
+        // UnsafeCell<MaybeUninit<T>> has T's layout, so the slot pointer is a *mut T.
+        UnsafeCell::raw_get(self.slots.as_ptr()) as *mut T
+    }
+
+    #[cfg(loom)]
+    fn slot_base(&self) -> &[UnsafeCell<MaybeUninit<T>>] {
+        &self.slots
+    }
+
     /// Writes `items` into consecutive slots from `start`.
     ///
     /// # Safety
     /// The caller has reserved those slots for itself (they exist: `split` keeps them
     /// in the array) and publishes them only afterwards.
     #[cfg(not(loom))]
-    unsafe fn write_slots(&self, start: usize, items: &[T]) {
-        // UnsafeCell<MaybeUninit<T>> has T's layout, so the slot pointer is a *mut T.
-        let base = UnsafeCell::raw_get(self.slots.as_ptr()) as *mut T;
+    #[inline(always)]
+    unsafe fn write_slots(base: *mut T, start: usize, items: &[T]) {
         // An element loop rather than a memcpy call: bursts are short.
         for (k, item) in items.iter().enumerate() {
             base.add(start + k).write(*item);
@@ -131,20 +145,21 @@ impl<T: Copy> Inner<T> {
     /// The slot is below the producer tail (written and published) and reserved by
     /// the calling consumer.
     #[cfg(not(loom))]
-    unsafe fn read_slot(&self, i: usize) -> T {
-        (*self.slots[i].get()).assume_init()
+    #[inline(always)]
+    unsafe fn read_slot(base: *mut T, i: usize) -> T {
+        base.add(i).read()
     }
 
     #[cfg(loom)]
-    unsafe fn write_slots(&self, start: usize, items: &[T]) {
+    unsafe fn write_slots(base: &[UnsafeCell<MaybeUninit<T>>], start: usize, items: &[T]) {
         for (k, item) in items.iter().enumerate() {
-            self.slots[start + k].with_mut(|p| (*p).write(*item));
+            base[start + k].with_mut(|p| (*p).write(*item));
         }
     }
 
     #[cfg(loom)]
-    unsafe fn read_slot(&self, i: usize) -> T {
-        self.slots[i].with(|p| (*p).assume_init())
+    unsafe fn read_slot(base: &[UnsafeCell<MaybeUninit<T>>], i: usize) -> T {
+        base[i].with(|p| (*p).assume_init())
     }
 
     /// The slots of `n` elements from counter `head`: (start index, count) up to the end
@@ -216,8 +231,9 @@ impl<T: Copy> Inner<T> {
         // the array) were reserved for this producer alone by `reserve`, and no
         // consumer reads them before `publish` moves the producer tail over them.
         unsafe {
-            self.write_slots(first.0, &items[..first.1]);
-            self.write_slots(0, &items[first.1..first.1 + second]);
+            let base = self.slot_base();
+            Self::write_slots(base, first.0, &items[..first.1]);
+            Self::write_slots(base, 0, &items[first.1..first.1 + second]);
         }
         Self::publish(&self.prod.0, head, n, multi);
         n as usize
@@ -241,11 +257,12 @@ impl<T: Copy> Inner<T> {
         // `filled`, so they were written and published; this consumer reserved them
         // alone. The indices stay within the array (see `split`).
         unsafe {
+            let base = self.slot_base();
             for k in 0..first.1 {
-                take(k, self.read_slot(first.0 + k));
+                take(k, Self::read_slot(base, first.0 + k));
             }
             for k in 0..second {
-                take(first.1 + k, self.read_slot(k));
+                take(first.1 + k, Self::read_slot(base, k));
             }
         }
         Self::publish(&self.cons.0, head, n, multi);

@@ -1,7 +1,8 @@
 //! Linux AF_PACKET plumbing shared by the socket port and by tools (capture, replay):
 //! opening a packet socket bound to an interface, receiving one frame with its VLAN
 //! tag (which the kernel strips on receive and reports in PACKET_AUXDATA) and its
-//! kernel timestamp, sending one frame, waiting for input.
+//! kernel timestamp, sending one frame, waiting for input; and the interface lookups
+//! every kernel-backed port needs.
 
 use std::ffi::CString;
 use std::io;
@@ -82,32 +83,50 @@ struct IfReq {
     data: [u8; 24],
 }
 
-impl PacketSocket {
-    fn ifreq(&self, request: libc::c_ulong) -> Result<IfReq, PortError> {
-        let mut req = IfReq {
-            name: [0; 16],
-            data: [0; 24],
-        };
-        let n = self.name.len().min(15);
-        req.name[..n].copy_from_slice(&self.name.as_bytes()[..n]);
-        // SAFETY: `req` is a properly sized ifreq for these two requests, alive for the call.
-        let r = unsafe { libc::ioctl(self.fd(), request as _, &mut req as *mut IfReq) };
-        if r < 0 {
-            return Err(PortError::io("ioctl on the interface", &self.name));
-        }
-        Ok(req)
+fn ifreq(fd: RawFd, name: &str, request: libc::c_ulong) -> Result<IfReq, PortError> {
+    let mut req = IfReq {
+        name: [0; 16],
+        data: [0; 24],
+    };
+    let n = name.len().min(15);
+    req.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+    // SAFETY: `req` is a properly sized ifreq for these two requests, alive for the call.
+    let r = unsafe { libc::ioctl(fd, request as _, &mut req as *mut IfReq) };
+    if r < 0 {
+        return Err(PortError::io("ioctl on the interface", name));
     }
+    Ok(req)
+}
 
+/// The MAC address and MTU of `interface`, asked through `fd` (any socket of the
+/// network namespace the interface is in that passes interface ioctls on: AF_PACKET,
+/// AF_INET).
+pub fn query_link(fd: RawFd, interface: &str) -> Result<([u8; 6], usize), PortError> {
+    let hw = ifreq(fd, interface, SIOCGIFHWADDR)?;
+    let mut mac = [0u8; 6];
+    // sockaddr: 2 bytes of family, then the address.
+    mac.copy_from_slice(&hw.data[2..8]);
+    let m = ifreq(fd, interface, SIOCGIFMTU)?;
+    let mtu = i32::from_ne_bytes([m.data[0], m.data[1], m.data[2], m.data[3]]);
+    Ok((mac, mtu.max(0) as usize))
+}
+
+/// The kernel's index of `interface` in the current network namespace.
+pub fn interface_index(interface: &str) -> Result<u32, PortError> {
+    let name =
+        CString::new(interface).map_err(|_| PortError::NoSuchInterface(interface.to_string()))?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(PortError::NoSuchInterface(interface.to_string())),
+        i => Ok(i),
+    }
+}
+
+impl PacketSocket {
     /// The interface's MAC address and MTU (asked through this socket, so they are
     /// those of the socket's network namespace).
     pub fn link_info(&self) -> Result<([u8; 6], usize), PortError> {
-        let hw = self.ifreq(SIOCGIFHWADDR)?;
-        let mut mac = [0u8; 6];
-        // sockaddr: 2 bytes of family, then the address.
-        mac.copy_from_slice(&hw.data[2..8]);
-        let m = self.ifreq(SIOCGIFMTU)?;
-        let mtu = i32::from_ne_bytes([m.data[0], m.data[1], m.data[2], m.data[3]]);
-        Ok((mac, mtu.max(0) as usize))
+        query_link(self.fd(), &self.name)
     }
 }
 
@@ -120,13 +139,7 @@ impl PacketSocket {
         incoming_only: bool,
         timestamps: bool,
     ) -> Result<PacketSocket, PortError> {
-        let name = CString::new(interface)
-            .map_err(|_| PortError::NoSuchInterface(interface.to_string()))?;
-        // SAFETY: `name` is a valid NUL-terminated string.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if ifindex == 0 {
-            return Err(PortError::NoSuchInterface(interface.to_string()));
-        }
+        let ifindex = interface_index(interface)?;
         let proto = (libc::ETH_P_ALL as u16).to_be();
         // SAFETY: plain socket(2); the result is checked before use.
         let raw = unsafe {
@@ -324,4 +337,121 @@ pub fn poll_in(fd: RawFd, timeout: Duration) -> bool {
         )
     };
     ready > 0
+}
+
+/// A MAP_SHARED mapping of rings a socket shares with the kernel; unmapped on drop.
+pub struct SharedMapping {
+    pub base: *mut u8,
+    pub len: usize,
+}
+
+// SAFETY: the mapping is shared with the kernel only; the port that owns it is its one
+// user-space user, and `&mut self` on the port serialises our accesses.
+unsafe impl Send for SharedMapping {}
+
+impl SharedMapping {
+    /// Maps `len` bytes of `fd` at `offset`, read-write, with `flags` besides MAP_SHARED.
+    pub fn new(fd: RawFd, len: usize, offset: u64, flags: libc::c_int) -> io::Result<Self> {
+        // SAFETY: a fresh mapping with no address hint; the result is checked.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | flags,
+                fd,
+                offset as libc::off_t,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SharedMapping {
+            base: base as *mut u8,
+            len,
+        })
+    }
+}
+
+impl Drop for SharedMapping {
+    fn drop(&mut self) {
+        // SAFETY: base/len are what mmap returned, and nothing uses them after drop.
+        unsafe {
+            libc::munmap(self.base as *mut libc::c_void, self.len);
+        }
+    }
+}
+
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GFLAGS: u32 = 0x25;
+const ETHTOOL_SFLAGS: u32 = 0x26;
+const ETH_FLAG_TXVLAN: u32 = 1 << 7;
+const ETH_FLAG_RXVLAN: u32 = 1 << 8;
+
+/// `struct ethtool_value`.
+#[repr(C)]
+struct EthtoolValue {
+    cmd: u32,
+    data: u32,
+}
+
+/// A datagram socket for interface ioctls in the current network namespace (AF_XDP
+/// sockets do not answer them).
+pub fn ioctl_socket(interface: &str) -> Result<OwnedFd, PortError> {
+    // SAFETY: plain socket(2); checked before use.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(PortError::io(
+            "opening a socket for interface ioctls",
+            interface,
+        ));
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+fn ethtool(fd: RawFd, interface: &str, cmd: u32, data: u32) -> Result<u32, PortError> {
+    let mut value = EthtoolValue { cmd, data };
+    let mut req = IfReq {
+        name: [0; 16],
+        data: [0; 24],
+    };
+    let n = interface.len().min(15);
+    req.name[..n].copy_from_slice(&interface.as_bytes()[..n]);
+    req.data[..8].copy_from_slice(&(&mut value as *mut EthtoolValue as u64).to_ne_bytes());
+    // SAFETY: the ifreq carries a pointer to `value`, an ethtool_value that outlives the
+    // call, which is what ETHTOOL_GFLAGS/SFLAGS read and write.
+    let r = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut req as *mut IfReq) };
+    if r < 0 {
+        return Err(PortError::io("ethtool ioctl", interface));
+    }
+    Ok(value.data)
+}
+
+/// Switches an interface's VLAN offloads: `rx` is the NIC stripping the 802.1Q tag
+/// into metadata on receive, `tx` the stack handing the tag to the device as metadata
+/// on transmit (`ethtool -K IF rxvlan off txvlan off`). XDP runs before the stack
+/// would put such a tag back, so a path to an AF_XDP port needs both off. Returns
+/// whether anything changed. `None` leaves that offload as it is.
+pub fn set_vlan_offload(
+    interface: &str,
+    rx: Option<bool>,
+    tx: Option<bool>,
+) -> Result<bool, PortError> {
+    let sock = ioctl_socket(interface)?;
+    let fd = sock.as_raw_fd();
+    let old = ethtool(fd, interface, ETHTOOL_GFLAGS, 0)?;
+    let mut new = old;
+    for (want, flag) in [(rx, ETH_FLAG_RXVLAN), (tx, ETH_FLAG_TXVLAN)] {
+        match want {
+            Some(true) => new |= flag,
+            Some(false) => new &= !flag,
+            None => {}
+        }
+    }
+    if new == old {
+        return Ok(false);
+    }
+    ethtool(fd, interface, ETHTOOL_SFLAGS, new)?;
+    Ok(true)
 }

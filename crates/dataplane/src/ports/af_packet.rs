@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::mempool::{Mbuf, Mempool, PoolCache};
 use crate::port::{LinkInfo, Port, PortError, PortStats};
-use crate::sys::{setsockopt_int, PacketSocket};
+use crate::sys::{setsockopt_int, PacketSocket, SharedMapping};
 
 const PACKET_RX_RING: libc::c_int = 5;
 const PACKET_VERSION: libc::c_int = 10;
@@ -93,29 +93,10 @@ impl Default for RingConfig {
     }
 }
 
-/// A shared mapping of both rings.
-struct Mapping {
-    base: *mut u8,
-    len: usize,
-}
-
-// SAFETY: the mapping is shared with the kernel; this port is its only user-space
-// user, and &mut self serialises our accesses.
-unsafe impl Send for Mapping {}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: base/len are what mmap returned.
-        unsafe {
-            libc::munmap(self.base as *mut libc::c_void, self.len);
-        }
-    }
-}
-
 pub struct AfPacketPort {
     info: LinkInfo,
     sock: PacketSocket,
-    map: Mapping,
+    map: SharedMapping,
     cfg: RingConfig,
     cache: PoolCache,
     /// Current RX block, and the next frame in it when a block is half consumed.
@@ -181,37 +162,10 @@ impl AfPacketPort {
         }
         let rx_len = (rx.block_size * rx.block_nr) as usize;
         let tx_len = (tx.block_size * tx.block_nr) as usize;
-        // SAFETY: maps the rings the kernel just set up on this socket; checked below.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                rx_len + tx_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_LOCKED,
-                fd,
-                0,
-            )
-        };
-        let base = if base == libc::MAP_FAILED {
-            // MAP_LOCKED can fail on a low memlock limit; the rings work without it.
-            // SAFETY: as above, without MAP_LOCKED.
-            let b = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    rx_len + tx_len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED,
-                    fd,
-                    0,
-                )
-            };
-            if b == libc::MAP_FAILED {
-                return Err(PortError::io("mapping the packet rings", interface));
-            }
-            b
-        } else {
-            base
-        };
+        // MAP_LOCKED can fail on a low memlock limit; the rings work without it.
+        let map = SharedMapping::new(fd, rx_len + tx_len, 0, libc::MAP_LOCKED)
+            .or_else(|_| SharedMapping::new(fd, rx_len + tx_len, 0, 0))
+            .map_err(|_| PortError::io("mapping the packet rings", interface))?;
         let mut cfg = cfg;
         cfg.tx_frames = tx.frame_nr;
         Ok(AfPacketPort {
@@ -221,10 +175,7 @@ impl AfPacketPort {
                 mtu,
             },
             sock,
-            map: Mapping {
-                base: base as *mut u8,
-                len: rx_len + tx_len,
-            },
+            map,
             cfg,
             cache: pool.cache(256),
             rx_block: 0,
