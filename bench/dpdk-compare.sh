@@ -3,7 +3,8 @@
 # Installs Debian's DPDK (dpdk-dev: dpdk-test, dpdk-testpmd) when missing. Run as root
 # (veth rows need namespaces-free veth creation; DPDK runs with --no-huge unless huge
 # pages are reserved). The veth rows run in a network namespace of their own, created
-# and removed here. Takes about 15 minutes, most of it mempool_perf_autotest.
+# and removed here. Takes about 35 minutes, most of it mempool_perf_autotest; --quick
+# about 15.
 #
 #   bench/dpdk-compare.sh [--quick]     (--quick skips mempool_perf_autotest)
 set -euo pipefail
@@ -52,7 +53,8 @@ echo
 
 # 2. Mempool: one core, cache 512, get/put bulk 32, 32 kept: objects per second.
 if [ $quick = 0 ]; then
-    echo mempool_perf_autotest | timeout 1800 dpdk-test "${eal[@]}" -l 0 >"$work/mempool.txt" 2>&1 || true
+    # Line-buffered, so that a run cut short by the timeout still leaves its lines.
+    echo mempool_perf_autotest | timeout 1800 stdbuf -oL dpdk-test "${eal[@]}" -l 0 >"$work/mempool.txt" 2>&1 || true
     dpdk=$(grep -m1 "cache=512 cores=1 n_get_bulk=32 n_put_bulk=32 n_keep=32 constant_n=0" "$work/mempool.txt" | sed 's/.*rate_persec=//')
     ours=$("$perf" mempool 2>/dev/null | awk '{print $2}')
     echo "mempool (one core, cache 512, bulk 32; ratio = ours / DPDK, goal >= 1.0)"
@@ -73,10 +75,10 @@ echo
 if [ "$(id -u)" -eq 0 ] && ip netns add "$ns" 2>/dev/null \
     && ip -n "$ns" link add tdpa type veth peer name tdpb 2>/dev/null; then
     ip -n "$ns" link set tdpa up && ip -n "$ns" link set tdpb up
-    echo "veth (frames/s, medians of 3 alternating runs; txonly: one core sends bursts of 32 on both ports, port 0's rate, as testpmd txonly; goal >= 0.95)"
+    echo "veth (frames/s, medians of 5 alternating runs; txonly: one core sends bursts of 32 on both ports, port 0's rate, as testpmd txonly; goal >= 0.95)"
     for size in 64 1500; do
-        # Three alternating rounds of DPDK and ours; medians are compared.
-        for run in 1 2 3; do
+        # Five alternating rounds of DPDK and ours; medians are compared.
+        for run in 1 2 3 4 5; do
             for pmd in af_packet af_xdp; do
                 timeout -s INT 12 ip netns exec "$ns" dpdk-testpmd "${eal[@]}" -l 0-1 \
                     --vdev "net_${pmd}0,iface=tdpa" --vdev "net_${pmd}1,iface=tdpb" -- \
@@ -90,11 +92,11 @@ if [ "$(id -u)" -eq 0 ] && ip netns add "$ns" 2>/dev/null \
         done
         # Port 0's Tx-pps in the last statistics block of each run.
         dpdk_tx() {
-            for run in 1 2 3; do
+            for run in 1 2 3 4 5; do
                 grep "Tx-pps:" "$work/testpmd-$1-$size-$run.txt" | tail -n 2 | head -n 1 | awk '{print $2}'
             done | median
         }
-        get() { for run in 1 2 3; do awk -v k="$1" '$1 == k {print $2}' "$work/ours-veth-$size-$run.txt"; done | median; }
+        get() { for run in 1 2 3 4 5; do awk -v k="$1" '$1 == k {print $2}' "$work/ours-veth-$size-$run.txt"; done | median; }
         for kind in af_packet af_xdp; do
             d=$(dpdk_tx "$kind")
             o=$(get "veth_${kind}_txonly_$size")

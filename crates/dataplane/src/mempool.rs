@@ -420,7 +420,9 @@ impl PoolCache {
             }
         }
         let from = self.objs.len() - n;
-        out.extend(self.objs.drain(from..).map(|i| self.pool.handle(i)));
+        let pool = &*self.pool;
+        out.extend(self.objs[from..].iter().map(|&i| pool.handle(i)));
+        self.objs.truncate(from);
         true
     }
 
@@ -434,11 +436,21 @@ impl PoolCache {
 
     /// Gives every buffer in `bufs` back, leaving it empty.
     pub fn put_all(&mut self, bufs: &mut Vec<Mbuf>) {
-        let pool = &self.pool;
-        self.objs.extend(bufs.drain(..).map(|m| {
-            pool.check(&m);
-            m.idx
-        }));
+        let pool = &*self.pool;
+        // One branch for the whole burst: check them all first, so that a foreign
+        // buffer never reaches the free list, even while the panic unwinds.
+        let foreign = bufs.iter().fold(false, |bad, m| {
+            bad | (m.pool != pool.id) | (m.idx as usize >= pool.count)
+        });
+        if foreign {
+            let m = bufs
+                .iter()
+                .find(|m| !pool.owns(m))
+                .expect("a foreign buffer");
+            wrong_pool(m.pool, pool.id);
+        }
+        self.objs.extend(bufs.iter().map(|m| m.idx));
+        bufs.clear();
         if self.objs.len() >= self.size * 2 {
             self.flush_to(self.size);
         }
@@ -500,6 +512,22 @@ mod tests {
         let b = Mempool::new(4, 256).unwrap();
         let m = a.get().unwrap();
         b.put(m);
+    }
+
+    #[test]
+    fn a_foreign_buffer_in_a_burst_is_refused_before_anything_is_freed() {
+        let a = Mempool::new(4, 256).unwrap();
+        let b = Mempool::new(4, 256).unwrap();
+        let mut burst = vec![b.get().unwrap(), a.get().unwrap()];
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut cache = b.cache(1);
+            cache.put_all(&mut burst);
+        }));
+        assert!(r.is_err(), "a buffer of pool a went into pool b's cache");
+        // The cache (dropped while unwinding) gave nothing back: not even b's own
+        // buffer, which is still in the burst, and certainly not a's.
+        assert_eq!(b.available(), 3);
+        assert_eq!(burst.len(), 2);
     }
 
     #[test]
