@@ -3,7 +3,8 @@
 //!     perf ring      one core: enqueue+dequeue of a bulk of 8 and 32 (SP/SC and MP/MC),
 //!                    nanoseconds per operation pair (ring_perf_autotest's single-core lines)
 //!     perf mempool   one core, cache 512: get 32 / put 32 with 32 kept, objects per second
-//!                    (mempool_perf_autotest's cache=512 cores=1 n_get_bulk=32 ... line)
+//!                    (mempool_perf_autotest's cache=512 cores=1 n_get_bulk=32 ... line);
+//!                    `perf mempool ROUNDS` runs ROUNDS x 1000 instead, for callgrind
 //!     perf forward   io-forwarding between two null ports, burst 32, one core, for 5 s:
 //!                    frames per second (testpmd io mode over net_null0/net_null1)
 //!
@@ -57,14 +58,19 @@ fn ring() {
     }
 }
 
-fn mempool() {
+/// `rounds`: a fixed number of rounds of 1000 instead of 3 s, for callgrind.
+fn mempool(rounds: Option<u64>) {
     let pool = Mempool::new(16 * 1024, 2048).expect("pool");
     eprintln!("pool backing: {}", pool.backing());
     let mut cache = pool.cache(512);
     let mut held = Vec::with_capacity(32);
     let t = Instant::now();
     let mut objs = 0u64;
-    while t.elapsed() < Duration::from_secs(3) {
+    let more = |objs: u64| match rounds {
+        Some(r) => objs < r * 32_000,
+        None => t.elapsed() < Duration::from_secs(3),
+    };
+    while more(objs) {
         for _ in 0..1000 {
             cache.get_bulk(&mut held, 32);
             cache.put_all(&mut held);
@@ -189,7 +195,7 @@ fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("veth") => veth(&arg(2), &arg(3), &arg(4), arg(5).parse().unwrap_or(64)),
         Some("ring") => ring(),
-        Some("mempool") => mempool(),
+        Some("mempool") => mempool(arg(2).parse().ok()),
         Some("forward") => forward(),
         _ => {
             eprintln!("usage: perf ring|mempool|forward|veth socket|af_packet|af_xdp A B SIZE");

@@ -437,19 +437,23 @@ impl PoolCache {
     /// Gives every buffer in `bufs` back, leaving it empty.
     pub fn put_all(&mut self, bufs: &mut Vec<Mbuf>) {
         let pool = &*self.pool;
-        // One branch for the whole burst: check them all first, so that a foreign
-        // buffer never reaches the free list, even while the panic unwinds.
-        let foreign = bufs.iter().fold(false, |bad, m| {
-            bad | (m.pool != pool.id) | (m.idx as usize >= pool.count)
-        });
+        let (id, count) = (pool.id, pool.count);
+        let before = self.objs.len();
+        // One pass, one branch for the whole burst: a foreign buffer is taken out again
+        // before the panic, so it never reaches the free list, even while unwinding.
+        let mut foreign = false;
+        self.objs.extend(bufs.iter().map(|m| {
+            foreign |= (m.pool != id) | (m.idx as usize >= count);
+            m.idx
+        }));
         if foreign {
+            self.objs.truncate(before);
             let m = bufs
                 .iter()
                 .find(|m| !pool.owns(m))
                 .expect("a foreign buffer");
-            wrong_pool(m.pool, pool.id);
+            wrong_pool(m.pool, id);
         }
-        self.objs.extend(bufs.iter().map(|m| m.idx));
         bufs.clear();
         if self.objs.len() >= self.size * 2 {
             self.flush_to(self.size);
