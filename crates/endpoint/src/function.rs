@@ -1,0 +1,831 @@
+//! The endpoint framework: one PCIe function as a sans-IO state machine. TLPs from the
+//! host go in ([`Function::handle_tlp`]), TLPs for the host come out
+//! ([`Function::poll_transmit`]), time is passed in. In between, the framework answers
+//! configuration requests from its [`ConfigSpace`], decodes memory requests to BARs
+//! and hands them to the [`Device`] model, serves the MSI-X table itself, and turns
+//! what the model asks for (DMA, interrupts) into TLPs: reads split at Max Read Request
+//! Size with a tag each and reassembled from their completions, writes split at Max
+//! Payload Size, MSI and MSI-X as memory writes, INTx as Assert/Deassert messages.
+//!
+//! Nothing the host sends can make it panic: malformed TLPs are counted and dropped,
+//! requests it cannot serve get an Unsupported Request completion (non-posted) or are
+//! dropped and counted (posted).
+
+use std::collections::VecDeque;
+
+use thiserror::Error;
+use tlp::{
+    split_read_completions, split_requests, Bdf, Completion, CompletionStatus, ConfigRequest,
+    Header, IntxPin, MaxSize, MemRead, MemWrite, Message, Rcb, ReadReassembly, RequestChunk, Tag,
+    Tlp,
+};
+
+use crate::config::{reg, ConfigEffects, ConfigSpace};
+
+/// Identifies a DMA read the device started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DmaId(pub u64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum DmaError {
+    #[error("bus mastering is disabled")]
+    BusMasterDisabled,
+    #[error("DMA of {0} bytes: at most 1 MiB per request")]
+    TooLong(usize),
+    #[error("address range overflows")]
+    AddressOverflow,
+    #[error("the host answered {0:?}")]
+    Status(CompletionStatus),
+    #[error("malformed completion")]
+    BadCompletion,
+    #[error("no completion within the timeout")]
+    Timeout,
+}
+
+/// Largest DMA transfer one call may ask for.
+pub const MAX_DMA: usize = 1 << 20;
+
+/// What a device model can ask of the framework while it handles an access.
+pub trait DeviceIo {
+    /// Starts a DMA read of `len` bytes at host address `addr`; the data arrives later
+    /// through [`Device::dma_read_done`].
+    fn dma_read(&mut self, addr: u64, len: usize) -> Result<DmaId, DmaError>;
+    /// Writes `data` to host address `addr` (posted: nothing comes back; later writes
+    /// and interrupts arrive after it, as PCIe orders posted requests).
+    fn dma_write(&mut self, addr: u64, data: &[u8]) -> Result<(), DmaError>;
+    /// Signals MSI or MSI-X vector `vector` (whichever is enabled; MSI-X wins), or
+    /// INTx when neither is. Returns whether anything was sent now (a masked MSI-X
+    /// vector is remembered as pending and sent on unmask).
+    fn interrupt(&mut self, vector: u16) -> bool;
+    /// Sets the level of the INTx line (sent as Assert/Deassert_INTx on changes).
+    fn set_intx(&mut self, asserted: bool);
+    /// The time passed to the framework with the event being handled, in µs.
+    fn now(&self) -> u64;
+}
+
+/// A PCIe device model.
+pub trait Device {
+    /// Reads `data.len()` bytes at `offset` in BAR `bar`.
+    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8], io: &mut dyn DeviceIo);
+    /// Writes `data` at `offset` in BAR `bar`.
+    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8], io: &mut dyn DeviceIo);
+    /// A DMA read started with [`DeviceIo::dma_read`] finished.
+    fn dma_read_done(
+        &mut self,
+        id: DmaId,
+        result: Result<Vec<u8>, DmaError>,
+        io: &mut dyn DeviceIo,
+    );
+    /// A function-level reset or a reset from the host: back to the power-on state.
+    fn reset(&mut self);
+    /// Called by [`Function::handle_timeout`] so that a model can do timed work.
+    fn poll(&mut self, _io: &mut dyn DeviceIo) {}
+}
+
+/// Counters of a function.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FunctionStats {
+    pub config_reads: u64,
+    pub config_writes: u64,
+    pub mmio_reads: u64,
+    pub mmio_writes: u64,
+    /// Non-posted requests answered with Unsupported Request.
+    pub unsupported: u64,
+    /// Posted writes to no BAR (or with memory decoding off), dropped.
+    pub dropped_writes: u64,
+    /// TLPs that did not parse, dropped.
+    pub malformed: u64,
+    pub dma_reads: u64,
+    pub dma_read_bytes: u64,
+    pub dma_writes: u64,
+    pub dma_write_bytes: u64,
+    pub dma_errors: u64,
+    /// Completions for no outstanding tag (late after a timeout, or bogus).
+    pub unexpected_completions: u64,
+    pub completion_timeouts: u64,
+    pub interrupts: u64,
+    /// Interrupts not sent: masked (MSI-X: kept pending), or all disabled.
+    pub interrupts_blocked: u64,
+    pub resets: u64,
+}
+
+/// Settings of a function.
+#[derive(Clone, Copy, Debug)]
+pub struct FunctionConfig {
+    /// Completion timeout for DMA reads, µs (PCIe's default range is 50 µs..50 ms).
+    pub completion_timeout_us: u64,
+    /// Read Completion Boundary the host uses.
+    pub rcb: Rcb,
+}
+
+impl Default for FunctionConfig {
+    fn default() -> FunctionConfig {
+        FunctionConfig {
+            completion_timeout_us: 50_000,
+            rcb: Rcb::B64,
+        }
+    }
+}
+
+/// One read request on the wire: its tag's reassembly into the DMA's buffer.
+struct PendingRead {
+    dma: DmaId,
+    offset: usize,
+    reassembly: ReadReassembly,
+}
+
+struct DmaRead {
+    id: DmaId,
+    data: Vec<u8>,
+    outstanding: usize,
+    deadline: u64,
+    error: Option<DmaError>,
+}
+
+/// The framework's state besides the model, so the model can borrow it as `DeviceIo`.
+struct Core {
+    config: ConfigSpace,
+    settings: FunctionConfig,
+    bdf: Bdf,
+    now: u64,
+    out: VecDeque<Vec<u8>>,
+    tags: Vec<Option<PendingRead>>,
+    next_tag: usize,
+    reads: Vec<DmaRead>,
+    /// Read requests waiting for a free tag.
+    queue: VecDeque<(DmaId, RequestChunk)>,
+    next_dma: u64,
+    finished: VecDeque<(DmaId, Result<Vec<u8>, DmaError>)>,
+    msix_table: Vec<[u32; 4]>,
+    msix_pending: Vec<bool>,
+    intx: bool,
+    stats: FunctionStats,
+}
+
+/// A PCIe function: the framework around one device model.
+pub struct Function<D: Device> {
+    core: Core,
+    device: D,
+}
+
+fn emit(out: &mut VecDeque<Vec<u8>>, tlp: &Tlp) {
+    let mut buf = vec![0u8; tlp.buffer_len()];
+    match tlp.emit(&mut buf) {
+        Ok(n) => {
+            buf.truncate(n);
+            out.push_back(buf);
+        }
+        // Every TLP built here is valid by construction; a failure is a bug.
+        Err(e) => debug_assert!(false, "emitting {tlp:?}: {e}"),
+    }
+}
+
+impl Core {
+    fn completion(
+        &mut self,
+        req: (Bdf, Tag),
+        status: CompletionStatus,
+        byte_count: u16,
+        la: u8,
+        data: &[u8],
+    ) {
+        let cpl = Completion {
+            completer: self.bdf,
+            status,
+            bcm: false,
+            byte_count,
+            requester: req.0,
+            tag: req.1,
+            lower_address: la,
+            locked: false,
+        };
+        emit(&mut self.out, &Tlp::new(Header::Completion(cpl), data));
+    }
+
+    fn sizes(&self) -> (MaxSize, MaxSize) {
+        let (mps, mrrs) = self.config.max_payload_and_read();
+        (
+            MaxSize::new(mps as u16).unwrap_or(MaxSize::B128),
+            MaxSize::new(mrrs as u16).unwrap_or(MaxSize::B512),
+        )
+    }
+
+    /// Sends queued read requests while tags are free (a transfer larger than the
+    /// tags times MRRS goes out as completions come back, like a DMA engine's).
+    fn issue(&mut self) {
+        while !self.queue.is_empty() {
+            let Some(tag) = self.take_tag() else { return };
+            let (id, c) = self.queue.pop_front().expect("not empty");
+            let read = MemRead {
+                requester: self.bdf,
+                tag: Tag::wrapping(tag as u16),
+                address: c.span.dw_address,
+                length_dw: c.span.length_dw,
+                first_be: c.span.first_be,
+                last_be: c.span.last_be,
+                locked: false,
+                hint: None,
+            };
+            self.tags[tag] = Some(PendingRead {
+                dma: id,
+                offset: c.offset,
+                reassembly: ReadReassembly::new(&read, self.settings.rcb),
+            });
+            emit(&mut self.out, &Tlp::new(Header::MemRead(read), &[]));
+        }
+    }
+
+    fn take_tag(&mut self) -> Option<usize> {
+        let n = self.tags.len();
+        (0..n)
+            .map(|k| (self.next_tag + k) % n)
+            .find(|&i| self.tags[i].is_none())
+            .inspect(|&i| self.next_tag = (i + 1) % n)
+    }
+
+    fn send_msi(&mut self, addr: u64, data: u32) {
+        let payload = data.to_le_bytes();
+        let w = MemWrite {
+            requester: self.bdf,
+            tag: Tag::wrapping(0),
+            address: addr,
+            first_be: 0xf,
+            last_be: 0,
+            hint: None,
+        };
+        emit(&mut self.out, &Tlp::new(Header::MemWrite(w), &payload));
+        self.stats.interrupts += 1;
+    }
+
+    fn msix_vector_masked(&self, v: usize) -> bool {
+        self.msix_table.get(v).is_none_or(|e| e[3] & 1 != 0)
+    }
+
+    /// Sends pending MSI-X vectors that are no longer masked.
+    fn flush_msix_pending(&mut self) {
+        let Some((true, false)) = self.config.msix_control() else {
+            return;
+        };
+        for v in 0..self.msix_pending.len() {
+            if self.msix_pending[v] && !self.msix_vector_masked(v) {
+                self.msix_pending[v] = false;
+                let e = self.msix_table[v];
+                self.send_msi(e[0] as u64 | (e[1] as u64) << 32, e[2]);
+            }
+        }
+    }
+
+    fn finish_read(&mut self, i: usize) {
+        let r = self.reads.swap_remove(i);
+        let result = match r.error {
+            Some(e) => {
+                self.stats.dma_errors += 1;
+                Err(e)
+            }
+            None => Ok(r.data),
+        };
+        self.finished.push_back((r.id, result));
+    }
+}
+
+impl DeviceIo for Core {
+    fn dma_read(&mut self, addr: u64, len: usize) -> Result<DmaId, DmaError> {
+        if !self.config.bus_master() {
+            return Err(DmaError::BusMasterDisabled);
+        }
+        if len == 0 || len > MAX_DMA {
+            return Err(DmaError::TooLong(len));
+        }
+        let (_, mrrs) = self.sizes();
+        let chunks = split_requests(addr, len, mrrs).map_err(|_| DmaError::AddressOverflow)?;
+        let id = DmaId(self.next_dma);
+        self.next_dma += 1;
+        let before = self.queue.len();
+        self.queue.extend(chunks.map(|c| (id, c)));
+        self.reads.push(DmaRead {
+            id,
+            data: vec![0; len],
+            outstanding: self.queue.len() - before,
+            deadline: self.now + self.settings.completion_timeout_us,
+            error: None,
+        });
+        self.stats.dma_reads += 1;
+        self.issue();
+        Ok(id)
+    }
+
+    fn dma_write(&mut self, addr: u64, data: &[u8]) -> Result<(), DmaError> {
+        if !self.config.bus_master() {
+            return Err(DmaError::BusMasterDisabled);
+        }
+        if data.is_empty() || data.len() > MAX_DMA {
+            return Err(DmaError::TooLong(data.len()));
+        }
+        let (mps, _) = self.sizes();
+        let mut payload = Vec::with_capacity(mps.bytes() + 8);
+        for c in split_requests(addr, data.len(), mps).map_err(|_| DmaError::AddressOverflow)? {
+            let lead = ((addr + c.offset as u64) & 3) as usize;
+            payload.clear();
+            payload.resize(c.span.length_dw as usize * 4, 0);
+            payload[lead..lead + c.len].copy_from_slice(&data[c.offset..c.offset + c.len]);
+            let w = MemWrite {
+                requester: self.bdf,
+                tag: Tag::wrapping(0),
+                address: c.span.dw_address,
+                first_be: c.span.first_be,
+                last_be: c.span.last_be,
+                hint: None,
+            };
+            emit(&mut self.out, &Tlp::new(Header::MemWrite(w), &payload));
+        }
+        self.stats.dma_writes += 1;
+        self.stats.dma_write_bytes += data.len() as u64;
+        Ok(())
+    }
+
+    fn interrupt(&mut self, vector: u16) -> bool {
+        let v = vector as usize;
+        if let Some((enabled, function_mask)) = self.config.msix_control() {
+            if enabled {
+                if v >= self.msix_table.len() {
+                    self.stats.interrupts_blocked += 1;
+                    return false;
+                }
+                if function_mask || self.msix_vector_masked(v) {
+                    self.msix_pending[v] = true;
+                    self.stats.interrupts_blocked += 1;
+                    return false;
+                }
+                let e = self.msix_table[v];
+                self.send_msi(e[0] as u64 | (e[1] as u64) << 32, e[2]);
+                return true;
+            }
+        }
+        if let Some((addr, data, vectors)) = self.config.msi() {
+            if v >= vectors as usize || self.config.msi_masked(vector as u8) {
+                self.stats.interrupts_blocked += 1;
+                return false;
+            }
+            // Multiple Message: the vector goes in the low bits of the data.
+            let data = data & !(vectors as u16 - 1) | vector;
+            self.send_msi(addr, data as u32);
+            return true;
+        }
+        if self.config.read8(reg::INTERRUPT_PIN) != 0 && !self.config.intx_disabled() {
+            // Edge-like use of a level interrupt: assert; the model deasserts.
+            self.set_intx(true);
+            return true;
+        }
+        self.stats.interrupts_blocked += 1;
+        false
+    }
+
+    fn set_intx(&mut self, asserted: bool) {
+        self.config.set_interrupt_status(asserted);
+        let pin = match self.config.read8(reg::INTERRUPT_PIN) {
+            1 => IntxPin::A,
+            2 => IntxPin::B,
+            3 => IntxPin::C,
+            4 => IntxPin::D,
+            _ => return,
+        };
+        // The message follows the level, gated by INTx Disable (a disabled line that
+        // was asserted is deasserted).
+        let line = asserted && !self.config.intx_disabled();
+        if line != self.intx {
+            self.intx = line;
+            let m = Message::intx(self.bdf, pin, line);
+            emit(&mut self.out, &Tlp::new(Header::Message(m), &[]));
+            if line {
+                self.stats.interrupts += 1;
+            }
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.now
+    }
+}
+
+/// Calls `f(offset, bytes)` for each run of enabled bytes of a request whose payload
+/// (or read data) covers `length_dw` DWs with these byte enables.
+fn enabled_runs(length_dw: u16, first_be: u8, last_be: u8, mut f: impl FnMut(usize, usize)) {
+    let n = length_dw as usize * 4;
+    let enabled = |i: usize| -> bool {
+        let dw = i / 4;
+        let be = if dw == 0 {
+            first_be
+        } else if dw + 1 == length_dw as usize {
+            last_be
+        } else {
+            0xf
+        };
+        be & (1 << (i % 4)) != 0
+    };
+    let mut i = 0;
+    while i < n {
+        if !enabled(i) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < n && enabled(i) {
+            i += 1;
+        }
+        f(start, i - start);
+    }
+}
+
+impl<D: Device> Function<D> {
+    pub fn new(config: ConfigSpace, device: D, settings: FunctionConfig) -> Function<D> {
+        let vectors = config.msix_layout().map_or(0, |m| m.vectors as usize);
+        Function {
+            core: Core {
+                config,
+                settings,
+                bdf: Bdf::from_u16(0),
+                now: 0,
+                out: VecDeque::new(),
+                tags: (0..256).map(|_| None).collect(),
+                next_tag: 0,
+                reads: Vec::new(),
+                queue: VecDeque::new(),
+                next_dma: 0,
+                finished: VecDeque::new(),
+                msix_table: vec![[0, 0, 0, 1]; vectors],
+                msix_pending: vec![false; vectors],
+                intx: false,
+                stats: FunctionStats::default(),
+            },
+            device,
+        }
+    }
+
+    pub fn config(&self) -> &ConfigSpace {
+        &self.core.config
+    }
+
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.device
+    }
+
+    /// The Requester ID the function uses (captured from the host's config writes).
+    pub fn bdf(&self) -> Bdf {
+        self.core.bdf
+    }
+
+    pub fn stats(&self) -> FunctionStats {
+        self.core.stats
+    }
+
+    /// The next TLP for the host.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.core.out.pop_front()
+    }
+
+    /// When `handle_timeout` must be called next (µs), if a DMA read is outstanding.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.core.reads.iter().map(|r| r.deadline).min()
+    }
+
+    /// Fails DMA reads whose completions did not all arrive in time, and lets the model
+    /// do timed work.
+    pub fn handle_timeout(&mut self, now: u64) {
+        self.core.now = now;
+        let mut i = 0;
+        while i < self.core.reads.len() {
+            if self.core.reads[i].deadline <= now {
+                let id = self.core.reads[i].id;
+                for t in self.core.tags.iter_mut() {
+                    if t.as_ref().is_some_and(|p| p.dma == id) {
+                        *t = None;
+                    }
+                }
+                self.core.queue.retain(|(q, _)| *q != id);
+                self.core.reads[i].error.get_or_insert(DmaError::Timeout);
+                self.core.stats.completion_timeouts += 1;
+                self.core.finish_read(i);
+            } else {
+                i += 1;
+            }
+        }
+        self.device.poll(&mut self.core);
+        self.deliver_finished();
+    }
+
+    fn deliver_finished(&mut self) {
+        while let Some((id, result)) = self.core.finished.pop_front() {
+            if let Ok(d) = &result {
+                self.core.stats.dma_read_bytes += d.len() as u64;
+            }
+            self.device.dma_read_done(id, result, &mut self.core);
+        }
+    }
+
+    /// Takes one TLP from the host at time `now` (µs).
+    pub fn handle_tlp(&mut self, now: u64, bytes: &[u8]) {
+        self.core.now = now;
+        let tlp = match Tlp::parse(bytes) {
+            Ok(t) => t,
+            Err(_) => {
+                self.core.stats.malformed += 1;
+                return;
+            }
+        };
+        match tlp.header {
+            Header::ConfigRead(r) => self.config_read(r),
+            Header::ConfigWrite(r) => self.config_write(r, tlp.payload),
+            Header::MemRead(r) => self.mem_read(r),
+            Header::MemWrite(w) => self.mem_write(w, tlp.payload),
+            Header::Completion(c) => self.completion(c, tlp.payload),
+            Header::IoRead(r) | Header::IoWrite(r) => {
+                self.core.stats.unsupported += 1;
+                self.core.completion(
+                    (r.requester, r.tag),
+                    CompletionStatus::UnsupportedRequest,
+                    4,
+                    0,
+                    &[],
+                );
+            }
+            Header::Atomic(a) => {
+                self.core.stats.unsupported += 1;
+                self.core.completion(
+                    (a.requester, a.tag),
+                    CompletionStatus::UnsupportedRequest,
+                    4,
+                    0,
+                    &[],
+                );
+            }
+            // Messages to an endpoint (e.g. Set_Slot_Power_Limit) need no action here.
+            Header::Message(_) => {}
+        }
+        self.deliver_finished();
+    }
+
+    fn config_read(&mut self, r: ConfigRequest) {
+        let id = (r.requester, r.tag);
+        if r.type1 {
+            self.core.stats.unsupported += 1;
+            return self
+                .core
+                .completion(id, CompletionStatus::UnsupportedRequest, 4, 0, &[]);
+        }
+        self.core.stats.config_reads += 1;
+        let v = self.core.config.read_dword(r.register as usize / 4);
+        // Only the enabled bytes carry data; the rest read as zero.
+        let mut mask = 0u32;
+        for k in 0..4 {
+            if r.first_be & (1 << k) != 0 {
+                mask |= 0xff << (8 * k);
+            }
+        }
+        self.core.completion(
+            id,
+            CompletionStatus::Success,
+            4,
+            0,
+            &(v & mask).to_le_bytes(),
+        );
+    }
+
+    fn config_write(&mut self, r: ConfigRequest, payload: &[u8]) {
+        let id = (r.requester, r.tag);
+        if r.type1 || payload.len() != 4 {
+            self.core.stats.unsupported += 1;
+            return self
+                .core
+                .completion(id, CompletionStatus::UnsupportedRequest, 4, 0, &[]);
+        }
+        self.core.stats.config_writes += 1;
+        // A type-0 configuration write tells the function its bus and device number.
+        self.core.bdf = r.target;
+        let value = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
+        let effects = self
+            .core
+            .config
+            .write_dword(r.register as usize / 4, value, r.first_be);
+        self.apply(effects);
+        self.core
+            .completion(id, CompletionStatus::Success, 4, 0, &[]);
+    }
+
+    fn apply(&mut self, e: ConfigEffects) {
+        if e.function_level_reset {
+            self.reset();
+            return;
+        }
+        if e.command_changed && self.core.config.intx_disabled() && self.core.intx {
+            self.core.set_intx(false);
+        }
+        if e.interrupts_changed {
+            self.core.flush_msix_pending();
+        }
+    }
+
+    /// A function-level reset: config space, MSI-X table and the model back to their
+    /// power-on state; outstanding DMA reads are dropped.
+    pub fn reset(&mut self) {
+        let c = &mut self.core;
+        c.config.reset();
+        // Outstanding reads are forgotten: the reset model started none of them, and
+        // their late completions are counted as unexpected.
+        c.tags.iter_mut().for_each(|t| *t = None);
+        c.reads.clear();
+        c.queue.clear();
+        c.finished.clear();
+        c.msix_table.iter_mut().for_each(|e| *e = [0, 0, 0, 1]);
+        c.msix_pending.iter_mut().for_each(|p| *p = false);
+        c.intx = false;
+        c.stats.resets += 1;
+        self.device.reset();
+    }
+
+    /// The MSI-X table or PBA, when `(bar, offset)` falls in one: (is table, offset in it).
+    fn msix_region(&self, bar: usize, offset: u64) -> Option<(bool, u64)> {
+        let m = self.core.config.msix_layout()?;
+        let table_len = m.vectors as u64 * 16;
+        let pba_len = (m.vectors as u64).div_ceil(64) * 8;
+        if bar == m.table_bar as usize
+            && (m.table_offset as u64..m.table_offset as u64 + table_len).contains(&offset)
+        {
+            return Some((true, offset - m.table_offset as u64));
+        }
+        if bar == m.pba_bar as usize
+            && (m.pba_offset as u64..m.pba_offset as u64 + pba_len).contains(&offset)
+        {
+            return Some((false, offset - m.pba_offset as u64));
+        }
+        None
+    }
+
+    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        match self.msix_region(bar, offset) {
+            Some((table, at)) => {
+                for (k, b) in data.iter_mut().enumerate() {
+                    let i = at as usize + k;
+                    *b = if table {
+                        self.core
+                            .msix_table
+                            .get(i / 16)
+                            .map_or(0, |e| e[(i % 16) / 4].to_le_bytes()[i % 4])
+                    } else {
+                        let bit = |v: usize| {
+                            self.core.msix_pending.get(v).copied().unwrap_or(false) as u8
+                        };
+                        (0..8).fold(0u8, |acc, j| acc | bit(i * 8 + j) << j)
+                    };
+                }
+            }
+            None => self.device.bar_read(bar, offset, data, &mut self.core),
+        }
+    }
+
+    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        match self.msix_region(bar, offset) {
+            Some((true, at)) => {
+                for (k, &b) in data.iter().enumerate() {
+                    let i = at as usize + k;
+                    if let Some(e) = self.core.msix_table.get_mut(i / 16) {
+                        let mut word = e[(i % 16) / 4].to_le_bytes();
+                        word[i % 4] = b;
+                        e[(i % 16) / 4] = u32::from_le_bytes(word);
+                    }
+                }
+                self.core.flush_msix_pending();
+            }
+            // The PBA is read-only.
+            Some((false, _)) => {}
+            None => self.device.bar_write(bar, offset, data, &mut self.core),
+        }
+    }
+
+    fn mem_read(&mut self, r: MemRead) {
+        let id = (r.requester, r.tag);
+        let (first, count) = tlp::split::read_extent(&r);
+        // Endpoints answer locked reads with UR; unmapped addresses likewise.
+        let decoded = if r.locked {
+            None
+        } else {
+            self.core.config.decode_memory(r.address)
+        };
+        let Some((bar, offset)) = decoded else {
+            self.core.stats.unsupported += 1;
+            return self.core.completion(
+                id,
+                CompletionStatus::UnsupportedRequest,
+                count as u16,
+                0,
+                &[],
+            );
+        };
+        let span = r.length_dw as usize * 4;
+        if self.core.config.decode_memory(r.address + span as u64 - 1)
+            != Some((bar, offset + span as u64 - 1))
+        {
+            self.core.stats.unsupported += 1;
+            return self.core.completion(
+                id,
+                CompletionStatus::UnsupportedRequest,
+                count as u16,
+                0,
+                &[],
+            );
+        }
+        self.core.stats.mmio_reads += 1;
+        // Read only the enabled bytes (reads can have side effects); the rest are 0.
+        let mut data = vec![0u8; span];
+        enabled_runs(r.length_dw, r.first_be, r.last_be, |at, len| {
+            self.bar_read(bar, offset + at as u64, &mut data[at..at + len]);
+        });
+        let lead = (first - r.address) as usize;
+        let (mps, _) = self.core.sizes();
+        let mut payload = Vec::new();
+        for c in split_read_completions(&r, self.core.settings.rcb, mps) {
+            payload.resize(c.payload_len(), 0);
+            c.fill_payload(
+                &data[lead + c.offset..lead + c.offset + c.len],
+                &mut payload,
+            );
+            self.core.completion(
+                id,
+                CompletionStatus::Success,
+                c.byte_count,
+                c.lower_address,
+                &payload,
+            );
+        }
+    }
+
+    fn mem_write(&mut self, w: MemWrite, payload: &[u8]) {
+        let Some((bar, offset)) = self.core.config.decode_memory(w.address) else {
+            self.core.stats.dropped_writes += 1;
+            return;
+        };
+        let end = w.address + payload.len() as u64 - 1;
+        if self.core.config.decode_memory(end) != Some((bar, offset + payload.len() as u64 - 1)) {
+            self.core.stats.dropped_writes += 1;
+            return;
+        }
+        self.core.stats.mmio_writes += 1;
+        let length_dw = (payload.len() / 4) as u16;
+        enabled_runs(length_dw, w.first_be, w.last_be, |at, len| {
+            self.bar_write(bar, offset + at as u64, &payload[at..at + len]);
+        });
+    }
+
+    fn completion(&mut self, c: Completion, payload: &[u8]) {
+        let t = c.tag.value() as usize;
+        let Some(Some(p)) = self.core.tags.get_mut(t) else {
+            self.core.stats.unexpected_completions += 1;
+            return;
+        };
+        let dma = p.dma;
+        let Some(ri) = self.core.reads.iter().position(|r| r.id == dma) else {
+            self.core.tags[t] = None;
+            self.core.stats.unexpected_completions += 1;
+            return;
+        };
+        let offset = p.offset;
+        let r = &mut self.core.reads[ri];
+        // The timeout runs from the last sign of progress.
+        r.deadline = self.core.now + self.core.settings.completion_timeout_us;
+        let total = p.reassembly.total() as usize;
+        let out = &mut r.data[offset..offset + total];
+        let done = match p.reassembly.accept(&c, payload, out) {
+            Ok(tlp::Progress::Complete) => true,
+            Ok(tlp::Progress::Partial { .. }) => false,
+            Err(tlp::ReassemblyError::Status(s)) => {
+                r.error.get_or_insert(DmaError::Status(s));
+                true
+            }
+            Err(_) => {
+                // A completion that does not fit its request: the request is over
+                // (its remaining data can no longer be trusted).
+                r.error.get_or_insert(DmaError::BadCompletion);
+                true
+            }
+        };
+        if done {
+            self.core.tags[t] = None;
+            r.outstanding -= 1;
+            if r.error.is_some() {
+                // A failed request ends the transfer: what is still queued of it is
+                // never sent (requests already out still come back and are counted).
+                let id = r.id;
+                let before = self.core.queue.len();
+                self.core.queue.retain(|(q, _)| *q != id);
+                self.core.reads[ri].outstanding -= before - self.core.queue.len();
+            }
+            if self.core.reads[ri].outstanding == 0 {
+                self.core.finish_read(ri);
+            }
+            self.core.issue();
+        }
+    }
+}
