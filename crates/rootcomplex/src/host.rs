@@ -1,0 +1,620 @@
+//! The host side as a program uses it: a blocking API over the [`Bridge`] engine and a
+//! [`Link`] that carries TLPs to the devices (in process for tests and single-machine
+//! runs; a fabric session over Ethernet otherwise). It enumerates devices (BAR sizing
+//! and assignment, MSI/MSI-X set-up), does config and BAR accesses, hands out DMA
+//! buffers in host memory, and waits for interrupts, serving device DMA all along.
+//!
+//! This is also the user-space driver API: think of it as VFIO for a device that sits
+//! on the other side of an Ethernet segment.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tlp::{Bdf, CompletionStatus, IntxPin};
+
+use crate::bridge::{Bridge, BridgeConfig, Event, RequestError, RequestId, MSI_WINDOW};
+use crate::memory::{MapError, MemoryMap};
+
+/// Carries TLPs between the bridge and the devices.
+pub trait Link {
+    fn send(&mut self, tlp: &[u8]);
+    /// The next TLP from a device, waiting up to `timeout` for one.
+    fn recv(&mut self, timeout: Duration) -> Option<Vec<u8>>;
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum HostError {
+    #[error("request failed: {0}")]
+    Request(#[from] RequestError),
+    #[error("no device answers at {0}")]
+    NoDevice(Bdf),
+    #[error("{0} is not a type-0 (endpoint) function")]
+    NotAnEndpoint(Bdf),
+    #[error("no room for BAR {bar} ({size:#x} bytes) of {bdf} in the {window} window")]
+    WindowFull {
+        bdf: Bdf,
+        bar: usize,
+        size: u64,
+        window: &'static str,
+    },
+    #[error("{0} has not been enumerated")]
+    Unknown(Bdf),
+    #[error("BAR {bar} of {bdf}: {len} bytes at {offset:#x} are outside it")]
+    OutsideBar {
+        bdf: Bdf,
+        bar: usize,
+        offset: u64,
+        len: usize,
+    },
+    #[error("host memory: {0}")]
+    Memory(#[from] MapError),
+    #[error("the DMA area is full ({0} bytes asked)")]
+    DmaFull(usize),
+}
+
+/// Where BARs get their addresses.
+#[derive(Clone, Copy, Debug)]
+pub struct BarWindows {
+    /// Below 4 GiB, for 32-bit BARs.
+    pub mem32: (u64, u64),
+    /// For 64-bit BARs.
+    pub mem64: (u64, u64),
+}
+
+impl Default for BarWindows {
+    fn default() -> BarWindows {
+        BarWindows {
+            mem32: (0xe000_0000, 0xfe00_0000),
+            mem64: (0x80_0000_0000, 0x100_0000_0000),
+        }
+    }
+}
+
+/// One BAR as enumeration found and assigned it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BarInfo {
+    pub index: usize,
+    pub address: u64,
+    pub size: u64,
+    pub is_64bit: bool,
+    pub prefetchable: bool,
+}
+
+/// How the device signals interrupts after enumeration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IrqMode {
+    MsiX { vectors: u16 },
+    Msi { vectors: u8 },
+    Intx(IntxPin),
+    None,
+}
+
+/// An enumerated device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub bdf: Bdf,
+    pub vendor: u16,
+    pub device: u16,
+    /// Base class, subclass, programming interface.
+    pub class: (u8, u8, u8),
+    pub revision: u8,
+    pub bars: Vec<BarInfo>,
+    pub irq: IrqMode,
+}
+
+impl DeviceInfo {
+    pub fn bar(&self, index: usize) -> Option<&BarInfo> {
+        self.bars.iter().find(|b| b.index == index)
+    }
+}
+
+/// An interrupt from a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interrupt {
+    /// MSI or MSI-X vector `vector` of `device`.
+    Vector { device: Bdf, vector: u16 },
+    Intx {
+        device: Bdf,
+        pin: IntxPin,
+        asserted: bool,
+    },
+}
+
+/// Counters besides the bridge's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostStats {
+    /// MMIO reads that timed out and returned all-ones.
+    pub mmio_read_timeouts: u64,
+    /// MMIO reads answered with an error status (also all-ones).
+    pub mmio_read_errors: u64,
+    /// MSIs whose address/data no enumerated device was given.
+    pub stray_msis: u64,
+}
+
+/// A DMA buffer in host memory: `len` bytes at bus address `addr`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaBuffer {
+    pub addr: u64,
+    pub len: usize,
+}
+
+/// The MSI address the host gives devices (x86's fixed window, destination 0).
+pub const MSI_ADDRESS: u64 = MSI_WINDOW.start;
+
+/// The host side: enumeration, config and BAR access, DMA buffers, interrupts.
+pub struct Host<L: Link> {
+    bridge: Bridge,
+    link: L,
+    epoch: Instant,
+    windows: BarWindows,
+    next32: u64,
+    next64: u64,
+    devices: Vec<DeviceInfo>,
+    /// MSI data value -> (device, vector).
+    msi_routes: HashMap<u32, (Bdf, u16)>,
+    next_msi_data: u32,
+    interrupts: VecDeque<Interrupt>,
+    finished: HashMap<RequestId, Result<Vec<u8>, RequestError>>,
+    dma_area: (u64, u64),
+    dma_next: u64,
+    stats: HostStats,
+}
+
+impl<L: Link> Host<L> {
+    /// A host whose devices may DMA into `memory` only. DMA buffers are handed out of
+    /// the region at `dma_area` (base, length), which must be part of `memory`.
+    pub fn new(
+        cfg: BridgeConfig,
+        memory: MemoryMap,
+        dma_area: (u64, u64),
+        windows: BarWindows,
+        link: L,
+    ) -> Host<L> {
+        Host {
+            bridge: Bridge::new(cfg, memory),
+            link,
+            epoch: Instant::now(),
+            next32: windows.mem32.0,
+            next64: windows.mem64.0,
+            windows,
+            devices: Vec::new(),
+            msi_routes: HashMap::new(),
+            next_msi_data: 0x20,
+            interrupts: VecDeque::new(),
+            finished: HashMap::new(),
+            dma_area,
+            dma_next: dma_area.0,
+            stats: HostStats::default(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    pub fn bridge(&self) -> &Bridge {
+        &self.bridge
+    }
+
+    pub fn link(&self) -> &L {
+        &self.link
+    }
+
+    pub fn link_mut(&mut self) -> &mut L {
+        &mut self.link
+    }
+
+    pub fn stats(&self) -> HostStats {
+        self.stats
+    }
+
+    pub fn devices(&self) -> &[DeviceInfo] {
+        &self.devices
+    }
+
+    /// Sends what the bridge has, takes what arrives, turns events into results and
+    /// interrupts; waits up to `wait` for input.
+    fn step(&mut self, wait: Duration) {
+        while let Some(t) = self.bridge.poll_transmit() {
+            self.link.send(&t);
+        }
+        if let Some(t) = self.link.recv(wait) {
+            let now = self.now();
+            self.bridge.handle_tlp(now, &t);
+            // Answers to device reads go out at once.
+            while let Some(t) = self.bridge.poll_transmit() {
+                self.link.send(&t);
+            }
+        }
+        let now = self.now();
+        if self.bridge.poll_timeout().is_some_and(|d| d <= now) {
+            self.bridge.handle_timeout(now);
+        }
+        while let Some(e) = self.bridge.poll_event() {
+            match e {
+                Event::Completed { id, result } => {
+                    self.finished.insert(id, result);
+                }
+                Event::Msi { data, .. } => match self.msi_routes.get(&data) {
+                    Some(&(device, vector)) => self
+                        .interrupts
+                        .push_back(Interrupt::Vector { device, vector }),
+                    None => self.stats.stray_msis += 1,
+                },
+                Event::Intx {
+                    source,
+                    pin,
+                    asserted,
+                } => self.interrupts.push_back(Interrupt::Intx {
+                    device: source,
+                    pin,
+                    asserted,
+                }),
+            }
+        }
+    }
+
+    fn wait_for(&mut self, id: Result<RequestId, RequestError>) -> Result<Vec<u8>, RequestError> {
+        let id = id?;
+        loop {
+            if let Some(r) = self.finished.remove(&id) {
+                return r;
+            }
+            self.step(Duration::from_millis(1));
+        }
+    }
+
+    /// Serves device DMA and collects interrupts for up to `d`.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            self.step(Duration::from_millis(1).min(end - Instant::now()));
+        }
+    }
+
+    pub fn config_read(&mut self, bdf: Bdf, register: u16) -> Result<u32, HostError> {
+        let now = self.now();
+        let id = self.bridge.config_read(now, bdf, register);
+        let d = self.wait_for(id)?;
+        Ok(u32::from_le_bytes(
+            d.try_into().map_err(|_| RequestError::BadCompletion)?,
+        ))
+    }
+
+    pub fn config_write(&mut self, bdf: Bdf, register: u16, value: u32) -> Result<(), HostError> {
+        self.config_write_be(bdf, register, value, 0xf)
+    }
+
+    fn config_write_be(
+        &mut self,
+        bdf: Bdf,
+        register: u16,
+        value: u32,
+        be: u8,
+    ) -> Result<(), HostError> {
+        let now = self.now();
+        let id = self.bridge.config_write(now, bdf, register, value, be);
+        self.wait_for(id)?;
+        Ok(())
+    }
+
+    /// Reads `len` bytes (up to 4096, within a page) at bus address `addr`. As on real
+    /// PCIe, a read that times out or fails returns all-ones, and a counter goes up.
+    pub fn mem_read(&mut self, addr: u64, len: usize) -> Vec<u8> {
+        let now = self.now();
+        let id = self.bridge.mem_read(now, addr, len);
+        match self.wait_for(id) {
+            Ok(d) => d,
+            Err(RequestError::Timeout) => {
+                self.stats.mmio_read_timeouts += 1;
+                vec![0xff; len]
+            }
+            Err(_) => {
+                self.stats.mmio_read_errors += 1;
+                vec![0xff; len]
+            }
+        }
+    }
+
+    pub fn mem_write(&mut self, addr: u64, data: &[u8]) {
+        let now = self.now();
+        // Lengths come from our own callers; a bad one writes nothing.
+        let _ = self.bridge.mem_write(now, addr, data);
+        self.step(Duration::ZERO);
+    }
+
+    fn bar_addr(&self, bdf: Bdf, bar: usize, offset: u64, len: usize) -> Result<u64, HostError> {
+        let d = self
+            .devices
+            .iter()
+            .find(|d| d.bdf == bdf)
+            .ok_or(HostError::Unknown(bdf))?;
+        let b = d.bar(bar).ok_or(HostError::OutsideBar {
+            bdf,
+            bar,
+            offset,
+            len,
+        })?;
+        if offset
+            .checked_add(len as u64)
+            .is_none_or(|end| end > b.size)
+        {
+            return Err(HostError::OutsideBar {
+                bdf,
+                bar,
+                offset,
+                len,
+            });
+        }
+        Ok(b.address + offset)
+    }
+
+    pub fn bar_read(
+        &mut self,
+        bdf: Bdf,
+        bar: usize,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, HostError> {
+        let a = self.bar_addr(bdf, bar, offset, len)?;
+        Ok(self.mem_read(a, len))
+    }
+
+    pub fn bar_read32(&mut self, bdf: Bdf, bar: usize, offset: u64) -> Result<u32, HostError> {
+        let d = self.bar_read(bdf, bar, offset, 4)?;
+        Ok(u32::from_le_bytes([d[0], d[1], d[2], d[3]]))
+    }
+
+    pub fn bar_write(
+        &mut self,
+        bdf: Bdf,
+        bar: usize,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), HostError> {
+        let a = self.bar_addr(bdf, bar, offset, data.len())?;
+        self.mem_write(a, data);
+        Ok(())
+    }
+
+    pub fn bar_write32(
+        &mut self,
+        bdf: Bdf,
+        bar: usize,
+        offset: u64,
+        v: u32,
+    ) -> Result<(), HostError> {
+        self.bar_write(bdf, bar, offset, &v.to_le_bytes())
+    }
+
+    /// A DMA buffer of `len` bytes (64-byte aligned) in the DMA area. Buffers are not
+    /// given back; the area is for the life of the host.
+    pub fn alloc_dma(&mut self, len: usize) -> Result<DmaBuffer, HostError> {
+        let addr = self.dma_next.div_ceil(64) * 64;
+        let end = addr
+            .checked_add(len as u64)
+            .ok_or(HostError::DmaFull(len))?;
+        if len == 0 || end > self.dma_area.0 + self.dma_area.1 {
+            return Err(HostError::DmaFull(len));
+        }
+        self.dma_next = end;
+        Ok(DmaBuffer { addr, len })
+    }
+
+    /// Reads host memory (what a device wrote by DMA).
+    pub fn read_memory(&self, addr: u64, buf: &mut [u8]) -> Result<(), HostError> {
+        Ok(self.bridge.memory().read(addr, buf)?)
+    }
+
+    /// Writes host memory (for a device to read by DMA).
+    pub fn write_memory(&mut self, addr: u64, data: &[u8]) -> Result<(), HostError> {
+        Ok(self.bridge.memory_mut().write(addr, data)?)
+    }
+
+    /// The next interrupt, waiting up to `timeout` (serving DMA meanwhile).
+    pub fn wait_interrupt(&mut self, timeout: Duration) -> Option<Interrupt> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.interrupts.pop_front() {
+                return Some(i);
+            }
+            let now = Instant::now();
+            if now >= end {
+                return None;
+            }
+            self.step((end - now).min(Duration::from_millis(1)));
+        }
+    }
+
+    fn assign(
+        &mut self,
+        bdf: Bdf,
+        bar: usize,
+        size: u64,
+        is_64bit: bool,
+    ) -> Result<u64, HostError> {
+        let (next, window, name) = if is_64bit {
+            (&mut self.next64, self.windows.mem64, "64-bit")
+        } else {
+            (&mut self.next32, self.windows.mem32, "32-bit")
+        };
+        let addr = next.div_ceil(size) * size;
+        if addr.checked_add(size).is_none_or(|end| end > window.1) {
+            return Err(HostError::WindowFull {
+                bdf,
+                bar,
+                size,
+                window: name,
+            });
+        }
+        *next = addr + size;
+        Ok(addr)
+    }
+
+    /// Enumerates the function at `bdf`: identifies it, sizes and assigns its memory
+    /// BARs, sets Max Payload Size, sets up MSI-X (all vectors) or MSI (one vector)
+    /// to addresses this host recognises, or leaves INTx, and enables memory decoding
+    /// and bus mastering.
+    pub fn enumerate(&mut self, bdf: Bdf) -> Result<DeviceInfo, HostError> {
+        let id = match self.config_read(bdf, 0) {
+            Ok(v) if v != u32::MAX && v != 0 => v,
+            Ok(_) | Err(HostError::Request(RequestError::Timeout)) => {
+                return Err(HostError::NoDevice(bdf))
+            }
+            Err(HostError::Request(RequestError::Status(CompletionStatus::UnsupportedRequest))) => {
+                return Err(HostError::NoDevice(bdf))
+            }
+            Err(e) => return Err(e),
+        };
+        let class = self.config_read(bdf, 0x08)?;
+        if (self.config_read(bdf, 0x0c)? >> 16) & 0x7f != 0 {
+            return Err(HostError::NotAnEndpoint(bdf));
+        }
+        // Decoding off while the BARs move.
+        let cmd = self.config_read(bdf, 0x04)? & 0xffff;
+        self.config_write_be(bdf, 0x04, cmd & !0x7, 0x3)?;
+        let mut bars = Vec::new();
+        let mut i = 0;
+        while i < 6 {
+            let reg = 0x10 + 4 * i as u16;
+            let old = self.config_read(bdf, reg)?;
+            self.config_write(bdf, reg, u32::MAX)?;
+            let probe = self.config_read(bdf, reg)?;
+            if probe == 0 || probe & 1 == 1 {
+                // Not implemented, or I/O space (not assigned by this host).
+                self.config_write(bdf, reg, old)?;
+                i += 1;
+                continue;
+            }
+            let is_64bit = probe & 0x6 == 0x4;
+            let mut mask = (probe & !0xf) as u64;
+            if is_64bit {
+                self.config_write(bdf, reg + 4, u32::MAX)?;
+                mask |= (self.config_read(bdf, reg + 4)? as u64) << 32;
+            } else {
+                mask |= 0xffff_ffff_0000_0000;
+            }
+            let size = (!mask).wrapping_add(1);
+            if size == 0 || !size.is_power_of_two() {
+                self.config_write(bdf, reg, old)?;
+                i += if is_64bit { 2 } else { 1 };
+                continue;
+            }
+            let addr = self.assign(bdf, i, size, is_64bit)?;
+            self.config_write(bdf, reg, addr as u32)?;
+            if is_64bit {
+                self.config_write(bdf, reg + 4, (addr >> 32) as u32)?;
+            }
+            bars.push(BarInfo {
+                index: i,
+                address: addr,
+                size,
+                is_64bit,
+                prefetchable: probe & 0x8 != 0,
+            });
+            i += if is_64bit { 2 } else { 1 };
+        }
+        // Capabilities.
+        let (mut msi, mut msix, mut pcie) = (None, None, None);
+        let mut p = (self.config_read(bdf, 0x34)? & 0xfc) as u16;
+        let mut hops = 0;
+        while p >= 0x40 && hops < 48 {
+            let h = self.config_read(bdf, p)?;
+            match h as u8 {
+                0x05 => msi = Some(p),
+                0x11 => msix = Some(p),
+                0x10 => pcie = Some(p),
+                _ => {}
+            }
+            p = ((h >> 8) & 0xfc) as u16;
+            hops += 1;
+        }
+        if let Some(pc) = pcie {
+            // Max Payload Size: the smaller of ours and the device's.
+            let devcap = self.config_read(bdf, pc + 4)?;
+            let ours = (self.bridge_mps() / 128).trailing_zeros();
+            let mps = (devcap & 7).min(ours);
+            let ctl = self.config_read(bdf, pc + 8)? & 0xffff;
+            let ctl = ctl & !(7 << 5) & !(1 << 15) | mps << 5;
+            self.config_write_be(bdf, pc + 8, ctl, 0x3)?;
+        }
+        let mut info = DeviceInfo {
+            bdf,
+            vendor: id as u16,
+            device: (id >> 16) as u16,
+            class: ((class >> 24) as u8, (class >> 16) as u8, (class >> 8) as u8),
+            revision: class as u8,
+            bars,
+            irq: IrqMode::None,
+        };
+        let mut cmd_bits = 0x6u32; // memory, bus master
+        self.devices.retain(|d| d.bdf != bdf);
+        self.devices.push(info.clone());
+        if let Some(x) = msix {
+            let ctl = self.config_read(bdf, x)?;
+            let vectors = ((ctl >> 16) & 0x7ff) as u16 + 1;
+            let table = self.config_read(bdf, x + 4)?;
+            let (bir, off) = ((table & 7) as usize, (table & !7) as u64);
+            // Decode on to write the table (it lives in a BAR).
+            self.config_write_be(bdf, 0x04, 0x2, 0x3)?;
+            for v in 0..vectors {
+                let data = self.route(bdf, v);
+                let e = off + v as u64 * 16;
+                self.bar_write32(bdf, bir, e, MSI_ADDRESS as u32)?;
+                self.bar_write32(bdf, bir, e + 4, 0)?;
+                self.bar_write32(bdf, bir, e + 8, data)?;
+                self.bar_write32(bdf, bir, e + 12, 0)?;
+            }
+            self.config_write(bdf, x, (ctl & 0xffff) | 1 << 31)?;
+            info.irq = IrqMode::MsiX { vectors };
+            cmd_bits |= 1 << 10;
+        } else if let Some(m) = msi {
+            let data = self.route(bdf, 0);
+            self.config_write(bdf, m + 4, MSI_ADDRESS as u32)?;
+            let ctl = self.config_read(bdf, m)?;
+            let is64 = ctl & 1 << 23 != 0;
+            let data_reg = if is64 {
+                self.config_write(bdf, m + 8, 0)?;
+                m + 0x0c
+            } else {
+                m + 0x08
+            };
+            self.config_write_be(bdf, data_reg, data, 0x3)?;
+            // Enable, one vector (MME = 0).
+            self.config_write(bdf, m, (ctl & 0xff8f_ffff) | 1 << 16)?;
+            info.irq = IrqMode::Msi { vectors: 1 };
+            cmd_bits |= 1 << 10;
+        } else {
+            let pin = (self.config_read(bdf, 0x3c)? >> 8) as u8;
+            info.irq = match pin {
+                1 => IrqMode::Intx(IntxPin::A),
+                2 => IrqMode::Intx(IntxPin::B),
+                3 => IrqMode::Intx(IntxPin::C),
+                4 => IrqMode::Intx(IntxPin::D),
+                _ => IrqMode::None,
+            };
+        }
+        self.config_write_be(bdf, 0x04, cmd & !0x7 | cmd_bits, 0x3)?;
+        self.devices.retain(|d| d.bdf != bdf);
+        self.devices.push(info.clone());
+        Ok(info)
+    }
+
+    fn bridge_mps(&self) -> u32 {
+        self.bridge.config().max_payload.bytes() as u32
+    }
+
+    fn route(&mut self, bdf: Bdf, vector: u16) -> u32 {
+        let data = self.next_msi_data;
+        self.next_msi_data = (self.next_msi_data + 1) & 0xffff;
+        self.msi_routes.insert(data, (bdf, vector));
+        data
+    }
+
+    /// Forgets a device (hot-remove): its MSI routes and its BAR space (not reused).
+    pub fn remove(&mut self, bdf: Bdf) {
+        self.devices.retain(|d| d.bdf != bdf);
+        self.msi_routes.retain(|_, (d, _)| *d != bdf);
+    }
+}

@@ -1,0 +1,19 @@
+//! The host side of tether: a virtual root complex.
+//!
+//! - [`memory`]: the host memory devices may reach, by bus address, checked on every
+//!   access.
+//! - [`bridge`]: the TLP engine, sans-IO: requests with tags and completion timeouts,
+//!   device DMA served from the memory map (UR / dropped outside it), MSI and INTx.
+//! - [`host`]: the blocking API on top, over a [`host::Link`]: enumeration (BAR sizing
+//!   and assignment, MSI/MSI-X set-up), config and BAR access, DMA buffers, interrupts.
+//!   This is the user-space driver API.
+
+pub mod bridge;
+pub mod host;
+pub mod memory;
+
+pub use bridge::{Bridge, BridgeConfig, BridgeStats, Event, RequestError, RequestId};
+pub use host::{
+    BarInfo, BarWindows, DeviceInfo, DmaBuffer, Host, HostError, Interrupt, IrqMode, Link,
+};
+pub use memory::{HostMemory, MapError, MemoryMap};

@@ -1,0 +1,156 @@
+//! The host memory a device may reach by DMA: regions registered at bus addresses.
+//! Every device access is checked against the map; nothing outside it is touched.
+
+use thiserror::Error;
+
+/// Memory that backs a region: a byte array here, guest RAM (a shared mapping) in a
+/// VMM front-end.
+pub trait HostMemory: Send {
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Reads `buf.len()` bytes at `offset` (the caller checked the range).
+    fn read(&self, offset: u64, buf: &mut [u8]);
+    /// Writes `data` at `offset` (the caller checked the range).
+    fn write(&mut self, offset: u64, data: &[u8]);
+}
+
+impl HostMemory for Vec<u8> {
+    fn len(&self) -> u64 {
+        Vec::len(self) as u64
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) {
+        let o = offset as usize;
+        buf.copy_from_slice(&self[o..o + buf.len()]);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let o = offset as usize;
+        self[o..o + data.len()].copy_from_slice(data);
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum MapError {
+    #[error("region {base:#x}+{len:#x} overlaps one already mapped")]
+    Overlap { base: u64, len: u64 },
+    #[error("region {base:#x}+{len:#x} is empty or wraps the address space")]
+    Bad { base: u64, len: u64 },
+    #[error("{len} bytes at {addr:#x} are not inside one mapped region")]
+    Outside { addr: u64, len: usize },
+}
+
+struct Region {
+    base: u64,
+    mem: Box<dyn HostMemory>,
+}
+
+/// Regions of host memory by bus address.
+#[derive(Default)]
+pub struct MemoryMap {
+    regions: Vec<Region>,
+}
+
+impl std::fmt::Debug for MemoryMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.regions.iter().map(|r| (r.base, r.mem.len())))
+            .finish()
+    }
+}
+
+impl MemoryMap {
+    pub fn new() -> MemoryMap {
+        MemoryMap::default()
+    }
+
+    /// Maps `mem` at bus address `base`.
+    pub fn add(&mut self, base: u64, mem: Box<dyn HostMemory>) -> Result<(), MapError> {
+        let len = mem.len();
+        let end = base.checked_add(len).filter(|_| len > 0);
+        let Some(end) = end else {
+            return Err(MapError::Bad { base, len });
+        };
+        if self
+            .regions
+            .iter()
+            .any(|r| base < r.base + r.mem.len() && r.base < end)
+        {
+            return Err(MapError::Overlap { base, len });
+        }
+        self.regions.push(Region { base, mem });
+        self.regions.sort_by_key(|r| r.base);
+        Ok(())
+    }
+
+    /// Unmaps the region at `base`, returning it.
+    pub fn remove(&mut self, base: u64) -> Option<Box<dyn HostMemory>> {
+        let i = self.regions.iter().position(|r| r.base == base)?;
+        Some(self.regions.remove(i).mem)
+    }
+
+    fn find(&self, addr: u64, len: usize) -> Option<usize> {
+        let end = addr.checked_add(len as u64)?;
+        self.regions
+            .iter()
+            .position(|r| addr >= r.base && end <= r.base + r.mem.len())
+    }
+
+    pub fn contains(&self, addr: u64, len: usize) -> bool {
+        self.find(addr, len).is_some()
+    }
+
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MapError> {
+        let i = self.find(addr, buf.len()).ok_or(MapError::Outside {
+            addr,
+            len: buf.len(),
+        })?;
+        let r = &self.regions[i];
+        r.mem.read(addr - r.base, buf);
+        Ok(())
+    }
+
+    pub fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), MapError> {
+        let i = self.find(addr, data.len()).ok_or(MapError::Outside {
+            addr,
+            len: data.len(),
+        })?;
+        let r = &mut self.regions[i];
+        r.mem.write(addr - r.base, data);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accesses_stay_inside_one_region() {
+        let mut m = MemoryMap::new();
+        m.add(0x1000, Box::new(vec![0u8; 0x1000])).unwrap();
+        m.add(0x3000, Box::new(vec![0u8; 0x100])).unwrap();
+        assert_eq!(
+            m.add(0x1800, Box::new(vec![0u8; 0x1000])),
+            Err(MapError::Overlap {
+                base: 0x1800,
+                len: 0x1000
+            })
+        );
+        assert!(m.add(u64::MAX - 4, Box::new(vec![0u8; 16])).is_err());
+        assert!(m.add(0x9000, Box::new(Vec::<u8>::new())).is_err());
+        m.write(0x1ffc, &[1, 2, 3, 4]).unwrap();
+        let mut b = [0u8; 4];
+        m.read(0x1ffc, &mut b).unwrap();
+        assert_eq!(b, [1, 2, 3, 4]);
+        // Straddling the end, a gap, or two regions: refused.
+        assert!(m.write(0x1ffd, &[0; 4]).is_err());
+        assert!(m.read(0x2000, &mut b).is_err());
+        assert!(m.read(u64::MAX - 1, &mut b).is_err());
+        assert!(m.contains(0x30fc, 4) && !m.contains(0x30fd, 4));
+        assert!(m.remove(0x3000).is_some());
+        assert!(!m.contains(0x3000, 1));
+    }
+}

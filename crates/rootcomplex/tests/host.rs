@@ -1,0 +1,184 @@
+//! The host side against a real endpoint (memdev on the endpoint framework) joined in
+//! process: every access is a TLP both ways, as it will be over Ethernet.
+
+use std::time::{Duration, Instant};
+
+use endpoint::memdev::{self, error, op, regs, status, MemDev};
+use endpoint::{Function, FunctionConfig};
+use rootcomplex::{BarWindows, BridgeConfig, Host, HostError, Interrupt, IrqMode, Link, MemoryMap};
+use tlp::Bdf;
+
+const RAM: u64 = 0x1_0000_0000;
+const RAM_SIZE: usize = 8 << 20;
+
+/// The device side in the same process. `down` drops everything both ways (a dead
+/// link or an unplugged box).
+struct Loopback {
+    f: Function<MemDev>,
+    epoch: Instant,
+    down: bool,
+}
+
+impl Link for Loopback {
+    fn send(&mut self, tlp: &[u8]) {
+        if !self.down {
+            let now = self.epoch.elapsed().as_micros() as u64;
+            self.f.handle_tlp(now, tlp);
+        }
+    }
+
+    fn recv(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+        if self.down {
+            std::thread::sleep(timeout.min(Duration::from_micros(200)));
+            return None;
+        }
+        let now = self.epoch.elapsed().as_micros() as u64;
+        if self.f.poll_timeout().is_some_and(|t| t <= now) {
+            self.f.handle_timeout(now);
+        }
+        self.f.poll_transmit()
+    }
+}
+
+fn dev() -> Bdf {
+    Bdf::new(1, 0, 0).unwrap()
+}
+
+fn host(timeout_us: u64) -> Host<Loopback> {
+    let mut mem = MemoryMap::new();
+    mem.add(RAM, Box::new(vec![0u8; RAM_SIZE])).unwrap();
+    let f = Function::new(
+        memdev::config_space(1 << 20).unwrap(),
+        MemDev::new(1 << 20),
+        FunctionConfig::default(),
+    );
+    let cfg = BridgeConfig {
+        completion_timeout_us: timeout_us,
+        ..BridgeConfig::default()
+    };
+    Host::new(
+        cfg,
+        mem,
+        (RAM, RAM_SIZE as u64),
+        BarWindows::default(),
+        Loopback {
+            f,
+            epoch: Instant::now(),
+            down: false,
+        },
+    )
+}
+
+fn program(h: &mut Host<Loopback>, cmd: u32, src: u64, dst: u64, len: u32) {
+    let w = |h: &mut Host<Loopback>, r: u64, v: u32| h.bar_write32(dev(), 0, r, v).unwrap();
+    w(h, regs::SRC, src as u32);
+    w(h, regs::SRC + 4, (src >> 32) as u32);
+    w(h, regs::DST, dst as u32);
+    w(h, regs::DST + 4, (dst >> 32) as u32);
+    w(h, regs::LEN, len);
+    w(h, regs::BUF_OFF, 0);
+    w(h, regs::IRQ, 1);
+    w(h, regs::DOORBELL, cmd);
+}
+
+#[test]
+fn enumerates_memdev_and_sets_up_msix() {
+    let mut h = host(50_000);
+    let d = h.enumerate(dev()).unwrap();
+    assert_eq!((d.vendor, d.device), (memdev::VENDOR_ID, memdev::DEVICE_ID));
+    assert_eq!(d.class, (0x05, 0x80, 0x00));
+    let b0 = *d.bar(0).unwrap();
+    let b2 = *d.bar(2).unwrap();
+    assert_eq!(
+        (b0.address, b0.size, b0.is_64bit),
+        (0xe000_0000, 4096, false)
+    );
+    assert_eq!(
+        (b2.address, b2.size, b2.is_64bit, b2.prefetchable),
+        (0x80_0000_0000, 1 << 20, true, true)
+    );
+    assert_eq!(d.irq, IrqMode::MsiX { vectors: 4 });
+    assert_eq!(h.bar_read32(dev(), 0, regs::MAGIC).unwrap(), memdev::MAGIC);
+    // The device's view agrees: decoding on, bus master on, INTx off, MPS 256.
+    let c = h.link().f.config();
+    assert!(c.memory_enabled() && c.bus_master() && c.intx_disabled());
+    assert_eq!(c.max_payload_and_read().0, 256);
+    assert_eq!(h.devices().len(), 1);
+    // Accesses outside a BAR are refused before anything is sent.
+    assert!(matches!(
+        h.bar_read(dev(), 0, 4094, 4),
+        Err(HostError::OutsideBar { .. })
+    ));
+}
+
+#[test]
+fn dma_copy_through_the_device_with_an_interrupt() {
+    let mut h = host(50_000);
+    h.enumerate(dev()).unwrap();
+    let src = h.alloc_dma(300_000).unwrap();
+    let dst = h.alloc_dma(300_000).unwrap();
+    let pattern: Vec<u8> = (0..300_000u32).map(|i| (i * 31 + 7) as u8).collect();
+    h.write_memory(src.addr, &pattern).unwrap();
+    program(&mut h, op::COPY, src.addr + 1, dst.addr + 3, 299_000);
+    assert_eq!(
+        h.wait_interrupt(Duration::from_secs(10)),
+        Some(Interrupt::Vector {
+            device: dev(),
+            vector: 0
+        })
+    );
+    assert_eq!(h.bar_read32(dev(), 0, regs::STATUS).unwrap(), status::DONE);
+    let mut got = vec![0u8; 299_000];
+    h.read_memory(dst.addr + 3, &mut got).unwrap();
+    assert!(got == pattern[1..299_001], "copied data differs");
+    let s = h.bridge().stats();
+    assert_eq!(s.dma_read_bytes, 299_000);
+    assert_eq!(s.dma_write_bytes, 299_000);
+    assert_eq!((s.dma_read_refused, s.dma_write_dropped), (0, 0));
+}
+
+#[test]
+fn dma_outside_the_memory_map_is_refused_and_counted() {
+    let mut h = host(50_000);
+    h.enumerate(dev()).unwrap();
+    // A read from unmapped memory: UR completions, the device reports the failure.
+    program(&mut h, op::READ, 0x2000, 0, 4096);
+    assert!(h.wait_interrupt(Duration::from_secs(5)).is_some());
+    assert_eq!(
+        h.bar_read32(dev(), 0, regs::ERROR).unwrap(),
+        error::DMA_STATUS
+    );
+    assert!(h.bridge().stats().dma_read_refused >= 1);
+    // A write running past the end of RAM: the device splits it into TLPs (at MPS
+    // and 4 KiB); the one inside RAM is written, every one outside is dropped.
+    h.bar_write(dev(), 2, 0, &[0xaa; 4096]).unwrap();
+    program(&mut h, op::WRITE, 0, RAM + RAM_SIZE as u64 - 64, 4096);
+    assert!(h.wait_interrupt(Duration::from_secs(5)).is_some());
+    let mut tail = vec![0u8; 128];
+    h.read_memory(RAM + RAM_SIZE as u64 - 128, &mut tail)
+        .unwrap();
+    assert_eq!(&tail[..64], &[0u8; 64][..]);
+    assert_eq!(&tail[64..], &[0xaa; 64][..]);
+    // 4032 bytes past the end at MPS 256: 16 TLPs, all dropped.
+    assert_eq!(h.bridge().stats().dma_write_dropped, 16);
+}
+
+#[test]
+fn a_dead_link_reads_all_ones_and_counts() {
+    let mut h = host(20_000);
+    h.enumerate(dev()).unwrap();
+    h.link_mut().down = true;
+    let t = Instant::now();
+    assert_eq!(h.bar_read32(dev(), 0, regs::MAGIC).unwrap(), u32::MAX);
+    assert!(t.elapsed() >= Duration::from_millis(20));
+    assert_eq!(h.stats().mmio_read_timeouts, 1);
+    assert_eq!(h.bridge().stats().completion_timeouts, 1);
+    // An empty slot enumerates as no device.
+    assert_eq!(
+        h.enumerate(Bdf::new(2, 0, 0).unwrap()),
+        Err(HostError::NoDevice(Bdf::new(2, 0, 0).unwrap()))
+    );
+    // The link comes back: the device serves again.
+    h.link_mut().down = false;
+    assert_eq!(h.bar_read32(dev(), 0, regs::MAGIC).unwrap(), memdev::MAGIC);
+}
