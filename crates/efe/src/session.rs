@@ -93,6 +93,30 @@ pub struct Transmit<'a> {
     pub payload: &'a [u8],
 }
 
+impl Transmit<'_> {
+    /// Writes the whole frame into `buf`: `ethernet` (addresses, the group's VLAN tag),
+    /// the tether header, the payload and the frame check. Returns its length.
+    pub fn write_frame(
+        &self,
+        buf: &mut [u8],
+        ethernet: &wire::EthernetRepr,
+    ) -> Result<usize, wire::WireError> {
+        let mut w = wire::FrameWriter::new(buf, ethernet)?;
+        w.append_with(|b| {
+            let room = b.len();
+            let dst = b
+                .get_mut(..self.payload.len())
+                .ok_or(wire::WireError::NoRoom {
+                    needed: self.payload.len(),
+                    got: room,
+                })?;
+            dst.copy_from_slice(self.payload);
+            Ok(self.payload.len())
+        })?;
+        w.finish(&self.header)
+    }
+}
+
 #[derive(Debug)]
 struct SentFrame {
     seq: u32,

@@ -8,7 +8,7 @@
 pub use netem::{Link, LinkConfig, LinkStats, Rng};
 
 use tlp::{Bdf, Header, MemWrite, Tag, Tlp};
-use wire::{EthernetRepr, Frame, FrameWriter, MacAddr, VlanTag, ETHERTYPE};
+use wire::{EthernetRepr, Frame, MacAddr, VlanTag, ETHERTYPE};
 
 use crate::config::{Config, ConfigError};
 use crate::session::{Event, Micros, Session};
@@ -298,13 +298,9 @@ impl Sim {
                 ethertype: ETHERTYPE,
             };
             while let Some(tx) = self.nodes[i].session.poll_transmit(now) {
-                let mut w = FrameWriter::new(&mut self.buf, &eth).expect("buffer holds a header");
-                w.append_with(|b| {
-                    b[..tx.payload.len()].copy_from_slice(tx.payload);
-                    Ok(tx.payload.len())
-                })
-                .expect("payload fits the buffer");
-                let n = w.finish(&tx.header).expect("header fits");
+                let n = tx
+                    .write_frame(&mut self.buf, &eth)
+                    .expect("the buffer holds a whole frame");
                 let frame = self.buf[..n].to_vec();
                 self.links[link].send(now, peer, frame, &mut self.rng);
             }

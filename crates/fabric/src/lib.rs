@@ -1,0 +1,8 @@
+//! The tether fabric: what turns an Ethernet segment into one PCIe switch. Each
+//! bridge (host, I/O box, manager) is a sans-IO [`Node`]: INFO frames for discovery and
+//! keepalive, one efe session per (group, peer) for TLPs, hot-plug and hot-remove
+//! events from the INFO lists, and group (GID) changes by CTRL frames.
+
+pub mod node;
+
+pub use node::{DownReason, FabricError, FabricEvent, FabricStats, Node, NodeConfig, BROADCAST};

@@ -1,0 +1,617 @@
+//! One bridge on the Ethernet segment, sans-IO: frames in (`handle_frame`), frames out
+//! (`poll_transmit`), TLPs to and from peers, events, time passed in (µs).
+//!
+//! - Every bridge broadcasts an INFO frame in each of its groups every
+//!   `info_interval_us`: its role, its id, and (an I/O box) the devices that are in
+//!   that group. A peer is up from its first INFO; it is down after `missed_infos`
+//!   intervals of silence or when its efe session gives up. Devices come and go with
+//!   the INFO lists: [`FabricEvent::DeviceAdded`] and [`FabricEvent::DeviceRemoved`].
+//! - TLPs travel in one efe session per (group, peer). A session is made when the
+//!   peer's INFO first arrives; a peer that went down and comes back gets a new one,
+//!   under a new epoch, so both sides start clean.
+//! - Frames of groups this bridge is not in are dropped and counted, and so are frames
+//!   that fail the wire check, frames from unknown peers and our own echoes.
+//! - An I/O box obeys CTRL SET_GROUP addressed to it: the device moves to the new
+//!   group (its INFO entry leaves the old group's list, so the old host sees a
+//!   hot-remove, and appears in the new one's), and the box answers with RESULT.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use efe::Session;
+use thiserror::Error;
+use wire::{
+    emit_ctrl, emit_info, BridgeRole, CtrlOp, CtrlRepr, CtrlStatus, DeviceInfo, EthernetRepr,
+    Frame, FrameKind, InfoRepr, MacAddr, TetherHeader, VlanTag, ETHERTYPE,
+};
+
+/// The broadcast address INFO goes to.
+pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub mac: MacAddr,
+    pub role: BridgeRole,
+    pub bridge_id: u64,
+    /// Ethernet payload size of the port.
+    pub mtu: u16,
+    pub info_interval_us: u64,
+    /// A peer silent for this many INFO intervals is down.
+    pub missed_infos: u32,
+    /// Session settings (its MTU is set from `mtu`).
+    pub session: efe::Config,
+    /// Epoch of this run of the bridge: non-zero, larger after every restart (tether
+    /// uses its start time in seconds).
+    pub epoch: u32,
+    /// PCIe sizes announced in INFO.
+    pub max_payload: u16,
+    pub max_read_request: u16,
+}
+
+impl NodeConfig {
+    pub fn new(mac: MacAddr, role: BridgeRole, bridge_id: u64, epoch: u32) -> NodeConfig {
+        NodeConfig {
+            mac,
+            role,
+            bridge_id,
+            mtu: 1500,
+            info_interval_us: 100_000,
+            missed_infos: 3,
+            session: efe::Config::default(),
+            epoch: epoch.max(1),
+            max_payload: 256,
+            max_read_request: 512,
+        }
+    }
+}
+
+/// Why a peer went down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DownReason {
+    /// No INFO for `missed_infos` intervals.
+    Silent,
+    /// Its session ran out of retries; `lost` TLPs were discarded.
+    Unreachable { lost: u64 },
+}
+
+/// What happened on the fabric.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FabricEvent {
+    PeerUp {
+        gid: u16,
+        peer: MacAddr,
+        role: BridgeRole,
+        bridge_id: u64,
+    },
+    PeerDown {
+        gid: u16,
+        peer: MacAddr,
+        reason: DownReason,
+    },
+    /// The peer restarted: its side of the session started over; `lost` TLPs of ours
+    /// were dropped. Devices behind it were reset by its restart.
+    PeerRestarted { gid: u16, peer: MacAddr, lost: u64 },
+    /// A device appeared in a group we are in (hot-plug).
+    DeviceAdded {
+        gid: u16,
+        peer: MacAddr,
+        device: DeviceInfo,
+    },
+    /// A device left (hot-remove): moved to another group, or its box went down.
+    DeviceRemoved { gid: u16, peer: MacAddr, slot: u8 },
+    /// A TLP from a peer.
+    Tlp {
+        gid: u16,
+        peer: MacAddr,
+        tlp: Vec<u8>,
+    },
+    /// (I/O box) A manager moved the device in `slot` from group `from` to `to`.
+    GroupChanged { slot: u8, from: u16, to: u16 },
+    /// (Manager) The answer to a CTRL request.
+    CtrlResult {
+        from: MacAddr,
+        request_id: u32,
+        status: CtrlStatus,
+    },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FabricStats {
+    pub frames_in: u64,
+    pub frames_out: u64,
+    /// Frames of groups we are not in.
+    pub other_group: u64,
+    /// Frames that failed the wire check or did not parse.
+    pub bad_frames: u64,
+    /// Session frames from a bridge we have no INFO from.
+    pub unknown_peer: u64,
+    /// Our own broadcasts coming back.
+    pub own_frames: u64,
+    /// Frames the session refused (stale epoch, duplicates, ...), counted by efe too.
+    pub session_refused: u64,
+    pub infos_in: u64,
+    pub infos_out: u64,
+    pub ctrl_in: u64,
+    pub peers_up: u64,
+    pub peers_down: u64,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum FabricError {
+    #[error("no session with {peer} in group {gid}")]
+    NoPeer { gid: u16, peer: MacAddr },
+    #[error("session: {0}")]
+    Send(#[from] efe::SendError),
+    #[error("group {0} is not a valid GID (1..=4094)")]
+    BadGroup(u16),
+    #[error("no device in slot {0}")]
+    NoSlot(u8),
+    #[error("session settings: {0}")]
+    Config(#[from] efe::ConfigError),
+}
+
+struct Peer {
+    session: Session,
+    role: BridgeRole,
+    bridge_id: u64,
+    devices: Vec<DeviceInfo>,
+    last_info: u64,
+}
+
+/// A bridge on the segment.
+pub struct Node {
+    cfg: NodeConfig,
+    /// Groups of a host; an I/O box's groups are those of its devices.
+    groups: BTreeSet<u16>,
+    devices: Vec<DeviceInfo>,
+    peers: BTreeMap<(u16, MacAddr), Peer>,
+    /// Bumped for every new session, so a peer sees each one as a new epoch.
+    session_epoch: u32,
+    next_info: u64,
+    next_request: u32,
+    out: VecDeque<Vec<u8>>,
+    events: VecDeque<FabricEvent>,
+    stats: FabricStats,
+    buf: Vec<u8>,
+}
+
+fn tag(gid: u16) -> Option<VlanTag> {
+    Some(VlanTag {
+        pcp: 0,
+        dei: false,
+        vid: gid,
+    })
+}
+
+impl Node {
+    pub fn new(mut cfg: NodeConfig) -> Result<Node, FabricError> {
+        cfg.session.mtu = cfg.mtu as usize;
+        cfg.session.validate()?;
+        Ok(Node {
+            session_epoch: cfg.epoch,
+            buf: vec![0; cfg.mtu as usize + 64],
+            cfg,
+            groups: BTreeSet::new(),
+            devices: Vec::new(),
+            peers: BTreeMap::new(),
+            next_info: 0,
+            next_request: 1,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: FabricStats::default(),
+        })
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> FabricStats {
+        self.stats
+    }
+
+    /// (Host, manager) Joins group `gid`.
+    pub fn join(&mut self, gid: u16) -> Result<(), FabricError> {
+        if !wire::valid_gid(gid) {
+            return Err(FabricError::BadGroup(gid));
+        }
+        self.groups.insert(gid);
+        self.next_info = 0; // announce at once
+        Ok(())
+    }
+
+    /// (I/O box) Adds a device; it is announced in its group.
+    pub fn add_device(&mut self, device: DeviceInfo) -> Result<(), FabricError> {
+        if !wire::valid_gid(device.gid) {
+            return Err(FabricError::BadGroup(device.gid));
+        }
+        self.devices.retain(|d| d.slot != device.slot);
+        self.devices.push(device);
+        self.next_info = 0;
+        Ok(())
+    }
+
+    pub fn devices(&self) -> &[DeviceInfo] {
+        &self.devices
+    }
+
+    /// The group of the device in `slot`.
+    pub fn device_group(&self, slot: u8) -> Option<u16> {
+        self.devices.iter().find(|d| d.slot == slot).map(|d| d.gid)
+    }
+
+    fn in_group(&self, gid: u16) -> bool {
+        self.groups.contains(&gid) || self.devices.iter().any(|d| d.gid == gid)
+    }
+
+    fn all_groups(&self) -> BTreeSet<u16> {
+        let mut g = self.groups.clone();
+        g.extend(self.devices.iter().map(|d| d.gid));
+        g
+    }
+
+    /// Peers that are up: (group, MAC, role, id, devices they announce).
+    pub fn peers(&self) -> impl Iterator<Item = (u16, MacAddr, BridgeRole, u64, &[DeviceInfo])> {
+        self.peers
+            .iter()
+            .map(|(&(g, m), p)| (g, m, p.role, p.bridge_id, p.devices.as_slice()))
+    }
+
+    pub fn session_stats(&self, gid: u16, peer: MacAddr) -> Option<efe::Stats> {
+        self.peers.get(&(gid, peer)).map(|p| p.session.stats())
+    }
+
+    /// Queues a TLP for `peer` in group `gid`.
+    pub fn send_tlp(&mut self, gid: u16, peer: MacAddr, tlp: &[u8]) -> Result<(), FabricError> {
+        let p = self
+            .peers
+            .get_mut(&(gid, peer))
+            .ok_or(FabricError::NoPeer { gid, peer })?;
+        p.session.send(tlp)?;
+        Ok(())
+    }
+
+    /// Room in the session's send queue for more TLPs to `peer`.
+    pub fn send_room(&self, gid: u16, peer: MacAddr) -> usize {
+        self.peers
+            .get(&(gid, peer))
+            .map_or(0, |p| p.session.send_room())
+    }
+
+    /// (Manager) Asks the bridge `target` (by id, reached at `target_mac` in group
+    /// `via_gid`) to move its device in `slot` to `new_gid`. The answer comes as
+    /// [`FabricEvent::CtrlResult`] with the returned request id.
+    pub fn set_group(
+        &mut self,
+        via_gid: u16,
+        target_mac: MacAddr,
+        target: u64,
+        slot: u8,
+        new_gid: u16,
+    ) -> Result<u32, FabricError> {
+        if !wire::valid_gid(new_gid) {
+            return Err(FabricError::BadGroup(new_gid));
+        }
+        let request_id = self.next_request;
+        self.next_request = self.next_request.wrapping_add(1).max(1);
+        let ctrl = CtrlRepr {
+            op: CtrlOp::SetGroup,
+            status: CtrlStatus::Ok,
+            gid: new_gid,
+            request_id,
+            target,
+            slot,
+        };
+        self.push_ctrl(via_gid, target_mac, &ctrl);
+        Ok(request_id)
+    }
+
+    fn push_ctrl(&mut self, gid: u16, dst: MacAddr, ctrl: &CtrlRepr) {
+        let eth = EthernetRepr {
+            dst,
+            src: self.cfg.mac,
+            vlan: tag(gid),
+            ethertype: ETHERTYPE,
+        };
+        let mut h = TetherHeader::new(FrameKind::Ctrl);
+        h.epoch = self.cfg.epoch;
+        if let Ok(n) = emit_ctrl(&mut self.buf, &eth, &h, ctrl) {
+            self.out.push_back(self.buf[..n].to_vec());
+        }
+    }
+
+    pub fn poll_event(&mut self) -> Option<FabricEvent> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` is due next.
+    pub fn poll_timeout(&self) -> u64 {
+        let sessions = self.peers.values().filter_map(|p| p.session.poll_timeout());
+        let liveness = self
+            .peers
+            .values()
+            .map(|p| p.last_info + self.silence_limit());
+        sessions
+            .chain(liveness)
+            .chain(std::iter::once(self.next_info))
+            .min()
+            .unwrap_or(self.next_info)
+    }
+
+    fn silence_limit(&self) -> u64 {
+        self.cfg.info_interval_us * self.cfg.missed_infos as u64
+    }
+
+    pub fn handle_timeout(&mut self, now: u64) {
+        if now >= self.next_info {
+            self.announce();
+            self.next_info = now + self.cfg.info_interval_us;
+        }
+        let limit = self.silence_limit();
+        let silent: Vec<_> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| now >= p.last_info + limit)
+            .map(|(&k, _)| k)
+            .collect();
+        for k in silent {
+            self.peer_down(k, DownReason::Silent);
+        }
+        for p in self.peers.values_mut() {
+            if p.session.poll_timeout().is_some_and(|t| t <= now) {
+                p.session.handle_timeout(now);
+            }
+        }
+        self.collect_session_events();
+    }
+
+    fn announce(&mut self) {
+        for gid in self.all_groups() {
+            let devices: Vec<DeviceInfo> = self
+                .devices
+                .iter()
+                .filter(|d| d.gid == gid)
+                .copied()
+                .collect();
+            let info = InfoRepr {
+                role: self.cfg.role,
+                flags: 0,
+                bridge_id: self.cfg.bridge_id,
+                mtu: self.cfg.mtu,
+                max_tlps_per_frame: self.cfg.session.max_tlps_per_frame as u16,
+                interval_ms: (self.cfg.info_interval_us / 1000).min(u16::MAX as u64) as u16,
+                max_payload: self.cfg.max_payload,
+                max_read_request: self.cfg.max_read_request,
+            };
+            let eth = EthernetRepr {
+                dst: BROADCAST,
+                src: self.cfg.mac,
+                vlan: tag(gid),
+                ethertype: ETHERTYPE,
+            };
+            let mut h = TetherHeader::new(FrameKind::Info);
+            h.epoch = self.cfg.epoch;
+            if let Ok(n) = emit_info(&mut self.buf, &eth, &h, &info, &devices) {
+                self.out.push_back(self.buf[..n].to_vec());
+                self.stats.infos_out += 1;
+            }
+        }
+    }
+
+    fn peer_down(&mut self, key: (u16, MacAddr), reason: DownReason) {
+        let Some(p) = self.peers.remove(&key) else {
+            return;
+        };
+        for d in &p.devices {
+            self.events.push_back(FabricEvent::DeviceRemoved {
+                gid: key.0,
+                peer: key.1,
+                slot: d.slot,
+            });
+        }
+        self.stats.peers_down += 1;
+        self.events.push_back(FabricEvent::PeerDown {
+            gid: key.0,
+            peer: key.1,
+            reason,
+        });
+    }
+
+    fn collect_session_events(&mut self) {
+        let mut down = Vec::new();
+        for (&(gid, peer), p) in self.peers.iter_mut() {
+            while let Some(e) = p.session.poll_event() {
+                match e {
+                    efe::Event::Up => {}
+                    efe::Event::PeerRestarted { lost } => self
+                        .events
+                        .push_back(FabricEvent::PeerRestarted { gid, peer, lost }),
+                    efe::Event::Down { lost } => down.push(((gid, peer), lost)),
+                }
+            }
+            while let Some(tlp) = p.session.recv() {
+                self.events.push_back(FabricEvent::Tlp { gid, peer, tlp });
+            }
+        }
+        for (k, lost) in down {
+            self.peer_down(k, DownReason::Unreachable { lost });
+        }
+    }
+
+    /// The next frame to send.
+    pub fn poll_transmit(&mut self, now: u64) -> Option<Vec<u8>> {
+        if let Some(f) = self.out.pop_front() {
+            self.stats.frames_out += 1;
+            return Some(f);
+        }
+        let src = self.cfg.mac;
+        for (&(gid, peer), p) in self.peers.iter_mut() {
+            if let Some(tx) = p.session.poll_transmit(now) {
+                let eth = EthernetRepr {
+                    dst: peer,
+                    src,
+                    vlan: tag(gid),
+                    ethertype: ETHERTYPE,
+                };
+                if let Ok(n) = tx.write_frame(&mut self.buf, &eth) {
+                    self.stats.frames_out += 1;
+                    return Some(self.buf[..n].to_vec());
+                }
+            }
+        }
+        None
+    }
+
+    /// Takes one frame from the port. `stripped_vlan`: the tag the port reported
+    /// separately (AF_PACKET), if it is not in the frame.
+    pub fn handle_frame(&mut self, now: u64, bytes: &[u8], stripped_vlan: Option<VlanTag>) {
+        self.stats.frames_in += 1;
+        let frame = match Frame::parse(bytes, stripped_vlan) {
+            Ok(f) => f,
+            Err(_) => {
+                self.stats.bad_frames += 1;
+                return;
+            }
+        };
+        let src = frame.ethernet.src;
+        if src == self.cfg.mac {
+            self.stats.own_frames += 1;
+            return;
+        }
+        let Some(gid) = frame.gid() else {
+            self.stats.other_group += 1;
+            return;
+        };
+        if !self.in_group(gid) {
+            self.stats.other_group += 1;
+            return;
+        }
+        if frame.ethernet.dst != self.cfg.mac && frame.ethernet.dst != BROADCAST {
+            // Unicast for someone else (a flooding switch).
+            self.stats.other_group += 1;
+            return;
+        }
+        match frame.header.kind {
+            FrameKind::Info => self.info(now, gid, src, &frame),
+            FrameKind::Ctrl => self.ctrl(gid, src, &frame),
+            _ => {
+                let Some(p) = self.peers.get_mut(&(gid, src)) else {
+                    self.stats.unknown_peer += 1;
+                    return;
+                };
+                if p.session
+                    .handle_frame(now, &frame.header, frame.payload)
+                    .is_err()
+                {
+                    self.stats.session_refused += 1;
+                }
+                self.collect_session_events();
+            }
+        }
+    }
+
+    fn info(&mut self, now: u64, gid: u16, src: MacAddr, frame: &Frame) {
+        let Ok(wire::Body::Info(info)) = frame.body() else {
+            self.stats.bad_frames += 1;
+            return;
+        };
+        self.stats.infos_in += 1;
+        let devices: Vec<DeviceInfo> = info.devices().collect();
+        let key = (gid, src);
+        if !self.peers.contains_key(&key) {
+            self.session_epoch = self.session_epoch.wrapping_add(1).max(1);
+            let Ok(session) = Session::new(self.cfg.session, self.session_epoch) else {
+                return;
+            };
+            self.peers.insert(
+                key,
+                Peer {
+                    session,
+                    role: info.repr.role,
+                    bridge_id: info.repr.bridge_id,
+                    devices: Vec::new(),
+                    last_info: now,
+                },
+            );
+            self.stats.peers_up += 1;
+            self.events.push_back(FabricEvent::PeerUp {
+                gid,
+                peer: src,
+                role: info.repr.role,
+                bridge_id: info.repr.bridge_id,
+            });
+        }
+        let p = self.peers.get_mut(&key).expect("present");
+        p.last_info = now;
+        for old in &p.devices {
+            if !devices.iter().any(|d| d.slot == old.slot) {
+                self.events.push_back(FabricEvent::DeviceRemoved {
+                    gid,
+                    peer: src,
+                    slot: old.slot,
+                });
+            }
+        }
+        for d in &devices {
+            if !p.devices.iter().any(|o| o.slot == d.slot) {
+                self.events.push_back(FabricEvent::DeviceAdded {
+                    gid,
+                    peer: src,
+                    device: *d,
+                });
+            }
+        }
+        p.devices = devices;
+    }
+
+    fn ctrl(&mut self, gid: u16, src: MacAddr, frame: &Frame) {
+        let Ok(wire::Body::Ctrl(c)) = frame.body() else {
+            self.stats.bad_frames += 1;
+            return;
+        };
+        self.stats.ctrl_in += 1;
+        match c.op {
+            CtrlOp::Result => self.events.push_back(FabricEvent::CtrlResult {
+                from: src,
+                request_id: c.request_id,
+                status: c.status,
+            }),
+            CtrlOp::SetGroup | CtrlOp::Reset if c.target == self.cfg.bridge_id => {
+                let status = match self.devices.iter_mut().find(|d| d.slot == c.slot) {
+                    None => CtrlStatus::NoSuchDevice,
+                    Some(_) if c.op == CtrlOp::Reset => CtrlStatus::Refused,
+                    Some(d) => {
+                        let from = d.gid;
+                        d.gid = c.gid;
+                        self.events.push_back(FabricEvent::GroupChanged {
+                            slot: c.slot,
+                            from,
+                            to: c.gid,
+                        });
+                        // Announce at once, in both groups: the old one's list no
+                        // longer has the device.
+                        self.groups.insert(from);
+                        self.next_info = 0;
+                        CtrlStatus::Ok
+                    }
+                };
+                let answer = CtrlRepr {
+                    op: CtrlOp::Result,
+                    status,
+                    ..c
+                };
+                self.push_ctrl(gid, src, &answer);
+            }
+            // Requests for another bridge.
+            _ => {}
+        }
+    }
+
+    /// (I/O box) Stops announcing `gid` as a group of its own (after a device left
+    /// it and the hosts there have seen the empty list).
+    pub fn leave(&mut self, gid: u16) {
+        self.groups.remove(&gid);
+        if !self.devices.iter().any(|d| d.gid == gid) {
+            self.peers.retain(|&(g, _), _| g != gid);
+        }
+    }
+}

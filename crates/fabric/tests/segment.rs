@@ -1,0 +1,335 @@
+//! Bridges on one simulated Ethernet segment (a learning-free switch: broadcast to
+//! all, unicast to the addressee; `down` bridges neither send nor receive), on a
+//! virtual clock: discovery, group isolation, TLPs, a device moving between hosts,
+//! a box dying and coming back, and bad frames.
+
+use fabric::{DownReason, FabricEvent, Node, NodeConfig, BROADCAST};
+use proptest::prelude::*;
+use wire::{BridgeRole, CtrlStatus, DeviceInfo, MacAddr};
+
+struct Segment {
+    nodes: Vec<Node>,
+    down: Vec<bool>,
+    now: u64,
+    events: Vec<Vec<FabricEvent>>,
+}
+
+fn mac(i: u8) -> MacAddr {
+    MacAddr([2, 0, 0, 0, 0, i])
+}
+
+fn node(i: u8, role: BridgeRole, epoch: u32) -> Node {
+    Node::new(NodeConfig::new(mac(i), role, 100 + i as u64, epoch)).unwrap()
+}
+
+fn device(slot: u8, gid: u16) -> DeviceInfo {
+    DeviceInfo {
+        slot,
+        flags: wire::DEVICE_READY,
+        gid,
+        vendor_id: 0x1de5,
+        device_id: 1,
+        class_code: 0x058000,
+        revision: 1,
+        subsystem_vendor_id: 0x1de5,
+        subsystem_id: 1,
+    }
+}
+
+impl Segment {
+    fn new(nodes: Vec<Node>) -> Segment {
+        let n = nodes.len();
+        Segment {
+            nodes,
+            down: vec![false; n],
+            now: 1,
+            events: vec![Vec::new(); n],
+        }
+    }
+
+    /// Moves frames until nobody has anything to send.
+    fn pump(&mut self) {
+        loop {
+            let mut moved = false;
+            for i in 0..self.nodes.len() {
+                while let Some(f) = self.nodes[i].poll_transmit(self.now) {
+                    moved = true;
+                    if self.down[i] {
+                        continue;
+                    }
+                    let dst = MacAddr(f[..6].try_into().unwrap());
+                    for j in 0..self.nodes.len() {
+                        if j != i
+                            && !self.down[j]
+                            && (dst == BROADCAST || dst == self.nodes[j].config().mac)
+                        {
+                            self.nodes[j].handle_frame(self.now, &f, None);
+                        }
+                    }
+                }
+            }
+            for (i, n) in self.nodes.iter_mut().enumerate() {
+                while let Some(e) = n.poll_event() {
+                    self.events[i].push(e);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Runs the clock forward by `us` in 1 ms steps.
+    fn run(&mut self, us: u64) {
+        let end = self.now + us;
+        while self.now < end {
+            for n in &mut self.nodes {
+                if n.poll_timeout() <= self.now {
+                    n.handle_timeout(self.now);
+                }
+            }
+            self.pump();
+            self.now += 1000;
+        }
+    }
+
+    fn take(&mut self, i: usize) -> Vec<FabricEvent> {
+        std::mem::take(&mut self.events[i])
+    }
+}
+
+const HOST_A: usize = 0;
+const HOST_B: usize = 1;
+const BOX: usize = 2;
+const MANAGER: usize = 3;
+
+fn segment() -> Segment {
+    let mut a = node(1, BridgeRole::Host, 1000);
+    a.join(10).unwrap();
+    let mut b = node(2, BridgeRole::Host, 1000);
+    b.join(20).unwrap();
+    let mut x = node(3, BridgeRole::IoBox, 1000);
+    x.add_device(device(0, 10)).unwrap();
+    x.add_device(device(1, 4093)).unwrap();
+    let mut m = node(4, BridgeRole::Manager, 1000);
+    m.join(4093).unwrap();
+    Segment::new(vec![a, b, x, m])
+}
+
+fn added(ev: &[FabricEvent]) -> Vec<(u16, u8)> {
+    ev.iter()
+        .filter_map(|e| match e {
+            FabricEvent::DeviceAdded { gid, device, .. } => Some((*gid, device.slot)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn removed(ev: &[FabricEvent]) -> Vec<(u16, u8)> {
+    ev.iter()
+        .filter_map(|e| match e {
+            FabricEvent::DeviceRemoved { gid, slot, .. } => Some((*gid, *slot)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn discovery_respects_groups() {
+    let mut s = segment();
+    s.run(300_000);
+    let a = s.take(HOST_A);
+    assert!(a.contains(&FabricEvent::PeerUp {
+        gid: 10,
+        peer: mac(3),
+        role: BridgeRole::IoBox,
+        bridge_id: 103
+    }));
+    assert_eq!(
+        added(&a),
+        vec![(10, 0)],
+        "host A sees exactly the device of its group"
+    );
+    // Host B is in group 20, where nothing lives: it sees no peer at all.
+    assert!(s.take(HOST_B).is_empty());
+    assert_eq!(
+        added(&s.take(MANAGER)),
+        vec![(4093, 1)],
+        "the free device sits in 4093"
+    );
+    assert!(
+        s.nodes[HOST_B].stats().other_group > 0,
+        "other groups' INFO was dropped and counted"
+    );
+    // Liveness: a minute of INFO keeps everyone up, without repeated events.
+    s.run(1_000_000);
+    assert!(s.take(HOST_A).is_empty());
+}
+
+#[test]
+fn tlps_flow_both_ways_in_order() {
+    let mut s = segment();
+    s.run(300_000);
+    for i in 0..500u32 {
+        s.nodes[HOST_A]
+            .send_tlp(10, mac(3), &i.to_be_bytes().repeat(4))
+            .unwrap();
+        if i % 50 == 49 {
+            s.run(2_000);
+        }
+    }
+    s.run(50_000);
+    let got: Vec<Vec<u8>> = s
+        .take(BOX)
+        .into_iter()
+        .filter_map(|e| match e {
+            FabricEvent::Tlp { gid: 10, peer, tlp } if peer == mac(1) => Some(tlp),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got.len(), 500);
+    for (i, t) in got.iter().enumerate() {
+        assert_eq!(t, &(i as u32).to_be_bytes().repeat(4));
+    }
+    s.nodes[BOX].send_tlp(10, mac(1), b"answer!!").unwrap();
+    s.run(5_000);
+    assert!(s.take(HOST_A).contains(&FabricEvent::Tlp {
+        gid: 10,
+        peer: mac(3),
+        tlp: b"answer!!".to_vec()
+    }));
+    // No session to a bridge outside our groups.
+    assert!(s.nodes[HOST_B].send_tlp(10, mac(3), b"x").is_err());
+}
+
+#[test]
+fn a_device_moves_to_another_host() {
+    let mut s = segment();
+    s.run(300_000);
+    s.take(HOST_A);
+    s.take(MANAGER);
+    // The manager moves slot 0 from group 10 to group 20 (host B).
+    let req = s.nodes[MANAGER]
+        .set_group(4093, mac(3), 103, 0, 20)
+        .unwrap();
+    s.run(300_000);
+    assert!(s.take(BOX).contains(&FabricEvent::GroupChanged {
+        slot: 0,
+        from: 10,
+        to: 20
+    }));
+    assert_eq!(
+        removed(&s.take(HOST_A)),
+        vec![(10, 0)],
+        "hot-remove at the old host"
+    );
+    assert_eq!(
+        added(&s.take(HOST_B)),
+        vec![(20, 0)],
+        "hot-plug at the new host"
+    );
+    assert!(s.take(MANAGER).contains(&FabricEvent::CtrlResult {
+        from: mac(3),
+        request_id: req,
+        status: CtrlStatus::Ok
+    }));
+    assert_eq!(s.nodes[BOX].device_group(0), Some(20));
+    // TLPs now flow between host B and the box, in group 20.
+    s.nodes[HOST_B].send_tlp(20, mac(3), b"hello-20").unwrap();
+    s.run(5_000);
+    assert!(s
+        .take(BOX)
+        .iter()
+        .any(|e| matches!(e, FabricEvent::Tlp { gid: 20, .. })));
+    // A request for a slot that does not exist is refused, and says so.
+    let req = s.nodes[MANAGER]
+        .set_group(4093, mac(3), 103, 9, 20)
+        .unwrap();
+    s.run(5_000);
+    assert!(s.take(MANAGER).contains(&FabricEvent::CtrlResult {
+        from: mac(3),
+        request_id: req,
+        status: CtrlStatus::NoSuchDevice
+    }));
+}
+
+#[test]
+fn a_dead_box_is_hot_removed_and_comes_back() {
+    let mut s = segment();
+    s.run(300_000);
+    s.take(HOST_A);
+    s.down[BOX] = true;
+    s.run(400_000);
+    let a = s.take(HOST_A);
+    assert_eq!(removed(&a), vec![(10, 0)]);
+    assert!(a.contains(&FabricEvent::PeerDown {
+        gid: 10,
+        peer: mac(3),
+        reason: DownReason::Silent
+    }));
+    // The box restarts (a new process: a larger epoch) with the same device.
+    let mut x = node(3, BridgeRole::IoBox, 2000);
+    x.add_device(device(0, 10)).unwrap();
+    x.add_device(device(1, 4093)).unwrap();
+    s.nodes[BOX] = x;
+    s.down[BOX] = false;
+    s.run(300_000);
+    assert_eq!(added(&s.take(HOST_A)), vec![(10, 0)], "hot-plug again");
+    s.nodes[HOST_A].send_tlp(10, mac(3), b"again!!!").unwrap();
+    s.run(5_000);
+    assert!(s.take(BOX).contains(&FabricEvent::Tlp {
+        gid: 10,
+        peer: mac(1),
+        tlp: b"again!!!".to_vec()
+    }));
+}
+
+#[test]
+fn bad_frames_are_counted_and_ignored() {
+    let mut s = segment();
+    s.run(300_000);
+    s.take(BOX);
+    // A real frame with one bit flipped in the payload fails the frame check.
+    s.nodes[HOST_A].send_tlp(10, mac(3), b"12345678").unwrap();
+    let mut f = s.nodes[HOST_A].poll_transmit(s.now).unwrap();
+    let last = f.len() - 1;
+    f[last] ^= 1;
+    s.nodes[BOX].handle_frame(s.now, &f, None);
+    assert_eq!(s.nodes[BOX].stats().bad_frames, 1);
+    // Junk, and a non-tether frame.
+    s.nodes[BOX].handle_frame(s.now, &[0u8; 5], None);
+    s.nodes[BOX].handle_frame(s.now, &[0xffu8; 60], None);
+    assert_eq!(s.nodes[BOX].stats().bad_frames, 3);
+    assert!(s.take(BOX).is_empty());
+    // The session recovers the lost frame by retransmission.
+    s.run(200_000);
+    assert!(s.take(BOX).contains(&FabricEvent::Tlp {
+        gid: 10,
+        peer: mac(1),
+        tlp: b"12345678".to_vec()
+    }));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    /// Random bytes, and real frames with random damage, never panic a node.
+    #[test]
+    fn no_frame_panics_a_node(
+        junk in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 1..10),
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..10),
+    ) {
+        let mut s = segment();
+        s.run(250_000);
+        s.nodes[HOST_A].send_tlp(10, mac(3), b"12345678").unwrap();
+        let mut f = s.nodes[HOST_A].poll_transmit(s.now).unwrap();
+        for (at, x) in flips {
+            let n = f.len();
+            f[at % n] ^= x;
+        }
+        s.nodes[BOX].handle_frame(s.now, &f, None);
+        for j in &junk {
+            s.nodes[BOX].handle_frame(s.now, j, None);
+        }
+        s.run(10_000);
+    }
+}
