@@ -829,3 +829,27 @@ impl<D: Device> Function<D> {
         }
     }
 }
+
+/// A boxed model is a model, so a box can hold different device kinds side by side.
+impl<T: Device + ?Sized> Device for Box<T> {
+    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8], io: &mut dyn DeviceIo) {
+        (**self).bar_read(bar, offset, data, io)
+    }
+    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8], io: &mut dyn DeviceIo) {
+        (**self).bar_write(bar, offset, data, io)
+    }
+    fn dma_read_done(
+        &mut self,
+        id: DmaId,
+        result: Result<Vec<u8>, DmaError>,
+        io: &mut dyn DeviceIo,
+    ) {
+        (**self).dma_read_done(id, result, io)
+    }
+    fn reset(&mut self) {
+        (**self).reset()
+    }
+    fn poll(&mut self, io: &mut dyn DeviceIo) {
+        (**self).poll(io)
+    }
+}

@@ -1,0 +1,165 @@
+//! The I/O box: device functions in slots, each in its group, behind one port.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use dataplane::PortError;
+use endpoint::{Device, Function};
+use fabric::FabricEvent;
+use tlp::{Header, Tlp};
+use wire::{DeviceInfo, MacAddr};
+
+use crate::port::FabricPort;
+
+/// A device in a slot of the box.
+pub struct Slot {
+    pub info: DeviceInfo,
+    pub function: Function<Box<dyn Device + Send>>,
+    /// TLPs for the host that its session could not take yet.
+    backlog: VecDeque<Vec<u8>>,
+}
+
+impl Slot {
+    pub fn new(info: DeviceInfo, function: Function<Box<dyn Device + Send>>) -> Slot {
+        Slot {
+            info,
+            function,
+            backlog: VecDeque::new(),
+        }
+    }
+}
+
+/// Counters of the box besides the port's, the node's and the functions'.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoBoxStats {
+    /// TLPs in a group that no device of the box claims (config for an empty slot,
+    /// an address no BAR decodes, a completion for nobody).
+    pub unrouted: u64,
+    /// TLPs a device sent while no host was in its group.
+    pub no_host: u64,
+    /// Function-level resets done because the device changed hands.
+    pub resets: u64,
+}
+
+pub struct IoBox {
+    fp: FabricPort,
+    slots: Vec<Slot>,
+    /// The host of each group (the peer TLPs come from).
+    hosts: HashMap<u16, MacAddr>,
+    stats: IoBoxStats,
+}
+
+impl IoBox {
+    pub fn new(mut fp: FabricPort, slots: Vec<Slot>) -> IoBox {
+        for s in &slots {
+            // Slot numbers and groups come from configuration that was checked.
+            let _ = fp.node_mut().add_device(s.info);
+        }
+        IoBox {
+            fp,
+            slots,
+            hosts: HashMap::new(),
+            stats: IoBoxStats::default(),
+        }
+    }
+
+    pub fn fabric(&self) -> &FabricPort {
+        &self.fp
+    }
+
+    pub fn slots(&self) -> &[Slot] {
+        &self.slots
+    }
+
+    pub fn stats(&self) -> IoBoxStats {
+        self.stats
+    }
+
+    /// Which slot of group `gid` a TLP from the host is for.
+    fn route(&self, gid: u16, bytes: &[u8]) -> Option<usize> {
+        let t = Tlp::parse(bytes).ok()?;
+        let in_group = |s: &&Slot| s.info.gid == gid;
+        let pos = |f: &dyn Fn(&Slot) -> bool| self.slots.iter().position(|s| in_group(&s) && f(s));
+        match t.header {
+            Header::ConfigRead(c) | Header::ConfigWrite(c) => {
+                pos(&|s| s.info.slot == c.target.device())
+            }
+            Header::MemRead(r) => pos(&|s| s.function.config().decode_memory(r.address).is_some()),
+            Header::MemWrite(w) => pos(&|s| s.function.config().decode_memory(w.address).is_some()),
+            Header::Completion(c) => pos(&|s| s.function.bdf() == c.requester),
+            // Anything else goes to the group's first device, which answers UR.
+            _ => pos(&|_| true),
+        }
+    }
+
+    fn reset_slot(&mut self, i: usize) {
+        let s = &mut self.slots[i];
+        s.function.reset();
+        s.backlog.clear();
+        while s.function.poll_transmit().is_some() {}
+        self.stats.resets += 1;
+    }
+
+    /// One round: port, fabric events, device timers and output. Waits up to `wait`
+    /// when there was nothing to do. Returns whether anything happened.
+    pub fn poll(&mut self, wait: Duration) -> Result<bool, PortError> {
+        let mut worked = self.fp.poll(Duration::ZERO)?;
+        let now = self.fp.now();
+        while let Some(e) = self.fp.poll_event() {
+            worked = true;
+            match e {
+                FabricEvent::Tlp { gid, peer, tlp } => {
+                    self.hosts.insert(gid, peer);
+                    match self.route(gid, &tlp) {
+                        Some(i) => self.slots[i].function.handle_tlp(now, &tlp),
+                        None => self.stats.unrouted += 1,
+                    }
+                }
+                FabricEvent::GroupChanged { slot, to, .. } => {
+                    if let Some(i) = self.slots.iter().position(|s| s.info.slot == slot) {
+                        self.slots[i].info.gid = to;
+                        // A device that changes hands starts clean.
+                        self.reset_slot(i);
+                    }
+                }
+                FabricEvent::PeerDown { gid, peer, .. }
+                | FabricEvent::PeerRestarted { gid, peer, .. }
+                    if self.hosts.get(&gid) == Some(&peer) =>
+                {
+                    self.hosts.remove(&gid);
+                    for i in 0..self.slots.len() {
+                        if self.slots[i].info.gid == gid {
+                            self.reset_slot(i);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for s in &mut self.slots {
+            if s.function.poll_timeout().is_some_and(|t| t <= now) {
+                s.function.handle_timeout(now);
+            }
+            while let Some(t) = s.function.poll_transmit() {
+                s.backlog.push_back(t);
+            }
+            let gid = s.info.gid;
+            let Some(&host) = self.hosts.get(&gid) else {
+                self.stats.no_host += s.backlog.len() as u64;
+                s.backlog.clear();
+                continue;
+            };
+            while let Some(t) = s.backlog.front() {
+                if self.fp.node_mut().send_tlp(gid, host, t).is_err() {
+                    break; // the session's queue is full: next round
+                }
+                s.backlog.pop_front();
+                worked = true;
+            }
+        }
+        if !worked {
+            self.fp.poll(wait)?;
+        }
+        Ok(worked)
+    }
+}

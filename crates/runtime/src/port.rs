@@ -1,0 +1,128 @@
+//! A fabric node on a dataplane port: frames between the two, timers, events.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use dataplane::{Mbuf, Port, PortError};
+use fabric::{FabricEvent, Node};
+
+/// A node and its port, on one clock.
+pub struct FabricPort {
+    node: Node,
+    port: Box<dyn Port>,
+    epoch: Instant,
+    rx: Vec<Mbuf>,
+    tx: Vec<Mbuf>,
+    events: VecDeque<FabricEvent>,
+    /// When something last moved: the loop busy-polls for `spin` after that, and
+    /// only then sleeps (a sleeping bridge delays acks and completions, which the
+    /// peer's delay-based rate control would take for congestion).
+    last_work: Instant,
+    spin: Duration,
+    /// Frames the node made that did not fit a pool buffer (never, with a sane MTU).
+    pub oversize: u64,
+}
+
+impl FabricPort {
+    pub fn new(node: Node, port: Box<dyn Port>) -> FabricPort {
+        FabricPort {
+            node,
+            port,
+            epoch: Instant::now(),
+            rx: Vec::with_capacity(64),
+            tx: Vec::with_capacity(64),
+            events: VecDeque::new(),
+            last_work: Instant::now(),
+            spin: Duration::from_millis(2),
+            oversize: 0,
+        }
+    }
+
+    /// How long the loop keeps busy-polling after the last activity before it sleeps
+    /// (default 2 ms; zero sleeps at once, as a mostly idle bridge may prefer).
+    pub fn set_spin(&mut self, spin: Duration) {
+        self.spin = spin;
+    }
+
+    /// Microseconds since this port started: the clock of its node and sessions.
+    pub fn now(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    pub fn node_mut(&mut self) -> &mut Node {
+        &mut self.node
+    }
+
+    pub fn port(&self) -> &dyn Port {
+        &*self.port
+    }
+
+    /// Sends what the node has, receives what the port has, runs due timers. Returns
+    /// whether anything moved. Waits up to `wait` for input when nothing did.
+    pub fn poll(&mut self, wait: Duration) -> Result<bool, PortError> {
+        let mut worked = false;
+        let now = self.now();
+        if self.node.poll_timeout() <= now {
+            self.node.handle_timeout(now);
+        }
+        worked |= self.flush()?;
+        let n = self.port.rx_burst(&mut self.rx, 64)?;
+        if n > 0 {
+            worked = true;
+            let now = self.now();
+            let pool = self.port.pool().clone();
+            for m in self.rx.drain(..) {
+                self.node.handle_frame(now, pool.data(&m), None);
+                pool.put(m);
+            }
+            self.flush()?;
+        }
+        while let Some(e) = self.node.poll_event() {
+            self.events.push_back(e);
+            worked = true;
+        }
+        if worked {
+            self.last_work = Instant::now();
+        } else if !wait.is_zero() && self.last_work.elapsed() >= self.spin {
+            let until_timer = self.node.poll_timeout().saturating_sub(self.now());
+            self.port
+                .wait_rx(wait.min(Duration::from_micros(until_timer.max(50))));
+        }
+        Ok(worked)
+    }
+
+    /// Hands every frame the node has to the port (what the port cannot take now is
+    /// kept and offered again next time).
+    fn flush(&mut self) -> Result<bool, PortError> {
+        let now = self.now();
+        let pool = self.port.pool().clone();
+        let mut moved = false;
+        while self.tx.len() < 64 {
+            // A buffer first: with the pool exhausted the frame stays with the node.
+            let Some(mut m) = pool.get() else { break };
+            let Some(f) = self.node.poll_transmit(now) else {
+                pool.put(m);
+                break;
+            };
+            if f.len() > pool.buf_size() {
+                self.oversize += 1;
+                pool.put(m);
+                continue;
+            }
+            pool.fill(&mut m, &f);
+            self.tx.push(m);
+        }
+        if !self.tx.is_empty() {
+            moved = self.port.tx_burst(&mut self.tx)? > 0;
+        }
+        Ok(moved)
+    }
+
+    pub fn poll_event(&mut self) -> Option<FabricEvent> {
+        self.events.pop_front()
+    }
+}
