@@ -1,0 +1,158 @@
+//! The system scenario shared by the in-process and the netns tests: a host (root
+//! complex + fabric) and an I/O box (memdev on the endpoint framework + fabric) on two
+//! threads, on whatever ports they are given. Everything between them is real tether
+//! frames: INFO discovery, efe sessions, TLPs.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dataplane::Port;
+use endpoint::memdev::{self, op, regs, status, MemDev};
+use endpoint::{Device, Function, FunctionConfig};
+use fabric::{FabricEvent, Node, NodeConfig};
+use rootcomplex::{BarWindows, BridgeConfig, Host, Interrupt, MemoryMap};
+use runtime::{FabricLink, FabricPort, IoBox, Slot};
+use tlp::Bdf;
+use wire::{BridgeRole, DeviceInfo, MacAddr};
+
+const RAM: u64 = 0x1_0000_0000;
+const RAM_SIZE: usize = 16 << 20;
+const GID: u16 = 10;
+
+fn memdev_slot(slot: u8, gid: u16) -> Slot {
+    let model: Box<dyn Device + Send> = Box::new(MemDev::new(1 << 20));
+    let f = Function::new(
+        memdev::config_space(1 << 20).unwrap(),
+        model,
+        FunctionConfig::default(),
+    );
+    let info = DeviceInfo {
+        slot,
+        flags: wire::DEVICE_READY,
+        gid,
+        vendor_id: memdev::VENDOR_ID,
+        device_id: memdev::DEVICE_ID,
+        class_code: 0x058000,
+        revision: 1,
+        subsystem_vendor_id: memdev::VENDOR_ID,
+        subsystem_id: memdev::DEVICE_ID,
+    };
+    Slot::new(info, f)
+}
+
+fn node(port: &dyn Port, role: BridgeRole, id: u64) -> Node {
+    let mut cfg = NodeConfig::new(MacAddr(port.info().mac), role, id, 1000);
+    cfg.info_interval_us = 20_000;
+    Node::new(cfg).unwrap()
+}
+
+/// The box (memdev in slot 0, group 10) on `box_port` in a thread of its own, the
+/// host on `host_port` here: discovery, enumeration, a 1 MiB unaligned DMA copy through
+/// the device ending in an MSI-X interrupt, checked byte for byte. Returns the copy's
+/// duration.
+pub fn memdev_copy(box_port: Box<dyn Port>, host_port: Box<dyn Port>) -> Duration {
+    let (a, b) = (box_port, host_port);
+    let stop = Arc::new(AtomicBool::new(false));
+    let box_thread = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let n = node(&*a, BridgeRole::IoBox, 7);
+            let mut iobox = IoBox::new(FabricPort::new(n, a), vec![memdev_slot(0, GID)]);
+            while !stop.load(Ordering::Relaxed) {
+                iobox.poll(Duration::from_micros(200)).unwrap();
+            }
+            iobox.stats()
+        })
+    };
+
+    let mut hn = node(&*b, BridgeRole::Host, 1);
+    hn.join(GID).unwrap();
+    let mut link = FabricLink::new(FabricPort::new(hn, b));
+    // Discovery: the box's INFO lists the memdev in our group.
+    let start = Instant::now();
+    let (peer, slot) = loop {
+        link.poll(Duration::from_millis(1));
+        let found = link.events.iter().find_map(|e| match e {
+            FabricEvent::DeviceAdded {
+                gid: GID,
+                peer,
+                device,
+            } => Some((*peer, device.slot)),
+            _ => None,
+        });
+        if let Some(f) = found {
+            break f;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no device announced"
+        );
+    };
+    link.set_target(GID, peer);
+    let mut mem = MemoryMap::new();
+    mem.add(RAM, Box::new(vec![0u8; RAM_SIZE])).unwrap();
+    let mut host = Host::new(
+        BridgeConfig::default(),
+        mem,
+        (RAM, RAM_SIZE as u64),
+        BarWindows::default(),
+        link,
+    );
+    let bdf = Bdf::new(1, slot, 0).unwrap();
+    let info = host.enumerate(bdf).unwrap();
+    assert_eq!(
+        (info.vendor, info.device),
+        (memdev::VENDOR_ID, memdev::DEVICE_ID)
+    );
+    assert_eq!(host.bar_read32(bdf, 0, regs::MAGIC).unwrap(), memdev::MAGIC);
+
+    // A 1 MiB copy through the device, unaligned at both ends.
+    let len = (1 << 20) - 5;
+    let src = host.alloc_dma(1 << 20).unwrap();
+    let dst = host.alloc_dma(1 << 20).unwrap();
+    let pattern: Vec<u8> = (0..len)
+        .map(|i| (i as u32).wrapping_mul(2654435761) as u8)
+        .collect();
+    host.write_memory(src.addr + 1, &pattern).unwrap();
+    for (r, v) in [
+        (regs::SRC, (src.addr + 1) as u32),
+        (regs::SRC + 4, ((src.addr + 1) >> 32) as u32),
+        (regs::DST, (dst.addr + 3) as u32),
+        (regs::DST + 4, ((dst.addr + 3) >> 32) as u32),
+        (regs::LEN, len as u32),
+        (regs::BUF_OFF, 0),
+        (regs::IRQ, 1),
+    ] {
+        host.bar_write32(bdf, 0, r, v).unwrap();
+    }
+    let t = Instant::now();
+    host.bar_write32(bdf, 0, regs::DOORBELL, op::COPY).unwrap();
+    assert_eq!(
+        host.wait_interrupt(Duration::from_secs(30)),
+        Some(Interrupt::Vector {
+            device: bdf,
+            vector: 0
+        })
+    );
+    let took = t.elapsed();
+    assert_eq!(host.bar_read32(bdf, 0, regs::STATUS).unwrap(), status::DONE);
+    let mut got = vec![0u8; len];
+    host.read_memory(dst.addr + 3, &mut got).unwrap();
+    assert!(got == pattern, "the copy differs");
+    eprintln!(
+        "host session: {:?}",
+        host.link().fabric().node().session_stats(GID, peer)
+    );
+    let s = host.bridge().stats();
+    assert_eq!(
+        (s.dma_read_bytes, s.dma_write_bytes),
+        (len as u64, len as u64)
+    );
+    assert_eq!(host.stats().mmio_read_timeouts, 0);
+
+    stop.store(true, Ordering::Relaxed);
+    let box_stats = box_thread.join().unwrap();
+    assert_eq!(box_stats.unrouted, 0);
+    took
+}
