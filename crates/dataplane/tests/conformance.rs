@@ -343,3 +343,39 @@ fn af_xdp_refuses_a_pool_it_cannot_use() {
         .unwrap();
     assert!(err.to_string().contains("at least 4096"), "{err}");
 }
+
+#[test]
+fn hub_ports_flood_a_copy_to_every_other_port() {
+    let pool = Mempool::new(4096, 2048).unwrap();
+    let mut ports = mem::hub(&pool, 3, 256, 1500);
+    let mut bufs = Vec::new();
+    for s in 0..100 {
+        let mut m = pool.get().unwrap();
+        pool.fill(&mut m, &frame(s, 64));
+        bufs.push(m);
+    }
+    assert_eq!(ports[0].tx_burst(&mut bufs).unwrap(), 100);
+    assert!(
+        ports[0].rx_burst(&mut bufs, 64).unwrap() == 0,
+        "no echo to the sender"
+    );
+    for p in &mut ports[1..] {
+        let mut got = Vec::new();
+        while p.rx_burst(&mut got, 64).unwrap() > 0 {}
+        assert_eq!(got.len(), 100);
+        for (s, m) in got.iter().enumerate() {
+            assert_eq!(pool.data(m), &frame(s as u64, 64)[..]);
+        }
+        got.into_iter().for_each(|m| pool.put(m));
+    }
+    // A full receive ring loses frames, counted at the sender; nothing leaks.
+    for s in 0..300 {
+        let mut m = pool.get().unwrap();
+        pool.fill(&mut m, &frame(s, 64));
+        bufs.push(m);
+    }
+    ports[2].tx_burst(&mut bufs).unwrap();
+    assert_eq!(ports[2].stats().tx_errors, 2 * (300 - 256));
+    drop(ports);
+    assert_eq!(pool.available(), pool.count(), "buffers leaked");
+}

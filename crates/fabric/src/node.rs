@@ -366,34 +366,39 @@ impl Node {
 
     fn announce(&mut self) {
         for gid in self.all_groups() {
-            let devices: Vec<DeviceInfo> = self
-                .devices
-                .iter()
-                .filter(|d| d.gid == gid)
-                .copied()
-                .collect();
-            let info = InfoRepr {
-                role: self.cfg.role,
-                flags: 0,
-                bridge_id: self.cfg.bridge_id,
-                mtu: self.cfg.mtu,
-                max_tlps_per_frame: self.cfg.session.max_tlps_per_frame as u16,
-                interval_ms: (self.cfg.info_interval_us / 1000).min(u16::MAX as u64) as u16,
-                max_payload: self.cfg.max_payload,
-                max_read_request: self.cfg.max_read_request,
-            };
-            let eth = EthernetRepr {
-                dst: BROADCAST,
-                src: self.cfg.mac,
-                vlan: tag(gid),
-                ethertype: ETHERTYPE,
-            };
-            let mut h = TetherHeader::new(FrameKind::Info);
-            h.epoch = self.cfg.epoch;
-            if let Ok(n) = emit_info(&mut self.buf, &eth, &h, &info, &devices) {
-                self.out.push_back(self.buf[..n].to_vec());
-                self.stats.infos_out += 1;
-            }
+            self.announce_in(gid);
+        }
+    }
+
+    /// Broadcasts our INFO in group `gid`.
+    fn announce_in(&mut self, gid: u16) {
+        let devices: Vec<DeviceInfo> = self
+            .devices
+            .iter()
+            .filter(|d| d.gid == gid)
+            .copied()
+            .collect();
+        let info = InfoRepr {
+            role: self.cfg.role,
+            flags: 0,
+            bridge_id: self.cfg.bridge_id,
+            mtu: self.cfg.mtu,
+            max_tlps_per_frame: self.cfg.session.max_tlps_per_frame as u16,
+            interval_ms: (self.cfg.info_interval_us / 1000).min(u16::MAX as u64) as u16,
+            max_payload: self.cfg.max_payload,
+            max_read_request: self.cfg.max_read_request,
+        };
+        let eth = EthernetRepr {
+            dst: BROADCAST,
+            src: self.cfg.mac,
+            vlan: tag(gid),
+            ethertype: ETHERTYPE,
+        };
+        let mut h = TetherHeader::new(FrameKind::Info);
+        h.epoch = self.cfg.epoch;
+        if let Ok(n) = emit_info(&mut self.buf, &eth, &h, &info, &devices) {
+            self.out.push_back(self.buf[..n].to_vec());
+            self.stats.infos_out += 1;
         }
     }
 
@@ -539,6 +544,10 @@ impl Node {
                 role: info.repr.role,
                 bridge_id: info.repr.bridge_id,
             });
+            // Answer a newcomer at once, so that it knows us (and has a session with
+            // us) within one round trip rather than one INFO interval: its first TLPs
+            // would otherwise come from a peer we do not know yet.
+            self.announce_in(gid);
         }
         let p = self.peers.get_mut(&key).expect("present");
         p.last_info = now;

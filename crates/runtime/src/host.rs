@@ -52,6 +52,31 @@ impl FabricLink {
         self.target
     }
 
+    /// Waits up to `timeout` for a device to be announced in group `gid` (a hot-plug),
+    /// running the fabric meanwhile; the event is taken out of `events`.
+    pub fn wait_for_device(
+        &mut self,
+        gid: u16,
+        timeout: Duration,
+    ) -> Option<(MacAddr, wire::DeviceInfo)> {
+        let end = Instant::now() + timeout;
+        loop {
+            let at = self
+                .events
+                .iter()
+                .position(|e| matches!(e, FabricEvent::DeviceAdded { gid: g, .. } if *g == gid));
+            if let Some(i) = at {
+                if let Some(FabricEvent::DeviceAdded { peer, device, .. }) = self.events.remove(i) {
+                    return Some((peer, device));
+                }
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            self.poll(Duration::from_millis(1));
+        }
+    }
+
     /// Runs the fabric for a moment: frames, timers, events.
     pub fn poll(&mut self, wait: Duration) {
         let _ = self.fp.poll(wait);

@@ -5,11 +5,14 @@
 //!   its group; TLPs from the host in a device's group go to that device.
 //! - [`host::FabricLink`]: the root complex's `Link` over the fabric, so the host API
 //!   (`rootcomplex::Host`) reaches devices on the other side of the segment.
+//! - [`memdev_driver::MemDevDriver`]: a host-side driver for the memdev test device.
 
 pub mod host;
 pub mod iobox;
+pub mod memdev_driver;
 pub mod port;
 
 pub use host::FabricLink;
 pub use iobox::{IoBox, Slot};
+pub use memdev_driver::{DriverError, MemDevDriver};
 pub use port::FabricPort;

@@ -6,6 +6,11 @@ use std::time::{Duration, Instant};
 use dataplane::{Mbuf, Port, PortError};
 use fabric::{FabricEvent, Node};
 
+/// Frames a node received and dropped without acting on them.
+fn ignored(s: &fabric::FabricStats) -> u64 {
+    s.other_group + s.own_frames + s.bad_frames + s.unknown_peer
+}
+
 /// A node and its port, on one clock.
 pub struct FabricPort {
     node: Node,
@@ -72,13 +77,16 @@ impl FabricPort {
         worked |= self.flush()?;
         let n = self.port.rx_burst(&mut self.rx, 64)?;
         if n > 0 {
-            worked = true;
+            // Frames the node drops (other groups, our own echoes, damage) are not
+            // work: a bridge on a busy segment must not spin on others' traffic.
+            let before = ignored(&self.node.stats());
             let now = self.now();
             let pool = self.port.pool().clone();
             for m in self.rx.drain(..) {
                 self.node.handle_frame(now, pool.data(&m), None);
                 pool.put(m);
             }
+            worked |= ignored(&self.node.stats()) - before < n as u64;
             self.flush()?;
         }
         while let Some(e) = self.node.poll_event() {

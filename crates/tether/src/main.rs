@@ -2,6 +2,7 @@
 
 mod capture;
 mod decode;
+mod demo;
 mod impair;
 mod pcap;
 mod signals;
@@ -30,6 +31,10 @@ enum Command {
     /// Work with tether frames offline.
     #[command(subcommand)]
     Wire(WireCommand),
+    /// Run the whole system on this machine: an I/O box with a memdev and two hosts in
+    /// network namespaces (in memory without root); enumerate, verified DMA, latency,
+    /// then move the device from one host to the other.
+    Demo(demo::DemoArgs),
     /// Relay frames between two interfaces with seeded loss, duplication, reordering,
     /// delay, corruption, rate limits and outages (needs CAP_NET_RAW).
     Impair(ImpairArgs),
@@ -131,6 +136,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Demo(a) => demo::run(a),
         Command::Impair(a) => {
             let stats = impair::run(impair::Options {
                 a_to_b: impair::parse_spec(&a.ab)?,

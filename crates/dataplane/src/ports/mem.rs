@@ -2,10 +2,24 @@
 //! move between them without copies, for tests and single-machine runs.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::mempool::{Mbuf, Mempool, RawMbuf};
 use crate::port::{LinkInfo, Port, PortError, PortStats};
 use crate::ring::{spsc, Consumer, Producer};
+
+/// Sleeps in short steps until `ready()` or the timeout: in-memory ports have no
+/// descriptor to block on, and sleeping the whole timeout would add it to every wake-up.
+fn wait_until(ready: impl Fn() -> bool, timeout: Duration) {
+    let end = Instant::now() + timeout;
+    while !ready() {
+        let now = Instant::now();
+        if now >= end {
+            return;
+        }
+        std::thread::sleep((end - now).min(Duration::from_micros(20)));
+    }
+}
 
 pub struct MemPort {
     info: LinkInfo,
@@ -76,5 +90,117 @@ impl Port for MemPort {
 
     fn stats(&self) -> PortStats {
         self.stats
+    }
+
+    fn wait_rx(&self, timeout: Duration) {
+        wait_until(|| !self.rx.is_empty(), timeout);
+    }
+}
+
+/// A port on an in-memory Ethernet segment made by [`hub`]: what one port sends,
+/// every other port receives (a hub floods; bridges filter by address themselves),
+/// each receiver getting its own copy. A receiver whose ring is full loses the frame,
+/// as on a congested switch port, and the sender counts it.
+pub struct HubPort {
+    info: LinkInfo,
+    pool: Arc<Mempool>,
+    /// The other ports' receive rings.
+    peers: Vec<crate::ring::MpProducer<RawMbuf>>,
+    rx: crate::ring::McConsumer<RawMbuf>,
+    stats: PortStats,
+    scratch: Vec<RawMbuf>,
+}
+
+/// `n` ports joined as one broadcast segment; each receive ring holds `ring_size`
+/// frames (a power of two). MACs are 02:00:00:00:ef:01, :02, ...
+pub fn hub(pool: &Arc<Mempool>, n: usize, ring_size: usize, mtu: usize) -> Vec<HubPort> {
+    let rings: Vec<_> = (0..n)
+        .map(|_| crate::ring::mpmc::<RawMbuf>(ring_size))
+        .collect();
+    (0..n)
+        .map(|i| HubPort {
+            info: LinkInfo {
+                name: format!("hub{i}"),
+                mac: [2, 0, 0, 0, 0xef, i as u8 + 1],
+                mtu,
+            },
+            pool: pool.clone(),
+            peers: (0..n)
+                .filter(|&j| j != i)
+                .map(|j| rings[j].0.clone())
+                .collect(),
+            rx: rings[i].1.clone(),
+            stats: PortStats::default(),
+            scratch: Vec::with_capacity(ring_size),
+        })
+        .collect()
+}
+
+impl Port for HubPort {
+    fn info(&self) -> &LinkInfo {
+        &self.info
+    }
+
+    fn pool(&self) -> &Arc<Mempool> {
+        &self.pool
+    }
+
+    fn rx_burst(&mut self, out: &mut Vec<Mbuf>, max: usize) -> Result<usize, PortError> {
+        self.scratch.clear();
+        let n = self.rx.dequeue_into(&mut self.scratch, max);
+        for raw in self.scratch.drain(..) {
+            // SAFETY: every value in the ring was made by `into_raw` in a peer's
+            // tx_burst from a buffer copied for this port alone, and the ring hands
+            // each out once.
+            let m = unsafe { Mbuf::from_raw(raw) };
+            self.stats.rx_bytes += m.len() as u64;
+            out.push(m);
+        }
+        self.stats.rx_packets += n as u64;
+        Ok(n)
+    }
+
+    fn tx_burst(&mut self, bufs: &mut Vec<Mbuf>) -> Result<usize, PortError> {
+        let n = bufs.len();
+        for m in bufs.drain(..) {
+            let data = self.pool.data(&m);
+            for p in &self.peers {
+                let Some(mut copy) = self.pool.get() else {
+                    self.stats.tx_errors += 1;
+                    continue;
+                };
+                self.pool.fill(&mut copy, data);
+                let raw = copy.into_raw();
+                if !p.enqueue(raw) {
+                    // SAFETY: the ring refused `raw`, so this is its only handle.
+                    self.pool.put(unsafe { Mbuf::from_raw(raw) });
+                    self.stats.tx_errors += 1;
+                }
+            }
+            self.stats.tx_bytes += m.len() as u64;
+            self.pool.put(m);
+        }
+        self.stats.tx_packets += n as u64;
+        Ok(n)
+    }
+
+    fn stats(&self) -> PortStats {
+        self.stats
+    }
+
+    fn wait_rx(&self, timeout: Duration) {
+        wait_until(|| !self.rx.is_empty(), timeout);
+    }
+}
+
+impl Drop for HubPort {
+    /// Frames still waiting in this port's ring go back to the pool.
+    fn drop(&mut self) {
+        let mut got = Vec::new();
+        while self.rx_burst(&mut got, 256).unwrap_or(0) > 0 {
+            for m in got.drain(..) {
+                self.pool.put(m);
+            }
+        }
     }
 }

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dataplane::Port;
-use endpoint::memdev::{self, op, regs, status, MemDev};
+use endpoint::memdev::{self, op, regs, MemDev};
 use endpoint::{Device, Function, FunctionConfig};
-use fabric::{FabricEvent, Node, NodeConfig};
-use rootcomplex::{BarWindows, BridgeConfig, Host, Interrupt, MemoryMap};
-use runtime::{FabricLink, FabricPort, IoBox, Slot};
+use fabric::{Node, NodeConfig};
+use rootcomplex::{BarWindows, BridgeConfig, Host, MemoryMap};
+use runtime::{FabricLink, FabricPort, IoBox, MemDevDriver, Slot};
 use tlp::Bdf;
 use wire::{BridgeRole, DeviceInfo, MacAddr};
 
@@ -70,25 +70,10 @@ pub fn memdev_copy(box_port: Box<dyn Port>, host_port: Box<dyn Port>) -> Duratio
     hn.join(GID).unwrap();
     let mut link = FabricLink::new(FabricPort::new(hn, b));
     // Discovery: the box's INFO lists the memdev in our group.
-    let start = Instant::now();
-    let (peer, slot) = loop {
-        link.poll(Duration::from_millis(1));
-        let found = link.events.iter().find_map(|e| match e {
-            FabricEvent::DeviceAdded {
-                gid: GID,
-                peer,
-                device,
-            } => Some((*peer, device.slot)),
-            _ => None,
-        });
-        if let Some(f) = found {
-            break f;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "no device announced"
-        );
-    };
+    let (peer, dev) = link
+        .wait_for_device(GID, Duration::from_secs(5))
+        .expect("no device announced");
+    let slot = dev.slot;
     link.set_target(GID, peer);
     let mut mem = MemoryMap::new();
     mem.add(RAM, Box::new(vec![0u8; RAM_SIZE])).unwrap();
@@ -115,28 +100,18 @@ pub fn memdev_copy(box_port: Box<dyn Port>, host_port: Box<dyn Port>) -> Duratio
         .map(|i| (i as u32).wrapping_mul(2654435761) as u8)
         .collect();
     host.write_memory(src.addr + 1, &pattern).unwrap();
-    for (r, v) in [
-        (regs::SRC, (src.addr + 1) as u32),
-        (regs::SRC + 4, ((src.addr + 1) >> 32) as u32),
-        (regs::DST, (dst.addr + 3) as u32),
-        (regs::DST + 4, ((dst.addr + 3) >> 32) as u32),
-        (regs::LEN, len as u32),
-        (regs::BUF_OFF, 0),
-        (regs::IRQ, 1),
-    ] {
-        host.bar_write32(bdf, 0, r, v).unwrap();
-    }
+    let drv = MemDevDriver::probe(&mut host, bdf).unwrap();
     let t = Instant::now();
-    host.bar_write32(bdf, 0, regs::DOORBELL, op::COPY).unwrap();
-    assert_eq!(
-        host.wait_interrupt(Duration::from_secs(30)),
-        Some(Interrupt::Vector {
-            device: bdf,
-            vector: 0
-        })
-    );
+    drv.run(
+        &mut host,
+        op::COPY,
+        src.addr + 1,
+        dst.addr + 3,
+        len as u32,
+        Duration::from_secs(30),
+    )
+    .unwrap();
     let took = t.elapsed();
-    assert_eq!(host.bar_read32(bdf, 0, regs::STATUS).unwrap(), status::DONE);
     let mut got = vec![0u8; len];
     host.read_memory(dst.addr + 3, &mut got).unwrap();
     assert!(got == pattern, "the copy differs");

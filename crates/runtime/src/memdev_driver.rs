@@ -1,0 +1,98 @@
+//! A host-side driver for `memdev`, on the root complex's driver API: what a
+//! user-space driver for a real DMA engine looks like with tether.
+
+use std::time::Duration;
+
+use endpoint::memdev::{self, error, regs, status};
+use rootcomplex::{Host, HostError, Interrupt, Link};
+use thiserror::Error;
+use tlp::Bdf;
+
+#[derive(Debug, Error)]
+pub enum DriverError {
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error("{0} is not a memdev (magic {1:#010x})")]
+    NotMemdev(Bdf, u32),
+    #[error("no interrupt within {0:?}")]
+    NoInterrupt(Duration),
+    #[error("the device reports error {0} ({1})")]
+    Device(u32, &'static str),
+}
+
+fn error_name(e: u32) -> &'static str {
+    match e {
+        error::BAD_ARGS => "bad arguments",
+        error::BUS_MASTER => "bus mastering off",
+        error::DMA_STATUS => "DMA failed",
+        error::TIMEOUT => "completion timeout",
+        error::BUSY => "doorbell while busy",
+        _ => "unknown",
+    }
+}
+
+/// An enumerated memdev at `bdf`.
+#[derive(Clone, Copy, Debug)]
+pub struct MemDevDriver {
+    pub bdf: Bdf,
+    pub buffer_size: u32,
+}
+
+impl MemDevDriver {
+    /// Checks that the enumerated function at `bdf` is a memdev.
+    pub fn probe<L: Link>(host: &mut Host<L>, bdf: Bdf) -> Result<MemDevDriver, DriverError> {
+        let magic = host.bar_read32(bdf, 0, regs::MAGIC)?;
+        if magic != memdev::MAGIC {
+            return Err(DriverError::NotMemdev(bdf, magic));
+        }
+        let buffer_size = host.bar_read32(bdf, 0, regs::BUF_SIZE)?;
+        Ok(MemDevDriver { bdf, buffer_size })
+    }
+
+    /// Runs one operation (`memdev::op::READ`, `WRITE` or `COPY`) and waits for its
+    /// interrupt; `Ok` when the device reports it done.
+    pub fn run<L: Link>(
+        &self,
+        host: &mut Host<L>,
+        op: u32,
+        src: u64,
+        dst: u64,
+        len: u32,
+        timeout: Duration,
+    ) -> Result<(), DriverError> {
+        let b = self.bdf;
+        for (r, v) in [
+            (regs::SRC, src as u32),
+            (regs::SRC + 4, (src >> 32) as u32),
+            (regs::DST, dst as u32),
+            (regs::DST + 4, (dst >> 32) as u32),
+            (regs::LEN, len),
+            (regs::BUF_OFF, 0),
+            (regs::IRQ, 1),
+            (regs::DOORBELL, op),
+        ] {
+            host.bar_write32(b, 0, r, v)?;
+        }
+        loop {
+            match host.wait_interrupt(timeout) {
+                Some(Interrupt::Vector { device, .. }) if device == b => break,
+                Some(Interrupt::Intx {
+                    device,
+                    asserted: true,
+                    ..
+                }) if device == b => break,
+                Some(_) => continue,
+                None => return Err(DriverError::NoInterrupt(timeout)),
+            }
+        }
+        let st = host.bar_read32(b, 0, regs::STATUS)?;
+        let err = host.bar_read32(b, 0, regs::ERROR)?;
+        // Acknowledge (releases INTx when that is how it signalled).
+        host.bar_write32(b, 0, regs::STATUS, 0)?;
+        if st == status::DONE {
+            Ok(())
+        } else {
+            Err(DriverError::Device(err, error_name(err)))
+        }
+    }
+}
