@@ -112,7 +112,10 @@ pub struct FunctionStats {
 /// Settings of a function.
 #[derive(Clone, Copy, Debug)]
 pub struct FunctionConfig {
-    /// Completion timeout for DMA reads, µs (PCIe's default range is 50 µs..50 ms).
+    /// Completion timeout for DMA reads, µs, counted from the last completion of the
+    /// transfer. Default 1 s: PCIe's default range (50 µs..50 ms) is for a link that
+    /// does not lose packets; over Ethernet a read may wait for the transport's
+    /// retransmissions (PCIe's ranges go up to 64 s).
     pub completion_timeout_us: u64,
     /// Read Completion Boundary the host uses.
     pub rcb: Rcb,
@@ -121,7 +124,7 @@ pub struct FunctionConfig {
 impl Default for FunctionConfig {
     fn default() -> FunctionConfig {
         FunctionConfig {
-            completion_timeout_us: 50_000,
+            completion_timeout_us: 1_000_000,
             rcb: Rcb::B64,
         }
     }

@@ -386,8 +386,8 @@ fn completion_timeout_bus_master_and_masking() {
         h.run(op::READ, MEM_BASE, 0, 256, 0),
         (status::BUSY, error::NONE)
     );
-    assert_eq!(h.f.poll_timeout(), Some(50_000));
-    h.f.handle_timeout(50_000);
+    assert_eq!(h.f.poll_timeout(), Some(1_000_000));
+    h.f.handle_timeout(1_000_000);
     h.pump();
     assert_eq!(
         (h.reg(regs::STATUS), h.reg(regs::ERROR)),

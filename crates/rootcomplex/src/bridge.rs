@@ -87,6 +87,8 @@ pub struct BridgeStats {
 
 #[derive(Clone, Copy, Debug)]
 pub struct BridgeConfig {
+    /// Completion timeout of the host's requests, µs. Default 1 s, long enough for
+    /// the transport to recover lost frames (see `endpoint::FunctionConfig`).
     pub completion_timeout_us: u64,
     /// Max Payload Size for completions and writes the bridge sends.
     pub max_payload: MaxSize,
@@ -96,7 +98,7 @@ pub struct BridgeConfig {
 impl Default for BridgeConfig {
     fn default() -> BridgeConfig {
         BridgeConfig {
-            completion_timeout_us: 50_000,
+            completion_timeout_us: 1_000_000,
             max_payload: MaxSize::B256,
             rcb: Rcb::B64,
         }

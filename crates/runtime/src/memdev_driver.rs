@@ -18,6 +18,8 @@ pub enum DriverError {
     NoInterrupt(Duration),
     #[error("the device reports error {0} ({1})")]
     Device(u32, &'static str),
+    #[error("{len} bytes copied from {src:#x} to {dst:#x} differ from what was written")]
+    Mismatch { src: u64, dst: u64, len: usize },
 }
 
 fn error_name(e: u32) -> &'static str {
@@ -94,5 +96,29 @@ impl MemDevDriver {
         } else {
             Err(DriverError::Device(err, error_name(err)))
         }
+    }
+
+    /// Writes `data` into host memory at `src`, has the device COPY it to `dst` (a
+    /// DMA read and a DMA write over the link), and checks what arrived, byte for byte.
+    pub fn copy_checked<L: Link>(
+        &self,
+        host: &mut Host<L>,
+        src: u64,
+        dst: u64,
+        data: &[u8],
+        timeout: Duration,
+    ) -> Result<(), DriverError> {
+        host.write_memory(src, data)?;
+        self.run(host, memdev::op::COPY, src, dst, data.len() as u32, timeout)?;
+        let mut got = vec![0u8; data.len()];
+        host.read_memory(dst, &mut got)?;
+        if got != data {
+            return Err(DriverError::Mismatch {
+                src,
+                dst,
+                len: data.len(),
+            });
+        }
+        Ok(())
     }
 }

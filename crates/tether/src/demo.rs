@@ -18,7 +18,7 @@ use dataplane::ports::af_packet::{AfPacketPort, RingConfig};
 use dataplane::ports::af_xdp::{AfXdpPort, XdpConfig};
 use dataplane::ports::mem;
 use dataplane::{Mempool, Port};
-use endpoint::memdev::{self, op, MemDev};
+use endpoint::memdev::{self, MemDev};
 use endpoint::{Device, Function, FunctionConfig};
 use fabric::{FabricEvent, Node, NodeConfig};
 use rootcomplex::{BarWindows, BridgeConfig, Host, MemoryMap};
@@ -209,21 +209,14 @@ fn copies(
         let len = 1 + (rng.next_u64() as usize % max);
         let (so, d_o) = (rng.next_u64() % 64, rng.next_u64() % 64);
         let data: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
-        host.write_memory(src.addr + so, &data)?;
-        drv.run(
+        drv.copy_checked(
             host,
-            op::COPY,
             src.addr + so,
             dst.addr + d_o,
-            len as u32,
+            &data,
             Duration::from_secs(10),
         )
         .with_context(|| format!("copy {i} of {len} bytes"))?;
-        let mut got = vec![0u8; len];
-        host.read_memory(dst.addr + d_o, &mut got)?;
-        if got != data {
-            bail!("copy {i} of {len} bytes: the data differs");
-        }
         bytes += 2 * len as u64; // read from the host and written back
         let done = i + 1;
         let step = (count / 10).max(1);
