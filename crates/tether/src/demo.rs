@@ -141,6 +141,9 @@ fn node(port: &dyn Port, role: BridgeRole, id: u64) -> Result<Node> {
         .max(1);
     let mut cfg = NodeConfig::new(MacAddr(port.info().mac), role, id, epoch);
     cfg.info_interval_us = 50_000;
+    // Three bridges busy-poll on this one machine: a thread can be off the CPU for a
+    // while, which must not look like a dead peer (0.5 s of silence does).
+    cfg.missed_infos = 10;
     Ok(Node::new(cfg)?)
 }
 

@@ -35,6 +35,10 @@ fn xdp(name: &str) -> Box<dyn Port> {
 fn node(port: &dyn Port, role: BridgeRole, id: u64) -> Node {
     let mut cfg = NodeConfig::new(MacAddr(port.info().mac), role, id, 1000);
     cfg.info_interval_us = 50_000;
+    // Three busy-polling parties (relay, box, host) share two cores here: a thread
+    // can be off the CPU for a while, which must not look like a dead peer.
+    cfg.missed_infos = 40;
+    cfg.session.retry_limit = 40;
     Node::new(cfg).unwrap()
 }
 
@@ -134,7 +138,15 @@ fn dma_copies_survive_loss_duplication_reordering_and_corruption() {
             &data,
             Duration::from_secs(30),
         )
-        .unwrap_or_else(|e| panic!("copy {i} of {len} bytes: {e}"));
+        .unwrap_or_else(|e| {
+            let l = h.link();
+            panic!(
+                "copy {i} of {len} bytes: {e}\nhost fabric events: {:?}\nhost node: {:?}\nsession: {:?}",
+                l.events,
+                l.fabric().node().stats(),
+                l.fabric().node().session_stats(10, peer)
+            )
+        });
         bytes += len;
     }
     let session = h.link().fabric().node().session_stats(10, peer).unwrap();
