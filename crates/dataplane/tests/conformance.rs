@@ -196,6 +196,13 @@ fn af_packet_port_conforms() {
 }
 
 #[test]
+fn af_packet_frame_ring_port_conforms() {
+    kernel_port_conforms("af_packet_frame_ring_port_conforms", "dpv", |i, p| {
+        Box::new(AfPacketPort::open(i, p, RingConfig::low_latency()).unwrap())
+    });
+}
+
+#[test]
 fn af_xdp_port_conforms() {
     kernel_port_conforms("af_xdp_port_conforms", "dpx", |i, p| {
         let port = AfXdpPort::open(i, p, XdpConfig::default()).unwrap();

@@ -28,8 +28,15 @@ fn over_veth(test: &str, tag: &str, open: fn(&str, &std::sync::Arc<Mempool>) -> 
 }
 
 #[test]
-fn memdev_over_veth_af_packet() {
-    over_veth("memdev_over_veth_af_packet", "rtp", |i, p| {
+fn memdev_over_veth_af_packet_frame_ring() {
+    over_veth("memdev_over_veth_af_packet_frame_ring", "rtp", |i, p| {
+        Box::new(AfPacketPort::open(i, p, RingConfig::low_latency()).unwrap())
+    });
+}
+
+#[test]
+fn memdev_over_veth_af_packet_block_ring() {
+    over_veth("memdev_over_veth_af_packet_block_ring", "rtb", |i, p| {
         Box::new(AfPacketPort::open(i, p, RingConfig::default()).unwrap())
     });
 }

@@ -85,8 +85,9 @@ fn open_port(kind: PortKind, name: &str) -> Result<(Box<dyn Port>, String)> {
             Err(e) => eprintln!("  AF_XDP on {name} not available ({e}); using AF_PACKET"),
         }
     }
-    let p = AfPacketPort::open(name, &pool, RingConfig::default())?;
-    Ok((Box::new(p), "AF_PACKET rings".into()))
+    // Frame slots (TPACKET_V2): handed over one by one, as request/response wants.
+    let p = AfPacketPort::open(name, &pool, RingConfig::low_latency())?;
+    Ok((Box::new(p), "AF_PACKET (TPACKET_V2 frame ring)".into()))
 }
 
 fn segment(kind: PortKind) -> Result<Segment> {

@@ -18,6 +18,7 @@ const PACKET_RX_RING: libc::c_int = 5;
 const PACKET_VERSION: libc::c_int = 10;
 const PACKET_TX_RING: libc::c_int = 13;
 const PACKET_QDISC_BYPASS: libc::c_int = 20;
+const TPACKET_V2: libc::c_int = 1;
 const TPACKET_V3: libc::c_int = 2;
 
 const TP_STATUS_KERNEL: u32 = 0;
@@ -67,12 +68,86 @@ mod block {
     pub const FIRST_PKT: usize = 16;
 }
 
-/// Where frame data starts in a TX ring slot: TPACKET_ALIGN(sizeof(tpacket3_hdr)).
-const TX_DATA_OFFSET: usize = 48;
+/// Offsets in a frame slot's header (`tpacket2_hdr` / `tpacket3_hdr`): status, length,
+/// snap length, and where TX data starts (TPACKET_ALIGN of the header size).
+#[derive(Clone, Copy)]
+struct SlotLayout {
+    status: usize,
+    len: usize,
+    snaplen: usize,
+    tx_data: usize,
+}
+
+const V2_SLOT: SlotLayout = SlotLayout {
+    status: 0,
+    len: 4,
+    snaplen: 8,
+    tx_data: 32,
+};
+const V3_SLOT: SlotLayout = SlotLayout {
+    status: 20,
+    len: 16,
+    snaplen: 12,
+    tx_data: 48,
+};
+
+/// `tpacket2_hdr` fields past the ones in `SlotLayout`.
+mod v2 {
+    pub const MAC: usize = 12;
+    pub const VLAN_TCI: usize = 24;
+    pub const VLAN_TPID: usize = 26;
+}
+
+/// Copies a received frame into `buf`, putting back the 802.1Q tag the kernel took
+/// out (`vlan`: TPID, TCI). Returns the frame length, or `None` if it does not fit.
+fn copy_frame(buf: &mut [u8], data: &[u8], vlan: Option<(u16, u16)>) -> Option<usize> {
+    match vlan {
+        Some((tpid, tci)) if data.len() >= 12 => {
+            let len = data.len() + 4;
+            if len > buf.len() {
+                return None;
+            }
+            buf[..12].copy_from_slice(&data[..12]);
+            buf[12..14].copy_from_slice(&tpid.to_be_bytes());
+            buf[14..16].copy_from_slice(&tci.to_be_bytes());
+            buf[16..len].copy_from_slice(&data[12..]);
+            Some(len)
+        }
+        _ => {
+            buf.get_mut(..data.len())?.copy_from_slice(data);
+            Some(data.len())
+        }
+    }
+}
+
+/// The tag of a received frame from its status word and header fields.
+fn stripped_tag(status: u32, tci: u16, tpid: u16) -> Option<(u16, u16)> {
+    (status & TP_STATUS_VLAN_VALID != 0).then(|| {
+        let tpid = if status & TP_STATUS_VLAN_TPID_VALID != 0 {
+            tpid
+        } else {
+            0x8100
+        };
+        (tpid, tci)
+    })
+}
+
+/// The receive ring's layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingVersion {
+    /// TPACKET_V3: the kernel fills blocks of variable-size frames and hands a block
+    /// over when it is full or its retire timer fires. The most frames per wake-up,
+    /// but a lone frame waits for the timer (1 ms, rounded up to the kernel tick).
+    Blocks,
+    /// TPACKET_V2: fixed-size frame slots, each handed over as soon as it is written.
+    /// What request/response traffic wants (DPDK's net_af_packet uses it too).
+    Frames,
+}
 
 /// Ring sizes.
 #[derive(Clone, Copy, Debug)]
 pub struct RingConfig {
+    pub version: RingVersion,
     pub rx_block_size: u32,
     pub rx_blocks: u32,
     /// Milliseconds after which the kernel hands over a partly filled block.
@@ -81,9 +156,20 @@ pub struct RingConfig {
     pub tx_frames: u32,
 }
 
+impl RingConfig {
+    /// Frame slots handed over one by one (TPACKET_V2): for latency.
+    pub fn low_latency() -> RingConfig {
+        RingConfig {
+            version: RingVersion::Frames,
+            ..RingConfig::default()
+        }
+    }
+}
+
 impl Default for RingConfig {
     fn default() -> RingConfig {
         RingConfig {
+            version: RingVersion::Blocks,
             rx_block_size: 1 << 20,
             rx_blocks: 16,
             rx_block_timeout_ms: 1,
@@ -137,8 +223,12 @@ impl AfPacketPort {
         let sock = PacketSocket::open(interface, true, false)?;
         let (mac, mtu) = sock.link_info()?;
         let fd = sock.fd();
-        setsockopt_int(fd, libc::SOL_PACKET, PACKET_VERSION, TPACKET_V3)
-            .map_err(|_| PortError::io("setting TPACKET_V3", interface))?;
+        let version = match cfg.version {
+            RingVersion::Blocks => TPACKET_V3,
+            RingVersion::Frames => TPACKET_V2,
+        };
+        setsockopt_int(fd, libc::SOL_PACKET, PACKET_VERSION, version)
+            .map_err(|_| PortError::io("setting the TPACKET version", interface))?;
         let _ = setsockopt_int(fd, libc::SOL_PACKET, PACKET_QDISC_BYPASS, 1);
         let rx = req_for(&cfg, true);
         let tx = req_for(&cfg, false);
@@ -185,41 +275,33 @@ impl AfPacketPort {
         })
     }
 
-    fn rx_len(&self) -> usize {
-        (self.cfg.rx_block_size * self.cfg.rx_blocks) as usize
+    /// Hands a filled buffer to the caller, or back to the cache when the frame did
+    /// not fit (counted as dropped).
+    fn deliver(
+        &mut self,
+        pool: &Mempool,
+        mut m: Mbuf,
+        copied: Option<usize>,
+        out: &mut Vec<Mbuf>,
+    ) -> bool {
+        match copied {
+            Some(len) => {
+                pool.set_len(&mut m, len);
+                self.stats.rx_packets += 1;
+                self.stats.rx_bytes += len as u64;
+                out.push(m);
+                true
+            }
+            None => {
+                self.stats.rx_dropped += 1;
+                self.cache.put(m);
+                false
+            }
+        }
     }
 
-    /// The status word of a shared ring header, read and written atomically.
-    fn status_at(&self, offset: usize) -> &AtomicU32 {
-        // SAFETY: every caller passes the offset of a 4-byte-aligned status field
-        // inside the mapping; the kernel and this port only access it atomically.
-        unsafe { &*(self.map.base.add(offset) as *const AtomicU32) }
-    }
-
-    fn load_status(&self, offset: usize) -> u32 {
-        self.status_at(offset).load(Ordering::Acquire)
-    }
-
-    fn store_status(&self, offset: usize, value: u32) {
-        self.status_at(offset).store(value, Ordering::Release);
-    }
-
-    fn read_u32(&self, offset: usize) -> u32 {
-        // SAFETY: offset lies inside the mapping (block or frame headers the kernel wrote).
-        unsafe { std::ptr::read_volatile(self.map.base.add(offset) as *const u32) }
-    }
-}
-
-impl Port for AfPacketPort {
-    fn info(&self) -> &LinkInfo {
-        &self.info
-    }
-
-    fn pool(&self) -> &Arc<Mempool> {
-        self.cache.pool()
-    }
-
-    fn rx_burst(&mut self, out: &mut Vec<Mbuf>, max: usize) -> Result<usize, PortError> {
+    /// TPACKET_V3: whole blocks of frames.
+    fn rx_blocks(&mut self, out: &mut Vec<Mbuf>, max: usize) -> usize {
         let pool = self.cache.pool().clone();
         let bs = self.cfg.rx_block_size as usize;
         let mut n = 0;
@@ -242,37 +324,20 @@ impl Port for AfPacketPort {
                 let Some(mut m) = self.cache.get() else {
                     self.stats.rx_nombuf += 1;
                     self.rx_next = Some((off, left));
-                    return Ok(n);
+                    return n;
                 };
                 let snap = h.snaplen as usize;
-                let tag = h.status & TP_STATUS_VLAN_VALID != 0 && snap >= 12;
-                let len = snap + if tag { 4 } else { 0 };
-                let buf = pool.buf_mut(&mut m);
-                if len > buf.len() || pkt + h.mac as usize + snap > self.rx_len() {
-                    self.stats.rx_dropped += 1;
-                    self.cache.put(m);
+                let vlan = stripped_tag(h.status, h.vlan_tci as u16, h.vlan_tpid);
+                let copied = if pkt + h.mac as usize + snap > self.rx_len() {
+                    None
                 } else {
                     // SAFETY: the frame bytes lie inside the block (checked above).
                     let data = unsafe {
                         std::slice::from_raw_parts(self.map.base.add(pkt + h.mac as usize), snap)
                     };
-                    if tag {
-                        let tpid = if h.status & TP_STATUS_VLAN_TPID_VALID != 0 {
-                            h.vlan_tpid
-                        } else {
-                            0x8100
-                        };
-                        buf[..12].copy_from_slice(&data[..12]);
-                        buf[12..14].copy_from_slice(&tpid.to_be_bytes());
-                        buf[14..16].copy_from_slice(&(h.vlan_tci as u16).to_be_bytes());
-                        buf[16..len].copy_from_slice(&data[12..]);
-                    } else {
-                        buf[..len].copy_from_slice(data);
-                    }
-                    pool.set_len(&mut m, len);
-                    self.stats.rx_packets += 1;
-                    self.stats.rx_bytes += len as u64;
-                    out.push(m);
+                    copy_frame(pool.buf_mut(&mut m), data, vlan)
+                };
+                if self.deliver(&pool, m, copied, out) {
                     n += 1;
                 }
                 left -= 1;
@@ -287,20 +352,113 @@ impl Port for AfPacketPort {
                 self.rx_next = Some((off, left));
             }
         }
-        Ok(n)
+        n
+    }
+
+    /// TPACKET_V2: one frame slot at a time, each visible as soon as it is written.
+    fn rx_frames(&mut self, out: &mut Vec<Mbuf>, max: usize) -> usize {
+        let pool = self.cache.pool().clone();
+        let (bs, fs) = (self.cfg.rx_block_size as usize, 2048usize);
+        let per_block = bs / fs;
+        let slots = per_block * self.cfg.rx_blocks as usize;
+        let mut n = 0;
+        while n < max {
+            let i = self.rx_block as usize;
+            let slot = (i / per_block) * bs + (i % per_block) * fs;
+            let status = self.load_status(slot + V2_SLOT.status);
+            if status & TP_STATUS_USER == 0 {
+                break;
+            }
+            let Some(mut m) = self.cache.get() else {
+                self.stats.rx_nombuf += 1;
+                break;
+            };
+            let snap = self.read_u32(slot + V2_SLOT.snaplen) as usize;
+            let mac = self.read_u16(slot + v2::MAC) as usize;
+            let vlan = stripped_tag(
+                status,
+                self.read_u16(slot + v2::VLAN_TCI),
+                self.read_u16(slot + v2::VLAN_TPID),
+            );
+            let copied = if mac + snap > fs {
+                None
+            } else {
+                // SAFETY: the frame lies inside its slot (checked above), which the
+                // kernel handed to user space (status USER).
+                let data =
+                    unsafe { std::slice::from_raw_parts(self.map.base.add(slot + mac), snap) };
+                copy_frame(pool.buf_mut(&mut m), data, vlan)
+            };
+            if self.deliver(&pool, m, copied, out) {
+                n += 1;
+            }
+            self.store_status(slot + V2_SLOT.status, TP_STATUS_KERNEL);
+            self.rx_block = ((i + 1) % slots) as u32;
+        }
+        n
+    }
+
+    fn rx_len(&self) -> usize {
+        (self.cfg.rx_block_size * self.cfg.rx_blocks) as usize
+    }
+
+    /// The status word of a shared ring header, read and written atomically.
+    fn status_at(&self, offset: usize) -> &AtomicU32 {
+        // SAFETY: every caller passes the offset of a 4-byte-aligned status field
+        // inside the mapping; the kernel and this port only access it atomically.
+        unsafe { &*(self.map.base.add(offset) as *const AtomicU32) }
+    }
+
+    fn load_status(&self, offset: usize) -> u32 {
+        self.status_at(offset).load(Ordering::Acquire)
+    }
+
+    fn store_status(&self, offset: usize, value: u32) {
+        self.status_at(offset).store(value, Ordering::Release);
+    }
+
+    fn read_u16(&self, offset: usize) -> u16 {
+        // SAFETY: offset lies inside the mapping (a frame header the kernel wrote).
+        unsafe { std::ptr::read_volatile(self.map.base.add(offset) as *const u16) }
+    }
+
+    fn read_u32(&self, offset: usize) -> u32 {
+        // SAFETY: offset lies inside the mapping (block or frame headers the kernel wrote).
+        unsafe { std::ptr::read_volatile(self.map.base.add(offset) as *const u32) }
+    }
+}
+
+impl Port for AfPacketPort {
+    fn info(&self) -> &LinkInfo {
+        &self.info
+    }
+
+    fn pool(&self) -> &Arc<Mempool> {
+        self.cache.pool()
+    }
+
+    fn rx_burst(&mut self, out: &mut Vec<Mbuf>, max: usize) -> Result<usize, PortError> {
+        Ok(match self.cfg.version {
+            RingVersion::Blocks => self.rx_blocks(out, max),
+            RingVersion::Frames => self.rx_frames(out, max),
+        })
     }
 
     fn tx_burst(&mut self, bufs: &mut Vec<Mbuf>) -> Result<usize, PortError> {
         let pool = self.cache.pool().clone();
         let fs = self.cfg.tx_frame_size as usize;
-        let room = fs - TX_DATA_OFFSET;
+        let layout = match self.cfg.version {
+            RingVersion::Blocks => V3_SLOT,
+            RingVersion::Frames => V2_SLOT,
+        };
+        let room = fs - layout.tx_data;
         let per_block = (1usize << 16) / fs;
         let (mut sent, mut too_large) = (0, 0);
         for m in bufs.iter() {
             let i = self.tx_next as usize;
             // Frames are laid out per block of 64 KiB.
             let slot = self.rx_len() + (i / per_block) * (1 << 16) + (i % per_block) * fs;
-            let st = self.load_status(slot + 20);
+            let st = self.load_status(slot + layout.status);
             if st & (TP_STATUS_SEND_REQUEST | TP_STATUS_SENDING) != 0 {
                 break; // ring full
             }
@@ -319,20 +477,20 @@ impl Port for AfPacketPort {
             unsafe {
                 std::ptr::copy_nonoverlapping(
                     data.as_ptr(),
-                    self.map.base.add(slot + TX_DATA_OFFSET),
+                    self.map.base.add(slot + layout.tx_data),
                     data.len(),
                 );
                 std::ptr::write_volatile(
-                    self.map.base.add(slot + 16) as *mut u32,
+                    self.map.base.add(slot + layout.len) as *mut u32,
                     data.len() as u32,
                 );
                 std::ptr::write_volatile(
-                    self.map.base.add(slot + 12) as *mut u32,
+                    self.map.base.add(slot + layout.snaplen) as *mut u32,
                     data.len() as u32,
                 );
             }
             fence(Ordering::Release);
-            self.store_status(slot + 20, TP_STATUS_SEND_REQUEST);
+            self.store_status(slot + layout.status, TP_STATUS_SEND_REQUEST);
             self.tx_next = (self.tx_next + 1) % self.cfg.tx_frames;
             self.stats.tx_bytes += data.len() as u64;
             sent += 1;
