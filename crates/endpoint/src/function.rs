@@ -15,9 +15,9 @@ use std::collections::VecDeque;
 
 use thiserror::Error;
 use tlp::{
-    split_read_completions, split_requests, Bdf, Completion, CompletionStatus, ConfigRequest,
-    Header, IntxPin, MaxSize, MemRead, MemWrite, Message, Rcb, ReadReassembly, RequestChunk, Tag,
-    Tlp,
+    enabled_runs, for_each_read_completion, for_each_write, split_requests, Bdf, Completion,
+    CompletionStatus, ConfigRequest, Header, IntxPin, MaxSize, MemRead, MemWrite, Message, Rcb,
+    ReadReassembly, RequestChunk, Tag, Tlp,
 };
 
 use crate::config::{reg, ConfigEffects, ConfigSpace};
@@ -172,13 +172,9 @@ pub struct Function<D: Device> {
 }
 
 fn emit(out: &mut VecDeque<Vec<u8>>, tlp: &Tlp) {
-    let mut buf = vec![0u8; tlp.buffer_len()];
-    match tlp.emit(&mut buf) {
-        Ok(n) => {
-            buf.truncate(n);
-            out.push_back(buf);
-        }
-        // Every TLP built here is valid by construction; a failure is a bug.
+    // Every TLP built here is valid by construction; a failure is a bug.
+    match tlp.to_vec() {
+        Ok(b) => out.push_back(b),
         Err(e) => debug_assert!(false, "emitting {tlp:?}: {e}"),
     }
 }
@@ -325,22 +321,11 @@ impl DeviceIo for Core {
             return Err(DmaError::TooLong(data.len()));
         }
         let (mps, _) = self.sizes();
-        let mut payload = Vec::with_capacity(mps.bytes() + 8);
-        for c in split_requests(addr, data.len(), mps).map_err(|_| DmaError::AddressOverflow)? {
-            let lead = ((addr + c.offset as u64) & 3) as usize;
-            payload.clear();
-            payload.resize(c.span.length_dw as usize * 4, 0);
-            payload[lead..lead + c.len].copy_from_slice(&data[c.offset..c.offset + c.len]);
-            let w = MemWrite {
-                requester: self.bdf,
-                tag: Tag::wrapping(0),
-                address: c.span.dw_address,
-                first_be: c.span.first_be,
-                last_be: c.span.last_be,
-                hint: None,
-            };
-            emit(&mut self.out, &Tlp::new(Header::MemWrite(w), &payload));
-        }
+        let out = &mut self.out;
+        for_each_write(self.bdf, addr, data, mps, |w, payload| {
+            emit(out, &Tlp::new(Header::MemWrite(w), payload))
+        })
+        .map_err(|_| DmaError::AddressOverflow)?;
         self.stats.dma_writes += 1;
         self.stats.dma_write_bytes += data.len() as u64;
         Ok(())
@@ -407,35 +392,6 @@ impl DeviceIo for Core {
 
     fn now(&self) -> u64 {
         self.now
-    }
-}
-
-/// Calls `f(offset, bytes)` for each run of enabled bytes of a request whose payload
-/// (or read data) covers `length_dw` DWs with these byte enables.
-fn enabled_runs(length_dw: u16, first_be: u8, last_be: u8, mut f: impl FnMut(usize, usize)) {
-    let n = length_dw as usize * 4;
-    let enabled = |i: usize| -> bool {
-        let dw = i / 4;
-        let be = if dw == 0 {
-            first_be
-        } else if dw + 1 == length_dw as usize {
-            last_be
-        } else {
-            0xf
-        };
-        be & (1 << (i % 4)) != 0
-    };
-    let mut i = 0;
-    while i < n {
-        if !enabled(i) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < n && enabled(i) {
-            i += 1;
-        }
-        f(start, i - start);
     }
 }
 
@@ -531,14 +487,15 @@ impl<D: Device> Function<D> {
 
     /// Takes one TLP from the host at time `now` (µs).
     pub fn handle_tlp(&mut self, now: u64, bytes: &[u8]) {
+        match Tlp::parse(bytes) {
+            Ok(tlp) => self.handle_parsed(now, &tlp),
+            Err(_) => self.core.stats.malformed += 1,
+        }
+    }
+
+    /// Takes one TLP that the caller already parsed (to route it, say) at time `now`.
+    pub fn handle_parsed(&mut self, now: u64, tlp: &Tlp) {
         self.core.now = now;
-        let tlp = match Tlp::parse(bytes) {
-            Ok(t) => t,
-            Err(_) => {
-                self.core.stats.malformed += 1;
-                return;
-            }
-        };
         match tlp.header {
             Header::ConfigRead(r) => self.config_read(r),
             Header::ConfigWrite(r) => self.config_write(r, tlp.payload),
@@ -748,21 +705,16 @@ impl<D: Device> Function<D> {
         });
         let lead = (first - r.address) as usize;
         let (mps, _) = self.core.sizes();
-        let mut payload = Vec::new();
-        for c in split_read_completions(&r, self.core.settings.rcb, mps) {
-            payload.resize(c.payload_len(), 0);
-            c.fill_payload(
-                &data[lead + c.offset..lead + c.offset + c.len],
-                &mut payload,
-            );
-            self.core.completion(
+        let core = &mut self.core;
+        for_each_read_completion(&r, &data[lead..], core.settings.rcb, mps, |c, payload| {
+            core.completion(
                 id,
                 CompletionStatus::Success,
                 c.byte_count,
                 c.lower_address,
-                &payload,
-            );
-        }
+                payload,
+            )
+        });
     }
 
     fn mem_write(&mut self, w: MemWrite, payload: &[u8]) {

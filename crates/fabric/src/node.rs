@@ -444,9 +444,28 @@ impl Node {
 
     /// The next frame to send.
     pub fn poll_transmit(&mut self, now: u64) -> Option<Vec<u8>> {
+        let mut frame = vec![0u8; self.buf.len()];
+        match self.poll_transmit_into(now, &mut frame)? {
+            Ok(n) => {
+                frame.truncate(n);
+                Some(frame)
+            }
+            // Our own buffer holds any frame of our MTU.
+            Err(_) => None,
+        }
+    }
+
+    /// The next frame to send, written into `buf` (a port's buffer): `Ok(length)`, or
+    /// `Err(length)` when it does not fit and was dropped (a session frame is sent
+    /// again by the session's retransmission).
+    pub fn poll_transmit_into(&mut self, now: u64, buf: &mut [u8]) -> Option<Result<usize, usize>> {
         if let Some(f) = self.out.pop_front() {
+            let Some(dst) = buf.get_mut(..f.len()) else {
+                return Some(Err(f.len()));
+            };
+            dst.copy_from_slice(&f);
             self.stats.frames_out += 1;
-            return Some(f);
+            return Some(Ok(f.len()));
         }
         let src = self.cfg.mac;
         for (&(gid, peer), p) in self.peers.iter_mut() {
@@ -457,10 +476,10 @@ impl Node {
                     vlan: tag(gid),
                     ethertype: ETHERTYPE,
                 };
-                if let Ok(n) = tx.write_frame(&mut self.buf, &eth) {
-                    self.stats.frames_out += 1;
-                    return Some(self.buf[..n].to_vec());
-                }
+                let len = tx.payload.len() + eth.header_len() + wire::HEADER_LEN;
+                let written = tx.write_frame(buf, &eth).map_err(|_| len);
+                self.stats.frames_out += written.is_ok() as u64;
+                return Some(written);
             }
         }
         None

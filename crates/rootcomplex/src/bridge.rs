@@ -16,8 +16,9 @@ use std::collections::VecDeque;
 
 use thiserror::Error;
 use tlp::{
-    split_read_completions, split_requests, Bdf, Completion, CompletionStatus, ConfigRequest,
-    Header, IntxPin, MaxSize, MemRead, MemWrite, Rcb, ReadReassembly, Tag, Tlp,
+    enabled_runs, for_each_read_completion, for_each_write, split_requests, Bdf, Completion,
+    CompletionStatus, ConfigRequest, Header, IntxPin, MaxSize, MemRead, MemWrite, Rcb,
+    ReadReassembly, Tag, Tlp,
 };
 
 use crate::memory::MemoryMap;
@@ -135,12 +136,9 @@ pub struct Bridge {
 }
 
 fn emit(out: &mut VecDeque<Vec<u8>>, t: &Tlp) {
-    let mut b = vec![0u8; t.buffer_len()];
-    match t.emit(&mut b) {
-        Ok(n) => {
-            b.truncate(n);
-            out.push_back(b);
-        }
+    // Every TLP built here is valid by construction; a failure is a bug.
+    match t.to_vec() {
+        Ok(b) => out.push_back(b),
         Err(e) => debug_assert!(false, "emitting {t:?}: {e}"),
     }
 }
@@ -308,25 +306,11 @@ impl Bridge {
     /// Writes `data` at bus address `addr` (posted: split at MPS and 4 KiB, no reply).
     pub fn mem_write(&mut self, now: u64, addr: u64, data: &[u8]) -> Result<(), RequestError> {
         self.now = now;
-        let chunks = split_requests(addr, data.len(), self.cfg.max_payload)
-            .map_err(|_| RequestError::BadLength(data.len()))?;
-        let mut payload = Vec::new();
-        for c in chunks {
-            let lead = ((addr + c.offset as u64) & 3) as usize;
-            payload.clear();
-            payload.resize(c.span.length_dw as usize * 4, 0);
-            payload[lead..lead + c.len].copy_from_slice(&data[c.offset..c.offset + c.len]);
-            let w = MemWrite {
-                requester: self.bdf,
-                tag: Tag::wrapping(0),
-                address: c.span.dw_address,
-                first_be: c.span.first_be,
-                last_be: c.span.last_be,
-                hint: None,
-            };
-            emit(&mut self.out, &Tlp::new(Header::MemWrite(w), &payload));
-        }
-        Ok(())
+        let out = &mut self.out;
+        for_each_write(self.bdf, addr, data, self.cfg.max_payload, |w, payload| {
+            emit(out, &Tlp::new(Header::MemWrite(w), payload))
+        })
+        .map_err(|_| RequestError::BadLength(data.len()))
     }
 
     /// Takes one TLP from a device at time `now` (µs).
@@ -405,19 +389,17 @@ impl Bridge {
         }
         self.stats.dma_reads += 1;
         self.stats.dma_read_bytes += count as u64;
-        let mut payload = Vec::new();
-        for c in split_read_completions(&r, self.cfg.rcb, self.cfg.max_payload) {
-            payload.resize(c.payload_len(), 0);
-            c.fill_payload(&data[c.offset..c.offset + c.len], &mut payload);
+        let (rcb, mps) = (self.cfg.rcb, self.cfg.max_payload);
+        for_each_read_completion(&r, &data, rcb, mps, |c, payload| {
             self.answer(
                 r.requester,
                 r.tag,
                 CompletionStatus::Success,
                 c.byte_count,
                 c.lower_address,
-                &payload,
-            );
-        }
+                payload,
+            )
+        });
     }
 
     fn serve_write(&mut self, w: MemWrite, payload: &[u8]) {
@@ -436,47 +418,25 @@ impl Bridge {
         }
         // Write the enabled bytes; a write whose bytes are not all inside the map is
         // dropped whole, never partly applied.
-        let n = payload.len();
-        let be_of = |i: usize| -> bool {
-            let dw = i / 4;
-            let be = if dw == 0 {
-                w.first_be
-            } else if dw + 1 == n / 4 {
-                w.last_be
-            } else {
-                0xf
-            };
-            be & (1 << (i % 4)) != 0
-        };
-        let first = (0..n).find(|&i| be_of(i));
-        let last = (0..n).rev().find(|&i| be_of(i));
-        let (Some(first), Some(last)) = (first, last) else {
+        let length_dw = (payload.len() / 4) as u16;
+        let mut span: Option<(usize, usize)> = None;
+        enabled_runs(length_dw, w.first_be, w.last_be, |at, len| {
+            span = Some(span.map_or((at, at + len), |(a, _)| (a, at + len)));
+        });
+        let Some((first, end)) = span else {
             return; // a zero-length write
         };
-        if !self
-            .memory
-            .contains(w.address + first as u64, last - first + 1)
-        {
+        if !self.memory.contains(w.address + first as u64, end - first) {
             self.stats.dma_write_dropped += 1;
             return;
         }
-        let mut i = first;
-        while i <= last {
-            if !be_of(i) {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i <= last && be_of(i) {
-                i += 1;
-            }
-            let ok = self
-                .memory
-                .write(w.address + start as u64, &payload[start..i]);
+        let memory = &mut self.memory;
+        enabled_runs(length_dw, w.first_be, w.last_be, |at, len| {
+            let ok = memory.write(w.address + at as u64, &payload[at..at + len]);
             debug_assert!(ok.is_ok(), "checked above");
-        }
+        });
         self.stats.dma_writes += 1;
-        self.stats.dma_write_bytes += (last - first + 1) as u64;
+        self.stats.dma_write_bytes += (end - first) as u64;
     }
 
     fn completion(&mut self, c: Completion, payload: &[u8]) {

@@ -15,13 +15,12 @@ use std::time::{Duration, Instant};
 
 use dataplane::ports::mem;
 use dataplane::{Mempool, Port};
-use endpoint::memdev::{self, MemDev};
-use endpoint::{Device, Function, FunctionConfig};
+use endpoint::memdev;
 use fabric::{Node, NodeConfig};
 use rootcomplex::{BarWindows, BridgeConfig, Host, Interrupt, MemoryMap};
 use runtime::{FabricLink, FabricPort, IoBox, MemDevDriver, Slot};
 use tlp::Bdf;
-use wire::{BridgeRole, DeviceInfo, MacAddr};
+use wire::{BridgeRole, MacAddr};
 
 const GROUP: u16 = 10;
 
@@ -31,22 +30,9 @@ fn node(port: &dyn Port, role: BridgeRole, id: u64) -> Node {
 
 /// The device side: a box with a memdev in slot 0, in group 10.
 fn run_box(port: Box<dyn Port>, stop: Arc<AtomicBool>) {
-    let model: Box<dyn Device + Send> = Box::new(MemDev::new(1 << 20));
-    let config = memdev::config_space(1 << 20).expect("memdev config space");
-    let function = Function::new(config, model, FunctionConfig::default());
-    let info = DeviceInfo {
-        slot: 0,
-        flags: wire::DEVICE_READY,
-        gid: GROUP,
-        vendor_id: memdev::VENDOR_ID,
-        device_id: memdev::DEVICE_ID,
-        class_code: 0x058000,
-        revision: 1,
-        subsystem_vendor_id: memdev::VENDOR_ID,
-        subsystem_id: memdev::DEVICE_ID,
-    };
+    let slot = Slot::memdev(0, GROUP, 1 << 20).expect("memdev config space");
     let n = node(&*port, BridgeRole::IoBox, 2);
-    let mut iobox = IoBox::new(FabricPort::new(n, port), vec![Slot::new(info, function)]);
+    let mut iobox = IoBox::new(FabricPort::new(n, port), vec![slot]);
     while !stop.load(Ordering::Relaxed) {
         iobox.poll(Duration::from_millis(1)).expect("box port");
     }

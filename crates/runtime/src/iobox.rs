@@ -4,7 +4,9 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use dataplane::PortError;
-use endpoint::{Device, Function};
+use endpoint::config::reg;
+use endpoint::memdev::{self, MemDev};
+use endpoint::{ConfigError, Device, Function, FunctionConfig};
 use fabric::FabricEvent;
 use tlp::{Header, Tlp};
 use wire::{DeviceInfo, MacAddr};
@@ -20,6 +22,32 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// A device in `slot`, group `gid`, announced with the identity its config space
+    /// holds (vendor, device, class, revision, subsystem).
+    pub fn announced(slot: u8, gid: u16, function: Function<Box<dyn Device + Send>>) -> Slot {
+        let c = function.config();
+        let info = DeviceInfo {
+            slot,
+            flags: wire::DEVICE_READY,
+            gid,
+            vendor_id: c.read16(reg::VENDOR_ID),
+            device_id: c.read16(reg::DEVICE_ID),
+            class_code: c.read32(reg::REVISION) >> 8,
+            revision: c.read8(reg::REVISION),
+            subsystem_vendor_id: c.read16(reg::SUBSYSTEM_VENDOR),
+            subsystem_id: c.read16(reg::SUBSYSTEM_ID),
+        };
+        Slot::new(info, function)
+    }
+
+    /// A memdev with a buffer of `buf_size` bytes in `slot`, group `gid`.
+    pub fn memdev(slot: u8, gid: u16, buf_size: usize) -> Result<Slot, ConfigError> {
+        let model: Box<dyn Device + Send> = Box::new(MemDev::new(buf_size));
+        let config = memdev::config_space(buf_size as u64)?;
+        let f = Function::new(config, model, FunctionConfig::default());
+        Ok(Slot::announced(slot, gid, f))
+    }
+
     pub fn new(info: DeviceInfo, function: Function<Box<dyn Device + Send>>) -> Slot {
         Slot {
             info,
@@ -76,8 +104,7 @@ impl IoBox {
     }
 
     /// Which slot of group `gid` a TLP from the host is for.
-    fn route(&self, gid: u16, bytes: &[u8]) -> Option<usize> {
-        let t = Tlp::parse(bytes).ok()?;
+    fn route(&self, gid: u16, t: &Tlp) -> Option<usize> {
         let in_group = |s: &&Slot| s.info.gid == gid;
         let pos = |f: &dyn Fn(&Slot) -> bool| self.slots.iter().position(|s| in_group(&s) && f(s));
         match t.header {
@@ -110,8 +137,10 @@ impl IoBox {
             match e {
                 FabricEvent::Tlp { gid, peer, tlp } => {
                     self.hosts.insert(gid, peer);
-                    match self.route(gid, &tlp) {
-                        Some(i) => self.slots[i].function.handle_tlp(now, &tlp),
+                    // Parsed once, for routing and for the device.
+                    let parsed = Tlp::parse(&tlp).ok();
+                    match parsed.as_ref().and_then(|t| Some((self.route(gid, t)?, t))) {
+                        Some((i, t)) => self.slots[i].function.handle_parsed(now, t),
                         None => self.stats.unrouted += 1,
                     }
                 }

@@ -112,17 +112,21 @@ impl FabricPort {
         while self.tx.len() < 64 {
             // A buffer first: with the pool exhausted the frame stays with the node.
             let Some(mut m) = pool.get() else { break };
-            let Some(f) = self.node.poll_transmit(now) else {
-                pool.put(m);
-                break;
-            };
-            if f.len() > pool.buf_size() {
-                self.oversize += 1;
-                pool.put(m);
-                continue;
+            // The node writes the frame straight into the pool buffer.
+            match self.node.poll_transmit_into(now, pool.buf_mut(&mut m)) {
+                Some(Ok(n)) => {
+                    pool.set_len(&mut m, n);
+                    self.tx.push(m);
+                }
+                Some(Err(_)) => {
+                    self.oversize += 1;
+                    pool.put(m);
+                }
+                None => {
+                    pool.put(m);
+                    break;
+                }
             }
-            pool.fill(&mut m, &f);
-            self.tx.push(m);
         }
         if !self.tx.is_empty() {
             moved = self.port.tx_burst(&mut self.tx)? > 0;

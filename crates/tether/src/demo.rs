@@ -18,13 +18,12 @@ use dataplane::ports::af_packet::{AfPacketPort, RingConfig};
 use dataplane::ports::af_xdp::{AfXdpPort, XdpConfig};
 use dataplane::ports::mem;
 use dataplane::{Mempool, Port};
-use endpoint::memdev::{self, MemDev};
-use endpoint::{Device, Function, FunctionConfig};
+use endpoint::memdev;
 use fabric::{FabricEvent, Node, NodeConfig};
 use rootcomplex::{BarWindows, BridgeConfig, Host, MemoryMap};
 use runtime::{FabricLink, FabricPort, IoBox, MemDevDriver, Slot};
 use tlp::Bdf;
-use wire::{BridgeRole, DeviceInfo, MacAddr};
+use wire::{BridgeRole, MacAddr};
 
 const GID_A: u16 = 10;
 const GID_B: u16 = 20;
@@ -278,26 +277,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
         let stop = stop.clone();
         std::thread::Builder::new().name("iobox".into()).spawn(
             move || -> Result<runtime::iobox::IoBoxStats> {
-                let model: Box<dyn Device + Send> = Box::new(MemDev::new(1 << 20));
-                let f = Function::new(
-                    memdev::config_space(1 << 20)?,
-                    model,
-                    FunctionConfig::default(),
-                );
-                let info = DeviceInfo {
-                    slot: 0,
-                    flags: wire::DEVICE_READY,
-                    gid: GID_A,
-                    vendor_id: memdev::VENDOR_ID,
-                    device_id: memdev::DEVICE_ID,
-                    class_code: 0x058000,
-                    revision: 1,
-                    subsystem_vendor_id: memdev::VENDOR_ID,
-                    subsystem_id: memdev::DEVICE_ID,
-                };
                 let mut b = IoBox::new(
                     FabricPort::new(box_node, box_port),
-                    vec![Slot::new(info, f)],
+                    vec![Slot::memdev(0, GID_A, 1 << 20)?],
                 );
                 while !stop.load(Ordering::Relaxed) {
                     b.poll(Duration::from_millis(1))?;

@@ -17,13 +17,11 @@ use common::*;
 use dataplane::netns::Rig;
 use dataplane::ports::af_xdp::{AfXdpPort, XdpConfig};
 use dataplane::{Mempool, Port};
-use endpoint::memdev::{self, MemDev};
-use endpoint::{Device, Function, FunctionConfig};
 use fabric::{Node, NodeConfig};
 use rootcomplex::{BarWindows, BridgeConfig, Host, MemoryMap};
 use runtime::{FabricLink, FabricPort, IoBox, MemDevDriver, Slot};
 use tlp::Bdf;
-use wire::{BridgeRole, DeviceInfo, MacAddr};
+use wire::{BridgeRole, MacAddr};
 
 const SPEC: &str = "loss=0.01,dup=0.01,reorder=0.05,corrupt=0.001";
 
@@ -75,25 +73,9 @@ fn dma_copies_survive_loss_duplication_reordering_and_corruption() {
     let box_thread = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            let model: Box<dyn Device + Send> = Box::new(MemDev::new(1 << 20));
-            let f = Function::new(
-                memdev::config_space(1 << 20).unwrap(),
-                model,
-                FunctionConfig::default(),
-            );
-            let info = DeviceInfo {
-                slot: 0,
-                flags: wire::DEVICE_READY,
-                gid: 10,
-                vendor_id: memdev::VENDOR_ID,
-                device_id: memdev::DEVICE_ID,
-                class_code: 0x058000,
-                revision: 1,
-                subsystem_vendor_id: memdev::VENDOR_ID,
-                subsystem_id: memdev::DEVICE_ID,
-            };
             let n = node(&*box_port, BridgeRole::IoBox, 7);
-            let mut b = IoBox::new(FabricPort::new(n, box_port), vec![Slot::new(info, f)]);
+            let slot = Slot::memdev(0, 10, 1 << 20).unwrap();
+            let mut b = IoBox::new(FabricPort::new(n, box_port), vec![slot]);
             while !stop.load(Ordering::Relaxed) {
                 b.poll(Duration::from_millis(1)).unwrap();
             }

@@ -46,6 +46,37 @@ impl DwSpan {
     }
 }
 
+/// Calls `f(offset, len)` for each run of enabled bytes of a request covering
+/// `length_dw` DWs with these byte enables (offsets from the first DW's first byte).
+/// Byte enables need not be contiguous within one DW, so a run is not always the
+/// whole span.
+pub fn enabled_runs(length_dw: u16, first_be: u8, last_be: u8, mut f: impl FnMut(usize, usize)) {
+    let n = length_dw as usize * 4;
+    let enabled = |i: usize| -> bool {
+        let dw = i / 4;
+        let be = if dw == 0 {
+            first_be
+        } else if dw + 1 == length_dw as usize {
+            last_be
+        } else {
+            0xf
+        };
+        be & (1 << (i % 4)) != 0
+    };
+    let mut i = 0;
+    while i < n {
+        if !enabled(i) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < n && enabled(i) {
+            i += 1;
+        }
+        f(start, i - start);
+    }
+}
+
 fn highest_bit(be: u8) -> u32 {
     7 - (be & 0xf).leading_zeros()
 }

@@ -16,7 +16,7 @@ pub mod split;
 pub mod types;
 mod words;
 
-pub use byte_enables::{check_byte_enables, enabled_bytes, DwSpan};
+pub use byte_enables::{check_byte_enables, enabled_bytes, enabled_runs, DwSpan};
 pub use error::{EmitError, ParseError};
 pub use packet::TlpPacket;
 pub use reassembly::{Progress, ReadReassembly, ReassemblyError};
@@ -25,8 +25,8 @@ pub use repr::{
     Tlp, MAX_PAYLOAD,
 };
 pub use split::{
-    split_completions, split_read_completions, split_requests, CompletionChunk, MaxSize, Rcb,
-    RequestChunk,
+    for_each_read_completion, for_each_write, split_completions, split_read_completions,
+    split_requests, CompletionChunk, MaxSize, Rcb, RequestChunk,
 };
 pub use types::{
     message_code, AtomicOp, Attributes, Bdf, CompletionStatus, Fmt, IntxPin, MessageRouting,

@@ -626,6 +626,14 @@ impl<'a> Tlp<'a> {
         header + self.payload.len() + if self.digest.is_some() { 4 } else { 0 }
     }
 
+    /// The TLP's bytes in a new buffer of exactly its size.
+    pub fn to_vec(&self) -> Result<Vec<u8>, EmitError> {
+        let mut buf = vec![0u8; self.buffer_len()];
+        let n = self.emit(&mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
     /// Writes the TLP at the start of `buf` and returns its size. Reserved fields are zero.
     #[inline]
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, EmitError> {

@@ -7,7 +7,8 @@ use core::fmt;
 use thiserror::Error;
 
 use crate::byte_enables::DwSpan;
-use crate::repr::MemRead;
+use crate::repr::{MemRead, MemWrite};
+use crate::types::{Bdf, Tag};
 
 /// A power-of-two size limit in bytes, 128..=4096: Max Payload Size or Max Read Request Size.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -187,6 +188,53 @@ pub fn split_completions(
         done: 0,
         rcb: rcb.bytes(),
         mps: mps.bytes() as u64,
+    }
+}
+
+/// The Memory Write Requests that carry `data` to `address` from `requester`: split
+/// at `max` (MPS) and 4 KiB by [`split_requests`], each with its DW-aligned payload
+/// (zero where the byte enables leave bytes out). `f` gets each request and payload.
+pub fn for_each_write(
+    requester: Bdf,
+    address: u64,
+    data: &[u8],
+    max: MaxSize,
+    mut f: impl FnMut(MemWrite, &[u8]),
+) -> Result<(), SplitError> {
+    let mut payload = Vec::with_capacity(max.bytes() + 8);
+    for c in split_requests(address, data.len(), max)? {
+        let lead = ((address + c.offset as u64) & 3) as usize;
+        payload.clear();
+        payload.resize(c.span.length_dw as usize * 4, 0);
+        payload[lead..lead + c.len].copy_from_slice(&data[c.offset..c.offset + c.len]);
+        let w = MemWrite {
+            requester,
+            tag: Tag::wrapping(0),
+            address: c.span.dw_address,
+            first_be: c.span.first_be,
+            last_be: c.span.last_be,
+            hint: None,
+        };
+        f(w, &payload);
+    }
+    Ok(())
+}
+
+/// The completions that answer `read` with `data` (its bytes from the first enabled
+/// one, [`read_extent`]'s byte count of them): split at the RCB and MPS by
+/// [`split_read_completions`]; `f` gets each chunk and its DW-aligned payload.
+pub fn for_each_read_completion(
+    read: &MemRead,
+    data: &[u8],
+    rcb: Rcb,
+    mps: MaxSize,
+    mut f: impl FnMut(&CompletionChunk, &[u8]),
+) {
+    let mut payload = Vec::with_capacity(mps.bytes() + 8);
+    for c in split_read_completions(read, rcb, mps) {
+        payload.resize(c.payload_len(), 0);
+        c.fill_payload(&data[c.offset..c.offset + c.len], &mut payload);
+        f(&c, &payload);
     }
 }
 

@@ -21,6 +21,23 @@ fn wait_until(ready: impl Fn() -> bool, timeout: Duration) {
     }
 }
 
+/// Turns the raw handles dequeued into `raws` back into buffers for `out`, counting
+/// them as received; returns how many.
+///
+/// # Safety
+/// Every value in `raws` came from `Mbuf::into_raw` and is turned back only here.
+unsafe fn take_raw(raws: &mut Vec<RawMbuf>, out: &mut Vec<Mbuf>, stats: &mut PortStats) -> usize {
+    let n = raws.len();
+    for raw in raws.drain(..) {
+        // SAFETY: the caller's contract.
+        let m = unsafe { Mbuf::from_raw(raw) };
+        stats.rx_bytes += m.len() as u64;
+        out.push(m);
+    }
+    stats.rx_packets += n as u64;
+    n
+}
+
 pub struct MemPort {
     info: LinkInfo,
     pool: Arc<Mempool>,
@@ -60,16 +77,10 @@ impl Port for MemPort {
 
     fn rx_burst(&mut self, out: &mut Vec<Mbuf>, max: usize) -> Result<usize, PortError> {
         self.scratch.clear();
-        let n = self.rx.dequeue_into(&mut self.scratch, max);
-        for raw in self.scratch.drain(..) {
-            // SAFETY: every value in the ring was produced by `into_raw` in tx_burst of
-            // the peer port and the SPSC ring hands each out exactly once.
-            let m = unsafe { Mbuf::from_raw(raw) };
-            self.stats.rx_bytes += m.len() as u64;
-            out.push(m);
-        }
-        self.stats.rx_packets += n as u64;
-        Ok(n)
+        self.rx.dequeue_into(&mut self.scratch, max);
+        // SAFETY: every value in the ring was produced by `into_raw` in tx_burst of the
+        // peer port and the SPSC ring hands each out exactly once.
+        Ok(unsafe { take_raw(&mut self.scratch, out, &mut self.stats) })
     }
 
     fn tx_burst(&mut self, bufs: &mut Vec<Mbuf>) -> Result<usize, PortError> {
@@ -147,17 +158,10 @@ impl Port for HubPort {
 
     fn rx_burst(&mut self, out: &mut Vec<Mbuf>, max: usize) -> Result<usize, PortError> {
         self.scratch.clear();
-        let n = self.rx.dequeue_into(&mut self.scratch, max);
-        for raw in self.scratch.drain(..) {
-            // SAFETY: every value in the ring was made by `into_raw` in a peer's
-            // tx_burst from a buffer copied for this port alone, and the ring hands
-            // each out once.
-            let m = unsafe { Mbuf::from_raw(raw) };
-            self.stats.rx_bytes += m.len() as u64;
-            out.push(m);
-        }
-        self.stats.rx_packets += n as u64;
-        Ok(n)
+        self.rx.dequeue_into(&mut self.scratch, max);
+        // SAFETY: every value in the ring was made by `into_raw` in a peer's tx_burst
+        // from a buffer copied for this port alone, and the ring hands each out once.
+        Ok(unsafe { take_raw(&mut self.scratch, out, &mut self.stats) })
     }
 
     fn tx_burst(&mut self, bufs: &mut Vec<Mbuf>) -> Result<usize, PortError> {

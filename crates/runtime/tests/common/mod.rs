@@ -8,37 +8,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dataplane::Port;
-use endpoint::memdev::{self, op, regs, MemDev};
-use endpoint::{Device, Function, FunctionConfig};
+use endpoint::memdev::{self, op, regs};
 use fabric::{Node, NodeConfig};
 use rootcomplex::{BarWindows, BridgeConfig, Host, MemoryMap};
 use runtime::{FabricLink, FabricPort, IoBox, MemDevDriver, Slot};
 use tlp::Bdf;
-use wire::{BridgeRole, DeviceInfo, MacAddr};
+use wire::{BridgeRole, MacAddr};
 
 const RAM: u64 = 0x1_0000_0000;
 const RAM_SIZE: usize = 16 << 20;
 const GID: u16 = 10;
 
 fn memdev_slot(slot: u8, gid: u16) -> Slot {
-    let model: Box<dyn Device + Send> = Box::new(MemDev::new(1 << 20));
-    let f = Function::new(
-        memdev::config_space(1 << 20).unwrap(),
-        model,
-        FunctionConfig::default(),
-    );
-    let info = DeviceInfo {
-        slot,
-        flags: wire::DEVICE_READY,
-        gid,
-        vendor_id: memdev::VENDOR_ID,
-        device_id: memdev::DEVICE_ID,
-        class_code: 0x058000,
-        revision: 1,
-        subsystem_vendor_id: memdev::VENDOR_ID,
-        subsystem_id: memdev::DEVICE_ID,
-    };
-    Slot::new(info, f)
+    Slot::memdev(slot, gid, 1 << 20).unwrap()
 }
 
 fn node(port: &dyn Port, role: BridgeRole, id: u64) -> Node {
