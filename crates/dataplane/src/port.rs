@@ -18,6 +18,7 @@ pub struct LinkInfo {
 
 /// Port counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct PortStats {
     pub rx_packets: u64,
     pub rx_bytes: u64,

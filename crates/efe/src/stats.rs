@@ -2,6 +2,7 @@
 
 /// What a session did, counted since it was created.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Stats {
     pub frames_out: u64,
     pub bytes_out: u64,

@@ -84,6 +84,7 @@ pub trait Device {
 
 /// Counters of a function.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct FunctionStats {
     pub config_reads: u64,
     pub config_writes: u64,

@@ -3,6 +3,8 @@
 //! keepalive, one efe session per (group, peer) for TLPs, hot-plug and hot-remove
 //! events from the INFO lists, and group (GID) changes by CTRL frames.
 
+pub mod manager;
 pub mod node;
 
+pub use manager::{Manager, ManagerEvent, ManagerStats, SeenBridge};
 pub use node::{DownReason, FabricError, FabricEvent, FabricStats, Node, NodeConfig, BROADCAST};

@@ -115,6 +115,7 @@ pub enum FabricEvent {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct FabricStats {
     pub frames_in: u64,
     pub frames_out: u64,
@@ -174,7 +175,29 @@ pub struct Node {
     buf: Vec<u8>,
 }
 
-fn tag(gid: u16) -> Option<VlanTag> {
+/// A CTRL frame from `src` to `dst` in group `gid`.
+pub(crate) fn ctrl_frame(
+    src: MacAddr,
+    epoch: u32,
+    gid: u16,
+    dst: MacAddr,
+    ctrl: &CtrlRepr,
+) -> Vec<u8> {
+    let eth = EthernetRepr {
+        dst,
+        src,
+        vlan: tag(gid),
+        ethertype: ETHERTYPE,
+    };
+    let mut h = TetherHeader::new(FrameKind::Ctrl);
+    h.epoch = epoch;
+    let mut buf = vec![0u8; 256];
+    let n = emit_ctrl(&mut buf, &eth, &h, ctrl).expect("a CTRL frame fits its own size");
+    buf.truncate(n);
+    buf
+}
+
+pub(crate) fn tag(gid: u16) -> Option<VlanTag> {
     Some(VlanTag {
         pcp: 0,
         dei: false,
@@ -306,17 +329,8 @@ impl Node {
     }
 
     fn push_ctrl(&mut self, gid: u16, dst: MacAddr, ctrl: &CtrlRepr) {
-        let eth = EthernetRepr {
-            dst,
-            src: self.cfg.mac,
-            vlan: tag(gid),
-            ethertype: ETHERTYPE,
-        };
-        let mut h = TetherHeader::new(FrameKind::Ctrl);
-        h.epoch = self.cfg.epoch;
-        if let Ok(n) = emit_ctrl(&mut self.buf, &eth, &h, ctrl) {
-            self.out.push_back(self.buf[..n].to_vec());
-        }
+        self.out
+            .push_back(ctrl_frame(self.cfg.mac, self.cfg.epoch, gid, dst, ctrl));
     }
 
     pub fn poll_event(&mut self) -> Option<FabricEvent> {
@@ -607,6 +621,9 @@ impl Node {
                 let status = match self.devices.iter_mut().find(|d| d.slot == c.slot) {
                     None => CtrlStatus::NoSuchDevice,
                     Some(_) if c.op == CtrlOp::Reset => CtrlStatus::Refused,
+                    // Already there (a manager retrying a request whose answer was
+                    // lost): nothing changes hands, nothing is reset.
+                    Some(d) if d.gid == c.gid => CtrlStatus::Ok,
                     Some(d) => {
                         let from = d.gid;
                         d.gid = c.gid;

@@ -66,6 +66,7 @@ pub enum Event {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct BridgeStats {
     pub requests: u64,
     pub completion_timeouts: u64,

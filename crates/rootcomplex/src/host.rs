@@ -123,6 +123,7 @@ pub enum Interrupt {
 
 /// Counters besides the bridge's.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct HostStats {
     /// MMIO reads that timed out and returned all-ones.
     pub mmio_read_timeouts: u64,

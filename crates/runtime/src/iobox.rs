@@ -59,6 +59,7 @@ impl Slot {
 
 /// Counters of the box besides the port's, the node's and the functions'.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct IoBoxStats {
     /// TLPs in a group that no device of the box claims (config for an empty slot,
     /// an address no BAR decodes, a completion for nobody).
@@ -75,9 +76,15 @@ pub struct IoBox {
     /// The host of each group (the peer TLPs come from).
     hosts: HashMap<u16, MacAddr>,
     stats: IoBoxStats,
+    /// Fabric events other than TLPs (peers up and down, group changes), kept for the
+    /// program to log; the oldest are dropped past [`IoBox::EVENT_LOG`].
+    pub events: VecDeque<FabricEvent>,
 }
 
 impl IoBox {
+    /// How many fabric events `events` keeps.
+    pub const EVENT_LOG: usize = 1024;
+
     pub fn new(mut fp: FabricPort, slots: Vec<Slot>) -> IoBox {
         for s in &slots {
             // Slot numbers and groups come from configuration that was checked.
@@ -88,6 +95,7 @@ impl IoBox {
             slots,
             hosts: HashMap::new(),
             stats: IoBoxStats::default(),
+            events: VecDeque::new(),
         }
     }
 
@@ -134,6 +142,12 @@ impl IoBox {
         let now = self.fp.now();
         while let Some(e) = self.fp.poll_event() {
             worked = true;
+            if !matches!(e, FabricEvent::Tlp { .. }) {
+                if self.events.len() == Self::EVENT_LOG {
+                    self.events.pop_front();
+                }
+                self.events.push_back(e.clone());
+            }
             match e {
                 FabricEvent::Tlp { gid, peer, tlp } => {
                     self.hosts.insert(gid, peer);

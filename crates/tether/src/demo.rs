@@ -7,23 +7,22 @@
 //! trips, prints throughput, latency percentiles and the efe session's counters, then
 //! moves the device to group 20, where host B gets it by hot-plug and uses it.
 
-use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use dataplane::netns::Rig;
-use dataplane::ports::af_packet::{AfPacketPort, RingConfig};
-use dataplane::ports::af_xdp::{AfXdpPort, XdpConfig};
 use dataplane::ports::mem;
 use dataplane::{Mempool, Port};
 use endpoint::memdev;
-use fabric::{FabricEvent, Node, NodeConfig};
-use rootcomplex::{BarWindows, BridgeConfig, Host, MemoryMap};
+use fabric::{FabricEvent, Node};
 use runtime::{FabricLink, FabricPort, IoBox, MemDevDriver, Slot};
 use tlp::Bdf;
 use wire::{BridgeRole, MacAddr};
+
+use crate::config::{BridgeSettings, PortKind};
+use crate::{bridge, workload};
 
 const GID_A: u16 = 10;
 const GID_B: u16 = 20;
@@ -31,13 +30,23 @@ const RAM: u64 = 0x1_0000_0000;
 const RAM_SIZE: usize = 32 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum PortKind {
+pub enum DemoPort {
     /// AF_XDP, falling back to AF_PACKET where it cannot be set up.
     Auto,
     AfXdp,
     AfPacket,
     /// In-memory ports, no kernel network (what runs without root).
     Memory,
+}
+
+impl DemoPort {
+    fn config(self) -> PortKind {
+        match self {
+            DemoPort::AfXdp => PortKind::AfXdp,
+            DemoPort::AfPacket => PortKind::AfPacket,
+            DemoPort::Auto | DemoPort::Memory => PortKind::Auto,
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -55,8 +64,8 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Ports to use.
-    #[arg(long, value_enum, default_value_t = PortKind::Auto)]
-    pub port: PortKind,
+    #[arg(long, value_enum, default_value_t = DemoPort::Auto)]
+    pub port: DemoPort,
 }
 
 fn is_root() -> bool {
@@ -71,27 +80,9 @@ struct Segment {
     _rig: Option<Rig>,
 }
 
-fn open_port(kind: PortKind, name: &str) -> Result<(Box<dyn Port>, String)> {
-    // Each port has a pool of its own (an AF_XDP port registers its pool as UMEM).
-    let pool = Mempool::new(16384, 2048)?;
-    if kind != PortKind::AfPacket {
-        match AfXdpPort::open(name, &pool, XdpConfig::default()) {
-            Ok(p) => {
-                let mode = p.mode().to_string();
-                return Ok((Box::new(p), format!("AF_XDP ({mode})")));
-            }
-            Err(e) if kind == PortKind::AfXdp => return Err(e.into()),
-            Err(e) => eprintln!("  AF_XDP on {name} not available ({e}); using AF_PACKET"),
-        }
-    }
-    // Frame slots (TPACKET_V2): handed over one by one, as request/response wants.
-    let p = AfPacketPort::open(name, &pool, RingConfig::low_latency())?;
-    Ok((Box::new(p), "AF_PACKET (TPACKET_V2 frame ring)".into()))
-}
-
-fn segment(kind: PortKind) -> Result<Segment> {
-    if kind == PortKind::Memory || !is_root() {
-        if kind != PortKind::Memory {
+fn segment(kind: DemoPort) -> Result<Segment> {
+    if kind == DemoPort::Memory || !is_root() {
+        if kind != DemoPort::Memory {
             println!(
                 "not running as root: no network namespaces; running over in-memory ports instead"
             );
@@ -118,7 +109,7 @@ fn segment(kind: PortKind) -> Result<Segment> {
     let mut ports = Vec::new();
     let mut kinds = Vec::new();
     for (h, (inner, _)) in hosts.iter().zip(names) {
-        let (p, k) = rig.within(*h, move || open_port(kind, inner))?;
+        let (p, k) = rig.within(*h, move || bridge::open_port(kind.config(), inner))?;
         ports.push(p);
         kinds.push(k);
     }
@@ -134,35 +125,24 @@ fn segment(kind: PortKind) -> Result<Segment> {
 }
 
 fn node(port: &dyn Port, role: BridgeRole, id: u64) -> Result<Node> {
-    let epoch = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs() as u32)
-        .max(1);
-    let mut cfg = NodeConfig::new(MacAddr(port.info().mac), role, id, epoch);
-    cfg.info_interval_us = 50_000;
-    // Three bridges busy-poll on this one machine: a thread can be off the CPU for a
-    // while, which must not look like a dead peer (0.5 s of silence does).
-    cfg.missed_infos = 10;
-    Ok(Node::new(cfg)?)
+    bridge::node(
+        port,
+        role,
+        &BridgeSettings {
+            id: Some(id),
+            info_interval_ms: 50,
+            // Three bridges busy-poll on this one machine: a thread can be off the CPU
+            // for a while, which must not look like a dead peer (0.5 s of silence does).
+            missed_infos: 10,
+            ..BridgeSettings::default()
+        },
+    )
 }
 
 fn host(port: Box<dyn Port>, gid: u16, id: u64) -> Result<FabricLink> {
     let mut n = node(&*port, BridgeRole::Host, id)?;
     n.join(gid)?;
     Ok(FabricLink::new(FabricPort::new(n, port)))
-}
-
-fn root_complex(link: FabricLink) -> Result<Host<FabricLink>> {
-    let mut mem = MemoryMap::new();
-    mem.add(RAM, Box::new(vec![0u8; RAM_SIZE]))?;
-    Ok(Host::new(
-        BridgeConfig::default(),
-        mem,
-        (RAM, RAM_SIZE as u64),
-        BarWindows::default(),
-        link,
-    ))
 }
 
 /// Finds the device in `gid`, points the link at its box and enumerates it.
@@ -172,91 +152,6 @@ fn attach(link: &mut FabricLink, gid: u16) -> Result<(MacAddr, Bdf)> {
         .ok_or_else(|| anyhow!("no device was announced in group {gid} within 10 s"))?;
     link.set_target(gid, peer);
     Ok((peer, Bdf::new(1, dev.slot, 0).expect("slot < 32")))
-}
-
-fn lspci_line(d: &rootcomplex::DeviceInfo) -> String {
-    let mut s = format!(
-        "{} Memory controller [{:02x}{:02x}]: Device {:04x}:{:04x} (rev {:02x})",
-        d.bdf, d.class.0, d.class.1, d.vendor, d.device, d.revision
-    );
-    for b in &d.bars {
-        s += &format!(
-            "\n        BAR{}: memory at {:#x} ({}-bit, {}prefetchable) [size={}K]",
-            b.index,
-            b.address,
-            if b.is_64bit { 64 } else { 32 },
-            if b.prefetchable { "" } else { "non-" },
-            b.size / 1024
-        );
-    }
-    s + &format!("\n        interrupts: {:?}", d.irq)
-}
-
-/// Random verified copies through the device: `count` of them, sizes 1..=max.
-fn copies(
-    host: &mut Host<FabricLink>,
-    drv: &MemDevDriver,
-    count: usize,
-    max: usize,
-    seed: u64,
-    progress: bool,
-) -> Result<(u64, Duration)> {
-    let mut rng = netem::Rng::new(seed);
-    let max = max.clamp(1, drv.buffer_size as usize);
-    let src = host.alloc_dma(max + 64)?;
-    let dst = host.alloc_dma(max + 64)?;
-    let tty = std::io::stderr().is_terminal();
-    let (mut bytes, start) = (0u64, Instant::now());
-    let mut last_shown = Instant::now();
-    for i in 0..count {
-        let len = 1 + (rng.next_u64() as usize % max);
-        let (so, d_o) = (rng.next_u64() % 64, rng.next_u64() % 64);
-        let data: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
-        drv.copy_checked(
-            host,
-            src.addr + so,
-            dst.addr + d_o,
-            &data,
-            Duration::from_secs(10),
-        )
-        .with_context(|| format!("copy {i} of {len} bytes"))?;
-        bytes += 2 * len as u64; // read from the host and written back
-        let done = i + 1;
-        let step = (count / 10).max(1);
-        let show = if tty {
-            last_shown.elapsed() > Duration::from_millis(100) || done == count
-        } else {
-            done % step == 0 || done == count
-        };
-        if progress && show {
-            last_shown = Instant::now();
-            let width = 30;
-            let filled = done * width / count.max(1);
-            let rate = bytes as f64 / start.elapsed().as_secs_f64() / 1e6;
-            let line = format!(
-                "  [{}{}] {done}/{count} copies verified, {rate:.1} MB/s",
-                "#".repeat(filled),
-                "-".repeat(width - filled)
-            );
-            if tty {
-                eprint!("\r{line}");
-                if done == count {
-                    eprintln!();
-                }
-            } else {
-                eprintln!("{line}");
-            }
-            let _ = std::io::stderr().flush();
-        }
-    }
-    Ok((bytes, start.elapsed()))
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {
@@ -295,12 +190,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
             let mut link = host(hb_port, GID_B, 0xb)?;
             let (_, bdf) = attach(&mut link, GID_B).context("host B")?;
             let t = Instant::now();
-            let mut h = root_complex(link)?;
+            let mut h = workload::root_complex(link, RAM, RAM_SIZE)?;
             let d = h.enumerate(bdf)?;
             let drv = MemDevDriver::probe(&mut h, bdf)?;
-            let (_, took) = copies(&mut h, &drv, 100, 4096, 99, false)?;
+            let (_, took) = workload::copies(&mut h, &drv, 100, 4096, 99, false)?;
             let _ = t;
-            Ok((lspci_line(&d), 100, took))
+            Ok((bridge::lspci_line(&d), 100, took))
         },
     )?;
 
@@ -312,11 +207,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "\nhost A: device found in group {GID_A} after {:?} (box {box_mac})",
         t.elapsed()
     );
-    let mut h = root_complex(link)?;
+    let mut h = workload::root_complex(link, RAM, RAM_SIZE)?;
     let d = h.enumerate(bdf)?;
     println!(
         "host A: enumerated\n  {}",
-        lspci_line(&d).replace('\n', "\n  ")
+        bridge::lspci_line(&d).replace('\n', "\n  ")
     );
     let drv = MemDevDriver::probe(&mut h, bdf)?;
 
@@ -324,7 +219,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "\nhost A: {} DMA copies through the device (1 B to {} B, random alignment), each verified",
         args.transfers, args.max_size
     );
-    let (bytes, took) = copies(&mut h, &drv, args.transfers, args.max_size, args.seed, true)?;
+    let (bytes, took) =
+        workload::copies(&mut h, &drv, args.transfers, args.max_size, args.seed, true)?;
     println!(
         "  {} bytes moved (host -> device -> host) in {:.2} s: {:.1} MB/s",
         bytes,
@@ -345,9 +241,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
     println!(
         "\nhost A: MMIO read round trip over {} reads: median {:.1} us, p90 {:.1} us, p99 {:.1} us, max {:.1} us",
         lat.len(),
-        percentile(&lat, 0.5).as_secs_f64() * 1e6,
-        percentile(&lat, 0.9).as_secs_f64() * 1e6,
-        percentile(&lat, 0.99).as_secs_f64() * 1e6,
+        workload::percentile(&lat, 0.5).as_secs_f64() * 1e6,
+        workload::percentile(&lat, 0.9).as_secs_f64() * 1e6,
+        workload::percentile(&lat, 0.99).as_secs_f64() * 1e6,
         lat.last().copied().unwrap_or_default().as_secs_f64() * 1e6,
     );
     let node = h.link().fabric().node();

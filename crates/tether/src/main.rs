@@ -1,11 +1,18 @@
 //! `tether`: PCI Express over plain Ethernet, in software.
 
+mod bridge;
 mod capture;
+mod config;
+mod control;
+mod ctl;
 mod decode;
 mod demo;
+mod host;
 mod impair;
+mod iobox;
 mod pcap;
 mod signals;
+mod workload;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -38,6 +45,23 @@ enum Command {
     /// Relay frames between two interfaces with seeded loss, duplication, reordering,
     /// delay, corruption, rate limits and outages (needs CAP_NET_RAW).
     Impair(ImpairArgs),
+    /// Run an I/O box: the devices of a TOML file on an interface, until SIGINT/SIGTERM.
+    Iobox {
+        /// The box's configuration (docs/cli.md).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Run a host bridge: enumerate the devices of its group as they arrive, serve
+    /// their DMA, until SIGINT/SIGTERM.
+    Host {
+        /// The host's configuration (docs/cli.md).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// The management station: list the segment, move devices between groups, read a
+    /// running bridge's counters.
+    #[command(subcommand)]
+    Ctl(ctl::CtlCommand),
 }
 
 #[derive(clap::Args)]
@@ -137,6 +161,9 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo(a) => demo::run(a),
+        Command::Iobox { config } => iobox::run(&config),
+        Command::Host { config } => host::run(&config),
+        Command::Ctl(c) => ctl::run(c),
         Command::Impair(a) => {
             let stats = impair::run(impair::Options {
                 a_to_b: impair::parse_spec(&a.ab)?,

@@ -1,0 +1,149 @@
+//! What every bridge program (`iobox`, `host`, `demo`, `bench`) sets up the same way:
+//! its dataplane port, its fabric node, and the lspci-style description of a device.
+
+use anyhow::Result;
+use dataplane::ports::af_packet::{AfPacketPort, RingConfig};
+use dataplane::ports::af_xdp::{AfXdpPort, XdpConfig};
+use dataplane::ports::socket::SocketPort;
+use dataplane::{Mempool, Port};
+use fabric::{Node, NodeConfig};
+use wire::{BridgeRole, MacAddr};
+
+use crate::config::{BridgeSettings, PortKind};
+
+/// Buffers in a bridge's pool (each port has its own: AF_XDP registers it as UMEM).
+const POOL_BUFFERS: usize = 16384;
+
+/// Opens `interface` as `kind`; returns the port and a description of what it is.
+pub fn open_port(kind: PortKind, interface: &str) -> Result<(Box<dyn Port>, String)> {
+    let pool = Mempool::new(POOL_BUFFERS, 2048)?;
+    if matches!(kind, PortKind::Auto | PortKind::AfXdp) {
+        match AfXdpPort::open(interface, &pool, XdpConfig::default()) {
+            Ok(p) => {
+                let mode = p.mode().to_string();
+                return Ok((Box::new(p), format!("AF_XDP ({mode})")));
+            }
+            Err(e) if kind == PortKind::AfXdp => return Err(e.into()),
+            Err(e) => eprintln!("  AF_XDP on {interface} not available ({e}); using AF_PACKET"),
+        }
+    }
+    if kind == PortKind::Socket {
+        let p = SocketPort::open(interface, &pool)?;
+        return Ok((
+            Box::new(p),
+            "AF_PACKET socket, one system call per frame".into(),
+        ));
+    }
+    // Frame slots (TPACKET_V2): handed over one by one, as request/response wants.
+    let p = AfPacketPort::open(interface, &pool, RingConfig::low_latency())?;
+    Ok((Box::new(p), "AF_PACKET (TPACKET_V2 frame ring)".into()))
+}
+
+/// The epoch of this run of a bridge: its start time in seconds, so a restarted
+/// bridge has a larger one.
+pub fn epoch() -> u32 {
+    (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as u32)
+        .max(1)
+}
+
+/// A fabric node for a bridge of `role` on `port`, with the `[bridge]` settings.
+pub fn node(port: &dyn Port, role: BridgeRole, cfg: &BridgeSettings) -> Result<Node> {
+    let mac = MacAddr(port.info().mac);
+    let id = cfg.id.unwrap_or_else(|| fabric::manager::mac_value(mac));
+    let mut n = NodeConfig::new(mac, role, id, epoch());
+    n.mtu = port.info().mtu.min(u16::MAX as usize) as u16;
+    n.info_interval_us = cfg.info_interval_ms * 1000;
+    n.missed_infos = cfg.missed_infos;
+    if let Some(k) = cfg.max_tlps_per_frame {
+        n.session.max_tlps_per_frame = k;
+    }
+    Ok(Node::new(n)?)
+}
+
+/// A device as `lspci -v` would show its identity and resources.
+pub fn lspci_line(d: &rootcomplex::DeviceInfo) -> String {
+    let mut s = format!(
+        "{} Memory controller [{:02x}{:02x}]: Device {:04x}:{:04x} (rev {:02x})",
+        d.bdf, d.class.0, d.class.1, d.vendor, d.device, d.revision
+    );
+    for b in &d.bars {
+        s += &format!(
+            "\n        BAR{}: memory at {:#x} ({}-bit, {}prefetchable) [size={}K]",
+            b.index,
+            b.address,
+            if b.is_64bit { 64 } else { 32 },
+            if b.prefetchable { "" } else { "non-" },
+            b.size / 1024
+        );
+    }
+    s + &format!("\n        interrupts: {:?}", d.irq)
+}
+
+/// One log line for a fabric event (TLPs are not logged).
+pub fn describe(e: &fabric::FabricEvent) -> Option<String> {
+    use fabric::{DownReason, FabricEvent as E};
+    Some(match e {
+        E::PeerUp {
+            gid,
+            peer,
+            role,
+            bridge_id,
+        } => format!(
+            "peer up: {peer} ({} {bridge_id:#x}) in group {gid}",
+            role_name(*role)
+        ),
+        E::PeerDown { gid, peer, reason } => format!(
+            "peer down: {peer} in group {gid} ({})",
+            match reason {
+                DownReason::Silent => "silent".to_string(),
+                DownReason::Unreachable { lost } => format!("unreachable, {lost} TLPs lost"),
+            }
+        ),
+        E::PeerRestarted { gid, peer, lost } => {
+            format!("peer restarted: {peer} in group {gid} ({lost} TLPs lost)")
+        }
+        E::DeviceAdded { gid, peer, device } => format!(
+            "hot-plug: group {gid}: slot {} device {:04x}:{:04x} class {:06x} at {peer}",
+            device.slot, device.vendor_id, device.device_id, device.class_code
+        ),
+        E::DeviceRemoved { gid, peer, slot } => {
+            format!("hot-remove: group {gid}: slot {slot} at {peer}")
+        }
+        E::GroupChanged { slot, from, to } => {
+            format!("group change: slot {slot} moved from group {from} to group {to}")
+        }
+        E::CtrlResult {
+            from,
+            request_id,
+            status,
+        } => format!("ctrl result {request_id} from {from}: {status:?}"),
+        E::Tlp { .. } => return None,
+    })
+}
+
+pub fn role_name(r: BridgeRole) -> &'static str {
+    match r {
+        BridgeRole::Host => "host",
+        BridgeRole::IoBox => "iobox",
+        BridgeRole::Manager => "manager",
+    }
+}
+
+/// The sessions of a node as JSON: one entry per (group, peer).
+pub fn sessions_json(node: &Node) -> serde_json::Value {
+    node.peers()
+        .map(|(gid, mac, role, id, devices)| {
+            serde_json::json!({
+                "gid": gid,
+                "peer": mac.to_string(),
+                "role": role_name(role),
+                "bridge_id": format!("{id:#x}"),
+                "devices": devices.iter().map(|d| d.slot).collect::<Vec<_>>(),
+                "efe": node.session_stats(gid, mac),
+            })
+        })
+        .collect()
+}

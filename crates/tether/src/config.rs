@@ -1,0 +1,357 @@
+//! The TOML configuration of `tether iobox` and `tether host` (docs/cli.md has the
+//! reference). Unknown keys are errors, so a typo never silently falls back to a
+//! default.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Which dataplane port a bridge runs on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PortKind {
+    /// AF_XDP, falling back to AF_PACKET where it cannot be set up.
+    #[default]
+    Auto,
+    AfXdp,
+    /// AF_PACKET with a TPACKET_V2 frame ring (poll mode).
+    AfPacket,
+    /// One system call per frame (the baseline the poll-mode ports are measured
+    /// against).
+    Socket,
+}
+
+/// `[port]`: the interface and how frames are moved.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    pub interface: String,
+    #[serde(default)]
+    pub kind: PortKind,
+}
+
+/// `[bridge]`: settings every bridge has. All optional.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeSettings {
+    /// The bridge id announced in INFO (default: the port's MAC address as a number).
+    pub id: Option<u64>,
+    pub info_interval_ms: u64,
+    /// A peer silent for this many intervals is down.
+    pub missed_infos: u32,
+    /// TLPs per frame at most (1 turns aggregation off).
+    pub max_tlps_per_frame: Option<usize>,
+    /// A Unix socket for `tether ctl stats`.
+    pub control: Option<PathBuf>,
+    /// Busy-poll this long after the last activity before sleeping.
+    pub spin_us: u64,
+}
+
+impl Default for BridgeSettings {
+    fn default() -> Self {
+        BridgeSettings {
+            id: None,
+            info_interval_ms: 100,
+            missed_infos: 3,
+            max_tlps_per_frame: None,
+            control: None,
+            spin_us: 2000,
+        }
+    }
+}
+
+/// Device models an I/O box can host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Model {
+    /// The DMA engine test device (docs/devices.md).
+    Memdev,
+}
+
+/// `[[device]]` of a box.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    pub slot: u8,
+    pub model: Model,
+    /// Free devices sit in 4093.
+    #[serde(default = "free_group")]
+    pub gid: u16,
+    /// memdev: the device-side buffer in bytes.
+    #[serde(default = "default_buffer")]
+    pub buffer_size: u64,
+}
+
+fn free_group() -> u16 {
+    4093
+}
+
+fn default_buffer() -> u64 {
+    1 << 20
+}
+
+/// `tether iobox --config box.toml`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoxConfig {
+    pub port: PortConfig,
+    #[serde(default)]
+    pub bridge: BridgeSettings,
+    #[serde(rename = "device", default)]
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// `[memory]` of a host: the RAM its devices may DMA into.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Guest-physical base address.
+    pub base: u64,
+    pub size: u64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            base: 0x1_0000_0000,
+            size: 32 << 20,
+        }
+    }
+}
+
+/// `tether host --config host.toml`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// The host's group.
+    pub gid: u16,
+    pub port: PortConfig,
+    #[serde(default)]
+    pub bridge: BridgeSettings,
+    #[serde(default)]
+    pub memory: MemoryConfig,
+    /// After enumerating a memdev, run this many verified DMA copies through it.
+    #[serde(default)]
+    pub self_test: u32,
+}
+
+fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.into(),
+        message: e.to_string().trim_end().to_string(),
+    })
+}
+
+fn invalid(path: &Path, message: String) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.into(),
+        message,
+    }
+}
+
+fn check_gid(path: &Path, what: &str, gid: u16) -> Result<(), ConfigError> {
+    if wire::valid_gid(gid) {
+        Ok(())
+    } else {
+        Err(invalid(
+            path,
+            format!("{what}: group {gid} is not a valid GID (1..=4094)"),
+        ))
+    }
+}
+
+fn check_bridge(path: &Path, b: &BridgeSettings) -> Result<(), ConfigError> {
+    if b.info_interval_ms == 0 || b.info_interval_ms > u16::MAX as u64 {
+        return Err(invalid(
+            path,
+            "bridge.info_interval_ms must be 1..=65535".into(),
+        ));
+    }
+    if b.missed_infos == 0 {
+        return Err(invalid(
+            path,
+            "bridge.missed_infos must be at least 1".into(),
+        ));
+    }
+    if b.max_tlps_per_frame == Some(0) {
+        return Err(invalid(
+            path,
+            "bridge.max_tlps_per_frame must be at least 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl BoxConfig {
+    pub fn load(path: &Path) -> Result<BoxConfig, ConfigError> {
+        let c: BoxConfig = load(path)?;
+        check_bridge(path, &c.bridge)?;
+        if c.devices.is_empty() {
+            return Err(invalid(
+                path,
+                "no [[device]]: a box needs at least one".into(),
+            ));
+        }
+        for (i, d) in c.devices.iter().enumerate() {
+            let what = format!("device {i} (slot {})", d.slot);
+            if d.slot >= 32 {
+                return Err(invalid(path, format!("{what}: slots are 0..=31")));
+            }
+            if c.devices[..i].iter().any(|o| o.slot == d.slot) {
+                return Err(invalid(path, format!("{what}: slot used twice")));
+            }
+            check_gid(path, &what, d.gid)?;
+            if d.buffer_size == 0 || d.buffer_size > 1 << 30 || !d.buffer_size.is_power_of_two() {
+                return Err(invalid(
+                    path,
+                    format!("{what}: buffer_size must be a power of two up to 1 GiB"),
+                ));
+            }
+        }
+        Ok(c)
+    }
+}
+
+impl HostConfig {
+    pub fn load(path: &Path) -> Result<HostConfig, ConfigError> {
+        let c: HostConfig = load(path)?;
+        check_bridge(path, &c.bridge)?;
+        check_gid(path, "gid", c.gid)?;
+        if c.memory.size == 0 || c.memory.size > 1 << 32 {
+            return Err(invalid(path, "memory.size must be 1 B..=4 GiB".into()));
+        }
+        if c.memory.base.checked_add(c.memory.size).is_none() {
+            return Err(invalid(path, "memory: base + size overflows".into()));
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn a_full_box_config() {
+        let f = write(
+            r#"
+[port]
+interface = "tbox0"
+kind = "af-packet"
+
+[bridge]
+id = 0xb0c5
+info_interval_ms = 50
+missed_infos = 10
+max_tlps_per_frame = 1
+control = "/run/tether/box.sock"
+
+[[device]]
+slot = 0
+model = "memdev"
+gid = 10
+
+[[device]]
+slot = 3
+model = "memdev"
+buffer_size = 65536
+"#,
+        );
+        let c = BoxConfig::load(f.path()).unwrap();
+        assert_eq!(c.port.interface, "tbox0");
+        assert_eq!(c.port.kind, PortKind::AfPacket);
+        assert_eq!(c.bridge.id, Some(0xb0c5));
+        assert_eq!(c.bridge.info_interval_ms, 50);
+        assert_eq!(c.bridge.max_tlps_per_frame, Some(1));
+        assert_eq!(c.bridge.spin_us, 2000);
+        assert_eq!(c.devices.len(), 2);
+        assert_eq!((c.devices[0].gid, c.devices[0].buffer_size), (10, 1 << 20));
+        assert_eq!((c.devices[1].gid, c.devices[1].buffer_size), (4093, 65536));
+    }
+
+    #[test]
+    fn a_minimal_host_config() {
+        let f = write("gid = 10\n[port]\ninterface = \"tha0\"\n");
+        let c = HostConfig::load(f.path()).unwrap();
+        assert_eq!(c.gid, 10);
+        assert_eq!(c.port.kind, PortKind::Auto);
+        assert_eq!(c.memory.size, 32 << 20);
+        assert_eq!(c.self_test, 0);
+        assert_eq!(c.bridge.missed_infos, 3);
+    }
+
+    fn box_error(text: &str) -> String {
+        BoxConfig::load(write(text).path()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_configs_say_what_is_wrong() {
+        let port = "[port]\ninterface = \"x\"\n";
+        let dev = "[[device]]\nslot = 0\nmodel = \"memdev\"\n";
+        let cases = [
+            (
+                format!("{port}{dev}[bridge]\nintervall = 3\n"),
+                "unknown field `intervall`",
+            ),
+            (dev.to_string(), "missing field `port`"),
+            (port.to_string(), "no [[device]]"),
+            (format!("{port}{dev}{dev}"), "slot used twice"),
+            (format!("{port}{dev}gid = 4095\n"), "not a valid GID"),
+            (format!("{port}{dev}gid = 0\n"), "not a valid GID"),
+            (
+                format!("{port}[[device]]\nslot = 32\nmodel = \"memdev\"\n"),
+                "slots are 0..=31",
+            ),
+            (
+                format!("{port}[[device]]\nslot = 0\nmodel = \"nvme\"\n"),
+                "unknown variant `nvme`",
+            ),
+            (format!("{port}{dev}buffer_size = 1000\n"), "power of two"),
+            (
+                format!("{port}{dev}[bridge]\nmissed_infos = 0\n"),
+                "missed_infos",
+            ),
+            (
+                format!("{port}{dev}[bridge]\ninfo_interval_ms = 0\n"),
+                "info_interval_ms",
+            ),
+            ("[port\n".to_string(), "TOML parse error"),
+        ];
+        for (text, want) in cases {
+            let e = box_error(&text);
+            assert!(e.contains(want), "{text:?}: got {e:?}, want {want:?}");
+        }
+        let e = BoxConfig::load(Path::new("/nonexistent/box.toml")).unwrap_err();
+        assert!(
+            e.to_string().contains("reading /nonexistent/box.toml"),
+            "{e}"
+        );
+        let e =
+            HostConfig::load(write("gid = 5000\n[port]\ninterface = \"x\"\n").path()).unwrap_err();
+        assert!(e.to_string().contains("not a valid GID"), "{e}");
+    }
+}

@@ -1,0 +1,106 @@
+//! `tether iobox --config box.toml`: an I/O box. Its devices wait in their groups
+//! until a host there uses them; it runs until SIGINT/SIGTERM and logs the fabric's
+//! events (peers, group changes) on stdout.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use runtime::{FabricPort, IoBox, Slot};
+use wire::BridgeRole;
+
+use crate::config::{BoxConfig, DeviceConfig, Model};
+use crate::control::ControlServer;
+use crate::{bridge, signals};
+
+fn slot(d: &DeviceConfig) -> Result<Slot> {
+    Ok(match d.model {
+        Model::Memdev => Slot::memdev(d.slot, d.gid, d.buffer_size as usize)?,
+    })
+}
+
+fn model_name(m: Model) -> &'static str {
+    match m {
+        Model::Memdev => "memdev",
+    }
+}
+
+/// Every counter of the box.
+fn stats(b: &IoBox) -> serde_json::Value {
+    let fp = b.fabric();
+    let node = fp.node();
+    serde_json::json!({
+        "role": "iobox",
+        "mac": node.config().mac.to_string(),
+        "bridge_id": format!("{:#x}", node.config().bridge_id),
+        "port": fp.port().stats(),
+        "fabric": node.stats(),
+        "iobox": b.stats(),
+        "slots": b.slots().iter().map(|s| serde_json::json!({
+            "slot": s.info.slot,
+            "gid": s.info.gid,
+            "vendor": format!("{:04x}", s.info.vendor_id),
+            "device": format!("{:04x}", s.info.device_id),
+            "function": s.function.stats(),
+        })).collect::<Vec<_>>(),
+        "sessions": bridge::sessions_json(node),
+    })
+}
+
+pub fn run(path: &Path) -> Result<()> {
+    let cfg = BoxConfig::load(path)?;
+    signals::install();
+    let (port, what) = bridge::open_port(cfg.port.kind, &cfg.port.interface)
+        .with_context(|| format!("opening {}", cfg.port.interface))?;
+    let node = bridge::node(&*port, BridgeRole::IoBox, &cfg.bridge)?;
+    println!(
+        "tether iobox: {} (id {:#x}) on {}: {what}",
+        node.config().mac,
+        node.config().bridge_id,
+        cfg.port.interface
+    );
+    let mut slots = Vec::new();
+    for d in &cfg.devices {
+        let s = slot(d).with_context(|| format!("device in slot {}", d.slot))?;
+        println!(
+            "  slot {}: {} ({:04x}:{:04x}) in group {}",
+            d.slot,
+            model_name(d.model),
+            s.info.vendor_id,
+            s.info.device_id,
+            d.gid
+        );
+        slots.push(s);
+    }
+    let control = cfg
+        .bridge
+        .control
+        .as_deref()
+        .map(ControlServer::bind)
+        .transpose()?;
+    let mut fp = FabricPort::new(node, port);
+    fp.set_spin(Duration::from_micros(cfg.bridge.spin_us));
+    let mut b = IoBox::new(fp, slots);
+    let mut served = Instant::now();
+    while !signals::stop_requested() {
+        b.poll(Duration::from_millis(1))?;
+        while let Some(e) = b.events.pop_front() {
+            if let Some(line) = bridge::describe(&e) {
+                println!("{line}");
+            }
+        }
+        if let Some(c) = &control {
+            if served.elapsed() >= Duration::from_millis(10) {
+                c.serve(|_| stats(&b));
+                served = Instant::now();
+            }
+        }
+    }
+    let s = b.stats();
+    let f = b.fabric().node().stats();
+    println!(
+        "tether iobox: stopped; {} frames in, {} out; {} device resets, {} TLPs unrouted, {} bad frames, {} of other groups",
+        f.frames_in, f.frames_out, s.resets, s.unrouted, f.bad_frames, f.other_group
+    );
+    Ok(())
+}

@@ -1,0 +1,338 @@
+//! The bridges as separate processes, as a user runs them: `tether iobox`, two
+//! `tether host`s and `tether ctl`, each in a network namespace of its own, joined by
+//! veth to a Linux bridge that the test makes and removes.
+//!
+//! - host A (group 10) gets the box's device by hot-plug, enumerates it and verifies
+//!   DMA copies through it; host B (group 20) never sees it while it is in group 10;
+//! - `ctl list` shows every bridge and device of every group; `ctl stats` reads the
+//!   hosts' counters over their control sockets;
+//! - `ctl set-group` moves the device to group 20 (hot-remove at A, hot-plug and
+//!   verified copies at B) and a free device (group 4093) to group 10;
+//! - the box process is killed: host A sees its device go (hot-remove); the box starts
+//!   again: host A gets it back by hot-plug and its copies verify again.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use dataplane::netns::Rig;
+
+/// A running bridge process and the lines it printed.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn spawn(rig: &Rig, ns: usize, name: &'static str, args: &[&str]) -> Proc {
+        let mut child = rig
+            .command(ns, env!("CARGO_BIN_EXE_tether"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        Proc { name, child, log }
+    }
+
+    fn count(&self, pattern: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(pattern))
+            .count()
+    }
+
+    fn text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits until `pattern` has been printed `n` times.
+    fn wait_for(&mut self, pattern: &str, n: usize, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        while self.count(pattern) < n {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100)); // let the readers finish
+                panic!(
+                    "{} exited ({status}) before printing {pattern:?} x{n}:\n{}",
+                    self.name,
+                    self.text()
+                );
+            }
+            assert!(
+                Instant::now() < end,
+                "{} did not print {pattern:?} x{n} within {timeout:?}:\n{}",
+                self.name,
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then the exit status must be success and the closing line printed.
+    fn stop(mut self) -> String {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            status.success(),
+            "{} exited with {status}:\n{}",
+            self.name,
+            self.text()
+        );
+        self.wait_for("stopped", 1, Duration::from_secs(2));
+        self.text()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Bridge settings for three busy-polling processes sharing two cores: INFO every
+/// 50 ms, down after 0.5 s of silence.
+const BRIDGE: &str = "info_interval_ms = 50\nmissed_infos = 10\n";
+
+#[test]
+fn iobox_hosts_and_ctl_as_processes() {
+    let test = "iobox_hosts_and_ctl_as_processes";
+    let mut rig = match Rig::new("tpb") {
+        Ok(r) => r,
+        Err(e) => return skip(test, &e.to_string()),
+    };
+    let sw = rig.host("sw").unwrap();
+    let bx = rig.host("box").unwrap();
+    let ha = rig.host("ha").unwrap();
+    let hb = rig.host("hb").unwrap();
+    let mgr = rig.host("mgr").unwrap();
+    for (h, inner, outer) in [
+        (bx, "pbbox", "swbox"),
+        (ha, "pbha", "swha"),
+        (hb, "pbhb", "swhb"),
+        (mgr, "pbmgr", "swmgr"),
+    ] {
+        rig.veth(h, inner, sw, outer, 1500).unwrap();
+    }
+    rig.bridge(sw, "br0", &["swbox", "swha", "swhb", "swmgr"])
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let box_toml = write(
+        d,
+        "box.toml",
+        &format!(
+            "[port]\ninterface = \"pbbox\"\n[bridge]\nid = 0xb0c5\n{BRIDGE}\
+             [[device]]\nslot = 0\nmodel = \"memdev\"\ngid = 10\n\
+             [[device]]\nslot = 1\nmodel = \"memdev\"\nbuffer_size = 65536\n"
+        ),
+    );
+    let host_toml = |name: &str, iface: &str, gid: u16| {
+        write(
+            d,
+            &format!("{name}.toml"),
+            &format!(
+                "gid = {gid}\nself_test = 20\n[port]\ninterface = \"{iface}\"\n\
+                 [bridge]\n{BRIDGE}control = \"{}\"\n",
+                d.join(format!("{name}.sock")).display()
+            ),
+        )
+    };
+    let ha_toml = host_toml("ha", "pbha", 10);
+    let hb_toml = host_toml("hb", "pbhb", 20);
+    let cfg = |p: &PathBuf| p.to_str().unwrap().to_string();
+
+    let mut boxp = Proc::spawn(&rig, bx, "iobox", &["iobox", "--config", &cfg(&box_toml)]);
+    let mut a = Proc::spawn(&rig, ha, "host A", &["host", "--config", &cfg(&ha_toml)]);
+    let mut b = Proc::spawn(&rig, hb, "host B", &["host", "--config", &cfg(&hb_toml)]);
+    let long = Duration::from_secs(30);
+
+    // Host A gets its device and checks it.
+    a.wait_for("hot-plug: group 10: slot 0 device 1de5:0001", 1, long);
+    a.wait_for("enumerated 01:00.0", 1, long);
+    a.wait_for("self-test: 20 DMA copies verified", 1, long);
+
+    // The manager sees every group.
+    let ctl = |args: &[&str]| {
+        run_ok(
+            rig.command(mgr, env!("CARGO_BIN_EXE_tether"))
+                .arg("ctl")
+                .args(args),
+        )
+    };
+    let list = ctl(&["list", "-i", "pbmgr"]);
+    eprintln!("{list}");
+    let has = |text: &str, words: &[&str]| {
+        text.lines().any(|l| {
+            words
+                .iter()
+                .all(|w| l.split_whitespace().any(|x| x.trim_end_matches(',') == *w))
+        })
+    };
+    assert!(has(&list, &["10", "iobox", "0xb0c5", "0xb0c5/0"]), "{list}");
+    assert!(
+        has(&list, &["4093", "iobox", "0xb0c5", "0xb0c5/1"]),
+        "{list}"
+    );
+    assert!(has(&list, &["10", "host"]), "{list}");
+    assert!(has(&list, &["20", "host", "-"]), "{list}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ctl(&["list", "-i", "pbmgr", "--json"])).unwrap();
+    assert!(json.as_array().unwrap().len() >= 4, "{json}");
+
+    // Counters over the control sockets: A has the device, B has nothing.
+    let sock = |n: &str| cfg(&d.join(format!("{n}.sock")));
+    let sa = ctl(&["stats", "-s", &sock("ha")]);
+    assert!(sa.contains("devices.0.bdf: 01:00.0"), "{sa}");
+    assert!(sa.contains("role: host"), "{sa}");
+    let sa: serde_json::Value =
+        serde_json::from_str(&ctl(&["stats", "-s", &sock("ha"), "--json"])).unwrap();
+    assert!(
+        sa["root_complex"]["dma_reads"].as_u64().unwrap() > 0,
+        "{sa}"
+    );
+    assert!(sa["port"]["rx_packets"].as_u64().unwrap() > 0, "{sa}");
+    let sb: serde_json::Value =
+        serde_json::from_str(&ctl(&["stats", "-s", &sock("hb"), "--json"])).unwrap();
+    assert_eq!(sb["devices"].as_array().unwrap().len(), 0, "{sb}");
+    // A host in another group never saw the device (nor host A as a peer).
+    assert_eq!(b.count("hot-plug"), 0, "{}", b.text());
+    assert_eq!(b.count("peer up"), 0, "{}", b.text());
+
+    // Move the device from A's group to B's.
+    let out = ctl(&["set-group", "-i", "pbmgr", "0xb0c5/0", "20"]);
+    assert!(out.contains("from group 10 to group 20"), "{out}");
+    a.wait_for("hot-remove: group 10: slot 0", 1, long);
+    a.wait_for("01:00.0 removed", 1, long);
+    b.wait_for("hot-plug: group 20: slot 0", 1, long);
+    b.wait_for("self-test: 20 DMA copies verified", 1, long);
+    boxp.wait_for(
+        "group change: slot 0 moved from group 10 to group 20",
+        1,
+        long,
+    );
+
+    // A free device (group 4093) to host A, named by the box's MAC this time.
+    let list = ctl(&["list", "-i", "pbmgr", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let box_mac = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["role"] == "iobox")
+        .map(|b| b["mac"].as_str().unwrap().to_string())
+        .unwrap();
+    let out = ctl(&["set-group", "-i", "pbmgr", &format!("{box_mac}/1"), "10"]);
+    assert!(out.contains("from group 4093 to group 10"), "{out}");
+    a.wait_for("hot-plug: group 10: slot 1", 1, long);
+    a.wait_for("self-test: 20 DMA copies verified", 2, long);
+    // Asking again is harmless; a slot the box does not have is refused.
+    let out = ctl(&["set-group", "-i", "pbmgr", "0xb0c5/1", "10"]);
+    assert!(out.contains("in group 10 already"), "{out}");
+    let err = rig
+        .command(mgr, env!("CARGO_BIN_EXE_tether"))
+        .args([
+            "ctl",
+            "set-group",
+            "-i",
+            "pbmgr",
+            "0xb0c5/7",
+            "10",
+            "--timeout-ms",
+            "500",
+        ])
+        .output()
+        .unwrap();
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("no box announces 0xb0c5/7"));
+
+    // The box dies: both hosts lose their devices. It comes back (with its configured
+    // groups): host A gets slot 0 back and checks it again.
+    boxp.child.kill().unwrap();
+    boxp.child.wait().unwrap();
+    a.wait_for("peer down", 1, long);
+    a.wait_for("01:01.0 removed", 1, long);
+    b.wait_for("01:00.0 removed", 1, long);
+    let mut boxp = Proc::spawn(&rig, bx, "iobox", &["iobox", "--config", &cfg(&box_toml)]);
+    a.wait_for("hot-plug: group 10: slot 0", 2, long);
+    a.wait_for("self-test: 20 DMA copies verified", 3, long);
+    boxp.wait_for("peer up", 1, long);
+
+    let b_out = b.stop();
+    let a_out = a.stop();
+    boxp.stop();
+    assert!(
+        !Path::new(&sock("ha")).exists(),
+        "control socket left behind"
+    );
+    assert!(!a_out.contains("failed"), "{a_out}");
+    assert!(!b_out.contains("failed"), "{b_out}");
+}
+
+#[test]
+fn bad_configs_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "box.toml",
+        "[port]\ninterface = \"x\"\n[[device]]\nslot = 0\nmodel = \"memdev\"\ngid = 4095\n",
+    );
+    let out = tether()
+        .args(["iobox", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("group 4095 is not a valid GID"), "{err}");
+    let p = write(
+        dir.path(),
+        "host.toml",
+        "gid = 10\n[port]\ninterface = \"nonexistent0\"\n",
+    );
+    let out = tether()
+        .args(["host", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nonexistent0"), "{err}");
+    let out = tether()
+        .args(["ctl", "stats", "--socket"])
+        .arg(dir.path().join("none.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is the bridge running?"));
+}
