@@ -18,10 +18,17 @@ use crate::memory::{MapError, MemoryMap};
 
 /// Carries TLPs between the bridge and the devices.
 pub trait Link {
+    /// Queues a TLP for the device. A link may hold it until [`Link::flush`], so that
+    /// TLPs sent together can share a frame.
     fn send(&mut self, tlp: &[u8]);
+    /// Sends what `send` queued.
+    fn flush(&mut self) {}
     /// The next TLP from a device, waiting up to `timeout` for one.
     fn recv(&mut self, timeout: Duration) -> Option<Vec<u8>>;
 }
+
+/// TLPs handled in one step before the answers go out together.
+const STEP_BURST: usize = 64;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum HostError {
@@ -217,16 +224,19 @@ impl<L: Link> Host<L> {
     /// Sends what the bridge has, takes what arrives, turns events into results and
     /// interrupts; waits up to `wait` for input.
     fn step(&mut self, wait: Duration) {
-        while let Some(t) = self.bridge.poll_transmit() {
-            self.link.send(&t);
-        }
+        self.transmit();
         if let Some(t) = self.link.recv(wait) {
             let now = self.now();
             self.bridge.handle_tlp(now, &t);
-            // Answers to device reads go out at once.
-            while let Some(t) = self.bridge.poll_transmit() {
-                self.link.send(&t);
+            // What else has arrived is handled too, so that the answers (completions
+            // of device reads) go out together and share frames.
+            for _ in 1..STEP_BURST {
+                let Some(t) = self.link.recv(Duration::ZERO) else {
+                    break;
+                };
+                self.bridge.handle_tlp(now, &t);
             }
+            self.transmit();
         }
         let now = self.now();
         if self.bridge.poll_timeout().is_some_and(|d| d <= now) {
@@ -254,6 +264,14 @@ impl<L: Link> Host<L> {
                 }),
             }
         }
+    }
+
+    /// Hands every TLP the bridge has to the link, then flushes it.
+    fn transmit(&mut self) {
+        while let Some(t) = self.bridge.poll_transmit() {
+            self.link.send(&t);
+        }
+        self.link.flush();
     }
 
     fn wait_for(&mut self, id: Result<RequestId, RequestError>) -> Result<Vec<u8>, RequestError> {

@@ -89,10 +89,11 @@ impl FabricLink {
                 other => self.events.push_back(other),
             }
         }
-        self.flush();
+        self.queue_in_session();
     }
 
-    fn flush(&mut self) {
+    /// Moves queued TLPs into the session (as many as it takes now).
+    fn queue_in_session(&mut self) {
         let Some((gid, peer)) = self.target else {
             self.outbox.clear();
             return;
@@ -109,7 +110,11 @@ impl FabricLink {
 impl Link for FabricLink {
     fn send(&mut self, tlp: &[u8]) {
         self.outbox.push_back(tlp.to_vec());
-        self.flush();
+        self.queue_in_session();
+    }
+
+    fn flush(&mut self) {
+        self.queue_in_session();
         let _ = self.fp.poll(Duration::ZERO);
     }
 

@@ -15,7 +15,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use dataplane::netns::Rig;
 use dataplane::ports::mem;
 use dataplane::{Mempool, Port};
-use endpoint::memdev;
 use fabric::{FabricEvent, Node};
 use runtime::{FabricLink, FabricPort, IoBox, MemDevDriver, Slot};
 use tlp::Bdf;
@@ -228,16 +227,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         bytes as f64 / took.as_secs_f64() / 1e6
     );
 
-    let mut lat = Vec::with_capacity(args.mmio_reads);
-    for _ in 0..args.mmio_reads {
-        let t = Instant::now();
-        let v = h.bar_read32(bdf, 0, endpoint::memdev::regs::MAGIC)?;
-        lat.push(t.elapsed());
-        if v != memdev::MAGIC {
-            bail!("MMIO read returned {v:#x}");
-        }
-    }
-    lat.sort();
+    let lat = workload::mmio_round_trips(&mut h, bdf, args.mmio_reads)?;
     println!(
         "\nhost A: MMIO read round trip over {} reads: median {:.1} us, p90 {:.1} us, p99 {:.1} us, max {:.1} us",
         lat.len(),

@@ -1,5 +1,6 @@
 //! `tether`: PCI Express over plain Ethernet, in software.
 
+mod bench;
 mod bridge;
 mod capture;
 mod config;
@@ -11,6 +12,7 @@ mod host;
 mod impair;
 mod iobox;
 mod pcap;
+mod plot;
 mod signals;
 mod workload;
 
@@ -62,6 +64,9 @@ enum Command {
     /// running bridge's counters.
     #[command(subcommand)]
     Ctl(ctl::CtlCommand),
+    /// Measure MMIO round trips and DMA throughput vs transfer size, per port kind,
+    /// TLP size and aggregation (box and host in two namespaces over veth; root).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -164,6 +169,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Iobox { config } => iobox::run(&config),
         Command::Host { config } => host::run(&config),
         Command::Ctl(c) => ctl::run(c),
+        Command::Bench(a) => bench::run(a),
         Command::Impair(a) => {
             let stats = impair::run(impair::Options {
                 a_to_b: impair::parse_spec(&a.ab)?,

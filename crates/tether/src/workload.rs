@@ -10,15 +10,45 @@ use runtime::MemDevDriver;
 /// A root complex on `link` whose devices may DMA into `size` bytes of RAM at `base`
 /// (DMA buffers are handed out of it too).
 pub fn root_complex<L: Link>(link: L, base: u64, size: usize) -> Result<Host<L>> {
+    root_complex_with(BridgeConfig::default(), link, base, size)
+}
+
+/// The same with the bridge's settings (MPS, RCB, completion timeout).
+pub fn root_complex_with<L: Link>(
+    cfg: BridgeConfig,
+    link: L,
+    base: u64,
+    size: usize,
+) -> Result<Host<L>> {
     let mut mem = MemoryMap::new();
     mem.add(base, Box::new(vec![0u8; size]))?;
     Ok(Host::new(
-        BridgeConfig::default(),
+        cfg,
         mem,
         (base, size as u64),
         BarWindows::default(),
         link,
     ))
+}
+
+/// `n` MMIO reads of the memdev's MAGIC register, each checked; their round trips,
+/// sorted.
+pub fn mmio_round_trips<L: Link>(
+    host: &mut Host<L>,
+    bdf: tlp::Bdf,
+    n: usize,
+) -> Result<Vec<Duration>> {
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let v = host.bar_read32(bdf, 0, endpoint::memdev::regs::MAGIC)?;
+        lat.push(t.elapsed());
+        if v != endpoint::memdev::MAGIC {
+            anyhow::bail!("MMIO read of {bdf} returned {v:#x}, not the memdev's magic");
+        }
+    }
+    lat.sort();
+    Ok(lat)
 }
 
 /// Random verified copies through the device: `count` of them, sizes 1..=max.

@@ -1,0 +1,526 @@
+//! `tether bench`: the end-to-end benchmark. A box with a memdev and a host bridge in
+//! two network namespaces joined by one veth pair (made here and removed at the end),
+//! for each port kind, TLP size (the Max Payload Size the host programs) and
+//! aggregation setting:
+//!
+//! - MMIO read round trip: median and p99 of reads of a BAR register;
+//! - DMA throughput vs transfer size: memdev READ (the device reads host memory: MRd
+//!   out, CplD back) and WRITE (the device writes host memory: MWr), each a doorbell,
+//!   the transfer and an MSI-X interrupt, repeated for a fixed time per point.
+//!
+//! Reported, never asserted on: numbers on a shared 2-core machine are noisy.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use dataplane::netns::Rig;
+use dataplane::ports::mem;
+use dataplane::{Mempool, Port};
+use endpoint::memdev;
+use rootcomplex::{BridgeConfig, Host};
+use runtime::{FabricLink, FabricPort, IoBox, MemDevDriver, Slot};
+use tlp::{Bdf, MaxSize};
+use wire::BridgeRole;
+
+use crate::config::{BridgeSettings, PortKind};
+use crate::plot::{self, Series};
+use crate::{bridge, workload};
+
+const GID: u16 = 10;
+const RAM: u64 = 0x1_0000_0000;
+const RAM_SIZE: usize = 8 << 20;
+
+/// A port to benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchPort {
+    AfXdp,
+    /// AF_PACKET, TPACKET_V2 frame ring, poll mode.
+    AfPacket,
+    /// One system call per frame, and the bridges sleep in poll(2) when idle: the
+    /// conventional kernel path.
+    Socket,
+    /// In-process memory ports (no kernel network).
+    Memory,
+}
+
+impl BenchPort {
+    fn name(self) -> &'static str {
+        match self {
+            BenchPort::AfXdp => "af_xdp",
+            BenchPort::AfPacket => "af_packet",
+            BenchPort::Socket => "socket",
+            BenchPort::Memory => "memory",
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Ports to measure.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchPort::AfXdp, BenchPort::AfPacket, BenchPort::Socket])]
+    pub ports: Vec<BenchPort>,
+    /// Transfer sizes in bytes (each 1..=1 MiB).
+    #[arg(long, value_delimiter = ',', default_values_t = [64, 256, 1024, 4096, 16384, 65536, 262144, 1048576])]
+    pub sizes: Vec<usize>,
+    /// TLP payload sizes (the MPS the host programs): 128, 256, 512.
+    #[arg(long, value_delimiter = ',', default_values_t = [128, 256])]
+    pub tlp: Vec<u16>,
+    /// Measure without aggregation (one TLP per frame) and with it (up to the MTU).
+    #[arg(long, value_delimiter = ',', default_values_t = [false, true])]
+    pub aggregation: Vec<bool>,
+    /// Time spent on each point (at least 3 transfers).
+    #[arg(long, default_value_t = 300)]
+    pub ms_per_point: u64,
+    /// MMIO reads timed per port.
+    #[arg(long, default_value_t = 5000)]
+    pub mmio_reads: usize,
+    /// Link MTU of the veth pair.
+    #[arg(long, default_value_t = 1500)]
+    pub mtu: usize,
+    /// Write the Markdown section and SVG plots into this docs directory
+    /// (performance.md between its bench markers, perf-dma-*.svg).
+    #[arg(long)]
+    pub write_docs: Option<PathBuf>,
+}
+
+/// One configuration's results.
+struct Run {
+    port: BenchPort,
+    tlp: u16,
+    aggregation: bool,
+    /// MMIO round trips, sorted (measured once per port, on its first run).
+    mmio: Vec<Duration>,
+    /// (size, read MB/s, write MB/s).
+    points: Vec<(usize, f64, f64)>,
+    /// Retransmits and timeouts of the host's session over the run.
+    retransmits: u64,
+    timeouts: u64,
+    data_frames: u64,
+    tlps_out: u64,
+}
+
+/// A box and a host on two ports.
+struct Pair {
+    stop: Arc<AtomicBool>,
+    box_thread: Option<std::thread::JoinHandle<Result<()>>>,
+    host: Host<FabricLink>,
+    bdf: Bdf,
+    _rig: Option<Rig>,
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.box_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn settings(aggregation: bool, id: u64) -> BridgeSettings {
+    BridgeSettings {
+        id: Some(id),
+        info_interval_ms: 50,
+        missed_infos: 20,
+        max_tlps_per_frame: (!aggregation).then_some(1),
+        ..BridgeSettings::default()
+    }
+}
+
+/// The box's port, the host's, and the namespaces they live in (none in memory).
+type Ports = (Box<dyn Port>, Box<dyn Port>, Option<Rig>);
+
+fn ports(kind: BenchPort, mtu: usize) -> Result<Ports> {
+    if kind == BenchPort::Memory {
+        let pool = Mempool::new(32768, 2048)?;
+        let (a, b) = mem::pair(&pool, 4096, mtu);
+        return Ok((Box::new(a), Box::new(b), None));
+    }
+    let mut rig = Rig::new("tbn").context("network namespaces (tether bench needs root)")?;
+    let (bx, h) = (rig.host("box")?, rig.host("host")?);
+    rig.veth(bx, "tbnbox", h, "tbnhost", mtu)?;
+    let pk = match kind {
+        BenchPort::AfXdp => PortKind::AfXdp,
+        BenchPort::AfPacket => PortKind::AfPacket,
+        _ => PortKind::Socket,
+    };
+    let (b, _) = rig.within(bx, move || bridge::open_port(pk, "tbnbox"))?;
+    let (hp, _) = rig.within(h, move || bridge::open_port(pk, "tbnhost"))?;
+    Ok((b, hp, Some(rig)))
+}
+
+fn pair(kind: BenchPort, tlp: u16, aggregation: bool, mtu: usize) -> Result<Pair> {
+    let (box_port, host_port, rig) = ports(kind, mtu)?;
+    // The conventional path sleeps whenever it is idle; poll mode spins.
+    let spin = if kind == BenchPort::Socket {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(2)
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let box_node = bridge::node(&*box_port, BridgeRole::IoBox, &settings(aggregation, 0xb0))?;
+    let box_thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("bench-box".into())
+            .spawn(move || -> Result<()> {
+                let mut fp = FabricPort::new(box_node, box_port);
+                fp.set_spin(spin);
+                let mut b = IoBox::new(fp, vec![Slot::memdev(0, GID, 1 << 20)?]);
+                while !stop.load(Ordering::Relaxed) {
+                    b.poll(Duration::from_millis(1))?;
+                }
+                Ok(())
+            })?
+    };
+    let mut n = bridge::node(&*host_port, BridgeRole::Host, &settings(aggregation, 0xa))?;
+    n.join(GID)?;
+    let mut fp = FabricPort::new(n, host_port);
+    fp.set_spin(spin);
+    let mut link = FabricLink::new(fp);
+    let (peer, dev) = link
+        .wait_for_device(GID, Duration::from_secs(10))
+        .ok_or_else(|| anyhow!("no device announced within 10 s"))?;
+    link.set_target(GID, peer);
+    let cfg = BridgeConfig {
+        max_payload: MaxSize::new(tlp).ok_or_else(|| anyhow!("TLP size {tlp}: not a PCIe size"))?,
+        ..BridgeConfig::default()
+    };
+    let mut host = workload::root_complex_with(cfg, link, RAM, RAM_SIZE)?;
+    let bdf = Bdf::new(1, dev.slot, 0).expect("slot < 32");
+    host.enumerate(bdf)?;
+    Ok(Pair {
+        stop,
+        box_thread: Some(box_thread),
+        host,
+        bdf,
+        _rig: rig,
+    })
+}
+
+/// MB/s of `op` transfers of `size` bytes, repeated for `time` (at least 3 times).
+fn throughput(
+    p: &mut Pair,
+    drv: &MemDevDriver,
+    op: u32,
+    size: usize,
+    time: Duration,
+) -> Result<f64> {
+    let (src, dst) = (RAM, RAM + (2 << 20));
+    let start = Instant::now();
+    let mut n = 0u64;
+    while n < 3 || start.elapsed() < time {
+        drv.run(
+            &mut p.host,
+            op,
+            src,
+            dst,
+            size as u32,
+            Duration::from_secs(30),
+        )
+        .with_context(|| format!("{size}-byte transfer"))?;
+        n += 1;
+    }
+    Ok((n * size as u64) as f64 / start.elapsed().as_secs_f64() / 1e6)
+}
+
+fn measure(
+    args: &BenchArgs,
+    port: BenchPort,
+    tlp: u16,
+    aggregation: bool,
+    mmio: bool,
+) -> Result<Run> {
+    let mut p = pair(port, tlp, aggregation, args.mtu)?;
+    let drv = MemDevDriver::probe(&mut p.host, p.bdf)?;
+    let mmio = if mmio {
+        workload::mmio_round_trips(&mut p.host, p.bdf, args.mmio_reads)?
+    } else {
+        Vec::new()
+    };
+    let before = session(&p);
+    let time = Duration::from_millis(args.ms_per_point);
+    let mut points = Vec::new();
+    for &size in &args.sizes {
+        let r = throughput(&mut p, &drv, memdev::op::READ, size, time)?;
+        let w = throughput(&mut p, &drv, memdev::op::WRITE, size, time)?;
+        points.push((size, r, w));
+    }
+    let after = session(&p);
+    Ok(Run {
+        port,
+        tlp,
+        aggregation,
+        mmio,
+        points,
+        retransmits: after.retransmits - before.retransmits,
+        timeouts: after.timeouts - before.timeouts,
+        data_frames: after.data_frames_out - before.data_frames_out,
+        tlps_out: after.tlps_out - before.tlps_out,
+    })
+}
+
+fn session(p: &Pair) -> efe::Stats {
+    let node = p.host.link().fabric().node();
+    let (gid, peer) = p.host.link().target().expect("attached");
+    node.session_stats(gid, peer).unwrap_or_default()
+}
+
+fn size_label(b: f64) -> String {
+    let b = b as usize;
+    if b >= 1 << 20 {
+        format!("{}M", b >> 20)
+    } else if b >= 1024 {
+        format!("{}K", b >> 10)
+    } else {
+        format!("{b}")
+    }
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn label(r: &Run) -> String {
+    format!(
+        "{} {} B TLPs, {}",
+        r.port.name(),
+        r.tlp,
+        if r.aggregation {
+            "aggregation"
+        } else {
+            "1 TLP/frame"
+        }
+    )
+}
+
+/// The report: tables, ratios and the session counters, as Markdown.
+fn report(args: &BenchArgs, runs: &[Run]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "MMIO read round trip ({} reads of a BAR register):\n",
+        args.mmio_reads
+    );
+    let _ = writeln!(
+        s,
+        "| port | median | p90 | p99 | max |\n|---|---|---|---|---|"
+    );
+    for r in runs.iter().filter(|r| !r.mmio.is_empty()) {
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs |",
+            r.port.name(),
+            us(workload::percentile(&r.mmio, 0.5)),
+            us(workload::percentile(&r.mmio, 0.9)),
+            us(workload::percentile(&r.mmio, 0.99)),
+            us(*r.mmio.last().unwrap_or(&Duration::ZERO)),
+        );
+    }
+    for (dir, pick) in [
+        ("READ (device reads host memory)", 1usize),
+        ("WRITE (device writes host memory)", 2),
+    ] {
+        let _ = writeln!(s, "\nDMA throughput, MB/s, memdev {dir}:\n");
+        let _ = write!(s, "| configuration |");
+        for &z in &args.sizes {
+            let _ = write!(s, " {} |", size_label(z as f64));
+        }
+        let _ = write!(s, "\n|---|");
+        for _ in &args.sizes {
+            let _ = write!(s, "---|");
+        }
+        let _ = writeln!(s);
+        for r in runs {
+            let _ = write!(s, "| {} |", label(r));
+            for p in &r.points {
+                let v = if pick == 1 { p.1 } else { p.2 };
+                let _ = write!(s, " {v:.1} |");
+            }
+            let _ = writeln!(s);
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nHost session over each run: data frames, TLPs, TLPs per frame, retransmits, timeouts:\n"
+    );
+    let _ = writeln!(s, "| configuration | data frames | TLPs | TLPs/frame | retransmits | timeouts |\n|---|---|---|---|---|---|");
+    for r in runs {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.2} | {} | {} |",
+            label(r),
+            r.data_frames,
+            r.tlps_out,
+            r.tlps_out as f64 / r.data_frames.max(1) as f64,
+            r.retransmits,
+            r.timeouts
+        );
+    }
+    // Poll mode against the per-packet socket path, at the largest size.
+    let find = |port, tlp, agg| {
+        runs.iter()
+            .find(|r| r.port == port && r.tlp == tlp && r.aggregation == agg)
+            .and_then(|r| r.points.last())
+    };
+    let mut ratios = String::new();
+    for &tlp in &args.tlp {
+        let Some(base) = find(BenchPort::Socket, tlp, false) else {
+            continue;
+        };
+        for port in [BenchPort::AfXdp, BenchPort::AfPacket] {
+            for agg in [false, true] {
+                if let Some(p) = find(port, tlp, agg) {
+                    let _ = writeln!(
+                        ratios,
+                        "| {} | {} B | {} | {:.2}x | {:.2}x |",
+                        port.name(),
+                        tlp,
+                        if agg { "yes" } else { "no" },
+                        p.1 / base.1,
+                        p.2 / base.2
+                    );
+                }
+            }
+        }
+    }
+    if !ratios.is_empty() {
+        let size = args.sizes.last().copied().unwrap_or(0);
+        let _ = writeln!(
+            s,
+            "\nPoll mode against the per-packet socket path without aggregation, {} transfers:\n",
+            size_label(size as f64)
+        );
+        let _ = writeln!(
+            s,
+            "| port | TLP | aggregation | READ ratio | WRITE ratio |\n|---|---|---|---|---|"
+        );
+        s.push_str(&ratios);
+    }
+    s
+}
+
+fn plots(args: &BenchArgs, runs: &[Run], dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for (name, title, pick) in [
+        (
+            "perf-dma-read.svg",
+            "DMA READ throughput (device reads host memory)",
+            1usize,
+        ),
+        (
+            "perf-dma-write.svg",
+            "DMA WRITE throughput (device writes host memory)",
+            2,
+        ),
+    ] {
+        let series: Vec<Series> = runs
+            .iter()
+            .map(|r| Series {
+                name: label(r),
+                color: plot::COLORS[(args.ports.iter().position(|p| *p == r.port).unwrap_or(0)
+                    * 2
+                    + r.aggregation as usize)
+                    % plot::COLORS.len()],
+                dashed: args.tlp.len() > 1 && r.tlp == args.tlp[0],
+                points: r
+                    .points
+                    .iter()
+                    .map(|p| (p.0 as f64, if pick == 1 { p.1 } else { p.2 }))
+                    .collect(),
+            })
+            .collect();
+        let svg = plot::log_x(title, "transfer size (bytes)", "MB/s", size_label, &series);
+        let path = dir.join(name);
+        std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+        files.push(path);
+    }
+    Ok(files)
+}
+
+const BEGIN: &str = "<!-- tether bench: begin -->";
+const END: &str = "<!-- tether bench: end -->";
+
+fn write_docs(dir: &Path, section: &str) -> Result<()> {
+    let path = dir.join("performance.md");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let (Some(a), Some(b)) = (text.find(BEGIN), text.find(END)) else {
+        bail!("{} lacks the {BEGIN} / {END} markers", path.display());
+    };
+    let new = format!("{}{BEGIN}\n{section}{}", &text[..a], &text[b..]);
+    std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.sizes.is_empty() || args.sizes.iter().any(|&z| z == 0 || z > 1 << 20) {
+        bail!("--sizes: each transfer size must be 1..=1048576 bytes");
+    }
+    if args.ports.is_empty() || args.tlp.is_empty() || args.aggregation.is_empty() {
+        bail!("--ports, --tlp and --aggregation need at least one value each");
+    }
+    if let Some(t) = args.tlp.iter().find(|t| !matches!(t, 128 | 256 | 512)) {
+        bail!("--tlp {t}: TLP payload sizes are 128, 256 or 512");
+    }
+    if args.mmio_reads == 0 {
+        bail!("--mmio-reads must be at least 1");
+    }
+    let total = args.ports.len() * args.tlp.len() * args.aggregation.len();
+    let mut runs = Vec::new();
+    let started = Instant::now();
+    for &port in &args.ports {
+        let mut first = true;
+        for &tlp in &args.tlp {
+            for &agg in &args.aggregation {
+                eprintln!(
+                    "[{}/{total}] {} {tlp} B TLPs, {} ...",
+                    runs.len() + 1,
+                    port.name(),
+                    if agg { "aggregation" } else { "1 TLP/frame" }
+                );
+                let r = measure(&args, port, tlp, agg, first)
+                    .with_context(|| format!("{} {tlp} B TLPs aggregation {agg}", port.name()))?;
+                first = false;
+                let last = r.points.last().expect("sizes");
+                eprintln!(
+                    "      {} B: READ {:.1} MB/s, WRITE {:.1} MB/s",
+                    last.0, last.1, last.2
+                );
+                runs.push(r);
+            }
+        }
+    }
+    let mut section = format!(
+        "Command: `tether bench{}` (release build, as root; {} s). Box and host in two \
+         network namespaces joined by one veth pair (MTU {}); one box thread and the host \
+         thread, each busy-polling (the socket rows sleep in poll(2) when idle).\n\n",
+        std::env::args()
+            .skip(2)
+            .filter(|a| !a.starts_with("--write-docs"))
+            .fold(String::new(), |s, a| s + " " + &a),
+        started.elapsed().as_secs(),
+        args.mtu
+    );
+    section.push_str(&report(&args, &runs));
+    println!("{section}");
+    if let Some(dir) = &args.write_docs {
+        let files = plots(&args, &runs, dir)?;
+        let mut with_plots = section.clone();
+        for f in &files {
+            let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let _ = write!(with_plots, "\n![{name}]({name})\n");
+        }
+        write_docs(dir, &with_plots)?;
+        eprintln!(
+            "wrote {} and {} plots",
+            dir.join("performance.md").display(),
+            files.len()
+        );
+    }
+    Ok(())
+}

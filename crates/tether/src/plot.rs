@@ -1,0 +1,175 @@
+//! Line plots as standalone SVG, for the benchmark pages of docs/.
+
+use std::fmt::Write;
+
+pub struct Series {
+    pub name: String,
+    pub color: &'static str,
+    pub dashed: bool,
+    /// (x, y) points; x > 0 (the x axis is logarithmic).
+    pub points: Vec<(f64, f64)>,
+}
+
+pub const COLORS: [&str; 6] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+];
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A plot with a log2 x axis labelled by `x_label_of` and a linear y axis from 0.
+pub fn log_x(
+    title: &str,
+    x_axis: &str,
+    y_axis: &str,
+    x_label_of: impl Fn(f64) -> String,
+    series: &[Series],
+) -> String {
+    let (w, h, left, top, right, bottom) = (720.0, 420.0, 70.0, 34.0, 230.0, 52.0);
+    let (pw, ph) = (w - left - right, h - top - bottom);
+    let xs: Vec<f64> = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .collect();
+    let (xmin, xmax) = xs
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    let ymax = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .fold(0.0f64, f64::max);
+    let ymax = nice_ceiling(ymax.max(1e-9));
+    let (l0, l1) = (xmin.max(1e-9).log2(), xmax.max(1e-9).log2());
+    let span = (l1 - l0).max(1e-9);
+    let x = |v: f64| left + pw * (v.max(1e-9).log2() - l0) / span;
+    let y = |v: f64| top + ph * (1.0 - (v / ymax).clamp(0.0, 1.0));
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="20" text-anchor="middle" font-size="14">{}</text>"#,
+        left + pw / 2.0,
+        escape(title)
+    );
+    for k in 0..=5 {
+        let v = ymax * k as f64 / 5.0;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
+            left + pw,
+            left - 6.0,
+            y(v) + 4.0,
+            trim(v),
+            yy = y(v)
+        );
+    }
+    let mut ticks: Vec<f64> = xs.clone();
+    ticks.sort_by(f64::total_cmp);
+    ticks.dedup();
+    for t in ticks {
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+            x(t),
+            top + ph + 18.0,
+            escape(&x_label_of(t))
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+        left + pw / 2.0,
+        h - 12.0,
+        escape(x_axis)
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">{}</text>"#,
+        top + ph / 2.0,
+        top + ph / 2.0,
+        escape(y_axis)
+    );
+    for (k, se) in series.iter().enumerate() {
+        let dash = if se.dashed {
+            r#" stroke-dasharray="6,4""#
+        } else {
+            ""
+        };
+        let pts: Vec<String> = se
+            .points
+            .iter()
+            .map(|&(a, b)| format!("{:.1},{:.1}", x(a), y(b)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{}" stroke-width="2"{dash} points="{}"/>"#,
+            se.color,
+            pts.join(" ")
+        );
+        let ly = top + 10.0 + 18.0 * k as f64;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{}" stroke-width="2"{dash}/><text x="{}" y="{}">{}</text>"#,
+            left + pw + 12.0,
+            left + pw + 40.0,
+            se.color,
+            left + pw + 46.0,
+            ly + 4.0,
+            escape(&se.name)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// 1, 2 or 5 times a power of ten, at least `v`.
+fn nice_ceiling(v: f64) -> f64 {
+    let p = 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * p)
+        .find(|c| *c >= v)
+        .unwrap_or(10.0 * p)
+}
+
+fn trim(v: f64) -> String {
+    if v >= 10.0 || v == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plot_has_every_series_and_label() {
+        let svg = log_x(
+            "t <1>",
+            "size",
+            "MB/s",
+            |v| format!("{v}"),
+            &[Series {
+                name: "a & b".into(),
+                color: COLORS[0],
+                dashed: true,
+                points: vec![(64.0, 1.0), (1024.0, 30.0)],
+            }],
+        );
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
+        assert!(svg.contains("t &lt;1&gt;") && svg.contains("a &amp; b"));
+        assert!(svg.contains(">64<") && svg.contains(">1024<"));
+        assert!(svg.contains("stroke-dasharray"));
+        assert_eq!(nice_ceiling(31.0), 50.0);
+        assert_eq!(nice_ceiling(0.7), 1.0);
+    }
+}
