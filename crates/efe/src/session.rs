@@ -122,6 +122,9 @@ struct SentFrame {
     seq: u32,
     payload: Vec<u8>,
     tlps: u32,
+    /// When it was first sent; a retransmitted frame gives no RTT sample (Karn).
+    sent_at: Micros,
+    resent: bool,
 }
 
 pub struct Session {
@@ -144,12 +147,18 @@ pub struct Session {
     /// The NAK we last went back for, and when: duplicates within an RTT are ignored.
     last_go_back: Option<(u32, Micros)>,
     frames_since_probe: u32,
+    /// Round trips from sending a frame to its ack, everything included: the RTO.
     rtt: RttEstimator,
+    /// Smallest network round trip (the echo minus the peer's holding time): the
+    /// rate control's base.
+    net_min: Option<u32>,
     rate: RateControl,
     // Receiving.
     rcv_nxt: u32,
     delivered: VecDeque<Vec<u8>>,
     ts_recent: u32,
+    /// When `ts_recent` arrived (our clock): the echo adds the time we held it.
+    ts_recent_at: Micros,
     unacked_rx: u32,
     ack_deadline: Option<Micros>,
     ack_now: bool,
@@ -174,6 +183,7 @@ impl Session {
         }
         Ok(Session {
             rtt: RttEstimator::new(cfg.rto_initial_us, cfg.rto_min_us, cfg.rto_max_us),
+            net_min: None,
             rate: RateControl::new(cfg.rate),
             cfg,
             local_epoch,
@@ -192,6 +202,7 @@ impl Session {
             rcv_nxt: 0,
             delivered: VecDeque::new(),
             ts_recent: 0,
+            ts_recent_at: 0,
             unacked_rx: 0,
             ack_deadline: None,
             ack_now: false,
@@ -373,11 +384,13 @@ impl Session {
             return; // Nothing new, or acknowledging what was never sent.
         }
         let mut acked_bytes = 0;
+        let mut newest = None;
         while let Some(f) = self.unacked.front() {
             if !seq::lt(f.seq, ack) {
                 break;
             }
             acked_bytes += f.payload.len();
+            newest = Some((f.sent_at, f.resent));
             self.unacked.pop_front();
         }
         self.snd_una = ack;
@@ -385,11 +398,16 @@ impl Session {
             self.snd_nxt = ack;
         }
         self.backoffs = 0;
+        if let Some(sent_at) = newest.filter(|f| !f.1).map(|f| f.0) {
+            self.rtt.sample(now.saturating_sub(sent_at).max(1) as u32);
+        }
         if tsecr != 0 {
             let rtt = (now as u32).wrapping_sub(tsecr);
             if (rtt as i32) >= 0 {
-                self.rtt.sample(rtt.max(1));
-                let base = self.rtt.min().unwrap_or(rtt);
+                let rtt = rtt.max(1);
+                let base = *self.net_min.get_or_insert(rtt);
+                let base = base.min(rtt);
+                self.net_min = Some(base);
                 let srtt = self.rtt.srtt().unwrap_or(rtt);
                 self.rate
                     .on_rtt(now, rtt, base, srtt, acked_bytes + wire::HEADER_LEN);
@@ -460,6 +478,7 @@ impl Session {
         self.stats.tlps_in += count as u64;
         self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
         self.ts_recent = h.tsval;
+        self.ts_recent_at = now;
         self.nak_sent_for = None;
         self.unacked_rx += 1;
         if self.advertised_window() < self.cfg.window / 4 {
@@ -505,9 +524,21 @@ impl Session {
             seq: 0,
             ack: self.rcv_nxt,
             tsval: (now as u32).max(1),
-            tsecr: self.ts_recent,
+            tsecr: self.echo(now),
             window: self.advertised_window() as u16,
         }
+    }
+
+    /// The peer's latest tsval plus the time it waited here (for our acks, pacing or
+    /// scheduling), so that the peer's RTT sample is the network's round trip and not
+    /// ours (as Swift separates fabric from endpoint delay). Our own load reaches the
+    /// peer through the advertised window instead. 0 = nothing to echo.
+    fn echo(&self, now: Micros) -> u32 {
+        if self.ts_recent == 0 {
+            return 0;
+        }
+        let held = now.saturating_sub(self.ts_recent_at) as u32;
+        self.ts_recent.wrapping_add(held).max(1)
     }
 
     fn acked_sent(&mut self) {
@@ -566,7 +597,12 @@ impl Session {
             self.frames_since_probe = 0;
         }
         self.acked_sent();
-        let frame = &self.unacked[idx];
+        let frame = &mut self.unacked[idx];
+        if retransmit {
+            frame.resent = true;
+        } else {
+            frame.sent_at = now;
+        }
         let bytes = wire::HEADER_LEN + frame.payload.len();
         self.stats.frames_out += 1;
         self.stats.data_frames_out += 1;
@@ -609,6 +645,8 @@ impl Session {
             seq: self.next_seq,
             payload: self.scratch.clone(),
             tlps,
+            sent_at: 0,
+            resent: false,
         });
         self.next_seq = self.next_seq.wrapping_add(1);
     }

@@ -22,7 +22,8 @@ pub struct FabricPort {
     /// When something last moved: the loop busy-polls for `spin` after that, and
     /// only then sleeps (a sleeping bridge delays acks and completions, which the
     /// peer's delay-based rate control would take for congestion).
-    last_work: Instant,
+    /// µs on this port's clock.
+    last_work: u64,
     spin: Duration,
     /// Frames the node made that did not fit a pool buffer (never, with a sane MTU).
     pub oversize: u64,
@@ -37,7 +38,7 @@ impl FabricPort {
             rx: Vec::with_capacity(64),
             tx: Vec::with_capacity(64),
             events: VecDeque::new(),
-            last_work: Instant::now(),
+            last_work: 0,
             spin: Duration::from_millis(2),
             oversize: 0,
         }
@@ -69,34 +70,38 @@ impl FabricPort {
     /// Sends what the node has, receives what the port has, runs due timers. Returns
     /// whether anything moved. Waits up to `wait` for input when nothing did.
     pub fn poll(&mut self, wait: Duration) -> Result<bool, PortError> {
+        // The clock is read once per round, and once more when frames arrived (their
+        // timestamps feed the RTT samples).
         let mut worked = false;
-        let now = self.now();
+        let mut now = self.now();
         if self.node.poll_timeout() <= now {
             self.node.handle_timeout(now);
         }
-        worked |= self.flush()?;
+        worked |= self.flush(now)?;
         let n = self.port.rx_burst(&mut self.rx, 64)?;
         if n > 0 {
             // Frames the node drops (other groups, our own echoes, damage) are not
             // work: a bridge on a busy segment must not spin on others' traffic.
             let before = ignored(&self.node.stats());
-            let now = self.now();
+            now = self.now();
             let pool = self.port.pool().clone();
             for m in self.rx.drain(..) {
                 self.node.handle_frame(now, pool.data(&m), None);
                 pool.put(m);
             }
             worked |= ignored(&self.node.stats()) - before < n as u64;
-            self.flush()?;
+            self.flush(now)?;
         }
         while let Some(e) = self.node.poll_event() {
             self.events.push_back(e);
             worked = true;
         }
         if worked {
-            self.last_work = Instant::now();
-        } else if !wait.is_zero() && self.last_work.elapsed() >= self.spin {
-            let until_timer = self.node.poll_timeout().saturating_sub(self.now());
+            self.last_work = now;
+        } else if !wait.is_zero()
+            && now.saturating_sub(self.last_work) >= self.spin.as_micros() as u64
+        {
+            let until_timer = self.node.poll_timeout().saturating_sub(now);
             self.port
                 .wait_rx(wait.min(Duration::from_micros(until_timer.max(50))));
         }
@@ -105,8 +110,7 @@ impl FabricPort {
 
     /// Hands every frame the node has to the port (what the port cannot take now is
     /// kept and offered again next time).
-    fn flush(&mut self) -> Result<bool, PortError> {
-        let now = self.now();
+    fn flush(&mut self, now: u64) -> Result<bool, PortError> {
         let pool = self.port.pool().clone();
         let mut moved = false;
         while self.tx.len() < 64 {

@@ -96,20 +96,28 @@ struct Run {
     mmio: Vec<Duration>,
     /// (size, read MB/s, write MB/s).
     points: Vec<(usize, f64, f64)>,
-    /// Retransmits and timeouts of the host's session over the run.
-    retransmits: u64,
-    timeouts: u64,
-    data_frames: u64,
-    tlps_out: u64,
+    /// The host's session over the throughput part, and the box's over its life.
+    host: efe::Stats,
+    boxs: efe::Stats,
 }
 
 /// A box and a host on two ports.
 struct Pair {
     stop: Arc<AtomicBool>,
-    box_thread: Option<std::thread::JoinHandle<Result<()>>>,
+    /// Ends with the box's session counters.
+    box_thread: Option<std::thread::JoinHandle<Result<efe::Stats>>>,
     host: Host<FabricLink>,
     bdf: Bdf,
     _rig: Option<Rig>,
+}
+
+impl Pair {
+    /// Stops the box; its session's counters.
+    fn finish(mut self) -> Result<efe::Stats> {
+        self.stop.store(true, Ordering::Relaxed);
+        let t = self.box_thread.take().expect("running");
+        t.join().map_err(|_| anyhow!("the box thread panicked"))?
+    }
 }
 
 impl Drop for Pair {
@@ -165,17 +173,21 @@ fn pair(kind: BenchPort, tlp: u16, aggregation: bool, mtu: usize) -> Result<Pair
     let box_node = bridge::node(&*box_port, BridgeRole::IoBox, &settings(aggregation, 0xb0))?;
     let box_thread = {
         let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("bench-box".into())
-            .spawn(move || -> Result<()> {
+        std::thread::Builder::new().name("bench-box".into()).spawn(
+            move || -> Result<efe::Stats> {
                 let mut fp = FabricPort::new(box_node, box_port);
                 fp.set_spin(spin);
                 let mut b = IoBox::new(fp, vec![Slot::memdev(0, GID, 1 << 20)?]);
                 while !stop.load(Ordering::Relaxed) {
                     b.poll(Duration::from_millis(1))?;
                 }
-                Ok(())
-            })?
+                let node = b.fabric().node();
+                let host = node.peers().find(|p| p.0 == GID).map(|p| p.1);
+                Ok(host
+                    .and_then(|h| node.session_stats(GID, h))
+                    .unwrap_or_default())
+            },
+        )?
     };
     let mut n = bridge::node(&*host_port, BridgeRole::Host, &settings(aggregation, 0xa))?;
     n.join(GID)?;
@@ -251,16 +263,22 @@ fn measure(
         points.push((size, r, w));
     }
     let after = session(&p);
+    let host = efe::Stats {
+        data_frames_out: after.data_frames_out - before.data_frames_out,
+        tlps_out: after.tlps_out - before.tlps_out,
+        retransmits: after.retransmits - before.retransmits,
+        timeouts: after.timeouts - before.timeouts,
+        ..after
+    };
+    let boxs = p.finish()?;
     Ok(Run {
         port,
         tlp,
         aggregation,
         mmio,
         points,
-        retransmits: after.retransmits - before.retransmits,
-        timeouts: after.timeouts - before.timeouts,
-        data_frames: after.data_frames_out - before.data_frames_out,
-        tlps_out: after.tlps_out - before.tlps_out,
+        host,
+        boxs,
     })
 }
 
@@ -346,20 +364,29 @@ fn report(args: &BenchArgs, runs: &[Run]) -> String {
     }
     let _ = writeln!(
         s,
-        "\nHost session over each run: data frames, TLPs, TLPs per frame, retransmits, timeouts:\n"
+        "\nThe efe sessions (host: over the throughput points; box: over the run): TLPs per \
+         data frame, retransmitted frames, retransmission timeouts, smoothed and minimum RTT, \
+         and the rate-control rate at the end:\n"
     );
-    let _ = writeln!(s, "| configuration | data frames | TLPs | TLPs/frame | retransmits | timeouts |\n|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "| configuration | side | data frames | TLPs/frame | retransmits | timeouts | srtt | min RTT | rate |\n|---|---|---|---|---|---|---|---|---|"
+    );
     for r in runs {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {:.2} | {} | {} |",
-            label(r),
-            r.data_frames,
-            r.tlps_out,
-            r.tlps_out as f64 / r.data_frames.max(1) as f64,
-            r.retransmits,
-            r.timeouts
-        );
+        for (side, st) in [("host", &r.host), ("box", &r.boxs)] {
+            let _ = writeln!(
+                s,
+                "| {} | {side} | {} | {:.2} | {} | {} | {} µs | {} µs | {:.0} MB/s |",
+                label(r),
+                st.data_frames_out,
+                st.tlps_out as f64 / st.data_frames_out.max(1) as f64,
+                st.retransmits,
+                st.timeouts,
+                st.srtt_us,
+                st.min_rtt_us,
+                st.rate_bytes_per_s / 1e6
+            );
+        }
     }
     // Poll mode against the per-packet socket path, at the largest size.
     let find = |port, tlp, agg| {

@@ -18,8 +18,8 @@ fn docs_dir() -> tempfile::TempDir {
 fn check_report(out: &str, configs: &[&str], sizes: &[&str]) {
     assert!(out.contains("MMIO read round trip"), "{out}");
     for c in configs {
-        // A row per direction and one in the session table.
-        assert_eq!(out.matches(&format!("| {c} |")).count(), 3, "{c}:\n{out}");
+        // A row per direction and two in the session table (host, box).
+        assert_eq!(out.matches(&format!("| {c} |")).count(), 4, "{c}:\n{out}");
     }
     for z in sizes {
         assert!(out.contains(&format!(" {z} |")), "{z}:\n{out}");

@@ -51,29 +51,37 @@ impl DwSpan {
 /// Byte enables need not be contiguous within one DW, so a run is not always the
 /// whole span.
 pub fn enabled_runs(length_dw: u16, first_be: u8, last_be: u8, mut f: impl FnMut(usize, usize)) {
-    let n = length_dw as usize * 4;
-    let enabled = |i: usize| -> bool {
-        let dw = i / 4;
-        let be = if dw == 0 {
-            first_be
-        } else if dw + 1 == length_dw as usize {
-            last_be
-        } else {
-            0xf
-        };
-        be & (1 << (i % 4)) != 0
+    let n = length_dw as usize;
+    // Adjacent pieces merge into one run; a run is reported when a gap ends it.
+    let mut run: Option<(usize, usize)> = None;
+    let mut piece = |start: usize, len: usize| match &mut run {
+        Some((s, l)) if *s + *l == start => *l += len,
+        open => {
+            if let Some((s, l)) = open.replace((start, len)) {
+                f(s, l);
+            }
+        }
     };
-    let mut i = 0;
-    while i < n {
-        if !enabled(i) {
-            i += 1;
-            continue;
+    let bits = |dw: usize, be: u8, piece: &mut dyn FnMut(usize, usize)| {
+        for b in 0..4 {
+            if be & (1 << b) != 0 {
+                piece(dw * 4 + b, 1);
+            }
         }
-        let start = i;
-        while i < n && enabled(i) {
-            i += 1;
-        }
-        f(start, i - start);
+    };
+    if n == 0 {
+        return;
+    }
+    bits(0, first_be, &mut piece);
+    if n > 2 {
+        // Every byte of the middle DWs is enabled: one piece, not one per byte.
+        piece(4, (n - 2) * 4);
+    }
+    if n > 1 {
+        bits(n - 1, last_be, &mut piece);
+    }
+    if let Some((s, l)) = run {
+        f(s, l);
     }
 }
 
@@ -165,6 +173,47 @@ fn invalid_byte_enables(first: u8, last: u8, length_dw: u16) -> ParseError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The definition, byte by byte.
+    fn runs_by_byte(length_dw: u16, first_be: u8, last_be: u8) -> Vec<(usize, usize)> {
+        let n = length_dw as usize;
+        let on = |i: usize| {
+            let dw = i / 4;
+            let be = if dw == 0 {
+                first_be
+            } else if dw + 1 == n {
+                last_be
+            } else {
+                0xf
+            };
+            be & (1 << (i % 4)) != 0
+        };
+        let mut out: Vec<(usize, usize)> = Vec::new();
+        for i in (0..n * 4).filter(|&i| on(i)) {
+            match out.last_mut() {
+                Some((s, l)) if *s + *l == i => *l += 1,
+                _ => out.push((i, 1)),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn runs_match_the_byte_by_byte_definition() {
+        for length_dw in [0u16, 1, 2, 3, 4, 64, 1024] {
+            for first_be in 0..16u8 {
+                for last_be in 0..16u8 {
+                    let mut got = Vec::new();
+                    enabled_runs(length_dw, first_be, last_be, |o, l| got.push((o, l)));
+                    assert_eq!(
+                        got,
+                        runs_by_byte(length_dw, first_be, last_be),
+                        "{length_dw} DW, BE {first_be:04b}/{last_be:04b}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn byte_count_table_single_dw() {
