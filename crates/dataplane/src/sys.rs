@@ -328,14 +328,14 @@ pub fn poll_in(fd: RawFd, timeout: Duration) -> bool {
         events: libc::POLLIN,
         revents: 0,
     };
-    // SAFETY: one valid pollfd.
-    let ready = unsafe {
-        libc::poll(
-            &mut pfd,
-            1,
-            timeout.as_millis().min(i32::MAX as u128) as i32,
-        )
+    // ppoll, not poll: poll's millisecond timeout would turn every wait shorter than
+    // 1 ms into a non-blocking check (a hidden busy loop) and round longer ones down.
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
+    // SAFETY: one valid pollfd, a valid timespec, no signal mask change.
+    let ready = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
     ready > 0
 }
 

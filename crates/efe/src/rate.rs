@@ -1,10 +1,20 @@
 //! Delay-based rate control and pacing (in the spirit of ExpEther's EFE, TIMELY and
 //! Swift): the minimum RTT seen is the base; above base + target the rate falls in
 //! proportion to the excess delay, at most once per RTT; at or below it, the rate
-//! rises additively, by `additive_increase` per RTT. Random loss is not a congestion
-//! signal here; a retransmission timeout is.
+//! rises additively, by `additive_increase` per RTT.
+//!
+//! The delay compared with the target is the *standing* RTT, the smallest sample of
+//! the last quarter smoothed RTT (Copa's idea, with half its window): a queue that persists shows in every
+//! sample, while a sample delayed once (a reordered frame, a bridge descheduled for a
+//! moment) does not, and is not congestion. Random loss is not a congestion signal
+//! either; repeated retransmission timeouts are.
+
+use std::collections::VecDeque;
 
 use crate::config::RateConfig;
+
+/// Samples kept for the standing RTT.
+const WINDOW_SAMPLES: usize = 64;
 
 #[derive(Clone, Debug)]
 pub struct RateControl {
@@ -14,6 +24,8 @@ pub struct RateControl {
     last_decrease: Option<u64>,
     /// Fractional µs: at 10 Gbit/s a frame takes about a microsecond.
     next_send_at: f64,
+    /// (time, RTT) of recent samples, oldest first.
+    recent: VecDeque<(u64, u32)>,
 }
 
 impl RateControl {
@@ -23,6 +35,7 @@ impl RateControl {
             cfg,
             last_decrease: None,
             next_send_at: 0.0,
+            recent: VecDeque::with_capacity(WINDOW_SAMPLES),
         }
     }
 
@@ -38,6 +51,18 @@ impl RateControl {
 
     /// One RTT sample (µs) that acknowledged `acked_bytes`, with the base and smoothed RTT.
     pub fn on_rtt(&mut self, now: u64, rtt: u32, base: u32, srtt: u32, acked_bytes: usize) {
+        // The window: the last quarter RTT (Copa looks at half; a quarter keeps the
+        // queue in the two-flow simulation nearer the target).
+        let horizon = now.saturating_sub((srtt / 4).max(1) as u64);
+        while self
+            .recent
+            .front()
+            .is_some_and(|&(t, _)| t < horizon || self.recent.len() >= WINDOW_SAMPLES)
+        {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((now, rtt));
+        let rtt = self.recent.iter().map(|s| s.1).min().unwrap_or(rtt);
         let target = base.saturating_add(self.cfg.target_queueing_us);
         if rtt <= target {
             // Spread one RTT's worth of increase over that RTT's acknowledgements.
@@ -55,10 +80,18 @@ impl RateControl {
         self.rate = self.rate.clamp(self.cfg.min, self.cfg.max);
     }
 
-    /// A retransmission timeout: the path may be badly congested.
+    /// A retransmission timeout that follows another one (a single timeout is most
+    /// likely a lost frame at the end of a burst, which says nothing of congestion):
+    /// the path may be badly congested.
     pub fn on_timeout(&mut self, now: u64) {
         self.rate = (self.rate * (1.0 - self.cfg.max_decrease)).max(self.cfg.min);
         self.last_decrease = Some(now);
+    }
+
+    /// Lets the next frame leave at `now` (after a retransmission timeout: the
+    /// retransmission must not wait behind pacing planned for frames that were lost).
+    pub fn resume_now(&mut self, now: u64) {
+        self.next_send_at = self.next_send_at.min(now as f64);
     }
 
     /// When the next frame may leave (rounded down to the µs).
@@ -84,6 +117,7 @@ mod tests {
         rc.on_rtt(100, 20, 20, 20, 1500);
         assert!(rc.rate() > r0);
         let r1 = rc.rate();
+        // A standing queue: the window's samples are all late.
         rc.on_rtt(200, 200, 20, 40, 1500);
         assert!(rc.rate() < r1);
         let r2 = rc.rate();
@@ -93,6 +127,36 @@ mod tests {
         // Decrease bounded by max_decrease.
         rc.on_rtt(1000, 1_000_000, 20, 40, 1500);
         assert!(rc.rate() >= r2 * 0.5 - 1.0);
+    }
+
+    #[test]
+    fn one_late_sample_is_not_a_queue() {
+        let mut rc = RateControl::new(RateConfig::default());
+        let srtt = 100;
+        rc.on_rtt(1000, 20, 20, srtt, 1500);
+        let r0 = rc.rate();
+        // A sample 500 µs late, with an on-time one still in the window (25 µs).
+        rc.on_rtt(1020, 520, 20, srtt, 1500);
+        assert!(rc.rate() >= r0, "a lone late sample cut the rate");
+        // A standing queue: every sample of the window is late.
+        let r1 = rc.rate();
+        rc.on_rtt(1200, 520, 20, srtt, 1500);
+        rc.on_rtt(1210, 510, 20, srtt, 1500);
+        assert!(rc.rate() < r1, "a standing queue did not cut the rate");
+    }
+
+    #[test]
+    fn a_timeout_lets_the_retransmission_leave_at_once() {
+        let mut rc = RateControl::new(RateConfig {
+            initial: 1e6,
+            ..RateConfig::default()
+        });
+        rc.on_send(0, 1500);
+        assert_eq!(rc.next_send_at(), 1500);
+        rc.resume_now(200);
+        assert_eq!(rc.next_send_at(), 200);
+        rc.resume_now(5000); // never later than planned
+        assert_eq!(rc.next_send_at(), 200);
     }
 
     #[test]

@@ -613,7 +613,9 @@ impl Session {
             self.stats.tlps_out += frame.tlps as u64;
         }
         self.rate.on_send(now, bytes + 18);
-        if self.rto_deadline.is_none() {
+        // The timer runs from the oldest frame's latest transmission: a retransmission
+        // that waited for the pacer must not time out before it has even left.
+        if self.rto_deadline.is_none() || (retransmit && seq_no == self.snd_una) {
             self.rto_deadline = Some(now + self.rtt.rto_backed_off(self.backoffs));
         }
         Transmit {
@@ -695,7 +697,11 @@ impl Session {
                     self.events.push_back(Event::Down { lost });
                     return;
                 }
-                self.rate.on_timeout(now);
+                if self.backoffs > 1 {
+                    self.rate.on_timeout(now);
+                }
+                // The retransmission leaves at once, whatever the pacer had planned.
+                self.rate.resume_now(now);
                 let to = self.snd_una;
                 self.go_back(now, to);
                 self.rto_deadline = Some(now + self.rtt.rto_backed_off(self.backoffs));

@@ -8,7 +8,7 @@ use endpoint::config::reg;
 use endpoint::memdev::{self, MemDev};
 use endpoint::{ConfigError, Device, Function, FunctionConfig};
 use fabric::FabricEvent;
-use tlp::{Header, Tlp};
+use tlp::{Bdf, Completion, CompletionStatus, Header, Tlp};
 use wire::{DeviceInfo, MacAddr};
 
 use crate::port::FabricPort;
@@ -68,6 +68,32 @@ pub struct IoBoxStats {
     pub no_host: u64,
     /// Function-level resets done because the device changed hands.
     pub resets: u64,
+    /// Unrouted non-posted requests answered with an Unsupported Request completion
+    /// (as a PCIe switch does for an address no port claims).
+    pub answered_ur: u64,
+}
+
+/// The Unsupported Request completion for a non-posted request nobody claims (`None`
+/// for posted requests and completions, which get no answer).
+fn unsupported_request(t: &Tlp) -> Option<Vec<u8>> {
+    let (requester, tag, completer) = match t.header {
+        Header::ConfigRead(c) | Header::ConfigWrite(c) => (c.requester, c.tag, c.target),
+        Header::MemRead(r) => (r.requester, r.tag, Bdf::default()),
+        Header::IoRead(r) | Header::IoWrite(r) => (r.requester, r.tag, Bdf::default()),
+        Header::Atomic(a) => (a.requester, a.tag, Bdf::default()),
+        _ => return None,
+    };
+    let cpl = Completion {
+        completer,
+        status: CompletionStatus::UnsupportedRequest,
+        bcm: false,
+        byte_count: 4,
+        requester,
+        tag,
+        lower_address: 0,
+        locked: false,
+    };
+    Tlp::new(Header::Completion(cpl), &[]).to_vec().ok()
 }
 
 pub struct IoBox {
@@ -155,7 +181,16 @@ impl IoBox {
                     let parsed = Tlp::parse(&tlp).ok();
                     match parsed.as_ref().and_then(|t| Some((self.route(gid, t)?, t))) {
                         Some((i, t)) => self.slots[i].function.handle_parsed(now, t),
-                        None => self.stats.unrouted += 1,
+                        None => {
+                            self.stats.unrouted += 1;
+                            // A request that waits for an answer gets one: UR.
+                            let ur = parsed.as_ref().and_then(unsupported_request);
+                            if let Some(ur) = ur {
+                                if self.fp.node_mut().send_tlp(gid, peer, &ur).is_ok() {
+                                    self.stats.answered_ur += 1;
+                                }
+                            }
+                        }
                     }
                 }
                 FabricEvent::GroupChanged { slot, to, .. } => {

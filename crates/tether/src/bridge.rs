@@ -58,6 +58,7 @@ pub fn node(port: &dyn Port, role: BridgeRole, cfg: &BridgeSettings) -> Result<N
     n.info_interval_us = cfg.info_interval_ms * 1000;
     n.missed_infos = cfg.missed_infos;
     n.session.rto_min_us = cfg.rto_min_us;
+    n.session.rate.target_queueing_us = cfg.target_delay_us;
     n.session.rto_initial_us = n.session.rto_initial_us.max(2 * cfg.rto_min_us);
     n.session.rto_max_us = n.session.rto_max_us.max(n.session.rto_initial_us);
     if let Some(k) = cfg.max_tlps_per_frame {

@@ -64,6 +64,10 @@ pub struct BridgeSettings {
     /// look like a lost frame (measured: 200 µs gave 60-150 spurious timeouts per
     /// second of a two-bridge benchmark on two cores, each halving the rate).
     pub rto_min_us: u64,
+    /// Queueing delay the rate control aims for above the base RTT. Raise it where
+    /// the bridges sleep when idle (`spin_us = 0`): their wake-up latency is noise
+    /// of a few hundred µs that must not read as a queue.
+    pub target_delay_us: u32,
 }
 
 impl Default for BridgeSettings {
@@ -76,6 +80,7 @@ impl Default for BridgeSettings {
             control: None,
             spin_us: 2000,
             rto_min_us: 1000,
+            target_delay_us: 50,
         }
     }
 }
@@ -201,6 +206,12 @@ fn check_bridge(path: &Path, b: &BridgeSettings) -> Result<(), ConfigError> {
         return Err(invalid(
             path,
             "bridge.rto_min_us must be 10..=1000000".into(),
+        ));
+    }
+    if !(1..=1_000_000).contains(&b.target_delay_us) {
+        return Err(invalid(
+            path,
+            "bridge.target_delay_us must be 1..=1000000".into(),
         ));
     }
     if b.max_tlps_per_frame == Some(0) {

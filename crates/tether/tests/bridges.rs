@@ -183,6 +183,17 @@ fn iobox_hosts_and_ctl_as_processes() {
     a.wait_for("self-test: 20 DMA copies verified", 1, long);
 
     // The manager sees every group.
+    let ctl_wire = |args: &[&str]| {
+        run_ok(
+            rig.command(mgr, env!("CARGO_BIN_EXE_tether"))
+                .arg("wire")
+                .args(args),
+        )
+    };
+    let stat = |json: &str, counter: &str| -> u64 {
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        v["fabric"][counter].as_u64().unwrap()
+    };
     let ctl = |args: &[&str]| {
         run_ok(
             rig.command(mgr, env!("CARGO_BIN_EXE_tether"))
@@ -228,6 +239,55 @@ fn iobox_hosts_and_ctl_as_processes() {
     // A host in another group never saw the device (nor host A as a peer).
     assert_eq!(b.count("hot-plug"), 0, "{}", b.text());
     assert_eq!(b.count("peer up"), 0, "{}", b.text());
+
+    // Bad input on the segment, from the manager's namespace: every sample frame
+    // damaged (one bit flipped) and cut short, junk, and a replay of valid frames from
+    // bridges that do not exist (a second "box" announcing devices in group 10). The
+    // hosts count and drop what is damaged, leave the stranger's device alone, and
+    // keep serving (checked by the copies below).
+    let bad_before = stat(&ctl(&["stats", "-s", &sock("ha"), "--json"]), "bad_frames");
+    let mut rng = netem::Rng::new(3);
+    let mut bad = Vec::new();
+    for f in wire::sample::frames() {
+        let mut flipped = f.clone();
+        let at = 18 + rng.next_u64() as usize % (f.bytes.len() - 18);
+        flipped.bytes[at] ^= 1 << (rng.next_u64() % 8);
+        let mut short = f.clone();
+        short.bytes.truncate(30);
+        let mut junk = f.clone();
+        junk.bytes = (0..60 + rng.next_u64() % 200)
+            .map(|_| rng.next_u64() as u8)
+            .collect();
+        bad.extend([flipped, short, junk]);
+    }
+    write_pcap(&d.join("bad.pcap"), &bad);
+    write_pcap(&d.join("strangers.pcap"), &wire::sample::frames());
+    ctl_wire(&[
+        "replay",
+        "--pcap",
+        &cfg(&d.join("bad.pcap")),
+        "-i",
+        "pbmgr",
+        "--repeat",
+        "10",
+    ]);
+    ctl_wire(&[
+        "replay",
+        "--pcap",
+        &cfg(&d.join("strangers.pcap")),
+        "-i",
+        "pbmgr",
+    ]);
+    a.wait_for(
+        "left alone: this host bridge serves one box at a time",
+        1,
+        long,
+    );
+    let bad_after = stat(&ctl(&["stats", "-s", &sock("ha"), "--json"]), "bad_frames");
+    assert!(
+        bad_after > bad_before,
+        "host A counted no bad frame ({bad_before} -> {bad_after})"
+    );
 
     // Move the device from A's group to B's.
     let out = ctl(&["set-group", "-i", "pbmgr", "0xb0c5/0", "20"]);

@@ -261,6 +261,12 @@ impl<T: Copy> XskRing<T> {
         self.publish(self.producer, self.local);
     }
 
+    /// Entries produced here that the kernel has not taken yet.
+    fn unconsumed(&mut self) -> u32 {
+        self.remote = self.index(self.consumer);
+        self.local.wrapping_sub(self.remote)
+    }
+
     /// Entries ready in a ring this side consumes from.
     fn ready(&mut self) -> u32 {
         self.remote = self.index(self.producer);
@@ -560,6 +566,14 @@ impl AfXdpPort {
         self.completion.release(ready);
     }
 
+    /// Wakes the kernel's transmit path while the TX ring holds frames it has not
+    /// taken (and it asks to be woken).
+    fn kick_tx_if_needed(&mut self) {
+        if self.tx.unconsumed() > 0 && self.tx.needs_wakeup() {
+            self.kick(true);
+        }
+    }
+
     fn kick(&mut self, tx: bool) {
         let fd = self.fd();
         // SAFETY: zero-length sendto/recvfrom on our own socket only wake the kernel's
@@ -637,6 +651,10 @@ impl Port for AfXdpPort {
         if ready == 0 && self.fill.needs_wakeup() {
             self.kick(false);
         }
+        // Frames left in the TX ring (copy mode sends a bounded batch per kick, and a
+        // kick can fail for want of kernel buffers) would otherwise wait for the next
+        // transmission, which on a quiet link may be a retransmission timeout away.
+        self.kick_tx_if_needed();
         Ok(got)
     }
 
@@ -667,9 +685,7 @@ impl Port for AfXdpPort {
         self.tx.submit(queued);
         self.stats.tx_packets += queued as u64;
         self.stats.tx_busy += bufs.len() as u64;
-        if queued > 0 && self.tx.needs_wakeup() {
-            self.kick(true);
-        }
+        self.kick_tx_if_needed();
         Ok(n)
     }
 

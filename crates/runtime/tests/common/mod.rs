@@ -110,9 +110,59 @@ pub fn memdev_copy(box_port: Box<dyn Port>, host_port: Box<dyn Port>) -> Duratio
         (len as u64, len as u64)
     );
     assert_eq!(host.stats().mmio_read_timeouts, 0);
+    let copy_stats = host.bridge().stats();
+
+    // Bad requests, each answered as PCIe answers it, and the bridges keep serving.
+    // An address no BAR decodes: the box answers UR at once; the read returns all-ones
+    // and counts an error (not a 1 s completion timeout).
+    let t = Instant::now();
+    assert_eq!(host.mem_read(0xdead_0000, 4), vec![0xff; 4]);
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "no UR answer: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(host.stats().mmio_read_errors, 1);
+    // A config read of an empty slot: UR, so the host sees no device there.
+    assert!(host.config_read(Bdf::new(1, 9, 0).unwrap(), 0).is_err());
+    // DMA outside the host's memory map: the read is refused with UR (the device
+    // reports a DMA error), the write dropped; both counted, no memory touched.
+    let outside = RAM + RAM_SIZE as u64 + 0x1000;
+    match drv.run(
+        &mut host,
+        op::READ,
+        outside,
+        0,
+        4096,
+        Duration::from_secs(10),
+    ) {
+        Err(runtime::DriverError::Device(..)) => {}
+        other => panic!("a DMA read outside the map gave {other:?}"),
+    }
+    drv.run(
+        &mut host,
+        op::WRITE,
+        0,
+        outside,
+        4096,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let s = host.bridge().stats();
+    assert!(s.dma_read_refused > copy_stats.dma_read_refused, "{s:?}");
+    assert!(s.dma_write_dropped > copy_stats.dma_write_dropped, "{s:?}");
+    // Still serving: a verified copy.
+    drv.copy_checked(
+        &mut host,
+        src.addr,
+        dst.addr,
+        &pattern[..4096],
+        Duration::from_secs(10),
+    )
+    .unwrap();
 
     stop.store(true, Ordering::Relaxed);
     let box_stats = box_thread.join().unwrap();
-    assert_eq!(box_stats.unrouted, 0);
+    assert_eq!((box_stats.unrouted, box_stats.answered_ur), (2, 2));
     took
 }
