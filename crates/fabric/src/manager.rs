@@ -9,9 +9,9 @@
 
 use std::collections::BTreeMap;
 
-use wire::{BridgeRole, CtrlOp, CtrlRepr, CtrlStatus, DeviceInfo, Frame, FrameKind, MacAddr};
+use wire::{BridgeRole, CtrlOp, CtrlStatus, DeviceInfo, Frame, FrameKind, MacAddr};
 
-use crate::node::ctrl_frame;
+use crate::node::{ctrl_frame, set_group_request};
 use crate::FabricError;
 
 /// A bridge seen on the segment, in one group.
@@ -173,25 +173,14 @@ impl Manager {
         slot: u8,
         new_gid: u16,
     ) -> Result<u32, FabricError> {
-        for g in [via_gid, new_gid] {
-            if !wire::valid_gid(g) {
-                return Err(FabricError::BadGroup(g));
-            }
+        if !wire::valid_gid(via_gid) {
+            return Err(FabricError::BadGroup(via_gid));
         }
-        let request_id = self.next_request;
-        self.next_request = self.next_request.wrapping_add(1).max(1);
-        let ctrl = CtrlRepr {
-            op: CtrlOp::SetGroup,
-            status: CtrlStatus::Ok,
-            gid: new_gid,
-            request_id,
-            target: box_id,
-            slot,
-        };
+        let ctrl = set_group_request(&mut self.next_request, box_id, slot, new_gid)?;
         self.out
             .push(ctrl_frame(self.mac, self.epoch, via_gid, box_mac, &ctrl));
         self.stats.ctrl_out += 1;
-        Ok(request_id)
+        Ok(ctrl.request_id)
     }
 
     /// The next frame to send.

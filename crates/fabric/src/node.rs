@@ -175,6 +175,29 @@ pub struct Node {
     buf: Vec<u8>,
 }
 
+/// A SET_GROUP request for `slot` of bridge `target`, under the next request id
+/// (taken from `next_request`, never 0).
+pub(crate) fn set_group_request(
+    next_request: &mut u32,
+    target: u64,
+    slot: u8,
+    new_gid: u16,
+) -> Result<CtrlRepr, FabricError> {
+    if !wire::valid_gid(new_gid) {
+        return Err(FabricError::BadGroup(new_gid));
+    }
+    let request_id = *next_request;
+    *next_request = next_request.wrapping_add(1).max(1);
+    Ok(CtrlRepr {
+        op: CtrlOp::SetGroup,
+        status: CtrlStatus::Ok,
+        gid: new_gid,
+        request_id,
+        target,
+        slot,
+    })
+}
+
 /// A CTRL frame from `src` to `dst` in group `gid`.
 pub(crate) fn ctrl_frame(
     src: MacAddr,
@@ -311,21 +334,9 @@ impl Node {
         slot: u8,
         new_gid: u16,
     ) -> Result<u32, FabricError> {
-        if !wire::valid_gid(new_gid) {
-            return Err(FabricError::BadGroup(new_gid));
-        }
-        let request_id = self.next_request;
-        self.next_request = self.next_request.wrapping_add(1).max(1);
-        let ctrl = CtrlRepr {
-            op: CtrlOp::SetGroup,
-            status: CtrlStatus::Ok,
-            gid: new_gid,
-            request_id,
-            target,
-            slot,
-        };
+        let ctrl = set_group_request(&mut self.next_request, target, slot, new_gid)?;
         self.push_ctrl(via_gid, target_mac, &ctrl);
-        Ok(request_id)
+        Ok(ctrl.request_id)
     }
 
     fn push_ctrl(&mut self, gid: u16, dst: MacAddr, ctrl: &CtrlRepr) {

@@ -67,6 +67,21 @@ pub fn node(port: &dyn Port, role: BridgeRole, cfg: &BridgeSettings) -> Result<N
     Ok(Node::new(n)?)
 }
 
+/// The bridge's control socket, if its settings name one.
+pub fn control_socket(cfg: &BridgeSettings) -> Result<Option<crate::control::ControlServer>> {
+    cfg.control
+        .as_deref()
+        .map(crate::control::ControlServer::bind)
+        .transpose()
+}
+
+/// The node on its port, busy-polling as the settings say.
+pub fn fabric_port(node: Node, port: Box<dyn Port>, cfg: &BridgeSettings) -> runtime::FabricPort {
+    let mut fp = runtime::FabricPort::new(node, port);
+    fp.set_spin(std::time::Duration::from_micros(cfg.spin_us));
+    fp
+}
+
 /// A device as `lspci -v` would show its identity and resources.
 pub fn lspci_line(d: &rootcomplex::DeviceInfo) -> String {
     let mut s = format!(

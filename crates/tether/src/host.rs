@@ -13,12 +13,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use fabric::FabricEvent;
 use rootcomplex::Host;
-use runtime::{FabricLink, FabricPort, MemDevDriver};
+use runtime::{FabricLink, MemDevDriver};
 use tlp::Bdf;
 use wire::{BridgeRole, MacAddr};
 
 use crate::config::HostConfig;
-use crate::control::ControlServer;
 use crate::{bridge, signals, workload};
 
 /// Every counter of the host.
@@ -152,14 +151,8 @@ pub fn run(path: &Path) -> Result<()> {
         cfg.gid,
         cfg.port.interface
     );
-    let control = cfg
-        .bridge
-        .control
-        .as_deref()
-        .map(ControlServer::bind)
-        .transpose()?;
-    let mut fp = FabricPort::new(node, port);
-    fp.set_spin(Duration::from_micros(cfg.bridge.spin_us));
+    let control = bridge::control_socket(&cfg.bridge)?;
+    let fp = bridge::fabric_port(node, port, &cfg.bridge);
     let link = FabricLink::new(fp);
     let h = workload::root_complex(link, cfg.memory.base, cfg.memory.size as usize)?;
     let mut hb = HostBridge { cfg, h };

@@ -6,11 +6,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use runtime::{FabricPort, IoBox, Slot};
+use runtime::{IoBox, Slot};
 use wire::BridgeRole;
 
 use crate::config::{BoxConfig, DeviceConfig, Model};
-use crate::control::ControlServer;
 use crate::{bridge, signals};
 
 fn slot(d: &DeviceConfig) -> Result<Slot> {
@@ -72,14 +71,8 @@ pub fn run(path: &Path) -> Result<()> {
         );
         slots.push(s);
     }
-    let control = cfg
-        .bridge
-        .control
-        .as_deref()
-        .map(ControlServer::bind)
-        .transpose()?;
-    let mut fp = FabricPort::new(node, port);
-    fp.set_spin(Duration::from_micros(cfg.bridge.spin_us));
+    let control = bridge::control_socket(&cfg.bridge)?;
+    let fp = bridge::fabric_port(node, port, &cfg.bridge);
     let mut b = IoBox::new(fp, slots);
     let mut served = Instant::now();
     while !signals::stop_requested() {
