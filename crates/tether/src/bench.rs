@@ -516,6 +516,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.mmio_reads == 0 {
         bail!("--mmio-reads must be at least 1");
     }
+    if let Some(dir) = &args.write_docs {
+        // Before a minute of measuring, not after.
+        let path = dir.join("performance.md");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("--write-docs: reading {}", path.display()))?;
+        if !(text.contains(BEGIN) && text.contains(END)) {
+            bail!("{} lacks the {BEGIN} / {END} markers", path.display());
+        }
+    }
     let total = args.ports.len() * args.tlp.len() * args.aggregation.len();
     let mut runs = Vec::new();
     let started = Instant::now();

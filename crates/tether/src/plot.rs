@@ -28,7 +28,8 @@ pub fn log_x(
     x_label_of: impl Fn(f64) -> String,
     series: &[Series],
 ) -> String {
-    let (w, h, left, top, right, bottom) = (720.0, 420.0, 70.0, 34.0, 230.0, 52.0);
+    // The legend's longest names need about 290 px at this font size.
+    let (w, h, left, top, right, bottom) = (920.0, 420.0, 70.0, 34.0, 310.0, 52.0);
     let (pw, ph) = (w - left - right, h - top - bottom);
     let xs: Vec<f64> = series
         .iter()
@@ -44,7 +45,8 @@ pub fn log_x(
     let ymax = nice_ceiling(ymax.max(1e-9));
     let (l0, l1) = (xmin.max(1e-9).log2(), xmax.max(1e-9).log2());
     let span = (l1 - l0).max(1e-9);
-    let x = |v: f64| left + pw * (v.max(1e-9).log2() - l0) / span;
+    // A little room either side, so the end labels are not cut.
+    let x = |v: f64| left + 12.0 + (pw - 24.0) * (v.max(1e-9).log2() - l0) / span;
     let y = |v: f64| top + ph * (1.0 - (v / ymax).clamp(0.0, 1.0));
     let mut s = String::new();
     let _ = writeln!(
@@ -129,10 +131,10 @@ pub fn log_x(
     s
 }
 
-/// 1, 2 or 5 times a power of ten, at least `v`.
+/// 1, 2, 2.5 or 5 times a power of ten, at least `v`.
 fn nice_ceiling(v: f64) -> f64 {
     let p = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
+    [1.0, 2.0, 2.5, 5.0, 10.0]
         .iter()
         .map(|m| m * p)
         .find(|c| *c >= v)
@@ -170,6 +172,7 @@ mod tests {
         assert!(svg.contains(">64<") && svg.contains(">1024<"));
         assert!(svg.contains("stroke-dasharray"));
         assert_eq!(nice_ceiling(31.0), 50.0);
+        assert_eq!(nice_ceiling(224.0), 250.0);
         assert_eq!(nice_ceiling(0.7), 1.0);
     }
 }
