@@ -328,6 +328,15 @@ fn label(r: &Run) -> String {
     )
 }
 
+/// The header of a table with a column per transfer size.
+fn size_header(s: &mut String, sizes: &[usize]) {
+    let _ = write!(s, "| configuration |");
+    for &z in sizes {
+        let _ = write!(s, " {} |", size_label(z as f64));
+    }
+    let _ = writeln!(s, "\n|---|{}", "---|".repeat(sizes.len()));
+}
+
 /// The report: tables, ratios and the session counters, as Markdown.
 fn report(args: &BenchArgs, runs: &[Run]) -> String {
     let mut s = String::new();
@@ -356,15 +365,7 @@ fn report(args: &BenchArgs, runs: &[Run]) -> String {
         ("WRITE (device writes host memory)", 2),
     ] {
         let _ = writeln!(s, "\nDMA throughput, MB/s, memdev {dir}:\n");
-        let _ = write!(s, "| configuration |");
-        for &z in &args.sizes {
-            let _ = write!(s, " {} |", size_label(z as f64));
-        }
-        let _ = write!(s, "\n|---|");
-        for _ in &args.sizes {
-            let _ = write!(s, "---|");
-        }
-        let _ = writeln!(s);
+        size_header(&mut s, &args.sizes);
         for r in runs {
             let _ = write!(s, "| {} |", label(r));
             for p in &r.points {
@@ -436,15 +437,7 @@ fn report(args: &BenchArgs, runs: &[Run]) -> String {
             "\nPoll mode against the per-packet socket path (1 TLP per frame, same TLP \
              size): READ + WRITE throughput over the socket path's, per transfer size:\n"
         );
-        let _ = write!(s, "| configuration |");
-        for &z in &args.sizes {
-            let _ = write!(s, " {} |", size_label(z as f64));
-        }
-        let _ = write!(s, "\n|---|");
-        for _ in &args.sizes {
-            let _ = write!(s, "---|");
-        }
-        let _ = writeln!(s);
+        size_header(&mut s, &args.sizes);
         s.push_str(&ratios);
     }
     s
