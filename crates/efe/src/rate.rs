@@ -4,9 +4,9 @@
 //! rises additively, by `additive_increase` per RTT.
 //!
 //! The delay compared with the target is the *standing* RTT, the smallest sample of
-//! the last quarter smoothed RTT (Copa's idea, with half its window): a queue that persists shows in every
-//! sample, while a sample delayed once (a reordered frame, a bridge descheduled for a
-//! moment) does not, and is not congestion. Random loss is not a congestion signal
+//! the last quarter smoothed RTT (Copa's idea, over half Copa's window): a queue that
+//! persists shows in every sample, while a sample delayed once (a reordered frame, a
+//! bridge descheduled for a moment) does not, and is not congestion. Random loss is not a congestion signal
 //! either; repeated retransmission timeouts are.
 
 use std::collections::VecDeque;

@@ -405,8 +405,7 @@ impl Session {
             let rtt = (now as u32).wrapping_sub(tsecr);
             if (rtt as i32) >= 0 {
                 let rtt = rtt.max(1);
-                let base = *self.net_min.get_or_insert(rtt);
-                let base = base.min(rtt);
+                let base = self.net_min.map_or(rtt, |m| m.min(rtt));
                 self.net_min = Some(base);
                 let srtt = self.rtt.srtt().unwrap_or(rtt);
                 self.rate

@@ -7,7 +7,8 @@
 //! Its port must see every VLAN of the segment (a Linux bridge without VLAN filtering
 //! or a switch trunk port does).
 
-use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, VecDeque};
 
 use wire::{BridgeRole, CtrlOp, CtrlStatus, DeviceInfo, Frame, FrameKind, MacAddr};
 
@@ -63,8 +64,8 @@ pub struct Manager {
     epoch: u32,
     bridges: BTreeMap<(u16, MacAddr), SeenBridge>,
     next_request: u32,
-    out: Vec<Vec<u8>>,
-    events: Vec<ManagerEvent>,
+    out: VecDeque<Vec<u8>>,
+    events: VecDeque<ManagerEvent>,
     stats: ManagerStats,
 }
 
@@ -75,8 +76,8 @@ impl Manager {
             epoch: epoch.max(1),
             bridges: BTreeMap::new(),
             next_request: 1,
-            out: Vec::new(),
-            events: Vec::new(),
+            out: VecDeque::new(),
+            events: VecDeque::new(),
             stats: ManagerStats::default(),
         }
     }
@@ -116,37 +117,34 @@ impl Manager {
         match (frame.header.kind, frame.body()) {
             (FrameKind::Info, Ok(wire::Body::Info(info))) => {
                 self.stats.infos_in += 1;
-                let key = (gid, frame.ethernet.src);
-                let entry = self.bridges.entry(key).or_insert_with(|| {
-                    self.events.push(ManagerEvent::Seen {
-                        gid,
-                        mac: frame.ethernet.src,
-                    });
-                    SeenBridge {
-                        gid,
-                        mac: frame.ethernet.src,
-                        role: info.repr.role,
-                        bridge_id: info.repr.bridge_id,
-                        devices: Vec::new(),
-                        mtu: 0,
-                        interval_ms: 0,
-                        last_seen: now,
-                        infos: 0,
+                let mac = frame.ethernet.src;
+                let seen = SeenBridge {
+                    gid,
+                    mac,
+                    role: info.repr.role,
+                    bridge_id: info.repr.bridge_id,
+                    devices: info.devices().collect(),
+                    mtu: info.repr.mtu,
+                    interval_ms: info.repr.interval_ms,
+                    last_seen: now,
+                    infos: 1,
+                };
+                match self.bridges.entry((gid, mac)) {
+                    Entry::Vacant(v) => {
+                        self.events.push_back(ManagerEvent::Seen { gid, mac });
+                        v.insert(seen);
                     }
-                });
-                entry.role = info.repr.role;
-                entry.bridge_id = info.repr.bridge_id;
-                entry.devices = info.devices().collect();
-                entry.mtu = info.repr.mtu;
-                entry.interval_ms = info.repr.interval_ms;
-                entry.last_seen = now;
-                entry.infos += 1;
+                    Entry::Occupied(mut o) => {
+                        let infos = o.get().infos + 1;
+                        *o.get_mut() = SeenBridge { infos, ..seen };
+                    }
+                }
             }
             (FrameKind::Ctrl, Ok(wire::Body::Ctrl(c)))
                 if c.op == CtrlOp::Result && frame.ethernet.dst == self.mac =>
             {
                 self.stats.results_in += 1;
-                self.events.push(ManagerEvent::Result {
+                self.events.push_back(ManagerEvent::Result {
                     from: frame.ethernet.src,
                     request_id: c.request_id,
                     status: c.status,
@@ -178,18 +176,18 @@ impl Manager {
         }
         let ctrl = set_group_request(&mut self.next_request, box_id, slot, new_gid)?;
         self.out
-            .push(ctrl_frame(self.mac, self.epoch, via_gid, box_mac, &ctrl));
+            .push_back(ctrl_frame(self.mac, self.epoch, via_gid, box_mac, &ctrl));
         self.stats.ctrl_out += 1;
         Ok(ctrl.request_id)
     }
 
     /// The next frame to send.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        (!self.out.is_empty()).then(|| self.out.remove(0))
+        self.out.pop_front()
     }
 
     pub fn poll_event(&mut self) -> Option<ManagerEvent> {
-        (!self.events.is_empty()).then(|| self.events.remove(0))
+        self.events.pop_front()
     }
 }
 

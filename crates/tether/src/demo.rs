@@ -188,12 +188,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
         move || -> Result<(String, usize, Duration)> {
             let mut link = host(hb_port, GID_B, 0xb)?;
             let (_, bdf) = attach(&mut link, GID_B).context("host B")?;
-            let t = Instant::now();
             let mut h = workload::root_complex(link, RAM, RAM_SIZE)?;
             let d = h.enumerate(bdf)?;
             let drv = MemDevDriver::probe(&mut h, bdf)?;
             let (_, took) = workload::copies(&mut h, &drv, 100, 4096, 99, false)?;
-            let _ = t;
             Ok((bridge::lspci_line(&d), 100, took))
         },
     )?;
