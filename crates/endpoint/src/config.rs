@@ -55,6 +55,7 @@ pub mod cap_id {
     pub const MSI: u8 = 0x05;
     pub const PCIE: u8 = 0x10;
     pub const MSIX: u8 = 0x11;
+    pub const VENDOR: u8 = 0x09;
 }
 
 /// What a BAR decodes.
@@ -208,6 +209,8 @@ pub struct ConfigBuilder {
     msix: Option<MsixLayout>,
     /// Max payload size supported, as the DevCap encoding (0 = 128 B .. 5 = 4096 B).
     pcie_mps: Option<u8>,
+    /// Vendor-specific capabilities: the bytes after the ID and next pointer.
+    vendor_caps: Vec<Vec<u8>>,
 }
 
 impl ConfigSpace {
@@ -224,6 +227,7 @@ impl ConfigSpace {
             msi: None,
             msix: None,
             pcie_mps: None,
+            vendor_caps: Vec::new(),
         }
     }
 }
@@ -282,6 +286,15 @@ impl ConfigBuilder {
         self
     }
 
+    /// A vendor-specific capability (ID 09h, read-only) whose body, the bytes after the
+    /// ID and next pointer, is `body`; its first byte is by convention the capability's
+    /// length, which the builder fills in. Added after the standard capabilities, in
+    /// call order.
+    pub fn vendor_capability(mut self, body: &[u8]) -> Self {
+        self.vendor_caps.push(body.to_vec());
+        self
+    }
+
     pub fn build(self) -> Result<ConfigSpace, ConfigError> {
         let mut c = ConfigSpace {
             bytes: Box::new([0; CONFIG_SIZE]),
@@ -337,7 +350,12 @@ impl ConfigBuilder {
             at = (off + len).div_ceil(4) * 4;
             Ok(off)
         };
-        if self.pcie_mps.is_some() || self.pm || self.msi.is_some() || self.msix.is_some() {
+        if self.pcie_mps.is_some()
+            || self.pm
+            || self.msi.is_some()
+            || self.msix.is_some()
+            || !self.vendor_caps.is_empty()
+        {
             c.set16(reg::STATUS, status::CAP_LIST);
         }
         if let Some(mps) = self.pcie_mps {
@@ -403,6 +421,14 @@ impl ConfigBuilder {
             c.set_mask16(off + 2, 0xc000);
             c.set32(off + 4, m.table_offset | m.table_bar as u32);
             c.set32(off + 8, m.pba_offset | m.pba_bar as u32);
+        }
+        for body in &self.vendor_caps {
+            let len = 2 + body.len();
+            let off = link(&mut c, cap_id::VENDOR, len)?;
+            c.bytes[off + 2..off + len].copy_from_slice(body);
+            if !body.is_empty() {
+                c.bytes[off + 2] = len as u8;
+            }
         }
         c.initial.copy_from_slice(&c.bytes[..]);
         Ok(c)

@@ -59,6 +59,8 @@ pub trait DeviceIo {
     fn interrupt(&mut self, vector: u16) -> bool;
     /// Sets the level of the INTx line (sent as Assert/Deassert_INTx on changes).
     fn set_intx(&mut self, asserted: bool);
+    /// Whether software enabled MSI-X (then [`DeviceIo::interrupt`] sends MSI-X).
+    fn msix_enabled(&self) -> bool;
     /// The time passed to the framework with the event being handled, in µs.
     fn now(&self) -> u64;
 }
@@ -389,6 +391,12 @@ impl DeviceIo for Core {
                 self.stats.interrupts += 1;
             }
         }
+    }
+
+    fn msix_enabled(&self) -> bool {
+        self.config
+            .msix_control()
+            .is_some_and(|(enabled, _)| enabled)
     }
 
     fn now(&self) -> u64 {

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod function;
 pub mod memdev;
+pub mod virtio;
 
 pub use config::{Bar, BarKind, ConfigEffects, ConfigError, ConfigSpace, MsixLayout};
 pub use function::{Device, DeviceIo, DmaError, DmaId, Function, FunctionConfig, FunctionStats};

@@ -6,6 +6,8 @@ use std::time::Duration;
 use dataplane::PortError;
 use endpoint::config::reg;
 use endpoint::memdev::{self, MemDev};
+use endpoint::virtio::blk::{self, BlockBackend, VirtioBlk};
+use endpoint::virtio::VirtioPci;
 use endpoint::{ConfigError, Device, Function, FunctionConfig};
 use fabric::FabricEvent;
 use tlp::{Bdf, Completion, CompletionStatus, Header, Tlp};
@@ -45,6 +47,19 @@ impl Slot {
         let model: Box<dyn Device + Send> = Box::new(MemDev::new(buf_size));
         let config = memdev::config_space(buf_size as u64)?;
         let f = Function::new(config, model, FunctionConfig::default());
+        Ok(Slot::announced(slot, gid, f))
+    }
+
+    /// A virtio-blk disk on `backend` in `slot`, group `gid`; `serial` answers GET_ID.
+    pub fn virtio_blk<B: BlockBackend + 'static>(
+        slot: u8,
+        gid: u16,
+        backend: B,
+        serial: &str,
+    ) -> Result<Slot, ConfigError> {
+        let model: Box<dyn Device + Send> =
+            Box::new(VirtioPci::new(VirtioBlk::new(backend, serial)));
+        let f = Function::new(blk::config_space()?, model, FunctionConfig::default());
         Ok(Slot::announced(slot, gid, f))
     }
 

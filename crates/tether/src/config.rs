@@ -91,6 +91,8 @@ impl Default for BridgeSettings {
 pub enum Model {
     /// The DMA engine test device (docs/devices.md).
     Memdev,
+    /// virtio-blk on a file of the box (`path`).
+    VirtioBlk,
 }
 
 /// `[[device]]` of a box.
@@ -105,6 +107,13 @@ pub struct DeviceConfig {
     /// memdev: the device-side buffer in bytes.
     #[serde(default = "default_buffer")]
     pub buffer_size: u64,
+    /// virtio-blk: the backing file (its size is the disk's, whole 512-byte sectors).
+    pub path: Option<std::path::PathBuf>,
+    /// virtio-blk: offer the disk read-only.
+    #[serde(default)]
+    pub read_only: bool,
+    /// virtio-blk: the serial the driver reads (GET_ID), at most 20 bytes.
+    pub serial: Option<String>,
 }
 
 fn free_group() -> u16 {
@@ -248,6 +257,18 @@ impl BoxConfig {
                     format!("{what}: buffer_size must be a power of two up to 1 GiB"),
                 ));
             }
+            match (d.model, &d.path) {
+                (Model::VirtioBlk, None) => {
+                    return Err(invalid(path, format!("{what}: virtio-blk needs a path")));
+                }
+                (Model::Memdev, Some(_)) => {
+                    return Err(invalid(path, format!("{what}: memdev takes no path")));
+                }
+                _ => {}
+            }
+            if d.serial.as_ref().is_some_and(|s| s.len() > 20) {
+                return Err(invalid(path, format!("{what}: serial is at most 20 bytes")));
+            }
         }
         Ok(c)
     }
@@ -354,6 +375,18 @@ buffer_size = 65536
                 "unknown variant `nvme`",
             ),
             (format!("{port}{dev}buffer_size = 1000\n"), "power of two"),
+            (format!("{port}{dev}path = \"/x\"\n"), "memdev takes no path"),
+            (
+                format!("{port}[[device]]\nslot = 1\nmodel = \"virtio-blk\"\n"),
+                "virtio-blk needs a path",
+            ),
+            (
+                format!(
+                    "{port}[[device]]\nslot = 1\nmodel = \"virtio-blk\"\npath = \"d\"\nserial = \"{}\"\n",
+                    "x".repeat(21)
+                ),
+                "at most 20 bytes",
+            ),
             (
                 format!("{port}{dev}[bridge]\nmissed_infos = 0\n"),
                 "missed_infos",

@@ -5,7 +5,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use endpoint::virtio::blk::{BlockBackend, FileBackend};
 use runtime::{IoBox, Slot};
 use wire::BridgeRole;
 
@@ -15,12 +16,31 @@ use crate::{bridge, signals};
 fn slot(d: &DeviceConfig) -> Result<Slot> {
     Ok(match d.model {
         Model::Memdev => Slot::memdev(d.slot, d.gid, d.buffer_size as usize)?,
+        Model::VirtioBlk => {
+            let path = d.path.as_deref().context("virtio-blk needs a path")?;
+            let disk = FileBackend::open(path, d.read_only)
+                .with_context(|| format!("slot {}: opening {}", d.slot, path.display()))?;
+            if disk.len() % 512 != 0 || disk.is_empty() {
+                bail!(
+                    "slot {}: {} is {} bytes, not a whole number of 512-byte sectors",
+                    d.slot,
+                    path.display(),
+                    disk.len()
+                );
+            }
+            let serial = d
+                .serial
+                .clone()
+                .unwrap_or_else(|| format!("tether-{}", d.slot));
+            Slot::virtio_blk(d.slot, d.gid, disk, &serial)?
+        }
     })
 }
 
 fn model_name(m: Model) -> &'static str {
     match m {
         Model::Memdev => "memdev",
+        Model::VirtioBlk => "virtio-blk",
     }
 }
 

@@ -1,0 +1,87 @@
+//! Virtio devices over the modern (1.x) PCI transport.
+//!
+//! - [`queue`]: split virtqueues: ring layouts and the walk along a descriptor chain.
+//! - [`pci`]: the transport, a [`crate::Device`] around a [`VirtioDevice`]: the
+//!   common, notify, ISR and device-configuration structures in BAR0, the MSI-X table
+//!   in BAR1, feature negotiation, and the queue engine that fetches rings and
+//!   buffers by DMA, hands each request to the device and completes it.
+//! - [`blk`]: virtio-blk on a file (or memory) of the box.
+//!
+//! Every access to rings and buffers is a DMA through the framework, so over tether it
+//! is a TLP to the host's memory.
+
+pub mod blk;
+pub mod pci;
+pub mod queue;
+
+pub use pci::{VirtioPci, VirtioStats};
+
+/// "No MSI-X vector" in the vector registers.
+pub const NO_VECTOR: u16 = 0xffff;
+
+/// PCI vendor ID of virtio devices.
+pub const PCI_VENDOR_ID: u16 = 0x1af4;
+
+/// Modern (non-transitional) PCI device IDs are 0x1040 + the virtio device type.
+pub const PCI_DEVICE_ID_BASE: u16 = 0x1040;
+
+/// Feature bits of the transport and the rings (virtio 1.x, 6).
+pub mod feature {
+    pub const INDIRECT_DESC: u64 = 1 << 28;
+    pub const EVENT_IDX: u64 = 1 << 29;
+    pub const VERSION_1: u64 = 1 << 32;
+    pub const ACCESS_PLATFORM: u64 = 1 << 33;
+    pub const RING_PACKED: u64 = 1 << 34;
+}
+
+/// Device status bits (virtio 1.x, 2.1).
+pub mod status {
+    pub const ACKNOWLEDGE: u8 = 1;
+    pub const DRIVER: u8 = 2;
+    pub const DRIVER_OK: u8 = 4;
+    pub const FEATURES_OK: u8 = 8;
+    pub const DEVICE_NEEDS_RESET: u8 = 0x40;
+    pub const FAILED: u8 = 0x80;
+}
+
+/// One request from a queue: the bytes the driver gave the device to read (all
+/// readable buffers of the chain, concatenated) and room for the reply.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    pub readable: &'a [u8],
+    /// Bytes of the chain's device-writable buffers.
+    pub writable_len: u64,
+}
+
+/// The device's answer to a [`Request`]: bytes to put at offsets of the writable
+/// buffers (viewed as one concatenated area), and the length to report in the used
+/// ring (bytes written, by the spec's definition).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reply {
+    pub writes: Vec<(u64, Vec<u8>)>,
+    pub used_len: u32,
+}
+
+/// A virtio device type, served by the [`pci`] transport.
+pub trait VirtioDevice {
+    /// The virtio device type (2 = block).
+    fn device_type(&self) -> u16;
+    /// Device-specific feature bits offered (the transport adds its own).
+    fn features(&self) -> u64;
+    /// Number of virtqueues.
+    fn num_queues(&self) -> u16;
+    /// Largest size of each queue.
+    fn queue_max_size(&self) -> u16;
+    /// Bytes of the device-specific configuration structure.
+    fn config_len(&self) -> u32;
+    /// Reads the device-specific configuration.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device-specific configuration (read-only by default).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// The driver accepted `features` (FEATURES_OK).
+    fn set_driver_features(&mut self, _features: u64) {}
+    /// Serves one request made available on `queue`.
+    fn process(&mut self, queue: u16, request: Request<'_>) -> Reply;
+    /// Back to the state after power-on (device reset by the driver, or FLR).
+    fn reset(&mut self);
+}

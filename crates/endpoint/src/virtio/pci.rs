@@ -1,0 +1,806 @@
+//! The virtio 1.x PCI transport (virtio 1.x, 4.1) as a [`Device`]: BAR0 holds the
+//! common configuration, ISR status, device configuration and notification structures
+//! (each named by a vendor-specific capability), BAR1 the MSI-X table and PBA.
+//!
+//! | BAR0 offset | structure |
+//! |---|---|
+//! | 0x0000 | common configuration (0x38 bytes) |
+//! | 0x1000 | ISR status (1 byte; reading clears it and releases INTx) |
+//! | 0x2000 | device configuration |
+//! | 0x3000 | notifications: queue *n* at 0x3000 + 4*n |
+//!
+//! The queue engine: a notification fetches the whole available ring in one DMA read;
+//! each new head's descriptors are read four at a time (an indirect table in one read);
+//! then all readable buffers are read at once, the [`VirtioDevice`] serves the request,
+//! and the reply, the used element, the used index and the interrupt go out as posted
+//! writes, which PCIe keeps in that order. Requests of one queue overlap: a new one
+//! starts while earlier ones wait for their DMA.
+//!
+//! A ring the driver gets wrong (a bad index, a loop, an oversized chain) or DMA the
+//! host refuses marks the device DEVICE_NEEDS_RESET, with a configuration-change
+//! interrupt, and the queue stops until the driver resets the device.
+
+use std::collections::HashMap;
+
+use crate::config::{Bar, ConfigError, ConfigSpace, MsixLayout};
+use crate::function::{Device, DeviceIo, DmaError, DmaId, MAX_DMA};
+
+use super::queue::{
+    scatter, AvailRing, ChainError, ChainWalk, Descriptor, QueueConfig, WalkStep, DESC_SIZE,
+};
+use super::{feature, status, Request, VirtioDevice, NO_VECTOR};
+
+/// Where the structures are.
+pub mod layout {
+    pub const BAR: u8 = 0;
+    pub const COMMON: u64 = 0x0000;
+    pub const COMMON_LEN: u32 = 0x38;
+    pub const ISR: u64 = 0x1000;
+    pub const DEVICE: u64 = 0x2000;
+    pub const NOTIFY: u64 = 0x3000;
+    pub const NOTIFY_MULTIPLIER: u32 = 4;
+    pub const BAR_SIZE: u64 = 0x4000;
+    pub const MSIX_BAR: u8 = 1;
+    pub const MSIX_TABLE: u32 = 0x000;
+    pub const MSIX_PBA: u32 = 0x800;
+    pub const MSIX_BAR_SIZE: u64 = 0x1000;
+}
+
+/// Registers of the common configuration (offset, width).
+mod common {
+    pub const DEVICE_FEATURE_SELECT: u64 = 0x00;
+    pub const DEVICE_FEATURE: u64 = 0x04;
+    pub const DRIVER_FEATURE_SELECT: u64 = 0x08;
+    pub const DRIVER_FEATURE: u64 = 0x0c;
+    pub const CONFIG_MSIX_VECTOR: u64 = 0x10;
+    pub const NUM_QUEUES: u64 = 0x12;
+    pub const DEVICE_STATUS: u64 = 0x14;
+    pub const CONFIG_GENERATION: u64 = 0x15;
+    pub const QUEUE_SELECT: u64 = 0x16;
+    pub const QUEUE_SIZE: u64 = 0x18;
+    pub const QUEUE_MSIX_VECTOR: u64 = 0x1a;
+    pub const QUEUE_ENABLE: u64 = 0x1c;
+    pub const QUEUE_NOTIFY_OFF: u64 = 0x1e;
+    pub const QUEUE_DESC: u64 = 0x20;
+    pub const QUEUE_DRIVER: u64 = 0x28;
+    pub const QUEUE_DEVICE: u64 = 0x30;
+    /// Every register as (offset, width), in address order.
+    pub const FIELDS: [(u64, usize); 16] = [
+        (DEVICE_FEATURE_SELECT, 4),
+        (DEVICE_FEATURE, 4),
+        (DRIVER_FEATURE_SELECT, 4),
+        (DRIVER_FEATURE, 4),
+        (CONFIG_MSIX_VECTOR, 2),
+        (NUM_QUEUES, 2),
+        (DEVICE_STATUS, 1),
+        (CONFIG_GENERATION, 1),
+        (QUEUE_SELECT, 2),
+        (QUEUE_SIZE, 2),
+        (QUEUE_MSIX_VECTOR, 2),
+        (QUEUE_ENABLE, 2),
+        (QUEUE_NOTIFY_OFF, 2),
+        (QUEUE_DESC, 8),
+        (QUEUE_DRIVER, 8),
+        (QUEUE_DEVICE, 8),
+    ];
+}
+
+/// Virtio PCI capability types (cfg_type).
+mod cap_type {
+    pub const COMMON: u8 = 1;
+    pub const NOTIFY: u8 = 2;
+    pub const ISR: u8 = 3;
+    pub const DEVICE: u8 = 4;
+}
+
+/// ISR status bits.
+mod isr {
+    pub const QUEUE: u8 = 1;
+    pub const CONFIG: u8 = 2;
+}
+
+/// Descriptors read at once when a chain is walked in the queue's table.
+const DESC_PREFETCH: u16 = 4;
+
+/// The configuration space of a virtio device of `device_type` with `num_queues`
+/// queues and `config_len` bytes of device configuration: vendor 1af4, device
+/// 1040 + type, revision 1 (modern only), the transport's capabilities, MSI-X with a
+/// vector per queue plus one for configuration changes, and INTA.
+pub fn config_space(
+    device_type: u16,
+    class: (u8, u8, u8),
+    num_queues: u16,
+    config_len: u32,
+) -> Result<ConfigSpace, ConfigError> {
+    let cap = |cfg_type: u8, offset: u64, length: u32| {
+        // cap_len (filled in), cfg_type, bar, id, padding[2], offset, length.
+        let mut b = vec![0, cfg_type, layout::BAR, 0, 0, 0];
+        b.extend_from_slice(&(offset as u32).to_le_bytes());
+        b.extend_from_slice(&length.to_le_bytes());
+        b
+    };
+    let mut notify = cap(
+        cap_type::NOTIFY,
+        layout::NOTIFY,
+        num_queues as u32 * layout::NOTIFY_MULTIPLIER,
+    );
+    notify.extend_from_slice(&layout::NOTIFY_MULTIPLIER.to_le_bytes());
+    let id = super::PCI_DEVICE_ID_BASE + device_type;
+    ConfigSpace::builder(super::PCI_VENDOR_ID, id)
+        .class(class.0, class.1, class.2)
+        .revision(1)
+        .subsystem(super::PCI_VENDOR_ID, 0x1100)
+        .interrupt_pin(1)
+        .bar(layout::BAR as usize, Bar::mem32(layout::BAR_SIZE))
+        .bar(layout::MSIX_BAR as usize, Bar::mem32(layout::MSIX_BAR_SIZE))
+        .pcie(256)
+        .power_management()
+        .msix(MsixLayout {
+            vectors: num_queues + 1,
+            table_bar: layout::MSIX_BAR,
+            table_offset: layout::MSIX_TABLE,
+            pba_bar: layout::MSIX_BAR,
+            pba_offset: layout::MSIX_PBA,
+        })
+        .vendor_capability(&cap(cap_type::COMMON, layout::COMMON, layout::COMMON_LEN))
+        .vendor_capability(&notify)
+        .vendor_capability(&cap(cap_type::ISR, layout::ISR, 1))
+        .vendor_capability(&cap(cap_type::DEVICE, layout::DEVICE, config_len))
+        .build()
+}
+
+/// Counters of the transport.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct VirtioStats {
+    pub notifications: u64,
+    /// DMA reads of an available ring.
+    pub ring_fetches: u64,
+    /// Descriptor fetches (direct groups and indirect tables).
+    pub descriptor_fetches: u64,
+    pub requests: u64,
+    pub used_interrupts: u64,
+    /// Chains the driver got wrong (the device then needs a reset).
+    pub bad_chains: u64,
+    /// DMA the host refused or that timed out (the device then needs a reset).
+    pub dma_errors: u64,
+    pub resets: u64,
+}
+
+/// What a DMA read the engine started was for.
+#[derive(Clone, Copy, Debug)]
+enum Fetch {
+    Avail(u16),
+    /// Descriptors from index `first` of the queue's table, for a request.
+    Descriptors {
+        request: usize,
+        first: u16,
+    },
+    Indirect(usize),
+    Readable {
+        request: usize,
+        offset: usize,
+    },
+}
+
+struct QueueState {
+    config: QueueConfig,
+    /// The driver's available index up to which heads were taken.
+    next_avail: u16,
+    used_idx: u16,
+    fetching: bool,
+    /// A notification came while the ring was being fetched: fetch again after.
+    refetch: bool,
+    no_interrupt: bool,
+}
+
+impl QueueState {
+    fn new(max: u16) -> QueueState {
+        QueueState {
+            config: QueueConfig::new(max),
+            next_avail: 0,
+            used_idx: 0,
+            fetching: false,
+            refetch: false,
+            no_interrupt: false,
+        }
+    }
+}
+
+/// One chain in progress.
+struct InFlight {
+    queue: u16,
+    walk: ChainWalk,
+    /// The next descriptor the walk wants (index in the current table).
+    want: u16,
+    readable: Vec<u8>,
+    reads_left: usize,
+}
+
+/// The transport around a virtio device model.
+pub struct VirtioPci<D: VirtioDevice> {
+    device: D,
+    device_feature_select: u32,
+    driver_feature_select: u32,
+    driver_features: u64,
+    status: u8,
+    config_generation: u8,
+    config_msix_vector: u16,
+    queue_select: u16,
+    queues: Vec<QueueState>,
+    isr: u8,
+    fetches: HashMap<DmaId, Fetch>,
+    requests: Vec<Option<InFlight>>,
+    stats: VirtioStats,
+}
+
+impl<D: VirtioDevice> VirtioPci<D> {
+    pub fn new(device: D) -> VirtioPci<D> {
+        let max = device.queue_max_size();
+        let queues = (0..device.num_queues())
+            .map(|_| QueueState::new(max))
+            .collect();
+        VirtioPci {
+            device,
+            device_feature_select: 0,
+            driver_feature_select: 0,
+            driver_features: 0,
+            status: 0,
+            config_generation: 0,
+            config_msix_vector: NO_VECTOR,
+            queue_select: 0,
+            queues,
+            isr: 0,
+            fetches: HashMap::new(),
+            requests: Vec::new(),
+            stats: VirtioStats::default(),
+        }
+    }
+
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    pub fn stats(&self) -> VirtioStats {
+        self.stats
+    }
+
+    /// The device status byte as the driver sees it.
+    pub fn status(&self) -> u8 {
+        self.status
+    }
+
+    /// Features this transport offers: the device's plus version 1 and indirect
+    /// descriptors.
+    pub fn offered_features(&self) -> u64 {
+        self.device.features() | feature::VERSION_1 | feature::INDIRECT_DESC
+    }
+
+    fn msix_vectors(&self) -> u16 {
+        self.device.num_queues() + 1
+    }
+
+    fn selected(&mut self) -> Option<&mut QueueState> {
+        self.queues.get_mut(self.queue_select as usize)
+    }
+
+    fn reset_state(&mut self) {
+        let max = self.device.queue_max_size();
+        self.queues
+            .iter_mut()
+            .for_each(|q| *q = QueueState::new(max));
+        self.device_feature_select = 0;
+        self.driver_feature_select = 0;
+        self.driver_features = 0;
+        self.status = 0;
+        self.config_msix_vector = NO_VECTOR;
+        self.queue_select = 0;
+        self.isr = 0;
+        // DMA reads still out come back to no one and are ignored.
+        self.fetches.clear();
+        self.requests.clear();
+        self.stats.resets += 1;
+        self.device.reset();
+    }
+
+    /// The common configuration as the driver would read it now.
+    fn common_image(&self) -> [u8; layout::COMMON_LEN as usize] {
+        let mut b = [0u8; layout::COMMON_LEN as usize];
+        let mut put =
+            |off: u64, v: &[u8]| b[off as usize..off as usize + v.len()].copy_from_slice(v);
+        let offered = self.offered_features();
+        let feature_word = match self.device_feature_select {
+            0 => offered as u32,
+            1 => (offered >> 32) as u32,
+            _ => 0,
+        };
+        let driver_word = match self.driver_feature_select {
+            0 => self.driver_features as u32,
+            1 => (self.driver_features >> 32) as u32,
+            _ => 0,
+        };
+        put(
+            common::DEVICE_FEATURE_SELECT,
+            &self.device_feature_select.to_le_bytes(),
+        );
+        put(common::DEVICE_FEATURE, &feature_word.to_le_bytes());
+        put(
+            common::DRIVER_FEATURE_SELECT,
+            &self.driver_feature_select.to_le_bytes(),
+        );
+        put(common::DRIVER_FEATURE, &driver_word.to_le_bytes());
+        put(
+            common::CONFIG_MSIX_VECTOR,
+            &self.config_msix_vector.to_le_bytes(),
+        );
+        put(
+            common::NUM_QUEUES,
+            &(self.queues.len() as u16).to_le_bytes(),
+        );
+        put(common::DEVICE_STATUS, &[self.status]);
+        put(common::CONFIG_GENERATION, &[self.config_generation]);
+        put(common::QUEUE_SELECT, &self.queue_select.to_le_bytes());
+        if let Some(q) = self.queues.get(self.queue_select as usize) {
+            let c = &q.config;
+            put(common::QUEUE_SIZE, &c.size.to_le_bytes());
+            put(common::QUEUE_MSIX_VECTOR, &c.msix_vector.to_le_bytes());
+            put(common::QUEUE_ENABLE, &(c.enabled as u16).to_le_bytes());
+            put(common::QUEUE_NOTIFY_OFF, &self.queue_select.to_le_bytes());
+            put(common::QUEUE_DESC, &c.desc.to_le_bytes());
+            put(common::QUEUE_DRIVER, &c.driver.to_le_bytes());
+            put(common::QUEUE_DEVICE, &c.device.to_le_bytes());
+        }
+        b
+    }
+
+    fn common_write(&mut self, offset: u64, data: &[u8], io: &mut dyn DeviceIo) {
+        let mut image = self.common_image();
+        let end = offset + data.len() as u64;
+        if end > image.len() as u64 {
+            return;
+        }
+        image[offset as usize..end as usize].copy_from_slice(data);
+        let field = |off: u64, w: usize| -> u64 {
+            let mut v = [0u8; 8];
+            v[..w].copy_from_slice(&image[off as usize..off as usize + w]);
+            u64::from_le_bytes(v)
+        };
+        for (off, w) in common::FIELDS {
+            if off >= end || off + w as u64 <= offset {
+                continue;
+            }
+            let v = field(off, w);
+            self.set_common(off, v, io);
+        }
+    }
+
+    fn set_common(&mut self, reg: u64, v: u64, io: &mut dyn DeviceIo) {
+        let vectors = self.msix_vectors();
+        let valid_vector = |v: u16| if v < vectors { v } else { NO_VECTOR };
+        match reg {
+            common::DEVICE_FEATURE_SELECT => self.device_feature_select = v as u32,
+            common::DRIVER_FEATURE_SELECT => self.driver_feature_select = v as u32,
+            common::DRIVER_FEATURE if self.status & status::FEATURES_OK == 0 => {
+                let shift = match self.driver_feature_select {
+                    0 => 0,
+                    1 => 32,
+                    _ => return,
+                };
+                self.driver_features =
+                    self.driver_features & !(0xffff_ffffu64 << shift) | (v & 0xffff_ffff) << shift;
+            }
+            common::CONFIG_MSIX_VECTOR => self.config_msix_vector = valid_vector(v as u16),
+            common::DEVICE_STATUS => self.set_status(v as u8, io),
+            common::QUEUE_SELECT => self.queue_select = v as u16,
+            common::QUEUE_SIZE => {
+                if let Some(q) = self.selected() {
+                    let s = v as u16;
+                    if !q.config.enabled && s.is_power_of_two() && s <= q.config.max_size {
+                        q.config.size = s;
+                    }
+                }
+            }
+            common::QUEUE_MSIX_VECTOR => {
+                let vector = valid_vector(v as u16);
+                if let Some(q) = self.selected() {
+                    q.config.msix_vector = vector;
+                }
+            }
+            common::QUEUE_ENABLE => {
+                if let Some(q) = self.selected() {
+                    // Writing 0 has no effect (a queue is disabled by a reset).
+                    if v & 1 == 1 {
+                        q.config.enabled = true;
+                    }
+                }
+            }
+            common::QUEUE_DESC | common::QUEUE_DRIVER | common::QUEUE_DEVICE => {
+                if let Some(q) = self.selected() {
+                    if !q.config.enabled {
+                        match reg {
+                            common::QUEUE_DESC => q.config.desc = v,
+                            common::QUEUE_DRIVER => q.config.driver = v,
+                            _ => q.config.device = v,
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn set_status(&mut self, v: u8, io: &mut dyn DeviceIo) {
+        if v == 0 {
+            self.reset_state();
+            io.set_intx(false);
+            return;
+        }
+        let mut v = v;
+        if v & status::FEATURES_OK != 0 && self.status & status::FEATURES_OK == 0 {
+            let offered = self.offered_features();
+            let ok = self.driver_features & !offered == 0
+                && self.driver_features & feature::VERSION_1 != 0;
+            if ok {
+                self.device.set_driver_features(self.driver_features);
+            } else {
+                v &= !status::FEATURES_OK;
+            }
+        }
+        // DEVICE_NEEDS_RESET is the device's to set.
+        self.status = v & !status::DEVICE_NEEDS_RESET | self.status & status::DEVICE_NEEDS_RESET;
+        if self.status & status::DRIVER_OK != 0 {
+            for q in 0..self.queues.len() as u16 {
+                self.kick(q, io);
+            }
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.status & status::DRIVER_OK != 0 && self.status & status::DEVICE_NEEDS_RESET == 0
+    }
+
+    /// The driver notified queue `q` (or the device just became ready).
+    fn kick(&mut self, q: u16, io: &mut dyn DeviceIo) {
+        if !self.running() {
+            return;
+        }
+        let Some(qs) = self.queues.get_mut(q as usize) else {
+            return;
+        };
+        if !qs.config.enabled {
+            return;
+        }
+        if qs.fetching {
+            qs.refetch = true;
+            return;
+        }
+        let (addr, len) = (qs.config.driver, qs.config.avail_len());
+        match io.dma_read(addr, len) {
+            Ok(id) => {
+                qs.fetching = true;
+                self.stats.ring_fetches += 1;
+                self.fetches.insert(id, Fetch::Avail(q));
+            }
+            Err(e) => self.fail_dma(e, io),
+        }
+    }
+
+    /// The device cannot go on: DEVICE_NEEDS_RESET and a configuration interrupt.
+    fn needs_reset(&mut self, io: &mut dyn DeviceIo) {
+        if self.status & status::DEVICE_NEEDS_RESET != 0 {
+            return;
+        }
+        self.status |= status::DEVICE_NEEDS_RESET;
+        self.config_generation = self.config_generation.wrapping_add(1);
+        self.fetches.clear();
+        self.requests.clear();
+        self.signal(self.config_msix_vector, isr::CONFIG, io);
+    }
+
+    fn fail_chain(&mut self, _e: ChainError, io: &mut dyn DeviceIo) {
+        self.stats.bad_chains += 1;
+        self.needs_reset(io);
+    }
+
+    fn fail_dma(&mut self, _e: DmaError, io: &mut dyn DeviceIo) {
+        self.stats.dma_errors += 1;
+        self.needs_reset(io);
+    }
+
+    /// An interrupt on MSI-X `vector`, or INTx with `isr_bit` in the ISR.
+    fn signal(&mut self, vector: u16, isr_bit: u8, io: &mut dyn DeviceIo) {
+        if io.msix_enabled() {
+            if vector != NO_VECTOR {
+                io.interrupt(vector);
+            }
+        } else {
+            self.isr |= isr_bit;
+            io.set_intx(true);
+        }
+    }
+
+    fn avail_fetched(&mut self, q: u16, bytes: &[u8], io: &mut dyn DeviceIo) {
+        let Some(qs) = self.queues.get_mut(q as usize) else {
+            return;
+        };
+        qs.fetching = false;
+        let size = qs.config.size;
+        let ring = match AvailRing::parse(bytes, size) {
+            Ok(r) => r,
+            Err(e) => return self.fail_chain(e, io),
+        };
+        qs.no_interrupt = ring.flags & super::queue::AVAIL_F_NO_INTERRUPT != 0;
+        let new = ring.idx.wrapping_sub(qs.next_avail);
+        if new > size {
+            return self.fail_chain(ChainError::Loop, io);
+        }
+        let heads: Vec<u16> = (0..new)
+            .map(|i| ring.entry(qs.next_avail.wrapping_add(i)))
+            .collect();
+        qs.next_avail = ring.idx;
+        let refetch = std::mem::take(&mut qs.refetch);
+        for head in heads {
+            self.start(q, head, size, io);
+        }
+        if refetch {
+            self.kick(q, io);
+        }
+    }
+
+    fn start(&mut self, queue: u16, head: u16, size: u16, io: &mut dyn DeviceIo) {
+        let (walk, step) = match ChainWalk::new(head, size) {
+            Ok(w) => w,
+            Err(e) => return self.fail_chain(e, io),
+        };
+        let slot = match self.requests.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.requests.push(None);
+                self.requests.len() - 1
+            }
+        };
+        self.requests[slot] = Some(InFlight {
+            queue,
+            walk,
+            want: head,
+            readable: Vec::new(),
+            reads_left: 0,
+        });
+        self.stats.requests += 1;
+        self.follow(slot, step, io);
+    }
+
+    /// Goes on with request `r` after `step`: fetches what it needs, or reads its
+    /// buffers once the chain is complete.
+    fn follow(&mut self, r: usize, step: WalkStep, io: &mut dyn DeviceIo) {
+        let Some(req) = self.requests[r].as_mut() else {
+            return;
+        };
+        let qc = self.queues[req.queue as usize].config;
+        let read = match step {
+            WalkStep::Fetch(i) => {
+                req.want = i;
+                let n = DESC_PREFETCH.min(qc.size - i);
+                let fetch = Fetch::Descriptors {
+                    request: r,
+                    first: i,
+                };
+                io.dma_read(qc.desc_addr(i), n as usize * DESC_SIZE)
+                    .map(|id| (id, fetch))
+            }
+            WalkStep::FetchIndirect { addr, len } => io
+                .dma_read(addr, len as usize)
+                .map(|id| (id, Fetch::Indirect(r))),
+            WalkStep::Done => return self.read_buffers(r, io),
+        };
+        match read {
+            Ok((id, fetch)) => {
+                self.stats.descriptor_fetches += 1;
+                self.fetches.insert(id, fetch);
+            }
+            Err(e) => self.fail_dma(e, io),
+        }
+    }
+
+    /// Feeds descriptors `table` (whose first is index `first`) to request `r` while
+    /// they are the ones it wants, then follows the walk.
+    fn walk_in(&mut self, r: usize, first: u16, table: &[Descriptor], io: &mut dyn DeviceIo) {
+        let step = loop {
+            let Some(req) = self.requests[r].as_mut() else {
+                return;
+            };
+            let i = req.want.wrapping_sub(first) as usize;
+            let Some(d) = table.get(i).copied() else {
+                break WalkStep::Fetch(req.want);
+            };
+            match req.walk.push(d) {
+                Ok(WalkStep::Fetch(next)) => req.want = next,
+                Ok(step) => break step,
+                Err(e) => return self.fail_chain(e, io),
+            }
+        };
+        self.follow(r, step, io);
+    }
+
+    fn read_buffers(&mut self, r: usize, io: &mut dyn DeviceIo) {
+        let Some(req) = self.requests[r].as_mut() else {
+            return;
+        };
+        req.readable = vec![0; req.walk.readable_len() as usize];
+        let mut reads = Vec::new();
+        let mut at = 0usize;
+        for b in req.walk.buffers().iter().filter(|b| !b.writable) {
+            let mut done = 0usize;
+            while done < b.len as usize {
+                let n = (b.len as usize - done).min(MAX_DMA);
+                reads.push((b.addr.wrapping_add(done as u64), n, at + done));
+                done += n;
+            }
+            at += b.len as usize;
+        }
+        req.reads_left = reads.len();
+        if reads.is_empty() {
+            return self.complete(r, io);
+        }
+        for (addr, len, offset) in reads {
+            match io.dma_read(addr, len) {
+                Ok(id) => {
+                    self.fetches
+                        .insert(id, Fetch::Readable { request: r, offset });
+                }
+                Err(e) => return self.fail_dma(e, io),
+            }
+        }
+    }
+
+    fn complete(&mut self, r: usize, io: &mut dyn DeviceIo) {
+        let Some(req) = self.requests[r].take() else {
+            return;
+        };
+        let q = req.queue;
+        let writable = req.walk.writable_len();
+        let reply = self.device.process(
+            q,
+            Request {
+                readable: &req.readable,
+                writable_len: writable,
+            },
+        );
+        let buffers = req.walk.buffers();
+        for (offset, data) in &reply.writes {
+            let len = (data.len() as u64).min(writable.saturating_sub(*offset));
+            for (addr, from, n) in scatter(buffers, true, *offset, len) {
+                let piece = &data[from as usize..(from + n) as usize];
+                for (k, chunk) in piece.chunks(MAX_DMA).enumerate() {
+                    let at = addr.wrapping_add((k * MAX_DMA) as u64);
+                    if let Err(e) = io.dma_write(at, chunk) {
+                        return self.fail_dma(e, io);
+                    }
+                }
+            }
+        }
+        let qs = &mut self.queues[q as usize];
+        let mut elem = [0u8; 8];
+        elem[..4].copy_from_slice(&(req.walk.head as u32).to_le_bytes());
+        elem[4..].copy_from_slice(&reply.used_len.min(writable as u32).to_le_bytes());
+        let elem_addr = qs.config.used_elem_addr(qs.used_idx);
+        qs.used_idx = qs.used_idx.wrapping_add(1);
+        let idx = qs.used_idx.to_le_bytes();
+        let idx_addr = qs.config.used_idx_addr();
+        let (vector, quiet) = (qs.config.msix_vector, qs.no_interrupt);
+        if let Err(e) = io
+            .dma_write(elem_addr, &elem)
+            .and_then(|_| io.dma_write(idx_addr, &idx))
+        {
+            return self.fail_dma(e, io);
+        }
+        if !quiet {
+            self.stats.used_interrupts += 1;
+            self.signal(vector, isr::QUEUE, io);
+        }
+    }
+}
+
+impl<D: VirtioDevice> Device for VirtioPci<D> {
+    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8], io: &mut dyn DeviceIo) {
+        data.fill(0);
+        if bar != layout::BAR as usize {
+            return;
+        }
+        let len = data.len() as u64;
+        match offset {
+            o if o + len <= layout::COMMON + layout::COMMON_LEN as u64 => {
+                let image = self.common_image();
+                data.copy_from_slice(&image[o as usize..(o + len) as usize]);
+            }
+            o if o == layout::ISR => {
+                data[0] = std::mem::take(&mut self.isr);
+                io.set_intx(false);
+            }
+            o if (layout::DEVICE..layout::NOTIFY).contains(&o) => {
+                let at = o - layout::DEVICE;
+                if at + len <= self.device.config_len() as u64 {
+                    self.device.read_config(at, data);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8], io: &mut dyn DeviceIo) {
+        if bar != layout::BAR as usize {
+            return;
+        }
+        let len = data.len() as u64;
+        match offset {
+            o if o + len <= layout::COMMON + layout::COMMON_LEN as u64 => {
+                self.common_write(o, data, io)
+            }
+            o if (layout::DEVICE..layout::NOTIFY).contains(&o) => {
+                let at = o - layout::DEVICE;
+                if at + len <= self.device.config_len() as u64 {
+                    self.device.write_config(at, data);
+                }
+            }
+            o if (layout::NOTIFY..layout::BAR_SIZE).contains(&o) => {
+                let rel = o - layout::NOTIFY;
+                if rel.is_multiple_of(layout::NOTIFY_MULTIPLIER as u64) {
+                    self.stats.notifications += 1;
+                    let q = rel / layout::NOTIFY_MULTIPLIER as u64;
+                    self.kick(q as u16, io);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn dma_read_done(
+        &mut self,
+        id: DmaId,
+        result: Result<Vec<u8>, DmaError>,
+        io: &mut dyn DeviceIo,
+    ) {
+        let Some(fetch) = self.fetches.remove(&id) else {
+            return;
+        };
+        let bytes = match result {
+            Ok(b) => b,
+            Err(e) => return self.fail_dma(e, io),
+        };
+        match fetch {
+            Fetch::Avail(q) => self.avail_fetched(q, &bytes, io),
+            Fetch::Descriptors { request, first } => {
+                let table = parse_descriptors(&bytes);
+                self.walk_in(request, first, &table, io);
+            }
+            Fetch::Indirect(request) => {
+                // The chain goes on at entry 0 of the table.
+                if let Some(req) = self.requests[request].as_mut() {
+                    req.want = 0;
+                    self.walk_in(request, 0, &parse_descriptors(&bytes), io);
+                }
+            }
+            Fetch::Readable { request, offset } => {
+                let Some(req) = self.requests.get_mut(request).and_then(Option::as_mut) else {
+                    return;
+                };
+                req.readable[offset..offset + bytes.len()].copy_from_slice(&bytes);
+                req.reads_left -= 1;
+                if req.reads_left == 0 {
+                    self.complete(request, io);
+                }
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.reset_state();
+    }
+}
+
+fn parse_descriptors(bytes: &[u8]) -> Vec<Descriptor> {
+    bytes
+        .chunks_exact(DESC_SIZE)
+        .map(|c| Descriptor::parse(c.try_into().expect("16 bytes")))
+        .collect()
+}
