@@ -80,4 +80,9 @@ pub trait Port: Send {
     fn wait_rx(&self, timeout: Duration) {
         std::thread::sleep(timeout);
     }
+    /// The descriptor that becomes readable when frames arrive, for programs that
+    /// wait on it together with other inputs (`None`: the port has none).
+    fn rx_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }

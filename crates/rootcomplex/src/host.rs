@@ -284,6 +284,22 @@ impl<L: Link> Host<L> {
         }
     }
 
+    /// One round: sends what is queued, handles what arrived (waiting up to `wait` for
+    /// it), runs timers. For programs that wait on other inputs too.
+    pub fn poll(&mut self, wait: Duration) {
+        self.step(wait);
+    }
+
+    /// The next interrupt that arrived, if any (no waiting).
+    pub fn take_interrupt(&mut self) -> Option<Interrupt> {
+        self.interrupts.pop_front()
+    }
+
+    /// The memory devices may reach (a VMM front-end maps guest RAM here).
+    pub fn memory_mut(&mut self) -> &mut MemoryMap {
+        self.bridge.memory_mut()
+    }
+
     /// Serves device DMA and collects interrupts for up to `d`.
     pub fn run_for(&mut self, d: Duration) {
         let end = Instant::now() + d;
@@ -305,7 +321,8 @@ impl<L: Link> Host<L> {
         self.config_write_be(bdf, register, value, 0xf)
     }
 
-    fn config_write_be(
+    /// Writes the bytes of `value` whose bits are set in `be` (byte enables).
+    pub fn config_write_be(
         &mut self,
         bdf: Bdf,
         register: u16,

@@ -91,6 +91,11 @@ impl MemoryMap {
         Some(self.regions.remove(i).mem)
     }
 
+    /// Unmaps every region.
+    pub fn clear(&mut self) {
+        self.regions.clear();
+    }
+
     fn find(&self, addr: u64, len: usize) -> Option<usize> {
         let end = addr.checked_add(len as u64)?;
         self.regions

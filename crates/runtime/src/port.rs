@@ -67,6 +67,13 @@ impl FabricPort {
         &*self.port
     }
 
+    /// For programs that also wait on other inputs: the port's descriptor (if it has
+    /// one) and how long the node's timers let them wait.
+    pub fn wait_hint(&self) -> (Option<std::os::fd::RawFd>, Duration) {
+        let until_timer = self.node.poll_timeout().saturating_sub(self.now());
+        (self.port.rx_fd(), Duration::from_micros(until_timer))
+    }
+
     /// Sends what the node has, receives what the port has, runs due timers. Returns
     /// whether anything moved. Waits up to `wait` for input when nothing did.
     pub fn poll(&mut self, wait: Duration) -> Result<bool, PortError> {

@@ -13,7 +13,10 @@ mod impair;
 mod iobox;
 mod pcap;
 mod plot;
+mod proxy_host;
 mod signals;
+mod vm;
+mod vm_bridge;
 mod workload;
 
 use std::path::PathBuf;
@@ -59,7 +62,15 @@ enum Command {
         /// The host's configuration (docs/cli.md).
         #[arg(short, long)]
         config: PathBuf,
+        /// Serve QEMU's x-pci-proxy-dev on this inherited socket descriptor (one end of
+        /// a socketpair; QEMU has the other as fd=) instead of enumerating: the guest
+        /// uses the group's device.
+        #[arg(long, value_name = "FD")]
+        proxy_fd: Option<i32>,
     },
+    /// Start the host bridge and an unmodified QEMU whose guest uses the group's
+    /// device (QEMU's multi-process proxy); the guest's console is standard output.
+    Vm(vm::VmArgs),
     /// The management station: list the segment, move devices between groups, read a
     /// running bridge's counters.
     #[command(subcommand)]
@@ -167,8 +178,19 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Demo(a) => demo::run(a),
         Command::Iobox { config } => iobox::run(&config),
-        Command::Host { config } => host::run(&config),
+        Command::Host {
+            config,
+            proxy_fd: None,
+        } => host::run(&config),
+        Command::Host {
+            config,
+            proxy_fd: Some(fd),
+        } => proxy_host::run(&config, fd),
         Command::Ctl(c) => ctl::run(c),
+        Command::Vm(a) => {
+            let status = vm::run(a)?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
         Command::Bench(a) => bench::run(a),
         Command::Impair(a) => {
             let stats = impair::run(impair::Options {

@@ -13,111 +13,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use dataplane::netns::Rig;
-
-/// A running bridge process and the lines it printed.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn spawn(rig: &Rig, ns: usize, name: &'static str, args: &[&str]) -> Proc {
-        let mut child = rig
-            .command(ns, env!("CARGO_BIN_EXE_tether"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { break };
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
-        Proc { name, child, log }
-    }
-
-    fn count(&self, pattern: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(pattern))
-            .count()
-    }
-
-    fn text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// Waits until `pattern` has been printed `n` times.
-    fn wait_for(&mut self, pattern: &str, n: usize, timeout: Duration) {
-        let end = Instant::now() + timeout;
-        while self.count(pattern) < n {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(100)); // let the readers finish
-                panic!(
-                    "{} exited ({status}) before printing {pattern:?} x{n}:\n{}",
-                    self.name,
-                    self.text()
-                );
-            }
-            assert!(
-                Instant::now() < end,
-                "{} did not print {pattern:?} x{n} within {timeout:?}:\n{}",
-                self.name,
-                self.text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM, then the exit status must be success and the closing line printed.
-    fn stop(mut self) -> String {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(
-            status.success(),
-            "{} exited with {status}:\n{}",
-            self.name,
-            self.text()
-        );
-        self.wait_for("stopped", 1, Duration::from_secs(2));
-        self.text()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
-}
 
 /// Bridge settings for three busy-polling processes sharing two cores: INFO every
 /// 50 ms, down after 0.5 s of silence.

@@ -522,6 +522,10 @@ impl Port for AfPacketPort {
     fn wait_rx(&self, timeout: Duration) {
         self.sock.wait(timeout);
     }
+
+    fn rx_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.sock.fd())
+    }
 }
 
 #[allow(dead_code)]

@@ -702,6 +702,10 @@ impl Port for AfXdpPort {
     fn wait_rx(&self, timeout: Duration) {
         poll_in(self.fd(), timeout);
     }
+
+    fn rx_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.fd.as_ref().map(|f| f.as_raw_fd())
+    }
 }
 
 impl Drop for AfXdpPort {

@@ -110,4 +110,8 @@ impl Port for SocketPort {
     fn wait_rx(&self, timeout: Duration) {
         self.sock.wait(timeout);
     }
+
+    fn rx_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.sock.fd())
+    }
 }

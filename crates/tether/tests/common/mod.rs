@@ -1,8 +1,13 @@
 //! Helpers shared by the tether integration tests.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dataplane::netns::Rig;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -54,4 +59,116 @@ pub fn write_pcap(path: &Path, frames: &[wire::sample::SampleFrame]) {
         ))
         .unwrap();
     }
+}
+
+/// A running bridge process and the lines it printed.
+pub struct Proc {
+    pub child: Child,
+    name: &'static str,
+    /// Each line with the moment it was read.
+    log: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl Proc {
+    pub fn spawn(rig: &Rig, ns: usize, name: &'static str, args: &[&str]) -> Proc {
+        let mut child = rig
+            .command(ns, env!("CARGO_BIN_EXE_tether"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    log.lock().unwrap().push((Instant::now(), line));
+                }
+            });
+        }
+        Proc { child, name, log }
+    }
+
+    pub fn count(&self, pattern: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, l)| l.contains(pattern))
+            .count()
+    }
+
+    pub fn text(&self) -> String {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits until `pattern` has been printed `n` times.
+    pub fn wait_for(&mut self, pattern: &str, n: usize, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        while self.count(pattern) < n {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100)); // let the readers finish
+                panic!(
+                    "{} exited ({status}) before printing {pattern:?} x{n}:\n{}",
+                    self.name,
+                    self.text()
+                );
+            }
+            assert!(
+                Instant::now() < end,
+                "{} did not print {pattern:?} x{n} within {timeout:?}:\n{}",
+                self.name,
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then the exit status must be success and the closing line printed.
+    pub fn stop(mut self) -> String {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            status.success(),
+            "{} exited with {status}:\n{}",
+            self.name,
+            self.text()
+        );
+        self.wait_for("stopped", 1, Duration::from_secs(2));
+        self.text()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    /// When the first line containing `pattern` was read.
+    pub fn seen_at(&self, pattern: &str) -> Option<Instant> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .find(|(_, l)| l.contains(pattern))
+            .map(|(t, _)| *t)
+    }
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
 }

@@ -1,0 +1,254 @@
+//! The host bridge under a VMM front-end: one device of the host's group, reached by a
+//! guest. Unlike `tether host` alone it does not enumerate: the guest's firmware and
+//! OS do, through the front-end; this part follows the device through the fabric
+//! (hot-remove when its box goes, back when the box returns), forwards accesses as
+//! TLPs, and maps guest RAM for the device's DMA.
+//!
+//! While the device is away, accesses do not wait for a timeout: config and memory
+//! reads return all-ones at once, writes are dropped, as after a surprise removal.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use fabric::FabricEvent;
+use rootcomplex::{BarWindows, BridgeConfig, Host, HostMemory, Interrupt, MemoryMap};
+use runtime::FabricLink;
+use tlp::Bdf;
+use vmm::proxy::RemoteFunction;
+use wire::{BridgeRole, MacAddr};
+
+use crate::bridge;
+use crate::config::HostConfig;
+
+/// What happened to the device, for the front-end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceEvent {
+    Intx(bool),
+    /// MSI or MSI-X vector (for front-ends that deliver them).
+    Vector(u16),
+    Removed,
+    Returned,
+}
+
+pub struct VmBridge {
+    pub cfg: HostConfig,
+    pub host: Host<FabricLink>,
+    /// The box and slot of the device this bridge serves.
+    device: Option<(MacAddr, u8)>,
+    present: bool,
+}
+
+/// The function address the device gets on this side.
+fn bdf(slot: u8) -> Bdf {
+    Bdf::new(1, slot, 0).expect("slots are 0..=31")
+}
+
+impl VmBridge {
+    /// Opens the port, joins the group; guest RAM is mapped later by the front-end.
+    pub fn open(cfg: HostConfig) -> Result<VmBridge> {
+        let (port, what) = bridge::open_port(cfg.port.kind, &cfg.port.interface)
+            .with_context(|| format!("opening {}", cfg.port.interface))?;
+        let mut node = bridge::node(&*port, BridgeRole::Host, &cfg.bridge)?;
+        node.join(cfg.gid)?;
+        println!(
+            "tether host: {} (id {:#x}) in group {} on {}: {what}",
+            node.config().mac,
+            node.config().bridge_id,
+            cfg.gid,
+            cfg.port.interface
+        );
+        let fp = bridge::fabric_port(node, port, &cfg.bridge);
+        let link = FabricLink::new(fp);
+        let host = Host::new(
+            BridgeConfig::default(),
+            MemoryMap::new(),
+            (0, 0),
+            BarWindows::default(),
+            link,
+        );
+        Ok(VmBridge {
+            cfg,
+            host,
+            device: None,
+            present: false,
+        })
+    }
+
+    /// Waits up to `timeout` for a device in the group and takes it.
+    pub fn wait_for_device(&mut self, timeout: Duration) -> Result<wire::DeviceInfo> {
+        let gid = self.cfg.gid;
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() || crate::signals::stop_requested() {
+                bail!("no device appeared in group {gid} within {timeout:?}");
+            }
+            let link = self.host.link_mut();
+            if let Some((peer, d)) = link.wait_for_device(gid, left.min(Duration::from_millis(100)))
+            {
+                link.set_target(gid, peer);
+                self.device = Some((peer, d.slot));
+                self.present = true;
+                println!(
+                    "device {:04x}:{:04x} (class {:06x}) in slot {} of box {peer} -> {}",
+                    d.vendor_id,
+                    d.device_id,
+                    d.class_code,
+                    d.slot,
+                    bdf(d.slot)
+                );
+                return Ok(d);
+            }
+        }
+    }
+
+    pub fn present(&self) -> bool {
+        self.present
+    }
+
+    /// One round of the fabric (waiting up to `wait` for input); returns what happened
+    /// to the device.
+    pub fn poll(&mut self, wait: Duration, out: &mut Vec<DeviceEvent>) {
+        self.host.poll(wait);
+        while let Some(e) = self.host.link_mut().events.pop_front() {
+            if let Some(line) = bridge::describe(&e) {
+                println!("{line}");
+            }
+            self.fabric_event(e, out);
+        }
+        let Some((_, slot)) = self.device else {
+            return;
+        };
+        while let Some(i) = self.host.take_interrupt() {
+            match i {
+                Interrupt::Intx {
+                    device, asserted, ..
+                } if device == bdf(slot) => out.push(DeviceEvent::Intx(asserted)),
+                Interrupt::Vector { device, vector } if device == bdf(slot) => {
+                    out.push(DeviceEvent::Vector(vector))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn fabric_event(&mut self, e: FabricEvent, out: &mut Vec<DeviceEvent>) {
+        let Some((peer, slot)) = self.device else {
+            return;
+        };
+        let gid = self.cfg.gid;
+        match e {
+            FabricEvent::DeviceRemoved {
+                gid: g,
+                peer: p,
+                slot: s,
+            } if (g, p, s) == (gid, peer, slot) && self.present => {
+                self.present = false;
+                out.push(DeviceEvent::Removed);
+            }
+            FabricEvent::DeviceAdded {
+                gid: g,
+                peer: p,
+                device,
+            } if (g, p, device.slot) == (gid, peer, slot) => {
+                self.present = true;
+                out.push(DeviceEvent::Returned);
+            }
+            FabricEvent::PeerRestarted {
+                gid: g, peer: p, ..
+            } if (g, p) == (gid, peer) => {
+                self.present = true;
+                out.push(DeviceEvent::Returned);
+            }
+            _ => {}
+        }
+    }
+
+    /// The device as the front-end reaches it.
+    pub fn function(&mut self) -> HostFunction<'_> {
+        let bdf = self
+            .device
+            .filter(|_| self.present)
+            .map(|(_, slot)| bdf(slot));
+        HostFunction {
+            host: &mut self.host,
+            bdf,
+        }
+    }
+}
+
+/// The device behind the host bridge, as a front-end reaches it.
+pub struct HostFunction<'a> {
+    host: &'a mut Host<FabricLink>,
+    /// `None` while the device is away.
+    bdf: Option<Bdf>,
+}
+
+/// PCI Express capability ID, Device Control offset in it, Initiate FLR bit.
+const CAP_PCIE: u8 = 0x10;
+const DEVCTL: u16 = 0x08;
+const DEVCTL_FLR: u32 = 1 << 15;
+
+impl RemoteFunction for HostFunction<'_> {
+    fn config_read(&mut self, register: u16) -> Option<u32> {
+        self.host.config_read(self.bdf?, register).ok()
+    }
+
+    fn config_write(&mut self, register: u16, value: u32, byte_enables: u8) {
+        if let Some(bdf) = self.bdf {
+            let _ = self
+                .host
+                .config_write_be(bdf, register, value, byte_enables);
+        }
+    }
+
+    fn mem_read(&mut self, addr: u64, len: usize) -> Vec<u8> {
+        match self.bdf {
+            Some(_) => self.host.mem_read(addr, len),
+            None => vec![0xff; len],
+        }
+    }
+
+    fn mem_write(&mut self, addr: u64, data: &[u8]) {
+        if self.bdf.is_some() {
+            self.host.mem_write(addr, data);
+        }
+    }
+
+    fn map_guest_ram(&mut self, regions: Vec<(u64, Box<dyn HostMemory>)>) {
+        let mem = self.host.memory_mut();
+        mem.clear();
+        for (gpa, m) in regions {
+            let len = m.len();
+            if let Err(e) = mem.add(gpa, m) {
+                println!("guest RAM {gpa:#x}+{len:#x} not mapped: {e}");
+            }
+        }
+    }
+
+    /// A function-level reset through the PCI Express capability.
+    fn reset(&mut self) {
+        let Some(bdf) = self.bdf else {
+            return;
+        };
+        let mut p = self
+            .host
+            .config_read(bdf, 0x34)
+            .map_or(0, |v| v as u16 & 0xfc);
+        for _ in 0..48 {
+            if p < 0x40 {
+                return;
+            }
+            let Ok(head) = self.host.config_read(bdf, p) else {
+                return;
+            };
+            if head as u8 == CAP_PCIE {
+                let _ = self
+                    .host
+                    .config_write_be(bdf, p + DEVCTL, DEVCTL_FLR, 0b0011);
+                return;
+            }
+            p = (head >> 8) as u16 & 0xfc;
+        }
+    }
+}

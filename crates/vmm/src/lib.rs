@@ -1,0 +1,12 @@
+//! tether's VMM front-ends: an unmodified QEMU reaches a device in an I/O box through
+//! the host bridge.
+//!
+//! - [`proxy`]: QEMU's multi-process proxy protocol (`x-pci-proxy-dev`, QEMU 7.2+):
+//!   config and BAR accesses, guest RAM as memfds, INTx through irqfd/resamplefd.
+//! - [`guest_ram`]: guest RAM mapped from the VMM's file descriptors, as host memory
+//!   for the device's DMA.
+//! - [`sys`]: Unix sockets with descriptors, eventfds, readiness waits.
+
+pub mod guest_ram;
+pub mod proxy;
+pub mod sys;

@@ -1,0 +1,649 @@
+//! The remote end of QEMU's `x-pci-proxy-dev`: one connection, one device.
+//!
+//! QEMU forwards the guest's config and BAR accesses; they become requests to the
+//! [`RemoteFunction`] (the host bridge, which turns them into TLPs to the device
+//! across the fabric). Guest RAM arrives as memfds and is mapped for the device's DMA,
+//! again on every change. INTx goes to QEMU's irqfd with level semantics: asserted
+//! again after each end-of-interrupt (the resamplefd) while the device holds it.
+//!
+//! The proxy cannot deliver MSI or MSI-X, so their capabilities are taken out of the
+//! capability list the guest reads; the guest then uses INTx.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use rootcomplex::HostMemory;
+use thiserror::Error;
+
+use super::wire::{self, Header, ProtocolError, Request, HEADER_LEN, MAX_PAYLOAD};
+use crate::guest_ram::GuestRam;
+use crate::sys;
+
+/// What the front-end needs from the device's side (the host bridge).
+pub trait RemoteFunction {
+    /// Reads the config dword at `register` (a multiple of 4); `None` when the device
+    /// does not answer (the guest reads all-ones).
+    fn config_read(&mut self, register: u16) -> Option<u32>;
+    /// Writes the bytes of `value` enabled in `byte_enables` at dword `register`.
+    fn config_write(&mut self, register: u16, value: u32, byte_enables: u8);
+    /// Reads `len` bytes of device memory at `addr` (all-ones when it fails).
+    fn mem_read(&mut self, addr: u64, len: usize) -> Vec<u8>;
+    /// Writes device memory (posted).
+    fn mem_write(&mut self, addr: u64, data: &[u8]);
+    /// Guest RAM is now `regions` (guest-physical base, memory): replace the old map.
+    fn map_guest_ram(&mut self, regions: Vec<(u64, Box<dyn HostMemory>)>);
+    /// Resets the device (a function-level reset).
+    fn reset(&mut self);
+}
+
+#[derive(Debug, Error)]
+pub enum ProxyError {
+    #[error("QEMU closed the connection")]
+    Closed,
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+    #[error("protocol: {0}")]
+    Protocol(#[from] ProtocolError),
+}
+
+/// Counters of a proxy connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct ProxyStats {
+    pub config_reads: u64,
+    pub config_writes: u64,
+    pub bar_reads: u64,
+    pub bar_writes: u64,
+    /// I/O-space BAR accesses (the device has none: reads are all-ones).
+    pub io_accesses: u64,
+    pub memory_syncs: u64,
+    /// Regions of guest RAM that could not be mapped.
+    pub map_errors: u64,
+    pub resets: u64,
+    /// SET_IRQFD messages (QEMU sends one when the guest routes INTx, under KVM).
+    pub irqfd_sets: u64,
+    /// Rising edges of the device's INTx line.
+    pub intx_asserts: u64,
+    /// irqfd signals (assertions and re-assertions after an EOI).
+    pub intx_signals: u64,
+    pub resamples: u64,
+}
+
+/// The capability list as the guest sees it: MSI and MSI-X unlinked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct CapPatch {
+    /// (config byte offset, value the guest reads there).
+    bytes: Vec<(u16, u8)>,
+}
+
+const CAP_PTR: u16 = 0x34;
+const STATUS: u16 = 0x06;
+const STATUS_CAP_LIST: u8 = 1 << 4;
+const CAP_MSI: u8 = 0x05;
+const CAP_MSIX: u8 = 0x11;
+
+impl CapPatch {
+    /// Walks the device's list and links around MSI and MSI-X.
+    fn compute(dev: &mut dyn RemoteFunction) -> CapPatch {
+        let byte = |dev: &mut dyn RemoteFunction, off: u16| -> Option<u8> {
+            let d = dev.config_read(off & !3)?;
+            Some(d.to_le_bytes()[(off & 3) as usize])
+        };
+        let mut kept: Vec<u16> = Vec::new();
+        let mut hidden = false;
+        let mut p = byte(dev, CAP_PTR).unwrap_or(0) as u16 & !3;
+        // A list longer than the config space holds caps is a loop: stop.
+        for _ in 0..48 {
+            if p < 0x40 {
+                break;
+            }
+            let (Some(id), Some(next)) = (byte(dev, p), byte(dev, p + 1)) else {
+                break;
+            };
+            if id == CAP_MSI || id == CAP_MSIX {
+                hidden = true;
+            } else {
+                kept.push(p);
+            }
+            p = next as u16 & !3;
+        }
+        if !hidden {
+            return CapPatch::default();
+        }
+        let mut bytes = vec![(CAP_PTR, kept.first().copied().unwrap_or(0) as u8)];
+        for (i, &c) in kept.iter().enumerate() {
+            bytes.push((c + 1, kept.get(i + 1).copied().unwrap_or(0) as u8));
+        }
+        if kept.is_empty() {
+            let status = byte(dev, STATUS).unwrap_or(0);
+            bytes.push((STATUS, status & !STATUS_CAP_LIST));
+        }
+        CapPatch { bytes }
+    }
+
+    fn apply(&self, register: u16, dword: u32) -> u32 {
+        let mut b = dword.to_le_bytes();
+        for &(off, v) in &self.bytes {
+            if off & !3 == register {
+                b[(off & 3) as usize] = v;
+            }
+        }
+        u32::from_le_bytes(b)
+    }
+}
+
+/// One QEMU connection and the device it reaches.
+pub struct ProxyServer {
+    sock: OwnedFd,
+    irqfd: Option<OwnedFd>,
+    resamplefd: Option<OwnedFd>,
+    /// The device's INTx level.
+    level: bool,
+    caps: Option<CapPatch>,
+    stats: ProxyStats,
+}
+
+impl ProxyServer {
+    /// Serves QEMU on `sock` (one end of the socketpair QEMU got as `fd=`).
+    pub fn new(sock: OwnedFd) -> ProxyServer {
+        ProxyServer {
+            sock,
+            irqfd: None,
+            resamplefd: None,
+            level: false,
+            caps: None,
+            stats: ProxyStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> ProxyStats {
+        self.stats
+    }
+
+    /// Descriptors to wait on: the socket and, once QEMU sent it, the resamplefd.
+    pub fn wait_fds(&self) -> Vec<RawFd> {
+        let mut v = vec![self.sock.as_raw_fd()];
+        v.extend(self.resamplefd.as_ref().map(|f| f.as_raw_fd()));
+        v
+    }
+
+    /// The device behind the connection changed (a box restart): its capability list
+    /// is read again.
+    pub fn device_changed(&mut self) {
+        self.caps = None;
+    }
+
+    /// Handles the messages that are waiting (up to `max`), answering each. Returns
+    /// how many were handled.
+    pub fn serve(&mut self, dev: &mut dyn RemoteFunction, max: usize) -> Result<usize, ProxyError> {
+        let mut n = 0;
+        while n < max && sys::wait_readable(&[self.sock.as_raw_fd()], Duration::ZERO)?[0] {
+            self.serve_one(dev)?;
+            n += 1;
+        }
+        self.poll_resample()?;
+        Ok(n)
+    }
+
+    fn serve_one(&mut self, dev: &mut dyn RemoteFunction) -> Result<(), ProxyError> {
+        let fd = self.sock.as_raw_fd();
+        let mut fds = Vec::new();
+        let mut h = [0u8; HEADER_LEN];
+        if !sys::recv_exact(fd, &mut h, &mut fds)? {
+            return Err(ProxyError::Closed);
+        }
+        let header = Header::parse(&h)?;
+        let mut payload = vec![0u8; header.size as usize];
+        debug_assert!(payload.len() <= MAX_PAYLOAD);
+        if !sys::recv_exact(fd, &mut payload, &mut fds)? && !payload.is_empty() {
+            return Err(ProxyError::Closed);
+        }
+        let request = Request::parse(header, &payload, fds.len())?;
+        if let Some(reply) = self.handle(request, fds, dev) {
+            sys::send_all(fd, &reply)?;
+        }
+        Ok(())
+    }
+
+    /// Acts on one request; returns the reply, for the requests QEMU waits on.
+    fn handle(
+        &mut self,
+        request: Request,
+        mut fds: Vec<OwnedFd>,
+        dev: &mut dyn RemoteFunction,
+    ) -> Option<Vec<u8>> {
+        match request {
+            Request::SyncSysmem(regions) => {
+                self.stats.memory_syncs += 1;
+                let mut mapped: Vec<(u64, Box<dyn HostMemory>)> = Vec::new();
+                for (r, fd) in regions.iter().zip(&fds) {
+                    match GuestRam::map(fd, r.offset, r.size) {
+                        Ok(m) => mapped.push((r.gpa, Box::new(m))),
+                        Err(_) => self.stats.map_errors += 1,
+                    }
+                }
+                dev.map_guest_ram(mapped);
+                // QEMU does not wait for an answer to this one.
+                None
+            }
+            Request::ConfigRead { addr, len } => {
+                self.stats.config_reads += 1;
+                let caps = match &self.caps {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = CapPatch::compute(dev);
+                        self.caps = Some(c.clone());
+                        c
+                    }
+                };
+                let register = addr as u16 & !3;
+                let dword = dev
+                    .config_read(register)
+                    .map_or(u32::MAX, |d| caps.apply(register, d));
+                let shift = 8 * (addr & 3);
+                let mask = if len == 4 {
+                    u32::MAX
+                } else {
+                    (1u32 << (8 * len as u32)) - 1
+                };
+                Some(wire::ret(((dword >> shift) & mask) as u64).to_vec())
+            }
+            Request::ConfigWrite { addr, value, len } => {
+                self.stats.config_writes += 1;
+                let shift = addr & 3;
+                let be = (((1u16 << len) - 1) << shift) as u8;
+                dev.config_write(addr as u16 & !3, value << (8 * shift), be);
+                Some(wire::ret(0).to_vec())
+            }
+            Request::BarRead { addr, size, memory } => {
+                self.stats.bar_reads += 1;
+                let v = if memory {
+                    let d = dev.mem_read(addr, size as usize);
+                    let mut b = [0u8; 8];
+                    b[..d.len().min(8)].copy_from_slice(&d[..d.len().min(8)]);
+                    u64::from_le_bytes(b)
+                } else {
+                    self.stats.io_accesses += 1;
+                    u64::MAX
+                };
+                let mask = if size == 8 {
+                    u64::MAX
+                } else {
+                    (1u64 << (8 * size as u32)) - 1
+                };
+                Some(wire::ret(v & mask).to_vec())
+            }
+            Request::BarWrite {
+                addr,
+                value,
+                size,
+                memory,
+            } => {
+                self.stats.bar_writes += 1;
+                if memory {
+                    dev.mem_write(addr, &value.to_le_bytes()[..size as usize]);
+                } else {
+                    self.stats.io_accesses += 1;
+                }
+                Some(wire::ret(0).to_vec())
+            }
+            Request::SetIrqfd => {
+                self.stats.irqfd_sets += 1;
+                self.resamplefd = fds.pop();
+                self.irqfd = fds.pop();
+                // A device already asserting is seen at once.
+                if self.level {
+                    self.signal();
+                }
+                None
+            }
+            Request::DeviceReset => {
+                self.stats.resets += 1;
+                dev.reset();
+                self.level = false;
+                Some(wire::ret_empty().to_vec())
+            }
+        }
+    }
+
+    fn signal(&mut self) {
+        if let Some(fd) = &self.irqfd {
+            if sys::eventfd_signal(fd).is_ok() {
+                self.stats.intx_signals += 1;
+            }
+        }
+    }
+
+    /// The device's INTx line changed.
+    pub fn set_intx(&mut self, asserted: bool) {
+        let rising = asserted && !self.level;
+        self.level = asserted;
+        if rising {
+            self.stats.intx_asserts += 1;
+            self.signal();
+        }
+    }
+
+    /// After the guest's end-of-interrupt, KVM lowers the line and signals the
+    /// resamplefd: a device that still holds INTx asserts it again.
+    pub fn poll_resample(&mut self) -> io::Result<()> {
+        let Some(fd) = &self.resamplefd else {
+            return Ok(());
+        };
+        if sys::eventfd_take(fd)? {
+            self.stats.resamples += 1;
+            if self.level {
+                self.signal();
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::FromRawFd;
+
+    /// A device with a config space and a 4 KiB memory BAR at 0xfe00_0000.
+    struct Fake {
+        config: [u8; 256],
+        bar: Vec<u8>,
+        writes: Vec<(u16, u32, u8)>,
+        ram: Vec<(u64, Box<dyn HostMemory>)>,
+        resets: usize,
+        present: bool,
+    }
+
+    impl Fake {
+        fn new() -> Fake {
+            let mut config = [0u8; 256];
+            config[0..4].copy_from_slice(&0x1042_1af4u32.to_le_bytes());
+            config[6] = STATUS_CAP_LIST;
+            config[0x34] = 0x40;
+            // PCIe at 0x40 -> MSI-X at 0x50 -> vendor at 0x60 -> MSI at 0x70 -> end.
+            for (at, id, next) in [
+                (0x40, 0x10, 0x50),
+                (0x50, 0x11, 0x60),
+                (0x60, 0x09, 0x70),
+                (0x70, 0x05, 0),
+            ] {
+                config[at] = id;
+                config[at + 1] = next;
+            }
+            Fake {
+                config,
+                bar: vec![0; 4096],
+                writes: Vec::new(),
+                ram: Vec::new(),
+                resets: 0,
+                present: true,
+            }
+        }
+    }
+
+    impl RemoteFunction for Fake {
+        fn config_read(&mut self, register: u16) -> Option<u32> {
+            let r = register as usize;
+            self.present
+                .then(|| u32::from_le_bytes(self.config[r..r + 4].try_into().unwrap()))
+        }
+        fn config_write(&mut self, register: u16, value: u32, be: u8) {
+            self.writes.push((register, value, be));
+        }
+        fn mem_read(&mut self, addr: u64, len: usize) -> Vec<u8> {
+            let o = (addr - 0xfe00_0000) as usize;
+            self.bar[o..o + len].to_vec()
+        }
+        fn mem_write(&mut self, addr: u64, data: &[u8]) {
+            let o = (addr - 0xfe00_0000) as usize;
+            self.bar[o..o + data.len()].copy_from_slice(data);
+        }
+        fn map_guest_ram(&mut self, regions: Vec<(u64, Box<dyn HostMemory>)>) {
+            self.ram = regions;
+        }
+        fn reset(&mut self) {
+            self.resets += 1;
+        }
+    }
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: socketpair fills two fresh descriptors we own.
+        unsafe {
+            assert_eq!(
+                libc::socketpair(
+                    libc::AF_UNIX,
+                    libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                    0,
+                    fds.as_mut_ptr()
+                ),
+                0
+            );
+            (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
+        }
+    }
+
+    /// Sends `bytes` with `fds` attached, as QEMU does.
+    fn send_with_fds(sock: &OwnedFd, bytes: &[u8], fds: &[RawFd]) {
+        let mut control = [0u64; 16];
+        let mut iov = libc::iovec {
+            iov_base: bytes.as_ptr() as *mut _,
+            iov_len: bytes.len(),
+        };
+        // SAFETY: building a msghdr over live buffers; CMSG macros stay in `control`.
+        unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            if !fds.is_empty() {
+                msg.msg_control = control.as_mut_ptr().cast();
+                msg.msg_controllen = libc::CMSG_SPACE((fds.len() * 4) as u32) as usize;
+                let c = libc::CMSG_FIRSTHDR(&msg);
+                (*c).cmsg_level = libc::SOL_SOCKET;
+                (*c).cmsg_type = libc::SCM_RIGHTS;
+                (*c).cmsg_len = libc::CMSG_LEN((fds.len() * 4) as u32) as usize;
+                std::ptr::copy_nonoverlapping(
+                    fds.as_ptr(),
+                    libc::CMSG_DATA(c) as *mut RawFd,
+                    fds.len(),
+                );
+            }
+            assert_eq!(
+                libc::sendmsg(sock.as_raw_fd(), &msg, 0),
+                bytes.len() as isize
+            );
+        }
+    }
+
+    fn read_ret(sock: &OwnedFd) -> (u64, Option<u64>) {
+        let mut fds = Vec::new();
+        let mut h = [0u8; 16];
+        assert!(sys::recv_exact(sock.as_raw_fd(), &mut h, &mut fds).unwrap());
+        let h = Header::parse(&h).unwrap();
+        assert_eq!(h.cmd, wire::cmd::RET);
+        if h.size == 0 {
+            return (0, None);
+        }
+        let mut v = [0u8; 8];
+        assert!(sys::recv_exact(sock.as_raw_fd(), &mut v, &mut fds).unwrap());
+        (h.size, Some(u64::from_le_bytes(v)))
+    }
+
+    fn ask(q: &OwnedFd, s: &mut ProxyServer, dev: &mut Fake, r: Request) -> Option<u64> {
+        send_with_fds(q, &r.emit(), &[]);
+        assert_eq!(s.serve(dev, 8).unwrap(), 1);
+        read_ret(q).1
+    }
+
+    #[test]
+    fn config_reads_hide_msi_and_msix_and_writes_carry_byte_enables() {
+        let (q, r) = pair();
+        let mut s = ProxyServer::new(r);
+        let mut dev = Fake::new();
+        let cfg = |addr, len| Request::ConfigRead { addr, len };
+        assert_eq!(ask(&q, &mut s, &mut dev, cfg(0, 4)), Some(0x1042_1af4));
+        assert_eq!(ask(&q, &mut s, &mut dev, cfg(2, 2)), Some(0x1042));
+        assert_eq!(ask(&q, &mut s, &mut dev, cfg(0x34, 1)), Some(0x40));
+        assert_eq!(
+            ask(&q, &mut s, &mut dev, cfg(0x41, 1)),
+            Some(0x60),
+            "PCIe links past MSI-X"
+        );
+        assert_eq!(
+            ask(&q, &mut s, &mut dev, cfg(0x60, 4)),
+            Some(0x09),
+            "vendor cap ends the list"
+        );
+        assert_eq!(
+            ask(&q, &mut s, &mut dev, cfg(0x50, 2)),
+            Some(0x6011),
+            "the MSI-X body is still there, unlinked"
+        );
+        let w = Request::ConfigWrite {
+            addr: 0x3d,
+            value: 0xab,
+            len: 1,
+        };
+        assert_eq!(ask(&q, &mut s, &mut dev, w), Some(0));
+        let w = Request::ConfigWrite {
+            addr: 0x06,
+            value: 0xf900,
+            len: 2,
+        };
+        ask(&q, &mut s, &mut dev, w);
+        assert_eq!(
+            dev.writes,
+            vec![(0x3c, 0xab00, 0b0010), (0x04, 0xf900_0000, 0b1100)]
+        );
+        // A device that stopped answering reads as all-ones.
+        dev.present = false;
+        assert_eq!(ask(&q, &mut s, &mut dev, cfg(0, 2)), Some(0xffff));
+        assert_eq!(s.stats().config_reads, 7);
+    }
+
+    #[test]
+    fn bar_accesses_reach_device_memory() {
+        let (q, r) = pair();
+        let mut s = ProxyServer::new(r);
+        let mut dev = Fake::new();
+        let w = Request::BarWrite {
+            addr: 0xfe00_0010,
+            value: 0x1122_3344_5566_7788,
+            size: 8,
+            memory: true,
+        };
+        assert_eq!(ask(&q, &mut s, &mut dev, w), Some(0));
+        let rd = |addr, size| Request::BarRead {
+            addr,
+            size,
+            memory: true,
+        };
+        assert_eq!(
+            ask(&q, &mut s, &mut dev, rd(0xfe00_0010, 8)),
+            Some(0x1122_3344_5566_7788)
+        );
+        assert_eq!(ask(&q, &mut s, &mut dev, rd(0xfe00_0012, 2)), Some(0x5566));
+        let io = Request::BarRead {
+            addr: 0xc000,
+            size: 2,
+            memory: false,
+        };
+        assert_eq!(ask(&q, &mut s, &mut dev, io), Some(0xffff));
+        assert_eq!(s.stats().io_accesses, 1);
+    }
+
+    #[test]
+    fn guest_ram_is_mapped_from_the_memfds() {
+        let (q, r) = pair();
+        let mut s = ProxyServer::new(r);
+        let mut dev = Fake::new();
+        // SAFETY: plain system calls on fresh descriptors.
+        let mfd = unsafe {
+            let fd = libc::memfd_create(c"guest".as_ptr(), libc::MFD_CLOEXEC);
+            assert_eq!(libc::ftruncate(fd, 1 << 20), 0);
+            OwnedFd::from_raw_fd(fd)
+        };
+        let regions = vec![
+            wire::SysmemRegion {
+                gpa: 0,
+                size: 0xa0000,
+                offset: 0,
+            },
+            wire::SysmemRegion {
+                gpa: 0x10_0000,
+                size: 0x8_0000,
+                offset: 0x8_0000,
+            },
+        ];
+        let raw = mfd.as_raw_fd();
+        send_with_fds(&q, &Request::SyncSysmem(regions).emit(), &[raw, raw]);
+        assert_eq!(s.serve(&mut dev, 8).unwrap(), 1);
+        assert_eq!(dev.ram.len(), 2);
+        dev.ram[1].1.write(0x10, b"dma");
+        let mut back = GuestRam::map(&mfd, 0, 1 << 20).unwrap();
+        let mut got = [0u8; 3];
+        back.read(0x8_0010, &mut got);
+        assert_eq!(
+            &got, b"dma",
+            "the write landed at offset 0x80000 + 0x10 of the memfd"
+        );
+        back.write(0, b"x");
+        // A region past the end of the memfd is refused, the others mapped.
+        let bad = vec![wire::SysmemRegion {
+            gpa: 0,
+            size: 2 << 20,
+            offset: 0,
+        }];
+        send_with_fds(&q, &Request::SyncSysmem(bad).emit(), &[raw]);
+        s.serve(&mut dev, 8).unwrap();
+        assert_eq!((dev.ram.len(), s.stats().map_errors), (0, 1));
+    }
+
+    #[test]
+    fn intx_is_level_triggered_through_irqfd_and_resamplefd() {
+        let (q, r) = pair();
+        let mut s = ProxyServer::new(r);
+        let mut dev = Fake::new();
+        let irq = sys::eventfd().unwrap();
+        let resample = sys::eventfd().unwrap();
+        send_with_fds(
+            &q,
+            &Request::SetIrqfd.emit(),
+            &[irq.as_raw_fd(), resample.as_raw_fd()],
+        );
+        s.serve(&mut dev, 8).unwrap();
+        s.set_intx(true);
+        assert!(sys::eventfd_take(&irq).unwrap(), "assert -> irqfd");
+        // EOI while the device still holds the line: asserted again.
+        sys::eventfd_signal(&resample).unwrap();
+        s.poll_resample().unwrap();
+        assert!(sys::eventfd_take(&irq).unwrap());
+        // The driver cleared the cause; the next EOI does not re-assert.
+        s.set_intx(false);
+        sys::eventfd_signal(&resample).unwrap();
+        s.poll_resample().unwrap();
+        assert!(!sys::eventfd_take(&irq).unwrap());
+        assert_eq!((s.stats().intx_signals, s.stats().resamples), (2, 2));
+    }
+
+    #[test]
+    fn reset_answers_an_empty_ret_and_bad_input_closes() {
+        let (q, r) = pair();
+        let mut s = ProxyServer::new(r);
+        let mut dev = Fake::new();
+        send_with_fds(&q, &Request::DeviceReset.emit(), &[]);
+        s.serve(&mut dev, 8).unwrap();
+        assert_eq!(read_ret(&q), (0, None));
+        assert_eq!(dev.resets, 1);
+        let h = Header { cmd: 42, size: 0 }.emit();
+        send_with_fds(&q, &h, &[]);
+        assert!(matches!(
+            s.serve(&mut dev, 8),
+            Err(ProxyError::Protocol(ProtocolError::UnknownCommand(42)))
+        ));
+        drop(q);
+        assert!(matches!(s.serve(&mut dev, 8), Err(ProxyError::Closed)));
+    }
+}

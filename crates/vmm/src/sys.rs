@@ -1,0 +1,160 @@
+//! The system calls the front-ends need: Unix stream sockets with file descriptors
+//! (SCM_RIGHTS), readiness waits, eventfds and shared mappings of guest RAM.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+fn check(r: libc::ssize_t) -> io::Result<usize> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Receives into `buf` (one recvmsg), appending any file descriptors that came along.
+/// Returns the bytes received (0 at end of stream).
+pub fn recv_with_fds(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    const MAX: usize = 16;
+    // u64 words keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 64];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE only computes a size.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE((MAX * 4) as u32) } as usize;
+    let n = loop {
+        // SAFETY: msg points at iov (into buf) and control, both live and large enough
+        // for the lengths given.
+        let r = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        match check(r) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => break other?,
+        }
+    };
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, within
+    // msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c) as *const RawFd;
+                let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for i in 0..len / 4 {
+                    // Each received descriptor is new and ours to own.
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok(n)
+}
+
+/// Fills `buf`, collecting descriptors on the way. Returns false when the stream ended
+/// before the first byte; an end in the middle is an error.
+pub fn recv_exact(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = recv_with_fds(fd, &mut buf[got..], fds)?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(false);
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the peer closed the socket in the middle of a message",
+            ));
+        }
+        got += n;
+    }
+    Ok(true)
+}
+
+/// Writes all of `data`.
+pub fn send_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        // SAFETY: data is a live slice of the given length.
+        let r = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+        match check(r) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            Ok(n) => data = &data[n..],
+        }
+    }
+    Ok(())
+}
+
+/// Waits up to `timeout` until one of `fds` is readable (or hung up); returns which.
+pub fn wait_readable(fds: &[RawFd], timeout: Duration) -> io::Result<Vec<bool>> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: p is a live array of p.len() pollfds; ts and the null sigmask are valid.
+    let r = unsafe {
+        libc::ppoll(
+            p.as_mut_ptr(),
+            p.len() as libc::nfds_t,
+            &ts,
+            std::ptr::null(),
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(e);
+    }
+    Ok(p.iter().map(|x| x.revents != 0).collect())
+}
+
+/// Adds 1 to an eventfd (signals it).
+pub fn eventfd_signal(fd: &OwnedFd) -> io::Result<()> {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live array.
+    let r = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) };
+    check(r).map(|_| ())
+}
+
+/// Reads (and so clears) an eventfd's counter if it is set; false if it was not.
+pub fn eventfd_take(fd: &OwnedFd) -> io::Result<bool> {
+    if !wait_readable(&[fd.as_raw_fd()], Duration::ZERO)?[0] {
+        return Ok(false);
+    }
+    let mut v = [0u8; 8];
+    // SAFETY: reads 8 bytes into a live array.
+    let r = unsafe { libc::read(fd.as_raw_fd(), v.as_mut_ptr().cast(), 8) };
+    match check(r) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A new eventfd (for tests: QEMU makes the real ones).
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain system call; a valid result is a new descriptor we own.
+    let r = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: r is a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
