@@ -91,6 +91,15 @@ impl MemoryMap {
         Some(self.regions.remove(i).mem)
     }
 
+    /// Unmaps the regions that lie entirely inside `base..base + len`; returns how many.
+    pub fn remove_within(&mut self, base: u64, len: u64) -> usize {
+        let end = base.saturating_add(len);
+        let before = self.regions.len();
+        self.regions
+            .retain(|r| !(r.base >= base && r.base.saturating_add(r.mem.len()) <= end));
+        before - self.regions.len()
+    }
+
     /// Unmaps every region.
     pub fn clear(&mut self) {
         self.regions.clear();
@@ -155,6 +164,9 @@ mod tests {
         assert!(m.read(0x2000, &mut b).is_err());
         assert!(m.read(u64::MAX - 1, &mut b).is_err());
         assert!(m.contains(0x30fc, 4) && !m.contains(0x30fd, 4));
+        assert_eq!(m.remove_within(0x3000, 0x80), 0, "only whole regions go");
+        assert_eq!(m.remove_within(0x3000, 0x100), 1);
+        assert!(m.add(0x3000, Box::new(vec![0u8; 0x100])).is_ok());
         assert!(m.remove(0x3000).is_some());
         assert!(!m.contains(0x3000, 1));
     }

@@ -37,6 +37,24 @@ fn slot(d: &DeviceConfig) -> Result<Slot> {
     })
 }
 
+/// The configured devices, each in its slot (printed as they are made).
+pub fn slots(cfg: &BoxConfig) -> Result<Vec<Slot>> {
+    let mut slots = Vec::new();
+    for d in &cfg.devices {
+        let s = slot(d).with_context(|| format!("device in slot {}", d.slot))?;
+        println!(
+            "  slot {}: {} ({:04x}:{:04x}) in group {}",
+            d.slot,
+            model_name(d.model),
+            s.info.vendor_id,
+            s.info.device_id,
+            d.gid
+        );
+        slots.push(s);
+    }
+    Ok(slots)
+}
+
 fn model_name(m: Model) -> &'static str {
     match m {
         Model::Memdev => "memdev",
@@ -78,19 +96,7 @@ pub fn run(path: &Path) -> Result<()> {
         node.config().bridge_id,
         cfg.port.interface
     );
-    let mut slots = Vec::new();
-    for d in &cfg.devices {
-        let s = slot(d).with_context(|| format!("device in slot {}", d.slot))?;
-        println!(
-            "  slot {}: {} ({:04x}:{:04x}) in group {}",
-            d.slot,
-            model_name(d.model),
-            s.info.vendor_id,
-            s.info.device_id,
-            d.gid
-        );
-        slots.push(s);
-    }
+    let slots = slots(&cfg)?;
     let control = bridge::control_socket(&cfg.bridge)?;
     let fp = bridge::fabric_port(node, port, &cfg.bridge);
     let mut b = IoBox::new(fp, slots);

@@ -13,10 +13,10 @@ mod impair;
 mod iobox;
 mod pcap;
 mod plot;
-mod proxy_host;
 mod signals;
 mod vm;
 mod vm_bridge;
+mod vm_host;
 mod workload;
 
 use std::path::PathBuf;
@@ -65,8 +65,12 @@ enum Command {
         /// Serve QEMU's x-pci-proxy-dev on this inherited socket descriptor (one end of
         /// a socketpair; QEMU has the other as fd=) instead of enumerating: the guest
         /// uses the group's device.
-        #[arg(long, value_name = "FD")]
+        #[arg(long, value_name = "FD", conflicts_with = "vfio_user")]
         proxy_fd: Option<i32>,
+        /// Serve a vfio-user client (QEMU >= 10.1 vfio-user-pci) on this Unix socket
+        /// instead of enumerating: the guest uses the group's device.
+        #[arg(long, value_name = "SOCKET")]
+        vfio_user: Option<PathBuf>,
     },
     /// Start the host bridge and an unmodified QEMU whose guest uses the group's
     /// device (QEMU's multi-process proxy); the guest's console is standard output.
@@ -181,11 +185,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Host {
             config,
             proxy_fd: None,
+            vfio_user: None,
         } => host::run(&config),
         Command::Host {
             config,
-            proxy_fd: Some(fd),
-        } => proxy_host::run(&config, fd),
+            proxy_fd,
+            vfio_user,
+        } => vm_host::run(&config, proxy_fd, vfio_user.as_deref()),
         Command::Ctl(c) => ctl::run(c),
         Command::Vm(a) => {
             let status = vm::run(a)?;

@@ -1,22 +1,32 @@
 //! `tether vm`: starts the host bridge and an unmodified QEMU whose guest uses the
 //! group's device through the bridge: guest RAM as a shared memfd, the device as
-//! QEMU's `x-pci-proxy-dev` on one end of a socketpair, the bridge on the other.
-//! The guest's serial console is this command's standard output; the command ends
-//! with QEMU's exit status.
+//! QEMU's `x-pci-proxy-dev` on one end of a socketpair with the bridge on the other,
+//! or as `vfio-user-pci` on the bridge's vfio-user socket. The guest's serial console
+//! is this command's standard output; the command ends with QEMU's exit status.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use vmm::proxy::ProxyServer;
 
-use crate::config::HostConfig;
-use crate::proxy_host;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use dataplane::ports::mem::{self, MemPort};
+use dataplane::Mempool;
+use runtime::IoBox;
+use wire::BridgeRole;
+
+use crate::config::{BoxConfig, HostConfig};
 use crate::signals;
 use crate::vm_bridge::VmBridge;
+use crate::vm_host::{self, Frontend};
+use crate::{bridge, iobox};
+use vmm::vfio_user::VfioUserServer;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Accel {
@@ -26,8 +36,24 @@ pub enum Accel {
     Tcg,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FrontendKind {
+    /// QEMU's multi-process proxy (x-pci-proxy-dev; QEMU >= 7.2): INTx only.
+    Proxy,
+    /// vfio-user (vfio-user-pci; QEMU >= 10.1): INTx and MSI-X.
+    VfioUser,
+}
+
 #[derive(clap::Args)]
 pub struct VmArgs {
+    /// How QEMU reaches the bridge.
+    #[arg(long, value_enum, default_value = "proxy")]
+    frontend: FrontendKind,
+    /// Run QEMU from this root directory (a chroot, for a QEMU the system does not
+    /// have: scripts/deps/qemu-vfio-user.sh makes one). /tmp and /var/tmp are shared
+    /// with it, so the kernel, initrd and socket must lie there.
+    #[arg(long)]
+    qemu_root: Option<PathBuf>,
     /// The host bridge's configuration: group, port, bridge settings (docs/cli.md).
     #[arg(short, long)]
     config: PathBuf,
@@ -49,6 +75,11 @@ pub struct VmArgs {
     /// Stop the guest after this many seconds.
     #[arg(long)]
     timeout: Option<f64>,
+    /// Run this I/O box (its TOML; [port] is not used) in this process, joined to
+    /// the bridge by an in-memory port instead of a network: the same device model
+    /// without the network, for comparisons.
+    #[arg(long)]
+    local_box: Option<PathBuf>,
     /// Seconds to wait for the device to appear in the group.
     #[arg(long, default_value_t = 60.0)]
     device_wait: f64,
@@ -71,8 +102,14 @@ fn kvm_usable(kernel: bool) -> bool {
     open && !(kernel && std::path::Path::new("/sys/module/kvm_pvm").exists())
 }
 
-/// The QEMU command line for a guest whose device is on descriptor `fd`.
-fn qemu_command(a: &VmArgs, accel: Accel, fd: i32) -> Vec<String> {
+/// How QEMU finds the device.
+enum Attach {
+    ProxyFd(i32),
+    VfioUser(PathBuf),
+}
+
+/// The QEMU command line for a guest whose device is reached through `attach`.
+fn qemu_command(a: &VmArgs, accel: Accel, attach: &Attach, qmp: &Path) -> Vec<String> {
     let mem = format!("{}M", a.memory);
     let (accel, cpu) = match accel {
         // -arch-capabilities: QEMU's "host" model aborts on PVM-backed KVM without it.
@@ -101,12 +138,21 @@ fn qemu_command(a: &VmArgs, accel: Accel, fd: i32) -> Vec<String> {
         "stdio",
         "-monitor",
         "none",
-        "-device",
-        &format!("x-pci-proxy-dev,id=tether0,fd={fd}"),
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", qmp.display()),
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    v.push("-device".into());
+    v.push(match attach {
+        Attach::ProxyFd(fd) => format!("x-pci-proxy-dev,id=tether0,fd={fd}"),
+        // Only the JSON form of this device's options takes a socket address.
+        Attach::VfioUser(p) => format!(
+            "{{\"driver\":\"vfio-user-pci\",\"id\":\"tether0\",\"socket\":{{\"path\":\"{}\",\"type\":\"unix\"}}}}",
+            p.display()
+        ),
+    });
     if let Some(k) = &a.kernel {
         v.extend(["-kernel".into(), k.display().to_string()]);
         if let Some(i) = &a.initrd {
@@ -116,6 +162,58 @@ fn qemu_command(a: &VmArgs, accel: Accel, fd: i32) -> Vec<String> {
     }
     v.extend(a.qemu_args.iter().cloned());
     v
+}
+
+/// The I/O box of `--local-box`, on the other end of the bridge's in-memory port,
+/// until `stop`.
+fn local_box(cfg: BoxConfig, port: MemPort, stop: Arc<AtomicBool>) -> Result<()> {
+    let node = bridge::node(&port, BridgeRole::IoBox, &cfg.bridge)?;
+    println!("tether vm: I/O box in this process on an in-memory port");
+    let slots = iobox::slots(&cfg)?;
+    let fp = bridge::fabric_port(node, Box::new(port), &cfg.bridge);
+    let mut b = IoBox::new(fp, slots);
+    while !stop.load(Ordering::Relaxed) && !signals::stop_requested() {
+        b.poll(Duration::from_millis(1))?;
+        b.events.clear();
+    }
+    Ok(())
+}
+
+/// QEMU's monitor (QMP) on a Unix socket, for unplugging the device.
+struct Qmp {
+    path: PathBuf,
+}
+
+impl Qmp {
+    fn device_del(&mut self, id: &str) -> Result<()> {
+        use std::io::{BufRead, BufReader, Write};
+        let sock = std::os::unix::net::UnixStream::connect(&self.path)
+            .with_context(|| format!("connecting to {}", self.path.display()))?;
+        sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut lines = BufReader::new(sock.try_clone()?).lines();
+        let mut w = sock;
+        // The greeting, then each command's answer (events may come in between).
+        let answer = |lines: &mut std::io::Lines<BufReader<std::os::unix::net::UnixStream>>| -> Result<String> {
+            loop {
+                let l = lines.next().context("QMP closed")??;
+                if l.contains("\"return\"") || l.contains("\"error\"") || l.contains("\"QMP\"") {
+                    return Ok(l);
+                }
+            }
+        };
+        answer(&mut lines)?;
+        w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")?;
+        answer(&mut lines)?;
+        w.write_all(
+            format!("{{\"execute\":\"device_del\",\"arguments\":{{\"id\":\"{id}\"}}}}\n")
+                .as_bytes(),
+        )?;
+        let r = answer(&mut lines)?;
+        if r.contains("\"error\"") {
+            bail!("QMP device_del: {r}");
+        }
+        Ok(())
+    }
 }
 
 fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
@@ -143,46 +241,118 @@ pub fn run(a: VmArgs) -> Result<ExitStatus> {
         Accel::Auto => Accel::Tcg,
         x => x,
     };
+    let socket = PathBuf::from(format!("/tmp/tether-vm-{}.sock", std::process::id()));
+    let qmp_path = PathBuf::from(format!("/tmp/tether-vm-{}.qmp", std::process::id()));
     if a.dry_run {
-        println!("{}", qemu_command(&a, accel, 3).join(" "));
+        let attach = match a.frontend {
+            FrontendKind::Proxy => Attach::ProxyFd(3),
+            FrontendKind::VfioUser => Attach::VfioUser(socket),
+        };
+        println!("{}", qemu_command(&a, accel, &attach, &qmp_path).join(" "));
         return Ok(std::os::unix::process::ExitStatusExt::from_raw(0));
     }
     let cfg = HostConfig::load(&a.config)?;
     signals::install();
-    let mut vb = VmBridge::open(cfg)?;
-    vb.wait_for_device(Duration::from_secs_f64(a.device_wait))?;
-    let (ours, theirs) = socketpair()?;
-    let child_fd = theirs.as_raw_fd();
-    let argv = qemu_command(&a, accel, child_fd);
+    let stop_box = Arc::new(AtomicBool::new(false));
+    let (vb, local) = match &a.local_box {
+        Some(path) => {
+            let box_cfg = BoxConfig::load(path)?;
+            let pool = Mempool::new(16384, 2048)?;
+            let (ours, theirs) = mem::pair(&pool, 4096, 1500);
+            let vb = VmBridge::on_port(
+                cfg,
+                Box::new(ours),
+                "an in-memory port to a box in this process",
+            )?;
+            let stop = stop_box.clone();
+            let t = std::thread::spawn(move || local_box(box_cfg, theirs, stop));
+            (vb, Some(t))
+        }
+        None => (VmBridge::open(cfg)?, None),
+    };
+    let mut pair = None;
+    let (mut vb, mut fe) = vm_host::start(vb, || match a.frontend {
+        FrontendKind::Proxy => {
+            let (ours, theirs) = socketpair()?;
+            pair = Some(theirs);
+            Ok(Frontend::Proxy(ProxyServer::new(ours)))
+        }
+        FrontendKind::VfioUser => Ok(Frontend::VfioUser(
+            VfioUserServer::bind(&socket)
+                .with_context(|| format!("listening on {}", socket.display()))?,
+        )),
+    })?;
+    let child_fd = pair.as_ref().map_or(-1, |p| p.as_raw_fd());
+    let attach = match a.frontend {
+        FrontendKind::Proxy => Attach::ProxyFd(child_fd),
+        FrontendKind::VfioUser => Attach::VfioUser(socket.clone()),
+    };
+    let argv = qemu_command(&a, accel, &attach, &qmp_path);
     eprintln!("tether vm: {}", argv.join(" "));
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]);
-    // SAFETY: the closure runs in the child between fork and exec and only calls
-    // fcntl, which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::fcntl(child_fd, libc::F_SETFD, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+    let mut cmd = match &a.qemu_root {
+        // A mount namespace of its own: /proc, /dev, /sys and the shared /tmp and
+        // /var/tmp are mounted into the root for QEMU only and vanish with it.
+        Some(root) => {
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg(
+                    "r=$1; shift; mount -t proc proc \"$r/proc\" && mount --rbind /dev \"$r/dev\" && \
+                     mount -t sysfs sys \"$r/sys\" && mount --bind /tmp \"$r/tmp\" && \
+                     mount --bind /var/tmp \"$r/var/tmp\" && exec chroot \"$r\" \"$@\"",
+                )
+                .arg("tether-qemu")
+                .arg(root)
+                .args(&argv);
+            c
+        }
+        None => {
+            let mut c = Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            c
+        }
+    };
+    if child_fd >= 0 {
+        // SAFETY: the closure runs in the child between fork and exec and only calls
+        // fcntl, which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(child_fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
     }
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", argv[0]))?;
-    drop(theirs);
-    let mut server = ProxyServer::new(ours);
+    drop(pair);
     let deadline = a
         .timeout
         .map(|t| Instant::now() + Duration::from_secs_f64(t));
     let mut status = None;
-    let served = proxy_host::serve(&mut vb, &mut server, || {
-        if let Ok(Some(s)) = child.try_wait() {
-            status = Some(s);
-            return true;
-        }
-        deadline.is_some_and(|d| Instant::now() >= d)
-    });
+    let mut qmp = Qmp {
+        path: qmp_path.clone(),
+    };
+    let served = vm_host::serve(
+        &mut vb,
+        &mut fe,
+        || {
+            if let Ok(Some(s)) = child.try_wait() {
+                status = Some(s);
+                return true;
+            }
+            deadline.is_some_and(|d| Instant::now() >= d)
+        },
+        || {
+            // The device's box went away: unplug the device from the guest (ACPI hot
+            // unplug), as a switch port reports a surprise removal.
+            match qmp.device_del("tether0") {
+                Ok(()) => println!("tether vm: asked QEMU to unplug the device from the guest"),
+                Err(e) => println!("tether vm: could not unplug the device: {e:#}"),
+            }
+        },
+    );
     let status = match status {
         Some(s) => s,
         None => {
@@ -204,7 +374,14 @@ pub fn run(a: VmArgs) -> Result<ExitStatus> {
             }
         }
     };
-    proxy_host::report(&vb, &server);
+    vm_host::report(&vb, &fe);
+    stop_box.store(true, Ordering::Relaxed);
+    if let Some(t) = local {
+        match t.join() {
+            Ok(r) => r?,
+            Err(_) => bail!("the in-process box panicked"),
+        }
+    }
     served?;
     if status.code().is_none() && !signals::stop_requested() && deadline.is_none() {
         bail!("QEMU died: {status}");

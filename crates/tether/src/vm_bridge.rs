@@ -14,7 +14,7 @@ use fabric::FabricEvent;
 use rootcomplex::{BarWindows, BridgeConfig, Host, HostMemory, Interrupt, MemoryMap};
 use runtime::FabricLink;
 use tlp::Bdf;
-use vmm::proxy::RemoteFunction;
+use vmm::device::{Bar, RemoteFunction};
 use wire::{BridgeRole, MacAddr};
 
 use crate::bridge;
@@ -36,10 +36,12 @@ pub struct VmBridge {
     /// The box and slot of the device this bridge serves.
     device: Option<(MacAddr, u8)>,
     present: bool,
+    /// The bridge assigns BARs and the MSI-X table (vfio-user), rather than the guest.
+    enumerate: bool,
 }
 
 /// The function address the device gets on this side.
-fn bdf(slot: u8) -> Bdf {
+fn bdf_of(slot: u8) -> Bdf {
     Bdf::new(1, slot, 0).expect("slots are 0..=31")
 }
 
@@ -48,6 +50,16 @@ impl VmBridge {
     pub fn open(cfg: HostConfig) -> Result<VmBridge> {
         let (port, what) = bridge::open_port(cfg.port.kind, &cfg.port.interface)
             .with_context(|| format!("opening {}", cfg.port.interface))?;
+        VmBridge::on_port(cfg, port, &what)
+    }
+
+    /// The same on a port the caller made (an in-memory one, for a box in this
+    /// process).
+    pub fn on_port(
+        cfg: HostConfig,
+        port: Box<dyn dataplane::Port>,
+        what: &str,
+    ) -> Result<VmBridge> {
         let mut node = bridge::node(&*port, BridgeRole::Host, &cfg.bridge)?;
         node.join(cfg.gid)?;
         println!(
@@ -71,6 +83,7 @@ impl VmBridge {
             host,
             device: None,
             present: false,
+            enumerate: false,
         })
     }
 
@@ -95,7 +108,7 @@ impl VmBridge {
                     d.device_id,
                     d.class_code,
                     d.slot,
-                    bdf(d.slot)
+                    bdf_of(d.slot)
                 );
                 return Ok(d);
             }
@@ -123,8 +136,8 @@ impl VmBridge {
             match i {
                 Interrupt::Intx {
                     device, asserted, ..
-                } if device == bdf(slot) => out.push(DeviceEvent::Intx(asserted)),
-                Interrupt::Vector { device, vector } if device == bdf(slot) => {
+                } if device == bdf_of(slot) => out.push(DeviceEvent::Intx(asserted)),
+                Interrupt::Vector { device, vector } if device == bdf_of(slot) => {
                     out.push(DeviceEvent::Vector(vector))
                 }
                 _ => {}
@@ -169,11 +182,22 @@ impl VmBridge {
         let bdf = self
             .device
             .filter(|_| self.present)
-            .map(|(_, slot)| bdf(slot));
+            .map(|(_, slot)| bdf_of(slot));
         HostFunction {
             host: &mut self.host,
             bdf,
+            assigned: self.device.map(|(_, slot)| bdf_of(slot)),
+            enumerate: self.enumerate,
         }
+    }
+
+    /// For front-ends that address BARs by offset (vfio-user): the bridge assigns the
+    /// device's BARs in its own windows and sets up its MSI-X table (left disabled
+    /// until the VMM asks for MSI-X), now and after every reset or return of the device.
+    pub fn enumerate_device(&mut self) -> Result<()> {
+        self.enumerate = true;
+        let mut f = self.function();
+        f.setup().context("setting up the device")
     }
 }
 
@@ -182,10 +206,34 @@ pub struct HostFunction<'a> {
     host: &'a mut Host<FabricLink>,
     /// `None` while the device is away.
     bdf: Option<Bdf>,
+    /// The device's address whether or not it is there (its BARs stay assigned, so
+    /// that accesses while it is away read all-ones rather than fail).
+    assigned: Option<Bdf>,
+    enumerate: bool,
+}
+
+impl HostFunction<'_> {
+    /// Enumerates the device on the fabric side (BARs, MSI-X table) and leaves MSI-X
+    /// off.
+    pub fn setup(&mut self) -> Result<()> {
+        let Some(bdf) = self.bdf else {
+            bail!("the device is away");
+        };
+        self.host.remove(bdf);
+        let d = self.host.enumerate(bdf)?;
+        println!("  bridge side: {}", bridge::lspci_line(&d));
+        self.set_msix(false);
+        // INTx until the VMM asks for MSI-X (enumeration disabled it for MSI-X).
+        let cmd = self.host.config_read(bdf, 0x04)? & 0xffff;
+        self.host
+            .config_write_be(bdf, 0x04, cmd & !(1 << 10), 0b0011)?;
+        Ok(())
+    }
 }
 
 /// PCI Express capability ID, Device Control offset in it, Initiate FLR bit.
 const CAP_PCIE: u8 = 0x10;
+const CAP_MSIX: u8 = 0x11;
 const DEVCTL: u16 = 0x08;
 const DEVCTL_FLR: u32 = 1 << 15;
 
@@ -215,14 +263,43 @@ impl RemoteFunction for HostFunction<'_> {
         }
     }
 
-    fn map_guest_ram(&mut self, regions: Vec<(u64, Box<dyn HostMemory>)>) {
-        let mem = self.host.memory_mut();
-        mem.clear();
-        for (gpa, m) in regions {
-            let len = m.len();
-            if let Err(e) = mem.add(gpa, m) {
-                println!("guest RAM {gpa:#x}+{len:#x} not mapped: {e}");
-            }
+    fn bar(&self, index: usize) -> Option<Bar> {
+        let bdf = self.assigned?;
+        let d = self.host.devices().iter().find(|d| d.bdf == bdf)?;
+        let b = d.bar(index)?;
+        Some(Bar {
+            address: b.address,
+            size: b.size,
+            io: false,
+            is_64bit: b.is_64bit,
+        })
+    }
+
+    fn map_guest_ram(&mut self, base: u64, mem: Box<dyn HostMemory>) -> Result<(), String> {
+        let len = mem.len();
+        self.host
+            .memory_mut()
+            .add(base, mem)
+            .map_err(|e| format!("guest RAM {base:#x}+{len:#x} not mapped: {e}"))
+    }
+
+    fn unmap_guest_ram(&mut self, base: u64, size: u64) {
+        self.host.memory_mut().remove_within(base, size);
+    }
+
+    fn clear_guest_ram(&mut self) {
+        self.host.memory_mut().clear();
+    }
+
+    fn set_msix(&mut self, enabled: bool) {
+        let Some(bdf) = self.bdf else {
+            return;
+        };
+        if let Some(cap) = vmm::caps::find(self, CAP_MSIX) {
+            // Message Control is the upper half of the capability's first dword:
+            // bit 15 enable, bit 14 function mask.
+            let v = if enabled { 1u32 << 31 } else { 0 };
+            let _ = self.host.config_write_be(bdf, cap, v, 0b1000);
         }
     }
 
@@ -246,9 +323,15 @@ impl RemoteFunction for HostFunction<'_> {
                 let _ = self
                     .host
                     .config_write_be(bdf, p + DEVCTL, DEVCTL_FLR, 0b0011);
-                return;
+                break;
             }
             p = (head >> 8) as u16 & 0xfc;
+        }
+        // The reset cleared the BARs and the MSI-X table the bridge had set up.
+        if self.enumerate {
+            if let Err(e) = self.setup() {
+                println!("  after the reset: {e:#}");
+            }
         }
     }
 }

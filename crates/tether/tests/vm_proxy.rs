@@ -76,46 +76,13 @@ fn boot_disk(dir: &Path) -> Result<PathBuf, String> {
     Ok(path)
 }
 
-/// Installs QEMU through the project's script; the reason when it cannot.
-fn qemu_ready() -> Result<(), String> {
-    let script = repo_root().join("scripts/deps/qemu.sh");
-    let out = Command::new(&script)
-        .output()
-        .map_err(|e| format!("{}: {e}", script.display()))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-    }
-    Ok(())
-}
-
-fn kvm_usable() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-}
-
-/// The number before `what` in a "..., N what, ..." counter line.
-fn counter(line: &str, what: &str) -> u64 {
-    let at = line
-        .find(what)
-        .unwrap_or_else(|| panic!("no {what:?} in {line:?}"));
-    line[..at]
-        .trim_end()
-        .rsplit([' ', ','])
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no number before {what:?} in {line:?}"))
-}
-
 #[test]
 fn seabios_under_kvm_boots_from_the_remote_disk_through_the_proxy() {
     let test = "seabios_under_kvm_boots_from_the_remote_disk_through_the_proxy";
     if !is_root() {
         return skip(test, "needs root (network namespaces)");
     }
-    if let Err(why) = qemu_ready() {
+    if let Err(why) = dep_script("qemu.sh") {
         return skip(test, &format!("QEMU is not available: {why}"));
     }
     if !kvm_usable() {

@@ -3,10 +3,15 @@
 //!
 //! - [`proxy`]: QEMU's multi-process proxy protocol (`x-pci-proxy-dev`, QEMU 7.2+):
 //!   config and BAR accesses, guest RAM as memfds, INTx through irqfd/resamplefd.
+//! - [`vfio_user`]: a vfio-user server (QEMU >= 10.1 `vfio-user-pci`): regions,
+//!   DMA mappings with or without descriptors, INTx and MSI-X through eventfds.
 //! - [`guest_ram`]: guest RAM mapped from the VMM's file descriptors, as host memory
 //!   for the device's DMA.
 //! - [`sys`]: Unix sockets with descriptors, eventfds, readiness waits.
 
+pub mod caps;
+pub mod device;
 pub mod guest_ram;
 pub mod proxy;
 pub mod sys;
+pub mod vfio_user;

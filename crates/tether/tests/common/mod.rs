@@ -172,3 +172,53 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     p
 }
+
+/// Runs scripts/deps/NAME (which installs what a test needs); its standard output, or
+/// the reason it failed.
+pub fn dep_script(name: &str) -> Result<String, String> {
+    let script = repo_root().join("scripts/deps").join(name);
+    let out = Command::new(&script)
+        .output()
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+pub fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+/// The number before `what` in a "..., N what, ..." counter line.
+pub fn counter(line: &str, what: &str) -> u64 {
+    let at = line
+        .find(what)
+        .unwrap_or_else(|| panic!("no {what:?} in {line:?}"));
+    line[..at]
+        .trim_end()
+        .rsplit([' ', ',', '('])
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number before {what:?} in {line:?}"))
+}
+
+/// Builds a static guest program from tests/vm/NAME.c into `dir`.
+pub fn guest_tool(dir: &Path, name: &str) -> Result<PathBuf, String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/vm/{name}.c"));
+    let out = dir.join(name);
+    let r = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .map_err(|e| format!("gcc: {e}"))?;
+    if !r.status.success() {
+        return Err(String::from_utf8_lossy(&r.stderr).into_owned());
+    }
+    Ok(out)
+}

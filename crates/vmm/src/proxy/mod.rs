@@ -4,4 +4,5 @@
 pub mod server;
 pub mod wire;
 
-pub use server::{ProxyError, ProxyServer, ProxyStats, RemoteFunction};
+pub use crate::device::RemoteFunction;
+pub use server::{ProxyError, ProxyServer, ProxyStats};

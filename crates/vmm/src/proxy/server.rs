@@ -13,29 +13,13 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use rootcomplex::HostMemory;
 use thiserror::Error;
 
 use super::wire::{self, Header, ProtocolError, Request, HEADER_LEN, MAX_PAYLOAD};
+use crate::caps::{CapPatch, CAP_MSI, CAP_MSIX};
+use crate::device::RemoteFunction;
 use crate::guest_ram::GuestRam;
 use crate::sys;
-
-/// What the front-end needs from the device's side (the host bridge).
-pub trait RemoteFunction {
-    /// Reads the config dword at `register` (a multiple of 4); `None` when the device
-    /// does not answer (the guest reads all-ones).
-    fn config_read(&mut self, register: u16) -> Option<u32>;
-    /// Writes the bytes of `value` enabled in `byte_enables` at dword `register`.
-    fn config_write(&mut self, register: u16, value: u32, byte_enables: u8);
-    /// Reads `len` bytes of device memory at `addr` (all-ones when it fails).
-    fn mem_read(&mut self, addr: u64, len: usize) -> Vec<u8>;
-    /// Writes device memory (posted).
-    fn mem_write(&mut self, addr: u64, data: &[u8]);
-    /// Guest RAM is now `regions` (guest-physical base, memory): replace the old map.
-    fn map_guest_ram(&mut self, regions: Vec<(u64, Box<dyn HostMemory>)>);
-    /// Resets the device (a function-level reset).
-    fn reset(&mut self);
-}
 
 #[derive(Debug, Error)]
 pub enum ProxyError {
@@ -68,69 +52,6 @@ pub struct ProxyStats {
     /// irqfd signals (assertions and re-assertions after an EOI).
     pub intx_signals: u64,
     pub resamples: u64,
-}
-
-/// The capability list as the guest sees it: MSI and MSI-X unlinked.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct CapPatch {
-    /// (config byte offset, value the guest reads there).
-    bytes: Vec<(u16, u8)>,
-}
-
-const CAP_PTR: u16 = 0x34;
-const STATUS: u16 = 0x06;
-const STATUS_CAP_LIST: u8 = 1 << 4;
-const CAP_MSI: u8 = 0x05;
-const CAP_MSIX: u8 = 0x11;
-
-impl CapPatch {
-    /// Walks the device's list and links around MSI and MSI-X.
-    fn compute(dev: &mut dyn RemoteFunction) -> CapPatch {
-        let byte = |dev: &mut dyn RemoteFunction, off: u16| -> Option<u8> {
-            let d = dev.config_read(off & !3)?;
-            Some(d.to_le_bytes()[(off & 3) as usize])
-        };
-        let mut kept: Vec<u16> = Vec::new();
-        let mut hidden = false;
-        let mut p = byte(dev, CAP_PTR).unwrap_or(0) as u16 & !3;
-        // A list longer than the config space holds caps is a loop: stop.
-        for _ in 0..48 {
-            if p < 0x40 {
-                break;
-            }
-            let (Some(id), Some(next)) = (byte(dev, p), byte(dev, p + 1)) else {
-                break;
-            };
-            if id == CAP_MSI || id == CAP_MSIX {
-                hidden = true;
-            } else {
-                kept.push(p);
-            }
-            p = next as u16 & !3;
-        }
-        if !hidden {
-            return CapPatch::default();
-        }
-        let mut bytes = vec![(CAP_PTR, kept.first().copied().unwrap_or(0) as u8)];
-        for (i, &c) in kept.iter().enumerate() {
-            bytes.push((c + 1, kept.get(i + 1).copied().unwrap_or(0) as u8));
-        }
-        if kept.is_empty() {
-            let status = byte(dev, STATUS).unwrap_or(0);
-            bytes.push((STATUS, status & !STATUS_CAP_LIST));
-        }
-        CapPatch { bytes }
-    }
-
-    fn apply(&self, register: u16, dword: u32) -> u32 {
-        let mut b = dword.to_le_bytes();
-        for &(off, v) in &self.bytes {
-            if off & !3 == register {
-                b[(off & 3) as usize] = v;
-            }
-        }
-        u32::from_le_bytes(b)
-    }
 }
 
 /// One QEMU connection and the device it reaches.
@@ -216,14 +137,16 @@ impl ProxyServer {
         match request {
             Request::SyncSysmem(regions) => {
                 self.stats.memory_syncs += 1;
-                let mut mapped: Vec<(u64, Box<dyn HostMemory>)> = Vec::new();
+                dev.clear_guest_ram();
                 for (r, fd) in regions.iter().zip(&fds) {
-                    match GuestRam::map(fd, r.offset, r.size) {
-                        Ok(m) => mapped.push((r.gpa, Box::new(m))),
-                        Err(_) => self.stats.map_errors += 1,
+                    let mapped = GuestRam::map(fd, r.offset, r.size).map_err(|e| e.to_string());
+                    if mapped
+                        .and_then(|m| dev.map_guest_ram(r.gpa, Box::new(m)))
+                        .is_err()
+                    {
+                        self.stats.map_errors += 1;
                     }
                 }
-                dev.map_guest_ram(mapped);
                 // QEMU does not wait for an answer to this one.
                 None
             }
@@ -232,7 +155,7 @@ impl ProxyServer {
                 let caps = match &self.caps {
                     Some(c) => c.clone(),
                     None => {
-                        let c = CapPatch::compute(dev);
+                        let c = CapPatch::compute(dev, &[CAP_MSI, CAP_MSIX]);
                         self.caps = Some(c.clone());
                         c
                     }
@@ -344,6 +267,9 @@ impl ProxyServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::caps::STATUS_CAP_LIST;
+    use crate::device::Bar;
+    use rootcomplex::HostMemory;
     use std::os::fd::FromRawFd;
 
     /// A device with a config space and a 4 KiB memory BAR at 0xfe00_0000.
@@ -384,6 +310,10 @@ mod tests {
     }
 
     impl RemoteFunction for Fake {
+        fn bar(&self, _index: usize) -> Option<Bar> {
+            None
+        }
+        fn set_msix(&mut self, _enabled: bool) {}
         fn config_read(&mut self, register: u16) -> Option<u32> {
             let r = register as usize;
             self.present
@@ -400,8 +330,15 @@ mod tests {
             let o = (addr - 0xfe00_0000) as usize;
             self.bar[o..o + data.len()].copy_from_slice(data);
         }
-        fn map_guest_ram(&mut self, regions: Vec<(u64, Box<dyn HostMemory>)>) {
-            self.ram = regions;
+        fn map_guest_ram(&mut self, base: u64, mem: Box<dyn HostMemory>) -> Result<(), String> {
+            self.ram.push((base, mem));
+            Ok(())
+        }
+        fn unmap_guest_ram(&mut self, base: u64, size: u64) {
+            self.ram.retain(|(b, _)| *b < base || *b >= base + size);
+        }
+        fn clear_guest_ram(&mut self) {
+            self.ram.clear();
         }
         fn reset(&mut self) {
             self.resets += 1;

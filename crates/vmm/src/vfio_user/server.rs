@@ -1,0 +1,1406 @@
+//! A vfio-user server for one device: QEMU (`vfio-user-pci`) connects to a Unix socket
+//! and drives the device through regions (config space, BARs), DMA mappings and
+//! interrupt eventfds. The device is the host bridge's ([`RemoteFunction`]): the
+//! bridge assigned its BARs in its own windows and set up its MSI-X table, so BAR
+//! accesses by offset become TLPs at those addresses, and MSI-X messages the bridge
+//! receives become eventfd signals.
+//!
+//! Config space is forwarded except what a VMM must not change under the bridge: BAR
+//! and ROM registers read as their type bits and ignore writes (QEMU emulates the BARs
+//! the guest sees), MSI-X Message Control writes are dropped (MSI-X is switched on and
+//! off by SET_IRQS), and MSI is hidden (not offered).
+//!
+//! One connection at a time; when it closes, its DMA mappings and eventfds go and the
+//! server waits for the next one.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rootcomplex::HostMemory;
+use thiserror::Error;
+
+use super::wire::{
+    self, errno, vfio, Body, Header, ProtocolError, Request, HEADER_LEN, MAX_DATA_XFER,
+};
+use crate::caps::{self, CapPatch, CAP_MSI, CAP_MSIX};
+use crate::device::RemoteFunction;
+use crate::guest_ram::GuestRam;
+use crate::sys;
+
+/// Config space size offered (conventional PCI).
+const CONFIG_SIZE: u64 = 256;
+const BAR_REGS: std::ops::Range<u16> = 0x10..0x28;
+const ROM_REG: u16 = 0x30;
+
+#[derive(Debug, Error)]
+pub enum VfioUserError {
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+    #[error("protocol: {0}")]
+    Protocol(#[from] ProtocolError),
+}
+
+/// Counters of the server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct VfioUserStats {
+    pub connections: u64,
+    pub disconnects: u64,
+    pub requests: u64,
+    pub config_reads: u64,
+    pub config_writes: u64,
+    pub bar_reads: u64,
+    pub bar_writes: u64,
+    pub dma_maps: u64,
+    /// Mappings without a descriptor: the device's DMA there goes through
+    /// DMA_READ/DMA_WRITE messages.
+    pub dma_maps_without_fd: u64,
+    pub dma_unmaps: u64,
+    pub dma_messages: u64,
+    pub set_irqs: u64,
+    pub intx_signals: u64,
+    pub msix_signals: u64,
+    /// MSI-X vectors that arrived masked (delivered on unmask).
+    pub msix_pended: u64,
+    pub resets: u64,
+    /// Device-request interrupts sent (the device went away).
+    pub release_requests: u64,
+    /// Requests answered with an error.
+    pub errors: u64,
+}
+
+/// A message read from the client, with its descriptors.
+type Message = (Header, Vec<u8>, Vec<OwnedFd>);
+
+/// The connection, shared with the DMA regions that talk to the client.
+struct Channel {
+    sock: OwnedFd,
+    /// Requests that arrived while the server waited for a reply to its own request.
+    queued: VecDeque<Message>,
+    next_id: u16,
+    closed: bool,
+    /// DMA_READ/DMA_WRITE messages sent.
+    dma_messages: u64,
+}
+
+impl Channel {
+    fn read_message(&mut self) -> Result<Option<Message>, VfioUserError> {
+        let fd = self.sock.as_raw_fd();
+        let mut fds = Vec::new();
+        let mut h = [0u8; HEADER_LEN];
+        if !sys::recv_exact(fd, &mut h, &mut fds)? {
+            self.closed = true;
+            return Ok(None);
+        }
+        let header = Header::parse(&h)?;
+        let mut body = vec![0u8; header.body_len()];
+        if !body.is_empty() && !sys::recv_exact(fd, &mut body, &mut fds)? {
+            self.closed = true;
+            return Ok(None);
+        }
+        Ok(Some((header, body, fds)))
+    }
+
+    /// Sends a request of ours and waits for its reply, keeping the client's requests
+    /// that come meanwhile.
+    fn call(
+        &mut self,
+        make: impl FnOnce(u16) -> Vec<u8>,
+    ) -> Result<(Header, Vec<u8>), VfioUserError> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        self.dma_messages += 1;
+        sys::send_all(self.sock.as_raw_fd(), &make(id))?;
+        loop {
+            let Some((h, body, fds)) = self.read_message()? else {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "client gone").into());
+            };
+            if h.is_reply() && h.id == id {
+                return Ok((h, body));
+            }
+            if !h.is_reply() {
+                self.queued.push_back((h, body, fds));
+            }
+        }
+    }
+}
+
+/// Guest memory that the client shared without a descriptor: every access is a
+/// DMA_READ or DMA_WRITE message.
+struct MessageDma {
+    channel: Arc<Mutex<Channel>>,
+    iova: u64,
+    len: u64,
+}
+
+impl HostMemory for MessageDma {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) {
+        let mut ch = self.channel.lock().unwrap_or_else(|p| p.into_inner());
+        for (k, chunk) in buf.chunks_mut(MAX_DATA_XFER).enumerate() {
+            let addr = self.iova + offset + (k * MAX_DATA_XFER) as u64;
+            let n = chunk.len() as u32;
+            match ch.call(|id| wire::dma_read(id, addr, n)) {
+                Ok((h, body)) if h.flags & wire::flags::ERROR == 0 => {
+                    match wire::dma_read_data(&body, chunk.len()) {
+                        Some(d) => chunk.copy_from_slice(d),
+                        None => chunk.fill(0xff),
+                    }
+                }
+                // The client refused or went away: the device reads all-ones.
+                _ => chunk.fill(0xff),
+            }
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let mut ch = self.channel.lock().unwrap_or_else(|p| p.into_inner());
+        for (k, chunk) in data.chunks(MAX_DATA_XFER).enumerate() {
+            let addr = self.iova + offset + (k * MAX_DATA_XFER) as u64;
+            // Waiting for the reply keeps the write ahead of a later interrupt.
+            let _ = ch.call(|id| wire::dma_write(id, addr, chunk));
+        }
+    }
+}
+
+#[derive(Default)]
+struct Intx {
+    fd: Option<OwnedFd>,
+    /// Unmask by eventfd (QEMU's resampler under KVM).
+    unmask_fd: Option<OwnedFd>,
+    masked: bool,
+    level: bool,
+}
+
+#[derive(Default)]
+struct Msix {
+    fds: Vec<Option<OwnedFd>>,
+    masked: Vec<bool>,
+    pending: Vec<bool>,
+    enabled: bool,
+}
+
+/// The server: a listening socket and at most one client.
+pub struct VfioUserServer {
+    path: PathBuf,
+    listener: OwnedFd,
+    channel: Option<Arc<Mutex<Channel>>>,
+    caps: Option<CapPatch>,
+    /// Offset of the MSI-X capability and its vector count, once read.
+    msix_cap: Option<(u16, u16)>,
+    intx: Intx,
+    msix: Msix,
+    /// The device-request eventfd: signalled to ask the VMM to release the device
+    /// (QEMU then unplugs it from the guest).
+    req: Option<OwnedFd>,
+    stats: VfioUserStats,
+}
+
+fn listen(path: &Path) -> io::Result<OwnedFd> {
+    let _ = std::fs::remove_file(path);
+    // SAFETY: a plain socket call; the result is checked and owned.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_un is plain old data.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_encoded_bytes();
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // SAFETY: addr is a valid sockaddr_un of `len` bytes.
+    let r = unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_un).cast(), len as u32) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: listen on our bound socket.
+    if unsafe { libc::listen(fd, 1) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sock)
+}
+
+impl VfioUserServer {
+    /// Listens on `path` (an old socket file there is replaced).
+    pub fn bind(path: &Path) -> io::Result<VfioUserServer> {
+        Ok(VfioUserServer {
+            path: path.to_path_buf(),
+            listener: listen(path)?,
+            channel: None,
+            caps: None,
+            msix_cap: None,
+            intx: Intx::default(),
+            msix: Msix::default(),
+            req: None,
+            stats: VfioUserStats::default(),
+        })
+    }
+
+    pub fn stats(&self) -> VfioUserStats {
+        let mut s = self.stats;
+        if let Some(c) = &self.channel {
+            s.dma_messages += c.lock().unwrap_or_else(|p| p.into_inner()).dma_messages;
+        }
+        s
+    }
+
+    pub fn connected(&self) -> bool {
+        self.channel.is_some()
+    }
+
+    /// Descriptors to wait on: the listener or the client, and an unmask eventfd.
+    pub fn wait_fds(&self) -> Vec<RawFd> {
+        let mut v = match &self.channel {
+            Some(c) => vec![c.lock().unwrap_or_else(|p| p.into_inner()).sock.as_raw_fd()],
+            None => vec![self.listener.as_raw_fd()],
+        };
+        v.extend(self.intx.unmask_fd.as_ref().map(|f| f.as_raw_fd()));
+        v
+    }
+
+    /// The device changed (a box restart): its capabilities are read again.
+    pub fn device_changed(&mut self) {
+        self.caps = None;
+        self.msix_cap = None;
+    }
+
+    /// Accepts a client, handles what it sent (up to `max` requests). Returns how many
+    /// requests were handled.
+    pub fn serve(
+        &mut self,
+        dev: &mut dyn RemoteFunction,
+        max: usize,
+    ) -> Result<usize, VfioUserError> {
+        if self.channel.is_none() {
+            if !sys::wait_readable(&[self.listener.as_raw_fd()], Duration::ZERO)?[0] {
+                return Ok(0);
+            }
+            // SAFETY: accept on our listening socket; the result is checked and owned.
+            let fd = unsafe {
+                libc::accept4(
+                    self.listener.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error().into());
+            }
+            self.stats.connections += 1;
+            self.channel = Some(Arc::new(Mutex::new(Channel {
+                // SAFETY: a fresh descriptor from accept4.
+                sock: unsafe { OwnedFd::from_raw_fd(fd) },
+                queued: VecDeque::new(),
+                next_id: 0,
+                closed: false,
+                dma_messages: 0,
+            })));
+        }
+        self.poll_unmask();
+        let mut n = 0;
+        while n < max {
+            let Some(ch) = self.channel.clone() else {
+                break;
+            };
+            let msg = {
+                let mut c = ch.lock().unwrap_or_else(|p| p.into_inner());
+                match c.queued.pop_front() {
+                    Some(m) => Some(m),
+                    None if sys::wait_readable(&[c.sock.as_raw_fd()], Duration::ZERO)?[0] => {
+                        c.read_message()?
+                    }
+                    None => break,
+                }
+            };
+            let Some((h, body, fds)) = msg else {
+                self.disconnect(dev);
+                break;
+            };
+            n += 1;
+            if h.is_reply() {
+                continue;
+            }
+            self.stats.requests += 1;
+            let reply = match Request::parse(&h, &body, fds.len()) {
+                Ok(r) => self.handle(&h, r, fds, dev),
+                Err(_) => {
+                    self.stats.errors += 1;
+                    wire::error_reply(&h, errno::EINVAL)
+                }
+            };
+            if h.flags & wire::flags::NO_REPLY == 0 {
+                let sock = ch
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .sock
+                    .as_raw_fd();
+                if sys::send_all(sock, &reply).is_err() {
+                    self.disconnect(dev);
+                    break;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// The client went away: its mappings and eventfds go; the next client starts
+    /// from a clean state.
+    fn disconnect(&mut self, dev: &mut dyn RemoteFunction) {
+        if let Some(c) = self.channel.take() {
+            self.stats.dma_messages += c.lock().unwrap_or_else(|p| p.into_inner()).dma_messages;
+        }
+        self.stats.disconnects += 1;
+        dev.clear_guest_ram();
+        self.intx = Intx::default();
+        self.msix = Msix::default();
+        self.req = None;
+        dev.set_msix(false);
+    }
+
+    /// The device is gone (its box died): asks the VMM to release it, through the
+    /// device-request interrupt, if the VMM set one up. Returns whether it was asked.
+    pub fn request_release(&mut self) -> bool {
+        self.set_intx(false);
+        match &self.req {
+            Some(fd) if sys::eventfd_signal(fd).is_ok() => {
+                self.stats.release_requests += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn handle(
+        &mut self,
+        h: &Header,
+        r: Request,
+        fds: Vec<OwnedFd>,
+        dev: &mut dyn RemoteFunction,
+    ) -> Vec<u8> {
+        match self.handle_inner(r, fds, dev) {
+            Ok(body) => wire::reply(h, &body),
+            Err(e) => {
+                self.stats.errors += 1;
+                wire::error_reply(h, e)
+            }
+        }
+    }
+
+    fn handle_inner(
+        &mut self,
+        r: Request,
+        mut fds: Vec<OwnedFd>,
+        dev: &mut dyn RemoteFunction,
+    ) -> Result<Vec<u8>, u32> {
+        match r {
+            Request::Version { major, minor, .. } => {
+                if major != 0 {
+                    return Err(errno::ENOTSUP);
+                }
+                let caps = format!(
+                    "{{\"capabilities\":{{\"max_msg_fds\":{},\"max_data_xfer_size\":{},\"pgsizes\":4096,\"max_dma_maps\":65535}}}}\0",
+                    wire::MAX_FDS,
+                    MAX_DATA_XFER
+                );
+                Ok(Body::default().u16(0).u16(minor).bytes(caps.as_bytes()).0)
+            }
+            Request::DmaMap {
+                offset, iova, size, ..
+            } => {
+                self.stats.dma_maps += 1;
+                let mem: Box<dyn HostMemory> = match fds.pop() {
+                    Some(fd) => Box::new(
+                        GuestRam::map(&fd, offset as i64, size).map_err(|_| errno::EINVAL)?,
+                    ),
+                    None => {
+                        self.stats.dma_maps_without_fd += 1;
+                        let channel = self.channel.clone().ok_or(errno::EINVAL)?;
+                        Box::new(MessageDma {
+                            channel,
+                            iova,
+                            len: size,
+                        })
+                    }
+                };
+                dev.map_guest_ram(iova, mem).map_err(|_| errno::EINVAL)?;
+                Ok(Vec::new())
+            }
+            Request::DmaUnmap { flags, iova, size } => {
+                self.stats.dma_unmaps += 1;
+                if flags & vfio::DMA_UNMAP_FLAG_ALL != 0 {
+                    dev.clear_guest_ram();
+                } else {
+                    dev.unmap_guest_ram(iova, size);
+                }
+                Ok(Body::default().u32(24).u32(flags).u64(iova).u64(size).0)
+            }
+            Request::DeviceGetInfo => Ok(Body::default()
+                .u32(16)
+                .u32(vfio::DEVICE_FLAGS_PCI | vfio::DEVICE_FLAGS_RESET)
+                .u32(vfio::PCI_NUM_REGIONS)
+                .u32(vfio::PCI_NUM_IRQS)
+                .0),
+            Request::GetRegionInfo { index, .. } => {
+                let rw = vfio::REGION_INFO_FLAG_READ | vfio::REGION_INFO_FLAG_WRITE;
+                let (flags, size) = match index {
+                    0..=5 => dev.bar(index as usize).map_or((0, 0), |b| (rw, b.size)),
+                    vfio::PCI_CONFIG_REGION => (rw, CONFIG_SIZE),
+                    6 | 8 => (0, 0),
+                    _ => return Err(errno::EINVAL),
+                };
+                Ok(Body::default()
+                    .u32(32)
+                    .u32(flags)
+                    .u32(index)
+                    .u32(0)
+                    .u64(size)
+                    .u64(0)
+                    .0)
+            }
+            Request::GetIrqInfo { index } => {
+                let (flags, count) = match index {
+                    vfio::PCI_INTX_IRQ => (
+                        vfio::IRQ_INFO_EVENTFD
+                            | vfio::IRQ_INFO_MASKABLE
+                            | vfio::IRQ_INFO_AUTOMASKED,
+                        1,
+                    ),
+                    vfio::PCI_MSIX_IRQ => (
+                        vfio::IRQ_INFO_EVENTFD | vfio::IRQ_INFO_MASKABLE | vfio::IRQ_INFO_NORESIZE,
+                        self.msix_info(dev).map_or(0, |(_, n)| n as u32),
+                    ),
+                    vfio::PCI_REQ_IRQ => (vfio::IRQ_INFO_EVENTFD, 1),
+                    i if i < vfio::PCI_NUM_IRQS => (0, 0),
+                    _ => return Err(errno::EINVAL),
+                };
+                Ok(Body::default().u32(16).u32(flags).u32(index).u32(count).0)
+            }
+            Request::SetIrqs {
+                flags,
+                index,
+                start,
+                count,
+                data,
+            } => {
+                self.stats.set_irqs += 1;
+                self.set_irqs(flags, index, start, count, &data, fds, dev)?;
+                Ok(Vec::new())
+            }
+            Request::RegionRead {
+                offset,
+                region,
+                count,
+            } => {
+                let data = self.region_read(region, offset, count as usize, dev)?;
+                Ok(Body::default()
+                    .u64(offset)
+                    .u32(region)
+                    .u32(count)
+                    .bytes(&data)
+                    .0)
+            }
+            Request::RegionWrite {
+                offset,
+                region,
+                data,
+            } => {
+                self.region_write(region, offset, &data, dev)?;
+                Ok(Body::default()
+                    .u64(offset)
+                    .u32(region)
+                    .u32(data.len() as u32)
+                    .0)
+            }
+            Request::DeviceReset => {
+                self.stats.resets += 1;
+                self.intx.masked = false;
+                self.intx.level = false;
+                self.msix.enabled = false;
+                self.msix.pending.iter_mut().for_each(|p| *p = false);
+                dev.reset();
+                self.device_changed();
+                Ok(Vec::new())
+            }
+            Request::Unsupported(_) => Err(errno::ENOTSUP),
+        }
+    }
+
+    fn msix_info(&mut self, dev: &mut dyn RemoteFunction) -> Option<(u16, u16)> {
+        if self.msix_cap.is_none() {
+            let cap = caps::find(dev, CAP_MSIX)?;
+            let control = dev.config_read(cap)? >> 16;
+            self.msix_cap = Some((cap, (control & 0x7ff) as u16 + 1));
+        }
+        self.msix_cap
+    }
+
+    fn config_dword(&mut self, register: u16, dev: &mut dyn RemoteFunction) -> u32 {
+        if self.caps.is_none() {
+            self.caps = Some(CapPatch::compute(dev, &[CAP_MSI]));
+        }
+        if BAR_REGS.contains(&register) {
+            let index = (register - BAR_REGS.start) as usize / 4;
+            let low = dev.config_read(register).unwrap_or(0);
+            return match dev.bar(index) {
+                Some(b) if b.io => low & 0x3,
+                Some(_) => low & 0xf,
+                None => 0,
+            };
+        }
+        if register == ROM_REG {
+            return 0;
+        }
+        let v = dev.config_read(register).unwrap_or(u32::MAX);
+        self.caps.as_ref().map_or(v, |c| c.apply(register, v))
+    }
+
+    fn region_read(
+        &mut self,
+        region: u32,
+        offset: u64,
+        count: usize,
+        dev: &mut dyn RemoteFunction,
+    ) -> Result<Vec<u8>, u32> {
+        match region {
+            vfio::PCI_CONFIG_REGION => {
+                if offset + count as u64 > CONFIG_SIZE {
+                    return Err(errno::EINVAL);
+                }
+                self.stats.config_reads += 1;
+                let mut out = Vec::with_capacity(count);
+                let mut at = offset;
+                while out.len() < count {
+                    let reg = at as u16 & !3;
+                    let d = self.config_dword(reg, dev).to_le_bytes();
+                    let lead = (at & 3) as usize;
+                    let n = (4 - lead).min(count - out.len());
+                    out.extend_from_slice(&d[lead..lead + n]);
+                    at += n as u64;
+                }
+                Ok(out)
+            }
+            0..=5 => {
+                let b = dev.bar(region as usize).ok_or(errno::EINVAL)?;
+                if offset.checked_add(count as u64).is_none_or(|e| e > b.size) {
+                    return Err(errno::EINVAL);
+                }
+                self.stats.bar_reads += 1;
+                let mut out = Vec::with_capacity(count);
+                let mut at = b.address + offset;
+                while out.len() < count {
+                    // One request per 4 KiB page.
+                    let n = (4096 - (at & 4095) as usize).min(count - out.len());
+                    out.extend_from_slice(&dev.mem_read(at, n));
+                    at += n as u64;
+                }
+                Ok(out)
+            }
+            _ => Err(errno::EINVAL),
+        }
+    }
+
+    fn region_write(
+        &mut self,
+        region: u32,
+        offset: u64,
+        data: &[u8],
+        dev: &mut dyn RemoteFunction,
+    ) -> Result<(), u32> {
+        match region {
+            vfio::PCI_CONFIG_REGION => {
+                if offset + data.len() as u64 > CONFIG_SIZE {
+                    return Err(errno::EINVAL);
+                }
+                self.stats.config_writes += 1;
+                let msix_control = self.msix_info(dev).map(|(cap, _)| cap);
+                let mut at = offset;
+                let mut rest = data;
+                while !rest.is_empty() {
+                    let reg = at as u16 & !3;
+                    let lead = (at & 3) as usize;
+                    let n = (4 - lead).min(rest.len());
+                    let mut word = [0u8; 4];
+                    word[lead..lead + n].copy_from_slice(&rest[..n]);
+                    let mut be = (((1u16 << n) - 1) << lead) as u8;
+                    if BAR_REGS.contains(&reg) || reg == ROM_REG {
+                        be = 0;
+                    }
+                    if Some(reg) == msix_control {
+                        // Message Control (bytes 2-3): SET_IRQS decides.
+                        be &= 0b0011;
+                    }
+                    if be != 0 {
+                        dev.config_write(reg, u32::from_le_bytes(word), be);
+                    }
+                    at += n as u64;
+                    rest = &rest[n..];
+                }
+                Ok(())
+            }
+            0..=5 => {
+                let b = dev.bar(region as usize).ok_or(errno::EINVAL)?;
+                if offset
+                    .checked_add(data.len() as u64)
+                    .is_none_or(|e| e > b.size)
+                {
+                    return Err(errno::EINVAL);
+                }
+                self.stats.bar_writes += 1;
+                let mut at = b.address + offset;
+                let mut rest = data;
+                while !rest.is_empty() {
+                    let n = (4096 - (at & 4095) as usize).min(rest.len());
+                    dev.mem_write(at, &rest[..n]);
+                    at += n as u64;
+                    rest = &rest[n..];
+                }
+                Ok(())
+            }
+            _ => Err(errno::EINVAL),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn set_irqs(
+        &mut self,
+        flags: u32,
+        index: u32,
+        start: u32,
+        count: u32,
+        data: &[u8],
+        fds: Vec<OwnedFd>,
+        dev: &mut dyn RemoteFunction,
+    ) -> Result<(), u32> {
+        let action = flags
+            & (vfio::IRQ_SET_ACTION_MASK
+                | vfio::IRQ_SET_ACTION_UNMASK
+                | vfio::IRQ_SET_ACTION_TRIGGER);
+        let eventfds = flags & vfio::IRQ_SET_DATA_EVENTFD != 0;
+        let booleans = flags & vfio::IRQ_SET_DATA_BOOL != 0;
+        // Which of start..start+count the action applies to.
+        let chosen = |i: u32| !booleans || data.get(i as usize).is_some_and(|&b| b != 0);
+        match (index, action) {
+            (vfio::PCI_INTX_IRQ, vfio::IRQ_SET_ACTION_TRIGGER) => {
+                if start != 0 || count > 1 {
+                    return Err(errno::EINVAL);
+                }
+                self.intx.fd = if eventfds {
+                    fds.into_iter().next()
+                } else {
+                    None
+                };
+                if self.intx.level && !self.intx.masked {
+                    self.signal_intx();
+                }
+            }
+            (vfio::PCI_INTX_IRQ, vfio::IRQ_SET_ACTION_UNMASK) => {
+                if eventfds {
+                    self.intx.unmask_fd = fds.into_iter().next();
+                } else if count == 1 && chosen(0) {
+                    self.unmask_intx();
+                }
+            }
+            (vfio::PCI_INTX_IRQ, vfio::IRQ_SET_ACTION_MASK) => {
+                if count == 1 && chosen(0) {
+                    self.intx.masked = true;
+                }
+            }
+            (vfio::PCI_MSIX_IRQ, _) => {
+                let vectors = self.msix_info(dev).map_or(0, |(_, n)| n as u32);
+                if start.checked_add(count).is_none_or(|e| e > vectors) {
+                    return Err(errno::EINVAL);
+                }
+                let n = vectors as usize;
+                self.msix.fds.resize_with(n, || None);
+                self.msix.masked.resize(n, false);
+                self.msix.pending.resize(n, false);
+                match action {
+                    vfio::IRQ_SET_ACTION_TRIGGER => {
+                        if count == 0 && !eventfds {
+                            self.msix.fds.iter_mut().for_each(|f| *f = None);
+                        } else {
+                            let mut given = fds.into_iter();
+                            for i in start..start + count {
+                                if eventfds {
+                                    self.msix.fds[i as usize] = given.next();
+                                } else if chosen(i - start) {
+                                    // DATA_NONE/BOOL: fire the vector now (a test).
+                                    self.vector(i as u16);
+                                }
+                            }
+                        }
+                        let on = self.msix.fds.iter().any(Option::is_some);
+                        if on != self.msix.enabled {
+                            self.msix.enabled = on;
+                            dev.set_msix(on);
+                        }
+                    }
+                    vfio::IRQ_SET_ACTION_MASK | vfio::IRQ_SET_ACTION_UNMASK => {
+                        let mask = action == vfio::IRQ_SET_ACTION_MASK;
+                        for i in start..start + count {
+                            if chosen(i - start) {
+                                self.msix.masked[i as usize] = mask;
+                                if !mask && std::mem::take(&mut self.msix.pending[i as usize]) {
+                                    self.vector(i as u16);
+                                }
+                            }
+                        }
+                    }
+                    _ => return Err(errno::EINVAL),
+                }
+            }
+            (vfio::PCI_REQ_IRQ, vfio::IRQ_SET_ACTION_TRIGGER) => {
+                if start != 0 || count > 1 {
+                    return Err(errno::EINVAL);
+                }
+                self.req = if eventfds {
+                    fds.into_iter().next()
+                } else {
+                    None
+                };
+            }
+            // MSI is not offered (hidden), nor error interrupts: only turning them off
+            // is accepted.
+            (_, vfio::IRQ_SET_ACTION_TRIGGER) if count == 0 && index < vfio::PCI_NUM_IRQS => {}
+            _ => return Err(errno::EINVAL),
+        }
+        Ok(())
+    }
+
+    fn signal_intx(&mut self) {
+        if let Some(fd) = &self.intx.fd {
+            if sys::eventfd_signal(fd).is_ok() {
+                self.stats.intx_signals += 1;
+                // Automasked until the client unmasks.
+                self.intx.masked = true;
+            }
+        }
+    }
+
+    fn unmask_intx(&mut self) {
+        self.intx.masked = false;
+        if self.intx.level {
+            self.signal_intx();
+        }
+    }
+
+    fn poll_unmask(&mut self) {
+        let taken = self
+            .intx
+            .unmask_fd
+            .as_ref()
+            .is_some_and(|fd| sys::eventfd_take(fd).unwrap_or(false));
+        if taken {
+            self.unmask_intx();
+        }
+    }
+
+    /// The device's INTx line changed.
+    pub fn set_intx(&mut self, asserted: bool) {
+        let rising = asserted && !self.intx.level;
+        self.intx.level = asserted;
+        if rising && !self.intx.masked {
+            self.signal_intx();
+        }
+    }
+
+    /// The device sent MSI-X vector `v`.
+    pub fn vector(&mut self, v: u16) {
+        let i = v as usize;
+        if self.msix.masked.get(i).copied().unwrap_or(false) {
+            self.msix.pending[i] = true;
+            self.stats.msix_pended += 1;
+            return;
+        }
+        if let Some(Some(fd)) = self.msix.fds.get(i) {
+            if sys::eventfd_signal(fd).is_ok() {
+                self.stats.msix_signals += 1;
+            }
+        }
+    }
+}
+
+impl Drop for VfioUserServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Bar;
+    use std::os::unix::net::UnixStream;
+
+    /// A device with a 4 KiB BAR0 at 0xe000_0000 and MSI-X (4 vectors) in its list.
+    struct Fake {
+        config: [u8; 256],
+        bar: Vec<u8>,
+        ram: Vec<(u64, Box<dyn HostMemory>)>,
+        msix_on: Vec<bool>,
+        config_writes: Vec<(u16, u32, u8)>,
+        resets: usize,
+    }
+
+    impl Fake {
+        fn new() -> Fake {
+            let mut config = [0u8; 256];
+            config[0..4].copy_from_slice(&0x1042_1af4u32.to_le_bytes());
+            config[6] = 0x10;
+            config[0x10..0x14].copy_from_slice(&0xe000_0000u32.to_le_bytes());
+            config[0x34] = 0x40;
+            // MSI at 0x40 -> MSI-X at 0x50 (4 vectors) -> end.
+            config[0x40] = 0x05;
+            config[0x41] = 0x50;
+            config[0x50] = 0x11;
+            config[0x52] = 3;
+            Fake {
+                config,
+                bar: vec![0; 4096],
+                ram: Vec::new(),
+                msix_on: Vec::new(),
+                config_writes: Vec::new(),
+                resets: 0,
+            }
+        }
+    }
+
+    impl RemoteFunction for Fake {
+        fn config_read(&mut self, register: u16) -> Option<u32> {
+            let r = register as usize;
+            self.config
+                .get(r..r + 4)
+                .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+        }
+        fn config_write(&mut self, register: u16, value: u32, be: u8) {
+            self.config_writes.push((register, value, be));
+        }
+        fn mem_read(&mut self, addr: u64, len: usize) -> Vec<u8> {
+            let o = (addr - 0xe000_0000) as usize;
+            self.bar[o..o + len].to_vec()
+        }
+        fn mem_write(&mut self, addr: u64, data: &[u8]) {
+            let o = (addr - 0xe000_0000) as usize;
+            self.bar[o..o + data.len()].copy_from_slice(data);
+        }
+        fn bar(&self, index: usize) -> Option<Bar> {
+            (index == 0).then_some(Bar {
+                address: 0xe000_0000,
+                size: 4096,
+                io: false,
+                is_64bit: false,
+            })
+        }
+        fn map_guest_ram(&mut self, base: u64, mem: Box<dyn HostMemory>) -> Result<(), String> {
+            self.ram.push((base, mem));
+            Ok(())
+        }
+        fn unmap_guest_ram(&mut self, base: u64, size: u64) {
+            self.ram.retain(|(b, _)| *b < base || *b >= base + size);
+        }
+        fn clear_guest_ram(&mut self) {
+            self.ram.clear();
+        }
+        fn reset(&mut self) {
+            self.resets += 1;
+        }
+        fn set_msix(&mut self, enabled: bool) {
+            self.msix_on.push(enabled);
+        }
+    }
+
+    struct Client {
+        sock: UnixStream,
+        id: u16,
+    }
+
+    impl Client {
+        fn connect(path: &Path) -> Client {
+            Client {
+                sock: UnixStream::connect(path).unwrap(),
+                id: 0,
+            }
+        }
+
+        fn send(&mut self, command: u16, body: &[u8], fds: &[RawFd]) -> u16 {
+            self.id += 1;
+            let mut m = Header {
+                id: self.id,
+                command,
+                size: (HEADER_LEN + body.len()) as u32,
+                flags: 0,
+                error: 0,
+            }
+            .emit()
+            .to_vec();
+            m.extend_from_slice(body);
+            send_with_fds(&self.sock, &m, fds);
+            self.id
+        }
+
+        fn recv(&mut self) -> (Header, Vec<u8>) {
+            let mut fds = Vec::new();
+            let fd = self.sock.as_raw_fd();
+            let mut h = [0u8; HEADER_LEN];
+            assert!(sys::recv_exact(fd, &mut h, &mut fds).unwrap());
+            let h = Header::parse(&h).unwrap();
+            let mut body = vec![0u8; h.body_len()];
+            if !body.is_empty() {
+                assert!(sys::recv_exact(fd, &mut body, &mut fds).unwrap());
+            }
+            (h, body)
+        }
+    }
+
+    fn send_with_fds(sock: &UnixStream, bytes: &[u8], fds: &[RawFd]) {
+        let mut control = [0u64; 16];
+        let mut iov = libc::iovec {
+            iov_base: bytes.as_ptr() as *mut _,
+            iov_len: bytes.len(),
+        };
+        // SAFETY: a msghdr over live buffers; the CMSG macros stay inside `control`.
+        unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            if !fds.is_empty() {
+                msg.msg_control = control.as_mut_ptr().cast();
+                msg.msg_controllen = libc::CMSG_SPACE((fds.len() * 4) as u32) as usize;
+                let c = libc::CMSG_FIRSTHDR(&msg);
+                (*c).cmsg_level = libc::SOL_SOCKET;
+                (*c).cmsg_type = libc::SCM_RIGHTS;
+                (*c).cmsg_len = libc::CMSG_LEN((fds.len() * 4) as u32) as usize;
+                std::ptr::copy_nonoverlapping(
+                    fds.as_ptr(),
+                    libc::CMSG_DATA(c) as *mut RawFd,
+                    fds.len(),
+                );
+            }
+            assert_eq!(
+                libc::sendmsg(sock.as_raw_fd(), &msg, 0),
+                bytes.len() as isize
+            );
+        }
+    }
+
+    /// Serves until the client's requests are all handled.
+    fn pump(s: &mut VfioUserServer, dev: &mut Fake) {
+        for _ in 0..50 {
+            s.serve(dev, 64).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn ask(
+        c: &mut Client,
+        s: &mut VfioUserServer,
+        dev: &mut Fake,
+        cmd: u16,
+        body: &[u8],
+        fds: &[RawFd],
+    ) -> (Header, Vec<u8>) {
+        let id = c.send(cmd, body, fds);
+        pump(s, dev);
+        let (h, b) = c.recv();
+        assert_eq!(h.id, id);
+        assert!(h.is_reply());
+        (h, b)
+    }
+
+    fn server() -> (tempfile_dir::Dir, VfioUserServer) {
+        let dir = tempfile_dir::Dir::new();
+        let s = VfioUserServer::bind(&dir.path.join("vfu.sock")).unwrap();
+        (dir, s)
+    }
+
+    /// A scratch directory removed on drop (no extra dependency for one test module).
+    mod tempfile_dir {
+        pub struct Dir {
+            pub path: std::path::PathBuf,
+        }
+        impl Dir {
+            pub fn new() -> Dir {
+                use std::sync::atomic::{AtomicUsize, Ordering};
+                static N: AtomicUsize = AtomicUsize::new(0);
+                let path = std::env::temp_dir().join(format!(
+                    "tether-vfu-test-{}-{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ));
+                std::fs::create_dir_all(&path).unwrap();
+                Dir { path }
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.path);
+            }
+        }
+    }
+
+    fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+    }
+
+    #[test]
+    fn version_info_regions_and_config_virtualisation() {
+        let (dir, mut s) = server();
+        let mut dev = Fake::new();
+        let mut c = Client::connect(&dir.path.join("vfu.sock"));
+        let (_, b) = ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::VERSION,
+            &Body::default().u16(0).u16(0).bytes(b"{}\0").0,
+            &[],
+        );
+        let caps = std::str::from_utf8(&b[4..b.len() - 1]).unwrap();
+        assert!(caps.contains("\"max_msg_fds\":8"), "{caps}");
+        let (_, b) = ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::DEVICE_GET_INFO,
+            &Body::default().u32(16).u32(0).u32(0).u32(0).0,
+            &[],
+        );
+        assert_eq!((u32_at(&b, 8), u32_at(&b, 12)), (9, 5));
+        let info = |index: u32| {
+            Body::default()
+                .u32(32)
+                .u32(0)
+                .u32(index)
+                .u32(0)
+                .u64(0)
+                .u64(0)
+                .0
+        };
+        let (_, b) = ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::DEVICE_GET_REGION_INFO,
+            &info(0),
+            &[],
+        );
+        assert_eq!(u64::from_le_bytes(b[16..24].try_into().unwrap()), 4096);
+        let (_, b) = ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::DEVICE_GET_REGION_INFO,
+            &info(7),
+            &[],
+        );
+        assert_eq!(u64::from_le_bytes(b[16..24].try_into().unwrap()), 256);
+        let read = |off: u64, n: u32| Body::default().u64(off).u32(7).u32(n).0;
+        // The whole config space in one read: the BAR shows its type bits only, the
+        // list skips MSI.
+        let (_, b) = ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::REGION_READ,
+            &read(0, 256),
+            &[],
+        );
+        let cfg = &b[16..];
+        assert_eq!(u32_at(cfg, 0), 0x1042_1af4);
+        assert_eq!(u32_at(cfg, 0x10), 0, "BAR address hidden");
+        assert_eq!(cfg[0x34], 0x50, "MSI unlinked");
+        // Writes to BARs and to MSI-X Message Control are dropped; the rest forwarded.
+        let write = |off: u64, data: &[u8]| {
+            Body::default()
+                .u64(off)
+                .u32(7)
+                .u32(data.len() as u32)
+                .bytes(data)
+                .0
+        };
+        ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::REGION_WRITE,
+            &write(0x10, &[0xff; 4]),
+            &[],
+        );
+        ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::REGION_WRITE,
+            &write(0x52, &[0x00, 0x80]),
+            &[],
+        );
+        ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::REGION_WRITE,
+            &write(0x04, &[0x06, 0x00]),
+            &[],
+        );
+        assert_eq!(dev.config_writes, vec![(0x04, 0x0006, 0b0011)]);
+        // BAR0 by offset, at the address the bridge gave it.
+        let bw = Body::default().u64(0x20).u32(0).u32(4).u32(0xdead_beef).0;
+        ask(&mut c, &mut s, &mut dev, wire::cmd::REGION_WRITE, &bw, &[]);
+        let (_, b) = ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::REGION_READ,
+            &Body::default().u64(0x20).u32(0).u32(4).0,
+            &[],
+        );
+        assert_eq!(u32_at(&b, 16), 0xdead_beef);
+        // Out of range, and an unknown command: errors, and the stream goes on.
+        let (h, _) = ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::REGION_READ,
+            &Body::default().u64(4094).u32(0).u32(4).0,
+            &[],
+        );
+        assert_eq!(
+            (h.flags & wire::flags::ERROR, h.error),
+            (wire::flags::ERROR, errno::EINVAL)
+        );
+        let (h, _) = ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            99,
+            &[1, 2, 3, 4, 5, 6, 7, 8, 9],
+            &[],
+        );
+        assert_eq!(h.error, errno::ENOTSUP);
+        let (_, b) = ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::REGION_READ,
+            &read(0, 2),
+            &[],
+        );
+        assert_eq!(
+            &b[16..],
+            &[0xf4, 0x1a],
+            "still in step after the unsupported command"
+        );
+    }
+
+    #[test]
+    fn msix_and_intx_through_eventfds() {
+        let (dir, mut s) = server();
+        let mut dev = Fake::new();
+        let mut c = Client::connect(&dir.path.join("vfu.sock"));
+        let set = |flags: u32, index: u32, start: u32, count: u32| {
+            Body::default()
+                .u32(20)
+                .u32(flags)
+                .u32(index)
+                .u32(start)
+                .u32(count)
+                .0
+        };
+        let v0 = sys::eventfd().unwrap();
+        let v1 = sys::eventfd().unwrap();
+        let trig = vfio::IRQ_SET_DATA_EVENTFD | vfio::IRQ_SET_ACTION_TRIGGER;
+        ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::DEVICE_SET_IRQS,
+            &set(trig, vfio::PCI_MSIX_IRQ, 0, 2),
+            &[v0.as_raw_fd(), v1.as_raw_fd()],
+        );
+        assert_eq!(dev.msix_on, vec![true], "MSI-X switched on for the VMM");
+        s.vector(1);
+        assert!(sys::eventfd_take(&v1).unwrap() && !sys::eventfd_take(&v0).unwrap());
+        // Masked: pending, delivered on unmask.
+        let mask = vfio::IRQ_SET_DATA_NONE | vfio::IRQ_SET_ACTION_MASK;
+        ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::DEVICE_SET_IRQS,
+            &set(mask, vfio::PCI_MSIX_IRQ, 0, 1),
+            &[],
+        );
+        s.vector(0);
+        assert!(!sys::eventfd_take(&v0).unwrap());
+        let unmask = vfio::IRQ_SET_DATA_NONE | vfio::IRQ_SET_ACTION_UNMASK;
+        ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::DEVICE_SET_IRQS,
+            &set(unmask, vfio::PCI_MSIX_IRQ, 0, 1),
+            &[],
+        );
+        assert!(sys::eventfd_take(&v0).unwrap());
+        let off = vfio::IRQ_SET_DATA_NONE | vfio::IRQ_SET_ACTION_TRIGGER;
+        ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::DEVICE_SET_IRQS,
+            &set(off, vfio::PCI_MSIX_IRQ, 0, 0),
+            &[],
+        );
+        assert_eq!(dev.msix_on, vec![true, false]);
+        // INTx: signalled and automasked; an unmask with the line still high signals
+        // again.
+        let irq = sys::eventfd().unwrap();
+        ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::DEVICE_SET_IRQS,
+            &set(trig, vfio::PCI_INTX_IRQ, 0, 1),
+            &[irq.as_raw_fd()],
+        );
+        s.set_intx(true);
+        assert!(sys::eventfd_take(&irq).unwrap());
+        s.set_intx(false);
+        s.set_intx(true);
+        assert!(!sys::eventfd_take(&irq).unwrap(), "automasked");
+        ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::DEVICE_SET_IRQS,
+            &set(unmask, vfio::PCI_INTX_IRQ, 0, 1),
+            &[],
+        );
+        assert!(sys::eventfd_take(&irq).unwrap());
+        assert_eq!(s.stats().intx_signals, 2);
+        // A vector beyond the table is refused.
+        let (h, _) = ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::DEVICE_SET_IRQS,
+            &set(trig, vfio::PCI_MSIX_IRQ, 3, 2),
+            &[v0.as_raw_fd(), v1.as_raw_fd()],
+        );
+        assert_eq!(h.error, errno::EINVAL);
+    }
+
+    #[test]
+    fn dma_with_and_without_descriptors_and_a_second_client() {
+        let (dir, mut s) = server();
+        let mut dev = Fake::new();
+        let path = dir.path.join("vfu.sock");
+        let mut c = Client::connect(&path);
+        // SAFETY: plain system calls on a fresh descriptor we own.
+        let mfd = unsafe {
+            let fd = libc::memfd_create(c"ram".as_ptr(), libc::MFD_CLOEXEC);
+            assert_eq!(libc::ftruncate(fd, 1 << 16), 0);
+            OwnedFd::from_raw_fd(fd)
+        };
+        let map =
+            |iova: u64, size: u64| Body::default().u32(32).u32(3).u64(0).u64(iova).u64(size).0;
+        ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::DMA_MAP,
+            &map(0x10_0000, 1 << 16),
+            &[mfd.as_raw_fd()],
+        );
+        ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::DMA_MAP,
+            &map(0x20_0000, 4096),
+            &[],
+        );
+        assert_eq!(dev.ram.len(), 2);
+        // The device writes through the memfd mapping.
+        dev.ram[0].1.write(8, b"fd-backed");
+        let mut check = GuestRam::map(&mfd, 0, 1 << 16).unwrap();
+        let mut got = [0u8; 9];
+        check.read(8, &mut got);
+        assert_eq!(&got, b"fd-backed");
+        check.write(0, b"x");
+        // Without a descriptor: a DMA_READ to the client, who answers from its memory.
+        let client = std::thread::spawn(move || {
+            let (h, body) = c.recv();
+            assert_eq!(h.command, wire::cmd::DMA_READ);
+            let addr = u64::from_le_bytes(body[0..8].try_into().unwrap());
+            let count = u32_at(&body, 8);
+            assert_eq!((addr, count), (0x20_0010, 5));
+            let mut reply_body = body[..12].to_vec();
+            reply_body.extend_from_slice(&[0; 0]);
+            reply_body.extend_from_slice(b"hello");
+            reply_body.extend_from_slice(&[0; 4]);
+            let mut m = Header {
+                id: h.id,
+                command: h.command,
+                size: (HEADER_LEN + reply_body.len()) as u32,
+                flags: wire::flags::REPLY,
+                error: 0,
+            }
+            .emit()
+            .to_vec();
+            m.extend_from_slice(&reply_body);
+            send_with_fds(&c.sock, &m, &[]);
+            c
+        });
+        let mut buf = [0u8; 5];
+        dev.ram[1].1.read(0x10, &mut buf);
+        assert_eq!(&buf, b"hello");
+        let mut c = client.join().unwrap();
+        // Unmap one, then the client leaves: everything is unmapped, a new one comes.
+        ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::DMA_UNMAP,
+            &Body::default().u32(24).u32(0).u64(0x20_0000).u64(4096).0,
+            &[],
+        );
+        assert_eq!(dev.ram.len(), 1);
+        drop(c);
+        pump(&mut s, &mut dev);
+        assert!(!s.connected() && dev.ram.is_empty());
+        let mut c2 = Client::connect(&path);
+        let (_, b) = ask(
+            &mut c2,
+            &mut s,
+            &mut dev,
+            wire::cmd::REGION_READ,
+            &Body::default().u64(0).u32(7).u32(4).0,
+            &[],
+        );
+        assert_eq!(u32_at(&b, 16), 0x1042_1af4);
+        assert_eq!((s.stats().connections, s.stats().disconnects), (2, 1));
+        assert_eq!(s.stats().dma_messages, 1);
+        ask(&mut c2, &mut s, &mut dev, wire::cmd::DEVICE_RESET, &[], &[]);
+        assert_eq!(dev.resets, 1);
+    }
+}
