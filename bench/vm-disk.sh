@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# A stock Linux guest's disk throughput through tether, remote against local:
+# the same virtio-blk model (on a file) either in an I/O box in another network
+# namespace over veth ("remote") or in the `tether vm` process over an in-memory port
+# ("local"). The guest (Debian 6.1 under TCG, vfio-user front-end, QEMU 11.1 from the
+# trixie chroot) runs blkbench (crates/tether/tests/vm/blkbench.c): sequential 128 KiB
+# reads and 4 KiB random reads, O_DIRECT, one at a time, ROUNDS times each per boot.
+# Prints every run and the medians and remote/local ratios. Needs root.
+#
+# usage: bench/vm-disk.sh [ROUNDS (default 5)] [MTU (default 1500)]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-5}
+MTU=${2:-1500}
+ROOT=$(scripts/deps/qemu-vfio-user.sh | tail -n 1)
+KVER=$(scripts/deps/guest-linux.sh | tail -n 1)
+VM=${TETHER_VM_DIR:-/var/tmp/tether-vm}
+cargo build --release -q -p tether
+T=target/release/tether
+W=$(mktemp -d /tmp/tether-vm-bench.XXXXXX)
+cleanup() {
+    pkill -f "$W/box.toml" 2>/dev/null || true
+    ip netns del tvbbox 2>/dev/null || true
+    ip netns del tvbhost 2>/dev/null || true
+    rm -rf "$W"
+}
+trap cleanup EXIT
+gcc -static -O2 -o "$W/blkbench" crates/tether/tests/vm/blkbench.c
+{
+    for _ in $(seq "$ROUNDS"); do
+        echo "blkbench /dev/vda seq 131072 256"
+        echo "blkbench /dev/vda rand 4096 1000 67108864"
+    done
+} >"$W/guest.sh"
+TETHER_GUEST_TOOLS="$W/blkbench" scripts/vm/initramfs.sh "$W/initrd" "$W/guest.sh"
+truncate -s 64M "$W/disk.img"
+ip netns add tvbbox
+ip netns add tvbhost
+ip link add tvbb type veth peer name tvbh
+ip link set tvbb netns tvbbox
+ip link set tvbh netns tvbhost
+for ns in tvbbox:tvbb tvbhost:tvbh; do
+    ip -n "${ns%%:*}" link set "${ns#*:}" mtu "$MTU" up
+    ip -n "${ns%%:*}" link set lo up
+done
+printf '[port]\ninterface = "tvbb"\n[[device]]\nslot = 0\nmodel = "virtio-blk"\ngid = 10\npath = "%s"\n' "$W/disk.img" >"$W/box.toml"
+printf 'gid = 10\n[port]\ninterface = "tvbh"\n' >"$W/host.toml"
+run() { # run NAME [extra tether vm args]
+    local name=$1
+    shift
+    ip netns exec tvbhost "$T" vm --config "$W/host.toml" --frontend vfio-user \
+        --qemu-root "$ROOT" --kernel "$VM/guest/boot/vmlinuz-$KVER" --initrd "$W/initrd" \
+        --accel tcg --memory 256 --timeout 600 "$@" 2>&1 |
+        grep '^blkbench' | sed "s/^/$name /" | tee -a "$W/results"
+}
+ip netns exec tvbbox "$T" iobox --config "$W/box.toml" >"$W/box.log" 2>&1 &
+run remote
+pkill -f "$W/box.toml" || true
+run local --local-box "$W/box.toml"
+echo
+echo "medians over $ROUNDS runs (MTU $MTU):"
+for mode in seq rand; do
+    for where in remote local; do
+        key=MBps
+        [ "$mode" = rand ] && key=iops
+        v=$(grep "^$where blkbench mode=$mode " "$W/results" | sed "s/.* $key=\([0-9.]*\).*/\1/" | sort -g |
+            awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}')
+        eval "${where}_$mode=$v"
+        echo "  $mode $where: $key $v"
+    done
+done
+awk -v r="$remote_seq" -v l="$local_seq" 'BEGIN { printf "  seq 128 KiB reads, remote/local: %.2f\n", r / l }'
+awk -v r="$remote_rand" -v l="$local_rand" 'BEGIN { printf "  rand 4 KiB reads, remote/local: %.2f\n", r / l }'
