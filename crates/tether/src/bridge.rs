@@ -14,6 +14,10 @@ use crate::config::{BridgeSettings, PortKind};
 /// Buffers in a bridge's pool (each port has its own: AF_XDP registers it as UMEM).
 const POOL_BUFFERS: usize = 16384;
 
+/// Bytes of a pool buffer that are not frame payload: the headroom AF_XDP keeps in
+/// front of a received frame (256), the Ethernet header and 802.1Q tag, and margin.
+const FRAME_OVERHEAD: usize = 256 + 64;
+
 /// Opens `interface` as `kind`; returns the port and a description of what it is.
 pub fn open_port(kind: PortKind, interface: &str) -> Result<(Box<dyn Port>, String)> {
     let pool = Mempool::new(POOL_BUFFERS, 2048)?;
@@ -54,7 +58,10 @@ pub fn node(port: &dyn Port, role: BridgeRole, cfg: &BridgeSettings) -> Result<N
     let mac = MacAddr(port.info().mac);
     let id = cfg.id.unwrap_or_else(|| fabric::manager::mac_value(mac));
     let mut n = NodeConfig::new(mac, role, id, epoch());
-    n.mtu = port.info().mtu.min(u16::MAX as usize) as u16;
+    // A frame must fit in one pool buffer: on a link with a larger MTU (jumbo frames)
+    // the bridge sends frames no larger than its buffers.
+    let room = port.pool().buf_size().saturating_sub(FRAME_OVERHEAD);
+    n.mtu = port.info().mtu.min(room).min(u16::MAX as usize) as u16;
     n.info_interval_us = cfg.info_interval_ms * 1000;
     n.missed_infos = cfg.missed_infos;
     n.session.rto_min_us = cfg.rto_min_us;

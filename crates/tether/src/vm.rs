@@ -311,17 +311,19 @@ pub fn run(a: VmArgs) -> Result<ExitStatus> {
             c
         }
     };
-    if child_fd >= 0 {
-        // SAFETY: the closure runs in the child between fork and exec and only calls
-        // fcntl, which is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::fcntl(child_fd, libc::F_SETFD, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+    // SAFETY: the closure runs in the child between fork and exec and only calls
+    // prctl and fcntl, which are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            // QEMU goes when we go, even if we are killed outright.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if child_fd >= 0 && libc::fcntl(child_fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
     let mut child = cmd
         .spawn()
