@@ -90,3 +90,65 @@ fn bad_input_gives_clear_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn vm_dry_run_shows_the_qemu_command_for_each_front_end() {
+    let out = run_ok(tether().args([
+        "vm",
+        "--config",
+        "unused.toml",
+        "--dry-run",
+        "--accel",
+        "tcg",
+        "--memory",
+        "128",
+        "--kernel",
+        "/tmp/k",
+        "--initrd",
+        "/tmp/i",
+        "--",
+        "-device",
+        "isa-debug-exit",
+    ]));
+    for want in [
+        "-accel tcg",
+        "-object memory-backend-memfd,id=tether-ram,size=128M,share=on",
+        "-machine pc,memory-backend=tether-ram",
+        "-device x-pci-proxy-dev,id=tether0,fd=3",
+        "-kernel /tmp/k -initrd /tmp/i",
+        "-device isa-debug-exit",
+    ] {
+        assert!(out.contains(want), "no {want:?} in {out}");
+    }
+    let out = run_ok(tether().args([
+        "vm",
+        "--config",
+        "unused.toml",
+        "--dry-run",
+        "--frontend",
+        "vfio-user",
+        "--accel",
+        "tcg",
+    ]));
+    assert!(
+        out.contains(
+            r#"{"driver":"vfio-user-pci","id":"tether0","socket":{"path":"/tmp/tether-vm-"#
+        ),
+        "{out}"
+    );
+    // --initrd needs --kernel; an unknown front-end is refused.
+    for args in [
+        &["vm", "--config", "x.toml", "--initrd", "/tmp/i"][..],
+        &["vm", "--config", "x.toml", "--frontend", "vhost"][..],
+    ] {
+        let out = tether().args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+    }
+    // A missing configuration is named.
+    let out = tether()
+        .args(["vm", "--config", "/nonexistent/host.toml", "--accel", "tcg"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/host.toml"));
+}
