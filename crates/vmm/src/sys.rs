@@ -92,6 +92,50 @@ pub fn send_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Sends `bytes` in one message with `fds` attached (SCM_RIGHTS), as a VMM sends a
+/// message that carries descriptors.
+pub fn send_with_fds(fd: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    const MAX: usize = 16;
+    if fds.len() > MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many descriptors",
+        ));
+    }
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        msg.msg_control = control.as_mut_ptr().cast();
+        // SAFETY: the CMSG_* macros compute sizes and walk `control`, which is large
+        // enough for MAX descriptors; the copy writes fds.len() ints into its data.
+        unsafe {
+            msg.msg_controllen = libc::CMSG_SPACE((fds.len() * 4) as u32) as usize;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN((fds.len() * 4) as u32) as usize;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr(),
+                libc::CMSG_DATA(c) as *mut RawFd,
+                fds.len(),
+            );
+        }
+    }
+    // SAFETY: msg points at live buffers of the lengths it gives.
+    let n = check(unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) })?;
+    if n != bytes.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short send"));
+    }
+    Ok(())
+}
+
 /// Waits up to `timeout` until one of `fds` is readable (or hung up); returns which.
 pub fn wait_readable(fds: &[RawFd], timeout: Duration) -> io::Result<Vec<bool>> {
     let mut p: Vec<libc::pollfd> = fds

@@ -972,34 +972,7 @@ mod tests {
     }
 
     fn send_with_fds(sock: &UnixStream, bytes: &[u8], fds: &[RawFd]) {
-        let mut control = [0u64; 16];
-        let mut iov = libc::iovec {
-            iov_base: bytes.as_ptr() as *mut _,
-            iov_len: bytes.len(),
-        };
-        // SAFETY: a msghdr over live buffers; the CMSG macros stay inside `control`.
-        unsafe {
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            if !fds.is_empty() {
-                msg.msg_control = control.as_mut_ptr().cast();
-                msg.msg_controllen = libc::CMSG_SPACE((fds.len() * 4) as u32) as usize;
-                let c = libc::CMSG_FIRSTHDR(&msg);
-                (*c).cmsg_level = libc::SOL_SOCKET;
-                (*c).cmsg_type = libc::SCM_RIGHTS;
-                (*c).cmsg_len = libc::CMSG_LEN((fds.len() * 4) as u32) as usize;
-                std::ptr::copy_nonoverlapping(
-                    fds.as_ptr(),
-                    libc::CMSG_DATA(c) as *mut RawFd,
-                    fds.len(),
-                );
-            }
-            assert_eq!(
-                libc::sendmsg(sock.as_raw_fd(), &msg, 0),
-                bytes.len() as isize
-            );
-        }
+        sys::send_with_fds(sock.as_raw_fd(), bytes, fds).unwrap();
     }
 
     /// Serves until the client's requests are all handled.

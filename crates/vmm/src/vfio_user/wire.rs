@@ -352,14 +352,14 @@ impl Request {
     }
 }
 
-/// A reply to request `h` carrying `body`.
-pub fn reply(h: &Header, body: &[u8]) -> Vec<u8> {
+/// A whole message: the header for `body`, then `body`.
+fn message(id: u16, command: u16, flags: u32, error: u32, body: &[u8]) -> Vec<u8> {
     let mut out = Header {
-        id: h.id,
-        command: h.command,
+        id,
+        command,
         size: (HEADER_LEN + body.len()) as u32,
-        flags: flags::REPLY,
-        error: 0,
+        flags,
+        error,
     }
     .emit()
     .to_vec();
@@ -367,17 +367,14 @@ pub fn reply(h: &Header, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A reply to request `h` carrying `body`.
+pub fn reply(h: &Header, body: &[u8]) -> Vec<u8> {
+    message(h.id, h.command, flags::REPLY, 0, body)
+}
+
 /// An error reply to request `h`.
 pub fn error_reply(h: &Header, errno: u32) -> Vec<u8> {
-    Header {
-        id: h.id,
-        command: h.command,
-        size: HEADER_LEN as u32,
-        flags: flags::REPLY | flags::ERROR,
-        error: errno,
-    }
-    .emit()
-    .to_vec()
+    message(h.id, h.command, flags::REPLY | flags::ERROR, errno, &[])
 }
 
 /// Builds a body from little-endian fields.
@@ -406,17 +403,7 @@ impl Body {
 /// A DMA_READ request (server to client) for `count` bytes at `addr`.
 pub fn dma_read(id: u16, addr: u64, count: u32) -> Vec<u8> {
     let body = Body::default().u64(addr).u32(count).u32(0).0;
-    let mut out = Header {
-        id,
-        command: cmd::DMA_READ,
-        size: (HEADER_LEN + body.len()) as u32,
-        flags: flags::REQUEST,
-        error: 0,
-    }
-    .emit()
-    .to_vec();
-    out.extend_from_slice(&body);
-    out
+    message(id, cmd::DMA_READ, flags::REQUEST, 0, &body)
 }
 
 /// A DMA_WRITE request (server to client) of `data` at `addr`.
@@ -427,17 +414,7 @@ pub fn dma_write(id: u16, addr: u64, data: &[u8]) -> Vec<u8> {
         .bytes(data)
         .u32(0)
         .0;
-    let mut out = Header {
-        id,
-        command: cmd::DMA_WRITE,
-        size: (HEADER_LEN + body.len()) as u32,
-        flags: flags::REQUEST,
-        error: 0,
-    }
-    .emit()
-    .to_vec();
-    out.extend_from_slice(&body);
-    out
+    message(id, cmd::DMA_WRITE, flags::REQUEST, 0, &body)
 }
 
 /// The data of a DMA_READ reply `body` for `count` bytes (at body offset 12).
