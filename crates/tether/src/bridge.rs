@@ -74,6 +74,29 @@ pub fn node(port: &dyn Port, role: BridgeRole, cfg: &BridgeSettings) -> Result<N
     Ok(Node::new(n)?)
 }
 
+/// A host bridge's link: its node on `port` (described by `what`), in its group,
+/// announced on stdout.
+pub fn host_link(
+    cfg: &crate::config::HostConfig,
+    port: Box<dyn Port>,
+    what: &str,
+) -> Result<runtime::FabricLink> {
+    let mut node = node(&*port, BridgeRole::Host, &cfg.bridge)?;
+    node.join(cfg.gid)?;
+    println!(
+        "tether host: {} (id {:#x}) in group {} on {}: {what}",
+        node.config().mac,
+        node.config().bridge_id,
+        cfg.gid,
+        cfg.port.interface
+    );
+    Ok(runtime::FabricLink::new(fabric_port(
+        node,
+        port,
+        &cfg.bridge,
+    )))
+}
+
 /// The bridge's control socket, if its settings name one.
 pub fn control_socket(cfg: &BridgeSettings) -> Result<Option<crate::control::ControlServer>> {
     cfg.control

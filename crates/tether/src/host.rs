@@ -15,7 +15,7 @@ use fabric::FabricEvent;
 use rootcomplex::Host;
 use runtime::{FabricLink, MemDevDriver};
 use tlp::Bdf;
-use wire::{BridgeRole, MacAddr};
+use wire::MacAddr;
 
 use crate::config::HostConfig;
 use crate::{bridge, signals, workload};
@@ -142,18 +142,8 @@ pub fn run(path: &Path) -> Result<()> {
     signals::install();
     let (port, what) = bridge::open_port(cfg.port.kind, &cfg.port.interface)
         .with_context(|| format!("opening {}", cfg.port.interface))?;
-    let mut node = bridge::node(&*port, BridgeRole::Host, &cfg.bridge)?;
-    node.join(cfg.gid)?;
-    println!(
-        "tether host: {} (id {:#x}) in group {} on {}: {what}; waiting for devices",
-        node.config().mac,
-        node.config().bridge_id,
-        cfg.gid,
-        cfg.port.interface
-    );
+    let link = bridge::host_link(&cfg, port, &format!("{what}; waiting for devices"))?;
     let control = bridge::control_socket(&cfg.bridge)?;
-    let fp = bridge::fabric_port(node, port, &cfg.bridge);
-    let link = FabricLink::new(fp);
     let h = workload::root_complex(link, cfg.memory.base, cfg.memory.size as usize)?;
     let mut hb = HostBridge { cfg, h };
     let mut served = Instant::now();

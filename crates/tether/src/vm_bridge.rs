@@ -15,7 +15,7 @@ use rootcomplex::{BarWindows, BridgeConfig, Host, HostMemory, Interrupt, MemoryM
 use runtime::FabricLink;
 use tlp::Bdf;
 use vmm::device::{Bar, RemoteFunction};
-use wire::{BridgeRole, MacAddr};
+use wire::MacAddr;
 
 use crate::bridge;
 use crate::config::HostConfig;
@@ -60,17 +60,7 @@ impl VmBridge {
         port: Box<dyn dataplane::Port>,
         what: &str,
     ) -> Result<VmBridge> {
-        let mut node = bridge::node(&*port, BridgeRole::Host, &cfg.bridge)?;
-        node.join(cfg.gid)?;
-        println!(
-            "tether host: {} (id {:#x}) in group {} on {}: {what}",
-            node.config().mac,
-            node.config().bridge_id,
-            cfg.gid,
-            cfg.port.interface
-        );
-        let fp = bridge::fabric_port(node, port, &cfg.bridge);
-        let link = FabricLink::new(fp);
+        let link = bridge::host_link(&cfg, port, what)?;
         let host = Host::new(
             BridgeConfig::default(),
             MemoryMap::new(),
