@@ -112,11 +112,36 @@ pub fn fabric_port(node: Node, port: Box<dyn Port>, cfg: &BridgeSettings) -> run
     fp
 }
 
+/// The name lspci gives a class (base class, subclass), for the classes tether's
+/// devices use and their families.
+pub fn class_name(base: u8, sub: u8) -> &'static str {
+    match (base, sub) {
+        (0x01, 0x00) => "SCSI storage controller",
+        (0x01, 0x06) => "SATA controller",
+        (0x01, 0x08) => "Non-Volatile memory controller",
+        (0x01, _) => "Mass storage controller",
+        (0x02, 0x00) => "Ethernet controller",
+        (0x02, _) => "Network controller",
+        (0x03, _) => "Display controller",
+        (0x05, _) => "Memory controller",
+        (0x06, _) => "Bridge",
+        (0x0c, _) => "Serial bus controller",
+        (0x12, _) => "Processing accelerators",
+        _ => "Unclassified device",
+    }
+}
+
 /// A device as `lspci -v` would show its identity and resources.
 pub fn lspci_line(d: &rootcomplex::DeviceInfo) -> String {
     let mut s = format!(
-        "{} Memory controller [{:02x}{:02x}]: Device {:04x}:{:04x} (rev {:02x})",
-        d.bdf, d.class.0, d.class.1, d.vendor, d.device, d.revision
+        "{} {} [{:02x}{:02x}]: Device {:04x}:{:04x} (rev {:02x})",
+        d.bdf,
+        class_name(d.class.0, d.class.1),
+        d.class.0,
+        d.class.1,
+        d.vendor,
+        d.device,
+        d.revision
     );
     for b in &d.bars {
         s += &format!(
@@ -195,4 +220,18 @@ pub fn sessions_json(node: &Node) -> serde_json::Value {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_names_follow_lspci() {
+        assert_eq!(class_name(0x05, 0x80), "Memory controller");
+        assert_eq!(class_name(0x01, 0x00), "SCSI storage controller");
+        assert_eq!(class_name(0x01, 0x08), "Non-Volatile memory controller");
+        assert_eq!(class_name(0x02, 0x00), "Ethernet controller");
+        assert_eq!(class_name(0xff, 0x00), "Unclassified device");
+    }
 }
