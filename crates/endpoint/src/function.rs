@@ -82,6 +82,10 @@ pub trait Device {
     fn reset(&mut self);
     /// Called by [`Function::handle_timeout`] so that a model can do timed work.
     fn poll(&mut self, _io: &mut dyn DeviceIo) {}
+    /// The model's own counters, by name (for `tether ctl stats`).
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// Counters of a function.
@@ -815,5 +819,9 @@ impl<T: Device + ?Sized> Device for Box<T> {
     }
     fn poll(&mut self, io: &mut dyn DeviceIo) {
         (**self).poll(io)
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        (**self).counters()
     }
 }

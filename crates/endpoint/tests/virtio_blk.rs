@@ -464,6 +464,11 @@ fn write_read_round_trip(indirect: bool, reverse: bool) {
     let s = d.dev.stats();
     assert_eq!(s.bad_chains + s.dma_errors, 0);
     assert_eq!(d.dev.device().stats().writes, 12 * batch as u64);
+    let counters = d.dev.counters();
+    let get = |k: &str| counters.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+    assert_eq!(get("blk_writes"), Some(12 * batch as u64));
+    assert_eq!(get("virtio_bad_chains"), Some(0));
+    assert!(get("virtio_requests").unwrap() >= 12 * batch as u64 + 8);
     assert_eq!(d.dev.device().stats().reads, 8);
     assert!(d.io.intx, "INTx asserted for used buffers");
     assert_eq!(d.rd(layout::ISR, 1), 1, "ISR: queue interrupt");

@@ -79,6 +79,9 @@ fn stats(b: &IoBox) -> serde_json::Value {
             "vendor": format!("{:04x}", s.info.vendor_id),
             "device": format!("{:04x}", s.info.device_id),
             "function": s.function.stats(),
+            "model": s.function.device().counters().into_iter()
+                .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+                .collect::<serde_json::Map<_, _>>(),
         })).collect::<Vec<_>>(),
         "sessions": bridge::sessions_json(node),
     })

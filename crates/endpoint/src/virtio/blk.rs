@@ -316,4 +316,18 @@ impl<B: BlockBackend> VirtioDevice for VirtioBlk<B> {
     }
 
     fn reset(&mut self) {}
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = self.stats;
+        vec![
+            ("blk_reads", s.reads),
+            ("blk_read_bytes", s.read_bytes),
+            ("blk_writes", s.writes),
+            ("blk_written_bytes", s.written_bytes),
+            ("blk_flushes", s.flushes),
+            ("blk_get_ids", s.get_ids),
+            ("blk_io_errors", s.io_errors),
+            ("blk_unsupported", s.unsupported),
+        ]
+    }
 }

@@ -84,4 +84,8 @@ pub trait VirtioDevice {
     fn process(&mut self, queue: u16, request: Request<'_>) -> Reply;
     /// Back to the state after power-on (device reset by the driver, or FLR).
     fn reset(&mut self);
+    /// The device's own counters, by name.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }

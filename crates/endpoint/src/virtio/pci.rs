@@ -796,6 +796,22 @@ impl<D: VirtioDevice> Device for VirtioPci<D> {
     fn reset(&mut self) {
         self.reset_state();
     }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = self.stats;
+        let mut v = vec![
+            ("virtio_notifications", s.notifications),
+            ("virtio_ring_fetches", s.ring_fetches),
+            ("virtio_descriptor_fetches", s.descriptor_fetches),
+            ("virtio_requests", s.requests),
+            ("virtio_used_interrupts", s.used_interrupts),
+            ("virtio_bad_chains", s.bad_chains),
+            ("virtio_dma_errors", s.dma_errors),
+            ("virtio_resets", s.resets),
+        ];
+        v.extend(self.device.counters());
+        v
+    }
 }
 
 fn parse_descriptors(bytes: &[u8]) -> Vec<Descriptor> {
