@@ -326,7 +326,12 @@ impl VfioUserServer {
                 match c.queued.pop_front() {
                     Some(m) => Some(m),
                     None if sys::wait_readable(&[c.sock.as_raw_fd()], Duration::ZERO)?[0] => {
-                        c.read_message()?
+                        // A message that cannot be framed leaves the stream out of
+                        // step: the client is dropped, the server goes on.
+                        c.read_message().unwrap_or_else(|_| {
+                            self.stats.errors += 1;
+                            None
+                        })
                     }
                     None => break,
                 }
@@ -1375,5 +1380,29 @@ mod tests {
         assert_eq!(s.stats().dma_messages, 1);
         ask(&mut c2, &mut s, &mut dev, wire::cmd::DEVICE_RESET, &[], &[]);
         assert_eq!(dev.resets, 1);
+        // A header that cannot be framed (size below 16): that client is dropped, the
+        // server goes on and takes the next one.
+        let bad = Header {
+            id: 9,
+            command: 9,
+            size: 8,
+            flags: 0,
+            error: 0,
+        }
+        .emit();
+        send_with_fds(&c2.sock, &bad, &[]);
+        pump(&mut s, &mut dev);
+        assert!(!s.connected());
+        let mut c3 = Client::connect(&path);
+        let (_, b) = ask(
+            &mut c3,
+            &mut s,
+            &mut dev,
+            wire::cmd::REGION_READ,
+            &Body::default().u64(0).u32(7).u32(2).0,
+            &[],
+        );
+        assert_eq!(&b[16..], &[0xf4, 0x1a]);
+        assert_eq!(s.stats().connections, 3);
     }
 }
