@@ -153,7 +153,12 @@ fn kernel_port_conforms(test: &str, tag: &str, open: Opener) {
     let mut rig = match Rig::new(tag) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("\n*** SKIPPED {test}: {e} ***\n");
+            // Straight to the process's stderr: the test harness captures eprintln!
+            // of passing tests, and a skip must be seen (and counted by scripts/test.sh).
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!("\n*** SKIPPED {test}: {e} ***\n\n").as_bytes(),
+            );
             return;
         }
     };
@@ -225,7 +230,12 @@ fn af_xdp_meets_af_packet_through_a_bridge() {
     let mut rig = match Rig::new("dpm") {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("\n*** SKIPPED {test}: {e} ***\n");
+            // Straight to the process's stderr: the test harness captures eprintln!
+            // of passing tests, and a skip must be seen (and counted by scripts/test.sh).
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!("\n*** SKIPPED {test}: {e} ***\n\n").as_bytes(),
+            );
             return;
         }
     };
@@ -269,7 +279,12 @@ fn af_xdp_ethertype_filter_leaves_other_traffic_to_the_kernel() {
     let mut rig = match Rig::new("dpf") {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("\n*** SKIPPED {test}: {e} ***\n");
+            // Straight to the process's stderr: the test harness captures eprintln!
+            // of passing tests, and a skip must be seen (and counted by scripts/test.sh).
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!("\n*** SKIPPED {test}: {e} ***\n\n").as_bytes(),
+            );
             return;
         }
     };
