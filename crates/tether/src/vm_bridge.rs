@@ -298,25 +298,12 @@ impl RemoteFunction for HostFunction<'_> {
         let Some(bdf) = self.bdf else {
             return;
         };
-        let mut p = self
+        let Some(pcie) = vmm::caps::find(self, CAP_PCIE) else {
+            return;
+        };
+        let _ = self
             .host
-            .config_read(bdf, 0x34)
-            .map_or(0, |v| v as u16 & 0xfc);
-        for _ in 0..48 {
-            if p < 0x40 {
-                return;
-            }
-            let Ok(head) = self.host.config_read(bdf, p) else {
-                return;
-            };
-            if head as u8 == CAP_PCIE {
-                let _ = self
-                    .host
-                    .config_write_be(bdf, p + DEVCTL, DEVCTL_FLR, 0b0011);
-                break;
-            }
-            p = (head >> 8) as u16 & 0xfc;
-        }
+            .config_write_be(bdf, pcie + DEVCTL, DEVCTL_FLR, 0b0011);
         // The reset cleared the BARs and the MSI-X table the bridge had set up.
         if self.enumerate {
             if let Err(e) = self.setup() {

@@ -2,6 +2,12 @@
 
 use rootcomplex::HostMemory;
 
+/// The byte enables of a config access of `len` bytes starting `lead` bytes into its
+/// dword (lead + len <= 4).
+pub fn byte_enables(lead: usize, len: usize) -> u8 {
+    (((1u16 << len) - 1) << lead) as u8
+}
+
 /// A BAR as the host bridge assigned it on the fabric side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bar {

@@ -17,7 +17,7 @@ use thiserror::Error;
 
 use super::wire::{self, Header, ProtocolError, Request, HEADER_LEN, MAX_PAYLOAD};
 use crate::caps::{CapPatch, CAP_MSI, CAP_MSIX};
-use crate::device::RemoteFunction;
+use crate::device::{byte_enables, RemoteFunction};
 use crate::guest_ram::GuestRam;
 use crate::sys;
 
@@ -152,14 +152,9 @@ impl ProxyServer {
             }
             Request::ConfigRead { addr, len } => {
                 self.stats.config_reads += 1;
-                let caps = match &self.caps {
-                    Some(c) => c.clone(),
-                    None => {
-                        let c = CapPatch::compute(dev, &[CAP_MSI, CAP_MSIX]);
-                        self.caps = Some(c.clone());
-                        c
-                    }
-                };
+                let caps = self
+                    .caps
+                    .get_or_insert_with(|| CapPatch::compute(dev, &[CAP_MSI, CAP_MSIX]));
                 let register = addr as u16 & !3;
                 let dword = dev
                     .config_read(register)
@@ -175,7 +170,7 @@ impl ProxyServer {
             Request::ConfigWrite { addr, value, len } => {
                 self.stats.config_writes += 1;
                 let shift = addr & 3;
-                let be = (((1u16 << len) - 1) << shift) as u8;
+                let be = byte_enables(shift as usize, len as usize);
                 dev.config_write(addr as u16 & !3, value << (8 * shift), be);
                 Some(wire::ret(0).to_vec())
             }

@@ -27,7 +27,7 @@ use super::wire::{
     self, errno, vfio, Body, Header, ProtocolError, Request, HEADER_LEN, MAX_DATA_XFER,
 };
 use crate::caps::{self, CapPatch, CAP_MSI, CAP_MSIX};
-use crate::device::RemoteFunction;
+use crate::device::{byte_enables, RemoteFunction};
 use crate::guest_ram::GuestRam;
 use crate::sys;
 
@@ -559,9 +559,6 @@ impl VfioUserServer {
     }
 
     fn config_dword(&mut self, register: u16, dev: &mut dyn RemoteFunction) -> u32 {
-        if self.caps.is_none() {
-            self.caps = Some(CapPatch::compute(dev, &[CAP_MSI]));
-        }
         if BAR_REGS.contains(&register) {
             let index = (register - BAR_REGS.start) as usize / 4;
             let low = dev.config_read(register).unwrap_or(0);
@@ -574,8 +571,11 @@ impl VfioUserServer {
         if register == ROM_REG {
             return 0;
         }
+        let caps = self
+            .caps
+            .get_or_insert_with(|| CapPatch::compute(dev, &[CAP_MSI]));
         let v = dev.config_read(register).unwrap_or(u32::MAX);
-        self.caps.as_ref().map_or(v, |c| c.apply(register, v))
+        caps.apply(register, v)
     }
 
     fn region_read(
@@ -645,7 +645,7 @@ impl VfioUserServer {
                     let n = (4 - lead).min(rest.len());
                     let mut word = [0u8; 4];
                     word[lead..lead + n].copy_from_slice(&rest[..n]);
-                    let mut be = (((1u16 << n) - 1) << lead) as u8;
+                    let mut be = byte_enables(lead, n);
                     if BAR_REGS.contains(&reg) || reg == ROM_REG {
                         be = 0;
                     }
