@@ -88,6 +88,12 @@ impl RateControl {
         self.last_decrease = Some(now);
     }
 
+    /// Takes back the decreases of a timeout that proved spurious: the rate goes back
+    /// to what it was before (`before`), if it fell since.
+    pub fn undo_to(&mut self, before: f64) {
+        self.rate = self.rate.max(before).clamp(self.cfg.min, self.cfg.max);
+    }
+
     /// Lets the next frame leave at `now` (after a retransmission timeout: the
     /// retransmission must not wait behind pacing planned for frames that were lost).
     pub fn resume_now(&mut self, now: u64) {

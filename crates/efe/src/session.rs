@@ -127,6 +127,15 @@ struct SentFrame {
     resent: bool,
 }
 
+/// What the first timeout of a series changed.
+#[derive(Clone, Copy, Debug)]
+struct TimeoutUndo {
+    /// When it expired.
+    at: Micros,
+    rate: f64,
+    rto: u64,
+}
+
 pub struct Session {
     cfg: Config,
     local_epoch: u32,
@@ -144,6 +153,9 @@ pub struct Session {
     peer_window: u32,
     rto_deadline: Option<Micros>,
     backoffs: u32,
+    /// Set by the first timeout of a series: the rate and the timeout before it, to
+    /// undo if the series proves spurious.
+    timeout_undo: Option<TimeoutUndo>,
     /// The NAK we last went back for, and when: duplicates within an RTT are ignored.
     last_go_back: Option<(u32, Micros)>,
     frames_since_probe: u32,
@@ -159,6 +171,8 @@ pub struct Session {
     ts_recent: u32,
     /// When `ts_recent` arrived (our clock): the echo adds the time we held it.
     ts_recent_at: Micros,
+    /// How long its frame may have waited before we looked (`echo_wait`).
+    ts_recent_wait: u64,
     unacked_rx: u32,
     ack_deadline: Option<Micros>,
     ack_now: bool,
@@ -197,12 +211,14 @@ impl Session {
             peer_window: cfg.window,
             rto_deadline: None,
             backoffs: 0,
+            timeout_undo: None,
             last_go_back: None,
             frames_since_probe: 0,
             rcv_nxt: 0,
             delivered: VecDeque::new(),
             ts_recent: 0,
             ts_recent_at: 0,
+            ts_recent_wait: 0,
             unacked_rx: 0,
             ack_deadline: None,
             ack_now: false,
@@ -304,6 +320,20 @@ impl Session {
         h: &TetherHeader,
         payload: &[u8],
     ) -> Result<(), Refused> {
+        self.handle_frame_since(now, now, h, payload)
+    }
+
+    /// The same for a frame that may have arrived as early as `since`: the caller
+    /// last found its receive queue empty then and has not looked since (it slept or
+    /// was descheduled). The echo tells the peer, whose rate control then does not
+    /// take our absence for a queue in the network.
+    pub fn handle_frame_since(
+        &mut self,
+        now: Micros,
+        since: Micros,
+        h: &TetherHeader,
+        payload: &[u8],
+    ) -> Result<(), Refused> {
         self.stats.frames_in += 1;
         self.stats.bytes_in += (wire::HEADER_LEN + payload.len()) as u64;
         if !matches!(h.kind, FrameKind::Data | FrameKind::Ack | FrameKind::Nak) {
@@ -339,7 +369,7 @@ impl Session {
         }
         if h.has_flag(flags::ACK) && h.peer_epoch == self.local_epoch {
             self.peer_window = h.window as u32;
-            self.on_ack(now, h.ack, h.tsecr);
+            self.on_ack(now, h.ack, h.tsecr, h.echo_wait);
         }
         match h.kind {
             FrameKind::Nak => {
@@ -349,7 +379,7 @@ impl Session {
                 }
                 Ok(())
             }
-            FrameKind::Data => self.on_data(now, h, payload),
+            FrameKind::Data => self.on_data(now, since, h, payload),
             _ => Ok(()),
         }
     }
@@ -373,13 +403,14 @@ impl Session {
         self.next_seq = 0;
         self.rto_deadline = None;
         self.backoffs = 0;
+        self.timeout_undo = None;
         self.last_go_back = None;
         self.frames_since_probe = 0;
         self.peer_window = self.cfg.window;
         lost
     }
 
-    fn on_ack(&mut self, now: Micros, ack: u32, tsecr: u32) {
+    fn on_ack(&mut self, now: Micros, ack: u32, tsecr: u32, echo_wait: u8) {
         if !seq::lt(self.snd_una, ack) || seq::lt(self.next_seq, ack) {
             return; // Nothing new, or acknowledging what was never sent.
         }
@@ -394,6 +425,16 @@ impl Session {
             self.unacked.pop_front();
         }
         self.snd_una = ack;
+        if let Some(undo) = self.timeout_undo.take() {
+            if Self::spurious(&undo, self.snd_nxt, ack, tsecr) {
+                // Every expiry of the series (the timer backs off while the peer is
+                // silent).
+                self.stats.spurious_timeouts += self.backoffs as u64;
+                self.rate.undo_to(undo.rate);
+                self.rtt.on_spurious_timeout(now, undo.rto);
+            }
+        }
+        self.rtt.relax_floor(now);
         if seq::lt(self.snd_nxt, ack) {
             self.snd_nxt = ack;
         }
@@ -402,10 +443,20 @@ impl Session {
             self.rtt.sample(now.saturating_sub(sent_at).max(1) as u32);
         }
         if tsecr != 0 {
-            let rtt = (now as u32).wrapping_sub(tsecr);
-            if (rtt as i32) >= 0 {
-                let rtt = rtt.max(1);
-                let base = self.net_min.map_or(rtt, |m| m.min(rtt));
+            // The network's round trip: the echo's time at the peer is already taken
+            // out; so is the time the frame may have waited for the peer to look at
+            // all (at most), which leaves a sample that may be low but never shows a
+            // queue that the network did not have.
+            let raw = (now as u32).wrapping_sub(tsecr);
+            let waited = echo_wait as u32 * wire::ECHO_WAIT_UNIT_US;
+            if (raw as i32) >= 0 {
+                let rtt = raw.saturating_sub(waited).max(1);
+                // Such a lower bound is no measure of the base.
+                let base = match self.net_min {
+                    Some(m) if waited == 0 => m.min(rtt),
+                    Some(m) => m,
+                    None => rtt,
+                };
                 self.net_min = Some(base);
                 let srtt = self.rtt.srtt().unwrap_or(rtt);
                 self.rate
@@ -413,6 +464,16 @@ impl Session {
             }
         }
         self.rto_deadline = (!self.unacked.is_empty()).then(|| now + self.rtt.rto());
+    }
+
+    /// Whether the first acknowledgement after a timeout shows that nothing was lost
+    /// (Eifel's detection, RFC 3522): it echoes the timestamp of a frame sent before
+    /// the timeout (the receiver echoes the frame that completed its in-order run, and
+    /// a lost frame's successors are not in order until its retransmission arrives), or
+    /// it covers frames that were not resent yet (Go-Back-N resends from the oldest).
+    fn spurious(undo: &TimeoutUndo, snd_nxt: u32, ack: u32, tsecr: u32) -> bool {
+        let echoed_before = tsecr != 0 && ((undo.at as u32).wrapping_sub(tsecr) as i32) > 0;
+        echoed_before || seq::lt(snd_nxt, ack)
     }
 
     fn on_nak(&mut self, now: Micros, expected: u32) {
@@ -434,7 +495,13 @@ impl Session {
         self.last_go_back = Some((to, now));
     }
 
-    fn on_data(&mut self, now: Micros, h: &TetherHeader, payload: &[u8]) -> Result<(), Refused> {
+    fn on_data(
+        &mut self,
+        now: Micros,
+        since: Micros,
+        h: &TetherHeader,
+        payload: &[u8],
+    ) -> Result<(), Refused> {
         if h.has_flag(flags::PROBE) {
             self.ack_now = true;
         }
@@ -478,6 +545,7 @@ impl Session {
         self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
         self.ts_recent = h.tsval;
         self.ts_recent_at = now;
+        self.ts_recent_wait = now.saturating_sub(since);
         self.nak_sent_for = None;
         self.unacked_rx += 1;
         if self.advertised_window() < self.cfg.window / 4 {
@@ -525,6 +593,11 @@ impl Session {
             tsval: (now as u32).max(1),
             tsecr: self.echo(now),
             window: self.advertised_window() as u16,
+            echo_wait: if self.ts_recent == 0 {
+                0
+            } else {
+                wire::echo_wait_units(self.ts_recent_wait)
+            },
         }
     }
 
@@ -689,6 +762,13 @@ impl Session {
                     return;
                 }
                 self.stats.timeouts += 1;
+                if self.backoffs == 0 {
+                    self.timeout_undo = Some(TimeoutUndo {
+                        at: now,
+                        rate: self.rate.rate(),
+                        rto: self.rtt.rto(),
+                    });
+                }
                 self.backoffs += 1;
                 if self.backoffs > self.cfg.retry_limit {
                     let lost = self.discard_outgoing();

@@ -16,6 +16,10 @@ pub struct Stats {
     pub tlps_out: u64,
     pub naks_in: u64,
     pub timeouts: u64,
+    /// Of those, the ones that proved spurious (the first acknowledgement after them
+    /// was for frames sent before): their rate decreases were undone and the
+    /// timeout's floor raised.
+    pub spurious_timeouts: u64,
     pub go_backs: u64,
     pub peer_restarts: u64,
     /// Frames dropped on receive, by reason.

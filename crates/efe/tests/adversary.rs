@@ -39,6 +39,7 @@ fn frame() -> impl Strategy<Value = (TetherHeader, Vec<u8>, u64)> {
                         tsval: ts[0],
                         tsecr: ts[1],
                         window,
+                        echo_wait: (ts[0] >> 24) as u8,
                     },
                     payload,
                     dt,

@@ -133,6 +133,84 @@ fn recovers_from_an_outage_shorter_than_the_retry_limit() {
 }
 
 #[test]
+fn a_receiver_that_pauses_costs_few_timeouts_and_no_rate() {
+    // The receiver is descheduled for 3 ms every 10 ms (a bridge thread sharing its
+    // core): nothing is lost, but acknowledgements come 3 ms late, three times the
+    // timeout floor. The first pauses time out; the acknowledgements then cover
+    // frames sent only once, so those timeouts are recognised as spurious: their rate
+    // decreases are undone and the floor rises above the pauses.
+    let cfg = Config {
+        rto_min_us: 1_000,
+        ..Config::default()
+    };
+    let link = LinkConfig {
+        delay_us: 10,
+        ..LinkConfig::default()
+    };
+    let mut sim = pair(7, cfg, link.clone(), link);
+    sim.add_flow(0, 1, 1_000_000, 256);
+    let mut timeouts_by_pause = Vec::new();
+    for k in 0..20u64 {
+        let start = 2_000 + 10_000 * k;
+        sim.run_while(start, |_| true);
+        sim.pause(1, start + 3_000);
+        sim.run_while(start + 10_000, |_| true);
+        timeouts_by_pause.push(sim.nodes[0].session.stats().timeouts);
+    }
+    let s = sim.nodes[0].session.stats();
+    assert!(sim.flows[0].errors.is_empty(), "{:?}", sim.flows[0].errors);
+    assert!(sim.flows[0].received > 0);
+    assert!(s.timeouts > 0, "the pauses never timed out: {s:?}");
+    assert_eq!(
+        s.spurious_timeouts, s.timeouts,
+        "every timeout was spurious here: {s:?}"
+    );
+    // The last ten pauses cost no timeout at all.
+    assert_eq!(
+        timeouts_by_pause[9], timeouts_by_pause[19],
+        "timeouts after each pause: {timeouts_by_pause:?}"
+    );
+    // And the rate was not driven down: at least the initial rate.
+    assert!(
+        s.rate_bytes_per_s >= cfg.rate.initial,
+        "rate {} after the pauses: {s:?}",
+        s.rate_bytes_per_s
+    );
+}
+
+/// The sender's rate after a flow to a receiver that is away 400 µs of every 500 µs
+/// (a bridge that sleeps between bursts, or shares its core).
+fn rate_with_an_absent_receiver(report_waits: bool) -> f64 {
+    let link = LinkConfig {
+        delay_us: 5,
+        ..LinkConfig::default()
+    };
+    let mut sim = pair(11, Config::default(), link.clone(), link);
+    sim.report_waits = report_waits;
+    sim.add_flow(0, 1, 1_000_000, 256);
+    for k in 0..400u64 {
+        let start = 1_000 + 500 * k;
+        sim.run_while(start, |_| true);
+        sim.pause(1, start + 400);
+    }
+    assert!(sim.flows[0].errors.is_empty(), "{:?}", sim.flows[0].errors);
+    sim.nodes[0].session.stats().rate_bytes_per_s
+}
+
+#[test]
+fn a_receiver_that_was_away_is_not_a_queue() {
+    // Without the echo's wait the sender reads every batch taken after an absence as
+    // 400 µs of queueing and cuts its rate; with it, the samples show no queue.
+    let told = rate_with_an_absent_receiver(true);
+    let not_told = rate_with_an_absent_receiver(false);
+    println!("rate with the wait reported {told:.0} B/s, without {not_told:.0} B/s");
+    assert!(
+        told >= Config::default().rate.initial && told > 4.0 * not_told,
+        "told {told}, not told {not_told}"
+    );
+}
+
+#[test]
 fn goes_down_after_a_longer_outage() {
     let cfg = Config {
         retry_limit: 5,

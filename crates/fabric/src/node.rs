@@ -513,6 +513,18 @@ impl Node {
     /// Takes one frame from the port. `stripped_vlan`: the tag the port reported
     /// separately (AF_PACKET), if it is not in the frame.
     pub fn handle_frame(&mut self, now: u64, bytes: &[u8], stripped_vlan: Option<VlanTag>) {
+        self.handle_frame_since(now, now, bytes, stripped_vlan);
+    }
+
+    /// The same for a frame that may have been waiting since `since` (µs): the caller
+    /// last found the port empty then (see `Session::handle_frame_since`).
+    pub fn handle_frame_since(
+        &mut self,
+        now: u64,
+        since: u64,
+        bytes: &[u8],
+        stripped_vlan: Option<VlanTag>,
+    ) {
         self.stats.frames_in += 1;
         let frame = match Frame::parse(bytes, stripped_vlan) {
             Ok(f) => f,
@@ -548,7 +560,7 @@ impl Node {
                     return;
                 };
                 if p.session
-                    .handle_frame(now, &frame.header, frame.payload)
+                    .handle_frame_since(now, since, &frame.header, frame.payload)
                     .is_err()
                 {
                     self.stats.session_refused += 1;

@@ -24,10 +24,16 @@ pub struct FabricPort {
     /// peer's delay-based rate control would take for congestion).
     /// µs on this port's clock.
     last_work: u64,
+    /// When the loop last found the port with nothing to receive: frames that are
+    /// there now may have waited since then.
+    looked_at: u64,
     spin: Duration,
     /// Frames the node made that did not fit a pool buffer (never, with a sane MTU).
     pub oversize: u64,
 }
+
+/// Frames taken from the port per round.
+const RX_BURST: usize = 64;
 
 impl FabricPort {
     pub fn new(node: Node, port: Box<dyn Port>) -> FabricPort {
@@ -39,6 +45,7 @@ impl FabricPort {
             tx: Vec::with_capacity(64),
             events: VecDeque::new(),
             last_work: 0,
+            looked_at: 0,
             spin: Duration::from_millis(2),
             oversize: 0,
         }
@@ -85,19 +92,25 @@ impl FabricPort {
             self.node.handle_timeout(now);
         }
         worked |= self.flush(now)?;
-        let n = self.port.rx_burst(&mut self.rx, 64)?;
+        let n = self.port.rx_burst(&mut self.rx, RX_BURST)?;
         if n > 0 {
             // Frames the node drops (other groups, our own echoes, damage) are not
             // work: a bridge on a busy segment must not spin on others' traffic.
             let before = ignored(&self.node.stats());
             now = self.now();
             let pool = self.port.pool().clone();
+            let since = self.looked_at;
             for m in self.rx.drain(..) {
-                self.node.handle_frame(now, pool.data(&m), None);
+                self.node
+                    .handle_frame_since(now, since, pool.data(&m), None);
                 pool.put(m);
             }
             worked |= ignored(&self.node.stats()) - before < n as u64;
             self.flush(now)?;
+        }
+        if n < RX_BURST {
+            // Drained: what comes next arrives after this.
+            self.looked_at = now;
         }
         while let Some(e) = self.node.poll_event() {
             self.events.push_back(e);

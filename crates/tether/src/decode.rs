@@ -66,7 +66,7 @@ pub fn print_pcap(path: &Path, out: &mut impl Write) -> Result<()> {
         let gid = frame.gid().unwrap_or(0);
         writeln!(
             out,
-            "{no:>4} {rel:>10.6}  {} > {} GID {gid} {} epoch {:#010x} seq {} ack {} win {} flags {:#04x}",
+            "{no:>4} {rel:>10.6}  {} > {} GID {gid} {} epoch {:#010x} seq {} ack {} win {} flags {:#04x}{}",
             frame.ethernet.src,
             frame.ethernet.dst,
             h.kind.name(),
@@ -74,7 +74,12 @@ pub fn print_pcap(path: &Path, out: &mut impl Write) -> Result<()> {
             h.seq,
             h.ack,
             h.window,
-            h.flags
+            h.flags,
+            if h.echo_wait == 0 {
+                String::new()
+            } else {
+                format!(" echo-wait {} us", h.echo_wait as u32 * wire::ECHO_WAIT_UNIT_US)
+            }
         )?;
         match frame.body() {
             Ok(Body::Data(records)) => {

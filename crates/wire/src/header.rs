@@ -11,7 +11,7 @@
 //! |          ack              | 16
 //! |         tsval             | 20
 //! |         tsecr             | 24
-//! |   window    | hlen | rsvd | 28
+//! |   window    | hlen | ewt  | 28
 //! |   check (CRC-32C)         | 32
 //! +------+------+------+------+
 //! ```
@@ -37,6 +37,7 @@ mod field {
     pub const TSECR: usize = 24;
     pub const WINDOW: usize = 28;
     pub const HLEN: usize = 30;
+    pub const ECHO_WAIT: usize = 31;
     pub const CHECK: usize = 32;
 }
 
@@ -122,6 +123,18 @@ pub struct TetherHeader {
     pub tsecr: u32,
     /// Receive window in frames.
     pub window: u16,
+    /// How long the frame whose tsval `tsecr` echoes may have waited at the receiver
+    /// before it looked (its loop asleep or descheduled), in [`ECHO_WAIT_UNIT_US`]
+    /// units, saturating at 255. 0: not at all, or not known.
+    pub echo_wait: u8,
+}
+
+/// Microseconds per unit of [`TetherHeader::echo_wait`].
+pub const ECHO_WAIT_UNIT_US: u32 = 8;
+
+/// `us` as an `echo_wait` value: whole units rounded up, at most 255.
+pub fn echo_wait_units(us: u64) -> u8 {
+    us.div_ceil(ECHO_WAIT_UNIT_US as u64).min(255) as u8
 }
 
 impl TetherHeader {
@@ -136,6 +149,7 @@ impl TetherHeader {
             tsval: 0,
             tsecr: 0,
             window: 0,
+            echo_wait: 0,
         }
     }
 
@@ -197,6 +211,7 @@ impl TetherHeader {
             tsval: be32(field::TSVAL),
             tsecr: be32(field::TSECR),
             window: be16(field::WINDOW),
+            echo_wait: bytes[field::ECHO_WAIT],
         };
         Ok((header, &bytes[hlen..total]))
     }
@@ -227,7 +242,7 @@ impl TetherHeader {
         }
         buf[field::WINDOW..field::WINDOW + 2].copy_from_slice(&self.window.to_be_bytes());
         buf[field::HLEN] = (HEADER_LEN / 4) as u8;
-        buf[field::HLEN + 1] = 0;
+        buf[field::ECHO_WAIT] = self.echo_wait;
         let check = frame_check(gid, &buf[..total]);
         buf[field::CHECK..field::CHECK + 4].copy_from_slice(&check.to_be_bytes());
         Ok(total)

@@ -18,7 +18,10 @@ pub use ctrl::{CtrlOp, CtrlRepr, CtrlStatus};
 pub use error::WireError;
 pub use ethernet::{EthernetRepr, MacAddr, VlanTag};
 pub use frame::{emit_bare, emit_ctrl, emit_info, max_frame_len, Body, Frame, FrameWriter};
-pub use header::{flags, frame_check, FrameKind, TetherHeader, HEADER_LEN, VERSION};
+pub use header::{
+    echo_wait_units, flags, frame_check, FrameKind, TetherHeader, ECHO_WAIT_UNIT_US, HEADER_LEN,
+    VERSION,
+};
 pub use info::{BridgeRole, DeviceInfo, Info, InfoRepr, DEVICE_READY};
 pub use records::{Record, RecordType, Records};
 

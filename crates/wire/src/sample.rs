@@ -69,6 +69,7 @@ fn header(kind: FrameKind, epoch: u32, seq: u32, ack: u32, tsval: u32) -> Tether
         tsval,
         tsecr: tsval.wrapping_sub(17),
         window: 64,
+        echo_wait: 0,
     }
 }
 

@@ -94,6 +94,7 @@ fn exact_header_bytes() {
         tsval: 11,
         tsecr: 12,
         window: 13,
+        echo_wait: 14,
     };
     let n = emit_bare(&mut buf, &eth, &hdr).unwrap();
     assert_eq!(n, 18 + 36);
@@ -105,7 +106,7 @@ fn exact_header_bytes() {
         1, 2, 3, 4, 5, 6, 7, 8,                  // epoch, peer epoch
         0, 0, 0, 9, 0, 0, 0, 10,                 // seq, ack
         0, 0, 0, 11, 0, 0, 0, 12,                // tsval, tsecr
-        0, 13, 9, 0,                             // window, header length 9 words
+        0, 13, 9, 14,                            // window, header length 9 words, echo wait
     ];
     assert_eq!(&buf[..n - 4], &expected[..n - 4]);
     // The check: CRC-32C of the GID, then the header with a zero check field.
@@ -233,8 +234,14 @@ fn kind() -> impl Strategy<Value = FrameKind> {
 }
 
 fn header() -> impl Strategy<Value = TetherHeader> {
-    (kind(), any::<u8>(), any::<[u32; 6]>(), any::<u16>()).prop_map(|(kind, f, v, window)| {
-        TetherHeader {
+    (
+        kind(),
+        any::<u8>(),
+        any::<[u32; 6]>(),
+        any::<u16>(),
+        any::<u8>(),
+    )
+        .prop_map(|(kind, f, v, window, echo_wait)| TetherHeader {
             kind,
             flags: f & !flags::AUTH,
             epoch: v[0],
@@ -244,8 +251,8 @@ fn header() -> impl Strategy<Value = TetherHeader> {
             tsval: v[4],
             tsecr: v[5],
             window,
-        }
-    })
+            echo_wait,
+        })
 }
 
 fn device() -> impl Strategy<Value = DeviceInfo> {

@@ -22,6 +22,17 @@ pub struct Node {
     pub mac: MacAddr,
     pub out_link: usize,
     pub peer: usize,
+    /// Descheduled until then (as a bridge thread the OS does not run): no timers,
+    /// no receiving, no sending. Frames that arrive meanwhile wait in `backlog`.
+    pub paused_until: Micros,
+    paused_at: Micros,
+    backlog: Vec<Vec<u8>>,
+}
+
+impl Node {
+    fn runs(&self, now: Micros) -> bool {
+        now >= self.paused_until
+    }
 }
 
 /// A one-way stream of `total` memory writes of `payload` bytes each, checked on arrival.
@@ -100,6 +111,9 @@ pub struct Sim {
     pub events: Vec<(Micros, usize, Event)>,
     /// Frames that failed to parse at a receiver (corruption caught by the frame check).
     pub frames_rejected: u64,
+    /// Whether a node that was paused tells its sessions how long the frames it finds
+    /// may have waited (`Session::handle_frame_since`), as tether's bridges do.
+    pub report_waits: bool,
     rng: Rng,
     buf: Vec<u8>,
 }
@@ -113,6 +127,7 @@ impl Sim {
             flows: Vec::new(),
             events: Vec::new(),
             frames_rejected: 0,
+            report_waits: true,
             rng: Rng::new(seed),
             buf: vec![0u8; 65536],
         }
@@ -131,6 +146,9 @@ impl Sim {
             mac: MacAddr([2, 0, 0, 0, 0, i as u8 + 1]),
             out_link,
             peer: usize::MAX,
+            paused_until: 0,
+            paused_at: 0,
+            backlog: Vec::new(),
         });
         i
     }
@@ -187,6 +205,12 @@ impl Sim {
         Ok((sim, shared))
     }
 
+    /// Deschedules `node` from now until `until`.
+    pub fn pause(&mut self, node: usize, until: Micros) {
+        self.nodes[node].paused_until = until;
+        self.nodes[node].paused_at = self.now;
+    }
+
     /// Replaces a node's session, as a restarted bridge would come back.
     pub fn replace_session(&mut self, node: usize, session: Session) {
         self.nodes[node].session = session;
@@ -215,16 +239,35 @@ impl Sim {
 
     fn next_event(&self) -> Option<Micros> {
         let links = self.links.iter().filter_map(Link::next_arrival);
-        let timers = self.nodes.iter().filter_map(|n| n.session.poll_timeout());
+        // A paused node's timers run, and its backlog is taken, when it resumes.
+        let timers = self.nodes.iter().filter_map(|n| {
+            let t = if n.backlog.is_empty() {
+                n.session.poll_timeout()?
+            } else {
+                n.paused_until
+            };
+            Some(t.max(n.paused_until))
+        });
         links.chain(timers).min()
     }
 
     /// Everything that happens at `self.now`.
     fn step(&mut self) {
         let now = self.now;
-        for n in &mut self.nodes {
+        for n in self.nodes.iter_mut().filter(|n| n.runs(now)) {
             if n.session.poll_timeout().is_some_and(|t| t <= now) {
                 n.session.handle_timeout(now);
+            }
+            let since = if self.report_waits { n.paused_at } else { now };
+            for frame in std::mem::take(&mut n.backlog) {
+                match Frame::parse(&frame, None) {
+                    Ok(fr) => {
+                        let _ = n
+                            .session
+                            .handle_frame_since(now, since, &fr.header, fr.payload);
+                    }
+                    Err(_) => self.frames_rejected += 1,
+                }
             }
         }
         // Sources keep their send queues full.
@@ -241,6 +284,10 @@ impl Sim {
         // Deliveries.
         for l in 0..self.links.len() {
             while let Some((dest, frame)) = self.links[l].pop_arrived(now) {
+                if !self.nodes[dest].runs(now) {
+                    self.nodes[dest].backlog.push(frame);
+                    continue;
+                }
                 match Frame::parse(&frame, None) {
                     Ok(fr) => {
                         let _ = self.nodes[dest]
@@ -253,6 +300,9 @@ impl Sim {
         }
         // Sinks check what arrives.
         for f in &mut self.flows {
+            if !self.nodes[f.receiver].runs(now) {
+                continue;
+            }
             let s = &mut self.nodes[f.receiver].session;
             while let Some(tlp) = s.recv() {
                 if let Err(e) = check_delivery(&tlp, f.received, f.payload) {
@@ -283,7 +333,7 @@ impl Sim {
                 self.nodes[i].peer,
                 self.nodes[i].out_link,
             );
-            if peer == usize::MAX {
+            if peer == usize::MAX || !self.nodes[i].runs(now) {
                 continue;
             }
             let peer_mac = self.nodes[peer].mac;
