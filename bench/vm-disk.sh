@@ -5,13 +5,16 @@
 # ("local"). The guest (Debian 6.1 under TCG, vfio-user front-end, QEMU 11.1 from the
 # trixie chroot) runs blkbench (crates/tether/tests/vm/blkbench.c): sequential 128 KiB
 # reads and 4 KiB random reads, O_DIRECT, one at a time, ROUNDS times each per boot.
-# Prints every run and the medians and remote/local ratios. Needs root.
+# BOOTS pairs of boots, remote then local, so that both see the same drift of this
+# shared machine. Prints every run and the medians and remote/local ratios. Needs root.
 #
-# usage: bench/vm-disk.sh [ROUNDS (default 5)] [MTU (default 1500)]
+# usage: bench/vm-disk.sh [ROUNDS (default 5)] [MTU (default 1500)] [BOOTS (default 1)]
+#        MAX_PAYLOAD=N: the host's Max Payload Size (default: the host default, 256)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
 MTU=${2:-1500}
+BOOTS=${3:-1}
 ROOT=$(scripts/deps/qemu-vfio-user.sh | tail -n 1)
 KVER=$(scripts/deps/guest-linux.sh | tail -n 1)
 VM=${TETHER_VM_DIR:-/var/tmp/tether-vm}
@@ -44,7 +47,7 @@ for ns in tvbbox:tvbb tvbhost:tvbh; do
     ip -n "${ns%%:*}" link set lo up
 done
 printf '[port]\ninterface = "tvbb"\n[[device]]\nslot = 0\nmodel = "virtio-blk"\ngid = 10\npath = "%s"\n' "$W/disk.img" >"$W/box.toml"
-printf 'gid = 10\n[port]\ninterface = "tvbh"\n' >"$W/host.toml"
+printf 'gid = 10\nmax_payload = %s\n[port]\ninterface = "tvbh"\n' "${MAX_PAYLOAD:-256}" >"$W/host.toml"
 run() { # run NAME [extra tether vm args]
     local name=$1
     shift
@@ -53,12 +56,15 @@ run() { # run NAME [extra tether vm args]
         --accel tcg --memory 256 --timeout 600 "$@" 2>&1 |
         grep '^blkbench' | sed "s/^/$name /" | tee -a "$W/results"
 }
-ip netns exec tvbbox "$T" iobox --config "$W/box.toml" >"$W/box.log" 2>&1 &
-run remote
-pkill -f "$W/box.toml" || true
-run local --local-box "$W/box.toml"
+for _ in $(seq "$BOOTS"); do
+    ip netns exec tvbbox "$T" iobox --config "$W/box.toml" >"$W/box.log" 2>&1 &
+    run remote
+    pkill -f "$W/box.toml" || true
+    wait
+    run local --local-box "$W/box.toml"
+done
 echo
-echo "medians over $ROUNDS runs (MTU $MTU):"
+echo "medians over $((ROUNDS * BOOTS)) runs (MTU $MTU, max_payload ${MAX_PAYLOAD:-256}):"
 for mode in seq rand; do
     for where in remote local; do
         key=MBps

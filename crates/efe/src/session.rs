@@ -369,7 +369,11 @@ impl Session {
         }
         if h.has_flag(flags::ACK) && h.peer_epoch == self.local_epoch {
             self.peer_window = h.window as u32;
-            self.on_ack(now, h.ack, h.tsecr, h.echo_wait);
+            // Both ends may have been away: the peer says how long our frame may have
+            // waited for it, and this one may have waited for us since `since`.
+            let waited =
+                h.echo_wait as u64 * wire::ECHO_WAIT_UNIT_US as u64 + now.saturating_sub(since);
+            self.on_ack(now, h.ack, h.tsecr, waited);
         }
         match h.kind {
             FrameKind::Nak => {
@@ -410,7 +414,9 @@ impl Session {
         lost
     }
 
-    fn on_ack(&mut self, now: Micros, ack: u32, tsecr: u32, echo_wait: u8) {
+    /// `waited`: how long, at most, the round trip was spent waiting for either end to
+    /// look at its receive queue.
+    fn on_ack(&mut self, now: Micros, ack: u32, tsecr: u32, waited: u64) {
         if !seq::lt(self.snd_una, ack) || seq::lt(self.next_seq, ack) {
             return; // Nothing new, or acknowledging what was never sent.
         }
@@ -444,11 +450,11 @@ impl Session {
         }
         if tsecr != 0 {
             // The network's round trip: the echo's time at the peer is already taken
-            // out; so is the time the frame may have waited for the peer to look at
-            // all (at most), which leaves a sample that may be low but never shows a
-            // queue that the network did not have.
+            // out; so is the time the frames may have waited for either end to look
+            // at all (at most), which leaves a sample that may be low but never shows
+            // a queue that the network did not have.
             let raw = (now as u32).wrapping_sub(tsecr);
-            let waited = echo_wait as u32 * wire::ECHO_WAIT_UNIT_US;
+            let waited = waited.min(u32::MAX as u64) as u32;
             if (raw as i32) >= 0 {
                 let rtt = raw.saturating_sub(waited).max(1);
                 // Such a lower bound is no measure of the base.

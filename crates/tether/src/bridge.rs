@@ -1,7 +1,9 @@
 //! What every bridge program (`iobox`, `host`, `demo`, `bench`) sets up the same way:
 //! its dataplane port, its fabric node, and the lspci-style description of a device.
 
-use anyhow::Result;
+use std::os::fd::AsRawFd;
+
+use anyhow::{bail, Result};
 use dataplane::ports::af_packet::{AfPacketPort, RingConfig};
 use dataplane::ports::af_xdp::{AfXdpPort, XdpConfig};
 use dataplane::ports::socket::SocketPort;
@@ -11,16 +13,42 @@ use wire::{BridgeRole, MacAddr};
 
 use crate::config::{BridgeSettings, PortKind};
 
-/// Buffers in a bridge's pool (each port has its own: AF_XDP registers it as UMEM).
-const POOL_BUFFERS: usize = 16384;
+/// Bytes in a bridge's pool (each port has its own: AF_XDP registers it as UMEM):
+/// 16384 buffers of 2048 bytes, or 8192 of 4096 on a jumbo-frame link.
+const POOL_BYTES: usize = 32 << 20;
 
 /// Bytes of a pool buffer that are not frame payload: the headroom AF_XDP keeps in
 /// front of a received frame (256), the Ethernet header and 802.1Q tag, and margin.
 const FRAME_OVERHEAD: usize = 256 + 64;
 
+/// The pool buffer size for a link of `mtu`: 2048 bytes, or 4096 (the largest UMEM
+/// chunk AF_XDP takes) where frames are larger. Frames stay within a buffer, so a
+/// jumbo link carries frames of up to 4096 - 320 bytes.
+fn buffer_size_for(mtu: usize) -> usize {
+    if mtu + FRAME_OVERHEAD <= 2048 {
+        2048
+    } else {
+        4096
+    }
+}
+
+/// A bridge's buffer pool for a link of `mtu`.
+pub fn pool_for(mtu: usize) -> Result<std::sync::Arc<Mempool>> {
+    let buf = buffer_size_for(mtu);
+    Ok(Mempool::new(POOL_BYTES / buf, buf)?)
+}
+
+/// The MTU of `interface` in this network namespace, if it can be asked.
+pub fn interface_mtu(interface: &str) -> Option<usize> {
+    let fd = dataplane::sys::ioctl_socket(interface).ok()?;
+    let (_, mtu) = dataplane::sys::query_link(fd.as_raw_fd(), interface).ok()?;
+    Some(mtu)
+}
+
 /// Opens `interface` as `kind`; returns the port and a description of what it is.
 pub fn open_port(kind: PortKind, interface: &str) -> Result<(Box<dyn Port>, String)> {
-    let pool = Mempool::new(POOL_BUFFERS, 2048)?;
+    // An interface that cannot be asked is reported by the port's own open below.
+    let pool = pool_for(interface_mtu(interface).unwrap_or(1500))?;
     if matches!(kind, PortKind::Auto | PortKind::AfXdp) {
         match AfXdpPort::open(interface, &pool, XdpConfig::default()) {
             Ok(p) => {
@@ -82,6 +110,16 @@ pub fn host_link(
     what: &str,
 ) -> Result<runtime::FabricLink> {
     let mut node = node(&*port, BridgeRole::Host, &cfg.bridge)?;
+    let fits = largest_payload_in_a_frame(&node);
+    if cfg.max_payload as usize > fits {
+        bail!(
+            "max_payload = {}: TLPs that size do not fit a frame on {} (frames of {} bytes after the Ethernet header carry at most {} bytes of TLP payload)",
+            cfg.max_payload,
+            cfg.port.interface,
+            node.config().session.mtu,
+            fits
+        );
+    }
     node.join(cfg.gid)?;
     println!(
         "tether host: {} (id {:#x}) in group {} on {}: {what}",
@@ -95,6 +133,23 @@ pub fn host_link(
         port,
         &cfg.bridge,
     )))
+}
+
+/// The largest TLP payload a frame of `node` carries: its records' room less one
+/// record header and a 4-DW TLP header.
+pub fn largest_payload_in_a_frame(node: &Node) -> usize {
+    let cfg = &node.config().session;
+    cfg.max_payload()
+        .saturating_sub(wire::records::RECORD_HEADER_LEN + 16)
+}
+
+/// The root complex settings of a host (its Max Payload Size; the rest default).
+pub fn root_complex_config(cfg: &crate::config::HostConfig) -> rootcomplex::BridgeConfig {
+    rootcomplex::BridgeConfig {
+        // Checked when the configuration was loaded.
+        max_payload: tlp::MaxSize::new(cfg.max_payload).unwrap_or(tlp::MaxSize::B256),
+        ..rootcomplex::BridgeConfig::default()
+    }
 }
 
 /// The bridge's control socket, if its settings name one.
@@ -233,5 +288,43 @@ mod tests {
         assert_eq!(class_name(0x01, 0x08), "Non-Volatile memory controller");
         assert_eq!(class_name(0x02, 0x00), "Ethernet controller");
         assert_eq!(class_name(0xff, 0x00), "Unclassified device");
+    }
+
+    #[test]
+    fn buffers_and_frames_follow_the_mtu() {
+        assert_eq!(buffer_size_for(1500), 2048);
+        assert_eq!(buffer_size_for(2048 - FRAME_OVERHEAD), 2048);
+        assert_eq!(buffer_size_for(2048 - FRAME_OVERHEAD + 1), 4096);
+        assert_eq!(buffer_size_for(9000), 4096);
+        for (mtu, frame_mtu, payload) in [(1500, 1500, 1444), (9000, 3776, 3720)] {
+            let pool = pool_for(mtu).unwrap();
+            let (port, _) = dataplane::ports::mem::pair(&pool, 64, mtu);
+            let n = node(&port, BridgeRole::Host, &BridgeSettings::default()).unwrap();
+            assert_eq!(n.config().mtu as usize, frame_mtu);
+            assert_eq!(largest_payload_in_a_frame(&n), payload);
+        }
+    }
+
+    #[test]
+    fn a_host_refuses_tlps_larger_than_its_frames() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(
+            &mut f,
+            b"gid = 10\nmax_payload = 2048\n[port]\ninterface = \"mem\"\n",
+        )
+        .unwrap();
+        let cfg = crate::config::HostConfig::load(f.path()).unwrap();
+        let pool = pool_for(1500).unwrap();
+        let (port, _) = dataplane::ports::mem::pair(&pool, 64, 1500);
+        let e = host_link(&cfg, Box::new(port), "memory").err().unwrap();
+        let e = e.to_string();
+        assert!(
+            e.contains("max_payload = 2048") && e.contains("at most 1444"),
+            "{e}"
+        );
+        let mut cfg = cfg;
+        cfg.max_payload = 1024;
+        let (port, _) = dataplane::ports::mem::pair(&pool, 64, 1500);
+        assert!(host_link(&cfg, Box::new(port), "memory").is_ok());
     }
 }

@@ -167,6 +167,14 @@ pub struct HostConfig {
     /// After enumerating a memdev, run this many verified DMA copies through it.
     #[serde(default)]
     pub self_test: u32,
+    /// Max Payload Size of the root complex in bytes (128..=4096, a power of two):
+    /// the largest TLP payload the host sends and the most it lets devices send.
+    #[serde(default = "default_max_payload")]
+    pub max_payload: u16,
+}
+
+fn default_max_payload() -> u16 {
+    256
 }
 
 fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
@@ -284,6 +292,15 @@ impl HostConfig {
         }
         if c.memory.base.checked_add(c.memory.size).is_none() {
             return Err(invalid(path, "memory: base + size overflows".into()));
+        }
+        if tlp::MaxSize::new(c.max_payload).is_none() {
+            return Err(invalid(
+                path,
+                format!(
+                    "max_payload = {}: a PCIe size is 128, 256, 512, 1024, 2048 or 4096",
+                    c.max_payload
+                ),
+            ));
         }
         Ok(c)
     }
@@ -409,5 +426,14 @@ buffer_size = 65536
         let e =
             HostConfig::load(write("gid = 5000\n[port]\ninterface = \"x\"\n").path()).unwrap_err();
         assert!(e.to_string().contains("not a valid GID"), "{e}");
+        let host = "gid = 5\n[port]\ninterface = \"x\"\n";
+        let e = HostConfig::load(write(&format!("max_payload = 384\n{host}")).path()).unwrap_err();
+        assert!(e.to_string().contains("a PCIe size is 128"), "{e}");
+        let c = HostConfig::load(write(&format!("max_payload = 1024\n{host}")).path()).unwrap();
+        assert_eq!(c.max_payload, 1024);
+        assert_eq!(
+            HostConfig::load(write(host).path()).unwrap().max_payload,
+            256
+        );
     }
 }

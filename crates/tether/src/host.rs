@@ -144,7 +144,12 @@ pub fn run(path: &Path) -> Result<()> {
         .with_context(|| format!("opening {}", cfg.port.interface))?;
     let link = bridge::host_link(&cfg, port, &format!("{what}; waiting for devices"))?;
     let control = bridge::control_socket(&cfg.bridge)?;
-    let h = workload::root_complex(link, cfg.memory.base, cfg.memory.size as usize)?;
+    let h = workload::root_complex_with(
+        bridge::root_complex_config(&cfg),
+        link,
+        cfg.memory.base,
+        cfg.memory.size as usize,
+    )?;
     let mut hb = HostBridge { cfg, h };
     let mut served = Instant::now();
     while !signals::stop_requested() {

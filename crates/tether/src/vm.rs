@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use dataplane::ports::mem::{self, MemPort};
-use dataplane::Mempool;
 use runtime::IoBox;
 use wire::BridgeRole;
 
@@ -257,8 +256,11 @@ pub fn run(a: VmArgs) -> Result<ExitStatus> {
     let (vb, local) = match &a.local_box {
         Some(path) => {
             let box_cfg = BoxConfig::load(path)?;
-            let pool = Mempool::new(16384, 2048)?;
-            let (ours, theirs) = mem::pair(&pool, 4096, 1500);
+            // The link the host's configuration names, without the network: its MTU
+            // (1500 where it does not exist here), pool buffers to match.
+            let mtu = bridge::interface_mtu(&cfg.port.interface).unwrap_or(1500);
+            let pool = bridge::pool_for(mtu)?;
+            let (ours, theirs) = mem::pair(&pool, 4096, mtu);
             let vb = VmBridge::on_port(
                 cfg,
                 Box::new(ours),

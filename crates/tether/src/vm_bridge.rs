@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use fabric::FabricEvent;
-use rootcomplex::{BarWindows, BridgeConfig, Host, HostMemory, Interrupt, MemoryMap};
+use rootcomplex::{BarWindows, Host, HostMemory, Interrupt, MemoryMap};
 use runtime::FabricLink;
 use tlp::Bdf;
 use vmm::device::{Bar, RemoteFunction};
@@ -62,7 +62,7 @@ impl VmBridge {
     ) -> Result<VmBridge> {
         let link = bridge::host_link(&cfg, port, what)?;
         let host = Host::new(
-            BridgeConfig::default(),
+            bridge::root_complex_config(&cfg),
             MemoryMap::new(),
             (0, 0),
             BarWindows::default(),

@@ -133,7 +133,8 @@ pub fn config_space(
         .interrupt_pin(1)
         .bar(layout::BAR as usize, Bar::mem32(layout::BAR_SIZE))
         .bar(layout::MSIX_BAR as usize, Bar::mem32(layout::MSIX_BAR_SIZE))
-        .pcie(256)
+        // Any payload size: the host's Max Payload Size decides.
+        .pcie(4096)
         .power_management()
         .msix(MsixLayout {
             vectors: num_queues + 1,
