@@ -13,6 +13,12 @@ use std::collections::VecDeque;
 
 use crate::config::RateConfig;
 
+/// How far behind its schedule the pacer may fall and catch up in one burst, µs. A
+/// software bridge sends when its loop comes round, every few µs; with no credit at
+/// all it could send one frame per round (one system call each) whatever the rate.
+/// 16 µs of line rate is a queue of 16 µs at most, well inside the delay target.
+pub const PACING_CREDIT_US: f64 = 16.0;
+
 /// Samples kept for the standing RTT.
 const WINDOW_SAMPLES: usize = 64;
 
@@ -105,10 +111,11 @@ impl RateControl {
         self.next_send_at as u64
     }
 
-    /// Accounts for a frame of `bytes` sent at `now`.
+    /// Accounts for a frame of `bytes` sent at `now`. A sender that fell behind its
+    /// schedule keeps up to [`PACING_CREDIT_US`] of it.
     pub fn on_send(&mut self, now: u64, bytes: usize) {
         let interval = bytes as f64 * 1e6 / self.rate;
-        self.next_send_at = self.next_send_at.max(now as f64) + interval;
+        self.next_send_at = self.next_send_at.max(now as f64 - PACING_CREDIT_US) + interval;
     }
 }
 
@@ -175,7 +182,26 @@ mod tests {
         assert_eq!(rc.next_send_at(), 1000);
         rc.on_send(500, 1000);
         assert_eq!(rc.next_send_at(), 2000);
+        // Late by 3000 µs: only PACING_CREDIT_US of that is made up.
         rc.on_send(5000, 1000);
-        assert_eq!(rc.next_send_at(), 6000);
+        assert_eq!(rc.next_send_at(), 6000 - PACING_CREDIT_US as u64);
+    }
+
+    #[test]
+    fn a_late_sender_catches_up_in_a_short_burst() {
+        // 100 MB/s, 1000-byte frames: one every 10 µs.
+        let mut rc = RateControl::new(RateConfig {
+            initial: 100e6,
+            ..RateConfig::default()
+        });
+        rc.on_send(0, 1000);
+        // The loop comes back 100 µs later: two frames leave at once, not one and not
+        // ten.
+        let mut sent = 0;
+        while rc.next_send_at() <= 100 {
+            rc.on_send(100, 1000);
+            sent += 1;
+        }
+        assert_eq!(sent, 2);
     }
 }

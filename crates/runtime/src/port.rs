@@ -118,12 +118,16 @@ impl FabricPort {
         }
         if worked {
             self.last_work = now;
-        } else if !wait.is_zero()
-            && now.saturating_sub(self.last_work) >= self.spin.as_micros() as u64
-        {
-            let until_timer = self.node.poll_timeout().saturating_sub(now);
-            self.port
-                .wait_rx(wait.min(Duration::from_micros(until_timer.max(50))));
+        } else if !wait.is_zero() {
+            if now.saturating_sub(self.last_work) >= self.spin.as_micros() as u64 {
+                let until_timer = self.node.poll_timeout().saturating_sub(now);
+                self.port
+                    .wait_rx(wait.min(Duration::from_micros(until_timer.max(50))));
+            } else {
+                // Spinning: a thread waiting for this core (the peer bridge, the VMM)
+                // runs now rather than at the end of our time slice.
+                std::thread::yield_now();
+            }
         }
         Ok(worked)
     }

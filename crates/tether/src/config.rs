@@ -64,9 +64,8 @@ pub struct BridgeSettings {
     /// look like a lost frame (measured: 200 µs gave 60-150 spurious timeouts per
     /// second of a two-bridge benchmark on two cores, each halving the rate).
     pub rto_min_us: u64,
-    /// Queueing delay the rate control aims for above the base RTT. Raise it where
-    /// the bridges sleep when idle (`spin_us = 0`): their wake-up latency is noise
-    /// of a few hundred µs that must not read as a queue.
+    /// Queueing delay the rate control aims for above the base RTT. (A bridge's
+    /// wake-up latency is not counted: the echo wait takes it out of the samples.)
     pub target_delay_us: u32,
 }
 

@@ -240,6 +240,9 @@ pub fn serve(
                 Duration::from_micros(50)
             };
             vmm::sys::wait_readable(&fds, until_timer.min(cap))?;
+        } else {
+            // Spinning: let a thread that waits for this core run first.
+            std::thread::yield_now();
         }
         if served.elapsed() >= Duration::from_millis(10) {
             if let Some(c) = &control {
