@@ -28,6 +28,7 @@ pub struct FabricPort {
     /// there now may have waited since then.
     looked_at: u64,
     spin: Duration,
+    yield_after: Option<Duration>,
     /// Frames the node made that did not fit a pool buffer (never, with a sane MTU).
     pub oversize: u64,
 }
@@ -46,6 +47,7 @@ impl FabricPort {
             events: VecDeque::new(),
             last_work: 0,
             looked_at: 0,
+            yield_after: None,
             spin: Duration::from_millis(2),
             oversize: 0,
         }
@@ -55,6 +57,15 @@ impl FabricPort {
     /// (default 2 ms; zero sleeps at once, as a mostly idle bridge may prefer).
     pub fn set_spin(&mut self, spin: Duration) {
         self.spin = spin;
+    }
+
+    /// While busy-polling, yield the core at each empty round once `after` has passed
+    /// since the last activity (`None`, the default: never). Where the bridge shares
+    /// its cores (a VMM, the other bridge), a waiting thread then runs at once rather
+    /// than at the end of a time slice; where it has its core, yielding only adds the
+    /// system call and now and then a wait behind kernel threads.
+    pub fn set_yield_after(&mut self, after: Option<Duration>) {
+        self.yield_after = after;
     }
 
     /// Microseconds since this port started: the clock of its node and sessions.
@@ -119,13 +130,17 @@ impl FabricPort {
         if worked {
             self.last_work = now;
         } else if !wait.is_zero() {
-            if now.saturating_sub(self.last_work) >= self.spin.as_micros() as u64 {
+            let idle = now.saturating_sub(self.last_work);
+            if idle >= self.spin.as_micros() as u64 {
                 let until_timer = self.node.poll_timeout().saturating_sub(now);
                 self.port
                     .wait_rx(wait.min(Duration::from_micros(until_timer.max(50))));
-            } else {
-                // Spinning: a thread waiting for this core (the peer bridge, the VMM)
-                // runs now rather than at the end of our time slice.
+            } else if self
+                .yield_after
+                .is_some_and(|y| idle >= y.as_micros() as u64)
+            {
+                // A thread waiting for this core (the peer bridge, the VMM) runs now
+                // rather than at the end of our time slice.
                 std::thread::yield_now();
             }
         }

@@ -164,6 +164,7 @@ pub fn control_socket(cfg: &BridgeSettings) -> Result<Option<crate::control::Con
 pub fn fabric_port(node: Node, port: Box<dyn Port>, cfg: &BridgeSettings) -> runtime::FabricPort {
     let mut fp = runtime::FabricPort::new(node, port);
     fp.set_spin(std::time::Duration::from_micros(cfg.spin_us));
+    fp.set_yield_after(cfg.yield_after_us.map(std::time::Duration::from_micros));
     fp
 }
 

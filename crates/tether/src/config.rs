@@ -59,6 +59,10 @@ pub struct BridgeSettings {
     pub control: Option<PathBuf>,
     /// Busy-poll this long after the last activity before sleeping.
     pub spin_us: u64,
+    /// While busy-polling, yield the core at each empty round from this long after
+    /// the last activity on (default: never; the VMM front-ends of `tether host`
+    /// and `tether vm`: 50, since QEMU needs the cores too).
+    pub yield_after_us: Option<u64>,
     /// Smallest retransmission timeout. Software bridges share cores with other
     /// threads and the kernel's packet work: a peer descheduled for a moment must not
     /// look like a lost frame (measured: 200 µs gave 60-150 spurious timeouts per
@@ -78,6 +82,7 @@ impl Default for BridgeSettings {
             max_tlps_per_frame: None,
             control: None,
             spin_us: 2000,
+            yield_after_us: None,
             rto_min_us: 1000,
             target_delay_us: 50,
         }
@@ -329,6 +334,7 @@ info_interval_ms = 50
 missed_infos = 10
 max_tlps_per_frame = 1
 control = "/run/tether/box.sock"
+yield_after_us = 50
 
 [[device]]
 slot = 0
@@ -343,6 +349,7 @@ buffer_size = 65536
         );
         let c = BoxConfig::load(f.path()).unwrap();
         assert_eq!(c.port.interface, "tbox0");
+        assert_eq!(c.bridge.yield_after_us, Some(50));
         assert_eq!(c.port.kind, PortKind::AfPacket);
         assert_eq!(c.bridge.id, Some(0xb0c5));
         assert_eq!(c.bridge.info_interval_ms, 50);
