@@ -113,6 +113,12 @@ impl Config {
             .min(u16::MAX as usize)
     }
 
+    /// Largest TLP a frame can carry (one record).
+    pub fn max_tlp_len(&self) -> usize {
+        self.max_payload()
+            .saturating_sub(wire::records::RECORD_HEADER_LEN)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.mtu < 128 {
             return Err(ConfigError::MtuTooSmall(self.mtu));

@@ -264,7 +264,7 @@ impl Session {
 
     /// Largest TLP a frame can carry.
     pub fn max_tlp_len(&self) -> usize {
-        self.cfg.max_payload() - RECORD_HEADER_LEN
+        self.cfg.max_tlp_len()
     }
 
     /// Queues one encoded TLP for reliable, in-order delivery.

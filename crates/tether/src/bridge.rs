@@ -135,12 +135,10 @@ pub fn host_link(
     )))
 }
 
-/// The largest TLP payload a frame of `node` carries: its records' room less one
-/// record header and a 4-DW TLP header.
+/// The largest TLP payload a frame of `node` carries: the largest TLP less a 4-DW
+/// header.
 pub fn largest_payload_in_a_frame(node: &Node) -> usize {
-    let cfg = &node.config().session;
-    cfg.max_payload()
-        .saturating_sub(wire::records::RECORD_HEADER_LEN + 16)
+    node.config().session.max_tlp_len().saturating_sub(16)
 }
 
 /// The root complex settings of a host (its Max Payload Size; the rest default).

@@ -263,81 +263,26 @@ impl ProxyServer {
 mod tests {
     use super::*;
     use crate::caps::STATUS_CAP_LIST;
-    use crate::device::Bar;
+    use crate::fake_function::FakeFunction;
     use rootcomplex::HostMemory;
     use std::os::fd::FromRawFd;
 
     /// A device with a config space and a 4 KiB memory BAR at 0xfe00_0000.
-    struct Fake {
-        config: [u8; 256],
-        bar: Vec<u8>,
-        writes: Vec<(u16, u32, u8)>,
-        ram: Vec<(u64, Box<dyn HostMemory>)>,
-        resets: usize,
-        present: bool,
-    }
-
-    impl Fake {
-        fn new() -> Fake {
-            let mut config = [0u8; 256];
-            config[0..4].copy_from_slice(&0x1042_1af4u32.to_le_bytes());
-            config[6] = STATUS_CAP_LIST;
-            config[0x34] = 0x40;
-            // PCIe at 0x40 -> MSI-X at 0x50 -> vendor at 0x60 -> MSI at 0x70 -> end.
-            for (at, id, next) in [
-                (0x40, 0x10, 0x50),
-                (0x50, 0x11, 0x60),
-                (0x60, 0x09, 0x70),
-                (0x70, 0x05, 0),
-            ] {
-                config[at] = id;
-                config[at + 1] = next;
-            }
-            Fake {
-                config,
-                bar: vec![0; 4096],
-                writes: Vec::new(),
-                ram: Vec::new(),
-                resets: 0,
-                present: true,
-            }
+    fn fake() -> FakeFunction {
+        let mut dev = FakeFunction::new(0xfe00_0000);
+        dev.config[6] = STATUS_CAP_LIST;
+        dev.config[0x34] = 0x40;
+        // PCIe at 0x40 -> MSI-X at 0x50 -> vendor at 0x60 -> MSI at 0x70 -> end.
+        for (at, id, next) in [
+            (0x40, 0x10, 0x50),
+            (0x50, 0x11, 0x60),
+            (0x60, 0x09, 0x70),
+            (0x70, 0x05, 0),
+        ] {
+            dev.config[at] = id;
+            dev.config[at + 1] = next;
         }
-    }
-
-    impl RemoteFunction for Fake {
-        fn bar(&self, _index: usize) -> Option<Bar> {
-            None
-        }
-        fn set_msix(&mut self, _enabled: bool) {}
-        fn config_read(&mut self, register: u16) -> Option<u32> {
-            let r = register as usize;
-            self.present
-                .then(|| u32::from_le_bytes(self.config[r..r + 4].try_into().unwrap()))
-        }
-        fn config_write(&mut self, register: u16, value: u32, be: u8) {
-            self.writes.push((register, value, be));
-        }
-        fn mem_read(&mut self, addr: u64, len: usize) -> Vec<u8> {
-            let o = (addr - 0xfe00_0000) as usize;
-            self.bar[o..o + len].to_vec()
-        }
-        fn mem_write(&mut self, addr: u64, data: &[u8]) {
-            let o = (addr - 0xfe00_0000) as usize;
-            self.bar[o..o + data.len()].copy_from_slice(data);
-        }
-        fn map_guest_ram(&mut self, base: u64, mem: Box<dyn HostMemory>) -> Result<(), String> {
-            self.ram.push((base, mem));
-            Ok(())
-        }
-        fn unmap_guest_ram(&mut self, base: u64, size: u64) {
-            self.ram.retain(|(b, _)| *b < base || *b >= base + size);
-        }
-        fn clear_guest_ram(&mut self) {
-            self.ram.clear();
-        }
-        fn reset(&mut self) {
-            self.resets += 1;
-        }
+        dev
     }
 
     fn pair() -> (OwnedFd, OwnedFd) {
@@ -376,7 +321,7 @@ mod tests {
         (h.size, Some(u64::from_le_bytes(v)))
     }
 
-    fn ask(q: &OwnedFd, s: &mut ProxyServer, dev: &mut Fake, r: Request) -> Option<u64> {
+    fn ask(q: &OwnedFd, s: &mut ProxyServer, dev: &mut FakeFunction, r: Request) -> Option<u64> {
         send_with_fds(q, &r.emit(), &[]);
         assert_eq!(s.serve(dev, 8).unwrap(), 1);
         read_ret(q).1
@@ -386,7 +331,7 @@ mod tests {
     fn config_reads_hide_msi_and_msix_and_writes_carry_byte_enables() {
         let (q, r) = pair();
         let mut s = ProxyServer::new(r);
-        let mut dev = Fake::new();
+        let mut dev = fake();
         let cfg = |addr, len| Request::ConfigRead { addr, len };
         assert_eq!(ask(&q, &mut s, &mut dev, cfg(0, 4)), Some(0x1042_1af4));
         assert_eq!(ask(&q, &mut s, &mut dev, cfg(2, 2)), Some(0x1042));
@@ -419,7 +364,7 @@ mod tests {
         };
         ask(&q, &mut s, &mut dev, w);
         assert_eq!(
-            dev.writes,
+            dev.config_writes,
             vec![(0x3c, 0xab00, 0b0010), (0x04, 0xf900_0000, 0b1100)]
         );
         // A device that stopped answering reads as all-ones.
@@ -432,7 +377,7 @@ mod tests {
     fn bar_accesses_reach_device_memory() {
         let (q, r) = pair();
         let mut s = ProxyServer::new(r);
-        let mut dev = Fake::new();
+        let mut dev = fake();
         let w = Request::BarWrite {
             addr: 0xfe00_0010,
             value: 0x1122_3344_5566_7788,
@@ -463,7 +408,7 @@ mod tests {
     fn guest_ram_is_mapped_from_the_memfds() {
         let (q, r) = pair();
         let mut s = ProxyServer::new(r);
-        let mut dev = Fake::new();
+        let mut dev = fake();
         // SAFETY: plain system calls on fresh descriptors.
         let mfd = unsafe {
             let fd = libc::memfd_create(c"guest".as_ptr(), libc::MFD_CLOEXEC);
@@ -510,7 +455,7 @@ mod tests {
     fn intx_is_level_triggered_through_irqfd_and_resamplefd() {
         let (q, r) = pair();
         let mut s = ProxyServer::new(r);
-        let mut dev = Fake::new();
+        let mut dev = fake();
         let irq = sys::eventfd().unwrap();
         let resample = sys::eventfd().unwrap();
         send_with_fds(
@@ -537,7 +482,7 @@ mod tests {
     fn reset_answers_an_empty_ret_and_bad_input_closes() {
         let (q, r) = pair();
         let mut s = ProxyServer::new(r);
-        let mut dev = Fake::new();
+        let mut dev = fake();
         send_with_fds(&q, &Request::DeviceReset.emit(), &[]);
         s.serve(&mut dev, 8).unwrap();
         assert_eq!(read_ret(&q), (0, None));

@@ -853,84 +853,21 @@ impl Drop for VfioUserServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::Bar;
+    use crate::fake_function::FakeFunction;
     use std::os::unix::net::UnixStream;
 
     /// A device with a 4 KiB BAR0 at 0xe000_0000 and MSI-X (4 vectors) in its list.
-    struct Fake {
-        config: [u8; 256],
-        bar: Vec<u8>,
-        ram: Vec<(u64, Box<dyn HostMemory>)>,
-        msix_on: Vec<bool>,
-        config_writes: Vec<(u16, u32, u8)>,
-        resets: usize,
-    }
-
-    impl Fake {
-        fn new() -> Fake {
-            let mut config = [0u8; 256];
-            config[0..4].copy_from_slice(&0x1042_1af4u32.to_le_bytes());
-            config[6] = 0x10;
-            config[0x10..0x14].copy_from_slice(&0xe000_0000u32.to_le_bytes());
-            config[0x34] = 0x40;
-            // MSI at 0x40 -> MSI-X at 0x50 (4 vectors) -> end.
-            config[0x40] = 0x05;
-            config[0x41] = 0x50;
-            config[0x50] = 0x11;
-            config[0x52] = 3;
-            Fake {
-                config,
-                bar: vec![0; 4096],
-                ram: Vec::new(),
-                msix_on: Vec::new(),
-                config_writes: Vec::new(),
-                resets: 0,
-            }
-        }
-    }
-
-    impl RemoteFunction for Fake {
-        fn config_read(&mut self, register: u16) -> Option<u32> {
-            let r = register as usize;
-            self.config
-                .get(r..r + 4)
-                .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
-        }
-        fn config_write(&mut self, register: u16, value: u32, be: u8) {
-            self.config_writes.push((register, value, be));
-        }
-        fn mem_read(&mut self, addr: u64, len: usize) -> Vec<u8> {
-            let o = (addr - 0xe000_0000) as usize;
-            self.bar[o..o + len].to_vec()
-        }
-        fn mem_write(&mut self, addr: u64, data: &[u8]) {
-            let o = (addr - 0xe000_0000) as usize;
-            self.bar[o..o + data.len()].copy_from_slice(data);
-        }
-        fn bar(&self, index: usize) -> Option<Bar> {
-            (index == 0).then_some(Bar {
-                address: 0xe000_0000,
-                size: 4096,
-                io: false,
-                is_64bit: false,
-            })
-        }
-        fn map_guest_ram(&mut self, base: u64, mem: Box<dyn HostMemory>) -> Result<(), String> {
-            self.ram.push((base, mem));
-            Ok(())
-        }
-        fn unmap_guest_ram(&mut self, base: u64, size: u64) {
-            self.ram.retain(|(b, _)| *b < base || *b >= base + size);
-        }
-        fn clear_guest_ram(&mut self) {
-            self.ram.clear();
-        }
-        fn reset(&mut self) {
-            self.resets += 1;
-        }
-        fn set_msix(&mut self, enabled: bool) {
-            self.msix_on.push(enabled);
-        }
+    fn fake() -> FakeFunction {
+        let mut dev = FakeFunction::new(0xe000_0000);
+        dev.config[6] = 0x10;
+        dev.config[0x10..0x14].copy_from_slice(&0xe000_0000u32.to_le_bytes());
+        dev.config[0x34] = 0x40;
+        // MSI at 0x40 -> MSI-X at 0x50 (4 vectors) -> end.
+        dev.config[0x40] = 0x05;
+        dev.config[0x41] = 0x50;
+        dev.config[0x50] = 0x11;
+        dev.config[0x52] = 3;
+        dev
     }
 
     struct Client {
@@ -981,7 +918,7 @@ mod tests {
     }
 
     /// Serves until the client's requests are all handled.
-    fn pump(s: &mut VfioUserServer, dev: &mut Fake) {
+    fn pump(s: &mut VfioUserServer, dev: &mut FakeFunction) {
         for _ in 0..50 {
             s.serve(dev, 64).unwrap();
             std::thread::sleep(Duration::from_millis(1));
@@ -991,7 +928,7 @@ mod tests {
     fn ask(
         c: &mut Client,
         s: &mut VfioUserServer,
-        dev: &mut Fake,
+        dev: &mut FakeFunction,
         cmd: u16,
         body: &[u8],
         fds: &[RawFd],
@@ -1042,7 +979,7 @@ mod tests {
     #[test]
     fn version_info_regions_and_config_virtualisation() {
         let (dir, mut s) = server();
-        let mut dev = Fake::new();
+        let mut dev = fake();
         let mut c = Client::connect(&dir.path.join("vfu.sock"));
         let (_, b) = ask(
             &mut c,
@@ -1192,7 +1129,7 @@ mod tests {
     #[test]
     fn msix_and_intx_through_eventfds() {
         let (dir, mut s) = server();
-        let mut dev = Fake::new();
+        let mut dev = fake();
         let mut c = Client::connect(&dir.path.join("vfu.sock"));
         let set = |flags: u32, index: u32, start: u32, count: u32| {
             Body::default()
@@ -1290,7 +1227,7 @@ mod tests {
     #[test]
     fn dma_with_and_without_descriptors_and_a_second_client() {
         let (dir, mut s) = server();
-        let mut dev = Fake::new();
+        let mut dev = fake();
         let path = dir.path.join("vfu.sock");
         let mut c = Client::connect(&path);
         // SAFETY: plain system calls on a fresh descriptor we own.

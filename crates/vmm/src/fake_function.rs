@@ -1,0 +1,83 @@
+//! A remote function for the front-ends' tests: a config space, one 4 KiB memory BAR,
+//! guest RAM as the server maps it, and a record of what the server did.
+
+use rootcomplex::HostMemory;
+
+use crate::device::{Bar, RemoteFunction};
+
+pub struct FakeFunction {
+    pub config: [u8; 256],
+    /// Where BAR0 is on the fabric side.
+    pub bar_base: u64,
+    pub bar: Vec<u8>,
+    pub config_writes: Vec<(u16, u32, u8)>,
+    pub ram: Vec<(u64, Box<dyn HostMemory>)>,
+    pub msix_on: Vec<bool>,
+    pub resets: usize,
+    /// While false, config reads get no answer (the device is away).
+    pub present: bool,
+}
+
+impl FakeFunction {
+    /// A function with the IDs 1af4:1042, the rest of its config space zero (the
+    /// tests fill in what they need), and BAR0 at `bar_base`.
+    pub fn new(bar_base: u64) -> FakeFunction {
+        let mut config = [0u8; 256];
+        config[0..4].copy_from_slice(&0x1042_1af4u32.to_le_bytes());
+        FakeFunction {
+            config,
+            bar_base,
+            bar: vec![0; 4096],
+            config_writes: Vec::new(),
+            ram: Vec::new(),
+            msix_on: Vec::new(),
+            resets: 0,
+            present: true,
+        }
+    }
+}
+
+impl RemoteFunction for FakeFunction {
+    fn config_read(&mut self, register: u16) -> Option<u32> {
+        let r = register as usize;
+        self.present
+            .then(|| self.config.get(r..r + 4))
+            .flatten()
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    }
+    fn config_write(&mut self, register: u16, value: u32, be: u8) {
+        self.config_writes.push((register, value, be));
+    }
+    fn mem_read(&mut self, addr: u64, len: usize) -> Vec<u8> {
+        let o = (addr - self.bar_base) as usize;
+        self.bar[o..o + len].to_vec()
+    }
+    fn mem_write(&mut self, addr: u64, data: &[u8]) {
+        let o = (addr - self.bar_base) as usize;
+        self.bar[o..o + data.len()].copy_from_slice(data);
+    }
+    fn bar(&self, index: usize) -> Option<Bar> {
+        (index == 0).then_some(Bar {
+            address: self.bar_base,
+            size: self.bar.len() as u64,
+            io: false,
+            is_64bit: false,
+        })
+    }
+    fn map_guest_ram(&mut self, base: u64, mem: Box<dyn HostMemory>) -> Result<(), String> {
+        self.ram.push((base, mem));
+        Ok(())
+    }
+    fn unmap_guest_ram(&mut self, base: u64, size: u64) {
+        self.ram.retain(|(b, _)| *b < base || *b >= base + size);
+    }
+    fn clear_guest_ram(&mut self) {
+        self.ram.clear();
+    }
+    fn reset(&mut self) {
+        self.resets += 1;
+    }
+    fn set_msix(&mut self, enabled: bool) {
+        self.msix_on.push(enabled);
+    }
+}
