@@ -606,19 +606,7 @@ impl<L: Link> Host<L> {
             info.irq = IrqMode::MsiX { vectors };
             cmd_bits |= 1 << 10;
         } else if let Some(m) = msi {
-            let data = self.route(bdf, 0);
-            self.config_write(bdf, m + 4, MSI_ADDRESS as u32)?;
-            let ctl = self.config_read(bdf, m)?;
-            let is64 = ctl & 1 << 23 != 0;
-            let data_reg = if is64 {
-                self.config_write(bdf, m + 8, 0)?;
-                m + 0x0c
-            } else {
-                m + 0x08
-            };
-            self.config_write_be(bdf, data_reg, data, 0x3)?;
-            // Enable, one vector (MME = 0).
-            self.config_write(bdf, m, (ctl & 0xff8f_ffff) | 1 << 16)?;
+            self.set_msi(bdf, m, true)?;
             info.irq = IrqMode::Msi { vectors: 1 };
             cmd_bits |= 1 << 10;
         } else {
@@ -641,7 +629,32 @@ impl<L: Link> Host<L> {
         self.bridge.config().max_payload.bytes() as u32
     }
 
+    /// Points the MSI capability at `cap` of `bdf` at the bridge (one vector, MME = 0,
+    /// routed as vector 0) and turns MSI on or off. Enumeration does this for devices
+    /// without MSI-X; a front-end that lets its VMM choose calls it on demand.
+    pub fn set_msi(&mut self, bdf: Bdf, cap: u16, enabled: bool) -> Result<(), HostError> {
+        let data = self.route(bdf, 0);
+        self.config_write(bdf, cap + 4, MSI_ADDRESS as u32)?;
+        let ctl = self.config_read(bdf, cap)?;
+        let is64 = ctl & 1 << 23 != 0;
+        let data_reg = if is64 {
+            self.config_write(bdf, cap + 8, 0)?;
+            cap + 0x0c
+        } else {
+            cap + 0x08
+        };
+        self.config_write_be(bdf, data_reg, data, 0x3)?;
+        // Message Control: enable (bit 16 of the dword), one vector (MME, bits 20-22, 0).
+        let on = if enabled { 1 << 16 } else { 0 };
+        self.config_write(bdf, cap, (ctl & 0xff8e_ffff) | on)
+    }
+
+    /// The message data that reaches `vector` of `bdf`: the one it already has, or a
+    /// new one.
     fn route(&mut self, bdf: Bdf, vector: u16) -> u32 {
+        if let Some((&data, _)) = self.msi_routes.iter().find(|(_, &r)| r == (bdf, vector)) {
+            return data;
+        }
         let data = self.next_msi_data;
         self.next_msi_data = (self.next_msi_data + 1) & 0xffff;
         self.msi_routes.insert(data, (bdf, vector));

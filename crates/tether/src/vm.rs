@@ -165,7 +165,7 @@ fn qemu_command(a: &VmArgs, accel: Accel, attach: &Attach, qmp: &Path) -> Vec<St
 
 /// The I/O box of `--local-box`, on the other end of the bridge's in-memory port,
 /// until `stop`.
-fn local_box(cfg: BoxConfig, port: MemPort, stop: Arc<AtomicBool>) -> Result<()> {
+pub fn local_box(cfg: BoxConfig, port: MemPort, stop: Arc<AtomicBool>) -> Result<()> {
     let node = bridge::node(&port, BridgeRole::IoBox, &cfg.bridge)?;
     println!("tether vm: I/O box in this process on an in-memory port");
     let slots = iobox::slots(&cfg)?;

@@ -14,6 +14,7 @@ use fabric::FabricEvent;
 use rootcomplex::{BarWindows, Host, HostMemory, Interrupt, MemoryMap};
 use runtime::FabricLink;
 use tlp::Bdf;
+use vmm::caps::{CAP_MSI, CAP_MSIX};
 use vmm::device::{Bar, RemoteFunction};
 use wire::MacAddr;
 
@@ -204,7 +205,7 @@ pub struct HostFunction<'a> {
 
 impl HostFunction<'_> {
     /// Enumerates the device on the fabric side (BARs, MSI-X table) and leaves MSI-X
-    /// off.
+    /// and MSI off.
     pub fn setup(&mut self) -> Result<()> {
         let Some(bdf) = self.bdf else {
             bail!("the device is away");
@@ -213,7 +214,8 @@ impl HostFunction<'_> {
         let d = self.host.enumerate(bdf)?;
         println!("  bridge side: {}", bridge::lspci_line(&d));
         self.set_msix(false);
-        // INTx until the VMM asks for MSI-X (enumeration disabled it for MSI-X).
+        self.set_msi(false);
+        // INTx until the VMM asks for MSI or MSI-X (enumeration disabled it for them).
         let cmd = self.host.config_read(bdf, 0x04)? & 0xffff;
         self.host
             .config_write_be(bdf, 0x04, cmd & !(1 << 10), 0b0011)?;
@@ -223,7 +225,6 @@ impl HostFunction<'_> {
 
 /// PCI Express capability ID, Device Control offset in it, Initiate FLR bit.
 const CAP_PCIE: u8 = 0x10;
-const CAP_MSIX: u8 = 0x11;
 const DEVCTL: u16 = 0x08;
 const DEVCTL_FLR: u32 = 1 << 15;
 
@@ -293,6 +294,17 @@ impl RemoteFunction for HostFunction<'_> {
         }
     }
 
+    fn set_msi(&mut self, enabled: bool) {
+        let Some(bdf) = self.bdf else {
+            return;
+        };
+        if let Some(cap) = vmm::caps::find(self, CAP_MSI) {
+            if let Err(e) = self.host.set_msi(bdf, cap, enabled) {
+                println!("  MSI {}: {e}", if enabled { "on" } else { "off" });
+            }
+        }
+    }
+
     /// A function-level reset through the PCI Express capability.
     fn reset(&mut self) {
         let Some(bdf) = self.bdf else {
@@ -310,5 +322,97 @@ impl RemoteFunction for HostFunction<'_> {
                 println!("  after the reset: {e:#}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use endpoint::memdev::{op, regs};
+
+    use crate::config::BoxConfig;
+
+    fn config_file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    /// Polls until the device reports something (or 5 s pass).
+    fn next_event(vb: &mut VmBridge) -> Option<DeviceEvent> {
+        let end = Instant::now() + Duration::from_secs(5);
+        let mut out = Vec::new();
+        while out.is_empty() && Instant::now() < end {
+            vb.poll(Duration::from_millis(1), &mut out);
+        }
+        out.first().copied()
+    }
+
+    /// A memdev DMA READ of 64 bytes from guest RAM at 0x10_0000, interrupt on.
+    fn run_op(vb: &mut VmBridge) -> Option<DeviceEvent> {
+        let mut f = vb.function();
+        let bar0 = f.bar(0).expect("BAR0 assigned").address;
+        for (reg, v) in [
+            (regs::SRC, 0x10_0000u32),
+            (regs::SRC + 4, 0),
+            (regs::LEN, 64),
+            (regs::BUF_OFF, 0),
+            (regs::IRQ, 1),
+            (regs::DOORBELL, op::READ),
+        ] {
+            f.mem_write(bar0 + reg, &v.to_le_bytes());
+        }
+        let e = next_event(vb);
+        // Acknowledge: the status back to idle, INTx released.
+        let mut f = vb.function();
+        f.mem_write(bar0 + regs::STATUS, &0u32.to_le_bytes());
+        e
+    }
+
+    /// The vfio-user front-end asks for MSI on demand: the bridge points the
+    /// device's MSI at itself, and its message comes back as vector 0; off again,
+    /// the device falls back to INTx. Enumeration leaves both MSI and MSI-X off.
+    #[test]
+    fn msi_on_demand_arrives_as_vector_0() {
+        let host = config_file("gid = 10\n[port]\ninterface = \"none\"\n");
+        let boxc = config_file(
+            "[port]\ninterface = \"none\"\n[[device]]\nslot = 2\nmodel = \"memdev\"\ngid = 10\n",
+        );
+        let cfg = HostConfig::load(host.path()).unwrap();
+        let box_cfg = BoxConfig::load(boxc.path()).unwrap();
+        let pool = bridge::pool_for(1500).unwrap();
+        let (ours, theirs) = dataplane::ports::mem::pair(&pool, 4096, 1500);
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let boxt = std::thread::spawn(move || crate::vm::local_box(box_cfg, theirs, s));
+        let mut vb = VmBridge::on_port(cfg, Box::new(ours), "memory").unwrap();
+        vb.wait_for_device(Duration::from_secs(10)).unwrap();
+        vb.enumerate_device().unwrap();
+        vb.function()
+            .map_guest_ram(0x10_0000, Box::new(vec![0x5au8; 4096]))
+            .unwrap();
+        let mut f = vb.function();
+        let msi = vmm::caps::find(&mut f, CAP_MSI).expect("memdev has MSI");
+        let msix = vmm::caps::find(&mut f, CAP_MSIX).expect("memdev has MSI-X");
+        let enabled =
+            |f: &mut HostFunction, cap: u16, bit: u32| f.config_read(cap).unwrap() & 1 << bit != 0;
+        assert!(!enabled(&mut f, msi, 16), "MSI off after setup");
+        assert!(!enabled(&mut f, msix, 31), "MSI-X off after setup");
+
+        assert_eq!(run_op(&mut vb), Some(DeviceEvent::Intx(true)));
+        assert_eq!(next_event(&mut vb), Some(DeviceEvent::Intx(false)));
+        vb.function().set_msi(true);
+        assert!(enabled(&mut vb.function(), msi, 16));
+        assert_eq!(run_op(&mut vb), Some(DeviceEvent::Vector(0)));
+        vb.function().set_msi(false);
+        assert!(!enabled(&mut vb.function(), msi, 16));
+        assert_eq!(run_op(&mut vb), Some(DeviceEvent::Intx(true)));
+
+        stop.store(true, Ordering::Relaxed);
+        boxt.join().unwrap().unwrap();
     }
 }

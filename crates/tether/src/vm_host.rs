@@ -134,8 +134,8 @@ impl Frontend {
             Frontend::VfioUser(v) => {
                 let v = v.stats();
                 format!(
-                    "{} connections, {} requests, {} config reads, {} config writes, {} BAR reads, {} BAR writes, {} DMA maps ({} without fd), {} DMA messages, {} INTx signals, {} MSI-X signals, {} release requests, {} errors",
-                    v.connections, v.requests, v.config_reads, v.config_writes, v.bar_reads, v.bar_writes, v.dma_maps, v.dma_maps_without_fd, v.dma_messages, v.intx_signals, v.msix_signals, v.release_requests, v.errors
+                    "{} connections, {} requests, {} config reads, {} config writes, {} BAR reads, {} BAR writes, {} DMA maps ({} without fd), {} DMA messages, {} INTx signals, {} MSI signals, {} MSI-X signals, {} release requests, {} errors",
+                    v.connections, v.requests, v.config_reads, v.config_writes, v.bar_reads, v.bar_writes, v.dma_maps, v.dma_maps_without_fd, v.dma_messages, v.intx_signals, v.msi_signals, v.msix_signals, v.release_requests, v.errors
                 )
             }
         }

@@ -42,4 +42,7 @@ pub trait RemoteFunction {
     /// Turns the device's MSI-X on or off (the front-end decides, from what the VMM
     /// asks for; the table holds the host bridge's addresses).
     fn set_msix(&mut self, enabled: bool);
+    /// Turns the device's MSI on or off, pointed at the host bridge with one vector
+    /// (vector 0); the guest's own MSI address and data never reach the device.
+    fn set_msi(&mut self, enabled: bool);
 }

@@ -13,6 +13,7 @@ pub struct FakeFunction {
     pub config_writes: Vec<(u16, u32, u8)>,
     pub ram: Vec<(u64, Box<dyn HostMemory>)>,
     pub msix_on: Vec<bool>,
+    pub msi_on: Vec<bool>,
     pub resets: usize,
     /// While false, config reads get no answer (the device is away).
     pub present: bool,
@@ -31,6 +32,7 @@ impl FakeFunction {
             config_writes: Vec::new(),
             ram: Vec::new(),
             msix_on: Vec::new(),
+            msi_on: Vec::new(),
             resets: 0,
             present: true,
         }
@@ -79,5 +81,8 @@ impl RemoteFunction for FakeFunction {
     }
     fn set_msix(&mut self, enabled: bool) {
         self.msix_on.push(enabled);
+    }
+    fn set_msi(&mut self, enabled: bool) {
+        self.msi_on.push(enabled);
     }
 }

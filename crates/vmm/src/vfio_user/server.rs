@@ -1,14 +1,16 @@
 //! A vfio-user server for one device: QEMU (`vfio-user-pci`) connects to a Unix socket
 //! and drives the device through regions (config space, BARs), DMA mappings and
 //! interrupt eventfds. The device is the host bridge's ([`RemoteFunction`]): the
-//! bridge assigned its BARs in its own windows and set up its MSI-X table, so BAR
-//! accesses by offset become TLPs at those addresses, and MSI-X messages the bridge
-//! receives become eventfd signals.
+//! bridge assigned its BARs in its own windows and set up its MSI-X table (and points
+//! its MSI at itself when MSI is asked for), so BAR accesses by offset become TLPs at
+//! those addresses, and the MSI and MSI-X messages the bridge receives become eventfd
+//! signals.
 //!
 //! Config space is forwarded except what a VMM must not change under the bridge: BAR
 //! and ROM registers read as their type bits and ignore writes (QEMU emulates the BARs
-//! the guest sees), MSI-X Message Control writes are dropped (MSI-X is switched on and
-//! off by SET_IRQS), and MSI is hidden (not offered).
+//! the guest sees), MSI-X Message Control writes are dropped and writes to the MSI
+//! capability too (SET_IRQS switches them on and off; QEMU emulates both for the
+//! guest), and MSI offers one vector (Multiple Message Capable reads 0).
 //!
 //! One connection at a time; when it closes, its DMA mappings and eventfds go and the
 //! server waits for the next one.
@@ -26,7 +28,7 @@ use thiserror::Error;
 use super::wire::{
     self, errno, vfio, Body, Header, ProtocolError, Request, HEADER_LEN, MAX_DATA_XFER,
 };
-use crate::caps::{self, CapPatch, CAP_MSI, CAP_MSIX};
+use crate::caps::{self, CAP_MSI, CAP_MSIX};
 use crate::device::{byte_enables, RemoteFunction};
 use crate::guest_ram::GuestRam;
 use crate::sys;
@@ -35,6 +37,11 @@ use crate::sys;
 const CONFIG_SIZE: u64 = 256;
 const BAR_REGS: std::ops::Range<u16> = 0x10..0x28;
 const ROM_REG: u16 = 0x30;
+/// MSI Message Control bits (in the control word) and Multiple Message Capable (in
+/// the capability's first dword).
+const MSI_64BIT: u32 = 1 << 7;
+const MSI_PER_VECTOR_MASK: u32 = 1 << 8;
+const MSI_MULTIPLE_CAPABLE: u32 = 0x7 << 17;
 
 #[derive(Debug, Error)]
 pub enum VfioUserError {
@@ -63,9 +70,10 @@ pub struct VfioUserStats {
     pub dma_messages: u64,
     pub set_irqs: u64,
     pub intx_signals: u64,
+    pub msi_signals: u64,
     pub msix_signals: u64,
-    /// MSI-X vectors that arrived masked (delivered on unmask).
-    pub msix_pended: u64,
+    /// MSI or MSI-X vectors that arrived masked (delivered on unmask).
+    pub vectors_pended: u64,
     pub resets: u64,
     /// Device-request interrupts sent (the device went away).
     pub release_requests: u64,
@@ -179,11 +187,16 @@ struct Intx {
     level: bool,
 }
 
+/// MSI or MSI-X, whichever the VMM set up (never both at once, as in the kernel's
+/// vfio): an eventfd, a mask and a pending bit per vector.
 #[derive(Default)]
-struct Msix {
+struct Vectors {
+    /// `vfio::PCI_MSI_IRQ` or `vfio::PCI_MSIX_IRQ`: which the state below is for.
+    index: Option<u32>,
     fds: Vec<Option<OwnedFd>>,
     masked: Vec<bool>,
     pending: Vec<bool>,
+    /// The device's MSI or MSI-X is on (some vector has an eventfd).
     enabled: bool,
 }
 
@@ -192,11 +205,12 @@ pub struct VfioUserServer {
     path: PathBuf,
     listener: OwnedFd,
     channel: Option<Arc<Mutex<Channel>>>,
-    caps: Option<CapPatch>,
     /// Offset of the MSI-X capability and its vector count, once read.
     msix_cap: Option<(u16, u16)>,
+    /// Offset of the MSI capability and its length, once read.
+    msi_cap: Option<(u16, u16)>,
     intx: Intx,
-    msix: Msix,
+    vectors: Vectors,
     /// The device-request eventfd: signalled to ask the VMM to release the device
     /// (QEMU then unplugs it from the guest).
     req: Option<OwnedFd>,
@@ -245,10 +259,10 @@ impl VfioUserServer {
             path: path.to_path_buf(),
             listener: listen(path)?,
             channel: None,
-            caps: None,
             msix_cap: None,
+            msi_cap: None,
             intx: Intx::default(),
-            msix: Msix::default(),
+            vectors: Vectors::default(),
             req: None,
             stats: VfioUserStats::default(),
         })
@@ -278,8 +292,8 @@ impl VfioUserServer {
 
     /// The device changed (a box restart): its capabilities are read again.
     pub fn device_changed(&mut self) {
-        self.caps = None;
         self.msix_cap = None;
+        self.msi_cap = None;
     }
 
     /// Accepts a client, handles what it sent (up to `max` requests). Returns how many
@@ -376,9 +390,10 @@ impl VfioUserServer {
         self.stats.disconnects += 1;
         dev.clear_guest_ram();
         self.intx = Intx::default();
-        self.msix = Msix::default();
+        self.vectors = Vectors::default();
         self.req = None;
         dev.set_msix(false);
+        dev.set_msi(false);
     }
 
     /// The device is gone (its box died): asks the VMM to release it, through the
@@ -489,9 +504,9 @@ impl VfioUserServer {
                             | vfio::IRQ_INFO_AUTOMASKED,
                         1,
                     ),
-                    vfio::PCI_MSIX_IRQ => (
+                    vfio::PCI_MSI_IRQ | vfio::PCI_MSIX_IRQ => (
                         vfio::IRQ_INFO_EVENTFD | vfio::IRQ_INFO_MASKABLE | vfio::IRQ_INFO_NORESIZE,
-                        self.msix_info(dev).map_or(0, |(_, n)| n as u32),
+                        self.vector_count(index, dev),
                     ),
                     vfio::PCI_REQ_IRQ => (vfio::IRQ_INFO_EVENTFD, 1),
                     i if i < vfio::PCI_NUM_IRQS => (0, 0),
@@ -539,8 +554,8 @@ impl VfioUserServer {
                 self.stats.resets += 1;
                 self.intx.masked = false;
                 self.intx.level = false;
-                self.msix.enabled = false;
-                self.msix.pending.iter_mut().for_each(|p| *p = false);
+                self.vectors.enabled = false;
+                self.vectors.pending.iter_mut().for_each(|p| *p = false);
                 dev.reset();
                 self.device_changed();
                 Ok(Vec::new())
@@ -558,6 +573,32 @@ impl VfioUserServer {
         self.msix_cap
     }
 
+    /// Where the MSI capability is and how many bytes it spans (12 or 16 by address
+    /// width, 8 more with per-vector masking).
+    fn msi_info(&mut self, dev: &mut dyn RemoteFunction) -> Option<(u16, u16)> {
+        if self.msi_cap.is_none() {
+            let cap = caps::find(dev, CAP_MSI)?;
+            let control = dev.config_read(cap)? >> 16;
+            let len = if control & MSI_64BIT != 0 { 16 } else { 12 };
+            let masking = if control & MSI_PER_VECTOR_MASK != 0 {
+                8
+            } else {
+                0
+            };
+            self.msi_cap = Some((cap, len + masking));
+        }
+        self.msi_cap
+    }
+
+    /// Vectors offered for irq `index` (MSI: one, whatever the device can do).
+    fn vector_count(&mut self, index: u32, dev: &mut dyn RemoteFunction) -> u32 {
+        match index {
+            vfio::PCI_MSI_IRQ => self.msi_info(dev).map_or(0, |_| 1),
+            vfio::PCI_MSIX_IRQ => self.msix_info(dev).map_or(0, |(_, n)| n as u32),
+            _ => 0,
+        }
+    }
+
     fn config_dword(&mut self, register: u16, dev: &mut dyn RemoteFunction) -> u32 {
         if BAR_REGS.contains(&register) {
             let index = (register - BAR_REGS.start) as usize / 4;
@@ -571,11 +612,12 @@ impl VfioUserServer {
         if register == ROM_REG {
             return 0;
         }
-        let caps = self
-            .caps
-            .get_or_insert_with(|| CapPatch::compute(dev, &[CAP_MSI]));
         let v = dev.config_read(register).unwrap_or(u32::MAX);
-        caps.apply(register, v)
+        match self.msi_info(dev) {
+            // One vector: the bridge routes one message per device.
+            Some((cap, _)) if cap == register => v & !MSI_MULTIPLE_CAPABLE,
+            _ => v,
+        }
     }
 
     fn region_read(
@@ -637,6 +679,7 @@ impl VfioUserServer {
                 }
                 self.stats.config_writes += 1;
                 let msix_control = self.msix_info(dev).map(|(cap, _)| cap);
+                let msi = self.msi_info(dev).map(|(cap, len)| cap..cap + len);
                 let mut at = offset;
                 let mut rest = data;
                 while !rest.is_empty() {
@@ -652,6 +695,11 @@ impl VfioUserServer {
                     if Some(reg) == msix_control {
                         // Message Control (bytes 2-3): SET_IRQS decides.
                         be &= 0b0011;
+                    }
+                    if msi.as_ref().is_some_and(|m| m.contains(&reg)) {
+                        // The guest's address and data are QEMU's business; the
+                        // device's MSI points at the bridge, on when SET_IRQS says.
+                        be = 0;
                     }
                     if be != 0 {
                         dev.config_write(reg, u32::from_le_bytes(word), be);
@@ -729,42 +777,62 @@ impl VfioUserServer {
                     self.intx.masked = true;
                 }
             }
-            (vfio::PCI_MSIX_IRQ, _) => {
-                let vectors = self.msix_info(dev).map_or(0, |(_, n)| n as u32);
+            (vfio::PCI_MSI_IRQ | vfio::PCI_MSIX_IRQ, _) => {
+                let vectors = self.vector_count(index, dev);
                 if start.checked_add(count).is_none_or(|e| e > vectors) {
                     return Err(errno::EINVAL);
                 }
+                let v = &mut self.vectors;
+                if v.index != Some(index) {
+                    if v.enabled {
+                        // The other kind is on: turning this one off is all that
+                        // makes sense.
+                        return match (action, count) {
+                            (vfio::IRQ_SET_ACTION_TRIGGER, 0) => Ok(()),
+                            _ => Err(errno::EINVAL),
+                        };
+                    }
+                    *v = Vectors {
+                        index: Some(index),
+                        ..Vectors::default()
+                    };
+                }
                 let n = vectors as usize;
-                self.msix.fds.resize_with(n, || None);
-                self.msix.masked.resize(n, false);
-                self.msix.pending.resize(n, false);
+                v.fds.resize_with(n, || None);
+                v.masked.resize(n, false);
+                v.pending.resize(n, false);
                 match action {
                     vfio::IRQ_SET_ACTION_TRIGGER => {
                         if count == 0 && !eventfds {
-                            self.msix.fds.iter_mut().for_each(|f| *f = None);
+                            v.fds.iter_mut().for_each(|f| *f = None);
                         } else {
                             let mut given = fds.into_iter();
                             for i in start..start + count {
                                 if eventfds {
-                                    self.msix.fds[i as usize] = given.next();
+                                    self.vectors.fds[i as usize] = given.next();
                                 } else if chosen(i - start) {
                                     // DATA_NONE/BOOL: fire the vector now (a test).
                                     self.vector(i as u16);
                                 }
                             }
                         }
-                        let on = self.msix.fds.iter().any(Option::is_some);
-                        if on != self.msix.enabled {
-                            self.msix.enabled = on;
-                            dev.set_msix(on);
+                        let v = &mut self.vectors;
+                        let on = v.fds.iter().any(Option::is_some);
+                        if on != v.enabled {
+                            v.enabled = on;
+                            if index == vfio::PCI_MSI_IRQ {
+                                dev.set_msi(on);
+                            } else {
+                                dev.set_msix(on);
+                            }
                         }
                     }
                     vfio::IRQ_SET_ACTION_MASK | vfio::IRQ_SET_ACTION_UNMASK => {
                         let mask = action == vfio::IRQ_SET_ACTION_MASK;
                         for i in start..start + count {
                             if chosen(i - start) {
-                                self.msix.masked[i as usize] = mask;
-                                if !mask && std::mem::take(&mut self.msix.pending[i as usize]) {
+                                self.vectors.masked[i as usize] = mask;
+                                if !mask && std::mem::take(&mut self.vectors.pending[i as usize]) {
                                     self.vector(i as u16);
                                 }
                             }
@@ -783,8 +851,7 @@ impl VfioUserServer {
                     None
                 };
             }
-            // MSI is not offered (hidden), nor error interrupts: only turning them off
-            // is accepted.
+            // Error interrupts are not offered: only turning them off is accepted.
             (_, vfio::IRQ_SET_ACTION_TRIGGER) if count == 0 && index < vfio::PCI_NUM_IRQS => {}
             _ => return Err(errno::EINVAL),
         }
@@ -828,17 +895,21 @@ impl VfioUserServer {
         }
     }
 
-    /// The device sent MSI-X vector `v`.
+    /// The device sent vector `v` (of MSI or MSI-X, whichever is on).
     pub fn vector(&mut self, v: u16) {
         let i = v as usize;
-        if self.msix.masked.get(i).copied().unwrap_or(false) {
-            self.msix.pending[i] = true;
-            self.stats.msix_pended += 1;
+        let vs = &mut self.vectors;
+        if vs.masked.get(i).copied().unwrap_or(false) {
+            vs.pending[i] = true;
+            self.stats.vectors_pended += 1;
             return;
         }
-        if let Some(Some(fd)) = self.msix.fds.get(i) {
+        if let Some(Some(fd)) = vs.fds.get(i) {
             if sys::eventfd_signal(fd).is_ok() {
-                self.stats.msix_signals += 1;
+                match vs.index {
+                    Some(vfio::PCI_MSI_IRQ) => self.stats.msi_signals += 1,
+                    _ => self.stats.msix_signals += 1,
+                }
             }
         }
     }
@@ -862,9 +933,10 @@ mod tests {
         dev.config[6] = 0x10;
         dev.config[0x10..0x14].copy_from_slice(&0xe000_0000u32.to_le_bytes());
         dev.config[0x34] = 0x40;
-        // MSI at 0x40 -> MSI-X at 0x50 (4 vectors) -> end.
+        // MSI at 0x40 (64-bit, 32 vectors) -> MSI-X at 0x50 (4 vectors) -> end.
         dev.config[0x40] = 0x05;
         dev.config[0x41] = 0x50;
+        dev.config[0x42] = 0x8a;
         dev.config[0x50] = 0x11;
         dev.config[0x52] = 3;
         dev
@@ -1029,8 +1101,8 @@ mod tests {
         );
         assert_eq!(u64::from_le_bytes(b[16..24].try_into().unwrap()), 256);
         let read = |off: u64, n: u32| Body::default().u64(off).u32(7).u32(n).0;
-        // The whole config space in one read: the BAR shows its type bits only, the
-        // list skips MSI.
+        // The whole config space in one read: the BAR shows its type bits only, MSI
+        // offers one vector.
         let (_, b) = ask(
             &mut c,
             &mut s,
@@ -1042,8 +1114,10 @@ mod tests {
         let cfg = &b[16..];
         assert_eq!(u32_at(cfg, 0), 0x1042_1af4);
         assert_eq!(u32_at(cfg, 0x10), 0, "BAR address hidden");
-        assert_eq!(cfg[0x34], 0x50, "MSI unlinked");
-        // Writes to BARs and to MSI-X Message Control are dropped; the rest forwarded.
+        assert_eq!((cfg[0x34], cfg[0x41]), (0x40, 0x50), "the list as it is");
+        assert_eq!(cfg[0x42], 0x80, "64-bit MSI, Multiple Message Capable 0");
+        // Writes to BARs, MSI-X Message Control and the MSI capability are dropped;
+        // the rest forwarded.
         let write = |off: u64, data: &[u8]| {
             Body::default()
                 .u64(off)
@@ -1068,6 +1142,19 @@ mod tests {
             &write(0x52, &[0x00, 0x80]),
             &[],
         );
+        for (at, data) in [
+            (0x40, &[5u8, 0x50, 0x01, 0x00][..]),
+            (0x44, &[0, 0, 0xe0, 0xfe]),
+        ] {
+            ask(
+                &mut c,
+                &mut s,
+                &mut dev,
+                wire::cmd::REGION_WRITE,
+                &write(at, data),
+                &[],
+            );
+        }
         ask(
             &mut c,
             &mut s,
@@ -1220,6 +1307,125 @@ mod tests {
             wire::cmd::DEVICE_SET_IRQS,
             &set(trig, vfio::PCI_MSIX_IRQ, 3, 2),
             &[v0.as_raw_fd(), v1.as_raw_fd()],
+        );
+        assert_eq!(h.error, errno::EINVAL);
+    }
+
+    #[test]
+    fn msi_one_vector_never_together_with_msix() {
+        let (dir, mut s) = server();
+        let mut dev = fake();
+        let mut c = Client::connect(&dir.path.join("vfu.sock"));
+        let set = |flags: u32, index: u32, start: u32, count: u32| {
+            Body::default()
+                .u32(20)
+                .u32(flags)
+                .u32(index)
+                .u32(start)
+                .u32(count)
+                .0
+        };
+        let irq_info = |c: &mut Client, s: &mut VfioUserServer, dev: &mut FakeFunction| {
+            let body = Body::default()
+                .u32(16)
+                .u32(0)
+                .u32(vfio::PCI_MSI_IRQ)
+                .u32(0)
+                .0;
+            let (_, b) = ask(c, s, dev, wire::cmd::DEVICE_GET_IRQ_INFO, &body, &[]);
+            u32_at(&b, 12)
+        };
+        assert_eq!(irq_info(&mut c, &mut s, &mut dev), 1, "one MSI vector");
+        let trig = vfio::IRQ_SET_DATA_EVENTFD | vfio::IRQ_SET_ACTION_TRIGGER;
+        let off = vfio::IRQ_SET_DATA_NONE | vfio::IRQ_SET_ACTION_TRIGGER;
+        let (msi, x0) = (sys::eventfd().unwrap(), sys::eventfd().unwrap());
+        let (h, _) = ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::DEVICE_SET_IRQS,
+            &set(trig, vfio::PCI_MSI_IRQ, 0, 2),
+            &[msi.as_raw_fd(), x0.as_raw_fd()],
+        );
+        assert_eq!(h.error, errno::EINVAL, "a second MSI vector is refused");
+        ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::DEVICE_SET_IRQS,
+            &set(trig, vfio::PCI_MSI_IRQ, 0, 1),
+            &[msi.as_raw_fd()],
+        );
+        assert_eq!(
+            (dev.msi_on.clone(), dev.msix_on.clone()),
+            (vec![true], vec![])
+        );
+        s.vector(0);
+        assert!(sys::eventfd_take(&msi).unwrap());
+        // MSI-X cannot come on while MSI is; turning it off is harmless.
+        let (h, _) = ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::DEVICE_SET_IRQS,
+            &set(trig, vfio::PCI_MSIX_IRQ, 0, 1),
+            &[x0.as_raw_fd()],
+        );
+        assert_eq!(h.error, errno::EINVAL);
+        let (h, _) = ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::DEVICE_SET_IRQS,
+            &set(off, vfio::PCI_MSIX_IRQ, 0, 0),
+            &[],
+        );
+        assert_eq!(h.flags & wire::flags::ERROR, 0);
+        s.vector(0);
+        assert!(sys::eventfd_take(&msi).unwrap(), "MSI still on");
+        assert!(!sys::eventfd_take(&x0).unwrap());
+        // MSI off, then MSI-X: vector 0 now reaches the MSI-X eventfd.
+        ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::DEVICE_SET_IRQS,
+            &set(off, vfio::PCI_MSI_IRQ, 0, 0),
+            &[],
+        );
+        ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::DEVICE_SET_IRQS,
+            &set(trig, vfio::PCI_MSIX_IRQ, 0, 1),
+            &[x0.as_raw_fd()],
+        );
+        assert_eq!(
+            (dev.msi_on.clone(), dev.msix_on.clone()),
+            (vec![true, false], vec![true])
+        );
+        s.vector(0);
+        assert!(sys::eventfd_take(&x0).unwrap() && !sys::eventfd_take(&msi).unwrap());
+        let st = s.stats();
+        assert_eq!((st.msi_signals, st.msix_signals), (2, 1));
+        // A client that goes away leaves both off.
+        drop(c);
+        pump(&mut s, &mut dev);
+        assert_eq!(dev.msi_on.last(), Some(&false));
+        assert_eq!(dev.msix_on.last(), Some(&false));
+        // A device without MSI offers none.
+        let mut plain = FakeFunction::new(0xe000_0000);
+        let mut c = Client::connect(&dir.path.join("vfu.sock"));
+        s.device_changed();
+        assert_eq!(irq_info(&mut c, &mut s, &mut plain), 0);
+        let (h, _) = ask(
+            &mut c,
+            &mut s,
+            &mut plain,
+            wire::cmd::DEVICE_SET_IRQS,
+            &set(trig, vfio::PCI_MSI_IRQ, 0, 1),
+            &[msi.as_raw_fd()],
         );
         assert_eq!(h.error, errno::EINVAL);
     }
