@@ -5,6 +5,7 @@
 //!
 //! - test b: vfio-user front-end, QEMU 11.1 (`vfio-user-pci`, from a trixie chroot:
 //!   scripts/deps/qemu-vfio-user.sh), the guest under TCG;
+//! - test d: MSI through vfio-user (a memdev, its MSI set up by hand in the guest);
 //! - test c: QEMU's multi-process proxy (Debian's QEMU 7.2), the guest under KVM. It
 //!   needs hardware virtualization: where /dev/kvm is missing, or PVM-backed (which
 //!   runs firmware but not a Linux kernel), it is skipped with a loud message.
@@ -88,6 +89,73 @@ fn linux_guest_uses_the_remote_disk_through_vfio_user() {
     linux_guest(test, Frontend::VfioUser, Some(&root));
 }
 
+/// What the guest runs for the MSI test: a memdev with no driver, MSI pointed at an
+/// unused vector (0xdf) by hand, one DMA with an interrupt at the end.
+const MSI_GUEST: &str = r#"
+dev=""
+for d in /sys/bus/pci/devices/*; do
+  [ "$(cat $d/vendor)" = 0x1de5 ] && dev=$d
+done
+echo "=== memdev ${dev##*/}"
+memdev-msi $dev 0xdf 0x100000
+echo "=== memdev-msi rc=$?"
+sleep 1
+dmesg | grep "No irq handler"
+"#;
+
+/// Test d: MSI (not -X) through vfio-user. The guest's kernel writes the memdev's
+/// MSI capability (as `pci_enable_msi` would, from a guest tool through sysfs), QEMU
+/// asks the bridge for MSI (SET_IRQS), the device's message crosses the network to
+/// the bridge, becomes an eventfd signal, and QEMU injects it into the guest's local
+/// APIC at the vector the guest chose: the guest kernel reports its arrival.
+#[test]
+fn linux_guest_gets_msi_through_vfio_user() {
+    let test = "linux_guest_gets_msi_through_vfio_user";
+    if !is_root() {
+        return skip(test, "needs root (network namespaces, chroot)");
+    }
+    let root = match dep_script("qemu-vfio-user.sh") {
+        Ok(r) => PathBuf::from(r.lines().last().unwrap_or_default()),
+        Err(why) => return skip(test, &format!("no QEMU with vfio-user-pci: {why}")),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(Guest { _rig, boxp, mut vm }) = start_guest(
+        test,
+        dir.path(),
+        "vm",
+        Frontend::VfioUser,
+        Some(&root),
+        "model = \"memdev\"\n",
+        MSI_GUEST,
+        &["memdev-msi"],
+    ) else {
+        return;
+    };
+    vm.wait_for("=== guest done", 1, Duration::from_secs(300));
+    vm.wait_for("tether host: stopped", 1, Duration::from_secs(20));
+    let text = vm.text();
+    eprintln!("{text}");
+    assert_eq!(value(&text, "=== memdev-msi rc="), "0", "the DMA completed");
+    // MSI Message Control as the guest reads it back: 64-bit, per-vector masking,
+    // enabled.
+    assert_eq!(
+        value(&text, "memdev-msi control=").split(' ').next(),
+        Some("0x181")
+    );
+    assert!(
+        text.contains(".223 No irq handler for vector"),
+        "the MSI reached the guest's APIC at vector 0xdf:\n{text}"
+    );
+    let stopped = text
+        .lines()
+        .find(|l| l.contains("tether host: stopped"))
+        .unwrap();
+    assert_eq!(counter(stopped, "MSI signals"), 1, "{stopped}");
+    assert_eq!(counter(stopped, "INTx signals"), 0, "{stopped}");
+    assert_eq!(counter(stopped, "errors;"), 0, "{stopped}");
+    drop(boxp);
+}
+
 #[test]
 fn linux_guest_uses_the_remote_disk_through_the_proxy_under_kvm() {
     let test = "linux_guest_uses_the_remote_disk_through_the_proxy_under_kvm";
@@ -113,55 +181,74 @@ fn linux_guest_uses_the_remote_disk_through_the_proxy_under_kvm() {
     linux_guest(test, Frontend::Proxy, None);
 }
 
-fn linux_guest(test: &str, frontend: Frontend, qemu_root: Option<&Path>) {
+/// A guest running: the box and `tether vm` in network namespaces of their own, joined
+/// by veth.
+struct Guest {
+    _rig: Rig,
+    boxp: Proc,
+    vm: Proc,
+}
+
+/// Builds the guest's initramfs (SCRIPT, and the guest TOOLS built from
+/// tests/vm/NAME.c), makes the box's and the host's namespaces (interfaces
+/// `{tag}box`/`{tag}host`), starts the box with DEVICE (a `[[device]]` body; slot 0,
+/// group 10) and `tether vm` on FRONTEND. `None` when a prerequisite is missing (the
+/// test is then skipped, loudly).
+#[allow(clippy::too_many_arguments)]
+fn start_guest(
+    test: &str,
+    d: &Path,
+    tag: &str,
+    frontend: Frontend,
+    qemu_root: Option<&Path>,
+    device: &str,
+    script: &str,
+    tools: &[&str],
+) -> Option<Guest> {
     let kver = match dep_script("guest-linux.sh") {
         Ok(k) => k.lines().last().unwrap_or_default().to_string(),
-        Err(why) => return skip(test, &format!("no guest kernel: {why}")),
+        Err(why) => {
+            skip(test, &format!("no guest kernel: {why}"));
+            return None;
+        }
     };
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let tools = match (guest_tool(d, "mmio-time"), guest_tool(d, "blkbench")) {
-        (Ok(a), Ok(b)) => format!("{} {}", a.display(), b.display()),
-        (Err(e), _) | (_, Err(e)) => return skip(test, &format!("cannot build guest tools: {e}")),
-    };
-    let script = write(d, "guest.sh", GUEST);
+    let mut built = Vec::new();
+    for t in tools {
+        match guest_tool(d, t) {
+            Ok(p) => built.push(p.display().to_string()),
+            Err(e) => {
+                skip(test, &format!("cannot build guest tool {t}: {e}"));
+                return None;
+            }
+        }
+    }
+    let script = write(d, "guest.sh", script);
     let initrd = d.join("initrd.cpio.gz");
     run_ok(
         Command::new(repo_root().join("scripts/vm/initramfs.sh"))
-            .env("TETHER_GUEST_TOOLS", &tools)
+            .env("TETHER_GUEST_TOOLS", built.join(" "))
             .arg(&initrd)
             .arg(&script),
     );
     let vm_dir = std::env::var("TETHER_VM_DIR").unwrap_or("/var/tmp/tether-vm".into());
     let kernel = format!("{vm_dir}/guest/boot/vmlinuz-{kver}");
-    let disk = d.join("disk.img");
-    std::fs::write(&disk, vec![0u8; 64 << 20]).unwrap();
-
-    let mut rig = match Rig::new(if frontend == Frontend::Proxy {
-        "tvk"
-    } else {
-        "tvu"
-    }) {
+    let mut rig = match Rig::new(&format!("t{tag}")) {
         Ok(r) => r,
-        Err(e) => return skip(test, &e.to_string()),
+        Err(e) => {
+            skip(test, &e.to_string());
+            return None;
+        }
     };
     let bx = rig.host("box").unwrap();
     let hs = rig.host("host").unwrap();
-    // Names of their own: the two tests may run at the same time.
-    let (ibox, ihost) = match frontend {
-        Frontend::VfioUser => ("vubox", "vuhost"),
-        Frontend::Proxy => ("vkbox", "vkhost"),
-    };
-    rig.veth(bx, ibox, hs, ihost, 1500).unwrap();
+    // Names of their own: the tests may run at the same time.
+    let (ibox, ihost) = (format!("{tag}box"), format!("{tag}host"));
+    rig.veth(bx, &ibox, hs, &ihost, 1500).unwrap();
     let path = |p: &PathBuf| p.to_str().unwrap().to_string();
     let box_toml = write(
         d,
         "box.toml",
-        &format!(
-            "[port]\ninterface = \"{ibox}\"\n[[device]]\nslot = 0\nmodel = \"virtio-blk\"\n\
-             gid = 10\npath = \"{}\"\n",
-            disk.display()
-        ),
+        &format!("[port]\ninterface = \"{ibox}\"\n[[device]]\nslot = 0\ngid = 10\n{device}"),
     );
     let host_toml = write(
         d,
@@ -169,7 +256,7 @@ fn linux_guest(test: &str, frontend: Frontend, qemu_root: Option<&Path>) {
         &format!("gid = 10\n[port]\ninterface = \"{ihost}\"\n"),
     );
     let mut boxp = Proc::spawn(&rig, bx, "iobox", &["iobox", "--config", &path(&box_toml)]);
-    boxp.wait_for("slot 0: virtio-blk", 1, Duration::from_secs(10));
+    boxp.wait_for("slot 0: ", 1, Duration::from_secs(10));
     let initrd = path(&initrd);
     let host_toml = path(&host_toml);
     let mut args = vec![
@@ -197,7 +284,36 @@ fn linux_guest(test: &str, frontend: Frontend, qemu_root: Option<&Path>) {
         }
         Frontend::Proxy => args.extend(["--frontend", "proxy", "--accel", "kvm"]),
     }
-    let mut vm = Proc::spawn(&rig, hs, "tether vm", &args);
+    let vm = Proc::spawn(&rig, hs, "tether vm", &args);
+    Some(Guest {
+        _rig: rig,
+        boxp,
+        vm,
+    })
+}
+
+fn linux_guest(test: &str, frontend: Frontend, qemu_root: Option<&Path>) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let disk = d.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 64 << 20]).unwrap();
+    let tag = match frontend {
+        Frontend::VfioUser => "vu",
+        Frontend::Proxy => "vk",
+    };
+    let device = format!("model = \"virtio-blk\"\npath = \"{}\"\n", disk.display());
+    let Some(Guest { _rig, boxp, mut vm }) = start_guest(
+        test,
+        d,
+        tag,
+        frontend,
+        qemu_root,
+        &device,
+        GUEST,
+        &["mmio-time", "blkbench"],
+    ) else {
+        return;
+    };
     let long = Duration::from_secs(300);
     vm.wait_for("=== ready for kill", 1, long);
     let text = vm.text();
