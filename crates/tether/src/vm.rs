@@ -39,7 +39,7 @@ pub enum Accel {
 pub enum FrontendKind {
     /// QEMU's multi-process proxy (x-pci-proxy-dev; QEMU >= 7.2): INTx only.
     Proxy,
-    /// vfio-user (vfio-user-pci; QEMU >= 10.1): INTx and MSI-X.
+    /// vfio-user (vfio-user-pci; QEMU >= 10.1): INTx, MSI and MSI-X.
     VfioUser,
 }
 
@@ -54,8 +54,13 @@ pub struct VmArgs {
     #[arg(long)]
     qemu_root: Option<PathBuf>,
     /// The host bridge's configuration: group, port, bridge settings (docs/cli.md).
-    #[arg(short, long)]
-    config: PathBuf,
+    #[arg(short, long, required_unless_present = "connect")]
+    config: Option<PathBuf>,
+    /// Start no bridge: attach the guest to the host bridge already serving vfio-user
+    /// on this socket (`tether host --vfio-user SOCKET`), which outlives the guest and
+    /// serves the next one. Implies --frontend vfio-user.
+    #[arg(long, conflicts_with_all = ["config", "local_box"])]
+    connect: Option<PathBuf>,
     /// Guest RAM in MiB.
     #[arg(long, default_value_t = 512)]
     memory: u64,
@@ -234,6 +239,78 @@ fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// Starts QEMU with `argv` (in its root's mount namespace with --qemu-root); the
+/// descriptor `child_fd` (if not -1) is left open for it.
+fn spawn_qemu(a: &VmArgs, argv: &[String], child_fd: i32) -> Result<std::process::Child> {
+    eprintln!("tether vm: {}", argv.join(" "));
+    let mut cmd = match &a.qemu_root {
+        // A mount namespace of its own: /proc, /dev, /sys and the shared /tmp and
+        // /var/tmp are mounted into the root for QEMU only and vanish with it.
+        Some(root) => {
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg(
+                    "r=$1; shift; mount -t proc proc \"$r/proc\" && mount --rbind /dev \"$r/dev\" && \
+                     mount -t sysfs sys \"$r/sys\" && mount --bind /tmp \"$r/tmp\" && \
+                     mount --bind /var/tmp \"$r/var/tmp\" && exec chroot \"$r\" \"$@\"",
+                )
+                .arg("tether-qemu")
+                .arg(root)
+                .args(argv);
+            c
+        }
+        None => {
+            let mut c = Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            c
+        }
+    };
+    // SAFETY: the closure runs in the child between fork and exec and only calls
+    // prctl and fcntl, which are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            // QEMU goes when we go, even if we are killed outright.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if child_fd >= 0 && libc::fcntl(child_fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().with_context(|| format!("starting {}", argv[0]))
+}
+
+/// `--connect SOCKET`: QEMU alone, its device on a bridge that runs elsewhere; waits
+/// for QEMU to end (or the timeout, or SIGINT/SIGTERM, which stop it).
+fn run_attached(a: &VmArgs, accel: Accel, socket: &Path, qmp: &Path) -> Result<ExitStatus> {
+    if !socket.exists() {
+        bail!(
+            "{}: no socket there (start `tether host --vfio-user {}` first)",
+            socket.display(),
+            socket.display()
+        );
+    }
+    signals::install();
+    let argv = qemu_command(a, accel, &Attach::VfioUser(socket.to_path_buf()), qmp);
+    let mut child = spawn_qemu(a, &argv, -1)?;
+    let deadline = a
+        .timeout
+        .map(|t| Instant::now() + Duration::from_secs_f64(t));
+    loop {
+        if let Some(s) = child.try_wait()? {
+            return Ok(s);
+        }
+        if signals::stop_requested() || deadline.is_some_and(|d| Instant::now() >= d) {
+            eprintln!("tether vm: stopping QEMU");
+            let _ = child.kill();
+            return Ok(child.wait()?);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn run(a: VmArgs) -> Result<ExitStatus> {
     let accel = match a.accel {
         Accel::Auto if kvm_usable(a.kernel.is_some()) => Accel::Kvm,
@@ -243,14 +320,20 @@ pub fn run(a: VmArgs) -> Result<ExitStatus> {
     let socket = PathBuf::from(format!("/tmp/tether-vm-{}.sock", std::process::id()));
     let qmp_path = PathBuf::from(format!("/tmp/tether-vm-{}.qmp", std::process::id()));
     if a.dry_run {
-        let attach = match a.frontend {
-            FrontendKind::Proxy => Attach::ProxyFd(3),
-            FrontendKind::VfioUser => Attach::VfioUser(socket),
+        let attach = match (&a.connect, a.frontend) {
+            (Some(s), _) => Attach::VfioUser(s.clone()),
+            (None, FrontendKind::Proxy) => Attach::ProxyFd(3),
+            (None, FrontendKind::VfioUser) => Attach::VfioUser(socket),
         };
         println!("{}", qemu_command(&a, accel, &attach, &qmp_path).join(" "));
         return Ok(std::os::unix::process::ExitStatusExt::from_raw(0));
     }
-    let cfg = HostConfig::load(&a.config)?;
+    let config = match (&a.connect, &a.config) {
+        (Some(s), _) => return run_attached(&a, accel, s, &qmp_path),
+        (None, Some(c)) => c,
+        (None, None) => bail!("--config or --connect is needed"),
+    };
+    let cfg = HostConfig::load(config)?;
     signals::install();
     let stop_box = Arc::new(AtomicBool::new(false));
     let (vb, local) = match &a.local_box {
@@ -290,46 +373,7 @@ pub fn run(a: VmArgs) -> Result<ExitStatus> {
         FrontendKind::VfioUser => Attach::VfioUser(socket.clone()),
     };
     let argv = qemu_command(&a, accel, &attach, &qmp_path);
-    eprintln!("tether vm: {}", argv.join(" "));
-    let mut cmd = match &a.qemu_root {
-        // A mount namespace of its own: /proc, /dev, /sys and the shared /tmp and
-        // /var/tmp are mounted into the root for QEMU only and vanish with it.
-        Some(root) => {
-            let mut c = Command::new("unshare");
-            c.args(["--mount", "--propagation", "private", "sh", "-c"])
-                .arg(
-                    "r=$1; shift; mount -t proc proc \"$r/proc\" && mount --rbind /dev \"$r/dev\" && \
-                     mount -t sysfs sys \"$r/sys\" && mount --bind /tmp \"$r/tmp\" && \
-                     mount --bind /var/tmp \"$r/var/tmp\" && exec chroot \"$r\" \"$@\"",
-                )
-                .arg("tether-qemu")
-                .arg(root)
-                .args(&argv);
-            c
-        }
-        None => {
-            let mut c = Command::new(&argv[0]);
-            c.args(&argv[1..]);
-            c
-        }
-    };
-    // SAFETY: the closure runs in the child between fork and exec and only calls
-    // prctl and fcntl, which are async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            // QEMU goes when we go, even if we are killed outright.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if child_fd >= 0 && libc::fcntl(child_fd, libc::F_SETFD, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", argv[0]))?;
+    let mut child = spawn_qemu(&a, &argv, child_fd)?;
     drop(pair);
     let deadline = a
         .timeout

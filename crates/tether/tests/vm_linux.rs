@@ -103,14 +103,17 @@ sleep 1
 dmesg | grep "No irq handler"
 "#;
 
-/// Test d: MSI (not -X) through vfio-user. The guest's kernel writes the memdev's
-/// MSI capability (as `pci_enable_msi` would, from a guest tool through sysfs), QEMU
-/// asks the bridge for MSI (SET_IRQS), the device's message crosses the network to
-/// the bridge, becomes an eventfd signal, and QEMU injects it into the guest's local
-/// APIC at the vector the guest chose: the guest kernel reports its arrival.
+/// Test d: MSI (not -X) through vfio-user, and a VMM that goes and comes back. The
+/// host bridge runs on its own (`tether host --vfio-user`), and two QEMUs, one after
+/// the other, attach to it (`tether vm --connect`). In each, the guest writes the
+/// memdev's MSI capability (as `pci_enable_msi` would, from a guest tool through
+/// sysfs), QEMU asks the bridge for MSI (SET_IRQS), the device's message crosses the
+/// network to the bridge, becomes an eventfd signal, and QEMU injects it into the
+/// guest's local APIC at the vector the guest chose: the guest kernel reports its
+/// arrival.
 #[test]
-fn linux_guest_gets_msi_through_vfio_user() {
-    let test = "linux_guest_gets_msi_through_vfio_user";
+fn linux_guests_get_msi_through_vfio_user_one_after_the_other() {
+    let test = "linux_guests_get_msi_through_vfio_user_one_after_the_other";
     if !is_root() {
         return skip(test, "needs root (network namespaces, chroot)");
     }
@@ -119,41 +122,66 @@ fn linux_guest_gets_msi_through_vfio_user() {
         Err(why) => return skip(test, &format!("no QEMU with vfio-user-pci: {why}")),
     };
     let dir = tempfile::tempdir().unwrap();
-    let Some(Guest { _rig, boxp, mut vm }) = start_guest(
+    let Some(s) = set_up(
         test,
         dir.path(),
         "vm",
-        Frontend::VfioUser,
-        Some(&root),
         "model = \"memdev\"\n",
         MSI_GUEST,
         &["memdev-msi"],
     ) else {
         return;
     };
-    vm.wait_for("=== guest done", 1, Duration::from_secs(300));
-    vm.wait_for("tether host: stopped", 1, Duration::from_secs(20));
-    let text = vm.text();
-    eprintln!("{text}");
-    assert_eq!(value(&text, "=== memdev-msi rc="), "0", "the DMA completed");
-    // MSI Message Control as the guest reads it back: 64-bit, per-vector masking,
-    // enabled.
-    assert_eq!(
-        value(&text, "memdev-msi control=").split(' ').next(),
-        Some("0x181")
+    let socket = dir.path().join("bridge.sock").display().to_string();
+    let mut host = Proc::spawn(
+        &s.rig,
+        s.hs,
+        "tether host",
+        &["host", "--config", &s.host_toml, "--vfio-user", &socket],
     );
-    assert!(
-        text.contains(".223 No irq handler for vector"),
-        "the MSI reached the guest's APIC at vector 0xdf:\n{text}"
-    );
+    host.wait_for("bridge side:", 1, Duration::from_secs(20));
+    let root = root.display().to_string();
+    for round in 1..=2 {
+        let mut args = vec!["vm", "--connect", socket.as_str()];
+        args.extend(s.guest_args(Frontend::VfioUser, Some(&root)));
+        let mut vm = Proc::spawn(&s.rig, s.hs, "tether vm", &args);
+        vm.wait_for("=== guest done", 1, Duration::from_secs(300));
+        let status = vm.child.wait().unwrap();
+        let text = vm.text();
+        eprintln!("{text}");
+        assert!(status.success(), "guest {round}: {status}\n{text}");
+        assert_eq!(
+            value(&text, "=== memdev-msi rc="),
+            "0",
+            "guest {round}: the DMA completed"
+        );
+        // MSI Message Control as the guest reads it back: 64-bit, per-vector
+        // masking, enabled.
+        assert_eq!(
+            value(&text, "memdev-msi control=").split(' ').next(),
+            Some("0x181")
+        );
+        assert!(
+            text.contains(".223 No irq handler for vector"),
+            "guest {round}: the MSI reached the guest's APIC at vector 0xdf:\n{text}"
+        );
+        host.wait_for(
+            "vfio-user: client disconnected",
+            round,
+            Duration::from_secs(10),
+        );
+    }
+    assert_eq!(host.count("vfio-user: client connected"), 2);
+    let text = host.stop();
     let stopped = text
         .lines()
         .find(|l| l.contains("tether host: stopped"))
         .unwrap();
-    assert_eq!(counter(stopped, "MSI signals"), 1, "{stopped}");
+    assert_eq!(counter(stopped, "connections"), 2, "{stopped}");
+    assert_eq!(counter(stopped, "MSI signals"), 2, "{stopped}");
     assert_eq!(counter(stopped, "INTx signals"), 0, "{stopped}");
     assert_eq!(counter(stopped, "errors;"), 0, "{stopped}");
-    drop(boxp);
+    drop(s.boxp.stop());
 }
 
 #[test]
@@ -181,30 +209,59 @@ fn linux_guest_uses_the_remote_disk_through_the_proxy_under_kvm() {
     linux_guest(test, Frontend::Proxy, None);
 }
 
-/// A guest running: the box and `tether vm` in network namespaces of their own, joined
-/// by veth.
-struct Guest {
-    _rig: Rig,
+/// A box in a network namespace of its own, joined by veth to the host's, and a guest
+/// image to boot.
+struct Setup {
+    rig: Rig,
+    /// The host's namespace.
+    hs: usize,
     boxp: Proc,
-    vm: Proc,
+    host_toml: String,
+    kernel: String,
+    initrd: String,
+}
+
+impl Setup {
+    /// `tether vm`'s arguments for the guest (after --config or --connect).
+    fn guest_args<'a>(&'a self, frontend: Frontend, qemu_root: Option<&'a str>) -> Vec<&'a str> {
+        let mut args = vec![
+            "--kernel",
+            &self.kernel,
+            "--initrd",
+            &self.initrd,
+            "--append",
+            "console=ttyS0 panic=-1 iomem=relaxed",
+            "--memory",
+            "256",
+            "--timeout",
+            "400",
+        ];
+        match frontend {
+            Frontend::VfioUser => {
+                args.extend(["--frontend", "vfio-user", "--accel", "tcg"]);
+                if let Some(r) = qemu_root {
+                    args.extend(["--qemu-root", r]);
+                }
+            }
+            Frontend::Proxy => args.extend(["--frontend", "proxy", "--accel", "kvm"]),
+        }
+        args
+    }
 }
 
 /// Builds the guest's initramfs (SCRIPT, and the guest TOOLS built from
 /// tests/vm/NAME.c), makes the box's and the host's namespaces (interfaces
-/// `{tag}box`/`{tag}host`), starts the box with DEVICE (a `[[device]]` body; slot 0,
-/// group 10) and `tether vm` on FRONTEND. `None` when a prerequisite is missing (the
-/// test is then skipped, loudly).
-#[allow(clippy::too_many_arguments)]
-fn start_guest(
+/// `{tag}box`/`{tag}host`), and starts the box with DEVICE (a `[[device]]` body; slot
+/// 0, group 10). `None` when a prerequisite is missing (the test is then skipped,
+/// loudly).
+fn set_up(
     test: &str,
     d: &Path,
     tag: &str,
-    frontend: Frontend,
-    qemu_root: Option<&Path>,
     device: &str,
     script: &str,
     tools: &[&str],
-) -> Option<Guest> {
+) -> Option<Setup> {
     let kver = match dep_script("guest-linux.sh") {
         Ok(k) => k.lines().last().unwrap_or_default().to_string(),
         Err(why) => {
@@ -231,7 +288,6 @@ fn start_guest(
             .arg(&script),
     );
     let vm_dir = std::env::var("TETHER_VM_DIR").unwrap_or("/var/tmp/tether-vm".into());
-    let kernel = format!("{vm_dir}/guest/boot/vmlinuz-{kver}");
     let mut rig = match Rig::new(&format!("t{tag}")) {
         Ok(r) => r,
         Err(e) => {
@@ -257,38 +313,13 @@ fn start_guest(
     );
     let mut boxp = Proc::spawn(&rig, bx, "iobox", &["iobox", "--config", &path(&box_toml)]);
     boxp.wait_for("slot 0: ", 1, Duration::from_secs(10));
-    let initrd = path(&initrd);
-    let host_toml = path(&host_toml);
-    let mut args = vec![
-        "vm",
-        "--config",
-        &host_toml,
-        "--kernel",
-        &kernel,
-        "--initrd",
-        &initrd,
-        "--append",
-        "console=ttyS0 panic=-1 iomem=relaxed",
-        "--memory",
-        "256",
-        "--timeout",
-        "400",
-    ];
-    let root_arg = qemu_root.map(|r| r.to_str().unwrap().to_string());
-    match frontend {
-        Frontend::VfioUser => {
-            args.extend(["--frontend", "vfio-user", "--accel", "tcg"]);
-            if let Some(r) = &root_arg {
-                args.extend(["--qemu-root", r.as_str()]);
-            }
-        }
-        Frontend::Proxy => args.extend(["--frontend", "proxy", "--accel", "kvm"]),
-    }
-    let vm = Proc::spawn(&rig, hs, "tether vm", &args);
-    Some(Guest {
-        _rig: rig,
+    Some(Setup {
+        rig,
+        hs,
         boxp,
-        vm,
+        host_toml: path(&host_toml),
+        kernel: format!("{vm_dir}/guest/boot/vmlinuz-{kver}"),
+        initrd: path(&initrd),
     })
 }
 
@@ -302,18 +333,13 @@ fn linux_guest(test: &str, frontend: Frontend, qemu_root: Option<&Path>) {
         Frontend::Proxy => "vk",
     };
     let device = format!("model = \"virtio-blk\"\npath = \"{}\"\n", disk.display());
-    let Some(Guest { _rig, boxp, mut vm }) = start_guest(
-        test,
-        d,
-        tag,
-        frontend,
-        qemu_root,
-        &device,
-        GUEST,
-        &["mmio-time", "blkbench"],
-    ) else {
+    let Some(s) = set_up(test, d, tag, &device, GUEST, &["mmio-time", "blkbench"]) else {
         return;
     };
+    let root = qemu_root.map(|r| r.display().to_string());
+    let mut args = vec!["vm", "--config", s.host_toml.as_str()];
+    args.extend(s.guest_args(frontend, root.as_deref()));
+    let mut vm = Proc::spawn(&s.rig, s.hs, "tether vm", &args);
     let long = Duration::from_secs(300);
     vm.wait_for("=== ready for kill", 1, long);
     let text = vm.text();
@@ -349,7 +375,7 @@ fn linux_guest(test: &str, frontend: Frontend, qemu_root: Option<&Path>) {
     }
 
     // The box dies: the guest must get errors, the bridge must go on.
-    drop(boxp);
+    drop(s.boxp);
     vm.wait_for("device removed", 1, Duration::from_secs(10));
     vm.wait_for("=== after kill rc=", 1, Duration::from_secs(120));
     let text = vm.text();
