@@ -50,15 +50,17 @@ impl Slot {
         Ok(Slot::announced(slot, gid, f))
     }
 
-    /// A virtio-blk disk on `backend` in `slot`, group `gid`; `serial` answers GET_ID.
+    /// A virtio-blk disk on `backend` in `slot`, group `gid`; `serial` answers GET_ID;
+    /// `packed_ring` offers packed virtqueues besides split ones.
     pub fn virtio_blk<B: BlockBackend + 'static>(
         slot: u8,
         gid: u16,
         backend: B,
         serial: &str,
+        packed_ring: bool,
     ) -> Result<Slot, ConfigError> {
         let model: Box<dyn Device + Send> =
-            Box::new(VirtioPci::new(VirtioBlk::new(backend, serial)));
+            Box::new(VirtioPci::new(VirtioBlk::new(backend, serial)).with_packed_ring(packed_ring));
         let f = Function::new(blk::config_space()?, model, FunctionConfig::default());
         Ok(Slot::announced(slot, gid, f))
     }

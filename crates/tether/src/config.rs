@@ -118,6 +118,9 @@ pub struct DeviceConfig {
     pub read_only: bool,
     /// virtio-blk: the serial the driver reads (GET_ID), at most 20 bytes.
     pub serial: Option<String>,
+    /// virtio-blk: offer packed virtqueues too (the driver chooses; split always).
+    #[serde(default)]
+    pub packed_ring: bool,
 }
 
 fn free_group() -> u16 {
@@ -276,6 +279,12 @@ impl BoxConfig {
                 (Model::Memdev, Some(_)) => {
                     return Err(invalid(path, format!("{what}: memdev takes no path")));
                 }
+                (Model::Memdev, None) if d.packed_ring => {
+                    return Err(invalid(
+                        path,
+                        format!("{what}: packed_ring is a virtio-blk setting"),
+                    ));
+                }
                 _ => {}
             }
             if d.serial.as_ref().is_some_and(|s| s.len() > 20) {
@@ -399,6 +408,10 @@ buffer_size = 65536
             ),
             (format!("{port}{dev}buffer_size = 1000\n"), "power of two"),
             (format!("{port}{dev}path = \"/x\"\n"), "memdev takes no path"),
+            (
+                format!("{port}{dev}packed_ring = true\n"),
+                "packed_ring is a virtio-blk setting",
+            ),
             (
                 format!("{port}[[device]]\nslot = 1\nmodel = \"virtio-blk\"\n"),
                 "virtio-blk needs a path",

@@ -32,7 +32,7 @@ fn slot(d: &DeviceConfig) -> Result<Slot> {
                 .serial
                 .clone()
                 .unwrap_or_else(|| format!("tether-{}", d.slot));
-            Slot::virtio_blk(d.slot, d.gid, disk, &serial)?
+            Slot::virtio_blk(d.slot, d.gid, disk, &serial, d.packed_ring)?
         }
     })
 }

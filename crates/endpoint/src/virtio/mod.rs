@@ -1,6 +1,8 @@
 //! Virtio devices over the modern (1.x) PCI transport.
 //!
 //! - [`queue`]: split virtqueues: ring layouts and the walk along a descriptor chain.
+//! - [`packed`]: packed virtqueues: the ring's layout, wrap counters, and finding the
+//!   chains a driver made available (walked then as split ones).
 //! - [`pci`]: the transport, a [`crate::Device`] around a [`VirtioDevice`]: the
 //!   common, notify, ISR and device-configuration structures in BAR0, the MSI-X table
 //!   in BAR1, feature negotiation, and the queue engine that fetches rings and
@@ -11,6 +13,7 @@
 //! is a TLP to the host's memory.
 
 pub mod blk;
+pub mod packed;
 pub mod pci;
 pub mod queue;
 

@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use crate::config::{Bar, ConfigError, ConfigSpace, MsixLayout};
 use crate::function::{Device, DeviceIo, DmaError, DmaId, MAX_DMA};
 
+use super::packed::{self, PackedDescriptor, RingPos};
 use super::queue::{
     scatter, AvailRing, ChainError, ChainWalk, Descriptor, QueueConfig, WalkStep, DESC_SIZE,
 };
@@ -102,6 +103,9 @@ mod isr {
 /// Descriptors read at once when a chain is walked in the queue's table.
 const DESC_PREFETCH: u16 = 4;
 
+/// Descriptors of a packed ring read at once when the driver notifies.
+const PACKED_WINDOW: u16 = 16;
+
 /// The configuration space of a virtio device of `device_type` with `num_queues`
 /// queues and `config_len` bytes of device configuration: vendor 1af4, device
 /// 1040 + type, revision 1 (modern only), the transport's capabilities, MSI-X with a
@@ -155,7 +159,8 @@ pub fn config_space(
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct VirtioStats {
     pub notifications: u64,
-    /// DMA reads of an available ring.
+    /// DMA reads of a ring: the available ring (split), a window of the ring and
+    /// the driver's event flags (packed).
     pub ring_fetches: u64,
     /// Descriptor fetches (direct groups and indirect tables).
     pub descriptor_fetches: u64,
@@ -172,6 +177,10 @@ pub struct VirtioStats {
 #[derive(Clone, Copy, Debug)]
 enum Fetch {
     Avail(u16),
+    /// A window of a packed ring.
+    PackedWindow(u16),
+    /// The driver's event suppression structure of a packed queue.
+    DriverEvent(u16),
     /// Descriptors from index `first` of the queue's table, for a request.
     Descriptors {
         request: usize,
@@ -193,6 +202,11 @@ struct QueueState {
     /// A notification came while the ring was being fetched: fetch again after.
     refetch: bool,
     no_interrupt: bool,
+    /// Packed ring: where the next available chain starts, where the next used
+    /// descriptor goes, and the start of a chain the last window cut.
+    packed_avail: RingPos,
+    packed_used: RingPos,
+    carry: Vec<PackedDescriptor>,
 }
 
 impl QueueState {
@@ -204,6 +218,9 @@ impl QueueState {
             fetching: false,
             refetch: false,
             no_interrupt: false,
+            packed_avail: RingPos::START,
+            packed_used: RingPos::START,
+            carry: Vec::new(),
         }
     }
 }
@@ -211,6 +228,10 @@ impl QueueState {
 /// One chain in progress.
 struct InFlight {
     queue: u16,
+    /// What the used element names: the head (split) or the buffer ID (packed).
+    id: u16,
+    /// Packed ring: descriptors the chain takes in the ring.
+    ring_len: u16,
     walk: ChainWalk,
     /// The next descriptor the walk wants (index in the current table).
     want: u16,
@@ -232,6 +253,8 @@ pub struct VirtioPci<D: VirtioDevice> {
     isr: u8,
     fetches: HashMap<DmaId, Fetch>,
     requests: Vec<Option<InFlight>>,
+    /// Offer VIRTIO_F_RING_PACKED.
+    offer_packed: bool,
     stats: VirtioStats,
 }
 
@@ -254,8 +277,15 @@ impl<D: VirtioDevice> VirtioPci<D> {
             isr: 0,
             fetches: HashMap::new(),
             requests: Vec::new(),
+            offer_packed: false,
             stats: VirtioStats::default(),
         }
+    }
+
+    /// Offers packed virtqueues too (the driver picks; Linux takes them).
+    pub fn with_packed_ring(mut self, offer: bool) -> Self {
+        self.offer_packed = offer;
+        self
     }
 
     pub fn device(&self) -> &D {
@@ -271,10 +301,20 @@ impl<D: VirtioDevice> VirtioPci<D> {
         self.status
     }
 
-    /// Features this transport offers: the device's plus version 1 and indirect
-    /// descriptors.
+    /// Features this transport offers: the device's plus version 1, indirect
+    /// descriptors and, when asked for, packed rings.
     pub fn offered_features(&self) -> u64 {
-        self.device.features() | feature::VERSION_1 | feature::INDIRECT_DESC
+        let packed = if self.offer_packed {
+            feature::RING_PACKED
+        } else {
+            0
+        };
+        self.device.features() | feature::VERSION_1 | feature::INDIRECT_DESC | packed
+    }
+
+    /// Whether the driver chose packed rings.
+    fn packed(&self) -> bool {
+        self.driver_features & feature::RING_PACKED != 0
     }
 
     fn msix_vectors(&self) -> u16 {
@@ -475,14 +515,29 @@ impl<D: VirtioDevice> VirtioPci<D> {
             qs.refetch = true;
             return;
         }
-        let (addr, len) = (qs.config.driver, qs.config.avail_len());
-        match io.dma_read(addr, len) {
-            Ok(id) => {
-                qs.fetching = true;
-                self.stats.ring_fetches += 1;
-                self.fetches.insert(id, Fetch::Avail(q));
+        let mut reads = Vec::with_capacity(2);
+        if self.driver_features & feature::RING_PACKED != 0 {
+            let size = qs.config.size;
+            let at = qs.packed_avail.advance(qs.carry.len() as u16, size).index;
+            let n = PACKED_WINDOW.min(size - at) as usize;
+            reads.push((
+                qs.config.desc_addr(at),
+                n * DESC_SIZE,
+                Fetch::PackedWindow(q),
+            ));
+            reads.push((qs.config.driver, packed::EVENT_SIZE, Fetch::DriverEvent(q)));
+        } else {
+            reads.push((qs.config.driver, qs.config.avail_len(), Fetch::Avail(q)));
+        }
+        qs.fetching = true;
+        for (addr, len, fetch) in reads {
+            match io.dma_read(addr, len) {
+                Ok(id) => {
+                    self.stats.ring_fetches += 1;
+                    self.fetches.insert(id, fetch);
+                }
+                Err(e) => return self.fail_dma(e, io),
             }
-            Err(e) => self.fail_dma(e, io),
         }
     }
 
@@ -548,11 +603,47 @@ impl<D: VirtioDevice> VirtioPci<D> {
         }
     }
 
-    fn start(&mut self, queue: u16, head: u16, size: u16, io: &mut dyn DeviceIo) {
-        let (walk, step) = match ChainWalk::new(head, size) {
-            Ok(w) => w,
+    /// A window of packed ring `q` arrived: starts the chains made available in it.
+    fn packed_window_fetched(&mut self, q: u16, bytes: &[u8], io: &mut dyn DeviceIo) {
+        let Some(qs) = self.queues.get_mut(q as usize) else {
+            return;
+        };
+        qs.fetching = false;
+        let size = qs.config.size;
+        let mut descs = std::mem::take(&mut qs.carry);
+        let carried = descs.len();
+        descs.extend(packed::parse_all(bytes));
+        let found = match packed::scan(&descs, qs.packed_avail, size) {
+            Ok(f) => f,
             Err(e) => return self.fail_chain(e, io),
         };
+        qs.packed_avail = found.next;
+        // More may be there: a chain the window cut, or a window all taken.
+        let more = found.exhausted && (!found.chains.is_empty() || found.carry.len() > carried);
+        qs.carry = found.carry;
+        let refetch = std::mem::take(&mut qs.refetch) || more;
+        for chain in found.chains {
+            let slot = self.new_request(q, chain.id, chain.ring_len, 0, size);
+            let Some(slot) = slot.map_err(|e| self.fail_chain(e, io)).ok() else {
+                return;
+            };
+            self.walk_in(slot, 0, &chain.descriptors, io);
+        }
+        if refetch {
+            self.kick(q, io);
+        }
+    }
+
+    /// A request slot for a chain of queue `queue` whose walk starts at `head`.
+    fn new_request(
+        &mut self,
+        queue: u16,
+        id: u16,
+        ring_len: u16,
+        head: u16,
+        size: u16,
+    ) -> Result<usize, ChainError> {
+        let (walk, _) = ChainWalk::new(head, size)?;
         let slot = match self.requests.iter().position(Option::is_none) {
             Some(i) => i,
             None => {
@@ -562,13 +653,22 @@ impl<D: VirtioDevice> VirtioPci<D> {
         };
         self.requests[slot] = Some(InFlight {
             queue,
+            id,
+            ring_len,
             walk,
             want: head,
             readable: Vec::new(),
             reads_left: 0,
         });
         self.stats.requests += 1;
-        self.follow(slot, step, io);
+        Ok(slot)
+    }
+
+    fn start(&mut self, queue: u16, head: u16, size: u16, io: &mut dyn DeviceIo) {
+        match self.new_request(queue, head, 0, head, size) {
+            Ok(slot) => self.follow(slot, WalkStep::Fetch(head), io),
+            Err(e) => self.fail_chain(e, io),
+        }
     }
 
     /// Goes on with request `r` after `step`: fetches what it needs, or reads its
@@ -680,19 +780,29 @@ impl<D: VirtioDevice> VirtioPci<D> {
                 }
             }
         }
+        let packed = self.packed();
         let qs = &mut self.queues[q as usize];
-        let mut elem = [0u8; 8];
-        elem[..4].copy_from_slice(&(req.walk.head as u32).to_le_bytes());
-        elem[4..].copy_from_slice(&reply.used_len.min(writable as u32).to_le_bytes());
-        let elem_addr = qs.config.used_elem_addr(qs.used_idx);
-        qs.used_idx = qs.used_idx.wrapping_add(1);
-        let idx = qs.used_idx.to_le_bytes();
-        let idx_addr = qs.config.used_idx_addr();
+        let used_len = reply.used_len.min(writable as u32);
+        let written = if packed {
+            // The used descriptor in the next used slot; its flags last.
+            let (body, flags) = packed::used_element(req.id, used_len, qs.packed_used.wrap);
+            let at = qs.config.desc_addr(qs.packed_used.index);
+            qs.packed_used = qs.packed_used.advance(req.ring_len, qs.config.size);
+            io.dma_write(at + 8, &body)
+                .and_then(|_| io.dma_write(at + 14, &flags))
+        } else {
+            let mut elem = [0u8; 8];
+            elem[..4].copy_from_slice(&(req.id as u32).to_le_bytes());
+            elem[4..].copy_from_slice(&used_len.to_le_bytes());
+            let elem_addr = qs.config.used_elem_addr(qs.used_idx);
+            qs.used_idx = qs.used_idx.wrapping_add(1);
+            let idx = qs.used_idx.to_le_bytes();
+            let idx_addr = qs.config.used_idx_addr();
+            io.dma_write(elem_addr, &elem)
+                .and_then(|_| io.dma_write(idx_addr, &idx))
+        };
         let (vector, quiet) = (qs.config.msix_vector, qs.no_interrupt);
-        if let Err(e) = io
-            .dma_write(elem_addr, &elem)
-            .and_then(|_| io.dma_write(idx_addr, &idx))
-        {
+        if let Err(e) = written {
             return self.fail_dma(e, io);
         }
         if !quiet {
@@ -770,15 +880,26 @@ impl<D: VirtioDevice> Device for VirtioPci<D> {
         };
         match fetch {
             Fetch::Avail(q) => self.avail_fetched(q, &bytes, io),
+            Fetch::PackedWindow(q) => self.packed_window_fetched(q, &bytes, io),
+            Fetch::DriverEvent(q) => {
+                if let (Some(qs), Some(f)) = (self.queues.get_mut(q as usize), bytes.get(2..4)) {
+                    qs.no_interrupt = u16::from_le_bytes([f[0], f[1]]) == packed::event::DISABLE;
+                }
+            }
             Fetch::Descriptors { request, first } => {
                 let table = parse_descriptors(&bytes);
                 self.walk_in(request, first, &table, io);
             }
             Fetch::Indirect(request) => {
                 // The chain goes on at entry 0 of the table.
+                let table = if self.packed() {
+                    packed::indirect_as_split(&packed::parse_all(&bytes))
+                } else {
+                    parse_descriptors(&bytes)
+                };
                 if let Some(req) = self.requests[request].as_mut() {
                     req.want = 0;
-                    self.walk_in(request, 0, &parse_descriptors(&bytes), io);
+                    self.walk_in(request, 0, &table, io);
                 }
             }
             Fetch::Readable { request, offset } => {
