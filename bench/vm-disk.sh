@@ -10,6 +10,10 @@
 #
 # usage: bench/vm-disk.sh [ROUNDS (default 5)] [MTU (default 1500)] [BOOTS (default 1)]
 #        MAX_PAYLOAD=N: the host's Max Payload Size (default: the host default, 256)
+#        SEQ_OPS=N: 128 KiB reads per sequential run (default 256: 32 MiB)
+#        PACKED=1: the disk offers packed virtqueues (the guest's driver takes them)
+#        BOX_BRIDGE="spin_us = 300\n": more [bridge] lines for the box (remote and local)
+#        HOST_EXTRA="[bridge]\nspin_us = 300\n": more lines for the host's configuration
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
@@ -31,12 +35,15 @@ trap cleanup EXIT
 gcc -static -O2 -o "$W/blkbench" crates/tether/tests/vm/blkbench.c
 {
     for _ in $(seq "$ROUNDS"); do
-        echo "blkbench /dev/vda seq 131072 256"
+        echo "blkbench /dev/vda seq 131072 ${SEQ_OPS:-256}"
         echo "blkbench /dev/vda rand 4096 1000 67108864"
     done
 } >"$W/guest.sh"
 TETHER_GUEST_TOOLS="$W/blkbench" scripts/vm/initramfs.sh "$W/initrd" "$W/guest.sh"
-truncate -s 64M "$W/disk.img"
+SEQ_OPS=${SEQ_OPS:-256}
+# Data, not a sparse file: reading holes makes the kernel zero page-cache pages, and
+# only the first boot (a remote one) would pay for that.
+dd if=/dev/urandom of="$W/disk.img" bs=1M count="$(((SEQ_OPS > 512 ? SEQ_OPS : 512) / 8))" status=none
 ip netns add tvbbox
 ip netns add tvbhost
 ip link add tvbb type veth peer name tvbh
@@ -48,8 +55,9 @@ for ns in tvbbox:tvbb tvbhost:tvbh; do
 done
 # The box shares the two cores with the host bridge and QEMU: it yields while it
 # spins, as the VMM front-end does by default (docs/cli.md, yield_after_us).
-printf '[bridge]\nyield_after_us = 50\n[port]\ninterface = "tvbb"\n[[device]]\nslot = 0\nmodel = "virtio-blk"\ngid = 10\npath = "%s"\n' "$W/disk.img" >"$W/box.toml"
-printf 'gid = 10\nmax_payload = %s\n[port]\ninterface = "tvbh"\n' "${MAX_PAYLOAD:-256}" >"$W/host.toml"
+printf '[bridge]\nyield_after_us = 50\n%b[port]\ninterface = "tvbb"\n[[device]]\nslot = 0\nmodel = "virtio-blk"\ngid = 10\npath = "%s"\npacked_ring = %s\n' \
+    "${BOX_BRIDGE:-}" "$W/disk.img" "$([ "${PACKED:-0}" = 1 ] && echo true || echo false)" >"$W/box.toml"
+printf 'gid = 10\nmax_payload = %s\n[port]\ninterface = "tvbh"\n%b' "${MAX_PAYLOAD:-256}" "${HOST_EXTRA:-}" >"$W/host.toml"
 run() { # run NAME [extra tether vm args]
     local name=$1
     shift
@@ -66,7 +74,7 @@ for _ in $(seq "$BOOTS"); do
     run local --local-box "$W/box.toml"
 done
 echo
-echo "medians over $((ROUNDS * BOOTS)) runs (MTU $MTU, max_payload ${MAX_PAYLOAD:-256}):"
+echo "medians over $((ROUNDS * BOOTS)) runs (MTU $MTU, max_payload ${MAX_PAYLOAD:-256}, $SEQ_OPS x 128 KiB per sequential run, packed ring ${PACKED:-0}):"
 for mode in seq rand; do
     for where in remote local; do
         key=MBps
