@@ -31,16 +31,9 @@ use std::time::Duration;
 use common::*;
 use dataplane::netns::Rig;
 
-/// What the guest runs (busybox sh), between the init's "=== guest up" and
-/// "=== guest done".
-const GUEST: &str = r#"
-dev=""
-for d in /sys/bus/pci/devices/*; do
-  [ "$(cat $d/vendor)" = 0x1af4 ] && [ "$(cat $d/device)" = 0x1042 ] && dev=$d
-done
-echo "=== device ${dev##*/} driver $(basename $(readlink $dev/driver))"
-echo "=== vda sectors $(cat /sys/block/vda/size)"
-mmio-time $dev/resource0 0x12 2000
+/// The guest writes 8 MiB of random data to the disk with O_DIRECT and reads it back
+/// (checked by `check_pattern`).
+const PATTERN: &str = r#"
 dd if=/dev/urandom of=/tmp/pattern bs=1M count=8 2>/dev/null
 echo "=== pattern $(sha256sum /tmp/pattern | cut -d' ' -f1)"
 dd if=/tmp/pattern of=/dev/vda bs=1M oflag=direct 2>/dev/null
@@ -49,6 +42,22 @@ sync
 echo 3 > /proc/sys/vm/drop_caches
 dd if=/dev/vda of=/tmp/back bs=1M count=8 iflag=direct 2>/dev/null
 echo "=== readback $(sha256sum /tmp/back | cut -d' ' -f1)"
+"#;
+
+/// What the guest of tests b and c runs (busybox sh, between the init's "=== guest
+/// up" and "=== guest done") is GUEST_HEAD, PATTERN, GUEST_TAIL.
+const GUEST_HEAD: &str = r#"
+dev=""
+for d in /sys/bus/pci/devices/*; do
+  [ "$(cat $d/vendor)" = 0x1af4 ] && [ "$(cat $d/device)" = 0x1042 ] && dev=$d
+done
+echo "=== device ${dev##*/} driver $(basename $(readlink $dev/driver))"
+echo "=== vda sectors $(cat /sys/block/vda/size)"
+mmio-time $dev/resource0 0x12 2000
+"#;
+
+/// After PATTERN: the measurements, then I/O after the box's death.
+const GUEST_TAIL: &str = r#"
 blkbench /dev/vda seq 131072 256
 blkbench /dev/vda rand 4096 1000 67108864
 grep virtio /proc/interrupts
@@ -58,8 +67,8 @@ dd if=/dev/vda of=/dev/null bs=4k count=1 iflag=direct
 echo "=== after kill rc=$?"
 "#;
 
-/// The guest wrote its pattern (GUEST's and PACKED_GUEST's "=== " lines), read the
-/// same back, and the box's file `disk` holds it.
+/// The guest wrote its pattern (PATTERN's "=== " lines), read the same back, and
+/// the box's file `disk` holds it.
 fn check_pattern(text: &str, disk: &Path, dir: &Path) {
     assert_eq!(value(text, "=== write rc="), "0");
     let pattern = value(text, "=== pattern ").to_string();
@@ -95,15 +104,27 @@ enum Frontend {
     Proxy,
 }
 
+/// The root of the QEMU with `vfio-user-pci` (installed by its script), or `None`
+/// when the test cannot run (not root, no such QEMU): skipped, loudly.
+fn vfio_user_qemu(test: &str) -> Option<PathBuf> {
+    if !is_root() {
+        skip(test, "needs root (network namespaces, chroot)");
+        return None;
+    }
+    match dep_script("qemu-vfio-user.sh") {
+        Ok(r) => Some(PathBuf::from(r.lines().last().unwrap_or_default())),
+        Err(why) => {
+            skip(test, &format!("no QEMU with vfio-user-pci: {why}"));
+            None
+        }
+    }
+}
+
 #[test]
 fn linux_guest_uses_the_remote_disk_through_vfio_user() {
     let test = "linux_guest_uses_the_remote_disk_through_vfio_user";
-    if !is_root() {
-        return skip(test, "needs root (network namespaces, chroot)");
-    }
-    let root = match dep_script("qemu-vfio-user.sh") {
-        Ok(r) => PathBuf::from(r.lines().last().unwrap_or_default()),
-        Err(why) => return skip(test, &format!("no QEMU with vfio-user-pci: {why}")),
+    let Some(root) = vfio_user_qemu(test) else {
+        return;
     };
     linux_guest(test, Frontend::VfioUser, Some(&root));
 }
@@ -133,12 +154,8 @@ dmesg | grep "No irq handler"
 #[test]
 fn linux_guests_get_msi_through_vfio_user_one_after_the_other() {
     let test = "linux_guests_get_msi_through_vfio_user_one_after_the_other";
-    if !is_root() {
-        return skip(test, "needs root (network namespaces, chroot)");
-    }
-    let root = match dep_script("qemu-vfio-user.sh") {
-        Ok(r) => PathBuf::from(r.lines().last().unwrap_or_default()),
-        Err(why) => return skip(test, &format!("no QEMU with vfio-user-pci: {why}")),
+    let Some(root) = vfio_user_qemu(test) else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let Some(s) = set_up(
@@ -203,19 +220,15 @@ fn linux_guests_get_msi_through_vfio_user_one_after_the_other() {
     drop(s.boxp.stop());
 }
 
-/// What the guest runs for the packed-ring test: the ring layout virtio negotiated
-/// (feature bit 34, RING_PACKED), then the pattern written and read back as in GUEST,
-/// and one sequential read measurement.
-const PACKED_GUEST: &str = r#"
+/// What the guest of the packed-ring test runs first: the ring layout virtio
+/// negotiated (feature bit 34, RING_PACKED); then PATTERN and one sequential read
+/// measurement.
+const PACKED_GUEST_HEAD: &str = r#"
 echo "=== packed $(cut -c35 /sys/bus/virtio/devices/virtio0/features)"
-dd if=/dev/urandom of=/tmp/pattern bs=1M count=8 2>/dev/null
-echo "=== pattern $(sha256sum /tmp/pattern | cut -d' ' -f1)"
-dd if=/tmp/pattern of=/dev/vda bs=1M oflag=direct 2>/dev/null
-echo "=== write rc=$?"
-sync
-echo 3 > /proc/sys/vm/drop_caches
-dd if=/dev/vda of=/tmp/back bs=1M count=8 iflag=direct 2>/dev/null
-echo "=== readback $(sha256sum /tmp/back | cut -d' ' -f1)"
+"#;
+
+/// After PATTERN in the packed-ring test.
+const PACKED_GUEST_TAIL: &str = r#"
 blkbench /dev/vda seq 131072 256
 "#;
 
@@ -224,13 +237,10 @@ blkbench /dev/vda seq 131072 256
 #[test]
 fn linux_guest_uses_a_packed_virtqueue() {
     let test = "linux_guest_uses_a_packed_virtqueue";
-    if !is_root() {
-        return skip(test, "needs root (network namespaces, chroot)");
-    }
-    let root = match dep_script("qemu-vfio-user.sh") {
-        Ok(r) => r.lines().last().unwrap_or_default().to_string(),
-        Err(why) => return skip(test, &format!("no QEMU with vfio-user-pci: {why}")),
+    let Some(root) = vfio_user_qemu(test) else {
+        return;
     };
+    let root = root.display().to_string();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let disk = d.join("disk.img");
@@ -239,7 +249,8 @@ fn linux_guest_uses_a_packed_virtqueue() {
         "model = \"virtio-blk\"\npath = \"{}\"\npacked_ring = true\n",
         disk.display()
     );
-    let Some(s) = set_up(test, d, "vp", &device, PACKED_GUEST, &["blkbench"]) else {
+    let script = format!("{PACKED_GUEST_HEAD}{PATTERN}{PACKED_GUEST_TAIL}");
+    let Some(s) = set_up(test, d, "vp", &device, &script, &["blkbench"]) else {
         return;
     };
     let mut args = vec!["vm", "--config", s.host_toml.as_str()];
@@ -410,7 +421,8 @@ fn linux_guest(test: &str, frontend: Frontend, qemu_root: Option<&Path>) {
         Frontend::Proxy => "vk",
     };
     let device = format!("model = \"virtio-blk\"\npath = \"{}\"\n", disk.display());
-    let Some(s) = set_up(test, d, tag, &device, GUEST, &["mmio-time", "blkbench"]) else {
+    let script = format!("{GUEST_HEAD}{PATTERN}{GUEST_TAIL}");
+    let Some(s) = set_up(test, d, tag, &device, &script, &["mmio-time", "blkbench"]) else {
         return;
     };
     let root = qemu_root.map(|r| r.display().to_string());

@@ -1013,6 +1013,24 @@ mod tests {
         (h, b)
     }
 
+    /// DEVICE_SET_IRQS with (flags, index, start, count) and `fds`: the reply's header.
+    fn set_irqs(
+        c: &mut Client,
+        s: &mut VfioUserServer,
+        dev: &mut FakeFunction,
+        (flags, index, start, count): (u32, u32, u32, u32),
+        fds: &[RawFd],
+    ) -> Header {
+        let body = Body::default()
+            .u32(20)
+            .u32(flags)
+            .u32(index)
+            .u32(start)
+            .u32(count)
+            .0;
+        ask(c, s, dev, wire::cmd::DEVICE_SET_IRQS, &body, fds).0
+    }
+
     fn server() -> (tempfile_dir::Dir, VfioUserServer) {
         let dir = tempfile_dir::Dir::new();
         let s = VfioUserServer::bind(&dir.path.join("vfu.sock")).unwrap();
@@ -1218,24 +1236,14 @@ mod tests {
         let (dir, mut s) = server();
         let mut dev = fake();
         let mut c = Client::connect(&dir.path.join("vfu.sock"));
-        let set = |flags: u32, index: u32, start: u32, count: u32| {
-            Body::default()
-                .u32(20)
-                .u32(flags)
-                .u32(index)
-                .u32(start)
-                .u32(count)
-                .0
-        };
         let v0 = sys::eventfd().unwrap();
         let v1 = sys::eventfd().unwrap();
         let trig = vfio::IRQ_SET_DATA_EVENTFD | vfio::IRQ_SET_ACTION_TRIGGER;
-        ask(
+        set_irqs(
             &mut c,
             &mut s,
             &mut dev,
-            wire::cmd::DEVICE_SET_IRQS,
-            &set(trig, vfio::PCI_MSIX_IRQ, 0, 2),
+            (trig, vfio::PCI_MSIX_IRQ, 0, 2),
             &[v0.as_raw_fd(), v1.as_raw_fd()],
         );
         assert_eq!(dev.msix_on, vec![true], "MSI-X switched on for the VMM");
@@ -1243,45 +1251,41 @@ mod tests {
         assert!(sys::eventfd_take(&v1).unwrap() && !sys::eventfd_take(&v0).unwrap());
         // Masked: pending, delivered on unmask.
         let mask = vfio::IRQ_SET_DATA_NONE | vfio::IRQ_SET_ACTION_MASK;
-        ask(
+        set_irqs(
             &mut c,
             &mut s,
             &mut dev,
-            wire::cmd::DEVICE_SET_IRQS,
-            &set(mask, vfio::PCI_MSIX_IRQ, 0, 1),
+            (mask, vfio::PCI_MSIX_IRQ, 0, 1),
             &[],
         );
         s.vector(0);
         assert!(!sys::eventfd_take(&v0).unwrap());
         let unmask = vfio::IRQ_SET_DATA_NONE | vfio::IRQ_SET_ACTION_UNMASK;
-        ask(
+        set_irqs(
             &mut c,
             &mut s,
             &mut dev,
-            wire::cmd::DEVICE_SET_IRQS,
-            &set(unmask, vfio::PCI_MSIX_IRQ, 0, 1),
+            (unmask, vfio::PCI_MSIX_IRQ, 0, 1),
             &[],
         );
         assert!(sys::eventfd_take(&v0).unwrap());
         let off = vfio::IRQ_SET_DATA_NONE | vfio::IRQ_SET_ACTION_TRIGGER;
-        ask(
+        set_irqs(
             &mut c,
             &mut s,
             &mut dev,
-            wire::cmd::DEVICE_SET_IRQS,
-            &set(off, vfio::PCI_MSIX_IRQ, 0, 0),
+            (off, vfio::PCI_MSIX_IRQ, 0, 0),
             &[],
         );
         assert_eq!(dev.msix_on, vec![true, false]);
         // INTx: signalled and automasked; an unmask with the line still high signals
         // again.
         let irq = sys::eventfd().unwrap();
-        ask(
+        set_irqs(
             &mut c,
             &mut s,
             &mut dev,
-            wire::cmd::DEVICE_SET_IRQS,
-            &set(trig, vfio::PCI_INTX_IRQ, 0, 1),
+            (trig, vfio::PCI_INTX_IRQ, 0, 1),
             &[irq.as_raw_fd()],
         );
         s.set_intx(true);
@@ -1289,23 +1293,21 @@ mod tests {
         s.set_intx(false);
         s.set_intx(true);
         assert!(!sys::eventfd_take(&irq).unwrap(), "automasked");
-        ask(
+        set_irqs(
             &mut c,
             &mut s,
             &mut dev,
-            wire::cmd::DEVICE_SET_IRQS,
-            &set(unmask, vfio::PCI_INTX_IRQ, 0, 1),
+            (unmask, vfio::PCI_INTX_IRQ, 0, 1),
             &[],
         );
         assert!(sys::eventfd_take(&irq).unwrap());
         assert_eq!(s.stats().intx_signals, 2);
         // A vector beyond the table is refused.
-        let (h, _) = ask(
+        let h = set_irqs(
             &mut c,
             &mut s,
             &mut dev,
-            wire::cmd::DEVICE_SET_IRQS,
-            &set(trig, vfio::PCI_MSIX_IRQ, 3, 2),
+            (trig, vfio::PCI_MSIX_IRQ, 3, 2),
             &[v0.as_raw_fd(), v1.as_raw_fd()],
         );
         assert_eq!(h.error, errno::EINVAL);
@@ -1316,15 +1318,6 @@ mod tests {
         let (dir, mut s) = server();
         let mut dev = fake();
         let mut c = Client::connect(&dir.path.join("vfu.sock"));
-        let set = |flags: u32, index: u32, start: u32, count: u32| {
-            Body::default()
-                .u32(20)
-                .u32(flags)
-                .u32(index)
-                .u32(start)
-                .u32(count)
-                .0
-        };
         let irq_info = |c: &mut Client, s: &mut VfioUserServer, dev: &mut FakeFunction| {
             let body = Body::default()
                 .u32(16)
@@ -1339,21 +1332,19 @@ mod tests {
         let trig = vfio::IRQ_SET_DATA_EVENTFD | vfio::IRQ_SET_ACTION_TRIGGER;
         let off = vfio::IRQ_SET_DATA_NONE | vfio::IRQ_SET_ACTION_TRIGGER;
         let (msi, x0) = (sys::eventfd().unwrap(), sys::eventfd().unwrap());
-        let (h, _) = ask(
+        let h = set_irqs(
             &mut c,
             &mut s,
             &mut dev,
-            wire::cmd::DEVICE_SET_IRQS,
-            &set(trig, vfio::PCI_MSI_IRQ, 0, 2),
+            (trig, vfio::PCI_MSI_IRQ, 0, 2),
             &[msi.as_raw_fd(), x0.as_raw_fd()],
         );
         assert_eq!(h.error, errno::EINVAL, "a second MSI vector is refused");
-        ask(
+        set_irqs(
             &mut c,
             &mut s,
             &mut dev,
-            wire::cmd::DEVICE_SET_IRQS,
-            &set(trig, vfio::PCI_MSI_IRQ, 0, 1),
+            (trig, vfio::PCI_MSI_IRQ, 0, 1),
             &[msi.as_raw_fd()],
         );
         assert_eq!(
@@ -1363,21 +1354,19 @@ mod tests {
         s.vector(0);
         assert!(sys::eventfd_take(&msi).unwrap());
         // MSI-X cannot come on while MSI is; turning it off is harmless.
-        let (h, _) = ask(
+        let h = set_irqs(
             &mut c,
             &mut s,
             &mut dev,
-            wire::cmd::DEVICE_SET_IRQS,
-            &set(trig, vfio::PCI_MSIX_IRQ, 0, 1),
+            (trig, vfio::PCI_MSIX_IRQ, 0, 1),
             &[x0.as_raw_fd()],
         );
         assert_eq!(h.error, errno::EINVAL);
-        let (h, _) = ask(
+        let h = set_irqs(
             &mut c,
             &mut s,
             &mut dev,
-            wire::cmd::DEVICE_SET_IRQS,
-            &set(off, vfio::PCI_MSIX_IRQ, 0, 0),
+            (off, vfio::PCI_MSIX_IRQ, 0, 0),
             &[],
         );
         assert_eq!(h.flags & wire::flags::ERROR, 0);
@@ -1385,20 +1374,18 @@ mod tests {
         assert!(sys::eventfd_take(&msi).unwrap(), "MSI still on");
         assert!(!sys::eventfd_take(&x0).unwrap());
         // MSI off, then MSI-X: vector 0 now reaches the MSI-X eventfd.
-        ask(
+        set_irqs(
             &mut c,
             &mut s,
             &mut dev,
-            wire::cmd::DEVICE_SET_IRQS,
-            &set(off, vfio::PCI_MSI_IRQ, 0, 0),
+            (off, vfio::PCI_MSI_IRQ, 0, 0),
             &[],
         );
-        ask(
+        set_irqs(
             &mut c,
             &mut s,
             &mut dev,
-            wire::cmd::DEVICE_SET_IRQS,
-            &set(trig, vfio::PCI_MSIX_IRQ, 0, 1),
+            (trig, vfio::PCI_MSIX_IRQ, 0, 1),
             &[x0.as_raw_fd()],
         );
         assert_eq!(
@@ -1419,12 +1406,11 @@ mod tests {
         let mut c = Client::connect(&dir.path.join("vfu.sock"));
         s.device_changed();
         assert_eq!(irq_info(&mut c, &mut s, &mut plain), 0);
-        let (h, _) = ask(
+        let h = set_irqs(
             &mut c,
             &mut s,
             &mut plain,
-            wire::cmd::DEVICE_SET_IRQS,
-            &set(trig, vfio::PCI_MSI_IRQ, 0, 1),
+            (trig, vfio::PCI_MSI_IRQ, 0, 1),
             &[msi.as_raw_fd()],
         );
         assert_eq!(h.error, errno::EINVAL);
