@@ -151,4 +151,42 @@ fn vm_dry_run_shows_the_qemu_command_for_each_front_end() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/host.toml"));
+    // --connect: QEMU on a given bridge socket, no configuration; with --config or
+    // --local-box it is refused, and a socket that is not there is named.
+    let out = run_ok(tether().args([
+        "vm",
+        "--connect",
+        "/tmp/bridge.sock",
+        "--dry-run",
+        "--accel",
+        "tcg",
+    ]));
+    assert!(
+        out.contains(r#""socket":{"path":"/tmp/bridge.sock","type":"unix"}"#),
+        "{out}"
+    );
+    for args in [
+        &["vm", "--connect", "/tmp/b.sock", "--config", "x.toml"][..],
+        &["vm", "--connect", "/tmp/b.sock", "--local-box", "b.toml"][..],
+        &["vm"][..],
+    ] {
+        let out = tether().args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+    }
+    let out = tether()
+        .args([
+            "vm",
+            "--connect",
+            "/nonexistent/bridge.sock",
+            "--accel",
+            "tcg",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/bridge.sock: no socket there (start `tether host --vfio-user"),
+        "{err}"
+    );
 }
