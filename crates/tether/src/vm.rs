@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use dataplane::ports::mem::{self, MemPort};
-use runtime::IoBox;
+use runtime::{IoBox, Slot};
 use wire::BridgeRole;
 
-use crate::config::{BoxConfig, HostConfig};
+use crate::config::{BoxConfig, BridgeSettings, HostConfig};
 use crate::signals;
 use crate::vm_bridge::VmBridge;
 use crate::vm_host::{self, Frontend};
@@ -171,10 +171,20 @@ fn qemu_command(a: &VmArgs, accel: Accel, attach: &Attach, qmp: &Path) -> Vec<St
 /// The I/O box of `--local-box`, on the other end of the bridge's in-memory port,
 /// until `stop`.
 pub fn local_box(cfg: BoxConfig, port: MemPort, stop: Arc<AtomicBool>) -> Result<()> {
-    let node = bridge::node(&port, BridgeRole::IoBox, &cfg.bridge)?;
     println!("tether vm: I/O box in this process on an in-memory port");
     let slots = iobox::slots(&cfg)?;
-    let fp = bridge::fabric_port(node, Box::new(port), &cfg.bridge);
+    box_on_port(&cfg.bridge, slots, port, stop)
+}
+
+/// An I/O box with `slots` on `port`, until `stop`.
+pub fn box_on_port(
+    settings: &BridgeSettings,
+    slots: Vec<Slot>,
+    port: MemPort,
+    stop: Arc<AtomicBool>,
+) -> Result<()> {
+    let node = bridge::node(&port, BridgeRole::IoBox, settings)?;
+    let fp = bridge::fabric_port(node, Box::new(port), settings);
     let mut b = IoBox::new(fp, slots);
     while !stop.load(Ordering::Relaxed) && !signals::stop_requested() {
         b.poll(Duration::from_millis(1))?;

@@ -332,9 +332,14 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    use endpoint::memdev::{op, regs};
+    use std::thread::JoinHandle;
 
-    use crate::config::BoxConfig;
+    use endpoint::config::{Bar as CfgBar, ConfigSpace};
+    use endpoint::memdev::{self, op, regs};
+    use endpoint::{Function, FunctionConfig};
+    use runtime::Slot;
+
+    use crate::config::BridgeSettings;
 
     fn config_file(text: &str) -> tempfile::NamedTempFile {
         let mut f = tempfile::NamedTempFile::new().unwrap();
@@ -373,44 +378,86 @@ mod tests {
         e
     }
 
-    /// The vfio-user front-end asks for MSI on demand: the bridge points the
-    /// device's MSI at itself, and its message comes back as vector 0; off again,
-    /// the device falls back to INTx. Enumeration leaves both MSI and MSI-X off.
-    #[test]
-    fn msi_on_demand_arrives_as_vector_0() {
+    /// A bridge whose group holds `slot`, served by a box in a thread over an
+    /// in-memory port; the device enumerated as for vfio-user, 4 KiB of guest RAM
+    /// mapped at 0x10_0000.
+    fn bridge_with(slot: Slot) -> (VmBridge, Arc<AtomicBool>, JoinHandle<Result<()>>) {
         let host = config_file("gid = 10\n[port]\ninterface = \"none\"\n");
-        let boxc = config_file(
-            "[port]\ninterface = \"none\"\n[[device]]\nslot = 2\nmodel = \"memdev\"\ngid = 10\n",
-        );
         let cfg = HostConfig::load(host.path()).unwrap();
-        let box_cfg = BoxConfig::load(boxc.path()).unwrap();
         let pool = bridge::pool_for(1500).unwrap();
         let (ours, theirs) = dataplane::ports::mem::pair(&pool, 4096, 1500);
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
-        let boxt = std::thread::spawn(move || crate::vm::local_box(box_cfg, theirs, s));
+        let settings = BridgeSettings::default();
+        let boxt =
+            std::thread::spawn(move || crate::vm::box_on_port(&settings, vec![slot], theirs, s));
         let mut vb = VmBridge::on_port(cfg, Box::new(ours), "memory").unwrap();
         vb.wait_for_device(Duration::from_secs(10)).unwrap();
         vb.enumerate_device().unwrap();
         vb.function()
             .map_guest_ram(0x10_0000, Box::new(vec![0x5au8; 4096]))
             .unwrap();
+        (vb, stop, boxt)
+    }
+
+    fn msi_enabled(f: &mut HostFunction, cap: u16) -> bool {
+        f.config_read(cap).unwrap() & 1 << 16 != 0
+    }
+
+    /// The vfio-user front-end asks for MSI on demand: the bridge points the
+    /// device's MSI at itself, and its message comes back as vector 0; off again,
+    /// the device falls back to INTx. Enumeration leaves both MSI and MSI-X off.
+    #[test]
+    fn msi_on_demand_arrives_as_vector_0() {
+        let (mut vb, stop, boxt) = bridge_with(Slot::memdev(2, 10, 1 << 16).unwrap());
         let mut f = vb.function();
         let msi = vmm::caps::find(&mut f, CAP_MSI).expect("memdev has MSI");
         let msix = vmm::caps::find(&mut f, CAP_MSIX).expect("memdev has MSI-X");
-        let enabled =
-            |f: &mut HostFunction, cap: u16, bit: u32| f.config_read(cap).unwrap() & 1 << bit != 0;
-        assert!(!enabled(&mut f, msi, 16), "MSI off after setup");
-        assert!(!enabled(&mut f, msix, 31), "MSI-X off after setup");
+        assert!(!msi_enabled(&mut f, msi), "MSI off after setup");
+        assert_eq!(
+            f.config_read(msix).unwrap() >> 31,
+            0,
+            "MSI-X off after setup"
+        );
 
         assert_eq!(run_op(&mut vb), Some(DeviceEvent::Intx(true)));
         assert_eq!(next_event(&mut vb), Some(DeviceEvent::Intx(false)));
         vb.function().set_msi(true);
-        assert!(enabled(&mut vb.function(), msi, 16));
+        assert!(msi_enabled(&mut vb.function(), msi));
         assert_eq!(run_op(&mut vb), Some(DeviceEvent::Vector(0)));
         vb.function().set_msi(false);
-        assert!(!enabled(&mut vb.function(), msi, 16));
+        assert!(!msi_enabled(&mut vb.function(), msi));
         assert_eq!(run_op(&mut vb), Some(DeviceEvent::Intx(true)));
+
+        stop.store(true, Ordering::Relaxed);
+        boxt.join().unwrap().unwrap();
+    }
+
+    /// A device with MSI and no MSI-X: enumeration turns its MSI on, and the set-up
+    /// for vfio-user turns it off again, so that it interrupts by INTx until the VMM
+    /// asks for MSI.
+    #[test]
+    fn an_msi_only_device_is_left_on_intx() {
+        let config = ConfigSpace::builder(memdev::VENDOR_ID, memdev::DEVICE_ID)
+            .class(0x05, 0x80, 0x00)
+            .interrupt_pin(1)
+            .bar(0, CfgBar::mem32(4096))
+            .bar(2, CfgBar::mem64(1 << 16).prefetchable())
+            .pcie(256)
+            .msi(1, true)
+            .build()
+            .unwrap();
+        let model: Box<dyn endpoint::Device + Send> = Box::new(memdev::MemDev::new(1 << 16));
+        let function = Function::new(config, model, FunctionConfig::default());
+        let (mut vb, stop, boxt) = bridge_with(Slot::announced(2, 10, function));
+        let mut f = vb.function();
+        assert!(vmm::caps::find(&mut f, CAP_MSIX).is_none());
+        let msi = vmm::caps::find(&mut f, CAP_MSI).expect("MSI");
+        assert!(!msi_enabled(&mut f, msi), "MSI off after setup");
+        assert_eq!(run_op(&mut vb), Some(DeviceEvent::Intx(true)));
+        assert_eq!(next_event(&mut vb), Some(DeviceEvent::Intx(false)));
+        vb.function().set_msi(true);
+        assert_eq!(run_op(&mut vb), Some(DeviceEvent::Vector(0)));
 
         stop.store(true, Ordering::Relaxed);
         boxt.join().unwrap().unwrap();

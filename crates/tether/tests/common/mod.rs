@@ -227,28 +227,3 @@ pub fn guest_tool(dir: &Path, name: &str) -> Result<PathBuf, String> {
     }
     Ok(out)
 }
-
-/// Runs one QMP command (a JSON object) on QEMU's monitor socket at `path` and
-/// returns QEMU's answer (the line with "return" or "error"; events are skipped).
-pub fn qmp(path: &Path, command: &str) -> String {
-    use std::io::Write;
-    let sock = std::os::unix::net::UnixStream::connect(path)
-        .unwrap_or_else(|e| panic!("QMP at {}: {e}", path.display()));
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut lines = BufReader::new(sock.try_clone().unwrap()).lines();
-    let mut w = sock;
-    let mut answer = || loop {
-        let l = lines.next().expect("QMP closed").unwrap();
-        if l.contains("\"QMP\"") || l.contains("\"return\"") || l.contains("\"error\"") {
-            return l;
-        }
-    };
-    answer();
-    w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
-        .unwrap();
-    answer();
-    w.write_all(command.as_bytes()).unwrap();
-    w.write_all(b"\n").unwrap();
-    answer()
-}
