@@ -629,13 +629,18 @@ impl<L: Link> Host<L> {
         self.bridge.config().max_payload.bytes() as u32
     }
 
-    /// Points the MSI capability at `cap` of `bdf` at the bridge (one vector, MME = 0,
-    /// routed as vector 0) and turns MSI on or off. Enumeration does this for devices
-    /// without MSI-X; a front-end that lets its VMM choose calls it on demand.
+    /// On: points the MSI capability at `cap` of `bdf` at the bridge (one vector,
+    /// MME = 0, routed as vector 0) and enables MSI; off: only clears MSI Enable.
+    /// Enumeration does this for devices without MSI-X; a front-end that lets its VMM
+    /// choose calls it on demand.
     pub fn set_msi(&mut self, bdf: Bdf, cap: u16, enabled: bool) -> Result<(), HostError> {
+        let ctl = self.config_read(bdf, cap)?;
+        if !enabled {
+            // Off: the address and data do not matter.
+            return self.config_write(bdf, cap, ctl & !(1 << 16));
+        }
         let data = self.route(bdf, 0);
         self.config_write(bdf, cap + 4, MSI_ADDRESS as u32)?;
-        let ctl = self.config_read(bdf, cap)?;
         let is64 = ctl & 1 << 23 != 0;
         let data_reg = if is64 {
             self.config_write(bdf, cap + 8, 0)?;
@@ -645,8 +650,7 @@ impl<L: Link> Host<L> {
         };
         self.config_write_be(bdf, data_reg, data, 0x3)?;
         // Message Control: enable (bit 16 of the dword), one vector (MME, bits 20-22, 0).
-        let on = if enabled { 1 << 16 } else { 0 };
-        self.config_write(bdf, cap, (ctl & 0xff8e_ffff) | on)
+        self.config_write(bdf, cap, (ctl & 0xff8f_ffff) | 1 << 16)
     }
 
     /// The message data that reaches `vector` of `bdf`: the one it already has, or a

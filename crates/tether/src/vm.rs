@@ -170,7 +170,7 @@ fn qemu_command(a: &VmArgs, accel: Accel, attach: &Attach, qmp: &Path) -> Vec<St
 
 /// The I/O box of `--local-box`, on the other end of the bridge's in-memory port,
 /// until `stop`.
-pub fn local_box(cfg: BoxConfig, port: MemPort, stop: Arc<AtomicBool>) -> Result<()> {
+fn local_box(cfg: BoxConfig, port: MemPort, stop: Arc<AtomicBool>) -> Result<()> {
     println!("tether vm: I/O box in this process on an in-memory port");
     let slots = iobox::slots(&cfg)?;
     box_on_port(&cfg.bridge, slots, port, stop)
@@ -308,16 +308,21 @@ fn run_attached(a: &VmArgs, accel: Accel, socket: &Path, qmp: &Path) -> Result<E
     let deadline = a
         .timeout
         .map(|t| Instant::now() + Duration::from_secs_f64(t));
+    wait_qemu(&mut child, deadline)
+}
+
+/// Waits for QEMU to exit; at `until`, or on SIGINT/SIGTERM, stops it.
+fn wait_qemu(child: &mut std::process::Child, until: Option<Instant>) -> Result<ExitStatus> {
     loop {
         if let Some(s) = child.try_wait()? {
             return Ok(s);
         }
-        if signals::stop_requested() || deadline.is_some_and(|d| Instant::now() >= d) {
+        if signals::stop_requested() || until.is_some_and(|d| Instant::now() >= d) {
             eprintln!("tether vm: stopping QEMU");
             let _ = child.kill();
             return Ok(child.wait()?);
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -416,20 +421,7 @@ pub fn run(a: VmArgs) -> Result<ExitStatus> {
         None => {
             // QEMU closed the connection (it is exiting), or we stop it.
             let end = Instant::now() + Duration::from_secs(5);
-            loop {
-                if let Some(s) = child.try_wait()? {
-                    break s;
-                }
-                if Instant::now() >= end
-                    || signals::stop_requested()
-                    || deadline.is_some_and(|d| Instant::now() >= d)
-                {
-                    eprintln!("tether vm: stopping QEMU");
-                    let _ = child.kill();
-                    break child.wait()?;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            wait_qemu(&mut child, Some(deadline.map_or(end, |d| d.min(end))))?
         }
     };
     vm_host::report(&vb, &fe);

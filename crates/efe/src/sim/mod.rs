@@ -260,13 +260,8 @@ impl Sim {
             }
             let since = if self.report_waits { n.paused_at } else { now };
             for frame in std::mem::take(&mut n.backlog) {
-                match Frame::parse(&frame, None) {
-                    Ok(fr) => {
-                        let _ = n
-                            .session
-                            .handle_frame_since(now, since, &fr.header, fr.payload);
-                    }
-                    Err(_) => self.frames_rejected += 1,
+                if !deliver(&mut n.session, now, since, &frame) {
+                    self.frames_rejected += 1;
                 }
             }
         }
@@ -288,13 +283,8 @@ impl Sim {
                     self.nodes[dest].backlog.push(frame);
                     continue;
                 }
-                match Frame::parse(&frame, None) {
-                    Ok(fr) => {
-                        let _ = self.nodes[dest]
-                            .session
-                            .handle_frame(now, &fr.header, fr.payload);
-                    }
-                    Err(_) => self.frames_rejected += 1,
+                if !deliver(&mut self.nodes[dest].session, now, now, &frame) {
+                    self.frames_rejected += 1;
                 }
             }
         }
@@ -355,5 +345,17 @@ impl Sim {
                 self.links[link].send(now, peer, frame, &mut self.rng);
             }
         }
+    }
+}
+
+/// Hands `frame`, found at `now` and waiting since `since`, to `session`; false when it
+/// does not parse (corruption caught by the frame check).
+fn deliver(session: &mut Session, now: Micros, since: Micros, frame: &[u8]) -> bool {
+    match Frame::parse(frame, None) {
+        Ok(fr) => {
+            let _ = session.handle_frame_since(now, since, &fr.header, fr.payload);
+            true
+        }
+        Err(_) => false,
     }
 }

@@ -505,6 +505,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
         if !self.running() {
             return;
         }
+        let packed = self.packed();
         let Some(qs) = self.queues.get_mut(q as usize) else {
             return;
         };
@@ -516,7 +517,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
             return;
         }
         let mut reads = Vec::with_capacity(2);
-        if self.driver_features & feature::RING_PACKED != 0 {
+        if packed {
             let size = qs.config.size;
             let at = qs.packed_avail.advance(qs.carry.len() as u16, size).index;
             let n = PACKED_WINDOW.min(size - at) as usize;
@@ -623,11 +624,10 @@ impl<D: VirtioDevice> VirtioPci<D> {
         qs.carry = found.carry;
         let refetch = std::mem::take(&mut qs.refetch) || more;
         for chain in found.chains {
-            let slot = self.new_request(q, chain.id, chain.ring_len, 0, size);
-            let Some(slot) = slot.map_err(|e| self.fail_chain(e, io)).ok() else {
-                return;
-            };
-            self.walk_in(slot, 0, &chain.descriptors, io);
+            match self.new_request(q, chain.id, chain.ring_len, 0, size) {
+                Ok(slot) => self.walk_in(slot, 0, &chain.descriptors, io),
+                Err(e) => return self.fail_chain(e, io),
+            }
         }
         if refetch {
             self.kick(q, io);

@@ -205,10 +205,11 @@ pub struct VfioUserServer {
     path: PathBuf,
     listener: OwnedFd,
     channel: Option<Arc<Mutex<Channel>>>,
-    /// Offset of the MSI-X capability and its vector count, once read.
-    msix_cap: Option<(u16, u16)>,
-    /// Offset of the MSI capability and its length, once read.
-    msi_cap: Option<(u16, u16)>,
+    /// Offset of the MSI-X capability and its vector count, once read (`Some(None)`:
+    /// the device has none; guest config reads must not walk the list each time).
+    msix_cap: Option<Option<(u16, u16)>>,
+    /// Offset of the MSI capability and its length, once read (as `msix_cap`).
+    msi_cap: Option<Option<(u16, u16)>>,
     intx: Intx,
     vectors: Vectors,
     /// The device-request eventfd: signalled to ask the VMM to release the device
@@ -565,18 +566,17 @@ impl VfioUserServer {
     }
 
     fn msix_info(&mut self, dev: &mut dyn RemoteFunction) -> Option<(u16, u16)> {
-        if self.msix_cap.is_none() {
+        *self.msix_cap.get_or_insert_with(|| {
             let cap = caps::find(dev, CAP_MSIX)?;
             let control = dev.config_read(cap)? >> 16;
-            self.msix_cap = Some((cap, (control & 0x7ff) as u16 + 1));
-        }
-        self.msix_cap
+            Some((cap, (control & 0x7ff) as u16 + 1))
+        })
     }
 
     /// Where the MSI capability is and how many bytes it spans (12 or 16 by address
     /// width, 8 more with per-vector masking).
     fn msi_info(&mut self, dev: &mut dyn RemoteFunction) -> Option<(u16, u16)> {
-        if self.msi_cap.is_none() {
+        *self.msi_cap.get_or_insert_with(|| {
             let cap = caps::find(dev, CAP_MSI)?;
             let control = dev.config_read(cap)? >> 16;
             let len = if control & MSI_64BIT != 0 { 16 } else { 12 };
@@ -585,9 +585,8 @@ impl VfioUserServer {
             } else {
                 0
             };
-            self.msi_cap = Some((cap, len + masking));
-        }
-        self.msi_cap
+            Some((cap, len + masking))
+        })
     }
 
     /// Vectors offered for irq `index` (MSI: one, whatever the device can do).
