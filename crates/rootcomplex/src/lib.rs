@@ -16,4 +16,4 @@ pub use bridge::{Bridge, BridgeConfig, BridgeStats, Event, RequestError, Request
 pub use host::{
     BarInfo, BarWindows, DeviceInfo, DmaBuffer, Host, HostError, Interrupt, IrqMode, Link,
 };
-pub use memory::{HostMemory, MapError, MemoryMap};
+pub use memory::{HostMemory, MapError, MemoryMap, ReadFault};

@@ -12,9 +12,22 @@ pub trait HostMemory: Send {
     }
     /// Reads `buf.len()` bytes at `offset` (the caller checked the range).
     fn read(&self, offset: u64, buf: &mut [u8]);
+    /// Reads as `read` does, or reports that the memory behind the region failed to
+    /// answer (guest memory a VMM serves by message: the VMM refused or went away), so
+    /// that the device gets an error completion rather than made-up data. Memory that
+    /// cannot fail keeps this default.
+    fn try_read(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadFault> {
+        self.read(offset, buf);
+        Ok(())
+    }
     /// Writes `data` at `offset` (the caller checked the range).
     fn write(&mut self, offset: u64, data: &[u8]);
 }
+
+/// The memory behind a region did not answer a read.
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+#[error("the memory did not answer")]
+pub struct ReadFault;
 
 impl HostMemory for Vec<u8> {
     fn len(&self) -> u64 {
@@ -40,6 +53,8 @@ pub enum MapError {
     Bad { base: u64, len: u64 },
     #[error("{len} bytes at {addr:#x} are not inside one mapped region")]
     Outside { addr: u64, len: usize },
+    #[error("{len} bytes at {addr:#x}: the memory behind them did not answer")]
+    Fault { addr: u64, len: usize },
 }
 
 struct Region {
@@ -122,8 +137,12 @@ impl MemoryMap {
             len: buf.len(),
         })?;
         let r = &self.regions[i];
-        r.mem.read(addr - r.base, buf);
-        Ok(())
+        r.mem
+            .try_read(addr - r.base, buf)
+            .map_err(|ReadFault| MapError::Fault {
+                addr,
+                len: buf.len(),
+            })
     }
 
     pub fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), MapError> {
@@ -169,5 +188,36 @@ mod tests {
         assert!(m.add(0x3000, Box::new(vec![0u8; 0x100])).is_ok());
         assert!(m.remove(0x3000).is_some());
         assert!(!m.contains(0x3000, 1));
+    }
+
+    /// Memory whose reads fail (a VMM that refuses a DMA_READ).
+    struct Refusing;
+
+    impl HostMemory for Refusing {
+        fn len(&self) -> u64 {
+            0x1000
+        }
+        fn read(&self, _: u64, buf: &mut [u8]) {
+            buf.fill(0xff);
+        }
+        fn try_read(&self, _: u64, _: &mut [u8]) -> Result<(), ReadFault> {
+            Err(ReadFault)
+        }
+        fn write(&mut self, _: u64, _: &[u8]) {}
+    }
+
+    #[test]
+    fn a_failed_read_is_an_error_not_data() {
+        let mut m = MemoryMap::new();
+        m.add(0x1000, Box::new(Refusing)).unwrap();
+        let mut b = [0u8; 4];
+        assert_eq!(
+            m.read(0x1010, &mut b),
+            Err(MapError::Fault {
+                addr: 0x1010,
+                len: 4
+            })
+        );
+        assert_eq!(b, [0; 4], "nothing made up");
     }
 }
