@@ -1,54 +1,48 @@
 #!/usr/bin/env bash
 # A QEMU with the vfio-user client (QEMU >= 10.1, `-device vfio-user-pci`), which
 # bookworm does not have: a minimal Debian trixie chroot (debootstrap) with
-# qemu-system-x86 from trixie-backports. Prints the chroot's path. Idempotent: an
-# existing chroot with a working vfio-user-pci is reused. Needs root.
-#   TETHER_VM_DIR  where it goes (default /var/tmp/tether-vm); the chroot is $DIR/trixie
-# Run QEMU from it with scripts/deps/qemu-chroot-run.sh (mounts /proc, /dev, /sys and
-# the paths the VM needs).
+# qemu-system-x86 from trixie-backports. Prints the chroot's path. Idempotent and safe
+# to run concurrently (scripts/deps/lib.sh): an existing chroot with a working
+# vfio-user-pci is reused. Needs root.
+#   TETHER_VM_DIR          where it goes (default /var/tmp/tether-vm); the chroot is $DIR/trixie
+#   TETHER_DEBIAN_MIRROR   the Debian archive to use (default: the one this machine's
+#                          apt sources name for its own release)
+# `tether vm --qemu-root DIR` runs QEMU from it (in a private mount namespace with /proc,
+# /dev, /sys and the paths the VM needs).
 set -euo pipefail
 DIR=${TETHER_VM_DIR:-/var/tmp/tether-vm}
 ROOT=$DIR/trixie
-log=$DIR/qemu-vfio-user.log
+DEPS_LOG=$DIR/qemu-vfio-user.log
+. "$(dirname "$0")/lib.sh"
 has_vfio_user() {
     [ -x "$ROOT/usr/bin/qemu-system-x86_64" ] &&
         chroot "$ROOT" qemu-system-x86_64 -device help 2>/dev/null | grep -q '"vfio-user-pci"'
 }
+deps_lock
 if has_vfio_user; then
     echo "$ROOT"
     exit 0
 fi
-if [ "$(id -u)" -ne 0 ]; then
-    echo "scripts/deps/qemu-vfio-user.sh: needs root (debootstrap, chroot)" >&2
-    exit 1
-fi
+deps_need_root "a QEMU with vfio-user-pci ($ROOT)"
 mkdir -p "$DIR"
-: >"$log"
-if ! command -v debootstrap >/dev/null 2>&1; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y --no-install-recommends debootstrap >>"$log" 2>&1 || {
-        apt-get update >>"$log" 2>&1
-        apt-get install -y --no-install-recommends debootstrap >>"$log" 2>&1
-    } || { echo "scripts/deps/qemu-vfio-user.sh: cannot install debootstrap; see $log" >&2; exit 1; }
-fi
-MIRROR=${TETHER_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+: >"$DEPS_LOG"
+command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
+MIRROR=$(debian_mirror)
+echo "mirror: $MIRROR" >>"$DEPS_LOG"
 if [ ! -x "$ROOT/usr/bin/apt-get" ]; then
-    rm -rf "$ROOT"
-    debootstrap --variant=minbase trixie "$ROOT" "$MIRROR" >>"$log" 2>&1 || {
-        echo "scripts/deps/qemu-vfio-user.sh: debootstrap trixie failed; see $log" >&2
-        exit 1
-    }
+    # Made in a scratch directory and moved into place whole: an interrupted run leaves
+    # nothing that looks finished.
+    rm -rf "$ROOT" "$ROOT.partial"
+    debootstrap --variant=minbase trixie "$ROOT.partial" "$MIRROR" >>"$DEPS_LOG" 2>&1 ||
+        deps_fail "debootstrap trixie from $MIRROR failed"
+    mv "$ROOT.partial" "$ROOT"
 fi
 echo "deb $MIRROR trixie-backports main" >"$ROOT/etc/apt/sources.list.d/backports.list"
 # A mirror's Release file can be past its Valid-Until date.
-chroot "$ROOT" apt-get -o Acquire::Check-Valid-Until=false update >>"$log" 2>&1
+chroot "$ROOT" apt-get -o Acquire::Check-Valid-Until=false -o Acquire::Retries=3 update >>"$DEPS_LOG" 2>&1 ||
+    deps_fail "apt-get update in the trixie chroot failed"
 DEBIAN_FRONTEND=noninteractive chroot "$ROOT" apt-get install -y --no-install-recommends \
-    -t trixie-backports qemu-system-x86 >>"$log" 2>&1 || {
-    echo "scripts/deps/qemu-vfio-user.sh: installing qemu-system-x86 from trixie-backports failed; see $log" >&2
-    exit 1
-}
-has_vfio_user || {
-    echo "scripts/deps/qemu-vfio-user.sh: the chroot's QEMU has no vfio-user-pci" >&2
-    exit 1
-}
+    -t trixie-backports qemu-system-x86 >>"$DEPS_LOG" 2>&1 ||
+    deps_fail "installing qemu-system-x86 from trixie-backports failed"
+has_vfio_user || deps_fail "the chroot's QEMU has no vfio-user-pci"
 echo "$ROOT"

@@ -1,22 +1,12 @@
 #!/usr/bin/env bash
 # Installs Debian's QEMU (qemu-system-x86 with SeaBIOS; bookworm: 7.2, which has the
-# multi-process proxy device x-pci-proxy-dev) for the VM tests. Idempotent: does
-# nothing when qemu-system-x86_64 is already there. Needs root for apt-get.
+# multi-process proxy device x-pci-proxy-dev) for the VM tests. Idempotent and safe to
+# run concurrently (scripts/deps/lib.sh). Needs root to install.
 set -euo pipefail
-if command -v qemu-system-x86_64 >/dev/null 2>&1; then
-    exit 0
-fi
-if [ "$(id -u)" -ne 0 ]; then
-    echo "scripts/deps/qemu.sh: qemu-system-x86_64 is missing and installing it needs root" >&2
-    exit 1
-fi
-export DEBIAN_FRONTEND=noninteractive
-log=/tmp/tether-apt-qemu.log
-if ! apt-get install -y --no-install-recommends qemu-system-x86 >"$log" 2>&1; then
-    apt-get update >>"$log" 2>&1
-    apt-get install -y --no-install-recommends qemu-system-x86 >>"$log" 2>&1 || {
-        echo "scripts/deps/qemu.sh: apt-get install qemu-system-x86 failed; see $log" >&2
-        exit 1
-    }
-fi
-command -v qemu-system-x86_64 >/dev/null
+. "$(dirname "$0")/lib.sh"
+deps_lock
+command -v qemu-system-x86_64 >/dev/null 2>&1 && exit 0
+deps_need_root qemu-system-x86_64
+: >"$DEPS_LOG"
+apt_install qemu-system-x86
+command -v qemu-system-x86_64 >/dev/null || deps_fail "qemu-system-x86 installed but qemu-system-x86_64 is not on PATH"

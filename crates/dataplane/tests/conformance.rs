@@ -150,17 +150,8 @@ fn null_port_conforms() {
 type Opener = fn(&str, &Arc<Mempool>) -> Box<dyn Port>;
 
 fn kernel_port_conforms(test: &str, tag: &str, open: Opener) {
-    let mut rig = match Rig::new(tag) {
-        Ok(r) => r,
-        Err(e) => {
-            // Straight to the process's stderr: the test harness captures eprintln!
-            // of passing tests, and a skip must be seen (and counted by scripts/test.sh).
-            let _ = std::io::Write::write_all(
-                &mut std::io::stderr(),
-                format!("\n*** SKIPPED {test}: {e} ***\n\n").as_bytes(),
-            );
-            return;
-        }
+    let Some(mut rig) = Rig::for_test(test, tag) else {
+        return;
     };
     let (h0, h1) = (rig.host("a").unwrap(), rig.host("b").unwrap());
     rig.veth(h0, "dpa", h1, "dpb", 1500).unwrap();
@@ -227,17 +218,8 @@ fn _assert_ports_are_send(p: Arc<Mempool>) -> Box<dyn Port> {
 #[test]
 fn af_xdp_meets_af_packet_through_a_bridge() {
     let test = "af_xdp_meets_af_packet_through_a_bridge";
-    let mut rig = match Rig::new("dpm") {
-        Ok(r) => r,
-        Err(e) => {
-            // Straight to the process's stderr: the test harness captures eprintln!
-            // of passing tests, and a skip must be seen (and counted by scripts/test.sh).
-            let _ = std::io::Write::write_all(
-                &mut std::io::stderr(),
-                format!("\n*** SKIPPED {test}: {e} ***\n\n").as_bytes(),
-            );
-            return;
-        }
+    let Some(mut rig) = Rig::for_test(test, "dpm") else {
+        return;
     };
     let (h0, sw, h1) = (
         rig.host("a").unwrap(),
@@ -276,17 +258,8 @@ fn af_xdp_ethertype_filter_leaves_other_traffic_to_the_kernel() {
     use dataplane::bpf::XdpAttach;
     use dataplane::sys::PacketSocket;
     let test = "af_xdp_ethertype_filter_leaves_other_traffic_to_the_kernel";
-    let mut rig = match Rig::new("dpf") {
-        Ok(r) => r,
-        Err(e) => {
-            // Straight to the process's stderr: the test harness captures eprintln!
-            // of passing tests, and a skip must be seen (and counted by scripts/test.sh).
-            let _ = std::io::Write::write_all(
-                &mut std::io::stderr(),
-                format!("\n*** SKIPPED {test}: {e} ***\n\n").as_bytes(),
-            );
-            return;
-        }
+    let Some(mut rig) = Rig::for_test(test, "dpf") else {
+        return;
     };
     let (h0, h1) = (rig.host("a").unwrap(), rig.host("b").unwrap());
     rig.veth(h0, "dpa", h1, "dpb", 1500).unwrap();

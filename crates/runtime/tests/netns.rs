@@ -10,17 +10,8 @@ use dataplane::ports::af_xdp::{AfXdpPort, XdpConfig};
 use dataplane::{Mempool, Port};
 
 fn over_veth(test: &str, tag: &str, open: fn(&str, &std::sync::Arc<Mempool>) -> Box<dyn Port>) {
-    let mut rig = match Rig::new(tag) {
-        Ok(r) => r,
-        Err(e) => {
-            // Straight to the process's stderr: the test harness captures eprintln!
-            // of passing tests, and a skip must be seen (and counted by scripts/test.sh).
-            let _ = std::io::Write::write_all(
-                &mut std::io::stderr(),
-                format!("\n*** SKIPPED {test}: {e} ***\n\n").as_bytes(),
-            );
-            return;
-        }
+    let Some(mut rig) = Rig::for_test(test, tag) else {
+        return;
     };
     let (h, b) = (rig.host("host").unwrap(), rig.host("box").unwrap());
     rig.veth(h, "th0", b, "tb0", 1500).unwrap();

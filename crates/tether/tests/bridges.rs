@@ -26,9 +26,8 @@ const BRIDGE: &str = "info_interval_ms = 50\nmissed_infos = 10\n";
 #[test]
 fn iobox_hosts_and_ctl_as_processes() {
     let test = "iobox_hosts_and_ctl_as_processes";
-    let mut rig = match Rig::new("tpb") {
-        Ok(r) => r,
-        Err(e) => return skip(test, &e.to_string()),
+    let Some(mut rig) = Rig::for_test(test, "tpb") else {
+        return;
     };
     let sw = rig.host("sw").unwrap();
     let bx = rig.host("box").unwrap();

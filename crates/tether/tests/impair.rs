@@ -14,15 +14,9 @@ use dataplane::netns::Rig;
 
 #[test]
 fn relay_applies_seeded_faults_between_namespaces() {
-    let mut rig = match Rig::new("ti") {
-        Ok(r) => r,
-        Err(e) => {
-            skip(
-                "relay_applies_seeded_faults_between_namespaces",
-                &e.to_string(),
-            );
-            return;
-        }
+    let Some(mut rig) = Rig::for_test("relay_applies_seeded_faults_between_namespaces", "ti")
+    else {
+        return;
     };
     let host = rig.host("h").unwrap();
     let relay = rig.host("r").unwrap();

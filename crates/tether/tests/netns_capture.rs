@@ -13,15 +13,9 @@ use dataplane::netns::Rig;
 
 #[test]
 fn capture_sees_replayed_frames_with_their_vlan_tags() {
-    let mut rig = match Rig::new("tc") {
-        Ok(r) => r,
-        Err(e) => {
-            skip(
-                "capture_sees_replayed_frames_with_their_vlan_tags",
-                &e.to_string(),
-            );
-            return;
-        }
+    let Some(mut rig) = Rig::for_test("capture_sees_replayed_frames_with_their_vlan_tags", "tc")
+    else {
+        return;
     };
     let (a, b) = (rig.host("a").unwrap(), rig.host("b").unwrap());
     rig.veth(a, "tta", b, "ttb", 1500).unwrap();

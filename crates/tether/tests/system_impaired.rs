@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use dataplane::netns::Rig;
 use dataplane::ports::af_xdp::{AfXdpPort, XdpConfig};
 use dataplane::{Mempool, Port};
@@ -60,9 +59,8 @@ fn node(port: &dyn Port, role: BridgeRole, id: u64) -> Node {
 #[test]
 fn dma_copies_survive_loss_duplication_reordering_and_corruption() {
     let test = "dma_copies_survive_loss_duplication_reordering_and_corruption";
-    let mut rig = match Rig::new("tsi") {
-        Ok(r) => r,
-        Err(e) => return skip(test, &e.to_string()),
+    let Some(mut rig) = Rig::for_test(test, "tsi") else {
+        return;
     };
     let host = rig.host("h").unwrap();
     let relay = rig.host("r").unwrap();

@@ -111,13 +111,7 @@ fn vfio_user_qemu(test: &str) -> Option<PathBuf> {
         skip(test, "needs root (network namespaces, chroot)");
         return None;
     }
-    match dep_script("qemu-vfio-user.sh") {
-        Ok(r) => Some(PathBuf::from(r.lines().last().unwrap_or_default())),
-        Err(why) => {
-            skip(test, &format!("no QEMU with vfio-user-pci: {why}"));
-            None
-        }
-    }
+    dep(test, "qemu-vfio-user.sh").map(|r| PathBuf::from(r.lines().last().unwrap_or_default()))
 }
 
 #[test]
@@ -279,20 +273,22 @@ fn linux_guest_uses_the_remote_disk_through_the_proxy_under_kvm() {
         return skip(test, "needs root (network namespaces)");
     }
     if !kvm_usable() {
-        return skip(
+        return skip_for_hardware(
             test,
+            Hardware::Kvm,
             "no usable /dev/kvm: test c needs KVM with hardware virtualization",
         );
     }
     if Path::new("/sys/module/kvm_pvm").exists() {
-        return skip(
+        return skip_for_hardware(
             test,
+            Hardware::Kvm,
             "this machine's /dev/kvm is PVM-backed: it runs firmware (test a) but not a Linux \
              kernel; test c needs KVM with hardware virtualization",
         );
     }
-    if let Err(why) = dep_script("qemu.sh") {
-        return skip(test, &format!("QEMU is not available: {why}"));
+    if dep(test, "qemu.sh").is_none() {
+        return;
     }
     linux_guest(test, Frontend::Proxy, None);
 }
@@ -350,23 +346,19 @@ fn set_up(
     script: &str,
     tools: &[&str],
 ) -> Option<Setup> {
-    let kver = match dep_script("guest-linux.sh") {
-        Ok(k) => k.lines().last().unwrap_or_default().to_string(),
-        Err(why) => {
-            skip(test, &format!("no guest kernel: {why}"));
-            return None;
-        }
-    };
-    let mut built = Vec::new();
-    for t in tools {
-        match guest_tool(d, t) {
-            Ok(p) => built.push(p.display().to_string()),
-            Err(e) => {
-                skip(test, &format!("cannot build guest tool {t}: {e}"));
-                return None;
-            }
-        }
-    }
+    let kver = dep(test, "guest-linux.sh")?
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    // The repository's own guest tools: failing to build one is never a skip.
+    let built: Vec<String> = tools
+        .iter()
+        .map(|t| match guest_tool(d, t) {
+            Ok(p) => p.display().to_string(),
+            Err(e) => panic!("{test}: cannot build guest tool {t}: {e}"),
+        })
+        .collect();
     let script = write(d, "guest.sh", script);
     let initrd = d.join("initrd.cpio.gz");
     run_ok(
@@ -376,12 +368,8 @@ fn set_up(
             .arg(&script),
     );
     let vm_dir = std::env::var("TETHER_VM_DIR").unwrap_or("/var/tmp/tether-vm".into());
-    let mut rig = match Rig::new(&format!("t{tag}")) {
-        Ok(r) => r,
-        Err(e) => {
-            skip(test, &e.to_string());
-            return None;
-        }
+    let Some(mut rig) = Rig::for_test(test, &format!("t{tag}")) else {
+        return None;
     };
     let bx = rig.host("box").unwrap();
     let hs = rig.host("host").unwrap();

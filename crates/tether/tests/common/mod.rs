@@ -178,8 +178,45 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// The allow-list: the only hardware a test may find missing and skip for, as root or
+/// not. Everything else a test needs is installed by scripts/deps (see [`dep`]), and
+/// as root its absence is a failure.
+#[derive(Clone, Copy, Debug)]
+pub enum Hardware {
+    /// A KVM that can run the guest the test boots: /dev/kvm missing or unusable, or
+    /// (for a Linux guest) backed by PVM, which runs firmware but not a Linux kernel.
+    Kvm,
+}
+
+/// Skips a test for a hardware absence on the allow-list, loudly.
+pub fn skip_for_hardware(test: &str, absent: Hardware, why: &str) {
+    skip(test, &format!("hardware absent ({absent:?}): {why}"));
+}
+
+/// A prerequisite the project installs is missing: as root that is a failure (the
+/// project's own scripts could have installed it), without root a loud skip.
+pub fn missing(test: &str, why: &str) {
+    if is_root() {
+        panic!("{test}: a prerequisite is missing (as root a failure, not a skip):\n{why}");
+    }
+    skip(test, why);
+}
+
+/// Runs scripts/deps/NAME for TEST: its standard output, or `None` when it failed
+/// without root (the test is skipped, loudly). As root a failure panics with the
+/// installer's message and the last lines of its log.
+pub fn dep(test: &str, name: &str) -> Option<String> {
+    match dep_script(name) {
+        Ok(out) => Some(out),
+        Err(why) => {
+            missing(test, &format!("scripts/deps/{name} failed: {why}"));
+            None
+        }
+    }
+}
+
 /// Runs scripts/deps/NAME (which installs what a test needs); its standard output, or
-/// the reason it failed.
+/// the reason it failed (its standard error, which ends with its log's last lines).
 pub fn dep_script(name: &str) -> Result<String, String> {
     let script = repo_root().join("scripts/deps").join(name);
     let out = Command::new(&script)
