@@ -7,8 +7,12 @@
 //! moving the producer tail; consumers only ever read below the producer tail. The
 //! consumer side is the mirror image. Single-producer / single-consumer variants skip
 //! the CAS and the wait. The type system decides which is used: [`spsc`] hands out one
-//! `Producer` and one `Consumer` (neither `Clone`), [`mpmc`] hands out clonable ones.
+//! `Producer` and one `Consumer`, neither `Clone` nor `Sync` (each may move to another
+//! thread, but only one thread at a time can use it); [`mpmc`] hands out clonable,
+//! shareable ones.
 
+use std::cell::Cell;
+use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 
 // Under `--cfg loom` the same code runs on loom's model of atomics, cells and threads,
@@ -53,13 +57,19 @@ struct Inner<T> {
     slots: Box<[UnsafeCell<MaybeUninit<T>>]>,
 }
 
-// SAFETY: slots are only written by the producer that reserved them (between its head
-// reservation and its tail publication) and only read by the consumer that reserved
-// them after the producer tail covered them (Acquire/Release on the tails orders the
-// copies); T: Send is enough to move values between threads.
+// SAFETY: `Inner` is reached only through the ring ends, and what they ensure together
+// makes shared access sound:
+// - a slot is written only between a head reservation and the tail publication that
+//   covers it, and read only by a consumer whose reservation lies below the producer
+//   tail it loaded with Acquire (the tail is stored with Release after the copies);
+// - a reservation belongs to one caller: `MpProducer`/`McConsumer` move their head with
+//   a CAS, so concurrent callers get disjoint slots; `Producer`/`Consumer` move it with
+//   a plain load and store, which is right only while one thread at a time uses each
+//   end. The type system holds them to that: `spsc` makes one of each, neither is
+//   `Clone`, and both are `!Sync` (`NotSync`), so no two threads can call one at once.
+// The slots hold `T: Copy` values moved between threads, for which `T: Send` is enough.
+// (`Send` for `Inner<T: Send>` follows from its fields.)
 unsafe impl<T: Send> Sync for Inner<T> {}
-// SAFETY: as above; the ring owns only Copy values and its counters.
-unsafe impl<T: Send> Send for Inner<T> {}
 
 /// Waits until an earlier reservation has been published. Spins first; a thread that
 /// reserved and was then preempted could keep everyone spinning for a whole time slice
@@ -278,14 +288,69 @@ impl<T: Copy> Inner<T> {
     }
 }
 
-/// The producer end of a single-producer ring.
+/// Makes a ring end `!Sync` while leaving it `Send`: the single-producer and
+/// single-consumer ends move their head without a CAS, so two threads must never call
+/// one end at once. (`Cell` is `Send` and `!Sync`.)
+type NotSync = PhantomData<Cell<()>>;
+
+/// The producer end of a single-producer ring. It may move to another thread (`Send`)
+/// but not be shared (`!Sync`): its enqueue takes no lock and no CAS.
+///
+/// Sharing one `&Producer` between threads does not compile:
+///
+/// ```compile_fail
+/// let (p, _c) = dataplane::ring::spsc::<u32>(8);
+/// std::thread::scope(|s| {
+///     s.spawn(|| p.enqueue(1));
+///     s.spawn(|| p.enqueue(2));
+/// });
+/// ```
+///
+/// while the same code with a multi-producer end does (this checks that the snippet
+/// above fails for want of `Sync`, not for another reason):
+///
+/// ```
+/// let (p, _c) = dataplane::ring::mpmc::<u32>(8);
+/// std::thread::scope(|s| {
+///     s.spawn(|| p.enqueue(1));
+///     s.spawn(|| p.enqueue(2));
+/// });
+/// ```
+///
+/// Moving each end into its own thread is the intended use:
+///
+/// ```
+/// let (p, c) = dataplane::ring::spsc::<u32>(8);
+/// std::thread::scope(|s| {
+///     s.spawn(move || assert!(p.enqueue(1)));
+/// });
+/// assert_eq!(std::thread::spawn(move || c.dequeue()).join().unwrap(), Some(1));
+/// ```
 pub struct Producer<T> {
     inner: Arc<Inner<T>>,
+    _not_sync: NotSync,
 }
 
-/// The consumer end of a single-consumer ring.
+/// The consumer end of a single-consumer ring: `Send`, `!Sync`, as [`Producer`].
+///
+/// ```compile_fail
+/// let (_p, c) = dataplane::ring::spsc::<u32>(8);
+/// std::thread::scope(|s| {
+///     s.spawn(|| c.dequeue());
+///     s.spawn(|| c.dequeue());
+/// });
+/// ```
+///
+/// ```
+/// let (_p, c) = dataplane::ring::mpmc::<u32>(8);
+/// std::thread::scope(|s| {
+///     s.spawn(|| c.dequeue());
+///     s.spawn(|| c.dequeue());
+/// });
+/// ```
 pub struct Consumer<T> {
     inner: Arc<Inner<T>>,
+    _not_sync: NotSync,
 }
 
 /// A producer end that any number of threads may clone and use at once.
@@ -306,8 +371,12 @@ pub fn spsc<T: Copy + Send>(size: usize) -> (Producer<T>, Consumer<T>) {
     (
         Producer {
             inner: inner.clone(),
+            _not_sync: PhantomData,
         },
-        Consumer { inner },
+        Consumer {
+            inner,
+            _not_sync: PhantomData,
+        },
     )
 }
 
@@ -416,8 +485,12 @@ mod tests {
         (
             Producer {
                 inner: inner.clone(),
+                _not_sync: PhantomData,
             },
-            Consumer { inner },
+            Consumer {
+                inner,
+                _not_sync: PhantomData,
+            },
         )
     }
 
