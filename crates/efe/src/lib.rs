@@ -15,5 +15,7 @@ pub mod sim;
 pub mod stats;
 
 pub use config::{Config, ConfigError, RateConfig};
-pub use session::{Event, Micros, Refused, SendError, Session, State, Transmit};
+pub use session::{
+    epoch_of_run, Event, Micros, Refused, SendError, Session, State, Transmit, EPOCH_RUN_SPAN,
+};
 pub use stats::Stats;

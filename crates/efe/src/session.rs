@@ -8,11 +8,15 @@
 //!   sender then goes back to it. A retransmission timer (RFC 6298 RTO with
 //!   exponential backoff) covers lost NAKs and tails; after `retry_limit` expiries in a
 //!   row the session goes down.
-//! - Epochs: each side has an epoch that grows across restarts. Frames carry the
-//!   sender's epoch and the epoch it believes the receiver has. A higher epoch from the
-//!   peer means it restarted: both directions start over at sequence 0 and the TLPs in
-//!   flight are reported lost. Frames of an older peer epoch, or addressed to an older
-//!   epoch of ours, are refused.
+//! - Epochs: each run of a bridge draws a random boot epoch, and its sessions count
+//!   up from it (boot + 1, boot + 2, ...: [`EPOCH_RUN_SPAN`]). Frames carry the
+//!   sender's epoch and the epoch it believes the receiver has. A new epoch from the
+//!   peer means it restarted (or made a new session): both directions start over at
+//!   sequence 0, and every TLP the old session held (queued, in flight, received and
+//!   not taken) is counted lost. Epochs the peer used before (remembered, a few) and
+//!   older sessions of its current run are refused, as are frames addressed to another
+//!   epoch of ours. The layer above may learn of a restart first (the peer's INFO
+//!   carries its boot epoch): [`Session::peer_restart`].
 //! - Back-pressure: a frame is acknowledged only once its TLPs are queued for the layer
 //!   above; the advertised window is the room left in that queue.
 //! - Rate: delay-based control (`RateControl`) paces data frames.
@@ -32,12 +36,28 @@ use crate::stats::Stats;
 /// Time in microseconds, from any origin the caller keeps.
 pub type Micros = u64;
 
+/// The session epochs of one run of a bridge are its boot epoch plus 1, 2, ... (one
+/// per session it makes), within this span. A peer epoch up to this far behind the
+/// current one is an older session of the same run, refused as stale; anything else
+/// new is a restart. A random boot epoch lands in that window with odds 2^-16, and
+/// then the restart is still seen by the layer above (INFO carries the boot epoch).
+pub const EPOCH_RUN_SPAN: u32 = 1 << 16;
+
+/// Whether `epoch` is a session epoch of the run that booted with `boot`.
+pub const fn epoch_of_run(boot: u32, epoch: u32) -> bool {
+    epoch.wrapping_sub(boot) < EPOCH_RUN_SPAN
+}
+
+/// How many earlier epochs of the peer a session remembers (and refuses).
+const RETIRED_EPOCHS: usize = 4;
+
 /// Session-level events for the layer above.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
     /// The peer acknowledged our epoch: both directions work.
     Up,
-    /// The peer restarted (a higher epoch); `lost` TLPs of ours were in flight or queued.
+    /// The peer restarted (a new epoch); `lost` TLPs were dropped with its old session:
+    /// ours queued or in flight, and its own received but not yet taken (`recv`).
     PeerRestarted { lost: u64 },
     /// Retries exhausted: the peer is unreachable. `lost` TLPs were discarded.
     Down { lost: u64 },
@@ -140,6 +160,8 @@ pub struct Session {
     cfg: Config,
     local_epoch: u32,
     peer_epoch: u32,
+    /// Epochs the peer had before its latest restarts (0: none), refused.
+    retired: [u32; RETIRED_EPOCHS],
     state: State,
     // Sending.
     pending: VecDeque<Vec<u8>>,
@@ -188,8 +210,9 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session with our `local_epoch`, which must be non-zero and grow across restarts
-    /// of this bridge (tether uses its start time).
+    /// A session with our `local_epoch`, which must be non-zero and must not repeat an
+    /// epoch of an earlier run of this bridge (tether draws its boot epoch at random
+    /// and counts up from it for each session: [`EPOCH_RUN_SPAN`]).
     pub fn new(cfg: Config, local_epoch: u32) -> Result<Session, ConfigError> {
         cfg.validate()?;
         if local_epoch == 0 {
@@ -202,6 +225,7 @@ impl Session {
             cfg,
             local_epoch,
             peer_epoch: 0,
+            retired: [0; RETIRED_EPOCHS],
             state: State::Connecting,
             pending: VecDeque::new(),
             unacked: VecDeque::new(),
@@ -345,7 +369,7 @@ impl Session {
         }
         // Whose epoch is this?
         if h.epoch != self.peer_epoch {
-            if self.peer_epoch != 0 && seq::lt(h.epoch, self.peer_epoch) || h.epoch == 0 {
+            if self.stale_peer_epoch(h.epoch) {
                 self.stats.drop_stale_epoch += 1;
                 return Err(Refused::StalePeerEpoch);
             }
@@ -353,9 +377,6 @@ impl Session {
                 self.peer_restarted();
             }
             self.peer_epoch = h.epoch;
-            self.rcv_nxt = 0;
-            self.ts_recent = 0;
-            self.nak_sent_for = None;
         }
         if h.peer_epoch != 0 && h.peer_epoch != self.local_epoch {
             // Meant for an older incarnation of us: answer so the peer learns our epoch.
@@ -388,12 +409,55 @@ impl Session {
         }
     }
 
-    fn peer_restarted(&mut self) {
-        let lost = self.discard_outgoing();
+    /// An epoch the peer had before (0 is nobody's): one it used before its latest
+    /// restarts, or an older session of its current run.
+    fn stale_peer_epoch(&self, epoch: u32) -> bool {
+        let older_session = self.peer_epoch != 0
+            && epoch != self.peer_epoch
+            && epoch_of_run(epoch, self.peer_epoch);
+        epoch == 0 || older_session || self.retired.contains(&epoch)
+    }
+
+    /// Everything of the old peer goes, counted; the next frame of the peer's new
+    /// epoch is taken from sequence 0.
+    fn peer_restarted(&mut self) -> u64 {
+        let lost = self.discard_outgoing() + self.discard_received();
         self.stats.peer_restarts += 1;
-        self.delivered.clear();
+        if self.peer_epoch != 0 {
+            self.retired.rotate_right(1);
+            self.retired[0] = self.peer_epoch;
+        }
+        self.peer_epoch = 0;
+        self.rcv_nxt = 0;
+        self.ts_recent = 0;
+        self.nak_sent_for = None;
+        self.out_of_order_since_nak = 0;
         self.state = State::Connecting;
         self.events.push_back(Event::PeerRestarted { lost });
+        lost
+    }
+
+    /// The layer above learned that the peer restarted (its INFO came with a new boot
+    /// epoch), maybe before any frame of the new run reached this session: what the
+    /// old session held is dropped and counted (`tlps_lost`, and in the returned
+    /// count and [`Event::PeerRestarted`]), the peer's old epoch is refused from now
+    /// on, and we start over under `local_epoch` (a new one, so that a peer that did
+    /// not restart resynchronises too). A session that is `Down` comes back up.
+    pub fn peer_restart(&mut self, local_epoch: u32) -> u64 {
+        let lost = self.peer_restarted();
+        self.local_epoch = local_epoch.max(1);
+        self.acked_sent();
+        self.nak_now = false;
+        lost
+    }
+
+    /// Drops the TLPs received and not taken; returns their count.
+    fn discard_received(&mut self) -> u64 {
+        let lost = self.delivered.len() as u64;
+        self.stats.tlps_lost += lost;
+        self.delivered.clear();
+        self.window_was_low = false;
+        lost
     }
 
     /// Drops everything queued or in flight and restarts numbering; returns the TLP count.
@@ -794,14 +858,15 @@ impl Session {
         }
     }
 
-    /// Starts over after `Down`, with a new (higher) local epoch.
+    /// Starts over after `Down`, with a new local epoch. What was still held is
+    /// counted in `tlps_lost`.
     pub fn restart(&mut self, local_epoch: u32) {
         self.discard_outgoing();
+        self.discard_received();
         self.local_epoch = local_epoch;
         self.peer_epoch = 0;
         self.state = State::Connecting;
         self.rcv_nxt = 0;
-        self.delivered.clear();
         self.ts_recent = 0;
         self.nak_sent_for = None;
         self.acked_sent();
