@@ -224,7 +224,7 @@ fn tshark_decodes_the_sample_capture() {
     );
     assert_eq!(
         get(f, "tether.tlp.cpl.byte_count"),
-        ["128", "64", "8", "4", "2", "4"]
+        ["128", "64", "8", "4", "4", "4"]
     );
     assert_eq!(
         get(f, "tether.tlp.cpl.lower_address"),

@@ -348,7 +348,8 @@ pub fn frames() -> Vec<SampleFrame> {
                     }),
                     &d4,
                 ),
-                Tlp::new(cpl(DEVICE, ROOT, 8, CompletionStatus::Success, 2, 0), &d4),
+                // I/O and configuration completions: Byte Count 4, Lower Address 0.
+                Tlp::new(cpl(DEVICE, ROOT, 8, CompletionStatus::Success, 4, 0), &d4),
                 Tlp::new(cpl(DEVICE, ROOT, 9, CompletionStatus::Success, 4, 0), &[]),
             ],
         ),
@@ -412,14 +413,13 @@ pub fn frames() -> Vec<SampleFrame> {
             HOST_MAC,
             BOX_MAC,
             header(FrameKind::Data, HOST_EPOCH, 3, 5, ts(())),
+            // Byte Count is the operand size (CAS: one of its two operands); Lower
+            // Address is reserved in AtomicOp completions, so 0.
             &[
                 Tlp::new(cpl(ROOT, DEVICE, 10, CompletionStatus::Success, 4, 0), &d4),
+                Tlp::new(cpl(ROOT, DEVICE, 11, CompletionStatus::Success, 8, 0), &d8),
                 Tlp::new(
-                    cpl(ROOT, DEVICE, 11, CompletionStatus::Success, 8, 0x08),
-                    &d8,
-                ),
-                Tlp::new(
-                    cpl(ROOT, DEVICE, 12, CompletionStatus::CompleterAbort, 8, 0x10),
+                    cpl(ROOT, DEVICE, 12, CompletionStatus::CompleterAbort, 8, 0),
                     &[],
                 ),
             ],
