@@ -11,6 +11,12 @@
 //!   is written; outside, dropped. Both refusals are counted.
 //! - Interrupts: a MWr into the MSI window (0xFEE0_0000..0xFEF0_0000) is an
 //!   [`Event::Msi`]; Assert/Deassert_INTx messages are [`Event::Intx`].
+//! - Bounded output: what the bridge has for the link waits in a queue until the user
+//!   takes it ([`Bridge::peek_transmit`], [`Bridge::poll_transmit`]). Device requests
+//!   that need an answer (reads, unsupported requests) are not served while that queue
+//!   holds [`MAX_TX_BACKLOG`] bytes or more: they are dropped and counted
+//!   (`answers_dropped`), and the device sees a completion timeout, so a device cannot
+//!   make the host queue answers faster than the link takes them.
 
 use std::collections::VecDeque;
 
@@ -25,6 +31,11 @@ use crate::memory::MemoryMap;
 
 /// The MSI address window of x86 (Intel SDM: 0xFEEx_xxxx).
 pub const MSI_WINDOW: std::ops::Range<u64> = 0xfee0_0000..0xfef0_0000;
+
+/// Bytes of TLPs waiting for the link beyond which device requests go unanswered.
+/// A device that keeps its reads within its tags (256 reads of 4 KiB at most) never
+/// meets it; only one that ignores them does.
+pub const MAX_TX_BACKLOG: usize = 4 << 20;
 
 /// Identifies a request of the host side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -83,8 +94,13 @@ pub struct BridgeStats {
     pub dma_write_dropped: u64,
     pub msis: u64,
     pub intx_messages: u64,
+    /// Messages other than INTx (PM, error, vendor messages): not acted on.
+    pub other_messages: u64,
     /// Requests from a device the bridge does not serve (config, I/O, atomics): UR.
     pub unsupported: u64,
+    /// Device requests dropped unanswered because [`MAX_TX_BACKLOG`] bytes were
+    /// already waiting for the link.
+    pub answers_dropped: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -131,15 +147,33 @@ pub struct Bridge {
     next_tag: usize,
     next_id: u64,
     now: u64,
-    out: VecDeque<Vec<u8>>,
+    out: TxQueue,
     events: VecDeque<Event>,
     stats: BridgeStats,
 }
 
-fn emit(out: &mut VecDeque<Vec<u8>>, t: &Tlp) {
+/// TLPs for the link, with their total size.
+#[derive(Default)]
+struct TxQueue {
+    tlps: VecDeque<Vec<u8>>,
+    bytes: usize,
+}
+
+impl TxQueue {
+    fn pop(&mut self) -> Option<Vec<u8>> {
+        let t = self.tlps.pop_front()?;
+        self.bytes -= t.len();
+        Some(t)
+    }
+}
+
+fn emit(out: &mut TxQueue, t: &Tlp) {
     // Every TLP built here is valid by construction; a failure is a bug.
     match t.to_vec() {
-        Ok(b) => out.push_back(b),
+        Ok(b) => {
+            out.bytes += b.len();
+            out.tlps.push_back(b);
+        }
         Err(e) => debug_assert!(false, "emitting {t:?}: {e}"),
     }
 }
@@ -154,7 +188,7 @@ impl Bridge {
             next_tag: 0,
             next_id: 0,
             now: 0,
-            out: VecDeque::new(),
+            out: TxQueue::default(),
             events: VecDeque::new(),
             stats: BridgeStats::default(),
         }
@@ -176,8 +210,28 @@ impl Bridge {
         &mut self.memory
     }
 
+    /// Takes the next TLP for the link.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.out.pop_front()
+        self.out.pop()
+    }
+
+    /// The next TLP for the link, left queued (for a link that may refuse it).
+    pub fn peek_transmit(&self) -> Option<&[u8]> {
+        self.out.tlps.front().map(|t| &t[..])
+    }
+
+    /// Bytes of TLPs waiting for the link.
+    pub fn tx_backlog(&self) -> usize {
+        self.out.bytes
+    }
+
+    /// Whether a device request may be answered now; if not, it is counted as dropped.
+    fn room_to_answer(&mut self) -> bool {
+        if self.out.bytes >= MAX_TX_BACKLOG {
+            self.stats.answers_dropped += 1;
+            return false;
+        }
+        true
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -325,8 +379,8 @@ impl Bridge {
             Header::Completion(c) => self.completion(c, t.payload),
             Header::MemRead(r) if !r.locked => self.serve_read(r),
             Header::MemWrite(w) => self.serve_write(w, t.payload),
-            Header::Message(m) => {
-                if let Some((pin, asserted)) = m.as_intx() {
+            Header::Message(m) => match m.as_intx() {
+                Some((pin, asserted)) => {
                     self.stats.intx_messages += 1;
                     self.events.push_back(Event::Intx {
                         source: m.requester,
@@ -334,11 +388,15 @@ impl Bridge {
                         asserted,
                     });
                 }
-            }
+                None => self.stats.other_messages += 1,
+            },
             other => {
                 // Config, I/O, locked and atomic requests from a device: not served.
                 self.stats.unsupported += 1;
-                if let Some((requester, tag)) = other.transaction_id() {
+                let Some((requester, tag)) = other.transaction_id() else {
+                    return;
+                };
+                if self.room_to_answer() {
                     self.answer(
                         requester,
                         tag,
@@ -375,6 +433,9 @@ impl Bridge {
     }
 
     fn serve_read(&mut self, r: MemRead) {
+        if !self.room_to_answer() {
+            return;
+        }
         let (first, count) = tlp::split::read_extent(&r);
         let mut data = vec![0u8; count as usize];
         if self.memory.read(first, &mut data).is_err() {
@@ -516,5 +577,49 @@ mod tests {
             let s = b.stats();
             prop_assert_eq!(s.requests, 16);
         }
+    }
+
+    fn read_tlp(requester: Bdf, tag: u16, address: u64) -> Vec<u8> {
+        let r = MemRead {
+            requester,
+            tag: Tag::wrapping(tag),
+            address,
+            length_dw: 1024,
+            first_be: 0xf,
+            last_be: 0xf,
+            locked: false,
+            hint: None,
+        };
+        Tlp::new(Header::MemRead(r), &[]).to_vec().unwrap()
+    }
+
+    /// A device that floods 4 KiB reads while the link takes nothing fills the
+    /// output queue up to the bound and no further; the rest go unanswered, counted.
+    /// Once the link takes the backlog, reads are answered again.
+    #[test]
+    fn a_read_flood_is_bounded_by_the_backlog() {
+        let mut map = MemoryMap::new();
+        map.add(0x1_0000, Box::new(vec![0u8; 0x1000])).unwrap();
+        let mut b = Bridge::new(BridgeConfig::default(), map);
+        let dev = Bdf::new(1, 0, 0).unwrap();
+        let flood = 2 * MAX_TX_BACKLOG / 4096;
+        for i in 0..flood {
+            b.handle_tlp(1, &read_tlp(dev, i as u16, 0x1_0000));
+        }
+        let s = b.stats();
+        // One read's answers (4 KiB of data and their headers) may pass the bound.
+        assert!(b.tx_backlog() < MAX_TX_BACKLOG + 4096 + 17 * 16);
+        assert!(s.answers_dropped > 0);
+        assert_eq!(s.dma_reads + s.answers_dropped, flood as u64);
+        let mut n = 0;
+        while let Some(t) = b.peek_transmit().map(<[u8]>::to_vec) {
+            assert_eq!(b.poll_transmit(), Some(t));
+            n += 1;
+        }
+        assert!(n > 0);
+        assert_eq!(b.tx_backlog(), 0);
+        b.handle_tlp(2, &read_tlp(dev, 0, 0x1_0000));
+        assert_eq!(b.stats().dma_reads, s.dma_reads + 1);
+        assert_eq!(b.stats().answers_dropped, s.answers_dropped);
     }
 }
