@@ -134,10 +134,17 @@ struct Region {
     bytes: usize,
 }
 
-// SAFETY: the region is plain memory; access to each buffer in it is serialised by the
-// ownership of its unique Mbuf handle.
+// SAFETY: the region is an anonymous mapping owned by its pool (unmapped when the pool
+// goes) and tied to no thread. Its bytes are reached only through `Mempool::data` and
+// `Mempool::buf_mut`, which borrow the buffer's `Mbuf` handle (shared or mutable), so
+// the borrow rules on the handle order the accesses to that buffer. Handles are unique
+// per buffer: `Mbuf` is not `Clone`, the free ring holds each index once (`get` takes
+// it out, `put` consumes the handle), and the two ways to forge one, `Mbuf::from_raw`
+// and `Mempool::reclaim`, are `unsafe` with uniqueness as their contract. A buffer lent
+// to the kernel (AF_XDP) has no handle while it is lent.
 unsafe impl Send for Region {}
-// SAFETY: as above.
+// SAFETY: as above: shared `&Region`s give no access to a buffer's bytes without its
+// unique handle.
 unsafe impl Sync for Region {}
 
 impl Region {

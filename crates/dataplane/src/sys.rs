@@ -340,13 +340,27 @@ pub fn poll_in(fd: RawFd, timeout: Duration) -> bool {
 }
 
 /// A MAP_SHARED mapping of rings a socket shares with the kernel; unmapped on drop.
-pub struct SharedMapping {
-    pub base: *mut u8,
-    pub len: usize,
+///
+/// Only this crate makes one: its drop unmaps `base`, so a value built from any other
+/// pointer would unmap memory it does not own. Outside the crate this does not
+/// compile:
+///
+/// ```compile_fail
+/// drop(dataplane::sys::SharedMapping {
+///     base: std::ptr::null_mut(),
+///     len: 4096,
+/// });
+/// ```
+pub(crate) struct SharedMapping {
+    pub(crate) base: *mut u8,
+    pub(crate) len: usize,
 }
 
-// SAFETY: the mapping is shared with the kernel only; the port that owns it is its one
-// user-space user, and `&mut self` on the port serialises our accesses.
+// SAFETY: the mapping belongs to this value alone (made by `new`, unmapped by drop),
+// and nothing in it is tied to the thread that made it. The raw pointer keeps the
+// value and its owner (a port) `!Sync`, so one thread at a time reaches the memory
+// from user space; the kernel's concurrent accesses go through the rings' atomic
+// indices.
 unsafe impl Send for SharedMapping {}
 
 impl SharedMapping {

@@ -23,6 +23,7 @@
 //! back when it closes, so none is lost.
 
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -316,13 +317,14 @@ impl Lent {
 pub struct AfXdpPort {
     info: LinkInfo,
     mode: XdpMode,
-    // Dropped explicitly, in this order, before the lent buffers are taken back.
+    // Dropped explicitly, in this order, before the lent buffers are taken back: the
+    // program, the rings' mappings (each holds the socket open), then the socket.
     xdp: Option<XdpRedirect>,
     fd: Option<OwnedFd>,
-    fill: XskRing<u64>,
-    completion: XskRing<u64>,
-    rx: XskRing<XdpDesc>,
-    tx: XskRing<XdpDesc>,
+    fill: ManuallyDrop<XskRing<u64>>,
+    completion: ManuallyDrop<XskRing<u64>>,
+    rx: ManuallyDrop<XskRing<XdpDesc>>,
+    tx: ManuallyDrop<XskRing<XdpDesc>>,
     cache: PoolCache,
     lent: Lent,
     buf_size: u64,
@@ -504,10 +506,10 @@ impl AfXdpPort {
             },
             xdp: Some(xdp),
             fd: Some(fd),
-            fill,
-            completion,
-            rx,
-            tx,
+            fill: ManuallyDrop::new(fill),
+            completion: ManuallyDrop::new(completion),
+            rx: ManuallyDrop::new(rx),
+            tx: ManuallyDrop::new(tx),
             cache: pool.cache(256),
             lent: Lent(vec![0; pool.count().div_ceil(64)]),
             buf_size: bs as u64,
@@ -710,17 +712,37 @@ impl Port for AfXdpPort {
 
 impl Drop for AfXdpPort {
     fn drop(&mut self) {
-        // Detach the program, then close the socket: from then on the kernel writes
-        // into no buffer, and every one it held comes back to the pool.
+        // Detach the program, unmap the rings, close the socket. The rings' mappings
+        // hold the socket open, so only once all three are gone does the kernel
+        // release it; releasing unbinds it from the queue and waits (synchronize_net)
+        // until no receive path can still copy into its UMEM.
         self.xdp.take();
+        // SAFETY: each ring is dropped once, here, and not used afterwards: nothing
+        // below touches them and drop is the port's last use.
+        unsafe {
+            ManuallyDrop::drop(&mut self.fill);
+            ManuallyDrop::drop(&mut self.completion);
+            ManuallyDrop::drop(&mut self.rx);
+            ManuallyDrop::drop(&mut self.tx);
+        }
         self.fd.take();
+        if self.mode.zero_copy {
+            // In zero-copy mode the driver holds the chunks of the fill ring until the
+            // kernel detaches the buffer pool from the queue, which it does from
+            // deferred work after the release: a NIC could still write into them for
+            // a while. They stay out of the pool rather than be handed out again.
+            return;
+        }
         let pool = self.cache.pool().clone();
         for (w, word) in self.lent.0.iter_mut().enumerate() {
             while *word != 0 {
                 let b = word.trailing_zeros();
                 *word &= !(1 << b);
-                // SAFETY: the kernel held this buffer and has let go of it (socket
-                // closed); no handle on it exists.
+                // SAFETY: in copy mode the kernel reaches a lent buffer only through
+                // this socket, which is released above (no mapping or descriptor of
+                // it is left; the release waited out receive paths in flight), so it
+                // has let go of the buffer; the lent bitmap holds each index once and
+                // no handle on it exists while it is lent.
                 pool.put(unsafe { pool.reclaim((w * 64) as u32 + b) });
             }
         }
