@@ -30,6 +30,11 @@ pub trait Link {
 /// TLPs handled in one step before the answers go out together.
 const STEP_BURST: usize = 64;
 
+/// Interrupts kept for the program at most. Devices (untrusted, on the other side of
+/// the network) choose how many they send: beyond this the oldest goes, counted in
+/// `stats().interrupts_dropped`.
+pub const MAX_QUEUED_INTERRUPTS: usize = 1024;
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum HostError {
     #[error("request failed: {0}")]
@@ -114,6 +119,45 @@ impl DeviceInfo {
     pub fn bar(&self, index: usize) -> Option<&BarInfo> {
         self.bars.iter().find(|b| b.index == index)
     }
+
+    /// How the device's interrupt `vector` reaches the host in the mode enumeration
+    /// set up: that vector under MSI-X or MSI (if the device has it), its pin under
+    /// INTx (every vector shares the line); `None` if it cannot arrive at all.
+    pub fn armed(&self, vector: u16) -> Option<Armed> {
+        match self.irq {
+            IrqMode::MsiX { vectors } if vector < vectors => Some(Armed::Vector(vector)),
+            IrqMode::Msi { vectors } if vector < u16::from(vectors) => Some(Armed::Vector(vector)),
+            IrqMode::Intx(pin) => Some(Armed::Intx(pin)),
+            _ => None,
+        }
+    }
+}
+
+/// The interrupt a driver armed on its device and waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Armed {
+    /// This MSI or MSI-X vector.
+    Vector(u16),
+    /// This INTx line, asserted.
+    Intx(IntxPin),
+}
+
+impl Armed {
+    /// Whether `i` (from the driver's device) is the armed interrupt.
+    pub fn matches(self, i: &Interrupt) -> bool {
+        match (self, *i) {
+            (Armed::Vector(v), Interrupt::Vector { vector, .. }) => v == vector,
+            (
+                Armed::Intx(p),
+                Interrupt::Intx {
+                    pin,
+                    asserted: true,
+                    ..
+                },
+            ) => p == pin,
+            _ => false,
+        }
+    }
 }
 
 /// An interrupt from a device.
@@ -128,6 +172,15 @@ pub enum Interrupt {
     },
 }
 
+impl Interrupt {
+    /// The device it came from (as the message names it).
+    pub fn device(&self) -> Bdf {
+        match *self {
+            Interrupt::Vector { device, .. } | Interrupt::Intx { device, .. } => device,
+        }
+    }
+}
+
 /// Counters besides the bridge's.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -138,6 +191,20 @@ pub struct HostStats {
     pub mmio_read_errors: u64,
     /// MSIs whose address/data no enumerated device was given.
     pub stray_msis: u64,
+    /// Interrupts that added nothing to what was queued (an MSI vector already
+    /// pending, an INTx line already at that level), merged into it.
+    pub interrupts_coalesced: u64,
+    /// Queued interrupts pushed out, oldest first, by more than
+    /// [`MAX_QUEUED_INTERRUPTS`] arriving before the program took them.
+    pub interrupts_dropped: u64,
+    /// Queued interrupts of a device thrown away when it was removed.
+    pub interrupts_cleared: u64,
+    /// Interrupts of its device a driver waiting in [`Host::wait_armed`] passed over:
+    /// another vector or line than it armed, or a deassert.
+    pub interrupts_discarded: u64,
+    /// Armed interrupts a driver found its device had no cause for
+    /// ([`Host::note_spurious_interrupt`]).
+    pub spurious_interrupts: u64,
 }
 
 /// A DMA buffer in host memory: `len` bytes at bus address `addr`.
@@ -248,22 +315,46 @@ impl<L: Link> Host<L> {
                     self.finished.insert(id, result);
                 }
                 Event::Msi { data, .. } => match self.msi_routes.get(&data) {
-                    Some(&(device, vector)) => self
-                        .interrupts
-                        .push_back(Interrupt::Vector { device, vector }),
+                    Some(&(device, vector)) => {
+                        self.queue_interrupt(Interrupt::Vector { device, vector })
+                    }
                     None => self.stats.stray_msis += 1,
                 },
                 Event::Intx {
                     source,
                     pin,
                     asserted,
-                } => self.interrupts.push_back(Interrupt::Intx {
+                } => self.queue_interrupt(Interrupt::Intx {
                     device: source,
                     pin,
                     asserted,
                 }),
             }
         }
+    }
+
+    /// Queues an interrupt for the program, merged into what is queued when it adds
+    /// nothing, the oldest pushed out when the queue is full; both counted.
+    fn queue_interrupt(&mut self, i: Interrupt) {
+        let adds_nothing = match i {
+            // Pending already: one delivery serves both (as in the APIC's IRR).
+            Interrupt::Vector { .. } => self.interrupts.contains(&i),
+            // The line's latest queued level is this one already.
+            Interrupt::Intx { device, pin, .. } => {
+                self.interrupts.iter().rev().find(|q| {
+                    matches!(q, Interrupt::Intx { device: d, pin: p, .. } if *d == device && *p == pin)
+                }) == Some(&i)
+            }
+        };
+        if adds_nothing {
+            self.stats.interrupts_coalesced += 1;
+            return;
+        }
+        if self.interrupts.len() >= MAX_QUEUED_INTERRUPTS {
+            self.interrupts.pop_front();
+            self.stats.interrupts_dropped += 1;
+        }
+        self.interrupts.push_back(i);
     }
 
     /// Hands every TLP the bridge has to the link, then flushes it.
@@ -446,6 +537,40 @@ impl<L: Link> Host<L> {
     /// Writes host memory (for a device to read by DMA).
     pub fn write_memory(&mut self, addr: u64, data: &[u8]) -> Result<(), HostError> {
         Ok(self.bridge.memory_mut().write(addr, data)?)
+    }
+
+    /// Waits up to `timeout` (serving DMA meanwhile) for `device` to signal what
+    /// `armed` names, and takes it. Interrupts of `device` met on the way that are
+    /// not the armed one (another vector or line, a deassert, a message forged by its
+    /// box) are taken out and counted in `stats().interrupts_discarded`; those of
+    /// other devices stay queued, in order.
+    pub fn wait_armed(
+        &mut self,
+        device: Bdf,
+        armed: Armed,
+        timeout: Duration,
+    ) -> Option<Interrupt> {
+        let end = Instant::now() + timeout;
+        loop {
+            while let Some(at) = self.interrupts.iter().position(|i| i.device() == device) {
+                let i = self.interrupts.remove(at).expect("found just now");
+                if armed.matches(&i) {
+                    return Some(i);
+                }
+                self.stats.interrupts_discarded += 1;
+            }
+            let now = Instant::now();
+            if now >= end {
+                return None;
+            }
+            self.step((end - now).min(Duration::from_millis(1)));
+        }
+    }
+
+    /// A driver that took an armed interrupt and found its device had no cause for
+    /// it (nothing finished) says so here, for the counters.
+    pub fn note_spurious_interrupt(&mut self) {
+        self.stats.spurious_interrupts += 1;
     }
 
     /// The next interrupt, waiting up to `timeout` (serving DMA meanwhile).
@@ -665,9 +790,14 @@ impl<L: Link> Host<L> {
         data
     }
 
-    /// Forgets a device (hot-remove): its MSI routes and its BAR space (not reused).
+    /// Forgets a device (hot-remove): its MSI routes, its queued interrupts (counted
+    /// in `stats().interrupts_cleared`; a device enumerated at the same address later
+    /// must not inherit them) and its BAR space (not reused).
     pub fn remove(&mut self, bdf: Bdf) {
         self.devices.retain(|d| d.bdf != bdf);
         self.msi_routes.retain(|_, (d, _)| *d != bdf);
+        let queued = self.interrupts.len();
+        self.interrupts.retain(|i| i.device() != bdf);
+        self.stats.interrupts_cleared += (queued - self.interrupts.len()) as u64;
     }
 }

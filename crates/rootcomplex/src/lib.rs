@@ -14,6 +14,7 @@ pub mod memory;
 
 pub use bridge::{Bridge, BridgeConfig, BridgeStats, Event, RequestError, RequestId};
 pub use host::{
-    BarInfo, BarWindows, DeviceInfo, DmaBuffer, Host, HostError, Interrupt, IrqMode, Link,
+    Armed, BarInfo, BarWindows, DeviceInfo, DmaBuffer, Host, HostError, HostStats, Interrupt,
+    IrqMode, Link,
 };
 pub use memory::{HostMemory, MapError, MemoryMap, ReadFault};

@@ -1,12 +1,16 @@
 //! The host side against a real endpoint (memdev on the endpoint framework) joined in
 //! process: every access is a TLP both ways, as it will be over Ethernet.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use endpoint::memdev::{self, error, op, regs, status, MemDev};
 use endpoint::{Function, FunctionConfig};
-use rootcomplex::{BarWindows, BridgeConfig, Host, HostError, Interrupt, IrqMode, Link, MemoryMap};
-use tlp::Bdf;
+use rootcomplex::host::MAX_QUEUED_INTERRUPTS;
+use rootcomplex::{
+    Armed, BarWindows, BridgeConfig, Host, HostError, Interrupt, IrqMode, Link, MemoryMap,
+};
+use tlp::{Bdf, Header, IntxPin, Message, Tlp};
 
 const RAM: u64 = 0x1_0000_0000;
 const RAM_SIZE: usize = 8 << 20;
@@ -17,6 +21,8 @@ struct Loopback {
     f: Function<MemDev>,
     epoch: Instant,
     down: bool,
+    /// TLPs a hostile box slips in before the device's own.
+    forged: VecDeque<Vec<u8>>,
 }
 
 impl Link for Loopback {
@@ -28,6 +34,9 @@ impl Link for Loopback {
     }
 
     fn recv(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+        if let Some(t) = self.forged.pop_front() {
+            return Some(t);
+        }
         if self.down {
             std::thread::sleep(timeout.min(Duration::from_micros(200)));
             return None;
@@ -65,6 +74,7 @@ fn host(timeout_us: u64) -> Host<Loopback> {
             f,
             epoch: Instant::now(),
             down: false,
+            forged: VecDeque::new(),
         },
     )
 }
@@ -181,4 +191,102 @@ fn a_dead_link_reads_all_ones_and_counts() {
     // The link comes back: the device serves again.
     h.link_mut().down = false;
     assert_eq!(h.bar_read32(dev(), 0, regs::MAGIC).unwrap(), memdev::MAGIC);
+}
+
+/// An Assert_INTx message as `from` would send it (or a box forging it).
+fn intx(from: Bdf, pin: IntxPin, assert: bool) -> Vec<u8> {
+    Tlp::new(Header::Message(Message::intx(from, pin, assert)), &[])
+        .to_vec()
+        .unwrap()
+}
+
+/// A forged Assert_INTx queued for a device that then leaves is gone with it: a
+/// device enumerated at the same address later does not inherit it.
+#[test]
+fn removing_a_device_clears_its_queued_interrupts() {
+    let mut h = host(50_000);
+    h.enumerate(dev()).unwrap();
+    let other = Bdf::new(1, 1, 0).unwrap();
+    h.link_mut().forged.push_back(intx(dev(), IntxPin::A, true));
+    h.link_mut().forged.push_back(intx(other, IntxPin::B, true));
+    h.poll(Duration::ZERO);
+    h.remove(dev());
+    // The other device's interrupt stays; the removed one's is gone.
+    assert_eq!(
+        h.take_interrupt(),
+        Some(Interrupt::Intx {
+            device: other,
+            pin: IntxPin::B,
+            asserted: true
+        })
+    );
+    assert_eq!(h.take_interrupt(), None);
+    assert_eq!(h.stats().interrupts_cleared, 1);
+}
+
+/// A box that floods interrupt messages nobody takes fills the queue to its bound and
+/// no further: repeats are merged, the oldest of the rest pushed out, all counted.
+#[test]
+fn an_interrupt_flood_is_bounded_and_counted() {
+    let mut h = host(50_000);
+    h.enumerate(dev()).unwrap();
+    // The same level again and again: merged into one.
+    for _ in 0..100 {
+        h.link_mut().forged.push_back(intx(dev(), IntxPin::A, true));
+    }
+    // Levels toggling on lines of many made-up functions: each a change.
+    let n = 3 * MAX_QUEUED_INTERRUPTS;
+    for k in 0..n {
+        let from = Bdf::from_u16(0x100 + (k / 2) as u16);
+        h.link_mut()
+            .forged
+            .push_back(intx(from, IntxPin::D, k % 2 == 0));
+    }
+    while !h.link().forged.is_empty() {
+        h.poll(Duration::ZERO);
+    }
+    let s = h.stats();
+    assert_eq!(s.interrupts_coalesced, 99);
+    assert_eq!(s.interrupts_dropped as usize, n + 1 - MAX_QUEUED_INTERRUPTS);
+    let mut kept = 0;
+    while h.take_interrupt().is_some() {
+        kept += 1;
+    }
+    assert_eq!(kept, MAX_QUEUED_INTERRUPTS);
+}
+
+/// A driver waiting for the vector it armed takes nothing else of its device as that
+/// interrupt (a forged INTx, another vector), counts what it passed over, and leaves
+/// other devices' interrupts queued.
+#[test]
+fn wait_armed_takes_only_the_armed_interrupt() {
+    let mut h = host(50_000);
+    let d = h.enumerate(dev()).unwrap();
+    let armed = d.armed(0).unwrap();
+    assert_eq!(armed, Armed::Vector(0));
+    assert_eq!(d.armed(4), None);
+    let other = Bdf::new(1, 1, 0).unwrap();
+    h.link_mut().forged.push_back(intx(dev(), IntxPin::A, true));
+    h.link_mut().forged.push_back(intx(other, IntxPin::A, true));
+    h.poll(Duration::ZERO);
+    assert_eq!(h.wait_armed(dev(), armed, Duration::from_millis(20)), None);
+    assert_eq!(h.stats().interrupts_discarded, 1);
+    // The real one.
+    let src = h.alloc_dma(64).unwrap();
+    program(&mut h, op::READ, src.addr, 0, 64);
+    assert_eq!(
+        h.wait_armed(dev(), armed, Duration::from_secs(5)),
+        Some(Interrupt::Vector {
+            device: dev(),
+            vector: 0
+        })
+    );
+    assert_eq!(
+        h.take_interrupt(),
+        Some(Interrupt::Intx {
+            device: other,
+            pin: IntxPin::A,
+            asserted: true
+        })
+    );
 }
