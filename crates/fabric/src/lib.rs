@@ -3,8 +3,10 @@
 //! keepalive, one efe session per (group, peer) for TLPs, hot-plug and hot-remove
 //! events from the INFO lists, and group (GID) changes by CTRL frames.
 
+pub mod epoch;
 pub mod manager;
 pub mod node;
 
+pub use epoch::{fresh_epoch, EpochSource};
 pub use manager::{Manager, ManagerEvent, ManagerStats, SeenBridge};
 pub use node::{DownReason, FabricError, FabricEvent, FabricStats, Node, NodeConfig, BROADCAST};

@@ -9,6 +9,11 @@
 //! - TLPs travel in one efe session per (group, peer). A session is made when the
 //!   peer's INFO first arrives; a peer that went down and comes back gets a new one,
 //!   under a new epoch, so both sides start clean.
+//! - INFO carries its sender's boot epoch (random per run: [`crate::EpochSource`]). A
+//!   known peer's INFO with a new one means it restarted, seen even before any DATA
+//!   of the new run: the session drops what it held for the old run (counted, and
+//!   reported in [`FabricEvent::PeerRestarted`]) and starts over. An INFO with an
+//!   epoch the peer had before is refused (`stale_infos`).
 //! - Frames of groups this bridge is not in are dropped and counted, and so are frames
 //!   that fail the wire check, frames from unknown peers and our own echoes.
 //! - An I/O box obeys CTRL SET_GROUP addressed to it: the device moves to the new
@@ -39,8 +44,9 @@ pub struct NodeConfig {
     pub missed_infos: u32,
     /// Session settings (its MTU is set from `mtu`).
     pub session: efe::Config,
-    /// Epoch of this run of the bridge: non-zero, larger after every restart (tether
-    /// uses its start time in seconds).
+    /// Boot epoch of this run of the bridge: non-zero, and never that of its previous
+    /// run (tether draws it at random: [`crate::fresh_epoch`]). Sessions count up
+    /// from it.
     pub epoch: u32,
     /// PCIe sizes announced in INFO.
     pub max_payload: u16,
@@ -87,8 +93,10 @@ pub enum FabricEvent {
         peer: MacAddr,
         reason: DownReason,
     },
-    /// The peer restarted: its side of the session started over; `lost` TLPs of ours
-    /// were dropped. Devices behind it were reset by its restart.
+    /// The peer restarted (its INFO or its frames came with a new epoch): the session
+    /// started over; `lost` TLPs were dropped with the old one (ours queued or in
+    /// flight, and its own received but not yet delivered). Devices behind it were
+    /// reset by its restart.
     PeerRestarted { gid: u16, peer: MacAddr, lost: u64 },
     /// A device appeared in a group we are in (hot-plug).
     DeviceAdded {
@@ -129,6 +137,8 @@ pub struct FabricStats {
     pub own_frames: u64,
     /// Frames the session refused (stale epoch, duplicates, ...), counted by efe too.
     pub session_refused: u64,
+    /// INFO frames carrying a boot epoch their sender had before its restart.
+    pub stale_infos: u64,
     pub infos_in: u64,
     pub infos_out: u64,
     pub ctrl_in: u64,
@@ -150,12 +160,48 @@ pub enum FabricError {
     Config(#[from] efe::ConfigError),
 }
 
+/// How many earlier boot epochs of a peer are remembered (and refused).
+const RETIRED_BOOTS: usize = 4;
+
 struct Peer {
     session: Session,
     role: BridgeRole,
     bridge_id: u64,
     devices: Vec<DeviceInfo>,
     last_info: u64,
+    /// The boot epoch of its INFO.
+    boot_epoch: u32,
+    /// Its boot epochs before its latest restarts (0: none).
+    retired_boots: [u32; RETIRED_BOOTS],
+}
+
+impl Peer {
+    /// An INFO came with `epoch`: whether it is stale (refused), and otherwise
+    /// whether the peer restarted. A peer whose session already follows the new run
+    /// (its DATA arrived first) is not restarted twice.
+    fn boot(&mut self, epoch: u32) -> Boot {
+        if epoch == self.boot_epoch {
+            return Boot::Same;
+        }
+        if epoch == 0 || self.retired_boots.contains(&epoch) {
+            return Boot::Stale;
+        }
+        self.retired_boots.rotate_right(1);
+        self.retired_boots[0] = self.boot_epoch;
+        self.boot_epoch = epoch;
+        let followed = self.session.peer_epoch();
+        if followed != 0 && efe::epoch_of_run(epoch, followed) {
+            Boot::Same
+        } else {
+            Boot::Restarted
+        }
+    }
+}
+
+enum Boot {
+    Same,
+    Restarted,
+    Stale,
 }
 
 /// A bridge on the segment.
@@ -300,6 +346,11 @@ impl Node {
         self.peers
             .iter()
             .map(|(&(g, m), p)| (g, m, p.role, p.bridge_id, p.devices.as_slice()))
+    }
+
+    /// The role `peer` announced in group `gid`, if it is up.
+    pub fn peer_role(&self, gid: u16, peer: MacAddr) -> Option<BridgeRole> {
+        self.peers.get(&(gid, peer)).map(|p| p.role)
     }
 
     pub fn session_stats(&self, gid: u16, peer: MacAddr) -> Option<efe::Stats> {
@@ -578,7 +629,24 @@ impl Node {
         self.stats.infos_in += 1;
         let devices: Vec<DeviceInfo> = info.devices().collect();
         let key = (gid, src);
-        if !self.peers.contains_key(&key) {
+        let epoch = frame.header.epoch;
+        if let Some(p) = self.peers.get_mut(&key) {
+            match p.boot(epoch) {
+                Boot::Same => {}
+                Boot::Stale => {
+                    self.stats.stale_infos += 1;
+                    return;
+                }
+                Boot::Restarted => {
+                    self.session_epoch = self.session_epoch.wrapping_add(1).max(1);
+                    p.session.peer_restart(self.session_epoch);
+                    // A new run may announce itself otherwise.
+                    p.role = info.repr.role;
+                    p.bridge_id = info.repr.bridge_id;
+                    self.collect_session_events();
+                }
+            }
+        } else {
             self.session_epoch = self.session_epoch.wrapping_add(1).max(1);
             let Ok(session) = Session::new(self.cfg.session, self.session_epoch) else {
                 return;
@@ -591,6 +659,8 @@ impl Node {
                     bridge_id: info.repr.bridge_id,
                     devices: Vec::new(),
                     last_info: now,
+                    boot_epoch: epoch,
+                    retired_boots: [0; RETIRED_BOOTS],
                 },
             );
             self.stats.peers_up += 1;

@@ -71,14 +71,11 @@ pub fn open_port(kind: PortKind, interface: &str) -> Result<(Box<dyn Port>, Stri
     Ok((Box::new(p), "AF_PACKET (TPACKET_V2 frame ring)".into()))
 }
 
-/// The epoch of this run of a bridge: its start time in seconds, so a restarted
-/// bridge has a larger one.
+/// The boot epoch of this run of a bridge: random (from the OS), never 0 and never
+/// the one drawn before in this process, so that a bridge restarted within the same
+/// second is still seen as restarted (a start time in seconds was not).
 pub fn epoch() -> u32 {
-    (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs() as u32)
-        .max(1)
+    fabric::fresh_epoch()
 }
 
 /// A fabric node for a bridge of `role` on `port`, with the `[bridge]` settings.
