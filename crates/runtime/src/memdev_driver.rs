@@ -1,10 +1,10 @@
 //! A host-side driver for `memdev`, on the root complex's driver API: what a
 //! user-space driver for a real DMA engine looks like with tether.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use endpoint::memdev::{self, error, regs, status};
-use rootcomplex::{Host, HostError, Interrupt, Link};
+use rootcomplex::{Host, HostError, Link};
 use thiserror::Error;
 use tlp::Bdf;
 
@@ -16,6 +16,8 @@ pub enum DriverError {
     NotMemdev(Bdf, u32),
     #[error("no interrupt within {0:?}")]
     NoInterrupt(Duration),
+    #[error("{0} was enumerated without a way to signal vector 0")]
+    NoIrq(Bdf),
     #[error("the device reports error {0} ({1})")]
     Device(u32, &'static str),
     #[error("{len} bytes copied from {src:#x} to {dst:#x} differ from what was written")]
@@ -53,6 +55,12 @@ impl MemDevDriver {
 
     /// Runs one operation (`memdev::op::READ`, `WRITE` or `COPY`) and waits for its
     /// interrupt; `Ok` when the device reports it done.
+    ///
+    /// The driver arms vector 0 and waits for that only, as enumeration set it up
+    /// (the MSI-X or MSI vector, else the INTx pin asserted); anything else its device
+    /// sends is passed over (`Host::wait_armed`). An armed interrupt while the device
+    /// still reports the operation busy is spurious (forged by its box, or left over
+    /// from an earlier one): counted, and the wait goes on, within `timeout` in all.
     pub fn run<L: Link>(
         &self,
         host: &mut Host<L>,
@@ -63,6 +71,14 @@ impl MemDevDriver {
         timeout: Duration,
     ) -> Result<(), DriverError> {
         let b = self.bdf;
+        let armed = host
+            .devices()
+            .iter()
+            .find(|d| d.bdf == b)
+            .ok_or(HostError::Unknown(b))?
+            .armed(0)
+            .ok_or(DriverError::NoIrq(b))?;
+        let end = Instant::now() + timeout;
         for (r, v) in [
             (regs::SRC, src as u32),
             (regs::SRC + 4, (src >> 32) as u32),
@@ -75,19 +91,17 @@ impl MemDevDriver {
         ] {
             host.bar_write32(b, 0, r, v)?;
         }
-        loop {
-            match host.wait_interrupt(timeout) {
-                Some(Interrupt::Vector { device, .. }) if device == b => break,
-                Some(Interrupt::Intx {
-                    device,
-                    asserted: true,
-                    ..
-                }) if device == b => break,
-                Some(_) => continue,
-                None => return Err(DriverError::NoInterrupt(timeout)),
+        let st = loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if host.wait_armed(b, armed, left).is_none() {
+                return Err(DriverError::NoInterrupt(timeout));
             }
-        }
-        let st = host.bar_read32(b, 0, regs::STATUS)?;
+            let st = host.bar_read32(b, 0, regs::STATUS)?;
+            if st == status::DONE || st == status::ERROR {
+                break st;
+            }
+            host.note_spurious_interrupt();
+        };
         let err = host.bar_read32(b, 0, regs::ERROR)?;
         // Acknowledge (releases INTx when that is how it signalled).
         host.bar_write32(b, 0, regs::STATUS, 0)?;
