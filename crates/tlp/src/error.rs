@@ -2,9 +2,14 @@
 
 use thiserror::Error;
 
-/// A TLP that a receiver must treat as malformed (or cannot decode at all).
+use crate::types::{Bdf, Tag};
+
+/// Why `Tlp::parse` refuses a byte string, and why `Tlp::emit` refuses a repr.
 ///
-/// Parsing never panics; every way a buffer can be wrong maps to one of these.
+/// Parsing never panics; every way a buffer can be wrong maps to one of these. All of
+/// them but two describe a TLP that a receiver must treat as malformed (PCIe Base
+/// Specification §2.3: drop it and report an error); [`ParseError::is_malformed`] tells
+/// them apart from the two that the spec makes an Unsupported Request instead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 pub enum ParseError {
     #[error("truncated TLP: {needed} bytes needed, {got} present")]
@@ -29,10 +34,36 @@ pub enum ParseError {
     FieldNotAllowed { field: &'static str },
     #[error("reserved completion status {0:#05b}")]
     ReservedCompletionStatus(u8),
-    #[error("reserved message routing {0:#05b}")]
+    /// Message routing r[2:0] = 110b or 111b. Not malformed: the spec says such a
+    /// message terminates at the receiver, and a routing/code combination the spec
+    /// does not define is an Unsupported Request. Messages are posted, so nothing is
+    /// answered; the receiver drops it and counts it as unsupported.
+    #[error(
+        "reserved message routing {0:#05b}: the message terminates at the receiver as an \
+         Unsupported Request"
+    )]
     ReservedMessageRouting(u8),
+    /// AT = 11b (reserved) in a memory request or AtomicOp. Not malformed: the spec has
+    /// the receiver handle it as an Unsupported Request, which for a non-posted request
+    /// (MRd, MRdLk, AtomicOp) means a UR completion to `transaction` (requester, tag);
+    /// a MWr is dropped.
+    #[error("reserved Address Type 11b in a memory request: an Unsupported Request")]
+    ReservedAddressType { transaction: Option<(Bdf, Tag)> },
     #[error("AtomicOp address {address:#x} is not aligned to its {operand_size}-byte operand")]
     MisalignedAtomic { address: u64, operand_size: u64 },
+}
+
+impl ParseError {
+    /// Whether a receiver must treat the TLP as malformed. `false` only for
+    /// [`ParseError::ReservedMessageRouting`] and [`ParseError::ReservedAddressType`],
+    /// which are Unsupported Requests: well-formed TLPs that the receiver does not
+    /// serve (it drops them, and answers a non-posted one with a UR completion).
+    pub const fn is_malformed(&self) -> bool {
+        !matches!(
+            self,
+            ParseError::ReservedMessageRouting(_) | ParseError::ReservedAddressType { .. }
+        )
+    }
 }
 
 /// Why a TLP repr cannot be written.

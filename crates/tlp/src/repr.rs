@@ -25,7 +25,8 @@ pub struct HeaderFlags {
     pub ln: bool,
     /// EP: poisoned data.
     pub poisoned: bool,
-    /// AT, 0..=3 (0 = untranslated).
+    /// AT: 0 = untranslated, 1 = translation request, 2 = translated, for memory
+    /// requests and AtomicOps only (3 is reserved); 0 on every other TLP.
     pub address_type: u8,
 }
 
@@ -182,13 +183,37 @@ fn require_zero(cond: bool, field: &'static str) -> Result<(), ParseError> {
     }
 }
 
-/// I/O and configuration requests: TC0, no attributes, no LN/TH, untranslated.
+/// I/O and configuration requests: TC0 and Attr[1:0] = 00b. LN and Attr[2] (IDO) are
+/// reserved in them: `parse` ignores those bits, so a repr that sets them cannot be
+/// written. (AT is checked for every type by [`check_address_type`].)
 #[inline]
 fn check_io_like_flags(flags: &HeaderFlags) -> Result<(), ParseError> {
     require_zero(flags.traffic_class != 0, "TC")?;
     require_zero(!flags.attributes.is_none(), "Attr")?;
-    require_zero(flags.ln, "LN")?;
-    require_zero(flags.address_type != 0, "AT")
+    require_zero(flags.ln, "LN")
+}
+
+/// AT of a memory request or AtomicOp: 00b, 01b or 10b; 11b is reserved and an
+/// Unsupported Request (`transaction` is whom to answer, for a non-posted request).
+#[inline]
+fn check_memory_address_type(at: u8, transaction: Option<(Bdf, Tag)>) -> Result<(), ParseError> {
+    match at {
+        0..=2 => Ok(()),
+        3 => Err(ParseError::ReservedAddressType { transaction }),
+        _ => Err(ParseError::FieldNotAllowed { field: "AT" }),
+    }
+}
+
+/// AT for every type: see [`check_memory_address_type`]; completions, messages, I/O
+/// and configuration requests must carry 00b.
+#[inline]
+fn check_address_type(header: &Header, at: u8) -> Result<(), ParseError> {
+    match header {
+        Header::MemRead(r) => check_memory_address_type(at, Some((r.requester, r.tag))),
+        Header::Atomic(a) => check_memory_address_type(at, Some((a.requester, a.tag))),
+        Header::MemWrite(_) => check_memory_address_type(at, None),
+        _ => require_zero(at != 0, "AT"),
+    }
 }
 
 impl Header {
@@ -344,7 +369,7 @@ impl<'a> Tlp<'a> {
         let four = h.four_dw;
         let data = fmt.has_data();
         let th = w::th(w0);
-        let flags = HeaderFlags {
+        let mut flags = HeaderFlags {
             traffic_class: w::traffic_class(w0),
             attributes: w::attributes(w0),
             ln: w::ln(w0),
@@ -356,21 +381,31 @@ impl<'a> Tlp<'a> {
         let address = h.address();
         let first_be = w::byte7(w1) & 0xf;
         let last_be = w::byte7(w1) >> 4;
-        if four && address < 1 << 32 && (type_bits & type_code::MSG_MASK) != type_code::MSG {
-            return Err(ParseError::Address64Below4G { address });
-        }
+        // Memory requests and AtomicOps below 4 GiB must use the 3DW header.
+        let address_format = || {
+            if four && address < 1 << 32 {
+                Err(ParseError::Address64Below4G { address })
+            } else {
+                Ok(())
+            }
+        };
         let hint = |steering_tag| {
             th.then(|| ProcessingHint {
                 ph: h.ph(),
                 steering_tag,
             })
         };
-        // I/O and configuration requests: 3DW only, one DW, Last BE 0000, no TH.
+        // I/O and configuration requests: 3DW only, Length 1 (reads too), Last BE 0000.
+        // TH is reserved in them and ignored.
         let io_like = || -> Result<(), ParseError> {
             if four {
                 return Err(reserved());
             }
-            require_zero(th, "TH")?;
+            if w::length_field(w0) != 1 {
+                return Err(ParseError::InvalidLength {
+                    length_dw: w::length_dw(w0),
+                });
+            }
             if last_be != 0 {
                 return Err(ParseError::InvalidByteEnables {
                     first: first_be,
@@ -386,6 +421,7 @@ impl<'a> Tlp<'a> {
                 if data && locked {
                     return Err(reserved());
                 }
+                address_format()?;
                 if data {
                     // With TH, byte 6 is the Steering Tag and only T9/T8 remain of the tag.
                     let tag = if th {
@@ -472,6 +508,7 @@ impl<'a> Tlp<'a> {
                 if !data {
                     return Err(reserved());
                 }
+                address_format()?;
                 let op = match type_bits {
                     type_code::FETCH_ADD => AtomicOp::FetchAdd,
                     type_code::SWAP => AtomicOp::Swap,
@@ -489,7 +526,7 @@ impl<'a> Tlp<'a> {
                 if !four {
                     return Err(reserved());
                 }
-                require_zero(th, "TH")?;
+                // TH is reserved in messages and ignored.
                 let routing_bits = t & 0x7;
                 let routing = MessageRouting::from_bits(routing_bits)
                     .ok_or(ParseError::ReservedMessageRouting(routing_bits))?;
@@ -506,6 +543,14 @@ impl<'a> Tlp<'a> {
             }
             _ => return Err(reserved()),
         };
+        if matches!(
+            header,
+            Header::IoRead(_) | Header::IoWrite(_) | Header::ConfigRead(_) | Header::ConfigWrite(_)
+        ) {
+            // LN and Attr[2] (IDO) are reserved in I/O and configuration requests.
+            flags.ln = false;
+            flags.attributes.id_based_ordering = false;
+        }
         // HeaderWords::read guaranteed header + data + digest == bytes.len().
         let (payload, digest) = if w::td(w0) {
             let at = bytes.len() - 4;
@@ -527,9 +572,10 @@ impl<'a> Tlp<'a> {
     pub fn check(&self) -> Result<(), ParseError> {
         let data = !self.payload.is_empty();
         let data_dw = (self.payload.len() / 4) as u16;
-        if self.flags.traffic_class > 7 || self.flags.address_type > 3 {
-            return Err(ParseError::FieldNotAllowed { field: "TC/AT" });
+        if self.flags.traffic_class > 7 {
+            return Err(ParseError::FieldNotAllowed { field: "TC" });
         }
+        check_address_type(&self.header, self.flags.address_type)?;
         match &self.header {
             Header::MemRead(r) => {
                 if !(1..=1024).contains(&r.length_dw) {
@@ -590,7 +636,12 @@ impl<'a> Tlp<'a> {
                 }
                 check_payload_len(self.payload.len())
             }
-            Header::Message(_) => check_payload_len(self.payload.len()),
+            Header::Message(m) => {
+                if self.flags.traffic_class != 0 && message_code::requires_tc0(m.code) {
+                    return Err(ParseError::FieldNotAllowed { field: "TC" });
+                }
+                check_payload_len(self.payload.len())
+            }
             Header::Atomic(a) => {
                 if !a.op.valid_length(data_dw) || !self.payload.len().is_multiple_of(4) {
                     return Err(ParseError::InvalidLength { length_dw: data_dw });

@@ -8,7 +8,7 @@ use crate::repr::{
     MemRead, MemWrite, Message,
 };
 use crate::types::{
-    AtomicOp, Attributes, Bdf, CompletionStatus, MessageRouting, ProcessingHint, Tag,
+    message_code, AtomicOp, Attributes, Bdf, CompletionStatus, MessageRouting, ProcessingHint, Tag,
 };
 
 /// A TLP repr that owns its payload.
@@ -47,8 +47,10 @@ fn attributes() -> impl Strategy<Value = Attributes> {
     })
 }
 
+/// DW0 flags of a memory request or AtomicOp: any TC and attributes, AT untranslated,
+/// translation request or translated (11b is reserved).
 fn flags() -> impl Strategy<Value = HeaderFlags> {
-    (0u8..8, attributes(), any::<bool>(), any::<bool>(), 0u8..4).prop_map(
+    (0u8..8, attributes(), any::<bool>(), any::<bool>(), 0u8..3).prop_map(
         |(traffic_class, attributes, ln, poisoned, address_type)| HeaderFlags {
             traffic_class,
             attributes,
@@ -57,6 +59,23 @@ fn flags() -> impl Strategy<Value = HeaderFlags> {
             address_type,
         },
     )
+}
+
+/// DW0 flags of a completion or message: AT must be 00b there.
+fn untranslated_flags() -> impl Strategy<Value = HeaderFlags> {
+    flags().prop_map(|f| HeaderFlags {
+        address_type: 0,
+        ..f
+    })
+}
+
+/// DW0 flags of an I/O or configuration request: TC0, Attr 000b, no LN, AT 00b; only
+/// EP is free.
+fn io_like_flags() -> impl Strategy<Value = HeaderFlags> {
+    any::<bool>().prop_map(|poisoned| HeaderFlags {
+        poisoned,
+        ..HeaderFlags::default()
+    })
 }
 
 fn hint() -> impl Strategy<Value = Option<ProcessingHint>> {
@@ -151,8 +170,9 @@ fn io_like() -> impl Strategy<Value = OwnedTlp> {
         0u8..16,
         any::<bool>(),
         payload(1),
+        io_like_flags(),
     )
-        .prop_map(|(requester, tag, address, first_be, write, data)| {
+        .prop_map(|(requester, tag, address, first_be, write, data, flags)| {
             let req = IoRequest {
                 requester,
                 tag,
@@ -165,7 +185,7 @@ fn io_like() -> impl Strategy<Value = OwnedTlp> {
                 } else {
                     Header::IoRead(req)
                 },
-                flags: HeaderFlags::default(),
+                flags,
                 payload: if write { data } else { Vec::new() },
                 digest: None,
             }
@@ -182,9 +202,10 @@ fn config() -> impl Strategy<Value = OwnedTlp> {
         any::<bool>(),
         any::<bool>(),
         payload(1),
+        io_like_flags(),
     )
         .prop_map(
-            |(requester, tag, target, reg, first_be, type1, write, data)| {
+            |(requester, tag, target, reg, first_be, type1, write, data, flags)| {
                 let req = ConfigRequest {
                     type1,
                     requester,
@@ -199,7 +220,7 @@ fn config() -> impl Strategy<Value = OwnedTlp> {
                     } else {
                         Header::ConfigRead(req)
                     },
-                    flags: HeaderFlags::default(),
+                    flags,
                     payload: if write { data } else { Vec::new() },
                     digest: None,
                 }
@@ -224,7 +245,7 @@ fn completion() -> impl Strategy<Value = OwnedTlp> {
         0u8..128,
         any::<bool>(),
         0u16..=32,
-        flags(),
+        untranslated_flags(),
     )
         .prop_flat_map(
             |(completer, status, bcm, byte_count, requester, tag, la, locked, dw, flags)| {
@@ -263,9 +284,12 @@ fn message() -> impl Strategy<Value = OwnedTlp> {
         routing,
         any::<[u8; 8]>(),
         0u16..=8,
-        flags(),
+        untranslated_flags(),
     )
-        .prop_flat_map(|(requester, tag, code, routing, body, dw, flags)| {
+        .prop_flat_map(|(requester, tag, code, routing, body, dw, mut flags)| {
+            if message_code::requires_tc0(code) {
+                flags.traffic_class = 0;
+            }
             payload(dw).prop_map(move |payload| OwnedTlp {
                 header: Header::Message(Message {
                     requester,

@@ -298,6 +298,17 @@ pub mod message_code {
     pub const VENDOR_DEFINED_TYPE0: u8 = 0x7e;
     pub const VENDOR_DEFINED_TYPE1: u8 = 0x7f;
 
+    /// Messages that must travel on TC0: INTx (§2.2.8.1), power management (§2.2.8.2),
+    /// error signalling (§2.2.8.3) and Set_Slot_Power_Limit (§2.2.8.5). The spec makes
+    /// receivers check this and treat any other TC as a malformed TLP.
+    pub const fn requires_tc0(code: u8) -> bool {
+        matches!(
+            code,
+            PM_ACTIVE_STATE_NAK | PM_PME | PME_TURN_OFF | PME_TO_ACK | ASSERT_INTA
+                ..=DEASSERT_INTD | ERR_COR | ERR_NONFATAL | ERR_FATAL | SET_SLOT_POWER_LIMIT
+        )
+    }
+
     /// The spec's name for a message code, where this codec knows it.
     pub const fn name(code: u8) -> Option<&'static str> {
         Some(match code {
