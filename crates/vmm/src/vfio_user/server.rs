@@ -17,19 +17,20 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rootcomplex::HostMemory;
+use rootcomplex::{HostMemory, ReadFault};
 use thiserror::Error;
 
 use super::wire::{
     self, errno, vfio, Body, Header, ProtocolError, Request, HEADER_LEN, MAX_DATA_XFER,
 };
 use crate::caps::{self, CAP_MSI, CAP_MSIX};
-use crate::device::{byte_enables, RemoteFunction};
+use crate::device::{byte_enables, Bar, RemoteFunction};
 use crate::guest_ram::GuestRam;
 use crate::sys;
 
@@ -68,6 +69,12 @@ pub struct VfioUserStats {
     pub dma_maps_without_fd: u64,
     pub dma_unmaps: u64,
     pub dma_messages: u64,
+    /// DMA_READ messages the client refused, answered wrongly or never answered: the
+    /// device got an error completion (Unsupported Request), not data.
+    pub dma_read_failures: u64,
+    /// DMA_WRITE messages the client refused or never answered (the write is lost;
+    /// posted, so the device is not told).
+    pub dma_write_failures: u64,
     pub set_irqs: u64,
     pub intx_signals: u64,
     pub msi_signals: u64,
@@ -93,9 +100,18 @@ struct Channel {
     closed: bool,
     /// DMA_READ/DMA_WRITE messages sent.
     dma_messages: u64,
+    dma_read_failures: u64,
+    dma_write_failures: u64,
 }
 
 impl Channel {
+    /// Adds this connection's counters to the server's.
+    fn add_counters(&self, s: &mut VfioUserStats) {
+        s.dma_messages += self.dma_messages;
+        s.dma_read_failures += self.dma_read_failures;
+        s.dma_write_failures += self.dma_write_failures;
+    }
+
     fn read_message(&mut self) -> Result<Option<Message>, VfioUserError> {
         let fd = self.sock.as_raw_fd();
         let mut fds = Vec::new();
@@ -150,31 +166,52 @@ impl HostMemory for MessageDma {
         self.len
     }
 
+    /// For callers that cannot take an error: a failed read reads all-ones, as a CPU's
+    /// read of a failed PCIe request does. The root complex uses `try_read`.
     fn read(&self, offset: u64, buf: &mut [u8]) {
+        if self.try_read(offset, buf).is_err() {
+            buf.fill(0xff);
+        }
+    }
+
+    fn try_read(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadFault> {
         let mut ch = self.channel.lock().unwrap_or_else(|p| p.into_inner());
         for (k, chunk) in buf.chunks_mut(MAX_DATA_XFER).enumerate() {
-            let addr = self.iova + offset + (k * MAX_DATA_XFER) as u64;
+            let addr = self.address(offset, k);
             let n = chunk.len() as u32;
-            match ch.call(|id| wire::dma_read(id, addr, n)) {
+            let data = match ch.call(|id| wire::dma_read(id, addr, n)) {
                 Ok((h, body)) if h.flags & wire::flags::ERROR == 0 => {
-                    match wire::dma_read_data(&body, chunk.len()) {
-                        Some(d) => chunk.copy_from_slice(d),
-                        None => chunk.fill(0xff),
-                    }
+                    wire::dma_read_data(&body, chunk.len()).map(|d| chunk.copy_from_slice(d))
                 }
-                // The client refused or went away: the device reads all-ones.
-                _ => chunk.fill(0xff),
+                // The client refused, answered with the wrong size, or went away.
+                _ => None,
+            };
+            if data.is_none() {
+                ch.dma_read_failures += 1;
+                return Err(ReadFault);
             }
         }
+        Ok(())
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         let mut ch = self.channel.lock().unwrap_or_else(|p| p.into_inner());
         for (k, chunk) in data.chunks(MAX_DATA_XFER).enumerate() {
-            let addr = self.iova + offset + (k * MAX_DATA_XFER) as u64;
+            let addr = self.address(offset, k);
             // Waiting for the reply keeps the write ahead of a later interrupt.
-            let _ = ch.call(|id| wire::dma_write(id, addr, chunk));
+            match ch.call(|id| wire::dma_write(id, addr, chunk)) {
+                Ok((h, _)) if h.flags & wire::flags::ERROR == 0 => {}
+                _ => ch.dma_write_failures += 1,
+            }
         }
+    }
+}
+
+impl MessageDma {
+    /// The client's address of chunk `k` of an access at `offset`. The memory map
+    /// checked `iova + len` when it took the region, and accesses stay inside it.
+    fn address(&self, offset: u64, k: usize) -> u64 {
+        self.iova + offset + (k * MAX_DATA_XFER) as u64
     }
 }
 
@@ -272,7 +309,9 @@ impl VfioUserServer {
     pub fn stats(&self) -> VfioUserStats {
         let mut s = self.stats;
         if let Some(c) = &self.channel {
-            s.dma_messages += c.lock().unwrap_or_else(|p| p.into_inner()).dma_messages;
+            c.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .add_counters(&mut s);
         }
         s
     }
@@ -328,6 +367,8 @@ impl VfioUserServer {
                 next_id: 0,
                 closed: false,
                 dma_messages: 0,
+                dma_read_failures: 0,
+                dma_write_failures: 0,
             })));
         }
         self.poll_unmask();
@@ -386,7 +427,9 @@ impl VfioUserServer {
     /// from a clean state.
     fn disconnect(&mut self, dev: &mut dyn RemoteFunction) {
         if let Some(c) = self.channel.take() {
-            self.stats.dma_messages += c.lock().unwrap_or_else(|p| p.into_inner()).dma_messages;
+            c.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .add_counters(&mut self.stats);
         }
         self.stats.disconnects += 1;
         dev.clear_guest_ram();
@@ -628,13 +671,11 @@ impl VfioUserServer {
     ) -> Result<Vec<u8>, u32> {
         match region {
             vfio::PCI_CONFIG_REGION => {
-                if offset + count as u64 > CONFIG_SIZE {
-                    return Err(errno::EINVAL);
-                }
+                let mut at = region_range(offset, count, CONFIG_SIZE)?.start;
                 self.stats.config_reads += 1;
                 let mut out = Vec::with_capacity(count);
-                let mut at = offset;
                 while out.len() < count {
+                    // Below CONFIG_SIZE (checked above): the u16 holds it.
                     let reg = at as u16 & !3;
                     let d = self.config_dword(reg, dev).to_le_bytes();
                     let lead = (at & 3) as usize;
@@ -646,12 +687,9 @@ impl VfioUserServer {
             }
             0..=5 => {
                 let b = dev.bar(region as usize).ok_or(errno::EINVAL)?;
-                if offset.checked_add(count as u64).is_none_or(|e| e > b.size) {
-                    return Err(errno::EINVAL);
-                }
+                let mut at = bar_address(b, region_range(offset, count, b.size)?)?;
                 self.stats.bar_reads += 1;
                 let mut out = Vec::with_capacity(count);
-                let mut at = b.address + offset;
                 while out.len() < count {
                     // One request per 4 KiB page.
                     let n = (4096 - (at & 4095) as usize).min(count - out.len());
@@ -673,15 +711,13 @@ impl VfioUserServer {
     ) -> Result<(), u32> {
         match region {
             vfio::PCI_CONFIG_REGION => {
-                if offset + data.len() as u64 > CONFIG_SIZE {
-                    return Err(errno::EINVAL);
-                }
+                let mut at = region_range(offset, data.len(), CONFIG_SIZE)?.start;
                 self.stats.config_writes += 1;
                 let msix_control = self.msix_info(dev).map(|(cap, _)| cap);
                 let msi = self.msi_info(dev).map(|(cap, len)| cap..cap + len);
-                let mut at = offset;
                 let mut rest = data;
                 while !rest.is_empty() {
+                    // Below CONFIG_SIZE (checked above): the u16 holds it.
                     let reg = at as u16 & !3;
                     let lead = (at & 3) as usize;
                     let n = (4 - lead).min(rest.len());
@@ -710,14 +746,8 @@ impl VfioUserServer {
             }
             0..=5 => {
                 let b = dev.bar(region as usize).ok_or(errno::EINVAL)?;
-                if offset
-                    .checked_add(data.len() as u64)
-                    .is_none_or(|e| e > b.size)
-                {
-                    return Err(errno::EINVAL);
-                }
+                let mut at = bar_address(b, region_range(offset, data.len(), b.size)?)?;
                 self.stats.bar_writes += 1;
-                let mut at = b.address + offset;
                 let mut rest = data;
                 while !rest.is_empty() {
                     let n = (4096 - (at & 4095) as usize).min(rest.len());
@@ -912,6 +942,26 @@ impl VfioUserServer {
             }
         }
     }
+}
+
+/// The bytes `offset..offset + len` of a region of `size` bytes, or EINVAL when any of
+/// them lies outside it. The client chooses `offset` (any u64) and `len`: the sum is
+/// checked, so no access wraps back into the region from beyond 2^64.
+fn region_range(offset: u64, len: usize, size: u64) -> Result<Range<u64>, u32> {
+    let end = offset
+        .checked_add(len as u64)
+        .filter(|&end| end <= size)
+        .ok_or(errno::EINVAL)?;
+    Ok(offset..end)
+}
+
+/// Where `range` of BAR `b` is on the fabric side (checked too: the BAR's address
+/// comes from the device's side).
+fn bar_address(b: Bar, range: Range<u64>) -> Result<u64, u32> {
+    b.address
+        .checked_add(range.end)
+        .and(b.address.checked_add(range.start))
+        .ok_or(errno::EINVAL)
 }
 
 impl Drop for VfioUserServer {
@@ -1228,6 +1278,134 @@ mod tests {
             &[0xf4, 0x1a],
             "still in step after the unsupported command"
         );
+    }
+
+    /// Config accesses whose offset + count wraps past 2^64: before the check was
+    /// checked, a debug build panicked and a release build let the write through, its
+    /// registers (kept as u16) running 0x1000.. which the filter does not know but a
+    /// config TLP carries as 0x000..: BARs, the ROM BAR and extended config written.
+    #[test]
+    fn config_accesses_that_wrap_are_refused() {
+        let (dir, mut s) = server();
+        let mut dev = fake();
+        let mut c = Client::connect(&dir.path.join("vfu.sock"));
+        let data = vec![0xffu8; 0xf000 + 0x40];
+        let offset = 0u64.wrapping_sub(0xf000);
+        let body = Body::default()
+            .u64(offset)
+            .u32(7)
+            .u32(data.len() as u32)
+            .bytes(&data)
+            .0;
+        let (h, _) = ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::REGION_WRITE,
+            &body,
+            &[],
+        );
+        assert_eq!(
+            (h.flags & wire::flags::ERROR, h.error),
+            (wire::flags::ERROR, errno::EINVAL)
+        );
+        assert_eq!(dev.config_writes, vec![], "nothing reached the device");
+        let read = Body::default().u64(u64::MAX - 3).u32(7).u32(8).0;
+        let (h, b) = ask(&mut c, &mut s, &mut dev, wire::cmd::REGION_READ, &read, &[]);
+        assert_eq!((h.error, b.len()), (errno::EINVAL, 0));
+        assert_eq!(s.stats().errors, 2);
+        assert_eq!((s.stats().config_reads, s.stats().config_writes), (0, 0));
+        // The server goes on with the same client.
+        let (_, b) = ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::REGION_READ,
+            &Body::default().u64(0).u32(7).u32(2).0,
+            &[],
+        );
+        assert_eq!(&b[16..], &[0xf4, 0x1a]);
+    }
+
+    /// A DMA_READ the client refuses: the device behind the root complex gets an
+    /// Unsupported Request completion, not data, and the failure is counted. (The
+    /// refusal used to be served as all-ones in a successful completion.)
+    #[test]
+    fn a_refused_dma_read_is_an_error_completion() {
+        use rootcomplex::{Bridge, BridgeConfig, MemoryMap};
+        use tlp::{Bdf, CompletionStatus, Header as TlpHeader, MemRead, MemWrite, Tag, Tlp};
+        let (dir, mut s) = server();
+        let mut dev = fake();
+        let mut c = Client::connect(&dir.path.join("vfu.sock"));
+        let map = Body::default()
+            .u32(32)
+            .u32(3)
+            .u64(0)
+            .u64(0x20_0000)
+            .u64(4096)
+            .0;
+        ask(&mut c, &mut s, &mut dev, wire::cmd::DMA_MAP, &map, &[]);
+        let (base, mem) = dev.ram.pop().unwrap();
+        let mut memory = MemoryMap::new();
+        memory.add(base, mem).unwrap();
+        let mut rc = Bridge::new(BridgeConfig::default(), memory);
+        // The client answers the DMA_READ with an error (it has nothing there).
+        let client = std::thread::spawn(move || {
+            let (h, _) = c.recv();
+            assert_eq!(h.command, wire::cmd::DMA_READ);
+            send_with_fds(&c.sock, &wire::error_reply(&h, errno::EINVAL), &[]);
+            c
+        });
+        let requester = Bdf::new(1, 0, 0).unwrap();
+        let read = MemRead {
+            requester,
+            tag: Tag::wrapping(5),
+            address: 0x20_0040,
+            length_dw: 4,
+            first_be: 0xf,
+            last_be: 0xf,
+            locked: false,
+            hint: None,
+        };
+        rc.handle_tlp(
+            0,
+            &Tlp::new(TlpHeader::MemRead(read), &[]).to_vec().unwrap(),
+        );
+        let mut c = client.join().unwrap();
+        let out = rc.poll_transmit().expect("a completion");
+        let t = Tlp::parse(&out).unwrap();
+        let TlpHeader::Completion(cpl) = t.header else {
+            panic!("not a completion: {:?}", t.header);
+        };
+        assert_eq!(
+            (cpl.status, cpl.requester, t.payload.len()),
+            (CompletionStatus::UnsupportedRequest, requester, 0)
+        );
+        assert_eq!(rc.stats().dma_read_refused, 1);
+        assert_eq!(s.stats().dma_read_failures, 1);
+        // A refused DMA_WRITE is posted, so the device is not told; it is counted.
+        let client = std::thread::spawn(move || {
+            let (h, _) = c.recv();
+            assert_eq!(h.command, wire::cmd::DMA_WRITE);
+            send_with_fds(&c.sock, &wire::error_reply(&h, errno::EFAULT), &[]);
+            c
+        });
+        let write = MemWrite {
+            requester,
+            tag: Tag::wrapping(0),
+            address: 0x20_0040,
+            first_be: 0xf,
+            last_be: 0,
+            hint: None,
+        };
+        rc.handle_tlp(
+            0,
+            &Tlp::new(TlpHeader::MemWrite(write), &[1, 2, 3, 4])
+                .to_vec()
+                .unwrap(),
+        );
+        client.join().unwrap();
+        assert_eq!(s.stats().dma_write_failures, 1);
     }
 
     #[test]
