@@ -367,8 +367,8 @@ impl Session {
             self.stats.drop_down += 1;
             return Err(Refused::Down);
         }
-        // Whose epoch is this?
-        if h.epoch != self.peer_epoch {
+        // Whose epoch is this? (0 is nobody's, even before the peer is known.)
+        if h.epoch != self.peer_epoch || h.epoch == 0 {
             if self.stale_peer_epoch(h.epoch) {
                 self.stats.drop_stale_epoch += 1;
                 return Err(Refused::StalePeerEpoch);
@@ -533,7 +533,7 @@ impl Session {
                     .on_rtt(now, rtt, base, srtt, acked_bytes + wire::HEADER_LEN);
             }
         }
-        self.rto_deadline = (!self.unacked.is_empty()).then(|| now + self.rtt.rto());
+        self.rto_deadline = (!self.unacked.is_empty()).then(|| now.saturating_add(self.rtt.rto()));
     }
 
     /// Whether the first acknowledgement after a timeout shows that nothing was lost
@@ -552,7 +552,7 @@ impl Session {
         }
         let srtt = self.rtt.srtt().unwrap_or(0) as u64;
         if let Some((s, at)) = self.last_go_back {
-            if s == expected && now < at + srtt.max(1) {
+            if s == expected && now < at.saturating_add(srtt.max(1)) {
                 return; // Already going back for this gap.
             }
         }
@@ -624,7 +624,7 @@ impl Session {
         if self.unacked_rx >= self.cfg.ack_every {
             self.ack_now = true;
         } else if self.ack_deadline.is_none() {
-            self.ack_deadline = Some(now + self.cfg.ack_delay_us);
+            self.ack_deadline = Some(now.saturating_add(self.cfg.ack_delay_us));
         }
         Ok(())
     }
@@ -758,7 +758,7 @@ impl Session {
         // The timer runs from the oldest frame's latest transmission: a retransmission
         // that waited for the pacer must not time out before it has even left.
         if self.rto_deadline.is_none() || (retransmit && seq_no == self.snd_una) {
-            self.rto_deadline = Some(now + self.rtt.rto_backed_off(self.backoffs));
+            self.rto_deadline = Some(now.saturating_add(self.rtt.rto_backed_off(self.backoffs)));
         }
         Transmit {
             header,
@@ -853,7 +853,8 @@ impl Session {
                 self.rate.resume_now(now);
                 let to = self.snd_una;
                 self.go_back(now, to);
-                self.rto_deadline = Some(now + self.rtt.rto_backed_off(self.backoffs));
+                self.rto_deadline =
+                    Some(now.saturating_add(self.rtt.rto_backed_off(self.backoffs)));
             }
         }
     }
