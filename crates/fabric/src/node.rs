@@ -42,6 +42,10 @@ pub struct NodeConfig {
     pub info_interval_us: u64,
     /// A peer silent for this many INFO intervals is down.
     pub missed_infos: u32,
+    /// Most peers (one per group and address, each with its session) kept at once:
+    /// the INFO of a new one beyond that is dropped (`FabricStats::peers_refused`),
+    /// since anyone on the segment can send INFO from any address.
+    pub max_peers: usize,
     /// Session settings (its MTU is set from `mtu`).
     pub session: efe::Config,
     /// Boot epoch of this run of the bridge: non-zero, and never that of its previous
@@ -62,6 +66,7 @@ impl NodeConfig {
             mtu: 1500,
             info_interval_us: 100_000,
             missed_infos: 3,
+            max_peers: 1024,
             session: efe::Config::default(),
             epoch: epoch.max(1),
             max_payload: 256,
@@ -144,6 +149,10 @@ pub struct FabricStats {
     pub ctrl_in: u64,
     pub peers_up: u64,
     pub peers_down: u64,
+    /// INFO of new peers dropped because `max_peers` were known already.
+    pub peers_refused: u64,
+    /// INFO device entries dropped for naming a slot listed before in the same INFO.
+    pub duplicate_devices: u64,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -405,7 +414,7 @@ impl Node {
         let liveness = self
             .peers
             .values()
-            .map(|p| p.last_info + self.silence_limit());
+            .map(|p| p.last_info.saturating_add(self.silence_limit()));
         sessions
             .chain(liveness)
             .chain(std::iter::once(self.next_info))
@@ -414,19 +423,21 @@ impl Node {
     }
 
     fn silence_limit(&self) -> u64 {
-        self.cfg.info_interval_us * self.cfg.missed_infos as u64
+        self.cfg
+            .info_interval_us
+            .saturating_mul(self.cfg.missed_infos as u64)
     }
 
     pub fn handle_timeout(&mut self, now: u64) {
         if now >= self.next_info {
             self.announce();
-            self.next_info = now + self.cfg.info_interval_us;
+            self.next_info = now.saturating_add(self.cfg.info_interval_us);
         }
         let limit = self.silence_limit();
         let silent: Vec<_> = self
             .peers
             .iter()
-            .filter(|(_, p)| now >= p.last_info + limit)
+            .filter(|(_, p)| now >= p.last_info.saturating_add(limit))
             .map(|(&k, _)| k)
             .collect();
         for k in silent {
@@ -627,7 +638,15 @@ impl Node {
             return;
         };
         self.stats.infos_in += 1;
-        let devices: Vec<DeviceInfo> = info.devices().collect();
+        // One device per slot: a list naming a slot again keeps its first entry.
+        let mut devices: Vec<DeviceInfo> = Vec::with_capacity(info.device_count());
+        for d in info.devices() {
+            if devices.iter().any(|o| o.slot == d.slot) {
+                self.stats.duplicate_devices += 1;
+            } else {
+                devices.push(d);
+            }
+        }
         let key = (gid, src);
         let epoch = frame.header.epoch;
         if let Some(p) = self.peers.get_mut(&key) {
@@ -647,6 +666,10 @@ impl Node {
                 }
             }
         } else {
+            if self.peers.len() >= self.cfg.max_peers {
+                self.stats.peers_refused += 1;
+                return;
+            }
             self.session_epoch = self.session_epoch.wrapping_add(1).max(1);
             let Ok(session) = Session::new(self.cfg.session, self.session_epoch) else {
                 return;

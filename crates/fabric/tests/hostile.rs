@@ -1,0 +1,129 @@
+//! A node fed frames a hostile peer on the segment can send (found by the
+//! `fabric_node` fuzz target): the node's state stays bounded and its events stay
+//! consistent.
+
+use fabric::{FabricEvent, Node, NodeConfig};
+use wire::{
+    emit_info, BridgeRole, EthernetRepr, FrameKind, InfoRepr, MacAddr, TetherHeader, VlanTag,
+};
+
+const OURS: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+
+fn host() -> Node {
+    let mut n = Node::new(NodeConfig::new(OURS, BridgeRole::Host, 1, 7)).unwrap();
+    n.join(1).unwrap();
+    n
+}
+
+/// An INFO frame of an I/O box at `src` in group `gid`.
+fn info(src: MacAddr, gid: u16, devices: &[wire::DeviceInfo]) -> Vec<u8> {
+    let eth = EthernetRepr {
+        dst: MacAddr::BROADCAST,
+        src,
+        vlan: Some(VlanTag {
+            pcp: 0,
+            dei: false,
+            vid: gid,
+        }),
+        ethertype: wire::ETHERTYPE,
+    };
+    let mut h = TetherHeader::new(FrameKind::Info);
+    h.epoch = 9;
+    let repr = InfoRepr {
+        role: BridgeRole::IoBox,
+        flags: 0,
+        bridge_id: 2,
+        mtu: 1500,
+        max_tlps_per_frame: 32,
+        interval_ms: 100,
+        max_payload: 256,
+        max_read_request: 512,
+    };
+    let mut buf = vec![0u8; 9000];
+    let n = emit_info(&mut buf, &eth, &h, &repr, devices).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn mac(i: u32) -> MacAddr {
+    let b = i.to_be_bytes();
+    MacAddr([2, 0xee, b[0], b[1], b[2], b[3]])
+}
+
+#[test]
+fn infos_from_many_addresses_make_a_bounded_number_of_peers() {
+    let mut n = host();
+    for i in 0..5000 {
+        n.handle_frame(1, &info(mac(i), 1, &[]), None);
+        while n.poll_transmit(1).is_some() {}
+        while n.poll_event().is_some() {}
+    }
+    let peers = n.peers().count();
+    assert!(
+        peers <= 1024,
+        "{peers} peers from one segment's forged INFOs"
+    );
+    assert_eq!(peers, n.config().max_peers);
+    assert_eq!(n.stats().peers_refused, 5000 - peers as u64);
+    // Silent ones time out and make room.
+    let later = 1 + n.config().info_interval_us * n.config().missed_infos as u64;
+    n.handle_timeout(later);
+    n.handle_frame(later, &info(mac(9999), 1, &[]), None);
+    assert_eq!(n.peers().count(), 1);
+}
+
+fn device(slot: u8) -> wire::DeviceInfo {
+    wire::DeviceInfo {
+        slot,
+        flags: wire::DEVICE_READY,
+        gid: 1,
+        vendor_id: 0x1de5,
+        device_id: 1,
+        class_code: 0x058000,
+        revision: 1,
+        subsystem_vendor_id: 0x1de5,
+        subsystem_id: 1,
+    }
+}
+
+fn device_events(n: &mut Node) -> (Vec<u8>, Vec<u8>) {
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    while let Some(e) = n.poll_event() {
+        match e {
+            FabricEvent::DeviceAdded { device, .. } => added.push(device.slot),
+            FabricEvent::DeviceRemoved { slot, .. } => removed.push(slot),
+            _ => {}
+        }
+    }
+    (added, removed)
+}
+
+#[test]
+fn a_slot_listed_twice_in_one_info_is_one_device() {
+    let mut n = host();
+    let boxx = mac(1);
+    n.handle_frame(1, &info(boxx, 1, &[device(0), device(3), device(0)]), None);
+    assert_eq!(device_events(&mut n), (vec![0, 3], vec![]));
+    let shown: Vec<u8> = n.peers().flat_map(|p| p.4.iter().map(|d| d.slot)).collect();
+    assert_eq!(shown, [0, 3]);
+    n.handle_frame(2, &info(boxx, 1, &[device(3)]), None);
+    assert_eq!(device_events(&mut n), (vec![], vec![0]));
+    n.handle_frame(3, &info(boxx, 1, &[device(3), device(3), device(3)]), None);
+    assert_eq!(device_events(&mut n), (vec![], vec![]));
+    assert_eq!(n.stats().duplicate_devices, 3);
+}
+
+#[test]
+fn a_clock_near_the_end_of_u64_saturates_the_timers() {
+    let mut n = host();
+    let boxx = mac(1);
+    let mut now = u64::MAX - 1000;
+    n.handle_timeout(now);
+    n.handle_frame(now, &info(boxx, 1, &[device(0)]), None);
+    assert!(n.poll_timeout() > now);
+    now = u64::MAX;
+    n.handle_timeout(now);
+    // At the end of time the box has been silent long enough: it is gone.
+    assert_eq!(n.peers().count(), 0);
+    assert_eq!(n.poll_timeout(), u64::MAX);
+}
