@@ -35,6 +35,40 @@ struct FakeIo {
     refuse: bool,
     /// Deliver outstanding reads newest first (a different order than asked).
     reverse: bool,
+    /// Guest addresses from this one on (wrapping past 2^64) are the array's from
+    /// DESC on: a ring the driver put at the top of the address space.
+    high: Option<u64>,
+    /// Reads in this range count as buffered data: their bytes outstanding now,
+    /// the peak, and the most allowed (a read beyond it fails the test at once).
+    data: Option<DataWatch>,
+    /// Writes in this range are checked against these bytes (the range's content).
+    expect: Option<(u64, Vec<u8>)>,
+    checked_bytes: u64,
+    mismatches: u64,
+}
+
+struct DataWatch {
+    range: std::ops::Range<u64>,
+    outstanding: u64,
+    peak: u64,
+    cap: u64,
+}
+
+impl FakeIo {
+    /// Where guest address `addr` is in the array.
+    fn local(&self, addr: u64) -> u64 {
+        match self.high {
+            Some(base) if addr.wrapping_sub(base) < 0x1000 => DESC + addr.wrapping_sub(base),
+            _ => addr,
+        }
+    }
+
+    /// Bytes of a read now answered.
+    fn answered(&mut self, addr: u64, len: usize) {
+        if let Some(w) = self.data.as_mut().filter(|w| w.range.contains(&addr)) {
+            w.outstanding -= len as u64;
+        }
+    }
 }
 
 impl DeviceIo for FakeIo {
@@ -45,12 +79,29 @@ impl DeviceIo for FakeIo {
         let id = DmaId(self.next);
         self.next += 1;
         self.reads.push_back((id, addr, len));
+        if let Some(w) = self.data.as_mut().filter(|w| w.range.contains(&addr)) {
+            w.outstanding += len as u64;
+            w.peak = w.peak.max(w.outstanding);
+            assert!(
+                w.outstanding <= w.cap,
+                "the device asked for {} bytes of data at once (cap {})",
+                w.outstanding,
+                w.cap
+            );
+        }
         Ok(id)
     }
 
     fn dma_write(&mut self, addr: u64, data: &[u8]) -> Result<(), DmaError> {
         // Writes outside the array are dropped (a garbage ring can point anywhere).
-        let a = addr as usize;
+        let a = self.local(addr) as usize;
+        if let Some((base, want)) = &self.expect {
+            let at = addr.wrapping_sub(*base) as usize;
+            if let Some(w) = want.get(at..at.saturating_add(data.len())) {
+                self.checked_bytes += data.len() as u64;
+                self.mismatches += (w != data) as u64;
+            }
+        }
         if let Some(dst) = self.mem.get_mut(a..a.saturating_add(data.len())) {
             dst.copy_from_slice(data);
         }
@@ -85,6 +136,8 @@ struct Driver {
     dev: Dev,
     io: FakeIo,
     qsize: u16,
+    /// The descriptor table (packed: the ring) as the device is told.
+    desc: u64,
     avail_idx: u16,
     used_seen: u16,
     free: VecDeque<u16>,
@@ -107,10 +160,11 @@ fn disk_pattern() -> Vec<u8> {
 
 impl Driver {
     fn new(qsize: u16) -> Driver {
-        let dev = VirtioPci::new(VirtioBlk::new(
-            MemBackend(disk_pattern()),
-            "tether-test-disk",
-        ));
+        Driver::with_disk(qsize, disk_pattern())
+    }
+
+    fn with_disk(qsize: u16, disk: Vec<u8>) -> Driver {
+        let dev = VirtioPci::new(VirtioBlk::new(MemBackend(disk), "tether-test-disk"));
         Driver {
             dev,
             io: FakeIo {
@@ -122,8 +176,14 @@ impl Driver {
                 vectors: Vec::new(),
                 refuse: false,
                 reverse: false,
+                high: None,
+                data: None,
+                expect: None,
+                checked_bytes: 0,
+                mismatches: 0,
             },
             qsize,
+            desc: DESC,
             avail_idx: 0,
             used_seen: 0,
             free: (0..qsize).collect(),
@@ -192,7 +252,7 @@ impl Driver {
         self.wr(0x18, 2, self.qsize as u64);
         assert_eq!(self.rd(0x18, 2), self.qsize as u64);
         // 64-bit registers written as two halves, as Linux does.
-        for (reg, addr) in [(0x20, DESC), (0x28, AVAIL), (0x30, USED)] {
+        for (reg, addr) in [(0x20, self.desc), (0x28, AVAIL), (0x30, USED)] {
             self.wr(reg, 4, addr & 0xffff_ffff);
             self.wr(reg + 4, 4, addr >> 32);
         }
@@ -239,7 +299,7 @@ impl Driver {
         let head;
         if indirect {
             head = self.free.pop_front().expect("a free descriptor");
-            let table = INDIRECT + head as u64 * 0x400;
+            let table = INDIRECT + head as u64 * 0x800;
             for (i, mut d) in descs.into_iter().enumerate() {
                 d.next = i as u16 + 1;
                 self.put(table + 16 * i as u64, &d.emit());
@@ -280,7 +340,7 @@ impl Driver {
         let mut ring: Vec<(u16, u64, u32, u16)> = Vec::new();
         let mut tables = Vec::new();
         if indirect {
-            let table = INDIRECT + id as u64 * 0x400;
+            let table = INDIRECT + id as u64 * 0x800;
             for (i, &(addr, len, w)) in bufs.iter().enumerate() {
                 let e = PackedDescriptor {
                     addr,
@@ -370,6 +430,8 @@ impl Driver {
             let Some((id, addr, len)) = next else {
                 break;
             };
+            self.io.answered(addr, len);
+            let addr = self.io.local(addr);
             let result = if self.io.refuse {
                 Err(DmaError::Status(tlp::CompletionStatus::UnsupportedRequest))
             } else {
@@ -882,4 +944,154 @@ proptest! {
             prop_assert!(named.contains(&used.id));
         }
     }
+}
+
+#[test]
+fn a_head_made_available_again_while_in_flight_needs_a_reset() {
+    let mut d = Driver::new(8);
+    assert!(d.init(ACCEPT));
+    let (h, _, st) = layout_of(0, 0);
+    d.put(h, &header(request_type::FLUSH, 0));
+    let head = d.submit(&[(h, 16, false), (st, 1, true)], false);
+    // The same head once more, before the device used it.
+    d.put(AVAIL + 4 + 2, &head.to_le_bytes());
+    d.put(AVAIL + 2, &2u16.to_le_bytes());
+    d.notify();
+    d.run();
+    assert_ne!(
+        d.dev.status() & status::DEVICE_NEEDS_RESET,
+        0,
+        "a head in flight twice"
+    );
+    assert_eq!(d.dev.stats().reused_ids, 1);
+    assert_eq!(d.dev.stats().bad_chains, 1);
+    assert!(d.take_used().is_empty(), "nothing completed");
+    assert_eq!(d.dev.stats().buffered, 0);
+}
+
+#[test]
+fn a_packed_buffer_id_made_available_again_while_in_flight_needs_a_reset() {
+    let mut d = Driver::new_packed(8);
+    assert!(d.init(ACCEPT));
+    let (h, _, st) = layout_of(0, 0);
+    d.put(h, &header(request_type::FLUSH, 0));
+    let id = d.submit(&[(h, 16, false), (st, 1, true)], false);
+    // The driver names the next chain with the same buffer ID.
+    d.packed.as_mut().unwrap().ids.push_front(id);
+    let (h2, _, st2) = layout_of(1, 0);
+    d.put(h2, &header(request_type::FLUSH, 0));
+    assert_eq!(d.submit(&[(h2, 16, false), (st2, 1, true)], false), id);
+    d.notify();
+    d.run();
+    assert_ne!(d.dev.status() & status::DEVICE_NEEDS_RESET, 0);
+    assert_eq!(d.dev.stats().reused_ids, 1);
+    assert_eq!(d.dev.stats().bad_chains, 1);
+}
+
+#[test]
+fn a_packed_ring_at_the_top_of_the_address_space_is_a_dma_error_not_a_panic() {
+    let mut d = Driver::new_packed(8);
+    // The ring's first slot is the address space's last 8 bytes and 8 past it: the
+    // used descriptor's length/ID (slot + 8) and flags (slot + 14) are beyond 2^64.
+    d.desc = u64::MAX - 7;
+    d.io.high = Some(d.desc);
+    assert!(d.init(ACCEPT));
+    let (h, _, st) = layout_of(0, 0);
+    d.put(h, &header(request_type::FLUSH, 0));
+    d.submit(&[(h, 16, false), (st, 1, true)], false);
+    d.notify();
+    d.run();
+    assert_ne!(d.dev.status() & status::DEVICE_NEEDS_RESET, 0);
+    assert_eq!(d.dev.stats().dma_errors, 1);
+}
+
+/// 512 requests whose chains are 64 MiB each (the most a chain may hold), 256 in
+/// flight at once: the device never holds more than its queue's buffer (reads it
+/// has outstanding are counted by the driver side, everything it holds by its own
+/// gauge), and every request completes with the right data.
+#[test]
+fn requests_of_64_mib_chains_stay_within_the_queue_buffer() {
+    const QSIZE: u16 = 256;
+    const MIB: u64 = 1 << 20;
+    // Guest buffers: G holds what OUT requests write; IN requests land in H. Each
+    // 64 MiB chain names its 1 MiB region 64 times.
+    const G: u64 = 0x20_0000;
+    const H: u64 = 0x30_0000;
+    // Headers and status bytes of the requests in flight.
+    const HDRS: u64 = BUFS;
+    const DATA: u64 = 64 * MIB - blk::SECTOR;
+    let pattern: Vec<u8> = (0..MIB as usize)
+        .map(|j| (j.wrapping_mul(131) ^ (j >> 12)) as u8)
+        .collect();
+    let mut d = Driver::with_disk(QSIZE, vec![0; 64 * MIB as usize]);
+    let cap = d.dev.limits().buffer_bytes;
+    assert!(d.init(ACCEPT));
+    d.put(G, &pattern);
+    d.io.data = Some(DataWatch {
+        range: G..G + MIB,
+        outstanding: 0,
+        peak: 0,
+        cap,
+    });
+    d.io.expect = Some((H, pattern.clone()));
+    let mut heads = Vec::new();
+    for kind in [request_type::OUT, request_type::IN] {
+        for i in 0..QSIZE as u64 {
+            let (h, st) = (HDRS + 32 * i, HDRS + 32 * i + 16);
+            d.put(h, &header(kind, 0));
+            d.put(st, &[0xff]);
+            let region = if kind == request_type::OUT { G } else { H };
+            let mut chain = vec![(h, 16, false)];
+            let mut left = DATA;
+            while left > 0 {
+                let n = left.min(MIB);
+                chain.push((region, n as u32, kind == request_type::IN));
+                left -= n;
+            }
+            chain.push((st, 1, true));
+            heads.push((d.submit(&chain, true), st));
+        }
+        d.notify();
+        d.run();
+        let mut used = d.take_used();
+        used.sort();
+        let want_len = if kind == request_type::IN {
+            DATA as u32 + 1
+        } else {
+            1
+        };
+        let want: Vec<(u16, u32)> = (0..QSIZE).map(|h| (h, want_len)).collect();
+        assert_eq!(used, want, "every request completes");
+        for (head, st) in heads.drain(..) {
+            assert_eq!(d.get(st, 1), [blk::status::OK], "status of {head}");
+            d.recycle(head, true, 0);
+        }
+        if kind == request_type::OUT {
+            let disk = &d.dev.device().backend().0;
+            for (k, mib) in disk[..DATA as usize].chunks(MIB as usize).enumerate() {
+                assert!(mib == &pattern[..mib.len()], "disk MiB {k}");
+            }
+        }
+    }
+    assert_eq!(
+        d.io.checked_bytes,
+        QSIZE as u64 * DATA,
+        "every byte read from the disk reached the guest"
+    );
+    assert_eq!(d.io.mismatches, 0, "and each was right");
+    let w = d.io.data.as_ref().unwrap();
+    assert!(
+        w.peak > 0 && w.peak <= cap,
+        "{} outstanding at most",
+        w.peak
+    );
+    let s = d.dev.stats();
+    assert!(
+        s.buffered_peak > 0 && s.buffered_peak <= cap,
+        "peak {}",
+        s.buffered_peak
+    );
+    assert_eq!(s.buffered, 0, "all given back");
+    assert!(s.buffer_waits > 0, "requests waited for room");
+    assert_eq!(s.requests, 2 * QSIZE as u64);
 }

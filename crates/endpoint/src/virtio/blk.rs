@@ -15,7 +15,7 @@ use std::os::unix::fs::FileExt;
 
 use crate::config::{ConfigError, ConfigSpace};
 
-use super::{Reply, Request, VirtioDevice};
+use super::{ChainLens, Piece, VirtioDevice};
 
 /// The virtio device type of a block device.
 pub const DEVICE_TYPE: u16 = 2;
@@ -193,65 +193,117 @@ impl<B: BlockBackend> VirtioBlk<B> {
         (len.is_multiple_of(SECTOR) && end <= self.capacity_sectors() * SECTOR).then_some(start)
     }
 
-    fn serve(&mut self, request: Request<'_>) -> Result<Reply, u8> {
-        let r = request.readable;
-        if r.len() < HEADER_LEN {
+    /// The disk offset of an OUT request's data, checked once (read-only disk, range).
+    fn out_start(&mut self, job: &mut BlkJob) -> Result<u64, u8> {
+        if let Some(start) = job.out_start {
+            return Ok(start);
+        }
+        if self.backend.read_only() {
             return Err(status::IOERR);
         }
-        let kind = u32::from_le_bytes(r[0..4].try_into().expect("4 bytes"));
-        let sector = u64::from_le_bytes(r[8..16].try_into().expect("8 bytes"));
-        // The last writable byte is the status; the rest of the writable area is data.
-        let room = request.writable_len - 1;
-        match kind {
+        let data_len = job.lens.readable - HEADER_LEN as u64;
+        let start = self.range(job.sector(), data_len).ok_or(status::IOERR)?;
+        job.out_start = Some(start);
+        Ok(start)
+    }
+
+    /// What to send once every readable byte was consumed.
+    fn plan(&mut self, job: &mut BlkJob) -> Result<Phase, u8> {
+        if job.lens.readable < HEADER_LEN as u64 {
+            return Err(status::IOERR);
+        }
+        if let Some(s) = job.error {
+            return Err(s);
+        }
+        let room = job.room();
+        match job.kind() {
             request_type::IN => {
-                let start = self.range(sector, room).ok_or(status::IOERR)?;
-                let mut data = vec![0; room as usize];
-                self.backend
-                    .read_at(start, &mut data)
-                    .map_err(|_| status::IOERR)?;
-                self.stats.reads += 1;
-                self.stats.read_bytes += room;
-                Ok(Reply {
-                    writes: vec![(0, data), (room, vec![status::OK])],
-                    used_len: room as u32 + 1,
+                let start = self.range(job.sector(), room).ok_or(status::IOERR)?;
+                Ok(Phase::Data {
+                    start,
+                    next: 0,
+                    end: room,
                 })
             }
             request_type::OUT => {
-                let data = &r[HEADER_LEN..];
-                if self.backend.read_only() {
-                    return Err(status::IOERR);
-                }
-                let start = self.range(sector, data.len() as u64).ok_or(status::IOERR)?;
-                self.backend
-                    .write_at(start, data)
-                    .map_err(|_| status::IOERR)?;
+                self.out_start(job)?;
                 self.stats.writes += 1;
-                self.stats.written_bytes += data.len() as u64;
-                Ok(status_only(room, status::OK))
+                self.stats.written_bytes += job.lens.readable - HEADER_LEN as u64;
+                Ok(Phase::Status(status::OK))
             }
             request_type::FLUSH => {
                 self.backend.flush().map_err(|_| status::IOERR)?;
                 self.stats.flushes += 1;
-                Ok(status_only(room, status::OK))
+                Ok(Phase::Status(status::OK))
             }
             request_type::GET_ID => {
-                let n = (room as usize).min(ID_LEN);
                 self.stats.get_ids += 1;
-                Ok(Reply {
-                    writes: vec![(0, self.serial[..n].to_vec()), (room, vec![status::OK])],
-                    used_len: n as u32 + 1,
+                Ok(Phase::Id {
+                    next: 0,
+                    end: room.min(ID_LEN as u64) as usize,
                 })
             }
             _ => Err(status::UNSUPP),
         }
     }
+
+    /// The request failed with status `s`: counted, and only the status goes back.
+    fn fail(&mut self, s: u8) -> Phase {
+        if s == status::UNSUPP {
+            self.stats.unsupported += 1;
+        } else {
+            self.stats.io_errors += 1;
+        }
+        Phase::Status(s)
+    }
 }
 
-/// A reply that only sets the status byte at the end of the writable area.
-fn status_only(room: u64, s: u8) -> Reply {
-    Reply {
-        writes: vec![(room, vec![s])],
-        used_len: 1,
+/// Where a block request's reply stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Readable bytes are still coming.
+    Reading,
+    /// IN: disk bytes `start + next..start + end` go to writable offsets `next..end`.
+    Data {
+        start: u64,
+        next: u64,
+        end: u64,
+    },
+    /// GET_ID: serial bytes `next..end`.
+    Id {
+        next: usize,
+        end: usize,
+    },
+    /// Only the status byte (at the end of the writable area) is left.
+    Status(u8),
+    Done,
+}
+
+/// A block request in progress.
+#[derive(Clone, Debug)]
+pub struct BlkJob {
+    lens: ChainLens,
+    header: [u8; HEADER_LEN],
+    /// An OUT request's data start on the disk, once checked.
+    out_start: Option<u64>,
+    /// The request already failed (its data is ignored).
+    error: Option<u8>,
+    phase: Phase,
+    used_len: u32,
+}
+
+impl BlkJob {
+    fn kind(&self) -> u32 {
+        u32::from_le_bytes(self.header[0..4].try_into().expect("4 bytes"))
+    }
+
+    fn sector(&self) -> u64 {
+        u64::from_le_bytes(self.header[8..16].try_into().expect("8 bytes"))
+    }
+
+    /// Writable bytes before the status byte (the last one).
+    fn room(&self) -> u64 {
+        self.lens.writable.saturating_sub(1)
     }
 }
 
@@ -299,20 +351,117 @@ impl<B: BlockBackend> VirtioDevice for VirtioBlk<B> {
         }
     }
 
-    fn process(&mut self, _queue: u16, request: Request<'_>) -> Reply {
-        if request.writable_len == 0 {
-            // No room even for the status: nothing can be reported.
-            self.stats.io_errors += 1;
-            return Reply::default();
+    type Job = BlkJob;
+
+    fn begin(&mut self, _queue: u16, lens: ChainLens) -> BlkJob {
+        BlkJob {
+            lens,
+            header: [0; HEADER_LEN],
+            out_start: None,
+            error: None,
+            phase: Phase::Reading,
+            used_len: 0,
         }
-        self.serve(request).unwrap_or_else(|s| {
-            if s == status::UNSUPP {
-                self.stats.unsupported += 1;
-            } else {
+    }
+
+    fn consume(&mut self, job: &mut BlkJob, offset: u64, data: &[u8]) {
+        let end = offset.saturating_add(data.len() as u64);
+        let h = HEADER_LEN as u64;
+        if offset < h {
+            let n = (end.min(h) - offset) as usize;
+            job.header[offset as usize..offset as usize + n].copy_from_slice(&data[..n]);
+        }
+        // Bytes past the header are an OUT request's data; the header came first.
+        if end <= h || job.error.is_some() || job.kind() != request_type::OUT {
+            return;
+        }
+        let from = offset.max(h);
+        let payload = &data[(from - offset) as usize..];
+        let written = self.out_start(job).and_then(|start| {
+            self.backend
+                .write_at(start + (from - h), payload)
+                .map_err(|_| status::IOERR)
+        });
+        if let Err(s) = written {
+            job.error = Some(s);
+        }
+    }
+
+    fn produce(&mut self, job: &mut BlkJob, buf: &mut [u8]) -> Option<Piece> {
+        if job.phase == Phase::Reading {
+            job.phase = if job.lens.writable == 0 {
+                // No room even for the status: nothing can be reported.
                 self.stats.io_errors += 1;
+                Phase::Done
+            } else {
+                self.plan(job).unwrap_or_else(|s| self.fail(s))
+            };
+        }
+        if buf.is_empty() {
+            // Asked whether more is coming.
+            return (job.phase != Phase::Done).then_some(Piece { offset: 0, len: 0 });
+        }
+        let room = job.room();
+        match job.phase {
+            Phase::Reading | Phase::Done => None,
+            Phase::Data { start, next, end } if next < end => {
+                let n = (end - next).min(buf.len() as u64) as usize;
+                if self.backend.read_at(start + next, &mut buf[..n]).is_err() {
+                    job.phase = self.fail(status::IOERR);
+                    return self.produce(job, buf);
+                }
+                job.phase = Phase::Data {
+                    start,
+                    next: next + n as u64,
+                    end,
+                };
+                Some(Piece {
+                    offset: next,
+                    len: n,
+                })
             }
-            status_only(request.writable_len - 1, s)
-        })
+            Phase::Data { end, .. } => {
+                self.stats.reads += 1;
+                self.stats.read_bytes += end;
+                job.used_len = end as u32;
+                job.phase = Phase::Status(status::OK);
+                self.produce(job, buf)
+            }
+            Phase::Id { next, end } if next < end => {
+                let n = (end - next).min(buf.len());
+                buf[..n].copy_from_slice(&self.serial[next..next + n]);
+                job.phase = Phase::Id {
+                    next: next + n,
+                    end,
+                };
+                Some(Piece {
+                    offset: next as u64,
+                    len: n,
+                })
+            }
+            Phase::Id { end, .. } => {
+                job.used_len = end as u32;
+                job.phase = Phase::Status(status::OK);
+                self.produce(job, buf)
+            }
+            Phase::Status(s) => {
+                buf[0] = s;
+                if s != status::OK {
+                    // A failed request reports the status byte only.
+                    job.used_len = 0;
+                }
+                job.used_len += 1;
+                job.phase = Phase::Done;
+                Some(Piece {
+                    offset: room,
+                    len: 1,
+                })
+            }
+        }
+    }
+
+    fn finish(&mut self, job: BlkJob) -> u32 {
+        job.used_len
     }
 
     fn reset(&mut self) {}

@@ -6,7 +6,8 @@
 //! - [`pci`]: the transport, a [`crate::Device`] around a [`VirtioDevice`]: the
 //!   common, notify, ISR and device-configuration structures in BAR0, the MSI-X table
 //!   in BAR1, feature negotiation, and the queue engine that fetches rings and
-//!   buffers by DMA, hands each request to the device and completes it.
+//!   buffers by DMA in bounded chunks, streams each request through the device and
+//!   completes it.
 //! - [`blk`]: virtio-blk on a file (or memory) of the box.
 //!
 //! Every access to rings and buffers is a DMA through the framework, so over tether it
@@ -47,22 +48,21 @@ pub mod status {
     pub const FAILED: u8 = 0x80;
 }
 
-/// One request from a queue: the bytes the driver gave the device to read (all
-/// readable buffers of the chain, concatenated) and room for the reply.
-#[derive(Clone, Copy, Debug)]
-pub struct Request<'a> {
-    pub readable: &'a [u8],
-    /// Bytes of the chain's device-writable buffers.
-    pub writable_len: u64,
+/// The sizes of a request's chain: bytes of its device-readable buffers and of its
+/// device-writable ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChainLens {
+    pub readable: u64,
+    pub writable: u64,
 }
 
-/// The device's answer to a [`Request`]: bytes to put at offsets of the writable
-/// buffers (viewed as one concatenated area), and the length to report in the used
-/// ring (bytes written, by the spec's definition).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Reply {
-    pub writes: Vec<(u64, Vec<u8>)>,
-    pub used_len: u32,
+/// A piece of a device's reply: `len` bytes the device put at the start of the buffer
+/// it was given, for the writable area (the chain's writable buffers viewed as one)
+/// at `offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece {
+    pub offset: u64,
+    pub len: usize,
 }
 
 /// A virtio device type, served by the [`pci`] transport.
@@ -83,8 +83,23 @@ pub trait VirtioDevice {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// The driver accepted `features` (FEATURES_OK).
     fn set_driver_features(&mut self, _features: u64) {}
-    /// Serves one request made available on `queue`.
-    fn process(&mut self, queue: u16, request: Request<'_>) -> Reply;
+    /// Its state for one request between the steps below (the transport keeps it).
+    type Job;
+    /// A chain of `lens` was made available on `queue`: a request starts.
+    fn begin(&mut self, queue: u16, lens: ChainLens) -> Self::Job;
+    /// The readable bytes at `offset`: called for consecutive chunks from offset 0 up
+    /// to `lens.readable`, in order, each non-empty and at most the transport's chunk
+    /// size (so the device never sees a whole large chain at once).
+    fn consume(&mut self, job: &mut Self::Job, offset: u64, data: &[u8]);
+    /// The next piece of the reply, once every readable byte was consumed: the device
+    /// writes at most `buf.len()` bytes at the start of `buf` and says where they go,
+    /// or returns `None` when the reply is complete. An empty `buf` asks whether more
+    /// is coming (`Some` piece of length 0 if so). Bytes beyond the writable area are
+    /// not written. Called only when `lens.writable` > 0.
+    fn produce(&mut self, job: &mut Self::Job, buf: &mut [u8]) -> Option<Piece>;
+    /// The request is done: the length to report in the used ring (bytes written, by
+    /// the spec's definition; the transport caps it at `lens.writable`).
+    fn finish(&mut self, job: Self::Job) -> u32;
     /// Back to the state after power-on (device reset by the driver, or FLR).
     fn reset(&mut self);
     /// The device's own counters, by name.

@@ -11,16 +11,23 @@
 //!
 //! The queue engine: a notification fetches the whole available ring in one DMA read;
 //! each new head's descriptors are read four at a time (an indirect table in one read);
-//! then all readable buffers are read at once, the [`VirtioDevice`] serves the request,
-//! and the reply, the used element, the used index and the interrupt go out as posted
-//! writes, which PCIe keeps in that order. Requests of one queue overlap: a new one
+//! then the request streams through the [`VirtioDevice`] in chunks
+//! ([`QueueLimits::chunk_bytes`]): its readable bytes are read a chunk at a time and
+//! handed over, and its reply is written a round at a time, each round followed by a
+//! one-byte read that completes only once the round's posted writes are done. A
+//! queue holds at most [`QueueLimits::buffer_bytes`] for its requests at once; a
+//! request whose next chunk would not fit waits (in order) until room is given back.
+//! The used element, the used index and the interrupt go out as posted writes after
+//! the reply, which PCIe keeps in that order. Requests of one queue overlap: a new one
 //! starts while earlier ones wait for their DMA.
 //!
-//! A ring the driver gets wrong (a bad index, a loop, an oversized chain) or DMA the
-//! host refuses marks the device DEVICE_NEEDS_RESET, with a configuration-change
-//! interrupt, and the queue stops until the driver resets the device.
+//! A ring the driver gets wrong (a bad index, a loop, an oversized chain, a head or
+//! buffer ID made available again while it is in flight, more packed descriptors in
+//! flight than the ring holds) or DMA the host refuses marks the device
+//! DEVICE_NEEDS_RESET, with a configuration-change interrupt, and the queue stops
+//! until the driver resets the device.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::config::{Bar, ConfigError, ConfigSpace, MsixLayout};
 use crate::function::{Device, DeviceIo, DmaError, DmaId, MAX_DMA};
@@ -29,7 +36,7 @@ use super::packed::{self, PackedDescriptor, RingPos};
 use super::queue::{
     scatter, AvailRing, ChainError, ChainWalk, Descriptor, QueueConfig, WalkStep, DESC_SIZE,
 };
-use super::{feature, status, Request, VirtioDevice, NO_VECTOR};
+use super::{feature, status, ChainLens, VirtioDevice, NO_VECTOR};
 
 /// Where the structures are.
 pub mod layout {
@@ -106,6 +113,46 @@ const DESC_PREFETCH: u16 = 4;
 /// Descriptors of a packed ring read at once when the driver notifies.
 const PACKED_WINDOW: u16 = 16;
 
+/// Default cap on the bytes a queue buffers for its requests in flight (4 MiB).
+pub const DEFAULT_QUEUE_BUFFER: u64 = 4 << 20;
+
+/// Default chunk: a request's data is read, and its reply written, this many bytes at
+/// a time (256 KiB).
+pub const DEFAULT_CHUNK: usize = 256 << 10;
+
+/// How much memory a queue may spend on its requests' data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Bytes a queue may hold at once for its requests in flight (chunks read from
+    /// the driver, reply rounds written and not yet flushed). A request that would go
+    /// beyond it waits until bytes are released.
+    pub buffer_bytes: u64,
+    /// Bytes of one chunk (at most [`MAX_DMA`] and at most `buffer_bytes`).
+    pub chunk_bytes: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> QueueLimits {
+        QueueLimits {
+            buffer_bytes: DEFAULT_QUEUE_BUFFER,
+            chunk_bytes: DEFAULT_CHUNK,
+        }
+    }
+}
+
+impl QueueLimits {
+    /// The limits made consistent: a chunk of 1..=[`MAX_DMA`] bytes that fits in the
+    /// buffer.
+    fn sane(self) -> QueueLimits {
+        let buffer_bytes = self.buffer_bytes.max(1);
+        let chunk = (self.chunk_bytes as u64).clamp(1, buffer_bytes.min(MAX_DMA as u64));
+        QueueLimits {
+            buffer_bytes,
+            chunk_bytes: chunk as usize,
+        }
+    }
+}
+
 /// The configuration space of a virtio device of `device_type` with `num_queues`
 /// queues and `config_len` bytes of device configuration: vendor 1af4, device
 /// 1040 + type, revision 1 (modern only), the transport's capabilities, MSI-X with a
@@ -171,6 +218,15 @@ pub struct VirtioStats {
     /// DMA the host refused or that timed out (the device then needs a reset).
     pub dma_errors: u64,
     pub resets: u64,
+    /// Heads (split) or buffer IDs (packed) made available again while in flight
+    /// (counted in `bad_chains` too).
+    pub reused_ids: u64,
+    /// Times a request waited for its queue's buffer to have room.
+    pub buffer_waits: u64,
+    /// Bytes the queues buffer now for their requests in flight.
+    pub buffered: u64,
+    /// The most one queue ever buffered (at most [`QueueLimits::buffer_bytes`]).
+    pub buffered_peak: u64,
 }
 
 /// What a DMA read the engine started was for.
@@ -187,9 +243,18 @@ enum Fetch {
         first: u16,
     },
     Indirect(usize),
+    /// `len` bytes of the request's current chunk, at `offset` in it.
     Readable {
         request: usize,
         offset: usize,
+        len: usize,
+    },
+    /// A read after a round of reply writes: it completes once they are done.
+    Fence(usize),
+    /// The same after a request's last round: `bytes` of `queue`'s buffer come free.
+    Drain {
+        queue: u16,
+        bytes: u64,
     },
 }
 
@@ -207,6 +272,14 @@ struct QueueState {
     packed_avail: RingPos,
     packed_used: RingPos,
     carry: Vec<PackedDescriptor>,
+    /// What the requests in flight name (heads or buffer IDs): one may not come again
+    /// before it is used.
+    in_flight: HashSet<u16>,
+    /// Packed ring: descriptors of the ring the requests in flight take.
+    ring_slots: u32,
+    /// Bytes held by the requests in flight, and the requests waiting for room.
+    buffered: u64,
+    waiting: VecDeque<usize>,
 }
 
 impl QueueState {
@@ -221,12 +294,16 @@ impl QueueState {
             packed_avail: RingPos::START,
             packed_used: RingPos::START,
             carry: Vec::new(),
+            in_flight: HashSet::new(),
+            ring_slots: 0,
+            buffered: 0,
+            waiting: VecDeque::new(),
         }
     }
 }
 
 /// One chain in progress.
-struct InFlight {
+struct InFlight<J> {
     queue: u16,
     /// What the used element names: the head (split) or the buffer ID (packed).
     id: u16,
@@ -235,7 +312,14 @@ struct InFlight {
     walk: ChainWalk,
     /// The next descriptor the walk wants (index in the current table).
     want: u16,
-    readable: Vec<u8>,
+    /// The device's request, once the chain is walked.
+    job: Option<J>,
+    /// Readable bytes handed to the device so far.
+    consumed: u64,
+    /// Bytes of its queue's buffer the request holds (its chunk or reply round).
+    held: u64,
+    /// The chunk being read.
+    chunk: Vec<u8>,
     reads_left: usize,
 }
 
@@ -252,9 +336,12 @@ pub struct VirtioPci<D: VirtioDevice> {
     queues: Vec<QueueState>,
     isr: u8,
     fetches: HashMap<DmaId, Fetch>,
-    requests: Vec<Option<InFlight>>,
+    requests: Vec<Option<InFlight<D::Job>>>,
     /// Offer VIRTIO_F_RING_PACKED.
     offer_packed: bool,
+    limits: QueueLimits,
+    /// Waiting requests are being started (see [`VirtioPci::pump`]).
+    pumping: bool,
     stats: VirtioStats,
 }
 
@@ -278,8 +365,21 @@ impl<D: VirtioDevice> VirtioPci<D> {
             fetches: HashMap::new(),
             requests: Vec::new(),
             offer_packed: false,
+            limits: QueueLimits::default(),
+            pumping: false,
             stats: VirtioStats::default(),
         }
+    }
+
+    /// Sets how much each queue may buffer and the chunk size (made consistent: see
+    /// [`QueueLimits`]).
+    pub fn with_limits(mut self, limits: QueueLimits) -> Self {
+        self.limits = limits.sane();
+        self
+    }
+
+    pub fn limits(&self) -> QueueLimits {
+        self.limits
     }
 
     /// Offers packed virtqueues too (the driver picks; Linux takes them).
@@ -293,7 +393,10 @@ impl<D: VirtioDevice> VirtioPci<D> {
     }
 
     pub fn stats(&self) -> VirtioStats {
-        self.stats
+        VirtioStats {
+            buffered: self.queues.iter().map(|q| q.buffered).sum(),
+            ..self.stats
+        }
     }
 
     /// The device status byte as the driver sees it.
@@ -551,11 +654,20 @@ impl<D: VirtioDevice> VirtioPci<D> {
         self.config_generation = self.config_generation.wrapping_add(1);
         self.fetches.clear();
         self.requests.clear();
+        for q in &mut self.queues {
+            q.in_flight.clear();
+            q.ring_slots = 0;
+            q.buffered = 0;
+            q.waiting.clear();
+        }
         self.signal(self.config_msix_vector, isr::CONFIG, io);
     }
 
-    fn fail_chain(&mut self, _e: ChainError, io: &mut dyn DeviceIo) {
+    fn fail_chain(&mut self, e: ChainError, io: &mut dyn DeviceIo) {
         self.stats.bad_chains += 1;
+        if let ChainError::ReusedId(_) = e {
+            self.stats.reused_ids += 1;
+        }
         self.needs_reset(io);
     }
 
@@ -597,6 +709,10 @@ impl<D: VirtioDevice> VirtioPci<D> {
         qs.next_avail = ring.idx;
         let refetch = std::mem::take(&mut qs.refetch);
         for head in heads {
+            if !self.running() {
+                // A head before this one broke the queue.
+                return;
+            }
             self.start(q, head, size, io);
         }
         if refetch {
@@ -624,6 +740,9 @@ impl<D: VirtioDevice> VirtioPci<D> {
         qs.carry = found.carry;
         let refetch = std::mem::take(&mut qs.refetch) || more;
         for chain in found.chains {
+            if !self.running() {
+                return;
+            }
             match self.new_request(q, chain.id, chain.ring_len, 0, size) {
                 Ok(slot) => self.walk_in(slot, 0, &chain.descriptors, io),
                 Err(e) => return self.fail_chain(e, io),
@@ -644,6 +763,16 @@ impl<D: VirtioDevice> VirtioPci<D> {
         size: u16,
     ) -> Result<usize, ChainError> {
         let (walk, _) = ChainWalk::new(head, size)?;
+        let qs = &mut self.queues[queue as usize];
+        if qs.in_flight.contains(&id) {
+            return Err(ChainError::ReusedId(id));
+        }
+        let slots = qs.ring_slots + ring_len as u32;
+        if slots > qs.config.size as u32 {
+            return Err(ChainError::RingOverrun);
+        }
+        qs.in_flight.insert(id);
+        qs.ring_slots = slots;
         let slot = match self.requests.iter().position(Option::is_none) {
             Some(i) => i,
             None => {
@@ -657,7 +786,10 @@ impl<D: VirtioDevice> VirtioPci<D> {
             ring_len,
             walk,
             want: head,
-            readable: Vec::new(),
+            job: None,
+            consumed: 0,
+            held: 0,
+            chunk: Vec::new(),
             reads_left: 0,
         });
         self.stats.requests += 1;
@@ -674,7 +806,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
     /// Goes on with request `r` after `step`: fetches what it needs, or reads its
     /// buffers once the chain is complete.
     fn follow(&mut self, r: usize, step: WalkStep, io: &mut dyn DeviceIo) {
-        let Some(req) = self.requests[r].as_mut() else {
+        let Some(req) = self.requests.get_mut(r).and_then(Option::as_mut) else {
             return;
         };
         let qc = self.queues[req.queue as usize].config;
@@ -692,7 +824,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
             WalkStep::FetchIndirect { addr, len } => io
                 .dma_read(addr, len as usize)
                 .map(|id| (id, Fetch::Indirect(r))),
-            WalkStep::Done => return self.read_buffers(r, io),
+            WalkStep::Done => return self.walked(r, io),
         };
         match read {
             Ok((id, fetch)) => {
@@ -707,7 +839,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
     /// they are the ones it wants, then follows the walk.
     fn walk_in(&mut self, r: usize, first: u16, table: &[Descriptor], io: &mut dyn DeviceIo) {
         let step = loop {
-            let Some(req) = self.requests[r].as_mut() else {
+            let Some(req) = self.requests.get_mut(r).and_then(Option::as_mut) else {
                 return;
             };
             let i = req.want.wrapping_sub(first) as usize;
@@ -723,76 +855,287 @@ impl<D: VirtioDevice> VirtioPci<D> {
         self.follow(r, step, io);
     }
 
-    fn read_buffers(&mut self, r: usize, io: &mut dyn DeviceIo) {
-        let Some(req) = self.requests[r].as_mut() else {
+    /// Request `r`'s chain is walked: the device begins it.
+    fn walked(&mut self, r: usize, io: &mut dyn DeviceIo) {
+        let Some(req) = self.requests.get_mut(r).and_then(Option::as_mut) else {
             return;
         };
-        req.readable = vec![0; req.walk.readable_len() as usize];
-        let mut reads = Vec::new();
-        let mut at = 0usize;
-        for b in req.walk.buffers().iter().filter(|b| !b.writable) {
-            let mut done = 0usize;
-            while done < b.len as usize {
-                let n = (b.len as usize - done).min(MAX_DMA);
-                reads.push((b.addr.wrapping_add(done as u64), n, at + done));
-                done += n;
-            }
-            at += b.len as usize;
+        let lens = ChainLens {
+            readable: req.walk.readable_len(),
+            writable: req.walk.writable_len(),
+        };
+        req.job = Some(self.device.begin(req.queue, lens));
+        self.next_step(r, io);
+    }
+
+    /// Bytes request `r` needs for its next step: a chunk of readable bytes, else a
+    /// round of reply; `None` when it has nothing more to move.
+    fn need(&self, r: usize) -> Option<u64> {
+        let req = self.requests.get(r)?.as_ref()?;
+        let chunk = self.limits.chunk_bytes as u64;
+        let readable = req.walk.readable_len();
+        if req.consumed < readable {
+            return Some(chunk.min(readable - req.consumed));
         }
-        req.reads_left = reads.len();
-        if reads.is_empty() {
+        let writable = req.walk.writable_len();
+        (writable > 0).then(|| chunk.min(writable))
+    }
+
+    /// Goes on with request `r`, which holds nothing and waits for no DMA: its next
+    /// step now if its queue has room (and nobody waits before it), else it waits.
+    fn next_step(&mut self, r: usize, io: &mut dyn DeviceIo) {
+        let Some(need) = self.need(r) else {
             return self.complete(r, io);
+        };
+        let Some(q) = self.requests[r].as_ref().map(|req| req.queue as usize) else {
+            return;
+        };
+        let qs = &mut self.queues[q];
+        if qs.waiting.is_empty() && qs.buffered + need <= self.limits.buffer_bytes {
+            self.hold(r, need);
+            self.run(r, io);
+        } else {
+            qs.waiting.push_back(r);
+            self.stats.buffer_waits += 1;
         }
-        for (addr, len, offset) in reads {
-            match io.dma_read(addr, len) {
+    }
+
+    /// Request `r` takes `bytes` of its queue's buffer.
+    fn hold(&mut self, r: usize, bytes: u64) {
+        let Some(req) = self.requests.get_mut(r).and_then(Option::as_mut) else {
+            return;
+        };
+        req.held = bytes;
+        let qs = &mut self.queues[req.queue as usize];
+        qs.buffered += bytes;
+        self.stats.buffered_peak = self.stats.buffered_peak.max(qs.buffered);
+    }
+
+    /// The step request `r` holds bytes for.
+    fn run(&mut self, r: usize, io: &mut dyn DeviceIo) {
+        let Some(req) = self.requests.get(r).and_then(Option::as_ref) else {
+            return;
+        };
+        if req.consumed < req.walk.readable_len() {
+            self.read_chunk(r, io);
+        } else {
+            self.write_round(r, io);
+        }
+    }
+
+    /// Request `r` gives back what it holds; waiting requests of its queue go on.
+    fn release(&mut self, r: usize, io: &mut dyn DeviceIo) {
+        let Some(req) = self.requests.get_mut(r).and_then(Option::as_mut) else {
+            return;
+        };
+        let held = std::mem::take(&mut req.held);
+        req.chunk = Vec::new();
+        let q = req.queue;
+        self.queues[q as usize].buffered -= held;
+        self.pump(q, io);
+    }
+
+    /// Starts the requests waiting on queue `q`, in order, while it has room. Not
+    /// re-entered: a request finishing inside frees room that this loop then uses.
+    fn pump(&mut self, q: u16, io: &mut dyn DeviceIo) {
+        if self.pumping {
+            return;
+        }
+        self.pumping = true;
+        while let Some(&r) = self.queues[q as usize].waiting.front() {
+            let Some(need) = self.need(r) else {
+                self.queues[q as usize].waiting.pop_front();
+                self.complete(r, io);
+                continue;
+            };
+            if self.queues[q as usize].buffered + need > self.limits.buffer_bytes {
+                break;
+            }
+            self.queues[q as usize].waiting.pop_front();
+            self.hold(r, need);
+            self.run(r, io);
+        }
+        self.pumping = false;
+    }
+
+    /// Reads request `r`'s next chunk of readable bytes (it holds room for it).
+    fn read_chunk(&mut self, r: usize, io: &mut dyn DeviceIo) {
+        let Some(req) = self.requests.get_mut(r).and_then(Option::as_mut) else {
+            return;
+        };
+        let pieces: Vec<_> = scatter(req.walk.buffers(), false, req.consumed, req.held).collect();
+        req.reads_left = pieces.len();
+        for (addr, offset, len) in pieces {
+            // A piece is at most a chunk, so at most MAX_DMA.
+            match io.dma_read(addr, len as usize) {
                 Ok(id) => {
-                    self.fetches
-                        .insert(id, Fetch::Readable { request: r, offset });
+                    let fetch = Fetch::Readable {
+                        request: r,
+                        offset: offset as usize,
+                        len: len as usize,
+                    };
+                    self.fetches.insert(id, fetch);
                 }
                 Err(e) => return self.fail_dma(e, io),
             }
         }
     }
 
+    /// A piece of request `r`'s chunk arrived; with the last, the device consumes the
+    /// chunk and the request goes on.
+    fn readable_fetched(
+        &mut self,
+        r: usize,
+        (offset, len): (usize, usize),
+        bytes: Vec<u8>,
+        io: &mut dyn DeviceIo,
+    ) {
+        let Some(req) = self.requests.get_mut(r).and_then(Option::as_mut) else {
+            return;
+        };
+        let held = req.held as usize;
+        if bytes.len() != len || offset.checked_add(len).is_none_or(|end| end > held) {
+            return self.fail_dma(DmaError::BadCompletion, io);
+        }
+        if req.chunk.is_empty() && len == held {
+            // The chunk in one piece: no copy.
+            req.chunk = bytes;
+        } else {
+            req.chunk.resize(held, 0);
+            req.chunk[offset..offset + len].copy_from_slice(&bytes);
+        }
+        req.reads_left = req.reads_left.saturating_sub(1);
+        if req.reads_left > 0 {
+            return;
+        }
+        let chunk = std::mem::take(&mut req.chunk);
+        if let Some(job) = req.job.as_mut() {
+            self.device.consume(job, req.consumed, &chunk);
+        }
+        req.consumed += chunk.len() as u64;
+        self.release(r, io);
+        self.next_step(r, io);
+    }
+
+    /// Writes a round of request `r`'s reply (at most the bytes it holds room for)
+    /// and reads behind it: the read completes once the writes are done (PCIe keeps
+    /// a read behind earlier posted writes), and only then is the room given back,
+    /// so a queue never has more than its buffer of reply in flight. The request
+    /// goes on with its next round then, or completes now when the device has
+    /// nothing more (its used element need not wait for the read).
+    fn write_round(&mut self, r: usize, io: &mut dyn DeviceIo) {
+        loop {
+            let Some(req) = self.requests.get_mut(r).and_then(Option::as_mut) else {
+                return;
+            };
+            let Some(job) = req.job.as_mut() else {
+                return;
+            };
+            let writable = req.walk.writable_len();
+            let mut buf = vec![0u8; req.held as usize];
+            let mut used = 0;
+            // (address, offset in buf, length)
+            let mut writes = Vec::new();
+            let done = loop {
+                let Some(piece) = self.device.produce(job, &mut buf[used..]) else {
+                    break true;
+                };
+                let n = piece.len.min(buf.len() - used);
+                if n == 0 {
+                    // No room left for the next piece; a device that makes no
+                    // progress in an empty round is taken as done.
+                    break used == 0;
+                }
+                let len = (n as u64).min(writable.saturating_sub(piece.offset));
+                for (addr, from, m) in scatter(req.walk.buffers(), true, piece.offset, len) {
+                    writes.push((addr, used + from as usize, m as usize));
+                }
+                used += n;
+            };
+            let (queue, held) = (req.queue, req.held);
+            for &(addr, from, len) in &writes {
+                if let Err(e) = io.dma_write(addr, &buf[from..from + len]) {
+                    return self.fail_dma(e, io);
+                }
+            }
+            let fence = writes.last().map(|&(addr, ..)| addr);
+            if !done && fence.is_none() {
+                // A round that wrote nothing (all beyond the writable area).
+                continue;
+            }
+            if done {
+                if let Some(req) = self.requests[r].as_mut() {
+                    req.held = 0;
+                }
+            }
+            let Some(addr) = fence else {
+                self.queues[queue as usize].buffered -= held;
+                return self.complete(r, io);
+            };
+            let fetch = if done {
+                Fetch::Drain { queue, bytes: held }
+            } else {
+                Fetch::Fence(r)
+            };
+            match io.dma_read(addr, 1) {
+                Ok(id) => {
+                    self.fetches.insert(id, fetch);
+                }
+                Err(e) => return self.fail_dma(e, io),
+            }
+            if done {
+                self.complete(r, io);
+            }
+            return;
+        }
+    }
+
+    /// Request `r` is done: the used element, then waiting requests go on.
     fn complete(&mut self, r: usize, io: &mut dyn DeviceIo) {
-        let Some(req) = self.requests[r].take() else {
+        let Some(req) = self.requests.get_mut(r).and_then(Option::take) else {
             return;
         };
         let q = req.queue;
         let writable = req.walk.writable_len();
-        let reply = self.device.process(
-            q,
-            Request {
-                readable: &req.readable,
-                writable_len: writable,
-            },
-        );
-        let buffers = req.walk.buffers();
-        for (offset, data) in &reply.writes {
-            let len = (data.len() as u64).min(writable.saturating_sub(*offset));
-            for (addr, from, n) in scatter(buffers, true, *offset, len) {
-                let piece = &data[from as usize..(from + n) as usize];
-                for (k, chunk) in piece.chunks(MAX_DMA).enumerate() {
-                    let at = addr.wrapping_add((k * MAX_DMA) as u64);
-                    if let Err(e) = io.dma_write(at, chunk) {
-                        return self.fail_dma(e, io);
-                    }
-                }
-            }
+        let used_len = req.job.map_or(0, |job| self.device.finish(job));
+        {
+            let qs = &mut self.queues[q as usize];
+            qs.buffered -= req.held;
+            qs.in_flight.remove(&req.id);
+            qs.ring_slots -= req.ring_len as u32;
         }
+        self.write_used(q, req.id, req.ring_len, used_len, writable, io);
+        self.pump(q, io);
+    }
+
+    /// The used element of a request (its head or buffer ID) and the interrupt.
+    fn write_used(
+        &mut self,
+        q: u16,
+        id: u16,
+        ring_len: u16,
+        used_len: u32,
+        writable: u64,
+        io: &mut dyn DeviceIo,
+    ) {
         let packed = self.packed();
         let qs = &mut self.queues[q as usize];
-        let used_len = reply.used_len.min(writable as u32);
+        let used_len = used_len.min(writable.min(u32::MAX as u64) as u32);
         let written = if packed {
             // The used descriptor in the next used slot; its flags last.
-            let (body, flags) = packed::used_element(req.id, used_len, qs.packed_used.wrap);
+            let (body, flags) = packed::used_element(id, used_len, qs.packed_used.wrap);
             let at = qs.config.desc_addr(qs.packed_used.index);
-            qs.packed_used = qs.packed_used.advance(req.ring_len, qs.config.size);
-            io.dma_write(at + 8, &body)
-                .and_then(|_| io.dma_write(at + 14, &flags))
+            qs.packed_used = qs.packed_used.advance(ring_len, qs.config.size);
+            // The slot's last bytes may lie past 2^64 for a ring the driver put there.
+            match (at.checked_add(8), at.checked_add(14)) {
+                (Some(body_at), Some(flags_at)) => io
+                    .dma_write(body_at, &body)
+                    .and_then(|_| io.dma_write(flags_at, &flags)),
+                _ => Err(DmaError::AddressOverflow),
+            }
         } else {
             let mut elem = [0u8; 8];
-            elem[..4].copy_from_slice(&(req.id as u32).to_le_bytes());
+            elem[..4].copy_from_slice(&(id as u32).to_le_bytes());
             elem[4..].copy_from_slice(&used_len.to_le_bytes());
             let elem_addr = qs.config.used_elem_addr(qs.used_idx);
             qs.used_idx = qs.used_idx.wrapping_add(1);
@@ -897,19 +1240,24 @@ impl<D: VirtioDevice> Device for VirtioPci<D> {
                 } else {
                     parse_descriptors(&bytes)
                 };
-                if let Some(req) = self.requests[request].as_mut() {
+                if let Some(req) = self.requests.get_mut(request).and_then(Option::as_mut) {
                     req.want = 0;
                     self.walk_in(request, 0, &table, io);
                 }
             }
-            Fetch::Readable { request, offset } => {
-                let Some(req) = self.requests.get_mut(request).and_then(Option::as_mut) else {
-                    return;
-                };
-                req.readable[offset..offset + bytes.len()].copy_from_slice(&bytes);
-                req.reads_left -= 1;
-                if req.reads_left == 0 {
-                    self.complete(request, io);
+            Fetch::Readable {
+                request,
+                offset,
+                len,
+            } => self.readable_fetched(request, (offset, len), bytes, io),
+            Fetch::Fence(request) => {
+                self.release(request, io);
+                self.next_step(request, io);
+            }
+            Fetch::Drain { queue, bytes } => {
+                if let Some(qs) = self.queues.get_mut(queue as usize) {
+                    qs.buffered = qs.buffered.saturating_sub(bytes);
+                    self.pump(queue, io);
                 }
             }
         }
@@ -930,6 +1278,13 @@ impl<D: VirtioDevice> Device for VirtioPci<D> {
             ("virtio_bad_chains", s.bad_chains),
             ("virtio_dma_errors", s.dma_errors),
             ("virtio_resets", s.resets),
+            ("virtio_reused_ids", s.reused_ids),
+            ("virtio_buffer_waits", s.buffer_waits),
+            (
+                "virtio_buffered_bytes",
+                self.queues.iter().map(|q| q.buffered).sum(),
+            ),
+            ("virtio_buffered_peak", s.buffered_peak),
         ];
         v.extend(self.device.counters());
         v

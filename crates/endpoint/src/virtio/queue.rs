@@ -84,6 +84,10 @@ pub enum ChainError {
     TooLarge,
     #[error("the ring fetch did not return the bytes asked for")]
     ShortFetch,
+    #[error("head (split) or buffer ID (packed) {0} made available while still in flight")]
+    ReusedId(u16),
+    #[error("more ring descriptors in flight than the ring holds")]
+    RingOverrun,
 }
 
 /// A queue as the driver configured it through the common configuration.
@@ -117,7 +121,7 @@ impl QueueConfig {
     }
 
     /// Bytes of the available ring up to and including its last entry (flags, idx,
-    /// ring[size]).
+    /// `ring[size]`).
     pub fn avail_len(&self) -> usize {
         4 + 2 * self.size as usize
     }
@@ -299,7 +303,7 @@ pub fn scatter(
     offset: u64,
     len: u64,
 ) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
-    let end = offset + len;
+    let end = offset.saturating_add(len);
     buffers
         .iter()
         .filter(move |b| b.writable == writable)
