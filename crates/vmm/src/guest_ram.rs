@@ -77,6 +77,15 @@ impl GuestRam {
         })
     }
 
+    /// Whether `len` bytes at `offset` lie inside the region. Checked arithmetic: the
+    /// copies below trust it, and `read`/`write` are safe methods anyone may call.
+    fn holds(&self, offset: u64, len: usize) -> bool {
+        usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(len))
+            .is_some_and(|end| end <= self.len)
+    }
+
     fn base(&self) -> *mut u8 {
         // SAFETY: lead < map_len: the pointer stays inside the mapping.
         unsafe { self.map.as_ptr().add(self.lead) }
@@ -89,10 +98,7 @@ impl HostMemory for GuestRam {
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) {
-        assert!(
-            offset as usize + buf.len() <= self.len,
-            "read outside guest RAM"
-        );
+        assert!(self.holds(offset, buf.len()), "read outside guest RAM");
         // SAFETY: the range was checked against the mapping. The guest may change these
         // bytes meanwhile, as a device reading memory a CPU writes would see; the copy
         // is a plain byte copy into our buffer.
@@ -106,10 +112,7 @@ impl HostMemory for GuestRam {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        assert!(
-            offset as usize + data.len() <= self.len,
-            "write outside guest RAM"
-        );
+        assert!(self.holds(offset, data.len()), "write outside guest RAM");
         // SAFETY: the range was checked against the mapping, which is writable and
         // shared with the guest: this is the device's DMA write.
         unsafe {
@@ -145,6 +148,26 @@ mod tests {
             assert_eq!(libc::ftruncate(fd, len as i64), 0);
             OwnedFd::from_raw_fd(fd)
         }
+    }
+
+    /// An offset near 2^64 whose end wraps: refused (a panic, the caller's bug), never
+    /// a copy from far outside the mapping, which is what a release build did when
+    /// the bound was `offset as usize + len` unchecked.
+    #[test]
+    #[should_panic(expected = "read outside guest RAM")]
+    fn a_read_whose_end_wraps_is_refused() {
+        let fd = memfd(4096);
+        let ram = GuestRam::map(&fd, 0, 4096).unwrap();
+        let mut buf = [0u8; 16];
+        ram.read(u64::MAX - 7, &mut buf);
+    }
+
+    #[test]
+    #[should_panic(expected = "write outside guest RAM")]
+    fn a_write_whose_end_wraps_is_refused() {
+        let fd = memfd(4096);
+        let mut ram = GuestRam::map(&fd, 0, 4096).unwrap();
+        ram.write(u64::MAX - 7, &[0u8; 16]);
     }
 
     #[test]
