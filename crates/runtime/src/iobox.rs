@@ -4,14 +4,15 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use dataplane::PortError;
+use efe::SendError;
 use endpoint::config::reg;
 use endpoint::memdev::{self, MemDev};
 use endpoint::virtio::blk::{self, BlockBackend, VirtioBlk};
 use endpoint::virtio::VirtioPci;
 use endpoint::{ConfigError, Device, Function, FunctionConfig};
-use fabric::FabricEvent;
+use fabric::{FabricError, FabricEvent};
 use tlp::{Bdf, Completion, CompletionStatus, Header, Tlp};
-use wire::{DeviceInfo, MacAddr};
+use wire::{BridgeRole, DeviceInfo, MacAddr};
 
 use crate::port::FabricPort;
 
@@ -19,7 +20,9 @@ use crate::port::FabricPort;
 pub struct Slot {
     pub info: DeviceInfo,
     pub function: Function<Box<dyn Device + Send>>,
-    /// TLPs for the host that its session could not take yet.
+    /// TLPs for the host that its session could not take yet, at most
+    /// [`IoBox::BACKLOG`]: when full, the device is asked for no more and the box
+    /// takes no more TLPs from the fabric until it drains.
     backlog: VecDeque<Vec<u8>>,
 }
 
@@ -83,8 +86,19 @@ pub struct IoBoxStats {
     pub unrouted: u64,
     /// TLPs a device sent while no host was in its group.
     pub no_host: u64,
+    /// TLPs a device sent that its host's session refused (gone, down, too large for
+    /// a frame): dropped.
+    pub undeliverable: u64,
     /// Function-level resets done because the device changed hands.
     pub resets: u64,
+    /// Device TLPs a reset discarded (waiting in the backlog or in the function).
+    pub dropped_on_reset: u64,
+    /// TLPs from a bridge in a device's group that is not the group's host (another
+    /// host, a box, anyone who announced itself there): dropped, never answered.
+    pub not_host: u64,
+    /// Rounds in which a device's backlog was full: the device was not asked for more
+    /// and the fabric's TLPs waited (back-pressure, nothing dropped).
+    pub backlog_full: u64,
     /// Unrouted non-posted requests answered with an Unsupported Request completion
     /// (as a PCIe switch does for an address no port claims).
     pub answered_ur: u64,
@@ -116,7 +130,9 @@ fn unsupported_request(t: &Tlp) -> Option<Vec<u8>> {
 pub struct IoBox {
     fp: FabricPort,
     slots: Vec<Slot>,
-    /// The host of each group (the peer TLPs come from).
+    /// The host of each group: the first host-role bridge that sent a TLP there (its
+    /// enumeration), until it goes down or restarts. Nobody else gets the devices'
+    /// traffic or resets them.
     hosts: HashMap<u16, MacAddr>,
     stats: IoBoxStats,
     /// Fabric events other than TLPs (peers up and down, group changes), kept for the
@@ -127,6 +143,8 @@ pub struct IoBox {
 impl IoBox {
     /// How many fabric events `events` keeps.
     pub const EVENT_LOG: usize = 1024;
+    /// How many TLPs a device's backlog holds.
+    pub const BACKLOG: usize = 256;
 
     pub fn new(mut fp: FabricPort, slots: Vec<Slot>) -> IoBox {
         for s in &slots {
@@ -173,9 +191,31 @@ impl IoBox {
     fn reset_slot(&mut self, i: usize) {
         let s = &mut self.slots[i];
         s.function.reset();
+        let mut dropped = s.backlog.len() as u64;
         s.backlog.clear();
-        while s.function.poll_transmit().is_some() {}
+        while s.function.poll_transmit().is_some() {
+            dropped += 1;
+        }
+        self.stats.dropped_on_reset += dropped;
         self.stats.resets += 1;
+    }
+
+    /// Whether `peer` is the host of group `gid`: the pinned one, or, while there is
+    /// none, a bridge that announced itself as a host (which is pinned now).
+    fn is_host(&mut self, gid: u16, peer: MacAddr) -> bool {
+        match self.hosts.get(&gid) {
+            Some(&h) => h == peer,
+            None if self.fp.node().peer_role(gid, peer) == Some(BridgeRole::Host) => {
+                self.hosts.insert(gid, peer);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether a device's backlog is full: the box then takes no more from the fabric.
+    fn backlog_full(&self) -> bool {
+        self.slots.iter().any(|s| s.backlog.len() >= Self::BACKLOG)
     }
 
     /// One round: port, fabric events, device timers and output. Waits up to `wait`
@@ -183,7 +223,10 @@ impl IoBox {
     pub fn poll(&mut self, wait: Duration) -> Result<bool, PortError> {
         let mut worked = self.fp.poll(Duration::ZERO)?;
         let now = self.fp.now();
-        while let Some(e) = self.fp.poll_event() {
+        while !self.backlog_full() {
+            let Some(e) = self.fp.poll_event() else {
+                break;
+            };
             worked = true;
             if !matches!(e, FabricEvent::Tlp { .. }) {
                 if self.events.len() == Self::EVENT_LOG {
@@ -192,8 +235,10 @@ impl IoBox {
                 self.events.push_back(e.clone());
             }
             match e {
+                FabricEvent::Tlp { gid, peer, .. } if !self.is_host(gid, peer) => {
+                    self.stats.not_host += 1;
+                }
                 FabricEvent::Tlp { gid, peer, tlp } => {
-                    self.hosts.insert(gid, peer);
                     // Parsed once, for routing and for the device.
                     let parsed = Tlp::parse(&tlp).ok();
                     match parsed.as_ref().and_then(|t| Some((self.route(gid, t)?, t))) {
@@ -210,11 +255,15 @@ impl IoBox {
                         }
                     }
                 }
-                FabricEvent::GroupChanged { slot, to, .. } => {
+                FabricEvent::GroupChanged { slot, from, to } => {
                     if let Some(i) = self.slots.iter().position(|s| s.info.slot == slot) {
                         self.slots[i].info.gid = to;
                         // A device that changes hands starts clean.
                         self.reset_slot(i);
+                    }
+                    // A group the box has no device in left has no host here.
+                    if !self.slots.iter().any(|s| s.info.gid == from) {
+                        self.hosts.remove(&from);
                     }
                 }
                 FabricEvent::PeerDown { gid, peer, .. }
@@ -235,7 +284,10 @@ impl IoBox {
             if s.function.poll_timeout().is_some_and(|t| t <= now) {
                 s.function.handle_timeout(now);
             }
-            while let Some(t) = s.function.poll_transmit() {
+            while s.backlog.len() < Self::BACKLOG {
+                let Some(t) = s.function.poll_transmit() else {
+                    break;
+                };
                 s.backlog.push_back(t);
             }
             let gid = s.info.gid;
@@ -245,11 +297,19 @@ impl IoBox {
                 continue;
             };
             while let Some(t) = s.backlog.front() {
-                if self.fp.node_mut().send_tlp(gid, host, t).is_err() {
-                    break; // the session's queue is full: next round
+                match self.fp.node_mut().send_tlp(gid, host, t) {
+                    Ok(()) => {}
+                    // The session's queue is full: next round.
+                    Err(FabricError::Send(SendError::QueueFull(_))) => break,
+                    // No session, a session down, a TLP no frame carries: it cannot
+                    // go, and must not hold the backlog.
+                    Err(_) => self.stats.undeliverable += 1,
                 }
                 s.backlog.pop_front();
                 worked = true;
+            }
+            if s.backlog.len() >= Self::BACKLOG {
+                self.stats.backlog_full += 1;
             }
         }
         if !worked {
