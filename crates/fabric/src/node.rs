@@ -82,6 +82,8 @@ pub enum DownReason {
     Silent,
     /// Its session ran out of retries; `lost` TLPs were discarded.
     Unreachable { lost: u64 },
+    /// We left its group (`Node::leave`).
+    Left,
 }
 
 /// What happened on the fabric.
@@ -768,11 +770,16 @@ impl Node {
     }
 
     /// (I/O box) Stops announcing `gid` as a group of its own (after a device left
-    /// it and the hosts there have seen the empty list).
+    /// it and the hosts there have seen the empty list). Its peers in that group are
+    /// gone: [`FabricEvent::PeerDown`] with [`DownReason::Left`], after the removal of
+    /// their devices.
     pub fn leave(&mut self, gid: u16) {
         self.groups.remove(&gid);
         if !self.devices.iter().any(|d| d.gid == gid) {
-            self.peers.retain(|&(g, _), _| g != gid);
+            let gone: Vec<_> = self.peers.keys().filter(|k| k.0 == gid).copied().collect();
+            for k in gone {
+                self.peer_down(k, DownReason::Left);
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 //! `fabric_node` fuzz target): the node's state stays bounded and its events stay
 //! consistent.
 
-use fabric::{FabricEvent, Node, NodeConfig};
+use fabric::{DownReason, FabricEvent, Node, NodeConfig};
 use wire::{
     emit_info, BridgeRole, EthernetRepr, FrameKind, InfoRepr, MacAddr, TetherHeader, VlanTag,
 };
@@ -126,4 +126,41 @@ fn a_clock_near_the_end_of_u64_saturates_the_timers() {
     // At the end of time the box has been silent long enough: it is gone.
     assert_eq!(n.peers().count(), 0);
     assert_eq!(n.poll_timeout(), u64::MAX);
+}
+
+/// Leaving a group dropped its peers without a word: the layer above kept devices and
+/// peers that no longer existed.
+#[test]
+fn leaving_a_group_reports_its_peers_and_devices_gone() {
+    let mut n = host();
+    n.join(2).unwrap();
+    n.handle_frame(1, &info(mac(1), 1, &[device(0), device(4)]), None);
+    n.handle_frame(1, &info(mac(2), 2, &[device(1)]), None);
+    while n.poll_event().is_some() {}
+    n.leave(1);
+    let events: Vec<FabricEvent> = std::iter::from_fn(|| n.poll_event()).collect();
+    assert_eq!(
+        events,
+        [
+            FabricEvent::DeviceRemoved {
+                gid: 1,
+                peer: mac(1),
+                slot: 0
+            },
+            FabricEvent::DeviceRemoved {
+                gid: 1,
+                peer: mac(1),
+                slot: 4
+            },
+            FabricEvent::PeerDown {
+                gid: 1,
+                peer: mac(1),
+                reason: DownReason::Left
+            },
+        ]
+    );
+    assert_eq!(
+        n.peers().map(|p| (p.0, p.1)).collect::<Vec<_>>(),
+        [(2, mac(2))]
+    );
 }

@@ -225,6 +225,7 @@ pub fn describe(e: &fabric::FabricEvent) -> Option<String> {
             match reason {
                 DownReason::Silent => "silent".to_string(),
                 DownReason::Unreachable { lost } => format!("unreachable, {lost} TLPs lost"),
+                DownReason::Left => "group left".to_string(),
             }
         ),
         E::PeerRestarted { gid, peer, lost } => {
