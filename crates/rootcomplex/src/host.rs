@@ -16,11 +16,18 @@ use tlp::{Bdf, CompletionStatus, IntxPin};
 use crate::bridge::{Bridge, BridgeConfig, Event, RequestError, RequestId, MSI_WINDOW};
 use crate::memory::{MapError, MemoryMap};
 
+/// A link that holds as much as it may and takes nothing more until it has sent some.
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+#[error("the link's queue is full")]
+pub struct LinkFull;
+
 /// Carries TLPs between the bridge and the devices.
 pub trait Link {
     /// Queues a TLP for the device. A link may hold it until [`Link::flush`], so that
-    /// TLPs sent together can share a frame.
-    fn send(&mut self, tlp: &[u8]);
+    /// TLPs sent together can share a frame. A link whose queue is full refuses it
+    /// (nothing queued); the host keeps it and offers it again later, and meanwhile
+    /// holds back what would add to it (see [`Host`]).
+    fn send(&mut self, tlp: &[u8]) -> Result<(), LinkFull>;
     /// Sends what `send` queued.
     fn flush(&mut self) {}
     /// The next TLP from a device, waiting up to `timeout` for one.
@@ -189,6 +196,9 @@ pub struct HostStats {
     pub mmio_read_timeouts: u64,
     /// MMIO reads answered with an error status (also all-ones).
     pub mmio_read_errors: u64,
+    /// MMIO writes dropped: a bad length, or a link that took nothing for a whole
+    /// completion timeout (posted writes have no answer to carry the failure).
+    pub mmio_writes_dropped: u64,
     /// MSIs whose address/data no enumerated device was given.
     pub stray_msis: u64,
     /// Interrupts that added nothing to what was queued (an MSI vector already
@@ -357,10 +367,14 @@ impl<L: Link> Host<L> {
         self.interrupts.push_back(i);
     }
 
-    /// Hands every TLP the bridge has to the link, then flushes it.
+    /// Hands the link every TLP the bridge has, as far as it takes them, then flushes
+    /// it. What it refuses stays with the bridge, in order, for the next round.
     fn transmit(&mut self) {
-        while let Some(t) = self.bridge.poll_transmit() {
-            self.link.send(&t);
+        while let Some(t) = self.bridge.peek_transmit() {
+            if self.link.send(t).is_err() {
+                break;
+            }
+            self.bridge.poll_transmit();
         }
         self.link.flush();
     }
@@ -444,10 +458,27 @@ impl<L: Link> Host<L> {
         }
     }
 
+    /// Writes `data` at bus address `addr` (posted). Back-pressure: it first waits
+    /// (serving the devices) until the link has taken everything queued before it, so
+    /// that a caller writing faster than the link carries waits rather than piles
+    /// TLPs up. A write whose length is bad, or that the link cannot take within the
+    /// completion timeout, is dropped and counted (`stats().mmio_writes_dropped`).
     pub fn mem_write(&mut self, addr: u64, data: &[u8]) {
+        let patience = Duration::from_micros(self.bridge.config().completion_timeout_us);
+        let end = Instant::now() + patience;
+        self.transmit();
+        while self.bridge.tx_backlog() > 0 {
+            let now = Instant::now();
+            if now >= end {
+                self.stats.mmio_writes_dropped += 1;
+                return;
+            }
+            self.step((end - now).min(Duration::from_millis(1)));
+        }
         let now = self.now();
-        // Lengths come from our own callers; a bad one writes nothing.
-        let _ = self.bridge.mem_write(now, addr, data);
+        if self.bridge.mem_write(now, addr, data).is_err() {
+            self.stats.mmio_writes_dropped += 1;
+        }
         self.step(Duration::ZERO);
     }
 

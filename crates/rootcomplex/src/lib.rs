@@ -15,6 +15,6 @@ pub mod memory;
 pub use bridge::{Bridge, BridgeConfig, BridgeStats, Event, RequestError, RequestId};
 pub use host::{
     Armed, BarInfo, BarWindows, DeviceInfo, DmaBuffer, Host, HostError, HostStats, Interrupt,
-    IrqMode, Link,
+    IrqMode, Link, LinkFull,
 };
 pub use memory::{HostMemory, MapError, MemoryMap, ReadFault};

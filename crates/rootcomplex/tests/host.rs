@@ -8,7 +8,7 @@ use endpoint::memdev::{self, error, op, regs, status, MemDev};
 use endpoint::{Function, FunctionConfig};
 use rootcomplex::host::MAX_QUEUED_INTERRUPTS;
 use rootcomplex::{
-    Armed, BarWindows, BridgeConfig, Host, HostError, Interrupt, IrqMode, Link, MemoryMap,
+    Armed, BarWindows, BridgeConfig, Host, HostError, Interrupt, IrqMode, Link, LinkFull, MemoryMap,
 };
 use tlp::{Bdf, Header, IntxPin, Message, Tlp};
 
@@ -23,14 +23,20 @@ struct Loopback {
     down: bool,
     /// TLPs a hostile box slips in before the device's own.
     forged: VecDeque<Vec<u8>>,
+    /// The link takes nothing (its queue is full).
+    full: bool,
 }
 
 impl Link for Loopback {
-    fn send(&mut self, tlp: &[u8]) {
+    fn send(&mut self, tlp: &[u8]) -> Result<(), LinkFull> {
+        if self.full {
+            return Err(LinkFull);
+        }
         if !self.down {
             let now = self.epoch.elapsed().as_micros() as u64;
             self.f.handle_tlp(now, tlp);
         }
+        Ok(())
     }
 
     fn recv(&mut self, timeout: Duration) -> Option<Vec<u8>> {
@@ -75,6 +81,7 @@ fn host(timeout_us: u64) -> Host<Loopback> {
             epoch: Instant::now(),
             down: false,
             forged: VecDeque::new(),
+            full: false,
         },
     )
 }
@@ -289,4 +296,28 @@ fn wait_armed_takes_only_the_armed_interrupt() {
             asserted: true
         })
     );
+}
+
+/// A link that takes nothing: the host keeps what it refused, in order; a posted write
+/// waits for room for a completion timeout and is then dropped, counted; once the link
+/// takes TLPs again, what was kept goes first.
+#[test]
+fn a_full_link_holds_writes_back() {
+    let mut h = host(30_000);
+    h.enumerate(dev()).unwrap();
+    h.link_mut().full = true;
+    // Taken by the host (nothing was waiting), refused by the link, kept.
+    h.bar_write32(dev(), 0, regs::SRC, 1).unwrap();
+    assert!(h.bridge().tx_backlog() > 0);
+    // Waits for room, and there is none.
+    let t = Instant::now();
+    h.bar_write32(dev(), 0, regs::SRC, 2).unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(30));
+    assert_eq!(h.stats().mmio_writes_dropped, 1);
+    h.link_mut().full = false;
+    h.bar_write32(dev(), 0, regs::DST, 3).unwrap();
+    assert_eq!(h.bridge().tx_backlog(), 0);
+    assert_eq!(h.bar_read32(dev(), 0, regs::SRC).unwrap(), 1);
+    assert_eq!(h.bar_read32(dev(), 0, regs::DST).unwrap(), 3);
+    assert_eq!(h.stats().mmio_writes_dropped, 1);
 }

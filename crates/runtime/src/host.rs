@@ -1,13 +1,80 @@
 //! The root complex's link over the fabric.
+//!
+//! Every queue here is bounded, and what is dropped is counted ([`LinkStats`]):
+//! - the outbox (TLPs for the box the session has no room for yet) holds
+//!   [`OUTBOX_BYTES`] at most; beyond, [`Link::send`] refuses with [`LinkFull`] and the
+//!   host waits (its bridge keeps the TLP and stops answering a device that floods
+//!   it, its API callers wait for room). It is cleared, and what it held counted, when
+//!   the target changes or its session is lost or restarts;
+//! - the inbox (TLPs from the box the host has not taken yet) holds [`INBOX_BYTES`];
+//! - `events` (fabric events for the program) holds [`MAX_EVENTS`], oldest pushed out.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use fabric::FabricEvent;
-use rootcomplex::Link;
+use efe::SendError;
+use fabric::{FabricError, FabricEvent};
+use rootcomplex::{Link, LinkFull};
 use wire::MacAddr;
 
 use crate::port::FabricPort;
+
+/// Bytes of TLPs for the box the link holds beyond what the session has taken.
+pub const OUTBOX_BYTES: usize = 1 << 20;
+/// Bytes of TLPs from the box the link holds for the host. The host takes them as they
+/// come; only a program that runs the fabric without taking TLPs (waiting for a
+/// device, say) lets them pile up to this.
+pub const INBOX_BYTES: usize = 8 << 20;
+/// Fabric events kept for the program.
+pub const MAX_EVENTS: usize = 4096;
+
+/// What the link dropped, and how often it was full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct LinkStats {
+    /// TLPs from bridges other than the target, dropped.
+    pub stray: u64,
+    /// TLPs for the box thrown away unsent: the target changed (or there was none),
+    /// or its session was lost or restarted.
+    pub outbox_cleared: u64,
+    /// TLPs the session refused outright (too large for a frame, empty), dropped.
+    pub outbox_refused: u64,
+    /// Times `send` refused a TLP because the outbox was full (the host keeps it and
+    /// offers it again).
+    pub outbox_full: u64,
+    /// TLPs from the box dropped because the inbox was full.
+    pub inbox_dropped: u64,
+    /// Fabric events pushed out of `events`, oldest first, because nobody took them.
+    pub events_dropped: u64,
+}
+
+/// TLPs in order, with their total size.
+#[derive(Default)]
+struct Queue {
+    tlps: VecDeque<Vec<u8>>,
+    bytes: usize,
+}
+
+impl Queue {
+    fn push(&mut self, t: Vec<u8>) {
+        self.bytes += t.len();
+        self.tlps.push_back(t);
+    }
+
+    fn pop(&mut self) -> Option<Vec<u8>> {
+        let t = self.tlps.pop_front()?;
+        self.bytes -= t.len();
+        Some(t)
+    }
+
+    /// Empties it; returns how many TLPs it held.
+    fn clear(&mut self) -> u64 {
+        let n = self.tlps.len() as u64;
+        self.tlps.clear();
+        self.bytes = 0;
+        n
+    }
+}
 
 /// Carries the host's TLPs to one I/O box in one group, and everything the box sends
 /// back. Fabric events other than TLPs (devices added and removed, peers up and down)
@@ -15,11 +82,10 @@ use crate::port::FabricPort;
 pub struct FabricLink {
     fp: FabricPort,
     target: Option<(u16, MacAddr)>,
-    inbox: VecDeque<Vec<u8>>,
-    outbox: VecDeque<Vec<u8>>,
+    inbox: Queue,
+    outbox: Queue,
     pub events: VecDeque<FabricEvent>,
-    /// TLPs from bridges other than the target, dropped.
-    pub stray: u64,
+    stats: LinkStats,
 }
 
 impl FabricLink {
@@ -27,10 +93,10 @@ impl FabricLink {
         FabricLink {
             fp,
             target: None,
-            inbox: VecDeque::new(),
-            outbox: VecDeque::new(),
+            inbox: Queue::default(),
+            outbox: Queue::default(),
             events: VecDeque::new(),
-            stray: 0,
+            stats: LinkStats::default(),
         }
     }
 
@@ -42,14 +108,30 @@ impl FabricLink {
         &mut self.fp
     }
 
-    /// Sends TLPs to `box_mac` in group `gid` from now on.
+    pub fn stats(&self) -> LinkStats {
+        self.stats
+    }
+
+    /// Bytes of TLPs waiting in the outbox.
+    pub fn outbox_bytes(&self) -> usize {
+        self.outbox.bytes
+    }
+
+    /// Sends TLPs to `box_mac` in group `gid` from now on. TLPs still queued for
+    /// another target are thrown away (counted).
     pub fn set_target(&mut self, gid: u16, box_mac: MacAddr) {
+        if self.target != Some((gid, box_mac)) {
+            self.clear_outbox();
+        }
         self.target = Some((gid, box_mac));
-        self.outbox.clear();
     }
 
     pub fn target(&self) -> Option<(u16, MacAddr)> {
         self.target
+    }
+
+    fn clear_outbox(&mut self) {
+        self.stats.outbox_cleared += self.outbox.clear();
     }
 
     /// Waits up to `timeout` for a device to be announced in group `gid` (a hot-plug),
@@ -83,10 +165,29 @@ impl FabricLink {
         while let Some(e) = self.fp.poll_event() {
             match e {
                 FabricEvent::Tlp { gid, peer, tlp } if Some((gid, peer)) == self.target => {
-                    self.inbox.push_back(tlp)
+                    if self.inbox.bytes + tlp.len() > INBOX_BYTES {
+                        self.stats.inbox_dropped += 1;
+                    } else {
+                        self.inbox.push(tlp);
+                    }
                 }
-                FabricEvent::Tlp { .. } => self.stray += 1,
-                other => self.events.push_back(other),
+                FabricEvent::Tlp { .. } => self.stats.stray += 1,
+                other => {
+                    // What was queued for a session that is gone or started over
+                    // belongs to it.
+                    if let FabricEvent::PeerDown { gid, peer, .. }
+                    | FabricEvent::PeerRestarted { gid, peer, .. } = other
+                    {
+                        if Some((gid, peer)) == self.target {
+                            self.clear_outbox();
+                        }
+                    }
+                    if self.events.len() >= MAX_EVENTS {
+                        self.events.pop_front();
+                        self.stats.events_dropped += 1;
+                    }
+                    self.events.push_back(other);
+                }
             }
         }
         self.queue_in_session();
@@ -95,22 +196,40 @@ impl FabricLink {
     /// Moves queued TLPs into the session (as many as it takes now).
     fn queue_in_session(&mut self) {
         let Some((gid, peer)) = self.target else {
-            self.outbox.clear();
+            self.clear_outbox();
             return;
         };
-        while let Some(t) = self.outbox.front() {
-            if self.fp.node_mut().send_tlp(gid, peer, t).is_err() {
-                return;
+        while let Some(t) = self.outbox.tlps.front() {
+            match self.fp.node_mut().send_tlp(gid, peer, t) {
+                Ok(()) => {}
+                // No room now: later.
+                Err(FabricError::Send(SendError::QueueFull(_))) => return,
+                Err(FabricError::Send(SendError::TooLarge { .. } | SendError::Empty)) => {
+                    self.stats.outbox_refused += 1
+                }
+                // No session (the peer is gone), or it is down: nothing queued for it
+                // will go.
+                Err(_) => return self.clear_outbox(),
             }
-            self.outbox.pop_front();
+            self.outbox.pop();
         }
     }
 }
 
 impl Link for FabricLink {
-    fn send(&mut self, tlp: &[u8]) {
-        self.outbox.push_back(tlp.to_vec());
+    /// Queues `tlp` for the box, unless the outbox holds [`OUTBOX_BYTES`] already
+    /// (then nothing is queued, and the caller keeps it).
+    fn send(&mut self, tlp: &[u8]) -> Result<(), LinkFull> {
+        if !self.outbox.tlps.is_empty() && self.outbox.bytes + tlp.len() > OUTBOX_BYTES {
+            self.queue_in_session();
+            if !self.outbox.tlps.is_empty() && self.outbox.bytes + tlp.len() > OUTBOX_BYTES {
+                self.stats.outbox_full += 1;
+                return Err(LinkFull);
+            }
+        }
+        self.outbox.push(tlp.to_vec());
         self.queue_in_session();
+        Ok(())
     }
 
     fn flush(&mut self) {
@@ -121,14 +240,126 @@ impl Link for FabricLink {
     fn recv(&mut self, timeout: Duration) -> Option<Vec<u8>> {
         let end = Instant::now() + timeout;
         loop {
-            if let Some(t) = self.inbox.pop_front() {
+            if let Some(t) = self.inbox.pop() {
                 return Some(t);
             }
             let left = end.saturating_duration_since(Instant::now());
             self.poll(left.min(Duration::from_micros(500)));
-            if self.inbox.is_empty() && Instant::now() >= end {
+            if self.inbox.tlps.is_empty() && Instant::now() >= end {
                 return None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{IoBox, Slot};
+    use dataplane::ports::mem;
+    use dataplane::{Mempool, Port};
+    use fabric::{Node, NodeConfig};
+    use wire::BridgeRole;
+
+    const GID: u16 = 10;
+
+    fn node(port: &dyn Port, role: BridgeRole, id: u64) -> Node {
+        let mut cfg = NodeConfig::new(MacAddr(port.info().mac), role, id, 1000 + id as u32);
+        cfg.info_interval_us = 20_000;
+        cfg.session.send_queue = 8;
+        Node::new(cfg).unwrap()
+    }
+
+    /// A host link whose box was found and then went silent: nothing it is sent is
+    /// acknowledged, so the session fills and the link holds the rest.
+    fn stalled_link() -> (FabricLink, MacAddr, IoBox) {
+        let pool = Mempool::new(8192, 2048).unwrap();
+        let (a, b) = mem::pair(&pool, 1024, 1500);
+        let n = node(&a, BridgeRole::IoBox, 7);
+        let mut iobox = IoBox::new(
+            FabricPort::new(n, Box::new(a)),
+            vec![Slot::memdev(0, GID, 1 << 16).unwrap()],
+        );
+        let mut hn = node(&b, BridgeRole::Host, 1);
+        hn.join(GID).unwrap();
+        let mut link = FabricLink::new(FabricPort::new(hn, Box::new(b)));
+        let end = Instant::now() + Duration::from_secs(5);
+        let peer = loop {
+            iobox.poll(Duration::ZERO).unwrap();
+            if let Some((peer, _)) = link.wait_for_device(GID, Duration::from_millis(1)) {
+                break peer;
+            }
+            assert!(Instant::now() < end, "no device announced");
+        };
+        link.set_target(GID, peer);
+        (link, peer, iobox)
+    }
+
+    /// Fills the link until it refuses; returns how many TLPs it took.
+    fn fill(link: &mut FabricLink, tlp: &[u8]) -> usize {
+        let mut taken = 0;
+        while link.send(tlp).is_ok() {
+            taken += 1;
+            assert!(taken < 100_000, "the link never refuses");
+        }
+        taken
+    }
+
+    /// A box that stops acknowledging: the outbox fills to its bound and then refuses
+    /// (counted); a change of target throws what it held away, counted.
+    #[test]
+    fn the_outbox_is_bounded_and_a_clear_is_counted() {
+        let (mut link, peer, _iobox) = stalled_link();
+        let tlp = vec![0x40u8; 1024];
+        fill(&mut link, &tlp);
+        let held = link.outbox_bytes();
+        assert!(held <= OUTBOX_BYTES && held + tlp.len() > OUTBOX_BYTES);
+        assert_eq!(link.send(&tlp), Err(LinkFull));
+        let s = link.stats();
+        assert_eq!(s.outbox_full, 2);
+        assert_eq!(s.outbox_cleared, 0);
+        link.set_target(GID, MacAddr([2, 0, 0, 0, 0, 0x99]));
+        assert_eq!(link.outbox_bytes(), 0);
+        assert_eq!(
+            link.stats().outbox_cleared,
+            (held / tlp.len()) as u64,
+            "{:?}",
+            link.stats()
+        );
+        // Back to the box: a target that does not change keeps the queue.
+        link.set_target(GID, peer);
+        link.send(&tlp).unwrap();
+        let queued = link.outbox_bytes();
+        link.set_target(GID, peer);
+        assert_eq!(link.outbox_bytes(), queued);
+    }
+
+    /// The box stays silent until its session is declared lost: what the outbox held
+    /// for it is thrown away then, counted, and the link takes TLPs again.
+    #[test]
+    fn losing_the_session_clears_the_outbox_counted() {
+        let (mut link, peer, _iobox) = stalled_link();
+        let tlp = vec![0x40u8; 1024];
+        let taken = fill(&mut link, &tlp);
+        let mut held = (link.outbox_bytes() / tlp.len()) as u64;
+        assert!(held > 0 && (held as usize) < taken);
+        let end = Instant::now() + Duration::from_secs(10);
+        while !link
+            .events
+            .iter()
+            .any(|e| matches!(e, FabricEvent::PeerDown { peer: p, .. } if *p == peer))
+        {
+            assert!(
+                Instant::now() < end,
+                "the silent box was never declared down"
+            );
+            // The session takes a few more as its pacing lets it.
+            held = (link.outbox_bytes() / tlp.len()) as u64;
+            link.poll(Duration::from_millis(1));
+        }
+        assert!(held > 0);
+        assert_eq!(link.outbox_bytes(), 0);
+        assert_eq!(link.stats().outbox_cleared, held);
+        assert_eq!(link.send(&tlp), Ok(()));
     }
 }

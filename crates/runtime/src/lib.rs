@@ -12,7 +12,7 @@ pub mod iobox;
 pub mod memdev_driver;
 pub mod port;
 
-pub use host::FabricLink;
+pub use host::{FabricLink, LinkStats};
 pub use iobox::{IoBox, Slot};
 pub use memdev_driver::{DriverError, MemDevDriver};
 pub use port::FabricPort;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use endpoint::config::{Bar, ConfigSpace};
 use endpoint::memdev::{self, MemDev};
 use endpoint::{Function, FunctionConfig};
-use rootcomplex::{BarWindows, BridgeConfig, Host, IrqMode, Link, MemoryMap};
+use rootcomplex::{BarWindows, BridgeConfig, Host, IrqMode, Link, LinkFull, MemoryMap};
 use runtime::MemDevDriver;
 use tlp::{Bdf, Header, IntxPin, Message, Tlp};
 
@@ -31,9 +31,10 @@ struct Loopback {
 }
 
 impl Link for Loopback {
-    fn send(&mut self, tlp: &[u8]) {
+    fn send(&mut self, tlp: &[u8]) -> Result<(), LinkFull> {
         self.to_device
             .push_back((Instant::now() + LATENCY, tlp.to_vec()));
+        Ok(())
     }
 
     fn recv(&mut self, timeout: Duration) -> Option<Vec<u8>> {

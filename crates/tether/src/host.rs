@@ -33,7 +33,8 @@ fn stats(h: &Host<FabricLink>, gid: u16) -> serde_json::Value {
         "fabric": node.stats(),
         "root_complex": h.bridge().stats(),
         "host": h.stats(),
-        "stray_tlps": h.link().stray,
+        "stray_tlps": h.link().stats().stray,
+        "link": h.link().stats(),
         "box": h.link().target().map(|(_, m)| m.to_string()),
         "devices": h.devices().iter().map(|d| serde_json::json!({
             "bdf": d.bdf.to_string(),

@@ -155,6 +155,7 @@ fn stats(vb: &VmBridge, fe: &Frontend) -> serde_json::Value {
         "fabric": node.stats(),
         "root_complex": vb.host.bridge().stats(),
         "host": vb.host.stats(),
+        "link": vb.host.link().stats(),
         fe.name(): fe.stats_json(),
         "sessions": bridge::sessions_json(node),
     })
