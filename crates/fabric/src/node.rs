@@ -396,6 +396,9 @@ impl Node {
         slot: u8,
         new_gid: u16,
     ) -> Result<u32, FabricError> {
+        if !wire::valid_gid(via_gid) {
+            return Err(FabricError::BadGroup(via_gid));
+        }
         let ctrl = set_group_request(&mut self.next_request, target, slot, new_gid)?;
         self.push_ctrl(via_gid, target_mac, &ctrl);
         Ok(ctrl.request_id)

@@ -164,3 +164,17 @@ fn leaving_a_group_reports_its_peers_and_devices_gone() {
         [(2, mac(2))]
     );
 }
+
+/// `set_group` checked the new group but not the one the request goes through: a CTRL
+/// frame went out tagged with VLAN 4095 (or 0).
+#[test]
+fn set_group_through_an_invalid_group_is_refused() {
+    let mut n = host();
+    for via in [0, 4095, 5000] {
+        assert_eq!(
+            n.set_group(via, mac(1), 2, 0, 1),
+            Err(fabric::FabricError::BadGroup(via))
+        );
+    }
+    assert_eq!(n.poll_transmit(1), None);
+}
