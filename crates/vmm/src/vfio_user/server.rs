@@ -21,7 +21,7 @@ use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rootcomplex::{HostMemory, ReadFault};
 use thiserror::Error;
@@ -34,6 +34,11 @@ use crate::device::{byte_enables, Bar, RemoteFunction};
 use crate::guest_ram::GuestRam;
 use crate::sys;
 
+/// How long a DMA_READ/DMA_WRITE waits for the client's reply.
+const DMA_REPLY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Requests of the client kept while the server waits for the reply to its own DMA
+/// message (each at most a message's size).
+const MAX_QUEUED: usize = 32;
 /// Config space size offered (conventional PCI).
 const CONFIG_SIZE: u64 = 256;
 const BAR_REGS: std::ops::Range<u16> = 0x10..0x28;
@@ -75,6 +80,12 @@ pub struct VfioUserStats {
     /// DMA_WRITE messages the client refused or never answered (the write is lost;
     /// posted, so the device is not told).
     pub dma_write_failures: u64,
+    /// DMA messages the client did not answer within `DMA_REPLY_TIMEOUT` (counted in
+    /// the failures above too).
+    pub dma_timeouts: u64,
+    /// Clients dropped for sending more than `MAX_QUEUED` requests while the server
+    /// waited for the reply to a DMA message.
+    pub queue_overflows: u64,
     pub set_irqs: u64,
     pub intx_signals: u64,
     pub msi_signals: u64,
@@ -102,6 +113,8 @@ struct Channel {
     dma_messages: u64,
     dma_read_failures: u64,
     dma_write_failures: u64,
+    dma_timeouts: u64,
+    queue_overflows: u64,
 }
 
 impl Channel {
@@ -110,6 +123,8 @@ impl Channel {
         s.dma_messages += self.dma_messages;
         s.dma_read_failures += self.dma_read_failures;
         s.dma_write_failures += self.dma_write_failures;
+        s.dma_timeouts += self.dma_timeouts;
+        s.queue_overflows += self.queue_overflows;
     }
 
     fn read_message(&mut self) -> Result<Option<Message>, VfioUserError> {
@@ -135,11 +150,22 @@ impl Channel {
         &mut self,
         make: impl FnOnce(u16) -> Vec<u8>,
     ) -> Result<(Header, Vec<u8>), VfioUserError> {
+        if self.closed {
+            return Err(io::Error::new(io::ErrorKind::NotConnected, "client dropped").into());
+        }
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         self.dma_messages += 1;
-        sys::send_all(self.sock.as_raw_fd(), &make(id))?;
+        let fd = self.sock.as_raw_fd();
+        sys::send_all(fd, &make(id))?;
+        let deadline = Instant::now() + DMA_REPLY_TIMEOUT;
         loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !sys::wait_readable(&[fd], left)?[0] {
+                // A late reply is skipped as any stray reply is.
+                self.dma_timeouts += 1;
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "no reply").into());
+            }
             let Some((h, body, fds)) = self.read_message()? else {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "client gone").into());
             };
@@ -147,6 +173,13 @@ impl Channel {
                 return Ok((h, body));
             }
             if !h.is_reply() {
+                if self.queued.len() >= MAX_QUEUED {
+                    // Dropping a request would leave the client waiting for its reply
+                    // forever: the client goes instead (the server drops it next).
+                    self.queue_overflows += 1;
+                    self.closed = true;
+                    return Err(io::Error::other("too many requests while a DMA waited").into());
+                }
                 self.queued.push_back((h, body, fds));
             }
         }
@@ -369,6 +402,8 @@ impl VfioUserServer {
                 dma_messages: 0,
                 dma_read_failures: 0,
                 dma_write_failures: 0,
+                dma_timeouts: 0,
+                queue_overflows: 0,
             })));
         }
         self.poll_unmask();
@@ -380,6 +415,8 @@ impl VfioUserServer {
             let msg = {
                 let mut c = ch.lock().unwrap_or_else(|p| p.into_inner());
                 match c.queued.pop_front() {
+                    // A client dropped while a DMA waited: its queue is not served.
+                    _ if c.closed => None,
                     Some(m) => Some(m),
                     None if sys::wait_readable(&[c.sock.as_raw_fd()], Duration::ZERO)?[0] => {
                         // A message that cannot be framed leaves the stream out of
@@ -1406,6 +1443,79 @@ mod tests {
         );
         client.join().unwrap();
         assert_eq!(s.stats().dma_write_failures, 1);
+    }
+
+    /// While the server waits for the reply to its DMA_READ, a client that floods it
+    /// with requests is dropped once MAX_QUEUED wait (the queue held every one before),
+    /// and a client that never answers fails the read after DMA_REPLY_TIMEOUT (the
+    /// server waited forever before). Both reads fail, counted.
+    #[test]
+    fn dma_waits_are_bounded_in_queue_and_time() {
+        let (dir, mut s) = server();
+        let mut dev = fake();
+        let path = dir.path.join("vfu.sock");
+        let map = Body::default()
+            .u32(32)
+            .u32(3)
+            .u64(0)
+            .u64(0x20_0000)
+            .u64(4096)
+            .0;
+        let mut c = Client::connect(&path);
+        ask(&mut c, &mut s, &mut dev, wire::cmd::DMA_MAP, &map, &[]);
+        let flood = std::thread::spawn(move || {
+            let (h, body) = c.recv();
+            assert_eq!(h.command, wire::cmd::DMA_READ);
+            let info = Body::default().u32(16).u32(0).u32(0).u32(0).0;
+            for _ in 0..MAX_QUEUED + 8 {
+                c.id += 1;
+                let mut m = Header {
+                    id: c.id,
+                    command: wire::cmd::DEVICE_GET_INFO,
+                    size: (HEADER_LEN + info.len()) as u32,
+                    flags: 0,
+                    error: 0,
+                }
+                .emit()
+                .to_vec();
+                m.extend_from_slice(&info);
+                let _ = sys::send_with_fds(c.sock.as_raw_fd(), &m, &[]);
+            }
+            // The reply, at last (too late for a server that dropped the client).
+            let mut reply_body = body[..12].to_vec();
+            reply_body.extend_from_slice(&[0; 8]);
+            let mut m = Header {
+                id: h.id,
+                command: h.command,
+                size: (HEADER_LEN + reply_body.len()) as u32,
+                flags: wire::flags::REPLY,
+                error: 0,
+            }
+            .emit()
+            .to_vec();
+            m.extend_from_slice(&reply_body);
+            let _ = sys::send_with_fds(c.sock.as_raw_fd(), &m, &[]);
+            c
+        });
+        let mut buf = [0u8; 8];
+        assert!(dev.ram[0].1.try_read(0, &mut buf).is_err());
+        let _c = flood.join().unwrap();
+        assert_eq!(
+            (s.stats().queue_overflows, s.stats().dma_read_failures),
+            (1, 1)
+        );
+        pump(&mut s, &mut dev);
+        assert!(!s.connected(), "the flooding client is dropped");
+        assert_eq!(s.stats().requests, 1, "only its DMA_MAP was served");
+        // A client that never answers.
+        let mut c = Client::connect(&path);
+        ask(&mut c, &mut s, &mut dev, wire::cmd::DMA_MAP, &map, &[]);
+        let started = Instant::now();
+        assert!(dev.ram[0].1.try_read(0, &mut buf).is_err());
+        assert!(started.elapsed() >= DMA_REPLY_TIMEOUT);
+        let st = s.stats();
+        assert_eq!((st.dma_timeouts, st.dma_read_failures), (1, 2));
+        assert_eq!(c.recv().0.command, wire::cmd::DMA_READ, "it was asked");
     }
 
     #[test]
