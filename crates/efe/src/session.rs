@@ -317,6 +317,11 @@ impl Session {
         self.cfg.send_queue - self.pending.len()
     }
 
+    /// TLPs received in order and not taken yet (`recv`); at most `recv_queue`.
+    pub fn received(&self) -> usize {
+        self.delivered.len()
+    }
+
     /// The next TLP delivered in order, exactly once.
     pub fn recv(&mut self) -> Option<Vec<u8>> {
         let tlp = self.delivered.pop_front()?;

@@ -21,6 +21,7 @@
 //!   hot-remove, and appears in the new one's), and the box answers with RESULT.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Bound::{Excluded, Unbounded};
 
 use efe::Session;
 use thiserror::Error;
@@ -146,6 +147,9 @@ pub struct FabricStats {
     pub session_refused: u64,
     /// INFO frames carrying a boot epoch their sender had before its restart.
     pub stale_infos: u64,
+    /// TLPs received from a peer that went down before they were taken
+    /// (`poll_event`): dropped with its session.
+    pub tlps_not_taken: u64,
     pub infos_in: u64,
     pub infos_out: u64,
     pub ctrl_in: u64,
@@ -228,6 +232,8 @@ pub struct Node {
     next_request: u32,
     out: VecDeque<Vec<u8>>,
     events: VecDeque<FabricEvent>,
+    /// The session the last TLP was taken from: the next comes from the one after.
+    next_tlp_from: Option<(u16, MacAddr)>,
     stats: FabricStats,
     buf: Vec<u8>,
 }
@@ -300,6 +306,7 @@ impl Node {
             next_request: 1,
             out: VecDeque::new(),
             events: VecDeque::new(),
+            next_tlp_from: None,
             stats: FabricStats::default(),
         })
     }
@@ -409,8 +416,48 @@ impl Node {
             .push_back(ctrl_frame(self.cfg.mac, self.cfg.epoch, gid, dst, ctrl));
     }
 
+    /// The next event: peers, devices and groups first, then TLPs, taken from the
+    /// sessions one at a time in turn. A TLP stays in its session until it is asked
+    /// for here, so a caller that stops asking closes the session's receive window
+    /// (back-pressure to the peer) instead of filling a queue of the node.
     pub fn poll_event(&mut self) -> Option<FabricEvent> {
+        if let Some(e) = self.events.pop_front() {
+            return Some(e);
+        }
+        let after = self.next_tlp_from;
+        let key = {
+            let ready = |(k, p): (&(u16, MacAddr), &Peer)| (p.session.received() > 0).then_some(*k);
+            match after {
+                Some(a) => self
+                    .peers
+                    .range((Excluded(a), Unbounded))
+                    .chain(self.peers.range(..=a))
+                    .find_map(ready),
+                None => self.peers.iter().find_map(ready),
+            }
+        }?;
+        let tlp = self.peers.get_mut(&key)?.session.recv()?;
+        self.next_tlp_from = Some(key);
+        Some(FabricEvent::Tlp {
+            gid: key.0,
+            peer: key.1,
+            tlp,
+        })
+    }
+
+    /// The next event that is not a TLP (for a caller that cannot take TLPs now).
+    pub fn poll_control_event(&mut self) -> Option<FabricEvent> {
         self.events.pop_front()
+    }
+
+    /// Events waiting to be taken (`poll_event`), TLPs in the sessions included.
+    pub fn pending_events(&self) -> usize {
+        self.events.len()
+            + self
+                .peers
+                .values()
+                .map(|p| p.session.received())
+                .sum::<usize>()
     }
 
     /// When `handle_timeout` is due next.
@@ -498,6 +545,7 @@ impl Node {
         let Some(p) = self.peers.remove(&key) else {
             return;
         };
+        self.stats.tlps_not_taken += p.session.received() as u64;
         for d in &p.devices {
             self.events.push_back(FabricEvent::DeviceRemoved {
                 gid: key.0,
@@ -524,9 +572,6 @@ impl Node {
                         .push_back(FabricEvent::PeerRestarted { gid, peer, lost }),
                     efe::Event::Down { lost } => down.push(((gid, peer), lost)),
                 }
-            }
-            while let Some(tlp) = p.session.recv() {
-                self.events.push_back(FabricEvent::Tlp { gid, peer, tlp });
             }
         }
         for (k, lost) in down {

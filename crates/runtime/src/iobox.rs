@@ -68,6 +68,21 @@ impl Slot {
         Ok(Slot::announced(slot, gid, f))
     }
 
+    /// Moves the device's output into the backlog, as far as it has room.
+    fn pull_output(&mut self) {
+        while self.backlog.len() < IoBox::BACKLOG {
+            let Some(t) = self.function.poll_transmit() else {
+                break;
+            };
+            self.backlog.push_back(t);
+        }
+    }
+
+    /// TLPs of the device waiting for its host's session to take them.
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.len()
+    }
+
     pub fn new(info: DeviceInfo, function: Function<Box<dyn Device + Send>>) -> Slot {
         Slot {
             info,
@@ -223,8 +238,15 @@ impl IoBox {
     pub fn poll(&mut self, wait: Duration) -> Result<bool, PortError> {
         let mut worked = self.fp.poll(Duration::ZERO)?;
         let now = self.fp.now();
-        while !self.backlog_full() {
-            let Some(e) = self.fp.poll_event() else {
+        loop {
+            // With a backlog full, TLPs wait in their sessions (whose windows close);
+            // peers, groups and restarts are still seen.
+            let e = if self.backlog_full() {
+                self.fp.poll_control_event()
+            } else {
+                self.fp.poll_event()
+            };
+            let Some(e) = e else {
                 break;
             };
             worked = true;
@@ -242,7 +264,12 @@ impl IoBox {
                     // Parsed once, for routing and for the device.
                     let parsed = Tlp::parse(&tlp).ok();
                     match parsed.as_ref().and_then(|t| Some((self.route(gid, t)?, t))) {
-                        Some((i, t)) => self.slots[i].function.handle_parsed(now, t),
+                        Some((i, t)) => {
+                            self.slots[i].function.handle_parsed(now, t);
+                            // Its answer counts against the bound before the next
+                            // TLP is taken.
+                            self.slots[i].pull_output();
+                        }
                         None => {
                             self.stats.unrouted += 1;
                             // A request that waits for an answer gets one: UR.
@@ -284,12 +311,7 @@ impl IoBox {
             if s.function.poll_timeout().is_some_and(|t| t <= now) {
                 s.function.handle_timeout(now);
             }
-            while s.backlog.len() < Self::BACKLOG {
-                let Some(t) = s.function.poll_transmit() else {
-                    break;
-                };
-                s.backlog.push_back(t);
-            }
+            s.pull_output();
             let gid = s.info.gid;
             let Some(&host) = self.hosts.get(&gid) else {
                 self.stats.no_host += s.backlog.len() as u64;

@@ -1,6 +1,5 @@
 //! A fabric node on a dataplane port: frames between the two, timers, events.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use dataplane::{Mbuf, Port, PortError};
@@ -18,7 +17,6 @@ pub struct FabricPort {
     epoch: Instant,
     rx: Vec<Mbuf>,
     tx: Vec<Mbuf>,
-    events: VecDeque<FabricEvent>,
     /// When something last moved: the loop busy-polls for `spin` after that, and
     /// only then sleeps (a sleeping bridge delays acks and completions, which the
     /// peer's delay-based rate control would take for congestion).
@@ -44,7 +42,6 @@ impl FabricPort {
             epoch: Instant::now(),
             rx: Vec::with_capacity(64),
             tx: Vec::with_capacity(64),
-            events: VecDeque::new(),
             last_work: 0,
             looked_at: 0,
             yield_after: None,
@@ -98,6 +95,9 @@ impl FabricPort {
         // The clock is read once per round, and once more when frames arrived (their
         // timestamps feed the RTT samples).
         let mut worked = false;
+        // Events the caller left (it takes them when it can: back-pressure) are not
+        // new work; events made this round are.
+        let pending = self.node.pending_events();
         let mut now = self.now();
         if self.node.poll_timeout() <= now {
             self.node.handle_timeout(now);
@@ -123,10 +123,7 @@ impl FabricPort {
             // Drained: what comes next arrives after this.
             self.looked_at = now;
         }
-        while let Some(e) = self.node.poll_event() {
-            self.events.push_back(e);
-            worked = true;
-        }
+        worked |= self.node.pending_events() > pending;
         if worked {
             self.last_work = now;
         } else if !wait.is_zero() {
@@ -177,7 +174,13 @@ impl FabricPort {
         Ok(moved)
     }
 
+    /// The node's next event that is not a TLP.
+    pub fn poll_control_event(&mut self) -> Option<FabricEvent> {
+        self.node.poll_control_event()
+    }
+
+    /// The node's next event (TLPs wait in their sessions until taken here).
     pub fn poll_event(&mut self) -> Option<FabricEvent> {
-        self.events.pop_front()
+        self.node.poll_event()
     }
 }

@@ -10,7 +10,7 @@ use dataplane::{Mempool, Port};
 use fabric::{FabricEvent, Node, NodeConfig};
 use runtime::{FabricPort, IoBox, Slot};
 use tlp::{Bdf, ConfigRequest, Header, Tag, Tlp};
-use wire::{BridgeRole, MacAddr};
+use wire::{BridgeRole, Frame, FrameKind, MacAddr};
 
 const GID: u16 = 10;
 const HOST: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
@@ -29,6 +29,9 @@ struct Hand {
     port: HubPort,
     start: Instant,
     events: Vec<FabricEvent>,
+    /// DATA frames that arrive are thrown away: nothing the box sends is
+    /// acknowledged (its acknowledgements of our frames still arrive).
+    deaf: bool,
 }
 
 impl Hand {
@@ -40,6 +43,7 @@ impl Hand {
             port,
             start,
             events: Vec::new(),
+            deaf: false,
         }
     }
 
@@ -68,7 +72,11 @@ impl Hand {
         let mut rx = Vec::new();
         self.port.rx_burst(&mut rx, 64).unwrap();
         for m in rx {
-            self.node.handle_frame(now, pool.data(&m), None);
+            let bytes = pool.data(&m);
+            let data = Frame::parse(bytes, None).is_ok_and(|f| f.header.kind == FrameKind::Data);
+            if !(self.deaf && data) {
+                self.node.handle_frame(now, bytes, None);
+            }
             pool.put(m);
         }
         while let Some(e) = self.node.poll_event() {
@@ -201,4 +209,98 @@ fn a_second_bridge_in_the_group_never_becomes_the_host() {
     assert_eq!(bx.stats().not_host, 2);
     assert_eq!(host.completions(), vec![5]);
     assert_eq!(intruder.completions(), Vec::<u16>::new());
+}
+
+/// A box whose host stops acknowledging: the device's backlog fills to its bound and
+/// stays there, the device gets no more requests, and the requests wait in the
+/// session (whose window closes), not in a queue of the box. When the host listens
+/// again everything arrives; when it restarts instead, what the box held is counted.
+#[test]
+fn a_full_backlog_holds_the_fabric_back_and_a_reset_counts_what_it_drops() {
+    let pool = Mempool::new(8192, 2048).unwrap();
+    let mut ports = mem::hub(&pool, 3, 1024, 1500).into_iter();
+    let start = Instant::now();
+    let (hp, bp, hp2) = (
+        ports.next().unwrap(),
+        ports.next().unwrap(),
+        ports.next().unwrap(),
+    );
+    let box_mac = MacAddr(bp.info().mac);
+    let mut cfg = config(box_mac, BridgeRole::IoBox, 0x5000_0000);
+    // A small session: few frames in flight, a short send queue, a short receive
+    // queue (whose room is the window it advertises).
+    cfg.session.window = 2;
+    cfg.session.max_tlps_per_frame = 1;
+    cfg.session.send_queue = 16;
+    cfg.session.recv_queue = 64;
+    let bn = Node::new(cfg).unwrap();
+    let slot = Slot::memdev(0, GID, 1 << 16).unwrap();
+    let mut bx = IoBox::new(FabricPort::new(bn, Box::new(bp)), vec![slot]);
+    let mut host = Hand::new(HOST, BridgeRole::Host, 0x1000_0000, hp, start);
+    run(Duration::from_millis(30), &mut bx, &mut [&mut host]);
+    host.read_config(box_mac, 1000);
+    run(Duration::from_millis(10), &mut bx, &mut [&mut host]);
+    assert_eq!(host.completions(), vec![1000]);
+    let reads = |bx: &IoBox| bx.slots()[0].function.stats().config_reads;
+    let before = reads(&bx);
+
+    let taken = |bx: &IoBox| {
+        let s = bx.fabric().node().session_stats(GID, HOST).unwrap();
+        s.tlps_in
+    };
+    let full = |bx: &mut IoBox, host: &mut Hand| {
+        let (taken_before, reads_before) = (taken(bx), reads(bx));
+        host.deaf = true;
+        for tag in 0..600 {
+            host.read_config(box_mac, tag);
+        }
+        run(Duration::from_millis(100), bx, &mut [host]);
+        assert_eq!(bx.slots()[0].backlog_len(), IoBox::BACKLOG);
+        assert!(bx.stats().backlog_full > 0);
+        // What the device got, and what waits in the session, came through the
+        // session's window; the rest is still with the host.
+        let took = taken(bx) - taken_before;
+        assert!(took < 600, "the box took {took} requests");
+        assert!(reads(bx) - reads_before < 600);
+    };
+    full(&mut bx, &mut host);
+    // The host listens again: every answer arrives, in order.
+    host.deaf = false;
+    run(Duration::from_millis(300), &mut bx, &mut [&mut host]);
+    assert_eq!(host.completions(), (0..600).collect::<Vec<u16>>());
+    let st = bx.stats();
+    assert_eq!(
+        (st.no_host, st.undeliverable, st.dropped_on_reset),
+        (0, 0, 0)
+    );
+    assert_eq!(reads(&bx) - before, 600);
+
+    // Again, and this time the host restarts instead.
+    let before = reads(&bx);
+    full(&mut bx, &mut host);
+    let answered = reads(&bx) - before;
+    let mut host = Hand::new(HOST, BridgeRole::Host, 0x7000_0000, hp2, start);
+    run(Duration::from_millis(50), &mut bx, &mut [&mut host]);
+    let st = bx.stats();
+    assert_eq!(st.resets, 1);
+    assert!(st.dropped_on_reset >= IoBox::BACKLOG as u64, "{st:?}");
+    let s = bx.fabric().node().session_stats(GID, HOST).unwrap();
+    assert_eq!(s.peer_restarts, 1);
+    // Every answer the device gave went out (and was lost with the old session,
+    // counted) or was dropped by the reset (counted); requests the box had received
+    // and not given to the device were lost with the old session, counted.
+    assert!(
+        s.tlps_lost + st.dropped_on_reset >= answered,
+        "{s:?} {st:?}"
+    );
+    // Nothing of the old run reaches the new one; the device answers the new one.
+    assert_eq!(host.completions(), Vec::<u16>::new());
+    assert_eq!(
+        reads(&bx) - before,
+        answered,
+        "stale requests reached the device"
+    );
+    host.read_config(box_mac, 7);
+    run(Duration::from_millis(20), &mut bx, &mut [&mut host]);
+    assert_eq!(host.completions(), vec![7]);
 }
