@@ -1,0 +1,393 @@
+//! One efe `Session` driven by arbitrary bytes: a fuzz-chosen configuration, then a
+//! sequence of steps (clock advances, timeouts, polls, sends, receives, restarts) and
+//! hostile DATA/ACK/NAK (and INFO/CTRL) headers with arbitrary epochs, sequence
+//! numbers, acks, timestamps, windows and payloads. The field values are picked either
+//! raw or relative to what the session has shown (its epochs, the sequence numbers it
+//! sent, its last timestamp), so that the fuzzer gets past the epoch and sequence
+//! checks as well as into them.
+//!
+//! The clock follows the session's documented contract: `now` never goes backwards,
+//! from any origin (the first value is fuzz-chosen, up to `u64::MAX`), and a frame's
+//! `since` is at most `now`.
+//!
+//! Checked after every step: no panic; the counters never decrease; what `recv`
+//! returns is exactly the TLPs of the DATA frames the session accepted, in order,
+//! once each, where the accepted frames of one peer epoch have sequence numbers 0, 1,
+//! 2, ...; the receive queue never holds more than `recv_queue` TLPs; each DATA frame
+//! the session sends carries the TLPs given to `send` in order, and a retransmission
+//! carries the same TLPs as the first transmission; the TLPs queued or in flight stay
+//! within the send queue and the window; a session with TLPs outstanding always has a
+//! timer.
+#![no_main]
+
+use std::collections::{BTreeMap, VecDeque};
+
+use efe::{Config, Event, Session, State, Stats};
+use libfuzzer_sys::fuzz_target;
+use wire::records::RecordType;
+use wire::{flags, FrameKind, Records, TetherHeader};
+
+/// Reads the fuzz input front to back; past its end every read is 0.
+struct Input<'a>(&'a [u8]);
+
+impl Input<'_> {
+    fn u8(&mut self) -> u8 {
+        let Some((&b, rest)) = self.0.split_first() else {
+            return 0;
+        };
+        self.0 = rest;
+        b
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.u8(), self.u8()])
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
+    fn u64(&mut self) -> u64 {
+        (self.u32() as u64) | ((self.u32() as u64) << 32)
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let n = n.min(self.0.len());
+        let (b, rest) = self.0.split_at(n);
+        self.0 = rest;
+        b.to_vec()
+    }
+    fn done(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn config(i: &mut Input) -> Config {
+    let mut c = Config {
+        mtu: 128 + i.u16() as usize % 1400,
+        max_tlps_per_frame: 1 + i.u8() as usize % 8,
+        window: 1 + i.u8() as u32 % 16,
+        recv_queue: 1 + i.u8() as usize % 64,
+        send_queue: 1 + i.u8() as usize % 64,
+        ack_every: 1 + i.u8() as u32 % 8,
+        ack_delay_us: i.u8() as u64 * 4,
+        retry_limit: i.u8() as u32 % 8,
+        renak_after: 1 + i.u8() as u32 % 8,
+        startup_probes: i.u8() as u32 % 8,
+        probe_every: i.u8() as u32 % 8,
+        ..Config::default()
+    };
+    c.nak = i.u8() & 1 == 0;
+    c.rto_min_us = 1 + i.u16() as u64;
+    c.rto_initial_us = c.rto_min_us + i.u16() as u64;
+    c.rto_max_us = c.rto_initial_us + i.u16() as u64 * 16;
+    c
+}
+
+/// The counters that only grow.
+fn counters(s: &Stats) -> [u64; 22] {
+    [
+        s.frames_out,
+        s.bytes_out,
+        s.data_frames_out,
+        s.retransmits,
+        s.acks_out,
+        s.naks_out,
+        s.frames_in,
+        s.bytes_in,
+        s.tlps_in,
+        s.tlps_out,
+        s.naks_in,
+        s.timeouts,
+        s.spurious_timeouts,
+        s.go_backs,
+        s.peer_restarts,
+        s.drop_duplicate,
+        s.drop_out_of_order,
+        s.drop_no_room,
+        s.drop_stale_epoch,
+        s.drop_malformed,
+        s.drop_down,
+        s.tlps_lost,
+    ]
+}
+
+/// Records of TLPs as a DATA payload.
+fn records(tlps: &[Vec<u8>]) -> Vec<u8> {
+    let mut p = Vec::new();
+    for t in tlps {
+        p.extend_from_slice(&(t.len() as u16).to_be_bytes());
+        p.push(RecordType::Tlp as u8);
+        p.push(0);
+        p.extend_from_slice(t);
+    }
+    p
+}
+
+/// What the harness expects of the session.
+struct Model {
+    cfg: Config,
+    // Receiving.
+    peer_epoch: u32,
+    rcv_nxt: u32,
+    /// TLPs accepted and not yet returned by `recv`, in order.
+    delivered: VecDeque<Vec<u8>>,
+    // Sending.
+    /// TLPs given to `send` that no DATA frame carried yet.
+    unsent: VecDeque<Vec<u8>>,
+    /// Payload of each DATA frame sent (the last `window` sequence numbers).
+    frames: BTreeMap<u32, Vec<u8>>,
+    /// Sequence number of the next new DATA frame.
+    next_seq: u32,
+    /// The session's latest tsval.
+    last_tsval: u32,
+}
+
+impl Model {
+    /// The session dropped everything outgoing (peer restart, down, restart).
+    fn discard_outgoing(&mut self) {
+        self.unsent.clear();
+        self.frames.clear();
+        self.next_seq = 0;
+    }
+
+    /// After any call that may take a frame: follow the session's view of the peer.
+    fn follow_peer(&mut self, s: &Session) {
+        if s.peer_epoch() != self.peer_epoch {
+            if self.peer_epoch != 0 {
+                // A restart of the peer: what it sent before is gone.
+                self.delivered.clear();
+            }
+            self.peer_epoch = s.peer_epoch();
+            self.rcv_nxt = 0;
+        }
+    }
+
+    fn events(&mut self, s: &mut Session) {
+        while let Some(e) = s.poll_event() {
+            match e {
+                Event::Up => assert_eq!(s.state(), State::Up),
+                Event::PeerRestarted { .. } => self.discard_outgoing(),
+                Event::Down { .. } => {
+                    assert_eq!(s.state(), State::Down);
+                    self.discard_outgoing();
+                }
+            }
+        }
+    }
+
+    /// A frame the session sent.
+    fn transmitted(&mut self, h: &TetherHeader, payload: &[u8], local_epoch: u32) {
+        assert_eq!(h.epoch, local_epoch);
+        self.last_tsval = h.tsval;
+        match h.kind {
+            FrameKind::Data => {}
+            FrameKind::Ack | FrameKind::Nak => {
+                assert!(payload.is_empty());
+                return;
+            }
+            k => panic!("a session sent {k:?}"),
+        }
+        if h.seq == self.next_seq {
+            // A new frame: the next TLPs given to `send`, in order.
+            let mut n = 0;
+            for r in Records::new(payload) {
+                let r = r.expect("a sent frame parses");
+                assert_eq!(r.kind, RecordType::Tlp);
+                let want = self.unsent.pop_front().expect("a TLP that was sent");
+                assert_eq!(r.body, &want[..]);
+                n += 1;
+            }
+            assert!(n >= 1 && n <= self.cfg.max_tlps_per_frame);
+            assert!(payload.len() <= self.cfg.max_payload());
+            self.frames.insert(h.seq, payload.to_vec());
+            self.next_seq = self.next_seq.wrapping_add(1);
+            let (next, window) = (self.next_seq, self.cfg.window);
+            self.frames.retain(|&s, _| next.wrapping_sub(s) <= window);
+        } else {
+            // A retransmission: within the window, the same TLPs.
+            let behind = self.next_seq.wrapping_sub(h.seq);
+            assert!(
+                behind >= 1 && behind <= self.cfg.window,
+                "seq {} sent with next new {}",
+                h.seq,
+                self.next_seq
+            );
+            assert_eq!(self.frames.get(&h.seq).map(|p| &p[..]), Some(payload));
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut i = Input(data);
+    let cfg = config(&mut i);
+    let Ok(mut s) = Session::new(cfg, i.u32().max(1)) else {
+        return;
+    };
+    let mut now = i.u64();
+    let mut m = Model {
+        cfg,
+        peer_epoch: 0,
+        rcv_nxt: 0,
+        delivered: VecDeque::new(),
+        unsent: VecDeque::new(),
+        frames: BTreeMap::new(),
+        next_seq: 0,
+        last_tsval: 0,
+    };
+    let mut before = counters(&s.stats());
+    let mut steps = 0;
+    while !i.done() && steps < 2000 {
+        steps += 1;
+        match i.u8() % 12 {
+            0 => {
+                now = match i.u8() % 4 {
+                    0 => now.saturating_add(i.u8() as u64),
+                    1 => now.saturating_add(i.u16() as u64),
+                    2 => now.saturating_add(i.u32() as u64),
+                    _ => s.poll_timeout().map_or(now, |t| t.max(now)),
+                }
+            }
+            1 => s.handle_timeout(now),
+            2 => {
+                for _ in 0..(1 + i.u8() % 64) {
+                    let local = s.local_epoch();
+                    let Some(t) = s.poll_transmit(now) else { break };
+                    let (h, p) = (t.header, t.payload.to_vec());
+                    m.transmitted(&h, &p, local);
+                }
+            }
+            3 => {
+                let len = i.u16() as usize % (cfg.max_tlp_len() + 2);
+                let tlp = i.bytes(len);
+                if s.send(&tlp).is_ok() {
+                    m.unsent.push_back(tlp);
+                }
+            }
+            4 => {
+                for _ in 0..(1 + i.u8() % 64) {
+                    let got = s.recv();
+                    assert_eq!(got, m.delivered.pop_front());
+                    if got.is_none() {
+                        break;
+                    }
+                }
+            }
+            5 => {
+                if s.state() == State::Down {
+                    let epoch = s.local_epoch().wrapping_add(1 + i.u8() as u32).max(1);
+                    s.restart(epoch);
+                    m.discard_outgoing();
+                    m.delivered.clear();
+                    m.peer_epoch = 0;
+                    m.rcv_nxt = 0;
+                }
+            }
+            _ => {
+                // A frame from the peer, or from someone pretending to be it.
+                let kind = match i.u8() % 8 {
+                    0 | 1 | 2 => FrameKind::Data,
+                    3 | 4 => FrameKind::Ack,
+                    5 => FrameKind::Nak,
+                    6 => FrameKind::Info,
+                    _ => FrameKind::Ctrl,
+                };
+                let sel = i.u16();
+                let epoch = match sel & 7 {
+                    0 | 1 | 2 => m.peer_epoch.max(1),
+                    3 => m.peer_epoch.wrapping_add(1 + i.u8() as u32),
+                    4 => m.peer_epoch.wrapping_sub(1 + i.u8() as u32),
+                    5 => m.peer_epoch.wrapping_add(i.u32()),
+                    _ => i.u32(),
+                };
+                let peer_epoch = match (sel >> 3) & 3 {
+                    0 | 1 => s.local_epoch(),
+                    2 => 0,
+                    _ => i.u32(),
+                };
+                let seq = match (sel >> 5) & 3 {
+                    0 | 1 => m.rcv_nxt,
+                    2 => m.rcv_nxt.wrapping_add(i.u8() as u32).wrapping_sub(128),
+                    _ => i.u32(),
+                };
+                let ack = match (sel >> 7) & 3 {
+                    0 | 1 => m.next_seq.wrapping_sub(i.u8() as u32 % 4),
+                    2 => m.next_seq.wrapping_add(i.u8() as u32).wrapping_sub(128),
+                    _ => i.u32(),
+                };
+                let tsecr = match (sel >> 9) & 3 {
+                    0 | 1 => m.last_tsval.wrapping_sub(i.u8() as u32),
+                    2 => 0,
+                    _ => i.u32(),
+                };
+                let h = TetherHeader {
+                    kind,
+                    flags: i.u8() & !flags::AUTH,
+                    epoch,
+                    peer_epoch,
+                    seq,
+                    ack,
+                    tsval: if (sel >> 11) & 1 == 0 {
+                        now as u32
+                    } else {
+                        i.u32()
+                    },
+                    tsecr,
+                    window: if (sel >> 12) & 1 == 0 {
+                        i.u8() as u16
+                    } else {
+                        i.u16()
+                    },
+                    echo_wait: i.u8(),
+                };
+                let payload = if (sel >> 13) & 1 == 0 || kind != FrameKind::Data {
+                    // Well-formed records (an empty one is malformed).
+                    let n = i.u8() as usize % (cfg.max_tlps_per_frame + 2);
+                    let tlps: Vec<Vec<u8>> = (0..n)
+                        .map(|_| {
+                            let len = i.u8() as usize;
+                            i.bytes(len)
+                        })
+                        .collect();
+                    if kind == FrameKind::Data {
+                        records(&tlps)
+                    } else {
+                        Vec::new()
+                    }
+                } else {
+                    let len = i.u16() as usize % 2048;
+                    i.bytes(len)
+                };
+                let since = now.saturating_sub(if (sel >> 14) & 1 == 0 {
+                    0
+                } else {
+                    i.u16() as u64
+                });
+                let r = s.handle_frame_since(now, since, &h, &payload);
+                m.follow_peer(&s);
+                if r.is_ok() && kind == FrameKind::Data {
+                    assert_eq!(h.seq, m.rcv_nxt, "accepted out of order");
+                    m.rcv_nxt = m.rcv_nxt.wrapping_add(1);
+                    for r in Records::new(&payload) {
+                        m.delivered
+                            .push_back(r.expect("accepted records parse").body.to_vec());
+                    }
+                }
+            }
+        }
+        m.events(&mut s);
+        // Invariants.
+        let after = counters(&s.stats());
+        for (a, b) in after.iter().zip(before.iter()) {
+            assert!(a >= b, "a counter went down: {before:?} -> {after:?}");
+        }
+        before = after;
+        assert!(m.delivered.len() <= cfg.recv_queue);
+        assert!(s.send_room() <= cfg.send_queue);
+        let outstanding = s.outstanding_tlps();
+        assert!(outstanding >= m.unsent.len());
+        assert!(outstanding <= cfg.send_queue + cfg.window as usize * cfg.max_tlps_per_frame);
+        if s.state() == State::Down {
+            assert_eq!(outstanding, 0);
+            assert_eq!(s.poll_timeout(), None);
+        } else if outstanding > 0 {
+            assert!(s.poll_timeout().is_some(), "TLPs outstanding and no timer");
+        }
+    }
+});
