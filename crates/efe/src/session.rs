@@ -33,7 +33,9 @@ use crate::rtt::RttEstimator;
 use crate::seq;
 use crate::stats::Stats;
 
-/// Time in microseconds, from any origin the caller keeps.
+/// Time in microseconds, from any origin the caller keeps, never going back: the `now`
+/// of each call is at least that of the call before (and a frame's `since` at most
+/// its `now`). Deadlines saturate at `u64::MAX`.
 pub type Micros = u64;
 
 /// The session epochs of one run of a bridge are its boot epoch plus 1, 2, ... (one
