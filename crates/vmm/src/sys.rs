@@ -136,6 +136,36 @@ pub fn send_with_fds(fd: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
     Ok(())
 }
 
+/// How long one send or receive on a VMM connection may block: a client that stops in
+/// the middle of a message, or stops reading the replies, fails the call after this
+/// instead of holding the thread that serves it (and every other device it serves).
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Bounds each blocking send and receive on socket `fd` to `timeout` (SO_SNDTIMEO,
+/// SO_RCVTIMEO): a call that waits longer fails with `WouldBlock`.
+pub fn set_io_timeouts(fd: RawFd, timeout: Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: `tv` is a live timeval whose size is passed.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Waits up to `timeout` until one of `fds` is readable (or hung up); returns which.
 pub fn wait_readable(fds: &[RawFd], timeout: Duration) -> io::Result<Vec<bool>> {
     let mut p: Vec<libc::pollfd> = fds

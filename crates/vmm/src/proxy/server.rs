@@ -66,8 +66,12 @@ pub struct ProxyServer {
 }
 
 impl ProxyServer {
-    /// Serves QEMU on `sock` (one end of the socketpair QEMU got as `fd=`).
+    /// Serves QEMU on `sock` (one end of the socketpair QEMU got as `fd=`). A QEMU
+    /// that stops in the middle of a message, or stops reading the replies, fails
+    /// `serve` after [`sys::STALL_TIMEOUT`] (a descriptor that is not a socket takes no
+    /// timeout, and is no connection QEMU could use either).
     pub fn new(sock: OwnedFd) -> ProxyServer {
+        let _ = sys::set_io_timeouts(sock.as_raw_fd(), sys::STALL_TIMEOUT);
         ProxyServer {
             sock,
             irqfd: None,
@@ -495,5 +499,24 @@ mod tests {
         ));
         drop(q);
         assert!(matches!(s.serve(&mut dev, 8), Err(ProxyError::Closed)));
+    }
+
+    /// A QEMU that stops in the middle of a message fails `serve` after
+    /// sys::STALL_TIMEOUT (it held the thread in recv forever before).
+    #[test]
+    fn a_stall_mid_message_fails_serve() {
+        let (q, r) = pair();
+        let mut s = ProxyServer::new(r);
+        let mut dev = fake();
+        let h = Header {
+            cmd: wire::cmd::DEVICE_RESET,
+            size: 8,
+        }
+        .emit();
+        send_with_fds(&q, &h[..6], &[]);
+        let started = std::time::Instant::now();
+        assert!(matches!(s.serve(&mut dev, 8), Err(ProxyError::Io(_))));
+        assert!(started.elapsed() < 10 * sys::STALL_TIMEOUT);
+        assert_eq!(dev.resets, 0);
     }
 }

@@ -392,10 +392,12 @@ impl VfioUserServer {
             if fd < 0 {
                 return Err(io::Error::last_os_error().into());
             }
+            // SAFETY: a fresh descriptor from accept4.
+            let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+            sys::set_io_timeouts(fd, sys::STALL_TIMEOUT)?;
             self.stats.connections += 1;
             self.channel = Some(Arc::new(Mutex::new(Channel {
-                // SAFETY: a fresh descriptor from accept4.
-                sock: unsafe { OwnedFd::from_raw_fd(fd) },
+                sock,
                 queued: VecDeque::new(),
                 next_id: 0,
                 closed: false,
@@ -1516,6 +1518,29 @@ mod tests {
         let st = s.stats();
         assert_eq!((st.dma_timeouts, st.dma_read_failures), (1, 2));
         assert_eq!(c.recv().0.command, wire::cmd::DMA_READ, "it was asked");
+    }
+
+    /// A client that stops in the middle of a message is dropped after
+    /// sys::STALL_TIMEOUT; the server held in recv forever before.
+    #[test]
+    fn a_client_stalled_mid_message_is_dropped() {
+        let (dir, mut s) = server();
+        let mut dev = fake();
+        let c = Client::connect(&dir.path.join("vfu.sock"));
+        let h = Header {
+            id: 1,
+            command: wire::cmd::DEVICE_GET_INFO,
+            size: 32,
+            flags: 0,
+            error: 0,
+        }
+        .emit();
+        send_with_fds(&c.sock, &h[..10], &[]);
+        let started = Instant::now();
+        pump(&mut s, &mut dev);
+        assert!(!s.connected());
+        assert!(started.elapsed() < 10 * sys::STALL_TIMEOUT);
+        assert_eq!((s.stats().errors, s.stats().disconnects), (1, 1));
     }
 
     #[test]
