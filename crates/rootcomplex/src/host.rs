@@ -400,6 +400,11 @@ impl<L: Link> Host<L> {
         self.interrupts.pop_front()
     }
 
+    /// How many interrupts are queued (at most [`MAX_QUEUED_INTERRUPTS`]).
+    pub fn queued_interrupts(&self) -> usize {
+        self.interrupts.len()
+    }
+
     /// The memory devices may reach (a VMM front-end maps guest RAM here).
     pub fn memory_mut(&mut self) -> &mut MemoryMap {
         self.bridge.memory_mut()
