@@ -101,8 +101,9 @@ pub struct IoBoxStats {
     pub unrouted: u64,
     /// TLPs a device sent while no host was in its group.
     pub no_host: u64,
-    /// TLPs a device sent that its host's session refused (gone, down, too large for
-    /// a frame): dropped.
+    /// TLPs for the host that its session refused (gone, down, too large for a
+    /// frame; an Unsupported Request answer also when the session's queue is full):
+    /// dropped.
     pub undeliverable: u64,
     /// Function-level resets done because the device changed hands.
     pub resets: u64,
@@ -277,6 +278,8 @@ impl IoBox {
                             if let Some(ur) = ur {
                                 if self.fp.node_mut().send_tlp(gid, peer, &ur).is_ok() {
                                     self.stats.answered_ur += 1;
+                                } else {
+                                    self.stats.undeliverable += 1;
                                 }
                             }
                         }
