@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 
 use endpoint::virtio::blk::{self, request_type, MemBackend, VirtioBlk};
 use endpoint::virtio::packed::{self, PackedDescriptor, RingPos};
-use endpoint::virtio::pci::layout;
+use endpoint::virtio::pci::{layout, QueueLimits};
 use endpoint::virtio::queue::{desc_flags, Descriptor};
 use endpoint::virtio::{feature, status, VirtioPci, NO_VECTOR};
 use endpoint::{Device, DeviceIo, DmaError, DmaId};
@@ -576,7 +576,8 @@ fn write_read_round_trip(indirect: bool, reverse: bool) {
     write_read_round_trip_on(Driver::new(8), indirect, reverse);
 }
 
-fn write_read_round_trip_on(mut d: Driver, indirect: bool, reverse: bool) {
+/// Returns the driver, for more checks.
+fn write_read_round_trip_on(mut d: Driver, indirect: bool, reverse: bool) -> Driver {
     d.io.reverse = reverse;
     assert!(d.init(ACCEPT));
     let per = if indirect { 1 } else { 3 };
@@ -671,6 +672,7 @@ fn write_read_round_trip_on(mut d: Driver, indirect: bool, reverse: bool) {
     assert_eq!(d.rd(layout::ISR, 1), 1, "ISR: queue interrupt");
     assert!(!d.io.intx, "reading the ISR releases INTx");
     assert_eq!(d.rd(layout::ISR, 1), 0, "and clears it");
+    d
 }
 
 #[test]
@@ -692,6 +694,34 @@ fn packed_ring_writes_and_reads_through_direct_chains_across_laps() {
 #[test]
 fn packed_ring_writes_and_reads_through_indirect_tables_with_reordered_dma() {
     write_read_round_trip_on(Driver::new_packed(8), true, true);
+}
+
+#[test]
+fn odd_chunks_and_a_tiny_queue_buffer_still_move_every_byte() {
+    // Chunks of 1 and 7 bytes cut headers, buffers and sectors anywhere; a buffer of
+    // one chunk makes every request wait for the one before.
+    for (buffer_bytes, chunk_bytes) in [(1, 1), (100, 7), (1000, 512), (3000, 4096)] {
+        for packed in [false, true] {
+            let mut d = if packed {
+                Driver::new_packed(8)
+            } else {
+                Driver::new(8)
+            };
+            d.dev = d.dev.with_limits(QueueLimits {
+                buffer_bytes,
+                chunk_bytes,
+            });
+            let limits = d.dev.limits();
+            assert!(limits.chunk_bytes as u64 <= limits.buffer_bytes);
+            let d = write_read_round_trip_on(d, packed, false);
+            let s = d.dev.stats();
+            assert!(s.buffered_peak <= buffer_bytes, "peak {}", s.buffered_peak);
+            assert_eq!(s.buffered, 0);
+            if buffer_bytes == 1 {
+                assert!(s.buffer_waits > 0, "requests waited for room");
+            }
+        }
+    }
 }
 
 #[test]
