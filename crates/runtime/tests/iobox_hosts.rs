@@ -304,3 +304,45 @@ fn a_full_backlog_holds_the_fabric_back_and_a_reset_counts_what_it_drops() {
     run(Duration::from_millis(20), &mut bx, &mut [&mut host]);
     assert_eq!(host.completions(), vec![7]);
 }
+
+/// An Unsupported Request answer that the host's session cannot take (its queue is
+/// full: the host does not acknowledge) is counted, not dropped silently.
+#[test]
+fn an_unsupported_request_answer_the_session_refuses_is_counted() {
+    let pool = Mempool::new(8192, 2048).unwrap();
+    let mut ports = mem::hub(&pool, 2, 1024, 1500).into_iter();
+    let start = Instant::now();
+    let (hp, bp) = (ports.next().unwrap(), ports.next().unwrap());
+    let box_mac = MacAddr(bp.info().mac);
+    let mut cfg = config(box_mac, BridgeRole::IoBox, 0x5000_0000);
+    cfg.session.window = 1;
+    cfg.session.max_tlps_per_frame = 1;
+    cfg.session.send_queue = 4;
+    let bn = Node::new(cfg).unwrap();
+    let slot = Slot::memdev(0, GID, 1 << 16).unwrap();
+    let mut bx = IoBox::new(FabricPort::new(bn, Box::new(bp)), vec![slot]);
+    let mut host = Hand::new(HOST, BridgeRole::Host, 0x1000_0000, hp, start);
+    run(Duration::from_millis(30), &mut bx, &mut [&mut host]);
+    host.deaf = true;
+    // Answers enough to fill the box's session, then a read of an empty slot.
+    for tag in 0..8 {
+        host.read_config(box_mac, tag);
+    }
+    run(Duration::from_millis(20), &mut bx, &mut [&mut host]);
+    assert!(bx.slots()[0].backlog_len() > 0, "the session's queue is full");
+    let req = ConfigRequest {
+        type1: false,
+        requester: Bdf::new(0, 0, 0).unwrap(),
+        tag: Tag::new(99).unwrap(),
+        target: Bdf::new(1, 5, 0).unwrap(),
+        register: 0,
+        first_be: 0xf,
+    };
+    let t = Tlp::new(Header::ConfigRead(req), &[]).to_vec().unwrap();
+    host.node.send_tlp(GID, box_mac, &t).unwrap();
+    run(Duration::from_millis(20), &mut bx, &mut [&mut host]);
+    let st = bx.stats();
+    assert_eq!(st.unrouted, 1);
+    assert_eq!(st.answered_ur + st.undeliverable, 1, "{st:?}");
+    assert_eq!(st.undeliverable, 1, "{st:?}");
+}
