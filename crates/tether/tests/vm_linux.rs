@@ -368,9 +368,7 @@ fn set_up(
             .arg(&script),
     );
     let vm_dir = std::env::var("TETHER_VM_DIR").unwrap_or("/var/tmp/tether-vm".into());
-    let Some(mut rig) = Rig::for_test(test, &format!("t{tag}")) else {
-        return None;
-    };
+    let mut rig = Rig::for_test(test, &format!("t{tag}"))?;
     let bx = rig.host("box").unwrap();
     let hs = rig.host("host").unwrap();
     // Names of their own: the tests may run at the same time.
