@@ -120,6 +120,18 @@ pub const DEFAULT_QUEUE_BUFFER: u64 = 4 << 20;
 /// a time (256 KiB).
 pub const DEFAULT_CHUNK: usize = 256 << 10;
 
+/// The least a step is charged against its queue's buffer, whatever its length: what
+/// the engine and the framework keep for it besides the data (a round of a 1-byte
+/// status costs more than 1 byte), so small requests are bounded too.
+pub const MIN_CHARGE: u64 = 256;
+
+/// A request's next step: the bytes it moves and what it is charged.
+#[derive(Clone, Copy, Debug)]
+struct Step {
+    len: u64,
+    charge: u64,
+}
+
 /// How much memory a queue may spend on its requests' data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueueLimits {
@@ -316,8 +328,10 @@ struct InFlight<J> {
     job: Option<J>,
     /// Readable bytes handed to the device so far.
     consumed: u64,
-    /// Bytes of its queue's buffer the request holds (its chunk or reply round).
+    /// Bytes of its queue's buffer the request holds for its chunk or reply round
+    /// (`step` bytes long).
     held: u64,
+    step: u64,
     /// The chunk being read.
     chunk: Vec<u8>,
     reads_left: usize,
@@ -789,6 +803,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
             job: None,
             consumed: 0,
             held: 0,
+            step: 0,
             chunk: Vec::new(),
             reads_left: 0,
         });
@@ -870,15 +885,22 @@ impl<D: VirtioDevice> VirtioPci<D> {
 
     /// Bytes request `r` needs for its next step: a chunk of readable bytes, else a
     /// round of reply; `None` when it has nothing more to move.
-    fn need(&self, r: usize) -> Option<u64> {
+    fn need(&self, r: usize) -> Option<Step> {
         let req = self.requests.get(r)?.as_ref()?;
         let chunk = self.limits.chunk_bytes as u64;
         let readable = req.walk.readable_len();
-        if req.consumed < readable {
-            return Some(chunk.min(readable - req.consumed));
-        }
         let writable = req.walk.writable_len();
-        (writable > 0).then(|| chunk.min(writable))
+        let len = if req.consumed < readable {
+            chunk.min(readable - req.consumed)
+        } else if writable > 0 {
+            chunk.min(writable)
+        } else {
+            return None;
+        };
+        Some(Step {
+            len,
+            charge: len.max(MIN_CHARGE).min(self.limits.buffer_bytes),
+        })
     }
 
     /// Goes on with request `r`, which holds nothing and waits for no DMA: its next
@@ -891,7 +913,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
             return;
         };
         let qs = &mut self.queues[q];
-        if qs.waiting.is_empty() && qs.buffered + need <= self.limits.buffer_bytes {
+        if qs.waiting.is_empty() && qs.buffered + need.charge <= self.limits.buffer_bytes {
             self.hold(r, need);
             self.run(r, io);
         } else {
@@ -900,14 +922,15 @@ impl<D: VirtioDevice> VirtioPci<D> {
         }
     }
 
-    /// Request `r` takes `bytes` of its queue's buffer.
-    fn hold(&mut self, r: usize, bytes: u64) {
+    /// Request `r` takes room in its queue's buffer for `step`.
+    fn hold(&mut self, r: usize, step: Step) {
         let Some(req) = self.requests.get_mut(r).and_then(Option::as_mut) else {
             return;
         };
-        req.held = bytes;
+        req.held = step.charge;
+        req.step = step.len;
         let qs = &mut self.queues[req.queue as usize];
-        qs.buffered += bytes;
+        qs.buffered += step.charge;
         self.stats.buffered_peak = self.stats.buffered_peak.max(qs.buffered);
     }
 
@@ -948,7 +971,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
                 self.complete(r, io);
                 continue;
             };
-            if self.queues[q as usize].buffered + need > self.limits.buffer_bytes {
+            if self.queues[q as usize].buffered + need.charge > self.limits.buffer_bytes {
                 break;
             }
             self.queues[q as usize].waiting.pop_front();
@@ -963,7 +986,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
         let Some(req) = self.requests.get_mut(r).and_then(Option::as_mut) else {
             return;
         };
-        let pieces: Vec<_> = scatter(req.walk.buffers(), false, req.consumed, req.held).collect();
+        let pieces: Vec<_> = scatter(req.walk.buffers(), false, req.consumed, req.step).collect();
         req.reads_left = pieces.len();
         for (addr, offset, len) in pieces {
             // A piece is at most a chunk, so at most MAX_DMA.
@@ -993,15 +1016,15 @@ impl<D: VirtioDevice> VirtioPci<D> {
         let Some(req) = self.requests.get_mut(r).and_then(Option::as_mut) else {
             return;
         };
-        let held = req.held as usize;
-        if bytes.len() != len || offset.checked_add(len).is_none_or(|end| end > held) {
+        let step = req.step as usize;
+        if bytes.len() != len || offset.checked_add(len).is_none_or(|end| end > step) {
             return self.fail_dma(DmaError::BadCompletion, io);
         }
-        if req.chunk.is_empty() && len == held {
+        if req.chunk.is_empty() && len == step {
             // The chunk in one piece: no copy.
             req.chunk = bytes;
         } else {
-            req.chunk.resize(held, 0);
+            req.chunk.resize(step, 0);
             req.chunk[offset..offset + len].copy_from_slice(&bytes);
         }
         req.reads_left = req.reads_left.saturating_sub(1);
@@ -1032,7 +1055,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
                 return;
             };
             let writable = req.walk.writable_len();
-            let mut buf = vec![0u8; req.held as usize];
+            let mut buf = vec![0u8; req.step as usize];
             let mut used = 0;
             // (address, offset in buf, length)
             let mut writes = Vec::new();
