@@ -1,5 +1,6 @@
-//! A remote function for the front-ends' tests: a config space, one 4 KiB memory BAR,
-//! guest RAM as the server maps it, and a record of what the server did.
+//! A remote function for the front-ends' tests and fuzz targets (feature `fake`): a
+//! config space, one 4 KiB memory BAR, guest RAM as the server maps it, and a record
+//! of what the server did. Accesses outside the BAR read all-ones and write nothing.
 
 use rootcomplex::HostMemory;
 
@@ -39,6 +40,15 @@ impl FakeFunction {
     }
 }
 
+impl FakeFunction {
+    /// Where `len` bytes at bus address `addr` are in BAR0, when they all are.
+    fn bar_range(&self, addr: u64, len: usize) -> Option<std::ops::Range<usize>> {
+        let start = usize::try_from(addr.checked_sub(self.bar_base)?).ok()?;
+        let end = start.checked_add(len)?;
+        (end <= self.bar.len()).then_some(start..end)
+    }
+}
+
 impl RemoteFunction for FakeFunction {
     fn config_read(&mut self, register: u16) -> Option<u32> {
         let r = register as usize;
@@ -51,12 +61,16 @@ impl RemoteFunction for FakeFunction {
         self.config_writes.push((register, value, be));
     }
     fn mem_read(&mut self, addr: u64, len: usize) -> Vec<u8> {
-        let o = (addr - self.bar_base) as usize;
-        self.bar[o..o + len].to_vec()
+        match self.bar_range(addr, len) {
+            Some(r) => self.bar[r].to_vec(),
+            // Nothing answers there: all-ones, as on PCIe.
+            None => vec![0xff; len],
+        }
     }
     fn mem_write(&mut self, addr: u64, data: &[u8]) {
-        let o = (addr - self.bar_base) as usize;
-        self.bar[o..o + data.len()].copy_from_slice(data);
+        if let Some(r) = self.bar_range(addr, data.len()) {
+            self.bar[r].copy_from_slice(data);
+        }
     }
     fn bar(&self, index: usize) -> Option<Bar> {
         (index == 0).then_some(Bar {
@@ -71,7 +85,8 @@ impl RemoteFunction for FakeFunction {
         Ok(())
     }
     fn unmap_guest_ram(&mut self, base: u64, size: u64) {
-        self.ram.retain(|(b, _)| *b < base || *b >= base + size);
+        let end = base.saturating_add(size);
+        self.ram.retain(|(b, _)| *b < base || *b >= end);
     }
     fn clear_guest_ram(&mut self) {
         self.ram.clear();

@@ -11,8 +11,8 @@
 
 pub mod caps;
 pub mod device;
-#[cfg(test)]
-mod fake_function;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake_function;
 pub mod guest_ram;
 pub mod proxy;
 pub mod sys;
