@@ -1,0 +1,226 @@
+//! The vfio-user server's request handling, not only its codec: a client connected
+//! to a real server (over its Unix socket) sends what the input chooses, framed
+//! messages with any command, flags and body, raw bytes that may break the framing,
+//! and descriptors of any kind (DMA_MAP without one, eventfds, a file, a socket where
+//! an eventfd belongs); between messages the device raises vectors and INTx, goes
+//! away and comes back, and clients come and go. The device is the test double
+//! `vmm::fake_function`.
+//!
+//! Checked after every step: no panic, no config write reaches the registers the
+//! server must keep from the device (BARs, ROM BAR, the MSI capability, MSI-X
+//! Message Control, anything past 256 bytes), MSI and MSI-X are never on together,
+//! the counters never go down, and a client that leaves takes its mappings with it.
+#![no_main]
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use libfuzzer_sys::fuzz_target;
+use vmm::fake_function::FakeFunction;
+use vmm::vfio_user::wire::{flags, Header, HEADER_LEN};
+use vmm::vfio_user::{VfioUserServer, VfioUserStats};
+
+#[path = "vmm_client/mod.rs"]
+mod vmm_client;
+use vmm_client::{assert_monotonic, drain, Attached, Framing, Input};
+
+/// BAR0 (4 KiB), MSI at 0x40 (64-bit, 16 bytes) and MSI-X at 0x50 (4 vectors).
+fn device() -> FakeFunction {
+    let mut dev = FakeFunction::new(0xe000_0000);
+    dev.config[6] = 0x10;
+    dev.config[0x10..0x14].copy_from_slice(&0xe000_0000u32.to_le_bytes());
+    dev.config[0x34] = 0x40;
+    dev.config[0x40] = 0x05;
+    dev.config[0x41] = 0x50;
+    dev.config[0x42] = 0x80;
+    dev.config[0x50] = 0x11;
+    dev.config[0x52] = 3;
+    dev
+}
+
+const MSI: std::ops::Range<u16> = 0x40..0x50;
+const MSIX_CONTROL: u16 = 0x50;
+
+/// The message size a header announces, when the server frames it.
+fn size_of(h: &[u8]) -> Option<u64> {
+    let h = Header::parse(h.try_into().ok()?).ok()?;
+    Some(h.body_len() as u64)
+}
+
+fn counters(s: &VfioUserStats) -> [u64; 14] {
+    [
+        s.connections,
+        s.disconnects,
+        s.requests,
+        s.config_reads,
+        s.config_writes,
+        s.bar_reads,
+        s.bar_writes,
+        s.dma_maps,
+        s.dma_unmaps,
+        s.set_irqs,
+        s.vectors_pended,
+        s.resets,
+        s.errors,
+        s.dma_messages,
+    ]
+}
+
+struct Client {
+    sock: UnixStream,
+    framing: Framing,
+}
+
+impl Client {
+    fn connect(path: &Path) -> Client {
+        let sock = UnixStream::connect(path).expect("connect");
+        sock.set_nonblocking(true).expect("non-blocking");
+        Client {
+            sock,
+            framing: Framing::new(HEADER_LEN, size_of),
+        }
+    }
+
+    /// Sends `bytes` with `fds`; a send the socket does not take whole leaves the
+    /// stream in an unknown state, which counts as dead.
+    fn send(&mut self, bytes: &[u8], fds: &Attached) {
+        if self.framing.dead {
+            return;
+        }
+        use std::os::fd::AsRawFd;
+        match vmm::sys::send_with_fds(self.sock.as_raw_fd(), bytes, &fds.raw()) {
+            Ok(()) => self.framing.feed(bytes),
+            Err(_) => self.framing.dead = true,
+        }
+    }
+}
+
+fn socket_path() -> PathBuf {
+    std::env::temp_dir().join(format!("tether-fuzz-vfu-{}.sock", std::process::id()))
+}
+
+fuzz_target!(|data: &[u8]| {
+    vmm_client::reset_ram();
+    let mut input = Input(data);
+    let path = socket_path();
+    let mut server = VfioUserServer::bind(&path).expect("bind");
+    let mut dev = device();
+    let mut peers = Vec::new();
+    let mut client = Client::connect(&path);
+    let mut before = counters(&server.stats());
+    let mut steps = 0;
+    while !input.is_empty() && steps < 512 {
+        steps += 1;
+        match input.byte() % 8 {
+            0..=2 => {
+                // A framed message: any command (the known ones often), flags and
+                // body; the size is the true one.
+                let command = match input.byte() {
+                    b @ 0..=199 => (b % 16) as u16,
+                    _ => input.u16(),
+                };
+                let id = input.u16();
+                let flags = match input.byte() % 4 {
+                    0 => flags::NO_REPLY,
+                    1 => flags::REPLY,
+                    2 => input.u32(),
+                    _ => 0,
+                };
+                let len = input.u16() as usize;
+                let body = input.take(len);
+                let fds = Attached::pick(&mut input, &mut peers);
+                let mut m = Header {
+                    id,
+                    command,
+                    size: (HEADER_LEN + body.len()) as u32,
+                    flags,
+                    error: 0,
+                }
+                .emit()
+                .to_vec();
+                m.extend_from_slice(body);
+                client.send(&m, &fds);
+            }
+            3 => {
+                // Raw bytes: a header may announce any size, a message may be cut.
+                let n = input.byte() as usize;
+                let bytes = input.take(n);
+                let fds = Attached::pick(&mut input, &mut peers);
+                client.send(bytes, &fds);
+            }
+            4 => server.vector(input.u16() % 8),
+            5 => server.set_intx(input.byte() & 1 != 0),
+            6 => match input.byte() % 4 {
+                0 => server.device_changed(),
+                1 => {
+                    server.request_release();
+                }
+                2 => dev.present = !dev.present,
+                _ => client = reconnect(client, &mut server, &mut dev, &path),
+            },
+            _ => {}
+        }
+        // Poll the server only when what it reads ends on a message boundary (or a
+        // header it drops the client for): otherwise it would wait for the rest.
+        if client.framing.at_boundary() || client.framing.dead {
+            server.serve(&mut dev, 64).expect("serve");
+            drain(&mut client.sock);
+        }
+        if client.framing.dead {
+            client = reconnect(client, &mut server, &mut dev, &path);
+        }
+        check(&dev);
+        let now = counters(&server.stats());
+        assert_monotonic(&before, &now);
+        before = now;
+    }
+    // The client leaves (in the middle of a message or not): the server drops it,
+    // and its mappings and interrupts with it.
+    drop(client);
+    for _ in 0..64 {
+        if !server.connected() {
+            break;
+        }
+        server.serve(&mut dev, 64).expect("serve");
+    }
+    assert!(!server.connected(), "the client is gone");
+    assert!(dev.ram.is_empty(), "mappings outlived the client");
+    check(&dev);
+    drop(server);
+    drop(peers);
+});
+
+/// The client leaves and another comes once the server has let the first go (so
+/// that no connect waits on a full listen backlog).
+fn reconnect(
+    old: Client,
+    server: &mut VfioUserServer,
+    dev: &mut FakeFunction,
+    path: &Path,
+) -> Client {
+    drop(old);
+    for _ in 0..64 {
+        if !server.connected() {
+            break;
+        }
+        server.serve(dev, 64).expect("serve");
+    }
+    assert!(!server.connected(), "a client that left is still served");
+    Client::connect(path)
+}
+
+fn check(dev: &FakeFunction) {
+    for &(reg, _, be) in &dev.config_writes {
+        assert!(reg < 0x100 && reg % 4 == 0, "config write at {reg:#x}");
+        assert!(
+            !(0x10..0x28).contains(&reg) && reg != 0x30,
+            "BAR or ROM written at {reg:#x}"
+        );
+        assert!(!MSI.contains(&reg), "MSI capability written at {reg:#x}");
+        if reg == MSIX_CONTROL {
+            assert_eq!(be & 0b1100, 0, "MSI-X Message Control written");
+        }
+    }
+    let on = |v: &[bool]| v.last().copied().unwrap_or(false);
+    assert!(!(on(&dev.msi_on) && on(&dev.msix_on)), "MSI and MSI-X on together");
+}

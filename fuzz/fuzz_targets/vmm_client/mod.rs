@@ -1,0 +1,170 @@
+//! What the vfio_user_server and proxy_server targets share: the input as a cursor of
+//! choices, the descriptors a VMM client may attach (eventfds, a file of guest RAM,
+//! a socket of the wrong kind), a client end that is drained without blocking, and
+//! the check that a server's counters only grow.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::OnceLock;
+
+/// The input, read front to back; an exhausted input reads zeros.
+pub struct Input<'a>(pub &'a [u8]);
+
+impl<'a> Input<'a> {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn byte(&mut self) -> u8 {
+        let Some((&b, rest)) = self.0.split_first() else {
+            return 0;
+        };
+        self.0 = rest;
+        b
+    }
+
+    pub fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.byte(), self.byte()])
+    }
+
+    pub fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.byte(), self.byte(), self.byte(), self.byte()])
+    }
+
+    /// Up to `n` bytes.
+    pub fn take(&mut self, n: usize) -> &'a [u8] {
+        let (a, b) = self.0.split_at(n.min(self.0.len()));
+        self.0 = b;
+        a
+    }
+}
+
+/// 64 KiB of "guest RAM": a file every attached descriptor of that kind refers to.
+fn ram_file() -> &'static File {
+    static RAM: OnceLock<File> = OnceLock::new();
+    RAM.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("tether-fuzz-ram-{}", std::process::id()));
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("scratch file");
+        let _ = std::fs::remove_file(&path);
+        f.set_len(64 << 10).expect("scratch file size");
+        f
+    })
+}
+
+/// Puts the guest RAM file back as it was (64 KiB, offset 0): a server that took it
+/// for an eventfd wrote into it.
+pub fn reset_ram() {
+    use std::io::Seek;
+    let mut f = ram_file();
+    f.set_len(64 << 10).expect("scratch file size");
+    f.rewind().expect("rewind");
+}
+
+/// Descriptors a client attaches to one message.
+#[derive(Default)]
+pub struct Attached {
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Attached {
+    /// `n` descriptors (0..=3), each of a kind the input picks. The peers of sockets
+    /// handed over where an eventfd belongs go to `keep`, to stay open while the
+    /// server may write to them (a write to a socket without a peer raises SIGPIPE,
+    /// which a tether binary ignores but the fuzzer's process does not).
+    pub fn pick(input: &mut Input, keep: &mut Vec<UnixStream>) -> Attached {
+        let mut a = Attached::default();
+        let n = input.byte() % 4;
+        for _ in 0..n {
+            let fd = match input.byte() % 3 {
+                0 => vmm::sys::eventfd().expect("eventfd"),
+                1 => ram_file().try_clone().expect("dup").into(),
+                _ => {
+                    let (ours, peer) = UnixStream::pair().expect("socketpair");
+                    keep.push(peer);
+                    ours.into()
+                }
+            };
+            a.fds.push(fd);
+        }
+        a
+    }
+
+    pub fn raw(&self) -> Vec<RawFd> {
+        self.fds.iter().map(|f| f.as_raw_fd()).collect()
+    }
+}
+
+/// Reads and drops whatever the server has sent (descriptors included) without
+/// blocking: the client end is non-blocking.
+pub fn drain(client: &mut UnixStream) {
+    let mut buf = [0u8; 8192];
+    while matches!(client.read(&mut buf), Ok(n) if n > 0) {}
+}
+
+/// Tracks where the byte stream a client sends stands: whether it ends on a message
+/// boundary (only then may the server be polled, or it would wait for the rest), and
+/// whether a header that the server refuses to frame went by (the stream is then
+/// dead: the server drops or stops reading it).
+pub struct Framing {
+    header_len: usize,
+    /// Bytes of the current message still to come (its header first).
+    header: Vec<u8>,
+    body_left: u64,
+    pub dead: bool,
+    /// The size of the message whose header is `h`, when the server frames it.
+    size_of: fn(&[u8]) -> Option<u64>,
+}
+
+impl Framing {
+    pub fn new(header_len: usize, size_of: fn(&[u8]) -> Option<u64>) -> Framing {
+        Framing {
+            header_len,
+            header: Vec::new(),
+            body_left: 0,
+            dead: false,
+            size_of,
+        }
+    }
+
+    pub fn at_boundary(&self) -> bool {
+        self.header.is_empty() && self.body_left == 0
+    }
+
+    /// Follows `bytes` through the stream.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && !self.dead {
+            if self.body_left > 0 {
+                let n = (bytes.len() as u64).min(self.body_left);
+                self.body_left -= n;
+                bytes = &bytes[n as usize..];
+                continue;
+            }
+            let n = (self.header_len - self.header.len()).min(bytes.len());
+            self.header.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.header.len() == self.header_len {
+                match (self.size_of)(&self.header) {
+                    Some(body) => self.body_left = body,
+                    None => self.dead = true,
+                }
+                self.header.clear();
+            }
+        }
+    }
+}
+
+/// Asserts that every counter in `after` is at least its value in `before` (the
+/// counters are u64 fields; `as_array` lists them).
+pub fn assert_monotonic(before: &[u64], after: &[u64]) {
+    for (i, (b, a)) in before.iter().zip(after).enumerate() {
+        assert!(a >= b, "counter {i} went down: {b} -> {a}");
+    }
+}
