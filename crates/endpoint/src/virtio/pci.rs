@@ -117,8 +117,9 @@ const PACKED_WINDOW: u16 = 16;
 pub const DEFAULT_QUEUE_BUFFER: u64 = 4 << 20;
 
 /// Default chunk: a request's data is read, and its reply written, this many bytes at
-/// a time (256 KiB).
-pub const DEFAULT_CHUNK: usize = 256 << 10;
+/// a time (1 MiB, the largest DMA: the requests Linux makes, up to 1.25 MiB, take
+/// one or two steps).
+pub const DEFAULT_CHUNK: usize = MAX_DMA;
 
 /// The least a step is charged against its queue's buffer, whatever its length: what
 /// the engine and the framework keep for it besides the data (a round of a 1-byte
