@@ -66,18 +66,28 @@ impl CapPatch {
     }
 }
 
-/// Where capability `id` is in the device's list (following the real links).
-pub fn find(dev: &mut dyn RemoteFunction, id: u8) -> Option<u16> {
-    let mut p = dev.config_read(CAP_PTR & !3)?.to_le_bytes()[0] as u16 & !3;
+/// The device did not answer a config read: nothing is known of what it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoAnswer;
+
+/// Where capability `id` is in the device's list (following the real links): `None`
+/// when the list, read to its end, does not have it.
+pub fn locate(dev: &mut dyn RemoteFunction, id: u8) -> Result<Option<u16>, NoAnswer> {
+    let mut p = dev.config_read(CAP_PTR & !3).ok_or(NoAnswer)?.to_le_bytes()[0] as u16 & !3;
     for _ in 0..48 {
         if p < 0x40 {
-            return None;
+            return Ok(None);
         }
-        let head = dev.config_read(p)?;
+        let head = dev.config_read(p).ok_or(NoAnswer)?;
         if head as u8 == id {
-            return Some(p);
+            return Ok(Some(p));
         }
         p = (head >> 8) as u16 & 0xfc;
     }
-    None
+    Ok(None)
+}
+
+/// Where capability `id` is, when the device answered and has it.
+pub fn find(dev: &mut dyn RemoteFunction, id: u8) -> Option<u16> {
+    locate(dev, id).ok().flatten()
 }

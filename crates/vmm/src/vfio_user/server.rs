@@ -29,7 +29,7 @@ use thiserror::Error;
 use super::wire::{
     self, errno, vfio, Body, Header, ProtocolError, Request, HEADER_LEN, MAX_DATA_XFER,
 };
-use crate::caps::{self, CAP_MSI, CAP_MSIX};
+use crate::caps::{self, NoAnswer, CAP_MSI, CAP_MSIX};
 use crate::device::{byte_enables, Bar, RemoteFunction};
 use crate::guest_ram::GuestRam;
 use crate::sys;
@@ -647,35 +647,37 @@ impl VfioUserServer {
         }
     }
 
-    fn msix_info(&mut self, dev: &mut dyn RemoteFunction) -> Option<(u16, u16)> {
-        *self.msix_cap.get_or_insert_with(|| {
-            let cap = caps::find(dev, CAP_MSIX)?;
-            let control = dev.config_read(cap)? >> 16;
-            Some((cap, (control & 0x7ff) as u16 + 1))
+    /// Where the MSI-X capability is and its vector count; `Ok(None)`: the device has
+    /// none; `Err`: the device did not answer (nothing is remembered then).
+    fn msix_info(&mut self, dev: &mut dyn RemoteFunction) -> Result<Option<(u16, u16)>, NoAnswer> {
+        cap_info(&mut self.msix_cap, dev, CAP_MSIX, |control| {
+            (control & 0x7ff) as u16 + 1
         })
     }
 
     /// Where the MSI capability is and how many bytes it spans (12 or 16 by address
-    /// width, 8 more with per-vector masking).
-    fn msi_info(&mut self, dev: &mut dyn RemoteFunction) -> Option<(u16, u16)> {
-        *self.msi_cap.get_or_insert_with(|| {
-            let cap = caps::find(dev, CAP_MSI)?;
-            let control = dev.config_read(cap)? >> 16;
+    /// width, 8 more with per-vector masking); as `msix_info`.
+    fn msi_info(&mut self, dev: &mut dyn RemoteFunction) -> Result<Option<(u16, u16)>, NoAnswer> {
+        cap_info(&mut self.msi_cap, dev, CAP_MSI, |control| {
             let len = if control & MSI_64BIT != 0 { 16 } else { 12 };
             let masking = if control & MSI_PER_VECTOR_MASK != 0 {
                 8
             } else {
                 0
             };
-            Some((cap, len + masking))
+            len + masking
         })
     }
 
     /// Vectors offered for irq `index` (MSI: one, whatever the device can do).
     fn vector_count(&mut self, index: u32, dev: &mut dyn RemoteFunction) -> u32 {
         match index {
-            vfio::PCI_MSI_IRQ => self.msi_info(dev).map_or(0, |_| 1),
-            vfio::PCI_MSIX_IRQ => self.msix_info(dev).map_or(0, |(_, n)| n as u32),
+            // Unknown (the device does not answer): none offered.
+            vfio::PCI_MSI_IRQ => self.msi_info(dev).ok().flatten().map_or(0, |_| 1),
+            vfio::PCI_MSIX_IRQ => {
+                let info = self.msix_info(dev).ok().flatten();
+                info.map_or(0, |(_, n)| n as u32)
+            }
             _ => 0,
         }
     }
@@ -694,7 +696,7 @@ impl VfioUserServer {
             return 0;
         }
         let v = dev.config_read(register).unwrap_or(u32::MAX);
-        match self.msi_info(dev) {
+        match self.msi_info(dev).ok().flatten() {
             // One vector: the bridge routes one message per device.
             Some((cap, _)) if cap == register => v & !MSI_MULTIPLE_CAPABLE,
             _ => v,
@@ -751,9 +753,13 @@ impl VfioUserServer {
         match region {
             vfio::PCI_CONFIG_REGION => {
                 let mut at = region_range(offset, data.len(), CONFIG_SIZE)?.start;
+                // What must not be written is known only once the device answered:
+                // until then nothing is written.
+                let msix = self.msix_info(dev).map_err(|NoAnswer| errno::EIO)?;
+                let msi = self.msi_info(dev).map_err(|NoAnswer| errno::EIO)?;
+                let msix_control = msix.map(|(cap, _)| cap);
+                let msi = msi.map(|(cap, len)| cap..cap + len);
                 self.stats.config_writes += 1;
-                let msix_control = self.msix_info(dev).map(|(cap, _)| cap);
-                let msi = self.msi_info(dev).map(|(cap, len)| cap..cap + len);
                 let mut rest = data;
                 while !rest.is_empty() {
                     // Below CONFIG_SIZE (checked above): the u16 holds it.
@@ -981,6 +987,26 @@ impl VfioUserServer {
             }
         }
     }
+}
+
+/// A capability's place and size from `cache`, or from the device (`size` from its
+/// Message Control word), remembered once the device answered, whether it has the
+/// capability or not.
+fn cap_info(
+    cache: &mut Option<Option<(u16, u16)>>,
+    dev: &mut dyn RemoteFunction,
+    id: u8,
+    size: impl Fn(u32) -> u16,
+) -> Result<Option<(u16, u16)>, NoAnswer> {
+    if let Some(known) = *cache {
+        return Ok(known);
+    }
+    let found = match caps::locate(dev, id)? {
+        Some(cap) => Some((cap, size(dev.config_read(cap).ok_or(NoAnswer)? >> 16))),
+        None => None,
+    };
+    *cache = Some(found);
+    Ok(found)
 }
 
 /// The bytes `offset..offset + len` of a region of `size` bytes, or EINVAL when any of
@@ -1541,6 +1567,65 @@ mod tests {
         assert!(!s.connected());
         assert!(started.elapsed() < 10 * sys::STALL_TIMEOUT);
         assert_eq!((s.stats().errors, s.stats().disconnects), (1, 1));
+    }
+
+    /// Found by the vfio_user_server fuzz target: a config access while the device
+    /// did not answer made the server remember "no MSI, no MSI-X", and once the
+    /// device answered again the guest's writes to the MSI capability and to MSI-X
+    /// Message Control reached it. A layout that could not be read is not
+    /// remembered, and config writes are refused until it can be.
+    #[test]
+    fn capabilities_unread_while_the_device_is_away_stay_filtered() {
+        let (dir, mut s) = server();
+        let mut dev = fake();
+        let mut c = Client::connect(&dir.path.join("vfu.sock"));
+        let write = |off: u64, data: &[u8]| {
+            Body::default()
+                .u64(off)
+                .u32(7)
+                .u32(data.len() as u32)
+                .bytes(data)
+                .0
+        };
+        dev.present = false;
+        let (h, _) = ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::REGION_WRITE,
+            &write(0x04, &[0x06, 0x00]),
+            &[],
+        );
+        assert_eq!(h.error, errno::EIO, "refused while the layout is unknown");
+        dev.present = true;
+        for (at, data) in [(0x44u64, &[0u8, 0, 0xe0, 0xfe][..]), (0x52, &[0x00, 0xc0])] {
+            ask(
+                &mut c,
+                &mut s,
+                &mut dev,
+                wire::cmd::REGION_WRITE,
+                &write(at, data),
+                &[],
+            );
+        }
+        assert_eq!(
+            dev.config_writes,
+            Vec::<(u16, u32, u8)>::new(),
+            "neither the MSI address nor MSI-X Message Control reached the device"
+        );
+        let h = set_irqs(
+            &mut c,
+            &mut s,
+            &mut dev,
+            (
+                vfio::IRQ_SET_DATA_EVENTFD | vfio::IRQ_SET_ACTION_TRIGGER,
+                vfio::PCI_MSIX_IRQ,
+                0,
+                4,
+            ),
+            &[],
+        );
+        assert_eq!(h.error, 0, "MSI-X found again: 4 vectors");
     }
 
     #[test]
