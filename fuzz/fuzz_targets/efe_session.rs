@@ -15,7 +15,9 @@
 //! once each, where the accepted frames of one peer epoch have sequence numbers 0, 1,
 //! 2, ...; the receive queue never holds more than `recv_queue` TLPs; each DATA frame
 //! the session sends carries the TLPs given to `send` in order, and a retransmission
-//! carries the same TLPs as the first transmission; the TLPs queued or in flight stay
+//! carries the same TLPs as the first transmission; every frame sent acknowledges
+//! exactly the frames taken and advertises no more room than is left; the TLPs queued
+//! or in flight stay
 //! within the send queue and the window; a session with TLPs outstanding always has a
 //! timer.
 #![no_main]
@@ -176,6 +178,16 @@ impl Model {
     fn transmitted(&mut self, h: &TetherHeader, payload: &[u8], local_epoch: u32) {
         assert_eq!(h.epoch, local_epoch);
         self.last_tsval = h.tsval;
+        // What it tells the peer of its receiving side: the peer epoch it follows, and
+        // once it has one, the next frame it takes and the room it has.
+        assert_eq!(h.peer_epoch, self.peer_epoch);
+        assert_eq!(h.has_flag(flags::ACK), self.peer_epoch != 0);
+        if self.peer_epoch != 0 {
+            assert_eq!(h.ack, self.rcv_nxt, "acknowledges what it took");
+        }
+        assert!(h.window as u32 <= self.cfg.window);
+        let room = self.cfg.recv_queue - self.delivered.len();
+        assert!(h.window as usize * self.cfg.max_tlps_per_frame <= room);
         match h.kind {
             FrameKind::Data => {}
             FrameKind::Ack | FrameKind::Nak => {

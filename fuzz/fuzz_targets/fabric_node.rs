@@ -16,7 +16,9 @@
 //! once before it goes down, a device is added once before it is removed, TLPs come
 //! only from peers that are up, a peer's devices are gone before it is), and after the
 //! events are drained it matches what `peers()` shows; the peers stay within
-//! `max_peers`, and one step raises a bounded number of events.
+//! `max_peers`, and the events waiting grow by a bounded number per step. The caller
+//! takes all events, only the control ones (TLPs then stay in their sessions) or none,
+//! as the input says.
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -237,6 +239,7 @@ fuzz_target!(|data: &[u8]| {
     let mut handed_in = 0u64;
     let mut links: BTreeMap<(u16, MacAddr), Link> = BTreeMap::new();
     let mut story = Story::default();
+    let mut waiting = 0;
     let mut buf = vec![0u8; 9100];
     let mut steps = 0;
     while !i.done() && steps < 1000 {
@@ -445,15 +448,37 @@ fuzz_target!(|data: &[u8]| {
                 handed_in += 1;
             }
         }
-        let mut raised = 0;
-        while let Some(e) = n.poll_event() {
-            story.event(&e);
-            raised += 1;
+        // The caller takes every event, only the control ones (TLPs stay in their
+        // sessions: back-pressure), or none this time.
+        let pending = n.pending_events();
+        match i.u8() % 4 {
+            0 => {}
+            1 => {
+                while let Some(e) = n.poll_control_event() {
+                    assert!(!matches!(e, FabricEvent::Tlp { .. }));
+                    story.event(&e);
+                }
+            }
+            _ => {
+                while let Some(e) = n.poll_event() {
+                    story.event(&e);
+                }
+                assert_eq!(
+                    n.pending_events(),
+                    0,
+                    "events left after poll_event said none"
+                );
+                story.matches(&n);
+            }
         }
-        // An INFO replaces at most 255 devices with 255 others; sessions deliver at
-        // most their receive queue.
-        assert!(raised <= 2 * 255 + 8 + cfg.max_peers * cfg.session.recv_queue);
-        story.matches(&n);
+        // What waits is bounded: a step can take down every peer (each with at most
+        // 255 devices), an INFO replace 255 devices with 255 others, and each session
+        // holds at most its receive queue of TLPs.
+        assert!(
+            pending <= waiting + cfg.max_peers * (256 + cfg.session.recv_queue) + 2 * 256 + 8,
+            "{pending} events waiting, {waiting} before the step"
+        );
+        waiting = n.pending_events();
         assert!(n.peers().count() <= cfg.max_peers);
         let after = counters(&n.stats());
         for (a, b) in after.iter().zip(before.iter()) {
