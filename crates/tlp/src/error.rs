@@ -2,7 +2,7 @@
 
 use thiserror::Error;
 
-use crate::types::{Bdf, Tag};
+use crate::repr::UrAnswer;
 
 /// Why `Tlp::parse` refuses a byte string, and why `Tlp::emit` refuses a repr.
 ///
@@ -45,10 +45,10 @@ pub enum ParseError {
     ReservedMessageRouting(u8),
     /// AT = 11b (reserved) in a memory request or AtomicOp. Not malformed: the spec has
     /// the receiver handle it as an Unsupported Request, which for a non-posted request
-    /// (MRd, MRdLk, AtomicOp) means a UR completion to `transaction` (requester, tag);
-    /// a MWr is dropped.
+    /// (MRd, MRdLk, AtomicOp) means a UR completion as `transaction` describes it
+    /// (requester, tag, Byte Count: see `Tlp::ur_answer`); a MWr (`None`) is dropped.
     #[error("reserved Address Type 11b in a memory request: an Unsupported Request")]
-    ReservedAddressType { transaction: Option<(Bdf, Tag)> },
+    ReservedAddressType { transaction: Option<UrAnswer> },
     #[error("AtomicOp address {address:#x} is not aligned to its {operand_size}-byte operand")]
     MisalignedAtomic { address: u64, operand_size: u64 },
 }
@@ -63,6 +63,16 @@ impl ParseError {
             self,
             ParseError::ReservedMessageRouting(_) | ParseError::ReservedAddressType { .. }
         )
+    }
+
+    /// For an Unsupported Request that is a non-posted request: the UR completion that
+    /// answers it. `None` for every other error (a malformed TLP is never answered; a
+    /// posted Unsupported Request is dropped).
+    pub const fn ur_answer(&self) -> Option<UrAnswer> {
+        match *self {
+            ParseError::ReservedAddressType { transaction } => transaction,
+            _ => None,
+        }
     }
 }
 

@@ -22,7 +22,7 @@ pub use packet::TlpPacket;
 pub use reassembly::{Progress, ReadReassembly, ReassemblyError};
 pub use repr::{
     Atomic, Completion, ConfigRequest, Header, HeaderFlags, IoRequest, MemRead, MemWrite, Message,
-    Tlp, MAX_PAYLOAD,
+    Tlp, UrAnswer, MAX_PAYLOAD,
 };
 pub use split::{
     for_each_read_completion, for_each_write, split_completions, split_read_completions,

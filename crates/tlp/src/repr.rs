@@ -193,27 +193,33 @@ fn check_io_like_flags(flags: &HeaderFlags) -> Result<(), ParseError> {
     require_zero(flags.ln, "LN")
 }
 
-/// AT of a memory request or AtomicOp: 00b, 01b or 10b; 11b is reserved and an
-/// Unsupported Request (`transaction` is whom to answer, for a non-posted request).
+/// AT for every type. On a memory request or AtomicOp: 00b, 01b or 10b; 11b is
+/// reserved and an Unsupported Request (the error carries whom to answer, for a
+/// non-posted request). Completions, messages, I/O and configuration requests must
+/// carry 00b.
 #[inline]
-fn check_memory_address_type(at: u8, transaction: Option<(Bdf, Tag)>) -> Result<(), ParseError> {
-    match at {
-        0..=2 => Ok(()),
-        3 => Err(ParseError::ReservedAddressType { transaction }),
-        _ => Err(ParseError::FieldNotAllowed { field: "AT" }),
+fn check_address_type(tlp: &Tlp) -> Result<(), ParseError> {
+    let at = tlp.flags.address_type;
+    match tlp.header {
+        Header::MemRead(_) | Header::MemWrite(_) | Header::Atomic(_) => match at {
+            0..=2 => Ok(()),
+            3 => Err(ParseError::ReservedAddressType {
+                transaction: tlp.ur_answer(),
+            }),
+            _ => Err(ParseError::FieldNotAllowed { field: "AT" }),
+        },
+        _ => require_zero(at != 0, "AT"),
     }
 }
 
-/// AT for every type: see [`check_memory_address_type`]; completions, messages, I/O
-/// and configuration requests must carry 00b.
-#[inline]
-fn check_address_type(header: &Header, at: u8) -> Result<(), ParseError> {
-    match header {
-        Header::MemRead(r) => check_memory_address_type(at, Some((r.requester, r.tag))),
-        Header::Atomic(a) => check_memory_address_type(at, Some((a.requester, a.tag))),
-        Header::MemWrite(_) => check_memory_address_type(at, None),
-        _ => require_zero(at != 0, "AT"),
-    }
+/// Whom a completion that refuses a request (Unsupported Request, Completer Abort)
+/// goes to, and the Byte Count it carries: see [`Tlp::ur_answer`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct UrAnswer {
+    pub requester: Bdf,
+    pub tag: Tag,
+    /// 1..=4096.
+    pub byte_count: u16,
 }
 
 impl Header {
@@ -346,6 +352,31 @@ impl<'a> Tlp<'a> {
             payload,
             digest: None,
         }
+    }
+
+    /// The completion that refuses this request, when it is not served: its requester
+    /// and tag, and the Byte Count PCIe §2.2.9 gives it: a read's byte count from its
+    /// Length and byte enables (§2.3.1.1), an AtomicOp's operand size, 4 for I/O and
+    /// configuration requests. `None` for posted requests and completions, which are
+    /// never answered. (A repr whose Length or payload no TLP can carry gets a Byte
+    /// Count clamped to 1..=4096.)
+    pub fn ur_answer(&self) -> Option<UrAnswer> {
+        let (requester, tag) = self.header.transaction_id()?;
+        let byte_count = match self.header {
+            Header::MemRead(r) => {
+                u64::from(crate::byte_enables::enabled_bytes(r.length_dw, r.first_be, r.last_be).1)
+            }
+            Header::Atomic(a) => {
+                let data_dw = (self.payload.len() / 4).min(MAX_PAYLOAD / 4) as u16;
+                a.op.operand_size(data_dw)
+            }
+            _ => 4,
+        };
+        Some(UrAnswer {
+            requester,
+            tag,
+            byte_count: byte_count.clamp(1, MAX_PAYLOAD as u64) as u16,
+        })
     }
 
     /// Decodes and validates one TLP that fills `bytes` exactly.
@@ -575,7 +606,7 @@ impl<'a> Tlp<'a> {
         if self.flags.traffic_class > 7 {
             return Err(ParseError::FieldNotAllowed { field: "TC" });
         }
-        check_address_type(&self.header, self.flags.address_type)?;
+        check_address_type(self)?;
         match &self.header {
             Header::MemRead(r) => {
                 if !(1..=1024).contains(&r.length_dw) {

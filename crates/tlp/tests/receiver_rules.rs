@@ -298,7 +298,11 @@ fn reserved_address_type_in_memory_requests_is_an_unsupported_request() {
     assert_eq!(
         e,
         ParseError::ReservedAddressType {
-            transaction: Some((requester, Tag::new(0x2a).unwrap()))
+            transaction: Some(UrAnswer {
+                requester,
+                tag: Tag::new(0x2a).unwrap(),
+                byte_count: 4
+            })
         }
     );
     assert!(!e.is_malformed());
