@@ -17,7 +17,7 @@ use thiserror::Error;
 use tlp::{
     enabled_runs, for_each_read_completion, for_each_write, split_requests, Bdf, Completion,
     CompletionStatus, ConfigRequest, Header, IntxPin, MaxSize, MemRead, MemWrite, Message, Rcb,
-    ReadReassembly, RequestChunk, Tag, Tlp,
+    ReadReassembly, RequestChunk, Tag, Tlp, UrAnswer,
 };
 
 use crate::config::{reg, ConfigEffects, ConfigSpace};
@@ -96,11 +96,13 @@ pub struct FunctionStats {
     pub config_writes: u64,
     pub mmio_reads: u64,
     pub mmio_writes: u64,
-    /// Non-posted requests answered with Unsupported Request.
+    /// Unsupported Requests: non-posted requests answered with an Unsupported Request
+    /// completion, and the posted ones the codec refuses as unsupported (a message with
+    /// reserved routing, a MWr with AT = 11b), dropped.
     pub unsupported: u64,
     /// Posted writes to no BAR (or with memory decoding off), dropped.
     pub dropped_writes: u64,
-    /// TLPs that did not parse, dropped.
+    /// Malformed TLPs (`ParseError::is_malformed`), dropped and never answered.
     pub malformed: u64,
     pub dma_reads: u64,
     pub dma_read_bytes: u64,
@@ -172,6 +174,15 @@ struct Core {
     stats: FunctionStats,
 }
 
+/// The UR completion for a configuration request (Byte Count 4, PCIe §2.2.9).
+fn config_ur(r: &ConfigRequest) -> UrAnswer {
+    UrAnswer {
+        requester: r.requester,
+        tag: r.tag,
+        byte_count: 4,
+    }
+}
+
 /// A PCIe function: the framework around one device model.
 pub struct Function<D: Device> {
     core: Core,
@@ -206,6 +217,21 @@ impl Core {
             locked: false,
         };
         emit(&mut self.out, &Tlp::new(Header::Completion(cpl), data));
+    }
+
+    /// Counts an Unsupported Request and answers it with a UR completion, when it is
+    /// non-posted (`answer` is `Some`).
+    fn unsupported(&mut self, answer: Option<UrAnswer>) {
+        self.stats.unsupported += 1;
+        if let Some(a) = answer {
+            self.completion(
+                (a.requester, a.tag),
+                CompletionStatus::UnsupportedRequest,
+                a.byte_count,
+                0,
+                &[],
+            );
+        }
     }
 
     fn sizes(&self) -> (MaxSize, MaxSize) {
@@ -502,7 +528,8 @@ impl<D: Device> Function<D> {
     pub fn handle_tlp(&mut self, now: u64, bytes: &[u8]) {
         match Tlp::parse(bytes) {
             Ok(tlp) => self.handle_parsed(now, &tlp),
-            Err(_) => self.core.stats.malformed += 1,
+            Err(e) if e.is_malformed() => self.core.stats.malformed += 1,
+            Err(e) => self.core.unsupported(e.ur_answer()),
         }
     }
 
@@ -515,25 +542,8 @@ impl<D: Device> Function<D> {
             Header::MemRead(r) => self.mem_read(r),
             Header::MemWrite(w) => self.mem_write(w, tlp.payload),
             Header::Completion(c) => self.completion(c, tlp.payload),
-            Header::IoRead(r) | Header::IoWrite(r) => {
-                self.core.stats.unsupported += 1;
-                self.core.completion(
-                    (r.requester, r.tag),
-                    CompletionStatus::UnsupportedRequest,
-                    4,
-                    0,
-                    &[],
-                );
-            }
-            Header::Atomic(a) => {
-                self.core.stats.unsupported += 1;
-                self.core.completion(
-                    (a.requester, a.tag),
-                    CompletionStatus::UnsupportedRequest,
-                    4,
-                    0,
-                    &[],
-                );
+            Header::IoRead(_) | Header::IoWrite(_) | Header::Atomic(_) => {
+                self.core.unsupported(tlp.ur_answer())
             }
             // Messages to an endpoint (e.g. Set_Slot_Power_Limit) need no action here.
             Header::Message(_) => {}
@@ -544,10 +554,7 @@ impl<D: Device> Function<D> {
     fn config_read(&mut self, r: ConfigRequest) {
         let id = (r.requester, r.tag);
         if r.type1 {
-            self.core.stats.unsupported += 1;
-            return self
-                .core
-                .completion(id, CompletionStatus::UnsupportedRequest, 4, 0, &[]);
+            return self.core.unsupported(Some(config_ur(&r)));
         }
         self.core.stats.config_reads += 1;
         let v = self.core.config.read_dword(r.register as usize / 4);
@@ -570,10 +577,7 @@ impl<D: Device> Function<D> {
     fn config_write(&mut self, r: ConfigRequest, payload: &[u8]) {
         let id = (r.requester, r.tag);
         if r.type1 || payload.len() != 4 {
-            self.core.stats.unsupported += 1;
-            return self
-                .core
-                .completion(id, CompletionStatus::UnsupportedRequest, 4, 0, &[]);
+            return self.core.unsupported(Some(config_ur(&r)));
         }
         self.core.stats.config_writes += 1;
         // A type-0 configuration write tells the function its bus and device number.
@@ -687,28 +691,19 @@ impl<D: Device> Function<D> {
         } else {
             self.core.config.decode_memory(r.address)
         };
+        let refuse = UrAnswer {
+            requester: r.requester,
+            tag: r.tag,
+            byte_count: count as u16,
+        };
         let Some((bar, offset)) = decoded else {
-            self.core.stats.unsupported += 1;
-            return self.core.completion(
-                id,
-                CompletionStatus::UnsupportedRequest,
-                count as u16,
-                0,
-                &[],
-            );
+            return self.core.unsupported(Some(refuse));
         };
         let span = r.length_dw as usize * 4;
         if self.core.config.decode_memory(r.address + span as u64 - 1)
             != Some((bar, offset + span as u64 - 1))
         {
-            self.core.stats.unsupported += 1;
-            return self.core.completion(
-                id,
-                CompletionStatus::UnsupportedRequest,
-                count as u16,
-                0,
-                &[],
-            );
+            return self.core.unsupported(Some(refuse));
         }
         self.core.stats.mmio_reads += 1;
         // Read only the enabled bytes (reads can have side effects); the rest are 0.

@@ -10,8 +10,8 @@ use endpoint::memdev::{self, error, op, regs, status, MemDev};
 use endpoint::{Function, FunctionConfig};
 use proptest::prelude::*;
 use tlp::{
-    split_read_completions, Bdf, Completion, CompletionStatus, ConfigRequest, Header, MaxSize,
-    MemRead, MemWrite, Rcb, Tag, Tlp,
+    split_read_completions, Atomic, AtomicOp, Bdf, Completion, CompletionStatus, ConfigRequest,
+    Header, IntxPin, MaxSize, MemRead, MemWrite, Message, Rcb, Tag, Tlp,
 };
 
 const MEM_BASE: u64 = 0x1000_0000;
@@ -528,6 +528,134 @@ fn bad_input_is_counted_and_answered() {
     assert_eq!(h.f.stats().unexpected_completions, 1);
     // Still serving.
     assert_eq!(h.reg(regs::MAGIC), memdev::MAGIC);
+}
+
+/// Sets AT = 11b (reserved) in an emitted memory request or AtomicOp.
+fn with_reserved_address_type(mut b: Vec<u8>) -> Vec<u8> {
+    b[2] |= 0x0c;
+    b
+}
+
+/// The codec's Unsupported Requests (PCIe §2.2, §2.3) are not malformed TLPs: a MRd with
+/// AT = 11b gets a UR completion to its requester and tag, a MWr with AT = 11b and a
+/// message with reserved routing are dropped; all three count as unsupported. A
+/// malformed TLP counts as malformed and is never answered.
+#[test]
+fn unsupported_requests_are_answered_and_told_apart_from_malformed_ones() {
+    let mut h = Host::new();
+    h.enumerate();
+    let before = h.f.stats();
+    let tag = Tag::wrapping(0x1a5);
+    let mrd = MemRead {
+        requester: root(),
+        tag,
+        address: BAR0 + 0x10,
+        length_dw: 2,
+        first_be: 0xe,
+        last_be: 0x7,
+        locked: false,
+        hint: None,
+    };
+    let b = with_reserved_address_type(emit(&Tlp::new(Header::MemRead(mrd), &[])));
+    h.f.handle_tlp(h.now, &b);
+    h.pump();
+    let cpls = h.completions.remove(&0x1a5).expect("a UR completion");
+    assert_eq!(cpls.len(), 1);
+    let (c, data) = &cpls[0];
+    assert_eq!(c.status, CompletionStatus::UnsupportedRequest);
+    assert_eq!((c.requester, c.tag), (root(), tag));
+    // The read's byte count (2 DW, first BE 1110, last BE 0111): 8 - 1 - 1.
+    assert_eq!(c.byte_count, 6);
+    assert!(data.is_empty());
+    assert_eq!(h.f.stats().unsupported, before.unsupported + 1);
+    assert_eq!(h.f.stats().malformed, before.malformed);
+
+    // A MWr with AT = 11b: dropped, unsupported.
+    let mwr = MemWrite {
+        requester: root(),
+        tag: Tag::default(),
+        address: BAR0,
+        first_be: 0xf,
+        last_be: 0,
+        hint: None,
+    };
+    let b = with_reserved_address_type(emit(&Tlp::new(Header::MemWrite(mwr), &[1, 2, 3, 4])));
+    h.f.handle_tlp(h.now, &b);
+    assert!(h.f.poll_transmit().is_none());
+    assert_eq!(h.f.stats().unsupported, before.unsupported + 2);
+    assert_eq!(h.f.stats().mmio_writes, before.mmio_writes);
+
+    // A message with reserved routing (110b): dropped, unsupported.
+    let msg = Message::intx(root(), IntxPin::A, true);
+    let mut b = emit(&Tlp::new(Header::Message(msg), &[]));
+    b[0] = (b[0] & !7) | 0b110;
+    h.f.handle_tlp(h.now, &b);
+    assert!(h.f.poll_transmit().is_none());
+    assert_eq!(h.f.stats().unsupported, before.unsupported + 3);
+    assert_eq!(h.f.stats().malformed, before.malformed);
+
+    // A malformed MRd (2 DW with First BE 0000): counted, never answered.
+    let bad = MemRead {
+        first_be: 0xf,
+        ..mrd
+    };
+    let mut b = emit(&Tlp::new(Header::MemRead(bad), &[]));
+    b[7] &= 0xf0;
+    h.f.handle_tlp(h.now, &b);
+    assert!(h.f.poll_transmit().is_none());
+    assert_eq!(h.f.stats().malformed, before.malformed + 1);
+    assert_eq!(h.f.stats().unsupported, before.unsupported + 3);
+    // Still serving.
+    assert_eq!(h.reg(regs::MAGIC), memdev::MAGIC);
+}
+
+/// An AtomicOp is refused with a UR completion whose Byte Count is the operand size
+/// (PCIe §2.2.9), whether it is refused by the endpoint or, with AT = 11b, by the codec.
+#[test]
+fn atomic_ops_are_refused_with_their_operand_size() {
+    let mut h = Host::new();
+    h.enumerate();
+    let before = h.f.stats();
+    // (op, payload bytes, operand size)
+    let cases = [
+        (AtomicOp::FetchAdd, 4, 4),
+        (AtomicOp::FetchAdd, 8, 8),
+        (AtomicOp::Swap, 8, 8),
+        (AtomicOp::CompareAndSwap, 8, 4),
+        (AtomicOp::CompareAndSwap, 32, 16),
+    ];
+    let mut n = 0;
+    for reserved_at in [false, true] {
+        for (k, &(op, len, size)) in cases.iter().enumerate() {
+            let tag = Tag::wrapping(0x100 + k as u16 + 16 * reserved_at as u16);
+            let a = Atomic {
+                op,
+                requester: root(),
+                tag,
+                address: BAR0 + 0x40,
+                hint: None,
+            };
+            let mut b = emit(&Tlp::new(Header::Atomic(a), &vec![0x5a; len]));
+            if reserved_at {
+                b = with_reserved_address_type(b);
+            }
+            h.f.handle_tlp(h.now, &b);
+            h.pump();
+            n += 1;
+            let cpls = h.completions.remove(&tag.value()).expect("a UR completion");
+            assert_eq!(cpls.len(), 1);
+            let (c, data) = &cpls[0];
+            assert_eq!(c.status, CompletionStatus::UnsupportedRequest, "{op:?}");
+            assert_eq!((c.requester, c.tag), (root(), tag));
+            assert_eq!(
+                c.byte_count, size,
+                "{op:?} with {len} bytes, AT=11b {reserved_at}"
+            );
+            assert!(data.is_empty());
+            assert_eq!(h.f.stats().unsupported, before.unsupported + n);
+        }
+    }
+    assert_eq!(h.f.stats().malformed, before.malformed);
 }
 
 proptest! {
