@@ -17,9 +17,8 @@
 //! the session sends carries the TLPs given to `send` in order, and a retransmission
 //! carries the same TLPs as the first transmission; every frame sent acknowledges
 //! exactly the frames taken and advertises no more room than is left; the TLPs queued
-//! or in flight stay
-//! within the send queue and the window; a session with TLPs outstanding always has a
-//! timer.
+//! or in flight stay within the send queue and the window; a session with TLPs
+//! outstanding always has a timer.
 #![no_main]
 
 use std::collections::{BTreeMap, VecDeque};
@@ -62,7 +61,8 @@ impl Input<'_> {
 
 fn config(i: &mut Input) -> Config {
     let mut c = Config {
-        mtu: 128 + i.u16() as usize % 1400,
+        // Up to past the largest payload a header can declare (64 KiB).
+        mtu: 128 + i.u16() as usize + if i.u8() & 1 == 0 { 0 } else { 1 << 16 },
         max_tlps_per_frame: 1 + i.u8() as usize % 8,
         window: 1 + i.u8() as u32 % 16,
         recv_queue: 1 + i.u8() as usize % 64,
@@ -282,9 +282,17 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             5 => {
-                if s.state() == State::Down {
+                // The layer above starts over: after `Down`, or when it learned that
+                // the peer restarted (`peer_restart`, at any time).
+                let learned = i.u8() & 1 == 0;
+                if s.state() == State::Down || learned {
                     let epoch = s.local_epoch().wrapping_add(1 + i.u8() as u32).max(1);
-                    s.restart(epoch);
+                    if learned {
+                        s.peer_restart(epoch);
+                        assert_ne!(s.state(), State::Down);
+                    } else {
+                        s.restart(epoch);
+                    }
                     m.discard_outgoing();
                     m.delivered.clear();
                     m.peer_epoch = 0;

@@ -208,7 +208,7 @@ fuzz_target!(|data: &[u8]| {
     let mut i = Input(data);
     let role = pick_role(i.u8());
     let mut cfg = NodeConfig::new(OURS, role, i.u8() as u64, i.u32());
-    cfg.mtu = 128 + i.u16() % 9000;
+    cfg.mtu = 128 + i.u16() % (u16::MAX - 127);
     cfg.info_interval_us = 1 + i.u16() as u64 * 16;
     cfg.missed_infos = i.u8() as u32 % 5;
     cfg.max_peers = 1 + i.u8() as usize % 8;
