@@ -24,7 +24,7 @@ use thiserror::Error;
 use tlp::{
     enabled_runs, for_each_read_completion, for_each_write, split_requests, Bdf, Completion,
     CompletionStatus, ConfigRequest, Header, IntxPin, MaxSize, MemRead, MemWrite, Rcb,
-    ReadReassembly, Tag, Tlp,
+    ReadReassembly, Tag, Tlp, UrAnswer,
 };
 
 use crate::memory::MemoryMap;
@@ -83,6 +83,7 @@ pub struct BridgeStats {
     pub completion_timeouts: u64,
     pub error_completions: u64,
     pub unexpected_completions: u64,
+    /// Malformed TLPs (`ParseError::is_malformed`): dropped, never answered.
     pub malformed: u64,
     pub dma_reads: u64,
     pub dma_read_bytes: u64,
@@ -96,7 +97,10 @@ pub struct BridgeStats {
     pub intx_messages: u64,
     /// Messages other than INTx (PM, error, vendor messages): not acted on.
     pub other_messages: u64,
-    /// Requests from a device the bridge does not serve (config, I/O, atomics): UR.
+    /// Unsupported Requests from a device: requests the bridge does not serve (config,
+    /// I/O, atomics, locked reads) and those the codec refuses as unsupported (AT = 11b,
+    /// a message with reserved routing). Non-posted ones are answered with a UR
+    /// completion (unless `answers_dropped`), posted ones dropped.
     pub unsupported: u64,
     /// Device requests dropped unanswered because [`MAX_TX_BACKLOG`] bytes were
     /// already waiting for the link.
@@ -371,9 +375,13 @@ impl Bridge {
     /// Takes one TLP from a device at time `now` (µs).
     pub fn handle_tlp(&mut self, now: u64, bytes: &[u8]) {
         self.now = now;
-        let Ok(t) = Tlp::parse(bytes) else {
-            self.stats.malformed += 1;
-            return;
+        let t = match Tlp::parse(bytes) {
+            Ok(t) => t,
+            Err(e) if e.is_malformed() => {
+                self.stats.malformed += 1;
+                return;
+            }
+            Err(e) => return self.unsupported(e.ur_answer()),
         };
         match t.header {
             Header::Completion(c) => self.completion(c, t.payload),
@@ -390,24 +398,31 @@ impl Bridge {
                 }
                 None => self.stats.other_messages += 1,
             },
-            other => {
-                // Config, I/O, locked and atomic requests from a device: not served.
-                self.stats.unsupported += 1;
-                let Some((requester, tag)) = other.transaction_id() else {
-                    return;
-                };
-                if self.room_to_answer() {
-                    self.answer(
-                        requester,
-                        tag,
-                        CompletionStatus::UnsupportedRequest,
-                        4,
-                        0,
-                        &[],
-                    );
-                }
+            // Config, I/O, locked and atomic requests from a device: not served.
+            _ => self.unsupported(t.ur_answer()),
+        }
+    }
+
+    /// Counts an Unsupported Request and answers it with a UR completion when it is
+    /// non-posted (`answer` is `Some`) and there is room to answer.
+    fn unsupported(&mut self, answer: Option<UrAnswer>) {
+        self.stats.unsupported += 1;
+        if let Some(a) = answer {
+            if self.room_to_answer() {
+                self.answer_ur(a);
             }
         }
+    }
+
+    fn answer_ur(&mut self, a: UrAnswer) {
+        self.answer(
+            a.requester,
+            a.tag,
+            CompletionStatus::UnsupportedRequest,
+            a.byte_count,
+            0,
+            &[],
+        );
     }
 
     fn answer(
@@ -440,14 +455,11 @@ impl Bridge {
         let mut data = vec![0u8; count as usize];
         if self.memory.read(first, &mut data).is_err() {
             self.stats.dma_read_refused += 1;
-            return self.answer(
-                r.requester,
-                r.tag,
-                CompletionStatus::UnsupportedRequest,
-                count as u16,
-                0,
-                &[],
-            );
+            return self.answer_ur(UrAnswer {
+                requester: r.requester,
+                tag: r.tag,
+                byte_count: count as u16,
+            });
         }
         self.stats.dma_reads += 1;
         self.stats.dma_read_bytes += count as u64;

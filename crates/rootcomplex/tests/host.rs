@@ -10,7 +10,10 @@ use rootcomplex::host::MAX_QUEUED_INTERRUPTS;
 use rootcomplex::{
     Armed, BarWindows, BridgeConfig, Host, HostError, Interrupt, IrqMode, Link, LinkFull, MemoryMap,
 };
-use tlp::{Bdf, Header, IntxPin, Message, Tlp};
+use tlp::{
+    Atomic, AtomicOp, Bdf, Completion, CompletionStatus, Header, IntxPin, MemRead, MemWrite,
+    Message, Tag, Tlp,
+};
 
 const RAM: u64 = 0x1_0000_0000;
 const RAM_SIZE: usize = 8 << 20;
@@ -25,12 +28,21 @@ struct Loopback {
     forged: VecDeque<Vec<u8>>,
     /// The link takes nothing (its queue is full).
     full: bool,
+    /// Completions the host sent (to the device's requests or to forged ones).
+    completions: Vec<Completion>,
 }
 
 impl Link for Loopback {
     fn send(&mut self, tlp: &[u8]) -> Result<(), LinkFull> {
         if self.full {
             return Err(LinkFull);
+        }
+        if let Ok(Tlp {
+            header: Header::Completion(c),
+            ..
+        }) = Tlp::parse(tlp)
+        {
+            self.completions.push(c);
         }
         if !self.down {
             let now = self.epoch.elapsed().as_micros() as u64;
@@ -82,6 +94,7 @@ fn host(timeout_us: u64) -> Host<Loopback> {
             down: false,
             forged: VecDeque::new(),
             full: false,
+            completions: Vec::new(),
         },
     )
 }
@@ -320,4 +333,159 @@ fn a_full_link_holds_writes_back() {
     assert_eq!(h.bar_read32(dev(), 0, regs::SRC).unwrap(), 1);
     assert_eq!(h.bar_read32(dev(), 0, regs::DST).unwrap(), 3);
     assert_eq!(h.stats().mmio_writes_dropped, 1);
+}
+
+/// Hands `tlp` to the host as if the box sent it, and lets the host answer.
+fn forge(h: &mut Host<Loopback>, tlp: Vec<u8>) {
+    h.link_mut().forged.push_back(tlp);
+    while !h.link().forged.is_empty() {
+        h.poll(Duration::ZERO);
+    }
+    // Whatever the bridge queued goes out.
+    h.poll(Duration::ZERO);
+}
+
+/// Sets AT = 11b (reserved) in an emitted memory request or AtomicOp.
+fn with_reserved_address_type(mut b: Vec<u8>) -> Vec<u8> {
+    b[2] |= 0x0c;
+    b
+}
+
+/// The host's Unsupported Request completions to requests the box sends.
+fn ur_completions(h: &mut Host<Loopback>) -> Vec<Completion> {
+    let all = std::mem::take(&mut h.link_mut().completions);
+    all.into_iter()
+        .filter(|c| c.status == CompletionStatus::UnsupportedRequest)
+        .collect()
+}
+
+/// The codec's Unsupported Requests (PCIe §2.2, §2.3) from a box are not malformed
+/// TLPs: a MRd with AT = 11b gets a UR completion to its requester and tag, a MWr with
+/// AT = 11b and a message with reserved routing are dropped; all three count as
+/// unsupported. A malformed TLP counts as malformed and is never answered.
+#[test]
+fn unsupported_requests_from_a_box_are_answered_and_told_apart_from_malformed_ones() {
+    let mut h = host(50_000);
+    h.enumerate(dev()).unwrap();
+    let before = h.bridge().stats();
+    let tag = Tag::wrapping(0x2c3);
+    let mrd = MemRead {
+        requester: dev(),
+        tag,
+        address: RAM + 0x100,
+        length_dw: 3,
+        first_be: 0xc,
+        last_be: 0x1,
+        locked: false,
+        hint: None,
+    };
+    let mrd_bytes = Tlp::new(Header::MemRead(mrd), &[]).to_vec().unwrap();
+    forge(&mut h, with_reserved_address_type(mrd_bytes.clone()));
+    let urs = ur_completions(&mut h);
+    assert_eq!(urs.len(), 1, "{urs:?}");
+    assert_eq!((urs[0].requester, urs[0].tag), (dev(), tag));
+    // The read's byte count (3 DW, first BE 1100, last BE 0001): 12 - 2 - 3.
+    assert_eq!(urs[0].byte_count, 7);
+    let s = h.bridge().stats();
+    assert_eq!(s.unsupported, before.unsupported + 1);
+    assert_eq!(s.malformed, before.malformed);
+    assert_eq!(s.dma_reads, before.dma_reads);
+
+    // A MWr with AT = 11b: dropped, unsupported, memory untouched.
+    let mwr = MemWrite {
+        requester: dev(),
+        tag: Tag::default(),
+        address: RAM,
+        first_be: 0xf,
+        last_be: 0,
+        hint: None,
+    };
+    let b = Tlp::new(Header::MemWrite(mwr), &[9, 9, 9, 9])
+        .to_vec()
+        .unwrap();
+    forge(&mut h, with_reserved_address_type(b));
+    let mut word = [0u8; 4];
+    h.read_memory(RAM, &mut word).unwrap();
+    assert_eq!(word, [0; 4]);
+    // A message with reserved routing (111b): dropped, unsupported.
+    let mut b = intx(dev(), IntxPin::A, true);
+    b[0] = (b[0] & !7) | 0b111;
+    forge(&mut h, b);
+    assert_eq!(h.take_interrupt(), None);
+    assert!(ur_completions(&mut h).is_empty());
+    let s = h.bridge().stats();
+    assert_eq!(s.unsupported, before.unsupported + 3);
+    assert_eq!(s.malformed, before.malformed);
+    assert_eq!(s.dma_writes, before.dma_writes);
+    assert_eq!(s.intx_messages, before.intx_messages);
+
+    // A malformed MRd (3 DW with Last BE 0000): counted, never answered.
+    let mut b = mrd_bytes;
+    b[7] &= 0x0f;
+    forge(&mut h, b);
+    assert!(ur_completions(&mut h).is_empty());
+    assert!(h.link().completions.is_empty());
+    let s = h.bridge().stats();
+    assert_eq!(s.malformed, before.malformed + 1);
+    assert_eq!(s.unsupported, before.unsupported + 3);
+    // The device is still served.
+    assert_eq!(h.bar_read32(dev(), 0, regs::MAGIC).unwrap(), memdev::MAGIC);
+}
+
+/// Requests the bridge does not serve get a UR completion with the Byte Count PCIe
+/// §2.2.9 gives them: an AtomicOp its operand size, a locked read its byte count.
+#[test]
+fn refused_atomics_and_locked_reads_carry_their_byte_count() {
+    let mut h = host(50_000);
+    h.enumerate(dev()).unwrap();
+    let before = h.bridge().stats();
+    let atomic = |op, tag, len: usize| {
+        let a = Atomic {
+            op,
+            requester: dev(),
+            tag: Tag::wrapping(tag),
+            address: RAM + 0x40,
+            hint: None,
+        };
+        Tlp::new(Header::Atomic(a), &vec![0x77; len])
+            .to_vec()
+            .unwrap()
+    };
+    let locked = MemRead {
+        requester: dev(),
+        tag: Tag::wrapping(0x33),
+        address: RAM + 0x80,
+        length_dw: 2,
+        first_be: 0xf,
+        last_be: 0x3,
+        locked: true,
+        hint: None,
+    };
+    // (TLP, tag, Byte Count)
+    let cases = [
+        (atomic(AtomicOp::CompareAndSwap, 0x30, 16), 0x30, 8),
+        (atomic(AtomicOp::FetchAdd, 0x31, 8), 0x31, 8),
+        (
+            with_reserved_address_type(atomic(AtomicOp::CompareAndSwap, 0x32, 32)),
+            0x32,
+            16,
+        ),
+        (
+            Tlp::new(Header::MemRead(locked), &[]).to_vec().unwrap(),
+            0x33,
+            6,
+        ),
+    ];
+    for (n, (tlp, tag, byte_count)) in cases.into_iter().enumerate() {
+        forge(&mut h, tlp);
+        let urs = ur_completions(&mut h);
+        assert_eq!(urs.len(), 1, "{urs:?}");
+        assert_eq!((urs[0].requester, urs[0].tag.value()), (dev(), tag));
+        assert_eq!(urs[0].byte_count, byte_count, "tag {tag:#x}");
+        assert_eq!(
+            h.bridge().stats().unsupported,
+            before.unsupported + n as u64 + 1
+        );
+    }
+    assert_eq!(h.bridge().stats().malformed, before.malformed);
 }
