@@ -11,7 +11,7 @@ use endpoint::virtio::blk::{self, BlockBackend, VirtioBlk};
 use endpoint::virtio::VirtioPci;
 use endpoint::{ConfigError, Device, Function, FunctionConfig};
 use fabric::{FabricError, FabricEvent};
-use tlp::{Bdf, Completion, CompletionStatus, Header, Tlp};
+use tlp::{Bdf, Completion, CompletionStatus, Header, Tlp, UrAnswer};
 use wire::{BridgeRole, DeviceInfo, MacAddr};
 
 use crate::port::FabricPort;
@@ -96,8 +96,8 @@ impl Slot {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct IoBoxStats {
-    /// TLPs in a group that no device of the box claims (config for an empty slot,
-    /// an address no BAR decodes, a completion for nobody).
+    /// Well-formed TLPs in a group that no device of the box claims (config for an
+    /// empty slot, an address no BAR decodes, a completion for nobody).
     pub unrouted: u64,
     /// TLPs a device sent while no host was in its group.
     pub no_host: u64,
@@ -116,27 +116,36 @@ pub struct IoBoxStats {
     /// and the fabric's TLPs waited (back-pressure, nothing dropped).
     pub backlog_full: u64,
     /// Unrouted non-posted requests answered with an Unsupported Request completion
-    /// (as a PCIe switch does for an address no port claims).
+    /// (as a PCIe switch does for an address no port claims), and the non-posted
+    /// `unsupported` ones.
     pub answered_ur: u64,
+    /// TLPs from the host that the codec refuses as Unsupported Requests (a memory
+    /// request or AtomicOp with AT = 11b, a message with reserved routing): routed to
+    /// no device; a non-posted one is answered with a UR completion (`answered_ur`).
+    pub unsupported: u64,
+    /// Malformed TLPs from the host: dropped, never answered.
+    pub malformed: u64,
 }
 
 /// The Unsupported Request completion for a non-posted request nobody claims (`None`
 /// for posted requests and completions, which get no answer).
 fn unsupported_request(t: &Tlp) -> Option<Vec<u8>> {
-    let (requester, tag, completer) = match t.header {
-        Header::ConfigRead(c) | Header::ConfigWrite(c) => (c.requester, c.tag, c.target),
-        Header::MemRead(r) => (r.requester, r.tag, Bdf::default()),
-        Header::IoRead(r) | Header::IoWrite(r) => (r.requester, r.tag, Bdf::default()),
-        Header::Atomic(a) => (a.requester, a.tag, Bdf::default()),
-        _ => return None,
+    let completer = match t.header {
+        Header::ConfigRead(c) | Header::ConfigWrite(c) => c.target,
+        _ => Bdf::default(),
     };
+    ur_completion(t.ur_answer()?, completer)
+}
+
+/// The Unsupported Request completion `answer` describes, from `completer`.
+fn ur_completion(answer: UrAnswer, completer: Bdf) -> Option<Vec<u8>> {
     let cpl = Completion {
         completer,
         status: CompletionStatus::UnsupportedRequest,
         bcm: false,
-        byte_count: 4,
-        requester,
-        tag,
+        byte_count: answer.byte_count,
+        requester: answer.requester,
+        tag: answer.tag,
         lower_address: 0,
         locked: false,
     };
@@ -263,8 +272,12 @@ impl IoBox {
                 }
                 FabricEvent::Tlp { gid, peer, tlp } => {
                     // Parsed once, for routing and for the device.
-                    let parsed = Tlp::parse(&tlp).ok();
-                    match parsed.as_ref().and_then(|t| Some((self.route(gid, t)?, t))) {
+                    let parsed = Tlp::parse(&tlp);
+                    match parsed
+                        .as_ref()
+                        .ok()
+                        .and_then(|t| Some((self.route(gid, t)?, t)))
+                    {
                         Some((i, t)) => {
                             self.slots[i].function.handle_parsed(now, t);
                             // Its answer counts against the bound before the next
@@ -272,9 +285,21 @@ impl IoBox {
                             self.slots[i].pull_output();
                         }
                         None => {
-                            self.stats.unrouted += 1;
                             // A request that waits for an answer gets one: UR.
-                            let ur = parsed.as_ref().and_then(unsupported_request);
+                            let ur = match &parsed {
+                                Ok(t) => {
+                                    self.stats.unrouted += 1;
+                                    unsupported_request(t)
+                                }
+                                Err(e) if e.is_malformed() => {
+                                    self.stats.malformed += 1;
+                                    None
+                                }
+                                Err(e) => {
+                                    self.stats.unsupported += 1;
+                                    e.ur_answer().and_then(|a| ur_completion(a, Bdf::default()))
+                                }
+                            };
                             if let Some(ur) = ur {
                                 if self.fp.node_mut().send_tlp(gid, peer, &ur).is_ok() {
                                     self.stats.answered_ur += 1;

@@ -9,7 +9,9 @@ use dataplane::ports::mem::{self, HubPort};
 use dataplane::{Mempool, Port};
 use fabric::{FabricEvent, Node, NodeConfig};
 use runtime::{FabricPort, IoBox, Slot};
-use tlp::{Bdf, ConfigRequest, Header, Tag, Tlp};
+use tlp::{
+    Bdf, Completion, CompletionStatus, ConfigRequest, Header, IntxPin, MemRead, Message, Tag, Tlp,
+};
 use wire::{BridgeRole, Frame, FrameKind, MacAddr};
 
 const GID: u16 = 10;
@@ -329,7 +331,10 @@ fn an_unsupported_request_answer_the_session_refuses_is_counted() {
         host.read_config(box_mac, tag);
     }
     run(Duration::from_millis(20), &mut bx, &mut [&mut host]);
-    assert!(bx.slots()[0].backlog_len() > 0, "the session's queue is full");
+    assert!(
+        bx.slots()[0].backlog_len() > 0,
+        "the session's queue is full"
+    );
     let req = ConfigRequest {
         type1: false,
         requester: Bdf::new(0, 0, 0).unwrap(),
@@ -345,4 +350,91 @@ fn an_unsupported_request_answer_the_session_refuses_is_counted() {
     assert_eq!(st.unrouted, 1);
     assert_eq!(st.answered_ur + st.undeliverable, 1, "{st:?}");
     assert_eq!(st.undeliverable, 1, "{st:?}");
+}
+
+/// What the host's node received from the box: the completions.
+fn completions_received(host: &mut Hand) -> Vec<Completion> {
+    let cpls = host
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            FabricEvent::Tlp { tlp, .. } => match Tlp::parse(tlp).ok()?.header {
+                Header::Completion(c) => Some(c),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    host.events.clear();
+    cpls
+}
+
+/// The box tells the codec's Unsupported Requests (PCIe §2.2, §2.3) from malformed
+/// TLPs: a MRd with AT = 11b is answered with a UR completion (its requester, tag and
+/// byte count), a message with reserved routing is dropped, both counted as
+/// unsupported; a malformed TLP is counted as malformed and never answered. A read no
+/// device claims gets a UR completion with the read's byte count (§2.2.9).
+#[test]
+fn unsupported_and_malformed_tlps_are_told_apart() {
+    let pool = Mempool::new(4096, 2048).unwrap();
+    let mut ports = mem::hub(&pool, 2, 1024, 1500).into_iter();
+    let start = Instant::now();
+    let (hp, bp) = (ports.next().unwrap(), ports.next().unwrap());
+    let box_mac = MacAddr(bp.info().mac);
+    let bn = Node::new(config(box_mac, BridgeRole::IoBox, 0x5000_0000)).unwrap();
+    let slot = Slot::memdev(0, GID, 1 << 16).unwrap();
+    let mut bx = IoBox::new(FabricPort::new(bn, Box::new(bp)), vec![slot]);
+    let mut host = Hand::new(HOST, BridgeRole::Host, 0x1000_0000, hp, start);
+    run(Duration::from_millis(30), &mut bx, &mut [&mut host]);
+    // The box pins its host on the first TLP.
+    host.read_config(box_mac, 1);
+    run(Duration::from_millis(20), &mut bx, &mut [&mut host]);
+    assert_eq!(host.completions(), vec![1]);
+    let before = bx.stats();
+    let mrd = |tag: u16| MemRead {
+        requester: Bdf::new(0, 0, 0).unwrap(),
+        tag: Tag::new(tag).unwrap(),
+        // No BAR is programmed: no device claims it.
+        address: 0xe000_0010,
+        length_dw: 2,
+        first_be: 0xf,
+        last_be: 0x1,
+        locked: false,
+        hint: None,
+    };
+    let send = |host: &mut Hand, t: Vec<u8>| host.node.send_tlp(GID, box_mac, &t).unwrap();
+    // AT = 11b (byte 2 bits 3:2).
+    let mut b = Tlp::new(Header::MemRead(mrd(40)), &[]).to_vec().unwrap();
+    b[2] |= 0x0c;
+    send(&mut host, b);
+    // Reserved message routing (110b).
+    let msg = Message::intx(Bdf::new(0, 0, 0).unwrap(), IntxPin::A, true);
+    let mut b = Tlp::new(Header::Message(msg), &[]).to_vec().unwrap();
+    b[0] = (b[0] & !7) | 0b110;
+    send(&mut host, b);
+    // Malformed: 2 DW with Last BE 0000.
+    let mut b = Tlp::new(Header::MemRead(mrd(41)), &[]).to_vec().unwrap();
+    b[7] &= 0x0f;
+    send(&mut host, b);
+    // Well formed, for no device.
+    send(
+        &mut host,
+        Tlp::new(Header::MemRead(mrd(42)), &[]).to_vec().unwrap(),
+    );
+    run(Duration::from_millis(30), &mut bx, &mut [&mut host]);
+    let mut cpls = completions_received(&mut host);
+    cpls.sort_by_key(|c| c.tag.value());
+    let got: Vec<_> = cpls
+        .iter()
+        .map(|c| (c.tag.value(), c.status, c.requester, c.byte_count))
+        .collect();
+    let ur = CompletionStatus::UnsupportedRequest;
+    let root = Bdf::new(0, 0, 0).unwrap();
+    // 2 DW, last BE 0001: 5 bytes.
+    assert_eq!(got, vec![(40, ur, root, 5), (42, ur, root, 5)]);
+    let st = bx.stats();
+    assert_eq!(st.unsupported, before.unsupported + 2, "{st:?}");
+    assert_eq!(st.malformed, before.malformed + 1, "{st:?}");
+    assert_eq!(st.unrouted, before.unrouted + 1, "{st:?}");
+    assert_eq!(st.answered_ur, before.answered_ur + 2, "{st:?}");
 }
