@@ -202,8 +202,11 @@ struct XskRing<T> {
     remote: u32,
 }
 
-// SAFETY: the ring's memory is shared with the kernel only; the port owning the ring is
-// its one user-space user.
+// SAFETY: the raw pointers point into `_map`, the mapping this value owns and moves with
+// it, and nothing in it is tied to a thread. The pointers keep the ring `!Sync`, so
+// one thread at a time (its port's) reaches it from user space; the kernel's side
+// goes through the atomic producer and consumer indices. The ring is private to this
+// module and only `AfXdpPort` holds one.
 unsafe impl<T> Send for XskRing<T> {}
 
 impl<T: Copy> XskRing<T> {
