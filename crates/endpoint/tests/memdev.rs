@@ -604,6 +604,10 @@ fn unsupported_requests_are_answered_and_told_apart_from_malformed_ones() {
     h.f.handle_tlp(h.now, &b);
     assert!(h.f.poll_transmit().is_none());
     assert_eq!(h.f.stats().malformed, before.malformed + 1);
+    // Malformed with AT = 11b as well: malformed first (PCIe §2.3.1), unanswered.
+    h.f.handle_tlp(h.now, &with_reserved_address_type(b));
+    assert!(h.f.poll_transmit().is_none());
+    assert_eq!(h.f.stats().malformed, before.malformed + 2);
     assert_eq!(h.f.stats().unsupported, before.unsupported + 3);
     // Still serving.
     assert_eq!(h.reg(regs::MAGIC), memdev::MAGIC);

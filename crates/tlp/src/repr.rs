@@ -601,12 +601,20 @@ impl<'a> Tlp<'a> {
     /// The rules a receiver checks beyond decoding (and that `emit` enforces).
     #[inline(always)]
     pub fn check(&self) -> Result<(), ParseError> {
+        self.check_form()?;
+        // Last: a request with AT = 11b is an Unsupported Request only when it is
+        // otherwise well formed; a malformed one is malformed (PCIe §2.3.1).
+        check_address_type(self)
+    }
+
+    /// Every rule of [`Tlp::check`] but the Address Type.
+    #[inline(always)]
+    fn check_form(&self) -> Result<(), ParseError> {
         let data = !self.payload.is_empty();
         let data_dw = (self.payload.len() / 4) as u16;
         if self.flags.traffic_class > 7 {
             return Err(ParseError::FieldNotAllowed { field: "TC" });
         }
-        check_address_type(self)?;
         match &self.header {
             Header::MemRead(r) => {
                 if !(1..=1024).contains(&r.length_dw) {

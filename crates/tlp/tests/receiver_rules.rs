@@ -306,6 +306,12 @@ fn reserved_address_type_in_memory_requests_is_an_unsupported_request() {
         }
     );
     assert!(!e.is_malformed());
+    // Malformed as well (one DW with Last BE != 0000): malformed first (§2.3.1).
+    let mut bad = mrd;
+    bad[7] = 0x1f;
+    let e = Tlp::parse(&bad).unwrap_err();
+    assert!(e.is_malformed(), "{e}");
+    assert_eq!(e.ur_answer(), None);
     // A MWr has nobody to answer.
     let mwr = [
         0x40, 0x00, 0x0c, 0x01, 0x01, 0x00, 0x00, 0x0f, 0xfe, 0xdc, 0x10, 0x00, 1, 2, 3, 4,
