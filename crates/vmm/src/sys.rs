@@ -207,6 +207,36 @@ pub fn eventfd_signal(fd: &OwnedFd) -> io::Result<()> {
     check(r).map(|_| ())
 }
 
+/// Takes a descriptor a client handed over as an eventfd (to be signalled, or read
+/// for an unmask): it must be one, and it is made non-blocking. A pipe or a socket in
+/// its place would hold the thread that signals it as soon as its reader stopped
+/// reading; a non-blocking eventfd whose counter is full fails the signal instead.
+/// (The client shares the open file and could make it blocking again: it would then
+/// only stall its own interrupts once it also filled the counter to 2^64 - 2.)
+pub fn adopt_eventfd(fd: OwnedFd) -> io::Result<OwnedFd> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    if link.as_os_str() != "anon_inode:[eventfd]" {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not an eventfd", link.display()),
+        ));
+    }
+    // SAFETY: fcntl on a descriptor we own; the flags are read, then written back
+    // with O_NONBLOCK added.
+    let r = unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 {
+            flags
+        } else {
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK)
+        }
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
 /// Reads (and so clears) an eventfd's counter if it is set; false if it was not.
 pub fn eventfd_take(fd: &OwnedFd) -> io::Result<bool> {
     if !wait_readable(&[fd.as_raw_fd()], Duration::ZERO)?[0] {

@@ -47,6 +47,8 @@ pub struct ProxyStats {
     pub resets: u64,
     /// SET_IRQFD messages (QEMU sends one when the guest routes INTx, under KVM).
     pub irqfd_sets: u64,
+    /// SET_IRQFD messages whose descriptors were not both eventfds (INTx is then off).
+    pub irqfds_refused: u64,
     /// Rising edges of the device's INTx line.
     pub intx_asserts: u64,
     /// irqfd signals (assertions and re-assertions after an EOI).
@@ -212,6 +214,15 @@ impl ProxyServer {
             }
             Request::SetIrqfd => {
                 self.stats.irqfd_sets += 1;
+                // Both are eventfds, or INTx is off (no answer to tell QEMU).
+                let adopted = fds
+                    .drain(..)
+                    .map(sys::adopt_eventfd)
+                    .collect::<Result<Vec<_>, _>>();
+                let mut fds = adopted.unwrap_or_else(|_| {
+                    self.stats.irqfds_refused += 1;
+                    Vec::new()
+                });
                 self.resamplefd = fds.pop();
                 self.irqfd = fds.pop();
                 // A device already asserting is seen at once.
@@ -480,6 +491,32 @@ mod tests {
         s.poll_resample().unwrap();
         assert!(!sys::eventfd_take(&irq).unwrap());
         assert_eq!((s.stats().intx_signals, s.stats().resamples), (2, 2));
+    }
+
+    /// A pipe given as the irqfd: refused (counted), INTx stays off. Before, the
+    /// server wrote its signals into the pipe, and once the pipe was full the next
+    /// signal held the serving thread for good.
+    #[test]
+    fn an_irqfd_that_is_not_an_eventfd_is_refused() {
+        let (q, r) = pair();
+        let mut s = ProxyServer::new(r);
+        let mut dev = fake();
+        let mut p = [0; 2];
+        // SAFETY: pipe2 fills two fresh descriptors we own.
+        let (rd, wr) = unsafe {
+            assert_eq!(libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC), 0);
+            (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1]))
+        };
+        let resample = sys::eventfd().unwrap();
+        send_with_fds(
+            &q,
+            &Request::SetIrqfd.emit(),
+            &[wr.as_raw_fd(), resample.as_raw_fd()],
+        );
+        s.serve(&mut dev, 8).unwrap();
+        s.set_intx(true);
+        assert_eq!((s.stats().irqfds_refused, s.stats().intx_signals), (1, 0));
+        assert!(!sys::wait_readable(&[rd.as_raw_fd()], Duration::ZERO).unwrap()[0]);
     }
 
     #[test]

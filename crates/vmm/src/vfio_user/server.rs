@@ -823,6 +823,12 @@ impl VfioUserServer {
                 | vfio::IRQ_SET_ACTION_TRIGGER);
         let eventfds = flags & vfio::IRQ_SET_DATA_EVENTFD != 0;
         let booleans = flags & vfio::IRQ_SET_DATA_BOOL != 0;
+        // Every descriptor is an eventfd, or nothing changes.
+        let fds = fds
+            .into_iter()
+            .map(sys::adopt_eventfd)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| errno::EINVAL)?;
         // Which of start..start+count the action applies to.
         let chosen = |i: u32| !booleans || data.get(i as usize).is_some_and(|&b| b != 0);
         match (index, action) {
@@ -1708,6 +1714,36 @@ mod tests {
             &[v0.as_raw_fd(), v1.as_raw_fd()],
         );
         assert_eq!(h.error, errno::EINVAL);
+    }
+
+    /// A pipe given as a vector's eventfd: SET_IRQS fails and changes nothing. Before,
+    /// it was taken, and a full pipe held the serving thread at the next vector.
+    #[test]
+    fn a_vector_fd_that_is_not_an_eventfd_is_refused() {
+        let (dir, mut s) = server();
+        let mut dev = fake();
+        let mut c = Client::connect(&dir.path.join("vfu.sock"));
+        let mut p = [0; 2];
+        // SAFETY: pipe2 fills two fresh descriptors we own.
+        let (rd, wr) = unsafe {
+            assert_eq!(libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC), 0);
+            (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1]))
+        };
+        let v1 = sys::eventfd().unwrap();
+        let trig = vfio::IRQ_SET_DATA_EVENTFD | vfio::IRQ_SET_ACTION_TRIGGER;
+        let h = set_irqs(
+            &mut c,
+            &mut s,
+            &mut dev,
+            (trig, vfio::PCI_MSIX_IRQ, 0, 2),
+            &[wr.as_raw_fd(), v1.as_raw_fd()],
+        );
+        assert_eq!(h.error, errno::EINVAL);
+        assert!(dev.msix_on.is_empty(), "MSI-X left off");
+        s.vector(0);
+        s.vector(1);
+        assert!(!sys::wait_readable(&[rd.as_raw_fd()], Duration::ZERO).unwrap()[0]);
+        assert!(!sys::eventfd_take(&v1).unwrap());
     }
 
     #[test]
