@@ -93,6 +93,12 @@ impl RemoteFunction for FakeFunction {
     }
     fn reset(&mut self) {
         self.resets += 1;
+        // A function-level reset clears MSI Enable and MSI-X Enable.
+        for on in [&mut self.msi_on, &mut self.msix_on] {
+            if on.last() == Some(&true) {
+                on.push(false);
+            }
+        }
     }
     fn set_msix(&mut self, enabled: bool) {
         self.msix_on.push(enabled);

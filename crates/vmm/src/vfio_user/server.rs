@@ -1716,6 +1716,28 @@ mod tests {
         assert_eq!(h.error, errno::EINVAL);
     }
 
+    /// Found by the vfio_user_server fuzz target (the fake device did not model it): a
+    /// DEVICE_RESET is a function-level reset, which turns MSI off, so MSI-X may come
+    /// on after it without the two ever being on together.
+    #[test]
+    fn msi_then_reset_then_msix_are_never_on_together() {
+        let (dir, mut s) = server();
+        let mut dev = fake();
+        let mut c = Client::connect(&dir.path.join("vfu.sock"));
+        let trig = vfio::IRQ_SET_DATA_EVENTFD | vfio::IRQ_SET_ACTION_TRIGGER;
+        let (msi, x0) = (sys::eventfd().unwrap(), sys::eventfd().unwrap());
+        let set = (trig, vfio::PCI_MSI_IRQ, 0, 1);
+        set_irqs(&mut c, &mut s, &mut dev, set, &[msi.as_raw_fd()]);
+        ask(&mut c, &mut s, &mut dev, wire::cmd::DEVICE_RESET, &[], &[]);
+        let set = (trig, vfio::PCI_MSIX_IRQ, 0, 1);
+        let h = set_irqs(&mut c, &mut s, &mut dev, set, &[x0.as_raw_fd()]);
+        assert_eq!(h.error, 0);
+        assert_eq!(
+            (dev.msi_on.clone(), dev.msix_on.clone()),
+            (vec![true, false], vec![true])
+        );
+    }
+
     /// A pipe given as a vector's eventfd: SET_IRQS fails and changes nothing. Before,
     /// it was taken, and a full pipe held the serving thread at the next vector.
     #[test]
