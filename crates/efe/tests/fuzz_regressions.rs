@@ -34,7 +34,8 @@ fn a_clock_near_the_end_of_u64_saturates_the_deadlines() {
     // The peer's data starts the ack timer; its ack the RTO again.
     let mut data = ack(5, 0, 1);
     data.kind = FrameKind::Data;
-    s.handle_frame(now, &data, &[0, 4, 1, 0, 1, 2, 3, 4]).unwrap();
+    s.handle_frame(now, &data, &[0, 4, 1, 0, 1, 2, 3, 4])
+        .unwrap();
     s.send(&[2; 12]).unwrap();
     now += 1;
     while s.poll_transmit(now).is_some() {}
@@ -70,6 +71,7 @@ fn a_frame_of_epoch_0_is_refused_before_the_peer_is_known() {
     assert_eq!(s.stats().drop_stale_epoch, 1);
     // The real peer then starts at sequence 0.
     data.epoch = 9;
-    s.handle_frame(1001, &data, &[0, 4, 1, 0, 5, 6, 7, 8]).unwrap();
+    s.handle_frame(1001, &data, &[0, 4, 1, 0, 5, 6, 7, 8])
+        .unwrap();
     assert_eq!(s.recv(), Some(vec![5, 6, 7, 8]));
 }
