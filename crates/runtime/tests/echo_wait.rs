@@ -2,10 +2,13 @@
 //! port, and its acknowledgements carry that to the peer (the header's echo wait):
 //! an absence shows in full, and what is reported is never more than the absence.
 
+#[path = "common/hand.rs"]
+mod hand;
+
 use std::time::{Duration, Instant};
 
 use dataplane::ports::mem::{self, MemPort};
-use dataplane::{Mempool, Port};
+use dataplane::Mempool;
 use fabric::{Node, NodeConfig};
 use runtime::FabricPort;
 use wire::{BridgeRole, Frame, FrameKind, MacAddr, ECHO_WAIT_UNIT_US};
@@ -35,36 +38,12 @@ impl Manual {
     /// frames that arrived.
     fn round(&mut self) -> Vec<Vec<u8>> {
         let now = self.start.elapsed().as_micros() as u64;
-        if self.node.poll_timeout() <= now {
-            self.node.handle_timeout(now);
-        }
-        let pool = self.port.pool().clone();
-        let mut tx = Vec::new();
-        while let Some(mut m) = pool.get() {
-            match self.node.poll_transmit_into(now, pool.buf_mut(&mut m)) {
-                Some(Ok(n)) => {
-                    pool.set_len(&mut m, n);
-                    tx.push(m);
-                }
-                _ => {
-                    pool.put(m);
-                    break;
-                }
-            }
-        }
-        while !tx.is_empty() {
-            self.port.tx_burst(&mut tx).unwrap();
-        }
-        let mut rx = Vec::new();
-        self.port.rx_burst(&mut rx, 64).unwrap();
-        rx.into_iter()
-            .map(|m| {
-                let bytes = pool.data(&m).to_vec();
-                self.node.handle_frame(now, &bytes, None);
-                pool.put(m);
-                bytes
-            })
-            .collect()
+        let mut got = Vec::new();
+        hand::round(&mut self.node, &mut self.port, now, |node, bytes| {
+            node.handle_frame(now, bytes, None);
+            got.push(bytes.to_vec());
+        });
+        got
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use endpoint::config::{Bar, ConfigSpace};
 use endpoint::memdev::{self, MemDev};
 use endpoint::{Function, FunctionConfig};
-use rootcomplex::{BarWindows, BridgeConfig, Host, IrqMode, Link, LinkFull, MemoryMap};
+use rootcomplex::{BarWindows, BridgeConfig, Host, HostStats, IrqMode, Link, LinkFull, MemoryMap};
 use runtime::MemDevDriver;
 use tlp::{Bdf, Header, IntxPin, Message, Tlp};
 
@@ -91,10 +91,23 @@ fn host(config: ConfigSpace) -> Host<Loopback> {
     )
 }
 
-fn assert_intx(from: Bdf, pin: IntxPin) -> Vec<u8> {
-    Tlp::new(Header::Message(Message::intx(from, pin, true)), &[])
+/// What the box slips in next: an Assert_INTA from the device.
+fn forge_assert_inta(h: &mut Host<Loopback>) {
+    let t = Tlp::new(Header::Message(Message::intx(dev(), IntxPin::A, true)), &[])
         .to_vec()
-        .unwrap()
+        .unwrap();
+    h.link_mut().forged.push_back(t);
+}
+
+/// A host with a device of `config` that enumerates with `irq`, an Assert_INTA forged
+/// by the box, then 20 self-test copies: the host's counters.
+fn self_test_after_forged_inta(config: ConfigSpace, irq: IrqMode) -> HostStats {
+    let mut h = host(config);
+    let d = h.enumerate(dev()).unwrap();
+    assert_eq!(d.irq, irq);
+    forge_assert_inta(&mut h);
+    self_test(&mut h, 20);
+    h.stats()
 }
 
 /// `n` verified copies of different sizes, as `tether host`'s self-test does.
@@ -119,28 +132,19 @@ fn self_test(h: &mut Host<Loopback>, n: usize) {
 /// A device on MSI-X: a forged Assert_INTx is not the vector the driver armed.
 #[test]
 fn a_forged_intx_on_a_line_not_armed_is_ignored() {
-    let mut h = host(memdev::config_space(1 << 16).unwrap());
-    let d = h.enumerate(dev()).unwrap();
-    assert_eq!(d.irq, IrqMode::MsiX { vectors: 4 });
-    h.link_mut()
-        .forged
-        .push_back(assert_intx(dev(), IntxPin::A));
-    self_test(&mut h, 20);
-    assert_eq!(h.stats().interrupts_discarded, 1);
+    let s = self_test_after_forged_inta(
+        memdev::config_space(1 << 16).unwrap(),
+        IrqMode::MsiX { vectors: 4 },
+    );
+    assert_eq!(s.interrupts_discarded, 1);
 }
 
 /// A device on INTx: a forged Assert on its own line is what the driver armed, but
 /// the device has nothing to report, so the driver keeps waiting for the real one.
 #[test]
 fn a_forged_intx_on_the_armed_line_is_spurious() {
-    let mut h = host(intx_only());
-    let d = h.enumerate(dev()).unwrap();
-    assert_eq!(d.irq, IrqMode::Intx(IntxPin::A));
-    h.link_mut()
-        .forged
-        .push_back(assert_intx(dev(), IntxPin::A));
-    self_test(&mut h, 20);
-    assert_eq!(h.stats().spurious_interrupts, 1);
+    let s = self_test_after_forged_inta(intx_only(), IrqMode::Intx(IntxPin::A));
+    assert_eq!(s.spurious_interrupts, 1);
 }
 
 /// A forged interrupt queued for a device that leaves and comes back (as `tether
@@ -149,9 +153,7 @@ fn a_forged_intx_on_the_armed_line_is_spurious() {
 fn a_forged_intx_from_a_removed_device_is_forgotten() {
     let mut h = host(intx_only());
     h.enumerate(dev()).unwrap();
-    h.link_mut()
-        .forged
-        .push_back(assert_intx(dev(), IntxPin::A));
+    forge_assert_inta(&mut h);
     h.poll(Duration::ZERO);
     h.remove(dev());
     h.enumerate(dev()).unwrap();

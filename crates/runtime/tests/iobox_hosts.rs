@@ -3,6 +3,9 @@
 //! device's traffic (completions, DMA, MSI), its TLPs are dropped and counted, and
 //! its restarts never reset the device.
 
+#[path = "common/hand.rs"]
+mod hand;
+
 use std::time::{Duration, Instant};
 
 use dataplane::ports::mem::{self, HubPort};
@@ -51,36 +54,13 @@ impl Hand {
 
     fn round(&mut self) {
         let now = self.start.elapsed().as_micros() as u64;
-        if self.node.poll_timeout() <= now {
-            self.node.handle_timeout(now);
-        }
-        let pool = self.port.pool().clone();
-        let mut tx = Vec::new();
-        while let Some(mut m) = pool.get() {
-            match self.node.poll_transmit_into(now, pool.buf_mut(&mut m)) {
-                Some(Ok(n)) => {
-                    pool.set_len(&mut m, n);
-                    tx.push(m);
-                }
-                _ => {
-                    pool.put(m);
-                    break;
-                }
-            }
-        }
-        while !tx.is_empty() {
-            self.port.tx_burst(&mut tx).unwrap();
-        }
-        let mut rx = Vec::new();
-        self.port.rx_burst(&mut rx, 64).unwrap();
-        for m in rx {
-            let bytes = pool.data(&m);
+        let deaf = self.deaf;
+        hand::round(&mut self.node, &mut self.port, now, |node, bytes| {
             let data = Frame::parse(bytes, None).is_ok_and(|f| f.header.kind == FrameKind::Data);
-            if !(self.deaf && data) {
-                self.node.handle_frame(now, bytes, None);
+            if !(deaf && data) {
+                node.handle_frame(now, bytes, None);
             }
-            pool.put(m);
-        }
+        });
         while let Some(e) = self.node.poll_event() {
             self.events.push(e);
         }
@@ -88,19 +68,10 @@ impl Hand {
 
     /// Tags of the completions received.
     fn completions(&mut self) -> Vec<u16> {
-        let tags = self
-            .events
+        completions_received(self)
             .iter()
-            .filter_map(|e| match e {
-                FabricEvent::Tlp { tlp, .. } => match Tlp::parse(tlp).ok()?.header {
-                    Header::Completion(c) => Some(c.tag.value()),
-                    _ => None,
-                },
-                _ => None,
-            })
-            .collect();
-        self.events.clear();
-        tags
+            .map(|c| c.tag.value())
+            .collect()
     }
 
     /// A config read of the box's slot 0 (vendor and device ID), tagged `tag`.
@@ -116,6 +87,20 @@ impl Hand {
         let t = Tlp::new(Header::ConfigRead(req), &[]).to_vec().unwrap();
         self.node.send_tlp(GID, box_mac, &t).unwrap();
     }
+}
+
+/// The box on `bp` (memdev in slot 0, in the group), its node configured by `config`
+/// and then by `tune`; and its MAC.
+fn iobox(bp: HubPort, tune: impl FnOnce(&mut NodeConfig)) -> (IoBox, MacAddr) {
+    let box_mac = MacAddr(bp.info().mac);
+    let mut cfg = config(box_mac, BridgeRole::IoBox, 0x5000_0000);
+    tune(&mut cfg);
+    let bn = Node::new(cfg).unwrap();
+    let slot = Slot::memdev(0, GID, 1 << 16).unwrap();
+    (
+        IoBox::new(FabricPort::new(bn, Box::new(bp)), vec![slot]),
+        box_mac,
+    )
 }
 
 /// Runs every bridge for `d`.
@@ -140,10 +125,7 @@ fn a_second_bridge_in_the_group_never_becomes_the_host() {
         ports.next().unwrap(),
         ports.next().unwrap(),
     );
-    let box_mac = MacAddr(bp.info().mac);
-    let bn = Node::new(config(box_mac, BridgeRole::IoBox, 0x5000_0000)).unwrap();
-    let slot = Slot::memdev(0, GID, 1 << 16).unwrap();
-    let mut bx = IoBox::new(FabricPort::new(bn, Box::new(bp)), vec![slot]);
+    let (mut bx, box_mac) = iobox(bp, |_| {});
     let mut host = Hand::new(HOST, BridgeRole::Host, 0x1000_0000, hp, start);
     // A bridge that announces itself as a host too, in the same group.
     let mut intruder = Hand::new(INTRUDER, BridgeRole::Host, 0x2000_0000, xp, start);
@@ -227,17 +209,14 @@ fn a_full_backlog_holds_the_fabric_back_and_a_reset_counts_what_it_drops() {
         ports.next().unwrap(),
         ports.next().unwrap(),
     );
-    let box_mac = MacAddr(bp.info().mac);
-    let mut cfg = config(box_mac, BridgeRole::IoBox, 0x5000_0000);
     // A small session: few frames in flight, a short send queue, a short receive
     // queue (whose room is the window it advertises).
-    cfg.session.window = 2;
-    cfg.session.max_tlps_per_frame = 1;
-    cfg.session.send_queue = 16;
-    cfg.session.recv_queue = 64;
-    let bn = Node::new(cfg).unwrap();
-    let slot = Slot::memdev(0, GID, 1 << 16).unwrap();
-    let mut bx = IoBox::new(FabricPort::new(bn, Box::new(bp)), vec![slot]);
+    let (mut bx, box_mac) = iobox(bp, |cfg| {
+        cfg.session.window = 2;
+        cfg.session.max_tlps_per_frame = 1;
+        cfg.session.send_queue = 16;
+        cfg.session.recv_queue = 64;
+    });
     let mut host = Hand::new(HOST, BridgeRole::Host, 0x1000_0000, hp, start);
     run(Duration::from_millis(30), &mut bx, &mut [&mut host]);
     host.read_config(box_mac, 1000);
@@ -315,14 +294,11 @@ fn an_unsupported_request_answer_the_session_refuses_is_counted() {
     let mut ports = mem::hub(&pool, 2, 1024, 1500).into_iter();
     let start = Instant::now();
     let (hp, bp) = (ports.next().unwrap(), ports.next().unwrap());
-    let box_mac = MacAddr(bp.info().mac);
-    let mut cfg = config(box_mac, BridgeRole::IoBox, 0x5000_0000);
-    cfg.session.window = 1;
-    cfg.session.max_tlps_per_frame = 1;
-    cfg.session.send_queue = 4;
-    let bn = Node::new(cfg).unwrap();
-    let slot = Slot::memdev(0, GID, 1 << 16).unwrap();
-    let mut bx = IoBox::new(FabricPort::new(bn, Box::new(bp)), vec![slot]);
+    let (mut bx, box_mac) = iobox(bp, |cfg| {
+        cfg.session.window = 1;
+        cfg.session.max_tlps_per_frame = 1;
+        cfg.session.send_queue = 4;
+    });
     let mut host = Hand::new(HOST, BridgeRole::Host, 0x1000_0000, hp, start);
     run(Duration::from_millis(30), &mut bx, &mut [&mut host]);
     host.deaf = true;
@@ -380,10 +356,7 @@ fn unsupported_and_malformed_tlps_are_told_apart() {
     let mut ports = mem::hub(&pool, 2, 1024, 1500).into_iter();
     let start = Instant::now();
     let (hp, bp) = (ports.next().unwrap(), ports.next().unwrap());
-    let box_mac = MacAddr(bp.info().mac);
-    let bn = Node::new(config(box_mac, BridgeRole::IoBox, 0x5000_0000)).unwrap();
-    let slot = Slot::memdev(0, GID, 1 << 16).unwrap();
-    let mut bx = IoBox::new(FabricPort::new(bn, Box::new(bp)), vec![slot]);
+    let (mut bx, box_mac) = iobox(bp, |_| {});
     let mut host = Hand::new(HOST, BridgeRole::Host, 0x1000_0000, hp, start);
     run(Duration::from_millis(30), &mut bx, &mut [&mut host]);
     // The box pins its host on the first TLP.
