@@ -4,6 +4,7 @@
 //! - [`Tlp`]: a typed, validated representation with [`Tlp::parse`] and [`Tlp::emit`].
 //! - [`split`]: MRRS/MPS/4 KiB request splitting and RCB completion splitting.
 //! - [`reassembly`]: completions back into the requester's buffer, with checks.
+//! - [`tags`]: a requester's outstanding-tag table.
 //!
 //! Parsing never panics: any byte string either decodes or yields a [`ParseError`].
 
@@ -13,6 +14,7 @@ pub mod packet;
 pub mod reassembly;
 pub mod repr;
 pub mod split;
+pub mod tags;
 pub mod types;
 mod words;
 
@@ -28,6 +30,7 @@ pub use split::{
     for_each_read_completion, for_each_write, split_completions, split_read_completions,
     split_requests, CompletionChunk, MaxSize, Rcb, RequestChunk,
 };
+pub use tags::{TagTable, TagWidth, TagsExhausted, VacantTag};
 pub use types::{
     message_code, AtomicOp, Attributes, Bdf, CompletionStatus, Fmt, IntxPin, MessageRouting,
     ProcessingHint, Tag,
