@@ -278,9 +278,7 @@ mod tests {
     fn a_vacant_tag_not_filled_changes_nothing() {
         let mut t = TagTable::new(TagWidth::Eight);
         t.insert(1).unwrap();
-        let v = t.vacant().unwrap();
-        assert_eq!(v.tag(), tag(1));
-        drop(v);
+        assert_eq!(t.vacant().unwrap().tag(), tag(1));
         assert_eq!(t.len(), 1);
         assert_eq!(t.get(tag(1)), None);
         assert_eq!(t.insert(2), Ok(tag(1)));
