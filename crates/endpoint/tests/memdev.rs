@@ -43,13 +43,6 @@ struct Host {
     reads_seen: usize,
 }
 
-fn emit(t: &Tlp) -> Vec<u8> {
-    let mut b = vec![0; t.buffer_len()];
-    let n = t.emit(&mut b).unwrap();
-    b.truncate(n);
-    b
-}
-
 impl Host {
     fn new() -> Host {
         let f = Function::new(
@@ -77,7 +70,7 @@ impl Host {
     }
 
     fn send(&mut self, t: &Tlp) {
-        let b = emit(t);
+        let b = t.to_vec().unwrap();
         self.f.handle_tlp(self.now, &b);
         self.pump();
     }
@@ -133,7 +126,7 @@ impl Host {
                             lower_address: 0,
                             locked: false,
                         };
-                        let b = emit(&Tlp::new(Header::Completion(cpl), &[]));
+                        let b = Tlp::new(Header::Completion(cpl), &[]).to_vec().unwrap();
                         self.f.handle_tlp(self.now, &b);
                         continue;
                     }
@@ -152,7 +145,9 @@ impl Host {
                             lower_address: c.lower_address,
                             locked: false,
                         };
-                        let b = emit(&Tlp::new(Header::Completion(cpl), &payload));
+                        let b = Tlp::new(Header::Completion(cpl), &payload)
+                            .to_vec()
+                            .unwrap();
                         self.f.handle_tlp(self.now, &b);
                     }
                 }
@@ -556,7 +551,7 @@ fn unsupported_requests_are_answered_and_told_apart_from_malformed_ones() {
         locked: false,
         hint: None,
     };
-    let b = with_reserved_address_type(emit(&Tlp::new(Header::MemRead(mrd), &[])));
+    let b = with_reserved_address_type(Tlp::new(Header::MemRead(mrd), &[]).to_vec().unwrap());
     h.f.handle_tlp(h.now, &b);
     h.pump();
     let cpls = h.completions.remove(&0x1a5).expect("a UR completion");
@@ -579,7 +574,11 @@ fn unsupported_requests_are_answered_and_told_apart_from_malformed_ones() {
         last_be: 0,
         hint: None,
     };
-    let b = with_reserved_address_type(emit(&Tlp::new(Header::MemWrite(mwr), &[1, 2, 3, 4])));
+    let b = with_reserved_address_type(
+        Tlp::new(Header::MemWrite(mwr), &[1, 2, 3, 4])
+            .to_vec()
+            .unwrap(),
+    );
     h.f.handle_tlp(h.now, &b);
     assert!(h.f.poll_transmit().is_none());
     assert_eq!(h.f.stats().unsupported, before.unsupported + 2);
@@ -587,7 +586,7 @@ fn unsupported_requests_are_answered_and_told_apart_from_malformed_ones() {
 
     // A message with reserved routing (110b): dropped, unsupported.
     let msg = Message::intx(root(), IntxPin::A, true);
-    let mut b = emit(&Tlp::new(Header::Message(msg), &[]));
+    let mut b = Tlp::new(Header::Message(msg), &[]).to_vec().unwrap();
     b[0] = (b[0] & !7) | 0b110;
     h.f.handle_tlp(h.now, &b);
     assert!(h.f.poll_transmit().is_none());
@@ -599,7 +598,7 @@ fn unsupported_requests_are_answered_and_told_apart_from_malformed_ones() {
         first_be: 0xf,
         ..mrd
     };
-    let mut b = emit(&Tlp::new(Header::MemRead(bad), &[]));
+    let mut b = Tlp::new(Header::MemRead(bad), &[]).to_vec().unwrap();
     b[7] &= 0xf0;
     h.f.handle_tlp(h.now, &b);
     assert!(h.f.poll_transmit().is_none());
@@ -639,7 +638,9 @@ fn atomic_ops_are_refused_with_their_operand_size() {
                 address: BAR0 + 0x40,
                 hint: None,
             };
-            let mut b = emit(&Tlp::new(Header::Atomic(a), &vec![0x5a; len]));
+            let mut b = Tlp::new(Header::Atomic(a), &vec![0x5a; len])
+                .to_vec()
+                .unwrap();
             if reserved_at {
                 b = with_reserved_address_type(b);
             }
@@ -695,7 +696,7 @@ proptest! {
     /// random valid TLPs of every type, on an enumerated device, in any order.
     #[test]
     fn no_tlp_sequence_panics(
-        tlps in proptest::collection::vec(tlp::strategies::any_tlp().prop_map(|t| emit(&t.as_tlp())), 1..20),
+        tlps in proptest::collection::vec(tlp::strategies::any_tlp().prop_map(|t| t.as_tlp().to_vec().unwrap()), 1..20),
         junk in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..5),
     ) {
         let mut h = Host::new();

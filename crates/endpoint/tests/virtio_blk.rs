@@ -463,6 +463,18 @@ impl Driver {
         out
     }
 
+    /// Writes request `n`'s FLUSH header and makes its chain available. Returns the
+    /// head (packed: the buffer ID).
+    fn submit_flush(&mut self, n: u64) -> u16 {
+        let chain = flush_chain(n);
+        self.put(chain[0].0, &header(request_type::FLUSH, 0));
+        self.submit(&chain, false)
+    }
+
+    fn needs_reset(&self) -> bool {
+        self.dev.status() & status::DEVICE_NEEDS_RESET != 0
+    }
+
     fn recycle(&mut self, head: u16, indirect: bool, n: usize) {
         if self.packed.is_some() {
             // Buffer IDs and ring descriptors come back with the used descriptor.
@@ -498,6 +510,12 @@ const ACCEPT: u64 = feature::VERSION_1
 fn layout_of(n: u64, data_len: u32) -> (u64, u64, u64) {
     let base = BUFS + n * 0x2_0000;
     (base, base + 0x100, base + 0x100 + data_len as u64)
+}
+
+/// Request `n`'s chain as a FLUSH: its header (16 bytes), its status byte.
+fn flush_chain(n: u64) -> [(u64, u32, bool); 2] {
+    let (h, _, st) = layout_of(n, 0);
+    [(h, 16, false), (st, 1, true)]
 }
 
 #[test]
@@ -733,9 +751,7 @@ fn packed_ring_is_offered_only_when_asked_and_split_stays_the_default() {
     // Offered but not taken: the split ring works as before.
     d.packed = None;
     assert!(d.init(ACCEPT));
-    let (h, _, st) = layout_of(0, 0);
-    d.put(h, &header(request_type::FLUSH, 0));
-    let head = d.submit(&[(h, 16, false), (st, 1, true)], false);
+    let head = d.submit_flush(0);
     d.notify();
     d.run();
     assert_eq!(d.take_used(), vec![(head, 1)]);
@@ -750,9 +766,7 @@ fn packed_ring_event_suppression_and_a_window_of_many_chains() {
     d.put(AVAIL + 2, &packed::event::DISABLE.to_le_bytes());
     let mut ids = Vec::new();
     for k in 0..20u64 {
-        let (h, _, st) = layout_of(k, 0);
-        d.put(h, &header(request_type::FLUSH, 0));
-        ids.push(d.submit(&[(h, 16, false), (st, 1, true)], false));
+        ids.push(d.submit_flush(k));
     }
     d.notify();
     d.run();
@@ -761,8 +775,7 @@ fn packed_ring_event_suppression_and_a_window_of_many_chains() {
     assert!(!d.io.intx, "notifications disabled");
     // Enabled again: the next completion interrupts.
     d.put(AVAIL + 2, &packed::event::ENABLE.to_le_bytes());
-    let (h, _, st) = layout_of(0, 0);
-    let id = d.submit(&[(h, 16, false), (st, 1, true)], false);
+    let id = d.submit(&flush_chain(0), false);
     d.notify();
     d.run();
     assert_eq!(d.take_used(), vec![(id, 1)]);
@@ -830,9 +843,7 @@ fn msix_vectors_signal_the_queue_and_no_vector_stays_silent() {
         "a vector beyond the table reads NO_VECTOR"
     );
     d.wr(0x1a, 2, 1);
-    let (h, _, st) = layout_of(0, 0);
-    d.put(h, &header(request_type::FLUSH, 0));
-    let head = d.submit(&[(h, 16, false), (st, 1, true)], false);
+    let head = d.submit_flush(0);
     d.notify();
     d.run();
     assert_eq!(d.io.vectors, vec![1]);
@@ -840,7 +851,7 @@ fn msix_vectors_signal_the_queue_and_no_vector_stays_silent() {
     d.recycle(head, false, 2);
     d.take_used();
     d.wr(0x1a, 2, NO_VECTOR as u64);
-    d.submit(&[(h, 16, false), (st, 1, true)], false);
+    d.submit(&flush_chain(0), false);
     d.notify();
     d.run();
     assert_eq!(d.take_used().len(), 1);
@@ -868,9 +879,7 @@ fn a_bad_chain_makes_the_device_need_a_reset_and_a_reset_recovers() {
     d2.dev = d.dev;
     assert!(d2.init(ACCEPT));
     assert_eq!(d2.rd(0x14, 1) as u8 & status::DEVICE_NEEDS_RESET, 0);
-    let (h, _, st) = layout_of(0, 0);
-    d2.put(h, &header(request_type::FLUSH, 0));
-    let head = d2.submit(&[(h, 16, false), (st, 1, true)], false);
+    let head = d2.submit_flush(0);
     d2.notify();
     d2.run();
     assert_eq!(d2.take_used(), vec![(head, 1)]);
@@ -881,11 +890,10 @@ fn refused_dma_makes_the_device_need_a_reset() {
     let mut d = Driver::new(8);
     assert!(d.init(ACCEPT));
     d.io.refuse = true;
-    let (h, _, st) = layout_of(0, 0);
-    d.submit(&[(h, 16, false), (st, 1, true)], false);
+    d.submit(&flush_chain(0), false);
     d.notify();
     d.run();
-    assert_ne!(d.dev.status() & status::DEVICE_NEEDS_RESET, 0);
+    assert!(d.needs_reset());
     assert_eq!(d.dev.stats().dma_errors, 1);
 }
 
@@ -893,14 +901,10 @@ fn refused_dma_makes_the_device_need_a_reset() {
 fn notifications_while_the_ring_is_fetched_are_not_lost() {
     let mut d = Driver::new(8);
     assert!(d.init(ACCEPT));
-    let (h, _, st) = layout_of(0, 0);
-    d.put(h, &header(request_type::FLUSH, 0));
-    d.submit(&[(h, 16, false), (st, 1, true)], false);
+    d.submit_flush(0);
     d.notify();
     // Before the ring read is answered, the driver adds another and notifies again.
-    let (h2, _, st2) = layout_of(1, 0);
-    d.put(h2, &header(request_type::FLUSH, 0));
-    d.submit(&[(h2, 16, false), (st2, 1, true)], false);
+    d.submit_flush(1);
     d.notify();
     assert_eq!(d.io.reads.len(), 1, "one ring fetch at a time");
     d.run();
@@ -935,7 +939,7 @@ proptest! {
         d.notify();
         d.run();
         let used = d.take_used();
-        let broken = d.dev.status() & status::DEVICE_NEEDS_RESET != 0;
+        let broken = d.needs_reset();
         prop_assert!(broken || used.len() == idx as usize, "{} used of {idx}", used.len());
     }
 }
@@ -969,7 +973,7 @@ proptest! {
         let named: Vec<u16> = descs.iter().map(|x| x.2).collect();
         if used.flags & (packed::flags::AVAIL | packed::flags::USED)
             == packed::flags::AVAIL | packed::flags::USED
-            && d.dev.status() & status::DEVICE_NEEDS_RESET == 0
+            && !d.needs_reset()
         {
             prop_assert!(named.contains(&used.id));
         }
@@ -980,19 +984,13 @@ proptest! {
 fn a_head_made_available_again_while_in_flight_needs_a_reset() {
     let mut d = Driver::new(8);
     assert!(d.init(ACCEPT));
-    let (h, _, st) = layout_of(0, 0);
-    d.put(h, &header(request_type::FLUSH, 0));
-    let head = d.submit(&[(h, 16, false), (st, 1, true)], false);
+    let head = d.submit_flush(0);
     // The same head once more, before the device used it.
     d.put(AVAIL + 4 + 2, &head.to_le_bytes());
     d.put(AVAIL + 2, &2u16.to_le_bytes());
     d.notify();
     d.run();
-    assert_ne!(
-        d.dev.status() & status::DEVICE_NEEDS_RESET,
-        0,
-        "a head in flight twice"
-    );
+    assert!(d.needs_reset(), "a head in flight twice");
     assert_eq!(d.dev.stats().reused_ids, 1);
     assert_eq!(d.dev.stats().bad_chains, 1);
     assert!(d.take_used().is_empty(), "nothing completed");
@@ -1003,17 +1001,13 @@ fn a_head_made_available_again_while_in_flight_needs_a_reset() {
 fn a_packed_buffer_id_made_available_again_while_in_flight_needs_a_reset() {
     let mut d = Driver::new_packed(8);
     assert!(d.init(ACCEPT));
-    let (h, _, st) = layout_of(0, 0);
-    d.put(h, &header(request_type::FLUSH, 0));
-    let id = d.submit(&[(h, 16, false), (st, 1, true)], false);
+    let id = d.submit_flush(0);
     // The driver names the next chain with the same buffer ID.
     d.packed.as_mut().unwrap().ids.push_front(id);
-    let (h2, _, st2) = layout_of(1, 0);
-    d.put(h2, &header(request_type::FLUSH, 0));
-    assert_eq!(d.submit(&[(h2, 16, false), (st2, 1, true)], false), id);
+    assert_eq!(d.submit_flush(1), id);
     d.notify();
     d.run();
-    assert_ne!(d.dev.status() & status::DEVICE_NEEDS_RESET, 0);
+    assert!(d.needs_reset());
     assert_eq!(d.dev.stats().reused_ids, 1);
     assert_eq!(d.dev.stats().bad_chains, 1);
 }
@@ -1026,12 +1020,10 @@ fn a_packed_ring_at_the_top_of_the_address_space_is_a_dma_error_not_a_panic() {
     d.desc = u64::MAX - 7;
     d.io.high = Some(d.desc);
     assert!(d.init(ACCEPT));
-    let (h, _, st) = layout_of(0, 0);
-    d.put(h, &header(request_type::FLUSH, 0));
-    d.submit(&[(h, 16, false), (st, 1, true)], false);
+    d.submit_flush(0);
     d.notify();
     d.run();
-    assert_ne!(d.dev.status() & status::DEVICE_NEEDS_RESET, 0);
+    assert!(d.needs_reset());
     assert_eq!(d.dev.stats().dma_errors, 1);
 }
 
