@@ -60,7 +60,7 @@ fn acks(frames: &[Vec<u8>]) -> Vec<(u32, u8)> {
 
 /// A memory write TLP (any TLP will do: the box has no device to route it to).
 fn tlp() -> Vec<u8> {
-    let t = tlp::Tlp::new(
+    tlp::Tlp::new(
         tlp::Header::MemWrite(tlp::MemWrite {
             requester: tlp::Bdf::from_u16(0x0100),
             tag: tlp::Tag::default(),
@@ -70,10 +70,9 @@ fn tlp() -> Vec<u8> {
             hint: None,
         }),
         &[1, 2, 3, 4, 5, 6, 7, 8],
-    );
-    let mut out = vec![0u8; t.buffer_len()];
-    t.emit(&mut out).unwrap();
-    out
+    )
+    .to_vec()
+    .unwrap()
 }
 
 /// Sends one TLP from the host to the box, leaves the box alone for `away`, and
