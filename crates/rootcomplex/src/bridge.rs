@@ -24,7 +24,7 @@ use thiserror::Error;
 use tlp::{
     enabled_runs, for_each_read_completion, for_each_write, split_requests, Bdf, Completion,
     CompletionStatus, ConfigRequest, Header, IntxPin, MaxSize, MemRead, MemWrite, Rcb,
-    ReadReassembly, Tag, Tlp, UrAnswer,
+    ReadReassembly, Tag, TagTable, TagWidth, Tlp, UrAnswer,
 };
 
 use crate::memory::MemoryMap;
@@ -147,8 +147,8 @@ pub struct Bridge {
     /// Our Requester/Completer ID (the root port, 00:00.0).
     bdf: Bdf,
     memory: MemoryMap,
-    tags: Vec<Option<Pending>>,
-    next_tag: usize,
+    /// The host's outstanding requests (8-bit tags).
+    tags: TagTable<Pending>,
     next_id: u64,
     now: u64,
     out: TxQueue,
@@ -188,8 +188,7 @@ impl Bridge {
             cfg,
             bdf: Bdf::from_u16(0),
             memory,
-            tags: (0..256).map(|_| None).collect(),
-            next_tag: 0,
+            tags: TagTable::new(TagWidth::Eight),
             next_id: 0,
             now: 0,
             out: TxQueue::default(),
@@ -244,43 +243,40 @@ impl Bridge {
 
     /// When `handle_timeout` is due (µs), while requests are outstanding.
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.tags.iter().flatten().map(|p| p.deadline).min()
+        self.tags.iter().map(|(_, p)| p.deadline).min()
     }
 
+    /// Fails, in tag order, the requests whose deadline is `now` or earlier.
     pub fn handle_timeout(&mut self, now: u64) {
         self.now = now;
-        for slot in self.tags.iter_mut() {
-            if slot.as_ref().is_some_and(|p| p.deadline <= now) {
-                let p = slot.take().expect("checked");
-                self.stats.completion_timeouts += 1;
-                self.events.push_back(Event::Completed {
-                    id: p.id,
-                    result: Err(RequestError::Timeout),
-                });
-            }
+        for (_, p) in self.tags.take_where(|p| p.deadline <= now) {
+            self.stats.completion_timeouts += 1;
+            self.events.push_back(Event::Completed {
+                id: p.id,
+                result: Err(RequestError::Timeout),
+            });
         }
     }
 
-    fn take_tag(&mut self) -> Result<usize, RequestError> {
-        let n = self.tags.len();
-        let t = (0..n)
-            .map(|k| (self.next_tag + k) % n)
-            .find(|&i| self.tags[i].is_none())
-            .ok_or(RequestError::NoTags)?;
-        self.next_tag = (t + 1) % n;
-        Ok(t)
-    }
-
-    fn start(&mut self, tag: usize, waiting: Waiting) -> RequestId {
+    /// Sends the request whose header `build` makes with a free tag, with `payload`,
+    /// and keeps it outstanding until its completion or its timeout.
+    fn start(
+        &mut self,
+        payload: &[u8],
+        build: impl FnOnce(Tag) -> (Header, Waiting),
+    ) -> Result<RequestId, RequestError> {
+        let slot = self.tags.vacant().map_err(|_| RequestError::NoTags)?;
+        let (header, waiting) = build(slot.tag());
+        emit(&mut self.out, &Tlp::new(header, payload));
         let id = RequestId(self.next_id);
         self.next_id += 1;
-        self.tags[tag] = Some(Pending {
+        slot.insert(Pending {
             id,
             waiting,
             deadline: self.now + self.cfg.completion_timeout_us,
         });
         self.stats.requests += 1;
-        id
+        Ok(id)
     }
 
     fn config_request(
@@ -291,23 +287,23 @@ impl Bridge {
         write: Option<(u32, u8)>,
     ) -> Result<RequestId, RequestError> {
         self.now = now;
-        let tag = self.take_tag()?;
-        let req = ConfigRequest {
-            type1: false,
-            requester: self.bdf,
-            tag: Tag::wrapping(tag as u16),
-            target,
-            register: register & 0xffc,
-            first_be: write.map_or(0xf, |w| w.1),
-        };
-        match write {
-            Some((v, _)) => emit(
-                &mut self.out,
-                &Tlp::new(Header::ConfigWrite(req), &v.to_le_bytes()),
-            ),
-            None => emit(&mut self.out, &Tlp::new(Header::ConfigRead(req), &[])),
-        }
-        Ok(self.start(tag, Waiting::Config))
+        let requester = self.bdf;
+        let value = write.map(|(v, _)| v.to_le_bytes());
+        self.start(value.as_ref().map_or(&[], |v| &v[..]), |tag| {
+            let req = ConfigRequest {
+                type1: false,
+                requester,
+                tag,
+                target,
+                register: register & 0xffc,
+                first_be: write.map_or(0xf, |w| w.1),
+            };
+            let header = match write {
+                Some(_) => Header::ConfigWrite(req),
+                None => Header::ConfigRead(req),
+            };
+            (header, Waiting::Config)
+        })
     }
 
     /// Reads the config dword at `register` (rounded down to a dword) of `target`.
@@ -340,26 +336,25 @@ impl Bridge {
         let (Some(c), None) = (chunks.next(), chunks.next()) else {
             return Err(RequestError::BadLength(len));
         };
-        let tag = self.take_tag()?;
-        let read = MemRead {
-            requester: self.bdf,
-            tag: Tag::wrapping(tag as u16),
-            address: c.span.dw_address,
-            length_dw: c.span.length_dw,
-            first_be: c.span.first_be,
-            last_be: c.span.last_be,
-            locked: false,
-            hint: None,
-        };
-        let reassembly = ReadReassembly::new(&read, self.cfg.rcb);
-        emit(&mut self.out, &Tlp::new(Header::MemRead(read), &[]));
-        Ok(self.start(
-            tag,
-            Waiting::Memory {
+        let (requester, rcb) = (self.bdf, self.cfg.rcb);
+        self.start(&[], |tag| {
+            let read = MemRead {
+                requester,
+                tag,
+                address: c.span.dw_address,
+                length_dw: c.span.length_dw,
+                first_be: c.span.first_be,
+                last_be: c.span.last_be,
+                locked: false,
+                hint: None,
+            };
+            let reassembly = ReadReassembly::new(&read, rcb);
+            let waiting = Waiting::Memory {
                 data: vec![0; reassembly.total() as usize],
                 reassembly,
-            },
-        ))
+            };
+            (Header::MemRead(read), waiting)
+        })
     }
 
     /// Writes `data` at bus address `addr` (posted: split at MPS and 4 KiB, no reply).
@@ -514,12 +509,8 @@ impl Bridge {
     }
 
     fn completion(&mut self, c: Completion, payload: &[u8]) {
-        let t = c.tag.value() as usize;
-        let Some(slot) = self.tags.get_mut(t) else {
-            self.stats.unexpected_completions += 1;
-            return;
-        };
-        let Some(p) = slot.as_mut() else {
+        // A tag with nothing outstanding (late after a timeout, or bogus) finds nothing.
+        let Some(p) = self.tags.get_mut(c.tag) else {
             self.stats.unexpected_completions += 1;
             return;
         };
@@ -542,11 +533,12 @@ impl Bridge {
             },
         };
         if let Some(result) = result {
-            let p = slot.take().expect("present");
+            let id = p.id;
+            self.tags.take(c.tag);
             if result.is_err() {
                 self.stats.error_completions += 1;
             }
-            self.events.push_back(Event::Completed { id: p.id, result });
+            self.events.push_back(Event::Completed { id, result });
         }
     }
 }
@@ -589,6 +581,85 @@ mod tests {
             let s = b.stats();
             prop_assert_eq!(s.requests, 16);
         }
+    }
+
+    fn config_completion(tag: Tag, value: u32) -> Vec<u8> {
+        let c = Completion {
+            completer: Bdf::new(1, 0, 0).unwrap(),
+            status: CompletionStatus::Success,
+            bcm: false,
+            byte_count: 4,
+            requester: Bdf::from_u16(0),
+            tag,
+            lower_address: 0,
+            locked: false,
+        };
+        Tlp::new(Header::Completion(c), &value.to_le_bytes())
+            .to_vec()
+            .unwrap()
+    }
+
+    /// The tag of the request on the wire.
+    fn sent_tag(b: &mut Bridge) -> Tag {
+        let t = b.poll_transmit().expect("a request");
+        match Tlp::parse(&t).unwrap().header {
+            Header::ConfigRead(r) => r.tag,
+            h => panic!("sent {h:?}"),
+        }
+    }
+
+    /// A completion arriving after its request timed out is unexpected: it does not
+    /// end the next request, which went out with another tag.
+    #[test]
+    fn a_late_completion_is_unexpected_and_its_tag_not_reused_at_once() {
+        let mut b = Bridge::new(BridgeConfig::default(), MemoryMap::new());
+        let dev = Bdf::new(1, 0, 0).unwrap();
+        let first = b.config_read(0, dev, 0).unwrap();
+        let old = sent_tag(&mut b);
+        let timeout = b.poll_timeout().unwrap();
+        b.handle_timeout(timeout);
+        assert_eq!(
+            b.poll_event(),
+            Some(Event::Completed {
+                id: first,
+                result: Err(RequestError::Timeout)
+            })
+        );
+        let second = b.config_read(timeout, dev, 4).unwrap();
+        let new = sent_tag(&mut b);
+        assert_ne!(old, new);
+        b.handle_tlp(timeout + 1, &config_completion(old, 0xdead_beef));
+        assert_eq!(b.poll_event(), None);
+        assert_eq!(b.stats().unexpected_completions, 1);
+        b.handle_tlp(timeout + 2, &config_completion(new, 0x1234_5678));
+        assert_eq!(
+            b.poll_event(),
+            Some(Event::Completed {
+                id: second,
+                result: Ok(0x1234_5678u32.to_le_bytes().to_vec())
+            })
+        );
+        assert_eq!(b.poll_timeout(), None);
+    }
+
+    /// 256 requests take every tag; the next is refused, and a completion frees a tag.
+    #[test]
+    fn requests_beyond_the_tags_are_refused() {
+        let mut b = Bridge::new(BridgeConfig::default(), MemoryMap::new());
+        let dev = Bdf::new(1, 0, 0).unwrap();
+        for _ in 0..256 {
+            b.config_read(0, dev, 0).unwrap();
+        }
+        assert_eq!(b.config_read(0, dev, 0), Err(RequestError::NoTags));
+        assert_eq!(b.mem_read(0, 0x1000, 4), Err(RequestError::NoTags));
+        assert_eq!(b.stats().requests, 256);
+        let tag = sent_tag(&mut b);
+        b.handle_tlp(1, &config_completion(tag, 7));
+        assert!(matches!(
+            b.poll_event(),
+            Some(Event::Completed { result: Ok(_), .. })
+        ));
+        assert!(b.config_read(1, dev, 0).is_ok());
     }
 
     fn read_tlp(requester: Bdf, tag: u16, address: u64) -> Vec<u8> {
