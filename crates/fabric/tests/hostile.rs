@@ -2,6 +2,8 @@
 //! `fabric_node` fuzz target): the node's state stays bounded and its events stay
 //! consistent.
 
+mod common;
+
 use fabric::{DownReason, FabricEvent, Node, NodeConfig};
 use wire::{
     emit_info, BridgeRole, EthernetRepr, FrameKind, InfoRepr, MacAddr, TetherHeader, VlanTag,
@@ -72,18 +74,9 @@ fn infos_from_many_addresses_make_a_bounded_number_of_peers() {
     assert_eq!(n.peers().count(), 1);
 }
 
+/// A ready device in `slot`, in group 1.
 fn device(slot: u8) -> wire::DeviceInfo {
-    wire::DeviceInfo {
-        slot,
-        flags: wire::DEVICE_READY,
-        gid: 1,
-        vendor_id: 0x1de5,
-        device_id: 1,
-        class_code: 0x058000,
-        revision: 1,
-        subsystem_vendor_id: 0x1de5,
-        subsystem_id: 1,
-    }
+    common::device(slot, 1)
 }
 
 fn device_events(n: &mut Node) -> (Vec<u8>, Vec<u8>) {

@@ -3,9 +3,12 @@
 //! virtual clock: discovery, group isolation, TLPs, a device moving between hosts,
 //! a box dying and coming back, and bad frames.
 
+mod common;
+
+use common::device;
 use fabric::{DownReason, FabricEvent, Node, NodeConfig, BROADCAST};
 use proptest::prelude::*;
-use wire::{BridgeRole, CtrlStatus, DeviceInfo, MacAddr};
+use wire::{BridgeRole, CtrlStatus, MacAddr};
 
 struct Segment {
     nodes: Vec<Node>,
@@ -20,20 +23,6 @@ fn mac(i: u8) -> MacAddr {
 
 fn node(i: u8, role: BridgeRole, epoch: u32) -> Node {
     Node::new(NodeConfig::new(mac(i), role, 100 + i as u64, epoch)).unwrap()
-}
-
-fn device(slot: u8, gid: u16) -> DeviceInfo {
-    DeviceInfo {
-        slot,
-        flags: wire::DEVICE_READY,
-        gid,
-        vendor_id: 0x1de5,
-        device_id: 1,
-        class_code: 0x058000,
-        revision: 1,
-        subsystem_vendor_id: 0x1de5,
-        subsystem_id: 1,
-    }
 }
 
 impl Segment {
