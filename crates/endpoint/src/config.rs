@@ -8,63 +8,33 @@
 //! bus mastering, MSI enabled, a function-level reset asked for) comes back as
 //! [`ConfigEffects`] for the endpoint to act on.
 
+use pci::{msi, msix, pcie, pm, CapabilityId};
 use thiserror::Error;
 
 /// Size of a PCI Express function's configuration space.
 pub const CONFIG_SIZE: usize = 4096;
 
-/// Standard header offsets.
+/// Standard header offsets ([`pci::regs`]), as indices into the config image.
 pub mod reg {
-    pub const VENDOR_ID: usize = 0x00;
-    pub const DEVICE_ID: usize = 0x02;
-    pub const COMMAND: usize = 0x04;
-    pub const STATUS: usize = 0x06;
-    pub const REVISION: usize = 0x08;
-    pub const CLASS: usize = 0x09;
-    pub const CACHE_LINE: usize = 0x0c;
-    pub const HEADER_TYPE: usize = 0x0e;
-    pub const BAR0: usize = 0x10;
-    pub const SUBSYSTEM_VENDOR: usize = 0x2c;
-    pub const SUBSYSTEM_ID: usize = 0x2e;
-    pub const CAP_PTR: usize = 0x34;
-    pub const INTERRUPT_LINE: usize = 0x3c;
-    pub const INTERRUPT_PIN: usize = 0x3d;
+    use pci::regs;
+    pub const VENDOR_ID: usize = regs::VENDOR_ID as usize;
+    pub const DEVICE_ID: usize = regs::DEVICE_ID as usize;
+    pub const COMMAND: usize = regs::COMMAND as usize;
+    pub const STATUS: usize = regs::STATUS as usize;
+    pub const REVISION: usize = regs::REVISION as usize;
+    pub const CLASS: usize = regs::CLASS as usize;
+    pub const CACHE_LINE: usize = regs::CACHE_LINE as usize;
+    pub const HEADER_TYPE: usize = regs::HEADER_TYPE as usize;
+    pub const BAR0: usize = regs::BAR0 as usize;
+    pub const SUBSYSTEM_VENDOR: usize = regs::SUBSYSTEM_VENDOR as usize;
+    pub const SUBSYSTEM_ID: usize = regs::SUBSYSTEM_ID as usize;
+    pub const CAP_PTR: usize = regs::CAP_PTR as usize;
+    pub const INTERRUPT_LINE: usize = regs::INTERRUPT_LINE as usize;
+    pub const INTERRUPT_PIN: usize = regs::INTERRUPT_PIN as usize;
 }
 
-/// Command register bits.
-pub mod command {
-    pub const IO: u16 = 1 << 0;
-    pub const MEMORY: u16 = 1 << 1;
-    pub const BUS_MASTER: u16 = 1 << 2;
-    pub const PARITY: u16 = 1 << 6;
-    pub const SERR: u16 = 1 << 8;
-    pub const INTX_DISABLE: u16 = 1 << 10;
-}
-
-/// Status register bits.
-pub mod status {
-    pub const INTERRUPT: u16 = 1 << 3;
-    pub const CAP_LIST: u16 = 1 << 4;
-    /// The error bits, all write-1-to-clear.
-    pub const ERRORS: u16 = 0xf900;
-}
-
-/// Capability IDs.
-pub mod cap_id {
-    pub const PM: u8 = 0x01;
-    pub const MSI: u8 = 0x05;
-    pub const PCIE: u8 = 0x10;
-    pub const MSIX: u8 = 0x11;
-    pub const VENDOR: u8 = 0x09;
-}
-
-/// What a BAR decodes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BarKind {
-    Memory32,
-    Memory64,
-    Io,
-}
+pub use pci::regs::{command, status};
+pub use pci::BarKind;
 
 /// One base address register as the device declares it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,11 +79,7 @@ impl Bar {
 
     /// The low bits of the BAR register that say what it is.
     fn flags(&self) -> u32 {
-        match self.kind {
-            BarKind::Io => 0b01,
-            BarKind::Memory32 => (self.prefetchable as u32) << 3,
-            BarKind::Memory64 => 0b100 | (self.prefetchable as u32) << 3,
-        }
+        self.kind.flags(self.prefetchable)
     }
 }
 
@@ -337,19 +303,20 @@ impl ConfigBuilder {
         c.place_bars(&self.bars)?;
 
         // Capabilities from 0x40, each linked to the next.
-        let mut at = 0x40usize;
+        let mut at = usize::from(pci::regs::HEADER_END);
         let mut prev_next: usize = reg::CAP_PTR;
-        let mut link = |c: &mut ConfigSpace, id: u8, len: usize| -> Result<usize, ConfigError> {
-            if at + len > 0x100 {
-                return Err(ConfigError::NoRoom);
-            }
-            let off = at;
-            c.bytes[prev_next] = off as u8;
-            c.bytes[off] = id;
-            prev_next = off + 1;
-            at = (off + len).div_ceil(4) * 4;
-            Ok(off)
-        };
+        let mut link =
+            |c: &mut ConfigSpace, id: CapabilityId, len: usize| -> Result<usize, ConfigError> {
+                if at + len > usize::from(pci::regs::CONVENTIONAL_END) {
+                    return Err(ConfigError::NoRoom);
+                }
+                let off = at;
+                c.bytes[prev_next] = off as u8;
+                c.bytes[off] = id.raw();
+                prev_next = off + 1;
+                at = (off + len).div_ceil(4) * 4;
+                Ok(off)
+            };
         if self.pcie_mps.is_some()
             || self.pm
             || self.msi.is_some()
@@ -359,47 +326,61 @@ impl ConfigBuilder {
             c.set16(reg::STATUS, status::CAP_LIST);
         }
         if let Some(mps) = self.pcie_mps {
-            let off = link(&mut c, cap_id::PCIE, 0x3c)?;
+            let off = link(&mut c, CapabilityId::PciExpress, pcie::LEN.into())?;
             c.caps.pcie = Some(off);
             c.init_pcie(off, mps);
         }
         if self.pm {
-            let off = link(&mut c, cap_id::PM, 8)?;
+            let off = link(&mut c, CapabilityId::PowerManagement, pm::LEN.into())?;
             c.caps.pm = Some(off);
             // PMC: version 3. PMCSR: power state RW, No_Soft_Reset set.
-            c.set16(off + 2, 0x0003);
-            c.set16(off + 4, 1 << 3);
-            c.set_mask16(off + 4, 0x0003);
+            c.set16(off + usize::from(pm::PMC), 0x0003);
+            c.set16(off + usize::from(pm::PMCSR), pm::PMCSR_NO_SOFT_RESET);
+            c.set_mask16(off + usize::from(pm::PMCSR), pm::PMCSR_POWER_STATE);
         }
         if let Some((log2, masking)) = self.msi {
             if log2 > 5 {
                 return Err(ConfigError::Msi("at most 32 vectors"));
             }
-            let len = if masking { 0x18 } else { 0x0e };
-            let off = link(&mut c, cap_id::MSI, len)?;
+            // Message Control: enable RW, MMC, MME RW, 64-bit capable, masking capable.
+            let control = (log2 as u16) << msi::control::MULTIPLE_CAPABLE_SHIFT
+                | msi::control::ADDRESS_64
+                | if masking {
+                    msi::control::PER_VECTOR_MASK
+                } else {
+                    0
+                };
+            let off = link(&mut c, CapabilityId::Msi, msi::len(control).into())?;
             c.caps.msi = Some(off);
             c.msi_vectors = 1 << log2;
-            // Message Control: enable RW, MMC, MME RW, 64-bit capable, masking capable.
-            c.set16(off + 2, (log2 as u16) << 1 | 1 << 7 | (masking as u16) << 8);
-            c.set_mask16(off + 2, 0x0071);
-            c.set_mask32(off + 4, 0xffff_fffc);
-            c.set_mask32(off + 8, 0xffff_ffff);
-            c.set_mask16(off + 0x0c, 0xffff);
+            let at = |r: u16| off + usize::from(r);
+            c.set16(at(msi::CONTROL), control);
+            c.set_mask16(
+                at(msi::CONTROL),
+                msi::control::ENABLE | msi::control::MULTIPLE_ENABLE,
+            );
+            c.set_mask32(at(msi::ADDRESS_LO), 0xffff_fffc);
+            c.set_mask32(at(msi::ADDRESS_HI), 0xffff_ffff);
+            c.set_mask16(at(msi::DATA_64), 0xffff);
             if masking {
                 let bits = if log2 == 5 {
                     u32::MAX
                 } else {
                     (1u32 << (1 << log2)) - 1
                 };
-                c.set_mask32(off + 0x10, bits);
+                c.set_mask32(at(msi::MASK_64), bits);
             }
         }
         if let Some(m) = self.msix {
-            if m.vectors == 0 || m.vectors > 2048 {
+            if m.vectors == 0 || m.vectors > msix::MAX_VECTORS {
                 return Err(ConfigError::Msix("1 to 2048 vectors"));
             }
             for (bar, offset, bytes) in [
-                (m.table_bar, m.table_offset, m.vectors as u64 * 16),
+                (
+                    m.table_bar,
+                    m.table_offset,
+                    m.vectors as u64 * msix::ENTRY_SIZE,
+                ),
                 (m.pba_bar, m.pba_offset, (m.vectors as u64).div_ceil(64) * 8),
             ] {
                 let fits = c
@@ -414,17 +395,21 @@ impl ConfigBuilder {
                     ));
                 }
             }
-            let off = link(&mut c, cap_id::MSIX, 12)?;
+            let off = link(&mut c, CapabilityId::MsiX, msix::LEN.into())?;
             c.caps.msix = Some(off);
             c.msix = Some(m);
-            c.set16(off + 2, m.vectors - 1);
-            c.set_mask16(off + 2, 0xc000);
-            c.set32(off + 4, m.table_offset | m.table_bar as u32);
-            c.set32(off + 8, m.pba_offset | m.pba_bar as u32);
+            let at = |r: u16| off + usize::from(r);
+            c.set16(at(msix::CONTROL), m.vectors - 1);
+            c.set_mask16(
+                at(msix::CONTROL),
+                msix::control::ENABLE | msix::control::FUNCTION_MASK,
+            );
+            c.set32(at(msix::TABLE), m.table_offset | m.table_bar as u32);
+            c.set32(at(msix::PBA), m.pba_offset | m.pba_bar as u32);
         }
         for body in &self.vendor_caps {
             let len = 2 + body.len();
-            let off = link(&mut c, cap_id::VENDOR, len)?;
+            let off = link(&mut c, CapabilityId::VendorSpecific, len)?;
             c.bytes[off + 2..off + len].copy_from_slice(body);
             if !body.is_empty() {
                 c.bytes[off + 2] = len as u8;
@@ -461,10 +446,7 @@ impl ConfigSpace {
                         });
                     }
                     self.set32(off, b.flags());
-                    self.set_mask32(
-                        off,
-                        low_mask & !(if b.kind == BarKind::Io { 3 } else { 15 }),
-                    );
+                    self.set_mask32(off, low_mask & !b.kind.flags_mask());
                     self.bars[i] = Some(b);
                     i += 1;
                 }
@@ -476,7 +458,7 @@ impl ConfigSpace {
                         });
                     }
                     self.set32(off, b.flags());
-                    self.set_mask32(off, low_mask & !15);
+                    self.set_mask32(off, low_mask & !b.kind.flags_mask());
                     self.set_mask32(off + 4, (!(b.size - 1) >> 32) as u32);
                     self.bars[i] = Some(b);
                     i += 2;
@@ -487,29 +469,43 @@ impl ConfigSpace {
     }
 
     fn init_pcie(&mut self, off: usize, mps: u8) {
+        use pcie::{devcap, devctl};
+        let at = |r: u16| off + usize::from(r);
         // PCI Express Capabilities: version 2, device/port type 0 (endpoint).
-        self.set16(off + 2, 0x0002);
+        self.set16(at(pcie::CAPABILITIES), 0x0002);
         // Device Capabilities: MPS supported, role-based error reporting, FLR capable.
-        self.set32(off + 4, mps as u32 | 1 << 15 | 1 << 28);
+        self.set32(
+            at(pcie::DEVICE_CAPABILITIES),
+            mps as u32 | devcap::ROLE_BASED_ERRORS | devcap::FLR,
+        );
         // Device Control: error reporting enables, relaxed ordering, MPS, no snoop,
         // MRRS; defaults RO + NS enabled, MPS 128, MRRS 512. Bit 15 starts an FLR.
-        self.set16(off + 8, 1 << 4 | 1 << 11 | 2 << 12);
-        self.set_mask16(off + 8, 0x0fff & !(7 << 8) | 0x7000 | 1 << 15 | 7 << 5);
+        self.set16(
+            at(pcie::DEVICE_CONTROL),
+            devctl::RELAXED_ORDERING | devctl::NO_SNOOP | 2 << devctl::MAX_READ_REQUEST_SHIFT,
+        );
+        self.set_mask16(
+            at(pcie::DEVICE_CONTROL),
+            0x0fff & !(7 << 8)
+                | devctl::MAX_READ_REQUEST
+                | devctl::INITIATE_FLR
+                | devctl::MAX_PAYLOAD,
+        );
         // Device Status: error bits write-1-to-clear.
-        self.set_w1c16(off + 0x0a, 0x000f);
+        self.set_w1c16(at(pcie::DEVICE_STATUS), 0x000f);
         // Link Capabilities: 2.5 GT/s, x1. Link Status: the same, negotiated.
-        self.set32(off + 0x0c, 0x0000_0011);
-        self.set16(off + 0x12, 0x0011);
+        self.set32(at(pcie::LINK_CAPABILITIES), 0x0000_0011);
+        self.set16(at(pcie::LINK_STATUS), 0x0011);
         // Link Control: ASPM control, RCB, common clock.
-        self.set_mask16(off + 0x10, 0x0043);
+        self.set_mask16(at(pcie::LINK_CONTROL), 0x0043);
         // Device Capabilities 2: completion timeout ranges A-D supported. Device
         // Control 2: completion timeout value and disable.
-        self.set32(off + 0x24, 0x0000_001f);
-        self.set_mask16(off + 0x28, 0x001f);
+        self.set32(at(pcie::DEVICE_CAPABILITIES_2), 0x0000_001f);
+        self.set_mask16(at(pcie::DEVICE_CONTROL_2), 0x001f);
         // Link Capabilities 2: 2.5 GT/s supported.
-        self.set32(off + 0x2c, 0x0000_0002);
-        self.set16(off + 0x30, 0x0001);
-        self.set_mask16(off + 0x30, 0x000f);
+        self.set32(at(pcie::LINK_CAPABILITIES_2), 0x0000_0002);
+        self.set16(at(pcie::LINK_CONTROL_2), 0x0001);
+        self.set_mask16(at(pcie::LINK_CONTROL_2), 0x000f);
     }
 
     fn set16(&mut self, off: usize, v: u16) {
@@ -593,17 +589,21 @@ impl ConfigSpace {
             (0..4).any(|k| be & (1 << k) != 0 && (start..start + len).contains(&(base + k)))
         };
         e.command_changed = touches(reg::COMMAND, 2) && before as u16 != self.read16(reg::COMMAND);
-        e.bar_written = touches(reg::BAR0, 24);
-        for cap in [self.caps.msi, self.caps.msix].into_iter().flatten() {
-            let len = if Some(cap) == self.caps.msi { 0x18 } else { 12 };
-            e.interrupts_changed |= touches(cap, len);
+        e.bar_written = touches(reg::BAR0, 4 * pci::regs::BAR_COUNT);
+        if let Some(cap) = self.caps.msi {
+            let len = msi::len(self.read16(cap + usize::from(msi::CONTROL)));
+            e.interrupts_changed |= touches(cap, len.into());
+        }
+        if let Some(cap) = self.caps.msix {
+            e.interrupts_changed |= touches(cap, msix::LEN.into());
         }
         if let Some(p) = self.caps.pcie {
             // Initiate FLR reads as 0: act on it and clear it.
-            if touches(p + 8, 2) && self.read16(p + 8) & 1 << 15 != 0 {
+            let ctl = p + usize::from(pcie::DEVICE_CONTROL);
+            if touches(ctl, 2) && self.read16(ctl) & pcie::devctl::INITIATE_FLR != 0 {
                 e.function_level_reset = true;
-                let v = self.read16(p + 8) & !(1 << 15);
-                self.set16(p + 8, v);
+                let v = self.read16(ctl) & !pcie::devctl::INITIATE_FLR;
+                self.set16(ctl, v);
             }
         }
         e
@@ -648,7 +648,7 @@ impl ConfigSpace {
         let b = self.bar(index)?;
         let off = reg::BAR0 + 4 * index;
         let low = self.read32(off) as u64;
-        let flags = if b.kind == BarKind::Io { 3 } else { 15 };
+        let flags = u64::from(b.kind.flags_mask());
         let high = if b.kind == BarKind::Memory64 {
             (self.read32(off + 4) as u64) << 32
         } else {
@@ -684,13 +684,16 @@ impl ConfigSpace {
     /// MSI as software set it up: (address, data, vectors enabled), when enabled.
     pub fn msi(&self) -> Option<(u64, u16, u8)> {
         let off = self.caps.msi?;
-        let ctl = self.read16(off + 2);
-        if ctl & 1 == 0 {
+        let at = |r: u16| off + usize::from(r);
+        let ctl = self.read16(at(msi::CONTROL));
+        if ctl & msi::control::ENABLE == 0 {
             return None;
         }
-        let addr = self.read32(off + 4) as u64 | (self.read32(off + 8) as u64) << 32;
-        let enabled = (1u8 << ((ctl >> 4) & 7)).min(self.msi_vectors);
-        Some((addr, self.read16(off + 0x0c), enabled))
+        let addr = self.read32(at(msi::ADDRESS_LO)) as u64
+            | (self.read32(at(msi::ADDRESS_HI)) as u64) << 32;
+        let mme = (ctl & msi::control::MULTIPLE_ENABLE) >> msi::control::MULTIPLE_ENABLE_SHIFT;
+        let enabled = (1u8 << mme).min(self.msi_vectors);
+        Some((addr, self.read16(at(msi::DATA_64)), enabled))
     }
 
     /// Whether MSI vector `v` is masked (per-vector masking).
@@ -698,21 +701,29 @@ impl ConfigSpace {
         let Some(off) = self.caps.msi else {
             return false;
         };
-        self.read16(off + 2) & 1 << 8 != 0 && v < 32 && self.read32(off + 0x10) & 1 << v != 0
+        self.read16(off + usize::from(msi::CONTROL)) & msi::control::PER_VECTOR_MASK != 0
+            && v < 32
+            && self.read32(off + usize::from(msi::MASK_64)) & 1 << v != 0
     }
 
     /// MSI-X enable and function mask bits.
     pub fn msix_control(&self) -> Option<(bool, bool)> {
-        let ctl = self.read16(self.caps.msix? + 2);
-        Some((ctl & 1 << 15 != 0, ctl & 1 << 14 != 0))
+        let ctl = self.read16(self.caps.msix? + usize::from(msix::CONTROL));
+        Some((
+            ctl & msix::control::ENABLE != 0,
+            ctl & msix::control::FUNCTION_MASK != 0,
+        ))
     }
 
     /// The Max Payload Size and Max Read Request Size software set, in bytes.
     pub fn max_payload_and_read(&self) -> (usize, usize) {
         match self.caps.pcie {
             Some(p) => {
-                let ctl = self.read16(p + 8);
-                (128 << ((ctl >> 5) & 7), 128 << ((ctl >> 12) & 7))
+                use pcie::devctl;
+                let ctl = self.read16(p + usize::from(pcie::DEVICE_CONTROL));
+                let mps = (ctl & devctl::MAX_PAYLOAD) >> devctl::MAX_PAYLOAD_SHIFT;
+                let mrrs = (ctl & devctl::MAX_READ_REQUEST) >> devctl::MAX_READ_REQUEST_SHIFT;
+                (128 << mps, 128 << mrrs)
             }
             None => (128, 512),
         }
@@ -849,14 +860,20 @@ mod tests {
     #[test]
     fn capability_list_walks_to_the_end() {
         let c = sample();
-        let mut seen = Vec::new();
-        let mut p = c.read8(reg::CAP_PTR) as usize;
-        while p != 0 {
-            assert!(p >= 0x40 && p.is_multiple_of(4) && p < 0x100);
-            seen.push(c.read8(p));
-            p = c.read8(p + 1) as usize;
-        }
-        assert_eq!(seen, [cap_id::PCIE, cap_id::PM, cap_id::MSI, cap_id::MSIX]);
+        let mut walk = pci::Capabilities::new(|off| Ok::<_, ()>(c.read32(off.into())));
+        let seen: Vec<_> = walk.by_ref().map(|cap| cap.unwrap().kind()).collect();
+        assert_eq!(walk.end(), Some(pci::WalkEnd::Complete));
+        use CapabilityId::*;
+        assert_eq!(
+            seen,
+            [PciExpress, PowerManagement, Msi, MsiX].map(Some),
+            "in build order"
+        );
+        let caps = c.caps();
+        let offsets: Vec<_> = pci::list(|off| c.read32(off.into()))
+            .map(|cap| Some(usize::from(cap.offset)))
+            .collect();
+        assert_eq!(offsets, [caps.pcie, caps.pm, caps.msi, caps.msix]);
     }
 
     #[test]
@@ -881,6 +898,30 @@ mod tests {
         c.write(x + 2, &0xffffu16.to_le_bytes());
         assert_eq!(c.msix_control(), Some((true, true)));
         assert_eq!(c.read16(x + 2) & 0x7ff, 7, "table size is read-only");
+    }
+
+    #[test]
+    fn only_writes_inside_the_msi_capability_change_interrupts() {
+        // 64-bit MSI without masking spans 16 bytes; a vendor capability follows it.
+        let mut c = ConfigSpace::builder(1, 2)
+            .msi(1, false)
+            .vendor_capability(&[0, 0xaa, 0xbb, 0xcc, 0xdd, 0xee])
+            .build()
+            .unwrap();
+        let msi = c.caps().msi.unwrap();
+        let vendor = pci::list(|off| c.read32(off.into()))
+            .find(|cap| cap.is(CapabilityId::VendorSpecific))
+            .unwrap()
+            .offset as usize;
+        assert_eq!(vendor, msi + 0x10);
+        assert!(
+            c.write(msi + 0x0c, &[0x41]).interrupts_changed,
+            "Message Data"
+        );
+        assert!(
+            !c.write(vendor + 4, &[0xff]).interrupts_changed,
+            "a write to the vendor capability is not an MSI change"
+        );
     }
 
     #[test]
@@ -928,13 +969,9 @@ mod tests {
             let mut c = sample();
             let pristine = sample();
             let chain = |c: &ConfigSpace| {
-                let mut ids = Vec::new();
-                let mut p = c.read8(reg::CAP_PTR) as usize;
-                while p != 0 && ids.len() < 16 {
-                    ids.push((p, c.read8(p)));
-                    p = c.read8(p + 1) as usize;
-                }
-                ids
+                pci::list(|off| c.read32(off.into()))
+                    .map(|cap| (cap.offset, cap.id))
+                    .collect::<Vec<_>>()
             };
             for (dw, v, be) in writes {
                 // A reset request is allowed; it must leave the same structure too.
