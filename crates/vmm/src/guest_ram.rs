@@ -1,61 +1,132 @@
-//! Guest RAM shared by the VMM: a file descriptor (QEMU's memfd) mapped into this
-//! process, so that the device's DMA lands straight in guest memory.
+//! Guest RAM shared by the VMM: a file descriptor (QEMU's memfd) from which the
+//! device's DMA is served straight into guest memory.
+//!
+//! A file sealed against shrinking (F_SEAL_SHRINK, as QEMU's `memory-backend-memfd`
+//! seals it by default) is mapped and copied in and out of. Any other file could be
+//! truncated by the client after we mapped it, and a copy through the mapping past
+//! the new end would raise SIGBUS and kill the bridge: such a region is served with
+//! pread/pwrite on the descriptor instead, and an access past the file's end is a
+//! failed DMA (an error completion for a read, a lost write), counted in
+//! [`RamFaults`].
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use rootcomplex::HostMemory;
+use rootcomplex::{HostMemory, ReadFault};
 
-/// `len` bytes of guest RAM mapped from a file descriptor.
+/// DMA accesses to guest RAM that failed because the client shrank an unsealed file
+/// under its region (or the file refused the access). Clones share one count: a
+/// server hands a clone to each region it maps and reports the total.
+#[derive(Clone, Debug, Default)]
+pub struct RamFaults(Arc<AtomicU64>);
+
+impl RamFaults {
+    pub fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn add(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How the region reaches the file.
+#[derive(Debug)]
+enum Backing {
+    /// The file cannot shrink: a shared mapping. `map` is page-aligned and may
+    /// begin `lead` bytes before the region.
+    Mapped {
+        map: NonNull<u8>,
+        map_len: usize,
+        lead: usize,
+    },
+    /// The file may shrink: positioned reads and writes on our own duplicate of the
+    /// descriptor, the region starting at `offset` in the file.
+    File { fd: OwnedFd, offset: u64 },
+}
+
+/// `len` bytes of guest RAM in a file descriptor.
 #[derive(Debug)]
 pub struct GuestRam {
-    /// Start of the mapping (page-aligned, may begin before the region).
-    map: NonNull<u8>,
-    map_len: usize,
-    /// Where the region starts inside the mapping.
-    lead: usize,
+    backing: Backing,
     len: usize,
+    faults: RamFaults,
 }
 
 // SAFETY: the mapping is plain shared memory, owned by this value; nothing in it is
-// tied to the thread that made it.
+// tied to the thread that made it (and a descriptor is Send anyway).
 unsafe impl Send for GuestRam {}
 
+/// Whether the file behind `fd` is sealed against shrinking. A file that cannot be
+/// sealed (F_GET_SEALS fails) is not; seals, once set, cannot be removed.
+fn sealed_against_shrinking(fd: &OwnedFd) -> bool {
+    // SAFETY: fcntl with F_GET_SEALS only reads the file's seals.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    seals >= 0 && seals & libc::F_SEAL_SHRINK != 0
+}
+
+fn file_size(fd: &OwnedFd) -> io::Result<u64> {
+    // SAFETY: fstat fills a plain struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is open; st is a live struct.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.st_size.max(0) as u64)
+}
+
 impl GuestRam {
-    /// Maps `len` bytes at `offset` in `fd`, read-write and shared.
-    pub fn map(fd: &OwnedFd, offset: i64, len: u64) -> io::Result<GuestRam> {
-        // SAFETY: sysconf has no memory effects.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as i64;
+    /// Takes `len` bytes at `offset` in `fd` as guest RAM, read-write and shared with
+    /// the VMM: mapped when the file is sealed against shrinking, else served by
+    /// pread/pwrite. Failed accesses of the second kind are counted in `faults`.
+    pub fn map(fd: &OwnedFd, offset: i64, len: u64, faults: &RamFaults) -> io::Result<GuestRam> {
         if offset < 0 || len == 0 || len > isize::MAX as u64 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("cannot map {len} bytes at offset {offset}"),
             ));
         }
-        // Touching a mapping beyond the end of the file would raise SIGBUS.
-        // SAFETY: fstat fills a plain struct.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: fd is open; st is a live struct.
-        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // The seals first: once the file cannot shrink, the size read next holds.
+        let sealed = sealed_against_shrinking(fd);
+        let size = file_size(fd)?;
         if (offset as u64)
             .checked_add(len)
-            .is_none_or(|end| end > st.st_size as u64)
+            .is_none_or(|end| end > size)
         {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "{len} bytes at offset {offset} run past the end of the file ({} bytes)",
-                    st.st_size
+                    "{len} bytes at offset {offset} run past the end of the file ({size} bytes)"
                 ),
             ));
         }
+        let backing = if sealed {
+            Self::mmap(fd, offset, len as usize)?
+        } else {
+            Backing::File {
+                fd: fd.try_clone()?,
+                offset: offset as u64,
+            }
+        };
+        Ok(GuestRam {
+            backing,
+            len: len as usize,
+            faults: faults.clone(),
+        })
+    }
+
+    fn mmap(fd: &OwnedFd, offset: i64, len: usize) -> io::Result<Backing> {
+        // SAFETY: sysconf has no memory effects.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as i64;
         let lead = (offset % page) as usize;
-        let map_len = len as usize + lead;
+        let map_len = len
+            .checked_add(lead)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
         // SAFETY: a new shared mapping of the fd chosen by the kernel; the arguments
-        // are checked above and the result is checked below.
+        // were checked by the caller and the result is checked below.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -69,12 +140,17 @@ impl GuestRam {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(GuestRam {
+        Ok(Backing::Mapped {
             map: NonNull::new(p.cast()).expect("mmap does not return null on success"),
             map_len,
             lead,
-            len: len as usize,
         })
+    }
+
+    /// Whether the region is mapped (its file is sealed against shrinking), rather
+    /// than served by pread/pwrite.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.backing, Backing::Mapped { .. })
     }
 
     /// Whether `len` bytes at `offset` lie inside the region. Checked arithmetic: the
@@ -85,11 +161,55 @@ impl GuestRam {
             .and_then(|o| o.checked_add(len))
             .is_some_and(|end| end <= self.len)
     }
+}
 
-    fn base(&self) -> *mut u8 {
-        // SAFETY: lead < map_len: the pointer stays inside the mapping.
-        unsafe { self.map.as_ptr().add(self.lead) }
+/// Reads all of `buf` from `fd` at `pos`; false when the file ends first or the
+/// read fails.
+fn pread_all(fd: &OwnedFd, mut pos: u64, mut buf: &mut [u8]) -> bool {
+    while !buf.is_empty() {
+        let Ok(at) = libc::off_t::try_from(pos) else {
+            return false;
+        };
+        // SAFETY: reads at most buf.len() bytes into the live slice.
+        let r = unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), at) };
+        match r {
+            0 => return false,
+            r if r < 0 => {
+                if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                    return false;
+                }
+            }
+            r => {
+                buf = &mut buf[r as usize..];
+                pos += r as u64;
+            }
+        }
     }
+    true
+}
+
+/// Writes all of `data` to `fd` at `pos`; false when it fails.
+fn pwrite_all(fd: &OwnedFd, mut pos: u64, mut data: &[u8]) -> bool {
+    while !data.is_empty() {
+        let Ok(at) = libc::off_t::try_from(pos) else {
+            return false;
+        };
+        // SAFETY: writes at most data.len() bytes from the live slice.
+        let r = unsafe { libc::pwrite(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), at) };
+        match r {
+            0 => return false,
+            r if r < 0 => {
+                if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                    return false;
+                }
+            }
+            r => {
+                data = &data[r as usize..];
+                pos += r as u64;
+            }
+        }
+    }
+    true
 }
 
 impl HostMemory for GuestRam {
@@ -97,40 +217,80 @@ impl HostMemory for GuestRam {
         self.len as u64
     }
 
+    /// For callers that cannot take an error: a failed read reads all-ones. The root
+    /// complex uses `try_read`.
     fn read(&self, offset: u64, buf: &mut [u8]) {
+        if self.try_read(offset, buf).is_err() {
+            buf.fill(0xff);
+        }
+    }
+
+    fn try_read(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadFault> {
         assert!(self.holds(offset, buf.len()), "read outside guest RAM");
-        // SAFETY: the range was checked against the mapping. The guest may change these
-        // bytes meanwhile, as a device reading memory a CPU writes would see; the copy
-        // is a plain byte copy into our buffer.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.base().add(offset as usize),
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
+        match &self.backing {
+            Backing::Mapped { map, lead, .. } => {
+                // SAFETY: the range was checked against the region, which lies inside
+                // the mapping at `lead`, and the file cannot shrink under it (sealed).
+                // The guest may change these bytes meanwhile, as a device reading
+                // memory a CPU writes would see; the copy is a plain byte copy.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        map.as_ptr().add(lead + offset as usize),
+                        buf.as_mut_ptr(),
+                        buf.len(),
+                    )
+                }
+                Ok(())
+            }
+            Backing::File { fd, offset: base } => {
+                // `holds` bounds offset by len, and base + len was checked at map time.
+                if pread_all(fd, base + offset, buf) {
+                    Ok(())
+                } else {
+                    self.faults.add();
+                    Err(ReadFault)
+                }
+            }
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         assert!(self.holds(offset, data.len()), "write outside guest RAM");
-        // SAFETY: the range was checked against the mapping, which is writable and
-        // shared with the guest: this is the device's DMA write.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                self.base().add(offset as usize),
-                data.len(),
-            )
+        match &self.backing {
+            Backing::Mapped { map, lead, .. } => {
+                // SAFETY: the range was checked against the region inside the mapping,
+                // which is writable, shared with the guest and cannot lose its file
+                // pages (sealed): this is the device's DMA write.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        data.as_ptr(),
+                        map.as_ptr().add(lead + offset as usize),
+                        data.len(),
+                    )
+                }
+            }
+            Backing::File { fd, offset: base } => {
+                let at = base + offset;
+                // A write past the file's end would grow the file: a failed DMA
+                // instead. (A truncation racing this check can still let the write
+                // grow the client's own file, by at most the region's size.)
+                let inside = file_size(fd).is_ok_and(|size| at + data.len() as u64 <= size);
+                if !inside || !pwrite_all(fd, at, data) {
+                    self.faults.add();
+                }
+            }
         }
     }
 }
 
 impl Drop for GuestRam {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping this value made; no references into it
-        // outlive self.
-        unsafe {
-            libc::munmap(self.map.as_ptr().cast(), self.map_len);
+        if let Backing::Mapped { map, map_len, .. } = self.backing {
+            // SAFETY: unmaps exactly the mapping this value made; no references into
+            // it outlive self.
+            unsafe {
+                libc::munmap(map.as_ptr().cast(), map_len);
+            }
         }
     }
 }
@@ -157,7 +317,7 @@ mod tests {
     #[should_panic(expected = "read outside guest RAM")]
     fn a_read_whose_end_wraps_is_refused() {
         let fd = memfd(4096);
-        let ram = GuestRam::map(&fd, 0, 4096).unwrap();
+        let ram = GuestRam::map(&fd, 0, 4096, &RamFaults::default()).unwrap();
         let mut buf = [0u8; 16];
         ram.read(u64::MAX - 7, &mut buf);
     }
@@ -166,25 +326,91 @@ mod tests {
     #[should_panic(expected = "write outside guest RAM")]
     fn a_write_whose_end_wraps_is_refused() {
         let fd = memfd(4096);
-        let mut ram = GuestRam::map(&fd, 0, 4096).unwrap();
+        let mut ram = GuestRam::map(&fd, 0, 4096, &RamFaults::default()).unwrap();
         ram.write(u64::MAX - 7, &[0u8; 16]);
+    }
+
+    /// A memfd that may be sealed, `len` bytes long, with `seals` added.
+    fn sealed_memfd(len: i64, seals: libc::c_int) -> OwnedFd {
+        // SAFETY: plain system calls on a fresh descriptor we own.
+        unsafe {
+            let fd = libc::memfd_create(
+                c"tether-test".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            );
+            assert!(fd >= 0);
+            assert_eq!(libc::ftruncate(fd, len), 0);
+            assert_eq!(libc::fcntl(fd, libc::F_ADD_SEALS, seals), 0);
+            OwnedFd::from_raw_fd(fd)
+        }
+    }
+
+    /// QEMU's memory-backend-memfd seals (grow, shrink, seal): such a file keeps the
+    /// fast path, a mapping; one that may shrink does not.
+    #[test]
+    fn only_a_file_sealed_against_shrinking_is_mapped() {
+        let f = RamFaults::default();
+        let seals = libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+        let fd = sealed_memfd(64 << 10, seals);
+        let mut ram = GuestRam::map(&fd, 4096, 8192, &f).unwrap();
+        assert!(ram.is_mapped());
+        ram.write(100, b"mapped");
+        let mut got = [0u8; 6];
+        assert!(ram.try_read(100, &mut got).is_ok());
+        assert_eq!(&got, b"mapped");
+        // SAFETY: ftruncate on a descriptor we own; the seal refuses it.
+        assert_ne!(unsafe { libc::ftruncate(fd.as_raw_fd(), 0) }, 0);
+        for seals in [0, libc::F_SEAL_GROW, libc::F_SEAL_SEAL] {
+            let fd = sealed_memfd(64 << 10, seals);
+            let mut ram = GuestRam::map(&fd, 4096, 8192, &f).unwrap();
+            assert!(!ram.is_mapped(), "seals {seals:#x}");
+            ram.write(100, b"by file");
+            let mut got = [0u8; 7];
+            assert!(ram.try_read(100, &mut got).is_ok());
+            assert_eq!(&got, b"by file");
+        }
+        assert_eq!(f.count(), 0);
+    }
+
+    /// An unsealed file shrunk under a region: reads past the new end fail, writes
+    /// there are dropped without growing the file, both counted; the rest works.
+    #[test]
+    fn dma_past_the_end_of_a_shrunk_file_is_a_counted_fault() {
+        let f = RamFaults::default();
+        let fd = sealed_memfd(64 << 10, 0);
+        let mut ram = GuestRam::map(&fd, 4096, 32 << 10, &f).unwrap();
+        // SAFETY: ftruncate on a descriptor we own.
+        assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), 8192) }, 0);
+        let mut buf = [0u8; 16];
+        // Straddling the end: fails as a whole.
+        assert_eq!(ram.try_read(4096 - 8, &mut buf), Err(ReadFault));
+        ram.read(8192, &mut buf);
+        assert_eq!(buf, [0xff; 16], "the infallible read reads all-ones");
+        ram.write(4096 - 8, &[7; 16]);
+        assert_eq!(f.count(), 3);
+        assert_eq!(file_size(&fd).unwrap(), 8192);
+        ram.write(0, b"ok");
+        let mut got = [0u8; 2];
+        assert!(ram.try_read(0, &mut got).is_ok());
+        assert_eq!((&got, f.count()), (b"ok", 3));
     }
 
     #[test]
     fn two_mappings_of_one_memfd_share_bytes() {
         let fd = memfd(64 << 10);
-        let mut a = GuestRam::map(&fd, 0, 64 << 10).unwrap();
+        let f = RamFaults::default();
+        let mut a = GuestRam::map(&fd, 0, 64 << 10, &f).unwrap();
         // A region at an offset that is not page-aligned.
-        let b = GuestRam::map(&fd, 4096 + 100, 1000).unwrap();
+        let b = GuestRam::map(&fd, 4096 + 100, 1000, &f).unwrap();
         a.write(4096 + 100, b"through the memfd");
         let mut got = [0u8; 17];
         b.read(0, &mut got);
         assert_eq!(&got, b"through the memfd");
         assert_eq!(b.len(), 1000);
-        assert!(GuestRam::map(&fd, -1, 10).is_err());
-        assert!(GuestRam::map(&fd, 0, 0).is_err());
+        assert!(GuestRam::map(&fd, -1, 10, &f).is_err());
+        assert!(GuestRam::map(&fd, 0, 0, &f).is_err());
         assert!(
-            GuestRam::map(&fd, 4096, 64 << 10).is_err(),
+            GuestRam::map(&fd, 4096, 64 << 10, &f).is_err(),
             "past the end of the file"
         );
     }

@@ -18,7 +18,7 @@ use thiserror::Error;
 use super::wire::{self, Header, ProtocolError, Request, HEADER_LEN, MAX_PAYLOAD};
 use crate::caps::{CapPatch, CAP_MSI, CAP_MSIX};
 use crate::device::{byte_enables, RemoteFunction};
-use crate::guest_ram::GuestRam;
+use crate::guest_ram::{GuestRam, RamFaults};
 use crate::sys;
 
 #[derive(Debug, Error)]
@@ -44,6 +44,12 @@ pub struct ProxyStats {
     pub memory_syncs: u64,
     /// Regions of guest RAM that could not be mapped.
     pub map_errors: u64,
+    /// Regions of guest RAM whose file was not sealed against shrinking: served by
+    /// pread/pwrite rather than mapped (QEMU's memory-backend-memfd seals them).
+    pub unsealed_regions: u64,
+    /// DMA accesses of the device to such a region that failed (the client shrank
+    /// the file under it): a read gets an error completion, a write is lost.
+    pub dma_faults: u64,
     pub resets: u64,
     /// SET_IRQFD messages (QEMU sends one when the guest routes INTx, under KVM).
     pub irqfd_sets: u64,
@@ -64,6 +70,8 @@ pub struct ProxyServer {
     /// The device's INTx level.
     level: bool,
     caps: Option<CapPatch>,
+    /// Failed DMA into guest RAM regions, shared with every region mapped.
+    faults: RamFaults,
     stats: ProxyStats,
 }
 
@@ -80,12 +88,16 @@ impl ProxyServer {
             resamplefd: None,
             level: false,
             caps: None,
+            faults: RamFaults::default(),
             stats: ProxyStats::default(),
         }
     }
 
     pub fn stats(&self) -> ProxyStats {
-        self.stats
+        ProxyStats {
+            dma_faults: self.faults.count(),
+            ..self.stats
+        }
     }
 
     /// Descriptors to wait on: the socket and, once QEMU sent it, the resamplefd.
@@ -145,12 +157,13 @@ impl ProxyServer {
                 self.stats.memory_syncs += 1;
                 dev.clear_guest_ram();
                 for (r, fd) in regions.iter().zip(&fds) {
-                    let mapped = GuestRam::map(fd, r.offset, r.size).map_err(|e| e.to_string());
-                    if mapped
-                        .and_then(|m| dev.map_guest_ram(r.gpa, Box::new(m)))
-                        .is_err()
-                    {
-                        self.stats.map_errors += 1;
+                    let mapped = GuestRam::map(fd, r.offset, r.size, &self.faults)
+                        .map_err(|e| e.to_string());
+                    let unsealed = mapped.as_ref().is_ok_and(|m| !m.is_mapped());
+                    match mapped.and_then(|m| dev.map_guest_ram(r.gpa, Box::new(m))) {
+                        Ok(()) if unsealed => self.stats.unsealed_regions += 1,
+                        Ok(()) => {}
+                        Err(_) => self.stats.map_errors += 1,
                     }
                 }
                 // QEMU does not wait for an answer to this one.
@@ -447,7 +460,7 @@ mod tests {
         assert_eq!(s.serve(&mut dev, 8).unwrap(), 1);
         assert_eq!(dev.ram.len(), 2);
         dev.ram[1].1.write(0x10, b"dma");
-        let mut back = GuestRam::map(&mfd, 0, 1 << 20).unwrap();
+        let mut back = GuestRam::map(&mfd, 0, 1 << 20, &RamFaults::default()).unwrap();
         let mut got = [0u8; 3];
         back.read(0x8_0010, &mut got);
         assert_eq!(
@@ -464,6 +477,74 @@ mod tests {
         send_with_fds(&q, &Request::SyncSysmem(bad).emit(), &[raw]);
         s.serve(&mut dev, 8).unwrap();
         assert_eq!((dev.ram.len(), s.stats().map_errors), (0, 1));
+    }
+
+    /// A memfd with `seals` (MFD_ALLOW_SEALING), `len` bytes long.
+    fn memfd(len: i64, seals: libc::c_int) -> OwnedFd {
+        // SAFETY: plain system calls on a fresh descriptor we own.
+        unsafe {
+            let fd = libc::memfd_create(
+                c"guest".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            );
+            assert!(fd >= 0);
+            assert_eq!(libc::ftruncate(fd, len), 0);
+            assert_eq!(libc::fcntl(fd, libc::F_ADD_SEALS, seals), 0);
+            OwnedFd::from_raw_fd(fd)
+        }
+    }
+
+    /// QEMU shrinks an unsealed memfd after SYNC_SYSMEM, then the device DMAs into
+    /// it: a failed read (error completion) and a lost write, both counted. Before,
+    /// the copy through the mapping raised SIGBUS and took the bridge down.
+    #[test]
+    fn dma_into_a_truncated_unsealed_memfd_fails_without_sigbus() {
+        let (q, r) = pair();
+        let mut s = ProxyServer::new(r);
+        let mut dev = fake();
+        let mfd = memfd(1 << 20, 0);
+        let region = wire::SysmemRegion {
+            gpa: 0x10_0000,
+            size: 1 << 20,
+            offset: 0,
+        };
+        send_with_fds(
+            &q,
+            &Request::SyncSysmem(vec![region]).emit(),
+            &[mfd.as_raw_fd()],
+        );
+        assert_eq!(s.serve(&mut dev, 8).unwrap(), 1);
+        assert_eq!(dev.ram.len(), 1);
+        // Still whole: DMA works.
+        dev.ram[0].1.write(0x10, b"dma");
+        let mut got = [0u8; 3];
+        assert!(dev.ram[0].1.try_read(0x10, &mut got).is_ok());
+        assert_eq!(&got, b"dma");
+        // SAFETY: ftruncate on a descriptor we own.
+        assert_eq!(unsafe { libc::ftruncate(mfd.as_raw_fd(), 4096) }, 0);
+        let mut buf = [0u8; 64];
+        assert!(dev.ram[0].1.try_read(0x8000, &mut buf).is_err());
+        dev.ram[0].1.write(0x8000, &[1; 64]);
+        // What is left of the file still answers.
+        assert!(dev.ram[0].1.try_read(0x10, &mut got).is_ok());
+        assert_eq!(&got, b"dma");
+        let size = std::fs::metadata(format!("/proc/self/fd/{}", mfd.as_raw_fd()))
+            .unwrap()
+            .len();
+        assert_eq!(size, 4096, "the failed write did not grow the file");
+        assert_eq!((s.stats().dma_faults, s.stats().unsealed_regions), (2, 1));
+        // QEMU's memory-backend-memfd seals: mapped, not counted.
+        let sealed = memfd(1 << 20, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW);
+        send_with_fds(
+            &q,
+            &Request::SyncSysmem(vec![region]).emit(),
+            &[sealed.as_raw_fd()],
+        );
+        assert_eq!(s.serve(&mut dev, 8).unwrap(), 1);
+        dev.ram[0].1.write(0x8000, b"fast");
+        assert!(dev.ram[0].1.try_read(0x8000, &mut got).is_ok());
+        assert_eq!(&got, b"fas");
+        assert_eq!((s.stats().dma_faults, s.stats().unsealed_regions), (2, 1));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use super::wire::{
 };
 use crate::caps::{self, NoAnswer, CAP_MSI, CAP_MSIX};
 use crate::device::{byte_enables, Bar, RemoteFunction};
-use crate::guest_ram::GuestRam;
+use crate::guest_ram::{GuestRam, RamFaults};
 use crate::sys;
 
 /// How long a DMA_READ/DMA_WRITE waits for the client's reply.
@@ -72,6 +72,12 @@ pub struct VfioUserStats {
     /// Mappings without a descriptor: the device's DMA there goes through
     /// DMA_READ/DMA_WRITE messages.
     pub dma_maps_without_fd: u64,
+    /// Mappings whose descriptor's file was not sealed against shrinking: served by
+    /// pread/pwrite rather than mapped (QEMU's memory-backend-memfd seals them).
+    pub dma_maps_unsealed: u64,
+    /// The device's DMA into such a mapping that failed (the client shrank the file
+    /// under it): a read gets an error completion, a write is lost.
+    pub dma_faults: u64,
     pub dma_unmaps: u64,
     pub dma_messages: u64,
     /// DMA_READ messages the client refused, answered wrongly or never answered: the
@@ -285,6 +291,8 @@ pub struct VfioUserServer {
     /// The device-request eventfd: signalled to ask the VMM to release the device
     /// (QEMU then unplugs it from the guest).
     req: Option<OwnedFd>,
+    /// Failed DMA into mappings served by pread/pwrite, shared with each of them.
+    faults: RamFaults,
     stats: VfioUserStats,
 }
 
@@ -335,12 +343,14 @@ impl VfioUserServer {
             intx: Intx::default(),
             vectors: Vectors::default(),
             req: None,
+            faults: RamFaults::default(),
             stats: VfioUserStats::default(),
         })
     }
 
     pub fn stats(&self) -> VfioUserStats {
         let mut s = self.stats;
+        s.dma_faults = self.faults.count();
         if let Some(c) = &self.channel {
             c.lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -531,9 +541,14 @@ impl VfioUserServer {
             } => {
                 self.stats.dma_maps += 1;
                 let mem: Box<dyn HostMemory> = match fds.pop() {
-                    Some(fd) => Box::new(
-                        GuestRam::map(&fd, offset as i64, size).map_err(|_| errno::EINVAL)?,
-                    ),
+                    Some(fd) => {
+                        let ram = GuestRam::map(&fd, offset as i64, size, &self.faults)
+                            .map_err(|_| errno::EINVAL)?;
+                        if !ram.is_mapped() {
+                            self.stats.dma_maps_unsealed += 1;
+                        }
+                        Box::new(ram)
+                    }
                     None => {
                         self.stats.dma_maps_without_fd += 1;
                         let channel = self.channel.clone().ok_or(errno::EINVAL)?;
@@ -1871,6 +1886,56 @@ mod tests {
         assert_eq!(h.error, errno::EINVAL);
     }
 
+    /// A client maps an unsealed memfd and then shrinks it: the device's DMA there
+    /// fails (error completion, lost write, counted) instead of raising SIGBUS in the
+    /// bridge. A sealed memfd (QEMU's default) is still mapped.
+    #[test]
+    fn dma_into_a_truncated_unsealed_memfd_fails_without_sigbus() {
+        let (dir, mut s) = server();
+        let mut dev = fake();
+        let mut c = Client::connect(&dir.path.join("vfu.sock"));
+        let memfd = |seals: libc::c_int| {
+            // SAFETY: plain system calls on a fresh descriptor we own.
+            unsafe {
+                let fd = libc::memfd_create(
+                    c"ram".as_ptr(),
+                    libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+                );
+                assert_eq!(libc::ftruncate(fd, 1 << 16), 0);
+                assert_eq!(libc::fcntl(fd, libc::F_ADD_SEALS, seals), 0);
+                OwnedFd::from_raw_fd(fd)
+            }
+        };
+        let map =
+            |iova: u64, size: u64| Body::default().u32(32).u32(3).u64(0).u64(iova).u64(size).0;
+        let open = memfd(0);
+        let sealed = memfd(libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL);
+        for (iova, fd) in [(0x10_0000, &open), (0x20_0000, &sealed)] {
+            ask(
+                &mut c,
+                &mut s,
+                &mut dev,
+                wire::cmd::DMA_MAP,
+                &map(iova, 1 << 16),
+                &[fd.as_raw_fd()],
+            );
+        }
+        assert_eq!(dev.ram.len(), 2);
+        assert_eq!(s.stats().dma_maps_unsealed, 1);
+        // SAFETY: ftruncate on descriptors we own; the sealed one refuses.
+        unsafe {
+            assert_eq!(libc::ftruncate(open.as_raw_fd(), 0), 0);
+            assert_ne!(libc::ftruncate(sealed.as_raw_fd(), 0), 0);
+        }
+        let mut buf = [0u8; 32];
+        assert!(dev.ram[0].1.try_read(0x100, &mut buf).is_err());
+        dev.ram[0].1.write(0x100, &[1; 32]);
+        dev.ram[1].1.write(0x100, &[2; 32]);
+        assert!(dev.ram[1].1.try_read(0x100, &mut buf).is_ok());
+        assert_eq!(buf, [2; 32]);
+        assert_eq!(s.stats().dma_faults, 2);
+    }
+
     #[test]
     fn dma_with_and_without_descriptors_and_a_second_client() {
         let (dir, mut s) = server();
@@ -1904,7 +1969,7 @@ mod tests {
         assert_eq!(dev.ram.len(), 2);
         // The device writes through the memfd mapping.
         dev.ram[0].1.write(8, b"fd-backed");
-        let mut check = GuestRam::map(&mfd, 0, 1 << 16).unwrap();
+        let mut check = GuestRam::map(&mfd, 0, 1 << 16, &RamFaults::default()).unwrap();
         let mut got = [0u8; 9];
         check.read(8, &mut got);
         assert_eq!(&got, b"fd-backed");
