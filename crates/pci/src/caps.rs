@@ -214,8 +214,8 @@ where
         let pointer = match self.next {
             Some(at) => at,
             None => {
-                let ptr = match (self.read)(regs::CAP_PTR & !3) {
-                    Ok(d) => d.to_le_bytes()[usize::from(regs::CAP_PTR & 3)],
+                let ptr = match (self.read)(regs::dword(regs::CAP_PTR)) {
+                    Ok(d) => regs::byte_in(d, regs::CAP_PTR),
                     Err(e) => {
                         self.end = Some(WalkEnd::ReadFailed);
                         return Some(Err(e));

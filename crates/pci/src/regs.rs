@@ -46,6 +46,22 @@ pub fn bar(index: usize) -> Option<u16> {
     (index < BAR_COUNT).then(|| BAR0 + 4 * index as u16)
 }
 
+/// The dword-aligned offset holding byte `offset` (what a CfgRd of it reads).
+pub fn dword(offset: u16) -> u16 {
+    offset & !3
+}
+
+/// Byte `offset` of config space, out of the dword read at [`dword`]`(offset)`.
+pub fn byte_in(dword: u32, offset: u16) -> u8 {
+    dword.to_le_bytes()[usize::from(offset & 3)]
+}
+
+/// The 16-bit register at `offset` (2-byte aligned), out of the dword read at
+/// [`dword`]`(offset)`.
+pub fn word_in(dword: u32, offset: u16) -> u16 {
+    (dword >> (8 * u32::from(offset & 2))) as u16
+}
+
 /// Which BAR a register offset within [`BARS`] belongs to.
 pub fn bar_index(register: u16) -> Option<usize> {
     BARS.contains(&register)
@@ -140,6 +156,11 @@ mod tests {
 
     #[test]
     fn bar_registers_and_kinds() {
+        assert_eq!(dword(HEADER_TYPE), 0x0c);
+        assert_eq!(byte_in(0x0080_0010, HEADER_TYPE), 0x80);
+        assert_eq!(byte_in(0x0000_0140, CAP_PTR), 0x40);
+        assert_eq!(word_in(0x1042_1af4, DEVICE_ID), 0x1042);
+        assert_eq!(word_in(0x1042_1af4, VENDOR_ID), 0x1af4);
         assert_eq!(bar(0), Some(0x10));
         assert_eq!(bar(5), Some(0x24));
         assert_eq!(bar(6), None);
