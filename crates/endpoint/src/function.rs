@@ -17,7 +17,7 @@ use thiserror::Error;
 use tlp::{
     enabled_runs, for_each_read_completion, for_each_write, split_requests, Bdf, Completion,
     CompletionStatus, ConfigRequest, Header, IntxPin, MaxSize, MemRead, MemWrite, Message, Rcb,
-    ReadReassembly, RequestChunk, Tag, Tlp, UrAnswer,
+    ReadReassembly, RequestChunk, Tag, TagTable, TagWidth, Tlp, UrAnswer,
 };
 
 use crate::config::{reg, ConfigEffects, ConfigSpace};
@@ -161,8 +161,8 @@ struct Core {
     bdf: Bdf,
     now: u64,
     out: VecDeque<Vec<u8>>,
-    tags: Vec<Option<PendingRead>>,
-    next_tag: usize,
+    /// The function's outstanding read requests (8-bit tags).
+    tags: TagTable<PendingRead>,
     reads: Vec<DmaRead>,
     /// Read requests waiting for a free tag.
     queue: VecDeque<(DmaId, RequestChunk)>,
@@ -245,12 +245,12 @@ impl Core {
     /// Sends queued read requests while tags are free (a transfer larger than the
     /// tags times MRRS goes out as completions come back, like a DMA engine's).
     fn issue(&mut self) {
-        while !self.queue.is_empty() {
-            let Some(tag) = self.take_tag() else { return };
-            let (id, c) = self.queue.pop_front().expect("not empty");
+        while let Some(&(id, c)) = self.queue.front() {
+            let Ok(slot) = self.tags.vacant() else { return };
+            self.queue.pop_front();
             let read = MemRead {
                 requester: self.bdf,
-                tag: Tag::wrapping(tag as u16),
+                tag: slot.tag(),
                 address: c.span.dw_address,
                 length_dw: c.span.length_dw,
                 first_be: c.span.first_be,
@@ -258,21 +258,13 @@ impl Core {
                 locked: false,
                 hint: None,
             };
-            self.tags[tag] = Some(PendingRead {
+            slot.insert(PendingRead {
                 dma: id,
                 offset: c.offset,
                 reassembly: ReadReassembly::new(&read, self.settings.rcb),
             });
             emit(&mut self.out, &Tlp::new(Header::MemRead(read), &[]));
         }
-    }
-
-    fn take_tag(&mut self) -> Option<usize> {
-        let n = self.tags.len();
-        (0..n)
-            .map(|k| (self.next_tag + k) % n)
-            .find(|&i| self.tags[i].is_none())
-            .inspect(|&i| self.next_tag = (i + 1) % n)
     }
 
     fn send_msi(&mut self, addr: u64, data: u32) {
@@ -444,8 +436,7 @@ impl<D: Device> Function<D> {
                 bdf: Bdf::from_u16(0),
                 now: 0,
                 out: VecDeque::new(),
-                tags: (0..256).map(|_| None).collect(),
-                next_tag: 0,
+                tags: TagTable::new(TagWidth::Eight),
                 reads: Vec::new(),
                 queue: VecDeque::new(),
                 next_dma: 0,
@@ -498,11 +489,9 @@ impl<D: Device> Function<D> {
         while i < self.core.reads.len() {
             if self.core.reads[i].deadline <= now {
                 let id = self.core.reads[i].id;
-                for t in self.core.tags.iter_mut() {
-                    if t.as_ref().is_some_and(|p| p.dma == id) {
-                        *t = None;
-                    }
-                }
+                // The transfer's requests on the wire: their late completions find no
+                // tag and are counted as unexpected.
+                self.core.tags.take_where(|p| p.dma == id).for_each(drop);
                 self.core.queue.retain(|(q, _)| *q != id);
                 self.core.reads[i].error.get_or_insert(DmaError::Timeout);
                 self.core.stats.completion_timeouts += 1;
@@ -612,7 +601,7 @@ impl<D: Device> Function<D> {
         c.config.reset();
         // Outstanding reads are forgotten: the reset model started none of them, and
         // their late completions are counted as unexpected.
-        c.tags.iter_mut().for_each(|t| *t = None);
+        c.tags.clear();
         c.reads.clear();
         c.queue.clear();
         c.finished.clear();
@@ -743,14 +732,15 @@ impl<D: Device> Function<D> {
     }
 
     fn completion(&mut self, c: Completion, payload: &[u8]) {
-        let t = c.tag.value() as usize;
-        let Some(Some(p)) = self.core.tags.get_mut(t) else {
+        // A tag with nothing outstanding (late after a timeout or a reset, or bogus)
+        // finds nothing.
+        let Some(p) = self.core.tags.get_mut(c.tag) else {
             self.core.stats.unexpected_completions += 1;
             return;
         };
         let dma = p.dma;
         let Some(ri) = self.core.reads.iter().position(|r| r.id == dma) else {
-            self.core.tags[t] = None;
+            self.core.tags.take(c.tag);
             self.core.stats.unexpected_completions += 1;
             return;
         };
@@ -775,7 +765,7 @@ impl<D: Device> Function<D> {
             }
         };
         if done {
-            self.core.tags[t] = None;
+            self.core.tags.take(c.tag);
             r.outstanding -= 1;
             if r.error.is_some() {
                 // A failed request ends the transfer: what is still queued of it is
@@ -818,5 +808,145 @@ impl<T: Device + ?Sized> Device for Box<T> {
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
         (**self).counters()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::command;
+
+    /// A model that keeps the outcomes of the DMA reads the test starts.
+    #[derive(Default)]
+    struct Reader {
+        done: Vec<(DmaId, Result<Vec<u8>, DmaError>)>,
+    }
+
+    impl Device for Reader {
+        fn bar_read(&mut self, _: usize, _: u64, _: &mut [u8], _: &mut dyn DeviceIo) {}
+        fn bar_write(&mut self, _: usize, _: u64, _: &[u8], _: &mut dyn DeviceIo) {}
+        fn dma_read_done(
+            &mut self,
+            id: DmaId,
+            result: Result<Vec<u8>, DmaError>,
+            _: &mut dyn DeviceIo,
+        ) {
+            self.done.push((id, result));
+        }
+        fn reset(&mut self) {}
+    }
+
+    /// A function with bus mastering on; no PCIe capability, so MRRS is 512 bytes.
+    fn function() -> Function<Reader> {
+        let config = ConfigSpace::builder(0x1af4, 0x10f0).build().unwrap();
+        let mut f = Function::new(config, Reader::default(), FunctionConfig::default());
+        f.core
+            .config
+            .write(reg::COMMAND, &command::BUS_MASTER.to_le_bytes());
+        f
+    }
+
+    /// The read requests the function sent since the last call.
+    fn sent_reads(f: &mut Function<Reader>) -> Vec<MemRead> {
+        std::iter::from_fn(|| f.poll_transmit())
+            .map(|t| match Tlp::parse(&t).unwrap().header {
+                Header::MemRead(r) => r,
+                h => panic!("sent {h:?}"),
+            })
+            .collect()
+    }
+
+    /// The byte the host holds at `addr`.
+    fn host_byte(addr: u64) -> u8 {
+        (addr ^ addr >> 8 ^ addr >> 16) as u8
+    }
+
+    /// Answers `r` (one DW-aligned read of whole DWs) with one completion of its data.
+    fn complete(f: &mut Function<Reader>, now: u64, r: &MemRead) {
+        let len = r.length_dw as usize * 4;
+        let data: Vec<u8> = (0..len as u64).map(|i| host_byte(r.address + i)).collect();
+        let c = Completion {
+            completer: Bdf::from_u16(0),
+            status: CompletionStatus::Success,
+            bcm: false,
+            byte_count: len as u16,
+            requester: r.requester,
+            tag: r.tag,
+            lower_address: (r.address & 0x7f) as u8,
+            locked: false,
+        };
+        let bytes = Tlp::new(Header::Completion(c), &data).to_vec().unwrap();
+        f.handle_tlp(now, &bytes);
+    }
+
+    /// A 1 MiB read is 2048 requests of 512 bytes: 256 go out at once, one per tag, and
+    /// each completion lets the next one out.
+    #[test]
+    fn a_read_larger_than_the_tags_goes_out_as_tags_come_back() {
+        let mut f = function();
+        let base = 0x1_0000_0000u64;
+        let id = f.core.dma_read(base, MAX_DMA).unwrap();
+        let mut out = sent_reads(&mut f);
+        assert_eq!(out.len(), 256);
+        let mut tags: Vec<u16> = out.iter().map(|r| r.tag.value()).collect();
+        tags.sort();
+        tags.dedup();
+        assert_eq!(tags.len(), 256, "one tag each");
+        let mut requests = out.len();
+        while let Some(r) = out.pop() {
+            complete(&mut f, 1, &r);
+            // The one free tag is the one just freed: the next request goes out on it.
+            let next = sent_reads(&mut f);
+            let queued = requests < MAX_DMA / 512;
+            assert_eq!(next.len(), queued as usize);
+            assert!(next.iter().all(|n| n.tag == r.tag));
+            requests += next.len();
+            out.extend(next);
+        }
+        assert_eq!(requests, MAX_DMA / 512);
+        let (done, result) = f.device_mut().done.pop().unwrap();
+        assert_eq!(done, id);
+        let data = result.unwrap();
+        assert!(data
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == host_byte(base + i as u64)));
+        assert_eq!(f.stats().unexpected_completions, 0);
+        assert!(f.core.tags.is_empty());
+    }
+
+    /// After a completion timeout or a reset, completions for the requests that were out
+    /// find no tag: counted as unexpected, and the model hears nothing more.
+    #[test]
+    fn completions_after_a_timeout_or_a_reset_are_unexpected() {
+        let mut f = function();
+        let id = f.core.dma_read(0x8000, 2048).unwrap();
+        let out = sent_reads(&mut f);
+        assert_eq!(out.len(), 4);
+        complete(&mut f, 10, &out[0]);
+        let deadline = f.poll_timeout().unwrap();
+        f.handle_timeout(deadline);
+        assert_eq!(
+            f.device_mut().done.pop(),
+            Some((id, Err(DmaError::Timeout)))
+        );
+        for r in &out[1..] {
+            complete(&mut f, deadline + 1, r);
+        }
+        assert_eq!(f.stats().unexpected_completions, 3);
+        assert!(f.device().done.is_empty());
+        assert!(f.core.tags.is_empty());
+
+        f.core.dma_read(0x8000, 1024).unwrap();
+        let out = sent_reads(&mut f);
+        assert_eq!(out.len(), 2);
+        f.reset();
+        // The reset turned bus mastering off; the completions still arrive.
+        for r in &out {
+            complete(&mut f, deadline + 2, r);
+        }
+        assert_eq!(f.stats().unexpected_completions, 5);
+        assert!(f.device().done.is_empty());
+        assert_eq!(f.poll_timeout(), None);
     }
 }
