@@ -1,6 +1,8 @@
 //! A remote function for the front-ends' tests and fuzz targets (feature `fake`): a
 //! config space, one 4 KiB memory BAR, guest RAM as the server maps it, and a record
 //! of what the server did. Accesses outside the BAR read all-ones and write nothing.
+//! The BAR0 register decodes as a 32-bit memory BAR of the BAR's size: writes move the
+//! BAR (a guest programming it), all-ones reads back the size mask.
 
 use rootcomplex::HostMemory;
 
@@ -12,6 +14,9 @@ pub struct FakeFunction {
     pub bar_base: u64,
     pub bar: Vec<u8>,
     pub config_writes: Vec<(u16, u32, u8)>,
+    /// Memory reads and writes that reached the function (address, length), inside
+    /// its BAR or not.
+    pub mem_accesses: Vec<(u64, usize)>,
     pub ram: Vec<(u64, Box<dyn HostMemory>)>,
     pub msix_on: Vec<bool>,
     pub msi_on: Vec<bool>,
@@ -22,15 +27,18 @@ pub struct FakeFunction {
 
 impl FakeFunction {
     /// A function with the IDs 1af4:1042, the rest of its config space zero (the
-    /// tests fill in what they need), and BAR0 at `bar_base`.
+    /// tests fill in what they need), and BAR0 at `bar_base` (a 32-bit address,
+    /// 4 KiB-aligned).
     pub fn new(bar_base: u64) -> FakeFunction {
         let mut config = [0u8; 256];
         config[0..4].copy_from_slice(&0x1042_1af4u32.to_le_bytes());
+        config[0x10..0x14].copy_from_slice(&(bar_base as u32).to_le_bytes());
         FakeFunction {
             config,
             bar_base,
             bar: vec![0; 4096],
             config_writes: Vec::new(),
+            mem_accesses: Vec::new(),
             ram: Vec::new(),
             msix_on: Vec::new(),
             msi_on: Vec::new(),
@@ -59,8 +67,18 @@ impl RemoteFunction for FakeFunction {
     }
     fn config_write(&mut self, register: u16, value: u32, be: u8) {
         self.config_writes.push((register, value, be));
+        if register == 0x10 {
+            let old = u32::from_le_bytes(self.config[0x10..0x14].try_into().unwrap());
+            let enabled = u32::from_le_bytes([be & 1, be >> 1 & 1, be >> 2 & 1, be >> 3 & 1])
+                .wrapping_mul(0xff);
+            let size_mask = !(self.bar.len() as u32 - 1);
+            let new = ((old & !enabled) | (value & enabled)) & size_mask;
+            self.config[0x10..0x14].copy_from_slice(&new.to_le_bytes());
+            self.bar_base = new as u64;
+        }
     }
     fn mem_read(&mut self, addr: u64, len: usize) -> Vec<u8> {
+        self.mem_accesses.push((addr, len));
         match self.bar_range(addr, len) {
             Some(r) => self.bar[r].to_vec(),
             // Nothing answers there: all-ones, as on PCIe.
@@ -68,6 +86,7 @@ impl RemoteFunction for FakeFunction {
         }
     }
     fn mem_write(&mut self, addr: u64, data: &[u8]) {
+        self.mem_accesses.push((addr, data.len()));
         if let Some(r) = self.bar_range(addr, data.len()) {
             self.bar[r].copy_from_slice(data);
         }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use super::bars::GuestBars;
 use super::wire::{self, Header, ProtocolError, Request, HEADER_LEN, MAX_PAYLOAD};
 use crate::caps::{CapPatch, CAP_MSI, CAP_MSIX};
 use crate::device::{byte_enables, RemoteFunction};
@@ -39,6 +40,9 @@ pub struct ProxyStats {
     pub config_writes: u64,
     pub bar_reads: u64,
     pub bar_writes: u64,
+    /// BAR reads and writes outside the device's memory BARs as the guest
+    /// programmed them: refused (reads all-ones, writes dropped), never sent.
+    pub bar_refused: u64,
     /// I/O-space BAR accesses (the device has none: reads are all-ones).
     pub io_accesses: u64,
     pub memory_syncs: u64,
@@ -70,6 +74,8 @@ pub struct ProxyServer {
     /// The device's INTx level.
     level: bool,
     caps: Option<CapPatch>,
+    /// Where the device's memory BARs are: BAR accesses must fall inside them.
+    bars: GuestBars,
     /// Failed DMA into guest RAM regions, shared with every region mapped.
     faults: RamFaults,
     stats: ProxyStats,
@@ -88,6 +94,7 @@ impl ProxyServer {
             resamplefd: None,
             level: false,
             caps: None,
+            bars: GuestBars::default(),
             faults: RamFaults::default(),
             stats: ProxyStats::default(),
         }
@@ -111,6 +118,7 @@ impl ProxyServer {
     /// is read again.
     pub fn device_changed(&mut self) {
         self.caps = None;
+        self.bars.forget();
     }
 
     /// Handles the messages that are waiting (up to `max`), answering each. Returns
@@ -190,19 +198,24 @@ impl ProxyServer {
                 self.stats.config_writes += 1;
                 let shift = addr & 3;
                 let be = byte_enables(shift as usize, len as usize);
-                dev.config_write(addr as u16 & !3, value << (8 * shift), be);
+                let register = addr as u16 & !3;
+                dev.config_write(register, value << (8 * shift), be);
+                self.bars.config_written(register);
                 Some(wire::ret(0).to_vec())
             }
             Request::BarRead { addr, size, memory } => {
                 self.stats.bar_reads += 1;
-                let v = if memory {
+                let v = if !memory {
+                    self.stats.io_accesses += 1;
+                    u64::MAX
+                } else if !self.bars.holds(dev, addr, size as u64) {
+                    self.stats.bar_refused += 1;
+                    u64::MAX
+                } else {
                     let d = dev.mem_read(addr, size as usize);
                     let mut b = [0u8; 8];
                     b[..d.len().min(8)].copy_from_slice(&d[..d.len().min(8)]);
                     u64::from_le_bytes(b)
-                } else {
-                    self.stats.io_accesses += 1;
-                    u64::MAX
                 };
                 let mask = if size == 8 {
                     u64::MAX
@@ -218,10 +231,12 @@ impl ProxyServer {
                 memory,
             } => {
                 self.stats.bar_writes += 1;
-                if memory {
-                    dev.mem_write(addr, &value.to_le_bytes()[..size as usize]);
-                } else {
+                if !memory {
                     self.stats.io_accesses += 1;
+                } else if !self.bars.holds(dev, addr, size as u64) {
+                    self.stats.bar_refused += 1;
+                } else {
+                    dev.mem_write(addr, &value.to_le_bytes()[..size as usize]);
                 }
                 Some(wire::ret(0).to_vec())
             }
@@ -247,6 +262,7 @@ impl ProxyServer {
             Request::DeviceReset => {
                 self.stats.resets += 1;
                 dev.reset();
+                self.bars.reset();
                 self.level = false;
                 Some(wire::ret_empty().to_vec())
             }
@@ -430,6 +446,61 @@ mod tests {
         };
         assert_eq!(ask(&q, &mut s, &mut dev, io), Some(0xffff));
         assert_eq!(s.stats().io_accesses, 1);
+    }
+
+    /// BAR accesses at addresses outside the device's BARs as the guest programmed
+    /// them never reach the fabric (another device could decode them there): reads
+    /// are all-ones, writes dropped, both counted. Before, any address QEMU gave
+    /// became a memory request.
+    #[test]
+    fn bar_accesses_outside_the_programmed_bars_are_refused() {
+        let (q, r) = pair();
+        let mut s = ProxyServer::new(r);
+        let mut dev = fake();
+        let rd = |addr, size| Request::BarRead {
+            addr,
+            size,
+            memory: true,
+        };
+        let wr = |addr, size| Request::BarWrite {
+            addr,
+            value: 0x5a5a_5a5a_5a5a_5a5a,
+            size,
+            memory: true,
+        };
+        assert_eq!(ask(&q, &mut s, &mut dev, rd(0xfe00_0ff8, 8)), Some(0));
+        for (addr, size) in [
+            (0xfd00_0000, 4),
+            // Straddling the end of BAR0, and just before it.
+            (0xfe00_0ffc, 8),
+            (0xfdff_fffc, 8),
+            (0xfe00_1000, 1),
+            // An end that wraps.
+            (u64::MAX - 3, 8),
+        ] {
+            assert_eq!(
+                ask(&q, &mut s, &mut dev, rd(addr, size)),
+                Some(u64::MAX >> (64 - 8 * size as u32)),
+                "read at {addr:#x}"
+            );
+            assert_eq!(ask(&q, &mut s, &mut dev, wr(addr, size)), Some(0));
+        }
+        assert_eq!(dev.mem_accesses, vec![(0xfe00_0ff8, 8)]);
+        assert_eq!(s.stats().bar_refused, 10);
+        // The guest moves BAR0: the old address is refused, the new one reaches it.
+        let move_bar = Request::ConfigWrite {
+            addr: 0x10,
+            value: 0xc000_0000,
+            len: 4,
+        };
+        ask(&q, &mut s, &mut dev, move_bar);
+        assert_eq!(ask(&q, &mut s, &mut dev, wr(0xc000_0010, 4)), Some(0));
+        assert_eq!(
+            ask(&q, &mut s, &mut dev, rd(0xfe00_0010, 4)),
+            Some(0xffff_ffff)
+        );
+        assert_eq!(ask(&q, &mut s, &mut dev, rd(0xc000_0010, 2)), Some(0x5a5a));
+        assert_eq!(dev.mem_accesses[1..], [(0xc000_0010, 4), (0xc000_0010, 2)]);
     }
 
     #[test]
