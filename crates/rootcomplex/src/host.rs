@@ -10,6 +10,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use pci::regs::{self, command, header_type};
+use pci::{msi, msix, pcie, BarKind, Capabilities, CapabilityId};
 use thiserror::Error;
 use tlp::{Bdf, CompletionStatus, IntxPin};
 
@@ -654,7 +656,7 @@ impl<L: Link> Host<L> {
     /// to addresses this host recognises, or leaves INTx, and enables memory decoding
     /// and bus mastering.
     pub fn enumerate(&mut self, bdf: Bdf) -> Result<DeviceInfo, HostError> {
-        let id = match self.config_read(bdf, 0) {
+        let id = match self.config_read(bdf, regs::VENDOR_ID) {
             Ok(v) if v != u32::MAX && v != 0 => v,
             Ok(_) | Err(HostError::Request(RequestError::Timeout)) => {
                 return Err(HostError::NoDevice(bdf))
@@ -664,28 +666,31 @@ impl<L: Link> Host<L> {
             }
             Err(e) => return Err(e),
         };
-        let class = self.config_read(bdf, 0x08)?;
-        if (self.config_read(bdf, 0x0c)? >> 16) & 0x7f != 0 {
+        let class = self.config_read(bdf, regs::REVISION)?;
+        let header = self.config_read(bdf, regs::dword(regs::HEADER_TYPE))?;
+        if regs::byte_in(header, regs::HEADER_TYPE) & header_type::LAYOUT != header_type::ENDPOINT {
             return Err(HostError::NotAnEndpoint(bdf));
         }
         // Decoding off while the BARs move.
-        let cmd = self.config_read(bdf, 0x04)? & 0xffff;
-        self.config_write_be(bdf, 0x04, cmd & !0x7, 0x3)?;
+        let cmd = self.config_read(bdf, regs::COMMAND)? & 0xffff;
+        let decode = u32::from(command::DECODE);
+        self.config_write_be(bdf, regs::COMMAND, cmd & !decode, 0x3)?;
         let mut bars = Vec::new();
         let mut i = 0;
-        while i < 6 {
-            let reg = 0x10 + 4 * i as u16;
+        while let Some(reg) = regs::bar(i) {
             let old = self.config_read(bdf, reg)?;
             self.config_write(bdf, reg, u32::MAX)?;
             let probe = self.config_read(bdf, reg)?;
-            if probe == 0 || probe & 1 == 1 {
+            let kind = BarKind::of(probe);
+            if probe == 0 || kind == BarKind::Io {
                 // Not implemented, or I/O space (not assigned by this host).
                 self.config_write(bdf, reg, old)?;
                 i += 1;
                 continue;
             }
-            let is_64bit = probe & 0x6 == 0x4;
-            let mut mask = (probe & !0xf) as u64;
+            let is_64bit = kind == BarKind::Memory64;
+            let step = if is_64bit { 2 } else { 1 };
+            let mut mask = (probe & !kind.flags_mask()) as u64;
             if is_64bit {
                 self.config_write(bdf, reg + 4, u32::MAX)?;
                 mask |= (self.config_read(bdf, reg + 4)? as u64) << 32;
@@ -695,7 +700,7 @@ impl<L: Link> Host<L> {
             let size = (!mask).wrapping_add(1);
             if size == 0 || !size.is_power_of_two() {
                 self.config_write(bdf, reg, old)?;
-                i += if is_64bit { 2 } else { 1 };
+                i += step;
                 continue;
             }
             let addr = self.assign(bdf, i, size, is_64bit)?;
@@ -708,71 +713,73 @@ impl<L: Link> Host<L> {
                 address: addr,
                 size,
                 is_64bit,
-                prefetchable: probe & 0x8 != 0,
+                prefetchable: probe & regs::bar::PREFETCHABLE != 0,
             });
-            i += if is_64bit { 2 } else { 1 };
+            i += step;
         }
-        // Capabilities.
+        // Capabilities: the first of each kind, as a driver finds it.
         let (mut msi, mut msix, mut pcie) = (None, None, None);
-        let mut p = (self.config_read(bdf, 0x34)? & 0xfc) as u16;
-        let mut hops = 0;
-        while p >= 0x40 && hops < 48 {
-            let h = self.config_read(bdf, p)?;
-            match h as u8 {
-                0x05 => msi = Some(p),
-                0x11 => msix = Some(p),
-                0x10 => pcie = Some(p),
-                _ => {}
-            }
-            p = ((h >> 8) & 0xfc) as u16;
-            hops += 1;
+        for cap in Capabilities::new(|off| self.config_read(bdf, off)) {
+            let cap = cap?;
+            let slot = match cap.kind() {
+                Some(CapabilityId::Msi) => &mut msi,
+                Some(CapabilityId::MsiX) => &mut msix,
+                Some(CapabilityId::PciExpress) => &mut pcie,
+                _ => continue,
+            };
+            slot.get_or_insert(cap);
         }
         if let Some(pc) = pcie {
             // Max Payload Size: the smaller of ours and the device's.
-            let devcap = self.config_read(bdf, pc + 4)?;
+            let pc = pc.offset;
+            let devcap = self.config_read(bdf, pc + pcie::DEVICE_CAPABILITIES)?;
             let ours = (self.bridge_mps() / 128).trailing_zeros();
-            let mps = (devcap & 7).min(ours);
-            let ctl = self.config_read(bdf, pc + 8)? & 0xffff;
-            let ctl = ctl & !(7 << 5) & !(1 << 15) | mps << 5;
-            self.config_write_be(bdf, pc + 8, ctl, 0x3)?;
+            let mps = (devcap & pcie::devcap::MAX_PAYLOAD).min(ours);
+            let ctl_reg = pc + pcie::DEVICE_CONTROL;
+            let ctl = self.config_read(bdf, ctl_reg)? & 0xffff;
+            let clear = u32::from(pcie::devctl::MAX_PAYLOAD | pcie::devctl::INITIATE_FLR);
+            let ctl = ctl & !clear | mps << pcie::devctl::MAX_PAYLOAD_SHIFT;
+            self.config_write_be(bdf, ctl_reg, ctl, 0x3)?;
         }
         let mut info = DeviceInfo {
             bdf,
-            vendor: id as u16,
-            device: (id >> 16) as u16,
+            vendor: regs::word_in(id, regs::VENDOR_ID),
+            device: regs::word_in(id, regs::DEVICE_ID),
             class: ((class >> 24) as u8, (class >> 16) as u8, (class >> 8) as u8),
-            revision: class as u8,
+            revision: regs::byte_in(class, regs::REVISION),
             bars,
             irq: IrqMode::None,
         };
-        let mut cmd_bits = 0x6u32; // memory, bus master
+        let mut cmd_bits = u32::from(command::MEMORY | command::BUS_MASTER);
         self.devices.retain(|d| d.bdf != bdf);
         self.devices.push(info.clone());
         if let Some(x) = msix {
-            let ctl = self.config_read(bdf, x)?;
-            let vectors = ((ctl >> 16) & 0x7ff) as u16 + 1;
-            let table = self.config_read(bdf, x + 4)?;
-            let (bir, off) = ((table & 7) as usize, (table & !7) as u64);
+            let ctl = self.config_read(bdf, x.offset)?;
+            let vectors = msix::vectors(regs::word_in(ctl, msix::CONTROL));
+            let table = self.config_read(bdf, x.offset + msix::TABLE)?;
+            let bir = (table & msix::BIR_MASK) as usize;
+            let off = (table & !msix::BIR_MASK) as u64;
             // Decode on to write the table (it lives in a BAR).
-            self.config_write_be(bdf, 0x04, 0x2, 0x3)?;
+            self.config_write_be(bdf, regs::COMMAND, command::MEMORY.into(), 0x3)?;
             for v in 0..vectors {
                 let data = self.route(bdf, v);
-                let e = off + v as u64 * 16;
-                self.bar_write32(bdf, bir, e, MSI_ADDRESS as u32)?;
-                self.bar_write32(bdf, bir, e + 4, 0)?;
-                self.bar_write32(bdf, bir, e + 8, data)?;
-                self.bar_write32(bdf, bir, e + 12, 0)?;
+                let e = off + v as u64 * msix::ENTRY_SIZE;
+                self.bar_write32(bdf, bir, e + msix::ENTRY_ADDRESS_LO, MSI_ADDRESS as u32)?;
+                self.bar_write32(bdf, bir, e + msix::ENTRY_ADDRESS_HI, 0)?;
+                self.bar_write32(bdf, bir, e + msix::ENTRY_DATA, data)?;
+                self.bar_write32(bdf, bir, e + msix::ENTRY_VECTOR_CONTROL, 0)?;
             }
-            self.config_write(bdf, x, (ctl & 0xffff) | 1 << 31)?;
+            let enable = u32::from(msix::control::ENABLE) << 16;
+            self.config_write(bdf, x.offset, (ctl & 0xffff) | enable)?;
             info.irq = IrqMode::MsiX { vectors };
-            cmd_bits |= 1 << 10;
+            cmd_bits |= u32::from(command::INTX_DISABLE);
         } else if let Some(m) = msi {
-            self.set_msi(bdf, m, true)?;
+            self.set_msi(bdf, m.offset, true)?;
             info.irq = IrqMode::Msi { vectors: 1 };
-            cmd_bits |= 1 << 10;
+            cmd_bits |= u32::from(command::INTX_DISABLE);
         } else {
-            let pin = (self.config_read(bdf, 0x3c)? >> 8) as u8;
-            info.irq = match pin {
+            let line = self.config_read(bdf, regs::dword(regs::INTERRUPT_PIN))?;
+            info.irq = match regs::byte_in(line, regs::INTERRUPT_PIN) {
                 1 => IrqMode::Intx(IntxPin::A),
                 2 => IrqMode::Intx(IntxPin::B),
                 3 => IrqMode::Intx(IntxPin::C),
@@ -780,7 +787,7 @@ impl<L: Link> Host<L> {
                 _ => IrqMode::None,
             };
         }
-        self.config_write_be(bdf, 0x04, cmd & !0x7 | cmd_bits, 0x3)?;
+        self.config_write_be(bdf, regs::COMMAND, cmd & !decode | cmd_bits, 0x3)?;
         self.devices.retain(|d| d.bdf != bdf);
         self.devices.push(info.clone());
         Ok(info)
@@ -795,23 +802,23 @@ impl<L: Link> Host<L> {
     /// Enumeration does this for devices without MSI-X; a front-end that lets its VMM
     /// choose calls it on demand.
     pub fn set_msi(&mut self, bdf: Bdf, cap: u16, enabled: bool) -> Result<(), HostError> {
+        // Message Control is the upper half of the capability's first dword.
         let ctl = self.config_read(bdf, cap)?;
+        let control = regs::word_in(ctl, msi::CONTROL);
+        let enable = u32::from(msi::control::ENABLE) << 16;
         if !enabled {
             // Off: the address and data do not matter.
-            return self.config_write(bdf, cap, ctl & !(1 << 16));
+            return self.config_write(bdf, cap, ctl & !enable);
         }
         let data = self.route(bdf, 0);
-        self.config_write(bdf, cap + 4, MSI_ADDRESS as u32)?;
-        let is64 = ctl & 1 << 23 != 0;
-        let data_reg = if is64 {
-            self.config_write(bdf, cap + 8, 0)?;
-            cap + 0x0c
-        } else {
-            cap + 0x08
-        };
-        self.config_write_be(bdf, data_reg, data, 0x3)?;
-        // Message Control: enable (bit 16 of the dword), one vector (MME, bits 20-22, 0).
-        self.config_write(bdf, cap, (ctl & 0xff8f_ffff) | 1 << 16)
+        self.config_write(bdf, cap + msi::ADDRESS_LO, MSI_ADDRESS as u32)?;
+        if control & msi::control::ADDRESS_64 != 0 {
+            self.config_write(bdf, cap + msi::ADDRESS_HI, 0)?;
+        }
+        self.config_write_be(bdf, cap + msi::data(control), data, 0x3)?;
+        // Enable, one vector (Multiple Message Enable 0).
+        let mme = u32::from(msi::control::MULTIPLE_ENABLE) << 16;
+        self.config_write(bdf, cap, ctl & !mme | enable)
     }
 
     /// The message data that reaches `vector` of `bdf`: the one it already has, or a
