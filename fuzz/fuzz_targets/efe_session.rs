@@ -25,39 +25,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use efe::{Config, Event, Session, State, Stats};
 use libfuzzer_sys::fuzz_target;
+use tether_fuzz::{assert_counters_grew, Input};
 use wire::records::RecordType;
 use wire::{flags, FrameKind, Records, TetherHeader};
-
-/// Reads the fuzz input front to back; past its end every read is 0.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn u8(&mut self) -> u8 {
-        let Some((&b, rest)) = self.0.split_first() else {
-            return 0;
-        };
-        self.0 = rest;
-        b
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8(), self.u8()])
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
-    }
-    fn u64(&mut self) -> u64 {
-        (self.u32() as u64) | ((self.u32() as u64) << 32)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let n = n.min(self.0.len());
-        let (b, rest) = self.0.split_at(n);
-        self.0 = rest;
-        b.to_vec()
-    }
-    fn done(&self) -> bool {
-        self.0.is_empty()
-    }
-}
 
 fn config(i: &mut Input) -> Config {
     let mut c = Config {
@@ -249,12 +219,7 @@ fuzz_target!(|data: &[u8]| {
         steps += 1;
         match i.u8() % 12 {
             0 => {
-                now = match i.u8() % 4 {
-                    0 => now.saturating_add(i.u8() as u64),
-                    1 => now.saturating_add(i.u16() as u64),
-                    2 => now.saturating_add(i.u32() as u64),
-                    _ => s.poll_timeout().map_or(now, |t| t.max(now)),
-                }
+                now = i.advance(now, s.poll_timeout());
             }
             1 => s.handle_timeout(now),
             2 => {
@@ -267,7 +232,7 @@ fuzz_target!(|data: &[u8]| {
             }
             3 => {
                 let len = i.u16() as usize % (cfg.max_tlp_len() + 2);
-                let tlp = i.bytes(len);
+                let tlp = i.bytes(len).to_vec();
                 if s.send(&tlp).is_ok() {
                     m.unsent.push_back(tlp);
                 }
@@ -362,7 +327,7 @@ fuzz_target!(|data: &[u8]| {
                     let tlps: Vec<Vec<u8>> = (0..n)
                         .map(|_| {
                             let len = i.u8() as usize;
-                            i.bytes(len)
+                            i.bytes(len).to_vec()
                         })
                         .collect();
                     if kind == FrameKind::Data {
@@ -372,7 +337,7 @@ fuzz_target!(|data: &[u8]| {
                     }
                 } else {
                     let len = i.u16() as usize % 2048;
-                    i.bytes(len)
+                    i.bytes(len).to_vec()
                 };
                 let since = now.saturating_sub(if (sel >> 14) & 1 == 0 {
                     0
@@ -393,11 +358,7 @@ fuzz_target!(|data: &[u8]| {
         }
         m.events(&mut s);
         // Invariants.
-        let after = counters(&s.stats());
-        for (a, b) in after.iter().zip(before.iter()) {
-            assert!(a >= b, "a counter went down: {before:?} -> {after:?}");
-        }
-        before = after;
+        assert_counters_grew(&mut before, counters(&s.stats()));
         assert!(m.delivered.len() <= cfg.recv_queue);
         assert!(s.send_room() <= cfg.send_queue);
         let outstanding = s.outstanding_tlps();

@@ -25,51 +25,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use fabric::{FabricEvent, FabricStats, Node, NodeConfig};
 use libfuzzer_sys::fuzz_target;
+use tether_fuzz::{assert_counters_grew, Input};
 use wire::{
     emit_ctrl, emit_info, flags, BridgeRole, CtrlOp, CtrlRepr, CtrlStatus, DeviceInfo,
     EthernetRepr, Frame, FrameKind, FrameWriter, InfoRepr, MacAddr, TetherHeader, VlanTag,
     ETHERTYPE,
 };
 
-/// Reads the fuzz input front to back; past its end every read is 0.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn u8(&mut self) -> u8 {
-        let Some((&b, rest)) = self.0.split_first() else {
-            return 0;
-        };
-        self.0 = rest;
-        b
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8(), self.u8()])
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
-    }
-    fn u64(&mut self) -> u64 {
-        (self.u32() as u64) | ((self.u32() as u64) << 32)
-    }
-    fn mac(&mut self) -> MacAddr {
-        MacAddr([
-            self.u8(),
-            self.u8(),
-            self.u8(),
-            self.u8(),
-            self.u8(),
-            self.u8(),
-        ])
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let n = n.min(self.0.len());
-        let (b, rest) = self.0.split_at(n);
-        self.0 = rest;
-        b.to_vec()
-    }
-    fn done(&self) -> bool {
-        self.0.is_empty()
-    }
+/// Any address.
+fn mac(i: &mut Input) -> MacAddr {
+    MacAddr([i.u8(), i.u8(), i.u8(), i.u8(), i.u8(), i.u8()])
 }
 
 const OURS: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
@@ -95,7 +60,7 @@ fn peer(i: &mut Input) -> MacAddr {
         0..=4 => PEERS[i.u8() as usize % PEERS.len()],
         5 => OURS,
         6 => wire::MacAddr::BROADCAST,
-        _ => i.mac(),
+        _ => mac(i),
     }
 }
 
@@ -246,12 +211,7 @@ fuzz_target!(|data: &[u8]| {
         steps += 1;
         match i.u8() % 16 {
             0 => {
-                now = match i.u8() % 4 {
-                    0 => now.saturating_add(i.u8() as u64),
-                    1 => now.saturating_add(i.u16() as u64),
-                    2 => now.saturating_add(i.u32() as u64),
-                    _ => n.poll_timeout().max(now),
-                }
+                now = i.advance(now, Some(n.poll_timeout()));
             }
             1 => n.handle_timeout(now),
             2 => {
@@ -323,7 +283,7 @@ fuzz_target!(|data: &[u8]| {
                 let dst = match i.u8() % 4 {
                     0 | 1 => OURS,
                     2 => MacAddr::BROADCAST,
-                    _ => i.mac(),
+                    _ => mac(&mut i),
                 };
                 let g = gid(&mut i);
                 let tag = VlanTag {
@@ -480,11 +440,7 @@ fuzz_target!(|data: &[u8]| {
         );
         waiting = n.pending_events();
         assert!(n.peers().count() <= cfg.max_peers);
-        let after = counters(&n.stats());
-        for (a, b) in after.iter().zip(before.iter()) {
-            assert!(a >= b, "a counter went down: {before:?} -> {after:?}");
-        }
-        before = after;
+        assert_counters_grew(&mut before, counters(&n.stats()));
         assert_eq!(n.stats().frames_in, handed_in);
     }
 });

@@ -13,6 +13,7 @@ use libfuzzer_sys::fuzz_target;
 use rootcomplex::bridge::MAX_TX_BACKLOG;
 use rootcomplex::host::MAX_QUEUED_INTERRUPTS;
 use rootcomplex::{Armed, BarWindows, BridgeConfig, Host, Link, LinkFull, MemoryMap};
+use tether_fuzz::Input;
 use tlp::{
     Bdf, Completion, CompletionStatus, Header, IntxPin, MemRead, MemWrite, Message, Tag, Tlp,
 };
@@ -48,27 +49,6 @@ impl Link for ScriptedLink {
     }
 }
 
-/// Bytes taken from the front of the script.
-struct Script<'a>(&'a [u8]);
-
-impl Script<'_> {
-    fn bytes(&mut self, n: usize) -> &[u8] {
-        let n = n.min(self.0.len());
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        a
-    }
-    fn u8(&mut self) -> u8 {
-        self.bytes(1).first().copied().unwrap_or(0)
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from(self.u8()) | u16::from(self.u8()) << 8
-    }
-    fn u64(&mut self) -> u64 {
-        (0..8).fold(0, |v, i| v | u64::from(self.u8()) << (8 * i))
-    }
-}
-
 fn pin(b: u8) -> IntxPin {
     [IntxPin::A, IntxPin::B, IntxPin::C, IntxPin::D][usize::from(b & 3)]
 }
@@ -78,7 +58,7 @@ fn emit(t: &Tlp) -> Option<Vec<u8>> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut s = Script(data);
+    let mut s = Input(data);
     let mut mem = MemoryMap::new();
     mem.add(0x1000, Box::new(vec![0u8; 0x2000])).unwrap();
     let cfg = BridgeConfig {
@@ -95,7 +75,11 @@ fuzz_target!(|data: &[u8]| {
     let dev = Bdf::from_u16(0x100);
     while !s.0.is_empty() {
         let op = s.u8();
-        let from = if op & 0x80 != 0 { Bdf::from_u16(s.u16()) } else { dev };
+        let from = if op & 0x80 != 0 {
+            Bdf::from_u16(s.u16())
+        } else {
+            dev
+        };
         let tlp = match op & 0x0f {
             0 => {
                 let n = usize::from(s.u8());

@@ -17,6 +17,7 @@ use endpoint::virtio::pci::{layout, QueueLimits};
 use endpoint::virtio::{self, VirtioPci};
 use endpoint::{Function, FunctionConfig};
 use libfuzzer_sys::fuzz_target;
+use tether_fuzz::Input;
 use tlp::{
     split_read_completions, Bdf, Completion, CompletionStatus, ConfigRequest, Header, MaxSize,
     MemRead, MemWrite, Rcb, Tag, Tlp,
@@ -29,51 +30,12 @@ const DISK: usize = 64 << 10;
 
 type Dev = VirtioPci<VirtioBlk<MemBackend>>;
 
-/// The input as a stream of values; zeros once it runs out.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn bytes<const N: usize>(&mut self) -> [u8; N] {
-        let mut b = [0u8; N];
-        let n = self.0.len().min(N);
-        b[..n].copy_from_slice(&self.0[..n]);
-        self.0 = &self.0[n..];
-        b
-    }
-
-    fn u8(&mut self) -> u8 {
-        self.bytes::<1>()[0]
-    }
-
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes(self.bytes())
-    }
-
-    fn u64(&mut self) -> u64 {
-        u64::from_le_bytes(self.bytes())
-    }
-
-    fn slice(&mut self, n: usize) -> &[u8] {
-        let n = n.min(self.0.len());
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        a
-    }
-}
-
 fn root() -> Bdf {
     Bdf::from_u16(0)
 }
 
 fn dev() -> Bdf {
     Bdf::from_u16(0x0300)
-}
-
-fn emit(t: &Tlp) -> Vec<u8> {
-    let mut b = vec![0; t.buffer_len()];
-    let n = t.emit(&mut b).expect("a TLP built here emits");
-    b.truncate(n);
-    b
 }
 
 struct Host {
@@ -88,7 +50,7 @@ struct Host {
 
 impl Host {
     fn send(&mut self, t: &Tlp) {
-        let b = emit(t);
+        let b = t.to_vec().expect("a TLP built here emits");
         self.f.handle_tlp(self.now, &b);
         self.pump();
     }
@@ -191,7 +153,9 @@ impl Host {
             } else {
                 CompletionStatus::CompleterAbort
             };
-            let b = emit(&Tlp::new(Header::Completion(cpl(status, 4, 0)), &[]));
+            let b = Tlp::new(Header::Completion(cpl(status, 4, 0)), &[])
+                .to_vec()
+                .expect("a TLP built here emits");
             self.f.handle_tlp(self.now, &b);
             return self.pump();
         }
@@ -223,9 +187,8 @@ impl Host {
                 &payload,
             );
             // A mangled completion may not even emit (payload beyond its limits).
-            let mut b = vec![0; t.buffer_len()];
-            if let Ok(n) = t.emit(&mut b) {
-                self.f.handle_tlp(self.now, &b[..n]);
+            if let Ok(b) = t.to_vec() {
+                self.f.handle_tlp(self.now, &b);
             }
         }
         self.pump();
@@ -254,7 +217,7 @@ fuzz_target!(|data: &[u8]| {
         tag: 0,
     };
     let image = input.u16() as usize;
-    let image = input.slice(image).to_vec();
+    let image = input.bytes(image).to_vec();
     h.mem[..image.len().min(MEM)].copy_from_slice(&image[..image.len().min(MEM)]);
 
     // Enumeration: BARs, memory and bus mastering, maybe MSI-X.
@@ -337,7 +300,7 @@ fuzz_target!(|data: &[u8]| {
                 // head, a descriptor.
                 let at = input.u16() as usize % MEM;
                 let n = input.u8() as usize % 24;
-                let bytes = input.slice(n).to_vec();
+                let bytes = input.bytes(n).to_vec();
                 for (i, b) in bytes.into_iter().enumerate() {
                     h.mem[(at + i) % MEM] = b;
                 }
