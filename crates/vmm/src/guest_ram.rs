@@ -163,53 +163,64 @@ impl GuestRam {
     }
 }
 
-/// Reads all of `buf` from `fd` at `pos`; false when the file ends first or the
-/// read fails.
-fn pread_all(fd: &OwnedFd, mut pos: u64, mut buf: &mut [u8]) -> bool {
-    while !buf.is_empty() {
-        let Ok(at) = libc::off_t::try_from(pos) else {
+/// Runs a positioned transfer of `len` bytes at file offset `pos` to the end: `op`
+/// moves what is left from byte `done` of the buffer at file offset `at` and returns
+/// what pread/pwrite return. False when the file ends first or the call fails.
+fn transfer_all(
+    len: usize,
+    pos: u64,
+    mut op: impl FnMut(usize, libc::off_t) -> libc::ssize_t,
+) -> bool {
+    let mut done = 0;
+    while done < len {
+        let Some(at) = pos
+            .checked_add(done as u64)
+            .and_then(|at| libc::off_t::try_from(at).ok())
+        else {
             return false;
         };
-        // SAFETY: reads at most buf.len() bytes into the live slice.
-        let r = unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), at) };
-        match r {
+        match op(done, at) {
             0 => return false,
             r if r < 0 => {
                 if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
                     return false;
                 }
             }
-            r => {
-                buf = &mut buf[r as usize..];
-                pos += r as u64;
-            }
+            r => done += r as usize,
         }
     }
     true
 }
 
-/// Writes all of `data` to `fd` at `pos`; false when it fails.
-fn pwrite_all(fd: &OwnedFd, mut pos: u64, mut data: &[u8]) -> bool {
-    while !data.is_empty() {
-        let Ok(at) = libc::off_t::try_from(pos) else {
-            return false;
-        };
-        // SAFETY: writes at most data.len() bytes from the live slice.
-        let r = unsafe { libc::pwrite(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), at) };
-        match r {
-            0 => return false,
-            r if r < 0 => {
-                if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                    return false;
-                }
-            }
-            r => {
-                data = &data[r as usize..];
-                pos += r as u64;
-            }
+/// Reads all of `buf` from `fd` at `pos`.
+fn pread_all(fd: &OwnedFd, pos: u64, buf: &mut [u8]) -> bool {
+    let len = buf.len();
+    transfer_all(len, pos, |done, at| {
+        // SAFETY: reads at most the len - done bytes left of the live buffer.
+        unsafe {
+            libc::pread(
+                fd.as_raw_fd(),
+                buf[done..].as_mut_ptr().cast(),
+                len - done,
+                at,
+            )
         }
-    }
-    true
+    })
+}
+
+/// Writes all of `data` to `fd` at `pos`.
+fn pwrite_all(fd: &OwnedFd, pos: u64, data: &[u8]) -> bool {
+    transfer_all(data.len(), pos, |done, at| {
+        // SAFETY: writes at most the bytes left of the live slice.
+        unsafe {
+            libc::pwrite(
+                fd.as_raw_fd(),
+                data[done..].as_ptr().cast(),
+                data.len() - done,
+                at,
+            )
+        }
+    })
 }
 
 impl HostMemory for GuestRam {
@@ -295,28 +306,31 @@ impl Drop for GuestRam {
     }
 }
 
+/// A memfd of `len` bytes that may be sealed, with `seals` added (for the tests).
+#[cfg(test)]
+pub(crate) fn test_memfd(len: i64, seals: libc::c_int) -> OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain system calls on a fresh descriptor we own.
+    unsafe {
+        let fd = libc::memfd_create(
+            c"tether-test".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        );
+        assert!(fd >= 0);
+        assert_eq!(libc::ftruncate(fd, len), 0);
+        assert_eq!(libc::fcntl(fd, libc::F_ADD_SEALS, seals), 0);
+        OwnedFd::from_raw_fd(fd)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::FromRawFd;
 
-    fn memfd(len: u64) -> OwnedFd {
-        // SAFETY: plain system calls on a fresh descriptor we own.
-        unsafe {
-            let fd = libc::memfd_create(c"tether-test".as_ptr(), libc::MFD_CLOEXEC);
-            assert!(fd >= 0);
-            assert_eq!(libc::ftruncate(fd, len as i64), 0);
-            OwnedFd::from_raw_fd(fd)
-        }
-    }
-
-    /// An offset near 2^64 whose end wraps: refused (a panic, the caller's bug), never
-    /// a copy from far outside the mapping, which is what a release build did when
-    /// the bound was `offset as usize + len` unchecked.
     #[test]
     #[should_panic(expected = "read outside guest RAM")]
     fn a_read_whose_end_wraps_is_refused() {
-        let fd = memfd(4096);
+        let fd = test_memfd(4096, 0);
         let ram = GuestRam::map(&fd, 0, 4096, &RamFaults::default()).unwrap();
         let mut buf = [0u8; 16];
         ram.read(u64::MAX - 7, &mut buf);
@@ -325,24 +339,9 @@ mod tests {
     #[test]
     #[should_panic(expected = "write outside guest RAM")]
     fn a_write_whose_end_wraps_is_refused() {
-        let fd = memfd(4096);
+        let fd = test_memfd(4096, 0);
         let mut ram = GuestRam::map(&fd, 0, 4096, &RamFaults::default()).unwrap();
         ram.write(u64::MAX - 7, &[0u8; 16]);
-    }
-
-    /// A memfd that may be sealed, `len` bytes long, with `seals` added.
-    fn sealed_memfd(len: i64, seals: libc::c_int) -> OwnedFd {
-        // SAFETY: plain system calls on a fresh descriptor we own.
-        unsafe {
-            let fd = libc::memfd_create(
-                c"tether-test".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-            );
-            assert!(fd >= 0);
-            assert_eq!(libc::ftruncate(fd, len), 0);
-            assert_eq!(libc::fcntl(fd, libc::F_ADD_SEALS, seals), 0);
-            OwnedFd::from_raw_fd(fd)
-        }
     }
 
     /// QEMU's memory-backend-memfd seals (grow, shrink, seal): such a file keeps the
@@ -351,7 +350,7 @@ mod tests {
     fn only_a_file_sealed_against_shrinking_is_mapped() {
         let f = RamFaults::default();
         let seals = libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
-        let fd = sealed_memfd(64 << 10, seals);
+        let fd = test_memfd(64 << 10, seals);
         let mut ram = GuestRam::map(&fd, 4096, 8192, &f).unwrap();
         assert!(ram.is_mapped());
         ram.write(100, b"mapped");
@@ -361,7 +360,7 @@ mod tests {
         // SAFETY: ftruncate on a descriptor we own; the seal refuses it.
         assert_ne!(unsafe { libc::ftruncate(fd.as_raw_fd(), 0) }, 0);
         for seals in [0, libc::F_SEAL_GROW, libc::F_SEAL_SEAL] {
-            let fd = sealed_memfd(64 << 10, seals);
+            let fd = test_memfd(64 << 10, seals);
             let mut ram = GuestRam::map(&fd, 4096, 8192, &f).unwrap();
             assert!(!ram.is_mapped(), "seals {seals:#x}");
             ram.write(100, b"by file");
@@ -377,7 +376,7 @@ mod tests {
     #[test]
     fn dma_past_the_end_of_a_shrunk_file_is_a_counted_fault() {
         let f = RamFaults::default();
-        let fd = sealed_memfd(64 << 10, 0);
+        let fd = test_memfd(64 << 10, 0);
         let mut ram = GuestRam::map(&fd, 4096, 32 << 10, &f).unwrap();
         // SAFETY: ftruncate on a descriptor we own.
         assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), 8192) }, 0);
@@ -397,7 +396,7 @@ mod tests {
 
     #[test]
     fn two_mappings_of_one_memfd_share_bytes() {
-        let fd = memfd(64 << 10);
+        let fd = test_memfd(64 << 10, 0);
         let f = RamFaults::default();
         let mut a = GuestRam::map(&fd, 0, 64 << 10, &f).unwrap();
         // A region at an offset that is not page-aligned.

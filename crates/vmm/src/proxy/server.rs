@@ -13,11 +13,12 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
+use pci::CapabilityId;
 use thiserror::Error;
 
 use super::bars::GuestBars;
 use super::wire::{self, Header, ProtocolError, Request, HEADER_LEN, MAX_PAYLOAD};
-use crate::caps::{CapPatch, CAP_MSI, CAP_MSIX};
+use crate::caps::CapPatch;
 use crate::device::{byte_enables, RemoteFunction};
 use crate::guest_ram::{GuestRam, RamFaults};
 use crate::sys;
@@ -179,9 +180,9 @@ impl ProxyServer {
             }
             Request::ConfigRead { addr, len } => {
                 self.stats.config_reads += 1;
-                let caps = self
-                    .caps
-                    .get_or_insert_with(|| CapPatch::compute(dev, &[CAP_MSI, CAP_MSIX]));
+                let caps = self.caps.get_or_insert_with(|| {
+                    CapPatch::compute(dev, &[CapabilityId::Msi, CapabilityId::MsiX])
+                });
                 let register = addr as u16 & !3;
                 let dword = dev
                     .config_read(register)
@@ -308,6 +309,7 @@ mod tests {
     use super::*;
     use crate::caps::STATUS_CAP_LIST;
     use crate::fake_function::FakeFunction;
+    use crate::guest_ram::test_memfd;
     use rootcomplex::HostMemory;
     use std::os::fd::FromRawFd;
 
@@ -550,21 +552,6 @@ mod tests {
         assert_eq!((dev.ram.len(), s.stats().map_errors), (0, 1));
     }
 
-    /// A memfd with `seals` (MFD_ALLOW_SEALING), `len` bytes long.
-    fn memfd(len: i64, seals: libc::c_int) -> OwnedFd {
-        // SAFETY: plain system calls on a fresh descriptor we own.
-        unsafe {
-            let fd = libc::memfd_create(
-                c"guest".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-            );
-            assert!(fd >= 0);
-            assert_eq!(libc::ftruncate(fd, len), 0);
-            assert_eq!(libc::fcntl(fd, libc::F_ADD_SEALS, seals), 0);
-            OwnedFd::from_raw_fd(fd)
-        }
-    }
-
     /// QEMU shrinks an unsealed memfd after SYNC_SYSMEM, then the device DMAs into
     /// it: a failed read (error completion) and a lost write, both counted. Before,
     /// the copy through the mapping raised SIGBUS and took the bridge down.
@@ -573,7 +560,7 @@ mod tests {
         let (q, r) = pair();
         let mut s = ProxyServer::new(r);
         let mut dev = fake();
-        let mfd = memfd(1 << 20, 0);
+        let mfd = test_memfd(1 << 20, 0);
         let region = wire::SysmemRegion {
             gpa: 0x10_0000,
             size: 1 << 20,
@@ -605,7 +592,7 @@ mod tests {
         assert_eq!(size, 4096, "the failed write did not grow the file");
         assert_eq!((s.stats().dma_faults, s.stats().unsealed_regions), (2, 1));
         // QEMU's memory-backend-memfd seals: mapped, not counted.
-        let sealed = memfd(1 << 20, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW);
+        let sealed = test_memfd(1 << 20, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW);
         send_with_fds(
             &q,
             &Request::SyncSysmem(vec![region]).emit(),

@@ -1894,18 +1894,7 @@ mod tests {
         let (dir, mut s) = server();
         let mut dev = fake();
         let mut c = Client::connect(&dir.path.join("vfu.sock"));
-        let memfd = |seals: libc::c_int| {
-            // SAFETY: plain system calls on a fresh descriptor we own.
-            unsafe {
-                let fd = libc::memfd_create(
-                    c"ram".as_ptr(),
-                    libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-                );
-                assert_eq!(libc::ftruncate(fd, 1 << 16), 0);
-                assert_eq!(libc::fcntl(fd, libc::F_ADD_SEALS, seals), 0);
-                OwnedFd::from_raw_fd(fd)
-            }
-        };
+        let memfd = |seals| crate::guest_ram::test_memfd(1 << 16, seals);
         let map =
             |iova: u64, size: u64| Body::default().u32(32).u32(3).u64(0).u64(iova).u64(size).0;
         let open = memfd(0);
