@@ -11,17 +11,18 @@
 //! connection (the next input bytes go to a new one), as does QEMU leaving.
 #![no_main]
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 
 use libfuzzer_sys::fuzz_target;
+use tether_fuzz::{assert_counters_grew, Input};
 use vmm::fake_function::FakeFunction;
 use vmm::proxy::wire::{Header, HEADER_LEN};
 use vmm::proxy::{ProxyServer, ProxyStats};
 
 #[path = "vmm_client/mod.rs"]
 mod vmm_client;
-use vmm_client::{assert_monotonic, drain, Attached, Framing, Input};
+use vmm_client::{drain, Attached, Framing};
 
 /// BAR0 (4 KiB at 0xfe00_0000), MSI-X and MSI in the capability list (the proxy
 /// hides both).
@@ -80,13 +81,7 @@ impl Connection {
     }
 
     fn send(&mut self, bytes: &[u8], fds: &Attached) {
-        if self.framing.dead {
-            return;
-        }
-        match vmm::sys::send_with_fds(self.qemu.as_raw_fd(), bytes, &fds.raw()) {
-            Ok(()) => self.framing.feed(bytes),
-            Err(_) => self.framing.dead = true,
-        }
+        self.framing.send(&self.qemu, bytes, fds);
     }
 }
 
@@ -97,16 +92,16 @@ fuzz_target!(|data: &[u8]| {
     let mut peers = Vec::new();
     let mut c = Connection::new();
     let mut steps = 0;
-    while !input.is_empty() && steps < 512 {
+    while !input.done() && steps < 512 {
         steps += 1;
-        match input.byte() % 8 {
+        match input.u8() % 8 {
             0..=2 => {
-                let cmd = match input.byte() {
+                let cmd = match input.u8() {
                     b @ 0..=199 => (b % 10) as i32,
                     _ => input.u32() as i32,
                 };
                 let len = input.u16() as usize;
-                let payload = input.take(len);
+                let payload = input.bytes(len);
                 let fds = Attached::pick(&mut input, &mut peers);
                 let mut m = Header {
                     cmd,
@@ -118,12 +113,12 @@ fuzz_target!(|data: &[u8]| {
                 c.send(&m, &fds);
             }
             3 => {
-                let n = input.byte() as usize;
-                let bytes = input.take(n);
+                let n = input.u8() as usize;
+                let bytes = input.bytes(n);
                 let fds = Attached::pick(&mut input, &mut peers);
                 c.send(bytes, &fds);
             }
-            4 => c.server.set_intx(input.byte() & 1 != 0),
+            4 => c.server.set_intx(input.u8() & 1 != 0),
             5 => c.server.device_changed(),
             6 => dev.present = !dev.present,
             _ => {
@@ -137,15 +132,15 @@ fuzz_target!(|data: &[u8]| {
             drain(&mut c.qemu);
         }
         check(&dev);
-        let now = counters(&c.server.stats());
-        assert_monotonic(&c.before, &now);
-        c.before = now;
+        assert_counters_grew(&mut c.before, counters(&c.server.stats()));
         if over {
             c = Connection::new();
         }
     }
     // QEMU leaves, in the middle of a message or not: serve says so.
-    let Connection { mut server, qemu, .. } = c;
+    let Connection {
+        mut server, qemu, ..
+    } = c;
     drop(qemu);
     let mut ended = false;
     for _ in 0..64 {

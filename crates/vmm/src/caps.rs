@@ -1,4 +1,9 @@
-//! Capabilities a front-end cannot deliver, taken out of the list the guest reads.
+//! Capabilities a front-end cannot deliver, taken out of the list the guest reads, and
+//! capabilities found in a remote function's list. Both walk the list with
+//! [`pci::Capabilities`], which bounds a hostile one.
+
+use pci::regs::{self, status};
+use pci::{Capabilities, CapabilityId};
 
 use crate::device::RemoteFunction;
 
@@ -9,47 +14,52 @@ pub struct CapPatch {
     bytes: Vec<(u16, u8)>,
 }
 
-pub const CAP_PTR: u16 = 0x34;
-pub const STATUS: u16 = 0x06;
-pub const STATUS_CAP_LIST: u8 = 1 << 4;
-pub const CAP_MSI: u8 = 0x05;
-pub const CAP_MSIX: u8 = 0x11;
+/// Status register bit 4 (Capabilities List), as the byte at [`regs::STATUS`] holds it.
+pub const STATUS_CAP_LIST: u8 = status::CAP_LIST as u8;
+/// ID bytes of the capabilities a front-end looks for ([`CapabilityId`] names them all).
+pub const CAP_MSI: u8 = CapabilityId::Msi.raw();
+pub const CAP_MSIX: u8 = CapabilityId::MsiX.raw();
+
+/// The device did not answer a config read: nothing is known of what it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoAnswer;
+
+/// The capability list of `dev`, read through its config reads.
+fn walk(
+    dev: &mut dyn RemoteFunction,
+) -> Capabilities<impl FnMut(u16) -> Result<u32, NoAnswer> + '_> {
+    Capabilities::new(move |off| dev.config_read(off).ok_or(NoAnswer))
+}
 
 impl CapPatch {
-    /// Walks the device's list and links around the capabilities in `hide`.
-    pub fn compute(dev: &mut dyn RemoteFunction, hide: &[u8]) -> CapPatch {
-        let byte = |dev: &mut dyn RemoteFunction, off: u16| -> Option<u8> {
-            let d = dev.config_read(off & !3)?;
-            Some(d.to_le_bytes()[(off & 3) as usize])
-        };
+    /// Walks the device's list and links around the capabilities in `hide`. A list
+    /// the device stops answering for ends where it stopped; a loop is cut after its
+    /// last new entry.
+    pub fn compute(dev: &mut dyn RemoteFunction, hide: &[CapabilityId]) -> CapPatch {
         let mut kept: Vec<u16> = Vec::new();
         let mut hidden = false;
-        let mut p = byte(dev, CAP_PTR).unwrap_or(0) as u16 & !3;
-        // A list longer than the config space holds caps is a loop: stop.
-        for _ in 0..48 {
-            if p < 0x40 {
-                break;
-            }
-            let (Some(id), Some(next)) = (byte(dev, p), byte(dev, p + 1)) else {
+        for cap in walk(dev) {
+            let Ok(cap) = cap else {
                 break;
             };
-            if hide.contains(&id) {
+            if hide.iter().any(|&id| cap.is(id)) {
                 hidden = true;
             } else {
-                kept.push(p);
+                kept.push(cap.offset);
             }
-            p = next as u16 & !3;
         }
         if !hidden {
             return CapPatch::default();
         }
-        let mut bytes = vec![(CAP_PTR, kept.first().copied().unwrap_or(0) as u8)];
+        let mut bytes = vec![(regs::CAP_PTR, kept.first().copied().unwrap_or(0) as u8)];
         for (i, &c) in kept.iter().enumerate() {
             bytes.push((c + 1, kept.get(i + 1).copied().unwrap_or(0) as u8));
         }
         if kept.is_empty() {
-            let status = byte(dev, STATUS).unwrap_or(0);
-            bytes.push((STATUS, status & !STATUS_CAP_LIST));
+            let status = dev
+                .config_read(regs::dword(regs::STATUS))
+                .map_or(0, |d| regs::byte_in(d, regs::STATUS));
+            bytes.push((regs::STATUS, status & !STATUS_CAP_LIST));
         }
         CapPatch { bytes }
     }
@@ -58,36 +68,101 @@ impl CapPatch {
     pub fn apply(&self, register: u16, dword: u32) -> u32 {
         let mut b = dword.to_le_bytes();
         for &(off, v) in &self.bytes {
-            if off & !3 == register {
-                b[(off & 3) as usize] = v;
+            if regs::dword(off) == register {
+                b[usize::from(off & 3)] = v;
             }
         }
         u32::from_le_bytes(b)
     }
 }
 
-/// The device did not answer a config read: nothing is known of what it holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NoAnswer;
-
-/// Where capability `id` is in the device's list (following the real links): `None`
-/// when the list, read to its end, does not have it.
-pub fn locate(dev: &mut dyn RemoteFunction, id: u8) -> Result<Option<u16>, NoAnswer> {
-    let mut p = dev.config_read(CAP_PTR & !3).ok_or(NoAnswer)?.to_le_bytes()[0] as u16 & !3;
-    for _ in 0..48 {
-        if p < 0x40 {
-            return Ok(None);
+/// Where capability `id` (a [`CapabilityId`] or its ID byte) is in the device's list,
+/// following the real links: `None` when the list, read to its end, does not have it.
+pub fn locate(dev: &mut dyn RemoteFunction, id: impl Into<u8>) -> Result<Option<u16>, NoAnswer> {
+    let id = id.into();
+    for cap in walk(dev) {
+        let cap = cap?;
+        if cap.id == id {
+            return Ok(Some(cap.offset));
         }
-        let head = dev.config_read(p).ok_or(NoAnswer)?;
-        if head as u8 == id {
-            return Ok(Some(p));
-        }
-        p = (head >> 8) as u16 & 0xfc;
     }
     Ok(None)
 }
 
 /// Where capability `id` is, when the device answered and has it.
-pub fn find(dev: &mut dyn RemoteFunction, id: u8) -> Option<u16> {
+pub fn find(dev: &mut dyn RemoteFunction, id: impl Into<u8>) -> Option<u16> {
     locate(dev, id).ok().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake_function::FakeFunction;
+    use pci::WalkEnd;
+
+    /// A function whose list is `links`: (offset, id, next).
+    fn fake(links: &[(usize, u8, u8)]) -> FakeFunction {
+        let mut dev = FakeFunction::new(0xfe00_0000);
+        dev.config[regs::STATUS as usize] = STATUS_CAP_LIST;
+        dev.config[regs::CAP_PTR as usize] = 0x40;
+        for &(at, id, next) in links {
+            dev.config[at] = id;
+            dev.config[at + 1] = next;
+        }
+        dev
+    }
+
+    /// The list as a guest reading through `patch` walks it.
+    fn guest_view(dev: &mut FakeFunction, patch: &CapPatch) -> (Vec<(u16, u8)>, WalkEnd) {
+        let mut walk =
+            Capabilities::new(|off| Ok::<_, ()>(patch.apply(off, dev.config_read(off).unwrap())));
+        let caps = walk
+            .by_ref()
+            .map(|c| c.map(|c| (c.offset, c.id)).unwrap())
+            .collect();
+        (caps, walk.end().unwrap())
+    }
+
+    #[test]
+    fn hidden_capabilities_are_linked_around() {
+        let mut dev = fake(&[(0x40, 0x10, 0x50), (0x50, CAP_MSIX, 0x60), (0x60, 0x09, 0)]);
+        let patch = CapPatch::compute(&mut dev, &[CapabilityId::MsiX]);
+        assert_eq!(
+            guest_view(&mut dev, &patch),
+            (vec![(0x40, 0x10), (0x60, 0x09)], WalkEnd::Complete)
+        );
+        assert_eq!(locate(&mut dev, CapabilityId::MsiX), Ok(Some(0x50)));
+        assert_eq!(find(&mut dev, CAP_MSI), None);
+        // Nothing left: the Capabilities List bit goes too.
+        let mut dev = fake(&[(0x40, CAP_MSI, 0)]);
+        let patch = CapPatch::compute(&mut dev, &[CapabilityId::Msi]);
+        assert_eq!(guest_view(&mut dev, &patch), (vec![], WalkEnd::Complete));
+        let status = patch.apply(4, dev.config_read(4).unwrap());
+        assert_eq!(regs::byte_in(status, regs::STATUS) & STATUS_CAP_LIST, 0);
+    }
+
+    /// A device whose list loops: the guest sees the loop cut after its last new
+    /// entry, and a capability it does not have is not found.
+    #[test]
+    fn a_looped_list_reaches_the_guest_finite() {
+        let mut dev = fake(&[
+            (0x40, 0x10, 0x50),
+            (0x50, CAP_MSIX, 0x60),
+            (0x60, 0x09, 0x40),
+        ]);
+        let patch = CapPatch::compute(&mut dev, &[CapabilityId::MsiX]);
+        assert_eq!(
+            guest_view(&mut dev, &patch),
+            (vec![(0x40, 0x10), (0x60, 0x09)], WalkEnd::Complete)
+        );
+        assert_eq!(locate(&mut dev, CapabilityId::Msi), Ok(None));
+    }
+
+    #[test]
+    fn a_device_that_does_not_answer_is_not_known_to_lack_a_capability() {
+        let mut dev = fake(&[(0x40, CAP_MSI, 0)]);
+        dev.present = false;
+        assert_eq!(locate(&mut dev, CapabilityId::Msi), Err(NoAnswer));
+        assert_eq!(find(&mut dev, CapabilityId::Msi), None);
+    }
 }

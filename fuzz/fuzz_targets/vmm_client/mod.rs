@@ -1,7 +1,7 @@
-//! What the vfio_user_server and proxy_server targets share: the input as a cursor of
-//! choices, the descriptors a VMM client may attach (eventfds, a file of guest RAM,
-//! a socket of the wrong kind), a client end that is drained without blocking, and
-//! the check that a server's counters only grow.
+//! What the vfio_user_server and proxy_server targets share besides the fuzz library:
+//! the descriptors a VMM client may attach (eventfds, a file of guest RAM, a socket of
+//! the wrong kind), a client end that is drained without blocking, and the framing of
+//! what a client sends.
 
 use std::fs::File;
 use std::io::Read;
@@ -9,37 +9,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::OnceLock;
 
-/// The input, read front to back; an exhausted input reads zeros.
-pub struct Input<'a>(pub &'a [u8]);
-
-impl<'a> Input<'a> {
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn byte(&mut self) -> u8 {
-        let Some((&b, rest)) = self.0.split_first() else {
-            return 0;
-        };
-        self.0 = rest;
-        b
-    }
-
-    pub fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.byte(), self.byte()])
-    }
-
-    pub fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.byte(), self.byte(), self.byte(), self.byte()])
-    }
-
-    /// Up to `n` bytes.
-    pub fn take(&mut self, n: usize) -> &'a [u8] {
-        let (a, b) = self.0.split_at(n.min(self.0.len()));
-        self.0 = b;
-        a
-    }
-}
+use tether_fuzz::Input;
 
 /// 64 KiB of "guest RAM": a file every attached descriptor of that kind refers to.
 fn ram_file() -> &'static File {
@@ -81,9 +51,9 @@ impl Attached {
     /// which a tether binary ignores but the fuzzer's process does not).
     pub fn pick(input: &mut Input, keep: &mut Vec<UnixStream>) -> Attached {
         let mut a = Attached::default();
-        let n = input.byte() % 4;
+        let n = input.u8() % 4;
         for _ in 0..n {
-            let fd = match input.byte() % 3 {
+            let fd = match input.u8() % 3 {
                 0 => vmm::sys::eventfd().expect("eventfd"),
                 1 => ram_file().try_clone().expect("dup").into(),
                 _ => {
@@ -138,6 +108,18 @@ impl Framing {
         self.header.is_empty() && self.body_left == 0
     }
 
+    /// Sends `bytes` with `fds` on `sock` unless the stream is dead; a send the socket
+    /// does not take whole leaves the stream in an unknown state, which counts as dead.
+    pub fn send(&mut self, sock: &UnixStream, bytes: &[u8], fds: &Attached) {
+        if self.dead {
+            return;
+        }
+        match vmm::sys::send_with_fds(sock.as_raw_fd(), bytes, &fds.raw()) {
+            Ok(()) => self.feed(bytes),
+            Err(_) => self.dead = true,
+        }
+    }
+
     /// Follows `bytes` through the stream.
     pub fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() && !self.dead {
@@ -158,13 +140,5 @@ impl Framing {
                 self.header.clear();
             }
         }
-    }
-}
-
-/// Asserts that every counter in `after` is at least its value in `before` (the
-/// counters are u64 fields; `as_array` lists them).
-pub fn assert_monotonic(before: &[u64], after: &[u64]) {
-    for (i, (b, a)) in before.iter().zip(after).enumerate() {
-        assert!(a >= b, "counter {i} went down: {b} -> {a}");
     }
 }

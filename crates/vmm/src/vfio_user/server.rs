@@ -23,13 +23,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pci::regs::{self, bar};
+use pci::{msi, msix, BarKind, CapabilityId};
 use rootcomplex::{HostMemory, ReadFault};
 use thiserror::Error;
 
 use super::wire::{
     self, errno, vfio, Body, Header, ProtocolError, Request, HEADER_LEN, MAX_DATA_XFER,
 };
-use crate::caps::{self, NoAnswer, CAP_MSI, CAP_MSIX};
+use crate::caps::{self, NoAnswer};
 use crate::device::{byte_enables, Bar, RemoteFunction};
 use crate::guest_ram::{GuestRam, RamFaults};
 use crate::sys;
@@ -40,14 +42,9 @@ const DMA_REPLY_TIMEOUT: Duration = Duration::from_secs(1);
 /// message (each at most a message's size).
 const MAX_QUEUED: usize = 32;
 /// Config space size offered (conventional PCI).
-const CONFIG_SIZE: u64 = 256;
-const BAR_REGS: std::ops::Range<u16> = 0x10..0x28;
-const ROM_REG: u16 = 0x30;
-/// MSI Message Control bits (in the control word) and Multiple Message Capable (in
-/// the capability's first dword).
-const MSI_64BIT: u32 = 1 << 7;
-const MSI_PER_VECTOR_MASK: u32 = 1 << 8;
-const MSI_MULTIPLE_CAPABLE: u32 = 0x7 << 17;
+const CONFIG_SIZE: u64 = regs::CONVENTIONAL_END as u64;
+/// Multiple Message Capable, in the MSI capability's first dword.
+const MSI_MULTIPLE_CAPABLE: u32 = (msi::control::MULTIPLE_CAPABLE as u32) << 16;
 
 #[derive(Debug, Error)]
 pub enum VfioUserError {
@@ -665,23 +662,13 @@ impl VfioUserServer {
     /// Where the MSI-X capability is and its vector count; `Ok(None)`: the device has
     /// none; `Err`: the device did not answer (nothing is remembered then).
     fn msix_info(&mut self, dev: &mut dyn RemoteFunction) -> Result<Option<(u16, u16)>, NoAnswer> {
-        cap_info(&mut self.msix_cap, dev, CAP_MSIX, |control| {
-            (control & 0x7ff) as u16 + 1
-        })
+        cap_info(&mut self.msix_cap, dev, CapabilityId::MsiX, msix::vectors)
     }
 
     /// Where the MSI capability is and how many bytes it spans (12 or 16 by address
     /// width, 8 more with per-vector masking); as `msix_info`.
     fn msi_info(&mut self, dev: &mut dyn RemoteFunction) -> Result<Option<(u16, u16)>, NoAnswer> {
-        cap_info(&mut self.msi_cap, dev, CAP_MSI, |control| {
-            let len = if control & MSI_64BIT != 0 { 16 } else { 12 };
-            let masking = if control & MSI_PER_VECTOR_MASK != 0 {
-                8
-            } else {
-                0
-            };
-            len + masking
-        })
+        cap_info(&mut self.msi_cap, dev, CapabilityId::Msi, msi::len)
     }
 
     /// Vectors offered for irq `index` (MSI: one, whatever the device can do).
@@ -698,16 +685,15 @@ impl VfioUserServer {
     }
 
     fn config_dword(&mut self, register: u16, dev: &mut dyn RemoteFunction) -> u32 {
-        if BAR_REGS.contains(&register) {
-            let index = (register - BAR_REGS.start) as usize / 4;
+        if let Some(index) = regs::bar_index(register) {
             let low = dev.config_read(register).unwrap_or(0);
             return match dev.bar(index) {
-                Some(b) if b.io => low & 0x3,
-                Some(_) => low & 0xf,
+                Some(b) if b.io => low & BarKind::Io.flags_mask(),
+                Some(_) => low & bar::MEM_FLAGS,
                 None => 0,
             };
         }
-        if register == ROM_REG {
+        if register == regs::ROM {
             return 0;
         }
         let v = dev.config_read(register).unwrap_or(u32::MAX);
@@ -784,7 +770,7 @@ impl VfioUserServer {
                     let mut word = [0u8; 4];
                     word[lead..lead + n].copy_from_slice(&rest[..n]);
                     let mut be = byte_enables(lead, n);
-                    if BAR_REGS.contains(&reg) || reg == ROM_REG {
+                    if regs::BARS.contains(&reg) || reg == regs::ROM {
                         be = 0;
                     }
                     if Some(reg) == msix_control {
@@ -1016,14 +1002,18 @@ impl VfioUserServer {
 fn cap_info(
     cache: &mut Option<Option<(u16, u16)>>,
     dev: &mut dyn RemoteFunction,
-    id: u8,
-    size: impl Fn(u32) -> u16,
+    id: CapabilityId,
+    size: impl Fn(u16) -> u16,
 ) -> Result<Option<(u16, u16)>, NoAnswer> {
     if let Some(known) = *cache {
         return Ok(known);
     }
     let found = match caps::locate(dev, id)? {
-        Some(cap) => Some((cap, size(dev.config_read(cap).ok_or(NoAnswer)? >> 16))),
+        Some(cap) => {
+            // Message Control: bytes 2-3 of MSI and MSI-X alike.
+            let control = regs::word_in(dev.config_read(cap).ok_or(NoAnswer)?, msi::CONTROL);
+            Some((cap, size(control)))
+        }
         None => None,
     };
     *cache = Some(found);

@@ -353,7 +353,7 @@ impl Request {
 }
 
 /// A whole message: the header for `body`, then `body`.
-fn message(id: u16, command: u16, flags: u32, error: u32, body: &[u8]) -> Vec<u8> {
+pub(crate) fn message(id: u16, command: u16, flags: u32, error: u32, body: &[u8]) -> Vec<u8> {
     let mut out = Header {
         id,
         command,
