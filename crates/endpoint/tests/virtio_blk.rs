@@ -526,22 +526,21 @@ fn config_space_names_the_virtio_structures() {
     assert_eq!(c.read8(8), 1, "revision 1: modern only");
     assert_eq!(c.read32(8) >> 8, 0x010000, "mass storage class");
     let mut found = Vec::new();
-    let mut p = c.read8(0x34) as usize;
-    while p != 0 {
-        if c.read8(p) == 0x09 {
-            let bar = c.read8(p + 4);
-            let off = c.read32(p + 8);
-            let len = c.read32(p + 12);
-            assert_eq!(
-                c.read8(p + 2) as usize,
-                if c.read8(p + 3) == 2 { 20 } else { 16 }
-            );
-            found.push((c.read8(p + 3), bar, off, len));
-            if c.read8(p + 3) == 2 {
-                assert_eq!(c.read32(p + 16), layout::NOTIFY_MULTIPLIER);
-            }
+    let vendor_caps = pci::list(|off| c.read32(off.into()))
+        .filter(|cap| cap.is(pci::CapabilityId::VendorSpecific))
+        .map(|cap| usize::from(cap.offset));
+    for p in vendor_caps {
+        let bar = c.read8(p + 4);
+        let off = c.read32(p + 8);
+        let len = c.read32(p + 12);
+        assert_eq!(
+            c.read8(p + 2) as usize,
+            if c.read8(p + 3) == 2 { 20 } else { 16 }
+        );
+        found.push((c.read8(p + 3), bar, off, len));
+        if c.read8(p + 3) == 2 {
+            assert_eq!(c.read32(p + 16), layout::NOTIFY_MULTIPLIER);
         }
-        p = c.read8(p + 1) as usize;
     }
     assert_eq!(
         found,
