@@ -1080,20 +1080,21 @@ mod tests {
             }
         }
 
-        fn send(&mut self, command: u16, body: &[u8], fds: &[RawFd]) -> u16 {
+        /// Sends request `command` with `body` and `fds`; returns its ID.
+        fn try_send(&mut self, command: u16, body: &[u8], fds: &[RawFd]) -> io::Result<u16> {
             self.id += 1;
-            let mut m = Header {
-                id: self.id,
-                command,
-                size: (HEADER_LEN + body.len()) as u32,
-                flags: 0,
-                error: 0,
-            }
-            .emit()
-            .to_vec();
-            m.extend_from_slice(body);
-            send_with_fds(&self.sock, &m, fds);
-            self.id
+            let m = wire::message(self.id, command, wire::flags::REQUEST, 0, body);
+            sys::send_with_fds(self.sock.as_raw_fd(), &m, fds)?;
+            Ok(self.id)
+        }
+
+        fn send(&mut self, command: u16, body: &[u8], fds: &[RawFd]) -> u16 {
+            self.try_send(command, body, fds).unwrap()
+        }
+
+        /// Answers the server's request `to` with `body`.
+        fn reply(&self, to: &Header, body: &[u8]) -> io::Result<()> {
+            sys::send_with_fds(self.sock.as_raw_fd(), &wire::reply(to, body), &[])
         }
 
         fn recv(&mut self) -> (Header, Vec<u8>) {
@@ -1507,33 +1508,12 @@ mod tests {
             assert_eq!(h.command, wire::cmd::DMA_READ);
             let info = Body::default().u32(16).u32(0).u32(0).u32(0).0;
             for _ in 0..MAX_QUEUED + 8 {
-                c.id += 1;
-                let mut m = Header {
-                    id: c.id,
-                    command: wire::cmd::DEVICE_GET_INFO,
-                    size: (HEADER_LEN + info.len()) as u32,
-                    flags: 0,
-                    error: 0,
-                }
-                .emit()
-                .to_vec();
-                m.extend_from_slice(&info);
-                let _ = sys::send_with_fds(c.sock.as_raw_fd(), &m, &[]);
+                let _ = c.try_send(wire::cmd::DEVICE_GET_INFO, &info, &[]);
             }
             // The reply, at last (too late for a server that dropped the client).
             let mut reply_body = body[..12].to_vec();
             reply_body.extend_from_slice(&[0; 8]);
-            let mut m = Header {
-                id: h.id,
-                command: h.command,
-                size: (HEADER_LEN + reply_body.len()) as u32,
-                flags: wire::flags::REPLY,
-                error: 0,
-            }
-            .emit()
-            .to_vec();
-            m.extend_from_slice(&reply_body);
-            let _ = sys::send_with_fds(c.sock.as_raw_fd(), &m, &[]);
+            let _ = c.reply(&h, &reply_body);
             c
         });
         let mut buf = [0u8; 8];
@@ -1564,15 +1544,9 @@ mod tests {
         let (dir, mut s) = server();
         let mut dev = fake();
         let c = Client::connect(&dir.path.join("vfu.sock"));
-        let h = Header {
-            id: 1,
-            command: wire::cmd::DEVICE_GET_INFO,
-            size: 32,
-            flags: 0,
-            error: 0,
-        }
-        .emit();
-        send_with_fds(&c.sock, &h[..10], &[]);
+        // A 32-byte message of which only 10 bytes come.
+        let m = wire::message(1, wire::cmd::DEVICE_GET_INFO, 0, 0, &[0; 16]);
+        send_with_fds(&c.sock, &m[..10], &[]);
         let started = Instant::now();
         pump(&mut s, &mut dev);
         assert!(!s.connected());
@@ -1964,17 +1938,7 @@ mod tests {
             reply_body.extend_from_slice(&[0; 0]);
             reply_body.extend_from_slice(b"hello");
             reply_body.extend_from_slice(&[0; 4]);
-            let mut m = Header {
-                id: h.id,
-                command: h.command,
-                size: (HEADER_LEN + reply_body.len()) as u32,
-                flags: wire::flags::REPLY,
-                error: 0,
-            }
-            .emit()
-            .to_vec();
-            m.extend_from_slice(&reply_body);
-            send_with_fds(&c.sock, &m, &[]);
+            c.reply(&h, &reply_body).unwrap();
             c
         });
         let mut buf = [0u8; 5];
