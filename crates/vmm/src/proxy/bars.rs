@@ -8,22 +8,11 @@
 //! to each BAR register, the size mask read back, the value restored); the addresses
 //! are read from the BAR registers again after any config write to them or a reset.
 
-use std::ops::Range;
+use pci::regs::{self, bar, BAR_COUNT as BARS};
+use pci::BarKind;
 
 use crate::caps::NoAnswer;
 use crate::device::RemoteFunction;
-
-const BAR0: u16 = 0x10;
-const BARS: usize = 6;
-/// The config registers of BAR0-5: a write there may move a BAR.
-pub const BAR_REGS: Range<u16> = BAR0..BAR0 + 4 * BARS as u16;
-/// Bit 0 of a BAR register: I/O space.
-const BAR_IO: u32 = 1;
-/// Bits 2:1 of a memory BAR register: its type (0b10: 64-bit).
-const BAR_TYPE: u32 = 0b110;
-const BAR_TYPE_64: u32 = 0b100;
-/// The low bits of a memory BAR register that are not address.
-const BAR_FLAGS: u32 = 0xf;
 
 /// How a BAR register decodes, from sizing it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,7 +53,7 @@ pub struct GuestBars {
 impl GuestBars {
     /// The guest wrote config dword `register`: a BAR there may have moved.
     pub fn config_written(&mut self, register: u16) {
-        if BAR_REGS.contains(&register) {
+        if regs::BARS.contains(&register) {
             self.windows = None;
         }
     }
@@ -112,16 +101,16 @@ fn size_register(dev: &mut dyn RemoteFunction, register: u16, orig: u32) -> Resu
 fn size_bars(dev: &mut dyn RemoteFunction) -> Result<[Shape; BARS], NoAnswer> {
     let mut shapes = [Shape::Absent; BARS];
     let mut i = 0;
-    while i < BARS {
-        let register = BAR0 + 4 * i as u16;
+    while let Some(register) = regs::bar(i) {
         let orig = dev.config_read(register).ok_or(NoAnswer)?;
-        if orig & BAR_IO != 0 {
+        let kind = BarKind::of(orig);
+        if kind == BarKind::Io {
             i += 1;
             continue;
         }
         // A 64-bit BAR in the last register has no upper half: taken as 32-bit.
-        let is_64bit = orig & BAR_TYPE == BAR_TYPE_64 && i + 1 < BARS;
-        let mut mask = u64::from(size_register(dev, register, orig)? & !BAR_FLAGS);
+        let is_64bit = kind == BarKind::Memory64 && i + 1 < BARS;
+        let mut mask = u64::from(size_register(dev, register, orig)? & !bar::MEM_FLAGS);
         if is_64bit {
             let upper = register + 4;
             let orig_hi = dev.config_read(upper).ok_or(NoAnswer)?;
@@ -150,14 +139,16 @@ fn read_windows(
         let Shape::Memory { size, is_64bit } = *shape else {
             continue;
         };
-        let register = BAR0 + 4 * i as u16;
+        let Some(register) = regs::bar(i) else {
+            break;
+        };
         let lo = dev.config_read(register).ok_or(NoAnswer)?;
         let hi = if is_64bit {
             dev.config_read(register + 4).ok_or(NoAnswer)?
         } else {
             0
         };
-        let base = (u64::from(hi) << 32 | u64::from(lo & !BAR_FLAGS)) & !(size - 1);
+        let base = (u64::from(hi) << 32 | u64::from(lo & !bar::MEM_FLAGS)) & !(size - 1);
         if base != 0 {
             windows.push(Window { base, size });
         }
@@ -191,7 +182,7 @@ mod tests {
         assert!(bars.holds(&mut dev, 0xfe00_0000, 4));
         assert!(!bars.holds(&mut dev, 0xfe00_1000, 4));
         assert_eq!(dev.bar_base, 0xfe00_0000);
-        assert!(dev.config_writes.iter().all(|w| BAR_REGS.contains(&w.0)));
+        assert!(dev.config_writes.iter().all(|w| regs::BARS.contains(&w.0)));
         // Read once: no more config traffic until a BAR register is written.
         let writes = dev.config_writes.len();
         assert!(bars.holds(&mut dev, 0xfe00_0ffc, 4));
