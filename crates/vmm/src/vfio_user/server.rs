@@ -1188,6 +1188,19 @@ mod tests {
         }
     }
 
+    /// A DMA_MAP body: `size` bytes at `iova`, readable and writable, at offset 0 of
+    /// the descriptor (if one comes along).
+    fn dma_map(iova: u64, size: u64) -> Vec<u8> {
+        let read_write = 3;
+        Body::default()
+            .u32(32)
+            .u32(read_write)
+            .u64(0)
+            .u64(iova)
+            .u64(size)
+            .0
+    }
+
     fn u32_at(b: &[u8], at: usize) -> u32 {
         u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
     }
@@ -1414,13 +1427,7 @@ mod tests {
         let (dir, mut s) = server();
         let mut dev = fake();
         let mut c = Client::connect(&dir.path.join("vfu.sock"));
-        let map = Body::default()
-            .u32(32)
-            .u32(3)
-            .u64(0)
-            .u64(0x20_0000)
-            .u64(4096)
-            .0;
+        let map = dma_map(0x20_0000, 4096);
         ask(&mut c, &mut s, &mut dev, wire::cmd::DMA_MAP, &map, &[]);
         let (base, mem) = dev.ram.pop().unwrap();
         let mut memory = MemoryMap::new();
@@ -1494,13 +1501,7 @@ mod tests {
         let (dir, mut s) = server();
         let mut dev = fake();
         let path = dir.path.join("vfu.sock");
-        let map = Body::default()
-            .u32(32)
-            .u32(3)
-            .u64(0)
-            .u64(0x20_0000)
-            .u64(4096)
-            .0;
+        let map = dma_map(0x20_0000, 4096);
         let mut c = Client::connect(&path);
         ask(&mut c, &mut s, &mut dev, wire::cmd::DMA_MAP, &map, &[]);
         let flood = std::thread::spawn(move || {
@@ -1859,8 +1860,6 @@ mod tests {
         let mut dev = fake();
         let mut c = Client::connect(&dir.path.join("vfu.sock"));
         let memfd = |seals| crate::guest_ram::test_memfd(1 << 16, seals);
-        let map =
-            |iova: u64, size: u64| Body::default().u32(32).u32(3).u64(0).u64(iova).u64(size).0;
         let open = memfd(0);
         let sealed = memfd(libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL);
         for (iova, fd) in [(0x10_0000, &open), (0x20_0000, &sealed)] {
@@ -1869,7 +1868,7 @@ mod tests {
                 &mut s,
                 &mut dev,
                 wire::cmd::DMA_MAP,
-                &map(iova, 1 << 16),
+                &dma_map(iova, 1 << 16),
                 &[fd.as_raw_fd()],
             );
         }
@@ -1895,20 +1894,13 @@ mod tests {
         let mut dev = fake();
         let path = dir.path.join("vfu.sock");
         let mut c = Client::connect(&path);
-        // SAFETY: plain system calls on a fresh descriptor we own.
-        let mfd = unsafe {
-            let fd = libc::memfd_create(c"ram".as_ptr(), libc::MFD_CLOEXEC);
-            assert_eq!(libc::ftruncate(fd, 1 << 16), 0);
-            OwnedFd::from_raw_fd(fd)
-        };
-        let map =
-            |iova: u64, size: u64| Body::default().u32(32).u32(3).u64(0).u64(iova).u64(size).0;
+        let mfd = crate::guest_ram::test_memfd(1 << 16, 0);
         ask(
             &mut c,
             &mut s,
             &mut dev,
             wire::cmd::DMA_MAP,
-            &map(0x10_0000, 1 << 16),
+            &dma_map(0x10_0000, 1 << 16),
             &[mfd.as_raw_fd()],
         );
         ask(
@@ -1916,7 +1908,7 @@ mod tests {
             &mut s,
             &mut dev,
             wire::cmd::DMA_MAP,
-            &map(0x20_0000, 4096),
+            &dma_map(0x20_0000, 4096),
             &[],
         );
         assert_eq!(dev.ram.len(), 2);
