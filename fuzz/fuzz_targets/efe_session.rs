@@ -267,7 +267,7 @@ fuzz_target!(|data: &[u8]| {
             _ => {
                 // A frame from the peer, or from someone pretending to be it.
                 let kind = match i.u8() % 8 {
-                    0 | 1 | 2 => FrameKind::Data,
+                    0..=2 => FrameKind::Data,
                     3 | 4 => FrameKind::Ack,
                     5 => FrameKind::Nak,
                     6 => FrameKind::Info,
@@ -275,7 +275,7 @@ fuzz_target!(|data: &[u8]| {
                 };
                 let sel = i.u16();
                 let epoch = match sel & 7 {
-                    0 | 1 | 2 => m.peer_epoch.max(1),
+                    0..=2 => m.peer_epoch.max(1),
                     3 => m.peer_epoch.wrapping_add(1 + i.u8() as u32),
                     4 => m.peer_epoch.wrapping_sub(1 + i.u8() as u32),
                     5 => m.peer_epoch.wrapping_add(i.u32()),

@@ -255,7 +255,7 @@ fuzz_target!(|data: &[u8]| {
                 let (g, p) = (gid(&mut i), peer(&mut i));
                 let len = i.u16() as usize % 1024;
                 let tlp = i.bytes(len);
-                let _ = n.send_tlp(g, p, &tlp);
+                let _ = n.send_tlp(g, p, tlp);
             }
             4 => match i.u8() % 4 {
                 0 => {
@@ -275,7 +275,7 @@ fuzz_target!(|data: &[u8]| {
                 let len = i.u16() as usize % 2048;
                 let frame = i.bytes(len);
                 let stripped = (i.u8() & 1 == 0).then(|| VlanTag::from_tci(gid(&mut i)));
-                n.handle_frame(now, &frame, stripped);
+                n.handle_frame(now, frame, stripped);
                 handed_in += 1;
             }
             _ => {
@@ -393,7 +393,7 @@ fuzz_target!(|data: &[u8]| {
                                 for _ in 0..i.u8() % 9 {
                                     let len = i.u8() as usize;
                                     let tlp = i.bytes(len);
-                                    if w.push_tlp_bytes(&tlp).is_err() {
+                                    if w.push_tlp_bytes(tlp).is_err() {
                                         break;
                                     }
                                 }

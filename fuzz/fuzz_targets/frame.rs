@@ -34,10 +34,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = f.gid();
     match f.body() {
         Ok(Body::Data(records)) => {
-            for r in records {
-                if let Ok(r) = r {
-                    let _ = r.tlp();
-                }
+            for r in records.flatten() {
+                let _ = r.tlp();
             }
         }
         Ok(Body::Info(info)) => {
