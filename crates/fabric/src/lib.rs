@@ -6,7 +6,9 @@
 pub mod epoch;
 pub mod manager;
 pub mod node;
+pub mod port;
 
 pub use epoch::{fresh_epoch, EpochSource};
 pub use manager::{Manager, ManagerEvent, ManagerStats, SeenBridge};
 pub use node::{DownReason, FabricError, FabricEvent, FabricStats, Node, NodeConfig, BROADCAST};
+pub use port::FabricPort;

@@ -22,7 +22,9 @@ use dataplane::ports::mem;
 use dataplane::{Mempool, Port};
 use endpoint::memdev;
 use rootcomplex::{BridgeConfig, Host};
-use runtime::{FabricLink, FabricPort, IoBox, MemDevDriver, Slot};
+use fabric::FabricPort;
+use hostbridge::{FabricLink, MemDevDriver};
+use ::iobox::{IoBox, Slot};
 use tlp::{Bdf, MaxSize};
 use wire::BridgeRole;
 

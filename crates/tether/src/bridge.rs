@@ -105,7 +105,7 @@ pub fn host_link(
     cfg: &crate::config::HostConfig,
     port: Box<dyn Port>,
     what: &str,
-) -> Result<runtime::FabricLink> {
+) -> Result<hostbridge::FabricLink> {
     let mut node = node(&*port, BridgeRole::Host, &cfg.bridge)?;
     let fits = largest_payload_in_a_frame(&node);
     if cfg.max_payload as usize > fits {
@@ -125,7 +125,7 @@ pub fn host_link(
         cfg.gid,
         cfg.port.interface
     );
-    Ok(runtime::FabricLink::new(fabric_port(
+    Ok(hostbridge::FabricLink::new(fabric_port(
         node,
         port,
         &cfg.bridge,
@@ -156,8 +156,8 @@ pub fn control_socket(cfg: &BridgeSettings) -> Result<Option<crate::control::Con
 }
 
 /// The node on its port, busy-polling as the settings say.
-pub fn fabric_port(node: Node, port: Box<dyn Port>, cfg: &BridgeSettings) -> runtime::FabricPort {
-    let mut fp = runtime::FabricPort::new(node, port);
+pub fn fabric_port(node: Node, port: Box<dyn Port>, cfg: &BridgeSettings) -> fabric::FabricPort {
+    let mut fp = fabric::FabricPort::new(node, port);
     fp.set_spin(std::time::Duration::from_micros(cfg.spin_us));
     fp.set_yield_after(cfg.yield_after_us.map(std::time::Duration::from_micros));
     fp

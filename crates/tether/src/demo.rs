@@ -16,7 +16,9 @@ use dataplane::netns::Rig;
 use dataplane::ports::mem;
 use dataplane::{Mempool, Port};
 use fabric::{FabricEvent, Node};
-use runtime::{FabricLink, FabricPort, IoBox, MemDevDriver, Slot};
+use fabric::FabricPort;
+use hostbridge::{FabricLink, MemDevDriver};
+use ::iobox::{IoBox, Slot};
 use tlp::Bdf;
 use wire::{BridgeRole, MacAddr};
 
@@ -170,7 +172,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let box_thread = {
         let stop = stop.clone();
         std::thread::Builder::new().name("iobox".into()).spawn(
-            move || -> Result<runtime::iobox::IoBoxStats> {
+            move || -> Result<::iobox::IoBoxStats> {
                 let mut b = IoBox::new(
                     FabricPort::new(box_node, box_port),
                     vec![Slot::memdev(0, GID_A, 1 << 20)?],

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use fabric::FabricEvent;
 use rootcomplex::Host;
-use runtime::{FabricLink, MemDevDriver};
+use hostbridge::{FabricLink, MemDevDriver};
 use tlp::Bdf;
 use wire::MacAddr;
 

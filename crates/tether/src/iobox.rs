@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use endpoint::virtio::blk::{BlockBackend, FileBackend};
-use runtime::{IoBox, Slot};
+use ::iobox::{IoBox, Slot};
 use wire::BridgeRole;
 
 use crate::config::{BoxConfig, DeviceConfig, Model};

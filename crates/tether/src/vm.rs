@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use dataplane::ports::mem::{self, MemPort};
-use runtime::{IoBox, Slot};
+use ::iobox::{IoBox, Slot};
 use wire::BridgeRole;
 
 use crate::config::{BoxConfig, BridgeSettings, HostConfig};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use fabric::FabricEvent;
 use rootcomplex::{BarWindows, Host, HostMemory, Interrupt, MemoryMap};
-use runtime::FabricLink;
+use hostbridge::FabricLink;
 use tlp::Bdf;
 use vmm::caps::{CAP_MSI, CAP_MSIX};
 use vmm::device::{Bar, RemoteFunction};
@@ -337,7 +337,7 @@ mod tests {
     use endpoint::config::{Bar as CfgBar, ConfigSpace};
     use endpoint::memdev::{self, op, regs};
     use endpoint::{Function, FunctionConfig};
-    use runtime::Slot;
+    use ::iobox::Slot;
 
     use crate::config::BridgeSettings;
 

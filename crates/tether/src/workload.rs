@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use rootcomplex::{BarWindows, BridgeConfig, Host, Link, MemoryMap};
-use runtime::MemDevDriver;
+use hostbridge::MemDevDriver;
 
 /// A root complex on `link` whose devices may DMA into `size` bytes of RAM at `base`
 /// (DMA buffers are handed out of it too).

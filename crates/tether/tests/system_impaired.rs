@@ -18,7 +18,9 @@ use dataplane::ports::af_xdp::{AfXdpPort, XdpConfig};
 use dataplane::{Mempool, Port};
 use fabric::{Node, NodeConfig};
 use rootcomplex::{BarWindows, BridgeConfig, Host, MemoryMap};
-use runtime::{FabricLink, FabricPort, IoBox, MemDevDriver, Slot};
+use fabric::FabricPort;
+use hostbridge::{FabricLink, MemDevDriver};
+use iobox::{IoBox, Slot};
 use tlp::Bdf;
 use wire::{BridgeRole, MacAddr};
 

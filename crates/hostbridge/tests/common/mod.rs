@@ -11,7 +11,9 @@ use dataplane::Port;
 use endpoint::memdev::{self, op, regs};
 use fabric::{Node, NodeConfig};
 use rootcomplex::{BarWindows, BridgeConfig, Host, MemoryMap};
-use runtime::{FabricLink, FabricPort, IoBox, MemDevDriver, Slot};
+use fabric::FabricPort;
+use hostbridge::{FabricLink, MemDevDriver};
+use iobox::{IoBox, Slot};
 use tlp::Bdf;
 use wire::{BridgeRole, MacAddr};
 
@@ -136,7 +138,7 @@ pub fn memdev_copy(box_port: Box<dyn Port>, host_port: Box<dyn Port>) -> Duratio
         4096,
         Duration::from_secs(10),
     ) {
-        Err(runtime::DriverError::Device(..)) => {}
+        Err(hostbridge::DriverError::Device(..)) => {}
         other => panic!("a DMA read outside the map gave {other:?}"),
     }
     drv.run(

@@ -11,7 +11,7 @@ use endpoint::config::{Bar, ConfigSpace};
 use endpoint::memdev::{self, MemDev};
 use endpoint::{Function, FunctionConfig};
 use rootcomplex::{BarWindows, BridgeConfig, Host, HostStats, IrqMode, Link, LinkFull, MemoryMap};
-use runtime::MemDevDriver;
+use hostbridge::MemDevDriver;
 use tlp::{Bdf, Header, IntxPin, Message, Tlp};
 
 const RAM: u64 = 0x1_0000_0000;

@@ -17,7 +17,7 @@ use fabric::{FabricError, FabricEvent};
 use rootcomplex::{Link, LinkFull};
 use wire::MacAddr;
 
-use crate::port::FabricPort;
+use fabric::FabricPort;
 
 /// Bytes of TLPs for the box the link holds beyond what the session has taken.
 pub const OUTBOX_BYTES: usize = 1 << 20;
@@ -255,7 +255,7 @@ impl Link for FabricLink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{IoBox, Slot};
+    use iobox::{IoBox, Slot};
     use dataplane::ports::mem;
     use dataplane::{Mempool, Port};
     use fabric::{Node, NodeConfig};

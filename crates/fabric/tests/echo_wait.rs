@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use dataplane::ports::mem::{self, MemPort};
 use dataplane::Mempool;
 use fabric::{Node, NodeConfig};
-use runtime::FabricPort;
+use fabric::FabricPort;
 use wire::{BridgeRole, Frame, FrameKind, MacAddr, ECHO_WAIT_UNIT_US};
 
 const GID: u16 = 10;

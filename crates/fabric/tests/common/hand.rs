@@ -1,6 +1,6 @@
 //! A fabric node driven by hand on an in-memory port, for tests that see or steer
 //! every frame a bridge sends and takes (the bridge on the other side runs the real
-//! runtime).
+//! bridge loop).
 
 use dataplane::Port;
 use fabric::Node;

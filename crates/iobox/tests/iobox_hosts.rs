@@ -3,7 +3,7 @@
 //! device's traffic (completions, DMA, MSI), its TLPs are dropped and counted, and
 //! its restarts never reset the device.
 
-#[path = "common/hand.rs"]
+#[path = "../../fabric/tests/common/hand.rs"]
 mod hand;
 
 use std::time::{Duration, Instant};
@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use dataplane::ports::mem::{self, HubPort};
 use dataplane::{Mempool, Port};
 use fabric::{FabricEvent, Node, NodeConfig};
-use runtime::{FabricPort, IoBox, Slot};
+use fabric::FabricPort;
+use iobox::{IoBox, Slot};
 use tlp::{
     Bdf, Completion, CompletionStatus, ConfigRequest, Header, IntxPin, MemRead, Message, Tag, Tlp,
 };

@@ -4,7 +4,7 @@
 //! on a thread of this same process, joined by in-memory ports, so the example runs
 //! anywhere:
 //!
-//!     cargo run --release -p runtime --example driver
+//!     cargo run --release -p hostbridge --example driver
 //!
 //! On two machines the only difference is the port: `AfXdpPort::open("eth0", ...)` on
 //! each side instead of `mem::pair`.
@@ -18,7 +18,9 @@ use dataplane::{Mempool, Port};
 use endpoint::memdev;
 use fabric::{Node, NodeConfig};
 use rootcomplex::{BarWindows, BridgeConfig, Host, Interrupt, MemoryMap};
-use runtime::{FabricLink, FabricPort, IoBox, MemDevDriver, Slot};
+use fabric::FabricPort;
+use hostbridge::{FabricLink, MemDevDriver};
+use iobox::{IoBox, Slot};
 use tlp::Bdf;
 use wire::{BridgeRole, MacAddr};
 

@@ -3,10 +3,10 @@
 use std::time::{Duration, Instant};
 
 use dataplane::{Mbuf, Port, PortError};
-use fabric::{FabricEvent, Node};
+use crate::{FabricEvent, Node};
 
 /// Frames a node received and dropped without acting on them.
-fn ignored(s: &fabric::FabricStats) -> u64 {
+fn ignored(s: &crate::FabricStats) -> u64 {
     s.other_group + s.own_frames + s.bad_frames + s.unknown_peer
 }
 

@@ -14,7 +14,7 @@ use fabric::{FabricError, FabricEvent};
 use tlp::{Bdf, Completion, CompletionStatus, Header, Tlp, UrAnswer};
 use wire::{BridgeRole, DeviceInfo, MacAddr};
 
-use crate::port::FabricPort;
+use fabric::FabricPort;
 
 /// A device in a slot of the box.
 pub struct Slot {

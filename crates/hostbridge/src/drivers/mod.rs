@@ -1,0 +1,3 @@
+//! Host-side drivers on the root complex's driver API.
+
+pub mod memdev;

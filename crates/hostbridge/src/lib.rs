@@ -1,0 +1,11 @@
+//! The host side of tether as one library:
+//!
+//! - [`port_link::FabricLink`]: the root complex's `Link` over the fabric, so the host
+//!   API (`rootcomplex::Host`) reaches devices on the other side of the segment.
+//! - [`drivers::memdev::MemDevDriver`]: a host-side driver for the memdev test device.
+
+pub mod drivers;
+pub mod port_link;
+
+pub use drivers::memdev::{DriverError, MemDevDriver};
+pub use port_link::{FabricLink, LinkStats};
