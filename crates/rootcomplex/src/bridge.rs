@@ -258,6 +258,12 @@ impl Bridge {
         }
     }
 
+    /// When a request waiting from now on times out: a completion timeout from now,
+    /// or the end of the clock when that is nearer (never a wrapped time in the past).
+    fn deadline(&self) -> u64 {
+        self.now.saturating_add(self.cfg.completion_timeout_us)
+    }
+
     /// Sends the request whose header `build` makes with a free tag, with `payload`,
     /// and keeps it outstanding until its completion or its timeout.
     fn start(
@@ -265,6 +271,7 @@ impl Bridge {
         payload: &[u8],
         build: impl FnOnce(Tag) -> (Header, Waiting),
     ) -> Result<RequestId, RequestError> {
+        let deadline = self.deadline();
         let slot = self.tags.vacant().map_err(|_| RequestError::NoTags)?;
         let (header, waiting) = build(slot.tag());
         emit(&mut self.out, &Tlp::new(header, payload));
@@ -273,7 +280,7 @@ impl Bridge {
         slot.insert(Pending {
             id,
             waiting,
-            deadline: self.now + self.cfg.completion_timeout_us,
+            deadline,
         });
         self.stats.requests += 1;
         Ok(id)
@@ -510,6 +517,7 @@ impl Bridge {
 
     fn completion(&mut self, c: Completion, payload: &[u8]) {
         // A tag with nothing outstanding (late after a timeout, or bogus) finds nothing.
+        let deadline = self.deadline();
         let Some(p) = self.tags.get_mut(c.tag) else {
             self.stats.unexpected_completions += 1;
             return;
@@ -525,7 +533,7 @@ impl Bridge {
             Waiting::Memory { reassembly, data } => match reassembly.accept(&c, payload, data) {
                 Ok(tlp::Progress::Complete) => Some(Ok(std::mem::take(data))),
                 Ok(tlp::Progress::Partial { .. }) => {
-                    p.deadline = self.now + self.cfg.completion_timeout_us;
+                    p.deadline = deadline;
                     None
                 }
                 Err(tlp::ReassemblyError::Status(s)) => Some(Err(RequestError::Status(s))),
@@ -660,6 +668,61 @@ mod tests {
             Some(Event::Completed { result: Ok(_), .. })
         ));
         assert!(b.config_read(1, dev, 0).is_ok());
+    }
+
+    /// Requests made at a time near the end of the clock get a deadline at its end
+    /// rather than one that wraps around to the past (or an overflow panic): they
+    /// time out only at `u64::MAX`, and a partial completion keeps it there.
+    #[test]
+    fn deadlines_near_the_end_of_time_saturate() {
+        let mut b = Bridge::new(BridgeConfig::default(), MemoryMap::new());
+        let dev = Bdf::new(1, 0, 0).unwrap();
+        let late = u64::MAX - 10;
+        let cfg = b.config_read(late, dev, 0).unwrap();
+        let tag = sent_tag(&mut b);
+        assert_eq!(b.poll_timeout(), Some(u64::MAX));
+        b.handle_timeout(late + 1);
+        assert_eq!(b.poll_event(), None, "not timed out early");
+        b.handle_tlp(late + 2, &config_completion(tag, 5));
+        assert_eq!(
+            b.poll_event(),
+            Some(Event::Completed {
+                id: cfg,
+                result: Ok(5u32.to_le_bytes().to_vec())
+            })
+        );
+
+        // A 128-byte read answered in two 64-byte parts (RCB 64): the first part
+        // moves the deadline from the same late time.
+        let read = b.mem_read(late, 0x1000, 128).unwrap();
+        let t = b.poll_transmit().unwrap();
+        let Header::MemRead(r) = Tlp::parse(&t).unwrap().header else {
+            panic!("not a read");
+        };
+        let part = Completion {
+            completer: dev,
+            status: CompletionStatus::Success,
+            bcm: false,
+            byte_count: 128,
+            requester: r.requester,
+            tag: r.tag,
+            lower_address: 0,
+            locked: false,
+        };
+        let first = Tlp::new(Header::Completion(part), &[7u8; 64])
+            .to_vec()
+            .unwrap();
+        b.handle_tlp(late + 5, &first);
+        assert_eq!(b.poll_event(), None, "partial");
+        assert_eq!(b.poll_timeout(), Some(u64::MAX));
+        b.handle_timeout(u64::MAX);
+        assert_eq!(
+            b.poll_event(),
+            Some(Event::Completed {
+                id: read,
+                result: Err(RequestError::Timeout)
+            })
+        );
     }
 
     fn read_tlp(requester: Bdf, tag: u16, address: u64) -> Vec<u8> {
