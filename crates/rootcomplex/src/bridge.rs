@@ -516,8 +516,8 @@ impl Bridge {
     }
 
     fn completion(&mut self, c: Completion, payload: &[u8]) {
-        // A tag with nothing outstanding (late after a timeout, or bogus) finds nothing.
         let deadline = self.deadline();
+        // A tag with nothing outstanding (late after a timeout, or bogus) finds nothing.
         let Some(p) = self.tags.get_mut(c.tag) else {
             self.stats.unexpected_completions += 1;
             return;
