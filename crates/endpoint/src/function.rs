@@ -234,6 +234,12 @@ impl Core {
         }
     }
 
+    /// When a transfer waiting from now on times out: a completion timeout from now,
+    /// or the end of the clock when that is nearer (never a wrapped time in the past).
+    fn deadline(&self) -> u64 {
+        self.now.saturating_add(self.settings.completion_timeout_us)
+    }
+
     fn sizes(&self) -> (MaxSize, MaxSize) {
         let (mps, mrrs) = self.config.max_payload_and_read();
         (
@@ -330,7 +336,7 @@ impl DeviceIo for Core {
             id,
             data: vec![0; len],
             outstanding: self.queue.len() - before,
-            deadline: self.now + self.settings.completion_timeout_us,
+            deadline: self.deadline(),
             error: None,
         });
         self.stats.dma_reads += 1;
@@ -732,6 +738,7 @@ impl<D: Device> Function<D> {
     }
 
     fn completion(&mut self, c: Completion, payload: &[u8]) {
+        let deadline = self.core.deadline();
         // A tag with nothing outstanding (late after a timeout or a reset, or bogus)
         // finds nothing.
         let Some(p) = self.core.tags.get_mut(c.tag) else {
@@ -747,7 +754,7 @@ impl<D: Device> Function<D> {
         let offset = p.offset;
         let r = &mut self.core.reads[ri];
         // The timeout runs from the last sign of progress.
-        r.deadline = self.core.now + self.core.settings.completion_timeout_us;
+        r.deadline = deadline;
         let total = p.reassembly.total() as usize;
         let out = &mut r.data[offset..offset + total];
         let done = match p.reassembly.accept(&c, payload, out) {
@@ -913,6 +920,29 @@ mod tests {
             .all(|(i, &b)| b == host_byte(base + i as u64)));
         assert_eq!(f.stats().unexpected_completions, 0);
         assert!(f.core.tags.is_empty());
+    }
+
+    /// A transfer started near the end of the clock times out at its end, not at a
+    /// deadline wrapped into the past (or an overflow panic); a completion that moves
+    /// the deadline keeps it there.
+    #[test]
+    fn dma_deadlines_near_the_end_of_time_saturate() {
+        let mut f = function();
+        let late = u64::MAX - 10;
+        f.handle_timeout(late);
+        let id = f.core.dma_read(0x8000, 1024).unwrap();
+        assert_eq!(f.poll_timeout(), Some(u64::MAX));
+        let out = sent_reads(&mut f);
+        assert_eq!(out.len(), 2);
+        complete(&mut f, late + 1, &out[0]);
+        assert_eq!(f.poll_timeout(), Some(u64::MAX));
+        f.handle_timeout(late + 2);
+        assert!(f.device().done.is_empty(), "not timed out early");
+        f.handle_timeout(u64::MAX);
+        assert_eq!(
+            f.device_mut().done.pop(),
+            Some((id, Err(DmaError::Timeout)))
+        );
     }
 
     /// After a completion timeout or a reset, completions for the requests that were out
