@@ -130,6 +130,9 @@ pub mod pcie {
     pub mod devcap {
         /// Max Payload Size Supported (0 = 128 B .. 5 = 4096 B).
         pub const MAX_PAYLOAD: u32 = 0x7;
+        /// Extended Tag Field Supported: the function can use 8-bit tags as a
+        /// requester (when Device Control's Extended Tag Field Enable is set).
+        pub const EXTENDED_TAG: u32 = 1 << 5;
         pub const ROLE_BASED_ERRORS: u32 = 1 << 15;
         pub const FLR: u32 = 1 << 28;
     }
@@ -140,6 +143,10 @@ pub mod pcie {
         /// Max Payload Size (encoded as in Device Capabilities).
         pub const MAX_PAYLOAD: u16 = 0x7 << 5;
         pub const MAX_PAYLOAD_SHIFT: u32 = 5;
+        /// Extended Tag Field Enable: set, the function may use 8-bit tags as a
+        /// requester; clear, only 5-bit tags (0..=31) (PCIe Base Specification
+        /// §2.2.6.2).
+        pub const EXTENDED_TAG: u16 = 1 << 8;
         pub const NO_SNOOP: u16 = 1 << 11;
         /// Max Read Request Size (0 = 128 B .. 5 = 4096 B).
         pub const MAX_READ_REQUEST: u16 = 0x7 << 12;
