@@ -13,3 +13,4 @@ pub use port::{LinkInfo, Port, PortError, PortStats};
 pub mod bpf;
 pub mod engine;
 pub mod netns;
+pub mod open;

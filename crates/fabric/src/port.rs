@@ -3,7 +3,50 @@
 use std::time::{Duration, Instant};
 
 use dataplane::{Mbuf, Port, PortError};
-use crate::{FabricEvent, Node};
+use wire::{BridgeRole, MacAddr};
+
+use crate::{FabricError, FabricEvent, Node, NodeConfig};
+
+/// What every bridge sets the same way on its node (a bridge program's `[bridge]`
+/// settings).
+#[derive(Clone, Debug)]
+pub struct NodeSettings {
+    /// The bridge id announced in INFO (default: the port's MAC address as a number).
+    pub id: Option<u64>,
+    pub info_interval_ms: u64,
+    /// A peer silent for this many intervals is down.
+    pub missed_infos: u32,
+    /// TLPs per frame at most (1 turns aggregation off).
+    pub max_tlps_per_frame: Option<usize>,
+    /// Smallest retransmission timeout.
+    pub rto_min_us: u64,
+    /// Queueing delay the rate control aims for above the base RTT.
+    pub target_delay_us: u32,
+}
+
+/// A fabric node for a bridge of `role` on `port`, with a fresh boot epoch.
+pub fn node_for(port: &dyn Port, role: BridgeRole, s: &NodeSettings) -> Result<Node, FabricError> {
+    let mac = MacAddr(port.info().mac);
+    let id = s.id.unwrap_or_else(|| crate::manager::mac_value(mac));
+    let mut n = NodeConfig::new(mac, role, id, crate::fresh_epoch());
+    // A frame must fit in one pool buffer: on a link with a larger MTU (jumbo frames)
+    // the bridge sends frames no larger than its buffers.
+    let room = port
+        .pool()
+        .buf_size()
+        .saturating_sub(dataplane::open::FRAME_OVERHEAD);
+    n.mtu = port.info().mtu.min(room).min(u16::MAX as usize) as u16;
+    n.info_interval_us = s.info_interval_ms * 1000;
+    n.missed_infos = s.missed_infos;
+    n.session.rto_min_us = s.rto_min_us;
+    n.session.rate.target_queueing_us = s.target_delay_us;
+    n.session.rto_initial_us = n.session.rto_initial_us.max(2 * s.rto_min_us);
+    n.session.rto_max_us = n.session.rto_max_us.max(n.session.rto_initial_us);
+    if let Some(k) = s.max_tlps_per_frame {
+        n.session.max_tlps_per_frame = k;
+    }
+    Node::new(n)
+}
 
 /// Frames a node received and dropped without acting on them.
 fn ignored(s: &crate::FabricStats) -> u64 {
@@ -48,6 +91,21 @@ impl FabricPort {
             spin: Duration::from_millis(2),
             oversize: 0,
         }
+    }
+
+    /// A node on its port that busy-polls for `spin` after the last activity and
+    /// yields from `yield_after` on (see [`FabricPort::set_spin`],
+    /// [`FabricPort::set_yield_after`]).
+    pub fn with_policy(
+        node: Node,
+        port: Box<dyn Port>,
+        spin: Duration,
+        yield_after: Option<Duration>,
+    ) -> FabricPort {
+        let mut fp = FabricPort::new(node, port);
+        fp.set_spin(spin);
+        fp.set_yield_after(yield_after);
+        fp
     }
 
     /// How long the loop keeps busy-polling after the last activity before it sleeps
@@ -182,5 +240,32 @@ impl FabricPort {
     /// The node's next event (TLPs wait in their sessions until taken here).
     pub fn poll_event(&mut self) -> Option<FabricEvent> {
         self.node.poll_event()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> NodeSettings {
+        NodeSettings {
+            id: None,
+            info_interval_ms: 100,
+            missed_infos: 3,
+            max_tlps_per_frame: None,
+            rto_min_us: 1000,
+            target_delay_us: 50,
+        }
+    }
+
+    #[test]
+    fn frames_fit_the_pool_buffers() {
+        for (mtu, frame_mtu) in [(1500, 1500), (9000, 3776)] {
+            let pool = dataplane::open::pool_for(mtu).unwrap();
+            let (port, _) = dataplane::ports::mem::pair(&pool, 64, mtu);
+            let n = node_for(&port, BridgeRole::Host, &settings()).unwrap();
+            assert_eq!(n.config().mtu as usize, frame_mtu);
+            assert_eq!(n.config().session.mtu, frame_mtu);
+        }
     }
 }

@@ -3,9 +3,11 @@
 //! - [`port_link::FabricLink`]: the root complex's `Link` over the fabric, so the host
 //!   API (`rootcomplex::Host`) reaches devices on the other side of the segment.
 //! - [`drivers::memdev::MemDevDriver`]: a host-side driver for the memdev test device.
+//! - [`settings`]: a host link's group and Max Payload Size, checked against its frames.
 
 pub mod drivers;
 pub mod port_link;
+pub mod settings;
 
 pub use drivers::memdev::{DriverError, MemDevDriver};
 pub use port_link::{FabricLink, LinkStats};

@@ -255,10 +255,10 @@ impl Link for FabricLink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iobox::{IoBox, Slot};
     use dataplane::ports::mem;
     use dataplane::{Mempool, Port};
     use fabric::{Node, NodeConfig};
+    use iobox::{IoBox, Slot};
     use wire::BridgeRole;
 
     const GID: u16 = 10;

@@ -16,15 +16,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ::iobox::{IoBox, Slot};
 use anyhow::{anyhow, bail, Context, Result};
 use dataplane::netns::Rig;
 use dataplane::ports::mem;
 use dataplane::{Mempool, Port};
 use endpoint::memdev;
-use rootcomplex::{BridgeConfig, Host};
 use fabric::FabricPort;
 use hostbridge::{FabricLink, MemDevDriver};
-use ::iobox::{IoBox, Slot};
+use rootcomplex::{BridgeConfig, Host};
 use tlp::{Bdf, MaxSize};
 use wire::BridgeRole;
 

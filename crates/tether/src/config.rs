@@ -20,20 +20,7 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
-/// Which dataplane port a bridge runs on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum PortKind {
-    /// AF_XDP, falling back to AF_PACKET where it cannot be set up.
-    #[default]
-    Auto,
-    AfXdp,
-    /// AF_PACKET with a TPACKET_V2 frame ring (poll mode).
-    AfPacket,
-    /// One system call per frame (the baseline the poll-mode ports are measured
-    /// against).
-    Socket,
-}
+pub use dataplane::open::PortKind;
 
 /// `[port]`: the interface and how frames are moved.
 #[derive(Clone, Debug, Deserialize)]
@@ -71,6 +58,20 @@ pub struct BridgeSettings {
     /// Queueing delay the rate control aims for above the base RTT. (A bridge's
     /// wake-up latency is not counted: the echo wait takes it out of the samples.)
     pub target_delay_us: u32,
+}
+
+impl BridgeSettings {
+    /// What the bridge's fabric node is set up with.
+    pub fn node_settings(&self) -> fabric::port::NodeSettings {
+        fabric::port::NodeSettings {
+            id: self.id,
+            info_interval_ms: self.info_interval_ms,
+            missed_infos: self.missed_infos,
+            max_tlps_per_frame: self.max_tlps_per_frame,
+            rto_min_us: self.rto_min_us,
+            target_delay_us: self.target_delay_us,
+        }
+    }
 }
 
 impl Default for BridgeSettings {
@@ -296,6 +297,14 @@ impl BoxConfig {
 }
 
 impl HostConfig {
+    /// What the host's link is set up with.
+    pub fn host_settings(&self) -> hostbridge::settings::HostSettings {
+        hostbridge::settings::HostSettings {
+            gid: self.gid,
+            max_payload: self.max_payload,
+        }
+    }
+
     pub fn load(path: &Path) -> Result<HostConfig, ConfigError> {
         let c: HostConfig = load(path)?;
         check_bridge(path, &c.bridge)?;

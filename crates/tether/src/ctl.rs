@@ -17,7 +17,7 @@ use dataplane::{Mempool, Port};
 use fabric::{Manager, ManagerEvent};
 use wire::{CtrlStatus, MacAddr};
 
-use crate::{bridge, control};
+use crate::{control, print};
 
 #[derive(clap::Subcommand)]
 pub enum CtlCommand {
@@ -102,7 +102,7 @@ impl Station {
         let pool = Mempool::new(1024, 2048)?;
         let port = AfPacketPort::open(interface, &pool, RingConfig::low_latency())
             .with_context(|| format!("opening {interface}"))?;
-        let m = Manager::new(MacAddr(port.info().mac), bridge::epoch());
+        let m = Manager::new(MacAddr(port.info().mac), fabric::fresh_epoch());
         Ok(Station {
             port,
             m,
@@ -156,7 +156,7 @@ fn list(interface: &str, listen: Duration, json: bool) -> Result<()> {
                 serde_json::json!({
                     "gid": b.gid,
                     "mac": b.mac.to_string(),
-                    "role": bridge::role_name(b.role),
+                    "role": print::role_name(b.role),
                     "bridge_id": format!("{:#x}", b.bridge_id),
                     "mtu": b.mtu,
                     "info_interval_ms": b.interval_ms,
@@ -199,7 +199,7 @@ fn list(interface: &str, listen: Duration, json: bool) -> Result<()> {
         println!(
             "{:<6} {:<8} {:<18} {:<18} {}",
             b.gid,
-            bridge::role_name(b.role),
+            print::role_name(b.role),
             format!("{:#x}", b.bridge_id),
             b.mac.to_string(),
             if devices.is_empty() {

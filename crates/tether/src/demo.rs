@@ -11,19 +11,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ::iobox::{IoBox, Slot};
 use anyhow::{anyhow, bail, Context, Result};
 use dataplane::netns::Rig;
 use dataplane::ports::mem;
 use dataplane::{Mempool, Port};
-use fabric::{FabricEvent, Node};
 use fabric::FabricPort;
+use fabric::{FabricEvent, Node};
 use hostbridge::{FabricLink, MemDevDriver};
-use ::iobox::{IoBox, Slot};
 use tlp::Bdf;
 use wire::{BridgeRole, MacAddr};
 
 use crate::config::{BridgeSettings, PortKind};
-use crate::{bridge, workload};
+use crate::{bridge, print, workload};
 
 const GID_A: u16 = 10;
 const GID_B: u16 = 20;
@@ -194,7 +194,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
             let d = h.enumerate(bdf)?;
             let drv = MemDevDriver::probe(&mut h, bdf)?;
             let (_, took) = workload::copies(&mut h, &drv, 100, 4096, 99, false)?;
-            Ok((bridge::lspci_line(&d), 100, took))
+            Ok((print::lspci_line(&d), 100, took))
         },
     )?;
 
@@ -210,7 +210,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let d = h.enumerate(bdf)?;
     println!(
         "host A: enumerated\n  {}",
-        bridge::lspci_line(&d).replace('\n', "\n  ")
+        print::lspci_line(&d).replace('\n', "\n  ")
     );
     let drv = MemDevDriver::probe(&mut h, bdf)?;
 

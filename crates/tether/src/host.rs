@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use fabric::FabricEvent;
-use rootcomplex::Host;
 use hostbridge::{FabricLink, MemDevDriver};
+use rootcomplex::Host;
 use tlp::Bdf;
 use wire::MacAddr;
 
 use crate::config::HostConfig;
-use crate::{bridge, signals, workload};
+use crate::{bridge, print, signals, workload};
 
 /// Every counter of the host.
 fn stats(h: &Host<FabricLink>, gid: u16) -> serde_json::Value {
@@ -45,7 +45,7 @@ fn stats(h: &Host<FabricLink>, gid: u16) -> serde_json::Value {
             })).collect::<Vec<_>>(),
             "irq": format!("{:?}", d.irq),
         })).collect::<Vec<_>>(),
-        "sessions": bridge::sessions_json(node),
+        "sessions": print::sessions_json(node),
     })
 }
 
@@ -72,7 +72,7 @@ impl HostBridge {
         // A device that was here before (its box restarted) starts over.
         self.h.remove(bdf);
         match self.h.enumerate(bdf) {
-            Ok(d) => println!("  enumerated {}", bridge::lspci_line(&d)),
+            Ok(d) => println!("  enumerated {}", print::lspci_line(&d)),
             Err(e) => {
                 println!("  enumeration of {bdf} failed: {e}");
                 return;
@@ -104,7 +104,7 @@ impl HostBridge {
     }
 
     fn handle(&mut self, e: FabricEvent) {
-        if let Some(line) = bridge::describe(&e) {
+        if let Some(line) = print::describe(&e) {
             println!("{line}");
         }
         let ours =
@@ -146,7 +146,7 @@ pub fn run(path: &Path) -> Result<()> {
     let link = bridge::host_link(&cfg, port, &format!("{what}; waiting for devices"))?;
     let control = bridge::control_socket(&cfg.bridge)?;
     let h = workload::root_complex_with(
-        bridge::root_complex_config(&cfg),
+        hostbridge::settings::root_complex_config(cfg.max_payload),
         link,
         cfg.memory.base,
         cfg.memory.size as usize,

@@ -5,13 +5,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use ::iobox::{IoBox, Slot};
 use anyhow::{bail, Context, Result};
 use endpoint::virtio::blk::{BlockBackend, FileBackend};
-use ::iobox::{IoBox, Slot};
 use wire::BridgeRole;
 
 use crate::config::{BoxConfig, DeviceConfig, Model};
-use crate::{bridge, signals};
+use crate::{bridge, print, signals};
 
 fn slot(d: &DeviceConfig) -> Result<Slot> {
     Ok(match d.model {
@@ -83,7 +83,7 @@ fn stats(b: &IoBox) -> serde_json::Value {
                 .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
                 .collect::<serde_json::Map<_, _>>(),
         })).collect::<Vec<_>>(),
-        "sessions": bridge::sessions_json(node),
+        "sessions": print::sessions_json(node),
     })
 }
 
@@ -107,7 +107,7 @@ pub fn run(path: &Path) -> Result<()> {
     while !signals::stop_requested() {
         b.poll(Duration::from_millis(1))?;
         while let Some(e) = b.events.pop_front() {
-            if let Some(line) = bridge::describe(&e) {
+            if let Some(line) = print::describe(&e) {
                 println!("{line}");
             }
         }

@@ -13,6 +13,7 @@ mod impair;
 mod iobox;
 mod pcap;
 mod plot;
+mod print;
 mod signals;
 mod vm;
 mod vm_bridge;

@@ -16,8 +16,8 @@ use vmm::proxy::ProxyServer;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use dataplane::ports::mem::{self, MemPort};
 use ::iobox::{IoBox, Slot};
+use dataplane::ports::mem::{self, MemPort};
 use wire::BridgeRole;
 
 use crate::config::{BoxConfig, BridgeSettings, HostConfig};

@@ -11,15 +11,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use fabric::FabricEvent;
-use rootcomplex::{BarWindows, Host, HostMemory, Interrupt, MemoryMap};
 use hostbridge::FabricLink;
+use rootcomplex::{BarWindows, Host, HostMemory, Interrupt, MemoryMap};
 use tlp::Bdf;
 use vmm::caps::{CAP_MSI, CAP_MSIX};
 use vmm::device::{Bar, RemoteFunction};
 use wire::MacAddr;
 
-use crate::bridge;
 use crate::config::HostConfig;
+use crate::{bridge, print};
 
 /// What happened to the device, for the front-end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +63,7 @@ impl VmBridge {
     ) -> Result<VmBridge> {
         let link = bridge::host_link(&cfg, port, what)?;
         let host = Host::new(
-            bridge::root_complex_config(&cfg),
+            hostbridge::settings::root_complex_config(cfg.max_payload),
             MemoryMap::new(),
             (0, 0),
             BarWindows::default(),
@@ -115,7 +115,7 @@ impl VmBridge {
     pub fn poll(&mut self, wait: Duration, out: &mut Vec<DeviceEvent>) {
         self.host.poll(wait);
         while let Some(e) = self.host.link_mut().events.pop_front() {
-            if let Some(line) = bridge::describe(&e) {
+            if let Some(line) = print::describe(&e) {
                 println!("{line}");
             }
             self.fabric_event(e, out);
@@ -212,7 +212,7 @@ impl HostFunction<'_> {
         };
         self.host.remove(bdf);
         let d = self.host.enumerate(bdf)?;
-        println!("  bridge side: {}", bridge::lspci_line(&d));
+        println!("  bridge side: {}", print::lspci_line(&d));
         self.set_msix(false);
         self.set_msi(false);
         // INTx until the VMM asks for MSI or MSI-X (enumeration disabled it for them).
@@ -334,10 +334,10 @@ mod tests {
 
     use std::thread::JoinHandle;
 
+    use ::iobox::Slot;
     use endpoint::config::{Bar as CfgBar, ConfigSpace};
     use endpoint::memdev::{self, op, regs};
     use endpoint::{Function, FunctionConfig};
-    use ::iobox::Slot;
 
     use crate::config::BridgeSettings;
 

@@ -18,7 +18,7 @@ use vmm::vfio_user::VfioUserServer;
 
 use crate::config::HostConfig;
 use crate::vm_bridge::{DeviceEvent, VmBridge};
-use crate::{bridge, signals};
+use crate::{bridge, print, signals};
 
 /// How long the bridge waits for its device before giving up (QEMU waits meanwhile).
 const DEVICE_WAIT: Duration = Duration::from_secs(60);
@@ -157,7 +157,7 @@ fn stats(vb: &VmBridge, fe: &Frontend) -> serde_json::Value {
         "host": vb.host.stats(),
         "link": vb.host.link().stats(),
         fe.name(): fe.stats_json(),
-        "sessions": bridge::sessions_json(node),
+        "sessions": print::sessions_json(node),
     })
 }
 

@@ -4,8 +4,8 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use rootcomplex::{BarWindows, BridgeConfig, Host, Link, MemoryMap};
 use hostbridge::MemDevDriver;
+use rootcomplex::{BarWindows, BridgeConfig, Host, Link, MemoryMap};
 
 /// A root complex on `link` whose devices may DMA into `size` bytes of RAM at `base`
 /// (DMA buffers are handed out of it too).

@@ -1,0 +1,130 @@
+//! What the bridge programs print: the lspci-style description of a device, a line
+//! per fabric event, and a node's sessions as JSON.
+
+use fabric::Node;
+use wire::BridgeRole;
+
+/// The name lspci gives a class (base class, subclass), for the classes tether's
+/// devices use and their families.
+pub fn class_name(base: u8, sub: u8) -> &'static str {
+    match (base, sub) {
+        (0x01, 0x00) => "SCSI storage controller",
+        (0x01, 0x06) => "SATA controller",
+        (0x01, 0x08) => "Non-Volatile memory controller",
+        (0x01, _) => "Mass storage controller",
+        (0x02, 0x00) => "Ethernet controller",
+        (0x02, _) => "Network controller",
+        (0x03, _) => "Display controller",
+        (0x05, _) => "Memory controller",
+        (0x06, _) => "Bridge",
+        (0x0c, _) => "Serial bus controller",
+        (0x12, _) => "Processing accelerators",
+        _ => "Unclassified device",
+    }
+}
+
+/// A device as `lspci -v` would show its identity and resources.
+pub fn lspci_line(d: &rootcomplex::DeviceInfo) -> String {
+    let mut s = format!(
+        "{} {} [{:02x}{:02x}]: Device {:04x}:{:04x} (rev {:02x})",
+        d.bdf,
+        class_name(d.class.0, d.class.1),
+        d.class.0,
+        d.class.1,
+        d.vendor,
+        d.device,
+        d.revision
+    );
+    for b in &d.bars {
+        s += &format!(
+            "\n        BAR{}: memory at {:#x} ({}-bit, {}prefetchable) [size={}K]",
+            b.index,
+            b.address,
+            if b.is_64bit { 64 } else { 32 },
+            if b.prefetchable { "" } else { "non-" },
+            b.size / 1024
+        );
+    }
+    s + &format!("\n        interrupts: {:?}", d.irq)
+}
+
+/// One log line for a fabric event (TLPs are not logged).
+pub fn describe(e: &fabric::FabricEvent) -> Option<String> {
+    use fabric::{DownReason, FabricEvent as E};
+    Some(match e {
+        E::PeerUp {
+            gid,
+            peer,
+            role,
+            bridge_id,
+        } => format!(
+            "peer up: {peer} ({} {bridge_id:#x}) in group {gid}",
+            role_name(*role)
+        ),
+        E::PeerDown { gid, peer, reason } => format!(
+            "peer down: {peer} in group {gid} ({})",
+            match reason {
+                DownReason::Silent => "silent".to_string(),
+                DownReason::Unreachable { lost } => format!("unreachable, {lost} TLPs lost"),
+                DownReason::Left => "group left".to_string(),
+            }
+        ),
+        E::PeerRestarted { gid, peer, lost } => {
+            format!("peer restarted: {peer} in group {gid} ({lost} TLPs lost)")
+        }
+        E::DeviceAdded { gid, peer, device } => format!(
+            "hot-plug: group {gid}: slot {} device {:04x}:{:04x} class {:06x} at {peer}",
+            device.slot, device.vendor_id, device.device_id, device.class_code
+        ),
+        E::DeviceRemoved { gid, peer, slot } => {
+            format!("hot-remove: group {gid}: slot {slot} at {peer}")
+        }
+        E::GroupChanged { slot, from, to } => {
+            format!("group change: slot {slot} moved from group {from} to group {to}")
+        }
+        E::CtrlResult {
+            from,
+            request_id,
+            status,
+        } => format!("ctrl result {request_id} from {from}: {status:?}"),
+        E::Tlp { .. } => return None,
+    })
+}
+
+pub fn role_name(r: BridgeRole) -> &'static str {
+    match r {
+        BridgeRole::Host => "host",
+        BridgeRole::IoBox => "iobox",
+        BridgeRole::Manager => "manager",
+    }
+}
+
+/// The sessions of a node as JSON: one entry per (group, peer).
+pub fn sessions_json(node: &Node) -> serde_json::Value {
+    node.peers()
+        .map(|(gid, mac, role, id, devices)| {
+            serde_json::json!({
+                "gid": gid,
+                "peer": mac.to_string(),
+                "role": role_name(role),
+                "bridge_id": format!("{id:#x}"),
+                "devices": devices.iter().map(|d| d.slot).collect::<Vec<_>>(),
+                "efe": node.session_stats(gid, mac),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_names_follow_lspci() {
+        assert_eq!(class_name(0x05, 0x80), "Memory controller");
+        assert_eq!(class_name(0x01, 0x00), "SCSI storage controller");
+        assert_eq!(class_name(0x01, 0x08), "Non-Volatile memory controller");
+        assert_eq!(class_name(0x02, 0x00), "Ethernet controller");
+        assert_eq!(class_name(0xff, 0x00), "Unclassified device");
+    }
+}
