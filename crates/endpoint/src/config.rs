@@ -10,6 +10,7 @@
 
 use pci::{msi, msix, pcie, pm, CapabilityId};
 use thiserror::Error;
+use tlp::TagWidth;
 
 /// Size of a PCI Express function's configuration space.
 pub const CONFIG_SIZE: usize = 4096;
@@ -473,20 +474,27 @@ impl ConfigSpace {
         let at = |r: u16| off + usize::from(r);
         // PCI Express Capabilities: version 2, device/port type 0 (endpoint).
         self.set16(at(pcie::CAPABILITIES), 0x0002);
-        // Device Capabilities: MPS supported, role-based error reporting, FLR capable.
+        // Device Capabilities: MPS supported, 8-bit tags (the function's DMA engine
+        // uses 256 tags when allowed), role-based error reporting, FLR capable.
         self.set32(
             at(pcie::DEVICE_CAPABILITIES),
-            mps as u32 | devcap::ROLE_BASED_ERRORS | devcap::FLR,
+            mps as u32 | devcap::EXTENDED_TAG | devcap::ROLE_BASED_ERRORS | devcap::FLR,
         );
-        // Device Control: error reporting enables, relaxed ordering, MPS, no snoop,
-        // MRRS; defaults RO + NS enabled, MPS 128, MRRS 512. Bit 15 starts an FLR.
+        // Device Control: error reporting enables, relaxed ordering, MPS, Extended Tag
+        // Field Enable, no snoop, MRRS; defaults RO + NS enabled, MPS 128, MRRS 512,
+        // extended tags off (later revisions of the specification leave that default
+        // to the implementation, early ones required 0; 0 is right under all of them,
+        // and the host sets it on enumeration, as Linux does). Phantom functions and
+        // aux power are not implemented (read-only 0). Bit 15 starts an FLR.
         self.set16(
             at(pcie::DEVICE_CONTROL),
             devctl::RELAXED_ORDERING | devctl::NO_SNOOP | 2 << devctl::MAX_READ_REQUEST_SHIFT,
         );
         self.set_mask16(
             at(pcie::DEVICE_CONTROL),
-            0x0fff & !(7 << 8)
+            0x00ff
+                | devctl::EXTENDED_TAG
+                | devctl::NO_SNOOP
                 | devctl::MAX_READ_REQUEST
                 | devctl::INITIATE_FLR
                 | devctl::MAX_PAYLOAD,
@@ -713,6 +721,20 @@ impl ConfigSpace {
             ctl & msix::control::ENABLE != 0,
             ctl & msix::control::FUNCTION_MASK != 0,
         ))
+    }
+
+    /// The tags the function may use as a requester (PCIe Base Specification
+    /// §2.2.6.2): 8-bit when software set Extended Tag Field Enable, else 5-bit (a
+    /// function without the PCI Express capability has no such bit).
+    pub fn tag_width(&self) -> TagWidth {
+        let enabled = self.caps.pcie.is_some_and(|p| {
+            self.read16(p + usize::from(pcie::DEVICE_CONTROL)) & pcie::devctl::EXTENDED_TAG != 0
+        });
+        if enabled {
+            TagWidth::Eight
+        } else {
+            TagWidth::Five
+        }
     }
 
     /// The Max Payload Size and Max Read Request Size software set, in bytes.
@@ -943,6 +965,31 @@ mod tests {
         assert_eq!(c.command(), 0);
         assert_eq!(c.bar_address(0), Some(0));
         assert_eq!(c.max_payload_and_read(), (128, 512));
+    }
+
+    /// The PCI Express capability advertises Extended Tag Field Supported and lets
+    /// software set Extended Tag Field Enable; it starts clear (a value every revision
+    /// of the specification allows) and a function-level reset clears it again. The
+    /// function's tag width follows it; without the capability it is 5 bits.
+    #[test]
+    fn extended_tags_are_advertised_and_enabled_by_software() {
+        use pci::pcie::{devcap, devctl};
+        let mut c = sample();
+        let p = c.caps().pcie.unwrap();
+        let ctl = p + usize::from(pcie::DEVICE_CONTROL);
+        let cap = c.read32(p + usize::from(pcie::DEVICE_CAPABILITIES));
+        assert_ne!(cap & devcap::EXTENDED_TAG, 0, "supported");
+        assert_eq!(c.read16(ctl) & devctl::EXTENDED_TAG, 0, "clear after reset");
+        assert_eq!(c.tag_width(), tlp::TagWidth::Five);
+        let v = c.read16(ctl) | devctl::EXTENDED_TAG;
+        c.write(ctl, &v.to_le_bytes());
+        assert_eq!(c.read16(ctl) & devctl::EXTENDED_TAG, devctl::EXTENDED_TAG);
+        assert_eq!(c.tag_width(), tlp::TagWidth::Eight);
+        c.write(ctl, &(v | devctl::INITIATE_FLR).to_le_bytes());
+        c.reset();
+        assert_eq!(c.tag_width(), tlp::TagWidth::Five);
+        let plain = ConfigSpace::builder(1, 2).build().unwrap();
+        assert_eq!(plain.tag_width(), tlp::TagWidth::Five);
     }
 
     #[test]

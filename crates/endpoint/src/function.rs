@@ -4,8 +4,10 @@
 //! configuration requests from its [`ConfigSpace`], decodes memory requests to BARs
 //! and hands them to the [`Device`] model, serves the MSI-X table itself, and turns
 //! what the model asks for (DMA, interrupts) into TLPs: reads split at Max Read Request
-//! Size with a tag each and reassembled from their completions, writes split at Max
-//! Payload Size, MSI and MSI-X as memory writes, INTx as Assert/Deassert messages.
+//! Size with a tag each (8-bit tags when Device Control's Extended Tag Field Enable is
+//! set as the transfer starts, else 5-bit: PCIe Base Specification §2.2.6.2) and
+//! reassembled from their completions, writes split at Max Payload Size, MSI and MSI-X
+//! as memory writes, INTx as Assert/Deassert messages.
 //!
 //! Nothing the host sends can make it panic: malformed TLPs are counted and dropped,
 //! requests it cannot serve get an Unsupported Request completion (non-posted) or are
@@ -154,6 +156,14 @@ struct DmaRead {
     error: Option<DmaError>,
 }
 
+/// A read request not sent yet, with the tag width of its transfer.
+#[derive(Clone, Copy)]
+struct QueuedRead {
+    dma: DmaId,
+    width: TagWidth,
+    chunk: RequestChunk,
+}
+
 /// The framework's state besides the model, so the model can borrow it as `DeviceIo`.
 struct Core {
     config: ConfigSpace,
@@ -161,11 +171,13 @@ struct Core {
     bdf: Bdf,
     now: u64,
     out: VecDeque<Vec<u8>>,
-    /// The function's outstanding read requests (8-bit tags).
+    /// The function's outstanding read requests, on tags of `tag_width`.
     tags: TagTable<PendingRead>,
+    /// The width `tags` was made for: the one of the transfers whose requests are out.
+    tag_width: TagWidth,
     reads: Vec<DmaRead>,
     /// Read requests waiting for a free tag.
-    queue: VecDeque<(DmaId, RequestChunk)>,
+    queue: VecDeque<QueuedRead>,
     next_dma: u64,
     finished: VecDeque<(DmaId, Result<Vec<u8>, DmaError>)>,
     msix_table: Vec<[u32; 4]>,
@@ -250,8 +262,27 @@ impl Core {
 
     /// Sends queued read requests while tags are free (a transfer larger than the
     /// tags times MRRS goes out as completions come back, like a DMA engine's).
+    ///
+    /// A transfer uses the tag width in force when it started. One started under the
+    /// other width waits until every request of the old width is back, then the
+    /// table is remade for its width: tags of two widths are never out together, so
+    /// with Extended Tag Field Enable clear at most 32 requests are out, on tags
+    /// 0..=31. (Software changing the bit with requests outstanding is undefined
+    /// behaviour under the specification; this is what the function does then.)
     fn issue(&mut self) {
-        while let Some(&(id, c)) = self.queue.front() {
+        while let Some(&QueuedRead {
+            dma: id,
+            width,
+            chunk: c,
+        }) = self.queue.front()
+        {
+            if width != self.tag_width {
+                if !self.tags.is_empty() {
+                    return;
+                }
+                self.tags = TagTable::new(width);
+                self.tag_width = width;
+            }
             let Ok(slot) = self.tags.vacant() else { return };
             self.queue.pop_front();
             let read = MemRead {
@@ -330,8 +361,13 @@ impl DeviceIo for Core {
         let chunks = split_requests(addr, len, mrrs).map_err(|_| DmaError::AddressOverflow)?;
         let id = DmaId(self.next_dma);
         self.next_dma += 1;
+        let width = self.config.tag_width();
         let before = self.queue.len();
-        self.queue.extend(chunks.map(|c| (id, c)));
+        self.queue.extend(chunks.map(|chunk| QueuedRead {
+            dma: id,
+            width,
+            chunk,
+        }));
         self.reads.push(DmaRead {
             id,
             data: vec![0; len],
@@ -435,6 +471,7 @@ impl DeviceIo for Core {
 impl<D: Device> Function<D> {
     pub fn new(config: ConfigSpace, device: D, settings: FunctionConfig) -> Function<D> {
         let vectors = config.msix_layout().map_or(0, |m| m.vectors as usize);
+        let tag_width = config.tag_width();
         Function {
             core: Core {
                 config,
@@ -442,7 +479,8 @@ impl<D: Device> Function<D> {
                 bdf: Bdf::from_u16(0),
                 now: 0,
                 out: VecDeque::new(),
-                tags: TagTable::new(TagWidth::Eight),
+                tags: TagTable::new(tag_width),
+                tag_width,
                 reads: Vec::new(),
                 queue: VecDeque::new(),
                 next_dma: 0,
@@ -498,7 +536,7 @@ impl<D: Device> Function<D> {
                 // The transfer's requests on the wire: their late completions find no
                 // tag and are counted as unexpected.
                 self.core.tags.take_where(|p| p.dma == id).for_each(drop);
-                self.core.queue.retain(|(q, _)| *q != id);
+                self.core.queue.retain(|q| q.dma != id);
                 self.core.reads[i].error.get_or_insert(DmaError::Timeout);
                 self.core.stats.completion_timeouts += 1;
                 self.core.finish_read(i);
@@ -506,6 +544,8 @@ impl<D: Device> Function<D> {
                 i += 1;
             }
         }
+        // The tags the timeouts freed take what waited for them.
+        self.core.issue();
         self.device.poll(&mut self.core);
         self.deliver_finished();
     }
@@ -779,7 +819,7 @@ impl<D: Device> Function<D> {
                 // never sent (requests already out still come back and are counted).
                 let id = r.id;
                 let before = self.core.queue.len();
-                self.core.queue.retain(|(q, _)| *q != id);
+                self.core.queue.retain(|q| q.dma != id);
                 self.core.reads[ri].outstanding -= before - self.core.queue.len();
             }
             if self.core.reads[ri].outstanding == 0 {
@@ -843,14 +883,133 @@ mod tests {
         fn reset(&mut self) {}
     }
 
-    /// A function with bus mastering on; no PCIe capability, so MRRS is 512 bytes.
+    /// A function with bus mastering on and 8-bit tags enabled, as enumeration leaves
+    /// it; MRRS is the default 512 bytes.
     fn function() -> Function<Reader> {
-        let config = ConfigSpace::builder(0x1af4, 0x10f0).build().unwrap();
+        pcie_function(true)
+    }
+
+    /// A function with a PCI Express capability (MRRS 512 bytes), bus mastering on,
+    /// and Extended Tag Field Enable set or clear.
+    fn pcie_function(extended_tags: bool) -> Function<Reader> {
+        let config = ConfigSpace::builder(0x1af4, 0x10f0)
+            .pcie(256)
+            .build()
+            .unwrap();
         let mut f = Function::new(config, Reader::default(), FunctionConfig::default());
         f.core
             .config
             .write(reg::COMMAND, &command::BUS_MASTER.to_le_bytes());
+        set_extended_tags(&mut f, extended_tags);
         f
+    }
+
+    /// Sets or clears Extended Tag Field Enable with a config write, as a host does.
+    fn set_extended_tags(f: &mut Function<Reader>, on: bool) {
+        use pci::pcie::devctl::EXTENDED_TAG;
+        let ctl = f.core.config.caps().pcie.unwrap() + usize::from(pci::pcie::DEVICE_CONTROL);
+        let v = f.core.config.read16(ctl) & !EXTENDED_TAG | if on { EXTENDED_TAG } else { 0 };
+        f.core.config.write(ctl, &v.to_le_bytes());
+    }
+
+    /// What a transfer looked like on the wire while the host answered it one request
+    /// at a time, oldest first.
+    #[derive(Debug, Default)]
+    struct Drained {
+        requests: usize,
+        /// The most read requests outstanding at once.
+        most_outstanding: usize,
+        /// Every tag used.
+        tags: std::collections::BTreeSet<u16>,
+    }
+
+    /// Answers the function's read requests, oldest first, until none is left.
+    fn drain(f: &mut Function<Reader>, now: u64) -> Drained {
+        let mut d = Drained::default();
+        let mut out: VecDeque<MemRead> = VecDeque::new();
+        loop {
+            let sent = sent_reads(f);
+            d.requests += sent.len();
+            d.tags.extend(sent.iter().map(|r| r.tag.value()));
+            out.extend(sent);
+            d.most_outstanding = d.most_outstanding.max(out.len());
+            let Some(r) = out.pop_front() else {
+                return d;
+            };
+            complete(f, now, &r);
+        }
+    }
+
+    /// Extended Tag Field Enable clear: a requester may use only 5-bit tags (PCIe Base
+    /// Specification §2.2.6.2). A 1 MiB read (2048 requests of 512 bytes) then never
+    /// has more than 32 requests out, on tags 0..=31, and still arrives whole.
+    #[test]
+    fn with_extended_tags_off_only_five_bit_tags_are_used() {
+        let mut f = pcie_function(false);
+        let base = 0x1_0000_0000u64;
+        let id = f.core.dma_read(base, MAX_DMA).unwrap();
+        let d = drain(&mut f, 1);
+        assert_eq!(d.requests, MAX_DMA / 512);
+        assert_eq!(d.most_outstanding, 32, "{d:?}");
+        assert_eq!(d.tags, (0..32).collect(), "tags 0..=31 only");
+        let (done, result) = f.device_mut().done.pop().unwrap();
+        assert_eq!(done, id);
+        let data = result.unwrap();
+        assert!(data
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == host_byte(base + i as u64)));
+        assert_eq!(f.stats().unexpected_completions, 0);
+    }
+
+    /// Extended Tag Field Enable set: all 256 8-bit tags.
+    #[test]
+    fn with_extended_tags_on_all_eight_bit_tags_are_used() {
+        let mut f = pcie_function(true);
+        f.core.dma_read(0x1_0000_0000, MAX_DMA).unwrap();
+        let d = drain(&mut f, 1);
+        assert_eq!(d.requests, MAX_DMA / 512);
+        assert_eq!(d.most_outstanding, 256);
+        assert_eq!(d.tags, (0..256).collect());
+        assert!(f.device_mut().done.pop().unwrap().1.is_ok());
+    }
+
+    /// The width is the one in force when a transfer starts. A transfer started after
+    /// software cleared the bit goes out with 5-bit tags, once every request of the
+    /// transfers before (on 8-bit tags) is back: the two widths never mix on the wire.
+    #[test]
+    fn a_transfer_takes_the_tag_width_in_force_when_it_starts() {
+        let mut f = pcie_function(true);
+        let wide = f.core.dma_read(0x1_0000_0000, 256 * 512).unwrap();
+        let first = sent_reads(&mut f);
+        assert_eq!(first.len(), 256);
+        set_extended_tags(&mut f, false);
+        let narrow = f.core.dma_read(0x2_0000_0000, 64 << 10).unwrap();
+        assert!(sent_reads(&mut f).is_empty(), "8-bit tags still out");
+        for (k, r) in first.iter().enumerate() {
+            complete(&mut f, 1, r);
+            let sent = sent_reads(&mut f);
+            if k + 1 < first.len() {
+                assert!(sent.is_empty(), "a 5-bit request beside 8-bit ones");
+            } else {
+                // The last 8-bit request is back: the narrow transfer starts.
+                assert_eq!(sent.len(), 32);
+                assert!(sent.iter().all(|r| r.tag.value() < 32));
+                sent.iter().for_each(|r| complete(&mut f, 2, r));
+            }
+        }
+        let d = drain(&mut f, 3);
+        assert!(
+            d.most_outstanding <= 32 && d.tags.iter().all(|&t| t < 32),
+            "{d:?}"
+        );
+        let done: Vec<_> = f
+            .device()
+            .done
+            .iter()
+            .map(|(id, r)| (*id, r.is_ok()))
+            .collect();
+        assert_eq!(done, [(wide, true), (narrow, true)]);
     }
 
     /// The read requests the function sent since the last call.
@@ -943,6 +1102,34 @@ mod tests {
             f.device_mut().done.pop(),
             Some((id, Err(DmaError::Timeout)))
         );
+    }
+
+    /// A transfer waiting for tags behind one that times out goes out when the timeout
+    /// frees them, not only at the next completion (none may come: it would then time
+    /// out without ever being sent). The same holds across a tag-width change.
+    #[test]
+    fn a_timeout_that_frees_tags_sends_what_waited_for_them() {
+        for second_width_on in [true, false] {
+            let mut f = pcie_function(true);
+            let first = f.core.dma_read(0x1_0000_0000, 256 * 512).unwrap();
+            assert_eq!(sent_reads(&mut f).len(), 256);
+            set_extended_tags(&mut f, second_width_on);
+            f.handle_timeout(10);
+            let second = f.core.dma_read(0x2_0000_0000, 4096).unwrap();
+            assert!(sent_reads(&mut f).is_empty(), "every tag is out");
+            let deadline = f.poll_timeout().unwrap();
+            f.handle_timeout(deadline);
+            assert_eq!(
+                f.device_mut().done.pop(),
+                Some((first, Err(DmaError::Timeout)))
+            );
+            let out = sent_reads(&mut f);
+            assert_eq!(out.len(), 8, "extended tags {second_width_on}");
+            out.iter().for_each(|r| complete(&mut f, deadline + 1, r));
+            assert_eq!(f.device().done.len(), 1);
+            assert_eq!(f.device().done[0].0, second);
+            assert!(f.device().done[0].1.is_ok());
+        }
     }
 
     /// After a completion timeout or a reset, completions for the requests that were out

@@ -269,6 +269,17 @@ impl Host {
             (command::MEMORY | command::BUS_MASTER) as u32,
         );
         assert_eq!(self.f.bdf(), dev(), "requester ID captured from CfgWr0");
+        // 8-bit tags, which the function supports, as Linux's
+        // pci_configure_extended_tags enables them.
+        use pci::pcie::{devcap, devctl, DEVICE_CAPABILITIES, DEVICE_CONTROL};
+        let pcie = self.f.config().caps().pcie.unwrap() as u16;
+        assert_ne!(
+            self.cfg_read(pcie + DEVICE_CAPABILITIES) & devcap::EXTENDED_TAG,
+            0
+        );
+        let ctl = self.cfg_read(pcie + DEVICE_CONTROL) & 0xffff;
+        self.cfg_write(pcie + DEVICE_CONTROL, ctl | u32::from(devctl::EXTENDED_TAG));
+        assert_eq!(self.f.config().tag_width(), tlp::TagWidth::Eight);
     }
 
     fn enable_msix(&mut self) {
