@@ -652,9 +652,9 @@ impl<L: Link> Host<L> {
     }
 
     /// Enumerates the function at `bdf`: identifies it, sizes and assigns its memory
-    /// BARs, sets Max Payload Size, sets up MSI-X (all vectors) or MSI (one vector)
-    /// to addresses this host recognises, or leaves INTx, and enables memory decoding
-    /// and bus mastering.
+    /// BARs, sets Max Payload Size and enables extended (8-bit) tags where supported,
+    /// sets up MSI-X (all vectors) or MSI (one vector) to addresses this host
+    /// recognises, or leaves INTx, and enables memory decoding and bus mastering.
     pub fn enumerate(&mut self, bdf: Bdf) -> Result<DeviceInfo, HostError> {
         let id = match self.config_read(bdf, regs::VENDOR_ID) {
             Ok(v) if v != u32::MAX && v != 0 => v,
@@ -730,15 +730,23 @@ impl<L: Link> Host<L> {
             slot.get_or_insert(cap);
         }
         if let Some(pc) = pcie {
-            // Max Payload Size: the smaller of ours and the device's.
+            // Max Payload Size: the smaller of ours and the device's. Extended Tag
+            // Field Enable where the device supports it, as Linux's
+            // pci_configure_extended_tags does (the bridge completes 8-bit tags, as
+            // every completer must): without it a requester may use only 32 tags.
             let pc = pc.offset;
             let devcap = self.config_read(bdf, pc + pcie::DEVICE_CAPABILITIES)?;
             let ours = (self.bridge_mps() / 128).trailing_zeros();
             let mps = (devcap & pcie::devcap::MAX_PAYLOAD).min(ours);
+            let extended_tags = if devcap & pcie::devcap::EXTENDED_TAG != 0 {
+                u32::from(pcie::devctl::EXTENDED_TAG)
+            } else {
+                0
+            };
             let ctl_reg = pc + pcie::DEVICE_CONTROL;
             let ctl = self.config_read(bdf, ctl_reg)? & 0xffff;
             let clear = u32::from(pcie::devctl::MAX_PAYLOAD | pcie::devctl::INITIATE_FLR);
-            let ctl = ctl & !clear | mps << pcie::devctl::MAX_PAYLOAD_SHIFT;
+            let ctl = ctl & !clear | mps << pcie::devctl::MAX_PAYLOAD_SHIFT | extended_tags;
             self.config_write_be(bdf, ctl_reg, ctl, 0x3)?;
         }
         let mut info = DeviceInfo {

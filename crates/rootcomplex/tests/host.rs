@@ -141,6 +141,19 @@ fn enumerates_memdev_and_sets_up_msix() {
     ));
 }
 
+/// Enumeration enables 8-bit tags on a function that supports them (Extended Tag
+/// Field Enable, off after reset), as Linux's pci_configure_extended_tags does, and
+/// leaves the rest of Device Control as it set it.
+#[test]
+fn enumeration_enables_extended_tags() {
+    let mut h = host(50_000);
+    assert_eq!(h.link().f.config().tag_width(), tlp::TagWidth::Five);
+    h.enumerate(dev()).unwrap();
+    let c = h.link().f.config();
+    assert_eq!(c.tag_width(), tlp::TagWidth::Eight);
+    assert_eq!(c.max_payload_and_read(), (256, 512));
+}
+
 #[test]
 fn dma_copy_through_the_device_with_an_interrupt() {
     let mut h = host(50_000);

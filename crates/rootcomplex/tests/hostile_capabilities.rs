@@ -144,3 +144,22 @@ fn a_pointer_into_the_header_ends_the_list() {
         "the class register, read once for itself"
     );
 }
+
+/// Device Control's Extended Tag Field Enable (byte 0x49 bit 0 with the capability
+/// at 0x40) after enumerating a function whose PCI Express capability says `supported`
+/// (Device Capabilities bit 5).
+fn extended_tags_after_enumeration(supported: bool) -> bool {
+    let mut h = host(0x40, &[(0x40, 0x10, 0)]);
+    h.link_mut().config[0x44] = if supported { 1 << 5 } else { 0 };
+    h.enumerate(dev()).unwrap();
+    h.link().config[0x49] & 1 != 0
+}
+
+/// Enumeration sets Extended Tag Field Enable only where Extended Tag Field Supported
+/// says the function has it (the bit is read-only 0 otherwise: a write of 1 would be
+/// a write to a bit the function does not implement).
+#[test]
+fn extended_tags_are_enabled_only_where_supported() {
+    assert!(extended_tags_after_enumeration(true));
+    assert!(!extended_tags_after_enumeration(false));
+}
