@@ -5,6 +5,9 @@
 //!   config and BAR accesses, guest RAM as memfds, INTx through irqfd/resamplefd.
 //! - [`vfio_user`]: a vfio-user server (QEMU >= 10.1 `vfio-user-pci`): regions,
 //!   DMA mappings with or without descriptors, INTx and MSI-X through eventfds.
+//! - [`qmp`]: a client of QEMU's machine protocol (commands, replies, events) that
+//!   hot-plugs devices into a running guest.
+//! - [`qemu`]: QEMU versions and their bugs, the q35 command line with PCIe root ports.
 //! - [`guest_ram`]: guest RAM mapped from the VMM's file descriptors, as host memory
 //!   for the device's DMA.
 //! - [`sys`]: Unix sockets with descriptors, eventfds, readiness waits.
@@ -15,5 +18,7 @@ pub mod device;
 pub mod fake_function;
 pub mod guest_ram;
 pub mod proxy;
+pub mod qemu;
+pub mod qmp;
 pub mod sys;
 pub mod vfio_user;
