@@ -24,6 +24,19 @@ pub struct NodeSettings {
     pub target_delay_us: u32,
 }
 
+impl Default for NodeSettings {
+    fn default() -> Self {
+        NodeSettings {
+            id: None,
+            info_interval_ms: 100,
+            missed_infos: 3,
+            max_tlps_per_frame: None,
+            rto_min_us: 1000,
+            target_delay_us: 50,
+        }
+    }
+}
+
 /// A fabric node for a bridge of `role` on `port`, with a fresh boot epoch.
 pub fn node_for(port: &dyn Port, role: BridgeRole, s: &NodeSettings) -> Result<Node, FabricError> {
     let mac = MacAddr(port.info().mac);
@@ -247,23 +260,12 @@ impl FabricPort {
 mod tests {
     use super::*;
 
-    fn settings() -> NodeSettings {
-        NodeSettings {
-            id: None,
-            info_interval_ms: 100,
-            missed_infos: 3,
-            max_tlps_per_frame: None,
-            rto_min_us: 1000,
-            target_delay_us: 50,
-        }
-    }
-
     #[test]
     fn frames_fit_the_pool_buffers() {
         for (mtu, frame_mtu) in [(1500, 1500), (9000, 3776)] {
             let pool = dataplane::open::pool_for(mtu).unwrap();
             let (port, _) = dataplane::ports::mem::pair(&pool, 64, mtu);
-            let n = node_for(&port, BridgeRole::Host, &settings()).unwrap();
+            let n = node_for(&port, BridgeRole::Host, &NodeSettings::default()).unwrap();
             assert_eq!(n.config().mtu as usize, frame_mtu);
             assert_eq!(n.config().session.mtu, frame_mtu);
         }

@@ -4,10 +4,12 @@
 //!   API (`rootcomplex::Host`) reaches devices on the other side of the segment.
 //! - [`drivers::memdev::MemDevDriver`]: a host-side driver for the memdev test device.
 //! - [`settings`]: a host link's group and Max Payload Size, checked against its frames.
+//! - [`vm`]: the one-device bridge under a VMM front-end (QEMU's proxy, vfio-user).
 
 pub mod drivers;
 pub mod port_link;
 pub mod settings;
+pub mod vm;
 
 pub use drivers::memdev::{DriverError, MemDevDriver};
 pub use port_link::{FabricLink, LinkStats};

@@ -74,15 +74,7 @@ mod tests {
     fn fabric_port(mtu: usize) -> FabricPort {
         let pool = dataplane::open::pool_for(mtu).unwrap();
         let (port, _) = dataplane::ports::mem::pair(&pool, 64, mtu);
-        let s = NodeSettings {
-            id: None,
-            info_interval_ms: 100,
-            missed_infos: 3,
-            max_tlps_per_frame: None,
-            rto_min_us: 1000,
-            target_delay_us: 50,
-        };
-        let node = node_for(&port, BridgeRole::Host, &s).unwrap();
+        let node = node_for(&port, BridgeRole::Host, &NodeSettings::default()).unwrap();
         FabricPort::new(node, Box::new(port))
     }
 

@@ -6,20 +6,53 @@
 //!
 //! While the device is away, accesses do not wait for a timeout: config and memory
 //! reads return all-ones at once, writes are dropped, as after a surprise removal.
+//!
+//! This is the one-device bridge of `tether host --proxy-fd | --vfio-user` and
+//! `tether vm`, moved here from the binary as it was; the device pool replaces it.
 
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
 use fabric::FabricEvent;
-use hostbridge::FabricLink;
-use rootcomplex::{BarWindows, Host, HostMemory, Interrupt, MemoryMap};
+use rootcomplex::{BarWindows, Host, HostError, HostMemory, Interrupt, MemoryMap};
+use thiserror::Error;
 use tlp::Bdf;
 use vmm::caps::{CAP_MSI, CAP_MSIX};
 use vmm::device::{Bar, RemoteFunction};
+use vmm::proxy::{ProxyError, ProxyServer};
+use vmm::vfio_user::{VfioUserError, VfioUserServer};
 use wire::MacAddr;
 
-use crate::config::HostConfig;
-use crate::{bridge, print};
+use crate::FabricLink;
+
+#[derive(Debug, Error)]
+pub enum VmBridgeError {
+    #[error("no device appeared in group {gid} within {timeout:?}")]
+    NoDevice { gid: u16, timeout: Duration },
+    #[error("the device is away")]
+    Away,
+    #[error("setting up the device: {0}")]
+    Setup(#[source] HostError),
+    #[error("proxy connection: {0} (the connection cannot go on)")]
+    Proxy(#[source] ProxyError),
+    #[error("vfio-user connection: {0}")]
+    VfioUser(#[source] VfioUserError),
+    #[error("waiting for input: {0}")]
+    Wait(#[source] std::io::Error),
+}
+
+/// What the bridge has to say, for its program's log.
+pub enum Note<'a> {
+    /// A fabric event (the program prints what it wants of it).
+    Fabric(&'a FabricEvent),
+    /// The bridge enumerated the device on its side.
+    Enumerated(&'a rootcomplex::DeviceInfo),
+    /// A line as it is.
+    Line(String),
+}
+
+/// Where the bridge's notes go.
+pub type Notes = Box<dyn FnMut(Note<'_>) + Send>;
 
 /// What happened to the device, for the front-end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,13 +65,15 @@ pub enum DeviceEvent {
 }
 
 pub struct VmBridge {
-    pub cfg: HostConfig,
+    /// The host's group.
+    pub gid: u16,
     pub host: Host<FabricLink>,
     /// The box and slot of the device this bridge serves.
     device: Option<(MacAddr, u8)>,
     present: bool,
     /// The bridge assigns BARs and the MSI-X table (vfio-user), rather than the guest.
     enumerate: bool,
+    notes: Notes,
 }
 
 /// The function address the device gets on this side.
@@ -47,45 +82,40 @@ fn bdf_of(slot: u8) -> Bdf {
 }
 
 impl VmBridge {
-    /// Opens the port, joins the group; guest RAM is mapped later by the front-end.
-    pub fn open(cfg: HostConfig) -> Result<VmBridge> {
-        let (port, what) = bridge::open_port(cfg.port.kind, &cfg.port.interface)
-            .with_context(|| format!("opening {}", cfg.port.interface))?;
-        VmBridge::on_port(cfg, port, &what)
-    }
-
-    /// The same on a port the caller made (an in-memory one, for a box in this
-    /// process).
-    pub fn on_port(
-        cfg: HostConfig,
-        port: Box<dyn dataplane::Port>,
-        what: &str,
-    ) -> Result<VmBridge> {
-        let link = bridge::host_link(&cfg, port, what)?;
+    /// The bridge on `link` (in group `gid`, see [`crate::settings::host_link`]), with
+    /// a root complex of Max Payload Size `max_payload`; guest RAM is mapped later by
+    /// the front-end.
+    pub fn new(link: FabricLink, gid: u16, max_payload: u16, notes: Notes) -> VmBridge {
         let host = Host::new(
-            hostbridge::settings::root_complex_config(cfg.max_payload),
+            crate::settings::root_complex_config(max_payload),
             MemoryMap::new(),
             (0, 0),
             BarWindows::default(),
             link,
         );
-        Ok(VmBridge {
-            cfg,
+        VmBridge {
+            gid,
             host,
             device: None,
             present: false,
             enumerate: false,
-        })
+            notes,
+        }
     }
 
-    /// Waits up to `timeout` for a device in the group and takes it.
-    pub fn wait_for_device(&mut self, timeout: Duration) -> Result<wire::DeviceInfo> {
-        let gid = self.cfg.gid;
+    /// Waits up to `timeout` (or until `stop()`) for a device in the group and takes
+    /// it.
+    pub fn wait_for_device(
+        &mut self,
+        timeout: Duration,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<wire::DeviceInfo, VmBridgeError> {
+        let gid = self.gid;
         let end = Instant::now() + timeout;
         loop {
             let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() || crate::signals::stop_requested() {
-                bail!("no device appeared in group {gid} within {timeout:?}");
+            if left.is_zero() || stop() {
+                return Err(VmBridgeError::NoDevice { gid, timeout });
             }
             let link = self.host.link_mut();
             if let Some((peer, d)) = link.wait_for_device(gid, left.min(Duration::from_millis(100)))
@@ -93,14 +123,14 @@ impl VmBridge {
                 link.set_target(gid, peer);
                 self.device = Some((peer, d.slot));
                 self.present = true;
-                println!(
+                (self.notes)(Note::Line(format!(
                     "device {:04x}:{:04x} (class {:06x}) in slot {} of box {peer} -> {}",
                     d.vendor_id,
                     d.device_id,
                     d.class_code,
                     d.slot,
                     bdf_of(d.slot)
-                );
+                )));
                 return Ok(d);
             }
         }
@@ -115,9 +145,7 @@ impl VmBridge {
     pub fn poll(&mut self, wait: Duration, out: &mut Vec<DeviceEvent>) {
         self.host.poll(wait);
         while let Some(e) = self.host.link_mut().events.pop_front() {
-            if let Some(line) = print::describe(&e) {
-                println!("{line}");
-            }
+            (self.notes)(Note::Fabric(&e));
             self.fabric_event(e, out);
         }
         let Some((_, slot)) = self.device else {
@@ -140,7 +168,7 @@ impl VmBridge {
         let Some((peer, slot)) = self.device else {
             return;
         };
-        let gid = self.cfg.gid;
+        let gid = self.gid;
         match e {
             FabricEvent::DeviceRemoved {
                 gid: g,
@@ -179,16 +207,17 @@ impl VmBridge {
             bdf,
             assigned: self.device.map(|(_, slot)| bdf_of(slot)),
             enumerate: self.enumerate,
+            notes: &mut self.notes,
         }
     }
 
     /// For front-ends that address BARs by offset (vfio-user): the bridge assigns the
     /// device's BARs in its own windows and sets up its MSI-X table (left disabled
     /// until the VMM asks for MSI-X), now and after every reset or return of the device.
-    pub fn enumerate_device(&mut self) -> Result<()> {
+    pub fn enumerate_device(&mut self) -> Result<(), VmBridgeError> {
         self.enumerate = true;
         let mut f = self.function();
-        f.setup().context("setting up the device")
+        f.setup()
     }
 }
 
@@ -201,24 +230,30 @@ pub struct HostFunction<'a> {
     /// that accesses while it is away read all-ones rather than fail).
     assigned: Option<Bdf>,
     enumerate: bool,
+    notes: &'a mut Notes,
 }
 
 impl HostFunction<'_> {
     /// Enumerates the device on the fabric side (BARs, MSI-X table) and leaves MSI-X
     /// and MSI off.
-    pub fn setup(&mut self) -> Result<()> {
+    pub fn setup(&mut self) -> Result<(), VmBridgeError> {
         let Some(bdf) = self.bdf else {
-            bail!("the device is away");
+            return Err(VmBridgeError::Away);
         };
         self.host.remove(bdf);
-        let d = self.host.enumerate(bdf)?;
-        println!("  bridge side: {}", print::lspci_line(&d));
+        let d = self.host.enumerate(bdf).map_err(VmBridgeError::Setup)?;
+        (self.notes)(Note::Enumerated(&d));
         self.set_msix(false);
         self.set_msi(false);
         // INTx until the VMM asks for MSI or MSI-X (enumeration disabled it for them).
-        let cmd = self.host.config_read(bdf, 0x04)? & 0xffff;
+        let cmd = self
+            .host
+            .config_read(bdf, 0x04)
+            .map_err(VmBridgeError::Setup)?
+            & 0xffff;
         self.host
-            .config_write_be(bdf, 0x04, cmd & !(1 << 10), 0b0011)?;
+            .config_write_be(bdf, 0x04, cmd & !(1 << 10), 0b0011)
+            .map_err(VmBridgeError::Setup)?;
         Ok(())
     }
 }
@@ -300,7 +335,10 @@ impl RemoteFunction for HostFunction<'_> {
         };
         if let Some(cap) = vmm::caps::find(self, CAP_MSI) {
             if let Err(e) = self.host.set_msi(bdf, cap, enabled) {
-                println!("  MSI {}: {e}", if enabled { "on" } else { "off" });
+                (self.notes)(Note::Line(format!(
+                    "  MSI {}: {e}",
+                    if enabled { "on" } else { "off" }
+                )));
             }
         }
     }
@@ -319,33 +357,214 @@ impl RemoteFunction for HostFunction<'_> {
         // The reset cleared the BARs and the MSI-X table the bridge had set up.
         if self.enumerate {
             if let Err(e) = self.setup() {
-                println!("  after the reset: {e:#}");
+                (self.notes)(Note::Line(format!("  after the reset: {e}")));
             }
         }
     }
 }
 
+/// How long the bridge waits for its device before giving up (QEMU waits meanwhile).
+pub const DEVICE_WAIT: Duration = Duration::from_secs(60);
+
+/// The VMM front-ends' default for `[bridge] yield_after_us`: QEMU's threads share
+/// the cores with the bridge (measured with a TCG guest on two cores: 4 KiB random
+/// reads about twice as fast as with a bridge that spins without yielding).
+pub const VMM_YIELD_AFTER_US: u64 = 50;
+
+impl VmBridge {
+    fn note(&mut self, n: Note<'_>) {
+        (self.notes)(n)
+    }
+}
+
+/// The VMM side of the bridge.
+pub enum Frontend {
+    Proxy(ProxyServer),
+    VfioUser(VfioUserServer),
+}
+
+impl Frontend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frontend::Proxy(_) => "qemu-proxy",
+            Frontend::VfioUser(_) => "vfio-user",
+        }
+    }
+
+    fn wait_fds(&self) -> Vec<RawFd> {
+        match self {
+            Frontend::Proxy(p) => p.wait_fds(),
+            Frontend::VfioUser(v) => v.wait_fds(),
+        }
+    }
+
+    /// Handles what the VMM sent; `None` when the VMM closed a connection that cannot
+    /// come back (the proxy's socketpair).
+    fn serve(&mut self, vb: &mut VmBridge) -> Result<Option<usize>, VmBridgeError> {
+        match self {
+            Frontend::Proxy(p) => match p.serve(&mut vb.function(), 16) {
+                Ok(n) => Ok(Some(n)),
+                Err(ProxyError::Closed) => Ok(None),
+                Err(e) => Err(VmBridgeError::Proxy(e)),
+            },
+            Frontend::VfioUser(v) => {
+                let was = v.connected();
+                let n = v
+                    .serve(&mut vb.function(), 16)
+                    .map_err(VmBridgeError::VfioUser)?;
+                match (was, v.connected()) {
+                    (false, true) => vb.note(Note::Line("vfio-user: client connected".into())),
+                    (true, false) => vb.note(Note::Line("vfio-user: client disconnected".into())),
+                    _ => {}
+                }
+                Ok(Some(n))
+            }
+        }
+    }
+
+    fn device_event(&mut self, e: DeviceEvent, vb: &mut VmBridge) {
+        match (self, e) {
+            (Frontend::Proxy(p), DeviceEvent::Intx(level)) => p.set_intx(level),
+            (Frontend::VfioUser(v), DeviceEvent::Intx(level)) => v.set_intx(level),
+            (Frontend::VfioUser(v), DeviceEvent::Vector(n)) => v.vector(n),
+            (Frontend::Proxy(_), DeviceEvent::Vector(_)) => {}
+            (Frontend::Proxy(p), DeviceEvent::Removed) => {
+                p.set_intx(false);
+                vb.note(Note::Line(
+                    "device removed: the guest reads all-ones until it returns".into(),
+                ));
+            }
+            (Frontend::VfioUser(v), DeviceEvent::Removed) => {
+                let asked = v.request_release();
+                vb.note(Note::Line(format!(
+                    "device removed: the guest reads all-ones{}",
+                    if asked {
+                        "; asked the VMM to release it (device request)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+            (Frontend::Proxy(p), DeviceEvent::Returned) => {
+                p.device_changed();
+                vb.note(Note::Line(
+                    "device back (reset by its box's restart)".into(),
+                ));
+            }
+            (Frontend::VfioUser(v), DeviceEvent::Returned) => {
+                v.device_changed();
+                let line = match vb.enumerate_device() {
+                    Ok(()) => "device back (reset by its box's restart), set up again".into(),
+                    Err(e) => format!("device back, but: {e}"),
+                };
+                vb.note(Note::Line(line));
+            }
+        }
+    }
+}
+
+/// Waits (up to [`DEVICE_WAIT`], or until `stop()`) for the device and sets up the
+/// front-end `make` makes.
+pub fn start<E: From<VmBridgeError>>(
+    mut vb: VmBridge,
+    make: impl FnOnce() -> Result<Frontend, E>,
+    stop: &dyn Fn() -> bool,
+) -> Result<(VmBridge, Frontend), E> {
+    vb.wait_for_device(DEVICE_WAIT, stop)?;
+    let fe = make()?;
+    if let Frontend::VfioUser(_) = fe {
+        vb.enumerate_device()?;
+    }
+    Ok((vb, fe))
+}
+
+/// How the serving loop waits: it busy-polls for `spin` after the last activity,
+/// yielding the core from `yield_after` on, then sleeps.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    pub spin: Duration,
+    pub yield_after: Duration,
+}
+
+/// Serves the VMM until it closes the proxy connection, `stop()` says so, or
+/// `every_10ms` (called about every 10 ms, for a control socket) returns true.
+/// `removed()` is called when the device goes away (the launcher unplugs it from the
+/// guest).
+pub fn serve(
+    vb: &mut VmBridge,
+    fe: &mut Frontend,
+    policy: Policy,
+    stop: &dyn Fn() -> bool,
+    mut every_10ms: impl FnMut(&VmBridge, &Frontend) -> bool,
+    mut removed: impl FnMut(),
+) -> Result<(), VmBridgeError> {
+    let mut events = Vec::new();
+    let mut last_work = Instant::now();
+    let mut served = Instant::now();
+    while !stop() {
+        let frames = vb.host.link().fabric().node().stats().frames_in;
+        vb.poll(Duration::ZERO, &mut events);
+        let mut worked = vb.host.link().fabric().node().stats().frames_in != frames;
+        for e in std::mem::take(&mut events) {
+            worked = true;
+            if e == DeviceEvent::Removed {
+                removed();
+            }
+            fe.device_event(e, vb);
+        }
+        match fe.serve(vb)? {
+            Some(n) => worked |= n > 0,
+            None => {
+                vb.note(Note::Line("QEMU closed the connection".into()));
+                break;
+            }
+        }
+        if worked {
+            last_work = Instant::now();
+        } else if last_work.elapsed() >= policy.spin {
+            // Idle: sleep until the VMM, an interrupt acknowledgement, a frame or a
+            // timer needs us.
+            let (port_fd, until_timer) = vb.host.link().fabric().wait_hint();
+            let mut fds = fe.wait_fds();
+            fds.extend(port_fd);
+            let cap = if port_fd.is_some() {
+                Duration::from_millis(10)
+            } else {
+                Duration::from_micros(50)
+            };
+            vmm::sys::wait_readable(&fds, until_timer.min(cap)).map_err(VmBridgeError::Wait)?;
+        } else if last_work.elapsed() >= policy.yield_after {
+            // Spinning: let a thread that waits for this core run first.
+            std::thread::yield_now();
+        }
+        if served.elapsed() >= Duration::from_millis(10) {
+            if every_10ms(vb, fe) {
+                break;
+            }
+            served = Instant::now();
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
     use std::thread::JoinHandle;
 
-    use ::iobox::Slot;
+    use dataplane::PortError;
     use endpoint::config::{Bar as CfgBar, ConfigSpace};
     use endpoint::memdev::{self, op, regs};
     use endpoint::{Function, FunctionConfig};
+    use fabric::port::{node_for, NodeSettings};
+    use fabric::FabricPort;
+    use iobox::{IoBox, Slot};
+    use wire::BridgeRole;
 
-    use crate::config::BridgeSettings;
-
-    fn config_file(text: &str) -> tempfile::NamedTempFile {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        f.write_all(text.as_bytes()).unwrap();
-        f
-    }
+    use crate::settings::{host_link, HostSettings};
 
     /// Polls until the device reports something (or 5 s pass).
     fn next_event(vb: &mut VmBridge) -> Option<DeviceEvent> {
@@ -381,18 +600,29 @@ mod tests {
     /// A bridge whose group holds `slot`, served by a box in a thread over an
     /// in-memory port; the device enumerated as for vfio-user, 4 KiB of guest RAM
     /// mapped at 0x10_0000.
-    fn bridge_with(slot: Slot) -> (VmBridge, Arc<AtomicBool>, JoinHandle<Result<()>>) {
-        let host = config_file("gid = 10\n[port]\ninterface = \"none\"\n");
-        let cfg = HostConfig::load(host.path()).unwrap();
-        let pool = bridge::pool_for(1500).unwrap();
+    fn bridge_with(slot: Slot) -> (VmBridge, Arc<AtomicBool>, JoinHandle<Result<(), PortError>>) {
+        let pool = dataplane::open::pool_for(1500).unwrap();
         let (ours, theirs) = dataplane::ports::mem::pair(&pool, 4096, 1500);
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
-        let settings = BridgeSettings::default();
-        let boxt =
-            std::thread::spawn(move || crate::vm::box_on_port(&settings, vec![slot], theirs, s));
-        let mut vb = VmBridge::on_port(cfg, Box::new(ours), "memory").unwrap();
-        vb.wait_for_device(Duration::from_secs(10)).unwrap();
+        let boxt = std::thread::spawn(move || {
+            let node = node_for(&theirs, BridgeRole::IoBox, &NodeSettings::default()).unwrap();
+            let mut b = IoBox::new(FabricPort::new(node, Box::new(theirs)), vec![slot]);
+            while !s.load(Ordering::Relaxed) {
+                b.poll(Duration::from_millis(1))?;
+                b.events.clear();
+            }
+            Ok(())
+        });
+        let node = node_for(&ours, BridgeRole::Host, &NodeSettings::default()).unwrap();
+        let s = HostSettings {
+            gid: 10,
+            max_payload: 256,
+        };
+        let link = host_link(FabricPort::new(node, Box::new(ours)), "memory", &s).unwrap();
+        let mut vb = VmBridge::new(link, s.gid, s.max_payload, Box::new(|_| {}));
+        vb.wait_for_device(Duration::from_secs(10), &|| false)
+            .unwrap();
         vb.enumerate_device().unwrap();
         vb.function()
             .map_guest_ram(0x10_0000, Box::new(vec![0x5au8; 4096]))

@@ -16,7 +16,6 @@ mod plot;
 mod print;
 mod signals;
 mod vm;
-mod vm_bridge;
 mod vm_host;
 mod workload;
 

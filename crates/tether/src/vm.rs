@@ -22,9 +22,9 @@ use wire::BridgeRole;
 
 use crate::config::{BoxConfig, BridgeSettings, HostConfig};
 use crate::signals;
-use crate::vm_bridge::VmBridge;
-use crate::vm_host::{self, Frontend};
+use crate::vm_host;
 use crate::{bridge, iobox};
+use hostbridge::vm::Frontend;
 use vmm::vfio_user::VfioUserServer;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -359,8 +359,8 @@ pub fn run(a: VmArgs) -> Result<ExitStatus> {
             let mtu = bridge::interface_mtu(&cfg.port.interface).unwrap_or(1500);
             let pool = bridge::pool_for(mtu)?;
             let (ours, theirs) = mem::pair(&pool, 4096, mtu);
-            let vb = VmBridge::on_port(
-                cfg,
+            let vb = vm_host::on_port(
+                &cfg,
                 Box::new(ours),
                 "an in-memory port to a box in this process",
             )?;
@@ -368,7 +368,7 @@ pub fn run(a: VmArgs) -> Result<ExitStatus> {
             let t = std::thread::spawn(move || local_box(box_cfg, theirs, stop));
             (vb, Some(t))
         }
-        None => (VmBridge::open(cfg)?, None),
+        None => (vm_host::open(&cfg)?, None),
     };
     let mut pair = None;
     let (mut vb, mut fe) = vm_host::start(vb, || match a.frontend {
@@ -398,6 +398,7 @@ pub fn run(a: VmArgs) -> Result<ExitStatus> {
         path: qmp_path.clone(),
     };
     let served = vm_host::serve(
+        &cfg,
         &mut vb,
         &mut fe,
         || {
