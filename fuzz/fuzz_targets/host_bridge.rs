@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use rootcomplex::bridge::MAX_TX_BACKLOG;
-use rootcomplex::host::MAX_QUEUED_INTERRUPTS;
+use rootcomplex::driver_api::MAX_QUEUED_INTERRUPTS;
 use rootcomplex::{Armed, BarWindows, BridgeConfig, Host, Link, LinkFull, MemoryMap};
 use tether_fuzz::Input;
 use tlp::{

@@ -6,16 +6,16 @@
 //! asks it for frames to send and when to wake it. [`sim`] runs sessions over simulated
 //! links with seeded faults; docs/transport.md has the design and the measurements.
 
-pub mod config;
 pub mod rate;
 pub mod rtt;
 pub mod seq;
 pub mod session;
+pub mod settings;
 pub mod sim;
 pub mod stats;
 
-pub use config::{Config, ConfigError, RateConfig};
 pub use session::{
     epoch_of_run, Event, Micros, Refused, SendError, Session, State, Transmit, EPOCH_RUN_SPAN,
 };
+pub use settings::{Config, ConfigError, RateConfig};
 pub use stats::Stats;

@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 
-use crate::config::RateConfig;
+use crate::settings::RateConfig;
 
 /// How far behind its schedule the pacer may fall and catch up in one burst, µs. A
 /// software bridge sends when its loop comes round, every few µs; with no credit at

@@ -27,10 +27,10 @@ use thiserror::Error;
 use wire::records::{RecordType, RECORD_HEADER_LEN};
 use wire::{flags, FrameKind, Records, TetherHeader};
 
-use crate::config::{Config, ConfigError};
 use crate::rate::RateControl;
 use crate::rtt::RttEstimator;
 use crate::seq;
+use crate::settings::{Config, ConfigError};
 use crate::stats::Stats;
 
 /// Time in microseconds, from any origin the caller keeps, never going back: the `now`

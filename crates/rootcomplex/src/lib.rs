@@ -9,11 +9,11 @@
 //!   This is the user-space driver API.
 
 pub mod bridge;
-pub mod host;
+pub mod driver_api;
 pub mod memory;
 
 pub use bridge::{Bridge, BridgeConfig, BridgeStats, Event, RequestError, RequestId};
-pub use host::{
+pub use driver_api::{
     Armed, BarInfo, BarWindows, DeviceInfo, DmaBuffer, Host, HostError, HostStats, Interrupt,
     IrqMode, Link, LinkFull,
 };

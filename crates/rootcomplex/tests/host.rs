@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use endpoint::memdev::{self, error, op, regs, status, MemDev};
 use endpoint::{Function, FunctionConfig};
-use rootcomplex::host::MAX_QUEUED_INTERRUPTS;
+use rootcomplex::driver_api::MAX_QUEUED_INTERRUPTS;
 use rootcomplex::{
     Armed, BarWindows, BridgeConfig, Host, HostError, Interrupt, IrqMode, Link, LinkFull, MemoryMap,
 };

@@ -124,7 +124,7 @@ fn the_first_of_a_repeated_capability_is_used() {
     assert_eq!(cfg[0x42] & 1, 1, "the first MSI enabled");
     assert_eq!(cfg[0x62] & 1, 0, "the second untouched");
     let address = |at: usize| u32::from_le_bytes(cfg[at..at + 4].try_into().unwrap());
-    assert_eq!(address(0x44), rootcomplex::host::MSI_ADDRESS as u32);
+    assert_eq!(address(0x44), rootcomplex::driver_api::MSI_ADDRESS as u32);
     assert_eq!(address(0x64), 0);
 }
 

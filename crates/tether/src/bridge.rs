@@ -8,7 +8,7 @@ use fabric::port::node_for;
 use fabric::{FabricPort, Node};
 use wire::BridgeRole;
 
-use crate::config::{BridgeSettings, HostConfig};
+use crate::config_file::{BridgeSettings, HostConfig};
 
 pub use dataplane::open::{interface_mtu, pool_for};
 

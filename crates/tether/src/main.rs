@@ -1,22 +1,14 @@
 //! `tether`: PCI Express over plain Ethernet, in software.
 
-mod bench;
 mod bridge;
-mod capture;
-mod config;
+mod cmd;
+mod config_file;
 mod control;
-mod ctl;
 mod decode;
-mod demo;
-mod host;
-mod impair;
-mod iobox;
 mod pcap;
 mod plot;
 mod print;
 mod signals;
-mod vm;
-mod vm_host;
 mod workload;
 
 use std::path::PathBuf;
@@ -46,7 +38,7 @@ enum Command {
     /// Run the whole system on this machine: an I/O box with a memdev and two hosts in
     /// network namespaces (in memory without root); enumerate, verified DMA, latency,
     /// then move the device from one host to the other.
-    Demo(demo::DemoArgs),
+    Demo(cmd::demo::DemoArgs),
     /// Relay frames between two interfaces with seeded loss, duplication, reordering,
     /// delay, corruption, rate limits and outages (needs CAP_NET_RAW).
     Impair(ImpairArgs),
@@ -74,14 +66,14 @@ enum Command {
     },
     /// Start the host bridge and an unmodified QEMU whose guest uses the group's
     /// device (QEMU's multi-process proxy); the guest's console is standard output.
-    Vm(vm::VmArgs),
+    Vm(cmd::vm::VmArgs),
     /// The management station: list the segment, move devices between groups, read a
     /// running bridge's counters.
     #[command(subcommand)]
-    Ctl(ctl::CtlCommand),
+    Ctl(cmd::ctl::CtlCommand),
     /// Measure MMIO round trips and DMA throughput vs transfer size, per port kind,
     /// TLP size and aggregation (box and host in two namespaces over veth; root).
-    Bench(bench::BenchArgs),
+    Bench(cmd::bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -167,7 +159,7 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Capture(a) => {
-            let stats = capture::run(&capture::Options {
+            let stats = cmd::capture::run(&cmd::capture::Options {
                 interface: a.interface,
                 output: a.output,
                 count: a.count,
@@ -180,28 +172,28 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Demo(a) => demo::run(a),
-        Command::Iobox { config } => iobox::run(&config),
+        Command::Demo(a) => cmd::demo::run(a),
+        Command::Iobox { config } => cmd::iobox::run(&config),
         Command::Host {
             config,
             proxy_fd: None,
             vfio_user: None,
-        } => host::run(&config),
+        } => cmd::host::run(&config),
         Command::Host {
             config,
             proxy_fd,
             vfio_user,
-        } => vm_host::run(&config, proxy_fd, vfio_user.as_deref()),
-        Command::Ctl(c) => ctl::run(c),
+        } => cmd::vm_host::run(&config, proxy_fd, vfio_user.as_deref()),
+        Command::Ctl(c) => cmd::ctl::run(c),
         Command::Vm(a) => {
-            let status = vm::run(a)?;
+            let status = cmd::vm::run(a)?;
             std::process::exit(status.code().unwrap_or(1));
         }
-        Command::Bench(a) => bench::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
         Command::Impair(a) => {
-            let stats = impair::run(impair::Options {
-                a_to_b: impair::parse_spec(&a.ab)?,
-                b_to_a: impair::parse_spec(&a.ba)?,
+            let stats = cmd::impair::run(cmd::impair::Options {
+                a_to_b: cmd::impair::parse_spec(&a.ab)?,
+                b_to_a: cmd::impair::parse_spec(&a.ba)?,
                 a: a.a.clone(),
                 b: a.b.clone(),
                 seed: a.seed,
@@ -209,11 +201,11 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             eprintln!(
                 "{}",
-                impair::describe(&format!("{} -> {}", a.a, a.b), &stats[0].0, stats[0].1)
+                cmd::impair::describe(&format!("{} -> {}", a.a, a.b), &stats[0].0, stats[0].1)
             );
             eprintln!(
                 "{}",
-                impair::describe(&format!("{} -> {}", a.b, a.a), &stats[1].0, stats[1].1)
+                cmd::impair::describe(&format!("{} -> {}", a.b, a.a), &stats[1].0, stats[1].1)
             );
             Ok(())
         }
@@ -234,7 +226,8 @@ fn run(cli: Cli) -> Result<()> {
             gap_us,
             repeat,
         }) => {
-            let sent = capture::replay(&path, &interface, Duration::from_micros(gap_us), repeat)?;
+            let sent =
+                cmd::capture::replay(&path, &interface, Duration::from_micros(gap_us), repeat)?;
             eprintln!("sent {sent} frames on {interface}");
             Ok(())
         }

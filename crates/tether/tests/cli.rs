@@ -190,3 +190,49 @@ fn vm_dry_run_shows_the_qemu_command_for_each_front_end() {
         "{err}"
     );
 }
+
+/// The `src/` files of every crate in the workspace, as (file name, path).
+fn workspace_sources() -> Vec<(String, std::path::PathBuf)> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<(String, std::path::PathBuf)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                out.push((name, p));
+            }
+        }
+    }
+    let crates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut out = Vec::new();
+    for c in std::fs::read_dir(&crates).unwrap() {
+        let src = c.unwrap().path().join("src");
+        if src.is_dir() {
+            walk(&src, &mut out);
+        }
+    }
+    out
+}
+
+/// A file name that says what the file holds means one thing in the workspace: no two
+/// crates' sources are called host.rs, iobox.rs or config.rs (they once meant a root
+/// complex's driver API, a fabric link and a command; a box and a command; and three
+/// kinds of settings).
+#[test]
+fn source_file_names_are_not_reused() {
+    let sources = workspace_sources();
+    assert!(
+        sources.iter().any(|(n, _)| n == "lib.rs"),
+        "no sources found under the workspace's crates"
+    );
+    for name in ["host.rs", "iobox.rs", "config.rs"] {
+        let same: Vec<_> = sources.iter().filter(|(n, _)| n == name).collect();
+        assert!(
+            same.len() <= 1,
+            "{} files called {name}: {:?}",
+            same.len(),
+            same.iter().map(|(_, p)| p).collect::<Vec<_>>()
+        );
+    }
+}

@@ -10,8 +10,8 @@ pub use netem::{Link, LinkConfig, LinkStats, Rng};
 use tlp::{Bdf, Header, MemWrite, Tag, Tlp};
 use wire::{EthernetRepr, Frame, MacAddr, VlanTag, ETHERTYPE};
 
-use crate::config::{Config, ConfigError};
 use crate::session::{Event, Micros, Session};
+use crate::settings::{Config, ConfigError};
 
 /// The group the simulated bridges share.
 pub const SIM_GID: u16 = 10;

@@ -28,7 +28,7 @@ use rootcomplex::{BridgeConfig, Host};
 use tlp::{Bdf, MaxSize};
 use wire::BridgeRole;
 
-use crate::config::{BridgeSettings, PortKind};
+use crate::config_file::{BridgeSettings, PortKind};
 use crate::plot::{self, Series};
 use crate::{bridge, workload};
 

@@ -22,7 +22,7 @@ use hostbridge::{FabricLink, MemDevDriver};
 use tlp::Bdf;
 use wire::{BridgeRole, MacAddr};
 
-use crate::config::{BridgeSettings, PortKind};
+use crate::config_file::{BridgeSettings, PortKind};
 use crate::{bridge, print, workload};
 
 const GID_A: u16 = 10;

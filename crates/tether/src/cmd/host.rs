@@ -17,7 +17,7 @@ use rootcomplex::Host;
 use tlp::Bdf;
 use wire::MacAddr;
 
-use crate::config::HostConfig;
+use crate::config_file::HostConfig;
 use crate::{bridge, print, signals, workload};
 
 /// Every counter of the host.

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use endpoint::virtio::blk::{BlockBackend, FileBackend};
 use wire::BridgeRole;
 
-use crate::config::{BoxConfig, DeviceConfig, Model};
+use crate::config_file::{BoxConfig, DeviceConfig, Model};
 use crate::{bridge, print, signals};
 
 fn slot(d: &DeviceConfig) -> Result<Slot> {

@@ -20,10 +20,11 @@ use ::iobox::{IoBox, Slot};
 use dataplane::ports::mem::{self, MemPort};
 use wire::BridgeRole;
 
-use crate::config::{BoxConfig, BridgeSettings, HostConfig};
+use crate::bridge;
+use crate::cmd::iobox;
+use crate::cmd::vm_host;
+use crate::config_file::{BoxConfig, BridgeSettings, HostConfig};
 use crate::signals;
-use crate::vm_host;
-use crate::{bridge, iobox};
 use hostbridge::vm::Frontend;
 use vmm::vfio_user::VfioUserServer;
 

@@ -17,7 +17,7 @@ use hostbridge::vm::{self, Frontend, Note, Policy, VmBridge, VMM_YIELD_AFTER_US}
 use vmm::proxy::ProxyServer;
 use vmm::vfio_user::VfioUserServer;
 
-use crate::config::HostConfig;
+use crate::config_file::HostConfig;
 use crate::{bridge, print, signals};
 
 /// Takes ownership of inherited descriptor `fd`, checking that it is open.
