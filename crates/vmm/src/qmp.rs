@@ -32,7 +32,8 @@ pub const MAX_MESSAGE: usize = 64 * 1024;
 pub const MAX_EVENTS: usize = 256;
 /// The most bytes of events (as received) kept until they are taken.
 pub const MAX_EVENT_BYTES: usize = 1 << 20;
-/// The most commands waiting for their replies at once.
+/// The most commands waiting for their replies at once, replies not taken yet
+/// included.
 pub const MAX_PENDING: usize = 32;
 
 /// The id a command is sent with; its reply carries it back.
@@ -356,7 +357,9 @@ impl Session {
         if self.broken {
             return Err(QmpError::Broken);
         }
-        if self.pending.len() >= MAX_PENDING {
+        // Replies not taken yet count too: a caller that never takes them must not
+        // grow the reply table.
+        if self.pending.len() + self.replies.len() >= MAX_PENDING {
             return Err(QmpError::TooManyPending);
         }
         self.last_id += 1;
@@ -1011,6 +1014,22 @@ mod tests {
         assert_eq!(s.take_reply(ids[0]), None);
         assert_eq!(s.stats().unmatched_replies, 1);
         s.command("query-status", None).unwrap();
+    }
+
+    #[test]
+    fn replies_not_taken_count_against_the_commands_waiting() {
+        let mut s = Session::new();
+        s.receive(format!("{GREETING}\n").as_bytes()).unwrap();
+        for _ in 0..MAX_PENDING {
+            let (id, _) = s.command("query-status", None).unwrap();
+            s.receive(format!("{{\"return\": {{}}, \"id\": {}}}\n", id.0).as_bytes())
+                .unwrap();
+        }
+        assert_eq!(s.waiting(), (0, MAX_PENDING));
+        assert!(matches!(
+            s.command("query-status", None),
+            Err(QmpError::TooManyPending)
+        ));
     }
 
     #[test]
