@@ -19,6 +19,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// The JSON library of [`Value`]s that commands take and replies return.
+pub use serde_json;
 use serde_json::{json, Map, Value};
 use thiserror::Error;
 
