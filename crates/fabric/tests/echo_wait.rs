@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use dataplane::ports::mem::{self, MemPort};
 use dataplane::Mempool;
-use fabric::{Node, NodeConfig};
 use fabric::FabricPort;
+use fabric::{Node, NodeConfig};
 use wire::{BridgeRole, Frame, FrameKind, MacAddr, ECHO_WAIT_UNIT_US};
 
 const GID: u16 = 10;

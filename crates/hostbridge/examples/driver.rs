@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use dataplane::ports::mem;
 use dataplane::{Mempool, Port};
 use endpoint::memdev;
-use fabric::{Node, NodeConfig};
-use rootcomplex::{BarWindows, BridgeConfig, Host, Interrupt, MemoryMap};
 use fabric::FabricPort;
+use fabric::{Node, NodeConfig};
 use hostbridge::{FabricLink, MemDevDriver};
 use iobox::{IoBox, Slot};
+use rootcomplex::{BarWindows, BridgeConfig, Host, Interrupt, MemoryMap};
 use tlp::Bdf;
 use wire::{BridgeRole, MacAddr};
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use endpoint::config::{Bar, ConfigSpace};
 use endpoint::memdev::{self, MemDev};
 use endpoint::{Function, FunctionConfig};
-use rootcomplex::{BarWindows, BridgeConfig, Host, HostStats, IrqMode, Link, LinkFull, MemoryMap};
 use hostbridge::MemDevDriver;
+use rootcomplex::{BarWindows, BridgeConfig, Host, HostStats, IrqMode, Link, LinkFull, MemoryMap};
 use tlp::{Bdf, Header, IntxPin, Message, Tlp};
 
 const RAM: u64 = 0x1_0000_0000;

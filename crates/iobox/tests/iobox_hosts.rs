@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use dataplane::ports::mem::{self, HubPort};
 use dataplane::{Mempool, Port};
-use fabric::{FabricEvent, Node, NodeConfig};
 use fabric::FabricPort;
+use fabric::{FabricEvent, Node, NodeConfig};
 use iobox::{IoBox, Slot};
 use tlp::{
     Bdf, Completion, CompletionStatus, ConfigRequest, Header, IntxPin, MemRead, Message, Tag, Tlp,

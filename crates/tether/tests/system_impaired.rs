@@ -16,11 +16,11 @@ use std::time::Duration;
 use dataplane::netns::Rig;
 use dataplane::ports::af_xdp::{AfXdpPort, XdpConfig};
 use dataplane::{Mempool, Port};
-use fabric::{Node, NodeConfig};
-use rootcomplex::{BarWindows, BridgeConfig, Host, MemoryMap};
 use fabric::FabricPort;
+use fabric::{Node, NodeConfig};
 use hostbridge::{FabricLink, MemDevDriver};
 use iobox::{IoBox, Slot};
+use rootcomplex::{BarWindows, BridgeConfig, Host, MemoryMap};
 use tlp::Bdf;
 use wire::{BridgeRole, MacAddr};
 

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use dataplane::Port;
 use endpoint::memdev::{self, op, regs};
-use fabric::{Node, NodeConfig};
-use rootcomplex::{BarWindows, BridgeConfig, Host, MemoryMap};
 use fabric::FabricPort;
+use fabric::{Node, NodeConfig};
 use hostbridge::{FabricLink, MemDevDriver};
 use iobox::{IoBox, Slot};
+use rootcomplex::{BarWindows, BridgeConfig, Host, MemoryMap};
 use tlp::Bdf;
 use wire::{BridgeRole, MacAddr};
 
