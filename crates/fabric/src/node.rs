@@ -353,6 +353,12 @@ impl Node {
         self.groups.contains(&gid) || self.devices.iter().any(|d| d.gid == gid)
     }
 
+    /// The groups this bridge is in: those it joined (a host, a manager; a box: a
+    /// group a device just left, until [`Node::leave`]) and those of its devices.
+    pub fn groups(&self) -> BTreeSet<u16> {
+        self.all_groups()
+    }
+
     fn all_groups(&self) -> BTreeSet<u16> {
         let mut g = self.groups.clone();
         g.extend(self.devices.iter().map(|d| d.gid));
@@ -421,19 +427,32 @@ impl Node {
     /// for here, so a caller that stops asking closes the session's receive window
     /// (back-pressure to the peer) instead of filling a queue of the node.
     pub fn poll_event(&mut self) -> Option<FabricEvent> {
+        self.poll_event_where(|_, _| true)
+    }
+
+    /// The next event, as [`Node::poll_event`], with TLPs taken only from the sessions
+    /// (group, peer) that `take` accepts: a caller that cannot take one session's TLPs
+    /// now (an I/O box whose device waits for that host) leaves them there, and that
+    /// session's receive window closes, while the other sessions' TLPs keep flowing.
+    pub fn poll_event_where(
+        &mut self,
+        mut take: impl FnMut(u16, MacAddr) -> bool,
+    ) -> Option<FabricEvent> {
         if let Some(e) = self.events.pop_front() {
             return Some(e);
         }
         let after = self.next_tlp_from;
         let key = {
-            let ready = |(k, p): (&(u16, MacAddr), &Peer)| (p.session.received() > 0).then_some(*k);
+            let mut ready = |(k, p): (&(u16, MacAddr), &Peer)| {
+                (p.session.received() > 0 && take(k.0, k.1)).then_some(*k)
+            };
             match after {
                 Some(a) => self
                     .peers
                     .range((Excluded(a), Unbounded))
                     .chain(self.peers.range(..=a))
-                    .find_map(ready),
-                None => self.peers.iter().find_map(ready),
+                    .find_map(&mut ready),
+                None => self.peers.iter().find_map(&mut ready),
             }
         }?;
         let tlp = self.peers.get_mut(&key)?.session.recv()?;

@@ -254,6 +254,15 @@ impl FabricPort {
     pub fn poll_event(&mut self) -> Option<FabricEvent> {
         self.node.poll_event()
     }
+
+    /// The node's next event, TLPs only from the sessions `take` accepts
+    /// ([`Node::poll_event_where`]).
+    pub fn poll_event_where(
+        &mut self,
+        take: impl FnMut(u16, MacAddr) -> bool,
+    ) -> Option<FabricEvent> {
+        self.node.poll_event_where(take)
+    }
 }
 
 #[cfg(test)]
