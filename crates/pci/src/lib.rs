@@ -3,6 +3,8 @@
 //! VMM front-ends that show one to a guest.
 //!
 //! - [`regs`]: named offsets and bits of the type-0 (endpoint) header.
+//! - [`bridge`]: the registers of the type-1 (PCI-to-PCI bridge) header, and the
+//!   encoding of its memory windows.
 //! - [`BarKind`]: what a base address register decodes, read from its low bits.
 //! - [`CapabilityId`]: the capability IDs, and [`msi`], [`msix`], [`pcie`], [`pm`]: the
 //!   registers inside those capabilities, as offsets from the capability's start.
@@ -13,6 +15,7 @@
 //!
 //! Offsets are `u16` byte offsets into config space (4 KiB at most).
 
+pub mod bridge;
 mod caps;
 pub mod regs;
 
@@ -119,12 +122,76 @@ pub mod pcie {
     pub const LINK_CAPABILITIES: u16 = 0x0c;
     pub const LINK_CONTROL: u16 = 0x10;
     pub const LINK_STATUS: u16 = 0x12;
+    /// Slot registers: in the capability of a downstream port whose Capabilities
+    /// register has [`caps::SLOT_IMPLEMENTED`].
+    pub const SLOT_CAPABILITIES: u16 = 0x14;
+    pub const SLOT_CONTROL: u16 = 0x18;
+    pub const SLOT_STATUS: u16 = 0x1a;
+    /// Root registers: in the capability of a root port.
+    pub const ROOT_CONTROL: u16 = 0x1c;
+    pub const ROOT_CAPABILITIES: u16 = 0x1e;
+    pub const ROOT_STATUS: u16 = 0x20;
     pub const DEVICE_CAPABILITIES_2: u16 = 0x24;
     pub const DEVICE_CONTROL_2: u16 = 0x28;
     pub const LINK_CAPABILITIES_2: u16 = 0x2c;
     pub const LINK_CONTROL_2: u16 = 0x30;
-    /// Bytes the capability of an endpoint spans (version 2).
+    pub const SLOT_CAPABILITIES_2: u16 = 0x34;
+    pub const SLOT_CONTROL_2: u16 = 0x38;
+    pub const SLOT_STATUS_2: u16 = 0x3a;
+    /// Bytes the capability spans (version 2), for an endpoint and a port alike.
     pub const LEN: u16 = 0x3c;
+
+    /// PCI Express Capabilities register fields.
+    pub mod caps {
+        /// The capability's version (2 since PCIe 2.0).
+        pub const VERSION: u16 = 0xf;
+        /// The Device/Port Type ([`PortType`](super::PortType)).
+        pub const PORT_TYPE: u16 = 0xf << 4;
+        pub const PORT_TYPE_SHIFT: u32 = 4;
+        /// The port has a slot (a downstream or root port's link goes to a slot).
+        pub const SLOT_IMPLEMENTED: u16 = 1 << 8;
+    }
+
+    /// The Device/Port Type field of the PCI Express Capabilities register.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    #[repr(u8)]
+    pub enum PortType {
+        Endpoint = 0x0,
+        LegacyEndpoint = 0x1,
+        RootPort = 0x4,
+        SwitchUpstream = 0x5,
+        SwitchDownstream = 0x6,
+        PcieToPciBridge = 0x7,
+        PciToPcieBridge = 0x8,
+        RootComplexEndpoint = 0x9,
+        RootComplexEventCollector = 0xa,
+    }
+
+    impl PortType {
+        /// The type a PCI Express Capabilities register says, when it names one.
+        pub fn of(capabilities: u16) -> Option<PortType> {
+            use PortType::*;
+            Some(
+                match (capabilities & caps::PORT_TYPE) >> caps::PORT_TYPE_SHIFT {
+                    0x0 => Endpoint,
+                    0x1 => LegacyEndpoint,
+                    0x4 => RootPort,
+                    0x5 => SwitchUpstream,
+                    0x6 => SwitchDownstream,
+                    0x7 => PcieToPciBridge,
+                    0x8 => PciToPcieBridge,
+                    0x9 => RootComplexEndpoint,
+                    0xa => RootComplexEventCollector,
+                    _ => return None,
+                },
+            )
+        }
+
+        /// The field as it sits in the PCI Express Capabilities register.
+        pub const fn field(self) -> u16 {
+            (self as u16) << caps::PORT_TYPE_SHIFT
+        }
+    }
 
     /// Device Capabilities fields.
     pub mod devcap {
@@ -153,6 +220,112 @@ pub mod pcie {
         pub const MAX_READ_REQUEST_SHIFT: u32 = 12;
         /// Initiate Function Level Reset (reads as 0).
         pub const INITIATE_FLR: u16 = 1 << 15;
+    }
+
+    /// Link Capabilities fields.
+    pub mod lnkcap {
+        /// Max Link Speed (1 = 2.5 GT/s, 2 = 5 GT/s, ...).
+        pub const MAX_SPEED: u32 = 0xf;
+        /// Maximum Link Width (lanes).
+        pub const MAX_WIDTH: u32 = 0x3f << 4;
+        pub const MAX_WIDTH_SHIFT: u32 = 4;
+        /// Data Link Layer Link Active Reporting Capable: Link Status reports
+        /// [`lnksta::DLL_LINK_ACTIVE`](super::lnksta::DLL_LINK_ACTIVE). A
+        /// downstream port of a hot-plug surprise slot must be capable.
+        pub const DLL_ACTIVE_REPORTING: u32 = 1 << 20;
+        pub const LINK_BANDWIDTH_NOTIFICATION: u32 = 1 << 21;
+        /// Port Number.
+        pub const PORT_NUMBER: u32 = 0xff << 24;
+        pub const PORT_NUMBER_SHIFT: u32 = 24;
+    }
+
+    /// Link Control fields.
+    pub mod lnkctl {
+        /// ASPM Control.
+        pub const ASPM: u16 = 0x3;
+        /// Read Completion Boundary (0 = 64 B, 1 = 128 B).
+        pub const RCB: u16 = 1 << 3;
+        /// Link Disable (downstream ports).
+        pub const LINK_DISABLE: u16 = 1 << 4;
+        /// Retrain Link (downstream ports; reads as 0).
+        pub const RETRAIN: u16 = 1 << 5;
+        pub const COMMON_CLOCK: u16 = 1 << 6;
+        pub const EXTENDED_SYNCH: u16 = 1 << 7;
+    }
+
+    /// Link Status fields.
+    pub mod lnksta {
+        /// Current Link Speed (encoded as in Link Capabilities).
+        pub const SPEED: u16 = 0xf;
+        /// Negotiated Link Width (lanes).
+        pub const WIDTH: u16 = 0x3f << 4;
+        pub const WIDTH_SHIFT: u32 = 4;
+        pub const LINK_TRAINING: u16 = 1 << 11;
+        pub const SLOT_CLOCK: u16 = 1 << 12;
+        /// Data Link Layer Link Active: the link is up (reported where Link
+        /// Capabilities has [`lnkcap::DLL_ACTIVE_REPORTING`](super::lnkcap::DLL_ACTIVE_REPORTING)).
+        pub const DLL_LINK_ACTIVE: u16 = 1 << 13;
+    }
+
+    /// Slot Capabilities fields.
+    pub mod sltcap {
+        pub const ATTENTION_BUTTON: u32 = 1 << 0;
+        pub const POWER_CONTROLLER: u32 = 1 << 1;
+        pub const MRL_SENSOR: u32 = 1 << 2;
+        pub const ATTENTION_INDICATOR: u32 = 1 << 3;
+        pub const POWER_INDICATOR: u32 = 1 << 4;
+        /// Hot-Plug Surprise: a device may leave without notice.
+        pub const HOT_PLUG_SURPRISE: u32 = 1 << 5;
+        /// Hot-Plug Capable: the slot supports hot-plug.
+        pub const HOT_PLUG_CAPABLE: u32 = 1 << 6;
+        pub const POWER_LIMIT_VALUE: u32 = 0xff << 7;
+        pub const POWER_LIMIT_SCALE: u32 = 0x3 << 15;
+        pub const ELECTROMECHANICAL_INTERLOCK: u32 = 1 << 17;
+        /// No Command Completed Support: a Slot Control write completes at once and
+        /// sets no Command Completed.
+        pub const NO_COMMAND_COMPLETED: u32 = 1 << 18;
+        /// Physical Slot Number.
+        pub const PHYSICAL_SLOT: u32 = 0x1fff << 19;
+        pub const PHYSICAL_SLOT_SHIFT: u32 = 19;
+    }
+
+    /// Slot Control fields.
+    pub mod sltctl {
+        pub const ATTENTION_BUTTON_ENABLE: u16 = 1 << 0;
+        pub const POWER_FAULT_ENABLE: u16 = 1 << 1;
+        pub const MRL_SENSOR_ENABLE: u16 = 1 << 2;
+        pub const PRESENCE_DETECT_ENABLE: u16 = 1 << 3;
+        pub const COMMAND_COMPLETED_ENABLE: u16 = 1 << 4;
+        pub const HOT_PLUG_INTERRUPT_ENABLE: u16 = 1 << 5;
+        pub const ATTENTION_INDICATOR: u16 = 0x3 << 6;
+        pub const POWER_INDICATOR: u16 = 0x3 << 8;
+        pub const POWER_CONTROLLER: u16 = 1 << 10;
+        pub const INTERLOCK: u16 = 1 << 11;
+        pub const DLL_STATE_CHANGED_ENABLE: u16 = 1 << 12;
+    }
+
+    /// Slot Status fields.
+    pub mod sltsta {
+        pub const ATTENTION_BUTTON_PRESSED: u16 = 1 << 0;
+        pub const POWER_FAULT: u16 = 1 << 1;
+        pub const MRL_SENSOR_CHANGED: u16 = 1 << 2;
+        /// Presence Detect Changed: Presence Detect State changed.
+        pub const PRESENCE_DETECT_CHANGED: u16 = 1 << 3;
+        pub const COMMAND_COMPLETED: u16 = 1 << 4;
+        pub const MRL_SENSOR_STATE: u16 = 1 << 5;
+        /// Presence Detect State: a device is in the slot.
+        pub const PRESENCE_DETECT_STATE: u16 = 1 << 6;
+        pub const INTERLOCK_STATUS: u16 = 1 << 7;
+        /// Data Link Layer State Changed: Link Status's Data Link Layer Link Active
+        /// changed.
+        pub const DLL_STATE_CHANGED: u16 = 1 << 8;
+        /// The event bits, all write-1-to-clear; the rest is read-only state.
+        pub const EVENTS: u16 = ATTENTION_BUTTON_PRESSED
+            | POWER_FAULT
+            | MRL_SENSOR_CHANGED
+            | PRESENCE_DETECT_CHANGED
+            | COMMAND_COMPLETED
+            | DLL_STATE_CHANGED;
     }
 }
 

@@ -94,6 +94,8 @@ pub mod header_type {
     /// The layout: 0 for an endpoint, 1 for a bridge.
     pub const LAYOUT: u8 = 0x7f;
     pub const ENDPOINT: u8 = 0x00;
+    /// A PCI-to-PCI bridge ([`bridge`](crate::bridge) names its registers).
+    pub const BRIDGE: u8 = 0x01;
     pub const MULTI_FUNCTION: u8 = 0x80;
 }
 
