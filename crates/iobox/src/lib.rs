@@ -22,7 +22,8 @@ pub struct Slot {
     pub function: Function<Box<dyn Device + Send>>,
     /// TLPs for the host that its session could not take yet, at most
     /// [`IoBox::BACKLOG`]: when full, the device is asked for no more and the box
-    /// takes no more TLPs from the fabric until it drains.
+    /// takes no more TLPs from that host's session in the group until it drains
+    /// (other hosts' TLPs keep flowing).
     backlog: VecDeque<Vec<u8>>,
 }
 
@@ -113,7 +114,8 @@ pub struct IoBoxStats {
     /// host, a box, anyone who announced itself there): dropped, never answered.
     pub not_host: u64,
     /// Rounds in which a device's backlog was full: the device was not asked for more
-    /// and the fabric's TLPs waited (back-pressure, nothing dropped).
+    /// and its host's TLPs waited in their session (back-pressure, nothing dropped;
+    /// other hosts' TLPs were taken).
     pub backlog_full: u64,
     /// Unrouted non-posted requests answered with an Unsupported Request completion
     /// (as a PCIe switch does for an address no port claims), and the non-posted
@@ -238,9 +240,15 @@ impl IoBox {
         }
     }
 
-    /// Whether a device's backlog is full: the box then takes no more from the fabric.
-    fn backlog_full(&self) -> bool {
-        self.slots.iter().any(|s| s.backlog.len() >= Self::BACKLOG)
+    /// Whether the box takes TLPs from `peer` in group `gid` now: not from the host of
+    /// a group in which a device's backlog is full (its answers would have nowhere to
+    /// go). Everyone else's keep flowing: one host that stops taking what the box
+    /// sends holds back its own devices only.
+    fn takes_from(slots: &[Slot], hosts: &HashMap<u16, MacAddr>, gid: u16, peer: MacAddr) -> bool {
+        hosts.get(&gid) != Some(&peer)
+            || !slots
+                .iter()
+                .any(|s| s.info.gid == gid && s.backlog.len() >= Self::BACKLOG)
     }
 
     /// One round: port, fabric events, device timers and output. Waits up to `wait`
@@ -249,13 +257,13 @@ impl IoBox {
         let mut worked = self.fp.poll(Duration::ZERO)?;
         let now = self.fp.now();
         loop {
-            // With a backlog full, TLPs wait in their sessions (whose windows close);
-            // peers, groups and restarts are still seen.
-            let e = if self.backlog_full() {
-                self.fp.poll_control_event()
-            } else {
-                self.fp.poll_event()
-            };
+            // TLPs of a host whose device's backlog is full wait in its session (whose
+            // window closes); peers, groups, restarts and the others' TLPs are still
+            // taken.
+            let (slots, hosts) = (&self.slots, &self.hosts);
+            let e = self
+                .fp
+                .poll_event_where(|gid, peer| Self::takes_from(slots, hosts, gid, peer));
             let Some(e) = e else {
                 break;
             };
