@@ -1,6 +1,6 @@
 //! The I/O box: device functions in slots, each in its group, behind one port.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use dataplane::PortError;
@@ -127,6 +127,9 @@ pub struct IoBoxStats {
     pub unsupported: u64,
     /// Malformed TLPs from the host: dropped, never answered.
     pub malformed: u64,
+    /// Groups the box left (stopped announcing itself in) after its last device
+    /// there moved away.
+    pub groups_left: u64,
 }
 
 /// The Unsupported Request completion for a non-posted request nobody claims (`None`
@@ -161,6 +164,10 @@ pub struct IoBox {
     /// enumeration), until it goes down or restarts. Nobody else gets the devices'
     /// traffic or resets them.
     hosts: HashMap<u16, MacAddr>,
+    /// Groups whose last device of the box moved away, with when (µs on the port's
+    /// clock): the box leaves them `missed_infos` INFO intervals later. At most one
+    /// entry per valid group.
+    emptied: BTreeMap<u16, u64>,
     stats: IoBoxStats,
     /// Fabric events other than TLPs (peers up and down, group changes), kept for the
     /// program to log; the oldest are dropped past [`IoBox::EVENT_LOG`].
@@ -182,6 +189,7 @@ impl IoBox {
             fp,
             slots,
             hosts: HashMap::new(),
+            emptied: BTreeMap::new(),
             stats: IoBoxStats::default(),
             events: VecDeque::new(),
         }
@@ -249,6 +257,34 @@ impl IoBox {
             || !slots
                 .iter()
                 .any(|s| s.info.gid == gid && s.backlog.len() >= Self::BACKLOG)
+    }
+
+    /// Leaves the groups that have had no device of the box for `missed_infos` INFO
+    /// intervals. Not at once: the node announces the empty list there (at once, then
+    /// every interval), and a host of the group that missed one of those INFOs sees
+    /// the device removed at the next; after `missed_infos` intervals every host there
+    /// has seen the list or taken the box for silent, and either way the device is
+    /// gone from it. Leaving drops the box's sessions in the group
+    /// ([`fabric::DownReason::Left`]). Returns whether it left any.
+    fn leave_emptied(&mut self, now: u64) -> bool {
+        let cfg = self.fp.node().config();
+        let linger = cfg
+            .info_interval_us
+            .saturating_mul(u64::from(cfg.missed_infos));
+        let due: Vec<u16> = self
+            .emptied
+            .iter()
+            .filter(|&(_, &since)| now >= since.saturating_add(linger))
+            .map(|(&g, _)| g)
+            .collect();
+        for &gid in &due {
+            self.emptied.remove(&gid);
+            if !self.slots.iter().any(|s| s.info.gid == gid) {
+                self.fp.node_mut().leave(gid);
+                self.stats.groups_left += 1;
+            }
+        }
+        !due.is_empty()
     }
 
     /// One round: port, fabric events, device timers and output. Waits up to `wait`
@@ -324,9 +360,12 @@ impl IoBox {
                         // A device that changes hands starts clean.
                         self.reset_slot(i);
                     }
-                    // A group the box has no device in left has no host here.
+                    self.emptied.remove(&to);
+                    // A group the box has no device in left has no host here, and
+                    // the box leaves it once its hosts have seen the empty list.
                     if !self.slots.iter().any(|s| s.info.gid == from) {
                         self.hosts.remove(&from);
+                        self.emptied.insert(from, now);
                     }
                 }
                 FabricEvent::PeerDown { gid, peer, .. }
@@ -343,6 +382,7 @@ impl IoBox {
                 _ => {}
             }
         }
+        worked |= self.leave_emptied(now);
         for s in &mut self.slots {
             if s.function.poll_timeout().is_some_and(|t| t <= now) {
                 s.function.handle_timeout(now);

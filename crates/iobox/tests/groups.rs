@@ -5,9 +5,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use common::{hub, iobox, round, rounds_until, TestHost};
+use common::{hub, iobox, round, rounds_until, Tap, TestHost};
+use fabric::{DownReason, FabricEvent};
 use iobox::IoBox;
 use wire::MacAddr;
 
@@ -88,5 +89,130 @@ fn a_stalled_host_holds_back_only_its_own_devices() {
     assert_eq!(
         beside_stalled, alone,
         "copies in {ROUNDS} rounds beside a stalled host"
+    );
+}
+
+/// Runs every bridge and the tap for `d`.
+fn run_for(d: Duration, bx: &mut IoBox, hosts: &mut [&mut TestHost], tap: &mut Tap) {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        round(&mut [&mut *bx], hosts, Some(&mut *tap));
+    }
+}
+
+/// Runs until every host has run `n` verified copies on each device it holds.
+fn copies_done(n: u32, bx: &mut IoBox, hosts: &mut [&mut TestHost]) {
+    for h in hosts.iter_mut() {
+        h.copy(n);
+    }
+    let done = rounds_until(20_000, &mut [bx], hosts, |_, hs| {
+        hs.iter().all(|h| h.drivers.iter().all(|d| d.copies == n))
+    });
+    if done.is_none() {
+        for h in hosts.iter() {
+            eprintln!("{}: {:?} {:?}", h.mac(), h.copies(), h.events);
+        }
+        panic!(
+            "the copies did not finish: {:?} {:?}",
+            bx.stats(),
+            bx.events
+        );
+    }
+}
+
+/// Moves the box's device in `slot` to `to`, asked by `by` in its group `via`, and
+/// runs until `to`'s host holds it.
+fn move_device(
+    bx: &mut IoBox,
+    [by, to_host]: [&mut TestHost; 2],
+    tap: &mut Tap,
+    (via, slot, to): (u16, u8, u16),
+) {
+    let box_mac = MacAddr(bx.fabric().port().info().mac);
+    let box_id = bx.fabric().node().config().bridge_id;
+    by.node.set_group(via, box_mac, box_id, slot, to).unwrap();
+    let mut hosts = [by, to_host];
+    for _ in 0..20_000 {
+        if hosts[0].drivers.is_empty() && hosts[1].drivers.len() == 1 {
+            return;
+        }
+        round(&mut [&mut *bx], &mut hosts, Some(&mut *tap));
+    }
+    panic!("the device did not move from {via} to {to}");
+}
+
+/// A box whose last device left a group stops announcing itself there once the hosts
+/// have had `missed_infos` INFO intervals to see the empty list, and the group leaves
+/// its list; a device that comes back brings the group back.
+#[test]
+fn the_box_leaves_a_group_it_has_no_device_in() {
+    let mut ports = hub(4).into_iter();
+    let start = Instant::now();
+    let mut bx = iobox(ports.next().unwrap(), &[(0, 10)], |cfg| {
+        cfg.missed_infos = 4
+    });
+    let box_mac = MacAddr(bx.fabric().port().info().mac);
+    let interval = Duration::from_micros(bx.fabric().node().config().info_interval_us);
+    let mut ha = TestHost::new(ports.next().unwrap(), 10, start);
+    let mut hb = TestHost::new(ports.next().unwrap(), 20, start);
+    let mut tap = Tap::new(ports.next().unwrap());
+    let found = rounds_until(20_000, &mut [&mut bx], &mut [&mut ha, &mut hb], |_, hs| {
+        hs[0].drivers.len() == 1
+    });
+    assert!(found.is_some(), "host 10 did not find the device");
+    copies_done(2, &mut bx, &mut [&mut ha, &mut hb]);
+    let groups = |bx: &IoBox| bx.fabric().node().groups().into_iter().collect::<Vec<_>>();
+    assert_eq!(groups(&bx), vec![10]);
+
+    // The only device of group 10 moves to group 20.
+    move_device(&mut bx, [&mut ha, &mut hb], &mut tap, (10, 0, 20));
+    copies_done(2, &mut bx, &mut [&mut ha, &mut hb]);
+    // The hosts of 10 had their intervals to see the empty list; the box is gone
+    // from 10.
+    run_for(interval * 8, &mut bx, &mut [&mut ha, &mut hb], &mut tap);
+    let in_10 = tap.count(box_mac, 10);
+    assert!(in_10 > 0);
+    run_for(interval * 10, &mut bx, &mut [&mut ha, &mut hb], &mut tap);
+    assert_eq!(
+        tap.count(box_mac, 10),
+        in_10,
+        "INFO still announced in group 10"
+    );
+    assert!(tap.count(box_mac, 20) > 0);
+    assert_eq!(groups(&bx), vec![20]);
+    assert_eq!(bx.stats().groups_left, 1);
+
+    // And back: group 10 again, the device serves its host there, and 20 is left.
+    // Leaving dropped the box's session with host 10; the box makes a new one, which
+    // host 10 (that still knew the box there) sees as a restart of its peer: what was
+    // on the way is lost, and it sets its device up again.
+    move_device(&mut bx, [&mut hb, &mut ha], &mut tap, (20, 0, 10));
+    copies_done(3, &mut bx, &mut [&mut ha, &mut hb]);
+    assert!(tap.count(box_mac, 10) > in_10, "no INFO in group 10 again");
+    run_for(interval * 8, &mut bx, &mut [&mut ha, &mut hb], &mut tap);
+    let in_20 = tap.count(box_mac, 20);
+    run_for(interval * 10, &mut bx, &mut [&mut ha, &mut hb], &mut tap);
+    assert_eq!(
+        tap.count(box_mac, 20),
+        in_20,
+        "INFO still announced in group 20"
+    );
+    assert_eq!(groups(&bx), vec![10]);
+    assert_eq!(bx.stats().groups_left, 2);
+    assert_eq!(bx.stats().not_host, 0);
+    let left = |e: &FabricEvent| {
+        matches!(
+            e,
+            FabricEvent::PeerDown {
+                reason: DownReason::Left,
+                ..
+            }
+        )
+    };
+    assert_eq!(
+        bx.events.iter().filter(|e| left(e)).count(),
+        2,
+        "{:?}",
+        bx.events
     );
 }

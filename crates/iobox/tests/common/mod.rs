@@ -146,6 +146,20 @@ impl Driver {
     }
 }
 
+/// A device's engine with its RAM, and the set-up of the device queued: BAR0, then
+/// memory space and bus mastering on (the function takes its bus number from the
+/// first).
+fn set_up(now: u64, bdf: Bdf, bar0: u64) -> Bridge {
+    let mut mem = MemoryMap::new();
+    mem.add(RAM, Box::new(vec![0u8; RAM_SIZE])).unwrap();
+    let mut bridge = Bridge::new(BridgeConfig::default(), mem);
+    bridge
+        .config_write(now, bdf, 0x10, bar0 as u32, 0xf)
+        .unwrap();
+    bridge.config_write(now, bdf, 0x04, 0x6, 0x3).unwrap();
+    bridge
+}
+
 /// A host-role bridge driven by hand.
 pub struct TestHost {
     pub node: Node,
@@ -222,15 +236,7 @@ impl TestHost {
         self.next_bus += 1;
         let bdf = Bdf::new(bus, slot, 0).unwrap();
         let bar0 = 0xe000_0000 + ((bus as u64) << 16);
-        let mut mem = MemoryMap::new();
-        mem.add(RAM, Box::new(vec![0u8; RAM_SIZE])).unwrap();
-        let mut bridge = Bridge::new(BridgeConfig::default(), mem);
-        // BAR0, then memory space and bus mastering on: the function takes its bus
-        // number from the first.
-        bridge
-            .config_write(now, bdf, 0x10, bar0 as u32, 0xf)
-            .unwrap();
-        bridge.config_write(now, bdf, 0x04, 0x6, 0x3).unwrap();
+        let bridge = set_up(now, bdf, bar0);
         self.drivers.push(Driver {
             gid,
             peer,
@@ -323,6 +329,17 @@ impl TestHost {
                 FabricEvent::DeviceRemoved { gid, peer, slot } => {
                     self.drivers
                         .retain(|d| (d.gid, d.peer, d.slot) != (gid, peer, slot));
+                    self.events.push(e);
+                }
+                FabricEvent::PeerRestarted { gid, peer, .. } => {
+                    // Its devices were reset, and what was on the way is lost: each
+                    // is set up again, and a copy that ran starts over.
+                    for d in &mut self.drivers {
+                        if (d.gid, d.peer) == (gid, peer) {
+                            d.bridge = set_up(now, d.bdf, d.bar0);
+                            d.state = State::Idle;
+                        }
+                    }
                     self.events.push(e);
                 }
                 e => self.events.push(e),
