@@ -207,6 +207,11 @@ impl IoBox {
         self.stats
     }
 
+    /// The host pinned in group `gid`, if any.
+    pub fn host_of(&self, gid: u16) -> Option<MacAddr> {
+        self.hosts.get(&gid).copied()
+    }
+
     /// Which slot of group `gid` a TLP from the host is for.
     fn route(&self, gid: u16, t: &Tlp) -> Option<usize> {
         let in_group = |s: &&Slot| s.info.gid == gid;

@@ -101,22 +101,21 @@ fn run_for(d: Duration, bx: &mut IoBox, hosts: &mut [&mut TestHost], tap: &mut T
 }
 
 /// Runs until every host has run `n` verified copies on each device it holds.
-fn copies_done(n: u32, bx: &mut IoBox, hosts: &mut [&mut TestHost]) {
+fn copies_done(n: u32, boxes: &mut [&mut IoBox], hosts: &mut [&mut TestHost]) {
     for h in hosts.iter_mut() {
         h.copy(n);
     }
-    let done = rounds_until(20_000, &mut [bx], hosts, |_, hs| {
+    let done = rounds_until(20_000, boxes, hosts, |_, hs| {
         hs.iter().all(|h| h.drivers.iter().all(|d| d.copies == n))
     });
     if done.is_none() {
         for h in hosts.iter() {
             eprintln!("{}: {:?} {:?}", h.mac(), h.copies(), h.events);
         }
-        panic!(
-            "the copies did not finish: {:?} {:?}",
-            bx.stats(),
-            bx.events
-        );
+        for b in boxes.iter() {
+            eprintln!("box: {:?} {:?}", b.stats(), b.events);
+        }
+        panic!("the copies did not finish");
     }
 }
 
@@ -160,13 +159,13 @@ fn the_box_leaves_a_group_it_has_no_device_in() {
         hs[0].drivers.len() == 1
     });
     assert!(found.is_some(), "host 10 did not find the device");
-    copies_done(2, &mut bx, &mut [&mut ha, &mut hb]);
+    copies_done(2, &mut [&mut bx], &mut [&mut ha, &mut hb]);
     let groups = |bx: &IoBox| bx.fabric().node().groups().into_iter().collect::<Vec<_>>();
     assert_eq!(groups(&bx), vec![10]);
 
     // The only device of group 10 moves to group 20.
     move_device(&mut bx, [&mut ha, &mut hb], &mut tap, (10, 0, 20));
-    copies_done(2, &mut bx, &mut [&mut ha, &mut hb]);
+    copies_done(2, &mut [&mut bx], &mut [&mut ha, &mut hb]);
     // The hosts of 10 had their intervals to see the empty list; the box is gone
     // from 10.
     run_for(interval * 8, &mut bx, &mut [&mut ha, &mut hb], &mut tap);
@@ -187,7 +186,7 @@ fn the_box_leaves_a_group_it_has_no_device_in() {
     // host 10 (that still knew the box there) sees as a restart of its peer: what was
     // on the way is lost, and it sets its device up again.
     move_device(&mut bx, [&mut hb, &mut ha], &mut tap, (20, 0, 10));
-    copies_done(3, &mut bx, &mut [&mut ha, &mut hb]);
+    copies_done(3, &mut [&mut bx], &mut [&mut ha, &mut hb]);
     assert!(tap.count(box_mac, 10) > in_10, "no INFO in group 10 again");
     run_for(interval * 8, &mut bx, &mut [&mut ha, &mut hb], &mut tap);
     let in_20 = tap.count(box_mac, 20);
@@ -215,4 +214,78 @@ fn the_box_leaves_a_group_it_has_no_device_in() {
         "{:?}",
         bx.events
     );
+}
+
+/// Two boxes and three hosts at once. Box 1 serves groups 10, 20 and 30 (slots 0 and 3
+/// in 10); box 2 serves 10 and 20, its slot 0 in 10 as box 1's. Host 10 holds
+/// devices of both boxes (two slots 0 among them), host 20 too, host 30 one. Every
+/// device is pinned to its group's host, is placed where that host put it, and runs
+/// verified DMA copies; nobody gets another's traffic.
+#[test]
+fn several_hosts_and_boxes_at_once() {
+    let mut ports = hub(5).into_iter();
+    let start = Instant::now();
+    let mut b1 = iobox(
+        ports.next().unwrap(),
+        &[(0, 10), (1, 20), (2, 30), (3, 10)],
+        |_| {},
+    );
+    let mut b2 = iobox(ports.next().unwrap(), &[(0, 10), (1, 20)], |_| {});
+    let mac = |b: &IoBox| MacAddr(b.fabric().port().info().mac);
+    let (m1, m2) = (mac(&b1), mac(&b2));
+    let mut hosts: Vec<TestHost> = [10, 20, 30]
+        .into_iter()
+        .map(|g| TestHost::new(ports.next().unwrap(), g, start))
+        .collect();
+    let [h10, h20, h30] = &mut hosts[..] else {
+        unreachable!()
+    };
+    let want = [
+        vec![(m1, 0), (m1, 3), (m2, 0)],
+        vec![(m1, 1), (m2, 1)],
+        vec![(m1, 2)],
+    ];
+    let found = rounds_until(
+        20_000,
+        &mut [&mut b1, &mut b2],
+        &mut [h10, h20, h30],
+        |_, hs| {
+            hs.iter()
+                .zip(&want)
+                .all(|(h, w)| h.drivers.len() == w.len())
+        },
+    );
+    assert!(found.is_some(), "the hosts did not find their devices");
+    copies_done(5, &mut [&mut b1, &mut b2], &mut [h10, h20, h30]);
+    for (h, (g, w)) in [&*h10, &*h20, &*h30]
+        .into_iter()
+        .zip([10, 20, 30].into_iter().zip(&want))
+    {
+        let held: Vec<_> = h.copies().into_iter().collect();
+        let expected: Vec<_> = w.iter().map(|&k| (k, 5)).collect();
+        assert_eq!(held, expected, "host of {g}");
+        assert_eq!(h.foreign, 0, "host of {g} got another's TLPs");
+        for d in &h.drivers {
+            let bx = if d.peer == m1 { &b1 } else { &b2 };
+            assert_eq!(bx.host_of(g), Some(h.mac()), "group {g}");
+            let slot = bx.slots().iter().find(|s| s.info.slot == d.slot).unwrap();
+            assert_eq!(slot.info.gid, g);
+            assert_eq!(slot.function.bdf(), d.bdf, "placed by its host");
+        }
+    }
+    assert_eq!(b2.host_of(30), None);
+    for b in [&b1, &b2] {
+        let st = b.stats();
+        assert_eq!(
+            (
+                st.not_host,
+                st.unrouted,
+                st.no_host,
+                st.undeliverable,
+                st.resets
+            ),
+            (0, 0, 0, 0, 0),
+            "{st:?}"
+        );
+    }
 }
