@@ -6,12 +6,16 @@
 //! - [`hotplug`]: one hot-plug state machine per device (sans-IO), for every host
 //!   bridge; not yet wired into `tether host` or `tether vm`.
 //! - [`settings`]: a host link's group and Max Payload Size, checked against its frames.
+//! - [`switch`]: the virtual PCIe switch of a host (root port, upstream port, one
+//!   hot-plug downstream port per device): bus numbers, windows, routing, config
+//!   images; not yet wired into the host bridge.
 //! - [`vm`]: the one-device bridge under a VMM front-end (QEMU's proxy, vfio-user).
 
 pub mod drivers;
 pub mod hotplug;
 pub mod port_link;
 pub mod settings;
+pub mod switch;
 pub mod vm;
 
 pub use drivers::memdev::{DriverError, MemDevDriver};
