@@ -309,7 +309,8 @@ impl<P: Copy + Eq + fmt::Debug> Hotplug<P> {
         self.len() == 0
     }
 
-    /// The device is in our group (the fabric's DeviceAdded, or its INFO list).
+    /// The device is in our group (the fabric's DeviceAdded, or its INFO list). `now`
+    /// is taken like every input's, though an arrival has no deadline yet.
     pub fn offered(&mut self, key: DeviceKey, now: Micros) {
         let _ = now;
         self.offer(key);
