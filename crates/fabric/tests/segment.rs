@@ -15,6 +15,8 @@ struct Segment {
     down: Vec<bool>,
     now: u64,
     events: Vec<Vec<FabricEvent>>,
+    /// A bridge that takes no TLPs from one session: (bridge, (group, peer)).
+    hold: Option<(usize, (u16, MacAddr))>,
 }
 
 fn mac(i: u8) -> MacAddr {
@@ -33,6 +35,7 @@ impl Segment {
             down: vec![false; n],
             now: 1,
             events: vec![Vec::new(); n],
+            hold: None,
         }
     }
 
@@ -58,7 +61,8 @@ impl Segment {
                 }
             }
             for (i, n) in self.nodes.iter_mut().enumerate() {
-                while let Some(e) = n.poll_event() {
+                let held = self.hold.filter(|h| h.0 == i).map(|h| h.1);
+                while let Some(e) = n.poll_event_where(|g, p| Some((g, p)) != held) {
                     self.events[i].push(e);
                 }
             }
@@ -189,6 +193,42 @@ fn tlps_flow_both_ways_in_order() {
     }));
     // No session to a bridge outside our groups.
     assert!(s.nodes[HOST_B].send_tlp(10, mac(3), b"x").is_err());
+}
+
+/// A caller that takes no TLPs from one session leaves them there, and takes the
+/// others' (and the events) as before; when it takes them again they come in order.
+#[test]
+fn tlps_of_one_session_wait_while_the_others_flow() {
+    let mut s = segment();
+    s.nodes[BOX].add_device(device(2, 20)).unwrap();
+    s.run(300_000);
+    s.take(BOX);
+    s.hold = Some((BOX, (10, mac(1))));
+    for i in 0..10u32 {
+        s.nodes[HOST_A]
+            .send_tlp(10, mac(3), &i.to_be_bytes())
+            .unwrap();
+        s.nodes[HOST_B]
+            .send_tlp(20, mac(3), &i.to_be_bytes())
+            .unwrap();
+    }
+    s.run(20_000);
+    let from = |ev: &[FabricEvent], who: MacAddr| -> Vec<Vec<u8>> {
+        ev.iter()
+            .filter_map(|e| match e {
+                FabricEvent::Tlp { peer, tlp, .. } if *peer == who => Some(tlp.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let sent: Vec<Vec<u8>> = (0..10u32).map(|i| i.to_be_bytes().to_vec()).collect();
+    let ev = s.take(BOX);
+    assert_eq!(from(&ev, mac(2)), sent, "host B's TLPs flow");
+    assert!(from(&ev, mac(1)).is_empty(), "host A's were taken");
+    assert_eq!(s.nodes[BOX].pending_events(), 10);
+    s.hold = None;
+    s.run(5_000);
+    assert_eq!(from(&s.take(BOX), mac(1)), sent);
 }
 
 #[test]
