@@ -33,7 +33,9 @@
 //! hardware behaviour (write masks, write-1-to-clear events). Bus numbers and windows
 //! read as assigned and ignore writes, since the switch routes by them (such writes
 //! are counted in [`SwitchStats::fixed_writes`]); a real switch's firmware would
-//! lock them the same way with Enhanced Allocation.
+//! lock them the same way with Enhanced Allocation. Link Disable and Secondary Bus
+//! Reset are stored but move nothing: whether a device is behind a port is the host
+//! bridge's to say ([`VirtualSwitch::set_present`]).
 //!
 //! This is pure state: no I/O, no clock.
 
