@@ -1442,6 +1442,54 @@ mod tests {
     }
 
     proptest! {
+        /// Config writes of any value, with any byte enables, to any register of any
+        /// routing ID never panic and never move a bus number, a window, an ID or the
+        /// capability list, nor what routes where.
+        #[test]
+        fn config_writes_never_move_the_switch(
+            writes in proptest::collection::vec(
+                (any::<u8>(), any::<u16>(), any::<bool>(), any::<u16>(), any::<u32>(), any::<u8>()),
+                1..300,
+            ),
+        ) {
+            let mut sw = VirtualSwitch::new(12).unwrap();
+            let live = [sw.alloc_port().unwrap(), sw.alloc_port().unwrap()];
+            let functions: Vec<Bdf> = [ROOT_PORT, UPSTREAM_PORT]
+                .into_iter()
+                .chain((0..12).map(|k| PortId::new(k).unwrap().bridge()))
+                .collect();
+            let snapshot = |sw: &VirtualSwitch| -> Vec<_> {
+                functions.iter().map(|&f| (
+                    sw.config_read(f, regs::VENDOR_ID),
+                    byte(sw, f, regs::HEADER_TYPE),
+                    buses(sw, f),
+                    windows(sw, f),
+                    sw.config_read(f, PCIE_CAP),
+                    sw.config_read(f, regs::CAP_PTR),
+                )).collect()
+            };
+            let before = snapshot(&sw);
+            for (pick, raw, header, reg, value, be) in writes {
+                // Mostly the switch's functions and the header and capability, also
+                // any routing ID and any register.
+                let at = match functions.get(usize::from(pick)) {
+                    Some(&f) => f,
+                    None if pick < 64 => functions[usize::from(pick) % functions.len()],
+                    None => Bdf::from_u16(raw),
+                };
+                let reg = if header { reg % 0x100 } else { reg };
+                let ours = functions.contains(&at);
+                prop_assert_eq!(sw.config_read(at, 0).is_some(), ours);
+                prop_assert_eq!(sw.config_write(at, reg, value, be), ours && reg < 0x1000);
+            }
+            prop_assert_eq!(snapshot(&sw), before);
+            for p in live {
+                prop_assert_eq!(sw.route_id(p.bus()), Some(p));
+                let w = sw.window(p, WindowKind::Mem32).unwrap();
+                prop_assert_eq!(sw.route_address(w.base, 4).map(|r| r.port), Some(p));
+            }
+        }
+
         /// Whatever the order of allocations, frees and presence changes: the live
         /// ports are the model's, an allocation takes the lowest free port, and no bus
         /// number or window (as the config images say them) is ever given to two live
