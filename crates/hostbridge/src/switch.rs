@@ -80,8 +80,8 @@ pub const UPSTREAM_PORT: Bdf = match Bdf::new(UPSTREAM_BUS, 0, 0) {
     None => unreachable!(),
 };
 
-/// The vendor ID the switch's functions read with (tether's, as the memdev test
-/// device's), and their device IDs.
+/// The vendor ID the switch's functions read with (the one the memdev test device
+/// reads with), and their device IDs.
 pub const VENDOR_ID: u16 = 0x1de5;
 pub const ROOT_PORT_DEVICE_ID: u16 = 0x0100;
 pub const UPSTREAM_DEVICE_ID: u16 = 0x0101;
@@ -166,15 +166,17 @@ pub struct Window {
 }
 
 impl Window {
-    /// The last address in the window (`size` is never 0).
+    /// The last address in the window (the switch's windows are never empty; an
+    /// empty one says its base, and a window past the end of the address space its
+    /// end).
     pub fn last(&self) -> u64 {
-        self.base + (self.size - 1)
+        self.base.saturating_add(self.size.saturating_sub(1))
     }
 
     /// Whether `len` bytes from `addr` (at least the byte at `addr`) lie inside.
     pub fn contains(&self, addr: u64, len: u64) -> bool {
         match addr.checked_add(len.max(1) - 1) {
-            Some(end) => addr >= self.base && end <= self.last(),
+            Some(end) => self.size != 0 && addr >= self.base && end <= self.last(),
             None => false,
         }
     }
@@ -1072,6 +1074,27 @@ mod tests {
         .unwrap();
         let (_, pf) = windows(&sw, UPSTREAM_PORT);
         assert_eq!(pf.last(), u64::MAX);
+    }
+
+    #[test]
+    fn windows_at_their_limits() {
+        let empty = Window {
+            base: 0x1000,
+            size: 0,
+        };
+        assert!(!empty.contains(0x1000, 1) && !empty.contains(0x1000, 0));
+        let top = Window {
+            base: u64::MAX - 0xfff,
+            size: 0x1000,
+        };
+        assert_eq!(top.last(), u64::MAX);
+        assert!(top.contains(u64::MAX, 1) && top.contains(u64::MAX - 0xfff, 0x1000));
+        assert!(!top.contains(u64::MAX, 2) && !top.contains(u64::MAX - 0xfff, 0x1001));
+        let past = Window {
+            base: u64::MAX,
+            size: 2,
+        };
+        assert_eq!(past.last(), u64::MAX, "no wrap");
     }
 
     #[test]
