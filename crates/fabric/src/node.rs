@@ -224,6 +224,9 @@ pub struct Node {
     cfg: NodeConfig,
     /// Groups of a host; an I/O box's groups are those of its devices.
     groups: BTreeSet<u16>,
+    /// Groups left quietly ([`Node::leave_quietly`]): no longer announced, their
+    /// known peers' frames still taken until the time given, when they are left.
+    leaving: BTreeMap<u16, u64>,
     devices: Vec<DeviceInfo>,
     peers: BTreeMap<(u16, MacAddr), Peer>,
     /// Bumped for every new session, so a peer sees each one as a new epoch.
@@ -300,6 +303,7 @@ impl Node {
             buf: vec![0; cfg.mtu as usize + 64],
             cfg,
             groups: BTreeSet::new(),
+            leaving: BTreeMap::new(),
             devices: Vec::new(),
             peers: BTreeMap::new(),
             next_info: 0,
@@ -325,6 +329,7 @@ impl Node {
             return Err(FabricError::BadGroup(gid));
         }
         self.groups.insert(gid);
+        self.leaving.remove(&gid);
         self.next_info = 0; // announce at once
         Ok(())
     }
@@ -335,6 +340,7 @@ impl Node {
             return Err(FabricError::BadGroup(device.gid));
         }
         self.devices.retain(|d| d.slot != device.slot);
+        self.leaving.remove(&device.gid);
         self.devices.push(device);
         self.next_info = 0;
         Ok(())
@@ -354,7 +360,8 @@ impl Node {
     }
 
     /// The groups this bridge is in: those it joined (a host, a manager; a box: a
-    /// group a device just left, until [`Node::leave`]) and those of its devices.
+    /// group a device just left, until [`Node::leave`] or [`Node::leave_quietly`])
+    /// and those of its devices.
     pub fn groups(&self) -> BTreeSet<u16> {
         self.all_groups()
     }
@@ -488,6 +495,7 @@ impl Node {
             .map(|p| p.last_info.saturating_add(self.silence_limit()));
         sessions
             .chain(liveness)
+            .chain(self.leaving.values().copied())
             .chain(std::iter::once(self.next_info))
             .min()
             .unwrap_or(self.next_info)
@@ -513,6 +521,15 @@ impl Node {
             .collect();
         for k in silent {
             self.peer_down(k, DownReason::Silent);
+        }
+        let done: Vec<u16> = self
+            .leaving
+            .iter()
+            .filter(|&(_, &at)| now >= at)
+            .map(|(&g, _)| g)
+            .collect();
+        for gid in done {
+            self.leave(gid);
         }
         for p in self.peers.values_mut() {
             if p.session.poll_timeout().is_some_and(|t| t <= now) {
@@ -673,7 +690,9 @@ impl Node {
             self.stats.other_group += 1;
             return;
         };
-        if !self.in_group(gid) {
+        // A group being left quietly takes frames from the peers it knows there only.
+        let lingering = || self.leaving.contains_key(&gid) && self.peers.contains_key(&(gid, src));
+        if !self.in_group(gid) && !lingering() {
             self.stats.other_group += 1;
             return;
         }
@@ -812,6 +831,7 @@ impl Node {
                     Some(d) => {
                         let from = d.gid;
                         d.gid = c.gid;
+                        self.leaving.remove(&c.gid);
                         self.events.push_back(FabricEvent::GroupChanged {
                             slot: c.slot,
                             from,
@@ -842,11 +862,36 @@ impl Node {
     /// their devices.
     pub fn leave(&mut self, gid: u16) {
         self.groups.remove(&gid);
+        self.leaving.remove(&gid);
         if !self.devices.iter().any(|d| d.gid == gid) {
             let gone: Vec<_> = self.peers.keys().filter(|k| k.0 == gid).copied().collect();
             for k in gone {
                 self.peer_down(k, DownReason::Left);
             }
         }
+    }
+
+    /// (I/O box) Leaves `gid` without dropping its sessions there first: stops
+    /// announcing it at once (it is no longer in [`Node::groups`]), keeps the peers
+    /// it knows there, their sessions, and takes their frames (new peers there are
+    /// not taken), and leaves it as [`Node::leave`] does `missed_infos + 1` INFO
+    /// intervals from `now`, when those peers, seeing us silent, have dropped their
+    /// sessions with us. A device that comes back to the group before then (a move,
+    /// `add_device`; or a `join`) cancels it, and finds the sessions as both sides
+    /// left them: the peers see no restart, and lose nothing on the way.
+    pub fn leave_quietly(&mut self, gid: u16, now: u64) {
+        if self.devices.iter().any(|d| d.gid == gid) {
+            return;
+        }
+        self.groups.remove(&gid);
+        if !self.peers.keys().any(|k| k.0 == gid) {
+            self.leaving.remove(&gid);
+            return;
+        }
+        let linger = self
+            .cfg
+            .info_interval_us
+            .saturating_mul(u64::from(self.cfg.missed_infos).saturating_add(1));
+        self.leaving.insert(gid, now.saturating_add(linger));
     }
 }

@@ -231,6 +231,88 @@ fn tlps_of_one_session_wait_while_the_others_flow() {
     assert_eq!(from(&s.take(BOX), mac(1)), sent);
 }
 
+/// A box that leaves a group quietly stops announcing there at once and keeps its
+/// sessions until the peers there have dropped theirs: a device that comes back
+/// before then finds the session as both sides left it (no restart, nothing lost);
+/// one that does not come back leaves the peers gone on both sides.
+#[test]
+fn a_box_leaving_quietly_keeps_its_sessions_for_a_device_that_comes_back() {
+    let mut s = segment();
+    s.run(300_000);
+    s.nodes[HOST_A].send_tlp(10, mac(3), b"before").unwrap();
+    s.run(5_000);
+    let move_to = |s: &mut Segment, gid: u16| {
+        s.nodes[MANAGER]
+            .set_group(4093, mac(3), 103, 0, gid)
+            .unwrap();
+    };
+    move_to(&mut s, 20);
+    // The empty list, announced for a few intervals.
+    s.run(300_000);
+    s.nodes[BOX].leave_quietly(10, s.now);
+    assert!(!s.nodes[BOX].groups().contains(&10));
+    let infos = s.nodes[HOST_A].stats().infos_in;
+    s.run(150_000);
+    assert_eq!(s.nodes[HOST_A].stats().infos_in, infos, "INFO in group 10");
+    s.take(HOST_A);
+    s.take(BOX);
+    move_to(&mut s, 10);
+    s.run(20_000);
+    s.nodes[HOST_A].send_tlp(10, mac(3), b"after").unwrap();
+    s.run(20_000);
+    let a = s.take(HOST_A);
+    assert_eq!(added(&a), vec![(10, 0)]);
+    assert!(
+        !a.iter().any(|e| matches!(
+            e,
+            FabricEvent::PeerRestarted { .. } | FabricEvent::PeerDown { .. }
+        )),
+        "{a:?}"
+    );
+    let got: Vec<_> = s
+        .take(BOX)
+        .into_iter()
+        .filter(|e| matches!(e, FabricEvent::Tlp { gid: 10, .. }))
+        .collect();
+    assert_eq!(
+        got,
+        vec![FabricEvent::Tlp {
+            gid: 10,
+            peer: mac(1),
+            tlp: b"after".to_vec()
+        }]
+    );
+    for (n, peer) in [(HOST_A, mac(3)), (BOX, mac(1))] {
+        let st = s.nodes[n].session_stats(10, peer).unwrap();
+        assert_eq!((st.peer_restarts, st.tlps_lost), (0, 0), "{st:?}");
+    }
+    assert!(s.nodes[BOX].groups().contains(&10));
+
+    // Gone again, for good this time: after the linger both sides have dropped the
+    // other, and the box takes nothing more of group 10.
+    move_to(&mut s, 20);
+    s.run(300_000);
+    s.nodes[BOX].leave_quietly(10, s.now);
+    s.run(500_000);
+    assert!(s.take(BOX).contains(&FabricEvent::PeerDown {
+        gid: 10,
+        peer: mac(1),
+        reason: DownReason::Left
+    }));
+    assert!(s.take(HOST_A).contains(&FabricEvent::PeerDown {
+        gid: 10,
+        peer: mac(3),
+        reason: DownReason::Silent
+    }));
+    let other = s.nodes[BOX].stats().other_group;
+    s.run(200_000);
+    assert!(
+        s.nodes[BOX].stats().other_group > other,
+        "host A's INFO taken"
+    );
+    assert_eq!(s.nodes[BOX].peers().filter(|p| p.0 == 10).count(), 0);
+}
+
 #[test]
 fn a_device_moves_to_another_host() {
     let mut s = segment();

@@ -269,8 +269,11 @@ impl IoBox {
     /// every interval), and a host of the group that missed one of those INFOs sees
     /// the device removed at the next; after `missed_infos` intervals every host there
     /// has seen the list or taken the box for silent, and either way the device is
-    /// gone from it. Leaving drops the box's sessions in the group
-    /// ([`fabric::DownReason::Left`]). Returns whether it left any.
+    /// gone from it. The box leaves quietly ([`fabric::Node::leave_quietly`]): it stops
+    /// announcing there at once, and drops its sessions in the group
+    /// ([`fabric::DownReason::Left`]) only once the hosts there, seeing it silent,
+    /// have dropped theirs, so a device that comes back meanwhile finds them
+    /// unchanged. Returns whether it left any.
     fn leave_emptied(&mut self, now: u64) -> bool {
         let cfg = self.fp.node().config();
         let linger = cfg
@@ -285,7 +288,7 @@ impl IoBox {
         for &gid in &due {
             self.emptied.remove(&gid);
             if !self.slots.iter().any(|s| s.info.gid == gid) {
-                self.fp.node_mut().leave(gid);
+                self.fp.node_mut().leave_quietly(gid, now);
                 self.stats.groups_left += 1;
             }
         }
