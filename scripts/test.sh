@@ -37,8 +37,12 @@ step() {
 
 step "prerequisites (scripts/deps/all.sh)" scripts/deps/all.sh
 step "cargo fmt --check" cargo fmt --all -- --check
+step "cargo fmt --check (fuzz)" cargo fmt --manifest-path fuzz/Cargo.toml --all -- --check
 step "cargo clippy --all-targets -- -D warnings" \
     cargo clippy --workspace --all-targets --all-features -- -D warnings
+# The fuzz crate is a workspace of its own (libFuzzer's instrumentation): lint it too.
+step "cargo clippy (fuzz) -- -D warnings" \
+    env CARGO_TARGET_DIR=fuzz/target cargo clippy --manifest-path fuzz/Cargo.toml --bins --lib -- -D warnings
 step "cargo test" cargo test --workspace --all-features --no-fail-fast
 step "loom model checks of the rings" \
     env RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -p dataplane --test loom
@@ -74,6 +78,10 @@ for own in "${failed_logs[@]}"; do
         step_only=$((step_only + 1))
     fi
 done
+# A test binary that died (a signal, a failed build) prints no "test result:" line:
+# each "error: test failed" beyond the binaries that reported their failures counts once.
+died=$(($(grep -cE '^error: (test|doctest) failed' "$log" || true) - $(grep -c '^test result: FAILED' "$log" || true)))
+[ "$died" -gt 0 ] || died=0
 # A skipped test returns early, so cargo counts it as passed: count it once, as skipped.
-echo "total: $((passed - skipped + fuzz_passed)) passed, $((failed + fuzz_failed + step_only)) failed, $skipped skipped"
+echo "total: $((passed - skipped + fuzz_passed)) passed, $((failed + fuzz_failed + step_only + died)) failed, $skipped skipped"
 [ ${#failed_steps[@]} -eq 0 ]

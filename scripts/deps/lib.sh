@@ -46,7 +46,7 @@ apt_update() {
 # apt_update_if_stale: apt-get update when no package list is there, or when this
 # project's last update is more than a day old.
 apt_update_if_stale() {
-    if ! compgen -G '/var/lib/apt/lists/*_Packages' >/dev/null ||
+    if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null ||
         [ -z "$(find "$APT_STAMP" -mmin -1440 2>/dev/null)" ]; then
         apt_update
     fi
@@ -65,28 +65,35 @@ apt_install() {
 }
 
 # debian_mirror: the URI of the Debian archive this machine's apt uses for its own
-# release (one-line and deb822 sources), or TETHER_DEBIAN_MIRROR. TETHER_APT_ETC names
-# another /etc to read (for testing this function).
+# release, or TETHER_DEBIAN_MIRROR. Candidates are the `deb` entries (one-line and deb822
+# sources) whose suite is the machine's codename and whose components include main,
+# read in the order sources.list, *.sources, *.list; the first one whose downloaded
+# Release file says "Origin: Debian" wins (a third-party repository such as Docker's
+# can name the codename too), else the first candidate. TETHER_APT_ETC and
+# TETHER_APT_LISTS name another /etc and list directory (for testing this function).
 debian_mirror() {
     if [ -n "${TETHER_DEBIAN_MIRROR:-}" ]; then
         echo "$TETHER_DEBIAN_MIRROR"
         return
     fi
-    local etc=${TETHER_APT_ETC:-/etc} codename files=()
+    local etc=${TETHER_APT_ETC:-/etc} lists=${TETHER_APT_LISTS:-/var/lib/apt/lists}
+    local codename files=() f
     codename=$(. "$etc/os-release" && echo "${VERSION_CODENAME:-}")
     [ -f "$etc/apt/sources.list" ] && files+=("$etc/apt/sources.list")
-    for f in "$etc"/apt/sources.list.d/*.list "$etc"/apt/sources.list.d/*.sources; do
+    for f in "$etc"/apt/sources.list.d/*.sources "$etc"/apt/sources.list.d/*.list; do
         [ -f "$f" ] && files+=("$f")
     done
-    local uri=""
+    local candidates=()
     if [ -n "$codename" ] && [ ${#files[@]} -gt 0 ]; then
-        uri=$(awk -v want="$codename" '
+        mapfile -t candidates < <(awk -v want="$codename" '
+            function has(list, word) { return (" " list " ") ~ (" " word " ") }
             function flush() {
-                if (enabled && types ~ /(^| )deb( |$)/ && (" " suites " ") ~ (" " want " ") && uris != "") {
-                    split(uris, u, " "); print u[1]; found = 1; exit
+                if (enabled && has(types, "deb") && has(suites, want) && has(comps, "main") && uris != "") {
+                    split(uris, u, " "); print u[1]
                 }
-                types = ""; uris = ""; suites = ""; enabled = 1
+                types = ""; uris = ""; suites = ""; comps = ""; enabled = 1
             }
+            BEGIN { enabled = 1 }
             FNR == 1 { flush() }
             FILENAME ~ /\.sources$/ {
                 if ($0 ~ /^[ \t]*$/) { flush(); next }
@@ -96,19 +103,34 @@ debian_mirror() {
                 if (key == "types") types = val
                 else if (key == "uris") uris = val
                 else if (key == "suites") suites = val
+                else if (key == "components") comps = val
                 else if (key == "enabled") enabled = (tolower(val) != "no")
                 next
             }
             /^[ \t]*deb[ \t]/ {
                 line = $0; sub(/^[ \t]*deb[ \t]+/, "", line)
                 if (line ~ /^\[/) sub(/^\[[^]]*\][ \t]*/, "", line)
-                n = split(line, f, /[ \t]+/)
-                if (n >= 2 && f[2] == want) { print f[1]; found = 1; exit }
+                n = split(line, w, /[ \t]+/)
+                main = 0
+                for (i = 3; i <= n; i++) if (w[i] == "main") main = 1
+                if (n >= 3 && w[2] == want && main) print w[1]
             }
-            END { if (!found) flush() }
-            BEGIN { enabled = 1 }
+            END { flush() }
         ' "${files[@]}")
     fi
-    [ -n "$uri" ] || deps_fail "no Debian archive for '$codename' in this machine's apt sources; set TETHER_DEBIAN_MIRROR"
-    echo "${uri%/}"
+    [ ${#candidates[@]} -gt 0 ] ||
+        deps_fail "no Debian archive for '$codename' (suite $codename, component main) in this machine's apt sources; set TETHER_DEBIAN_MIRROR"
+    local uri mangled
+    for uri in "${candidates[@]}"; do
+        # apt names its list files after the URI: scheme dropped, "/" as "_".
+        mangled=${uri#*://}
+        mangled=${mangled%/}
+        mangled=${mangled//\//_}
+        if grep -qs '^Origin: Debian$' "$lists/${mangled}_dists_${codename}_InRelease" \
+            "$lists/${mangled}_dists_${codename}_Release"; then
+            echo "${uri%/}"
+            return
+        fi
+    done
+    echo "${candidates[0]%/}"
 }

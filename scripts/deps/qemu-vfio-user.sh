@@ -14,9 +14,11 @@ DIR=${TETHER_VM_DIR:-/var/tmp/tether-vm}
 ROOT=$DIR/trixie
 DEPS_LOG=$DIR/qemu-vfio-user.log
 . "$(dirname "$0")/lib.sh"
+# has_vfio_user [DIR]: the chroot at DIR (default $ROOT) has a QEMU with vfio-user-pci.
 has_vfio_user() {
-    [ -x "$ROOT/usr/bin/qemu-system-x86_64" ] &&
-        chroot "$ROOT" qemu-system-x86_64 -device help 2>/dev/null | grep -q '"vfio-user-pci"'
+    local r=${1:-$ROOT}
+    [ -x "$r/usr/bin/qemu-system-x86_64" ] &&
+        chroot "$r" qemu-system-x86_64 -device help 2>/dev/null | grep -q '"vfio-user-pci"'
 }
 deps_lock
 if has_vfio_user; then
@@ -27,22 +29,23 @@ deps_need_root "a QEMU with vfio-user-pci ($ROOT)"
 mkdir -p "$DIR"
 : >"$DEPS_LOG"
 command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
+apt_update_if_stale
 MIRROR=$(debian_mirror)
 echo "mirror: $MIRROR" >>"$DEPS_LOG"
-if [ ! -x "$ROOT/usr/bin/apt-get" ]; then
-    # Made in a scratch directory and moved into place whole: an interrupted run leaves
-    # nothing that looks finished.
-    rm -rf "$ROOT" "$ROOT.partial"
-    debootstrap --variant=minbase trixie "$ROOT.partial" "$MIRROR" >>"$DEPS_LOG" 2>&1 ||
-        deps_fail "debootstrap trixie from $MIRROR failed"
-    mv "$ROOT.partial" "$ROOT"
-fi
-echo "deb $MIRROR trixie-backports main" >"$ROOT/etc/apt/sources.list.d/backports.list"
+# Made whole in a scratch directory (debootstrap, then QEMU from trixie-backports) and
+# moved into place only when it works: an interrupted run leaves nothing that looks
+# finished, and a chroot that is there but broken is made again.
+P=$ROOT.partial
+rm -rf "$ROOT" "$P"
+debootstrap --variant=minbase trixie "$P" "$MIRROR" >>"$DEPS_LOG" 2>&1 ||
+    deps_fail "debootstrap trixie from $MIRROR failed"
+echo "deb $MIRROR trixie-backports main" >"$P/etc/apt/sources.list.d/backports.list"
 # A mirror's Release file can be past its Valid-Until date.
-chroot "$ROOT" apt-get -o Acquire::Check-Valid-Until=false -o Acquire::Retries=3 update >>"$DEPS_LOG" 2>&1 ||
+chroot "$P" apt-get -o Acquire::Check-Valid-Until=false -o Acquire::Retries=3 update >>"$DEPS_LOG" 2>&1 ||
     deps_fail "apt-get update in the trixie chroot failed"
-DEBIAN_FRONTEND=noninteractive chroot "$ROOT" apt-get install -y --no-install-recommends \
+DEBIAN_FRONTEND=noninteractive chroot "$P" apt-get install -y --no-install-recommends \
     -t trixie-backports qemu-system-x86 >>"$DEPS_LOG" 2>&1 ||
     deps_fail "installing qemu-system-x86 from trixie-backports failed"
-has_vfio_user || deps_fail "the chroot's QEMU has no vfio-user-pci"
+has_vfio_user "$P" || deps_fail "the chroot's QEMU has no vfio-user-pci"
+mv "$P" "$ROOT"
 echo "$ROOT"

@@ -4,7 +4,7 @@
 //!   access.
 //! - [`bridge`]: the TLP engine, sans-IO: requests with tags and completion timeouts,
 //!   device DMA served from the memory map (UR / dropped outside it), MSI and INTx.
-//! - [`host`]: the blocking API on top, over a [`host::Link`]: enumeration (BAR sizing
+//! - [`driver_api`]: the blocking API on top, over a [`Link`]: enumeration (BAR sizing
 //!   and assignment, MSI/MSI-X set-up), config and BAR access, DMA buffers, interrupts.
 //!   This is the user-space driver API.
 
