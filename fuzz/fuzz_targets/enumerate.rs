@@ -141,13 +141,7 @@ fuzz_target!(|data: &[u8]| {
         config_reads: 0,
         out: VecDeque::new(),
     };
-    let mut host = Host::new(
-        BridgeConfig::default(),
-        mem,
-        (1 << 32, 4096),
-        windows,
-        link,
-    );
+    let mut host = Host::new(BridgeConfig::default(), mem, (1 << 32, 4096), windows, link);
     let bdf = Bdf::new(1, 0, 0).unwrap();
     let mut assigned: Vec<(u64, u64)> = Vec::new();
     for _ in 0..2 {
@@ -169,7 +163,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(b.size.is_power_of_two() && b.address.is_multiple_of(b.size));
             assert!(b.address >= lo && b.address.checked_add(b.size).is_some_and(|e| e <= hi));
             for &(a, s) in &assigned {
-                assert!(b.address + b.size <= a || a + s <= b.address, "BARs overlap");
+                assert!(
+                    b.address + b.size <= a || a + s <= b.address,
+                    "BARs overlap"
+                );
             }
             assigned.push((b.address, b.size));
         }

@@ -16,7 +16,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let address = u64::from_le_bytes(data[0..8].try_into().unwrap()) & !3;
     let length_dw = (u16::from_le_bytes([data[8], data[9]]) % 1024) + 1;
-    let length_dw = length_dw.min(((4096 - (address & 0xfff)) / 4) as u16).max(1);
+    let length_dw = length_dw
+        .min(((4096 - (address & 0xfff)) / 4) as u16)
+        .max(1);
     let read = MemRead {
         requester: Bdf::default(),
         tag: Tag::default(),
@@ -27,8 +29,16 @@ fuzz_target!(|data: &[u8]| {
         locked: false,
         hint: None,
     };
-    let rcb = if data[11] & 1 == 0 { Rcb::B64 } else { Rcb::B128 };
-    let mps = if data[11] & 2 == 0 { MaxSize::B128 } else { MaxSize::B256 };
+    let rcb = if data[11] & 1 == 0 {
+        Rcb::B64
+    } else {
+        Rcb::B128
+    };
+    let mps = if data[11] & 2 == 0 {
+        MaxSize::B128
+    } else {
+        MaxSize::B256
+    };
     let chunks: Vec<_> = split_read_completions(&read, rcb, mps).collect();
     let mut r = ReadReassembly::new(&read, rcb);
     let mut out = vec![0u8; r.total() as usize];

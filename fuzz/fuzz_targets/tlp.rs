@@ -6,7 +6,12 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(view) = tlp::TlpPacket::new_checked(data) {
-        let _ = (view.payload(), view.digest(), view.address(), view.config_register());
+        let _ = (
+            view.payload(),
+            view.digest(),
+            view.address(),
+            view.config_register(),
+        );
     }
     if let Ok(t) = tlp::Tlp::parse(data) {
         let mut buf = vec![0u8; t.buffer_len()];
