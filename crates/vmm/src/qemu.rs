@@ -1,6 +1,7 @@
 //! What tether needs to know about the QEMU it runs: its version (and the bugs that
-//! come with it), and the command line of a q35 machine whose PCI Express root ports
-//! take hot-plugged devices.
+//! come with it), the command line every guest shares ([`base_argv`]), that of a q35
+//! machine whose PCI Express root ports take hot-plugged devices, and how QEMU runs
+//! from a root directory of its own ([`in_root`]).
 //!
 //! The option names were checked against QEMU's source (`hw/pci-bridge/gen_pcie_root_port.c`
 //! for the `*-reserve` properties, `hw/isa/lpc_ich9.c` for
@@ -8,7 +9,8 @@
 //! the QEMU 11.1.3 that `scripts/deps/qemu-vfio-user.sh` installs.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use serde_json::Value;
 use thiserror::Error;
@@ -253,6 +255,68 @@ pub struct KernelBoot {
     pub append: String,
 }
 
+/// The start of every tether guest's command line, argv[0] first: one CPU of `accel`,
+/// `memory_mib` MiB of guest RAM in a shared memfd (which the device's front-end maps)
+/// backing a machine of type `machine` ("q35", "pc"), no default devices, no display,
+/// no reboot, the serial port on `serial`, QMP on the Unix socket `qmp`.
+pub fn base_argv(
+    qemu: &str,
+    accel: Accel,
+    memory_mib: u64,
+    machine: &str,
+    serial: &str,
+    qmp: &Path,
+) -> Vec<String> {
+    let (accel, cpu) = match accel {
+        Accel::Kvm => ("kvm", "host,-arch-capabilities"),
+        Accel::Tcg => ("tcg", "max"),
+    };
+    let mem = format!("{memory_mib}M");
+    vec![
+        qemu.into(),
+        "-accel".into(),
+        accel.into(),
+        "-cpu".into(),
+        cpu.into(),
+        "-smp".into(),
+        "1".into(),
+        "-m".into(),
+        mem.clone(),
+        "-object".into(),
+        format!("memory-backend-memfd,id=tether-ram,size={mem},share=on"),
+        "-machine".into(),
+        format!("{machine},memory-backend=tether-ram"),
+        "-nodefaults".into(),
+        "-display".into(),
+        "none".into(),
+        "-no-reboot".into(),
+        "-serial".into(),
+        serial.into(),
+        "-monitor".into(),
+        "none".into(),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", qmp.display()),
+    ]
+}
+
+/// `argv` run with `root` as its root directory (a chroot with a QEMU the system
+/// does not have), in a mount namespace of its own: /proc, /dev, /sys and the host's
+/// /tmp and /var/tmp (where kernels, initrds and sockets lie) are mounted into the
+/// root for this process only and vanish with it. Needs root.
+pub fn in_root(root: &Path, argv: &[String]) -> Command {
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "r=$1; shift; mount -t proc proc \"$r/proc\" && mount --rbind /dev \"$r/dev\" && \
+             mount -t sysfs sys \"$r/sys\" && mount --bind /tmp \"$r/tmp\" && \
+             mount --bind /var/tmp \"$r/var/tmp\" && exec chroot \"$r\" \"$@\"",
+        )
+        .arg("tether-qemu")
+        .arg(root)
+        .args(argv);
+    c
+}
+
 /// A q35 machine whose devices arrive through hot-plug: guest RAM in a shared memfd
 /// (vfio-user's server maps it), `root_ports` PCI Express root ports with native
 /// hot-plug (pciehp), QMP on a Unix socket, no default devices.
@@ -303,40 +367,20 @@ impl MachineSpec {
         if self.memory_mib == 0 {
             return Err(SpecError::NoMemory);
         }
-        let (accel, cpu) = match self.accel {
-            Accel::Kvm => ("kvm", "host,-arch-capabilities"),
-            Accel::Tcg => ("tcg", "max"),
-        };
-        let mem = format!("{}M", self.memory_mib);
-        let mut v: Vec<String> = vec![
-            self.qemu.clone(),
-            "-accel".into(),
-            accel.into(),
-            "-cpu".into(),
-            cpu.into(),
-            "-smp".into(),
-            "1".into(),
-            "-m".into(),
-            mem.clone(),
-            "-object".into(),
-            format!("memory-backend-memfd,id=tether-ram,size={mem},share=on"),
-            "-machine".into(),
-            "q35,memory-backend=tether-ram".into(),
-            // Native PCI Express hot-plug (pciehp) on the root ports rather than
-            // ACPI's: the guest sees the slot events a real switch port raises.
+        let mut v = base_argv(
+            &self.qemu,
+            self.accel,
+            u64::from(self.memory_mib),
+            "q35",
+            &self.serial,
+            &self.qmp,
+        );
+        // Native PCI Express hot-plug (pciehp) on the root ports rather than ACPI's:
+        // the guest sees the slot events a real switch port raises.
+        v.extend([
             "-global".into(),
             "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off".into(),
-            "-nodefaults".into(),
-            "-display".into(),
-            "none".into(),
-            "-no-reboot".into(),
-            "-serial".into(),
-            self.serial.clone(),
-            "-monitor".into(),
-            "none".into(),
-            "-qmp".into(),
-            format!("unix:{},server=on,wait=off", self.qmp.display()),
-        ];
+        ]);
         for port in self.ports() {
             v.push("-device".into());
             v.push(port.device_option(self.pref64_reserve));
@@ -489,9 +533,9 @@ mod tests {
         let golden = "qemu-system-x86_64 -accel tcg -cpu max -smp 1 -m 256M \
              -object memory-backend-memfd,id=tether-ram,size=256M,share=on \
              -machine q35,memory-backend=tether-ram \
-             -global ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off \
              -nodefaults -display none -no-reboot -serial stdio -monitor none \
              -qmp unix:/tmp/vm/qmp.sock,server=on,wait=off \
+             -global ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off \
              -device pcie-root-port,id=tether-rp0,bus=pcie.0,chassis=1,slot=1,addr=2.0,multifunction=on,io-reserve=0,pref64-reserve=64M \
              -device pcie-root-port,id=tether-rp1,bus=pcie.0,chassis=2,slot=2,addr=2.1,io-reserve=0,pref64-reserve=64M \
              -device pcie-root-port,id=tether-rp2,bus=pcie.0,chassis=3,slot=3,addr=2.2,io-reserve=0,pref64-reserve=64M \
@@ -508,10 +552,31 @@ mod tests {
             "qemu-system-x86_64 -accel kvm -cpu host,-arch-capabilities -smp 1 -m 256M \
              -object memory-backend-memfd,id=tether-ram,size=256M,share=on \
              -machine q35,memory-backend=tether-ram \
-             -global ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off \
              -nodefaults -display none -no-reboot -serial stdio -monitor none \
              -qmp unix:/tmp/vm/qmp.sock,server=on,wait=off \
+             -global ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off \
              -device x-pci-proxy-dev,id=tether0,fd=7"
+        );
+    }
+
+    #[test]
+    fn the_base_command_line_of_a_pc_machine_golden() {
+        // As `tether vm` starts its guest (machine type pc).
+        assert_eq!(
+            base_argv(
+                "qemu",
+                Accel::Kvm,
+                512,
+                "pc",
+                "stdio",
+                Path::new("/tmp/q.qmp")
+            )
+            .join(" "),
+            "qemu -accel kvm -cpu host,-arch-capabilities -smp 1 -m 512M \
+             -object memory-backend-memfd,id=tether-ram,size=512M,share=on \
+             -machine pc,memory-backend=tether-ram \
+             -nodefaults -display none -no-reboot -serial stdio -monitor none \
+             -qmp unix:/tmp/q.qmp,server=on,wait=off"
         );
     }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vmm::qemu::{Accel, ByteSize, MachineSpec, QemuVersion, RootPortIndex};
+use vmm::qemu::{in_root, Accel, ByteSize, MachineSpec, QemuVersion, RootPortIndex};
 use vmm::qmp::{devices_behind, vfio_user_pci, Qmp, QmpError};
 
 fn is_root() -> bool {
@@ -53,21 +53,6 @@ fn qemu_root() -> PathBuf {
         root.display()
     );
     root
-}
-
-/// `argv` run in `root`, in a mount namespace of its own with /proc, /dev, /sys and
-/// the host's /tmp (where the QMP socket is), as `tether vm --qemu-root` runs QEMU.
-fn in_root(root: &Path, argv: &[String]) -> Command {
-    let mut c = Command::new("unshare");
-    c.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(
-            "r=$1; shift; mount -t proc proc \"$r/proc\" && mount --rbind /dev \"$r/dev\" && \
-             mount -t sysfs sys \"$r/sys\" && mount --bind /tmp \"$r/tmp\" && exec chroot \"$r\" \"$@\"",
-        )
-        .arg("vmm-test-qemu")
-        .arg(root)
-        .args(argv);
-    c
 }
 
 /// QEMU, killed when the test ends however it ends.
