@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use vmm::proxy::ProxyServer;
+use vmm::qemu;
+use vmm::qmp::Qmp;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -107,6 +109,9 @@ fn kvm_usable(kernel: bool) -> bool {
     open && !(kernel && std::path::Path::new("/sys/module/kvm_pvm").exists())
 }
 
+/// How long QEMU's monitor may take to connect, greet and answer.
+const QMP_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How QEMU finds the device.
 enum Attach {
     ProxyFd(i32),
@@ -115,40 +120,12 @@ enum Attach {
 
 /// The QEMU command line for a guest whose device is reached through `attach`.
 fn qemu_command(a: &VmArgs, accel: Accel, attach: &Attach, qmp: &Path) -> Vec<String> {
-    let mem = format!("{}M", a.memory);
-    let (accel, cpu) = match accel {
-        // -arch-capabilities: QEMU's "host" model aborts on PVM-backed KVM without it.
-        Accel::Kvm => ("kvm", "host,-arch-capabilities"),
-        _ => ("tcg", "max"),
+    let accel = match accel {
+        Accel::Kvm => qemu::Accel::Kvm,
+        _ => qemu::Accel::Tcg,
     };
-    let mut v: Vec<String> = [
-        a.qemu.as_str(),
-        "-accel",
-        accel,
-        "-cpu",
-        cpu,
-        "-smp",
-        "1",
-        "-m",
-        &mem,
-        "-object",
-        &format!("memory-backend-memfd,id=tether-ram,size={mem},share=on"),
-        "-machine",
-        "pc,memory-backend=tether-ram",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-serial",
-        "stdio",
-        "-monitor",
-        "none",
-        "-qmp",
-        &format!("unix:{},server=on,wait=off", qmp.display()),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    // Machine type pc: the device is present from the start, unplugged through ACPI.
+    let mut v = qemu::base_argv(&a.qemu, accel, a.memory, "pc", "stdio", qmp);
     v.push("-device".into());
     v.push(match attach {
         Attach::ProxyFd(fd) => format!("x-pci-proxy-dev,id=tether0,fd={fd}"),
@@ -194,41 +171,12 @@ pub fn box_on_port(
     Ok(())
 }
 
-/// QEMU's monitor (QMP) on a Unix socket, for unplugging the device.
-struct Qmp {
-    path: PathBuf,
-}
-
-impl Qmp {
-    fn device_del(&mut self, id: &str) -> Result<()> {
-        use std::io::{BufRead, BufReader, Write};
-        let sock = std::os::unix::net::UnixStream::connect(&self.path)
-            .with_context(|| format!("connecting to {}", self.path.display()))?;
-        sock.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let mut lines = BufReader::new(sock.try_clone()?).lines();
-        let mut w = sock;
-        // The greeting, then each command's answer (events may come in between).
-        let answer = |lines: &mut std::io::Lines<BufReader<std::os::unix::net::UnixStream>>| -> Result<String> {
-            loop {
-                let l = lines.next().context("QMP closed")??;
-                if l.contains("\"return\"") || l.contains("\"error\"") || l.contains("\"QMP\"") {
-                    return Ok(l);
-                }
-            }
-        };
-        answer(&mut lines)?;
-        w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")?;
-        answer(&mut lines)?;
-        w.write_all(
-            format!("{{\"execute\":\"device_del\",\"arguments\":{{\"id\":\"{id}\"}}}}\n")
-                .as_bytes(),
-        )?;
-        let r = answer(&mut lines)?;
-        if r.contains("\"error\"") {
-            bail!("QMP device_del: {r}");
-        }
-        Ok(())
-    }
+/// Asks the QEMU whose QMP socket is `qmp` to unplug device `id` from the guest.
+/// Only asks: the guest's release of the device (`DEVICE_DELETED`) is not waited for.
+fn unplug(qmp: &Path, id: &str) -> Result<()> {
+    let mut q = Qmp::connect(qmp, QMP_TIMEOUT)?;
+    q.device_del(id)?;
+    Ok(())
 }
 
 fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
@@ -255,21 +203,7 @@ fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
 fn spawn_qemu(a: &VmArgs, argv: &[String], child_fd: i32) -> Result<std::process::Child> {
     eprintln!("tether vm: {}", argv.join(" "));
     let mut cmd = match &a.qemu_root {
-        // A mount namespace of its own: /proc, /dev, /sys and the shared /tmp and
-        // /var/tmp are mounted into the root for QEMU only and vanish with it.
-        Some(root) => {
-            let mut c = Command::new("unshare");
-            c.args(["--mount", "--propagation", "private", "sh", "-c"])
-                .arg(
-                    "r=$1; shift; mount -t proc proc \"$r/proc\" && mount --rbind /dev \"$r/dev\" && \
-                     mount -t sysfs sys \"$r/sys\" && mount --bind /tmp \"$r/tmp\" && \
-                     mount --bind /var/tmp \"$r/var/tmp\" && exec chroot \"$r\" \"$@\"",
-                )
-                .arg("tether-qemu")
-                .arg(root)
-                .args(argv);
-            c
-        }
+        Some(root) => qemu::in_root(root, argv),
         None => {
             let mut c = Command::new(&argv[0]);
             c.args(&argv[1..]);
@@ -395,9 +329,6 @@ pub fn run(a: VmArgs) -> Result<ExitStatus> {
         .timeout
         .map(|t| Instant::now() + Duration::from_secs_f64(t));
     let mut status = None;
-    let mut qmp = Qmp {
-        path: qmp_path.clone(),
-    };
     let served = vm_host::serve(
         &cfg,
         &mut vb,
@@ -412,7 +343,7 @@ pub fn run(a: VmArgs) -> Result<ExitStatus> {
         || {
             // The device's box went away: unplug the device from the guest (ACPI hot
             // unplug), as a switch port reports a surprise removal.
-            match qmp.device_del("tether0") {
+            match unplug(&qmp_path, "tether0") {
                 Ok(()) => println!("tether vm: asked QEMU to unplug the device from the guest"),
                 Err(e) => println!("tether vm: could not unplug the device: {e:#}"),
             }
@@ -439,4 +370,71 @@ pub fn run(a: VmArgs) -> Result<ExitStatus> {
         bail!("QEMU died: {status}");
     }
     Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+
+    /// A fake QEMU monitor on `path` that serves one connection: its greeting, then
+    /// for each command what `answer` gives (the command's id, if any, as JSON).
+    fn fake_qmp(
+        path: &Path,
+        answer: impl Fn(&str, &str) -> String + Send + 'static,
+    ) -> std::thread::JoinHandle<Vec<String>> {
+        let listener = UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let (sock, _) = listener.accept().unwrap();
+            let mut w = sock.try_clone().unwrap();
+            w.write_all(
+                b"{\"QMP\": {\"version\": {\"qemu\": {\"major\": 11, \"minor\": 1, \"micro\": 3}, \"package\": \"\"}, \"capabilities\": []}}\n",
+            )
+            .unwrap();
+            let mut seen = Vec::new();
+            for line in BufReader::new(sock).lines() {
+                let Ok(line) = line else { break };
+                let cmd: serde_json::Value = serde_json::from_str(&line).unwrap();
+                let name = cmd["execute"].as_str().unwrap_or("").to_string();
+                let id = cmd.get("id").map_or("null".to_string(), |i| i.to_string());
+                if w.write_all(answer(&name, &id).as_bytes()).is_err() {
+                    break;
+                }
+                seen.push(name);
+            }
+            seen
+        })
+    }
+
+    #[test]
+    fn unplug_takes_the_reply_not_an_event_that_mentions_return() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp");
+        // device_del's error reply comes after an event whose data has a "return"
+        // key: the answer is the error.
+        let qemu = fake_qmp(&path, |name, id| {
+            match name {
+            "device_del" => format!(
+                "{{\"event\": \"X\", \"data\": {{\"return\": 1}}}}\n\
+                 {{\"error\": {{\"class\": \"DeviceNotFound\", \"desc\": \"Device 'tether0' not found\"}}, \"id\": {id}}}\n"
+            ),
+            _ => format!("{{\"return\": {{}}, \"id\": {id}}}\n"),
+        }
+        });
+        let e = unplug(&path, "tether0").expect_err("device_del failed in QEMU");
+        assert!(format!("{e:#}").contains("DeviceNotFound"), "{e:#}");
+        assert_eq!(qemu.join().unwrap(), ["qmp_capabilities", "device_del"]);
+    }
+
+    #[test]
+    fn unplug_succeeds_on_qemus_return() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp");
+        let qemu = fake_qmp(&path, |_, id| {
+            format!("{{\"return\": {{}}, \"id\": {id}}}\n")
+        });
+        unplug(&path, "tether0").unwrap();
+        assert_eq!(qemu.join().unwrap(), ["qmp_capabilities", "device_del"]);
+    }
 }
