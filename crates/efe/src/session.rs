@@ -40,9 +40,13 @@ pub type Micros = u64;
 
 /// The session epochs of one run of a bridge are its boot epoch plus 1, 2, ... (one
 /// per session it makes), within this span. A peer epoch up to this far behind the
-/// current one is an older session of the same run, refused as stale; anything else
-/// new is a restart. A random boot epoch lands in that window with odds 2^-16, and
-/// then the restart is still seen by the layer above (INFO carries the boot epoch).
+/// current one is taken for an older session of the same run and refused as stale;
+/// anything else new is a restart. A session cannot tell a new run from an older
+/// session by its epoch alone: a restarted peer's random boot epoch lands in that
+/// window with odds 2^-16, and its frames are then refused until the layer above,
+/// which sees the new boot epoch in the peer's INFO, calls [`Session::peer_restart`]
+/// (fabric does for every new boot epoch unless the session provably follows the new
+/// run already).
 pub const EPOCH_RUN_SPAN: u32 = 1 << 16;
 
 /// Whether `epoch` is a session epoch of the run that booted with `boot`.

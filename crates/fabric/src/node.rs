@@ -49,9 +49,10 @@ pub struct NodeConfig {
     pub max_peers: usize,
     /// Session settings (its MTU is set from `mtu`).
     pub session: efe::Config,
-    /// Boot epoch of this run of the bridge: non-zero, and never that of its previous
-    /// run (tether draws it at random: [`crate::fresh_epoch`]). Sessions count up
-    /// from it.
+    /// Boot epoch of this run of the bridge: non-zero, and random per run (tether
+    /// draws it: [`crate::fresh_epoch`]), so it may fall anywhere relative to the
+    /// previous run's, even within its session epochs' span (peers still see the
+    /// restart from INFO). Sessions count up from it.
     pub epoch: u32,
     /// PCIe sizes announced in INFO.
     pub max_payload: u16,
@@ -192,8 +193,16 @@ struct Peer {
 
 impl Peer {
     /// An INFO came with `epoch`: whether it is stale (refused), and otherwise
-    /// whether the peer restarted. A peer whose session already follows the new run
-    /// (its DATA arrived first) is not restarted twice.
+    /// whether the peer restarted. A new boot epoch is a restart unless the session
+    /// provably follows the new run already (its DATA arrived first): the epoch it
+    /// follows is a session epoch of the new run and not one of the old run. The
+    /// session's epoch alone cannot tell when the two runs' spans overlap (boot epochs
+    /// within `EPOCH_RUN_SPAN` of each other): that counts as a restart, since taking
+    /// an old run's session for the new run's leaves the new run's DATA refused as an
+    /// older session for good, while restarting a session that did follow the new run
+    /// (odds 2^-15 per restart, and only if its INFO came after its DATA) drops what
+    /// it held (counted) and refuses that session's epoch until the peer's session
+    /// runs out of retries and makes a new one.
     fn boot(&mut self, epoch: u32) -> Boot {
         if epoch == self.boot_epoch {
             return Boot::Same;
@@ -201,11 +210,13 @@ impl Peer {
         if epoch == 0 || self.retired_boots.contains(&epoch) {
             return Boot::Stale;
         }
+        let old = self.boot_epoch;
         self.retired_boots.rotate_right(1);
-        self.retired_boots[0] = self.boot_epoch;
+        self.retired_boots[0] = old;
         self.boot_epoch = epoch;
         let followed = self.session.peer_epoch();
-        if followed != 0 && efe::epoch_of_run(epoch, followed) {
+        if followed != 0 && efe::epoch_of_run(epoch, followed) && !efe::epoch_of_run(old, followed)
+        {
             Boot::Same
         } else {
             Boot::Restarted

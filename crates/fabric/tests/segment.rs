@@ -568,6 +568,53 @@ fn a_restart_is_seen_from_info_before_any_data() {
     assert!(from_peer(&s.take(HOST_A), mac(3)).1.is_empty());
 }
 
+/// A restart whose new boot epoch is a little below the session epoch the host
+/// follows for the old run: the new run's epochs fall in the window where an older
+/// session of the old run would be. The host must still see the restart (from the
+/// INFO), drop what it held for the old run, and take the new run's TLPs.
+#[test]
+fn a_restart_to_an_epoch_just_below_the_old_session_is_seen() {
+    const OLD: u32 = 0x9000_0000;
+    // The box's sessions of its first run are OLD + 1 and OLD + 2 (host, manager); the
+    // new run's are NEW + 1 and NEW + 2, a few hundred behind them.
+    const NEW: u32 = OLD - 0x100;
+    let mut s = segment();
+    s.nodes[BOX] = restarted_box(OLD);
+    s.run(300_000);
+    s.nodes[BOX].send_tlp(10, mac(1), b"old-run!").unwrap();
+    s.run(2_000);
+    assert_eq!(
+        from_peer(&s.take(HOST_A), mac(3)).0,
+        vec![b"old-run!".to_vec()]
+    );
+    s.take(BOX);
+    // The box dies with one TLP of the host's not acknowledged.
+    s.down[BOX] = true;
+    s.nodes[HOST_A].send_tlp(10, mac(3), b"unacked!").unwrap();
+    s.run(2_000);
+    s.nodes[BOX] = restarted_box(NEW);
+    s.down[BOX] = false;
+    s.run(150_000);
+    for i in 0..3u8 {
+        s.nodes[BOX].send_tlp(10, mac(1), &[i; 8]).unwrap();
+    }
+    s.nodes[HOST_A].send_tlp(10, mac(3), b"to-new-1").unwrap();
+    s.run(50_000);
+    let (tlps, restarts) = from_peer(&s.take(HOST_A), mac(3));
+    let st = s.nodes[HOST_A].session_stats(10, mac(3)).unwrap();
+    assert_eq!(
+        (restarts, st.peer_restarts, st.tlps_lost),
+        (vec![1], 1, 1),
+        "one restart, the unacknowledged TLP lost: {st:?}"
+    );
+    let want: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 8]).collect();
+    assert_eq!(tlps, want, "the new run's TLPs, in order");
+    assert_eq!(
+        from_peer(&s.take(BOX), mac(1)).0,
+        vec![b"to-new-1".to_vec()]
+    );
+}
+
 #[test]
 fn epochs_never_repeat_even_when_the_source_does() {
     let mut same = fabric::EpochSource::new(|| 1000);
