@@ -6,7 +6,9 @@
 //!   host waits (its bridge keeps the TLP and stops answering a device that floods
 //!   it, its API callers wait for room). It is cleared, and what it held counted, when
 //!   the target changes or its session is lost or restarts;
-//! - the inbox (TLPs from the box the host has not taken yet) holds [`INBOX_BYTES`];
+//! - the inbox (TLPs from the box the host has not taken yet) takes TLPs while it
+//!   holds less than [`INBOX_BYTES`] (so at most that plus one TLP); beyond, the box's
+//!   TLPs wait in its session, whose receive window closes, and none is dropped;
 //! - `events` (fabric events for the program) holds [`MAX_EVENTS`], oldest pushed out.
 
 use std::collections::VecDeque;
@@ -21,9 +23,10 @@ use fabric::FabricPort;
 
 /// Bytes of TLPs for the box the link holds beyond what the session has taken.
 pub const OUTBOX_BYTES: usize = 1 << 20;
-/// Bytes of TLPs from the box the link holds for the host. The host takes them as they
-/// come; only a program that runs the fabric without taking TLPs (waiting for a
-/// device, say) lets them pile up to this.
+/// Bytes of TLPs from the box the link holds for the host (plus one TLP at most). The
+/// host takes them as they come; only a program that runs the fabric without taking
+/// TLPs (waiting for a device, say) lets them pile up to this, and then the box's
+/// further TLPs wait in the session (back-pressure), not dropped.
 pub const INBOX_BYTES: usize = 8 << 20;
 /// Fabric events kept for the program.
 pub const MAX_EVENTS: usize = 4096;
@@ -42,8 +45,6 @@ pub struct LinkStats {
     /// Times `send` refused a TLP because the outbox was full (the host keeps it and
     /// offers it again).
     pub outbox_full: u64,
-    /// TLPs from the box dropped because the inbox was full.
-    pub inbox_dropped: u64,
     /// Fabric events pushed out of `events`, oldest first, because nobody took them.
     pub events_dropped: u64,
 }
@@ -162,14 +163,19 @@ impl FabricLink {
     /// Runs the fabric for a moment: frames, timers, events.
     pub fn poll(&mut self, wait: Duration) {
         let _ = self.fp.poll(wait);
-        while let Some(e) = self.fp.poll_event() {
+        loop {
+            // A full inbox leaves the target's TLPs in their session, whose receive
+            // window closes: the box waits instead of its TLPs being dropped.
+            let (full, target) = (self.inbox.bytes >= INBOX_BYTES, self.target);
+            let Some(e) = self
+                .fp
+                .poll_event_where(|gid, peer| !full || Some((gid, peer)) != target)
+            else {
+                break;
+            };
             match e {
-                FabricEvent::Tlp { gid, peer, tlp } if Some((gid, peer)) == self.target => {
-                    if self.inbox.bytes + tlp.len() > INBOX_BYTES {
-                        self.stats.inbox_dropped += 1;
-                    } else {
-                        self.inbox.push(tlp);
-                    }
+                FabricEvent::Tlp { gid, peer, tlp } if Some((gid, peer)) == target => {
+                    self.inbox.push(tlp)
                 }
                 FabricEvent::Tlp { .. } => self.stats.stray += 1,
                 other => {
@@ -303,6 +309,78 @@ mod tests {
             assert!(taken < 100_000, "the link never refuses");
         }
         taken
+    }
+
+    /// A host program that runs the fabric without taking TLPs while the box sends
+    /// more than the inbox holds: the inbox fills, then the box's TLPs wait in the
+    /// session (its receive window closes) instead of being dropped, and every one of
+    /// them arrives, once and in order, when the host takes them.
+    #[test]
+    fn a_full_inbox_holds_the_box_back_instead_of_dropping() {
+        let pool = Mempool::new(8192, 2048).unwrap();
+        let (a, b) = mem::pair(&pool, 1024, 1500);
+        let box_mac = MacAddr(a.info().mac);
+        let mut bn = node(&a, BridgeRole::Host, 7);
+        bn.join(GID).unwrap();
+        let mut sender = FabricPort::new(bn, Box::new(a));
+        let mut hn = node(&b, BridgeRole::Host, 1);
+        hn.join(GID).unwrap();
+        let host_mac = hn.config().mac;
+        let mut link = FabricLink::new(FabricPort::new(hn, Box::new(b)));
+        link.set_target(GID, box_mac);
+        let end = Instant::now() + Duration::from_secs(5);
+        while sender.node().peer_role(GID, host_mac).is_none()
+            || link.fabric().node().peer_role(GID, box_mac).is_none()
+        {
+            sender.poll(Duration::ZERO).unwrap();
+            link.poll(Duration::from_millis(1));
+            assert!(Instant::now() < end, "the bridges never met");
+        }
+        let tlp = |i: usize| {
+            let mut t = vec![(i % 251) as u8; 1024];
+            t[..4].copy_from_slice(&(i as u32).to_be_bytes());
+            t
+        };
+        let total = INBOX_BYTES / 1024 + 800;
+        let mut sent = 0;
+        let end = Instant::now() + Duration::from_secs(60);
+        // The host runs the fabric but takes no TLP until the box has sent them all.
+        while sent < total || sender.node().send_room(GID, host_mac) < 8 {
+            while sent < total
+                && sender
+                    .node_mut()
+                    .send_tlp(GID, host_mac, &tlp(sent))
+                    .is_ok()
+            {
+                sent += 1;
+            }
+            sender.poll(Duration::ZERO).unwrap();
+            link.poll(Duration::ZERO);
+            assert!(Instant::now() < end, "sent {sent} of {total}");
+        }
+        for _ in 0..200 {
+            sender.poll(Duration::ZERO).unwrap();
+            link.poll(Duration::from_micros(100));
+        }
+        assert!(
+            link.inbox.bytes >= INBOX_BYTES && link.inbox.bytes <= INBOX_BYTES + 1024,
+            "{}",
+            link.inbox.bytes
+        );
+        let mut got = 0;
+        let end = Instant::now() + Duration::from_secs(60);
+        while got < total {
+            sender.poll(Duration::ZERO).unwrap();
+            if let Some(t) = link.recv(Duration::from_millis(1)) {
+                assert_eq!(t, tlp(got), "TLP {got}");
+                got += 1;
+            }
+            assert!(Instant::now() < end, "got {got} of {total}");
+        }
+        for _ in 0..50 {
+            sender.poll(Duration::ZERO).unwrap();
+            assert_eq!(link.recv(Duration::from_micros(100)), None, "a TLP twice");
+        }
     }
 
     /// A box that stops acknowledging: the outbox fills to its bound and then refuses
