@@ -739,10 +739,13 @@ impl Node {
         self.stats.infos_in += 1;
         // One device per slot: a list naming a slot again keeps its first entry.
         let mut devices: Vec<DeviceInfo> = Vec::with_capacity(info.device_count());
+        let mut listed = [false; 256];
         for d in info.devices() {
-            if devices.iter().any(|o| o.slot == d.slot) {
+            let seen = &mut listed[usize::from(d.slot)];
+            if *seen {
                 self.stats.duplicate_devices += 1;
             } else {
+                *seen = true;
                 devices.push(d);
             }
         }
@@ -799,8 +802,10 @@ impl Node {
         }
         let p = self.peers.get_mut(&key).expect("present");
         p.last_info = now;
+        let mut had = [false; 256];
         for old in &p.devices {
-            if !devices.iter().any(|d| d.slot == old.slot) {
+            had[usize::from(old.slot)] = true;
+            if !listed[usize::from(old.slot)] {
                 self.events.push_back(FabricEvent::DeviceRemoved {
                     gid,
                     peer: src,
@@ -809,7 +814,7 @@ impl Node {
             }
         }
         for d in &devices {
-            if !p.devices.iter().any(|o| o.slot == d.slot) {
+            if !had[usize::from(d.slot)] {
                 self.events.push_back(FabricEvent::DeviceAdded {
                     gid,
                     peer: src,
