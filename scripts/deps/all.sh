@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs, once, before any test runs (scripts/test.sh
-# calls it first). Each installer is idempotent and takes the installers' lock, so a
+# calls it first). Each installer is idempotent and takes the installers' flock, so a
 # test that calls one again later only finds it done. As root, any installer that fails
 # makes this fail (its log's last lines are printed); without root, what is missing is
 # listed and the tests that need it skip, loudly.

@@ -13,7 +13,7 @@ DEPS_LOG=$VM/guest-linux.log
 ready() {
     [ -f "$DIR/kver" ] && [ -x "$DIR/bin/busybox" ] && [ -f "$DIR/boot/vmlinuz-$(cat "$DIR/kver")" ]
 }
-deps_lock
+deps_flock
 if ready; then
     cat "$DIR/kver"
     exit 0

@@ -1,5 +1,5 @@
 # Shared by the installers in scripts/deps (sourced, not run). Each installer:
-#   - takes one machine-wide lock for its whole run (deps_lock), so installers started
+#   - takes one machine-wide lock for its whole run (deps_flock), so installers started
 #     at the same time by concurrent tests run one after the other and the second one
 #     sees the finished result, never a half-made one;
 #   - logs to a file and, on failure, prints the log's last lines (deps_fail);
@@ -11,8 +11,8 @@
 DEPS_NAME=scripts/deps/$(basename "$0")
 DEPS_LOG=${DEPS_LOG:-/tmp/tether-deps-$(basename "$0" .sh).log}
 
-# deps_lock: waits for and holds the installers' lock until the script exits.
-deps_lock() {
+# deps_flock: waits for and holds the installers' lock until the script exits.
+deps_flock() {
     local lock=${TETHER_DEPS_LOCK:-/tmp/tether-deps.lock}
     # Root creates it; a user who may not write it can still lock it read-only.
     { exec 9>>"$lock"; } 2>/dev/null || exec 9<"$lock"

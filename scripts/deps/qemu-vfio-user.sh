@@ -20,7 +20,7 @@ has_vfio_user() {
     [ -x "$r/usr/bin/qemu-system-x86_64" ] &&
         chroot "$r" qemu-system-x86_64 -device help 2>/dev/null | grep -q '"vfio-user-pci"'
 }
-deps_lock
+deps_flock
 if has_vfio_user; then
     echo "$ROOT"
     exit 0

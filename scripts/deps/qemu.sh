@@ -4,7 +4,7 @@
 # run concurrently (scripts/deps/lib.sh). Needs root to install.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
-deps_lock
+deps_flock
 command -v qemu-system-x86_64 >/dev/null 2>&1 && exit 0
 deps_need_root qemu-system-x86_64
 : >"$DEPS_LOG"

@@ -5,7 +5,7 @@
 # Idempotent and safe to run concurrently (scripts/deps/lib.sh). Needs root to install.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
-deps_lock
+deps_flock
 missing=()
 need() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
 need ip iproute2

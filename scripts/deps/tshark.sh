@@ -3,7 +3,7 @@
 # Idempotent and safe to run concurrently (scripts/deps/lib.sh). Needs root to install.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
-deps_lock
+deps_flock
 command -v tshark >/dev/null 2>&1 && exit 0
 deps_need_root tshark
 : >"$DEPS_LOG"
