@@ -27,16 +27,7 @@ use vmm_client::{drain, Attached, Framing};
 
 /// BAR0 (4 KiB), MSI at 0x40 (64-bit, 16 bytes) and MSI-X at 0x50 (4 vectors).
 fn device() -> FakeFunction {
-    let mut dev = FakeFunction::new(0xe000_0000);
-    dev.config[6] = 0x10;
-    dev.config[0x10..0x14].copy_from_slice(&0xe000_0000u32.to_le_bytes());
-    dev.config[0x34] = 0x40;
-    dev.config[0x40] = 0x05;
-    dev.config[0x41] = 0x50;
-    dev.config[0x42] = 0x80;
-    dev.config[0x50] = 0x11;
-    dev.config[0x52] = 3;
-    dev
+    FakeFunction::with_msi_and_msix(0xe000_0000, 0x80)
 }
 
 const MSI: std::ops::Range<u16> = 0x40..0x50;

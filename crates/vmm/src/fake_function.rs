@@ -49,6 +49,21 @@ impl FakeFunction {
 }
 
 impl FakeFunction {
+    /// [`FakeFunction::new`] with a capability list: MSI at 0x40 (64-bit, 16 bytes;
+    /// `msi_control` is the low byte of its Message Control) and MSI-X at 0x50
+    /// (4 vectors).
+    pub fn with_msi_and_msix(bar_base: u64, msi_control: u8) -> FakeFunction {
+        let mut dev = FakeFunction::new(bar_base);
+        dev.config[6] = 0x10;
+        dev.config[0x34] = 0x40;
+        dev.config[0x40] = 0x05;
+        dev.config[0x41] = 0x50;
+        dev.config[0x42] = msi_control;
+        dev.config[0x50] = 0x11;
+        dev.config[0x52] = 3;
+        dev
+    }
+
     /// Where `len` bytes at bus address `addr` are in BAR0, when they all are.
     fn bar_range(&self, addr: u64, len: usize) -> Option<std::ops::Range<usize>> {
         let start = usize::try_from(addr.checked_sub(self.bar_base)?).ok()?;

@@ -1054,17 +1054,8 @@ mod tests {
 
     /// A device with a 4 KiB BAR0 at 0xe000_0000 and MSI-X (4 vectors) in its list.
     fn fake() -> FakeFunction {
-        let mut dev = FakeFunction::new(0xe000_0000);
-        dev.config[6] = 0x10;
-        dev.config[0x10..0x14].copy_from_slice(&0xe000_0000u32.to_le_bytes());
-        dev.config[0x34] = 0x40;
         // MSI at 0x40 (64-bit, 32 vectors) -> MSI-X at 0x50 (4 vectors) -> end.
-        dev.config[0x40] = 0x05;
-        dev.config[0x41] = 0x50;
-        dev.config[0x42] = 0x8a;
-        dev.config[0x50] = 0x11;
-        dev.config[0x52] = 3;
-        dev
+        FakeFunction::with_msi_and_msix(0xe000_0000, 0x8a)
     }
 
     struct Client {
