@@ -11,7 +11,7 @@ use endpoint::virtio::blk::{self, BlockBackend, VirtioBlk};
 use endpoint::virtio::VirtioPci;
 use endpoint::{ConfigError, Device, Function, FunctionConfig};
 use fabric::{FabricError, FabricEvent};
-use tlp::{Bdf, Completion, CompletionStatus, Header, Tlp, UrAnswer};
+use tlp::{Bdf, Header, Tlp, UrAnswer};
 use wire::{BridgeRole, DeviceInfo, MacAddr};
 
 use fabric::FabricPort;
@@ -144,17 +144,9 @@ fn unsupported_request(t: &Tlp) -> Option<Vec<u8>> {
 
 /// The Unsupported Request completion `answer` describes, from `completer`.
 fn ur_completion(answer: UrAnswer, completer: Bdf) -> Option<Vec<u8>> {
-    let cpl = Completion {
-        completer,
-        status: CompletionStatus::UnsupportedRequest,
-        bcm: false,
-        byte_count: answer.byte_count,
-        requester: answer.requester,
-        tag: answer.tag,
-        lower_address: 0,
-        locked: false,
-    };
-    Tlp::new(Header::Completion(cpl), &[]).to_vec().ok()
+    Tlp::new(Header::Completion(answer.completion(completer)), &[])
+        .to_vec()
+        .ok()
 }
 
 pub struct IoBox {

@@ -222,6 +222,23 @@ pub struct UrAnswer {
     pub byte_count: u16,
 }
 
+impl UrAnswer {
+    /// The Unsupported Request completion (no data) this answer describes, from
+    /// `completer`.
+    pub fn completion(&self, completer: Bdf) -> Completion {
+        Completion {
+            completer,
+            status: CompletionStatus::UnsupportedRequest,
+            bcm: false,
+            byte_count: self.byte_count,
+            requester: self.requester,
+            tag: self.tag,
+            lower_address: 0,
+            locked: false,
+        }
+    }
+}
+
 impl Header {
     /// The short mnemonic used by the spec and by Wireshark (`MRd`, `CplD`, ...).
     pub fn mnemonic(&self, has_data: bool) -> &'static str {
