@@ -1,8 +1,11 @@
 //! The host bridge under a VMM front-end: one device of the host's group, reached by a
-//! guest. Unlike `tether host` alone it does not enumerate: the guest's firmware and
-//! OS do, through the front-end; this part follows the device through the fabric
-//! (hot-remove when its box goes, back when the box returns), forwards accesses as
-//! TLPs, and maps guest RAM for the device's DMA.
+//! guest. The bridge enumerates the device on its side, as `tether host` does (BARs
+//! in its own windows, the MSI-X table pointed at itself), when it arrives, after every
+//! reset and when its box returns; the guest's firmware and OS enumerate the BAR
+//! registers the front-end keeps for them (`vmm::bar_shadow`), and the front-end
+//! turns the guest's BAR accesses into accesses at the bridge's addresses. This part
+//! follows the device through the fabric (hot-remove when its box goes, back when the
+//! box returns), forwards accesses as TLPs, and maps guest RAM for the device's DMA.
 //!
 //! While the device is away, accesses do not wait for a timeout: config and memory
 //! reads return all-ones at once, writes are dropped, as after a surprise removal.
@@ -71,7 +74,8 @@ pub struct VmBridge {
     /// The box and slot of the device this bridge serves.
     device: Option<(MacAddr, u8)>,
     present: bool,
-    /// The bridge assigns BARs and the MSI-X table (vfio-user), rather than the guest.
+    /// The bridge has enumerated the device (BARs, MSI-X table) and does so again
+    /// after every reset.
     enumerate: bool,
     notes: Notes,
 }
@@ -211,9 +215,11 @@ impl VmBridge {
         }
     }
 
-    /// For front-ends that address BARs by offset (vfio-user): the bridge assigns the
-    /// device's BARs in its own windows and sets up its MSI-X table (left disabled
-    /// until the VMM asks for MSI-X), now and after every reset or return of the device.
+    /// The bridge assigns the device's BARs in its own windows and sets up its MSI-X
+    /// table (left disabled until the VMM asks for MSI-X; the proxy never does), now
+    /// and after every reset or return of the device. Every front-end needs this:
+    /// vfio-user addresses BARs by index and offset, the proxy resolves the guest's
+    /// addresses through the BAR registers it keeps for the guest.
     pub fn enumerate_device(&mut self) -> Result<(), VmBridgeError> {
         self.enumerate = true;
         let mut f = self.function();
@@ -298,6 +304,7 @@ impl RemoteFunction for HostFunction<'_> {
             size: b.size,
             io: false,
             is_64bit: b.is_64bit,
+            prefetchable: b.prefetchable,
         })
     }
 
@@ -445,14 +452,11 @@ impl Frontend {
                     }
                 )));
             }
-            (Frontend::Proxy(p), DeviceEvent::Returned) => {
-                p.device_changed();
-                vb.note(Note::Line(
-                    "device back (reset by its box's restart)".into(),
-                ));
-            }
-            (Frontend::VfioUser(v), DeviceEvent::Returned) => {
-                v.device_changed();
+            (fe, DeviceEvent::Returned) => {
+                match fe {
+                    Frontend::Proxy(p) => p.device_changed(),
+                    Frontend::VfioUser(v) => v.device_changed(),
+                }
                 let line = match vb.enumerate_device() {
                     Ok(()) => "device back (reset by its box's restart), set up again".into(),
                     Err(e) => format!("device back, but: {e}"),
@@ -463,8 +467,8 @@ impl Frontend {
     }
 }
 
-/// Waits (up to [`DEVICE_WAIT`], or until `stop()`) for the device and sets up the
-/// front-end `make` makes.
+/// Waits (up to [`DEVICE_WAIT`], or until `stop()`) for the device, sets up the
+/// front-end `make` makes, and enumerates the device on the bridge's side.
 pub fn start<E: From<VmBridgeError>>(
     mut vb: VmBridge,
     make: impl FnOnce() -> Result<Frontend, E>,
@@ -472,9 +476,7 @@ pub fn start<E: From<VmBridgeError>>(
 ) -> Result<(VmBridge, Frontend), E> {
     vb.wait_for_device(DEVICE_WAIT, stop)?;
     let fe = make()?;
-    if let Frontend::VfioUser(_) = fe {
-        vb.enumerate_device()?;
-    }
+    vb.enumerate_device()?;
     Ok((vb, fe))
 }
 
@@ -553,6 +555,8 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
     use std::thread::JoinHandle;
 
     use dataplane::PortError;
@@ -562,6 +566,7 @@ mod tests {
     use fabric::port::{node_for, NodeSettings};
     use fabric::FabricPort;
     use iobox::{IoBox, Slot};
+    use vmm::proxy::wire::{cmd as proxy_cmd, Header, Request, HEADER_LEN};
     use wire::BridgeRole;
 
     use crate::settings::{host_link, HostSettings};
@@ -658,6 +663,150 @@ mod tests {
         vb.function().set_msi(false);
         assert!(!msi_enabled(&mut vb.function(), msi));
         assert_eq!(run_op(&mut vb), Some(DeviceEvent::Intx(true)));
+
+        stop.store(true, Ordering::Relaxed);
+        boxt.join().unwrap().unwrap();
+    }
+
+    /// QEMU's end of a proxy connection: sends `r`, lets the server handle it
+    /// against the bridge's device, and returns the RET value (0 for an empty RET).
+    fn proxy_ask(q: &mut UnixStream, p: &mut ProxyServer, vb: &mut VmBridge, r: Request) -> u64 {
+        q.write_all(&r.emit()).unwrap();
+        assert_eq!(p.serve(&mut vb.function(), 8).unwrap(), 1);
+        let mut h = [0u8; HEADER_LEN];
+        q.read_exact(&mut h).unwrap();
+        let h = Header::parse(&h).unwrap();
+        assert_eq!(h.cmd, proxy_cmd::RET);
+        let mut v = [0u8; 8];
+        q.read_exact(&mut v[..h.size as usize]).unwrap();
+        u64::from_le_bytes(v)
+    }
+
+    /// The guest writes dword `value` at config register `addr` through the proxy.
+    fn proxy_config_write(
+        q: &mut UnixStream,
+        p: &mut ProxyServer,
+        vb: &mut VmBridge,
+        addr: u32,
+        value: u32,
+    ) {
+        let w = Request::ConfigWrite {
+            addr,
+            value,
+            len: 4,
+        };
+        assert_eq!(proxy_ask(q, p, vb, w), 0);
+    }
+
+    /// TLPs the bridge's session to the device's box has sent, and requests its root
+    /// complex has made.
+    fn sent(vb: &VmBridge) -> (u64, u64) {
+        let (peer, _) = vb.device.unwrap();
+        let session = vb.host.link().fabric().node().session_stats(vb.gid, peer);
+        (session.unwrap().tlps_out, vb.host.bridge().stats().requests)
+    }
+
+    /// The proxy path with a real memdev behind the bridge: the bridge enumerated it
+    /// (its BARs hold the bridge's addresses), the guest sizes and places its BARs in
+    /// the proxy's shadow (all-ones reads back the mask, the device's registers stay),
+    /// a BAR access at a guest address inside a BAR reaches the device at the bridge's
+    /// address, and one outside every BAR reads all-ones, writes nothing and sends no
+    /// TLP. Before, guest BAR writes reached the device and any address went out.
+    #[test]
+    fn a_proxy_guest_reaches_the_device_only_inside_its_bars() {
+        let (mut vb, stop, boxt) = bridge_with(Slot::memdev(2, 10, 1 << 16).unwrap());
+        let (mut q, ours) = UnixStream::pair().unwrap();
+        let mut p = ProxyServer::new(ours.into());
+        let bar0 = vb.function().bar(0).unwrap().address;
+        let bar2 = vb.function().bar(2).unwrap().address;
+        let device_regs = |vb: &mut VmBridge| {
+            let mut f = vb.function();
+            [0x10, 0x18, 0x1c].map(|r| f.config_read(r).unwrap())
+        };
+        let before = device_regs(&mut vb);
+        assert_eq!(u64::from(before[0] & !0xf), bar0);
+        let cfg = |addr| Request::ConfigRead { addr, len: 4 };
+        let mut sized = Vec::new();
+        for reg in [0x10, 0x14, 0x18, 0x1c, 0x30] {
+            proxy_config_write(&mut q, &mut p, &mut vb, reg, u32::MAX);
+            sized.push(proxy_ask(&mut q, &mut p, &mut vb, cfg(reg)));
+        }
+        assert_eq!(sized, [0xffff_f000, 0, 0xffff_000c, 0xffff_ffff, 0]);
+        assert_eq!(
+            device_regs(&mut vb),
+            before,
+            "the device's BARs stay the bridge's"
+        );
+        // The guest places BAR0 at 0xc000_0000 and BAR2 at 0x1_0000_0000.
+        for (reg, v) in [(0x10, 0xc000_0000), (0x18, 0), (0x1c, 1)] {
+            proxy_config_write(&mut q, &mut p, &mut vb, reg, v);
+        }
+        assert_eq!(proxy_ask(&mut q, &mut p, &mut vb, cfg(0x18)), 0xc);
+        let rd = |addr, size| Request::BarRead {
+            addr,
+            size,
+            memory: true,
+        };
+        let wr = |addr, value| Request::BarWrite {
+            addr,
+            value,
+            size: 8,
+            memory: true,
+        };
+        let magic = u64::from(memdev::MAGIC);
+        assert_eq!(
+            proxy_ask(&mut q, &mut p, &mut vb, rd(0xc000_0000, 4)),
+            magic
+        );
+        let (tlps, requests) = sent(&vb);
+        proxy_ask(
+            &mut q,
+            &mut p,
+            &mut vb,
+            wr(0x1_0000_0100, 0x0123_4567_89ab_cdef),
+        );
+        let mut f = vb.function();
+        assert_eq!(
+            f.mem_read(bar2 + 0x100, 8),
+            0x0123_4567_89ab_cdefu64.to_le_bytes()
+        );
+        assert_eq!(
+            proxy_ask(&mut q, &mut p, &mut vb, rd(0x1_0000_0100, 8)),
+            0x0123_4567_89ab_cdef
+        );
+        let (tlps_after, requests_after) = sent(&vb);
+        assert!(tlps_after >= tlps + 3 && requests_after == requests + 2);
+        // Outside: the bridge's own addresses, past BAR0's end, straddling it, and an
+        // end that wraps.
+        let (tlps, requests) = sent(&vb);
+        for addr in [bar0, bar2 + 0x100, 0xc000_1000, 0xc000_0ffc, u64::MAX - 3] {
+            assert_eq!(
+                proxy_ask(&mut q, &mut p, &mut vb, rd(addr, 8)),
+                u64::MAX,
+                "{addr:#x}"
+            );
+            proxy_ask(&mut q, &mut p, &mut vb, wr(addr, 0));
+        }
+        let mut events = Vec::new();
+        for _ in 0..20 {
+            vb.poll(Duration::from_millis(1), &mut events);
+        }
+        assert_eq!(sent(&vb), (tlps, requests), "nothing went to the wire");
+        assert_eq!(p.stats().outside_bar, 10);
+        // A reset: the bridge enumerates the device again at new addresses of its own,
+        // the guest finds its BARs unassigned and places them again.
+        assert_eq!(proxy_ask(&mut q, &mut p, &mut vb, Request::DeviceReset), 0);
+        assert_ne!(vb.function().bar(0).unwrap().address, bar0);
+        assert_eq!(proxy_ask(&mut q, &mut p, &mut vb, cfg(0x10)), 0);
+        assert_eq!(
+            proxy_ask(&mut q, &mut p, &mut vb, rd(0xc000_0000, 4)),
+            u64::from(u32::MAX)
+        );
+        proxy_config_write(&mut q, &mut p, &mut vb, 0x10, 0xc000_0000);
+        assert_eq!(
+            proxy_ask(&mut q, &mut p, &mut vb, rd(0xc000_0000, 4)),
+            magic
+        );
 
         stop.store(true, Ordering::Relaxed);
         boxt.join().unwrap().unwrap();

@@ -15,6 +15,8 @@ pub struct Bar {
     pub size: u64,
     pub io: bool,
     pub is_64bit: bool,
+    /// The guest reads it as prefetchable (a memory BAR's type bit 3).
+    pub prefetchable: bool,
 }
 
 /// What the front-end needs from the device's side (the host bridge).
@@ -28,8 +30,10 @@ pub trait RemoteFunction {
     fn mem_read(&mut self, addr: u64, len: usize) -> Vec<u8>;
     /// Writes device memory (posted).
     fn mem_write(&mut self, addr: u64, data: &[u8]);
-    /// Where BAR `index` of the device is on the fabric side and how large it is, when
-    /// the host bridge assigned it (front-ends that address BARs by offset need this).
+    /// Where BAR `index` of the device is on the fabric side, how large it is and of
+    /// what kind, when the host bridge assigned it: the front-ends address BARs by
+    /// offset through it, and keep the guest's BAR registers by its sizes and kinds
+    /// ([`crate::bar_shadow`]).
     fn bar(&self, index: usize) -> Option<Bar>;
     /// Maps guest RAM `mem` at guest-physical (or IOVA) `base` for the device's DMA.
     fn map_guest_ram(&mut self, base: u64, mem: Box<dyn HostMemory>) -> Result<(), String>;

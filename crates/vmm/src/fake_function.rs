@@ -1,8 +1,8 @@
 //! A remote function for the front-ends' tests and fuzz targets (feature `fake`): a
-//! config space, one 4 KiB memory BAR, guest RAM as the server maps it, and a record
-//! of what the server did. Accesses outside the BAR read all-ones and write nothing.
-//! The BAR0 register decodes as a 32-bit memory BAR of the BAR's size: writes move the
-//! BAR (a guest programming it), all-ones reads back the size mask.
+//! config space, a 4 KiB memory BAR0 (and, if asked for, a 64-bit BAR2), guest RAM as
+//! the server maps it, and a record of what the server did. Accesses outside the BARs
+//! read all-ones and write nothing. The BARs stay where they were made (as the bridge
+//! assigned them): the front-ends keep the guest's BAR registers to themselves.
 
 use rootcomplex::HostMemory;
 
@@ -13,6 +13,11 @@ pub struct FakeFunction {
     /// Where BAR0 is on the fabric side.
     pub bar_base: u64,
     pub bar: Vec<u8>,
+    /// BAR0 is an I/O BAR (its size and place as above).
+    pub bar0_io: bool,
+    /// Where BAR2 (64-bit, prefetchable) is, and its contents; empty: no BAR2.
+    pub bar2_base: u64,
+    pub bar2: Vec<u8>,
     pub config_writes: Vec<(u16, u32, u8)>,
     /// Memory reads and writes that reached the function (address, length), inside
     /// its BAR or not.
@@ -37,6 +42,9 @@ impl FakeFunction {
             config,
             bar_base,
             bar: vec![0; 4096],
+            bar0_io: false,
+            bar2_base: 0,
+            bar2: Vec::new(),
             config_writes: Vec::new(),
             mem_accesses: Vec::new(),
             ram: Vec::new(),
@@ -64,11 +72,29 @@ impl FakeFunction {
         dev
     }
 
-    /// Where `len` bytes at bus address `addr` are in BAR0, when they all are.
-    fn bar_range(&self, addr: u64, len: usize) -> Option<std::ops::Range<usize>> {
-        let start = usize::try_from(addr.checked_sub(self.bar_base)?).ok()?;
-        let end = start.checked_add(len)?;
-        (end <= self.bar.len()).then_some(start..end)
+    /// The function with a 64-bit prefetchable BAR2 of `size` bytes (a power of two
+    /// from 16) at bus address `base`, its registers (0x18, 0x1c) holding it.
+    pub fn with_bar2_64(mut self, base: u64, size: usize) -> FakeFunction {
+        self.bar2_base = base;
+        self.bar2 = vec![0; size];
+        let lo = (base as u32 & !0xf) | 0xc;
+        self.config[0x18..0x1c].copy_from_slice(&lo.to_le_bytes());
+        self.config[0x1c..0x20].copy_from_slice(&((base >> 32) as u32).to_le_bytes());
+        self
+    }
+
+    /// The BAR memory that holds all of the `len` bytes at bus address `addr`, and
+    /// where they are in it.
+    fn bar_range(&mut self, addr: u64, len: usize) -> Option<(&mut [u8], std::ops::Range<usize>)> {
+        let bars = [
+            (self.bar_base, &mut self.bar),
+            (self.bar2_base, &mut self.bar2),
+        ];
+        bars.into_iter().find_map(|(base, mem)| {
+            let start = usize::try_from(addr.checked_sub(base)?).ok()?;
+            let end = start.checked_add(len)?;
+            (end <= mem.len()).then_some((&mut mem[..], start..end))
+        })
     }
 }
 
@@ -82,37 +108,39 @@ impl RemoteFunction for FakeFunction {
     }
     fn config_write(&mut self, register: u16, value: u32, be: u8) {
         self.config_writes.push((register, value, be));
-        if register == 0x10 {
-            let old = u32::from_le_bytes(self.config[0x10..0x14].try_into().unwrap());
-            let enabled = u32::from_le_bytes([be & 1, be >> 1 & 1, be >> 2 & 1, be >> 3 & 1])
-                .wrapping_mul(0xff);
-            let size_mask = !(self.bar.len() as u32 - 1);
-            let new = ((old & !enabled) | (value & enabled)) & size_mask;
-            self.config[0x10..0x14].copy_from_slice(&new.to_le_bytes());
-            self.bar_base = new as u64;
-        }
     }
     fn mem_read(&mut self, addr: u64, len: usize) -> Vec<u8> {
         self.mem_accesses.push((addr, len));
         match self.bar_range(addr, len) {
-            Some(r) => self.bar[r].to_vec(),
+            Some((mem, r)) => mem[r].to_vec(),
             // Nothing answers there: all-ones, as on PCIe.
             None => vec![0xff; len],
         }
     }
     fn mem_write(&mut self, addr: u64, data: &[u8]) {
         self.mem_accesses.push((addr, data.len()));
-        if let Some(r) = self.bar_range(addr, data.len()) {
-            self.bar[r].copy_from_slice(data);
+        if let Some((mem, r)) = self.bar_range(addr, data.len()) {
+            mem[r].copy_from_slice(data);
         }
     }
     fn bar(&self, index: usize) -> Option<Bar> {
-        (index == 0).then_some(Bar {
-            address: self.bar_base,
-            size: self.bar.len() as u64,
-            io: false,
-            is_64bit: false,
-        })
+        match index {
+            0 => Some(Bar {
+                address: self.bar_base,
+                size: self.bar.len() as u64,
+                io: self.bar0_io,
+                is_64bit: false,
+                prefetchable: false,
+            }),
+            2 if !self.bar2.is_empty() => Some(Bar {
+                address: self.bar2_base,
+                size: self.bar2.len() as u64,
+                io: false,
+                is_64bit: true,
+                prefetchable: true,
+            }),
+            _ => None,
+        }
     }
     fn map_guest_ram(&mut self, base: u64, mem: Box<dyn HostMemory>) -> Result<(), String> {
         self.ram.push((base, mem));

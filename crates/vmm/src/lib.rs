@@ -5,6 +5,9 @@
 //!   config and BAR accesses, guest RAM as memfds, INTx through irqfd/resamplefd.
 //! - [`vfio_user`]: a vfio-user server (QEMU >= 10.1 `vfio-user-pci`): regions,
 //!   DMA mappings with or without descriptors, INTx and MSI-X through eventfds.
+//! - [`bar_shadow`]: the BAR registers the guest sees, kept by the front-ends (the
+//!   device's own hold the bridge's addresses), and guest addresses resolved to the
+//!   device's.
 //! - [`qmp`]: a client of QEMU's machine protocol (commands, replies, events) that
 //!   hot-plugs devices into a running guest.
 //! - [`qemu`]: QEMU versions and their bugs, the q35 command line with PCIe root ports.
@@ -12,6 +15,7 @@
 //!   for the device's DMA.
 //! - [`sys`]: Unix sockets with descriptors, eventfds, readiness waits.
 
+pub mod bar_shadow;
 pub mod caps;
 pub mod device;
 #[cfg(any(test, feature = "fake"))]

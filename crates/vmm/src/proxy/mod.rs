@@ -1,7 +1,6 @@
 //! QEMU's multi-process proxy (`-device x-pci-proxy-dev,fd=N`): the message codec
 //! ([`wire`]) and the remote end of a connection ([`server`]).
 
-mod bars;
 pub mod server;
 pub mod wire;
 

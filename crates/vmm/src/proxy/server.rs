@@ -6,6 +6,13 @@
 //! again on every change. INTx goes to QEMU's irqfd with level semantics: asserted
 //! again after each end-of-interrupt (the resamplefd) while the device holds it.
 //!
+//! The host bridge enumerated the device on its side: the device's BARs hold the
+//! bridge's addresses. The guest's BAR registers are kept here ([`BarShadow`]): the
+//! guest sizes and places its BARs there, and QEMU's BAR accesses, which carry the
+//! guest-physical address, are resolved through them to the same offset of the same
+//! BAR at the bridge's address. An access outside every BAR the guest placed never
+//! reaches the fabric, where another device may decode that address.
+//!
 //! The proxy cannot deliver MSI or MSI-X, so their capabilities are taken out of the
 //! capability list the guest reads; the guest then uses INTx.
 
@@ -16,8 +23,8 @@ use std::time::Duration;
 use pci::CapabilityId;
 use thiserror::Error;
 
-use super::bars::GuestBars;
 use super::wire::{self, Header, ProtocolError, Request, HEADER_LEN, MAX_PAYLOAD};
+use crate::bar_shadow::BarShadow;
 use crate::caps::CapPatch;
 use crate::device::{byte_enables, RemoteFunction};
 use crate::guest_ram::{GuestRam, RamFaults};
@@ -41,9 +48,10 @@ pub struct ProxyStats {
     pub config_writes: u64,
     pub bar_reads: u64,
     pub bar_writes: u64,
-    /// BAR reads and writes outside the device's memory BARs as the guest
-    /// programmed them: refused (reads all-ones, writes dropped), never sent.
-    pub bar_refused: u64,
+    /// BAR reads and writes not wholly inside one of the device's memory BARs as the
+    /// guest placed them (or ending past 2^64): reads all-ones, writes dropped,
+    /// nothing sent to the device.
+    pub outside_bar: u64,
     /// I/O-space BAR accesses (the device has none: reads are all-ones).
     pub io_accesses: u64,
     pub memory_syncs: u64,
@@ -75,8 +83,9 @@ pub struct ProxyServer {
     /// The device's INTx level.
     level: bool,
     caps: Option<CapPatch>,
-    /// Where the device's memory BARs are: BAR accesses must fall inside them.
-    bars: GuestBars,
+    /// The guest's BAR registers: where it placed the device's BARs, which BAR
+    /// accesses must fall inside.
+    bars: BarShadow,
     /// Failed DMA into guest RAM regions, shared with every region mapped.
     faults: RamFaults,
     stats: ProxyStats,
@@ -95,7 +104,7 @@ impl ProxyServer {
             resamplefd: None,
             level: false,
             caps: None,
-            bars: GuestBars::default(),
+            bars: BarShadow::default(),
             faults: RamFaults::default(),
             stats: ProxyStats::default(),
         }
@@ -116,10 +125,10 @@ impl ProxyServer {
     }
 
     /// The device behind the connection changed (a box restart): its capability list
-    /// is read again.
+    /// is read again. The guest's BAR registers stay (the guest did not see the
+    /// restart; the bridge placed the device's BARs again on its side).
     pub fn device_changed(&mut self) {
         self.caps = None;
-        self.bars.forget();
     }
 
     /// Handles the messages that are waiting (up to `max`), answering each. Returns
@@ -184,9 +193,12 @@ impl ProxyServer {
                     CapPatch::compute(dev, &[CapabilityId::Msi, CapabilityId::MsiX])
                 });
                 let register = addr as u16 & !3;
-                let dword = dev
-                    .config_read(register)
-                    .map_or(u32::MAX, |d| caps.apply(register, d));
+                let dword = match self.bars.read(dev, register) {
+                    Some(shadowed) => shadowed,
+                    None => dev
+                        .config_read(register)
+                        .map_or(u32::MAX, |d| caps.apply(register, d)),
+                };
                 let shift = 8 * (addr & 3);
                 let mask = if len == 4 {
                     u32::MAX
@@ -200,8 +212,10 @@ impl ProxyServer {
                 let shift = addr & 3;
                 let be = byte_enables(shift as usize, len as usize);
                 let register = addr as u16 & !3;
-                dev.config_write(register, value << (8 * shift), be);
-                self.bars.config_written(register);
+                // BAR and ROM registers stay here; the rest reaches the device.
+                if !self.bars.write(register, value << (8 * shift), be) {
+                    dev.config_write(register, value << (8 * shift), be);
+                }
                 Some(wire::ret(0).to_vec())
             }
             Request::BarRead { addr, size, memory } => {
@@ -209,14 +223,14 @@ impl ProxyServer {
                 let v = if !memory {
                     self.stats.io_accesses += 1;
                     u64::MAX
-                } else if !self.bars.holds(dev, addr, size as u64) {
-                    self.stats.bar_refused += 1;
-                    u64::MAX
-                } else {
-                    let d = dev.mem_read(addr, size as usize);
+                } else if let Some(at) = self.bars.resolve(dev, addr, size as u64) {
+                    let d = dev.mem_read(at, size as usize);
                     let mut b = [0u8; 8];
                     b[..d.len().min(8)].copy_from_slice(&d[..d.len().min(8)]);
                     u64::from_le_bytes(b)
+                } else {
+                    self.stats.outside_bar += 1;
+                    u64::MAX
                 };
                 let mask = if size == 8 {
                     u64::MAX
@@ -234,10 +248,10 @@ impl ProxyServer {
                 self.stats.bar_writes += 1;
                 if !memory {
                     self.stats.io_accesses += 1;
-                } else if !self.bars.holds(dev, addr, size as u64) {
-                    self.stats.bar_refused += 1;
+                } else if let Some(at) = self.bars.resolve(dev, addr, size as u64) {
+                    dev.mem_write(at, &value.to_le_bytes()[..size as usize]);
                 } else {
-                    dev.mem_write(addr, &value.to_le_bytes()[..size as usize]);
+                    self.stats.outside_bar += 1;
                 }
                 Some(wire::ret(0).to_vec())
             }
@@ -263,6 +277,8 @@ impl ProxyServer {
             Request::DeviceReset => {
                 self.stats.resets += 1;
                 dev.reset();
+                // The guest's BARs read unassigned again, as a real device's after a
+                // reset (QEMU resets its own copy of them too).
                 self.bars.reset();
                 self.level = false;
                 Some(wire::ret_empty().to_vec())
@@ -419,13 +435,72 @@ mod tests {
         assert_eq!(s.stats().config_reads, 7);
     }
 
+    /// The guest places BAR0 at `bar0` and BAR2 (64-bit) at `bar2` through config
+    /// writes, as firmware does.
+    fn place_bars(q: &OwnedFd, s: &mut ProxyServer, dev: &mut FakeFunction, bar0: u32, bar2: u64) {
+        for (addr, value) in [
+            (0x10, bar0 as u64),
+            (0x18, bar2 & 0xffff_ffff),
+            (0x1c, bar2 >> 32),
+        ] {
+            let w = Request::ConfigWrite {
+                addr,
+                value: value as u32,
+                len: 4,
+            };
+            assert_eq!(ask(q, s, dev, w), Some(0));
+        }
+    }
+
+    /// QEMU sizes each BAR register as firmware does (all-ones written, read back):
+    /// the size mask and the type bits come back, for the 32-bit BAR0 and both
+    /// halves of the 64-bit BAR2, and nothing reaches the device's own BAR registers
+    /// (they hold the bridge's addresses). Before, the write went to the device.
     #[test]
-    fn bar_accesses_reach_device_memory() {
+    fn bar_sizing_reads_back_the_mask_and_never_reaches_the_device() {
         let (q, r) = pair();
         let mut s = ProxyServer::new(r);
-        let mut dev = fake();
+        let mut dev = fake().with_bar2_64(0x8_0000_0000, 1 << 16);
+        let cfg = |addr, len| Request::ConfigRead { addr, len };
+        let mut sized = Vec::new();
+        for reg in [0x10, 0x14, 0x18, 0x1c, 0x20, 0x24, 0x30] {
+            let orig = ask(&q, &mut s, &mut dev, cfg(reg, 4)).unwrap();
+            let ones = Request::ConfigWrite {
+                addr: reg,
+                value: u32::MAX,
+                len: 4,
+            };
+            ask(&q, &mut s, &mut dev, ones);
+            sized.push(ask(&q, &mut s, &mut dev, cfg(reg, 4)).unwrap());
+            let back = Request::ConfigWrite {
+                addr: reg,
+                value: orig as u32,
+                len: 4,
+            };
+            ask(&q, &mut s, &mut dev, back);
+            assert_eq!(ask(&q, &mut s, &mut dev, cfg(reg, 4)), Some(orig));
+        }
+        assert_eq!(
+            sized,
+            [0xffff_f000, 0, 0xffff_000c, 0xffff_ffff, 0, 0, 0],
+            "BAR0 4 KiB, no BAR1, BAR2 64 KiB 64-bit prefetchable, no ROM"
+        );
+        // A byte of the 64-bit BAR's type: read as a byte, as Linux reads it.
+        assert_eq!(ask(&q, &mut s, &mut dev, cfg(0x18, 1)), Some(0x0c));
+        assert!(dev.config_writes.is_empty(), "{:x?}", dev.config_writes);
+        assert_eq!(dev.bar_base, 0xfe00_0000);
+    }
+
+    /// Guest-physical addresses inside a BAR the guest placed reach the device at
+    /// the same offset of that BAR where the bridge placed it; I/O accesses do not.
+    #[test]
+    fn bar_accesses_reach_the_device_at_the_bridges_address() {
+        let (q, r) = pair();
+        let mut s = ProxyServer::new(r);
+        let mut dev = fake().with_bar2_64(0x8_0000_0000, 1 << 16);
+        place_bars(&q, &mut s, &mut dev, 0xc000_0000, 0x1_0000_0000);
         let w = Request::BarWrite {
-            addr: 0xfe00_0010,
+            addr: 0xc000_0010,
             value: 0x1122_3344_5566_7788,
             size: 8,
             memory: true,
@@ -437,25 +512,43 @@ mod tests {
             memory: true,
         };
         assert_eq!(
-            ask(&q, &mut s, &mut dev, rd(0xfe00_0010, 8)),
+            ask(&q, &mut s, &mut dev, rd(0xc000_0010, 8)),
             Some(0x1122_3344_5566_7788)
         );
-        assert_eq!(ask(&q, &mut s, &mut dev, rd(0xfe00_0012, 2)), Some(0x5566));
+        assert_eq!(ask(&q, &mut s, &mut dev, rd(0xc000_0012, 2)), Some(0x5566));
+        assert_eq!(&dev.bar[0x10..0x12], &[0x88, 0x77]);
+        let w = Request::BarWrite {
+            addr: 0x1_0000_fffc,
+            value: 0xa1b2_c3d4,
+            size: 4,
+            memory: true,
+        };
+        ask(&q, &mut s, &mut dev, w);
+        assert_eq!(&dev.bar2[0xfffc..], &0xa1b2_c3d4u32.to_le_bytes());
+        assert_eq!(
+            dev.mem_accesses,
+            vec![
+                (0xfe00_0010, 8),
+                (0xfe00_0010, 8),
+                (0xfe00_0012, 2),
+                (0x8_0000_fffc, 4)
+            ]
+        );
         let io = Request::BarRead {
             addr: 0xc000,
             size: 2,
             memory: false,
         };
         assert_eq!(ask(&q, &mut s, &mut dev, io), Some(0xffff));
-        assert_eq!(s.stats().io_accesses, 1);
+        assert_eq!((s.stats().io_accesses, s.stats().outside_bar), (1, 0));
     }
 
-    /// BAR accesses at addresses outside the device's BARs as the guest programmed
-    /// them never reach the fabric (another device could decode them there): reads
-    /// are all-ones, writes dropped, both counted. Before, any address QEMU gave
-    /// became a memory request.
+    /// BAR accesses at addresses outside every BAR the guest placed never reach the
+    /// device (on the fabric another device could decode them): reads are all-ones,
+    /// writes dropped, both counted. Before the bridge's own addresses were kept from
+    /// the guest, any address QEMU gave became a memory request at that address.
     #[test]
-    fn bar_accesses_outside_the_programmed_bars_are_refused() {
+    fn bar_accesses_outside_the_guests_bars_are_not_sent() {
         let (q, r) = pair();
         let mut s = ProxyServer::new(r);
         let mut dev = fake();
@@ -470,13 +563,19 @@ mod tests {
             size,
             memory: true,
         };
-        assert_eq!(ask(&q, &mut s, &mut dev, rd(0xfe00_0ff8, 8)), Some(0));
+        // Nothing placed yet: even the bridge's own address of BAR0 is outside.
+        assert_eq!(
+            ask(&q, &mut s, &mut dev, rd(0xfe00_0000, 4)),
+            Some(0xffff_ffff)
+        );
+        place_bars(&q, &mut s, &mut dev, 0xc000_0000, 0);
+        assert_eq!(ask(&q, &mut s, &mut dev, rd(0xc000_0ff8, 8)), Some(0));
         for (addr, size) in [
-            (0xfd00_0000, 4),
-            // Straddling the end of BAR0, and just before it.
-            (0xfe00_0ffc, 8),
-            (0xfdff_fffc, 8),
-            (0xfe00_1000, 1),
+            (0xfe00_0000, 4),
+            // Straddling the end of BAR0, and its start.
+            (0xc000_0ffc, 8),
+            (0xbfff_fffc, 8),
+            (0xc000_1000, 1),
             // An end that wraps.
             (u64::MAX - 3, 8),
         ] {
@@ -488,21 +587,29 @@ mod tests {
             assert_eq!(ask(&q, &mut s, &mut dev, wr(addr, size)), Some(0));
         }
         assert_eq!(dev.mem_accesses, vec![(0xfe00_0ff8, 8)]);
-        assert_eq!(s.stats().bar_refused, 10);
-        // The guest moves BAR0: the old address is refused, the new one reaches it.
-        let move_bar = Request::ConfigWrite {
-            addr: 0x10,
-            value: 0xc000_0000,
-            len: 4,
-        };
-        ask(&q, &mut s, &mut dev, move_bar);
-        assert_eq!(ask(&q, &mut s, &mut dev, wr(0xc000_0010, 4)), Some(0));
+        assert_eq!(s.stats().outside_bar, 11);
+        // The guest moves BAR0: the old address is outside, the new one reaches the
+        // device's BAR0, which stays where the bridge put it.
+        place_bars(&q, &mut s, &mut dev, 0xd000_0000, 0);
+        assert_eq!(ask(&q, &mut s, &mut dev, wr(0xd000_0010, 4)), Some(0));
         assert_eq!(
-            ask(&q, &mut s, &mut dev, rd(0xfe00_0010, 4)),
+            ask(&q, &mut s, &mut dev, rd(0xc000_0010, 4)),
             Some(0xffff_ffff)
         );
-        assert_eq!(ask(&q, &mut s, &mut dev, rd(0xc000_0010, 2)), Some(0x5a5a));
-        assert_eq!(dev.mem_accesses[1..], [(0xc000_0010, 4), (0xc000_0010, 2)]);
+        assert_eq!(ask(&q, &mut s, &mut dev, rd(0xd000_0010, 2)), Some(0x5a5a));
+        assert_eq!(dev.mem_accesses[1..], [(0xfe00_0010, 4), (0xfe00_0010, 2)]);
+        // A reset leaves the guest's BARs unassigned, as a real device's.
+        send_with_fds(&q, &Request::DeviceReset.emit(), &[]);
+        s.serve(&mut dev, 8).unwrap();
+        assert_eq!(read_ret(&q), (0, None));
+        let cfg = Request::ConfigRead { addr: 0x10, len: 4 };
+        assert_eq!(ask(&q, &mut s, &mut dev, cfg), Some(0));
+        assert_eq!(
+            ask(&q, &mut s, &mut dev, rd(0xd000_0010, 4)),
+            Some(0xffff_ffff)
+        );
+        assert_eq!(dev.mem_accesses.len(), 3);
+        assert_eq!(s.stats().outside_bar, 13);
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! signals.
 //!
 //! Config space is forwarded except what a VMM must not change under the bridge: BAR
-//! and ROM registers read as their type bits and ignore writes (QEMU emulates the BARs
-//! the guest sees), MSI-X Message Control writes are dropped and writes to the MSI
-//! capability too (SET_IRQS switches them on and off; QEMU emulates both for the
-//! guest), and MSI offers one vector (Multiple Message Capable reads 0).
+//! and ROM registers are kept here ([`BarShadow`]: what the client wrote, masked by
+//! the BAR's size, with the type bits, so that an all-ones write reads back the size
+//! mask as on real hardware and in libvfio-user; cloud-hypervisor sizes BARs that way,
+//! QEMU emulates the BARs the guest sees), MSI-X Message Control writes are dropped and
+//! writes to the MSI capability too (SET_IRQS switches them on and off; QEMU emulates
+//! both for the guest), and MSI offers one vector (Multiple Message Capable reads 0).
 //!
 //! One connection at a time; when it closes, its DMA mappings and eventfds go and the
 //! server waits for the next one.
@@ -23,14 +25,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pci::regs::{self, bar};
-use pci::{msi, msix, BarKind, CapabilityId};
+use pci::regs;
+use pci::{msi, msix, CapabilityId};
 use rootcomplex::{HostMemory, ReadFault};
 use thiserror::Error;
 
 use super::wire::{
     self, errno, vfio, Body, Header, ProtocolError, Request, HEADER_LEN, MAX_DATA_XFER,
 };
+use crate::bar_shadow::BarShadow;
 use crate::caps::{self, NoAnswer};
 use crate::device::{byte_enables, Bar, RemoteFunction};
 use crate::guest_ram::{GuestRam, RamFaults};
@@ -285,6 +288,9 @@ pub struct VfioUserServer {
     msi_cap: Option<Option<(u16, u16)>>,
     intx: Intx,
     vectors: Vectors,
+    /// The BAR registers as the client sees them (the device's hold the bridge's
+    /// addresses); a new client or a reset finds them unassigned.
+    bars: BarShadow,
     /// The device-request eventfd: signalled to ask the VMM to release the device
     /// (QEMU then unplugs it from the guest).
     req: Option<OwnedFd>,
@@ -339,6 +345,7 @@ impl VfioUserServer {
             msi_cap: None,
             intx: Intx::default(),
             vectors: Vectors::default(),
+            bars: BarShadow::default(),
             req: None,
             faults: RamFaults::default(),
             stats: VfioUserStats::default(),
@@ -481,6 +488,7 @@ impl VfioUserServer {
         dev.clear_guest_ram();
         self.intx = Intx::default();
         self.vectors = Vectors::default();
+        self.bars.reset();
         self.req = None;
         dev.set_msix(false);
         dev.set_msi(false);
@@ -652,6 +660,8 @@ impl VfioUserServer {
                 self.vectors.enabled = false;
                 self.vectors.pending.iter_mut().for_each(|p| *p = false);
                 dev.reset();
+                // Unassigned again, as a real device's BARs after a reset.
+                self.bars.reset();
                 self.device_changed();
                 Ok(Vec::new())
             }
@@ -685,16 +695,8 @@ impl VfioUserServer {
     }
 
     fn config_dword(&mut self, register: u16, dev: &mut dyn RemoteFunction) -> u32 {
-        if let Some(index) = regs::bar_index(register) {
-            let low = dev.config_read(register).unwrap_or(0);
-            return match dev.bar(index) {
-                Some(b) if b.io => low & BarKind::Io.flags_mask(),
-                Some(_) => low & bar::MEM_FLAGS,
-                None => 0,
-            };
-        }
-        if register == regs::ROM {
-            return 0;
+        if let Some(shadowed) = self.bars.read(dev, register) {
+            return shadowed;
         }
         let v = dev.config_read(register).unwrap_or(u32::MAX);
         match self.msi_info(dev).ok().flatten() {
@@ -770,7 +772,8 @@ impl VfioUserServer {
                     let mut word = [0u8; 4];
                     word[lead..lead + n].copy_from_slice(&rest[..n]);
                     let mut be = byte_enables(lead, n);
-                    if regs::BARS.contains(&reg) || reg == regs::ROM {
+                    if self.bars.write(reg, u32::from_le_bytes(word), be) {
+                        // A BAR or ROM register: kept here, never the device's.
                         be = 0;
                     }
                     if Some(reg) == msix_control {
@@ -1261,7 +1264,11 @@ mod tests {
         );
         let cfg = &b[16..];
         assert_eq!(u32_at(cfg, 0), 0x1042_1af4);
-        assert_eq!(u32_at(cfg, 0x10), 0, "BAR address hidden");
+        assert_eq!(
+            u32_at(cfg, 0x10),
+            0,
+            "BAR0 unassigned: the bridge's address hidden"
+        );
         assert_eq!((cfg[0x34], cfg[0x41]), (0x40, 0x50), "the list as it is");
         assert_eq!(cfg[0x42], 0x80, "64-bit MSI, Multiple Message Capable 0");
         // Writes to BARs, MSI-X Message Control and the MSI capability are dropped;
@@ -1359,6 +1366,86 @@ mod tests {
             &[0xf4, 0x1a],
             "still in step after the unsupported command"
         );
+    }
+
+    /// A config-space read of `n` bytes at `off`, through the config region.
+    fn config_read(
+        c: &mut Client,
+        s: &mut VfioUserServer,
+        dev: &mut FakeFunction,
+        off: u64,
+        n: u32,
+    ) -> Vec<u8> {
+        let body = Body::default()
+            .u64(off)
+            .u32(vfio::PCI_CONFIG_REGION)
+            .u32(n)
+            .0;
+        let (h, b) = ask(c, s, dev, wire::cmd::REGION_READ, &body, &[]);
+        assert_eq!(h.flags & wire::flags::ERROR, 0);
+        b[16..].to_vec()
+    }
+
+    fn config_write(
+        c: &mut Client,
+        s: &mut VfioUserServer,
+        dev: &mut FakeFunction,
+        off: u64,
+        data: &[u8],
+    ) {
+        let body = Body::default()
+            .u64(off)
+            .u32(vfio::PCI_CONFIG_REGION)
+            .u32(data.len() as u32)
+            .bytes(data)
+            .0;
+        let (h, _) = ask(c, s, dev, wire::cmd::REGION_WRITE, &body, &[]);
+        assert_eq!(h.flags & wire::flags::ERROR, 0);
+    }
+
+    /// cloud-hypervisor sizes each BAR through config space (all-ones written, read
+    /// back, the value put back) and the expansion ROM the same way: it gets the size
+    /// mask and the type bits, as from libvfio-user, for the 32-bit BAR0 and both
+    /// halves of the 64-bit BAR2; the device's own BAR registers are never written.
+    /// Before, BAR writes were dropped and reads gave the type bits only: no BARs.
+    #[test]
+    fn bars_sized_through_config_space_read_back_their_masks() {
+        let (dir, mut s) = server();
+        let mut dev = fake().with_bar2_64(0x8_0000_0000, 1 << 16);
+        let mut c = Client::connect(&dir.path.join("vfu.sock"));
+        let mut sized = Vec::new();
+        for reg in [0x10u64, 0x14, 0x18, 0x1c, 0x20, 0x24, 0x30] {
+            let orig = config_read(&mut c, &mut s, &mut dev, reg, 4);
+            config_write(&mut c, &mut s, &mut dev, reg, &[0xff; 4]);
+            sized.push(u32_at(&config_read(&mut c, &mut s, &mut dev, reg, 4), 0));
+            config_write(&mut c, &mut s, &mut dev, reg, &orig);
+            assert_eq!(config_read(&mut c, &mut s, &mut dev, reg, 4), orig);
+        }
+        assert_eq!(
+            sized,
+            [0xffff_f000, 0, 0xffff_000c, 0xffff_ffff, 0, 0, 0],
+            "BAR0 4 KiB, no BAR1, BAR2 64 KiB 64-bit prefetchable, no ROM"
+        );
+        // The VMM places BAR2 (one write across both registers): it reads back there.
+        config_write(&mut c, &mut s, &mut dev, 0x18, &[0, 0, 0, 0xd0, 1, 0, 0, 0]);
+        let placed = config_read(&mut c, &mut s, &mut dev, 0x18, 8);
+        assert_eq!(placed, [0x0c, 0, 0, 0xd0, 1, 0, 0, 0]);
+        assert!(dev.config_writes.is_empty(), "{:x?}", dev.config_writes);
+        // BAR accesses stay by index and offset, at the bridge's address.
+        let bw = Body::default().u64(0xfff0).u32(2).u32(4).u32(0x600d_f00d).0;
+        ask(&mut c, &mut s, &mut dev, wire::cmd::REGION_WRITE, &bw, &[]);
+        assert_eq!(dev.mem_accesses, vec![(0x8_0000_fff0, 4)]);
+        // A reset, and a new client, find the BARs unassigned.
+        ask(&mut c, &mut s, &mut dev, wire::cmd::DEVICE_RESET, &[], &[]);
+        assert_eq!(
+            config_read(&mut c, &mut s, &mut dev, 0x18, 8),
+            [0x0c, 0, 0, 0, 0, 0, 0, 0]
+        );
+        config_write(&mut c, &mut s, &mut dev, 0x10, &[0, 0, 0, 0xc0]);
+        drop(c);
+        pump(&mut s, &mut dev);
+        let mut c = Client::connect(&dir.path.join("vfu.sock"));
+        assert_eq!(config_read(&mut c, &mut s, &mut dev, 0x10, 4), [0; 4]);
     }
 
     /// Config accesses whose offset + count wraps past 2^64: before the check was
