@@ -22,7 +22,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use dataplane::engine::{io_forward, IdlePolicy, Stop};
+use dataplane::engine::{io_forward, Stop};
+use dataplane::poll::IdlePolicy;
 use dataplane::ports::null::NullPort;
 use dataplane::ring::{mpmc, spsc};
 use dataplane::Mempool;

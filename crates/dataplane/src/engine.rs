@@ -1,107 +1,22 @@
 //! Poll engines: run-to-completion (one thread takes a burst from RX to TX) and
 //! pipeline (an RX thread, a worker and a TX thread joined by rings, as in software
-//! ExpEther's bridge/RX/TX threads), with core pinning, adaptive idle and clean
-//! shutdown.
+//! ExpEther's bridge/RX/TX threads), with core pinning, the one poll driver's idle
+//! policy ([`crate::poll`]) and clean shutdown.
 //!
-//! Adaptive idle: a loop that finds no work busy-polls for `spin_polls` rounds, then
-//! yields, then blocks in the port's `wait_rx` with a timeout that doubles up to
-//! `max_sleep`, so an idle bridge does not burn a core; the first frame puts it back
-//! into busy polling.
+//! Each loop is a [`crate::poll::Pollable`] run by [`crate::poll::run`]: it busy-polls
+//! for the policy's `spin` after the last frame, then sleeps in poll(2) on its ports'
+//! descriptors (a loop fed by an in-memory port or a ring, which have none, sleeps at
+//! most [`crate::poll::FDLESS_SLEEP`] at a time), so an idle engine does not burn a
+//! core; the first frame puts it back into busy polling.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use crate::mempool::{Mbuf, Mempool, RawMbuf};
+use crate::poll::{self, port_error, IdlePolicy, Waker};
 use crate::port::{Port, PortError};
 use crate::ring::{spsc, Consumer, Producer};
 
-/// How a poll loop behaves when there is nothing to do.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct IdlePolicy {
-    /// Empty rounds spent busy-polling before backing off (u32::MAX: never back off,
-    /// DPDK's default behaviour).
-    pub spin_polls: u32,
-    /// Longest single wait once backed off.
-    pub max_sleep: Duration,
-}
-
-impl Default for IdlePolicy {
-    fn default() -> IdlePolicy {
-        IdlePolicy {
-            spin_polls: 10_000,
-            max_sleep: Duration::from_millis(1),
-        }
-    }
-}
-
-impl IdlePolicy {
-    /// Pure busy polling.
-    pub const BUSY: IdlePolicy = IdlePolicy {
-        spin_polls: u32::MAX,
-        max_sleep: Duration::ZERO,
-    };
-}
-
-/// Tracks one loop's idleness.
-#[derive(Debug)]
-pub struct Idle {
-    policy: IdlePolicy,
-    empty: u32,
-    sleep: Duration,
-    /// Times the loop blocked.
-    pub waits: u64,
-}
-
-impl Idle {
-    pub fn new(policy: IdlePolicy) -> Idle {
-        Idle {
-            policy,
-            empty: 0,
-            sleep: Duration::from_micros(10),
-            waits: 0,
-        }
-    }
-
-    /// The loop did some work this round.
-    pub fn worked(&mut self) {
-        self.empty = 0;
-        self.sleep = Duration::from_micros(10);
-    }
-
-    /// The loop found nothing; `wait` blocks for at most the given time.
-    pub fn nothing(&mut self, wait: impl FnOnce(Duration)) {
-        self.empty = self.empty.saturating_add(1);
-        if self.empty < self.policy.spin_polls {
-            std::hint::spin_loop();
-        } else if self.empty == self.policy.spin_polls {
-            std::thread::yield_now();
-        } else {
-            self.waits += 1;
-            wait(self.sleep.min(self.policy.max_sleep));
-            self.sleep = (self.sleep * 2).min(self.policy.max_sleep);
-        }
-    }
-}
-
-/// A shared stop request.
-#[derive(Clone, Debug, Default)]
-pub struct Stop(Arc<AtomicBool>);
-
-impl Stop {
-    pub fn new() -> Stop {
-        Stop::default()
-    }
-
-    pub fn request(&self) {
-        self.0.store(true, Ordering::Release);
-    }
-
-    pub fn requested(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
-}
+pub use crate::poll::Stop;
 
 /// Pins the calling thread to one CPU.
 pub fn pin_to_core(core: usize) -> std::io::Result<()> {
@@ -121,8 +36,11 @@ pub fn pin_to_core(core: usize) -> std::io::Result<()> {
 /// Counters of a forwarding loop.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ForwardStats {
+    /// Frames sent.
     pub frames: u64,
+    /// Rounds of the loop (each tries both directions).
     pub rounds: u64,
+    /// Times the idle loop slept.
     pub idle_waits: u64,
     /// Frames dropped because the TX port stayed full.
     pub dropped: u64,
@@ -130,7 +48,8 @@ pub struct ForwardStats {
 
 /// Run-to-completion io-forwarding (testpmd's `io` mode): frames from `a` go out of
 /// `b` and frames from `b` out of `a`, `burst` at a time, until `stop`. Frames a TX
-/// port cannot take are dropped (their buffers freed), as testpmd does.
+/// port cannot take are dropped (their buffers freed), as testpmd does. Idle, the loop
+/// sleeps on both ports as `idle` says.
 pub fn io_forward(
     a: &mut dyn Port,
     b: &mut dyn Port,
@@ -139,23 +58,35 @@ pub fn io_forward(
     idle: IdlePolicy,
 ) -> Result<ForwardStats, PortError> {
     let mut stats = ForwardStats::default();
-    let mut idle = Idle::new(idle);
     let mut bufs: Vec<Mbuf> = Vec::with_capacity(burst);
     let mut cache_a = a.pool().cache(burst * 2);
     let mut cache_b = b.pool().cache(burst * 2);
-    while !stop.requested() {
-        stats.rounds += 1;
-        let mut moved = 0;
-        moved += forward_burst(&mut *a, &mut *b, &mut cache_a, &mut bufs, burst, &mut stats)?;
-        moved += forward_burst(&mut *b, &mut *a, &mut cache_b, &mut bufs, burst, &mut stats)?;
-        if moved > 0 {
-            idle.worked();
-        } else {
-            idle.nothing(|t| a.wait_rx(t));
+    let fds = [a.rx_fd(), b.rx_fd()];
+    let name = a.info().name.clone();
+    let mut forward = poll::from_fn(
+        |_| {
+            let mut moved = 0;
+            moved += forward_burst(&mut *a, &mut *b, &mut cache_a, &mut bufs, burst, &mut stats)?;
+            moved += forward_burst(&mut *b, &mut *a, &mut cache_b, &mut bufs, burst, &mut stats)?;
+            Ok(moved > 0)
+        },
+        |w| wake_on(w, fds),
+    );
+    let polled = poll::run(&mut forward, idle, stop).map_err(|e| port_error(e, &name))?;
+    stats.rounds = polled.rounds;
+    stats.idle_waits = polled.sleeps;
+    Ok(stats)
+}
+
+/// What wakes a loop that receives on ports with these descriptors (`None`: a port
+/// without one).
+fn wake_on<const N: usize>(w: &mut Waker, fds: [Option<std::os::fd::RawFd>; N]) {
+    for fd in fds {
+        match fd {
+            Some(fd) => w.fd(fd),
+            None => w.fdless(),
         }
     }
-    stats.idle_waits = idle.waits;
-    Ok(stats)
 }
 
 /// One burst from `from` to `to`; what `to` cannot take is dropped.
@@ -258,21 +189,32 @@ impl Pipeline {
         let rx_thread = std::thread::spawn(move || {
             pin_here(pin.rx);
             let pool = rx.pool().clone();
-            let mut idle = Idle::new(idle);
             let (mut bufs, mut raws) = (Vec::with_capacity(burst), Vec::with_capacity(burst));
             let mut count = 0;
-            while !s.requested() {
-                if bufs.is_empty() && rx.rx_burst(&mut bufs, burst)? == 0 {
-                    idle.nothing(|t| rx.wait_rx(t));
-                    continue;
-                }
-                idle.worked();
-                count += give_to(&to_worker, &mut bufs, &mut raws) as u64;
-            }
+            let (fd, name) = (rx.rx_fd(), rx.info().name.clone());
+            // Frames held because the ring to the worker is full.
+            let held = std::cell::Cell::new(false);
+            let mut receive = poll::from_fn(
+                |_| {
+                    let got = bufs.is_empty() && rx.rx_burst(&mut bufs, burst)? > 0;
+                    let gave = give_to(&to_worker, &mut bufs, &mut raws);
+                    count += gave as u64;
+                    held.set(!bufs.is_empty());
+                    Ok(got || gave > 0)
+                },
+                |w| {
+                    wake_on(w, [fd]);
+                    if held.get() {
+                        // Room in the ring comes without a word.
+                        w.fdless();
+                    }
+                },
+            );
+            let done = poll::run(&mut receive, idle, &s).map_err(|e| port_error(e, &name));
             for m in bufs.drain(..) {
                 pool.put(m);
             }
-            Ok(count)
+            done.map(|_| count)
         });
         let s = stop.clone();
         let pool = worker_pool;
@@ -280,52 +222,62 @@ impl Pipeline {
             pin_here(pin.worker);
             let (mut bufs, mut raws) = (Vec::with_capacity(burst), Vec::with_capacity(burst));
             let mut out: Vec<Mbuf> = Vec::with_capacity(burst);
-            let mut idle = Idle::new(idle);
             let mut count = 0;
-            while !s.requested() {
-                if out.is_empty() {
-                    if take_from(&from_rx, &mut raws, &mut bufs, burst) == 0 {
-                        idle.nothing(std::thread::sleep);
-                        continue;
-                    }
-                    idle.worked();
-                    for mut m in bufs.drain(..) {
-                        count += 1;
-                        if work(&pool, &mut m) {
-                            out.push(m);
-                        } else {
-                            pool.put(m);
+            let mut step = poll::from_fn(
+                |_| {
+                    let mut worked = false;
+                    if out.is_empty() && take_from(&from_rx, &mut raws, &mut bufs, burst) > 0 {
+                        worked = true;
+                        for mut m in bufs.drain(..) {
+                            count += 1;
+                            if work(&pool, &mut m) {
+                                out.push(m);
+                            } else {
+                                pool.put(m);
+                            }
                         }
                     }
-                }
-                give_to(&to_tx, &mut out, &mut raws);
-            }
+                    worked |= give_to(&to_tx, &mut out, &mut raws) > 0;
+                    Ok(worked)
+                },
+                // Both of its inputs are rings.
+                Waker::fdless,
+            );
+            let done = poll::run(&mut step, idle, &s).map_err(|e| port_error(e, "pipeline worker"));
             for m in out.drain(..) {
                 pool.put(m);
             }
             drain_ring(&from_rx, &pool);
-            Ok(count)
+            done.map(|_| count)
         });
         let s = stop.clone();
         let tx_thread = std::thread::spawn(move || {
             pin_here(pin.tx);
             let pool = tx.pool().clone();
             let (mut bufs, mut raws) = (Vec::with_capacity(burst), Vec::with_capacity(burst));
-            let mut idle = Idle::new(idle);
             let mut count = 0;
-            while !s.requested() {
-                if bufs.is_empty() && take_from(&from_worker, &mut raws, &mut bufs, burst) == 0 {
-                    idle.nothing(std::thread::sleep);
-                    continue;
-                }
-                idle.worked();
-                count += tx.tx_burst(&mut bufs)? as u64;
-            }
+            let name = tx.info().name.clone();
+            let mut send = poll::from_fn(
+                |_| {
+                    let took =
+                        bufs.is_empty() && take_from(&from_worker, &mut raws, &mut bufs, burst) > 0;
+                    let sent = if bufs.is_empty() {
+                        0
+                    } else {
+                        tx.tx_burst(&mut bufs)?
+                    };
+                    count += sent as u64;
+                    Ok(took || sent > 0)
+                },
+                // A ring, and room on the port, which has no descriptor for it here.
+                Waker::fdless,
+            );
+            let done = poll::run(&mut send, idle, &s).map_err(|e| port_error(e, &name));
             for m in bufs.drain(..) {
                 pool.put(m);
             }
             drain_ring(&from_worker, &pool);
-            Ok(count)
+            done.map(|_| count)
         });
         Pipeline {
             stop,

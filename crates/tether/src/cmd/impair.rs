@@ -7,9 +7,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use dataplane::engine::{Idle, IdlePolicy};
+use dataplane::poll::{self, IdlePolicy, Pollable, Stop, Waker};
 use dataplane::ports::socket::SocketPort;
-use dataplane::{Mbuf, Mempool, Port};
+use dataplane::{Mbuf, Mempool, Port, PortError};
 use netem::{Link, LinkConfig, LinkStats, Micros, Rng};
 
 use crate::signals;
@@ -90,7 +90,7 @@ fn pull(
     now: Micros,
     rng: &mut Rng,
     bufs: &mut Vec<Mbuf>,
-) -> Result<usize> {
+) -> Result<usize, PortError> {
     let n = port.rx_burst(bufs, 32)?;
     let pool = port.pool().clone();
     for m in bufs.drain(..) {
@@ -105,7 +105,7 @@ fn push(
     dir: &mut Direction,
     now: Micros,
     bufs: &mut Vec<Mbuf>,
-) -> Result<usize> {
+) -> Result<usize, PortError> {
     let pool = port.pool().clone();
     while let Some((_, frame)) = dir.link.pop_arrived(now) {
         let Some(mut m) = pool.get() else {
@@ -124,53 +124,106 @@ fn push(
     Ok(n)
 }
 
+/// The relay as a poll loop: both directions, both ports.
+struct Relay {
+    a: SocketPort,
+    b: SocketPort,
+    ab: Direction,
+    ba: Direction,
+    rng: Rng,
+    bufs: Vec<Mbuf>,
+    start: Instant,
+    /// When the relay ends by itself (`--duration`).
+    end: Option<Instant>,
+    stop: Stop,
+}
+
+impl Relay {
+    /// The relay's clock at `at`: µs since it started.
+    fn micros(&self, at: Instant) -> Micros {
+        at.saturating_duration_since(self.start).as_micros() as Micros
+    }
+}
+
+impl Pollable for Relay {
+    fn round(&mut self, at: Instant) -> std::io::Result<bool> {
+        if signals::stop_requested() || self.end.is_some_and(|e| at >= e) {
+            self.stop.request();
+            return Ok(false);
+        }
+        let now = self.micros(at);
+        let mut moved = pull(
+            &mut self.a,
+            &mut self.ab.link,
+            now,
+            &mut self.rng,
+            &mut self.bufs,
+        )?;
+        moved += pull(
+            &mut self.b,
+            &mut self.ba.link,
+            now,
+            &mut self.rng,
+            &mut self.bufs,
+        )?;
+        moved += push(&mut self.b, &mut self.ab, now, &mut self.bufs)?;
+        moved += push(&mut self.a, &mut self.ba, now, &mut self.bufs)?;
+        Ok(moved > 0)
+    }
+
+    /// Frames on either port, the next frame the impairment delays, the end.
+    fn wake(&self, w: &mut Waker) {
+        for fd in [self.a.rx_fd(), self.b.rx_fd()] {
+            match fd {
+                Some(fd) => w.fd(fd),
+                None => w.fdless(),
+            }
+        }
+        let due = [self.ab.link.next_arrival(), self.ba.link.next_arrival()]
+            .into_iter()
+            .flatten()
+            .filter_map(|t| self.start.checked_add(Duration::from_micros(t)));
+        for at in due.chain(self.end) {
+            w.deadline(at);
+        }
+    }
+}
+
 /// Relays until the duration ends or SIGINT/SIGTERM; returns each direction's counters.
 pub fn run(opts: Options) -> Result<[(LinkStats, u64); 2]> {
     let pool = Mempool::new(16 * 1024, 9216 + 64)?;
-    let mut a = SocketPort::open(&opts.a, &pool)?;
-    let mut b = SocketPort::open(&opts.b, &pool)?;
-    let mut ab = Direction {
-        link: Link::new(opts.a_to_b),
-        tx_dropped: 0,
-    };
-    let mut ba = Direction {
-        link: Link::new(opts.b_to_a),
-        tx_dropped: 0,
-    };
-    let mut rng = Rng::new(opts.seed);
+    let a = SocketPort::open(&opts.a, &pool)?;
+    let b = SocketPort::open(&opts.b, &pool)?;
     signals::install();
     eprintln!(
         "tether impair: relaying {} <-> {} (seed {})",
         opts.a, opts.b, opts.seed
     );
     let start = Instant::now();
-    let mut idle = Idle::new(IdlePolicy {
-        spin_polls: 2_000,
-        max_sleep: Duration::from_micros(100),
-    });
-    let mut bufs = Vec::with_capacity(64);
-    while !signals::stop_requested() && opts.duration.is_none_or(|d| start.elapsed() < d) {
-        let now = start.elapsed().as_micros() as Micros;
-        let mut moved = pull(&mut a, &mut ab.link, now, &mut rng, &mut bufs)?;
-        moved += pull(&mut b, &mut ba.link, now, &mut rng, &mut bufs)?;
-        moved += push(&mut b, &mut ab, now, &mut bufs)?;
-        moved += push(&mut a, &mut ba, now, &mut bufs)?;
-        if moved > 0 {
-            idle.worked();
-        } else {
-            idle.nothing(|t| {
-                let next = [ab.link.next_arrival(), ba.link.next_arrival()]
-                    .into_iter()
-                    .flatten()
-                    .min();
-                let until_due = next.map_or(t, |n| Duration::from_micros(n.saturating_sub(now)));
-                a.wait_rx(t.min(until_due));
-            });
-        }
-    }
+    let mut relay = Relay {
+        a,
+        b,
+        ab: Direction {
+            link: Link::new(opts.a_to_b),
+            tx_dropped: 0,
+        },
+        ba: Direction {
+            link: Link::new(opts.b_to_a),
+            tx_dropped: 0,
+        },
+        rng: Rng::new(opts.seed),
+        bufs: Vec::with_capacity(64),
+        start,
+        end: opts.duration.and_then(|d| start.checked_add(d)),
+        stop: Stop::new(),
+    };
+    // Spin 2 ms after a frame (delays stay what the model says), then sleep on both
+    // ports and the next due frame; a signal ends a sleep at once, and 10 ms bounds it.
+    let stop = relay.stop.clone();
+    poll::run(&mut relay, IdlePolicy::default(), &stop)?;
     Ok([
-        (ab.link.stats.clone(), ab.tx_dropped),
-        (ba.link.stats.clone(), ba.tx_dropped),
+        (relay.ab.link.stats.clone(), relay.ab.tx_dropped),
+        (relay.ba.link.stats.clone(), relay.ba.tx_dropped),
     ])
 }
 
