@@ -1,7 +1,13 @@
 //! A fabric node on a dataplane port: frames between the two, timers, events.
+//!
+//! [`FabricPort`] is a [`dataplane::poll::Pollable`]: [`FabricPort::round`] moves
+//! frames and runs due timers, [`FabricPort::wake`] names the port's descriptor and
+//! the node's next timer. Its own [`FabricPort::poll`] and loops built around it (the
+//! I/O box's) idle as the port's [`IdlePolicy`] says, through the one poll driver.
 
 use std::time::{Duration, Instant};
 
+use dataplane::poll::{Idle, IdlePolicy, Poller, Waker};
 use dataplane::{Mbuf, Port, PortError};
 use wire::{BridgeRole, MacAddr};
 
@@ -73,16 +79,16 @@ pub struct FabricPort {
     epoch: Instant,
     rx: Vec<Mbuf>,
     tx: Vec<Mbuf>,
-    /// When something last moved: the loop busy-polls for `spin` after that, and
-    /// only then sleeps (a sleeping bridge delays acks and completions, which the
-    /// peer's delay-based rate control would take for congestion).
-    /// µs on this port's clock.
-    last_work: u64,
     /// When the loop last found the port with nothing to receive: frames that are
-    /// there now may have waited since then.
+    /// there now may have waited since then. µs on this port's clock.
     looked_at: u64,
-    spin: Duration,
-    yield_after: Option<Duration>,
+    /// The idle decisions of loops on this port: busy-poll for the policy's `spin`
+    /// after the last work, and only then sleep (a sleeping bridge delays acks and
+    /// completions, which the peer's delay-based rate control would take for
+    /// congestion).
+    poller: Poller,
+    /// Reused by each sleep of [`FabricPort::poll`].
+    waker: Waker,
     /// Frames the node made that did not fit a pool buffer (never, with a sane MTU).
     pub oversize: u64,
 }
@@ -90,7 +96,14 @@ pub struct FabricPort {
 /// Frames taken from the port per round.
 const RX_BURST: usize = 64;
 
+/// The soonest a timer that is due (or overdue: one the round could not act on, such
+/// as a paced frame behind a full TX ring) brings a sleeping loop back: it is looked
+/// at again after this, not in a busy loop.
+pub const TIMER_FLOOR: Duration = Duration::from_micros(50);
+
 impl FabricPort {
+    /// A node on its port with the default [`IdlePolicy`] (busy-poll for 2 ms after
+    /// the last activity, never yield).
     pub fn new(node: Node, port: Box<dyn Port>) -> FabricPort {
         FabricPort {
             node,
@@ -98,10 +111,9 @@ impl FabricPort {
             epoch: Instant::now(),
             rx: Vec::with_capacity(64),
             tx: Vec::with_capacity(64),
-            last_work: 0,
             looked_at: 0,
-            yield_after: None,
-            spin: Duration::from_millis(2),
+            poller: Poller::new(IdlePolicy::default()),
+            waker: Waker::new(),
             oversize: 0,
         }
     }
@@ -124,7 +136,8 @@ impl FabricPort {
     /// How long the loop keeps busy-polling after the last activity before it sleeps
     /// (default 2 ms; zero sleeps at once, as a mostly idle bridge may prefer).
     pub fn set_spin(&mut self, spin: Duration) {
-        self.spin = spin;
+        let p = self.poller.policy();
+        self.poller.set_policy(IdlePolicy { spin, ..p });
     }
 
     /// While busy-polling, yield the core at each empty round once `after` has passed
@@ -133,12 +146,45 @@ impl FabricPort {
     /// than at the end of a time slice; where it has its core, yielding only adds the
     /// system call and now and then a wait behind kernel threads.
     pub fn set_yield_after(&mut self, after: Option<Duration>) {
-        self.yield_after = after;
+        let p = self.poller.policy();
+        self.poller.set_policy(IdlePolicy {
+            yield_after: after,
+            ..p
+        });
+    }
+
+    /// How loops on this port idle.
+    pub fn idle_policy(&self) -> IdlePolicy {
+        self.poller.policy()
+    }
+
+    /// Sets spin, yield and the longest sleep at once.
+    pub fn set_idle_policy(&mut self, policy: IdlePolicy) {
+        self.poller.set_policy(policy);
+    }
+
+    /// What the idle decisions of this port's loop have been.
+    pub fn poll_stats(&self) -> dataplane::poll::PollStats {
+        self.poller.stats()
     }
 
     /// Microseconds since this port started: the clock of its node and sessions.
     pub fn now(&self) -> u64 {
-        self.epoch.elapsed().as_micros() as u64
+        self.micros(Instant::now())
+    }
+
+    /// `at` on this port's clock (µs since it started).
+    pub fn micros(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch)
+            .as_micros()
+            .try_into()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// The moment `us` on this port's clock is (`None`: too far to say, as a timer
+    /// that is never due).
+    pub fn instant(&self, us: u64) -> Option<Instant> {
+        self.epoch.checked_add(Duration::from_micros(us))
     }
 
     pub fn node(&self) -> &Node {
@@ -160,16 +206,17 @@ impl FabricPort {
         (self.port.rx_fd(), Duration::from_micros(until_timer))
     }
 
-    /// Sends what the node has, receives what the port has, runs due timers. Returns
-    /// whether anything moved. Waits up to `wait` for input when nothing did.
-    pub fn poll(&mut self, wait: Duration) -> Result<bool, PortError> {
+    /// One round at `now`: sends what the node has, receives what the port has, runs
+    /// due timers. Returns whether anything moved (frames the node acted on, frames
+    /// sent, new events); never waits.
+    pub fn round(&mut self, now: Instant) -> Result<bool, PortError> {
         // The clock is read once per round, and once more when frames arrived (their
         // timestamps feed the RTT samples).
         let mut worked = false;
         // Events the caller left (it takes them when it can: back-pressure) are not
         // new work; events made this round are.
         let pending = self.node.pending_events();
-        let mut now = self.now();
+        let mut now = self.micros(now);
         if self.node.poll_timeout() <= now {
             self.node.handle_timeout(now);
         }
@@ -195,23 +242,71 @@ impl FabricPort {
             self.looked_at = now;
         }
         worked |= self.node.pending_events() > pending;
-        if worked {
-            self.last_work = now;
-        } else if !wait.is_zero() {
-            let idle = now.saturating_sub(self.last_work);
-            if idle >= self.spin.as_micros() as u64 {
-                let until_timer = self.node.poll_timeout().saturating_sub(now);
-                self.port
-                    .wait_rx(wait.min(Duration::from_micros(until_timer.max(50))));
-            } else if self
-                .yield_after
-                .is_some_and(|y| idle >= y.as_micros() as u64)
-            {
-                // A thread waiting for this core (the peer bridge, the VMM) runs now
-                // rather than at the end of our time slice.
-                std::thread::yield_now();
-            }
+        Ok(worked)
+    }
+
+    /// What brings new work to a sleeping loop on this port: the port's descriptor
+    /// (or, for a port without one, short sleeps) and the node's next timer (at the
+    /// soonest [`TIMER_FLOOR`] from now).
+    pub fn wake(&self, w: &mut Waker) {
+        match self.port.rx_fd() {
+            Some(fd) => w.fd(fd),
+            None => w.fdless(),
         }
+        self.timer(w, self.node.poll_timeout());
+    }
+
+    /// A timer at `us` on this port's clock as a deadline of `w`, at the soonest
+    /// [`TIMER_FLOOR`] from now.
+    pub fn timer(&self, w: &mut Waker, us: u64) {
+        let soonest = self.now().saturating_add(TIMER_FLOOR.as_micros() as u64);
+        if let Some(at) = self.instant(us.max(soonest)) {
+            w.deadline(at);
+        }
+    }
+
+    /// The idle step of a loop built around this port, after a round that did work
+    /// (`worked`) or not: as the port's policy says, nothing (spin), a yield, or a
+    /// sleep of at most `wait` on what `waker` collected (the caller's
+    /// [`FabricPort::wake`] and its own inputs). A zero `wait` never yields nor sleeps.
+    pub fn settle(
+        &mut self,
+        worked: bool,
+        wait: Duration,
+        waker: &mut Waker,
+    ) -> Result<Idle, PortError> {
+        let now = Instant::now();
+        if worked {
+            return Ok(self.poller.decide(now, true, None));
+        }
+        if wait.is_zero() {
+            return Ok(Idle::Continue);
+        }
+        let idle = match self.poller.decide(now, false, waker.until(now)) {
+            Idle::Sleep(d) => Idle::Sleep(d.min(wait)),
+            other => other,
+        };
+        waker
+            .apply(idle)
+            .map_err(|e| dataplane::poll::port_error(e, &self.port.info().name))?;
+        Ok(idle)
+    }
+
+    /// Sends what the node has, receives what the port has, runs due timers. Returns
+    /// whether anything moved. When nothing did, idles as the port's policy says:
+    /// busy-polls for its `spin` after the last activity, yields from `yield_after`
+    /// on, and after that waits up to `wait` (and no later than the node's next
+    /// timer) for the port's descriptor.
+    pub fn poll(&mut self, wait: Duration) -> Result<bool, PortError> {
+        let worked = self.round(Instant::now())?;
+        let mut waker = std::mem::take(&mut self.waker);
+        waker.clear();
+        if !worked && !wait.is_zero() {
+            self.wake(&mut waker);
+        }
+        let settled = self.settle(worked, wait, &mut waker);
+        self.waker = waker;
+        settled?;
         Ok(worked)
     }
 
@@ -265,9 +360,125 @@ impl FabricPort {
     }
 }
 
+impl dataplane::poll::Pollable for FabricPort {
+    fn round(&mut self, now: Instant) -> std::io::Result<bool> {
+        Ok(FabricPort::round(self, now)?)
+    }
+
+    fn wake(&self, w: &mut Waker) {
+        FabricPort::wake(self, w)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dataplane::poll::{self, Stop};
+
+    const GID: u16 = 10;
+
+    /// A node of `role` in group 10 on `port`, announcing every 20 ms.
+    fn joined(port: &dyn Port, role: BridgeRole) -> Node {
+        let s = NodeSettings {
+            info_interval_ms: 20,
+            ..NodeSettings::default()
+        };
+        let mut n = node_for(port, role, &s).unwrap();
+        n.join(GID).unwrap();
+        n
+    }
+
+    fn pair() -> (FabricPort, FabricPort) {
+        let pool = dataplane::open::pool_for(1500).unwrap();
+        let (a, b) = dataplane::ports::mem::pair(&pool, 64, 1500);
+        let host = FabricPort::new(joined(&a, BridgeRole::Host), Box::new(a));
+        let bx = FabricPort::new(joined(&b, BridgeRole::IoBox), Box::new(b));
+        (host, bx)
+    }
+
+    #[test]
+    fn an_in_memory_port_wakes_by_short_sleeps_and_the_nodes_timer() {
+        let (mut host, _bx) = pair();
+        // The first round announces the node; its next INFO is an interval away.
+        assert!(host.round(Instant::now()).unwrap());
+        let mut w = Waker::new();
+        let before = Instant::now();
+        host.wake(&mut w);
+        assert!(w.is_fdless(), "an in-memory port has no descriptor");
+        assert_eq!(w.fds().count(), 0);
+        w.clear();
+        host.timer(&mut w, host.node().poll_timeout());
+        let due = w.until(before).expect("the node has a timer");
+        // The port's clock counts whole µs.
+        let floor = TIMER_FLOOR - Duration::from_micros(1);
+        assert!(due >= before + floor, "{:?}", due - before);
+        assert!(due <= Instant::now() + Duration::from_millis(20));
+        // A timer already past is looked at again no sooner than the floor.
+        w.clear();
+        let now = Instant::now();
+        host.timer(&mut w, 0);
+        assert!(w.until(now).unwrap() >= now + floor);
+    }
+
+    #[test]
+    fn poll_sleeps_only_past_the_spin_and_never_with_zero_wait() {
+        let (mut host, _bx) = pair();
+        host.set_spin(Duration::from_secs(3600));
+        host.set_yield_after(Some(Duration::ZERO));
+        assert_eq!(host.idle_policy().spin, Duration::from_secs(3600));
+        host.poll(Duration::ZERO).unwrap();
+        while host.poll(Duration::from_millis(1)).unwrap() {}
+        // Spinning, with a yield at each empty round: no sleep.
+        let s = host.poll_stats();
+        assert_eq!(s.sleeps, 0, "{s:?}");
+        assert!(s.yields >= 1, "{s:?}");
+        host.set_spin(Duration::ZERO);
+        let t = Instant::now();
+        let mut sleeps = host.poll_stats().sleeps;
+        for _ in 0..5 {
+            host.poll(Duration::ZERO).unwrap();
+        }
+        assert_eq!(host.poll_stats().sleeps, sleeps, "a zero wait slept");
+        while host.poll(Duration::from_millis(1)).unwrap() {}
+        assert!(host.poll_stats().sleeps > sleeps);
+        sleeps = host.poll_stats().sleeps;
+        host.poll(Duration::from_millis(1)).unwrap();
+        assert_eq!(host.poll_stats().sleeps, sleeps + 1);
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn two_ports_run_by_the_poll_driver_find_each_other() {
+        let (mut host, mut bx) = pair();
+        let policy = IdlePolicy {
+            spin: Duration::ZERO,
+            ..IdlePolicy::default()
+        };
+        let stop = Stop::new();
+        let s = stop.clone();
+        let boxed = std::thread::spawn(move || {
+            let stats = poll::run(&mut bx, policy, &s).unwrap();
+            (bx, stats)
+        });
+        let end = Instant::now() + Duration::from_secs(30);
+        let mut up = false;
+        while !up && Instant::now() < end {
+            host.poll(Duration::from_millis(1)).unwrap();
+            while let Some(e) = host.poll_event() {
+                up |= matches!(e, FabricEvent::PeerUp { gid: GID, .. });
+            }
+        }
+        // A few INFO intervals more, for the box to hear the host and to idle between.
+        let more = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < more {
+            host.poll(Duration::from_millis(1)).unwrap();
+        }
+        stop.request();
+        let (bx, stats) = boxed.join().unwrap();
+        assert!(up, "the host never saw the box");
+        assert!(stats.worked >= 1 && stats.sleeps >= 1, "{stats:?}");
+        assert!(bx.node().peers().any(|p| p.0 == GID));
+    }
 
     #[test]
     fn frames_fit_the_pool_buffers() {

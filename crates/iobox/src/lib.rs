@@ -1,8 +1,9 @@
 //! The I/O box: device functions in slots, each in its group, behind one port.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use dataplane::poll::{Pollable, Waker};
 use dataplane::PortError;
 use efe::SendError;
 use endpoint::config::reg;
@@ -164,6 +165,8 @@ pub struct IoBox {
     /// Fabric events other than TLPs (peers up and down, group changes), kept for the
     /// program to log; the oldest are dropped past [`IoBox::EVENT_LOG`].
     pub events: VecDeque<FabricEvent>,
+    /// Reused by each sleep of [`IoBox::poll`].
+    waker: Waker,
 }
 
 impl IoBox {
@@ -184,6 +187,7 @@ impl IoBox {
             emptied: BTreeMap::new(),
             stats: IoBoxStats::default(),
             events: VecDeque::new(),
+            waker: Waker::new(),
         }
     }
 
@@ -287,11 +291,27 @@ impl IoBox {
         !due.is_empty()
     }
 
-    /// One round: port, fabric events, device timers and output. Waits up to `wait`
-    /// when there was nothing to do. Returns whether anything happened.
+    /// One round: port, fabric events, device timers and output. When there was
+    /// nothing to do, idles as the fabric port's policy says (spin, yield, or a sleep
+    /// of at most `wait` until a frame or a timer of the node or a device). Returns
+    /// whether anything happened.
     pub fn poll(&mut self, wait: Duration) -> Result<bool, PortError> {
-        let mut worked = self.fp.poll(Duration::ZERO)?;
-        let now = self.fp.now();
+        let worked = self.round_at(Instant::now())?;
+        let mut waker = std::mem::take(&mut self.waker);
+        waker.clear();
+        if !worked && !wait.is_zero() {
+            Pollable::wake(self, &mut waker);
+        }
+        let settled = self.fp.settle(worked, wait, &mut waker);
+        self.waker = waker;
+        settled?;
+        Ok(worked)
+    }
+
+    /// One round at `now` (see [`IoBox::poll`]), never waiting.
+    fn round_at(&mut self, now: Instant) -> Result<bool, PortError> {
+        let mut worked = self.fp.round(now)?;
+        let now = self.fp.micros(now);
         loop {
             // TLPs of a host whose device's backlog is full wait in its session (whose
             // window closes); peers, groups, restarts and the others' TLPs are still
@@ -410,9 +430,20 @@ impl IoBox {
                 self.stats.backlog_full += 1;
             }
         }
-        if !worked {
-            self.fp.poll(wait)?;
-        }
         Ok(worked)
+    }
+}
+
+impl Pollable for IoBox {
+    fn round(&mut self, now: Instant) -> std::io::Result<bool> {
+        Ok(self.round_at(now)?)
+    }
+
+    /// The port and the node's timers, and the devices' timers.
+    fn wake(&self, w: &mut Waker) {
+        self.fp.wake(w);
+        for t in self.slots.iter().filter_map(|s| s.function.poll_timeout()) {
+            self.fp.timer(w, t);
+        }
     }
 }
