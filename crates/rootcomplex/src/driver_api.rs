@@ -72,6 +72,8 @@ pub enum HostError {
     Memory(#[from] MapError),
     #[error("the DMA area is full ({0} bytes asked)")]
     DmaFull(usize),
+    #[error("every MSI data value is in use ({0} routes)")]
+    MsiFull(usize),
 }
 
 /// Where BARs get their addresses.
@@ -88,6 +90,53 @@ impl Default for BarWindows {
         BarWindows {
             mem32: (0xe000_0000, 0xfe00_0000),
             mem64: (0x80_0000_0000, 0x100_0000_0000),
+        }
+    }
+}
+
+/// Where enumeration places the next BARs: bump allocation through a pair of windows.
+#[derive(Clone, Copy, Debug)]
+struct BarCursor {
+    windows: BarWindows,
+    next32: u64,
+    next64: u64,
+}
+
+impl BarCursor {
+    fn new(windows: BarWindows) -> BarCursor {
+        BarCursor {
+            windows,
+            next32: windows.mem32.0,
+            next64: windows.mem64.0,
+        }
+    }
+
+    /// The next naturally aligned `size` bytes of the window for a 32- or 64-bit BAR.
+    fn assign(
+        &mut self,
+        bdf: Bdf,
+        bar: usize,
+        size: u64,
+        is_64bit: bool,
+    ) -> Result<u64, HostError> {
+        let (next, window, name) = if is_64bit {
+            (&mut self.next64, self.windows.mem64, "64-bit")
+        } else {
+            (&mut self.next32, self.windows.mem32, "32-bit")
+        };
+        let full = || HostError::WindowFull {
+            bdf,
+            bar,
+            size,
+            window: name,
+        };
+        let addr = next.checked_next_multiple_of(size).ok_or_else(full)?;
+        match addr.checked_add(size) {
+            Some(end) if end <= window.1 => {
+                *next = end;
+                Ok(addr)
+            }
+            _ => Err(full()),
         }
     }
 }
@@ -226,6 +275,9 @@ pub struct DmaBuffer {
     pub len: usize,
 }
 
+/// The first MSI data value the host hands out (below it, x86 vectors are reserved).
+const FIRST_MSI_DATA: u32 = 0x20;
+
 /// The MSI address the host gives devices (x86's fixed window, destination 0).
 pub const MSI_ADDRESS: u64 = MSI_WINDOW.start;
 
@@ -234,12 +286,13 @@ pub struct Host<L: Link> {
     bridge: Bridge,
     link: L,
     epoch: Instant,
-    windows: BarWindows,
-    next32: u64,
-    next64: u64,
+    /// Where [`Host::enumerate`] places BARs (never reused).
+    bars: BarCursor,
     devices: Vec<DeviceInfo>,
     /// MSI data value -> (device, vector).
     msi_routes: HashMap<u32, (Bdf, u16)>,
+    /// The same routes the other way: (device, vector) -> MSI data.
+    msi_data: HashMap<(Bdf, u16), u32>,
     next_msi_data: u32,
     interrupts: VecDeque<Interrupt>,
     finished: HashMap<RequestId, Result<Vec<u8>, RequestError>>,
@@ -262,12 +315,11 @@ impl<L: Link> Host<L> {
             bridge: Bridge::new(cfg, memory),
             link,
             epoch: Instant::now(),
-            next32: windows.mem32.0,
-            next64: windows.mem64.0,
-            windows,
+            bars: BarCursor::new(windows),
             devices: Vec::new(),
             msi_routes: HashMap::new(),
-            next_msi_data: 0x20,
+            msi_data: HashMap::new(),
+            next_msi_data: FIRST_MSI_DATA,
             interrupts: VecDeque::new(),
             finished: HashMap::new(),
             dma_area,
@@ -626,36 +678,32 @@ impl<L: Link> Host<L> {
         }
     }
 
-    fn assign(
-        &mut self,
-        bdf: Bdf,
-        bar: usize,
-        size: u64,
-        is_64bit: bool,
-    ) -> Result<u64, HostError> {
-        let (next, window, name) = if is_64bit {
-            (&mut self.next64, self.windows.mem64, "64-bit")
-        } else {
-            (&mut self.next32, self.windows.mem32, "32-bit")
-        };
-        let addr = next.div_ceil(size) * size;
-        if addr.checked_add(size).is_none_or(|end| end > window.1) {
-            return Err(HostError::WindowFull {
-                bdf,
-                bar,
-                size,
-                window: name,
-            });
-        }
-        *next = addr + size;
-        Ok(addr)
-    }
-
     /// Enumerates the function at `bdf`: identifies it, sizes and assigns its memory
     /// BARs, sets Max Payload Size and enables extended (8-bit) tags where supported,
     /// sets up MSI-X (all vectors) or MSI (one vector) to addresses this host
     /// recognises, or leaves INTx, and enables memory decoding and bus mastering.
+    ///
+    /// BARs go into the host's windows (given to [`Host::new`]), which this bump
+    /// allocator never reuses; a program that frees and reuses windows (a switch port's)
+    /// uses [`Host::enumerate_in`].
     pub fn enumerate(&mut self, bdf: Bdf) -> Result<DeviceInfo, HostError> {
+        let mut bars = self.bars;
+        let r = self.enumerate_with(bdf, &mut bars);
+        self.bars = bars;
+        r
+    }
+
+    /// [`Host::enumerate`], with the device's BARs placed in `windows` only (the
+    /// windows of the switch port the device sits behind), from their start.
+    pub fn enumerate_in(&mut self, bdf: Bdf, windows: BarWindows) -> Result<DeviceInfo, HostError> {
+        self.enumerate_with(bdf, &mut BarCursor::new(windows))
+    }
+
+    fn enumerate_with(
+        &mut self,
+        bdf: Bdf,
+        cursor: &mut BarCursor,
+    ) -> Result<DeviceInfo, HostError> {
         let id = match self.config_read(bdf, regs::VENDOR_ID) {
             Ok(v) if v != u32::MAX && v != 0 => v,
             Ok(_) | Err(HostError::Request(RequestError::Timeout)) => {
@@ -703,7 +751,13 @@ impl<L: Link> Host<L> {
                 i += step;
                 continue;
             }
-            let addr = self.assign(bdf, i, size, is_64bit)?;
+            let addr = match cursor.assign(bdf, i, size, is_64bit) {
+                Ok(a) => a,
+                Err(e) => {
+                    self.config_write(bdf, reg, old)?;
+                    return Err(e);
+                }
+            };
             self.config_write(bdf, reg, addr as u32)?;
             if is_64bit {
                 self.config_write(bdf, reg + 4, (addr >> 32) as u32)?;
@@ -770,7 +824,7 @@ impl<L: Link> Host<L> {
             // Decode on to write the table (it lives in a BAR).
             self.config_write_be(bdf, regs::COMMAND, command::MEMORY.into(), 0x3)?;
             for v in 0..vectors {
-                let data = self.route(bdf, v);
+                let data = self.route(bdf, v)?;
                 let e = off + v as u64 * msix::ENTRY_SIZE;
                 self.bar_write32(bdf, bir, e + msix::ENTRY_ADDRESS_LO, MSI_ADDRESS as u32)?;
                 self.bar_write32(bdf, bir, e + msix::ENTRY_ADDRESS_HI, 0)?;
@@ -818,7 +872,7 @@ impl<L: Link> Host<L> {
             // Off: the address and data do not matter.
             return self.config_write(bdf, cap, ctl & !enable);
         }
-        let data = self.route(bdf, 0);
+        let data = self.route(bdf, 0)?;
         self.config_write(bdf, cap + msi::ADDRESS_LO, MSI_ADDRESS as u32)?;
         if control & msi::control::ADDRESS_64 != 0 {
             self.config_write(bdf, cap + msi::ADDRESS_HI, 0)?;
@@ -830,15 +884,29 @@ impl<L: Link> Host<L> {
     }
 
     /// The message data that reaches `vector` of `bdf`: the one it already has, or a
-    /// new one.
-    fn route(&mut self, bdf: Bdf, vector: u16) -> u32 {
-        if let Some((&data, _)) = self.msi_routes.iter().find(|(_, &r)| r == (bdf, vector)) {
-            return data;
+    /// new one: the next value from [`FIRST_MSI_DATA`] up that no route holds, so that
+    /// after the 16-bit values wrap (devices come and go) no two routes share one.
+    fn route(&mut self, bdf: Bdf, vector: u16) -> Result<u32, HostError> {
+        if let Some(&data) = self.msi_data.get(&(bdf, vector)) {
+            return Ok(data);
         }
-        let data = self.next_msi_data;
-        self.next_msi_data = (self.next_msi_data + 1) & 0xffff;
-        self.msi_routes.insert(data, (bdf, vector));
-        data
+        let values = (0x1_0000 - FIRST_MSI_DATA) as usize;
+        if self.msi_routes.len() >= values {
+            return Err(HostError::MsiFull(self.msi_routes.len()));
+        }
+        loop {
+            let data = self.next_msi_data;
+            self.next_msi_data = if data >= 0xffff {
+                FIRST_MSI_DATA
+            } else {
+                data + 1
+            };
+            if let std::collections::hash_map::Entry::Vacant(e) = self.msi_routes.entry(data) {
+                e.insert((bdf, vector));
+                self.msi_data.insert((bdf, vector), data);
+                return Ok(data);
+            }
+        }
     }
 
     /// Forgets a device (hot-remove): its MSI routes, its queued interrupts (counted
@@ -847,8 +915,72 @@ impl<L: Link> Host<L> {
     pub fn remove(&mut self, bdf: Bdf) {
         self.devices.retain(|d| d.bdf != bdf);
         self.msi_routes.retain(|_, (d, _)| *d != bdf);
+        self.msi_data.retain(|(d, _), _| *d != bdf);
         let queued = self.interrupts.len();
         self.interrupts.retain(|i| i.device() != bdf);
         self.stats.interrupts_cleared += (queued - self.interrupts.len()) as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A link that carries nothing (the routes under test need no device).
+    struct Nowhere;
+
+    impl Link for Nowhere {
+        fn send(&mut self, _: &[u8]) -> Result<(), LinkFull> {
+            Ok(())
+        }
+        fn recv(&mut self, _: Duration) -> Option<Vec<u8>> {
+            None
+        }
+    }
+
+    fn host() -> Host<Nowhere> {
+        Host::new(
+            BridgeConfig::default(),
+            MemoryMap::new(),
+            (0, 0),
+            BarWindows::default(),
+            Nowhere,
+        )
+    }
+
+    /// A device that stays keeps its MSI data while another comes and goes past the
+    /// 16-bit wrap of the values: no value is handed out twice, none below the first.
+    #[test]
+    fn msi_data_values_are_never_shared_after_they_wrap() {
+        let mut h = host();
+        let stays = Bdf::new(3, 0, 0).unwrap();
+        let churns = Bdf::new(4, 0, 0).unwrap();
+        let kept: Vec<u32> = (0..4).map(|v| h.route(stays, v).unwrap()).collect();
+        for _ in 0..3 * 0x1_0000 / 8 {
+            for v in 0..8 {
+                let d = h.route(churns, v).unwrap();
+                assert!(!kept.contains(&d), "data {d:#x} given twice");
+                assert!((FIRST_MSI_DATA..=0xffff).contains(&d), "{d:#x}");
+            }
+            h.remove(churns);
+        }
+        for (v, d) in kept.iter().enumerate() {
+            assert_eq!(h.msi_routes.get(d), Some(&(stays, v as u16)));
+        }
+    }
+
+    /// When every value is taken, a new route is refused rather than shared.
+    #[test]
+    fn a_full_route_table_refuses() {
+        let mut h = host();
+        let values = 0x1_0000 - FIRST_MSI_DATA;
+        for i in 0..values {
+            let bdf = Bdf::from_u16((i / 2048) as u16 + 0x100);
+            h.route(bdf, (i % 2048) as u16).unwrap();
+        }
+        assert_eq!(
+            h.route(Bdf::new(9, 9, 0).unwrap(), 0),
+            Err(HostError::MsiFull(values as usize))
+        );
     }
 }

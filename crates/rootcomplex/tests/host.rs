@@ -502,3 +502,44 @@ fn refused_atomics_and_locked_reads_carry_their_byte_count() {
     }
     assert_eq!(h.bridge().stats().malformed, before.malformed);
 }
+
+/// `enumerate_in` places the BARs in the windows it is given, from their start, every
+/// time (a switch port's windows serve each of its occupants); a BAR that does not fit
+/// fails enumeration.
+#[test]
+fn enumerate_in_places_bars_in_the_given_windows_each_time() {
+    let mut h = host(50_000);
+    let port = BarWindows {
+        mem32: (0xc010_0000, 0xc020_0000),
+        mem64: (0x0014_0000_0000, 0x0018_0000_0000),
+    };
+    let first = h.enumerate_in(dev(), port).unwrap();
+    assert!(!first.bars.is_empty());
+    for b in &first.bars {
+        let (lo, hi) = if b.is_64bit { port.mem64 } else { port.mem32 };
+        assert!(b.address >= lo && b.address + b.size <= hi, "{b:?}");
+        assert_eq!(b.address % b.size, 0, "{b:?} is not naturally aligned");
+    }
+    h.remove(dev());
+    let again = h.enumerate_in(dev(), port).unwrap();
+    assert_eq!(
+        again.bars, first.bars,
+        "the next occupant gets the same addresses"
+    );
+    // The device still works where it was put.
+    assert_eq!(h.bar_read32(dev(), 0, regs::MAGIC).unwrap(), memdev::MAGIC);
+    // Windows too small for its 64-bit BAR 2 (the 1 MiB buffer).
+    h.remove(dev());
+    let tiny = BarWindows {
+        mem32: (0xc000_0000, 0xc000_1000),
+        mem64: (0x0010_0000_0000, 0x0010_0001_0000),
+    };
+    match h.enumerate_in(dev(), tiny) {
+        Err(HostError::WindowFull {
+            bar: 2,
+            window: "64-bit",
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+}
