@@ -1,19 +1,26 @@
 //! The host side of tether as one library:
 //!
-//! - [`port_link::FabricLink`]: the root complex's `Link` over the fabric, so the host
-//!   API (`rootcomplex::Host`) reaches devices on the other side of the segment.
-//! - [`drivers::memdev::MemDevDriver`]: a host-side driver for the memdev test device.
-//! - [`hotplug`]: one hot-plug state machine per device (sans-IO), for every host
-//!   bridge; not yet wired into `tether host` or `tether vm`.
-//! - [`settings`]: a host link's group and Max Payload Size, checked against its frames.
+//! - [`host_bridge::HostBridge`]: a host's devices of every box in its group, each on
+//!   a port of its virtual switch, each followed by its own hot-plug state machine
+//!   (what `tether host` runs).
 //! - [`switch`]: the virtual PCIe switch of a host (root port, upstream port, one
-//!   hot-plug downstream port per device): bus numbers, windows, routing, config
-//!   images; not yet wired into the host bridge.
-//! - [`vm`]: the one-device bridge under a VMM front-end (QEMU's proxy, vfio-user).
+//!   hot-plug downstream port per device): bus numbers, windows, config images.
+//! - [`route`]: routing through the switch, down by bus and window, up only from the
+//!   box that holds the port a TLP names.
+//! - [`hotplug`]: one hot-plug state machine per device (sans-IO).
+//! - [`port_link::FabricLink`]: the root complex's `Link` over the fabric, switched or
+//!   direct to one box, so the host API (`rootcomplex::Host`) reaches devices on the
+//!   other side of the segment.
+//! - [`drivers::memdev::MemDevDriver`]: a host-side driver for the memdev test device.
+//! - [`settings`]: a host link's group and Max Payload Size, checked against its frames.
+//! - [`vm`]: the one-device bridge under a VMM front-end (QEMU's proxy, vfio-user),
+//!   still direct to one box.
 
 pub mod drivers;
+pub mod host_bridge;
 pub mod hotplug;
 pub mod port_link;
+pub mod route;
 pub mod settings;
 pub mod switch;
 pub mod vm;

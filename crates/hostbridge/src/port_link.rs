@@ -1,17 +1,28 @@
 //! The root complex's link over the fabric.
 //!
+//! It routes in one of two ways:
+//! - **switched** ([`FabricLink::switched`]): through the host's virtual switch
+//!   ([`crate::route::Router`]), to as many devices of as many boxes as it has ports,
+//!   each TLP to the box of the device it is for, and from each box only what its own
+//!   devices may send;
+//! - **direct** ([`FabricLink::new`], [`FabricLink::set_target`]): every TLP to one box,
+//!   and TLPs of any other bridge dropped as stray. The one-device VMM front-ends use
+//!   it until they sit on switch ports too.
+//!
 //! Every queue here is bounded, and what is dropped is counted ([`LinkStats`]):
-//! - the outbox (TLPs for the box the session has no room for yet) holds
+//! - the outbox of each box (TLPs its session has no room for yet) holds
 //!   [`OUTBOX_BYTES`] at most; beyond, [`Link::send`] refuses with [`LinkFull`] and the
 //!   host waits (its bridge keeps the TLP and stops answering a device that floods
 //!   it, its API callers wait for room). It is cleared, and what it held counted, when
-//!   the target changes or its session is lost or restarts;
-//! - the inbox (TLPs from the box the host has not taken yet) takes TLPs while it
-//!   holds less than [`INBOX_BYTES`] (so at most that plus one TLP); beyond, the box's
-//!   TLPs wait in its session, whose receive window closes, and none is dropped;
+//!   the target changes or its session is lost or restarts. There is one outbox per
+//!   box the switch routes to, at most one per port;
+//! - the inbox (TLPs from the boxes, and the switch's own answers, the host has not
+//!   taken yet) takes TLPs while it holds less than [`INBOX_BYTES`] (so at most that
+//!   plus one TLP); beyond, the boxes' TLPs wait in their sessions, whose receive
+//!   windows close, and none is dropped;
 //! - `events` (fabric events for the program) holds [`MAX_EVENTS`], oldest pushed out.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use efe::SendError;
@@ -20,6 +31,8 @@ use rootcomplex::{Link, LinkFull};
 use wire::MacAddr;
 
 use fabric::FabricPort;
+
+use crate::route::{Outbound, Router};
 
 /// Bytes of TLPs for the box the link holds beyond what the session has taken.
 pub const OUTBOX_BYTES: usize = 1 << 20;
@@ -67,37 +80,81 @@ impl Queue {
         self.bytes -= t.len();
         Some(t)
     }
-
-    /// Empties it; returns how many TLPs it held.
-    fn clear(&mut self) -> u64 {
-        let n = self.tlps.len() as u64;
-        self.tlps.clear();
-        self.bytes = 0;
-        n
-    }
 }
 
-/// Carries the host's TLPs to one I/O box in one group, and everything the box sends
-/// back. Fabric events other than TLPs (devices added and removed, peers up and down)
-/// are kept for the host program in `events`.
+/// How the link routes.
+enum Routing {
+    /// Every TLP to this box in this group; TLPs of other bridges are stray.
+    Direct(Option<(u16, MacAddr)>),
+    /// Through the virtual switch.
+    Switched(Box<Router>),
+}
+
+/// Carries the host's TLPs to the I/O boxes of its devices, and everything the boxes
+/// send back. Fabric events other than TLPs (devices added and removed, peers up and
+/// down) are kept for the host program in `events`.
 pub struct FabricLink {
     fp: FabricPort,
-    target: Option<(u16, MacAddr)>,
+    routing: Routing,
     inbox: Queue,
-    outbox: Queue,
+    /// TLPs for each box (group, MAC) that its session has not taken yet.
+    outboxes: BTreeMap<(u16, MacAddr), Queue>,
     pub events: VecDeque<FabricEvent>,
     stats: LinkStats,
 }
 
 impl FabricLink {
+    /// A direct link, to the one box [`FabricLink::set_target`] names.
     pub fn new(fp: FabricPort) -> FabricLink {
+        FabricLink::with_routing(fp, Routing::Direct(None))
+    }
+
+    /// A link through the virtual switch `router`: each TLP goes to the box of the
+    /// device it is for.
+    pub fn switched(fp: FabricPort, router: Router) -> FabricLink {
+        FabricLink::with_routing(fp, Routing::Switched(Box::new(router)))
+    }
+
+    /// This link, switched through `router` from now on; what it queued for a direct
+    /// target is thrown away (counted).
+    pub fn into_switched(mut self, router: Router) -> FabricLink {
+        let target = self.target();
+        self.clear_outbox(target);
+        self.routing = Routing::Switched(Box::new(router));
+        self
+    }
+
+    fn with_routing(fp: FabricPort, routing: Routing) -> FabricLink {
         FabricLink {
             fp,
-            target: None,
+            routing,
             inbox: Queue::default(),
-            outbox: Queue::default(),
+            outboxes: BTreeMap::new(),
             events: VecDeque::new(),
             stats: LinkStats::default(),
+        }
+    }
+
+    /// The virtual switch's router, for a switched link.
+    pub fn router(&self) -> Option<&Router> {
+        match &self.routing {
+            Routing::Switched(r) => Some(r),
+            Routing::Direct(_) => None,
+        }
+    }
+
+    pub fn router_mut(&mut self) -> Option<&mut Router> {
+        match &mut self.routing {
+            Routing::Switched(r) => Some(r),
+            Routing::Direct(_) => None,
+        }
+    }
+
+    /// Hands the root complex TLPs the switch made (completions that fail requests to
+    /// a device that left): they go in after what the inbox holds.
+    pub fn deliver_local(&mut self, tlps: Vec<Vec<u8>>) {
+        for t in tlps {
+            self.inbox.push(t);
         }
     }
 
@@ -113,26 +170,37 @@ impl FabricLink {
         self.stats
     }
 
-    /// Bytes of TLPs waiting in the outbox.
+    /// Bytes of TLPs waiting in the outboxes.
     pub fn outbox_bytes(&self) -> usize {
-        self.outbox.bytes
+        self.outboxes.values().map(|q| q.bytes).sum()
     }
 
-    /// Sends TLPs to `box_mac` in group `gid` from now on. TLPs still queued for
-    /// another target are thrown away (counted).
+    /// A direct link sends TLPs to `box_mac` in group `gid` from now on. TLPs still
+    /// queued for another target are thrown away (counted). A switched link routes by
+    /// itself and ignores this.
     pub fn set_target(&mut self, gid: u16, box_mac: MacAddr) {
-        if self.target != Some((gid, box_mac)) {
-            self.clear_outbox();
+        let Routing::Direct(target) = &mut self.routing else {
+            return;
+        };
+        let old = target.replace((gid, box_mac));
+        if old.is_some_and(|t| t != (gid, box_mac)) {
+            self.clear_outbox(old);
         }
-        self.target = Some((gid, box_mac));
     }
 
+    /// The box of a direct link.
     pub fn target(&self) -> Option<(u16, MacAddr)> {
-        self.target
+        match self.routing {
+            Routing::Direct(t) => t,
+            Routing::Switched(_) => None,
+        }
     }
 
-    fn clear_outbox(&mut self) {
-        self.stats.outbox_cleared += self.outbox.clear();
+    /// Throws away what is queued for `to` (counted).
+    fn clear_outbox(&mut self, to: Option<(u16, MacAddr)>) {
+        if let Some(q) = to.and_then(|t| self.outboxes.remove(&t)) {
+            self.stats.outbox_cleared += q.tlps.len() as u64;
+        }
     }
 
     /// Waits up to `timeout` for a device to be announced in group `gid` (a hot-plug),
@@ -164,29 +232,37 @@ impl FabricLink {
     pub fn poll(&mut self, wait: Duration) {
         let _ = self.fp.poll(wait);
         loop {
-            // A full inbox leaves the target's TLPs in their session, whose receive
-            // window closes: the box waits instead of its TLPs being dropped.
-            let (full, target) = (self.inbox.bytes >= INBOX_BYTES, self.target);
+            // A full inbox leaves the boxes' TLPs in their sessions, whose receive
+            // windows close: the boxes wait instead of their TLPs being dropped. (A
+            // direct link takes, and drops as stray, what others send.)
+            let full = self.inbox.bytes >= INBOX_BYTES;
+            let target = self.target();
+            let switched = matches!(self.routing, Routing::Switched(_));
             let Some(e) = self
                 .fp
-                .poll_event_where(|gid, peer| !full || Some((gid, peer)) != target)
+                .poll_event_where(|gid, peer| !full || (!switched && Some((gid, peer)) != target))
             else {
                 break;
             };
             match e {
-                FabricEvent::Tlp { gid, peer, tlp } if Some((gid, peer)) == target => {
-                    self.inbox.push(tlp)
+                FabricEvent::Tlp { gid, peer, tlp } => {
+                    let accept = match &mut self.routing {
+                        Routing::Direct(t) => *t == Some((gid, peer)),
+                        Routing::Switched(r) => r.inbound(gid, peer, &tlp),
+                    };
+                    if accept {
+                        self.inbox.push(tlp)
+                    } else {
+                        self.stats.stray += 1
+                    }
                 }
-                FabricEvent::Tlp { .. } => self.stats.stray += 1,
                 other => {
                     // What was queued for a session that is gone or started over
                     // belongs to it.
                     if let FabricEvent::PeerDown { gid, peer, .. }
                     | FabricEvent::PeerRestarted { gid, peer, .. } = other
                     {
-                        if Some((gid, peer)) == self.target {
-                            self.clear_outbox();
-                        }
+                        self.clear_outbox(Some((gid, peer)));
                     }
                     if self.events.len() >= MAX_EVENTS {
                         self.events.pop_front();
@@ -199,13 +275,21 @@ impl FabricLink {
         self.queue_in_session();
     }
 
-    /// Moves queued TLPs into the session (as many as it takes now).
+    /// Moves queued TLPs into their sessions (as many as each takes now).
     fn queue_in_session(&mut self) {
-        let Some((gid, peer)) = self.target else {
-            self.clear_outbox();
+        let keys: Vec<(u16, MacAddr)> = self.outboxes.keys().copied().collect();
+        for k in keys {
+            self.queue_in(k);
+        }
+    }
+
+    /// Moves the TLPs queued for box `to` into its session (as many as it takes now).
+    fn queue_in(&mut self, to: (u16, MacAddr)) {
+        let (gid, peer) = to;
+        let Some(q) = self.outboxes.get_mut(&to) else {
             return;
         };
-        while let Some(t) = self.outbox.tlps.front() {
+        while let Some(t) = q.tlps.front() {
             match self.fp.node_mut().send_tlp(gid, peer, t) {
                 Ok(()) => {}
                 // No room now: later.
@@ -215,10 +299,11 @@ impl FabricLink {
                 }
                 // No session (the peer is gone), or it is down: nothing queued for it
                 // will go.
-                Err(_) => return self.clear_outbox(),
+                Err(_) => return self.clear_outbox(Some(to)),
             }
-            self.outbox.pop();
+            q.pop();
         }
+        self.outboxes.remove(&to);
     }
 }
 
@@ -226,15 +311,34 @@ impl Link for FabricLink {
     /// Queues `tlp` for the box, unless the outbox holds [`OUTBOX_BYTES`] already
     /// (then nothing is queued, and the caller keeps it).
     fn send(&mut self, tlp: &[u8]) -> Result<(), LinkFull> {
-        if !self.outbox.tlps.is_empty() && self.outbox.bytes + tlp.len() > OUTBOX_BYTES {
-            self.queue_in_session();
-            if !self.outbox.tlps.is_empty() && self.outbox.bytes + tlp.len() > OUTBOX_BYTES {
+        let to = match &mut self.routing {
+            Routing::Direct(Some(t)) => *t,
+            Routing::Direct(None) => {
+                // Nowhere to go: thrown away as a cleared outbox is.
+                self.stats.outbox_cleared += 1;
+                return Ok(());
+            }
+            Routing::Switched(r) => match r.outbound(tlp) {
+                Outbound::Fabric { gid, mac } => (gid, mac),
+                Outbound::Answer(a) => {
+                    self.inbox.push(a);
+                    return Ok(());
+                }
+                Outbound::Dropped => return Ok(()),
+            },
+        };
+        let over = |q: Option<&Queue>| {
+            q.is_some_and(|q| !q.tlps.is_empty() && q.bytes + tlp.len() > OUTBOX_BYTES)
+        };
+        if over(self.outboxes.get(&to)) {
+            self.queue_in(to);
+            if over(self.outboxes.get(&to)) {
                 self.stats.outbox_full += 1;
                 return Err(LinkFull);
             }
         }
-        self.outbox.push(tlp.to_vec());
-        self.queue_in_session();
+        self.outboxes.entry(to).or_default().push(tlp.to_vec());
+        self.queue_in(to);
         Ok(())
     }
 

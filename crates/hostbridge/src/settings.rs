@@ -26,6 +26,8 @@ pub enum SettingsError {
     },
     #[error(transparent)]
     Fabric(#[from] FabricError),
+    #[error("the host's switch: {0}")]
+    Switch(#[from] crate::switch::SwitchError),
 }
 
 /// The largest TLP payload a frame of `node` carries: the largest TLP less a 4-DW
@@ -53,6 +55,19 @@ pub fn host_link(
     }
     node.join(s.gid)?;
     Ok(FabricLink::new(fp))
+}
+
+/// The host's link on `fp` as [`host_link`] checks and joins it, switched: through a
+/// virtual switch of `max_devices` ports, to the devices of every box in the group.
+pub fn switched_host_link(
+    fp: FabricPort,
+    interface: &str,
+    s: &HostSettings,
+    max_devices: usize,
+) -> Result<FabricLink, SettingsError> {
+    let switch = crate::switch::VirtualSwitch::new(max_devices)?;
+    let direct = host_link(fp, interface, s)?;
+    Ok(direct.into_switched(crate::route::Router::new(s.gid, switch)))
 }
 
 /// The root complex settings of a host (its Max Payload Size; the rest default).

@@ -26,8 +26,8 @@ pub fn node(port: &dyn Port, role: BridgeRole, cfg: &BridgeSettings) -> Result<N
     Ok(node_for(port, role, &cfg.node_settings())?)
 }
 
-/// A host bridge's link: its node on `port` (described by `what`), in its group,
-/// announced on stdout.
+/// A host bridge's link, direct to one box (the one-device VMM front-ends): its node
+/// on `port` (described by `what`), in its group, announced on stdout.
 pub fn host_link(
     cfg: &HostConfig,
     port: Box<dyn Port>,
@@ -39,6 +39,29 @@ pub fn host_link(
         &cfg.port.interface,
         &cfg.host_settings(),
     )?;
+    announce(cfg, &link, what);
+    Ok(link)
+}
+
+/// A host bridge's link through its virtual switch of `max_devices` ports, to the
+/// devices of every box in its group; announced as [`host_link`] is.
+pub fn switched_host_link(
+    cfg: &HostConfig,
+    port: Box<dyn Port>,
+    what: &str,
+) -> Result<hostbridge::FabricLink> {
+    let node = node(&*port, BridgeRole::Host, &cfg.bridge)?;
+    let link = hostbridge::settings::switched_host_link(
+        fabric_port(node, port, &cfg.bridge),
+        &cfg.port.interface,
+        &cfg.host_settings(),
+        cfg.max_devices,
+    )?;
+    announce(cfg, &link, what);
+    Ok(link)
+}
+
+fn announce(cfg: &HostConfig, link: &hostbridge::FabricLink, what: &str) {
     let node = link.fabric().node();
     println!(
         "tether host: {} (id {:#x}) in group {} on {}: {what}",
@@ -47,7 +70,6 @@ pub fn host_link(
         cfg.gid,
         cfg.port.interface
     );
-    Ok(link)
 }
 
 /// The bridge's control socket, if its settings name one.

@@ -179,10 +179,18 @@ pub struct HostConfig {
     /// the largest TLP payload the host sends and the most it lets devices send.
     #[serde(default = "default_max_payload")]
     pub max_payload: u16,
+    /// The ports of the host's virtual switch: the most devices it holds at once
+    /// (1..=253).
+    #[serde(default = "default_max_devices")]
+    pub max_devices: usize,
 }
 
 fn default_max_payload() -> u16 {
     256
+}
+
+fn default_max_devices() -> usize {
+    hostbridge::switch::DEFAULT_PORTS
 }
 
 fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
@@ -314,6 +322,16 @@ impl HostConfig {
         }
         if c.memory.base.checked_add(c.memory.size).is_none() {
             return Err(invalid(path, "memory: base + size overflows".into()));
+        }
+        if c.max_devices == 0 || c.max_devices > hostbridge::switch::MAX_PORTS {
+            return Err(invalid(
+                path,
+                format!(
+                    "max_devices = {}: a host's switch has 1 to {} ports",
+                    c.max_devices,
+                    hostbridge::switch::MAX_PORTS
+                ),
+            ));
         }
         if tlp::MaxSize::new(c.max_payload).is_none() {
             return Err(invalid(
@@ -462,6 +480,17 @@ buffer_size = 65536
         assert_eq!(
             HostConfig::load(write(host).path()).unwrap().max_payload,
             256
+        );
+        for bad in [0, 254] {
+            let e = HostConfig::load(write(&format!("max_devices = {bad}\n{host}")).path())
+                .unwrap_err();
+            assert!(e.to_string().contains("1 to 253 ports"), "{e}");
+        }
+        let c = HostConfig::load(write(&format!("max_devices = 253\n{host}")).path()).unwrap();
+        assert_eq!(c.max_devices, 253);
+        assert_eq!(
+            HostConfig::load(write(host).path()).unwrap().max_devices,
+            32
         );
     }
 }

@@ -54,13 +54,8 @@ impl MemDevDriver {
     }
 
     /// Runs one operation (`memdev::op::READ`, `WRITE` or `COPY`) and waits for its
-    /// interrupt; `Ok` when the device reports it done.
-    ///
-    /// The driver arms vector 0 and waits for that only, as enumeration set it up
-    /// (the MSI-X or MSI vector, else the INTx pin asserted); anything else its device
-    /// sends is passed over (`Host::wait_armed`). An armed interrupt while the device
-    /// still reports the operation busy is spurious (forged by its box, or left over
-    /// from an earlier one): counted, and the wait goes on, within `timeout` in all.
+    /// interrupt; `Ok` when the device reports it done: [`MemDevDriver::start`], then
+    /// [`MemDevDriver::wait`].
     pub fn run<L: Link>(
         &self,
         host: &mut Host<L>,
@@ -70,15 +65,22 @@ impl MemDevDriver {
         len: u32,
         timeout: Duration,
     ) -> Result<(), DriverError> {
+        self.start(host, op, src, dst, len)?;
+        self.wait(host, timeout)
+    }
+
+    /// Programs one operation and rings the doorbell, without waiting: several
+    /// devices may work at once, each waited for with [`MemDevDriver::wait`].
+    pub fn start<L: Link>(
+        &self,
+        host: &mut Host<L>,
+        op: u32,
+        src: u64,
+        dst: u64,
+        len: u32,
+    ) -> Result<(), DriverError> {
         let b = self.bdf;
-        let armed = host
-            .devices()
-            .iter()
-            .find(|d| d.bdf == b)
-            .ok_or(HostError::Unknown(b))?
-            .armed(0)
-            .ok_or(DriverError::NoIrq(b))?;
-        let end = Instant::now() + timeout;
+        self.armed(host)?;
         for (r, v) in [
             (regs::SRC, src as u32),
             (regs::SRC + 4, (src >> 32) as u32),
@@ -91,6 +93,32 @@ impl MemDevDriver {
         ] {
             host.bar_write32(b, 0, r, v)?;
         }
+        Ok(())
+    }
+
+    /// How vector 0 of the device reaches the host, as enumeration set it up.
+    fn armed<L: Link>(&self, host: &Host<L>) -> Result<rootcomplex::Armed, DriverError> {
+        let b = self.bdf;
+        host.devices()
+            .iter()
+            .find(|d| d.bdf == b)
+            .ok_or(HostError::Unknown(b))?
+            .armed(0)
+            .ok_or(DriverError::NoIrq(b))
+    }
+
+    /// Waits for the operation [`MemDevDriver::start`] began; `Ok` when the device
+    /// reports it done.
+    ///
+    /// The driver arms vector 0 and waits for that only, as enumeration set it up
+    /// (the MSI-X or MSI vector, else the INTx pin asserted); anything else its device
+    /// sends is passed over (`Host::wait_armed`). An armed interrupt while the device
+    /// still reports the operation busy is spurious (forged by its box, or left over
+    /// from an earlier one): counted, and the wait goes on, within `timeout` in all.
+    pub fn wait<L: Link>(&self, host: &mut Host<L>, timeout: Duration) -> Result<(), DriverError> {
+        let b = self.bdf;
+        let armed = self.armed(host)?;
+        let end = Instant::now() + timeout;
         let st = loop {
             let left = end.saturating_duration_since(Instant::now());
             if host.wait_armed(b, armed, left).is_none() {

@@ -1,140 +1,126 @@
-//! `tether host --config host.toml`: a host bridge (the virtual root complex) in its
-//! group. It enumerates every device that arrives by hot-plug (BARs assigned, MSI-X
-//! or MSI set up), forgets it on hot-remove, serves the devices' DMA from its memory,
-//! and optionally checks each memdev with verified DMA copies. It runs until
-//! SIGINT/SIGTERM and logs what happens on stdout.
-//!
-//! One box at a time: the bridge follows the box of the first device it gets, and
-//! logs (and leaves alone) devices offered by other boxes while it has one.
+//! `tether host --config host.toml`: a host bridge (the virtual root complex and its
+//! virtual switch) in its group. Every device offered in the group, by any number of
+//! boxes, gets a port of the switch and is enumerated behind it (BARs in the port's
+//! windows, MSI-X or MSI set up); a device that leaves is forgotten and its port
+//! reused. It serves the devices' DMA from its memory, optionally checks each memdev
+//! with verified DMA copies, and runs until SIGINT/SIGTERM, logging on stdout.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use fabric::FabricEvent;
-use hostbridge::{FabricLink, MemDevDriver};
-use rootcomplex::Host;
-use tlp::Bdf;
-use wire::MacAddr;
+use hostbridge::host_bridge::{Change, HostBridge, HostBridgeConfig};
+use hostbridge::MemDevDriver;
 
 use crate::config_file::HostConfig;
 use crate::{bridge, print, signals, workload};
 
+/// How long a device may take to leave before its port is quarantined. A driver here
+/// lets go at once; this only bounds a bug.
+const LEAVE_TIMEOUT_US: u64 = 5_000_000;
+
 /// Every counter of the host.
-fn stats(h: &Host<FabricLink>, gid: u16) -> serde_json::Value {
+fn stats(hb: &HostBridge) -> serde_json::Value {
+    let h = hb.host();
     let fp = h.link().fabric();
     let node = fp.node();
+    let router = hb.router();
     serde_json::json!({
         "role": "host",
-        "gid": gid,
+        "gid": hb.gid(),
         "mac": node.config().mac.to_string(),
         "bridge_id": format!("{:#x}", node.config().bridge_id),
         "port": fp.port().stats(),
         "fabric": node.stats(),
         "root_complex": h.bridge().stats(),
         "host": h.stats(),
-        "stray_tlps": h.link().stats().stray,
         "link": h.link().stats(),
-        "box": h.link().target().map(|(_, m)| m.to_string()),
-        "devices": h.devices().iter().map(|d| serde_json::json!({
-            "bdf": d.bdf.to_string(),
-            "vendor": format!("{:04x}", d.vendor),
-            "device": format!("{:04x}", d.device),
-            "bars": d.bars.iter().map(|b| serde_json::json!({
+        "switch": {
+            "ports": router.switch().capacity(),
+            "in_use": router.switch().live_ports().count(),
+            "stats": router.switch().stats(),
+        },
+        "routing": router.stats(),
+        "hotplug": hb.hotplug().stats(),
+        "host_bridge": hb.stats(),
+        "devices": hb.devices().map(|(v, info)| serde_json::json!({
+            "box": v.key.mac.to_string(),
+            "slot": v.key.slot,
+            "generation": v.gen.0,
+            "phase": format!("{:?}", v.phase),
+            "port": v.port.map(|p| p.index()),
+            "bdf": info.map(|d| d.bdf.to_string()),
+            "vendor": info.map(|d| format!("{:04x}", d.vendor)),
+            "device": info.map(|d| format!("{:04x}", d.device)),
+            "bars": info.map(|d| d.bars.iter().map(|b| serde_json::json!({
                 "index": b.index, "address": format!("{:#x}", b.address), "size": b.size,
-            })).collect::<Vec<_>>(),
-            "irq": format!("{:?}", d.irq),
+            })).collect::<Vec<_>>()),
+            "irq": info.map(|d| format!("{:?}", d.irq)),
         })).collect::<Vec<_>>(),
         "sessions": print::sessions_json(node),
     })
 }
 
-struct HostBridge {
-    cfg: HostConfig,
-    h: Host<FabricLink>,
+/// Runs `n` verified DMA copies through the memdev at `bdf`.
+fn self_test(hb: &mut HostBridge, bdf: tlp::Bdf, n: u32) {
+    let h = hb.host_mut();
+    let r = MemDevDriver::probe(h, bdf)
+        .map_err(anyhow::Error::from)
+        .and_then(|drv| workload::copies(h, &drv, n as usize, 65536, 1, false));
+    match r {
+        Ok((bytes, took)) => println!(
+            "  self-test: {n} DMA copies verified through {bdf} ({bytes} bytes in {:.3} s)",
+            took.as_secs_f64()
+        ),
+        Err(e) => println!("  self-test of {bdf} failed: {e:#}"),
+    }
 }
 
-impl HostBridge {
-    fn bdf(slot: u8) -> Bdf {
-        Bdf::new(1, slot, 0).expect("slots are 0..=31")
-    }
-
-    /// A device offered in our group: enumerate it (and check it, if asked).
-    fn plug(&mut self, peer: MacAddr, device: wire::DeviceInfo) {
-        match self.h.link().target() {
-            Some((_, m)) if m != peer && !self.h.devices().is_empty() => {
-                println!("  left alone: this host bridge serves one box at a time (it has {m})");
-                return;
-            }
-            _ => self.h.link_mut().set_target(self.cfg.gid, peer),
-        }
-        let bdf = Self::bdf(device.slot);
-        // A device that was here before (its box restarted) starts over.
-        self.h.remove(bdf);
-        match self.h.enumerate(bdf) {
-            Ok(d) => println!("  enumerated {}", print::lspci_line(&d)),
-            Err(e) => {
-                println!("  enumeration of {bdf} failed: {e}");
-                return;
+/// Logs a change and does what it asks: a device is attached to its driver (the
+/// self-test) and let go of at once.
+fn handle(hb: &mut HostBridge, cfg: &HostConfig, c: Change) {
+    match c {
+        Change::Fabric(e) => {
+            if let Some(line) = print::describe(&e) {
+                println!("{line}");
             }
         }
-        let memdev = (device.vendor_id, device.device_id)
-            == (endpoint::memdev::VENDOR_ID, endpoint::memdev::DEVICE_ID);
-        if memdev && self.cfg.self_test > 0 {
-            let n = self.cfg.self_test as usize;
-            let r = MemDevDriver::probe(&mut self.h, bdf)
-                .map_err(anyhow::Error::from)
-                .and_then(|drv| workload::copies(&mut self.h, &drv, n, 65536, 1, false));
-            match r {
-                Ok((bytes, took)) => println!(
-                    "  self-test: {n} DMA copies verified ({bytes} bytes in {:.3} s)",
-                    took.as_secs_f64()
-                ),
-                Err(e) => println!("  self-test failed: {e:#}"),
-            }
+        Change::Unaddressable { key } => {
+            println!("  left alone: {key}: a slot number above 31 is no device number")
         }
-    }
-
-    fn unplug(&mut self, slot: u8) {
-        let bdf = Self::bdf(slot);
-        if self.h.devices().iter().any(|d| d.bdf == bdf) {
-            self.h.remove(bdf);
-            println!("  {bdf} removed");
+        Change::Enumerated { port, info, .. } => {
+            println!("  enumerated on port {port}: {}", print::lspci_line(&info))
         }
-    }
-
-    fn handle(&mut self, e: FabricEvent) {
-        if let Some(line) = print::describe(&e) {
-            println!("{line}");
+        Change::EnumerationFailed {
+            key, port, error, ..
+        } => println!("  enumeration of {key} on port {port} failed: {error}"),
+        Change::Attach { key, gen, bdf, .. } => {
+            let memdev = hb.host().devices().iter().any(|d| {
+                d.bdf == bdf
+                    && (d.vendor, d.device)
+                        == (endpoint::memdev::VENDOR_ID, endpoint::memdev::DEVICE_ID)
+            });
+            if memdev && cfg.self_test > 0 {
+                self_test(hb, bdf, cfg.self_test);
+            }
+            hb.attached(key, gen);
         }
-        let ours =
-            |gid: u16, peer: MacAddr, target: Option<(u16, MacAddr)>| target == Some((gid, peer));
-        let target = self.h.link().target();
-        match e {
-            FabricEvent::DeviceAdded { gid, peer, device } if gid == self.cfg.gid => {
-                self.plug(peer, device)
-            }
-            FabricEvent::DeviceRemoved { gid, peer, slot } if ours(gid, peer, target) => {
-                self.unplug(slot)
-            }
-            // A box that restarted before anyone saw it go: its devices were reset by
-            // the restart, so they are enumerated again.
-            FabricEvent::PeerRestarted { gid, peer, .. } if ours(gid, peer, target) => {
-                let devices: Vec<wire::DeviceInfo> = self
-                    .h
-                    .link()
-                    .fabric()
-                    .node()
-                    .peers()
-                    .find(|p| (p.0, p.1) == (gid, peer))
-                    .map(|p| p.4.to_vec())
-                    .unwrap_or_default();
-                for d in devices {
-                    self.plug(peer, d);
-                }
-            }
-            _ => {}
+        Change::Detach {
+            key,
+            gen,
+            bdf,
+            surprise,
+            ..
+        } => {
+            let how = if surprise {
+                "surprise removal"
+            } else {
+                "removed"
+            };
+            println!("  {bdf} ({key}): {how}");
+            hb.detached(key, gen);
         }
+        Change::Freed { .. } => {}
     }
 }
 
@@ -143,7 +129,14 @@ pub fn run(path: &Path) -> Result<()> {
     signals::install();
     let (port, what) = bridge::open_port(cfg.port.kind, &cfg.port.interface)
         .with_context(|| format!("opening {}", cfg.port.interface))?;
-    let link = bridge::host_link(&cfg, port, &format!("{what}; waiting for devices"))?;
+    let link = bridge::switched_host_link(
+        &cfg,
+        port,
+        &format!(
+            "{what}; a switch of {} ports; waiting for devices",
+            cfg.max_devices
+        ),
+    )?;
     let control = bridge::control_socket(&cfg.bridge)?;
     let h = workload::root_complex_with(
         hostbridge::settings::root_complex_config(cfg.max_payload),
@@ -151,22 +144,29 @@ pub fn run(path: &Path) -> Result<()> {
         cfg.memory.base,
         cfg.memory.size as usize,
     )?;
-    let mut hb = HostBridge { cfg, h };
+    let mut hb = HostBridge::new(
+        HostBridgeConfig {
+            gid: cfg.gid,
+            leave_timeout: LEAVE_TIMEOUT_US,
+        },
+        h,
+    )?;
     let mut served = Instant::now();
+    let mut changes = Vec::new();
     while !signals::stop_requested() {
-        hb.h.run_for(Duration::from_millis(5));
-        while let Some(e) = hb.h.link_mut().events.pop_front() {
-            hb.handle(e);
+        hb.poll(Duration::from_millis(1), &mut changes);
+        for c in changes.drain(..) {
+            handle(&mut hb, &cfg, c);
         }
         if let Some(c) = &control {
             if served.elapsed() >= Duration::from_millis(10) {
-                c.serve(|_| stats(&hb.h, hb.cfg.gid));
+                c.serve(|_| stats(&hb));
                 served = Instant::now();
             }
         }
     }
-    let f = hb.h.link().fabric().node().stats();
-    let b = hb.h.bridge().stats();
+    let f = hb.host().link().fabric().node().stats();
+    let b = hb.host().bridge().stats();
     println!(
         "tether host: stopped; {} frames in, {} out; {} requests, {} completion timeouts, {} DMA reads, {} DMA writes, {} refused",
         f.frames_in,
