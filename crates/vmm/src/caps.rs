@@ -10,8 +10,9 @@ use crate::device::RemoteFunction;
 /// The capability list as the guest sees it, some capabilities unlinked.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CapPatch {
-    /// (config byte offset, value the guest reads there).
-    bytes: Vec<(u16, u8)>,
+    /// (config byte offset, bits replaced, their value): the guest reads
+    /// `(device's & !bits) | value` there.
+    bytes: Vec<(u16, u8, u8)>,
 }
 
 /// Status register bit 4 (Capabilities List), as the byte at [`regs::STATUS`] holds it.
@@ -32,16 +33,24 @@ fn walk(
 }
 
 impl CapPatch {
-    /// Walks the device's list and links around the capabilities in `hide`. A list
-    /// the device stops answering for ends where it stopped; a loop is cut after its
-    /// last new entry.
-    pub fn compute(dev: &mut dyn RemoteFunction, hide: &[CapabilityId]) -> CapPatch {
+    /// Walks the device's list and links around the capabilities in `hide`: the
+    /// previous capability's next pointer (or the Capabilities Pointer, for the
+    /// first) skips each, and when none is left the Status register's Capabilities
+    /// List bit reads 0. A loop is cut after its last new entry. A device that stops
+    /// answering on the way is `NoAnswer` (nothing is known of the rest of its list:
+    /// the caller asks again later rather than keep a patch that hides nothing).
+    /// Nothing to hide reads nothing.
+    pub fn compute(
+        dev: &mut dyn RemoteFunction,
+        hide: &[CapabilityId],
+    ) -> Result<CapPatch, NoAnswer> {
+        if hide.is_empty() {
+            return Ok(CapPatch::default());
+        }
         let mut kept: Vec<u16> = Vec::new();
         let mut hidden = false;
         for cap in walk(dev) {
-            let Ok(cap) = cap else {
-                break;
-            };
+            let cap = cap?;
             if hide.iter().any(|&id| cap.is(id)) {
                 hidden = true;
             } else {
@@ -49,27 +58,29 @@ impl CapPatch {
             }
         }
         if !hidden {
-            return CapPatch::default();
+            return Ok(CapPatch::default());
         }
-        let mut bytes = vec![(regs::CAP_PTR, kept.first().copied().unwrap_or(0) as u8)];
+        // Offsets are dword-aligned in 0x40..=0xfc (the walk checks): a byte each.
+        let link = |to: Option<&u16>| to.map_or(0, |&c| c as u8);
+        let mut bytes = vec![(regs::CAP_PTR, 0xff, link(kept.first()))];
         for (i, &c) in kept.iter().enumerate() {
-            bytes.push((c + 1, kept.get(i + 1).copied().unwrap_or(0) as u8));
+            bytes.push((c + 1, 0xff, link(kept.get(i + 1))));
         }
         if kept.is_empty() {
-            let status = dev
-                .config_read(regs::dword(regs::STATUS))
-                .map_or(0, |d| regs::byte_in(d, regs::STATUS));
-            bytes.push((regs::STATUS, status & !STATUS_CAP_LIST));
+            // Only the Capabilities List bit: the rest of Status (Interrupt Status
+            // among them) stays the device's.
+            bytes.push((regs::STATUS, STATUS_CAP_LIST, 0));
         }
-        CapPatch { bytes }
+        Ok(CapPatch { bytes })
     }
 
     /// `dword`, read at `register`, as the guest sees it.
     pub fn apply(&self, register: u16, dword: u32) -> u32 {
         let mut b = dword.to_le_bytes();
-        for &(off, v) in &self.bytes {
+        for &(off, bits, v) in &self.bytes {
             if regs::dword(off) == register {
-                b[usize::from(off & 3)] = v;
+                let at = usize::from(off & 3);
+                b[at] = (b[at] & !bits) | v;
             }
         }
         u32::from_le_bytes(b)
@@ -126,7 +137,7 @@ mod tests {
     #[test]
     fn hidden_capabilities_are_linked_around() {
         let mut dev = fake(&[(0x40, 0x10, 0x50), (0x50, CAP_MSIX, 0x60), (0x60, 0x09, 0)]);
-        let patch = CapPatch::compute(&mut dev, &[CapabilityId::MsiX]);
+        let patch = CapPatch::compute(&mut dev, &[CapabilityId::MsiX]).unwrap();
         assert_eq!(
             guest_view(&mut dev, &patch),
             (vec![(0x40, 0x10), (0x60, 0x09)], WalkEnd::Complete)
@@ -135,10 +146,15 @@ mod tests {
         assert_eq!(find(&mut dev, CAP_MSI), None);
         // Nothing left: the Capabilities List bit goes too.
         let mut dev = fake(&[(0x40, CAP_MSI, 0)]);
-        let patch = CapPatch::compute(&mut dev, &[CapabilityId::Msi]);
+        let patch = CapPatch::compute(&mut dev, &[CapabilityId::Msi]).unwrap();
         assert_eq!(guest_view(&mut dev, &patch), (vec![], WalkEnd::Complete));
         let status = patch.apply(4, dev.config_read(4).unwrap());
         assert_eq!(regs::byte_in(status, regs::STATUS) & STATUS_CAP_LIST, 0);
+        // The rest of Status is the device's, read live: Interrupt Status (bit 3)
+        // comes and goes after the patch was made.
+        dev.config[regs::STATUS as usize] |= 1 << 3;
+        let status = patch.apply(4, dev.config_read(4).unwrap());
+        assert_eq!(regs::byte_in(status, regs::STATUS), 1 << 3);
     }
 
     /// A device whose list loops: the guest sees the loop cut after its last new
@@ -150,7 +166,7 @@ mod tests {
             (0x50, CAP_MSIX, 0x60),
             (0x60, 0x09, 0x40),
         ]);
-        let patch = CapPatch::compute(&mut dev, &[CapabilityId::MsiX]);
+        let patch = CapPatch::compute(&mut dev, &[CapabilityId::MsiX]).unwrap();
         assert_eq!(
             guest_view(&mut dev, &patch),
             (vec![(0x40, 0x10), (0x60, 0x09)], WalkEnd::Complete)

@@ -75,6 +75,9 @@ pub struct ProxyStats {
     pub resamples: u64,
 }
 
+/// The capabilities the proxy cannot deliver, hidden from the guest.
+const HIDDEN: [CapabilityId; 2] = [CapabilityId::Msi, CapabilityId::MsiX];
+
 /// One QEMU connection and the device it reaches.
 pub struct ProxyServer {
     sock: OwnedFd,
@@ -189,15 +192,18 @@ impl ProxyServer {
             }
             Request::ConfigRead { addr, len } => {
                 self.stats.config_reads += 1;
-                let caps = self.caps.get_or_insert_with(|| {
-                    CapPatch::compute(dev, &[CapabilityId::Msi, CapabilityId::MsiX])
-                });
+                if self.caps.is_none() {
+                    // Kept once the device answered for its whole list.
+                    self.caps = CapPatch::compute(dev, &HIDDEN).ok();
+                }
                 let register = addr as u16 & !3;
-                let dword = match self.bars.read(dev, register) {
-                    Some(shadowed) => shadowed,
-                    None => dev
+                let dword = match (self.bars.read(dev, register), &self.caps) {
+                    (Some(shadowed), _) => shadowed,
+                    (None, Some(caps)) => dev
                         .config_read(register)
                         .map_or(u32::MAX, |d| caps.apply(register, d)),
+                    // The list could not be read: nothing of it is shown.
+                    (None, None) => u32::MAX,
                 };
                 let shift = 8 * (addr & 3);
                 let mask = if len == 4 {
@@ -433,6 +439,27 @@ mod tests {
         dev.present = false;
         assert_eq!(ask(&q, &mut s, &mut dev, cfg(0, 2)), Some(0xffff));
         assert_eq!(s.stats().config_reads, 7);
+    }
+
+    /// The guest's first config read comes while the device does not answer: it
+    /// reads all-ones, and the list is walked again once the device answers, MSI
+    /// and MSI-X hidden. Before, the empty walk was kept as "nothing to hide" and
+    /// the device's own links reached the guest until the device changed.
+    #[test]
+    fn a_list_unread_while_the_device_is_away_is_read_again() {
+        let (q, r) = pair();
+        let mut s = ProxyServer::new(r);
+        let mut dev = fake();
+        let cfg = |addr, len| Request::ConfigRead { addr, len };
+        dev.present = false;
+        assert_eq!(ask(&q, &mut s, &mut dev, cfg(0x34, 1)), Some(0xff));
+        dev.present = true;
+        assert_eq!(ask(&q, &mut s, &mut dev, cfg(0x41, 1)), Some(0x60));
+        assert_eq!(
+            ask(&q, &mut s, &mut dev, cfg(0x61, 1)),
+            Some(0),
+            "MSI unlinked"
+        );
     }
 
     /// The guest places BAR0 at `bar0` and BAR2 (64-bit) at `bar2` through config
