@@ -4,7 +4,8 @@
 //! - [`proxy`]: QEMU's multi-process proxy protocol (`x-pci-proxy-dev`, QEMU 7.2+):
 //!   config and BAR accesses, guest RAM as memfds, INTx through irqfd/resamplefd.
 //! - [`vfio_user`]: a vfio-user server (QEMU >= 10.1 `vfio-user-pci`): regions,
-//!   DMA mappings with or without descriptors, INTx and MSI-X through eventfds.
+//!   DMA mappings with or without descriptors, INTx, MSI and MSI-X through eventfds,
+//!   capabilities hidden on request; with feature `fake`, a client for tests.
 //! - [`bar_shadow`]: the BAR registers the guest sees, kept by the front-ends (the
 //!   device's own hold the bridge's addresses), and guest addresses resolved to the
 //!   device's.
@@ -14,6 +15,8 @@
 //! - [`guest_ram`]: guest RAM mapped from the VMM's file descriptors, as host memory
 //!   for the device's DMA.
 //! - [`sys`]: Unix sockets with descriptors, eventfds, readiness waits.
+//! - [`caps`]: capabilities found in a device's list, and hidden from the list a
+//!   guest reads (one walk for both front-ends).
 
 pub mod bar_shadow;
 pub mod caps;

@@ -14,6 +14,11 @@
 //! writes to the MSI capability too (SET_IRQS switches them on and off; QEMU emulates
 //! both for the guest), and MSI offers one vector (Multiple Message Capable reads 0).
 //!
+//! Capabilities can be hidden from the client ([`VfioUserServer::hide_capabilities`]):
+//! unlinked from the list it reads, and for MSI and MSI-X no vectors offered. `tether
+//! vm` hides MSI-X from the QEMU versions that abort when a `vfio-user-pci` device
+//! with MSI-X is unplugged; the guest's driver then uses MSI or INTx.
+//!
 //! One connection at a time; when it closes, its DMA mappings and eventfds go and the
 //! server waits for the next one.
 
@@ -34,7 +39,7 @@ use super::wire::{
     self, errno, vfio, Body, Header, ProtocolError, Request, HEADER_LEN, MAX_DATA_XFER,
 };
 use crate::bar_shadow::BarShadow;
-use crate::caps::{self, NoAnswer};
+use crate::caps::{self, CapPatch, NoAnswer};
 use crate::device::{byte_enables, Bar, RemoteFunction};
 use crate::guest_ram::{GuestRam, RamFaults};
 use crate::sys;
@@ -286,6 +291,11 @@ pub struct VfioUserServer {
     msix_cap: Option<Option<(u16, u16)>>,
     /// Offset of the MSI capability and its length, once read (as `msix_cap`).
     msi_cap: Option<Option<(u16, u16)>>,
+    /// Capabilities the client is not shown ([`VfioUserServer::hide_capabilities`]).
+    hidden: Vec<CapabilityId>,
+    /// The capability list as the client reads it, once the device answered for it
+    /// (`None`: not read yet, or read again after a change).
+    cap_patch: Option<CapPatch>,
     intx: Intx,
     vectors: Vectors,
     /// The BAR registers as the client sees them (the device's hold the bridge's
@@ -343,6 +353,8 @@ impl VfioUserServer {
             channel: None,
             msix_cap: None,
             msi_cap: None,
+            hidden: Vec::new(),
+            cap_patch: None,
             intx: Intx::default(),
             vectors: Vectors::default(),
             bars: BarShadow::default(),
@@ -381,6 +393,42 @@ impl VfioUserServer {
     pub fn device_changed(&mut self) {
         self.msix_cap = None;
         self.msi_cap = None;
+        self.cap_patch = None;
+    }
+
+    /// Hides the capabilities `ids` from clients (replacing any earlier set; empty:
+    /// none hidden). A hidden capability is unlinked from the list a client reads
+    /// through config space ([`CapPatch`]: the previous next pointer, or the
+    /// Capabilities Pointer, skips it; Status's Capabilities List bit goes when
+    /// nothing is left); its registers stay where they are, filtered as before. A
+    /// hidden MSI or MSI-X offers 0 vectors in DEVICE_GET_IRQ_INFO and every
+    /// DEVICE_SET_IRQS for it is refused (EINVAL), as the kernel's vfio does for a
+    /// device without the capability: the guest's driver falls back to what is left
+    /// (MSI, then INTx). `tether vm` hides MSI-X from the QEMU versions that abort
+    /// when such a device is unplugged
+    /// ([`QemuVersion::vfio_user_msix_unplug_aborts`](crate::qemu::QemuVersion::vfio_user_msix_unplug_aborts)).
+    ///
+    /// Meant to be called before a client connects: a client already connected may
+    /// have read the list, or set up vectors, as they were.
+    pub fn hide_capabilities(&mut self, ids: &[CapabilityId]) {
+        self.hidden = ids.to_vec();
+        self.cap_patch = None;
+    }
+
+    /// The capabilities hidden from clients.
+    pub fn hidden_capabilities(&self) -> &[CapabilityId] {
+        &self.hidden
+    }
+
+    /// Whether interrupt `index` (`vfio::PCI_MSI_IRQ`, `vfio::PCI_MSIX_IRQ`) is of a
+    /// hidden capability.
+    fn irq_hidden(&self, index: u32) -> bool {
+        let id = match index {
+            vfio::PCI_MSI_IRQ => CapabilityId::Msi,
+            vfio::PCI_MSIX_IRQ => CapabilityId::MsiX,
+            _ => return false,
+        };
+        self.hidden.contains(&id)
     }
 
     /// Accepts a client, handles what it sent (up to `max` requests). Returns how many
@@ -681,8 +729,12 @@ impl VfioUserServer {
         cap_info(&mut self.msi_cap, dev, CapabilityId::Msi, msi::len)
     }
 
-    /// Vectors offered for irq `index` (MSI: one, whatever the device can do).
+    /// Vectors offered for irq `index` (MSI: one, whatever the device can do; none of
+    /// a hidden capability).
     fn vector_count(&mut self, index: u32, dev: &mut dyn RemoteFunction) -> u32 {
+        if self.irq_hidden(index) {
+            return 0;
+        }
         match index {
             // Unknown (the device does not answer): none offered.
             vfio::PCI_MSI_IRQ => self.msi_info(dev).ok().flatten().map_or(0, |_| 1),
@@ -698,7 +750,23 @@ impl VfioUserServer {
         if let Some(shadowed) = self.bars.read(dev, register) {
             return shadowed;
         }
-        let v = dev.config_read(register).unwrap_or(u32::MAX);
+        let Some(v) = dev.config_read(register) else {
+            return u32::MAX;
+        };
+        let v = if self.hidden.is_empty() {
+            v
+        } else {
+            let patch = match &mut self.cap_patch {
+                Some(p) => p,
+                slot @ None => match CapPatch::compute(dev, &self.hidden) {
+                    Ok(p) => slot.insert(p),
+                    // The list could not be read: nothing of it is shown, lest a
+                    // hidden capability's link be.
+                    Err(NoAnswer) => return u32::MAX,
+                },
+            };
+            patch.apply(register, v)
+        };
         match self.msi_info(dev).ok().flatten() {
             // One vector: the bridge routes one message per device.
             Some((cap, _)) if cap == register => v & !MSI_MULTIPLE_CAPABLE,
@@ -860,6 +928,10 @@ impl VfioUserServer {
                 if count == 1 && chosen(0) {
                     self.intx.masked = true;
                 }
+            }
+            (vfio::PCI_MSI_IRQ | vfio::PCI_MSIX_IRQ, _) if self.irq_hidden(index) => {
+                // Not even turning it off: the client was told of no such vectors.
+                return Err(errno::EINVAL);
             }
             (vfio::PCI_MSI_IRQ | vfio::PCI_MSIX_IRQ, _) => {
                 let vectors = self.vector_count(index, dev);
@@ -1053,7 +1125,7 @@ impl Drop for VfioUserServer {
 mod tests {
     use super::*;
     use crate::fake_function::FakeFunction;
-    use std::os::unix::net::UnixStream;
+    use crate::vfio_user::client::Client;
 
     /// A device with a 4 KiB BAR0 at 0xe000_0000 and MSI-X (4 vectors) in its list.
     fn fake() -> FakeFunction {
@@ -1061,52 +1133,9 @@ mod tests {
         FakeFunction::with_msi_and_msix(0xe000_0000, 0x8a)
     }
 
-    struct Client {
-        sock: UnixStream,
-        id: u16,
-    }
-
-    impl Client {
-        fn connect(path: &Path) -> Client {
-            Client {
-                sock: UnixStream::connect(path).unwrap(),
-                id: 0,
-            }
-        }
-
-        /// Sends request `command` with `body` and `fds`; returns its ID.
-        fn try_send(&mut self, command: u16, body: &[u8], fds: &[RawFd]) -> io::Result<u16> {
-            self.id += 1;
-            let m = wire::message(self.id, command, wire::flags::REQUEST, 0, body);
-            sys::send_with_fds(self.sock.as_raw_fd(), &m, fds)?;
-            Ok(self.id)
-        }
-
-        fn send(&mut self, command: u16, body: &[u8], fds: &[RawFd]) -> u16 {
-            self.try_send(command, body, fds).unwrap()
-        }
-
-        /// Answers the server's request `to` with `body`.
-        fn reply(&self, to: &Header, body: &[u8]) -> io::Result<()> {
-            sys::send_with_fds(self.sock.as_raw_fd(), &wire::reply(to, body), &[])
-        }
-
-        fn recv(&mut self) -> (Header, Vec<u8>) {
-            let mut fds = Vec::new();
-            let fd = self.sock.as_raw_fd();
-            let mut h = [0u8; HEADER_LEN];
-            assert!(sys::recv_exact(fd, &mut h, &mut fds).unwrap());
-            let h = Header::parse(&h).unwrap();
-            let mut body = vec![0u8; h.body_len()];
-            if !body.is_empty() {
-                assert!(sys::recv_exact(fd, &mut body, &mut fds).unwrap());
-            }
-            (h, body)
-        }
-    }
-
-    fn send_with_fds(sock: &UnixStream, bytes: &[u8], fds: &[RawFd]) {
-        sys::send_with_fds(sock.as_raw_fd(), bytes, fds).unwrap();
+    /// A client connected to the test server's socket.
+    fn connect(path: &Path) -> Client {
+        Client::connect(path).unwrap()
     }
 
     /// Serves until the client's requests are all handled.
@@ -1125,12 +1154,9 @@ mod tests {
         body: &[u8],
         fds: &[RawFd],
     ) -> (Header, Vec<u8>) {
-        let id = c.send(cmd, body, fds);
+        let id = c.send(cmd, body, fds).unwrap();
         pump(s, dev);
-        let (h, b) = c.recv();
-        assert_eq!(h.id, id);
-        assert!(h.is_reply());
-        (h, b)
+        c.wait_reply(id).unwrap()
     }
 
     /// DEVICE_SET_IRQS with (flags, index, start, count) and `fds`: the reply's header.
@@ -1203,7 +1229,7 @@ mod tests {
     fn version_info_regions_and_config_virtualisation() {
         let (dir, mut s) = server();
         let mut dev = fake();
-        let mut c = Client::connect(&dir.path.join("vfu.sock"));
+        let mut c = connect(&dir.path.join("vfu.sock"));
         let (_, b) = ask(
             &mut c,
             &mut s,
@@ -1412,7 +1438,7 @@ mod tests {
     fn bars_sized_through_config_space_read_back_their_masks() {
         let (dir, mut s) = server();
         let mut dev = fake().with_bar2_64(0x8_0000_0000, 1 << 16);
-        let mut c = Client::connect(&dir.path.join("vfu.sock"));
+        let mut c = connect(&dir.path.join("vfu.sock"));
         let mut sized = Vec::new();
         for reg in [0x10u64, 0x14, 0x18, 0x1c, 0x20, 0x24, 0x30] {
             let orig = config_read(&mut c, &mut s, &mut dev, reg, 4);
@@ -1444,7 +1470,7 @@ mod tests {
         config_write(&mut c, &mut s, &mut dev, 0x10, &[0, 0, 0, 0xc0]);
         drop(c);
         pump(&mut s, &mut dev);
-        let mut c = Client::connect(&dir.path.join("vfu.sock"));
+        let mut c = connect(&dir.path.join("vfu.sock"));
         assert_eq!(config_read(&mut c, &mut s, &mut dev, 0x10, 4), [0; 4]);
     }
 
@@ -1456,7 +1482,7 @@ mod tests {
     fn config_accesses_that_wrap_are_refused() {
         let (dir, mut s) = server();
         let mut dev = fake();
-        let mut c = Client::connect(&dir.path.join("vfu.sock"));
+        let mut c = connect(&dir.path.join("vfu.sock"));
         let data = vec![0xffu8; 0xf000 + 0x40];
         let offset = 0u64.wrapping_sub(0xf000);
         let body = Body::default()
@@ -1504,7 +1530,7 @@ mod tests {
         use tlp::{Bdf, CompletionStatus, Header as TlpHeader, MemRead, MemWrite, Tag, Tlp};
         let (dir, mut s) = server();
         let mut dev = fake();
-        let mut c = Client::connect(&dir.path.join("vfu.sock"));
+        let mut c = connect(&dir.path.join("vfu.sock"));
         let map = dma_map(0x20_0000, 4096);
         ask(&mut c, &mut s, &mut dev, wire::cmd::DMA_MAP, &map, &[]);
         let (base, mem) = dev.ram.pop().unwrap();
@@ -1513,9 +1539,9 @@ mod tests {
         let mut rc = Bridge::new(BridgeConfig::default(), memory);
         // The client answers the DMA_READ with an error (it has nothing there).
         let client = std::thread::spawn(move || {
-            let (h, _) = c.recv();
+            let (h, _) = c.recv().unwrap();
             assert_eq!(h.command, wire::cmd::DMA_READ);
-            send_with_fds(&c.sock, &wire::error_reply(&h, errno::EINVAL), &[]);
+            c.reply_error(&h, errno::EINVAL).unwrap();
             c
         });
         let requester = Bdf::new(1, 0, 0).unwrap();
@@ -1547,9 +1573,9 @@ mod tests {
         assert_eq!(s.stats().dma_read_failures, 1);
         // A refused DMA_WRITE is posted, so the device is not told; it is counted.
         let client = std::thread::spawn(move || {
-            let (h, _) = c.recv();
+            let (h, _) = c.recv().unwrap();
             assert_eq!(h.command, wire::cmd::DMA_WRITE);
-            send_with_fds(&c.sock, &wire::error_reply(&h, errno::EFAULT), &[]);
+            c.reply_error(&h, errno::EFAULT).unwrap();
             c
         });
         let write = MemWrite {
@@ -1580,14 +1606,14 @@ mod tests {
         let mut dev = fake();
         let path = dir.path.join("vfu.sock");
         let map = dma_map(0x20_0000, 4096);
-        let mut c = Client::connect(&path);
+        let mut c = connect(&path);
         ask(&mut c, &mut s, &mut dev, wire::cmd::DMA_MAP, &map, &[]);
         let flood = std::thread::spawn(move || {
-            let (h, body) = c.recv();
+            let (h, body) = c.recv().unwrap();
             assert_eq!(h.command, wire::cmd::DMA_READ);
             let info = Body::default().u32(16).u32(0).u32(0).u32(0).0;
             for _ in 0..MAX_QUEUED + 8 {
-                let _ = c.try_send(wire::cmd::DEVICE_GET_INFO, &info, &[]);
+                let _ = c.send(wire::cmd::DEVICE_GET_INFO, &info, &[]);
             }
             // The reply, at last (too late for a server that dropped the client).
             let mut reply_body = body[..12].to_vec();
@@ -1606,14 +1632,18 @@ mod tests {
         assert!(!s.connected(), "the flooding client is dropped");
         assert_eq!(s.stats().requests, 1, "only its DMA_MAP was served");
         // A client that never answers.
-        let mut c = Client::connect(&path);
+        let mut c = connect(&path);
         ask(&mut c, &mut s, &mut dev, wire::cmd::DMA_MAP, &map, &[]);
         let started = Instant::now();
         assert!(dev.ram[0].1.try_read(0, &mut buf).is_err());
         assert!(started.elapsed() >= DMA_REPLY_TIMEOUT);
         let st = s.stats();
         assert_eq!((st.dma_timeouts, st.dma_read_failures), (1, 2));
-        assert_eq!(c.recv().0.command, wire::cmd::DMA_READ, "it was asked");
+        assert_eq!(
+            c.recv().unwrap().0.command,
+            wire::cmd::DMA_READ,
+            "it was asked"
+        );
     }
 
     /// A client that stops in the middle of a message is dropped after
@@ -1622,10 +1652,10 @@ mod tests {
     fn a_client_stalled_mid_message_is_dropped() {
         let (dir, mut s) = server();
         let mut dev = fake();
-        let c = Client::connect(&dir.path.join("vfu.sock"));
+        let mut c = connect(&dir.path.join("vfu.sock"));
         // A 32-byte message of which only 10 bytes come.
         let m = wire::message(1, wire::cmd::DEVICE_GET_INFO, 0, 0, &[0; 16]);
-        send_with_fds(&c.sock, &m[..10], &[]);
+        c.send_bytes(&m[..10], &[]).unwrap();
         let started = Instant::now();
         pump(&mut s, &mut dev);
         assert!(!s.connected());
@@ -1642,7 +1672,7 @@ mod tests {
     fn capabilities_unread_while_the_device_is_away_stay_filtered() {
         let (dir, mut s) = server();
         let mut dev = fake();
-        let mut c = Client::connect(&dir.path.join("vfu.sock"));
+        let mut c = connect(&dir.path.join("vfu.sock"));
         let write = |off: u64, data: &[u8]| {
             Body::default()
                 .u64(off)
@@ -1696,7 +1726,7 @@ mod tests {
     fn msix_and_intx_through_eventfds() {
         let (dir, mut s) = server();
         let mut dev = fake();
-        let mut c = Client::connect(&dir.path.join("vfu.sock"));
+        let mut c = connect(&dir.path.join("vfu.sock"));
         let v0 = sys::eventfd().unwrap();
         let v1 = sys::eventfd().unwrap();
         let trig = vfio::IRQ_SET_DATA_EVENTFD | vfio::IRQ_SET_ACTION_TRIGGER;
@@ -1781,7 +1811,7 @@ mod tests {
     fn msi_then_reset_then_msix_are_never_on_together() {
         let (dir, mut s) = server();
         let mut dev = fake();
-        let mut c = Client::connect(&dir.path.join("vfu.sock"));
+        let mut c = connect(&dir.path.join("vfu.sock"));
         let trig = vfio::IRQ_SET_DATA_EVENTFD | vfio::IRQ_SET_ACTION_TRIGGER;
         let (msi, x0) = (sys::eventfd().unwrap(), sys::eventfd().unwrap());
         let set = (trig, vfio::PCI_MSI_IRQ, 0, 1);
@@ -1802,7 +1832,7 @@ mod tests {
     fn a_vector_fd_that_is_not_an_eventfd_is_refused() {
         let (dir, mut s) = server();
         let mut dev = fake();
-        let mut c = Client::connect(&dir.path.join("vfu.sock"));
+        let mut c = connect(&dir.path.join("vfu.sock"));
         let mut p = [0; 2];
         // SAFETY: pipe2 fills two fresh descriptors we own.
         let (rd, wr) = unsafe {
@@ -1830,7 +1860,7 @@ mod tests {
     fn msi_one_vector_never_together_with_msix() {
         let (dir, mut s) = server();
         let mut dev = fake();
-        let mut c = Client::connect(&dir.path.join("vfu.sock"));
+        let mut c = connect(&dir.path.join("vfu.sock"));
         let irq_info = |c: &mut Client, s: &mut VfioUserServer, dev: &mut FakeFunction| {
             let body = Body::default()
                 .u32(16)
@@ -1916,7 +1946,7 @@ mod tests {
         assert_eq!(dev.msix_on.last(), Some(&false));
         // A device without MSI offers none.
         let mut plain = FakeFunction::new(0xe000_0000);
-        let mut c = Client::connect(&dir.path.join("vfu.sock"));
+        let mut c = connect(&dir.path.join("vfu.sock"));
         s.device_changed();
         assert_eq!(irq_info(&mut c, &mut s, &mut plain), 0);
         let h = set_irqs(
@@ -1936,7 +1966,7 @@ mod tests {
     fn dma_into_a_truncated_unsealed_memfd_fails_without_sigbus() {
         let (dir, mut s) = server();
         let mut dev = fake();
-        let mut c = Client::connect(&dir.path.join("vfu.sock"));
+        let mut c = connect(&dir.path.join("vfu.sock"));
         let memfd = |seals| crate::guest_ram::test_memfd(1 << 16, seals);
         let open = memfd(0);
         let sealed = memfd(libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL);
@@ -1971,7 +2001,7 @@ mod tests {
         let (dir, mut s) = server();
         let mut dev = fake();
         let path = dir.path.join("vfu.sock");
-        let mut c = Client::connect(&path);
+        let mut c = connect(&path);
         let mfd = crate::guest_ram::test_memfd(1 << 16, 0);
         ask(
             &mut c,
@@ -1999,7 +2029,7 @@ mod tests {
         check.write(0, b"x");
         // Without a descriptor: a DMA_READ to the client, who answers from its memory.
         let client = std::thread::spawn(move || {
-            let (h, body) = c.recv();
+            let (h, body) = c.recv().unwrap();
             assert_eq!(h.command, wire::cmd::DMA_READ);
             let addr = u64::from_le_bytes(body[0..8].try_into().unwrap());
             let count = u32_at(&body, 8);
@@ -2028,7 +2058,7 @@ mod tests {
         drop(c);
         pump(&mut s, &mut dev);
         assert!(!s.connected() && dev.ram.is_empty());
-        let mut c2 = Client::connect(&path);
+        let mut c2 = connect(&path);
         let (_, b) = ask(
             &mut c2,
             &mut s,
@@ -2052,10 +2082,10 @@ mod tests {
             error: 0,
         }
         .emit();
-        send_with_fds(&c2.sock, &bad, &[]);
+        c2.send_bytes(&bad, &[]).unwrap();
         pump(&mut s, &mut dev);
         assert!(!s.connected());
-        let mut c3 = Client::connect(&path);
+        let mut c3 = connect(&path);
         let (_, b) = ask(
             &mut c3,
             &mut s,
@@ -2066,5 +2096,322 @@ mod tests {
         );
         assert_eq!(&b[16..], &[0xf4, 0x1a]);
         assert_eq!(s.stats().connections, 3);
+    }
+
+    /// A device whose capability list is `links`: (offset, ID, next), MSI 64-bit
+    /// and MSI-X with 4 vectors where they are.
+    fn with_caps(links: &[(usize, CapabilityId, u8)]) -> FakeFunction {
+        let mut dev = FakeFunction::new(0xe000_0000);
+        dev.config[regs::STATUS as usize] = caps::STATUS_CAP_LIST;
+        dev.config[regs::CAP_PTR as usize] = 0x40;
+        for &(at, id, next) in links {
+            dev.config[at] = id.raw();
+            dev.config[at + 1] = next;
+            dev.config[at + 2] = match id {
+                CapabilityId::Msi => 0x80,
+                CapabilityId::MsiX => 3,
+                _ => 0,
+            };
+        }
+        dev
+    }
+
+    /// The capability list the client reads: (offset, ID) in the order the links
+    /// give, and whether Status says there is a list.
+    fn client_list(
+        c: &mut Client,
+        s: &mut VfioUserServer,
+        dev: &mut FakeFunction,
+    ) -> (Vec<(u16, u8)>, bool) {
+        let cfg = config_read(c, s, dev, 0, 256);
+        let status = cfg[regs::STATUS as usize] & caps::STATUS_CAP_LIST != 0;
+        let mut walk = pci::Capabilities::new(|off| Ok::<_, ()>(u32_at(&cfg, usize::from(off))));
+        let list = walk
+            .by_ref()
+            .map(|c| c.map(|c| (c.offset, c.id)).unwrap())
+            .collect();
+        assert_eq!(walk.end(), Some(pci::WalkEnd::Complete));
+        (list, status && cfg[regs::CAP_PTR as usize] != 0)
+    }
+
+    /// MSI-X first, in the middle and last, with MSI behind or before it or absent:
+    /// hidden, it is linked around (the Capabilities Pointer or the previous next
+    /// pointer skips it; alone, the Status bit goes too), DEVICE_GET_IRQ_INFO offers
+    /// it no vectors and DEVICE_SET_IRQS for it is refused, even to turn it off,
+    /// while MSI stays usable. Not hidden, the same devices show it.
+    #[test]
+    fn hidden_msix_is_linked_around_wherever_it_is() {
+        use CapabilityId::{Msi, MsiX, PciExpress, PowerManagement as Pm};
+        let layouts: [&[(usize, CapabilityId, u8)]; 6] = [
+            &[(0x40, MsiX, 0x50), (0x50, Msi, 0)],
+            &[(0x40, MsiX, 0)],
+            &[(0x40, PciExpress, 0x50), (0x50, MsiX, 0x60), (0x60, Msi, 0)],
+            &[(0x40, PciExpress, 0x50), (0x50, MsiX, 0x60), (0x60, Pm, 0)],
+            &[(0x40, Msi, 0x50), (0x50, Pm, 0x60), (0x60, MsiX, 0)],
+            &[(0x40, Pm, 0x50), (0x50, MsiX, 0)],
+        ];
+        let trig = vfio::IRQ_SET_DATA_EVENTFD | vfio::IRQ_SET_ACTION_TRIGGER;
+        let off = vfio::IRQ_SET_DATA_NONE | vfio::IRQ_SET_ACTION_TRIGGER;
+        for links in layouts {
+            let all: Vec<(u16, u8)> = links
+                .iter()
+                .map(|&(at, id, _)| (at as u16, id.raw()))
+                .collect();
+            let kept: Vec<(u16, u8)> = all
+                .iter()
+                .copied()
+                .filter(|&(_, id)| id != MsiX.raw())
+                .collect();
+            let has_msi = links.iter().any(|&(_, id, _)| id == Msi);
+            for hide in [false, true] {
+                let (dir, mut s) = server();
+                if hide {
+                    s.hide_capabilities(&[MsiX]);
+                }
+                let mut dev = with_caps(links);
+                let mut c = connect(&dir.path.join("vfu.sock"));
+                let want = if hide { &kept } else { &all };
+                assert_eq!(
+                    client_list(&mut c, &mut s, &mut dev),
+                    (want.clone(), !want.is_empty()),
+                    "{links:x?} hidden: {hide}"
+                );
+                let irq_info =
+                    |c: &mut Client, s: &mut VfioUserServer, dev: &mut FakeFunction, index| {
+                        let body = Body::default().u32(16).u32(0).u32(index).u32(0).0;
+                        let (_, b) = ask(c, s, dev, wire::cmd::DEVICE_GET_IRQ_INFO, &body, &[]);
+                        u32_at(&b, 12)
+                    };
+                let msix = irq_info(&mut c, &mut s, &mut dev, vfio::PCI_MSIX_IRQ);
+                let msi = irq_info(&mut c, &mut s, &mut dev, vfio::PCI_MSI_IRQ);
+                assert_eq!((msix, msi), (if hide { 0 } else { 4 }, u32::from(has_msi)));
+                let v = sys::eventfd().unwrap();
+                let set = (trig, vfio::PCI_MSIX_IRQ, 0, 1);
+                let h = set_irqs(&mut c, &mut s, &mut dev, set, &[v.as_raw_fd()]);
+                assert_eq!(h.error, if hide { errno::EINVAL } else { 0 });
+                let h = set_irqs(
+                    &mut c,
+                    &mut s,
+                    &mut dev,
+                    (off, vfio::PCI_MSIX_IRQ, 0, 0),
+                    &[],
+                );
+                assert_eq!(h.error, if hide { errno::EINVAL } else { 0 });
+                let want_msix: &[bool] = if hide { &[] } else { &[true, false] };
+                assert_eq!(
+                    dev.msix_on, want_msix,
+                    "hidden MSI-X never reaches the device"
+                );
+                if has_msi {
+                    let set = (trig, vfio::PCI_MSI_IRQ, 0, 1);
+                    let h = set_irqs(&mut c, &mut s, &mut dev, set, &[v.as_raw_fd()]);
+                    assert_eq!(h.error, 0, "MSI, the fallback, still works");
+                    s.vector(0);
+                    assert!(sys::eventfd_take(&v).unwrap());
+                }
+            }
+        }
+    }
+
+    /// Byte reads of the links see the patch too; the unlinked MSI-X is still
+    /// there (its registers are the device's), its Message Control writes still
+    /// filtered; the rest of Status comes live from the device; a reset or a changed
+    /// device reads the list again; hiding MSI too leaves no list at all.
+    #[test]
+    fn hidden_capabilities_in_narrow_reads_and_after_changes() {
+        use CapabilityId::{Msi, MsiX, PciExpress};
+        let (dir, mut s) = server();
+        s.hide_capabilities(&[MsiX]);
+        assert_eq!(s.hidden_capabilities(), &[MsiX]);
+        let links = [(0x40, PciExpress, 0x50), (0x50, MsiX, 0x60), (0x60, Msi, 0)];
+        let mut dev = with_caps(&links);
+        let mut c = connect(&dir.path.join("vfu.sock"));
+        assert_eq!(config_read(&mut c, &mut s, &mut dev, 0x41, 1), [0x60]);
+        assert_eq!(
+            config_read(&mut c, &mut s, &mut dev, 0x50, 3),
+            [0x11, 0x60, 3]
+        );
+        config_write(&mut c, &mut s, &mut dev, 0x52, &[0, 0x80]);
+        assert!(dev.config_writes.is_empty(), "{:x?}", dev.config_writes);
+        dev.config[regs::STATUS as usize] |= 1 << 3;
+        assert_eq!(config_read(&mut c, &mut s, &mut dev, 6, 1), [0x18]);
+        // The device changes under the server (a box restart): MSI-X now first.
+        dev.config[0x34] = 0x50;
+        dev.config[0x51] = 0x40;
+        dev.config[0x41] = 0x60;
+        assert_eq!(
+            config_read(&mut c, &mut s, &mut dev, 0x34, 1),
+            [0x40],
+            "remembered"
+        );
+        s.device_changed();
+        assert_eq!(config_read(&mut c, &mut s, &mut dev, 0x34, 1), [0x40]);
+        ask(&mut c, &mut s, &mut dev, wire::cmd::DEVICE_RESET, &[], &[]);
+        assert_eq!(
+            client_list(&mut c, &mut s, &mut dev),
+            (vec![(0x40, PciExpress.raw()), (0x60, Msi.raw())], true)
+        );
+        // MSI and MSI-X both hidden (as the proxy hides them): PCIe alone.
+        s.hide_capabilities(&[Msi, MsiX]);
+        assert_eq!(
+            client_list(&mut c, &mut s, &mut dev),
+            (vec![(0x40, PciExpress.raw())], true)
+        );
+        let set = (
+            vfio::IRQ_SET_DATA_NONE | vfio::IRQ_SET_ACTION_TRIGGER,
+            vfio::PCI_MSI_IRQ,
+            0,
+            0,
+        );
+        assert_eq!(
+            set_irqs(&mut c, &mut s, &mut dev, set, &[]).error,
+            errno::EINVAL
+        );
+        // A device that does not answer reads all-ones, and no half-read list is kept.
+        s.device_changed();
+        dev.present = false;
+        assert_eq!(config_read(&mut c, &mut s, &mut dev, 0x34, 1), [0xff]);
+        dev.present = true;
+        assert_eq!(config_read(&mut c, &mut s, &mut dev, 0x41, 1), [0]);
+        // Nothing hidden: the device's own list.
+        s.hide_capabilities(&[]);
+        assert_eq!(config_read(&mut c, &mut s, &mut dev, 0x41, 1), [0x60]);
+    }
+
+    /// Work for the serving thread of a threaded test, and its answer.
+    type Job = Box<dyn FnOnce(&mut VfioUserServer, &mut FakeFunction) -> bool + Send>;
+
+    /// The client's blocking calls, with the server on a thread of its own as the
+    /// host bridge runs it: version, info, DMA into a sealed memfd (and unmap),
+    /// config space, a BAR by index and offset, MSI-X hidden (no vectors, refused),
+    /// MSI and INTx through eventfds, and a close that takes the mappings away.
+    #[test]
+    fn the_client_drives_a_server_on_another_thread() {
+        use crate::vfio_user::client::{eventfd_count, eventfd_wait, guest_memfd, ClientError};
+        use std::os::fd::AsFd;
+        use std::sync::mpsc;
+        let (dir, mut s) = server();
+        s.hide_capabilities(&[CapabilityId::MsiX]);
+        let (jobs, rx) = mpsc::channel::<Option<Job>>();
+        let (answers, answer) = mpsc::channel::<bool>();
+        let serving = std::thread::spawn(move || {
+            let mut dev = fake();
+            loop {
+                s.serve(&mut dev, 64).unwrap();
+                match rx.try_recv() {
+                    Ok(Some(job)) => answers.send(job(&mut s, &mut dev)).unwrap(),
+                    Ok(None) => break,
+                    Err(_) => {
+                        sys::wait_readable(&s.wait_fds(), Duration::from_millis(1)).unwrap();
+                    }
+                }
+            }
+            (
+                s.stats(),
+                dev.ram.len(),
+                dev.msi_on.clone(),
+                dev.msix_on.clone(),
+            )
+        });
+        // Has the serving thread do `job` between two requests; its answer.
+        let run = |job: Job| {
+            jobs.send(Some(job)).unwrap();
+            answer.recv_timeout(Duration::from_secs(10)).unwrap()
+        };
+        let mut c = Client::connect(&dir.path.join("vfu.sock")).unwrap();
+        assert!(c.negotiate().unwrap().contains("\"max_msg_fds\":8"));
+        let info = c.device_info().unwrap();
+        assert_eq!((info.regions, info.irqs), (9, 5));
+        assert_eq!(c.region_info(0).unwrap().size, 4096);
+        assert_eq!(c.region_info(vfio::PCI_CONFIG_REGION).unwrap().size, 256);
+        let ram = guest_memfd(1 << 16).unwrap();
+        c.dma_map(0x10_0000, 1 << 16, ram.as_fd(), 0).unwrap();
+        run(Box::new(|_, dev| {
+            dev.ram[0].1.write(0x80, b"from the device");
+            true
+        }));
+        assert_eq!(c.config_dword(0).unwrap(), 0x1042_1af4);
+        let mut got = [0u8; 15];
+        // SAFETY: pread into a live buffer of its length, on a descriptor we own.
+        let n = unsafe { libc::pread(ram.as_raw_fd(), got.as_mut_ptr().cast(), got.len(), 0x80) };
+        assert_eq!((n, &got), (15, b"from the device"));
+        c.region_write(0, 0x20, &[1, 2, 3, 4]).unwrap();
+        assert_eq!(c.region_read(0, 0x20, 4).unwrap(), [1, 2, 3, 4]);
+        assert!(matches!(
+            c.region_read(0, 4094, 4),
+            Err(ClientError::Refused {
+                errno: errno::EINVAL,
+                ..
+            })
+        ));
+        // MSI-X hidden: no list entry, no vectors, refused; MSI and INTx work.
+        assert_eq!(c.config_read(0x41, 1).unwrap(), [0]);
+        assert_eq!(c.irq_info(vfio::PCI_MSIX_IRQ).unwrap().count, 0);
+        let (x, msi, intx) = (
+            sys::eventfd().unwrap(),
+            sys::eventfd().unwrap(),
+            sys::eventfd().unwrap(),
+        );
+        assert!(matches!(
+            c.set_irq_eventfds(vfio::PCI_MSIX_IRQ, 0, &[x.as_fd()]),
+            Err(ClientError::Refused {
+                errno: errno::EINVAL,
+                ..
+            })
+        ));
+        assert_eq!(c.irq_info(vfio::PCI_MSI_IRQ).unwrap().count, 1);
+        c.set_irq_eventfds(vfio::PCI_MSI_IRQ, 0, &[msi.as_fd()])
+            .unwrap();
+        run(Box::new(|s, _| {
+            s.vector(0);
+            s.vector(0);
+            true
+        }));
+        assert_eq!(
+            eventfd_wait(msi.as_fd(), Duration::from_secs(5)).unwrap(),
+            2
+        );
+        c.set_irq_eventfds(vfio::PCI_INTX_IRQ, 0, &[intx.as_fd()])
+            .unwrap();
+        run(Box::new(|s, _| {
+            s.set_intx(true);
+            true
+        }));
+        assert_eq!(
+            eventfd_wait(intx.as_fd(), Duration::from_secs(5)).unwrap(),
+            1
+        );
+        c.mask_irq(vfio::PCI_INTX_IRQ, 0, false).unwrap();
+        assert_eq!(
+            eventfd_wait(intx.as_fd(), Duration::from_secs(5)).unwrap(),
+            1,
+            "still high"
+        );
+        c.disable_irqs(vfio::PCI_MSI_IRQ).unwrap();
+        run(Box::new(|s, _| {
+            s.vector(0);
+            true
+        }));
+        c.dma_unmap(0x10_0000, 1 << 16).unwrap();
+        assert_eq!(eventfd_count(msi.as_fd()).unwrap(), 0, "MSI is off");
+        assert_eq!(eventfd_count(x.as_fd()).unwrap(), 0);
+        c.dma_map(0x10_0000, 1 << 16, ram.as_fd(), 0).unwrap();
+        c.close().unwrap();
+        // Served until the server saw the client leave.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while run(Box::new(|s, _| s.connected())) {
+            assert!(Instant::now() < deadline, "the server never saw the close");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        jobs.send(None).unwrap();
+        let (st, ram_left, msi_on, msix_on) = serving.join().unwrap();
+        assert_eq!(ram_left, 0, "the close took the mapping");
+        // On, off, and off again as the client left.
+        assert_eq!((msi_on, msix_on), (vec![true, false, false], vec![false]));
+        assert_eq!(
+            (st.dma_maps, st.dma_unmaps, st.msi_signals, st.intx_signals),
+            (2, 1, 2, 2)
+        );
+        assert_eq!(st.disconnects, 1);
     }
 }
