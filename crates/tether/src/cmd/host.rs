@@ -61,12 +61,23 @@ fn stats(hb: &HostBridge) -> serde_json::Value {
     })
 }
 
-/// Runs `n` verified DMA copies through the memdev at `bdf`.
-fn self_test(hb: &mut HostBridge, bdf: tlp::Bdf, n: u32) {
+/// The self-test's copies go through this many bytes at most.
+const SELF_TEST_MAX: usize = 65536;
+
+/// Runs `n` verified DMA copies through the memdev at `bdf`, in the program's one
+/// pair of copy buffers (taken from the DMA area at the first self-test and kept:
+/// the area is never given back, and a host gets devices again and again).
+fn self_test(hb: &mut HostBridge, bufs: &mut Option<workload::CopyBuffers>, bdf: tlp::Bdf, n: u32) {
     let h = hb.host_mut();
     let r = MemDevDriver::probe(h, bdf)
         .map_err(anyhow::Error::from)
-        .and_then(|drv| workload::copies(h, &drv, n as usize, 65536, 1, false));
+        .and_then(|drv| {
+            let b = match *bufs {
+                Some(b) => b,
+                None => *bufs.insert(workload::CopyBuffers::alloc(h, SELF_TEST_MAX)?),
+            };
+            workload::copies_in(h, &drv, &b, n as usize, 1, false)
+        });
     match r {
         Ok((bytes, took)) => println!(
             "  self-test: {n} DMA copies verified through {bdf} ({bytes} bytes in {:.3} s)",
@@ -78,7 +89,12 @@ fn self_test(hb: &mut HostBridge, bdf: tlp::Bdf, n: u32) {
 
 /// Logs a change and does what it asks: a device is attached to its driver (the
 /// self-test) and let go of at once.
-fn handle(hb: &mut HostBridge, cfg: &HostConfig, c: Change) {
+fn handle(
+    hb: &mut HostBridge,
+    cfg: &HostConfig,
+    bufs: &mut Option<workload::CopyBuffers>,
+    c: Change,
+) {
     match c {
         Change::Fabric(e) => {
             if let Some(line) = print::describe(&e) {
@@ -101,7 +117,7 @@ fn handle(hb: &mut HostBridge, cfg: &HostConfig, c: Change) {
                         == (endpoint::memdev::VENDOR_ID, endpoint::memdev::DEVICE_ID)
             });
             if memdev && cfg.self_test > 0 {
-                self_test(hb, bdf, cfg.self_test);
+                self_test(hb, bufs, bdf, cfg.self_test);
             }
             hb.attached(key, gen);
         }
@@ -153,10 +169,11 @@ pub fn run(path: &Path) -> Result<()> {
     )?;
     let mut served = Instant::now();
     let mut changes = Vec::new();
+    let mut bufs = None;
     while !signals::stop_requested() {
         hb.poll(Duration::from_millis(1), &mut changes);
         for c in changes.drain(..) {
-            handle(&mut hb, &cfg, c);
+            handle(&mut hb, &cfg, &mut bufs, c);
         }
         if let Some(c) = &control {
             if served.elapsed() >= Duration::from_millis(10) {
