@@ -264,3 +264,71 @@ pub fn guest_tool(dir: &Path, name: &str) -> Result<PathBuf, String> {
     }
     Ok(out)
 }
+
+impl Proc {
+    /// When the `n`-th line (1-based) containing `pattern` was read.
+    pub fn nth_seen_at(&self, pattern: &str, n: usize) -> Option<Instant> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .filter(|(_, l)| l.contains(pattern))
+            .nth(n.checked_sub(1)?)
+            .map(|(t, _)| *t)
+    }
+
+    /// The `n`-th line (1-based) containing `pattern`.
+    pub fn nth_line(&self, pattern: &str, n: usize) -> Option<String> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .filter(|(_, l)| l.contains(pattern))
+            .nth(n.checked_sub(1)?)
+            .map(|(_, l)| l.clone())
+    }
+
+    /// The process's resident set (VmRSS in /proc/PID/status), in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        rss_bytes(self.child.id())
+    }
+}
+
+/// VmRSS of process `pid`, in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"));
+    kb * 1024
+}
+
+/// Sends `command` (`stats`, `ping`) to the bridges' control sockets at `paths` at
+/// once, then reads their JSON answers in order: a bridge answers between two rounds
+/// of its loop, so asking all first costs one wait, not one per bridge. `Err` names
+/// the socket that did not answer with JSON.
+pub fn control_requests(
+    paths: &[PathBuf],
+    command: &str,
+) -> Result<Vec<serde_json::Value>, String> {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let mut streams = Vec::with_capacity(paths.len());
+    for p in paths {
+        let mut s = UnixStream::connect(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        s.write_all(format!("{command}\n").as_bytes())
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        streams.push(s);
+    }
+    paths
+        .iter()
+        .zip(streams)
+        .map(|(p, mut s)| {
+            let mut text = String::new();
+            s.read_to_string(&mut text)
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}: {text:?}", p.display()))
+        })
+        .collect()
+}
