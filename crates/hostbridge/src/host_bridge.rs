@@ -213,9 +213,12 @@ impl HostBridge {
     }
 
     /// One round (see the module docs): runs the fabric and the root complex, waiting
-    /// up to `wait` for a TLP, and appends to `out` what happened.
-    pub fn poll(&mut self, wait: Duration, out: &mut Vec<Change>) {
-        self.host.poll(wait);
+    /// up to `wait` for a TLP, and appends to `out` what happened. Returns whether it
+    /// moved anything (TLPs, changes): a loop must not sleep after a round that did,
+    /// since more may be waiting in the link.
+    pub fn poll(&mut self, wait: Duration, out: &mut Vec<Change>) -> bool {
+        let before = out.len();
+        let moved = self.host.poll(wait);
         let now = self.now();
         while let Some(e) = self.host.link_mut().events.pop_front() {
             self.fabric_event(&e, now, out);
@@ -231,6 +234,7 @@ impl HostBridge {
             self.hotplug.handle_timeout(now);
         }
         self.carry_out(out);
+        moved || out.len() > before
     }
 
     fn key(&self, peer: wire::MacAddr, slot: u8) -> DeviceKey {

@@ -13,8 +13,12 @@
 //!   other side of the segment.
 //! - [`drivers::memdev::MemDevDriver`]: a host-side driver for the memdev test device.
 //! - [`settings`]: a host link's group and Max Payload Size, checked against its frames.
-//! - [`vm`]: the one-device bridge under a VMM front-end (QEMU's proxy, vfio-user),
-//!   still direct to one box.
+//! - [`vm_pool`]: a host bridge under a VMM: every device served on a vfio-user socket
+//!   of its own for the VMM to hot-add, and answered by a ghost while it is
+//!   hot-removed (what `tether vm` runs for vfio-user).
+//! - [`vm`]: the one-device bridge under QEMU's proxy and `tether host --vfio-user`,
+//!   still direct to one box; its `HostFunction` is how every front-end reaches a
+//!   device.
 
 pub mod drivers;
 pub mod host_bridge;
@@ -24,6 +28,7 @@ pub mod route;
 pub mod settings;
 pub mod switch;
 pub mod vm;
+pub mod vm_pool;
 
 pub use drivers::memdev::{DriverError, MemDevDriver};
 pub use port_link::{FabricLink, LinkStats};

@@ -17,7 +17,7 @@ use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use fabric::FabricEvent;
-use rootcomplex::{BarWindows, Host, HostError, HostMemory, Interrupt, MemoryMap};
+use rootcomplex::{BarWindows, Host, HostError, HostMemory, Interrupt, MapOwner, MemoryMap};
 use thiserror::Error;
 use tlp::Bdf;
 use vmm::caps::{CAP_MSI, CAP_MSIX};
@@ -211,6 +211,7 @@ impl VmBridge {
             bdf,
             assigned: self.device.map(|(_, slot)| bdf_of(slot)),
             enumerate: self.enumerate,
+            port: None,
             notes: &mut self.notes,
         }
     }
@@ -236,7 +237,32 @@ pub struct HostFunction<'a> {
     /// that accesses while it is away read all-ones rather than fail).
     assigned: Option<Bdf>,
     enumerate: bool,
+    /// On a switch port: where its BARs go when it is enumerated again (after a
+    /// reset), and whose its guest RAM mappings are (a VM's devices share them).
+    port: Option<(BarWindows, MapOwner)>,
     notes: &'a mut Notes,
+}
+
+impl<'a> HostFunction<'a> {
+    /// The device at `bdf` on a switch port whose windows are `windows`; its VMM
+    /// connection's guest RAM mappings are shared as `owner`'s. The host bridge has
+    /// enumerated it already.
+    pub fn on_port(
+        host: &'a mut Host<FabricLink>,
+        bdf: Bdf,
+        windows: BarWindows,
+        owner: MapOwner,
+        notes: &'a mut Notes,
+    ) -> HostFunction<'a> {
+        HostFunction {
+            host,
+            bdf: Some(bdf),
+            assigned: Some(bdf),
+            enumerate: true,
+            port: Some((windows, owner)),
+            notes,
+        }
+    }
 }
 
 impl HostFunction<'_> {
@@ -247,8 +273,21 @@ impl HostFunction<'_> {
             return Err(VmBridgeError::Away);
         };
         self.host.remove(bdf);
-        let d = self.host.enumerate(bdf).map_err(VmBridgeError::Setup)?;
+        let d = match self.port {
+            Some((windows, _)) => self.host.enumerate_in(bdf, windows),
+            None => self.host.enumerate(bdf),
+        }
+        .map_err(VmBridgeError::Setup)?;
         (self.notes)(Note::Enumerated(&d));
+        self.hand_to_vmm()
+    }
+
+    /// Leaves the enumerated device as a VMM expects to find it: MSI-X and MSI off,
+    /// INTx on, until the VMM asks for MSI or MSI-X.
+    pub fn hand_to_vmm(&mut self) -> Result<(), VmBridgeError> {
+        let Some(bdf) = self.bdf else {
+            return Err(VmBridgeError::Away);
+        };
         self.set_msix(false);
         self.set_msi(false);
         // INTx until the VMM asks for MSI or MSI-X (enumeration disabled it for them).
@@ -310,18 +349,33 @@ impl RemoteFunction for HostFunction<'_> {
 
     fn map_guest_ram(&mut self, base: u64, mem: Box<dyn HostMemory>) -> Result<(), String> {
         let len = mem.len();
-        self.host
-            .memory_mut()
-            .add(base, mem)
-            .map_err(|e| format!("guest RAM {base:#x}+{len:#x} not mapped: {e}"))
+        let map = self.host.memory_mut();
+        match self.port {
+            Some((_, owner)) => map.share(owner, base, mem),
+            None => map.add(base, mem),
+        }
+        .map_err(|e| format!("guest RAM {base:#x}+{len:#x} not mapped: {e}"))
     }
 
     fn unmap_guest_ram(&mut self, base: u64, size: u64) {
-        self.host.memory_mut().remove_within(base, size);
+        let map = self.host.memory_mut();
+        match self.port {
+            Some((_, owner)) => {
+                map.unshare_within(owner, base, size);
+            }
+            None => {
+                map.remove_within(base, size);
+            }
+        }
     }
 
     fn clear_guest_ram(&mut self) {
-        self.host.memory_mut().clear();
+        match self.port {
+            Some((_, owner)) => {
+                self.host.memory_mut().unshare_within(owner, 0, u64::MAX);
+            }
+            None => self.host.memory_mut().clear(),
+        }
     }
 
     fn set_msix(&mut self, enabled: bool) {
@@ -387,7 +441,8 @@ impl VmBridge {
 /// The VMM side of the bridge.
 pub enum Frontend {
     Proxy(ProxyServer),
-    VfioUser(VfioUserServer),
+    /// Boxed: the server is several times the proxy's size.
+    VfioUser(Box<VfioUserServer>),
 }
 
 impl Frontend {

@@ -353,10 +353,11 @@ impl<L: Link> Host<L> {
     }
 
     /// Sends what the bridge has, takes what arrives, turns events into results and
-    /// interrupts; waits up to `wait` for input.
-    fn step(&mut self, wait: Duration) {
-        self.transmit();
+    /// interrupts; waits up to `wait` for input. Returns whether it moved anything.
+    fn step(&mut self, wait: Duration) -> bool {
+        let mut worked = self.transmit();
         if let Some(t) = self.link.recv(wait) {
+            worked = true;
             let now = self.now();
             self.bridge.handle_tlp(now, &t);
             // What else has arrived is handled too, so that the answers (completions
@@ -374,6 +375,7 @@ impl<L: Link> Host<L> {
             self.bridge.handle_timeout(now);
         }
         while let Some(e) = self.bridge.poll_event() {
+            worked = true;
             match e {
                 Event::Completed { id, result } => {
                     self.finished.insert(id, result);
@@ -395,6 +397,7 @@ impl<L: Link> Host<L> {
                 }),
             }
         }
+        worked
     }
 
     /// Queues an interrupt for the program, merged into what is queued when it adds
@@ -423,14 +426,18 @@ impl<L: Link> Host<L> {
 
     /// Hands the link every TLP the bridge has, as far as it takes them, then flushes
     /// it. What it refuses stays with the bridge, in order, for the next round.
-    fn transmit(&mut self) {
+    /// Returns whether the link took any.
+    fn transmit(&mut self) -> bool {
+        let mut sent = false;
         while let Some(t) = self.bridge.peek_transmit() {
             if self.link.send(t).is_err() {
                 break;
             }
             self.bridge.poll_transmit();
+            sent = true;
         }
         self.link.flush();
+        sent
     }
 
     fn wait_for(&mut self, id: Result<RequestId, RequestError>) -> Result<Vec<u8>, RequestError> {
@@ -444,9 +451,11 @@ impl<L: Link> Host<L> {
     }
 
     /// One round: sends what is queued, handles what arrived (waiting up to `wait` for
-    /// it), runs timers. For programs that wait on other inputs too.
-    pub fn poll(&mut self, wait: Duration) {
-        self.step(wait);
+    /// it), runs timers. For programs that wait on other inputs too. Returns whether
+    /// it moved anything (a TLP sent or taken, a request finished): a loop that sleeps
+    /// when nothing moved must not sleep then, as more may be waiting in the link.
+    pub fn poll(&mut self, wait: Duration) -> bool {
+        self.step(wait)
     }
 
     /// The next interrupt that arrived, if any (no waiting).

@@ -17,4 +17,4 @@ pub use driver_api::{
     Armed, BarInfo, BarWindows, DeviceInfo, DmaBuffer, Host, HostError, HostStats, Interrupt,
     IrqMode, Link, LinkFull,
 };
-pub use memory::{HostMemory, MapError, MemoryMap, ReadFault};
+pub use memory::{HostMemory, MapError, MapOwner, MemoryMap, ReadFault};

@@ -60,7 +60,14 @@ pub enum MapError {
 struct Region {
     base: u64,
     mem: Box<dyn HostMemory>,
+    /// Who shares it ([`MemoryMap::share`]); empty for a region [`MemoryMap::add`]ed.
+    owners: Vec<MapOwner>,
 }
+
+/// Who mapped a shared region: one of a VM's devices, each of whose VMM connections
+/// maps the same guest RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MapOwner(pub u32);
 
 /// Regions of host memory by bus address.
 #[derive(Default)]
@@ -95,9 +102,59 @@ impl MemoryMap {
         {
             return Err(MapError::Overlap { base, len });
         }
-        self.regions.push(Region { base, mem });
+        self.regions.push(Region {
+            base,
+            mem,
+            owners: Vec::new(),
+        });
         self.regions.sort_by_key(|r| r.base);
         Ok(())
+    }
+
+    /// Maps `mem` at `base` for `owner`, as [`MemoryMap::add`] does, except that a
+    /// region another owner shared at the same base with the same length is taken as
+    /// the same memory (the same guest RAM, mapped by each of one VM's devices): it is
+    /// kept once, `mem` is dropped, and the region stays until its last owner
+    /// unshares it. Any other overlap is refused.
+    pub fn share(
+        &mut self,
+        owner: MapOwner,
+        base: u64,
+        mem: Box<dyn HostMemory>,
+    ) -> Result<(), MapError> {
+        let len = mem.len();
+        if let Some(r) = self
+            .regions
+            .iter_mut()
+            .find(|r| r.base == base && r.mem.len() == len && !r.owners.is_empty())
+        {
+            if !r.owners.contains(&owner) {
+                r.owners.push(owner);
+            }
+            return Ok(());
+        }
+        self.add(base, mem)?;
+        if let Some(r) = self.regions.iter_mut().find(|r| r.base == base) {
+            r.owners.push(owner);
+        }
+        Ok(())
+    }
+
+    /// `owner` lets go of the regions it shared that lie wholly inside `len` bytes
+    /// from `base` (all of them with `len` = `u64::MAX` from 0); a region no owner
+    /// holds any more is unmapped. Returns how many were unmapped.
+    pub fn unshare_within(&mut self, owner: MapOwner, base: u64, len: u64) -> usize {
+        let end = base.saturating_add(len);
+        let before = self.regions.len();
+        self.regions.retain_mut(|r| {
+            let inside = r.base >= base && r.base.saturating_add(r.mem.len()) <= end;
+            if inside && !r.owners.is_empty() {
+                r.owners.retain(|o| *o != owner);
+                return !r.owners.is_empty();
+            }
+            true
+        });
+        before - self.regions.len()
     }
 
     /// Unmaps the region at `base`, returning it.
@@ -159,6 +216,36 @@ impl MemoryMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One VM's devices each map the same guest RAM: it is kept once, stays while any
+    /// of them holds it, and goes with the last; a different overlap is refused.
+    #[test]
+    fn shared_regions_stay_until_their_last_owner_lets_go() {
+        let (a, b) = (MapOwner(1), MapOwner(2));
+        let mut m = MemoryMap::new();
+        m.share(a, 0x1000, Box::new(vec![1u8; 0x1000])).unwrap();
+        // The same region again (from b, and from a twice): kept once, a's memory.
+        m.share(b, 0x1000, Box::new(vec![2u8; 0x1000])).unwrap();
+        m.share(a, 0x1000, Box::new(vec![3u8; 0x1000])).unwrap();
+        let mut x = [0u8; 1];
+        m.read(0x1800, &mut x).unwrap();
+        assert_eq!(x, [1]);
+        // Overlapping differently: refused, for owners and plain adds alike.
+        assert!(matches!(
+            m.share(b, 0x1800, Box::new(vec![0u8; 0x1000])),
+            Err(MapError::Overlap { .. })
+        ));
+        assert!(m.add(0x1000, Box::new(vec![0u8; 0x1000])).is_err());
+        // An exclusive region is never shared.
+        m.add(0x4000, Box::new(vec![0u8; 0x1000])).unwrap();
+        assert!(m.share(a, 0x4000, Box::new(vec![0u8; 0x1000])).is_err());
+        assert_eq!(m.unshare_within(a, 0, u64::MAX), 0, "b still holds it");
+        assert!(m.contains(0x1000, 0x1000));
+        assert_eq!(m.unshare_within(b, 0, u64::MAX), 1);
+        assert!(!m.contains(0x1000, 1));
+        // The exclusive one is not an owner's to unshare.
+        assert!(m.contains(0x4000, 0x1000));
+    }
 
     #[test]
     fn accesses_stay_inside_one_region() {

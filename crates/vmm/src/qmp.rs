@@ -616,6 +616,29 @@ impl Qmp {
         }
     }
 
+    /// Sends `name` without waiting for its reply, for a command QEMU can finish only
+    /// while this program goes on serving (a `device_add` of a vfio-user device whose
+    /// server is this program's: QEMU connects to it before it answers). Take the
+    /// reply with [`Qmp::take_result`] after [`Qmp::pump`].
+    pub fn send_command(
+        &mut self,
+        name: &str,
+        arguments: Option<Value>,
+    ) -> Result<CommandId, QmpError> {
+        let (id, bytes) = self.session.command(name, arguments)?;
+        if let Err(e) = self.send(&bytes) {
+            self.session.break_off();
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    /// The result of command `id` (named `name`, for the error) sent with
+    /// [`Qmp::send_command`], once its reply has arrived.
+    pub fn take_result(&mut self, id: CommandId, name: &str) -> Option<Result<Value, QmpError>> {
+        self.session.take_reply(id).map(|r| r.into_result(name))
+    }
+
     /// `query-version`.
     pub fn query_version(&mut self) -> Result<QemuVersion, QmpError> {
         let v = self.execute("query-version", None)?;
@@ -1118,6 +1141,40 @@ mod tests {
             seen
         });
         (ours, t)
+    }
+
+    /// A command sent without waiting: the loop goes on (QEMU is connecting to a
+    /// socket this program serves), and the reply is taken once it has arrived;
+    /// events that came meanwhile stay queued, in order.
+    #[test]
+    fn a_command_sent_without_waiting_is_answered_later() {
+        let (sock, qemu) = fake_qemu(|cmd| {
+            let id = &cmd["id"];
+            match cmd["execute"].as_str().unwrap() {
+                "device_add" => format!(
+                    "{{\"event\": \"X\", \"data\": {{}}}}\n{{\"return\": {{}}, \"id\": {id}}}\n"
+                ),
+                _ => format!("{{\"return\": {{}}, \"id\": {id}}}\n"),
+            }
+        });
+        let mut q = Qmp::handshake(sock, Duration::from_secs(5)).unwrap();
+        let id = q
+            .send_command("device_add", Some(json!({"id": "d"})))
+            .unwrap();
+        let end = Instant::now() + Duration::from_secs(5);
+        let got = loop {
+            q.pump().unwrap();
+            if let Some(r) = q.take_result(id, "device_add") {
+                break r;
+            }
+            assert!(Instant::now() < end, "no reply");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert_eq!(got.unwrap(), json!({}));
+        assert!(q.take_result(id, "device_add").is_none(), "taken twice");
+        assert_eq!(q.pop_event().map(|e| e.name), Some("X".to_string()));
+        drop(q);
+        assert_eq!(qemu.join().unwrap().len(), 2);
     }
 
     #[test]

@@ -1,8 +1,17 @@
 //! `tether vm`: starts the host bridge and an unmodified QEMU whose guest uses the
-//! group's device through the bridge: guest RAM as a shared memfd, the device as
-//! QEMU's `x-pci-proxy-dev` on one end of a socketpair with the bridge on the other,
-//! or as `vfio-user-pci` on the bridge's vfio-user socket. The guest's serial console
-//! is this command's standard output; the command ends with QEMU's exit status.
+//! group's devices through the bridge, guest RAM as a shared memfd:
+//!
+//! - vfio-user (the default with a bridge of its own): a q35 machine with PCI Express
+//!   root ports; every device of the group, from any box, is hot-added on a root port
+//!   as a `vfio-user-pci` device on a socket of its own when it arrives, and
+//!   hot-removed when it leaves (QMP `device_add`/`device_del`, native pciehp in the
+//!   guest);
+//! - the proxy: the group's first device, present from boot as QEMU's
+//!   `x-pci-proxy-dev` on one end of a socketpair with the bridge on the other;
+//! - `--connect`: one device on a bridge that runs elsewhere.
+//!
+//! The guest's serial console is this command's standard output; the command ends
+//! with QEMU's exit status.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -26,8 +35,10 @@ use crate::bridge;
 use crate::cmd::iobox;
 use crate::cmd::vm_host;
 use crate::config_file::{BoxConfig, BridgeSettings, HostConfig};
-use crate::signals;
+use crate::{print, signals};
+use hostbridge::host_bridge::{HostBridge, HostBridgeConfig};
 use hostbridge::vm::Frontend;
+use hostbridge::vm_pool::{VmChange, VmPool, VmPoolConfig};
 use vmm::vfio_user::VfioUserServer;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -44,6 +55,14 @@ pub enum FrontendKind {
     Proxy,
     /// vfio-user (vfio-user-pci; QEMU >= 10.1): INTx, MSI and MSI-X.
     VfioUser,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MsixPolicy {
+    /// Hidden on QEMU versions whose vfio-user hot-removal aborts with MSI-X.
+    Auto,
+    Hide,
+    Offer,
 }
 
 #[derive(clap::Args)]
@@ -93,6 +112,14 @@ pub struct VmArgs {
     /// Print the QEMU command line instead of running it.
     #[arg(long)]
     dry_run: bool,
+    /// PCI Express root ports of the guest (vfio-user with a bridge of its own): the
+    /// most devices it holds at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=vmm::qemu::MAX_ROOT_PORTS as i64))]
+    root_ports: u16,
+    /// MSI-X of hot-plugged vfio-user devices: hidden from the guest where the QEMU
+    /// aborts when such a device is hot-removed (auto), always hidden, or offered.
+    #[arg(long, value_enum, default_value = "auto")]
+    msix: MsixPolicy,
     /// More QEMU arguments (after --).
     #[arg(last = true)]
     qemu_args: Vec<String>,
@@ -169,6 +196,252 @@ pub fn box_on_port(
         b.events.clear();
     }
     Ok(())
+}
+
+/// The q35 machine of the vfio-user pool: `--root-ports` root ports, no device at
+/// boot.
+fn machine(a: &VmArgs, accel: Accel, qmp: &Path) -> qemu::MachineSpec {
+    qemu::MachineSpec {
+        qemu: a.qemu.clone(),
+        accel: match accel {
+            Accel::Kvm => qemu::Accel::Kvm,
+            _ => qemu::Accel::Tcg,
+        },
+        memory_mib: a.memory.min(u64::from(u32::MAX)) as u32,
+        root_ports: a.root_ports,
+        pref64_reserve: qemu::ByteSize::mib(64),
+        qmp: qmp.to_path_buf(),
+        serial: "stdio".into(),
+        boot: a.kernel.as_ref().map(|k| qemu::KernelBoot {
+            kernel: k.clone(),
+            initrd: a.initrd.clone(),
+            append: a.append.clone(),
+        }),
+        cold_devices: Vec::new(),
+        extra: a.qemu_args.clone(),
+    }
+}
+
+/// How long a hot-added device's guest may take to let it go (native pciehp waits
+/// 5 s for the attention button; a TCG guest is slow) before its port is
+/// quarantined.
+const LEAVE_TIMEOUT_US: u64 = 60_000_000;
+
+/// vfio-user with a bridge of its own: the guest boots with no device; every device
+/// of the group is hot-added on a root port of its own when it arrives and
+/// hot-removed when it leaves.
+fn run_pool(a: &VmArgs, accel: Accel, mut cfg: HostConfig, qmp_path: &Path) -> Result<ExitStatus> {
+    // The bridge's switch has a port for each of the guest's root ports.
+    cfg.max_devices = usize::from(a.root_ports).min(hostbridge::switch::MAX_PORTS);
+    let stop_box = Arc::new(AtomicBool::new(false));
+    let (port, what, local): (Box<dyn dataplane::Port>, String, _) = match &a.local_box {
+        Some(path) => {
+            let box_cfg = BoxConfig::load(path)?;
+            let mtu = bridge::interface_mtu(&cfg.port.interface).unwrap_or(1500);
+            let pool = bridge::pool_for(mtu)?;
+            let (ours, theirs) = mem::pair(&pool, 4096, mtu);
+            let stop = stop_box.clone();
+            let t = std::thread::spawn(move || local_box(box_cfg, theirs, stop));
+            (
+                Box::new(ours),
+                "an in-memory port to a box in this process".to_string(),
+                Some(t),
+            )
+        }
+        None => {
+            let (p, w) = bridge::open_port(cfg.port.kind, &cfg.port.interface)
+                .with_context(|| format!("opening {}", cfg.port.interface))?;
+            (p, w, None)
+        }
+    };
+    let link = bridge::switched_host_link(&cfg, port, &what)?;
+    let host = rootcomplex::Host::new(
+        hostbridge::settings::root_complex_config(cfg.max_payload),
+        rootcomplex::MemoryMap::new(),
+        (0, 0),
+        rootcomplex::BarWindows::default(),
+        link,
+    );
+    let hb = HostBridge::new(
+        HostBridgeConfig {
+            gid: cfg.gid,
+            leave_timeout: LEAVE_TIMEOUT_US,
+        },
+        host,
+    )?;
+    let dir = PathBuf::from(format!("/tmp/tether-vm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let argv = machine(a, accel, qmp_path).argv()?;
+    let mut child = spawn_qemu(a, &argv, -1)?;
+    let mut qmp = Qmp::connect(qmp_path, Duration::from_secs(10)).context("QEMU's monitor")?;
+    let version = qmp.version();
+    let hide_msix = match a.msix {
+        MsixPolicy::Auto => version.vfio_user_msix_unplug_aborts(),
+        MsixPolicy::Hide => true,
+        MsixPolicy::Offer => false,
+    };
+    println!(
+        "tether vm: QEMU {version}, {} root ports; MSI-X of hot-plugged devices {}",
+        a.root_ports,
+        if hide_msix { "hidden" } else { "offered" }
+    );
+    let mut vp = VmPool::new(
+        hb,
+        VmPoolConfig {
+            dir: dir.clone(),
+            hide_msix,
+        },
+        Box::new(vm_host::print_note),
+    );
+    let control = bridge::control_socket(&cfg.bridge)?;
+    let deadline = a
+        .timeout
+        .map(|t| Instant::now() + Duration::from_secs_f64(t));
+    let policy = dataplane::poll::IdlePolicy::from_settings(
+        cfg.bridge.spin_us,
+        Some(
+            cfg.bridge
+                .yield_after_us
+                .unwrap_or(hostbridge::vm::VMM_YIELD_AFTER_US),
+        ),
+    );
+    let mut poller = dataplane::poll::Poller::new(policy);
+    let mut waker = dataplane::poll::Waker::new();
+    let mut changes = Vec::new();
+    // device_add runs while this loop serves the device's socket: QEMU connects to
+    // it before it answers.
+    let mut adding: Vec<(vmm::qmp::CommandId, String)> = Vec::new();
+    let mut served = Instant::now();
+    let status = loop {
+        let mut worked = vp.round(&mut changes);
+        for c in changes.drain(..) {
+            match c {
+                VmChange::Fabric(e) => {
+                    if let Some(line) = print::describe(&e) {
+                        println!("{line}");
+                    }
+                }
+                VmChange::Line(l) => println!("{l}"),
+                VmChange::Plug { id, port, socket } => {
+                    let bus = qemu::RootPortIndex(port.index() as u16).id();
+                    let args = vmm::qmp::vfio_user_pci(&id, &bus, &socket)?;
+                    let cmd = qmp.send_command("device_add", Some(args))?;
+                    println!("tether vm: hot-adding {id} on {bus}");
+                    adding.push((cmd, id));
+                }
+                VmChange::Unplug { id, surprise } => {
+                    println!(
+                        "tether vm: hot-removing {id}{}",
+                        if surprise { " (its box is gone)" } else { "" }
+                    );
+                    if let Err(e) = qmp.device_del(&id) {
+                        // Never added, or gone already.
+                        println!("tether vm: device_del {id}: {e}");
+                        vp.unplugged(&id);
+                    }
+                }
+            }
+        }
+        match qmp.pump() {
+            Ok(n) => worked |= n > 0,
+            Err(vmm::qmp::QmpError::Closed) => {}
+            Err(e) => println!("tether vm: QEMU's monitor: {e}"),
+        }
+        adding.retain(|(cmd, id)| match qmp.take_result(*cmd, "device_add") {
+            Some(Ok(_)) => {
+                println!("tether vm: {id} added");
+                false
+            }
+            Some(Err(e)) => {
+                println!("tether vm: device_add {id}: {e}");
+                false
+            }
+            None => true,
+        });
+        while let Some(ev) = qmp.pop_event() {
+            worked = true;
+            if ev.name == "DEVICE_DELETED" {
+                if let Some(id) = ev.device().filter(|d| d.starts_with("tether-p")) {
+                    println!("tether vm: {id} removed by the guest");
+                    vp.unplugged(id);
+                }
+            }
+        }
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if signals::stop_requested() || deadline.is_some_and(|d| Instant::now() >= d) {
+            eprintln!("tether vm: stopping QEMU");
+            let _ = child.kill();
+            break child.wait()?;
+        }
+        if served.elapsed() >= Duration::from_millis(10) {
+            if let Some(c) = &control {
+                c.serve(|_| pool_stats(&vp));
+            }
+            served = Instant::now();
+        }
+        waker.clear();
+        vp.wake(&mut waker);
+        waker.fd(qmp.as_raw_fd());
+        let now = Instant::now();
+        let idle = poller.decide(now, worked, waker.until(now));
+        waker.apply(idle)?;
+    };
+    let b = vp.bridge().host().bridge().stats();
+    let s = vp.stats();
+    println!(
+        "tether host: stopped; {} hot-added, {} hot-removed, {} ghost accesses, {} VMM errors; {} DMA reads, {} DMA writes, {} refused, {} completion timeouts",
+        s.plugged,
+        s.unplugged,
+        s.ghost_accesses,
+        s.vmm_errors,
+        b.dma_reads,
+        b.dma_writes,
+        b.dma_read_refused + b.dma_write_dropped,
+        b.completion_timeouts
+    );
+    drop(vp);
+    let _ = std::fs::remove_dir_all(&dir);
+    stop_box.store(true, Ordering::Relaxed);
+    if let Some(t) = local {
+        match t.join() {
+            Ok(r) => r?,
+            Err(_) => bail!("the in-process box panicked"),
+        }
+    }
+    if status.code().is_none() && !signals::stop_requested() && deadline.is_none() {
+        bail!("QEMU died: {status}");
+    }
+    Ok(status)
+}
+
+/// The counters of the pool, for `ctl stats`.
+fn pool_stats(vp: &VmPool) -> serde_json::Value {
+    let hb = vp.bridge();
+    let h = hb.host();
+    let node = h.link().fabric().node();
+    serde_json::json!({
+        "role": "host",
+        "frontend": "vfio-user pool",
+        "gid": hb.gid(),
+        "mac": node.config().mac.to_string(),
+        "fabric": node.stats(),
+        "root_complex": h.bridge().stats(),
+        "host": h.stats(),
+        "link": h.link().stats(),
+        "routing": hb.router().stats(),
+        "hotplug": hb.hotplug().stats(),
+        "vm": vp.stats(),
+        "devices": vp.served().map(|(id, port, key, leaving)| serde_json::json!({
+            "id": id,
+            "port": port.index(),
+            "box": key.mac.to_string(),
+            "slot": key.slot,
+            "leaving": leaving,
+        })).collect::<Vec<_>>(),
+        "sessions": print::sessions_json(node),
+    })
 }
 
 /// Asks the QEMU whose QMP socket is `qmp` to unplug device `id` from the guest.
@@ -269,7 +542,12 @@ pub fn run(a: VmArgs) -> Result<ExitStatus> {
     };
     let socket = PathBuf::from(format!("/tmp/tether-vm-{}.sock", std::process::id()));
     let qmp_path = PathBuf::from(format!("/tmp/tether-vm-{}.qmp", std::process::id()));
+    let pool = a.frontend == FrontendKind::VfioUser && a.connect.is_none();
     if a.dry_run {
+        if pool {
+            println!("{}", machine(&a, accel, &qmp_path).argv()?.join(" "));
+            return Ok(std::os::unix::process::ExitStatusExt::from_raw(0));
+        }
         let attach = match (&a.connect, a.frontend) {
             (Some(s), _) => Attach::VfioUser(s.clone()),
             (None, FrontendKind::Proxy) => Attach::ProxyFd(3),
@@ -285,6 +563,9 @@ pub fn run(a: VmArgs) -> Result<ExitStatus> {
     };
     let cfg = HostConfig::load(config)?;
     signals::install();
+    if pool {
+        return run_pool(&a, accel, cfg, &qmp_path);
+    }
     let stop_box = Arc::new(AtomicBool::new(false));
     let (vb, local) = match &a.local_box {
         Some(path) => {
@@ -312,10 +593,10 @@ pub fn run(a: VmArgs) -> Result<ExitStatus> {
             pair = Some(theirs);
             Ok(Frontend::Proxy(ProxyServer::new(ours)))
         }
-        FrontendKind::VfioUser => Ok(Frontend::VfioUser(
+        FrontendKind::VfioUser => Ok(Frontend::VfioUser(Box::new(
             VfioUserServer::bind(&socket)
                 .with_context(|| format!("listening on {}", socket.display()))?,
-        )),
+        ))),
     })?;
     let child_fd = pair.as_ref().map_or(-1, |p| p.as_raw_fd());
     let attach = match a.frontend {

@@ -32,7 +32,7 @@ pub fn inherited_fd(fd: RawFd) -> Result<OwnedFd> {
 }
 
 /// How a VMM front-end's bridge notes are printed.
-fn print_note(n: Note<'_>) {
+pub fn print_note(n: Note<'_>) {
     match n {
         Note::Fabric(e) => {
             if let Some(line) = print::describe(e) {
@@ -128,7 +128,7 @@ pub fn run(path: &Path, proxy_fd: Option<RawFd>, vfio_user: Option<&Path>) -> Re
             let s =
                 VfioUserServer::bind(p).with_context(|| format!("listening on {}", p.display()))?;
             println!("vfio-user server on {}", p.display());
-            Ok(Frontend::VfioUser(s))
+            Ok(Frontend::VfioUser(Box::new(s)))
         }
         _ => bail!("one front-end: --proxy-fd or --vfio-user"),
     })?;

@@ -1,0 +1,293 @@
+//! The host bridge under a VMM for a pool of devices, in one process: two boxes each
+//! offer a memdev; the pool serves each on a vfio-user socket of its own, and two
+//! clients (as QEMU's `vfio-user-pci` would, one per hot-added device) share one
+//! guest RAM and run verified DMA copies with INTx through both at once (MSI-X is
+//! hidden). Then one box goes silent: its device is to be hot-removed, and until the
+//! VMM says it is gone its client is answered by the ghost (config space as it was,
+//! BAR reads 0) while the other device keeps working.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use dataplane::ports::mem::{self, HubPort};
+use dataplane::{Mempool, Port};
+use endpoint::memdev::{self, op, regs, status};
+use fabric::{FabricPort, Node, NodeConfig};
+use hostbridge::host_bridge::{HostBridge, HostBridgeConfig};
+use hostbridge::route::Router;
+use hostbridge::switch::VirtualSwitch;
+use hostbridge::vm_pool::{VmChange, VmPool, VmPoolConfig};
+use hostbridge::FabricLink;
+use iobox::{IoBox, Slot};
+use rootcomplex::{BarWindows, BridgeConfig, Host, MemoryMap};
+use vmm::vfio_user::client::{eventfd_wait, guest_memfd, Client};
+use vmm::vfio_user::wire::vfio;
+use wire::{BridgeRole, MacAddr};
+
+const GID: u16 = 10;
+/// Guest RAM: 4 MiB at guest-physical 256 MiB.
+const RAM: u64 = 0x1000_0000;
+const RAM_SIZE: u64 = 4 << 20;
+
+fn node(port: &dyn Port, role: BridgeRole, id: u64) -> Node {
+    let mut cfg = NodeConfig::new(MacAddr(port.info().mac), role, id, 1000 + id as u32);
+    cfg.info_interval_us = 20_000;
+    cfg.missed_infos = 15;
+    Node::new(cfg).unwrap()
+}
+
+/// A box with one memdev (slot 0, group 10) in a thread, until dropped; silent while
+/// paused.
+struct BoxThread {
+    stop: Arc<AtomicBool>,
+    pause: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl BoxThread {
+    fn start(port: HubPort, id: u64) -> BoxThread {
+        let stop = Arc::new(AtomicBool::new(false));
+        let pause = Arc::new(AtomicBool::new(false));
+        let (s, p) = (stop.clone(), pause.clone());
+        let thread = std::thread::spawn(move || {
+            let n = node(&port, BridgeRole::IoBox, id);
+            let slot = Slot::memdev(0, GID, 1 << 16).unwrap();
+            let mut b = IoBox::new(FabricPort::new(n, Box::new(port)), vec![slot]);
+            while !s.load(Ordering::Relaxed) {
+                if p.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                b.poll(Duration::from_micros(200)).unwrap();
+            }
+        });
+        BoxThread {
+            stop,
+            pause,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for BoxThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn pool(port: HubPort, dir: PathBuf) -> VmPool {
+    let mut n = node(&port, BridgeRole::Host, 1);
+    n.join(GID).unwrap();
+    let router = Router::new(GID, VirtualSwitch::new(4).unwrap());
+    let link = FabricLink::switched(FabricPort::new(n, Box::new(port)), router);
+    let host = Host::new(
+        BridgeConfig::default(),
+        MemoryMap::new(),
+        (0, 0),
+        BarWindows::default(),
+        link,
+    );
+    let hb = HostBridge::new(
+        HostBridgeConfig {
+            gid: GID,
+            leave_timeout: 10_000_000,
+        },
+        host,
+    )
+    .unwrap();
+    VmPool::new(
+        hb,
+        VmPoolConfig {
+            dir,
+            hide_msix: true,
+        },
+        Box::new(|_| {}),
+    )
+}
+
+fn w32(c: &mut Client, reg: u64, v: u32) {
+    c.region_write(0, reg, &v.to_le_bytes()).unwrap();
+}
+
+fn r32(c: &mut Client, reg: u64) -> u32 {
+    u32::from_le_bytes(c.region_read(0, reg, 4).unwrap().try_into().unwrap())
+}
+
+/// What QEMU does with a hot-added device, then `copies` verified DMA copies with an
+/// INTx each, through guest RAM `ram` (shared by every client, as one VM's are);
+/// `lane` keeps the clients' buffers apart. Returns the client, still connected.
+fn drive(socket: PathBuf, ram: Arc<OwnedFd>, lane: u64, copies: u32) -> Client {
+    let mut c = Client::connect(&socket).unwrap();
+    c.negotiate().unwrap();
+    c.dma_map(RAM, RAM_SIZE, ram.as_fd(), 0).unwrap();
+    assert_eq!(
+        u32::from_le_bytes(c.config_read(0, 4).unwrap().try_into().unwrap()),
+        u32::from(memdev::VENDOR_ID) | u32::from(memdev::DEVICE_ID) << 16
+    );
+    // MSI-X is hidden: no vectors.
+    assert_eq!(c.irq_info(vfio::PCI_MSIX_IRQ).unwrap().count, 0);
+    let intx = vmm::sys::eventfd().unwrap();
+    c.set_irq_eventfds(vfio::PCI_INTX_IRQ, 0, &[intx.as_fd()])
+        .unwrap();
+    // Memory decoding and bus mastering on, as the guest's driver does.
+    c.config_write(4, &[0x06, 0x00]).unwrap();
+    assert_eq!(r32(&mut c, regs::MAGIC), memdev::MAGIC);
+    let len = 8192 - 3;
+    let file = std::fs::File::from(ram.try_clone().unwrap());
+    for i in 0..copies {
+        let src = RAM + lane * 0x10_0000;
+        let dst = src + 0x8_0000;
+        let pattern: Vec<u8> = (0..len)
+            .map(|j| (j as u8) ^ (lane as u8).wrapping_mul(101) ^ i as u8)
+            .collect();
+        file.write_all_at(&pattern, src - RAM).unwrap();
+        for (r, v) in [
+            (regs::SRC, src as u32),
+            (regs::SRC + 4, (src >> 32) as u32),
+            (regs::DST, dst as u32),
+            (regs::DST + 4, (dst >> 32) as u32),
+            (regs::LEN, len as u32),
+            (regs::BUF_OFF, 0),
+            (regs::IRQ, 1),
+            (regs::DOORBELL, op::COPY),
+        ] {
+            w32(&mut c, r, v);
+        }
+        // The interrupt, as a driver takes it: one that finds the copy still busy is
+        // a late one of the last copy (its line dropped after the unmask), and the
+        // wait goes on.
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            eventfd_wait(intx.as_fd(), left).expect("no INTx");
+            let st = r32(&mut c, regs::STATUS);
+            if st == status::DONE {
+                break;
+            }
+            assert_eq!(st, status::BUSY, "lane {lane} copy {i}");
+            c.mask_irq(vfio::PCI_INTX_IRQ, 0, false).unwrap();
+        }
+        // Acknowledged (the line drops), then unmasked, as QEMU does at the EOI.
+        w32(&mut c, regs::STATUS, 0);
+        c.mask_irq(vfio::PCI_INTX_IRQ, 0, false).unwrap();
+        let mut got = vec![0u8; len];
+        file.read_exact_at(&mut got, dst - RAM).unwrap();
+        assert!(got == pattern, "lane {lane} copy {i} differs");
+    }
+    c
+}
+
+#[test]
+fn a_vmm_gets_each_device_on_its_own_socket_and_a_ghost_when_it_leaves() {
+    let pool_mem = Mempool::new(16384, 2048).unwrap();
+    let mut ports = mem::hub(&pool_mem, 3, 1024, 1500).into_iter();
+    let b1 = BoxThread::start(ports.next().unwrap(), 7);
+    let b2 = BoxThread::start(ports.next().unwrap(), 8);
+    let dir = tempfile::tempdir().unwrap();
+    let mut vp = pool(ports.next().unwrap(), dir.path().to_path_buf());
+    let ram = Arc::new(guest_memfd(RAM_SIZE).unwrap());
+
+    let mut out = Vec::new();
+    let mut plugged = Vec::new();
+    let mut clients: Vec<JoinHandle<Client>> = Vec::new();
+    let end = Instant::now() + Duration::from_secs(30);
+    // Both devices are plugged, and both clients run their copies at once.
+    while clients.len() < 2 || !clients.iter().all(|c| c.is_finished()) {
+        assert!(Instant::now() < end, "stuck: {out:?}");
+        vp.round(&mut out);
+        for c in out.drain(..) {
+            if let VmChange::Line(l) = &c {
+                eprintln!("{l}");
+            }
+            if let VmChange::Plug { id, port, socket } = c {
+                assert!(socket.starts_with(dir.path()));
+                let (ram, lane) = (ram.clone(), clients.len() as u64);
+                clients.push(std::thread::spawn(move || drive(socket, ram, lane, 5)));
+                plugged.push((id, port));
+            }
+        }
+    }
+    let mut clients: Vec<Client> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert_eq!(plugged.len(), 2);
+    assert_ne!(plugged[0].1, plugged[1].1);
+    let s = vp.stats();
+    assert_eq!((s.plugged, s.vmm_errors), (2, 0), "{s:?}");
+
+    // Box 2 goes silent: its device is to be hot-removed.
+    b2.pause.store(true, Ordering::Relaxed);
+    let end = Instant::now() + Duration::from_secs(20);
+    let (gone_id, gone_port) = loop {
+        assert!(Instant::now() < end, "no unplug: {out:?}");
+        vp.round(&mut out);
+        if let Some((id, surprise)) = out.iter().find_map(|c| match c {
+            VmChange::Unplug { id, surprise } => Some((id.clone(), *surprise)),
+            _ => None,
+        }) {
+            assert!(surprise, "a lost box is a surprise");
+            let port = plugged.iter().find(|(i, _)| *i == id).unwrap().1;
+            break (id, port);
+        }
+        out.clear();
+    };
+    let gone = plugged.iter().position(|(i, _)| *i == gone_id).unwrap();
+    let stays = 1 - gone;
+    // Its client is answered by the ghost, at once and without the box: config space
+    // as it was, BAR reads zero, writes dropped; served from another thread, since
+    // the pool answers in its rounds.
+    let mut ghost_client = clients.swap_remove(gone);
+    let mut other = clients.pop().unwrap();
+    let t = std::thread::spawn(move || {
+        let vendor = ghost_client.config_read(0, 2).unwrap();
+        let status_reg = r32(&mut ghost_client, regs::STATUS);
+        w32(&mut ghost_client, regs::DOORBELL, op::COPY);
+        let magic = r32(&mut ghost_client, regs::MAGIC);
+        (vendor, status_reg, magic, ghost_client)
+    });
+    let end = Instant::now() + Duration::from_secs(10);
+    while !t.is_finished() {
+        assert!(Instant::now() < end, "the ghost did not answer");
+        vp.round(&mut out);
+    }
+    let (vendor, status_reg, magic, ghost_client) = t.join().unwrap();
+    assert_eq!(vendor, memdev::VENDOR_ID.to_le_bytes());
+    assert_eq!((status_reg, magic), (0, 0));
+    assert!(vp.stats().ghost_accesses >= 3, "{:?}", vp.stats());
+    // The other device keeps working meanwhile.
+    let t = std::thread::spawn(move || {
+        let mut c = other;
+        assert_eq!(r32(&mut c, regs::MAGIC), memdev::MAGIC);
+        c
+    });
+    while !t.is_finished() {
+        vp.round(&mut out);
+    }
+    other = t.join().unwrap();
+    // The VMM has deleted it: its socket goes and its port is freed.
+    drop(ghost_client);
+    vp.unplugged(&gone_id);
+    let end = Instant::now() + Duration::from_secs(5);
+    while vp.bridge().router().switch().is_live(gone_port) {
+        assert!(Instant::now() < end, "the port was not freed");
+        vp.round(&mut out);
+    }
+    assert_eq!(vp.served().count(), 1);
+    assert_eq!(vp.served().next().unwrap().1, plugged[stays].1);
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.len(), 1, "the gone device's socket stays: {left:?}");
+    assert!(!left[0].starts_with(&format!("p{}g", gone_port.index())));
+    assert_eq!(vp.stats().unplugged, 1);
+    drop(other);
+    drop(b1);
+    drop(b2);
+}
