@@ -359,6 +359,12 @@ impl HostBridge {
                 }
                 Action::Free { port } => {
                     self.found.remove(&port);
+                    // What the root complex holds of a device that never reached its
+                    // user (enumeration or attachment failed): its routes, interrupts.
+                    let held = self.router().occupant(port);
+                    if let Some(bdf) = held.and_then(|k| Router::device_bdf(port, k.slot)) {
+                        self.host.remove(bdf);
+                    }
                     let router = self.router_mut();
                     router.detach(port);
                     if router.switch_mut().free_port(port).is_err() {

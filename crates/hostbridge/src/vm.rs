@@ -303,6 +303,17 @@ impl HostFunction<'_> {
     }
 }
 
+/// A BAR as enumeration assigned it, as a VMM front-end takes it.
+pub fn vmm_bar(b: &rootcomplex::BarInfo) -> Bar {
+    Bar {
+        address: b.address,
+        size: b.size,
+        io: false,
+        is_64bit: b.is_64bit,
+        prefetchable: b.prefetchable,
+    }
+}
+
 /// PCI Express capability ID, Device Control offset in it, Initiate FLR bit.
 const CAP_PCIE: u8 = 0x10;
 const DEVCTL: u16 = 0x08;
@@ -337,14 +348,7 @@ impl RemoteFunction for HostFunction<'_> {
     fn bar(&self, index: usize) -> Option<Bar> {
         let bdf = self.assigned?;
         let d = self.host.devices().iter().find(|d| d.bdf == bdf)?;
-        let b = d.bar(index)?;
-        Some(Bar {
-            address: b.address,
-            size: b.size,
-            io: false,
-            is_64bit: b.is_64bit,
-            prefetchable: b.prefetchable,
-        })
+        d.bar(index).map(vmm_bar)
     }
 
     fn map_guest_ram(&mut self, base: u64, mem: Box<dyn HostMemory>) -> Result<(), String> {

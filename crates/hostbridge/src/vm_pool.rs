@@ -22,7 +22,8 @@
 //! mapped while any device's connection holds it.
 //!
 //! Calling order: [`VmPool::round`] in a loop, [`VmPool::wake`] for what can end an
-//! idle wait, [`VmPool::unplugged`] when the VMM reports a device gone.
+//! idle wait, [`VmPool::unplugged`] when the VMM reports a device gone. With QEMU,
+//! [`QemuSlots::round`] after each [`VmPool::round`] does the VMM's part over QMP.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -87,6 +88,12 @@ pub struct VmPoolStats {
     pub vmm_errors: u64,
     /// `DEVICE_DELETED`s for ids the pool does not hold.
     pub unknown_unplugs: u64,
+    /// Devices the VMM could not add (its `device_add` failed): given up, and their
+    /// ports freed, until their box offers them anew.
+    pub plug_failures: u64,
+    /// Devices the guest let go of while they were still in the group (it ejected
+    /// them): hot-added again.
+    pub replugs: u64,
 }
 
 /// One device as the VMM is served it.
@@ -103,6 +110,8 @@ struct Served {
     bars: Vec<Bar>,
     /// Leaving: answered by the ghost, its unplug asked.
     leaving: bool,
+    /// The VMM has added it once (the host bridge was told it is attached).
+    added: bool,
 }
 
 /// The host bridge's devices, each served to the VMM on its own socket.
@@ -112,6 +121,8 @@ pub struct VmPool {
     served: BTreeMap<PortId, Served>,
     notes: Notes,
     changes: Vec<Change>,
+    /// What the next round reports first (devices hot-added again).
+    pending: Vec<VmChange>,
     stats: VmPoolStats,
 }
 
@@ -174,23 +185,15 @@ impl RemoteFunction for Ghost<'_> {
 /// The BARs of an enumerated device, by index (an absent index has size 0).
 fn bars_of(d: &DeviceInfo) -> Vec<Bar> {
     let n = d.bars.iter().map(|b| b.index + 1).max().unwrap_or(0);
+    let absent = Bar {
+        address: 0,
+        size: 0,
+        io: false,
+        is_64bit: false,
+        prefetchable: false,
+    };
     (0..n)
-        .map(|i| match d.bar(i) {
-            Some(b) => Bar {
-                address: b.address,
-                size: b.size,
-                io: false,
-                is_64bit: b.is_64bit,
-                prefetchable: b.prefetchable,
-            },
-            None => Bar {
-                address: 0,
-                size: 0,
-                io: false,
-                is_64bit: false,
-                prefetchable: false,
-            },
-        })
+        .map(|i| d.bar(i).map_or(absent, crate::vm::vmm_bar))
         .collect()
 }
 
@@ -202,6 +205,7 @@ impl VmPool {
             served: BTreeMap::new(),
             notes,
             changes: Vec::new(),
+            pending: Vec::new(),
             stats: VmPoolStats::default(),
         }
     }
@@ -225,8 +229,10 @@ impl VmPool {
     /// connections, what the VMM asked of each device. Appends to `out` what the
     /// program is to do or log; returns whether anything was done.
     pub fn round(&mut self, out: &mut Vec<VmChange>) -> bool {
+        let replugs = !self.pending.is_empty();
+        out.append(&mut self.pending);
         let mut changes = std::mem::take(&mut self.changes);
-        let mut worked = self.hb.poll(Duration::ZERO, &mut changes);
+        let mut worked = self.hb.poll(Duration::ZERO, &mut changes) || replugs;
         for c in changes.drain(..) {
             self.change(c, out);
         }
@@ -261,34 +267,94 @@ impl VmPool {
         self.hb.host().link().fabric().wake(w);
     }
 
-    /// The VMM has deleted device `id` (QMP's `DEVICE_DELETED`): its connection, socket
-    /// and guest RAM mappings go, and its port is freed.
-    pub fn unplugged(&mut self, id: &str) {
-        let Some(port) = self
-            .served
+    /// The port of the device the VMM knows as `id`.
+    fn port_of(&self, id: &str) -> Option<PortId> {
+        self.served
             .iter()
             .find(|(_, s)| s.id == id)
             .map(|(p, _)| *p)
-        else {
+    }
+
+    /// The VMM has added device `id` (its `device_add` succeeded): the host bridge
+    /// learns that it is attached.
+    pub fn plugged(&mut self, id: &str) {
+        let Some(s) = self.port_of(id).and_then(|p| self.served.get_mut(&p)) else {
+            return;
+        };
+        if !s.added && !s.leaving {
+            s.added = true;
+            self.hb.attached(s.key, s.gen);
+        }
+    }
+
+    /// The VMM could not add device `id`: its socket goes, and the host bridge gives
+    /// it up (its port is freed) until its box offers it anew.
+    pub fn plug_failed(&mut self, id: &str) {
+        let Some(port) = self.port_of(id) else {
+            return;
+        };
+        self.stats.plug_failures += 1;
+        let (key, gen, added, leaving) = match self.served.get(&port) {
+            Some(s) => (s.key, s.gen, s.added, s.leaving),
+            None => return,
+        };
+        self.release(port);
+        if leaving {
+            self.hb.detached(key, gen);
+        } else if !added {
+            self.hb.attach_failed(key, gen);
+        }
+    }
+
+    /// The VMM has deleted device `id` (QMP's `DEVICE_DELETED`): its connection, socket
+    /// and guest RAM mappings go. A leaving device's port is then freed; a device the
+    /// guest let go of on its own while it is still in the group is hot-added again.
+    pub fn unplugged(&mut self, id: &str) {
+        let Some(port) = self.port_of(id) else {
             self.stats.unknown_unplugs += 1;
             return;
         };
-        self.finish(port);
+        let Some(s) = self.served.get(&port) else {
+            return;
+        };
+        let (key, gen, bdf, leaving) = (s.key, s.gen, s.bdf, s.leaving);
+        self.release(port);
+        self.stats.unplugged += 1;
+        if leaving {
+            self.hb.detached(key, gen);
+            return;
+        }
+        self.stats.replugs += 1;
+        match self.attach(key, gen, port, bdf) {
+            Ok(plug) => {
+                if let Some(s) = self.served.get_mut(&port) {
+                    // The host bridge knows it attached already.
+                    s.added = true;
+                }
+                self.pending.push(VmChange::Line(format!(
+                    "  {id}: the guest let go of {key} while it is in the group: hot-adding it again"
+                )));
+                self.pending.push(plug);
+            }
+            Err(e) => {
+                self.stats.attach_failures += 1;
+                self.pending
+                    .push(VmChange::Line(format!("  {key} not served again: {e}")));
+            }
+        }
     }
 
-    fn finish(&mut self, port: PortId) {
+    /// Drops what the pool holds for the device on `port`: its connection, socket and
+    /// guest RAM mappings.
+    fn release(&mut self, port: PortId) {
         let Some(s) = self.served.remove(&port) else {
             return;
         };
-        self.stats.unplugged += 1;
         self.hb
             .host_mut()
             .memory_mut()
             .unshare_within(owner(port), 0, u64::MAX);
         let _ = std::fs::remove_file(&s.socket);
-        if s.leaving {
-            self.hb.detached(s.key, s.gen);
-        }
     }
 
     fn change(&mut self, c: Change, out: &mut Vec<VmChange>) {
@@ -309,9 +375,9 @@ impl VmPool {
                 port,
                 bdf,
             } => match self.attach(key, gen, port, bdf) {
+                // Attached once the VMM has added it (`plugged`).
                 Ok(plug) => {
                     self.stats.plugged += 1;
-                    self.hb.attached(key, gen);
                     out.push(plug);
                 }
                 Err(e) => {
@@ -391,6 +457,7 @@ impl VmPool {
                 snapshot,
                 bars: bars_of(&info),
                 leaving: false,
+                added: false,
             },
         );
         Ok(VmChange::Plug { id, port, socket })
@@ -445,4 +512,137 @@ impl VmPool {
 /// The owner of a port's guest RAM mappings.
 fn owner(port: PortId) -> MapOwner {
     MapOwner(port.index() as u32)
+}
+
+/// The VMM's part for a [`VmPool`] with QEMU, over its monitor (QMP): a
+/// [`VmChange::Plug`] becomes a `device_add` of `vfio-user-pci` on the root port of
+/// the same number (`tether-rp<port>`), a [`VmChange::Unplug`] a `device_del`, and a
+/// `DEVICE_DELETED` of one of the pool's devices goes to [`VmPool::unplugged`].
+/// Commands are sent without waiting for their replies: QEMU answers one command at a
+/// time, and while it adds a vfio-user device it waits for this program to answer on
+/// the device's socket, so the pool must go on serving meanwhile.
+pub struct QemuSlots {
+    qmp: vmm::qmp::Qmp,
+    /// Commands sent, not answered yet: (command, device id, `device_add`?).
+    waiting: Vec<(vmm::qmp::CommandId, String, bool)>,
+}
+
+impl QemuSlots {
+    pub fn new(qmp: vmm::qmp::Qmp) -> QemuSlots {
+        QemuSlots {
+            qmp,
+            waiting: Vec::new(),
+        }
+    }
+
+    pub fn qmp(&self) -> &vmm::qmp::Qmp {
+        &self.qmp
+    }
+
+    /// What can end an idle wait: the monitor's socket.
+    pub fn wake(&self, w: &mut dataplane::poll::Waker) {
+        use std::os::fd::AsRawFd;
+        w.fd(self.qmp.as_raw_fd());
+    }
+
+    /// Sends one command, or says why it cannot go.
+    fn send(
+        &mut self,
+        name: &str,
+        args: Result<serde_json::Value, vmm::qmp::QmpError>,
+        id: &str,
+    ) -> Result<(), vmm::qmp::QmpError> {
+        let cmd = self.qmp.send_command(name, Some(args?))?;
+        self.waiting
+            .push((cmd, id.to_string(), name == "device_add"));
+        Ok(())
+    }
+
+    /// Carries out the [`VmChange::Plug`]s and [`VmChange::Unplug`]s in `changes`
+    /// (taking them out and putting lines for the log in their place), takes QEMU's
+    /// replies and events, and tells `pool` what became of its devices. Each change
+    /// is handled on its own: one that fails is logged and the others go on. Returns
+    /// whether anything happened; an error is the monitor's (QEMU gone), after the
+    /// changes were handled.
+    pub fn round(
+        &mut self,
+        pool: &mut VmPool,
+        changes: &mut Vec<VmChange>,
+    ) -> Result<bool, vmm::qmp::QmpError> {
+        let mut worked = false;
+        for c in std::mem::take(changes) {
+            match c {
+                VmChange::Plug { id, port, socket } => {
+                    worked = true;
+                    let bus = vmm::qemu::RootPortIndex(port.index() as u16).id();
+                    let args = vmm::qmp::vfio_user_pci(&id, &bus, &socket);
+                    match self.send("device_add", args, &id) {
+                        Ok(()) => changes.push(VmChange::Line(format!(
+                            "tether vm: hot-adding {id} on {bus}"
+                        ))),
+                        Err(e) => {
+                            changes
+                                .push(VmChange::Line(format!("tether vm: device_add {id}: {e}")));
+                            pool.plug_failed(&id);
+                        }
+                    }
+                }
+                VmChange::Unplug { id, surprise } => {
+                    worked = true;
+                    changes.push(VmChange::Line(format!(
+                        "tether vm: hot-removing {id}{}",
+                        if surprise { " (its box is gone)" } else { "" }
+                    )));
+                    let args = Ok(serde_json::json!({ "id": id }));
+                    if let Err(e) = self.send("device_del", args, &id) {
+                        // The ghost answers until the leave timeout quarantines it.
+                        changes.push(VmChange::Line(format!("tether vm: device_del {id}: {e}")));
+                    }
+                }
+                other => changes.push(other),
+            }
+        }
+        let pumped = self.qmp.pump();
+        let qmp = &mut self.qmp;
+        self.waiting.retain(|(cmd, id, add)| {
+            let name = if *add { "device_add" } else { "device_del" };
+            let Some(r) = qmp.take_result(*cmd, name) else {
+                return true;
+            };
+            match (r, *add) {
+                (Ok(_), true) => {
+                    changes.push(VmChange::Line(format!("tether vm: {id} added")));
+                    pool.plugged(id);
+                }
+                // The guest lets go later: DEVICE_DELETED.
+                (Ok(_), false) => {}
+                (Err(e), true) => {
+                    changes.push(VmChange::Line(format!("tether vm: device_add {id}: {e}")));
+                    pool.plug_failed(id);
+                }
+                (Err(e), false) => {
+                    changes.push(VmChange::Line(format!("tether vm: device_del {id}: {e}")));
+                    // Not in the VM (never added, or gone already): nothing holds it.
+                    if matches!(&e, vmm::qmp::QmpError::Command { class, .. } if class == "DeviceNotFound")
+                    {
+                        pool.unplugged(id);
+                    }
+                }
+            }
+            false
+        });
+        while let Some(ev) = self.qmp.pop_event() {
+            worked = true;
+            if ev.name != "DEVICE_DELETED" {
+                continue;
+            }
+            if let Some(id) = ev.device().filter(|d| d.starts_with("tether-p")) {
+                changes.push(VmChange::Line(format!(
+                    "tether vm: {id} removed by the guest"
+                )));
+                pool.unplugged(id);
+            }
+        }
+        Ok(worked | (pumped? > 0))
+    }
 }

@@ -209,6 +209,8 @@ fn a_vmm_gets_each_device_on_its_own_socket_and_a_ghost_when_it_leaves() {
             }
             if let VmChange::Plug { id, port, socket } = c {
                 assert!(socket.starts_with(dir.path()));
+                // What QEMU's device_add success tells the pool.
+                vp.plugged(&id);
                 let (ram, lane) = (ram.clone(), clients.len() as u64);
                 clients.push(std::thread::spawn(move || drive(socket, ram, lane, 5)));
                 plugged.push((id, port));
@@ -287,7 +289,54 @@ fn a_vmm_gets_each_device_on_its_own_socket_and_a_ghost_when_it_leaves() {
     assert_eq!(left.len(), 1, "the gone device's socket stays: {left:?}");
     assert!(!left[0].starts_with(&format!("p{}g", gone_port.index())));
     assert_eq!(vp.stats().unplugged, 1);
+    // The guest lets go of the other device on its own (it ejected it) while it is
+    // still in the group: it is hot-added again, on a fresh socket.
     drop(other);
+    let (stay_id, stay_port) = plugged[stays].clone();
+    vp.unplugged(&stay_id);
+    vp.round(&mut out);
+    let again = out.iter().find_map(|c| match c {
+        VmChange::Plug { id, port, socket } => Some((id.clone(), *port, socket.clone())),
+        _ => None,
+    });
+    let (again_id, again_port, again_socket) = again.expect("hot-added again");
+    assert_eq!(
+        (again_id.as_str(), again_port),
+        (stay_id.as_str(), stay_port)
+    );
+    assert!(again_socket.exists());
+    assert_eq!(vp.stats().replugs, 1);
+    // Box 2 is back: its device is offered again, and this time the VMM cannot add it
+    // (its device_add fails): given up, its socket gone and its port freed.
+    b2.pause.store(false, Ordering::Relaxed);
+    let end = Instant::now() + Duration::from_secs(20);
+    let (back_id, back_port, back_socket) = loop {
+        assert!(
+            Instant::now() < end,
+            "box 2's device did not come back: {out:?}"
+        );
+        out.clear();
+        vp.round(&mut out);
+        if let Some(p) = out.iter().find_map(|c| match c {
+            VmChange::Plug { id, port, socket } if *id != stay_id => {
+                Some((id.clone(), *port, socket.clone()))
+            }
+            _ => None,
+        }) {
+            break p;
+        }
+    };
+    vp.plug_failed(&back_id);
+    let end = Instant::now() + Duration::from_secs(5);
+    while vp.bridge().router().switch().is_live(back_port) {
+        assert!(
+            Instant::now() < end,
+            "the port of a device the VMM refused stays"
+        );
+        vp.round(&mut out);
+    }
+    assert!(!back_socket.exists());
+    assert_eq!(vp.stats().plug_failures, 1);
     drop(b1);
     drop(b2);
 }

@@ -250,7 +250,8 @@ pub struct HostStats {
     /// MMIO writes dropped: a bad length, or a link that took nothing for a whole
     /// completion timeout (posted writes have no answer to carry the failure).
     pub mmio_writes_dropped: u64,
-    /// MSIs whose address/data no enumerated device was given.
+    /// MSIs whose data no enumerated device was given, or that came from another
+    /// device than the one it was given to.
     pub stray_msis: u64,
     /// Interrupts that added nothing to what was queued (an MSI vector already
     /// pending, an INTx line already at that level), merged into it.
@@ -380,11 +381,13 @@ impl<L: Link> Host<L> {
                 Event::Completed { id, result } => {
                     self.finished.insert(id, result);
                 }
-                Event::Msi { data, .. } => match self.msi_routes.get(&data) {
-                    Some(&(device, vector)) => {
+                // A message counts only from the device its data value was given to:
+                // one device cannot raise another's vectors by writing their data.
+                Event::Msi { source, data, .. } => match self.msi_routes.get(&data) {
+                    Some(&(device, vector)) if device == source => {
                         self.queue_interrupt(Interrupt::Vector { device, vector })
                     }
-                    None => self.stats.stray_msis += 1,
+                    _ => self.stats.stray_msis += 1,
                 },
                 Event::Intx {
                     source,

@@ -543,3 +543,41 @@ fn enumerate_in_places_bars_in_the_given_windows_each_time() {
         other => panic!("{other:?}"),
     }
 }
+
+/// An MSI counts only from the device its data value was given to: a message with
+/// another device's requester ID and this device's data is stray, counted, and
+/// raises nothing.
+#[test]
+fn an_msi_from_another_device_with_this_ones_data_is_stray() {
+    let mut h = host(50_000);
+    h.enumerate(dev()).unwrap();
+    let table = u64::from(memdev::regs::MSIX_TABLE);
+    let data = h.bar_read32(dev(), 0, table + 8).unwrap();
+    let msi = |requester: Bdf| {
+        Tlp::new(
+            Header::MemWrite(MemWrite {
+                requester,
+                tag: Tag::default(),
+                address: rootcomplex::driver_api::MSI_ADDRESS,
+                first_be: 0xf,
+                last_be: 0,
+                hint: None,
+            }),
+            &data.to_le_bytes(),
+        )
+        .to_vec()
+        .unwrap()
+    };
+    forge(&mut h, msi(Bdf::new(1, 5, 0).unwrap()));
+    assert_eq!(h.take_interrupt(), None);
+    assert_eq!(h.stats().stray_msis, 1);
+    forge(&mut h, msi(dev()));
+    assert_eq!(
+        h.take_interrupt(),
+        Some(Interrupt::Vector {
+            device: dev(),
+            vector: 0
+        })
+    );
+    assert_eq!(h.stats().stray_msis, 1);
+}

@@ -38,7 +38,7 @@ use crate::config_file::{BoxConfig, BridgeSettings, HostConfig};
 use crate::{print, signals};
 use hostbridge::host_bridge::{HostBridge, HostBridgeConfig};
 use hostbridge::vm::Frontend;
-use hostbridge::vm_pool::{VmChange, VmPool, VmPoolConfig};
+use hostbridge::vm_pool::{QemuSlots, VmChange, VmPool, VmPoolConfig};
 use vmm::vfio_user::VfioUserServer;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -273,7 +273,7 @@ fn run_pool(a: &VmArgs, accel: Accel, mut cfg: HostConfig, qmp_path: &Path) -> R
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let argv = machine(a, accel, qmp_path).argv()?;
     let mut child = spawn_qemu(a, &argv, -1)?;
-    let mut qmp = Qmp::connect(qmp_path, Duration::from_secs(10)).context("QEMU's monitor")?;
+    let qmp = Qmp::connect(qmp_path, Duration::from_secs(10)).context("QEMU's monitor")?;
     let version = qmp.version();
     let hide_msix = match a.msix {
         MsixPolicy::Auto => version.vfio_user_msix_unplug_aborts(),
@@ -308,12 +308,15 @@ fn run_pool(a: &VmArgs, accel: Accel, mut cfg: HostConfig, qmp_path: &Path) -> R
     let mut poller = dataplane::poll::Poller::new(policy);
     let mut waker = dataplane::poll::Waker::new();
     let mut changes = Vec::new();
-    // device_add runs while this loop serves the device's socket: QEMU connects to
-    // it before it answers.
-    let mut adding: Vec<(vmm::qmp::CommandId, String)> = Vec::new();
+    let mut slots = QemuSlots::new(qmp);
     let mut served = Instant::now();
     let status = loop {
         let mut worked = vp.round(&mut changes);
+        match slots.round(&mut vp, &mut changes) {
+            Ok(w) => worked |= w,
+            Err(vmm::qmp::QmpError::Closed) => {}
+            Err(e) => println!("tether vm: QEMU's monitor: {e}"),
+        }
         for c in changes.drain(..) {
             match c {
                 VmChange::Fabric(e) => {
@@ -322,49 +325,8 @@ fn run_pool(a: &VmArgs, accel: Accel, mut cfg: HostConfig, qmp_path: &Path) -> R
                     }
                 }
                 VmChange::Line(l) => println!("{l}"),
-                VmChange::Plug { id, port, socket } => {
-                    let bus = qemu::RootPortIndex(port.index() as u16).id();
-                    let args = vmm::qmp::vfio_user_pci(&id, &bus, &socket)?;
-                    let cmd = qmp.send_command("device_add", Some(args))?;
-                    println!("tether vm: hot-adding {id} on {bus}");
-                    adding.push((cmd, id));
-                }
-                VmChange::Unplug { id, surprise } => {
-                    println!(
-                        "tether vm: hot-removing {id}{}",
-                        if surprise { " (its box is gone)" } else { "" }
-                    );
-                    if let Err(e) = qmp.device_del(&id) {
-                        // Never added, or gone already.
-                        println!("tether vm: device_del {id}: {e}");
-                        vp.unplugged(&id);
-                    }
-                }
-            }
-        }
-        match qmp.pump() {
-            Ok(n) => worked |= n > 0,
-            Err(vmm::qmp::QmpError::Closed) => {}
-            Err(e) => println!("tether vm: QEMU's monitor: {e}"),
-        }
-        adding.retain(|(cmd, id)| match qmp.take_result(*cmd, "device_add") {
-            Some(Ok(_)) => {
-                println!("tether vm: {id} added");
-                false
-            }
-            Some(Err(e)) => {
-                println!("tether vm: device_add {id}: {e}");
-                false
-            }
-            None => true,
-        });
-        while let Some(ev) = qmp.pop_event() {
-            worked = true;
-            if ev.name == "DEVICE_DELETED" {
-                if let Some(id) = ev.device().filter(|d| d.starts_with("tether-p")) {
-                    println!("tether vm: {id} removed by the guest");
-                    vp.unplugged(id);
-                }
+                // QemuSlots took them.
+                VmChange::Plug { .. } | VmChange::Unplug { .. } => {}
             }
         }
         if let Some(s) = child.try_wait()? {
@@ -383,7 +345,7 @@ fn run_pool(a: &VmArgs, accel: Accel, mut cfg: HostConfig, qmp_path: &Path) -> R
         }
         waker.clear();
         vp.wake(&mut waker);
-        waker.fd(qmp.as_raw_fd());
+        slots.wake(&mut waker);
         let now = Instant::now();
         let idle = poller.decide(now, worked, waker.until(now));
         waker.apply(idle)?;
@@ -432,6 +394,11 @@ fn pool_stats(vp: &VmPool) -> serde_json::Value {
         "link": h.link().stats(),
         "routing": hb.router().stats(),
         "hotplug": hb.hotplug().stats(),
+        "switch": {
+            "ports": hb.router().switch().capacity(),
+            "in_use": hb.router().switch().live_ports().count(),
+            "stats": hb.router().switch().stats(),
+        },
         "vm": vp.stats(),
         "devices": vp.served().map(|(id, port, key, leaving)| serde_json::json!({
             "id": id,

@@ -332,3 +332,20 @@ pub fn control_requests(
         })
         .collect()
 }
+
+/// Holds the machine's VM-test lock until dropped: tests that boot TCG guests take it
+/// first, so that no two of them (from this or another test binary) share the two
+/// cores at once. Guests under load stall for whole seconds, which then looks like a
+/// slow link to the devices they use.
+pub fn vm_lock() -> std::fs::File {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/tmp/tether-vm-tests.lock")
+        .expect("the VM-test lock file");
+    // SAFETY: flock on a descriptor this function owns; it blocks until granted.
+    let r = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) };
+    assert_eq!(r, 0, "flock: {}", std::io::Error::last_os_error());
+    f
+}
