@@ -3,10 +3,11 @@
 //! own devices; a box that dies takes only its own devices with it, and a box that
 //! comes back gets a freed port again.
 
+mod common;
+
+use common::BoxThread;
+
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use dataplane::ports::mem::{self, HubPort};
@@ -17,7 +18,6 @@ use hostbridge::hotplug::{DeviceKey, Phase};
 use hostbridge::route::Router;
 use hostbridge::switch::{PortId, VirtualSwitch};
 use hostbridge::{FabricLink, MemDevDriver};
-use iobox::{IoBox, Slot};
 use rootcomplex::{BarWindows, BridgeConfig, Host, MemoryMap};
 use tlp::{Bdf, Header, MemWrite, Tag, Tlp};
 use wire::{BridgeRole, MacAddr};
@@ -32,60 +32,6 @@ fn node(port: &dyn Port, role: BridgeRole, id: u64, epoch: u32) -> Node {
     // Busy threads share two cores with the harness: 0.3 s of silence is a dead peer.
     cfg.missed_infos = 15;
     Node::new(cfg).unwrap()
-}
-
-/// A box in a thread of its own, with memdevs in `slots` (group 10), until dropped.
-/// While paused it is silent and deaf (a box cut off), and its peers declare it down.
-struct BoxThread {
-    mac: MacAddr,
-    stop: Arc<AtomicBool>,
-    pause: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl BoxThread {
-    fn start(port: HubPort, id: u64, epoch: u32, slots: &[u8]) -> BoxThread {
-        let mac = MacAddr(port.info().mac);
-        let stop = Arc::new(AtomicBool::new(false));
-        let pause = Arc::new(AtomicBool::new(false));
-        let slots: Vec<Slot> = slots
-            .iter()
-            .map(|&s| Slot::memdev(s, GID, 1 << 16).unwrap())
-            .collect();
-        let thread = {
-            let (stop, pause) = (stop.clone(), pause.clone());
-            std::thread::spawn(move || {
-                let n = node(&port, BridgeRole::IoBox, id, epoch);
-                let mut b = IoBox::new(FabricPort::new(n, Box::new(port)), slots);
-                while !stop.load(Ordering::Relaxed) {
-                    if pause.load(Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_millis(1));
-                        continue;
-                    }
-                    b.poll(Duration::from_micros(200)).unwrap();
-                }
-            })
-        };
-        BoxThread {
-            mac,
-            stop,
-            pause,
-            thread: Some(thread),
-        }
-    }
-
-    fn set_paused(&self, paused: bool) {
-        self.pause.store(paused, Ordering::Relaxed);
-    }
-}
-
-impl Drop for BoxThread {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 fn host_bridge(port: HubPort, ports: usize) -> HostBridge {

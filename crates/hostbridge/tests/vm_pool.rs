@@ -6,10 +6,13 @@
 //! VMM says it is gone its client is answered by the ghost (config space as it was,
 //! BAR reads 0) while the other device keeps working.
 
+mod common;
+
+use common::BoxThread;
+
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -23,7 +26,6 @@ use hostbridge::route::Router;
 use hostbridge::switch::VirtualSwitch;
 use hostbridge::vm_pool::{VmChange, VmPool, VmPoolConfig};
 use hostbridge::FabricLink;
-use iobox::{IoBox, Slot};
 use rootcomplex::{BarWindows, BridgeConfig, Host, MemoryMap};
 use vmm::vfio_user::client::{eventfd_wait, guest_memfd, Client};
 use vmm::vfio_user::wire::vfio;
@@ -39,48 +41,6 @@ fn node(port: &dyn Port, role: BridgeRole, id: u64) -> Node {
     cfg.info_interval_us = 20_000;
     cfg.missed_infos = 15;
     Node::new(cfg).unwrap()
-}
-
-/// A box with one memdev (slot 0, group 10) in a thread, until dropped; silent while
-/// paused.
-struct BoxThread {
-    stop: Arc<AtomicBool>,
-    pause: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl BoxThread {
-    fn start(port: HubPort, id: u64) -> BoxThread {
-        let stop = Arc::new(AtomicBool::new(false));
-        let pause = Arc::new(AtomicBool::new(false));
-        let (s, p) = (stop.clone(), pause.clone());
-        let thread = std::thread::spawn(move || {
-            let n = node(&port, BridgeRole::IoBox, id);
-            let slot = Slot::memdev(0, GID, 1 << 16).unwrap();
-            let mut b = IoBox::new(FabricPort::new(n, Box::new(port)), vec![slot]);
-            while !s.load(Ordering::Relaxed) {
-                if p.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(1));
-                    continue;
-                }
-                b.poll(Duration::from_micros(200)).unwrap();
-            }
-        });
-        BoxThread {
-            stop,
-            pause,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for BoxThread {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 fn pool(port: HubPort, dir: PathBuf) -> VmPool {
@@ -189,8 +149,8 @@ fn drive(socket: PathBuf, ram: Arc<OwnedFd>, lane: u64, copies: u32) -> Client {
 fn a_vmm_gets_each_device_on_its_own_socket_and_a_ghost_when_it_leaves() {
     let pool_mem = Mempool::new(16384, 2048).unwrap();
     let mut ports = mem::hub(&pool_mem, 3, 1024, 1500).into_iter();
-    let b1 = BoxThread::start(ports.next().unwrap(), 7);
-    let b2 = BoxThread::start(ports.next().unwrap(), 8);
+    let b1 = BoxThread::start(ports.next().unwrap(), 7, 1007, &[0]);
+    let b2 = BoxThread::start(ports.next().unwrap(), 8, 1008, &[0]);
     let dir = tempfile::tempdir().unwrap();
     let mut vp = pool(ports.next().unwrap(), dir.path().to_path_buf());
     let ram = Arc::new(guest_memfd(RAM_SIZE).unwrap());
@@ -224,7 +184,7 @@ fn a_vmm_gets_each_device_on_its_own_socket_and_a_ghost_when_it_leaves() {
     assert_eq!((s.plugged, s.vmm_errors), (2, 0), "{s:?}");
 
     // Box 2 goes silent: its device is to be hot-removed.
-    b2.pause.store(true, Ordering::Relaxed);
+    b2.set_paused(true);
     let end = Instant::now() + Duration::from_secs(20);
     let (gone_id, gone_port) = loop {
         assert!(Instant::now() < end, "no unplug: {out:?}");
@@ -308,7 +268,7 @@ fn a_vmm_gets_each_device_on_its_own_socket_and_a_ghost_when_it_leaves() {
     assert_eq!(vp.stats().replugs, 1);
     // Box 2 is back: its device is offered again, and this time the VMM cannot add it
     // (its device_add fails): given up, its socket gone and its port freed.
-    b2.pause.store(false, Ordering::Relaxed);
+    b2.set_paused(false);
     let end = Instant::now() + Duration::from_secs(20);
     let (back_id, back_port, back_socket) = loop {
         assert!(

@@ -359,28 +359,7 @@ fn set_up(
     script: &str,
     tools: &[&str],
 ) -> Option<Setup> {
-    let kver = dep(test, "guest-linux.sh")?
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string();
-    // The repository's own guest tools: failing to build one is never a skip.
-    let built: Vec<String> = tools
-        .iter()
-        .map(|t| match guest_tool(d, t) {
-            Ok(p) => p.display().to_string(),
-            Err(e) => panic!("{test}: cannot build guest tool {t}: {e}"),
-        })
-        .collect();
-    let script = write(d, "guest.sh", script);
-    let initrd = d.join("initrd.cpio.gz");
-    run_ok(
-        Command::new(repo_root().join("scripts/vm/initramfs.sh"))
-            .env("TETHER_GUEST_TOOLS", built.join(" "))
-            .arg(&initrd)
-            .arg(&script),
-    );
-    let vm_dir = std::env::var("TETHER_VM_DIR").unwrap_or("/var/tmp/tether-vm".into());
+    let (kernel, initrd) = guest_image(test, d, script, tools)?;
     let mut rig = Rig::for_test(test, &format!("t{tag}"))?;
     let bx = rig.host("box").unwrap();
     let hs = rig.host("host").unwrap();
@@ -411,9 +390,40 @@ fn set_up(
         hs,
         boxp,
         host_toml: path(&host_toml),
-        kernel: format!("{vm_dir}/guest/boot/vmlinuz-{kver}"),
-        initrd: path(&initrd),
+        kernel,
+        initrd,
     })
+}
+
+/// The guest's kernel and an initramfs of its own (in `d`) that runs `script` with
+/// the guest `tools` built from tests/vm (failing to build one is never a skip).
+/// `None` when the guest image is missing (skipped, loudly, as `dep` says).
+fn guest_image(test: &str, d: &Path, script: &str, tools: &[&str]) -> Option<(String, String)> {
+    let kver = dep(test, "guest-linux.sh")?
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    let built: Vec<String> = tools
+        .iter()
+        .map(|t| match guest_tool(d, t) {
+            Ok(p) => p.display().to_string(),
+            Err(e) => panic!("{test}: cannot build guest tool {t}: {e}"),
+        })
+        .collect();
+    let script = write(d, "guest.sh", script);
+    let initrd = d.join("initrd.cpio.gz");
+    run_ok(
+        Command::new(repo_root().join("scripts/vm/initramfs.sh"))
+            .env("TETHER_GUEST_TOOLS", built.join(" "))
+            .arg(&initrd)
+            .arg(&script),
+    );
+    let vm_dir = std::env::var("TETHER_VM_DIR").unwrap_or("/var/tmp/tether-vm".into());
+    Some((
+        format!("{vm_dir}/guest/boot/vmlinuz-{kver}"),
+        initrd.display().to_string(),
+    ))
 }
 
 fn linux_guest(test: &str, frontend: Frontend, qemu_root: Option<&Path>) {
@@ -631,28 +641,9 @@ fn linux_guest_uses_devices_of_two_boxes_hot_plugged() {
     let root = root.display().to_string();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let kver = dep(test, "guest-linux.sh")
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string();
-    let tools: Vec<String> = ["memdev-msi"]
-        .iter()
-        .map(|t| match guest_tool(d, t) {
-            Ok(p) => p.display().to_string(),
-            Err(e) => panic!("{test}: cannot build guest tool {t}: {e}"),
-        })
-        .collect();
-    let script = write(d, "guest.sh", POOL_GUEST);
-    let initrd = d.join("initrd.cpio.gz");
-    run_ok(
-        Command::new(repo_root().join("scripts/vm/initramfs.sh"))
-            .env("TETHER_GUEST_TOOLS", tools.join(" "))
-            .arg(&initrd)
-            .arg(&script),
-    );
-    let vm_dir = std::env::var("TETHER_VM_DIR").unwrap_or("/var/tmp/tether-vm".into());
+    let Some((kernel, initrd)) = guest_image(test, d, POOL_GUEST, &["memdev-msi"]) else {
+        return;
+    };
     let Some(mut rig) = Rig::for_test(test, "tpl") else {
         return;
     };
@@ -712,8 +703,6 @@ fn linux_guest_uses_devices_of_two_boxes_hot_plugged() {
     let mut p2 = Proc::spawn(&rig, b2, "box 2", &["iobox", "--config", &path(&box2)]);
     p1.wait_for("slot 1: ", 1, Duration::from_secs(10));
     p2.wait_for("slot 0: ", 1, Duration::from_secs(10));
-    let kernel = format!("{vm_dir}/guest/boot/vmlinuz-{kver}");
-    let initrd = path(&initrd);
     let host = path(&host);
     let mut vm = Proc::spawn(
         &rig,
@@ -823,20 +812,9 @@ fn a_disk_moves_between_running_vms() {
     let root = root.display().to_string();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let kver = dep(test, "guest-linux.sh")
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string();
-    let script = write(d, "guest.sh", MOVES_GUEST);
-    let initrd = d.join("initrd.cpio.gz");
-    run_ok(
-        Command::new(repo_root().join("scripts/vm/initramfs.sh"))
-            .arg(&initrd)
-            .arg(&script),
-    );
-    let vm_dir = std::env::var("TETHER_VM_DIR").unwrap_or("/var/tmp/tether-vm".into());
+    let Some((kernel, initrd)) = guest_image(test, d, MOVES_GUEST, &[]) else {
+        return;
+    };
     let Some(mut rig) = Rig::for_test(test, "tmv") else {
         return;
     };
@@ -869,8 +847,6 @@ fn a_disk_moves_between_running_vms() {
     );
     let mut boxp = Proc::spawn(&rig, bx, "iobox", &["iobox", "--config", &path(&box_toml)]);
     boxp.wait_for("slot 0: ", 1, Duration::from_secs(10));
-    let kernel = format!("{vm_dir}/guest/boot/vmlinuz-{kver}");
-    let initrd = path(&initrd);
     let vm = |ns: usize, name: &'static str, gid: u16, iface: &str| {
         let sock = d.join(format!("{name}.sock").replace(' ', "-"));
         let host = path(&write(

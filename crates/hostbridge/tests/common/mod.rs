@@ -1,7 +1,9 @@
 //! The system scenario shared by the in-process and the netns tests: a host (root
 //! complex + fabric) and an I/O box (memdev on the endpoint framework + fabric) on two
 //! threads, on whatever ports they are given. Everything between them is real tether
-//! frames: INFO discovery, efe sessions, TLPs.
+//! frames: INFO discovery, efe sessions, TLPs. And [`BoxThread`], a box of memdevs in
+//! a thread of its own that can be cut off and come back, for the device-pool tests.
+#![allow(dead_code)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -167,4 +169,65 @@ pub fn memdev_copy(box_port: Box<dyn Port>, host_port: Box<dyn Port>) -> Duratio
     let box_stats = box_thread.join().unwrap();
     assert_eq!((box_stats.unrouted, box_stats.answered_ur), (2, 2));
     took
+}
+
+/// A box in a thread of its own with memdevs (64 KiB buffers) in `slots`, all in group
+/// 10, on `port`, until dropped. While paused it is silent and deaf (a box cut off),
+/// and its peers declare it down; unpaused, it comes back with the same epoch.
+pub struct BoxThread {
+    pub mac: MacAddr,
+    stop: Arc<AtomicBool>,
+    pause: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BoxThread {
+    /// The box with bridge id `id` and boot epoch `epoch`; INFO every 20 ms, down
+    /// after 15 missed (threads share two cores with the harness).
+    pub fn start<P: Port + 'static>(port: P, id: u64, epoch: u32, slots: &[u8]) -> BoxThread {
+        let mac = MacAddr(port.info().mac);
+        let stop = Arc::new(AtomicBool::new(false));
+        let pause = Arc::new(AtomicBool::new(false));
+        let slots: Vec<Slot> = slots
+            .iter()
+            .map(|&s| Slot::memdev(s, GID, 1 << 16).unwrap())
+            .collect();
+        let thread = {
+            let (stop, pause) = (stop.clone(), pause.clone());
+            std::thread::spawn(move || {
+                let mut cfg =
+                    NodeConfig::new(MacAddr(port.info().mac), BridgeRole::IoBox, id, epoch);
+                cfg.info_interval_us = 20_000;
+                cfg.missed_infos = 15;
+                let n = Node::new(cfg).unwrap();
+                let mut b = IoBox::new(FabricPort::new(n, Box::new(port)), slots);
+                while !stop.load(Ordering::Relaxed) {
+                    if pause.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(1));
+                        continue;
+                    }
+                    b.poll(Duration::from_micros(200)).unwrap();
+                }
+            })
+        };
+        BoxThread {
+            mac,
+            stop,
+            pause,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.pause.store(paused, Ordering::Relaxed);
+    }
+}
+
+impl Drop for BoxThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
