@@ -120,6 +120,8 @@ fn vm_dry_run_shows_the_qemu_command_for_each_front_end() {
     ] {
         assert!(out.contains(want), "no {want:?} in {out}");
     }
+    // vfio-user: a q35 machine with the root ports its devices are hot-added on, and
+    // no device at boot.
     let out = run_ok(tether().args([
         "vm",
         "--config",
@@ -129,13 +131,19 @@ fn vm_dry_run_shows_the_qemu_command_for_each_front_end() {
         "vfio-user",
         "--accel",
         "tcg",
+        "--root-ports",
+        "3",
     ]));
-    assert!(
-        out.contains(
-            r#"{"driver":"vfio-user-pci","id":"tether0","socket":{"path":"/tmp/tether-vm-"#
-        ),
-        "{out}"
-    );
+    for want in [
+        "-machine q35,memory-backend=tether-ram",
+        "-global ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
+        "-device pcie-root-port,id=tether-rp0,bus=pcie.0,chassis=1,slot=1,addr=2.0,multifunction=on",
+        "-device pcie-root-port,id=tether-rp2,",
+    ] {
+        assert!(out.contains(want), "no {want:?} in {out}");
+    }
+    assert!(!out.contains("tether-rp3"), "{out}");
+    assert!(!out.contains("vfio-user-pci"), "{out}");
     // --initrd needs --kernel; an unknown front-end is refused.
     for args in [
         &["vm", "--config", "x.toml", "--initrd", "/tmp/i"][..],
