@@ -312,11 +312,15 @@ fn run_pool(a: &VmArgs, accel: Accel, mut cfg: HostConfig, qmp_path: &Path) -> R
     let mut served = Instant::now();
     let status = loop {
         let mut worked = vp.round(&mut changes);
-        match slots.round(&mut vp, &mut changes) {
-            Ok(w) => worked |= w,
-            Err(vmm::qmp::QmpError::Closed) => {}
-            Err(e) => println!("tether vm: QEMU's monitor: {e}"),
-        }
+        let broken = match slots.round(&mut vp, &mut changes) {
+            Ok(w) => {
+                worked |= w;
+                None
+            }
+            // QEMU is going: its exit is seen below.
+            Err(vmm::qmp::QmpError::Closed) => None,
+            Err(e) => Some(e),
+        };
         for c in changes.drain(..) {
             match c {
                 VmChange::Fabric(e) => {
@@ -331,6 +335,12 @@ fn run_pool(a: &VmArgs, accel: Accel, mut cfg: HostConfig, qmp_path: &Path) -> R
         }
         if let Some(s) = child.try_wait()? {
             break s;
+        }
+        if let Some(e) = broken {
+            // Without its monitor the guest can get no device and lose none: stop.
+            println!("tether vm: QEMU's monitor failed ({e}); stopping QEMU");
+            let _ = child.kill();
+            break child.wait()?;
         }
         if signals::stop_requested() || deadline.is_some_and(|d| Instant::now() >= d) {
             eprintln!("tether vm: stopping QEMU");
