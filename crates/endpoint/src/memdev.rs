@@ -50,6 +50,23 @@ pub mod op {
     pub const COPY: u32 = 3;
 }
 
+/// The register writes (offset in BAR 0, value) that start operation `op` (`op::READ`,
+/// `WRITE`, `COPY`) on `len` bytes from `src` to `dst`, from the start of the device's
+/// buffer, with an interrupt at the end if `irq`: in order, the doorbell last. Every
+/// driver of the device, and every test that plays one, writes these.
+pub fn start_writes(op: u32, src: u64, dst: u64, len: u32, irq: bool) -> [(u64, u32); 8] {
+    [
+        (regs::SRC, src as u32),
+        (regs::SRC + 4, (src >> 32) as u32),
+        (regs::DST, dst as u32),
+        (regs::DST + 4, (dst >> 32) as u32),
+        (regs::LEN, len),
+        (regs::BUF_OFF, 0),
+        (regs::IRQ, u32::from(irq)),
+        (regs::DOORBELL, op),
+    ]
+}
+
 pub mod status {
     pub const IDLE: u32 = 0;
     pub const BUSY: u32 = 1;

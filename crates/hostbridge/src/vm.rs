@@ -644,14 +644,7 @@ mod tests {
     fn run_op(vb: &mut VmBridge) -> Option<DeviceEvent> {
         let mut f = vb.function();
         let bar0 = f.bar(0).expect("BAR0 assigned").address;
-        for (reg, v) in [
-            (regs::SRC, 0x10_0000u32),
-            (regs::SRC + 4, 0),
-            (regs::LEN, 64),
-            (regs::BUF_OFF, 0),
-            (regs::IRQ, 1),
-            (regs::DOORBELL, op::READ),
-        ] {
+        for (reg, v) in memdev::start_writes(op::READ, 0x10_0000, 0, 64, true) {
             f.mem_write(bar0 + reg, &v.to_le_bytes());
         }
         let e = next_event(vb);

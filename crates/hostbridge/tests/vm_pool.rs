@@ -109,16 +109,7 @@ fn drive(socket: PathBuf, ram: Arc<OwnedFd>, lane: u64, copies: u32) -> Client {
             .map(|j| (j as u8) ^ (lane as u8).wrapping_mul(101) ^ i as u8)
             .collect();
         file.write_all_at(&pattern, src - RAM).unwrap();
-        for (r, v) in [
-            (regs::SRC, src as u32),
-            (regs::SRC + 4, (src >> 32) as u32),
-            (regs::DST, dst as u32),
-            (regs::DST + 4, (dst >> 32) as u32),
-            (regs::LEN, len as u32),
-            (regs::BUF_OFF, 0),
-            (regs::IRQ, 1),
-            (regs::DOORBELL, op::COPY),
-        ] {
+        for (r, v) in memdev::start_writes(op::COPY, src, dst, len as u32, true) {
             w32(&mut c, r, v);
         }
         // The interrupt, as a driver takes it: one that finds the copy still busy is

@@ -100,15 +100,9 @@ fn host(timeout_us: u64) -> Host<Loopback> {
 }
 
 fn program(h: &mut Host<Loopback>, cmd: u32, src: u64, dst: u64, len: u32) {
-    let w = |h: &mut Host<Loopback>, r: u64, v: u32| h.bar_write32(dev(), 0, r, v).unwrap();
-    w(h, regs::SRC, src as u32);
-    w(h, regs::SRC + 4, (src >> 32) as u32);
-    w(h, regs::DST, dst as u32);
-    w(h, regs::DST + 4, (dst >> 32) as u32);
-    w(h, regs::LEN, len);
-    w(h, regs::BUF_OFF, 0);
-    w(h, regs::IRQ, 1);
-    w(h, regs::DOORBELL, cmd);
+    for (r, v) in memdev::start_writes(cmd, src, dst, len, true) {
+        h.bar_write32(dev(), 0, r, v).unwrap();
+    }
 }
 
 #[test]

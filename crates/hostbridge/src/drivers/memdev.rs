@@ -81,16 +81,7 @@ impl MemDevDriver {
     ) -> Result<(), DriverError> {
         let b = self.bdf;
         self.armed(host)?;
-        for (r, v) in [
-            (regs::SRC, src as u32),
-            (regs::SRC + 4, (src >> 32) as u32),
-            (regs::DST, dst as u32),
-            (regs::DST + 4, (dst >> 32) as u32),
-            (regs::LEN, len),
-            (regs::BUF_OFF, 0),
-            (regs::IRQ, 1),
-            (regs::DOORBELL, op),
-        ] {
+        for (r, v) in memdev::start_writes(op, src, dst, len, true) {
             host.bar_write32(b, 0, r, v)?;
         }
         Ok(())

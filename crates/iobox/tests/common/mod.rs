@@ -92,16 +92,9 @@ impl Driver {
                 mem.write(DST, &[0; COPY_LEN]).unwrap();
                 let p = self.pattern();
                 self.bridge.memory_mut().write(RAM, &p).unwrap();
-                for (r, v) in [
-                    (regs::SRC, RAM as u32),
-                    (regs::SRC + 4, (RAM >> 32) as u32),
-                    (regs::DST, DST as u32),
-                    (regs::DST + 4, (DST >> 32) as u32),
-                    (regs::LEN, COPY_LEN as u32),
-                    (regs::BUF_OFF, 0),
-                    (regs::IRQ, 0),
-                    (regs::DOORBELL, memdev::op::COPY),
-                ] {
+                for (r, v) in
+                    memdev::start_writes(memdev::op::COPY, RAM, DST, COPY_LEN as u32, false)
+                {
                     self.bridge
                         .mem_write(now, self.bar0 + r, &v.to_le_bytes())
                         .unwrap();
