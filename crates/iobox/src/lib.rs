@@ -22,10 +22,16 @@ pub struct Slot {
     pub info: DeviceInfo,
     pub function: Function<Box<dyn Device + Send>>,
     /// TLPs for the host that its session could not take yet, at most
-    /// [`IoBox::BACKLOG`]: when full, the device is asked for no more and the box
-    /// takes no more TLPs from that host's session in the group until it drains
-    /// (other hosts' TLPs keep flowing).
+    /// [`IoBox::BACKLOG`]: when full, the device is asked for no more, and the host's
+    /// non-posted requests for it wait in `deferred` until it drains (completions and
+    /// posted writes still reach the device).
     backlog: VecDeque<Vec<u8>>,
+    /// The host's non-posted requests for the device (memory, I/O and config reads,
+    /// config and I/O writes, AtomicOps: each needs room for an answer) that came
+    /// while the backlog was full, or behind one that did, in arrival order; at most
+    /// [`IoBox::DEFERRED`]. When full, the box takes no more TLPs from that host in
+    /// the group until it drains (other hosts' TLPs keep flowing).
+    deferred: VecDeque<Vec<u8>>,
 }
 
 impl Slot {
@@ -85,11 +91,40 @@ impl Slot {
         self.backlog.len()
     }
 
+    /// Non-posted requests of the host waiting for room in the device's backlog.
+    pub fn deferred_len(&self) -> usize {
+        self.deferred.len()
+    }
+
+    /// Whether the device may be handed a non-posted request now: its answer has room
+    /// in the backlog (which is below its bound only when the function holds no more
+    /// output, see [`Slot::pull_output`]).
+    fn has_room(&self) -> bool {
+        self.backlog.len() < IoBox::BACKLOG
+    }
+
+    /// Hands the device the deferred requests, in order, while its backlog has room
+    /// for their answers. Returns whether it handed any.
+    fn drain_deferred(&mut self, now: u64) -> bool {
+        let mut handed = false;
+        while self.has_room() {
+            let Some(t) = self.deferred.pop_front() else {
+                break;
+            };
+            // Parsed and routed when it came; parsed again here.
+            self.function.handle_tlp(now, &t);
+            self.pull_output();
+            handed = true;
+        }
+        handed
+    }
+
     pub fn new(info: DeviceInfo, function: Function<Box<dyn Device + Send>>) -> Slot {
         Slot {
             info,
             function,
             backlog: VecDeque::new(),
+            deferred: VecDeque::new(),
         }
     }
 }
@@ -115,9 +150,23 @@ pub struct IoBoxStats {
     /// host, a box, anyone who announced itself there): dropped, never answered.
     pub not_host: u64,
     /// Rounds in which a device's backlog was full: the device was not asked for more
-    /// and its host's TLPs waited in their session (back-pressure, nothing dropped;
-    /// other hosts' TLPs were taken).
+    /// and its host's non-posted requests for it waited in the box (`deferred`);
+    /// completions and posted writes still reached it (back-pressure, nothing
+    /// dropped).
     pub backlog_full: u64,
+    /// Non-posted requests of a host that waited in a slot's deferred queue (its
+    /// device's backlog was full, or earlier requests waited) instead of reaching the
+    /// device at once: completions and posted writes pass them, as PCIe's ordering
+    /// rules require to avoid deadlock.
+    pub deferred: u64,
+    /// Rounds in which a slot's deferred queue was full ([`IoBox::DEFERRED`]): the
+    /// box took no TLPs at all from that group's host, which waited in its session
+    /// (the last resort against a host that floods requests without taking the
+    /// answers; other hosts' TLPs were taken).
+    pub deferred_full: u64,
+    /// Deferred requests of a host that a reset discarded (the device changed hands:
+    /// its group changed, or its host went down or restarted), never answered.
+    pub deferred_dropped_on_reset: u64,
     /// Unrouted non-posted requests answered with an Unsupported Request completion
     /// (as a PCIe switch does for an address no port claims), and the non-posted
     /// `unsupported` ones.
@@ -174,6 +223,11 @@ impl IoBox {
     pub const EVENT_LOG: usize = 1024;
     /// How many TLPs a device's backlog holds.
     pub const BACKLOG: usize = 256;
+    /// How many non-posted requests of its host a slot holds while its device's
+    /// backlog is full. A real host has at most its tag count of requests
+    /// outstanding; a host that sends more without taking the answers is
+    /// back-pressured through its session.
+    pub const DEFERRED: usize = 256;
 
     pub fn new(mut fp: FabricPort, slots: Vec<Slot>) -> IoBox {
         for s in &slots {
@@ -233,6 +287,8 @@ impl IoBox {
             dropped += 1;
         }
         self.stats.dropped_on_reset += dropped;
+        self.stats.deferred_dropped_on_reset += s.deferred.len() as u64;
+        s.deferred.clear();
         self.stats.resets += 1;
     }
 
@@ -250,14 +306,17 @@ impl IoBox {
     }
 
     /// Whether the box takes TLPs from `peer` in group `gid` now: not from the host of
-    /// a group in which a device's backlog is full (its answers would have nowhere to
-    /// go). Everyone else's keep flowing: one host that stops taking what the box
+    /// a group in which a slot's deferred queue is full (a non-posted request could
+    /// wait nowhere). A full backlog alone does not stop the intake: the completions
+    /// and posted writes among the host's TLPs must reach the device (the answers to
+    /// its own DMA reads are among them), and its non-posted requests wait in the
+    /// slot. Everyone else's keep flowing: one host that stops taking what the box
     /// sends holds back its own devices only.
     fn takes_from(slots: &[Slot], hosts: &HashMap<u16, MacAddr>, gid: u16, peer: MacAddr) -> bool {
         hosts.get(&gid) != Some(&peer)
             || !slots
                 .iter()
-                .any(|s| s.info.gid == gid && s.backlog.len() >= Self::BACKLOG)
+                .any(|s| s.info.gid == gid && s.deferred.len() >= Self::DEFERRED)
     }
 
     /// Leaves the groups that have had no device of the box for `missed_infos` INFO
@@ -313,7 +372,7 @@ impl IoBox {
         let mut worked = self.fp.round(now)?;
         let now = self.fp.micros(now);
         loop {
-            // TLPs of a host whose device's backlog is full wait in its session (whose
+            // TLPs of a host whose deferred queue is full wait in its session (whose
             // window closes); peers, groups, restarts and the others' TLPs are still
             // taken.
             let (slots, hosts) = (&self.slots, &self.hosts);
@@ -343,10 +402,28 @@ impl IoBox {
                         .and_then(|t| Some((self.route(gid, t)?, t)))
                     {
                         Some((i, t)) => {
-                            self.slots[i].function.handle_parsed(now, t);
-                            // Its answer counts against the bound before the next
-                            // TLP is taken.
-                            self.slots[i].pull_output();
+                            let s = &mut self.slots[i];
+                            if t.header.transaction_id().is_none() {
+                                // A completion or a posted request: at once, in
+                                // order with the others of its kinds, past waiting
+                                // non-posted requests (PCIe's ordering rules: they
+                                // must be able to pass them, or a device that waits
+                                // for its DMA reads' completions to make room
+                                // deadlocks).
+                                s.function.handle_parsed(now, t);
+                                s.pull_output();
+                            } else {
+                                // A non-posted request waits for room for its
+                                // answer, behind the others that wait (never past a
+                                // posted write, which went to the device first).
+                                if !s.deferred.is_empty() || !s.has_room() {
+                                    self.stats.deferred += 1;
+                                }
+                                s.deferred.push_back(tlp);
+                                // Its answer counts against the bound before the
+                                // next TLP is taken.
+                                s.drain_deferred(now);
+                            }
                         }
                         None => {
                             // A request that waits for an answer gets one: UR.
@@ -414,20 +491,30 @@ impl IoBox {
                 s.backlog.clear();
                 continue;
             };
-            while let Some(t) = s.backlog.front() {
-                match self.fp.node_mut().send_tlp(gid, host, t) {
-                    Ok(()) => {}
-                    // The session's queue is full: next round.
-                    Err(FabricError::Send(SendError::QueueFull(_))) => break,
-                    // No session, a session down, a TLP no frame carries: it cannot
-                    // go, and must not hold the backlog.
-                    Err(_) => self.stats.undeliverable += 1,
+            loop {
+                while let Some(t) = s.backlog.front() {
+                    match self.fp.node_mut().send_tlp(gid, host, t) {
+                        Ok(()) => {}
+                        // The session's queue is full: next round.
+                        Err(FabricError::Send(SendError::QueueFull(_))) => break,
+                        // No session, a session down, a TLP no frame carries: it
+                        // cannot go, and must not hold the backlog.
+                        Err(_) => self.stats.undeliverable += 1,
+                    }
+                    s.backlog.pop_front();
+                    worked = true;
                 }
-                s.backlog.pop_front();
+                // Room made: the requests that waited for it, then their answers.
+                if !s.drain_deferred(now) {
+                    break;
+                }
                 worked = true;
             }
             if s.backlog.len() >= Self::BACKLOG {
                 self.stats.backlog_full += 1;
+            }
+            if s.deferred.len() >= Self::DEFERRED {
+                self.stats.deferred_full += 1;
             }
         }
         Ok(worked)

@@ -14,7 +14,8 @@ use fabric::FabricPort;
 use fabric::{FabricEvent, Node, NodeConfig};
 use iobox::{IoBox, Slot};
 use tlp::{
-    Bdf, Completion, CompletionStatus, ConfigRequest, Header, IntxPin, MemRead, Message, Tag, Tlp,
+    Bdf, Completion, CompletionStatus, ConfigRequest, Header, IntxPin, MemRead, MemWrite, Message,
+    Tag, Tlp,
 };
 use wire::{BridgeRole, Frame, FrameKind, MacAddr};
 
@@ -88,6 +89,101 @@ impl Hand {
         let t = Tlp::new(Header::ConfigRead(req), &[]).to_vec().unwrap();
         self.node.send_tlp(GID, box_mac, &t).unwrap();
     }
+}
+
+/// The device's BAR 0 in the tests that program it.
+const BAR0: u64 = 0xe000_0000;
+
+impl Hand {
+    /// A config write of `value` to the box's slot 0 (register `register`), tagged
+    /// `tag`.
+    fn write_config(&mut self, box_mac: MacAddr, tag: u16, register: u16, value: u32) {
+        let req = ConfigRequest {
+            type1: false,
+            requester: Bdf::new(0, 0, 0).unwrap(),
+            tag: Tag::new(tag).unwrap(),
+            target: Bdf::new(1, 0, 0).unwrap(),
+            register,
+            first_be: 0xf,
+        };
+        let t = Tlp::new(Header::ConfigWrite(req), &value.to_le_bytes())
+            .to_vec()
+            .unwrap();
+        self.node.send_tlp(GID, box_mac, &t).unwrap();
+    }
+
+    /// A posted write of `value` to `address`.
+    fn write_memory(&mut self, box_mac: MacAddr, address: u64, value: u32) {
+        let w = MemWrite {
+            requester: Bdf::new(0, 0, 0).unwrap(),
+            tag: Tag::new(0).unwrap(),
+            address,
+            first_be: 0xf,
+            last_be: 0,
+            hint: None,
+        };
+        let t = Tlp::new(Header::MemWrite(w), &value.to_le_bytes())
+            .to_vec()
+            .unwrap();
+        self.node.send_tlp(GID, box_mac, &t).unwrap();
+    }
+
+    /// A 4-byte read of `address`, tagged `tag`.
+    fn read_memory(&mut self, box_mac: MacAddr, address: u64, tag: u16) {
+        let r = MemRead {
+            requester: Bdf::new(0, 0, 0).unwrap(),
+            tag: Tag::new(tag).unwrap(),
+            address,
+            length_dw: 1,
+            first_be: 0xf,
+            last_be: 0,
+            locked: false,
+            hint: None,
+        };
+        let t = Tlp::new(Header::MemRead(r), &[]).to_vec().unwrap();
+        self.node.send_tlp(GID, box_mac, &t).unwrap();
+    }
+
+    /// Tags and payloads of the completions received.
+    fn completions_with_data(&mut self) -> Vec<(u16, Vec<u8>)> {
+        let got = self
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                FabricEvent::Tlp { tlp, .. } => {
+                    let t = Tlp::parse(tlp).ok()?;
+                    match t.header {
+                        Header::Completion(c) => Some((c.tag.value(), t.payload.to_vec())),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            })
+            .collect();
+        self.events.clear();
+        got
+    }
+}
+
+/// Runs every bridge until `done` holds, for at most `cap` (a bound against hangs);
+/// returns whether it held.
+fn run_until(
+    cap: Duration,
+    bx: &mut IoBox,
+    hands: &mut [&mut Hand],
+    mut done: impl FnMut(&IoBox, &mut [&mut Hand]) -> bool,
+) -> bool {
+    let end = Instant::now() + cap;
+    while Instant::now() < end {
+        if done(bx, hands) {
+            return true;
+        }
+        for h in hands.iter_mut() {
+            h.round();
+        }
+        bx.poll(Duration::ZERO).unwrap();
+    }
+    done(bx, hands)
 }
 
 /// The box on `bp` (memdev in slot 0, in the group), its node configured by `config`
@@ -197,9 +293,11 @@ fn a_second_bridge_in_the_group_never_becomes_the_host() {
 }
 
 /// A box whose host stops acknowledging: the device's backlog fills to its bound and
-/// stays there, the device gets no more requests, and the requests wait in the
-/// session (whose window closes), not in a queue of the box. When the host listens
-/// again everything arrives; when it restarts instead, what the box held is counted.
+/// stays there, the device gets no more requests, [`IoBox::DEFERRED`] requests wait in
+/// the box and the rest in the session (whose window closes): a host that floods
+/// requests is back-pressured, not buffered without bound. When the host listens
+/// again everything arrives, in order; when it restarts instead, what the box held is
+/// counted.
 #[test]
 fn a_full_backlog_holds_the_fabric_back_and_a_reset_counts_what_it_drops() {
     let pool = Mempool::new(8192, 2048).unwrap();
@@ -236,9 +334,13 @@ fn a_full_backlog_holds_the_fabric_back_and_a_reset_counts_what_it_drops() {
         for tag in 0..600 {
             host.read_config(box_mac, tag);
         }
+        let deferred_full = bx.stats().deferred_full;
         run(Duration::from_millis(100), bx, &mut [host]);
         assert_eq!(bx.slots()[0].backlog_len(), IoBox::BACKLOG);
         assert!(bx.stats().backlog_full > 0);
+        // The box holds what its bound allows, and takes no more from the host.
+        assert_eq!(bx.slots()[0].deferred_len(), IoBox::DEFERRED);
+        assert!(bx.stats().deferred_full > deferred_full);
         // What the device got, and what waits in the session, came through the
         // session's window; the rest is still with the host.
         let took = taken(bx) - taken_before;
@@ -256,6 +358,8 @@ fn a_full_backlog_holds_the_fabric_back_and_a_reset_counts_what_it_drops() {
         (0, 0, 0)
     );
     assert_eq!(reads(&bx) - before, 600);
+    assert_eq!(bx.slots()[0].deferred_len(), 0);
+    assert!(st.deferred >= IoBox::DEFERRED as u64, "{st:?}");
 
     // Again, and this time the host restarts instead.
     let before = reads(&bx);
@@ -266,11 +370,18 @@ fn a_full_backlog_holds_the_fabric_back_and_a_reset_counts_what_it_drops() {
     let st = bx.stats();
     assert_eq!(st.resets, 1);
     assert!(st.dropped_on_reset >= IoBox::BACKLOG as u64, "{st:?}");
+    assert_eq!(
+        st.deferred_dropped_on_reset,
+        IoBox::DEFERRED as u64,
+        "{st:?}"
+    );
+    assert_eq!(bx.slots()[0].deferred_len(), 0);
     let s = bx.fabric().node().session_stats(GID, HOST).unwrap();
     assert_eq!(s.peer_restarts, 1);
     // Every answer the device gave went out (and was lost with the old session,
     // counted) or was dropped by the reset (counted); requests the box had received
-    // and not given to the device were lost with the old session, counted.
+    // and not given to the device were lost with the old session or dropped from the
+    // deferred queue by the reset, counted.
     assert!(
         s.tlps_lost + st.dropped_on_reset >= answered,
         "{s:?} {st:?}"
@@ -411,4 +522,93 @@ fn unsupported_and_malformed_tlps_are_told_apart() {
     assert_eq!(st.malformed, before.malformed + 1, "{st:?}");
     assert_eq!(st.unrouted, before.unrouted + 1, "{st:?}");
     assert_eq!(st.answered_ur, before.answered_ur + 2, "{st:?}");
+}
+
+/// PCIe's ordering rules at the box, for a device whose backlog is full: the host's
+/// non-posted requests wait in the box, a posted write reaches the device past them
+/// (as PCIe requires, to avoid deadlock), and a read sent after the write waits
+/// behind the other requests and sees the write (a request never passes a posted
+/// write). When the host takes the box's TLPs again, every request is answered, in
+/// the order sent, and nothing is lost.
+#[test]
+fn a_posted_write_passes_waiting_requests_and_a_later_read_sees_it() {
+    let pool = Mempool::new(8192, 2048).unwrap();
+    let mut ports = mem::hub(&pool, 2, 1024, 1500).into_iter();
+    let start = Instant::now();
+    let (hp, bp) = (ports.next().unwrap(), ports.next().unwrap());
+    let (mut bx, box_mac) = iobox(bp, |cfg| {
+        cfg.session.window = 2;
+        cfg.session.max_tlps_per_frame = 1;
+        cfg.session.send_queue = 16;
+    });
+    let mut host = Hand::new(HOST, BridgeRole::Host, 0x1000_0000, hp, start);
+    run(Duration::from_millis(30), &mut bx, &mut [&mut host]);
+    // BAR 0, then memory decoding on.
+    host.write_config(box_mac, 1, 0x10, BAR0 as u32);
+    host.write_config(box_mac, 2, 0x04, 0x2);
+    let cap = Duration::from_secs(10);
+    let set_up = run_until(cap, &mut bx, &mut [&mut host], |_, h| {
+        let tlps = h[0].events.iter();
+        tlps.filter(|e| matches!(e, FabricEvent::Tlp { .. }))
+            .count()
+            >= 2
+    });
+    assert!(set_up, "no answers to the set-up");
+    assert_eq!(host.completions(), vec![1, 2]);
+
+    // The host stops taking the box's TLPs; its reads fill the device's backlog and
+    // then wait in the box.
+    host.deaf = true;
+    const READS: u16 = IoBox::BACKLOG as u16 + 100;
+    for tag in 0..READS {
+        host.read_config(box_mac, tag);
+    }
+    let waiting = run_until(cap, &mut bx, &mut [&mut host], |bx, _| {
+        bx.slots()[0].deferred_len() > 0
+    });
+    assert!(waiting, "no request waits: {:?}", bx.stats());
+    let f = |bx: &IoBox| bx.slots()[0].function.stats();
+    let (writes, reads) = (f(&bx).mmio_writes, f(&bx).mmio_reads);
+
+    let src = BAR0 + endpoint::memdev::regs::SRC;
+    host.write_memory(box_mac, src, 0x1234_5678);
+    host.read_memory(box_mac, src, 900);
+    let written = run_until(cap, &mut bx, &mut [&mut host], |bx, _| {
+        f(bx).mmio_writes > writes
+    });
+    assert!(
+        written,
+        "the write waited behind the requests: {:?}",
+        bx.stats()
+    );
+    // The read waits behind the others.
+    assert_eq!(f(&bx).mmio_reads, reads);
+    assert!(bx.slots()[0].deferred_len() > 0);
+    assert_eq!(bx.slots()[0].backlog_len(), IoBox::BACKLOG);
+
+    // The host listens again: every request is answered, in order.
+    host.deaf = false;
+    let mut got = Vec::new();
+    let all = run_until(cap, &mut bx, &mut [&mut host], |_, h| {
+        got.extend(h[0].completions_with_data());
+        got.len() > READS as usize
+    });
+    assert!(all, "{} answers: {:?}", got.len(), bx.stats());
+    let tags: Vec<u16> = got.iter().map(|(t, _)| *t).collect();
+    let want: Vec<u16> = (0..READS).chain([900]).collect();
+    assert_eq!(tags, want);
+    assert_eq!(got[READS as usize].1, 0x1234_5678u32.to_le_bytes());
+    let st = bx.stats();
+    assert!(st.deferred > 0, "{st:?}");
+    assert_eq!(
+        (
+            st.no_host,
+            st.undeliverable,
+            st.dropped_on_reset,
+            st.deferred_full
+        ),
+        (0, 0, 0, 0),
+        "{st:?}"
+    );
+    assert_eq!(bx.slots()[0].deferred_len(), 0);
 }

@@ -24,6 +24,9 @@ pub const RAM_SIZE: usize = 1 << 16;
 /// Bytes of each copy.
 pub const COPY_LEN: usize = 2048;
 const DST: u64 = RAM + 0x8000;
+/// The requester of [`TestHost::flood_config_reads`]: its answers are told from the
+/// drivers' (whose bridges request as 00:00.0).
+pub const FLOOD_REQUESTER: Bdf = Bdf::from_u16(1);
 
 pub fn config(mac: MacAddr, role: BridgeRole, epoch: u32) -> NodeConfig {
     let mut cfg = NodeConfig::new(mac, role, mac.0[5] as u64, epoch);
@@ -167,6 +170,11 @@ pub struct TestHost {
     pub events: Vec<FabricEvent>,
     /// TLPs from (group, box) that no device of this host's claims.
     pub foreign: u64,
+    /// The drivers' bridges keep the completions they answer the devices' DMA reads
+    /// with (and whatever they would send after one) instead of sending them.
+    pub hold_completions: bool,
+    /// Tags of the answers to [`TestHost::flood_config_reads`], as they came.
+    pub flood_answers: Vec<u16>,
 }
 
 impl TestHost {
@@ -184,6 +192,8 @@ impl TestHost {
             next_bus: 1,
             events: Vec::new(),
             foreign: 0,
+            hold_completions: false,
+            flood_answers: Vec::new(),
         }
     }
 
@@ -206,14 +216,31 @@ impl TestHost {
         }
     }
 
+    /// Whether a driver's bridge holds a completion back ([`TestHost::hold_completions`]).
+    pub fn holds_a_completion(&self) -> bool {
+        self.drivers.iter().any(|d| {
+            d.bridge.peek_transmit().is_some_and(|t| {
+                matches!(Tlp::parse(t).map(|t| t.header), Ok(Header::Completion(_)))
+            })
+        })
+    }
+
+    /// Bytes the drivers' bridges answered the devices' DMA reads with (sent or held).
+    pub fn dma_read_bytes_served(&self) -> u64 {
+        self.drivers
+            .iter()
+            .map(|d| d.bridge.stats().dma_read_bytes)
+            .sum()
+    }
+
     /// Sends `n` config reads to its first device at once, as fast as the session
-    /// takes them.
+    /// takes them, from [`FLOOD_REQUESTER`], tagged `i % 256`.
     pub fn flood_config_reads(&mut self, n: u16) {
         let d = &self.drivers[0];
         for i in 0..n {
             let req = ConfigRequest {
                 type1: false,
-                requester: Bdf::new(0, 0, 0).unwrap(),
+                requester: FLOOD_REQUESTER,
                 tag: Tag::new(i % 256).unwrap(),
                 target: d.bdf,
                 register: 0,
@@ -245,6 +272,10 @@ impl TestHost {
 
     fn dispatch(&mut self, now: u64, gid: u16, peer: MacAddr, tlp: &[u8]) {
         let bdf = match Tlp::parse(tlp).map(|t| t.header) {
+            Ok(Header::Completion(c)) if c.requester == FLOOD_REQUESTER => {
+                self.flood_answers.push(c.tag.value());
+                return;
+            }
             Ok(Header::Completion(c)) => c.completer,
             Ok(Header::MemRead(r)) => r.requester,
             Ok(Header::MemWrite(w)) => w.requester,
@@ -272,6 +303,10 @@ impl TestHost {
             }
             d.step(now);
             while let Some(t) = d.bridge.peek_transmit() {
+                let cpl = matches!(Tlp::parse(t).map(|t| t.header), Ok(Header::Completion(_)));
+                if self.hold_completions && cpl {
+                    break;
+                }
                 match self.node.send_tlp(d.gid, d.peer, t) {
                     Ok(()) => {}
                     Err(FabricError::Send(SendError::QueueFull(_))) => break,
