@@ -1,13 +1,26 @@
-//! The host bridge under a VMM, for every device of the host's group: each device the
-//! [`HostBridge`] attaches is served on a vfio-user socket of its own, for the VMM to
-//! hot-add on a PCIe root port of the guest, and each device that leaves is answered
-//! locally (the ghost) until the VMM has hot-removed it.
+//! The host bridge under a VMM: the devices the [`HostBridge`] attaches, served to the
+//! VMM through front-ends ([`vmm::frontend::Frontend`]), in one of two ways:
 //!
-//! The program (`tether vm`) carries out what [`VmChange`] asks of the VMM, through
-//! its monitor: [`VmChange::Plug`] is a `device_add` of a `vfio-user-pci` device with
-//! that id and socket, [`VmChange::Unplug`] a `device_del`; when the VMM reports the
-//! device deleted (QMP's `DEVICE_DELETED`), the program calls [`VmPool::unplugged`],
-//! and the device's port is freed for the next one.
+//! - **Per device** ([`VmPool::new`]): each device the host bridge attaches gets a
+//!   vfio-user socket of its own, for the VMM to hot-add on a PCIe root port of the
+//!   guest, and each device that leaves is answered locally (the ghost) until the VMM
+//!   has hot-removed it. What `tether vm --frontend vfio-user` runs.
+//! - **One front-end** ([`VmPool::one`]): a front-end the VMM reached before the device
+//!   (QEMU's proxy socketpair, a vfio-user socket at a path the user chose) serves the
+//!   first device of the group, and that device again when it comes back (a new
+//!   generation after its box restarted). While it is gone the front-end reaches
+//!   [`Away`]: reads all-ones, writes dropped. Other devices of the group are enumerated
+//!   and left alone. What `tether vm --frontend proxy` and `tether host --vfio-user |
+//!   --proxy-fd` run.
+//!
+//! Either way the devices come and go through the host bridge's one hot-plug state
+//! machine per device.
+//!
+//! The program carries out what [`VmChange`] asks of the VMM, through its monitor
+//! ([`QemuSlots`] for QEMU): [`VmChange::Plug`] is a `device_add` of a `vfio-user-pci`
+//! device with that id and socket, [`VmChange::Unplug`] a `device_del`; when the VMM
+//! reports the device deleted (QMP's `DEVICE_DELETED`), the program calls
+//! [`VmPool::unplugged`], and the device's port is freed for the next one.
 //!
 //! The ghost: from the moment a device leaves (moved to another group, its box lost
 //! or restarted) nothing more goes to its box. Its guest still has it until the
@@ -17,34 +30,44 @@
 //! its status to read 0, as Linux's virtio-pci does, goes on), and writes go nowhere.
 //! Every such access is counted.
 //!
-//! Guest RAM: all of a VM's devices map the same guest RAM; each device's vfio-user
-//! connection shares the mappings under its port's [`MapOwner`], and a region stays
-//! mapped while any device's connection holds it.
+//! Guest RAM: all of a VM's devices map the same guest RAM; each device's VMM
+//! connection shares the mappings under an owner of its own ([`MapOwner`]), and a
+//! region stays mapped while any device's connection holds it.
 //!
 //! Calling order: [`VmPool::round`] in a loop, [`VmPool::wake`] for what can end an
-//! idle wait, [`VmPool::unplugged`] when the VMM reports a device gone. With QEMU,
-//! [`QemuSlots::round`] after each [`VmPool::round`] does the VMM's part over QMP.
+//! idle wait, [`VmPool::plugged`], [`VmPool::plug_failed`] and [`VmPool::unplugged`]
+//! as the VMM answers. [`VmHost`] is all of that as one [`Pollable`] (the pool, and
+//! QEMU's monitor through [`QemuSlots`] when there is one).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use dataplane::poll::{Pollable, Waker};
 use fabric::FabricEvent;
-use rootcomplex::{DeviceInfo, HostMemory, Interrupt, MapOwner};
+use rootcomplex::{HostMemory, Interrupt, MapOwner};
+use thiserror::Error;
 use tlp::Bdf;
 use vmm::device::{Bar, RemoteFunction};
+use vmm::frontend::{Frontend, FrontendError, FrontendStats};
 use vmm::vfio_user::VfioUserServer;
 
 use crate::host_bridge::{Change, HostBridge};
 use crate::hotplug::{DeviceKey, Generation};
 use crate::switch::PortId;
-use crate::vm::{HostFunction, Note, Notes};
+use crate::vm::{bars_of, Away, HostFunction, Note, Notes};
 
 /// Config dwords of a device kept for its ghost (the 256-byte PCI header and
 /// capabilities; extended capabilities read as absent).
 const SNAPSHOT_DWORDS: usize = 64;
 
-/// Settings.
+/// The owner of the one front-end's guest RAM mappings (ports are 0..=252).
+const ONE_OWNER: MapOwner = MapOwner(u32::MAX);
+
+/// How many VMM messages a front-end handles in one round.
+const SERVE_BUDGET: usize = 16;
+
+/// Settings of the per-device pool.
 #[derive(Clone, Debug)]
 pub struct VmPoolConfig {
     /// Where the devices' sockets are made (`p<port>g<generation>.sock`).
@@ -70,6 +93,12 @@ pub enum VmChange {
     },
     /// Hot-remove the device `id` (`surprise`: its box is gone or was reset).
     Unplug { id: String, surprise: bool },
+    /// The VMM closed the one front-end's connection, which cannot come back (the
+    /// proxy's socketpair): nothing is left to serve.
+    Closed,
+    /// The VMM's monitor failed (not closed by a VMM that exits): the VMM can get no
+    /// device and lose none.
+    MonitorFailed(String),
 }
 
 /// Counters.
@@ -94,16 +123,21 @@ pub struct VmPoolStats {
     /// Devices the guest let go of while they were still in the group (it ejected
     /// them): hot-added again.
     pub replugs: u64,
+    /// One front-end: times its device went away, and came back.
+    pub departures: u64,
+    pub returns: u64,
+    /// One front-end: devices of the group it does not serve (enumerated, left alone).
+    pub unserved: u64,
 }
 
-/// One device as the VMM is served it.
+/// One device as the VMM is served it, on a front-end of its own.
 struct Served {
     key: DeviceKey,
     gen: Generation,
     bdf: Bdf,
     id: String,
     socket: PathBuf,
-    server: VfioUserServer,
+    server: Box<dyn Frontend>,
     /// Config space when it was attached, kept up to date by the guest's writes while
     /// it is a ghost.
     snapshot: Vec<u32>,
@@ -114,10 +148,47 @@ struct Served {
     added: bool,
 }
 
-/// The host bridge's devices, each served to the VMM on its own socket.
+/// The one front-end and the device it serves.
+struct One {
+    fe: Box<dyn Frontend>,
+    /// The id the VMM knows the device by (for [`VmChange::Unplug`]).
+    id: String,
+    /// The device it serves: the first that arrived.
+    key: Option<DeviceKey>,
+    /// Where that device is now, while it is there.
+    bound: Option<(PortId, Generation, Bdf)>,
+    /// Its BARs as the VMM found them (kept while it is away).
+    bars: Vec<Bar>,
+    /// The VMM closed the connection for good.
+    closed: bool,
+}
+
+enum Serving {
+    PerDevice(VmPoolConfig),
+    One(Box<One>),
+}
+
+/// No device came.
+#[derive(Debug, Error)]
+#[error("no device appeared in group {gid} within {timeout:?}")]
+pub struct NoDevice {
+    pub gid: u16,
+    pub timeout: Duration,
+}
+
+/// A device served now, for counters.
+pub struct ServedView<'a> {
+    pub id: &'a str,
+    pub port: PortId,
+    pub key: DeviceKey,
+    pub leaving: bool,
+    pub frontend: FrontendStats,
+}
+
+/// The host bridge's devices, served to the VMM.
 pub struct VmPool {
     hb: HostBridge,
-    cfg: VmPoolConfig,
+    serving: Serving,
     served: BTreeMap<PortId, Served>,
     notes: Notes,
     changes: Vec<Change>,
@@ -182,26 +253,29 @@ impl RemoteFunction for Ghost<'_> {
     fn set_msi(&mut self, _enabled: bool) {}
 }
 
-/// The BARs of an enumerated device, by index (an absent index has size 0).
-fn bars_of(d: &DeviceInfo) -> Vec<Bar> {
-    let n = d.bars.iter().map(|b| b.index + 1).max().unwrap_or(0);
-    let absent = Bar {
-        address: 0,
-        size: 0,
-        io: false,
-        is_64bit: false,
-        prefetchable: false,
-    };
-    (0..n)
-        .map(|i| d.bar(i).map_or(absent, crate::vm::vmm_bar))
-        .collect()
-}
-
 impl VmPool {
+    /// Every device on a vfio-user socket of its own, in `cfg.dir`.
     pub fn new(hb: HostBridge, cfg: VmPoolConfig, notes: Notes) -> VmPool {
+        VmPool::with(hb, Serving::PerDevice(cfg), notes)
+    }
+
+    /// The first device of the group on `fe`, a front-end the VMM knows as device `id`.
+    pub fn one(hb: HostBridge, fe: Box<dyn Frontend>, id: &str, notes: Notes) -> VmPool {
+        let one = One {
+            fe,
+            id: id.to_string(),
+            key: None,
+            bound: None,
+            bars: Vec::new(),
+            closed: false,
+        };
+        VmPool::with(hb, Serving::One(Box::new(one)), notes)
+    }
+
+    fn with(hb: HostBridge, serving: Serving, notes: Notes) -> VmPool {
         VmPool {
             hb,
-            cfg,
+            serving,
             served: BTreeMap::new(),
             notes,
             changes: Vec::new(),
@@ -218,11 +292,49 @@ impl VmPool {
         self.stats
     }
 
-    /// The devices served now: (id, port, key, leaving).
-    pub fn served(&self) -> impl Iterator<Item = (&str, PortId, DeviceKey, bool)> + '_ {
-        self.served
-            .iter()
-            .map(|(p, s)| (s.id.as_str(), *p, s.key, s.leaving))
+    /// The devices served on front-ends of their own now.
+    pub fn served(&self) -> impl Iterator<Item = ServedView<'_>> + '_ {
+        self.served.iter().map(|(p, s)| ServedView {
+            id: &s.id,
+            port: *p,
+            key: s.key,
+            leaving: s.leaving,
+            frontend: s.server.stats(),
+        })
+    }
+
+    /// The one front-end's kind and counters, and whether its device is there.
+    pub fn one_frontend(&self) -> Option<(&'static str, FrontendStats, bool)> {
+        match &self.serving {
+            Serving::One(o) => Some((o.fe.name(), o.fe.stats(), o.bound.is_some())),
+            Serving::PerDevice(_) => None,
+        }
+    }
+
+    /// With one front-end: waits up to `timeout` (or until `stop()`) for its device,
+    /// taking the pool's rounds' changes into `out`. Per device: returns at once.
+    pub fn wait_for_device(
+        &mut self,
+        timeout: Duration,
+        stop: &dyn Fn() -> bool,
+        out: &mut Vec<VmChange>,
+    ) -> Result<(), NoDevice> {
+        let end = Instant::now() + timeout;
+        loop {
+            match &self.serving {
+                Serving::One(o) if o.bound.is_none() => {}
+                _ => return Ok(()),
+            }
+            if Instant::now() >= end || stop() {
+                return Err(NoDevice {
+                    gid: self.hb.gid(),
+                    timeout,
+                });
+            }
+            if !self.round(out) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 
     /// One round: the fabric and the host bridge, interrupts to their VMM
@@ -239,13 +351,24 @@ impl VmPool {
         self.changes = changes;
         while let Some(i) = self.hb.host_mut().take_interrupt() {
             worked = true;
-            let to = self
-                .served
-                .values_mut()
-                .find(|s| s.bdf == i.device() && !s.leaving);
-            match (to, i) {
-                (Some(s), Interrupt::Intx { asserted, .. }) => s.server.set_intx(asserted),
-                (Some(s), Interrupt::Vector { vector, .. }) => s.server.vector(vector),
+            let fe: Option<&mut Box<dyn Frontend>> = match &mut self.serving {
+                Serving::One(o) => o
+                    .bound
+                    .filter(|&(_, _, bdf)| bdf == i.device())
+                    .map(|_| &mut o.fe),
+                Serving::PerDevice(_) => self
+                    .served
+                    .values_mut()
+                    .find(|s| s.bdf == i.device() && !s.leaving)
+                    .map(|s| &mut s.server),
+            };
+            match (fe, i) {
+                (Some(fe), Interrupt::Intx { asserted, .. }) => fe.set_intx(asserted),
+                (Some(fe), Interrupt::Vector { vector, .. }) => {
+                    if !fe.vector(vector) {
+                        self.stats.stray_interrupts += 1;
+                    }
+                }
                 (None, _) => self.stats.stray_interrupts += 1,
             }
         }
@@ -253,15 +376,23 @@ impl VmPool {
         for port in ports {
             worked |= self.serve(port, out);
         }
+        worked |= self.serve_one(out);
         worked
     }
 
     /// What can end an idle wait: the port, its node's timers, and every VMM
     /// connection.
-    pub fn wake(&self, w: &mut dataplane::poll::Waker) {
+    pub fn wake(&self, w: &mut Waker) {
         for s in self.served.values() {
             for fd in s.server.wait_fds() {
                 w.fd(fd);
+            }
+        }
+        if let Serving::One(o) = &self.serving {
+            if !o.closed {
+                for fd in o.fe.wait_fds() {
+                    w.fd(fd);
+                }
             }
         }
         self.hb.host().link().fabric().wake(w);
@@ -374,6 +505,12 @@ impl VmPool {
                 gen,
                 port,
                 bdf,
+            } if matches!(self.serving, Serving::One(_)) => self.bind(key, gen, port, bdf, out),
+            Change::Attach {
+                key,
+                gen,
+                port,
+                bdf,
             } => match self.attach(key, gen, port, bdf) {
                 // Attached once the VMM has added it (`plugged`).
                 Ok(plug) => {
@@ -392,20 +529,101 @@ impl VmPool {
                 port,
                 surprise,
                 ..
-            } => match self.served.get_mut(&port) {
-                Some(s) if s.key == key && s.gen == gen => {
-                    s.leaving = true;
-                    s.server.set_intx(false);
-                    out.push(VmChange::Unplug {
-                        id: s.id.clone(),
-                        surprise,
-                    });
+            } => {
+                if let Serving::One(o) = &mut self.serving {
+                    if o.bound.is_some_and(|(p, g, _)| (p, g) == (port, gen)) {
+                        o.bound = None;
+                        self.stats.departures += 1;
+                        let asked = o.fe.device_gone();
+                        out.push(VmChange::Line(format!(
+                            "device removed: the guest reads all-ones until it returns{}",
+                            if asked {
+                                "; asked the VMM to release it (device request)"
+                            } else {
+                                ""
+                            }
+                        )));
+                        out.push(VmChange::Unplug {
+                            id: o.id.clone(),
+                            surprise,
+                        });
+                    }
+                    // Nothing holds it beyond this: the front-end reaches `Away`.
+                    self.hb.detached(key, gen);
+                    return;
                 }
-                // Never served: nothing holds it.
-                _ => self.hb.detached(key, gen),
-            },
+                match self.served.get_mut(&port) {
+                    Some(s) if s.key == key && s.gen == gen => {
+                        s.leaving = true;
+                        s.server.set_intx(false);
+                        out.push(VmChange::Unplug {
+                            id: s.id.clone(),
+                            surprise,
+                        });
+                    }
+                    // Never served: nothing holds it.
+                    _ => self.hb.detached(key, gen),
+                }
+            }
             Change::Freed { .. } => {}
         }
+    }
+
+    /// One front-end: the device attached on `port` is its device (the first to come,
+    /// or that one back) and is handed to it, or another, left alone.
+    fn bind(
+        &mut self,
+        key: DeviceKey,
+        gen: Generation,
+        port: PortId,
+        bdf: Bdf,
+        out: &mut Vec<VmChange>,
+    ) {
+        let Serving::One(o) = &mut self.serving else {
+            return;
+        };
+        let ours = o.key.is_none_or(|k| k == key) && o.bound.is_none();
+        if !ours {
+            self.stats.unserved += 1;
+            out.push(VmChange::Line(format!(
+                "  {key}: enumerated and left alone (the front-end serves {})",
+                o.key.map_or("another device".into(), |k| k.to_string())
+            )));
+            self.hb.attached(key, gen);
+            return;
+        }
+        let (Some(windows), Some(info)) = (self.hb.router().windows(port), self.hb.device_on(port))
+        else {
+            self.stats.attach_failures += 1;
+            self.hb.attach_failed(key, gen);
+            return;
+        };
+        let bars = bars_of(info);
+        let back = o.key.is_some();
+        let mut f =
+            HostFunction::on_port(self.hb.host_mut(), bdf, windows, ONE_OWNER, &mut self.notes);
+        if let Err(e) = f.hand_to_vmm() {
+            self.stats.attach_failures += 1;
+            out.push(VmChange::Line(format!("  {key} not served: {e}")));
+            self.hb.attach_failed(key, gen);
+            return;
+        }
+        if back {
+            o.fe.device_changed();
+            self.stats.returns += 1;
+            out.push(VmChange::Line(format!(
+                "device back ({key}, reset by its box's restart), set up again at {bdf}"
+            )));
+        } else {
+            out.push(VmChange::Line(format!(
+                "device {key} -> {bdf}, served on the {} front-end",
+                o.fe.name()
+            )));
+        }
+        o.key = Some(key);
+        o.bound = Some((port, gen, bdf));
+        o.bars = bars;
+        self.hb.attached(key, gen);
     }
 
     /// Sets the device on `port` up for the VMM and opens its socket.
@@ -416,12 +634,17 @@ impl VmPool {
         port: PortId,
         bdf: Bdf,
     ) -> Result<VmChange, String> {
+        let Serving::PerDevice(cfg) = &self.serving else {
+            return Err("one front-end serves this VM".into());
+        };
         let windows = self
             .hb
             .router()
             .windows(port)
             .ok_or("a port of no window")?;
         let info = self.hb.device_on(port).cloned().ok_or("not enumerated")?;
+        let socket = cfg.dir.join(format!("p{}g{}.sock", port.index(), gen.0));
+        let hide_msix = cfg.hide_msix;
         let mut f = HostFunction::on_port(
             self.hb.host_mut(),
             bdf,
@@ -434,14 +657,10 @@ impl VmPool {
         for i in 0..SNAPSHOT_DWORDS {
             snapshot.push(f.config_read((i * 4) as u16).unwrap_or(u32::MAX));
         }
-        let socket = self
-            .cfg
-            .dir
-            .join(format!("p{}g{}.sock", port.index(), gen.0));
         let _ = std::fs::remove_file(&socket);
         let mut server = VfioUserServer::bind(&socket)
             .map_err(|e| format!("listening on {}: {e}", socket.display()))?;
-        if self.cfg.hide_msix {
+        if hide_msix {
             server.hide_capabilities(&[pci::CapabilityId::MsiX]);
         }
         let id = format!("tether-p{}g{}", port.index(), gen.0);
@@ -453,7 +672,7 @@ impl VmPool {
                 bdf,
                 id: id.clone(),
                 socket: socket.clone(),
-                server,
+                server: Box::new(server),
                 snapshot,
                 bars: bars_of(&info),
                 leaving: false,
@@ -478,7 +697,7 @@ impl VmPool {
                 bars: &s.bars,
                 accesses: &mut self.stats.ghost_accesses,
             };
-            s.server.serve(&mut g, 16)
+            s.server.serve(&mut g, SERVE_BUDGET)
         } else {
             let mut f = HostFunction::on_port(
                 self.hb.host_mut(),
@@ -487,21 +706,84 @@ impl VmPool {
                 owner(port),
                 &mut self.notes,
             );
-            s.server.serve(&mut f, 16)
+            s.server.serve(&mut f, SERVE_BUDGET)
         };
         let n = match r {
             Ok(n) => n,
             Err(e) => {
                 self.stats.vmm_errors += 1;
-                out.push(VmChange::Line(format!("  vfio-user {}: {e}", s.id)));
+                out.push(VmChange::Line(format!(
+                    "  {} {}: {e}",
+                    s.server.name(),
+                    s.id
+                )));
                 0
             }
         };
         let now = s.server.connected();
         if was != now {
             out.push(VmChange::Line(format!(
-                "  vfio-user {}: client {}",
+                "  {} {}: client {}",
+                s.server.name(),
                 s.id,
+                if now { "connected" } else { "disconnected" }
+            )));
+        }
+        n > 0 || was != now
+    }
+
+    /// Serves what the VMM asked of the one front-end: its device, or `Away` while
+    /// it is gone.
+    fn serve_one(&mut self, out: &mut Vec<VmChange>) -> bool {
+        let Serving::One(o) = &mut self.serving else {
+            return false;
+        };
+        if o.closed {
+            return false;
+        }
+        let was = o.fe.connected();
+        let r = match o.bound {
+            Some((port, _, bdf)) => match self.hb.router().windows(port) {
+                Some(windows) => {
+                    let mut f = HostFunction::on_port(
+                        self.hb.host_mut(),
+                        bdf,
+                        windows,
+                        ONE_OWNER,
+                        &mut self.notes,
+                    );
+                    o.fe.serve(&mut f, SERVE_BUDGET)
+                }
+                None => Ok(0),
+            },
+            None => {
+                let mut away = Away {
+                    memory: self.hb.host_mut().memory_mut(),
+                    owner: ONE_OWNER,
+                    bars: &o.bars,
+                };
+                o.fe.serve(&mut away, SERVE_BUDGET)
+            }
+        };
+        let n = match r {
+            Ok(n) => n,
+            Err(FrontendError::Closed) => {
+                o.closed = true;
+                out.push(VmChange::Line("QEMU closed the connection".into()));
+                out.push(VmChange::Closed);
+                return true;
+            }
+            Err(e) => {
+                self.stats.vmm_errors += 1;
+                out.push(VmChange::Line(format!("  {}: {e}", o.fe.name())));
+                0
+            }
+        };
+        let now = o.fe.connected();
+        if was != now {
+            out.push(VmChange::Line(format!(
+                "{}: client {}",
+                o.fe.name(),
                 if now { "connected" } else { "disconnected" }
             )));
         }
@@ -512,6 +794,56 @@ impl VmPool {
 /// The owner of a port's guest RAM mappings.
 fn owner(port: PortId) -> MapOwner {
     MapOwner(port.index() as u32)
+}
+
+/// A VM's side of the host as one [`Pollable`]: the pool and, when the program
+/// drives a QEMU, its monitor. The program takes what each round asks of it or has
+/// to log from [`VmHost::changes`].
+pub struct VmHost {
+    pub pool: VmPool,
+    pub qemu: Option<QemuSlots>,
+    /// What the rounds so far asked of the program, or logged: it drains them.
+    pub changes: Vec<VmChange>,
+    /// The monitor failed once: reported, not again.
+    monitor_failed: bool,
+}
+
+impl VmHost {
+    pub fn new(pool: VmPool, qemu: Option<QemuSlots>) -> VmHost {
+        VmHost {
+            pool,
+            qemu,
+            changes: Vec::new(),
+            monitor_failed: false,
+        }
+    }
+}
+
+impl Pollable for VmHost {
+    fn round(&mut self, _now: Instant) -> std::io::Result<bool> {
+        let mut worked = self.pool.round(&mut self.changes);
+        if let Some(q) = &mut self.qemu {
+            match q.round(&mut self.pool, &mut self.changes) {
+                Ok(w) => worked |= w,
+                // The VMM is going: the program sees it exit.
+                Err(vmm::qmp::QmpError::Closed) => {}
+                Err(e) if !self.monitor_failed => {
+                    self.monitor_failed = true;
+                    self.changes.push(VmChange::MonitorFailed(e.to_string()));
+                    worked = true;
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(worked)
+    }
+
+    fn wake(&self, w: &mut Waker) {
+        self.pool.wake(w);
+        if let Some(q) = &self.qemu {
+            q.wake(w);
+        }
+    }
 }
 
 /// The VMM's part for a [`VmPool`] with QEMU, over its monitor (QMP): a

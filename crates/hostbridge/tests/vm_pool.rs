@@ -232,7 +232,7 @@ fn a_vmm_gets_each_device_on_its_own_socket_and_a_ghost_when_it_leaves() {
         vp.round(&mut out);
     }
     assert_eq!(vp.served().count(), 1);
-    assert_eq!(vp.served().next().unwrap().1, plugged[stays].1);
+    assert_eq!(vp.served().next().unwrap().port, plugged[stays].1);
     let left: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -290,4 +290,79 @@ fn a_vmm_gets_each_device_on_its_own_socket_and_a_ghost_when_it_leaves() {
     assert_eq!(vp.stats().plug_failures, 1);
     drop(b1);
     drop(b2);
+}
+
+/// A fake QEMU monitor on `path` that serves one connection: its greeting, then for
+/// each command what `answer` gives (the command's id, if any, as JSON). Returns the
+/// commands it got.
+fn fake_qmp(
+    path: &std::path::Path,
+    answer: impl Fn(&str, &str) -> String + Send + 'static,
+) -> JoinHandle<Vec<String>> {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        let (sock, _) = listener.accept().unwrap();
+        let mut w = sock.try_clone().unwrap();
+        w.write_all(
+            b"{\"QMP\": {\"version\": {\"qemu\": {\"major\": 11, \"minor\": 1, \"micro\": 3}, \"package\": \"\"}, \"capabilities\": []}}\n",
+        )
+        .unwrap();
+        let mut seen = Vec::new();
+        for line in BufReader::new(sock).lines() {
+            let Ok(line) = line else { break };
+            let cmd: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let name = cmd["execute"].as_str().unwrap_or("").to_string();
+            let id = cmd.get("id").map_or("null".to_string(), |i| i.to_string());
+            if w.write_all(answer(&name, &id).as_bytes()).is_err() {
+                break;
+            }
+            seen.push(name);
+        }
+        seen
+    })
+}
+
+/// QEMU's monitor as the pool's VMM: an unplug is a `device_del`; its answer is the
+/// reply with the command's id, not an event before it whose data has a "return"
+/// key; a device QEMU does not have is nothing the pool holds; a successful
+/// `device_add` attaches nothing the pool does not know.
+#[test]
+fn qemu_slots_send_device_del_and_take_its_reply_not_an_event() {
+    let pool_mem = Mempool::new(1024, 2048).unwrap();
+    let mut ports = mem::hub(&pool_mem, 1, 64, 1500).into_iter();
+    let dir = tempfile::tempdir().unwrap();
+    let mut vp = pool(ports.next().unwrap(), dir.path().to_path_buf());
+    let path = dir.path().join("qmp");
+    let qemu = fake_qmp(&path, |name, id| {
+        match name {
+        "device_del" => format!(
+            "{{\"event\": \"X\", \"data\": {{\"return\": 1}}}}\n\
+             {{\"error\": {{\"class\": \"DeviceNotFound\", \"desc\": \"Device 'tether-p0g1' not found\"}}, \"id\": {id}}}\n"
+        ),
+        _ => format!("{{\"return\": {{}}, \"id\": {id}}}\n"),
+    }
+    });
+    let qmp = vmm::qmp::Qmp::connect(&path, Duration::from_secs(5)).unwrap();
+    let mut slots = hostbridge::vm_pool::QemuSlots::new(qmp);
+    let mut changes = vec![VmChange::Unplug {
+        id: "tether-p0g1".into(),
+        surprise: false,
+    }];
+    let mut lines = Vec::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    while !lines.iter().any(|l: &String| l.contains("DeviceNotFound")) {
+        assert!(Instant::now() < end, "no reply: {lines:?}");
+        slots.round(&mut vp, &mut changes).unwrap();
+        for c in changes.drain(..) {
+            match c {
+                VmChange::Line(l) => lines.push(l),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert!(lines[0].contains("hot-removing tether-p0g1"), "{lines:?}");
+    assert_eq!(vp.stats().unknown_unplugs, 1);
+    drop(slots);
+    assert_eq!(qemu.join().unwrap(), ["qmp_capabilities", "device_del"]);
 }

@@ -26,25 +26,8 @@ pub fn node(port: &dyn Port, role: BridgeRole, cfg: &BridgeSettings) -> Result<N
     Ok(node_for(port, role, &cfg.node_settings())?)
 }
 
-/// A host bridge's link, direct to one box (the one-device VMM front-ends): its node
-/// on `port` (described by `what`), in its group, announced on stdout.
-pub fn host_link(
-    cfg: &HostConfig,
-    port: Box<dyn Port>,
-    what: &str,
-) -> Result<hostbridge::FabricLink> {
-    let node = node(&*port, BridgeRole::Host, &cfg.bridge)?;
-    let link = hostbridge::settings::host_link(
-        fabric_port(node, port, &cfg.bridge),
-        &cfg.port.interface,
-        &cfg.host_settings(),
-    )?;
-    announce(cfg, &link, what);
-    Ok(link)
-}
-
 /// A host bridge's link through its virtual switch of `max_devices` ports, to the
-/// devices of every box in its group; announced as [`host_link`] is.
+/// devices of every box in its group, announced on stdout.
 pub fn switched_host_link(
     cfg: &HostConfig,
     port: Box<dyn Port>,
@@ -105,7 +88,9 @@ mod tests {
         let cfg = HostConfig::load(f.path()).unwrap();
         let pool = pool_for(1500).unwrap();
         let (port, _) = dataplane::ports::mem::pair(&pool, 64, 1500);
-        let e = host_link(&cfg, Box::new(port), "memory").err().unwrap();
+        let e = switched_host_link(&cfg, Box::new(port), "memory")
+            .err()
+            .unwrap();
         let e = e.to_string();
         assert!(
             e.contains("max_payload = 2048") && e.contains("at most 1444"),
@@ -114,6 +99,6 @@ mod tests {
         let mut cfg = cfg;
         cfg.max_payload = 1024;
         let (port, _) = dataplane::ports::mem::pair(&pool, 64, 1500);
-        assert!(host_link(&cfg, Box::new(port), "memory").is_ok());
+        assert!(switched_host_link(&cfg, Box::new(port), "memory").is_ok());
     }
 }

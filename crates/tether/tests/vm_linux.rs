@@ -526,7 +526,7 @@ fn linux_guest(test: &str, frontend: Frontend, qemu_root: Option<&Path>) {
             // The guest lets the device go (pciehp), answered by the ghost meanwhile.
             vm.wait_for("removed by the guest", 1, Duration::from_secs(60));
         }
-        Frontend::Proxy => assert_eq!(vm.count("asked QEMU to unplug the device"), 1, "{text}"),
+        Frontend::Proxy => assert_eq!(vm.count("tether vm: hot-removing tether0"), 1, "{text}"),
     }
     // SIGTERM: QEMU is stopped, the bridge prints its counters and exits.
     // SAFETY: kill(2) on our own child's pid.

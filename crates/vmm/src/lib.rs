@@ -1,6 +1,8 @@
 //! tether's VMM front-ends: an unmodified QEMU reaches a device in an I/O box through
 //! the host bridge.
 //!
+//! - [`frontend::Frontend`]: what the host bridge does with any front-end (the two
+//!   below implement it).
 //! - [`proxy`]: QEMU's multi-process proxy protocol (`x-pci-proxy-dev`, QEMU 7.2+):
 //!   config and BAR accesses, guest RAM as memfds, INTx through irqfd/resamplefd.
 //! - [`vfio_user`]: a vfio-user server (QEMU >= 10.1 `vfio-user-pci`): regions,
@@ -23,6 +25,7 @@ pub mod caps;
 pub mod device;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake_function;
+pub mod frontend;
 pub mod guest_ram;
 pub mod proxy;
 pub mod qemu;

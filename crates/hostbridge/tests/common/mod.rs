@@ -185,13 +185,23 @@ impl BoxThread {
     /// The box with bridge id `id` and boot epoch `epoch`; INFO every 20 ms, down
     /// after 15 missed (threads share two cores with the harness).
     pub fn start<P: Port + 'static>(port: P, id: u64, epoch: u32, slots: &[u8]) -> BoxThread {
-        let mac = MacAddr(port.info().mac);
-        let stop = Arc::new(AtomicBool::new(false));
-        let pause = Arc::new(AtomicBool::new(false));
         let slots: Vec<Slot> = slots
             .iter()
             .map(|&s| Slot::memdev(s, GID, 1 << 16).unwrap())
             .collect();
+        BoxThread::with_slots(port, id, epoch, slots)
+    }
+
+    /// The same with the devices `slots`.
+    pub fn with_slots<P: Port + 'static>(
+        port: P,
+        id: u64,
+        epoch: u32,
+        slots: Vec<Slot>,
+    ) -> BoxThread {
+        let mac = MacAddr(port.info().mac);
+        let stop = Arc::new(AtomicBool::new(false));
+        let pause = Arc::new(AtomicBool::new(false));
         let thread = {
             let (stop, pause) = (stop.clone(), pause.clone());
             std::thread::spawn(move || {

@@ -33,13 +33,10 @@ use wire::BridgeRole;
 
 use crate::bridge;
 use crate::cmd::iobox;
-use crate::cmd::vm_host;
+use crate::cmd::vm_host::{self, End};
 use crate::config_file::{BoxConfig, BridgeSettings, HostConfig};
-use crate::{print, signals};
-use hostbridge::host_bridge::{HostBridge, HostBridgeConfig};
-use hostbridge::vm::Frontend;
-use hostbridge::vm_pool::{QemuSlots, VmChange, VmPool, VmPoolConfig};
-use vmm::vfio_user::VfioUserServer;
+use crate::signals;
+use hostbridge::vm_pool::{QemuSlots, VmHost, VmPool, VmPoolConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Accel {
@@ -106,7 +103,8 @@ pub struct VmArgs {
     /// without the network, for comparisons.
     #[arg(long)]
     local_box: Option<PathBuf>,
-    /// Seconds to wait for the device to appear in the group.
+    /// Seconds to wait for the device to appear in the group (the proxy, whose device
+    /// is there from boot; at most an hour).
     #[arg(long, default_value_t = 60.0)]
     device_wait: f64,
     /// Print the QEMU command line instead of running it.
@@ -135,9 +133,6 @@ fn kvm_usable(kernel: bool) -> bool {
         .is_ok();
     open && !(kernel && std::path::Path::new("/sys/module/kvm_pvm").exists())
 }
-
-/// How long QEMU's monitor may take to connect, greet and answer.
-const QMP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How QEMU finds the device.
 enum Attach {
@@ -198,6 +193,61 @@ pub fn box_on_port(
     Ok(())
 }
 
+/// The bridge's port: the configured interface, or with `--local-box` an in-memory
+/// port to that box, run in a thread of this process until `stop`.
+struct BridgePort {
+    port: Box<dyn dataplane::Port>,
+    what: String,
+    local: Option<std::thread::JoinHandle<Result<()>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl BridgePort {
+    fn open(a: &VmArgs, cfg: &HostConfig) -> Result<BridgePort> {
+        let stop = Arc::new(AtomicBool::new(false));
+        match &a.local_box {
+            Some(path) => {
+                let box_cfg = BoxConfig::load(path)?;
+                // The link the host's configuration names, without the network: its
+                // MTU (1500 where it does not exist here), pool buffers to match.
+                let mtu = bridge::interface_mtu(&cfg.port.interface).unwrap_or(1500);
+                let pool = bridge::pool_for(mtu)?;
+                let (ours, theirs) = mem::pair(&pool, 4096, mtu);
+                let s = stop.clone();
+                let t = std::thread::spawn(move || local_box(box_cfg, theirs, s));
+                Ok(BridgePort {
+                    port: Box::new(ours),
+                    what: "an in-memory port to a box in this process".into(),
+                    local: Some(t),
+                    stop,
+                })
+            }
+            None => {
+                let (port, what) = bridge::open_port(cfg.port.kind, &cfg.port.interface)
+                    .with_context(|| format!("opening {}", cfg.port.interface))?;
+                Ok(BridgePort {
+                    port,
+                    what,
+                    local: None,
+                    stop,
+                })
+            }
+        }
+    }
+}
+
+/// Stops the in-process box, if any.
+fn stop_local(stop: &AtomicBool, local: Option<std::thread::JoinHandle<Result<()>>>) -> Result<()> {
+    stop.store(true, Ordering::Relaxed);
+    if let Some(t) = local {
+        match t.join() {
+            Ok(r) => r?,
+            Err(_) => bail!("the in-process box panicked"),
+        }
+    }
+    Ok(())
+}
+
 /// The q35 machine of the vfio-user pool: `--root-ports` root ports, no device at
 /// boot.
 fn machine(a: &VmArgs, accel: Accel, qmp: &Path) -> qemu::MachineSpec {
@@ -227,48 +277,71 @@ fn machine(a: &VmArgs, accel: Accel, qmp: &Path) -> qemu::MachineSpec {
 /// quarantined.
 const LEAVE_TIMEOUT_US: u64 = 60_000_000;
 
+/// QEMU's monitor being connected in a thread of its own: a QEMU that realizes a
+/// proxy device reads its config space, and answers its monitor only after.
+type MonitorThread = std::thread::JoinHandle<Result<Qmp, vmm::qmp::QmpError>>;
+
+/// Serves the VM (taking the monitor from `connecting` once it is there) until QEMU exits (or the deadline, or SIGINT/SIGTERM, or a failed
+/// monitor, which stop it); returns QEMU's exit status.
+fn run_vm(
+    a: &VmArgs,
+    cfg: &HostConfig,
+    vh: &mut VmHost,
+    child: &mut std::process::Child,
+    mut connecting: Option<MonitorThread>,
+) -> Result<ExitStatus> {
+    let deadline = a
+        .timeout
+        .map(|t| Instant::now() + Duration::from_secs_f64(t));
+    let mut status = None;
+    let end = vm_host::serve(cfg, vh, |vh| {
+        if connecting.as_ref().is_some_and(|t| t.is_finished()) {
+            match connecting.take().map(|t| t.join()) {
+                Some(Ok(Ok(qmp))) => vh.qemu = Some(QemuSlots::new(qmp)),
+                Some(Ok(Err(e))) => {
+                    println!("tether vm: QEMU's monitor: {e}; stopping QEMU");
+                    return true;
+                }
+                _ => return true,
+            }
+        }
+        if let Ok(Some(s)) = child.try_wait() {
+            status = Some(s);
+            return true;
+        }
+        deadline.is_some_and(|d| Instant::now() >= d)
+    })?;
+    if let Some(s) = status {
+        return Ok(s);
+    }
+    match end {
+        // QEMU closed the connection (it is exiting): given a moment.
+        End::Closed => {
+            let end = Instant::now() + Duration::from_secs(5);
+            wait_qemu(child, Some(deadline.map_or(end, |d| d.min(end))))
+        }
+        End::Stopped | End::MonitorFailed => {
+            eprintln!("tether vm: stopping QEMU");
+            let _ = child.kill();
+            Ok(child.wait()?)
+        }
+    }
+}
+
 /// vfio-user with a bridge of its own: the guest boots with no device; every device
 /// of the group is hot-added on a root port of its own when it arrives and
 /// hot-removed when it leaves.
 fn run_pool(a: &VmArgs, accel: Accel, mut cfg: HostConfig, qmp_path: &Path) -> Result<ExitStatus> {
     // The bridge's switch has a port for each of the guest's root ports.
     cfg.max_devices = usize::from(a.root_ports).min(hostbridge::switch::MAX_PORTS);
-    let stop_box = Arc::new(AtomicBool::new(false));
-    let (port, what, local): (Box<dyn dataplane::Port>, String, _) = match &a.local_box {
-        Some(path) => {
-            let box_cfg = BoxConfig::load(path)?;
-            let mtu = bridge::interface_mtu(&cfg.port.interface).unwrap_or(1500);
-            let pool = bridge::pool_for(mtu)?;
-            let (ours, theirs) = mem::pair(&pool, 4096, mtu);
-            let stop = stop_box.clone();
-            let t = std::thread::spawn(move || local_box(box_cfg, theirs, stop));
-            (
-                Box::new(ours),
-                "an in-memory port to a box in this process".to_string(),
-                Some(t),
-            )
-        }
-        None => {
-            let (p, w) = bridge::open_port(cfg.port.kind, &cfg.port.interface)
-                .with_context(|| format!("opening {}", cfg.port.interface))?;
-            (p, w, None)
-        }
-    };
+    let BridgePort {
+        port,
+        what,
+        local,
+        stop,
+    } = BridgePort::open(a, &cfg)?;
     let link = bridge::switched_host_link(&cfg, port, &what)?;
-    let host = rootcomplex::Host::new(
-        hostbridge::settings::root_complex_config(cfg.max_payload),
-        rootcomplex::MemoryMap::new(),
-        (0, 0),
-        rootcomplex::BarWindows::default(),
-        link,
-    );
-    let hb = HostBridge::new(
-        HostBridgeConfig {
-            gid: cfg.gid,
-            leave_timeout: LEAVE_TIMEOUT_US,
-        },
-        host,
-    )?;
+    let hb = vm_host::host_bridge(&cfg, link, LEAVE_TIMEOUT_US)?;
     let dir = PathBuf::from(format!("/tmp/tether-vm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let argv = machine(a, accel, qmp_path).argv()?;
@@ -285,7 +358,7 @@ fn run_pool(a: &VmArgs, accel: Accel, mut cfg: HostConfig, qmp_path: &Path) -> R
         a.root_ports,
         if hide_msix { "hidden" } else { "offered" }
     );
-    let mut vp = VmPool::new(
+    let vp = VmPool::new(
         hb,
         VmPoolConfig {
             dir: dir.clone(),
@@ -293,141 +366,57 @@ fn run_pool(a: &VmArgs, accel: Accel, mut cfg: HostConfig, qmp_path: &Path) -> R
         },
         Box::new(vm_host::print_note),
     );
-    let control = bridge::control_socket(&cfg.bridge)?;
-    let deadline = a
-        .timeout
-        .map(|t| Instant::now() + Duration::from_secs_f64(t));
-    let policy = dataplane::poll::IdlePolicy::from_settings(
-        cfg.bridge.spin_us,
-        Some(
-            cfg.bridge
-                .yield_after_us
-                .unwrap_or(hostbridge::vm::VMM_YIELD_AFTER_US),
-        ),
-    );
-    let mut poller = dataplane::poll::Poller::new(policy);
-    let mut waker = dataplane::poll::Waker::new();
-    let mut changes = Vec::new();
-    let mut slots = QemuSlots::new(qmp);
-    let mut served = Instant::now();
-    let status = loop {
-        let mut worked = vp.round(&mut changes);
-        let broken = match slots.round(&mut vp, &mut changes) {
-            Ok(w) => {
-                worked |= w;
-                None
-            }
-            // QEMU is going: its exit is seen below.
-            Err(vmm::qmp::QmpError::Closed) => None,
-            Err(e) => Some(e),
-        };
-        for c in changes.drain(..) {
-            match c {
-                VmChange::Fabric(e) => {
-                    if let Some(line) = print::describe(&e) {
-                        println!("{line}");
-                    }
-                }
-                VmChange::Line(l) => println!("{l}"),
-                // QemuSlots took them.
-                VmChange::Plug { .. } | VmChange::Unplug { .. } => {}
-            }
-        }
-        if let Some(s) = child.try_wait()? {
-            break s;
-        }
-        if let Some(e) = broken {
-            // Without its monitor the guest can get no device and lose none: stop.
-            println!("tether vm: QEMU's monitor failed ({e}); stopping QEMU");
-            let _ = child.kill();
-            break child.wait()?;
-        }
-        if signals::stop_requested() || deadline.is_some_and(|d| Instant::now() >= d) {
-            eprintln!("tether vm: stopping QEMU");
-            let _ = child.kill();
-            break child.wait()?;
-        }
-        if served.elapsed() >= Duration::from_millis(10) {
-            if let Some(c) = &control {
-                c.serve(|_| pool_stats(&vp));
-            }
-            served = Instant::now();
-        }
-        waker.clear();
-        vp.wake(&mut waker);
-        slots.wake(&mut waker);
-        let now = Instant::now();
-        let idle = poller.decide(now, worked, waker.until(now));
-        waker.apply(idle)?;
-    };
-    let b = vp.bridge().host().bridge().stats();
-    let s = vp.stats();
-    println!(
-        "tether host: stopped; {} hot-added, {} hot-removed, {} ghost accesses, {} VMM errors; {} DMA reads, {} DMA writes, {} refused, {} completion timeouts",
-        s.plugged,
-        s.unplugged,
-        s.ghost_accesses,
-        s.vmm_errors,
-        b.dma_reads,
-        b.dma_writes,
-        b.dma_read_refused + b.dma_write_dropped,
-        b.completion_timeouts
-    );
-    drop(vp);
+    let mut vh = VmHost::new(vp, Some(QemuSlots::new(qmp)));
+    let status = run_vm(a, &cfg, &mut vh, &mut child, None);
+    vm_host::report(&vh.pool);
+    drop(vh);
     let _ = std::fs::remove_dir_all(&dir);
-    stop_box.store(true, Ordering::Relaxed);
-    if let Some(t) = local {
-        match t.join() {
-            Ok(r) => r?,
-            Err(_) => bail!("the in-process box panicked"),
-        }
-    }
-    if status.code().is_none() && !signals::stop_requested() && deadline.is_none() {
+    stop_local(&stop, local)?;
+    let status = status?;
+    if status.code().is_none() && !signals::stop_requested() && a.timeout.is_none() {
         bail!("QEMU died: {status}");
     }
     Ok(status)
 }
 
-/// The counters of the pool, for `ctl stats`.
-fn pool_stats(vp: &VmPool) -> serde_json::Value {
-    let hb = vp.bridge();
-    let h = hb.host();
-    let node = h.link().fabric().node();
-    serde_json::json!({
-        "role": "host",
-        "frontend": "vfio-user pool",
-        "gid": hb.gid(),
-        "mac": node.config().mac.to_string(),
-        "fabric": node.stats(),
-        "root_complex": h.bridge().stats(),
-        "host": h.stats(),
-        "link": h.link().stats(),
-        "routing": hb.router().stats(),
-        "hotplug": hb.hotplug().stats(),
-        "switch": {
-            "ports": hb.router().switch().capacity(),
-            "in_use": hb.router().switch().live_ports().count(),
-            "stats": hb.router().switch().stats(),
-        },
-        "vm": vp.stats(),
-        "devices": vp.served().map(|(id, port, key, leaving)| serde_json::json!({
-            "id": id,
-            "port": port.index(),
-            "box": key.mac.to_string(),
-            "slot": key.slot,
-            "leaving": leaving,
-        })).collect::<Vec<_>>(),
-        "sessions": print::sessions_json(node),
-    })
+/// QEMU's proxy: the group's first device is waited for, then QEMU starts with it
+/// present (x-pci-proxy-dev on a socketpair); when it leaves, QEMU is asked to unplug
+/// it (ACPI).
+fn run_proxy(a: &VmArgs, accel: Accel, cfg: HostConfig, qmp_path: &Path) -> Result<ExitStatus> {
+    let BridgePort {
+        port,
+        what,
+        local,
+        stop,
+    } = BridgePort::open(a, &cfg)?;
+    let (ours, theirs) = socketpair()?;
+    let vp = vm_host::one(
+        &cfg,
+        port,
+        &what,
+        Box::new(ProxyServer::new(ours)),
+        PROXY_ID,
+        Duration::from_secs_f64(a.device_wait.clamp(0.0, 3600.0)),
+    )?;
+    let child_fd = theirs.as_raw_fd();
+    let argv = qemu_command(a, accel, &Attach::ProxyFd(child_fd), qmp_path);
+    let mut child = spawn_qemu(a, &argv, child_fd)?;
+    drop(theirs);
+    let path = qmp_path.to_path_buf();
+    let connecting = std::thread::spawn(move || Qmp::connect(&path, Duration::from_secs(30)));
+    let mut vh = VmHost::new(vp, None);
+    let status = run_vm(a, &cfg, &mut vh, &mut child, Some(connecting));
+    vm_host::report(&vh.pool);
+    stop_local(&stop, local)?;
+    let status = status?;
+    if status.code().is_none() && !signals::stop_requested() && a.timeout.is_none() {
+        bail!("QEMU died: {status}");
+    }
+    Ok(status)
 }
 
-/// Asks the QEMU whose QMP socket is `qmp` to unplug device `id` from the guest.
-/// Only asks: the guest's release of the device (`DEVICE_DELETED`) is not waited for.
-fn unplug(qmp: &Path, id: &str) -> Result<()> {
-    let mut q = Qmp::connect(qmp, QMP_TIMEOUT)?;
-    q.device_del(id)?;
-    Ok(())
-}
+/// The id of the proxy's device in QEMU.
+const PROXY_ID: &str = "tether0";
 
 fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
@@ -517,7 +506,6 @@ pub fn run(a: VmArgs) -> Result<ExitStatus> {
         Accel::Auto => Accel::Tcg,
         x => x,
     };
-    let socket = PathBuf::from(format!("/tmp/tether-vm-{}.sock", std::process::id()));
     let qmp_path = PathBuf::from(format!("/tmp/tether-vm-{}.qmp", std::process::id()));
     let pool = a.frontend == FrontendKind::VfioUser && a.connect.is_none();
     if a.dry_run {
@@ -525,10 +513,9 @@ pub fn run(a: VmArgs) -> Result<ExitStatus> {
             println!("{}", machine(&a, accel, &qmp_path).argv()?.join(" "));
             return Ok(std::os::unix::process::ExitStatusExt::from_raw(0));
         }
-        let attach = match (&a.connect, a.frontend) {
-            (Some(s), _) => Attach::VfioUser(s.clone()),
-            (None, FrontendKind::Proxy) => Attach::ProxyFd(3),
-            (None, FrontendKind::VfioUser) => Attach::VfioUser(socket),
+        let attach = match &a.connect {
+            Some(s) => Attach::VfioUser(s.clone()),
+            None => Attach::ProxyFd(3),
         };
         println!("{}", qemu_command(&a, accel, &attach, &qmp_path).join(" "));
         return Ok(std::os::unix::process::ExitStatusExt::from_raw(0));
@@ -541,158 +528,8 @@ pub fn run(a: VmArgs) -> Result<ExitStatus> {
     let cfg = HostConfig::load(config)?;
     signals::install();
     if pool {
-        return run_pool(&a, accel, cfg, &qmp_path);
-    }
-    let stop_box = Arc::new(AtomicBool::new(false));
-    let (vb, local) = match &a.local_box {
-        Some(path) => {
-            let box_cfg = BoxConfig::load(path)?;
-            // The link the host's configuration names, without the network: its MTU
-            // (1500 where it does not exist here), pool buffers to match.
-            let mtu = bridge::interface_mtu(&cfg.port.interface).unwrap_or(1500);
-            let pool = bridge::pool_for(mtu)?;
-            let (ours, theirs) = mem::pair(&pool, 4096, mtu);
-            let vb = vm_host::on_port(
-                &cfg,
-                Box::new(ours),
-                "an in-memory port to a box in this process",
-            )?;
-            let stop = stop_box.clone();
-            let t = std::thread::spawn(move || local_box(box_cfg, theirs, stop));
-            (vb, Some(t))
-        }
-        None => (vm_host::open(&cfg)?, None),
-    };
-    let mut pair = None;
-    let (mut vb, mut fe) = vm_host::start(vb, || match a.frontend {
-        FrontendKind::Proxy => {
-            let (ours, theirs) = socketpair()?;
-            pair = Some(theirs);
-            Ok(Frontend::Proxy(ProxyServer::new(ours)))
-        }
-        FrontendKind::VfioUser => Ok(Frontend::VfioUser(Box::new(
-            VfioUserServer::bind(&socket)
-                .with_context(|| format!("listening on {}", socket.display()))?,
-        ))),
-    })?;
-    let child_fd = pair.as_ref().map_or(-1, |p| p.as_raw_fd());
-    let attach = match a.frontend {
-        FrontendKind::Proxy => Attach::ProxyFd(child_fd),
-        FrontendKind::VfioUser => Attach::VfioUser(socket.clone()),
-    };
-    let argv = qemu_command(&a, accel, &attach, &qmp_path);
-    let mut child = spawn_qemu(&a, &argv, child_fd)?;
-    drop(pair);
-    let deadline = a
-        .timeout
-        .map(|t| Instant::now() + Duration::from_secs_f64(t));
-    let mut status = None;
-    let served = vm_host::serve(
-        &cfg,
-        &mut vb,
-        &mut fe,
-        || {
-            if let Ok(Some(s)) = child.try_wait() {
-                status = Some(s);
-                return true;
-            }
-            deadline.is_some_and(|d| Instant::now() >= d)
-        },
-        || {
-            // The device's box went away: unplug the device from the guest (ACPI hot
-            // unplug), as a switch port reports a surprise removal.
-            match unplug(&qmp_path, "tether0") {
-                Ok(()) => println!("tether vm: asked QEMU to unplug the device from the guest"),
-                Err(e) => println!("tether vm: could not unplug the device: {e:#}"),
-            }
-        },
-    );
-    let status = match status {
-        Some(s) => s,
-        None => {
-            // QEMU closed the connection (it is exiting), or we stop it.
-            let end = Instant::now() + Duration::from_secs(5);
-            wait_qemu(&mut child, Some(deadline.map_or(end, |d| d.min(end))))?
-        }
-    };
-    vm_host::report(&vb, &fe);
-    stop_box.store(true, Ordering::Relaxed);
-    if let Some(t) = local {
-        match t.join() {
-            Ok(r) => r?,
-            Err(_) => bail!("the in-process box panicked"),
-        }
-    }
-    served?;
-    if status.code().is_none() && !signals::stop_requested() && deadline.is_none() {
-        bail!("QEMU died: {status}");
-    }
-    Ok(status)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::{BufRead, BufReader, Write};
-    use std::os::unix::net::UnixListener;
-
-    /// A fake QEMU monitor on `path` that serves one connection: its greeting, then
-    /// for each command what `answer` gives (the command's id, if any, as JSON).
-    fn fake_qmp(
-        path: &Path,
-        answer: impl Fn(&str, &str) -> String + Send + 'static,
-    ) -> std::thread::JoinHandle<Vec<String>> {
-        let listener = UnixListener::bind(path).unwrap();
-        std::thread::spawn(move || {
-            let (sock, _) = listener.accept().unwrap();
-            let mut w = sock.try_clone().unwrap();
-            w.write_all(
-                b"{\"QMP\": {\"version\": {\"qemu\": {\"major\": 11, \"minor\": 1, \"micro\": 3}, \"package\": \"\"}, \"capabilities\": []}}\n",
-            )
-            .unwrap();
-            let mut seen = Vec::new();
-            for line in BufReader::new(sock).lines() {
-                let Ok(line) = line else { break };
-                let cmd: serde_json::Value = serde_json::from_str(&line).unwrap();
-                let name = cmd["execute"].as_str().unwrap_or("").to_string();
-                let id = cmd.get("id").map_or("null".to_string(), |i| i.to_string());
-                if w.write_all(answer(&name, &id).as_bytes()).is_err() {
-                    break;
-                }
-                seen.push(name);
-            }
-            seen
-        })
-    }
-
-    #[test]
-    fn unplug_takes_the_reply_not_an_event_that_mentions_return() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("qmp");
-        // device_del's error reply comes after an event whose data has a "return"
-        // key: the answer is the error.
-        let qemu = fake_qmp(&path, |name, id| {
-            match name {
-            "device_del" => format!(
-                "{{\"event\": \"X\", \"data\": {{\"return\": 1}}}}\n\
-                 {{\"error\": {{\"class\": \"DeviceNotFound\", \"desc\": \"Device 'tether0' not found\"}}, \"id\": {id}}}\n"
-            ),
-            _ => format!("{{\"return\": {{}}, \"id\": {id}}}\n"),
-        }
-        });
-        let e = unplug(&path, "tether0").expect_err("device_del failed in QEMU");
-        assert!(format!("{e:#}").contains("DeviceNotFound"), "{e:#}");
-        assert_eq!(qemu.join().unwrap(), ["qmp_capabilities", "device_del"]);
-    }
-
-    #[test]
-    fn unplug_succeeds_on_qemus_return() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("qmp");
-        let qemu = fake_qmp(&path, |_, id| {
-            format!("{{\"return\": {{}}, \"id\": {id}}}\n")
-        });
-        unplug(&path, "tether0").unwrap();
-        assert_eq!(qemu.join().unwrap(), ["qmp_capabilities", "device_del"]);
+        run_pool(&a, accel, cfg, &qmp_path)
+    } else {
+        run_proxy(&a, accel, cfg, &qmp_path)
     }
 }

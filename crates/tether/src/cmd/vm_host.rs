@@ -1,24 +1,34 @@
 //! `tether host --config host.toml --proxy-fd N | --vfio-user PATH`: the host bridge
-//! under a VMM front-end.
+//! under one VMM front-end, and what `tether vm` shares with it: the host bridge
+//! under a VMM ([`hostbridge::vm_pool`]), its log lines, its counters and its loop.
 //!
 //! - `--proxy-fd N`: the remote end of QEMU's `x-pci-proxy-dev` (one end of a
 //!   socketpair; QEMU has the other as `fd=`). Ends when QEMU closes it.
 //! - `--vfio-user PATH`: a vfio-user server on a Unix socket (QEMU >= 10.1
 //!   `vfio-user-pci`). Clients may come and go; it runs until SIGINT/SIGTERM.
 //!
-//! Either way it first waits for a device in its group.
+//! Either way it first waits for a device in its group, and serves that device (and
+//! it again when its box restarts) on the front-end.
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use hostbridge::vm::{self, Frontend, Note, Policy, VmBridge, VMM_YIELD_AFTER_US};
+use dataplane::poll::{self, IdlePolicy, Pollable, Stop, Waker};
+use hostbridge::host_bridge::{HostBridge, HostBridgeConfig};
+use hostbridge::vm::{Note, VMM_YIELD_AFTER_US};
+use hostbridge::vm_pool::{VmChange, VmHost, VmPool};
+use vmm::frontend::{Frontend, FrontendStats};
 use vmm::proxy::ProxyServer;
 use vmm::vfio_user::VfioUserServer;
 
 use crate::config_file::HostConfig;
+use crate::control::ControlServer;
 use crate::{bridge, print, signals};
+
+/// How long the bridge waits for its device before giving up (QEMU waits meanwhile).
+pub const DEVICE_WAIT: Duration = Duration::from_secs(60);
 
 /// Takes ownership of inherited descriptor `fd`, checking that it is open.
 pub fn inherited_fd(fd: RawFd) -> Result<OwnedFd> {
@@ -31,152 +41,264 @@ pub fn inherited_fd(fd: RawFd) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// How a VMM front-end's bridge notes are printed.
+/// How the bridge's notes are printed.
 pub fn print_note(n: Note<'_>) {
     match n {
-        Note::Fabric(e) => {
-            if let Some(line) = print::describe(e) {
-                println!("{line}");
-            }
-        }
         Note::Enumerated(d) => println!("  bridge side: {}", print::lspci_line(d)),
         Note::Line(line) => println!("{line}"),
     }
 }
 
-/// Opens the port, joins the group; guest RAM is mapped later by the front-end.
-pub fn open(cfg: &HostConfig) -> Result<VmBridge> {
-    let (port, what) = bridge::open_port(cfg.port.kind, &cfg.port.interface)
-        .with_context(|| format!("opening {}", cfg.port.interface))?;
-    on_port(cfg, port, &what)
+/// Prints a change of the pool that is a log line (the others are the program's to
+/// act on).
+pub fn print_change(c: &VmChange) {
+    match c {
+        VmChange::Fabric(e) => {
+            if let Some(line) = print::describe(e) {
+                println!("{line}");
+            }
+        }
+        VmChange::Line(l) => println!("{l}"),
+        VmChange::MonitorFailed(e) => {
+            println!("tether vm: QEMU's monitor failed ({e}); stopping QEMU")
+        }
+        VmChange::Plug { .. } | VmChange::Unplug { .. } | VmChange::Closed => {}
+    }
 }
 
-/// The same on a port the caller made (an in-memory one, for a box in this process).
-pub fn on_port(cfg: &HostConfig, port: Box<dyn dataplane::Port>, what: &str) -> Result<VmBridge> {
-    let link = bridge::host_link(cfg, port, what)?;
-    Ok(VmBridge::new(
+/// The host bridge on `link` with `cfg`'s group and payload size, and its devices'
+/// time to leave (`leave_timeout_us`).
+pub fn host_bridge(
+    cfg: &HostConfig,
+    link: hostbridge::FabricLink,
+    leave_timeout_us: u64,
+) -> Result<HostBridge> {
+    let host = rootcomplex::Host::new(
+        hostbridge::settings::root_complex_config(cfg.max_payload),
+        rootcomplex::MemoryMap::new(),
+        (0, 0),
+        rootcomplex::BarWindows::default(),
         link,
-        cfg.gid,
-        cfg.max_payload,
-        Box::new(print_note),
-    ))
+    );
+    Ok(HostBridge::new(
+        HostBridgeConfig {
+            gid: cfg.gid,
+            leave_timeout: leave_timeout_us,
+        },
+        host,
+    )?)
 }
 
-fn frontend_stats(fe: &Frontend) -> serde_json::Value {
-    match fe {
-        Frontend::Proxy(p) => serde_json::json!(p.stats()),
-        Frontend::VfioUser(v) => serde_json::json!(v.stats()),
+fn frontend_json(s: &FrontendStats) -> serde_json::Value {
+    serde_json::json!(s)
+}
+
+/// The closing line's counters of a front-end.
+pub fn summary(s: &FrontendStats) -> String {
+    match s {
+        FrontendStats::Proxy(p) => format!(
+            "{} config reads, {} config writes, {} BAR reads, {} BAR writes, {} irqfd sets, {} INTx asserts, {} INTx signals, {} resamples",
+            p.config_reads, p.config_writes, p.bar_reads, p.bar_writes, p.irqfd_sets, p.intx_asserts, p.intx_signals, p.resamples
+        ),
+        FrontendStats::VfioUser(v) => format!(
+            "{} connections, {} requests, {} config reads, {} config writes, {} BAR reads, {} BAR writes, {} DMA maps ({} without fd), {} DMA messages, {} INTx signals, {} MSI signals, {} MSI-X signals, {} release requests, {} errors",
+            v.connections, v.requests, v.config_reads, v.config_writes, v.bar_reads, v.bar_writes, v.dma_maps, v.dma_maps_without_fd, v.dma_messages, v.intx_signals, v.msi_signals, v.msix_signals, v.release_requests, v.errors
+        ),
     }
 }
 
-/// The closing line's counters.
-fn summary(fe: &Frontend) -> String {
-    match fe {
-        Frontend::Proxy(p) => {
-            let p = p.stats();
-            format!(
-                "{} config reads, {} config writes, {} BAR reads, {} BAR writes, {} irqfd sets, {} INTx asserts, {} INTx signals, {} resamples",
-                p.config_reads, p.config_writes, p.bar_reads, p.bar_writes, p.irqfd_sets, p.intx_asserts, p.intx_signals, p.resamples
-            )
-        }
-        Frontend::VfioUser(v) => {
-            let v = v.stats();
-            format!(
-                "{} connections, {} requests, {} config reads, {} config writes, {} BAR reads, {} BAR writes, {} DMA maps ({} without fd), {} DMA messages, {} INTx signals, {} MSI signals, {} MSI-X signals, {} release requests, {} errors",
-                v.connections, v.requests, v.config_reads, v.config_writes, v.bar_reads, v.bar_writes, v.dma_maps, v.dma_maps_without_fd, v.dma_messages, v.intx_signals, v.msi_signals, v.msix_signals, v.release_requests, v.errors
-            )
-        }
-    }
-}
-
-fn stats(vb: &VmBridge, fe: &Frontend) -> serde_json::Value {
-    let fp = vb.host.link().fabric();
+/// Every counter of a host bridge under a VMM, for `ctl stats`.
+pub fn stats(vp: &VmPool) -> serde_json::Value {
+    let hb = vp.bridge();
+    let h = hb.host();
+    let fp = h.link().fabric();
     let node = fp.node();
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "role": "host",
-        "frontend": fe.name(),
-        "gid": vb.gid,
+        "gid": hb.gid(),
         "mac": node.config().mac.to_string(),
-        "device_present": vb.present(),
         "port": fp.port().stats(),
         "fabric": node.stats(),
-        "root_complex": vb.host.bridge().stats(),
-        "host": vb.host.stats(),
-        "link": vb.host.link().stats(),
-        fe.name(): frontend_stats(fe),
+        "root_complex": h.bridge().stats(),
+        "host": h.stats(),
+        "link": h.link().stats(),
+        "routing": hb.router().stats(),
+        "hotplug": hb.hotplug().stats(),
+        "switch": {
+            "ports": hb.router().switch().capacity(),
+            "in_use": hb.router().switch().live_ports().count(),
+            "stats": hb.router().switch().stats(),
+        },
+        "vm": vp.stats(),
+        "devices": vp.served().map(|s| serde_json::json!({
+            "id": s.id,
+            "port": s.port.index(),
+            "box": s.key.mac.to_string(),
+            "slot": s.key.slot,
+            "leaving": s.leaving,
+            "frontend": frontend_json(&s.frontend),
+        })).collect::<Vec<_>>(),
         "sessions": print::sessions_json(node),
-    })
-}
-
-/// Waits for the device and sets up the front-end the command line asks for.
-pub fn start(
-    vb: VmBridge,
-    make: impl FnOnce() -> Result<Frontend>,
-) -> Result<(VmBridge, Frontend)> {
-    vm::start(vb, make, &signals::stop_requested)
-}
-
-pub fn run(path: &Path, proxy_fd: Option<RawFd>, vfio_user: Option<&Path>) -> Result<()> {
-    let cfg = HostConfig::load(path)?;
-    signals::install();
-    let (mut vb, mut fe) = start(open(&cfg)?, || match (proxy_fd, vfio_user) {
-        (Some(fd), None) => {
-            println!("serving QEMU's proxy on descriptor {fd}");
-            Ok(Frontend::Proxy(ProxyServer::new(inherited_fd(fd)?)))
+    });
+    match vp.one_frontend() {
+        Some((name, s, present)) => {
+            v["frontend"] = name.into();
+            v["device_present"] = present.into();
+            v[name] = frontend_json(&s);
         }
-        (None, Some(p)) => {
-            let s =
-                VfioUserServer::bind(p).with_context(|| format!("listening on {}", p.display()))?;
-            println!("vfio-user server on {}", p.display());
-            Ok(Frontend::VfioUser(Box::new(s)))
-        }
-        _ => bail!("one front-end: --proxy-fd or --vfio-user"),
-    })?;
-    serve(&cfg, &mut vb, &mut fe, || false, || {})?;
-    report(&vb, &fe);
-    Ok(())
+        None => v["frontend"] = "vfio-user pool".into(),
+    }
+    v
 }
 
-/// Serves the VMM until it closes the proxy connection, `done()` says so, or
-/// SIGINT/SIGTERM, with the control socket of `cfg`. `removed()` is called when the
-/// device goes away (the launcher unplugs it from the guest).
+/// Why [`serve`] ended.
+#[derive(Debug)]
+pub enum End {
+    /// SIGINT/SIGTERM, or `each` said so.
+    Stopped,
+    /// The VMM closed the one front-end's connection for good.
+    Closed,
+    /// The VMM's monitor failed.
+    MonitorFailed,
+}
+
+/// The host bridge under a VMM as the program runs it: each round's log lines
+/// printed, its counters on the control socket, `each` asked after every round
+/// whether to stop.
+struct Served<'a, F> {
+    vh: &'a mut VmHost,
+    control: Option<ControlServer>,
+    answered: Instant,
+    each: F,
+    stop: Stop,
+    end: End,
+}
+
+impl<F: FnMut(&mut VmHost) -> bool> Pollable for Served<'_, F> {
+    fn round(&mut self, now: Instant) -> std::io::Result<bool> {
+        let worked = self.vh.round(now)?;
+        for c in std::mem::take(&mut self.vh.changes) {
+            print_change(&c);
+            match c {
+                VmChange::Closed => {
+                    self.end = End::Closed;
+                    self.stop.request();
+                }
+                VmChange::MonitorFailed(_) => {
+                    self.end = End::MonitorFailed;
+                    self.stop.request();
+                }
+                _ => {}
+            }
+        }
+        if let Some(c) = &self.control {
+            if now.duration_since(self.answered) >= Duration::from_millis(10) {
+                c.serve(|_| stats(&self.vh.pool));
+                self.answered = now;
+            }
+        }
+        if signals::stop_requested() || (self.each)(self.vh) {
+            self.stop.request();
+        }
+        Ok(worked)
+    }
+
+    fn wake(&self, w: &mut Waker) {
+        self.vh.wake(w);
+        // Stop requests and the program's checks come at least this often.
+        w.deadline(Instant::now() + Duration::from_millis(10));
+    }
+}
+
+/// Serves the VMM until it closes the one front-end's connection, its monitor fails,
+/// `each()` (after every round) says to stop, or SIGINT/SIGTERM; with the control
+/// socket of `cfg`. Returns why it ended.
 pub fn serve(
     cfg: &HostConfig,
-    vb: &mut VmBridge,
-    fe: &mut Frontend,
-    mut done: impl FnMut() -> bool,
-    removed: impl FnMut(),
-) -> Result<()> {
-    let control = bridge::control_socket(&cfg.bridge)?;
-    let policy = Policy {
-        spin: Duration::from_micros(cfg.bridge.spin_us),
-        yield_after: Duration::from_micros(cfg.bridge.yield_after_us.unwrap_or(VMM_YIELD_AFTER_US)),
+    vh: &mut VmHost,
+    each: impl FnMut(&mut VmHost) -> bool,
+) -> Result<End> {
+    let policy = IdlePolicy::from_settings(
+        cfg.bridge.spin_us,
+        Some(cfg.bridge.yield_after_us.unwrap_or(VMM_YIELD_AFTER_US)),
+    );
+    let stop = Stop::new();
+    let mut s = Served {
+        vh,
+        control: bridge::control_socket(&cfg.bridge)?,
+        answered: Instant::now(),
+        each,
+        stop: stop.clone(),
+        end: End::Stopped,
     };
-    vm::serve(
-        vb,
-        fe,
-        policy,
-        &signals::stop_requested,
-        |vb, fe| {
-            if let Some(c) = &control {
-                c.serve(|_| stats(vb, fe));
-            }
-            done()
-        },
-        removed,
-    )?;
-    Ok(())
+    poll::run(&mut s, policy, &stop).context("serving the VMM")?;
+    Ok(s.end)
 }
 
-/// The closing line with the front-end's and the bridge's counters.
-pub fn report(vb: &VmBridge, fe: &Frontend) {
-    let b = vb.host.bridge().stats();
+/// The closing line with the front-ends' and the bridge's counters.
+pub fn report(vp: &VmPool) {
+    let b = vp.bridge().host().bridge().stats();
+    let s = vp.stats();
+    let front = match vp.one_frontend() {
+        Some((_, f, _)) => summary(&f),
+        None => format!(
+            "{} hot-added, {} hot-removed, {} ghost accesses, {} VMM errors",
+            s.plugged, s.unplugged, s.ghost_accesses, s.vmm_errors
+        ),
+    };
     println!(
-        "tether host: stopped; {}; {} DMA reads, {} DMA writes, {} refused, {} completion timeouts",
-        summary(fe),
+        "tether host: stopped; {front}; {} DMA reads, {} DMA writes, {} refused, {} completion timeouts",
         b.dma_reads,
         b.dma_writes,
         b.dma_read_refused + b.dma_write_dropped,
         b.completion_timeouts
     );
+}
+
+/// The pool of one front-end `fe` on `port`, once its device is there (up to
+/// `wait`).
+pub fn one(
+    cfg: &HostConfig,
+    port: Box<dyn dataplane::Port>,
+    what: &str,
+    fe: Box<dyn Frontend>,
+    id: &str,
+    wait: Duration,
+) -> Result<VmPool> {
+    let link = bridge::switched_host_link(cfg, port, what)?;
+    // A device that leaves is let go of at once: the front-end answers for it.
+    let hb = host_bridge(cfg, link, 5_000_000)?;
+    let mut vp = VmPool::one(hb, fe, id, Box::new(print_note));
+    let mut changes = Vec::new();
+    let r = vp.wait_for_device(wait, &signals::stop_requested, &mut changes);
+    for c in &changes {
+        print_change(c);
+    }
+    r?;
+    Ok(vp)
+}
+
+pub fn run(path: &Path, proxy_fd: Option<RawFd>, vfio_user: Option<&Path>) -> Result<()> {
+    let cfg = HostConfig::load(path)?;
+    signals::install();
+    let fe: Box<dyn Frontend> = match (proxy_fd, vfio_user) {
+        (Some(fd), None) => {
+            println!("serving QEMU's proxy on descriptor {fd}");
+            Box::new(ProxyServer::new(inherited_fd(fd)?))
+        }
+        (None, Some(p)) => {
+            let s =
+                VfioUserServer::bind(p).with_context(|| format!("listening on {}", p.display()))?;
+            println!("vfio-user server on {}", p.display());
+            Box::new(s)
+        }
+        _ => bail!("one front-end: --proxy-fd or --vfio-user"),
+    };
+    let (port, what) = bridge::open_port(cfg.port.kind, &cfg.port.interface)
+        .with_context(|| format!("opening {}", cfg.port.interface))?;
+    let vp = one(&cfg, port, &what, fe, "tether0", DEVICE_WAIT)?;
+    let mut vh = VmHost::new(vp, None);
+    serve(&cfg, &mut vh, |_| false)?;
+    report(&vh.pool);
+    Ok(())
 }
