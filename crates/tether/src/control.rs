@@ -1,6 +1,7 @@
 //! The control socket of a running bridge, in the manner of DPDK's telemetry socket:
 //! a Unix stream socket where a client writes one command line and reads one JSON
-//! document back. Commands: `stats` (every counter of the bridge), `ping`.
+//! document back. Commands: `stats` (every counter of the bridge), `tree` (a host
+//! bridge's switch and devices, as `lspci -tv` would draw them), `ping`.
 //!
 //! The bridge polls it from its own loop (non-blocking accept), so answering never
 //! needs a lock on the bridge's state.
@@ -63,9 +64,9 @@ impl ControlServer {
         BufReader::new((&stream).take(MAX_LINE)).read_line(&mut line)?;
         let reply = match line.trim() {
             "ping" => serde_json::json!({ "pong": true }),
-            "stats" => answer("stats"),
+            cmd @ ("stats" | "tree") => answer(cmd),
             other => {
-                serde_json::json!({ "error": format!("unknown command {other:?}; commands: stats, ping") })
+                serde_json::json!({ "error": format!("unknown command {other:?}; commands: stats, tree, ping") })
             }
         };
         let mut s = &stream;

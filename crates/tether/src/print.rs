@@ -115,6 +115,79 @@ pub fn sessions_json(node: &Node) -> serde_json::Value {
         .collect()
 }
 
+/// A host bridge's virtual switch as `lspci -tv` would draw it, from the config
+/// images the switch presents (IDs, bus numbers) and the devices on its ports: the
+/// root port, the upstream port, and each downstream port that holds a device (the
+/// empty ones counted on the last line).
+pub fn switch_tree(hb: &hostbridge::host_bridge::HostBridge) -> Vec<String> {
+    use hostbridge::switch::{ROOT_PORT, UPSTREAM_PORT};
+    let sw = hb.router().switch();
+    let ids = |bdf| {
+        let v = sw.config_read(bdf, 0).unwrap_or(u32::MAX);
+        format!("[{:04x}:{:04x}]", v & 0xffff, v >> 16)
+    };
+    // Secondary and subordinate bus numbers, as the bridge's header holds them.
+    let buses = |bdf| {
+        let v = sw.config_read(bdf, 0x18).unwrap_or(0);
+        let (sec, sub) = ((v >> 8) as u8, (v >> 16) as u8);
+        if sec == sub {
+            format!("[{sec:02x}]")
+        } else {
+            format!("[{sec:02x}-{sub:02x}]")
+        }
+    };
+    let fnum = |bdf: tlp::Bdf| format!("{:02x}.{}", bdf.device(), bdf.function());
+    let mut out = vec![
+        format!(
+            "-[0000:00]-{}-{} root port {}",
+            fnum(ROOT_PORT),
+            buses(ROOT_PORT),
+            ids(ROOT_PORT)
+        ),
+        format!(
+            "           \\-[01]-{}-{} switch upstream port {}",
+            fnum(UPSTREAM_PORT),
+            buses(UPSTREAM_PORT),
+            ids(UPSTREAM_PORT)
+        ),
+    ];
+    let live: Vec<_> = sw.live_ports().collect();
+    for (i, port) in live.iter().enumerate() {
+        let b = port.bridge();
+        let branch = if i + 1 == live.len() { "\\" } else { "+" };
+        let device = hb
+            .devices()
+            .find(|(v, _)| v.port == Some(*port))
+            .map(|(v, info)| match info {
+                Some(d) => format!(
+                    "---{} {} [{:04x}:{:04x}] ({}, generation {}, {:?})",
+                    d.bdf,
+                    class_name(d.class.0, d.class.1),
+                    d.vendor,
+                    d.device,
+                    v.key,
+                    v.gen.0,
+                    v.phase
+                ),
+                None => format!(" ({}, generation {}, {:?})", v.key, v.gen.0, v.phase),
+            })
+            .unwrap_or_else(|| " (held, no device)".into());
+        out.push(format!(
+            "                  {branch}-[02]-{}-{} downstream port {} {}{device}",
+            fnum(b),
+            buses(b),
+            port.index(),
+            ids(b)
+        ));
+    }
+    out.push(format!(
+        "{} of {} downstream ports hold a device",
+        live.len(),
+        sw.capacity()
+    ));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -149,6 +149,23 @@ fn iobox_hosts_and_ctl_as_processes() {
     let sb: serde_json::Value =
         serde_json::from_str(&ctl(&["stats", "-s", &sock("hb"), "--json"])).unwrap();
     assert_eq!(sb["devices"].as_array().unwrap().len(), 0, "{sb}");
+    // The switch as `lspci -tv` draws it, from the config images it presents: root
+    // port, upstream port, and the one downstream port with the device behind it.
+    let tree = ctl(&["tree", "-s", &sock("ha")]);
+    eprintln!("ctl tree:\n{tree}");
+    let lines: Vec<&str> = tree.lines().collect();
+    assert!(lines[0].starts_with("-[0000:00]-00.0-[01-"), "{tree}");
+    assert!(lines[0].ends_with("root port [1de5:0100]"), "{tree}");
+    assert!(lines[1].contains("\\-[01]-00.0-[02-"), "{tree}");
+    assert!(
+        lines[2].contains("\\-[02]-00.0-[03] downstream port 0 [1de5:0102]---03:00.0 ")
+            && lines[2].contains("[1de5:0001]")
+            && lines[2].contains("Ready"),
+        "{tree}"
+    );
+    assert!(lines[3].starts_with("1 of "), "{tree}");
+    let tb = ctl(&["tree", "-s", &sock("hb")]);
+    assert_eq!(tb.lines().count(), 3, "{tb}");
     // A host in another group never saw the device (nor host A as a peer).
     assert_eq!(b.count("hot-plug"), 0, "{}", b.text());
     assert_eq!(b.count("peer up"), 0, "{}", b.text());

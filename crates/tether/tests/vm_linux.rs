@@ -770,10 +770,29 @@ fn linux_guest_uses_devices_of_two_boxes_hot_plugged() {
     drop(p1);
 }
 
-/// What each guest of the moves test runs: whenever a disk is there, it reads the
-/// generation the other guest left in its first block, writes the next one (O_DIRECT),
-/// and waits for the disk to leave; again and again. It looks every 50 ms.
+/// What each guest of the moves test runs: in the background, whenever a memdev is
+/// there, it lists the PCI functions as lspci would (from sysfs: busybox has no
+/// lspci), runs a DMA with an MSI through it, and waits for it to leave; in the
+/// foreground, whenever a disk is there, it reads the generation the other guest left
+/// in its first block, writes the next one (O_DIRECT), and waits for the disk to
+/// leave; again and again. It looks every 50 ms.
 const MOVES_GUEST: &str = r#"
+(
+m=0
+while [ $m -lt 10 ]; do
+  md=""
+  while [ -z "$md" ]; do
+    for d in /sys/bus/pci/devices/*; do [ "$(cat $d/vendor)" = 0x1de5 ] && md=$d; done
+    [ -n "$md" ] || usleep 50000
+  done
+  for d in /sys/bus/pci/devices/*; do echo "=== lspci ${d##*/} $(cat $d/vendor):$(cat $d/device)"; done
+  memdev-msi $md 0xdf 0x100000
+  echo "=== memdev used rc=$?"
+  while [ -e "$md" ]; do usleep 50000; done
+  echo "=== memdev gone"
+  m=$((m+1))
+done
+) &
 n=0
 while [ $n -lt 40 ]; do
   i=0
@@ -794,9 +813,11 @@ done
 
 /// Moves between running VMs (issue 16): two `tether vm`s, A in group 10 and B in
 /// group 20, each with its own bridge in a namespace of its own, and one box whose
-/// virtio-blk disk starts in the free group (4093), all on a Linux bridge. Both VMs
-/// boot with no device. The manager assigns the disk to A with `tether ctl
-/// set-group`, then moves it between the VMs 20 times; each time, the VM losing it
+/// memdev and virtio-blk disk start in the free group (4093), all on a Linux bridge.
+/// Both VMs boot with no device. The manager assigns the memdev, then the disk, to A
+/// with `tether ctl set-group`, one after the other: each appears in A's guest and is
+/// used (a DMA with an MSI through the memdev). The memdev moves to B, is used there,
+/// and comes back to A, used again. Then the disk moves between the VMs 20 times; each time, the VM losing it
 /// hot-removes it and the other hot-adds it, and its guest reads the generation the
 /// other guest wrote and writes the next: no write is lost across a move. At the end
 /// no root port is held without a device. Prints, per move, the time from the box's
@@ -812,7 +833,7 @@ fn a_disk_moves_between_running_vms() {
     let root = root.display().to_string();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let Some((kernel, initrd)) = guest_image(test, d, MOVES_GUEST, &[]) else {
+    let Some((kernel, initrd)) = guest_image(test, d, MOVES_GUEST, &["memdev-msi"]) else {
         return;
     };
     let Some(mut rig) = Rig::for_test(test, "tmv") else {
@@ -841,12 +862,13 @@ fn a_disk_moves_between_running_vms() {
         "box.toml",
         &format!(
             "[port]\ninterface = \"mvbox\"\n[bridge]\nid = 0xd15c\n\
-             [[device]]\nslot = 0\nmodel = \"virtio-blk\"\npath = \"{}\"\n",
+             [[device]]\nslot = 0\nmodel = \"virtio-blk\"\npath = \"{}\"\n\
+             [[device]]\nslot = 1\nmodel = \"memdev\"\n",
             disk.display()
         ),
     );
     let mut boxp = Proc::spawn(&rig, bx, "iobox", &["iobox", "--config", &path(&box_toml)]);
-    boxp.wait_for("slot 0: ", 1, Duration::from_secs(10));
+    boxp.wait_for("slot 1: ", 1, Duration::from_secs(10));
     let vm = |ns: usize, name: &'static str, gid: u16, iface: &str| {
         let sock = d.join(format!("{name}.sock").replace(' ', "-"));
         let host = path(&write(
@@ -876,11 +898,11 @@ fn a_disk_moves_between_running_vms() {
                 "--initrd",
                 &initrd,
                 "--append",
-                "console=ttyS0 panic=-1",
+                "console=ttyS0 panic=-1 iomem=relaxed",
                 "--memory",
                 "192",
                 "--root-ports",
-                "2",
+                "3",
                 "--timeout",
                 "900",
             ],
@@ -897,17 +919,42 @@ fn a_disk_moves_between_running_vms() {
         0,
         "no device yet"
     );
-    let ctl = |gid: u16| {
+    let set_group = |slot: u8, gid: u16| {
         let out = run_ok(
             rig.command(mgr, env!("CARGO_BIN_EXE_tether"))
-                .args(["ctl", "set-group", "-i", "mvmgr", "0xd15c/0"])
+                .args(["ctl", "set-group", "-i", "mvmgr", &format!("0xd15c/{slot}")])
                 .arg(gid.to_string()),
         );
         assert!(out.contains(&format!("to group {gid}")), "{out}");
     };
-    // The free disk to A.
+    let ctl = |gid: u16| set_group(0, gid);
+    // The free memdev to A, then the free disk: each appears in A's guest and is used.
+    set_group(1, 10);
+    a.wait_for("=== memdev used rc=", 1, long);
+    assert_eq!(value(&a.text(), "=== memdev used rc="), "0", "{}", a.text());
+    assert!(a.text().contains("=== lspci 0000:"), "{}", a.text());
+    assert!(a.text().contains(" 0x1de5:0x0001"), "{}", a.text());
     ctl(10);
     a.wait_for("=== wrote gen 1 rc=0", 1, long);
+    // The memdev to B, used there, and back to A, used again.
+    set_group(1, 20);
+    b.wait_for("=== memdev used rc=", 1, long);
+    a.wait_for("=== memdev gone", 1, long);
+    a.wait_for("removed by the guest", 1, long);
+    set_group(1, 10);
+    a.wait_for("=== memdev used rc=", 2, long);
+    b.wait_for("=== memdev gone", 1, long);
+    b.wait_for("removed by the guest", 1, long);
+    for (p, name) in [(&a, "A"), (&b, "B")] {
+        let t = p.text();
+        let rcs: Vec<&str> = t
+            .lines()
+            .filter_map(|l| l.split("=== memdev used rc=").nth(1))
+            .collect();
+        assert!(rcs.iter().all(|rc| *rc == "0"), "VM {name}: {rcs:?}\n{t}");
+    }
+    // Each VM's removals before the disk's moves (the memdev's, once each).
+    const EARLIER: usize = 1;
     const MOVES: usize = 20;
     let (mut ghosted, mut let_go, mut enumerated, mut read) = (vec![], vec![], vec![], vec![]);
     for m in 1..=MOVES {
@@ -918,6 +965,7 @@ fn a_disk_moves_between_running_vms() {
             (&mut b, &mut a, 10)
         };
         let n = m.div_ceil(2); // this move's number for each of the two VMs
+        let n = n + EARLIER;
         ctl(gid);
         to.wait_for(&format!("=== wrote gen {} rc=0", m + 1), 1, long);
         from.wait_for("removed by the guest", n, long);
@@ -925,7 +973,7 @@ fn a_disk_moves_between_running_vms() {
         // start (a process in a namespace, listening for the box first) is not the
         // fabric's.
         let t = boxp
-            .nth_seen_at("group change", m + 1)
+            .nth_seen_at("group change", m + 4)
             .expect("the box logged the move");
         let since = |at: std::time::Instant| at.saturating_duration_since(t);
         ghosted.push(since(
@@ -948,15 +996,23 @@ fn a_disk_moves_between_running_vms() {
         assert!(!t.contains("panicked"), "{t}");
         assert!(!t.contains("I/O error"), "the guest saw I/O errors: {t}");
     }
+    // A: the memdev twice, the disk once and then at every other move; B: the memdev
+    // once, the disk at every other move.
     assert_eq!(
         a.count("tether vm: hot-adding"),
-        1 + MOVES / 2,
+        3 + MOVES / 2,
         "{}",
         texts[0]
     );
-    assert_eq!(b.count("tether vm: hot-adding"), MOVES / 2, "{}", texts[1]);
-    // No root port leak: each bridge holds a port only for the device it has.
-    for (p, sock, holds) in [(&a, &sock_a, 1u64), (&b, &sock_b, 0)] {
+    assert_eq!(
+        b.count("tether vm: hot-adding"),
+        1 + MOVES / 2,
+        "{}",
+        texts[1]
+    );
+    // No root port leak: each bridge holds a port only for the devices it has (A the
+    // memdev and the disk).
+    for (p, sock, holds) in [(&a, &sock_a, 2u64), (&b, &sock_b, 0)] {
         let out = run_ok(tether().args(["ctl", "stats", "--json", "-s"]).arg(sock));
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(

@@ -48,6 +48,13 @@ pub enum CtlCommand {
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
     },
+    /// Print a running host bridge's virtual switch and its devices, as `lspci -tv`
+    /// draws a tree (its `[bridge] control` socket).
+    Tree {
+        /// The host bridge's control socket.
+        #[arg(short, long)]
+        socket: PathBuf,
+    },
     /// Print the counters of a running bridge (its `[bridge] control` socket).
     Stats {
         /// The bridge's control socket.
@@ -303,6 +310,13 @@ pub fn run(cmd: CtlCommand) -> Result<()> {
             gid,
             timeout_ms,
         } => set_group(&interface, &device, gid, Duration::from_millis(timeout_ms)),
+        CtlCommand::Tree { socket } => {
+            let v = control::request(&socket, "tree")?;
+            for l in v["tree"].as_array().into_iter().flatten() {
+                println!("{}", l.as_str().unwrap_or_default());
+            }
+            Ok(())
+        }
         CtlCommand::Stats { socket, json } => {
             let v = control::request(&socket, "stats")?;
             if json {

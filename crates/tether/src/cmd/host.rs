@@ -177,7 +177,10 @@ pub fn run(path: &Path) -> Result<()> {
         }
         if let Some(c) = &control {
             if served.elapsed() >= Duration::from_millis(10) {
-                c.serve(|_| stats(&hb));
+                c.serve(|cmd| match cmd {
+                    "tree" => serde_json::json!({ "tree": print::switch_tree(&hb) }),
+                    _ => stats(&hb),
+                });
                 served = Instant::now();
             }
         }

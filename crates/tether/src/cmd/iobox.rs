@@ -113,7 +113,10 @@ pub fn run(path: &Path) -> Result<()> {
         }
         if let Some(c) = &control {
             if served.elapsed() >= Duration::from_millis(10) {
-                c.serve(|_| stats(&b));
+                c.serve(|cmd| match cmd {
+                    "tree" => serde_json::json!({ "error": "an I/O box has no switch: `tree` is a host bridge's" }),
+                    _ => stats(&b),
+                });
                 served = Instant::now();
             }
         }

@@ -193,7 +193,12 @@ impl<F: FnMut(&mut VmHost) -> bool> Pollable for Served<'_, F> {
         }
         if let Some(c) = &self.control {
             if now.duration_since(self.answered) >= Duration::from_millis(10) {
-                c.serve(|_| stats(&self.vh.pool));
+                c.serve(|cmd| match cmd {
+                    "tree" => {
+                        serde_json::json!({ "tree": print::switch_tree(self.vh.pool.bridge()) })
+                    }
+                    _ => stats(&self.vh.pool),
+                });
                 self.answered = now;
             }
         }
