@@ -40,7 +40,8 @@ pub trait Link {
 const STEP_BURST: usize = 64;
 
 /// Interrupts kept for the program at most. Devices (untrusted, on the other side of
-/// the network) choose how many they send: beyond this the oldest goes, counted in
+/// the network) choose how many they send: beyond this the oldest of the device that
+/// holds the most goes (a flooding device loses its own, not another's), counted in
 /// `stats().interrupts_dropped`.
 pub const MAX_QUEUED_INTERRUPTS: usize = 1024;
 
@@ -256,8 +257,9 @@ pub struct HostStats {
     /// Interrupts that added nothing to what was queued (an MSI vector already
     /// pending, an INTx line already at that level), merged into it.
     pub interrupts_coalesced: u64,
-    /// Queued interrupts pushed out, oldest first, by more than
-    /// [`MAX_QUEUED_INTERRUPTS`] arriving before the program took them.
+    /// Queued interrupts pushed out by more than [`MAX_QUEUED_INTERRUPTS`] arriving
+    /// before the program took them: each time the oldest of the device that holds
+    /// the most.
     pub interrupts_dropped: u64,
     /// Queued interrupts of a device thrown away when it was removed.
     pub interrupts_cleared: u64,
@@ -282,6 +284,70 @@ const FIRST_MSI_DATA: u32 = 0x20;
 /// The MSI address the host gives devices (x86's fixed window, destination 0).
 pub const MSI_ADDRESS: u64 = MSI_WINDOW.start;
 
+/// The interrupts queued for the program, with how many each device holds (so that
+/// a full queue finds the device that holds the most at the cost of one pass over
+/// the devices, not over the queue).
+#[derive(Default)]
+struct InterruptQueue {
+    queue: VecDeque<Interrupt>,
+    held: HashMap<Bdf, usize>,
+}
+
+impl InterruptQueue {
+    fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn iter(&self) -> impl DoubleEndedIterator<Item = &Interrupt> {
+        self.queue.iter()
+    }
+
+    fn push_back(&mut self, i: Interrupt) {
+        *self.held.entry(i.device()).or_default() += 1;
+        self.queue.push_back(i);
+    }
+
+    fn taken(&mut self, i: &Interrupt) {
+        if let Some(n) = self.held.get_mut(&i.device()) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(&i.device());
+            }
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Interrupt> {
+        let i = self.queue.pop_front()?;
+        self.taken(&i);
+        Some(i)
+    }
+
+    /// Takes out the first interrupt of `device`.
+    fn take_of(&mut self, device: Bdf) -> Option<Interrupt> {
+        let at = self.queue.iter().position(|i| i.device() == device)?;
+        let i = self.queue.remove(at)?;
+        self.taken(&i);
+        Some(i)
+    }
+
+    /// Drops the oldest interrupt of the device that holds the most (ties: any of
+    /// them).
+    fn drop_from_the_largest(&mut self) {
+        let Some((&device, _)) = self.held.iter().max_by_key(|(_, &n)| n) else {
+            return;
+        };
+        self.take_of(device);
+    }
+
+    /// Drops every interrupt of `device`; returns how many.
+    fn clear(&mut self, device: Bdf) -> usize {
+        let before = self.queue.len();
+        self.queue.retain(|i| i.device() != device);
+        self.held.remove(&device);
+        before - self.queue.len()
+    }
+}
+
 /// The host side: enumeration, config and BAR access, DMA buffers, interrupts.
 pub struct Host<L: Link> {
     bridge: Bridge,
@@ -295,7 +361,7 @@ pub struct Host<L: Link> {
     /// The same routes the other way: (device, vector) -> MSI data.
     msi_data: HashMap<(Bdf, u16), u32>,
     next_msi_data: u32,
-    interrupts: VecDeque<Interrupt>,
+    interrupts: InterruptQueue,
     finished: HashMap<RequestId, Result<Vec<u8>, RequestError>>,
     dma_area: (u64, u64),
     dma_next: u64,
@@ -321,7 +387,7 @@ impl<L: Link> Host<L> {
             msi_routes: HashMap::new(),
             msi_data: HashMap::new(),
             next_msi_data: FIRST_MSI_DATA,
-            interrupts: VecDeque::new(),
+            interrupts: InterruptQueue::default(),
             finished: HashMap::new(),
             dma_area,
             dma_next: dma_area.0,
@@ -408,7 +474,7 @@ impl<L: Link> Host<L> {
     fn queue_interrupt(&mut self, i: Interrupt) {
         let adds_nothing = match i {
             // Pending already: one delivery serves both (as in the APIC's IRR).
-            Interrupt::Vector { .. } => self.interrupts.contains(&i),
+            Interrupt::Vector { .. } => self.interrupts.iter().any(|q| *q == i),
             // The line's latest queued level is this one already.
             Interrupt::Intx { device, pin, .. } => {
                 self.interrupts.iter().rev().find(|q| {
@@ -421,7 +487,9 @@ impl<L: Link> Host<L> {
             return;
         }
         if self.interrupts.len() >= MAX_QUEUED_INTERRUPTS {
-            self.interrupts.pop_front();
+            // The device that holds the most pays: a flood pushes out its own oldest,
+            // never another device's.
+            self.interrupts.drop_from_the_largest();
             self.stats.interrupts_dropped += 1;
         }
         self.interrupts.push_back(i);
@@ -654,8 +722,7 @@ impl<L: Link> Host<L> {
     ) -> Option<Interrupt> {
         let end = Instant::now() + timeout;
         loop {
-            while let Some(at) = self.interrupts.iter().position(|i| i.device() == device) {
-                let i = self.interrupts.remove(at).expect("found just now");
+            while let Some(i) = self.interrupts.take_of(device) {
                 if armed.matches(&i) {
                     return Some(i);
                 }
@@ -928,9 +995,7 @@ impl<L: Link> Host<L> {
         self.devices.retain(|d| d.bdf != bdf);
         self.msi_routes.retain(|_, (d, _)| *d != bdf);
         self.msi_data.retain(|(d, _), _| *d != bdf);
-        let queued = self.interrupts.len();
-        self.interrupts.retain(|i| i.device() != bdf);
-        self.stats.interrupts_cleared += (queued - self.interrupts.len()) as u64;
+        self.stats.interrupts_cleared += self.interrupts.clear(bdf) as u64;
     }
 }
 

@@ -282,6 +282,53 @@ fn an_interrupt_flood_is_bounded_and_counted() {
     assert_eq!(kept, MAX_QUEUED_INTERRUPTS);
 }
 
+/// One device's flood pushes out its own queued interrupts, not another's: the quiet
+/// device's one interrupt, queued first, is still there after the flood (before, the
+/// oldest of all went, and that was it).
+#[test]
+fn a_flooding_device_loses_its_own_interrupts_not_anothers() {
+    let mut h = host(50_000);
+    h.enumerate(dev()).unwrap();
+    let quiet = Bdf::new(1, 1, 0).unwrap();
+    let loud = Bdf::new(1, 2, 0).unwrap();
+    h.link_mut().forged.push_back(intx(quiet, IntxPin::A, true));
+    let n = 3 * MAX_QUEUED_INTERRUPTS;
+    for k in 0..n {
+        h.link_mut()
+            .forged
+            .push_back(intx(loud, IntxPin::B, k % 2 == 0));
+    }
+    while !h.link().forged.is_empty() {
+        h.poll(Duration::ZERO);
+    }
+    assert_eq!(
+        h.stats().interrupts_dropped as usize,
+        n + 1 - MAX_QUEUED_INTERRUPTS
+    );
+    let mut queued = Vec::new();
+    while let Some(i) = h.take_interrupt() {
+        queued.push(i);
+    }
+    assert_eq!(queued.len(), MAX_QUEUED_INTERRUPTS);
+    assert_eq!(
+        queued[0],
+        Interrupt::Intx {
+            device: quiet,
+            pin: IntxPin::A,
+            asserted: true
+        }
+    );
+    // The loud device's latest level is the last one queued.
+    assert_eq!(
+        queued.last(),
+        Some(&Interrupt::Intx {
+            device: loud,
+            pin: IntxPin::B,
+            asserted: n % 2 == 1
+        })
+    );
+}
+
 /// A driver waiting for the vector it armed takes nothing else of its device as that
 /// interrupt (a forged INTx, another vector), counts what it passed over, and leaves
 /// other devices' interrupts queued.
