@@ -82,8 +82,14 @@ pub trait Device {
     );
     /// A function-level reset or a reset from the host: back to the power-on state.
     fn reset(&mut self);
-    /// Called by [`Function::handle_timeout`] so that a model can do timed work.
+    /// Work the model does on its own rather than for a TLP (timed work, frames its
+    /// backend received): called by [`Function::handle_timeout`] and by
+    /// [`Function::poll_device`], which the box calls every round of its loop. Must be
+    /// cheap when there is nothing to do.
     fn poll(&mut self, _io: &mut dyn DeviceIo) {}
+    /// Descriptors whose readiness brings the model work of its own (its backend's
+    /// socket): the box's loop sleeps on them along with its port's.
+    fn wait_fds(&self, _out: &mut Vec<std::os::fd::RawFd>) {}
     /// The model's own counters, by name (for `tether ctl stats`).
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
@@ -520,6 +526,19 @@ impl<D: Device> Function<D> {
         self.core.out.pop_front()
     }
 
+    /// Lets the model do work of its own at `now` ([`Device::poll`]): the box calls
+    /// this every round.
+    pub fn poll_device(&mut self, now: u64) {
+        self.core.now = now;
+        self.device.poll(&mut self.core);
+        self.deliver_finished();
+    }
+
+    /// Descriptors whose readiness brings the model work ([`Device::wait_fds`]).
+    pub fn wait_fds(&self, out: &mut Vec<std::os::fd::RawFd>) {
+        self.device.wait_fds(out)
+    }
+
     /// When `handle_timeout` must be called next (µs), if a DMA read is outstanding.
     pub fn poll_timeout(&self) -> Option<u64> {
         self.core.reads.iter().map(|r| r.deadline).min()
@@ -851,6 +870,9 @@ impl<T: Device + ?Sized> Device for Box<T> {
     }
     fn poll(&mut self, io: &mut dyn DeviceIo) {
         (**self).poll(io)
+    }
+    fn wait_fds(&self, out: &mut Vec<std::os::fd::RawFd>) {
+        (**self).wait_fds(out)
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {

@@ -484,6 +484,8 @@ impl IoBox {
             if s.function.poll_timeout().is_some_and(|t| t <= now) {
                 s.function.handle_timeout(now);
             }
+            // The model's own work (its backend's input).
+            s.function.poll_device(now);
             s.pull_output();
             let gid = s.info.gid;
             let Some(&host) = self.hosts.get(&gid) else {
@@ -526,11 +528,19 @@ impl Pollable for IoBox {
         Ok(self.round_at(now)?)
     }
 
-    /// The port and the node's timers, and the devices' timers.
+    /// The port and the node's timers, the devices' timers, and their backends'
+    /// descriptors.
     fn wake(&self, w: &mut Waker) {
         self.fp.wake(w);
         for t in self.slots.iter().filter_map(|s| s.function.poll_timeout()) {
             self.fp.timer(w, t);
+        }
+        let mut fds = Vec::new();
+        for s in &self.slots {
+            s.function.wait_fds(&mut fds);
+        }
+        for fd in fds {
+            w.fd(fd);
         }
     }
 }
