@@ -18,25 +18,18 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use dataplane::ports::mem::{self, HubPort};
-use dataplane::{Mempool, Port};
+use dataplane::Mempool;
 use endpoint::config::{Bar as CfgBar, ConfigSpace};
 use endpoint::memdev::{self, op, regs, status};
 use endpoint::{Function, FunctionConfig};
-use fabric::{FabricPort, Node, NodeConfig};
-use hostbridge::host_bridge::{HostBridge, HostBridgeConfig};
-use hostbridge::route::Router;
-use hostbridge::switch::VirtualSwitch;
 use hostbridge::vm_pool::{VmChange, VmPool};
-use hostbridge::FabricLink;
 use iobox::Slot;
-use rootcomplex::{BarWindows, BridgeConfig, Host, MemoryMap};
 use vmm::frontend::{Frontend, FrontendStats};
 use vmm::proxy::wire::{cmd as proxy_cmd, Header, Request, HEADER_LEN};
 use vmm::proxy::ProxyServer;
 use vmm::vfio_user::client::{eventfd_wait, guest_memfd, Client};
 use vmm::vfio_user::wire::vfio;
 use vmm::vfio_user::VfioUserServer;
-use wire::{BridgeRole, MacAddr};
 
 const GID: u16 = 10;
 /// Guest RAM: 4 MiB at guest-physical 256 MiB.
@@ -45,28 +38,7 @@ const RAM_SIZE: u64 = 4 << 20;
 
 /// The host bridge on `port` under the one front-end `fe`, its device there.
 fn pool_one(port: HubPort, fe: Box<dyn Frontend>) -> VmPool {
-    let mut cfg = NodeConfig::new(MacAddr(port.info().mac), BridgeRole::Host, 1, 1001);
-    cfg.info_interval_us = 20_000;
-    cfg.missed_infos = 15;
-    let mut n = Node::new(cfg).unwrap();
-    n.join(GID).unwrap();
-    let router = Router::new(GID, VirtualSwitch::new(4).unwrap());
-    let link = FabricLink::switched(FabricPort::new(n, Box::new(port)), router);
-    let host = Host::new(
-        BridgeConfig::default(),
-        MemoryMap::new(),
-        (0, 0),
-        BarWindows::default(),
-        link,
-    );
-    let hb = HostBridge::new(
-        HostBridgeConfig {
-            gid: GID,
-            leave_timeout: 10_000_000,
-        },
-        host,
-    )
-    .unwrap();
+    let hb = common::host_bridge(port);
     let mut vp = VmPool::one(hb, fe, "tether0", Box::new(|_| {}));
     let mut out = Vec::new();
     vp.wait_for_device(Duration::from_secs(20), &|| false, &mut out)

@@ -18,51 +18,18 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use dataplane::ports::mem::{self, HubPort};
-use dataplane::{Mempool, Port};
+use dataplane::Mempool;
 use endpoint::memdev::{self, op, regs, status};
-use fabric::{FabricPort, Node, NodeConfig};
-use hostbridge::host_bridge::{HostBridge, HostBridgeConfig};
-use hostbridge::route::Router;
-use hostbridge::switch::VirtualSwitch;
 use hostbridge::vm_pool::{VmChange, VmPool, VmPoolConfig};
-use hostbridge::FabricLink;
-use rootcomplex::{BarWindows, BridgeConfig, Host, MemoryMap};
 use vmm::vfio_user::client::{eventfd_wait, guest_memfd, Client};
 use vmm::vfio_user::wire::vfio;
-use wire::{BridgeRole, MacAddr};
 
-const GID: u16 = 10;
 /// Guest RAM: 4 MiB at guest-physical 256 MiB.
 const RAM: u64 = 0x1000_0000;
 const RAM_SIZE: u64 = 4 << 20;
 
-fn node(port: &dyn Port, role: BridgeRole, id: u64) -> Node {
-    let mut cfg = NodeConfig::new(MacAddr(port.info().mac), role, id, 1000 + id as u32);
-    cfg.info_interval_us = 20_000;
-    cfg.missed_infos = 15;
-    Node::new(cfg).unwrap()
-}
-
 fn pool(port: HubPort, dir: PathBuf) -> VmPool {
-    let mut n = node(&port, BridgeRole::Host, 1);
-    n.join(GID).unwrap();
-    let router = Router::new(GID, VirtualSwitch::new(4).unwrap());
-    let link = FabricLink::switched(FabricPort::new(n, Box::new(port)), router);
-    let host = Host::new(
-        BridgeConfig::default(),
-        MemoryMap::new(),
-        (0, 0),
-        BarWindows::default(),
-        link,
-    );
-    let hb = HostBridge::new(
-        HostBridgeConfig {
-            gid: GID,
-            leave_timeout: 10_000_000,
-        },
-        host,
-    )
-    .unwrap();
+    let hb = common::host_bridge(port);
     VmPool::new(
         hb,
         VmPoolConfig {

@@ -241,3 +241,33 @@ impl Drop for BoxThread {
         }
     }
 }
+
+/// A host bridge in group 10 on `port` (bridge id 1, INFO every 20 ms, down after 15
+/// missed), with a switch of 4 ports and a leave timeout of 10 s: what the VMM
+/// front-end tests put under their pools.
+pub fn host_bridge<P: Port + 'static>(port: P) -> hostbridge::host_bridge::HostBridge {
+    use hostbridge::host_bridge::{HostBridge, HostBridgeConfig};
+    let mut cfg = NodeConfig::new(MacAddr(port.info().mac), BridgeRole::Host, 1, 1001);
+    cfg.info_interval_us = 20_000;
+    cfg.missed_infos = 15;
+    let mut n = Node::new(cfg).unwrap();
+    n.join(GID).unwrap();
+    let router =
+        hostbridge::route::Router::new(GID, hostbridge::switch::VirtualSwitch::new(4).unwrap());
+    let link = FabricLink::switched(FabricPort::new(n, Box::new(port)), router);
+    let host = Host::new(
+        BridgeConfig::default(),
+        MemoryMap::new(),
+        (0, 0),
+        BarWindows::default(),
+        link,
+    );
+    HostBridge::new(
+        HostBridgeConfig {
+            gid: GID,
+            leave_timeout: 10_000_000,
+        },
+        host,
+    )
+    .unwrap()
+}

@@ -331,17 +331,16 @@ fn run_vm(
 /// vfio-user with a bridge of its own: the guest boots with no device; every device
 /// of the group is hot-added on a root port of its own when it arrives and
 /// hot-removed when it leaves.
-fn run_pool(a: &VmArgs, accel: Accel, mut cfg: HostConfig, qmp_path: &Path) -> Result<ExitStatus> {
-    // The bridge's switch has a port for each of the guest's root ports.
-    cfg.max_devices = usize::from(a.root_ports).min(hostbridge::switch::MAX_PORTS);
-    let BridgePort {
-        port,
-        what,
-        local,
-        stop,
-    } = BridgePort::open(a, &cfg)?;
-    let link = bridge::switched_host_link(&cfg, port, &what)?;
-    let hb = vm_host::host_bridge(&cfg, link, LEAVE_TIMEOUT_US)?;
+fn run_pool(
+    a: &VmArgs,
+    accel: Accel,
+    cfg: &HostConfig,
+    qmp_path: &Path,
+    port: Box<dyn dataplane::Port>,
+    what: &str,
+) -> Result<ExitStatus> {
+    let link = bridge::switched_host_link(cfg, port, what)?;
+    let hb = vm_host::host_bridge(cfg, link, LEAVE_TIMEOUT_US)?;
     let dir = PathBuf::from(format!("/tmp/tether-vm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let argv = machine(a, accel, qmp_path).argv()?;
@@ -367,33 +366,29 @@ fn run_pool(a: &VmArgs, accel: Accel, mut cfg: HostConfig, qmp_path: &Path) -> R
         Box::new(vm_host::print_note),
     );
     let mut vh = VmHost::new(vp, Some(QemuSlots::new(qmp)));
-    let status = run_vm(a, &cfg, &mut vh, &mut child, None);
+    let status = run_vm(a, cfg, &mut vh, &mut child, None);
     vm_host::report(&vh.pool);
     drop(vh);
     let _ = std::fs::remove_dir_all(&dir);
-    stop_local(&stop, local)?;
-    let status = status?;
-    if status.code().is_none() && !signals::stop_requested() && a.timeout.is_none() {
-        bail!("QEMU died: {status}");
-    }
-    Ok(status)
+    status
 }
 
 /// QEMU's proxy: the group's first device is waited for, then QEMU starts with it
 /// present (x-pci-proxy-dev on a socketpair); when it leaves, QEMU is asked to unplug
 /// it (ACPI).
-fn run_proxy(a: &VmArgs, accel: Accel, cfg: HostConfig, qmp_path: &Path) -> Result<ExitStatus> {
-    let BridgePort {
-        port,
-        what,
-        local,
-        stop,
-    } = BridgePort::open(a, &cfg)?;
+fn run_proxy(
+    a: &VmArgs,
+    accel: Accel,
+    cfg: &HostConfig,
+    qmp_path: &Path,
+    port: Box<dyn dataplane::Port>,
+    what: &str,
+) -> Result<ExitStatus> {
     let (ours, theirs) = socketpair()?;
     let vp = vm_host::one(
-        &cfg,
+        cfg,
         port,
-        &what,
+        what,
         Box::new(ProxyServer::new(ours)),
         PROXY_ID,
         Duration::from_secs_f64(a.device_wait.clamp(0.0, 3600.0)),
@@ -405,14 +400,9 @@ fn run_proxy(a: &VmArgs, accel: Accel, cfg: HostConfig, qmp_path: &Path) -> Resu
     let path = qmp_path.to_path_buf();
     let connecting = std::thread::spawn(move || Qmp::connect(&path, Duration::from_secs(30)));
     let mut vh = VmHost::new(vp, None);
-    let status = run_vm(a, &cfg, &mut vh, &mut child, Some(connecting));
+    let status = run_vm(a, cfg, &mut vh, &mut child, Some(connecting));
     vm_host::report(&vh.pool);
-    stop_local(&stop, local)?;
-    let status = status?;
-    if status.code().is_none() && !signals::stop_requested() && a.timeout.is_none() {
-        bail!("QEMU died: {status}");
-    }
-    Ok(status)
+    status
 }
 
 /// The id of the proxy's device in QEMU.
@@ -525,11 +515,27 @@ pub fn run(a: VmArgs) -> Result<ExitStatus> {
         (None, Some(c)) => c,
         (None, None) => bail!("--config or --connect is needed"),
     };
-    let cfg = HostConfig::load(config)?;
+    let mut cfg = HostConfig::load(config)?;
     signals::install();
     if pool {
-        run_pool(&a, accel, cfg, &qmp_path)
-    } else {
-        run_proxy(&a, accel, cfg, &qmp_path)
+        // The bridge's switch has a port for each of the guest's root ports.
+        cfg.max_devices = usize::from(a.root_ports).min(hostbridge::switch::MAX_PORTS);
     }
+    let BridgePort {
+        port,
+        what,
+        local,
+        stop,
+    } = BridgePort::open(&a, &cfg)?;
+    let status = if pool {
+        run_pool(&a, accel, &cfg, &qmp_path, port, &what)
+    } else {
+        run_proxy(&a, accel, &cfg, &qmp_path, port, &what)
+    };
+    stop_local(&stop, local)?;
+    let status = status?;
+    if status.code().is_none() && !signals::stop_requested() && a.timeout.is_none() {
+        bail!("QEMU died: {status}");
+    }
+    Ok(status)
 }
