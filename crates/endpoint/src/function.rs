@@ -90,6 +90,9 @@ pub trait Device {
     /// Descriptors whose readiness brings the model work of its own (its backend's
     /// socket): the box's loop sleeps on them along with its port's.
     fn wait_fds(&self, _out: &mut Vec<std::os::fd::RawFd>) {}
+    /// The box says the device is leaving its host (or is back): a model whose driver
+    /// should hear of it ahead (a NIC's link goes down) tells it now.
+    fn set_leaving(&mut self, _leaving: bool, _io: &mut dyn DeviceIo) {}
     /// The model's own counters, by name (for `tether ctl stats`).
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
@@ -534,6 +537,14 @@ impl<D: Device> Function<D> {
         self.deliver_finished();
     }
 
+    /// Tells the model at `now` that its device is leaving its host, or is back
+    /// ([`Device::set_leaving`]).
+    pub fn set_leaving(&mut self, now: u64, leaving: bool) {
+        self.core.now = now;
+        self.device.set_leaving(leaving, &mut self.core);
+        self.deliver_finished();
+    }
+
     /// Descriptors whose readiness brings the model work ([`Device::wait_fds`]).
     pub fn wait_fds(&self, out: &mut Vec<std::os::fd::RawFd>) {
         self.device.wait_fds(out)
@@ -873,6 +884,9 @@ impl<T: Device + ?Sized> Device for Box<T> {
     }
     fn wait_fds(&self, out: &mut Vec<std::os::fd::RawFd>) {
         (**self).wait_fds(out)
+    }
+    fn set_leaving(&mut self, leaving: bool, io: &mut dyn DeviceIo) {
+        (**self).set_leaving(leaving, io)
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {

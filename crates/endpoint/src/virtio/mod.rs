@@ -67,6 +67,53 @@ pub struct Piece {
     pub len: usize,
 }
 
+/// The chains parked on a queue as the device sees them when asked to fill them
+/// ([`VirtioDevice::fill`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Parked<'a> {
+    /// Writable bytes of each parked chain, oldest first.
+    pub chains: &'a [u64],
+    /// More chains were made available and are being fetched: data that finds no room
+    /// now may find it soon.
+    pub walking: bool,
+    /// Bytes the queue's buffer may take now, and the rule that charges a fill.
+    pub(crate) room: u64,
+    pub(crate) buffer_bytes: u64,
+}
+
+impl Parked<'_> {
+    /// No chains, none coming (the device is not running).
+    pub const NONE: Parked<'static> = Parked {
+        chains: &[],
+        walking: false,
+        room: 0,
+        buffer_bytes: 0,
+    };
+
+    /// Whether a fill of `bytes` may be written now (the queue's buffer bounds what
+    /// is written and not yet known done; a fill is charged like a request's step).
+    pub fn fits(&self, bytes: u64) -> bool {
+        self.buffer_bytes > 0 && pci::charge(bytes, self.buffer_bytes) <= self.room
+    }
+}
+
+/// What the device writes into parked chains: the first `lens.len()` chains, oldest
+/// first, get `data` in turn, chain *i* the next `lens[i]` bytes (at most its writable
+/// size), which is also its used length. The chains' used elements go out together,
+/// after the data, with one interrupt.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fill {
+    pub data: Vec<u8>,
+    pub lens: Vec<u32>,
+}
+
+impl Fill {
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.lens.clear();
+    }
+}
+
 /// A virtio device type, served by the [`pci`] transport.
 pub trait VirtioDevice {
     /// The virtio device type (2 = block).
@@ -99,9 +146,48 @@ pub trait VirtioDevice {
     /// is coming (`Some` piece of length 0 if so). Bytes beyond the writable area are
     /// not written. Called only when `lens.writable` > 0.
     fn produce(&mut self, job: &mut Self::Job, buf: &mut [u8]) -> Option<Piece>;
+    /// Whether the request on `queue`, every readable byte consumed, may go on to its
+    /// reply and completion now. A device whose backend cannot take it yet (a full
+    /// transmit queue) says no: the request keeps its place in the ring and what it
+    /// holds of the queue's buffer, its queue starts no new step, and the transport
+    /// asks again, oldest request first, every [`crate::Device::poll`]. Yes by
+    /// default.
+    fn ready(&mut self, _queue: u16, _job: &mut Self::Job) -> bool {
+        true
+    }
     /// The request is done: the length to report in the used ring (bytes written, by
     /// the spec's definition; the transport caps it at `lens.writable`).
     fn finish(&mut self, job: Self::Job) -> u32;
+    /// Whether the chains made available on `queue` wait for data (a receive queue)
+    /// rather than run as requests at once: the transport walks them and keeps them,
+    /// in the order their walks end, until the device fills them
+    /// ([`VirtioDevice::fill`]). No queue by default.
+    fn parks(&self, _queue: u16) -> bool {
+        false
+    }
+    /// Data for the chains parked on `queue` ([`Parked`] says what they hold and what
+    /// may be written now). The device puts what goes to the first chains in `out`
+    /// and returns true, or returns false when it has nothing more now. Called every
+    /// poll for each parking queue, while the device is running or not (with no
+    /// chains then), so a device can drain and drop what its backend received.
+    fn fill(&mut self, _queue: u16, _parked: &Parked<'_>, _out: &mut Fill) -> bool {
+        false
+    }
+    /// The device's own work, every round of the box (its backend's state): returns
+    /// whether its configuration changed (the transport then raises a
+    /// configuration-change interrupt).
+    fn poll(&mut self) -> bool {
+        false
+    }
+    /// The box says the device is leaving (or is back): returns whether its
+    /// configuration changed (a network device reports its link down).
+    fn set_leaving(&mut self, _leaving: bool) -> bool {
+        false
+    }
+    /// A descriptor readable when the device has work of its own (its backend).
+    fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
     /// Back to the state after power-on (device reset by the driver, or FLR).
     fn reset(&mut self);
     /// The device's own counters, by name.

@@ -36,7 +36,7 @@ use super::packed::{self, PackedDescriptor, RingPos};
 use super::queue::{
     scatter, AvailRing, ChainError, ChainWalk, Descriptor, QueueConfig, WalkStep, DESC_SIZE,
 };
-use super::{feature, status, ChainLens, VirtioDevice, NO_VECTOR};
+use super::{feature, status, ChainLens, Fill, Parked, VirtioDevice, NO_VECTOR};
 
 /// Where the structures are.
 pub mod layout {
@@ -125,6 +125,17 @@ pub const DEFAULT_CHUNK: usize = MAX_DMA;
 /// the engine and the framework keep for it besides the data (a round of a 1-byte
 /// status costs more than 1 byte), so small requests are bounded too.
 pub const MIN_CHARGE: u64 = 256;
+
+/// Fills of one parking queue per poll at most (the box's round stays short; what is
+/// left waits for the next round).
+const FILLS_PER_POLL: usize = 64;
+
+/// What a step of `len` bytes is charged against a queue's buffer of `buffer_bytes`:
+/// at least [`MIN_CHARGE`], at most the whole buffer (so any step can go once the
+/// queue is empty).
+pub(crate) fn charge(len: u64, buffer_bytes: u64) -> u64 {
+    len.max(MIN_CHARGE).min(buffer_bytes)
+}
 
 /// A request's next step: the bytes it moves and what it is charged.
 #[derive(Clone, Copy, Debug)]
@@ -240,7 +251,40 @@ pub struct VirtioStats {
     pub buffered: u64,
     /// The most one queue ever buffered (at most [`QueueLimits::buffer_bytes`]).
     pub buffered_peak: u64,
+    /// Times a request waited for its device to be ready ([`VirtioDevice::ready`]):
+    /// a backend that could not take it.
+    pub stalls: u64,
+    /// Chains parked for their device, and parked chains it filled and returned.
+    pub parked: u64,
+    pub filled: u64,
+    /// Fills refused: they named more chains than were parked, more bytes than a
+    /// chain holds or than the data has, or more than the queue's buffer had room for.
+    pub bad_fills: u64,
+    /// Configuration changes the device reported (each with an interrupt once the
+    /// driver is ready).
+    pub config_changes: u64,
 }
+
+/// Counters of one queue (kept across resets).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct QueueStats {
+    pub notifications: u64,
+    /// Used-buffer interrupts sent (MSI-X or INTx).
+    pub interrupts: u64,
+}
+
+/// Counter names of queues 0..8 (notifications, interrupts).
+const QUEUE_COUNTER_NAMES: [(&str, &str); 8] = [
+    ("virtio_q0_notifications", "virtio_q0_interrupts"),
+    ("virtio_q1_notifications", "virtio_q1_interrupts"),
+    ("virtio_q2_notifications", "virtio_q2_interrupts"),
+    ("virtio_q3_notifications", "virtio_q3_interrupts"),
+    ("virtio_q4_notifications", "virtio_q4_interrupts"),
+    ("virtio_q5_notifications", "virtio_q5_interrupts"),
+    ("virtio_q6_notifications", "virtio_q6_interrupts"),
+    ("virtio_q7_notifications", "virtio_q7_interrupts"),
+];
 
 /// What a DMA read the engine started was for.
 #[derive(Clone, Copy, Debug)]
@@ -293,6 +337,11 @@ struct QueueState {
     /// Bytes held by the requests in flight, and the requests waiting for room.
     buffered: u64,
     waiting: VecDeque<usize>,
+    /// Requests whose device was not ready for them, oldest first: the queue starts
+    /// no new step while there is one.
+    stalled: VecDeque<usize>,
+    /// A parking queue's walked chains, oldest first: (request, writable bytes).
+    parked: VecDeque<(usize, u64)>,
 }
 
 impl QueueState {
@@ -311,6 +360,8 @@ impl QueueState {
             ring_slots: 0,
             buffered: 0,
             waiting: VecDeque::new(),
+            stalled: VecDeque::new(),
+            parked: VecDeque::new(),
         }
     }
 }
@@ -336,6 +387,8 @@ struct InFlight<J> {
     /// The chunk being read.
     chunk: Vec<u8>,
     reads_left: usize,
+    /// The device said it is ready for the request ([`VirtioDevice::ready`]).
+    ready: bool,
 }
 
 /// The transport around a virtio device model.
@@ -358,6 +411,11 @@ pub struct VirtioPci<D: VirtioDevice> {
     /// Waiting requests are being started (see [`VirtioPci::pump`]).
     pumping: bool,
     stats: VirtioStats,
+    queue_stats: Vec<QueueStats>,
+    /// Reused for each fill of parked chains.
+    fill: Fill,
+    /// The device is leaving (the box said so).
+    leaving: bool,
 }
 
 impl<D: VirtioDevice> VirtioPci<D> {
@@ -366,6 +424,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
         let queues = (0..device.num_queues())
             .map(|_| QueueState::new(max))
             .collect();
+        let queue_stats = vec![QueueStats::default(); device.num_queues() as usize];
         VirtioPci {
             device,
             device_feature_select: 0,
@@ -383,6 +442,9 @@ impl<D: VirtioDevice> VirtioPci<D> {
             limits: QueueLimits::default(),
             pumping: false,
             stats: VirtioStats::default(),
+            queue_stats,
+            fill: Fill::default(),
+            leaving: false,
         }
     }
 
@@ -405,6 +467,17 @@ impl<D: VirtioDevice> VirtioPci<D> {
 
     pub fn device(&self) -> &D {
         &self.device
+    }
+
+    /// The device model, to change it from the box (changes that the driver must
+    /// hear of go through [`crate::Device`]'s methods, which raise the interrupt).
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.device
+    }
+
+    /// Counters of queue `q`.
+    pub fn queue_stats(&self, q: u16) -> Option<QueueStats> {
+        self.queue_stats.get(q as usize).copied()
     }
 
     pub fn stats(&self) -> VirtioStats {
@@ -674,6 +747,8 @@ impl<D: VirtioDevice> VirtioPci<D> {
             q.ring_slots = 0;
             q.buffered = 0;
             q.waiting.clear();
+            q.stalled.clear();
+            q.parked.clear();
         }
         self.signal(self.config_msix_vector, isr::CONFIG, io);
     }
@@ -807,6 +882,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
             step: 0,
             chunk: Vec::new(),
             reads_left: 0,
+            ready: false,
         });
         self.stats.requests += 1;
         Ok(slot)
@@ -880,6 +956,14 @@ impl<D: VirtioDevice> VirtioPci<D> {
             readable: req.walk.readable_len(),
             writable: req.walk.writable_len(),
         };
+        if self.device.parks(req.queue) {
+            // It waits for the device's data (see `fill_queue`).
+            self.queues[req.queue as usize]
+                .parked
+                .push_back((r, lens.writable));
+            self.stats.parked += 1;
+            return;
+        }
         req.job = Some(self.device.begin(req.queue, lens));
         self.next_step(r, io);
     }
@@ -900,13 +984,16 @@ impl<D: VirtioDevice> VirtioPci<D> {
         };
         Some(Step {
             len,
-            charge: len.max(MIN_CHARGE).min(self.limits.buffer_bytes),
+            charge: charge(len, self.limits.buffer_bytes),
         })
     }
 
     /// Goes on with request `r`, which holds nothing and waits for no DMA: its next
     /// step now if its queue has room (and nobody waits before it), else it waits.
     fn next_step(&mut self, r: usize, io: &mut dyn DeviceIo) {
+        if !self.is_ready(r) {
+            return self.stall(r);
+        }
         let Some(need) = self.need(r) else {
             return self.complete(r, io);
         };
@@ -914,12 +1001,186 @@ impl<D: VirtioDevice> VirtioPci<D> {
             return;
         };
         let qs = &mut self.queues[q];
-        if qs.waiting.is_empty() && qs.buffered + need.charge <= self.limits.buffer_bytes {
+        if qs.waiting.is_empty()
+            && qs.stalled.is_empty()
+            && qs.buffered + need.charge <= self.limits.buffer_bytes
+        {
             self.hold(r, need);
             self.run(r, io);
         } else {
             qs.waiting.push_back(r);
             self.stats.buffer_waits += 1;
+        }
+    }
+
+    /// Whether request `r` may go on: it still has readable bytes to take, or its
+    /// device is ready for it (asked once, when nobody of its queue waits for that
+    /// before it).
+    fn is_ready(&mut self, r: usize) -> bool {
+        let Some(req) = self.requests.get_mut(r).and_then(Option::as_mut) else {
+            return true;
+        };
+        if req.ready || req.consumed < req.walk.readable_len() {
+            return true;
+        }
+        let q = req.queue;
+        if !self.queues[q as usize].stalled.is_empty() {
+            return false;
+        }
+        let Some(job) = req.job.as_mut() else {
+            return true;
+        };
+        req.ready = self.device.ready(q, job);
+        req.ready
+    }
+
+    /// Request `r` waits for its device, keeping what it holds of the queue's buffer
+    /// (its last chunk's room: all its data when its readable bytes fit in one
+    /// chunk, as a network frame does), so a stalled queue stays within its buffer.
+    fn stall(&mut self, r: usize) {
+        let Some(req) = self.requests.get_mut(r).and_then(Option::as_mut) else {
+            return;
+        };
+        self.queues[req.queue as usize].stalled.push_back(r);
+        self.stats.stalls += 1;
+    }
+
+    /// Asks the device again about queue `q`'s stalled requests, oldest first; those
+    /// it is ready for go on, then whatever waited behind them.
+    fn retry_stalled(&mut self, q: u16, io: &mut dyn DeviceIo) {
+        while let Some(&r) = self.queues[q as usize].stalled.front() {
+            let Some(req) = self.requests.get_mut(r).and_then(Option::as_mut) else {
+                self.queues[q as usize].stalled.pop_front();
+                continue;
+            };
+            let ready = match req.job.as_mut() {
+                Some(job) => self.device.ready(q, job),
+                None => true,
+            };
+            if !ready {
+                return;
+            }
+            req.ready = true;
+            let held = std::mem::take(&mut req.held);
+            let qs = &mut self.queues[q as usize];
+            qs.stalled.pop_front();
+            qs.buffered -= held;
+            self.next_step(r, io);
+        }
+        self.pump(q, io);
+    }
+
+    /// Lets the device fill the chains parked on queue `q` (or drop what it holds
+    /// when there are none and none are coming).
+    fn fill_queue(&mut self, q: u16, io: &mut dyn DeviceIo) {
+        let mut lens: Vec<u64> = Vec::new();
+        for _ in 0..FILLS_PER_POLL {
+            let running = self.running();
+            let Some(qs) = self.queues.get(q as usize) else {
+                return;
+            };
+            let mut fill = std::mem::take(&mut self.fill);
+            fill.clear();
+            let wants = if running && qs.config.enabled {
+                lens.clear();
+                lens.extend(qs.parked.iter().map(|&(_, len)| len));
+                let parked = Parked {
+                    chains: &lens,
+                    walking: qs.fetching || qs.in_flight.len() > qs.parked.len(),
+                    room: self.limits.buffer_bytes.saturating_sub(qs.buffered),
+                    buffer_bytes: self.limits.buffer_bytes,
+                };
+                self.device.fill(q, &parked, &mut fill)
+            } else {
+                self.device.fill(q, &Parked::NONE, &mut fill)
+            };
+            if wants && running {
+                self.apply_fill(q, &fill, io);
+            }
+            self.fill = fill;
+            if !wants {
+                return;
+            }
+        }
+    }
+
+    /// Writes `fill` into queue `q`'s oldest parked chains, then their used elements
+    /// and the interrupt, then a read behind the writes that gives the buffer back.
+    fn apply_fill(&mut self, q: u16, fill: &Fill, io: &mut dyn DeviceIo) {
+        let limits = self.limits;
+        let qs = &mut self.queues[q as usize];
+        let n = fill.lens.len();
+        let total: u64 = fill.lens.iter().map(|&l| l as u64).sum();
+        let cost = charge(total, limits.buffer_bytes);
+        let fits = n > 0
+            && n <= qs.parked.len()
+            && total == fill.data.len() as u64
+            && qs.buffered + cost <= limits.buffer_bytes
+            && qs
+                .parked
+                .iter()
+                .zip(&fill.lens)
+                .all(|(&(_, room), &len)| len as u64 <= room);
+        if !fits {
+            self.stats.bad_fills += 1;
+            return;
+        }
+        let mut used = Vec::with_capacity(n);
+        let mut last = None;
+        let mut at = 0usize;
+        for &len in &fill.lens {
+            let Some((r, _)) = self.queues[q as usize].parked.pop_front() else {
+                break;
+            };
+            let Some(req) = self.requests.get_mut(r).and_then(Option::take) else {
+                continue;
+            };
+            let data = &fill.data[at..at + len as usize];
+            for (addr, from, m) in scatter(req.walk.buffers(), true, 0, len as u64) {
+                let piece = &data[from as usize..(from + m) as usize];
+                if let Err(e) = io.dma_write(addr, piece) {
+                    return self.fail_dma(e, io);
+                }
+                last = Some(addr);
+            }
+            at += len as usize;
+            let qs = &mut self.queues[q as usize];
+            qs.in_flight.remove(&req.id);
+            qs.ring_slots -= req.ring_len as u32;
+            used.push((req.id, req.ring_len, len));
+            self.stats.filled += 1;
+        }
+        self.write_used(q, &used, io);
+        let Some(addr) = last else {
+            return;
+        };
+        if !self.running() {
+            return;
+        }
+        match io.dma_read(addr, 1) {
+            Ok(id) => {
+                self.fetches.insert(
+                    id,
+                    Fetch::Drain {
+                        queue: q,
+                        bytes: cost,
+                    },
+                );
+                let qs = &mut self.queues[q as usize];
+                qs.buffered += cost;
+                self.stats.buffered_peak = self.stats.buffered_peak.max(qs.buffered);
+            }
+            Err(e) => self.fail_dma(e, io),
+        }
+    }
+
+    /// The device's configuration changed: a new generation, and the interrupt once
+    /// the driver is ready for it.
+    fn config_changed(&mut self, io: &mut dyn DeviceIo) {
+        self.stats.config_changes += 1;
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.status & status::DRIVER_OK != 0 {
+            self.signal(self.config_msix_vector, isr::CONFIG, io);
         }
     }
 
@@ -967,6 +1228,9 @@ impl<D: VirtioDevice> VirtioPci<D> {
         }
         self.pumping = true;
         while let Some(&r) = self.queues[q as usize].waiting.front() {
+            if !self.queues[q as usize].stalled.is_empty() {
+                break;
+            }
             let Some(need) = self.need(r) else {
                 self.queues[q as usize].waiting.pop_front();
                 self.complete(r, io);
@@ -1037,6 +1301,9 @@ impl<D: VirtioDevice> VirtioPci<D> {
             self.device.consume(job, req.consumed, &chunk);
         }
         req.consumed += chunk.len() as u64;
+        if req.consumed >= req.walk.readable_len() && !self.is_ready(r) {
+            return self.stall(r);
+        }
         self.release(r, io);
         self.next_step(r, io);
     }
@@ -1128,52 +1395,78 @@ impl<D: VirtioDevice> VirtioPci<D> {
             qs.in_flight.remove(&req.id);
             qs.ring_slots -= req.ring_len as u32;
         }
-        self.write_used(q, req.id, req.ring_len, used_len, writable, io);
+        let used_len = used_len.min(writable.min(u32::MAX as u64) as u32);
+        self.write_used(q, &[(req.id, req.ring_len, used_len)], io);
         self.pump(q, io);
     }
 
-    /// The used element of a request (its head or buffer ID) and the interrupt.
-    fn write_used(
-        &mut self,
-        q: u16,
-        id: u16,
-        ring_len: u16,
-        used_len: u32,
-        writable: u64,
-        io: &mut dyn DeviceIo,
-    ) {
+    /// The used elements of requests (head or buffer ID, ring descriptors, used
+    /// length), in order, and one interrupt. Split ring: the elements, then the used
+    /// index once; packed ring: every descriptor but the first whole, then the
+    /// first's flags, so the driver sees all of them or none (a frame over several
+    /// chains is taken whole).
+    fn write_used(&mut self, q: u16, used: &[(u16, u16, u32)], io: &mut dyn DeviceIo) {
+        if used.is_empty() {
+            return;
+        }
         let packed = self.packed();
         let qs = &mut self.queues[q as usize];
-        let used_len = used_len.min(writable.min(u32::MAX as u64) as u32);
-        let written = if packed {
-            // The used descriptor in the next used slot; its flags last.
-            let (body, flags) = packed::used_element(id, used_len, qs.packed_used.wrap);
-            let at = qs.config.desc_addr(qs.packed_used.index);
-            qs.packed_used = qs.packed_used.advance(ring_len, qs.config.size);
-            // The slot's last bytes may lie past 2^64 for a ring the driver put there.
-            match (at.checked_add(8), at.checked_add(14)) {
-                (Some(body_at), Some(flags_at)) => io
-                    .dma_write(body_at, &body)
-                    .and_then(|_| io.dma_write(flags_at, &flags)),
-                _ => Err(DmaError::AddressOverflow),
+        let mut written = Ok(());
+        if packed {
+            let mut first_flags = None;
+            for (k, &(id, ring_len, used_len)) in used.iter().enumerate() {
+                // The used descriptor in the next used slot; its flags last.
+                let (body, flags) = packed::used_element(id, used_len, qs.packed_used.wrap);
+                let at = qs.config.desc_addr(qs.packed_used.index);
+                qs.packed_used = qs.packed_used.advance(ring_len, qs.config.size);
+                // The slot's last bytes may lie past 2^64 for a ring the driver put there.
+                let (Some(body_at), Some(flags_at)) = (at.checked_add(8), at.checked_add(14))
+                else {
+                    written = Err(DmaError::AddressOverflow);
+                    break;
+                };
+                written = io.dma_write(body_at, &body);
+                if written.is_err() {
+                    break;
+                }
+                if k == 0 {
+                    first_flags = Some((flags_at, flags));
+                } else {
+                    written = io.dma_write(flags_at, &flags);
+                    if written.is_err() {
+                        break;
+                    }
+                }
+            }
+            if let (Ok(()), Some((at, flags))) = (written, first_flags) {
+                written = io.dma_write(at, &flags);
             }
         } else {
-            let mut elem = [0u8; 8];
-            elem[..4].copy_from_slice(&(id as u32).to_le_bytes());
-            elem[4..].copy_from_slice(&used_len.to_le_bytes());
-            let elem_addr = qs.config.used_elem_addr(qs.used_idx);
-            qs.used_idx = qs.used_idx.wrapping_add(1);
-            let idx = qs.used_idx.to_le_bytes();
-            let idx_addr = qs.config.used_idx_addr();
-            io.dma_write(elem_addr, &elem)
-                .and_then(|_| io.dma_write(idx_addr, &idx))
-        };
+            for &(id, _, used_len) in used {
+                let mut elem = [0u8; 8];
+                elem[..4].copy_from_slice(&(id as u32).to_le_bytes());
+                elem[4..].copy_from_slice(&used_len.to_le_bytes());
+                let elem_addr = qs.config.used_elem_addr(qs.used_idx);
+                qs.used_idx = qs.used_idx.wrapping_add(1);
+                written = io.dma_write(elem_addr, &elem);
+                if written.is_err() {
+                    break;
+                }
+            }
+            if written.is_ok() {
+                let idx = qs.used_idx.to_le_bytes();
+                written = io.dma_write(qs.config.used_idx_addr(), &idx);
+            }
+        }
         let (vector, quiet) = (qs.config.msix_vector, qs.no_interrupt);
         if let Err(e) = written {
             return self.fail_dma(e, io);
         }
         if !quiet {
             self.stats.used_interrupts += 1;
+            if let Some(s) = self.queue_stats.get_mut(q as usize) {
+                s.interrupts += 1;
+            }
             self.signal(vector, isr::QUEUE, io);
         }
     }
@@ -1225,6 +1518,9 @@ impl<D: VirtioDevice> Device for VirtioPci<D> {
                 if rel.is_multiple_of(layout::NOTIFY_MULTIPLIER as u64) {
                     self.stats.notifications += 1;
                     let q = rel / layout::NOTIFY_MULTIPLIER as u64;
+                    if let Some(s) = self.queue_stats.get_mut(q as usize) {
+                        s.notifications += 1;
+                    }
                     self.kick(q as u16, io);
                 }
             }
@@ -1291,6 +1587,35 @@ impl<D: VirtioDevice> Device for VirtioPci<D> {
         self.reset_state();
     }
 
+    /// The device's own work: its configuration (a link that changed), requests its
+    /// backend could not take before, and data for parked chains.
+    fn poll(&mut self, io: &mut dyn DeviceIo) {
+        if self.device.poll() {
+            self.config_changed(io);
+        }
+        for q in 0..self.queues.len() as u16 {
+            if self.running() && !self.queues[q as usize].stalled.is_empty() {
+                self.retry_stalled(q, io);
+            }
+            if self.device.parks(q) {
+                self.fill_queue(q, io);
+            }
+        }
+    }
+
+    fn wait_fds(&self, out: &mut Vec<std::os::fd::RawFd>) {
+        out.extend(self.device.wait_fd());
+    }
+
+    fn set_leaving(&mut self, leaving: bool, io: &mut dyn DeviceIo) {
+        if self.leaving != leaving {
+            self.leaving = leaving;
+            if self.device.set_leaving(leaving) {
+                self.config_changed(io);
+            }
+        }
+    }
+
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let s = self.stats;
         let mut v = vec![
@@ -1309,7 +1634,16 @@ impl<D: VirtioDevice> Device for VirtioPci<D> {
                 self.queues.iter().map(|q| q.buffered).sum(),
             ),
             ("virtio_buffered_peak", s.buffered_peak),
+            ("virtio_stalls", s.stalls),
+            ("virtio_parked", s.parked),
+            ("virtio_filled", s.filled),
+            ("virtio_bad_fills", s.bad_fills),
+            ("virtio_config_changes", s.config_changes),
         ];
+        for (q, names) in self.queue_stats.iter().zip(QUEUE_COUNTER_NAMES) {
+            v.push((names.0, q.notifications));
+            v.push((names.1, q.interrupts));
+        }
         v.extend(self.device.counters());
         v
     }
