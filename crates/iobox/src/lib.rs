@@ -1,5 +1,7 @@
 //! The I/O box: device functions in slots, each in its group, behind one port.
 
+pub mod netback;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
