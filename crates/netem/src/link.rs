@@ -54,6 +54,8 @@ pub struct LinkStats {
     pub dropped_outage: u64,
     pub duplicated: u64,
     pub reordered: u64,
+    /// Frames sent with a flipped bit (a corrupted frame that is duplicated counts
+    /// twice: both copies carry it).
     pub corrupted: u64,
     pub bytes_sent: u64,
     /// Sum and maximum of the time frames waited in the queue, in µs.
@@ -147,13 +149,16 @@ impl Link {
             self.stats.reordered += 1;
             arrival += self.cfg.reorder_us;
         }
-        if rng.chance(self.cfg.corrupt) && !frame.is_empty() {
+        let corrupted = rng.chance(self.cfg.corrupt) && !frame.is_empty();
+        if corrupted {
             self.stats.corrupted += 1;
             let bit = rng.below(frame.len() as u64 * 8);
             frame[(bit / 8) as usize] ^= 1 << (bit % 8);
         }
         if rng.chance(self.cfg.duplicate) {
             self.stats.duplicated += 1;
+            // The copy carries the flipped bit too: another corrupted frame sent.
+            self.stats.corrupted += u64::from(corrupted);
             let extra = 1 + rng.below(self.cfg.reorder_us.max(1));
             self.push(arrival + extra, dest, frame.clone());
         }
