@@ -20,10 +20,12 @@
 //!
 //! Every call here is a plain ioctl or socket call: no `ip`, no netlink.
 
+use std::cell::Cell;
 use std::ffi::CString;
 use std::io;
 use std::mem;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
 
 use endpoint::virtio::net::{NetBackend, Offloads, VNET_HDR_LEN};
 use thiserror::Error;
@@ -264,6 +266,44 @@ fn running(sock: RawFd, name: &str) -> bool {
     if_flags(sock, name).is_ok_and(|f| f & want == want)
 }
 
+/// How long a carrier reading stands: the device model asks every round of the box's
+/// loop, and an ioctl each time would cost more than the round. Carrier changes reach
+/// the kernel's flags later than this anyway (linkwatch).
+pub const LINK_REFRESH: Duration = Duration::from_millis(20);
+
+/// An interface's carrier, read through an ioctl socket at most every
+/// [`LINK_REFRESH`].
+struct Link {
+    sock: OwnedFd,
+    name: String,
+    read_at: Cell<Option<Instant>>,
+    up: Cell<bool>,
+}
+
+impl Link {
+    fn new(sock: OwnedFd, name: &str) -> Link {
+        Link {
+            sock,
+            name: name.into(),
+            read_at: Cell::new(None),
+            up: Cell::new(false),
+        }
+    }
+
+    fn up(&self) -> bool {
+        let now = Instant::now();
+        if self
+            .read_at
+            .get()
+            .is_none_or(|t| now.saturating_duration_since(t) >= LINK_REFRESH)
+        {
+            self.up.set(running(self.sock.as_raw_fd(), &self.name));
+            self.read_at.set(Some(now));
+        }
+        self.up.get()
+    }
+}
+
 /// Whether interface `index` is a port of `bridge` (the bridge's port list).
 fn bridge_has_port(sock: RawFd, bridge: &str, index: u32) -> io::Result<bool> {
     let mut ports = vec![0 as libc::c_int; BR_MAX_PORTS];
@@ -373,7 +413,7 @@ pub struct TapConfig {
 /// left as it was found, up and on its bridge, for the next run.
 pub struct TapBackend {
     fd: OwnedFd,
-    sock: OwnedFd,
+    link: Link,
     name: String,
     index: u32,
     created: bool,
@@ -436,9 +476,13 @@ impl TapBackend {
         let sock = ioctl_socket(name)?;
         let index =
             if_index(name).ok_or_else(|| NetbackError::NoSuchInterface { name: name.into() })?;
+        if let Some(b) = &cfg.bridge {
+            add_to_bridge(sock.as_raw_fd(), b, name, index)?;
+        }
+        set_up(sock.as_raw_fd(), name)?;
         let mut tap = TapBackend {
             fd,
-            sock,
+            link: Link::new(sock, name),
             name: name.into(),
             index,
             created: !existed,
@@ -446,10 +490,6 @@ impl TapBackend {
         };
         tap.set_offloads(Offloads::default())
             .map_err(|e| NetbackError::os("TUNSETOFFLOAD", name, e))?;
-        if let Some(b) = &cfg.bridge {
-            add_to_bridge(tap.sock.as_raw_fd(), b, name, index)?;
-        }
-        set_up(tap.sock.as_raw_fd(), name)?;
         Ok(tap)
     }
 
@@ -566,10 +606,10 @@ impl NetBackend for TapBackend {
         Ok(())
     }
 
-    /// Up with carrier (one SIOCGIFFLAGS per call): down when someone sets the TAP
-    /// down.
+    /// Up with carrier (SIOCGIFFLAGS, read again after [`LINK_REFRESH`]): down when
+    /// someone sets the TAP down.
     fn link_up(&self) -> bool {
-        running(self.sock.as_raw_fd(), &self.name)
+        self.link.up()
     }
 
     fn wait_fd(&self) -> Option<RawFd> {
@@ -606,7 +646,7 @@ struct TpacketAuxdata {
 /// Like macvtap, the box's own stack does not reach the guest through the interface.
 pub struct PacketBackend {
     fd: OwnedFd,
-    sock: OwnedFd,
+    link: Link,
     name: String,
     offloads: Offloads,
     stats: NetbackStats,
@@ -742,7 +782,7 @@ impl PacketBackend {
         .map_err(|e| NetbackError::os("PACKET_MR_PROMISC", interface, e))?;
         Ok(PacketBackend {
             fd,
-            sock: ioctl_socket(interface)?,
+            link: Link::new(ioctl_socket(interface)?, interface),
             name: interface.into(),
             offloads: Offloads::default(),
             stats: NetbackStats::default(),
@@ -951,10 +991,10 @@ impl NetBackend for PacketBackend {
         Ok(())
     }
 
-    /// The interface is up with carrier (IFF_RUNNING: operstate up; one SIOCGIFFLAGS
-    /// per call).
+    /// The interface is up with carrier (IFF_RUNNING: operstate up; SIOCGIFFLAGS,
+    /// read again after [`LINK_REFRESH`]).
     fn link_up(&self) -> bool {
-        running(self.sock.as_raw_fd(), &self.name)
+        self.link.up()
     }
 
     fn wait_fd(&self) -> Option<RawFd> {

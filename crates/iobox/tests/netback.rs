@@ -185,6 +185,15 @@ fn udp_from_peer(rig: &Rig, p: usize, b: &mut dyn NetBackend, text: &'static str
     }
 }
 
+/// Waits until the backend's carrier is `up` (carrier readings are cached briefly).
+fn link_becomes(b: &dyn NetBackend, up: bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while b.link_up() != up {
+        assert!(Instant::now() < deadline, "link never became up={up}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Sends the backend a 64-byte frame until it arrives cut to a buffer of a header
 /// and 20 bytes.
 fn cut_frame(b: &mut dyn NetBackend, peer: &PacketSocket) {
@@ -279,9 +288,9 @@ fn a_tap_on_a_bridge_carries_frames_both_ways() {
 
     // Someone setting the TAP down takes the link down.
     ip(&["-n", rig.ns(b), "link", "set", "nbtap0", "down"]);
-    assert!(!tap.link_up());
+    link_becomes(&tap, false);
     ip(&["-n", rig.ns(b), "link", "set", "nbtap0", "up"]);
-    assert!(tap.link_up());
+    link_becomes(&tap, true);
 
     // The TAP this backend made goes with it.
     drop(tap);
@@ -412,13 +421,6 @@ fn a_packet_backend_on_a_veth_carries_frames_both_ways() {
     assert!(pk.stats().rx_truncated >= 1);
 
     // Carrier follows the wire: the peer's end down takes the link down.
-    let link_becomes = |pk: &PacketBackend, up: bool| {
-        let deadline = Instant::now() + PATIENCE;
-        while pk.link_up() != up {
-            assert!(Instant::now() < deadline, "link never became up={up}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
     link_becomes(&pk, true);
     ip(&["-n", rig.ns(p), "link", "set", "npv0", "down"]);
     link_becomes(&pk, false);
