@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use thiserror::Error;
+use wire::MacAddr;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -98,6 +99,9 @@ pub enum Model {
     Memdev,
     /// virtio-blk on a file of the box (`path`).
     VirtioBlk,
+    /// virtio-net on a TAP of the box (`tap`, `bridge`) or a box interface
+    /// (`interface`), with its `mac`.
+    VirtioNet,
 }
 
 /// `[[device]]` of a box.
@@ -119,9 +123,34 @@ pub struct DeviceConfig {
     pub read_only: bool,
     /// virtio-blk: the serial the driver reads (GET_ID), at most 20 bytes.
     pub serial: Option<String>,
-    /// virtio-blk: offer packed virtqueues too (the driver chooses; split always).
+    /// virtio-blk, virtio-net: offer packed virtqueues too (the driver chooses;
+    /// split always).
     #[serde(default)]
     pub packed_ring: bool,
+    /// virtio-net: the MAC address the guest reads (required: a unicast address,
+    /// not all zeros; a locally administered one, 02:..., unless the box owns a range).
+    #[serde(default, deserialize_with = "de_mac")]
+    pub mac: Option<MacAddr>,
+    /// virtio-net: the TAP the frames go through (created if absent, removed when
+    /// the box ends unless it existed before). Exclusive with `interface`.
+    pub tap: Option<String>,
+    /// virtio-net: a Linux bridge of the box to put the TAP on (only with `tap`).
+    pub bridge: Option<String>,
+    /// virtio-net: a box interface handed to the guest whole, like macvtap
+    /// (AF_PACKET). Exclusive with `tap`.
+    pub interface: Option<String>,
+    /// virtio-net: receive/transmit queue pairs (1: the model has one pair).
+    pub queues: Option<u16>,
+}
+
+/// The virtio-net queue pairs the model offers.
+pub const VIRTIO_NET_MAX_QUEUES: u16 = 1;
+
+fn de_mac<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<MacAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse::<MacAddr>()
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("mac {s:?}: expected aa:bb:cc:dd:ee:ff")))
 }
 
 fn free_group() -> u16 {
@@ -288,6 +317,9 @@ impl BoxConfig {
                 (Model::Memdev, Some(_)) => {
                     return Err(invalid(path, format!("{what}: memdev takes no path")));
                 }
+                (Model::VirtioNet, Some(_)) => {
+                    return Err(invalid(path, format!("{what}: virtio-net takes no path")));
+                }
                 (Model::Memdev, None) if d.packed_ring => {
                     return Err(invalid(
                         path,
@@ -299,8 +331,118 @@ impl BoxConfig {
             if d.serial.as_ref().is_some_and(|s| s.len() > 20) {
                 return Err(invalid(path, format!("{what}: serial is at most 20 bytes")));
             }
+            check_net(path, &what, d, &c.devices[..i])?;
         }
         Ok(c)
+    }
+}
+
+/// The virtio-net keys of device `d` (`earlier`: the devices before it in the file).
+fn check_net(
+    path: &Path,
+    what: &str,
+    d: &DeviceConfig,
+    earlier: &[DeviceConfig],
+) -> Result<(), ConfigError> {
+    let net_keys = [
+        ("mac", d.mac.is_some()),
+        ("tap", d.tap.is_some()),
+        ("bridge", d.bridge.is_some()),
+        ("interface", d.interface.is_some()),
+        ("queues", d.queues.is_some()),
+    ];
+    if d.model != Model::VirtioNet {
+        if let Some((key, _)) = net_keys.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                path,
+                format!("{what}: {key} is a virtio-net setting"),
+            ));
+        }
+        return Ok(());
+    }
+    if d.read_only || d.serial.is_some() {
+        let key = if d.read_only { "read_only" } else { "serial" };
+        return Err(invalid(
+            path,
+            format!("{what}: {key} is a virtio-blk setting"),
+        ));
+    }
+    let Some(mac) = d.mac else {
+        return Err(invalid(
+            path,
+            format!("{what}: virtio-net needs a mac (the address the guest reads)"),
+        ));
+    };
+    if mac.0 == [0; 6] {
+        return Err(invalid(
+            path,
+            format!("{what}: mac {mac} is all zeros, not an address"),
+        ));
+    }
+    if mac.is_multicast() {
+        return Err(invalid(
+            path,
+            format!("{what}: mac {mac} is a multicast address (a NIC's is unicast: the first byte even)"),
+        ));
+    }
+    if let Some(o) = earlier.iter().find(|o| o.mac == Some(mac)) {
+        return Err(invalid(
+            path,
+            format!("{what}: mac {mac} is slot {}'s too", o.slot),
+        ));
+    }
+    match (&d.tap, &d.interface) {
+        (None, None) => {
+            return Err(invalid(
+                path,
+                format!("{what}: virtio-net needs a tap (a TAP device of the box) or an interface (a box NIC handed over)"),
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                path,
+                format!("{what}: tap and interface exclude each other"),
+            ));
+        }
+        (None, Some(_)) if d.bridge.is_some() => {
+            return Err(invalid(
+                path,
+                format!("{what}: bridge goes with tap (an interface is used as it is)"),
+            ));
+        }
+        _ => {}
+    }
+    for (key, name) in [
+        ("tap", &d.tap),
+        ("bridge", &d.bridge),
+        ("interface", &d.interface),
+    ] {
+        if let Some(n) = name {
+            iobox::netback::check_ifname(n)
+                .map_err(|e| invalid(path, format!("{what}: {key}: {e}")))?;
+        }
+    }
+    for (key, name) in [("tap", &d.tap), ("interface", &d.interface)] {
+        let Some(n) = name else { continue };
+        if let Some(o) = earlier
+            .iter()
+            .find(|o| o.tap.as_ref() == Some(n) || o.interface.as_ref() == Some(n))
+        {
+            return Err(invalid(
+                path,
+                format!("{what}: {key} {n} is slot {}'s already", o.slot),
+            ));
+        }
+    }
+    match d.queues.unwrap_or(1) {
+        0 => Err(invalid(path, format!("{what}: queues must be at least 1"))),
+        q if q > VIRTIO_NET_MAX_QUEUES => Err(invalid(
+            path,
+            format!(
+                "{what}: queues = {q}: the virtio-net model has {VIRTIO_NET_MAX_QUEUES} queue pair (no multiqueue yet)"
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -394,6 +536,140 @@ buffer_size = 65536
         assert_eq!(c.devices.len(), 2);
         assert_eq!((c.devices[0].gid, c.devices[0].buffer_size), (10, 1 << 20));
         assert_eq!((c.devices[1].gid, c.devices[1].buffer_size), (4093, 65536));
+    }
+
+    #[test]
+    fn virtio_net_devices() {
+        let f = write(
+            r#"
+[port]
+interface = "tbox0"
+
+[[device]]
+slot = 1
+model = "virtio-net"
+mac = "02:00:00:aa:bb:01"
+tap = "tnet0"
+bridge = "br0"
+packed_ring = true
+
+[[device]]
+slot = 2
+model = "virtio-net"
+gid = 20
+mac = "52:54:00:12:34:56"
+interface = "eth2"
+queues = 1
+"#,
+        );
+        let c = BoxConfig::load(f.path()).unwrap();
+        let (a, b) = (&c.devices[0], &c.devices[1]);
+        assert_eq!(a.model, Model::VirtioNet);
+        assert_eq!(a.mac, Some(MacAddr([2, 0, 0, 0xaa, 0xbb, 1])));
+        assert_eq!(
+            (
+                a.tap.as_deref(),
+                a.bridge.as_deref(),
+                a.interface.as_deref()
+            ),
+            (Some("tnet0"), Some("br0"), None)
+        );
+        assert!(a.packed_ring);
+        assert_eq!(a.queues, None);
+        assert_eq!(
+            (b.interface.as_deref(), b.tap.as_deref()),
+            (Some("eth2"), None)
+        );
+        assert_eq!((b.gid, b.queues), (20, Some(1)));
+    }
+
+    #[test]
+    fn bad_virtio_net_configs_say_what_is_wrong() {
+        let port = "[port]\ninterface = \"x\"\n";
+        let net = "[[device]]\nslot = 0\nmodel = \"virtio-net\"\n";
+        let mac = "mac = \"02:00:00:00:00:01\"\n";
+        let cases = [
+            (format!("{port}{net}tap = \"t0\"\n"), "virtio-net needs a mac"),
+            (
+                format!("{port}{net}tap = \"t0\"\nmac = \"02:00:00:00:01\"\n"),
+                "expected aa:bb:cc:dd:ee:ff",
+            ),
+            (
+                format!("{port}{net}tap = \"t0\"\nmac = \"00:00:00:00:00:00\"\n"),
+                "all zeros",
+            ),
+            (
+                format!("{port}{net}tap = \"t0\"\nmac = \"01:00:5e:00:00:01\"\n"),
+                "multicast",
+            ),
+            (
+                format!("{port}{net}tap = \"t0\"\nmac = \"ff:ff:ff:ff:ff:ff\"\n"),
+                "multicast",
+            ),
+            (format!("{port}{net}{mac}"), "needs a tap"),
+            (
+                format!("{port}{net}{mac}tap = \"t0\"\ninterface = \"eth1\"\n"),
+                "tap and interface exclude each other",
+            ),
+            (
+                format!("{port}{net}{mac}interface = \"eth1\"\nbridge = \"br0\"\n"),
+                "bridge goes with tap",
+            ),
+            (
+                format!("{port}{net}{mac}tap = \"{}\"\n", "t".repeat(16)),
+                "longer than 15 bytes",
+            ),
+            (
+                format!("{port}{net}{mac}tap = \"t0\"\nbridge = \"br 0\"\n"),
+                "bridge: \"br 0\" is not an interface name",
+            ),
+            (
+                format!("{port}{net}{mac}tap = \"t0\"\nqueues = 0\n"),
+                "queues must be at least 1",
+            ),
+            (
+                format!("{port}{net}{mac}tap = \"t0\"\nqueues = 2\n"),
+                "queues = 2: the virtio-net model has 1 queue pair",
+            ),
+            (
+                format!("{port}{net}{mac}tap = \"t0\"\npath = \"/x\"\n"),
+                "virtio-net takes no path",
+            ),
+            (
+                format!("{port}{net}{mac}tap = \"t0\"\nserial = \"s\"\n"),
+                "serial is a virtio-blk setting",
+            ),
+            (
+                format!("{port}{net}{mac}tap = \"t0\"\nread_only = true\n"),
+                "read_only is a virtio-blk setting",
+            ),
+            (
+                format!("{port}[[device]]\nslot = 0\nmodel = \"memdev\"\n{mac}"),
+                "mac is a virtio-net setting",
+            ),
+            (
+                format!(
+                    "{port}[[device]]\nslot = 0\nmodel = \"virtio-blk\"\npath = \"d\"\ntap = \"t0\"\n"
+                ),
+                "tap is a virtio-net setting",
+            ),
+            (
+                format!(
+                    "{port}{net}{mac}tap = \"t0\"\n[[device]]\nslot = 1\nmodel = \"virtio-net\"\n{mac}tap = \"t1\"\n"
+                ),
+                "is slot 0's too",
+            ),
+            (
+                format!(
+                    "{port}{net}{mac}tap = \"t0\"\n[[device]]\nslot = 1\nmodel = \"virtio-net\"\nmac = \"02:00:00:00:00:02\"\ntap = \"t0\"\n"
+                ),
+                "tap t0 is slot 0's already",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = box_error(&text);
+            assert!(e.contains(want), "{text:?}: got {e:?}, want {want:?}");
+        }
     }
 
     #[test]
