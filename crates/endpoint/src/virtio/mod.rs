@@ -9,7 +9,7 @@
 //!   buffers by DMA in bounded chunks, streams each request through the device and
 //!   completes it.
 //! - [`blk`]: virtio-blk on a file (or memory) of the box.
-//! - [`net`]: virtio-net: the backend contract (a TAP, a raw socket, memory).
+//! - [`net`]: virtio-net on a backend of the box (a TAP, a raw socket, memory).
 //!
 //! Every access to rings and buffers is a DMA through the framework, so over tether it
 //! is a TLP to the host's memory.
