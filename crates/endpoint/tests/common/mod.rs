@@ -13,7 +13,7 @@ use endpoint::virtio::queue::{desc_flags, Descriptor};
 use endpoint::virtio::{feature, status, VirtioDevice, VirtioPci};
 use endpoint::{Device, DeviceIo, DmaError, DmaId};
 
-pub const MEM: usize = 8 << 20;
+pub const MEM: usize = 16 << 20;
 /// Queue `q`'s rings: descriptors at `RINGS + q * RING_STRIDE`, then the driver
 /// area, the device area and the indirect tables at fixed offsets.
 pub const RINGS: u64 = 0x1_0000;
