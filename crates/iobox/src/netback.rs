@@ -12,15 +12,19 @@
 //! - [`PacketBackend`]: an AF_PACKET socket on a box interface, like macvtap: the box
 //!   hands a real NIC to the pool. Promiscuous, `PACKET_VNET_HDR`, its own sends not
 //!   looped back. The kernel strips 802.1Q tags on receive (docs: design.md); the
-//!   backend puts them back, so the guest sees the frame as it was on the wire.
+//!   backend puts them back, so the guest sees the frame as it was on the wire. What
+//!   a TAP's kernel does for a guest without offloads (complete partial checksums,
+//!   segment GSO frames: [`segment`]) it does itself.
 //!
-//! Neither holds a queue of its own: frames wait in the kernel's bounded queues (the
-//! TAP's `txqueuelen`, the socket's receive buffer), which drop and count when full.
-//! What the backends themselves drop or cut is counted in [`NetbackStats`].
+//! Frames wait in the kernel's bounded queues (the TAP's `txqueuelen`, the socket's
+//! receive buffer), which drop and count when full; the backends' only queue is the
+//! segments of one frame (at most [`MAX_SEGMENTS`]). What the backends themselves
+//! drop or cut is counted in [`NetbackStats`].
 //!
 //! Every call here is a plain ioctl or socket call: no `ip`, no netlink.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::ffi::CString;
 use std::io;
 use std::mem;
@@ -29,6 +33,8 @@ use std::time::{Duration, Instant};
 
 use endpoint::virtio::net::{NetBackend, Offloads, VNET_HDR_LEN};
 use thiserror::Error;
+
+pub mod segment;
 
 /// Longest interface name (IFNAMSIZ without its NUL).
 pub const MAX_IFNAME: usize = 15;
@@ -47,7 +53,12 @@ pub const HDR_GSO_NONE: u8 = 0;
 pub const HDR_GSO_TCPV4: u8 = 1;
 pub const HDR_GSO_UDP: u8 = 3;
 pub const HDR_GSO_TCPV6: u8 = 4;
+pub const HDR_GSO_UDP_L4: u8 = 5;
 pub const HDR_GSO_ECN: u8 = 0x80;
+
+/// The most frames one segmented frame becomes in [`PacketBackend`] (a 64 KiB TCP
+/// frame at the smallest usual MSS, 536, is 123); more is dropped and counted.
+pub const MAX_SEGMENTS: usize = 256;
 
 const SIOCBRADDIF: libc::c_ulong = 0x89a2;
 const SIOCDEVPRIVATE: libc::c_ulong = 0x89f0;
@@ -126,9 +137,13 @@ pub struct NetbackStats {
     pub tx_errors: u64,
     /// Frames longer than the device's buffer, delivered cut.
     pub rx_truncated: u64,
-    /// Frames dropped on the way in: segmented (GSO) frames the guest did not
-    /// negotiate, headers the kernel could not express (PacketBackend).
+    /// Frames dropped on the way in (PacketBackend): segmented (GSO) frames the guest
+    /// did not negotiate and that could not be segmented here (UFO, bad headers, more
+    /// than [`MAX_SEGMENTS`]), headers the kernel could not express.
     pub rx_dropped: u64,
+    /// Segmented (GSO) frames the guest did not negotiate, cut into wire-sized frames
+    /// here (PacketBackend; a TAP's kernel does this itself).
+    pub rx_segmented: u64,
     /// Partial checksums the backend completed for a guest without GUEST_CSUM
     /// (PacketBackend; a TAP's kernel does this itself).
     pub rx_csum_completed: u64,
@@ -639,10 +654,13 @@ struct TpacketAuxdata {
 /// frame) and `PACKET_IGNORE_OUTGOING` (the guest never hears its own frames), and
 /// non-blocking.
 ///
-/// A packet socket cannot tell the kernel what the guest accepts, so the backend does:
-/// a partial checksum for a guest without GUEST_CSUM is completed here
-/// (`rx_csum_completed`); a segmented frame of a kind the guest did not negotiate is
-/// dropped and counted (`rx_dropped`; macvtap would segment it in software).
+/// A packet socket cannot tell the kernel what the guest accepts, so the backend does
+/// what macvtap's kernel side would: a partial checksum for a guest without
+/// GUEST_CSUM is completed here (`rx_csum_completed`); a segmented frame of a kind the
+/// guest did not negotiate is segmented here ([`segment`]: TCP over IPv4/IPv6, UDP
+/// GSO; `rx_segmented`), its segments handed out by the next calls before anything
+/// new is read (so the device takes frames until `recv` says `None`, as the contract
+/// has it); UFO frames (IP fragmentation) are dropped and counted (`rx_dropped`).
 /// Like macvtap, the box's own stack does not reach the guest through the interface.
 pub struct PacketBackend {
     fd: OwnedFd,
@@ -650,6 +668,9 @@ pub struct PacketBackend {
     name: String,
     offloads: Offloads,
     stats: NetbackStats,
+    /// The rest of a frame segmented here, at most [`MAX_SEGMENTS`], handed out
+    /// before anything new is read.
+    pending: VecDeque<Vec<u8>>,
 }
 
 fn sockopt<T>(fd: RawFd, level: libc::c_int, opt: libc::c_int, value: &T) -> io::Result<()> {
@@ -786,6 +807,7 @@ impl PacketBackend {
             name: interface.into(),
             offloads: Offloads::default(),
             stats: NetbackStats::default(),
+            pending: VecDeque::new(),
         })
     }
 
@@ -795,6 +817,18 @@ impl PacketBackend {
 
     pub fn stats(&self) -> NetbackStats {
         self.stats
+    }
+
+    /// Copies a frame segmented here into `buf` (cut to it), counted.
+    fn deliver(&mut self, frame: &[u8], buf: &mut [u8]) -> usize {
+        let n = frame.len().min(buf.len());
+        buf[..n].copy_from_slice(&frame[..n]);
+        if n < frame.len() {
+            self.stats.rx_truncated += 1;
+        }
+        self.stats.frames_in += 1;
+        self.stats.bytes_in += n.saturating_sub(VNET_HDR_LEN) as u64;
+        n
     }
 
     /// One recvmsg: the kernel's header into `buf[..10]`, the frame into
@@ -939,6 +973,9 @@ impl NetBackend for PacketBackend {
                 "a receive buffer needs room for the virtio-net header, an Ethernet header and a VLAN tag",
             ));
         }
+        if let Some(next) = self.pending.pop_front() {
+            return Ok(Some(self.deliver(&next, buf)));
+        }
         // Frames the guest cannot take are skipped, a bounded number per call (the
         // descriptor stays readable for the rest).
         for _ in 0..64 {
@@ -956,15 +993,25 @@ impl NetBackend for PacketBackend {
                     return Err(e);
                 }
             };
-            if !gso_accepted(buf[1], self.offloads) {
-                self.stats.rx_dropped += 1;
-                continue;
-            }
             let Some((len, truncated)) = place_frame(buf, whole, tag) else {
                 self.stats.rx_dropped += 1;
                 continue;
             };
             set_one_buffer(buf);
+            if !gso_accepted(buf[1], self.offloads) {
+                let size = u16::from_le_bytes([buf[4], buf[5]]);
+                match segment::segment(buf[1], size, &buf[VNET_HDR_LEN..len], MAX_SEGMENTS) {
+                    Ok(segments) if !truncated => {
+                        self.stats.rx_segmented += 1;
+                        self.pending.extend(segments);
+                        if let Some(first) = self.pending.pop_front() {
+                            return Ok(Some(self.deliver(&first, buf)));
+                        }
+                    }
+                    _ => self.stats.rx_dropped += 1,
+                }
+                continue;
+            }
             if buf[0] & HDR_F_NEEDS_CSUM != 0 && !self.offloads.csum && !truncated {
                 let cs = usize::from(u16::from_le_bytes([buf[6], buf[7]]));
                 let co = usize::from(u16::from_le_bytes([buf[8], buf[9]]));

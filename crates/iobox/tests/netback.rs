@@ -234,7 +234,7 @@ fn a_tap_on_a_bridge_carries_frames_both_ways() {
     let link = ip_out(&["-n", rig.ns(b), "link", "show", "dev", "nbtap0"]).unwrap();
     assert!(link.contains("master nbbr0"), "{link}");
     assert!(link.contains(",UP"), "{link}");
-    assert!(tap.link_up());
+    link_becomes(&tap, true);
     let peer = rig
         .within(p, || PacketSocket::open("npv0", true, false))
         .unwrap();
@@ -351,7 +351,7 @@ fn a_tap_says_what_is_wrong_and_leaves_a_persistent_one_in_place() {
     for _ in 0..2 {
         let t = open("nbkeep0", Some("nbbr0")).unwrap();
         assert!(!t.created());
-        assert!(t.link_up());
+        link_becomes(&t, true);
         drop(t);
         let link = ip_out(&["-n", rig.ns(b), "link", "show", "dev", "nbkeep0"]).unwrap();
         assert!(link.contains("master nbbr0"), "{link}");
@@ -407,6 +407,48 @@ fn a_packet_backend_on_a_veth_carries_frames_both_ways() {
     peer_ip(&rig, p, "npv0");
     udp_from_peer(&rig, p, &mut pk, "udp with csum offload", true);
     udp_from_peer(&rig, p, &mut pk, "udp without csum offload", false);
+    // A UDP GSO datagram from the peer (UDP_SEGMENT) reaches a guest without
+    // offloads as wire-sized datagrams with whole checksums, segmented here.
+    pk.set_offloads(Offloads::default()).unwrap();
+    let mut payload = Vec::new();
+    for i in 0..3 {
+        let mut chunk = format!("segment {i} of a gso datagram").into_bytes();
+        chunk.resize(1000, b'0' + i as u8);
+        payload.extend_from_slice(&chunk);
+    }
+    let datagram = payload.clone();
+    rig.within(p, move || {
+        let s = UdpSocket::bind("10.77.0.1:0").unwrap();
+        let size: libc::c_int = 1000;
+        // SAFETY: `size` is an int alive for the call (SOL_UDP, UDP_SEGMENT).
+        let r = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_UDP,
+                libc::UDP_SEGMENT,
+                &size as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+        s.send_to(&datagram, "10.77.0.2:7777").unwrap();
+    });
+    let mut joined = Vec::new();
+    for text in [
+        "segment 0 of a gso datagram",
+        "segment 1 of a gso datagram",
+        "segment 2 of a gso datagram",
+    ] {
+        let f = recv_matching(&mut pk, |f| carries(text)(&f[VNET_HDR_LEN..]), &mut || {});
+        assert_eq!(&f[..2], &[0, HDR_GSO_NONE], "{:?}", &f[..12]);
+        let eth = &f[VNET_HDR_LEN..];
+        assert_eq!(eth.len(), 14 + 20 + 8 + 1000);
+        assert!(udp_checksum_ok(eth), "{text}");
+        joined.extend_from_slice(&eth[42..]);
+    }
+    assert_eq!(joined, payload);
+    assert!(pk.stats().rx_segmented >= 1, "{:?}", pk.stats());
+
     let s = pk.stats();
     assert!(s.rx_csum_completed >= 1, "{s:?}");
     assert!(s.frames_in >= 4 && s.frames_out >= 1, "{s:?}");
