@@ -11,6 +11,7 @@ use efe::SendError;
 use endpoint::config::reg;
 use endpoint::memdev::{self, MemDev};
 use endpoint::virtio::blk::{self, BlockBackend, VirtioBlk};
+use endpoint::virtio::net::{self, NetBackend, VirtioNet};
 use endpoint::virtio::VirtioPci;
 use endpoint::{ConfigError, Device, Function, FunctionConfig};
 use fabric::{FabricError, FabricEvent};
@@ -75,6 +76,25 @@ impl Slot {
         let model: Box<dyn Device + Send> =
             Box::new(VirtioPci::new(VirtioBlk::new(backend, serial)).with_packed_ring(packed_ring));
         let f = Function::new(blk::config_space()?, model, FunctionConfig::default());
+        Ok(Slot::announced(slot, gid, f))
+    }
+
+    /// A virtio-net NIC with MAC `mac` on `backend` (one of [`netback`]'s, or any
+    /// other) in `slot`, group `gid`; `offloads`: the backend passes the virtio-net
+    /// header (both of [`netback`]'s do), so checksum and segmentation offloads are
+    /// offered; `packed_ring` offers packed virtqueues besides split ones.
+    pub fn virtio_net<B: NetBackend + 'static>(
+        slot: u8,
+        gid: u16,
+        backend: B,
+        mac: [u8; 6],
+        offloads: bool,
+        packed_ring: bool,
+    ) -> Result<Slot, ConfigError> {
+        let model: Box<dyn Device + Send> = Box::new(
+            VirtioPci::new(VirtioNet::new(backend, mac, offloads)).with_packed_ring(packed_ring),
+        );
+        let f = Function::new(net::config_space()?, model, FunctionConfig::default());
         Ok(Slot::announced(slot, gid, f))
     }
 

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use ::iobox::netback::{PacketBackend, TapBackend, TapConfig};
 use ::iobox::{IoBox, Slot};
 use anyhow::{bail, Context, Result};
 use endpoint::virtio::blk::{BlockBackend, FileBackend};
@@ -34,9 +35,27 @@ fn slot(d: &DeviceConfig) -> Result<Slot> {
                 .unwrap_or_else(|| format!("tether-{}", d.slot));
             Slot::virtio_blk(d.slot, d.gid, disk, &serial, d.packed_ring)?
         }
-        // The backends (iobox::netback) are ready; the device model is not on main
-        // yet (issue 17).
-        Model::VirtioNet => bail!("virtio-net: the device model is not built yet"),
+        Model::VirtioNet => {
+            let mac = d.mac.context("virtio-net needs a mac")?.0;
+            // Both backends pass the virtio-net header: offloads are offered.
+            match (&d.tap, &d.interface) {
+                (Some(tap), _) => {
+                    let cfg = TapConfig {
+                        name: tap.clone(),
+                        bridge: d.bridge.clone(),
+                    };
+                    let b = TapBackend::open(&cfg)
+                        .with_context(|| format!("slot {}: TAP {tap}", d.slot))?;
+                    Slot::virtio_net(d.slot, d.gid, b, mac, true, d.packed_ring)?
+                }
+                (None, Some(interface)) => {
+                    let b = PacketBackend::open(interface)
+                        .with_context(|| format!("slot {}: interface {interface}", d.slot))?;
+                    Slot::virtio_net(d.slot, d.gid, b, mac, true, d.packed_ring)?
+                }
+                (None, None) => bail!("virtio-net needs a tap or an interface"),
+            }
+        }
     })
 }
 
@@ -132,4 +151,86 @@ pub fn run(path: &Path) -> Result<()> {
         f.frames_in, f.frames_out, s.resets, s.unrouted, f.bad_frames, f.other_group
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dataplane::netns::Rig;
+    use std::process::Command;
+
+    fn config(devices: &str) -> BoxConfig {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let text = format!("[port]\ninterface = \"nbv9\"\n{devices}");
+        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+        BoxConfig::load(f.path()).unwrap()
+    }
+
+    fn link(rig: &Rig, i: usize, name: &str) -> Option<String> {
+        let out = Command::new("ip")
+            .args(["-n", rig.ns(i), "link", "show", "dev", name])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// box.toml's virtio-net devices become slots on their backends, in the box's
+    /// namespace: a TAP on a bridge, a veth handed over whole.
+    #[test]
+    fn virtio_net_slots_open_their_backends() {
+        let Some(mut rig) = Rig::for_test("virtio_net_slots_open_their_backends", "nbs") else {
+            return;
+        };
+        let (b, p) = (rig.host("box").unwrap(), rig.host("peer").unwrap());
+        rig.veth(b, "nbv0", p, "npv0", 1500).unwrap();
+        rig.veth(b, "nbv1", p, "npv1", 1500).unwrap();
+        rig.bridge(b, "nbbr0", &["nbv0"]).unwrap();
+        let cfg = config(
+            r#"
+[[device]]
+slot = 1
+model = "virtio-net"
+mac = "02:00:00:00:00:01"
+tap = "nbtap0"
+bridge = "nbbr0"
+
+[[device]]
+slot = 2
+model = "virtio-net"
+mac = "02:00:00:00:00:02"
+interface = "nbv1"
+packed_ring = true
+"#,
+        );
+        let made = rig
+            .within(b, move || slots(&cfg).map_err(|e| format!("{e:#}")))
+            .unwrap();
+        assert_eq!(made.len(), 2);
+        for s in &made {
+            assert_eq!((s.info.vendor_id, s.info.device_id), (0x1af4, 0x1041));
+            assert_eq!(s.info.class_code, 0x02_0000, "network controller, Ethernet");
+        }
+        let tap = link(&rig, b, "nbtap0").expect("the slot's TAP");
+        assert!(tap.contains("master nbbr0"), "{tap}");
+        drop(made);
+        assert!(
+            link(&rig, b, "nbtap0").is_none(),
+            "the TAP went with its slot"
+        );
+
+        let cfg = config(
+            "[[device]]\nslot = 1\nmodel = \"virtio-net\"\nmac = \"02:00:00:00:00:01\"\ntap = \"nbtap0\"\nbridge = \"nbnone0\"\n",
+        );
+        let e = rig
+            .within(b, move || {
+                slots(&cfg).map(|_| ()).map_err(|e| format!("{e:#}"))
+            })
+            .unwrap_err();
+        assert!(
+            e.contains("slot 1: TAP nbtap0") && e.contains("no bridge nbnone0"),
+            "{e}"
+        );
+    }
 }
