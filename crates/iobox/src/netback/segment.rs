@@ -263,6 +263,9 @@ mod tests {
         (l3, l4)
     }
 
+    /// The most segments the property test allows.
+    const MAX: usize = 256;
+
     #[test]
     fn tcp_and_udp_segments_carry_the_payload_with_whole_checksums() {
         let payload: Vec<u8> = (0..3001u32).map(|i| (i * 7) as u8).collect();
@@ -337,5 +340,75 @@ mod tests {
             segment(HDR_GSO_TCPV4, 1000, &bad, 64),
             Err(SegmentError::Malformed(_))
         ));
+    }
+
+    proptest::proptest! {
+        /// Any payload in any segment size, over IPv4 or IPv6, TCP or UDP, tagged or
+        /// not: the segments are wire-sized, their checksums whole, and together they
+        /// carry the payload.
+        #[test]
+        fn segments_reassemble(
+            len in 0usize..9000,
+            size in 1u16..2000,
+            v6: bool,
+            tcp: bool,
+            vlan: bool,
+            seed: u8,
+        ) {
+            let payload: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect();
+            let gso = match (tcp, v6) {
+                (true, false) => HDR_GSO_TCPV4,
+                (true, true) => HDR_GSO_TCPV6,
+                (false, _) => HDR_GSO_UDP_L4,
+            };
+            let f = gso_frame(v6, tcp, vlan, &payload);
+            match segment(gso, size, &f, MAX) {
+                Ok(out) => {
+                    proptest::prop_assert_eq!(out.len(), len.div_ceil(usize::from(size)).max(1));
+                    let mut joined = Vec::new();
+                    for s in &out {
+                        let seg = &s[VNET_HDR_LEN..];
+                        let (_, l4) = check(seg, v6, vlan, tcp);
+                        let hdr = l4 + if tcp { 20 } else { 8 };
+                        proptest::prop_assert!(seg.len() - hdr <= usize::from(size));
+                        joined.extend_from_slice(&seg[hdr..]);
+                    }
+                    proptest::prop_assert_eq!(joined, payload);
+                }
+                Err(e) => {
+                    proptest::prop_assert_eq!(
+                        e,
+                        SegmentError::TooMany(len.div_ceil(usize::from(size)))
+                    );
+                }
+            }
+        }
+
+        /// Garbage of any GSO type, and a good frame with bytes changed, never
+        /// panics and never yields more than asked.
+        #[test]
+        fn garbage_is_refused_or_bounded(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            flips in proptest::collection::vec((0usize..120, proptest::num::u8::ANY), 0..4),
+            gso: u8,
+            size: u16,
+            v6: bool,
+            tcp: bool,
+        ) {
+            if let Ok(out) = segment(gso, size, &bytes, 8) {
+                proptest::prop_assert!(out.len() <= 8);
+            }
+            let mut f = gso_frame(v6, tcp, false, &bytes);
+            for (at, b) in flips {
+                if let Some(x) = f.get_mut(at) {
+                    *x = b;
+                }
+            }
+            for kind in [HDR_GSO_TCPV4, HDR_GSO_TCPV6, HDR_GSO_UDP_L4, gso] {
+                if let Ok(out) = segment(kind, size, &f, 8) {
+                    proptest::prop_assert!(out.len() <= 8);
+                }
+            }
+        }
     }
 }
