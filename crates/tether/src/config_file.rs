@@ -331,7 +331,7 @@ impl BoxConfig {
             if d.serial.as_ref().is_some_and(|s| s.len() > 20) {
                 return Err(invalid(path, format!("{what}: serial is at most 20 bytes")));
             }
-            check_net(path, &what, d, &c.devices[..i])?;
+            check_net(path, &what, d, &c.devices[..i], &c.port.interface)?;
         }
         Ok(c)
     }
@@ -343,6 +343,7 @@ fn check_net(
     what: &str,
     d: &DeviceConfig,
     earlier: &[DeviceConfig],
+    port: &str,
 ) -> Result<(), ConfigError> {
     let net_keys = [
         ("mac", d.mac.is_some()),
@@ -424,6 +425,13 @@ fn check_net(
     }
     for (key, name) in [("tap", &d.tap), ("interface", &d.interface)] {
         let Some(n) = name else { continue };
+        if n == port {
+            // The guest would get the fabric's frames, and the fabric the guest's.
+            return Err(invalid(
+                path,
+                format!("{what}: {key} {n} is the box's fabric port ([port] interface)"),
+            ));
+        }
         if let Some(o) = earlier
             .iter()
             .find(|o| o.tap.as_ref() == Some(n) || o.interface.as_ref() == Some(n))
@@ -664,6 +672,10 @@ queues = 1
                     "{port}{net}{mac}tap = \"t0\"\n[[device]]\nslot = 1\nmodel = \"virtio-net\"\nmac = \"02:00:00:00:00:02\"\ntap = \"t0\"\n"
                 ),
                 "tap t0 is slot 0's already",
+            ),
+            (
+                format!("{port}{net}{mac}interface = \"x\"\n"),
+                "interface x is the box's fabric port",
             ),
         ];
         for (text, want) in cases {
