@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TARGETS=(tlp frame payload reassembly proxy vfio_user fabric_node efe_session virtio_queue host_bridge vfio_user_server proxy_server enumerate qmp switch_route)
+TARGETS=(tlp frame payload reassembly proxy vfio_user fabric_node efe_session virtio_queue virtio_net host_bridge vfio_user_server proxy_server enumerate qmp switch_route)
 FUZZ_RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
