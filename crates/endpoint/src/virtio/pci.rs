@@ -21,6 +21,16 @@
 //! the reply, which PCIe keeps in that order. Requests of one queue overlap: a new one
 //! starts while earlier ones wait for their DMA.
 //!
+//! Devices that are not request/response: a device may park the chains of a queue
+//! ([`VirtioDevice::parks`], a receive queue): they are walked and kept until the
+//! device fills them on a poll ([`VirtioDevice::fill`]; one fill may span several
+//! chains, whose used elements go out together, charged to the queue's buffer until
+//! a read behind the writes completes). A device may also say it is not ready for a
+//! request whose readable bytes it consumed ([`VirtioDevice::ready`], a full
+//! transmit backend): the request stalls in order, keeping its room, and is asked
+//! about again on each poll. Configuration changes the device reports on a poll, or
+//! when the box says the device is leaving, raise the configuration interrupt.
+//!
 //! A ring the driver gets wrong (a bad index, a loop, an oversized chain, a head or
 //! buffer ID made available again while it is in flight, more packed descriptors in
 //! flight than the ring holds) or DMA the host refuses marks the device
