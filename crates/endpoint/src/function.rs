@@ -90,6 +90,12 @@ pub trait Device {
     /// Descriptors whose readiness brings the model work of its own (its backend's
     /// socket): the box's loop sleeps on them along with its port's.
     fn wait_fds(&self, _out: &mut Vec<std::os::fd::RawFd>) {}
+    /// Whether the model has work waiting on something no descriptor signals (a
+    /// backend that would block on send): the box should poll it again soon rather
+    /// than sleep until its descriptors or its port wake it.
+    fn poll_soon(&self) -> bool {
+        false
+    }
     /// The box says the device is leaving its host (or is back): a model whose driver
     /// should hear of it ahead (a NIC's link goes down) tells it now.
     fn set_leaving(&mut self, _leaving: bool, _io: &mut dyn DeviceIo) {}
@@ -537,6 +543,11 @@ impl<D: Device> Function<D> {
         self.deliver_finished();
     }
 
+    /// Whether the model wants to be polled again soon ([`Device::poll_soon`]).
+    pub fn poll_soon(&self) -> bool {
+        self.device.poll_soon()
+    }
+
     /// Tells the model at `now` that its device is leaving its host, or is back
     /// ([`Device::set_leaving`]).
     pub fn set_leaving(&mut self, now: u64, leaving: bool) {
@@ -887,6 +898,9 @@ impl<T: Device + ?Sized> Device for Box<T> {
     }
     fn set_leaving(&mut self, leaving: bool, io: &mut dyn DeviceIo) {
         (**self).set_leaving(leaving, io)
+    }
+    fn poll_soon(&self) -> bool {
+        (**self).poll_soon()
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {

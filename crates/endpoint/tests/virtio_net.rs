@@ -200,11 +200,13 @@ fn transmit_backpressure_stalls_the_queue_in_order_and_resumes() {
         assert_eq!(backend(&mut d).sent.len(), 2);
         let s = d.dev.device().stats();
         assert_eq!(s.tx_backpressure, 1, "one stall, however many retries");
+        assert!(d.dev.poll_soon(), "a stalled queue asks to be polled again");
         assert!(d.dev.stats().buffered <= d.dev.limits().buffer_bytes);
         // The backend drains: the queue goes on where it stopped.
         backend(&mut d).room = None;
         d.poll();
         assert_eq!(d.take_used(1).len(), 8);
+        assert!(!d.dev.poll_soon());
         assert!(
             backend(&mut d).sent == want,
             "in order, none lost or doubled"

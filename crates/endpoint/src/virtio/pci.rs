@@ -1617,6 +1617,12 @@ impl<D: VirtioDevice> Device for VirtioPci<D> {
         out.extend(self.device.wait_fd());
     }
 
+    /// A queue stalled on its device (a backend that would block) is retried only
+    /// on polls: the box should come back soon.
+    fn poll_soon(&self) -> bool {
+        self.running() && self.queues.iter().any(|q| !q.stalled.is_empty())
+    }
+
     fn set_leaving(&mut self, leaving: bool, io: &mut dyn DeviceIo) {
         if self.leaving != leaving {
             self.leaving = leaving;
