@@ -611,3 +611,38 @@ proptest! {
         prop_assert!(d.dev.stats().buffered_peak <= d.dev.limits().buffer_bytes);
     }
 }
+
+/// Linux turns a queue's interrupts off while it polls, refills the receive ring
+/// (notifying with interrupts off), and turns them back on without notifying. A
+/// frame that comes after must still interrupt: the device reads the flags again
+/// behind the used elements it wrote on its own.
+#[test]
+fn interrupts_turned_back_on_without_a_notification_are_seen() {
+    for packed in [false, true] {
+        let mut d = net(packed, false, LINUX);
+        // Split: avail flags NO_INTERRUPT; packed: the driver event flags DISABLE.
+        let (flags_at, off, on) = if packed {
+            (avail(0) + 2, 1u16, 0u16)
+        } else {
+            (avail(0), 1u16, 0u16)
+        };
+        d.put(flags_at, &off.to_le_bytes());
+        for k in 0..4 {
+            post_rx(&mut d, k, 2000);
+        }
+        d.notify(0);
+        d.run();
+        // Still off: the frame is used, no interrupt.
+        backend(&mut d).inbox.push_back(frame(100, 1));
+        d.poll();
+        assert_eq!(d.take_used(0).len(), 1);
+        assert!(!d.io.intx, "packed {packed}: interrupts off");
+        // Back on, no notification: the next frame interrupts.
+        d.put(flags_at, &on.to_le_bytes());
+        backend(&mut d).inbox.push_back(frame(100, 2));
+        d.poll();
+        assert_eq!(d.take_used(0).len(), 1);
+        assert!(d.io.intx, "packed {packed}: interrupts back on");
+        assert_eq!(d.counter("virtio_q0_interrupts"), 1);
+    }
+}

@@ -318,6 +318,9 @@ enum Fetch {
     },
     /// A read after a round of reply writes: it completes once they are done.
     Fence(usize),
+    /// The driver's interrupt suppression flags of a queue, read again after used
+    /// elements the device wrote on its own (see [`VirtioPci::write_used`]).
+    Suppression(u16),
     /// The same after a request's last round: `bytes` of `queue`'s buffer come free.
     Drain {
         queue: u16,
@@ -334,6 +337,10 @@ struct QueueState {
     /// A notification came while the ring was being fetched: fetch again after.
     refetch: bool,
     no_interrupt: bool,
+    /// Used elements went out without an interrupt while the flags were being read
+    /// again (one such read at a time).
+    owed: bool,
+    checking: bool,
     /// Packed ring: where the next available chain starts, where the next used
     /// descriptor goes, and the start of a chain the last window cut.
     packed_avail: RingPos,
@@ -363,6 +370,8 @@ impl QueueState {
             fetching: false,
             refetch: false,
             no_interrupt: false,
+            owed: false,
+            checking: false,
             packed_avail: RingPos::START,
             packed_used: RingPos::START,
             carry: Vec::new(),
@@ -426,6 +435,9 @@ pub struct VirtioPci<D: VirtioDevice> {
     fill: Fill,
     /// The device is leaving (the box said so).
     leaving: bool,
+    /// The device's own work is running (a poll), not the answer to a notification
+    /// or a DMA completion.
+    polling: bool,
 }
 
 impl<D: VirtioDevice> VirtioPci<D> {
@@ -455,6 +467,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
             queue_stats,
             fill: Fill::default(),
             leaving: false,
+            polling: false,
         }
     }
 
@@ -759,6 +772,8 @@ impl<D: VirtioDevice> VirtioPci<D> {
             q.waiting.clear();
             q.stalled.clear();
             q.parked.clear();
+            q.owed = false;
+            q.checking = false;
         }
         self.signal(self.config_msix_vector, isr::CONFIG, io);
     }
@@ -1468,16 +1483,80 @@ impl<D: VirtioDevice> VirtioPci<D> {
                 written = io.dma_write(qs.config.used_idx_addr(), &idx);
             }
         }
-        let (vector, quiet) = (qs.config.msix_vector, qs.no_interrupt);
+        let quiet = qs.no_interrupt;
         if let Err(e) = written {
             return self.fail_dma(e, io);
         }
         if !quiet {
-            self.stats.used_interrupts += 1;
-            if let Some(s) = self.queue_stats.get_mut(q as usize) {
-                s.interrupts += 1;
+            return self.used_interrupt(q, io);
+        }
+        if self.polling {
+            // Used elements the device wrote on its own (a received frame, a transmit
+            // backend that took a frame at last), not soon after a notification: the
+            // flags seen then may be stale (Linux turns interrupts back on without
+            // notifying). They are read again, behind these writes: still off, the
+            // driver will see the elements when it turns them on; on, the interrupt.
+            self.recheck_suppression(q, io);
+        }
+    }
+
+    /// A used-buffer interrupt for queue `q`.
+    fn used_interrupt(&mut self, q: u16, io: &mut dyn DeviceIo) {
+        let Some(qs) = self.queues.get(q as usize) else {
+            return;
+        };
+        let vector = qs.config.msix_vector;
+        self.stats.used_interrupts += 1;
+        if let Some(s) = self.queue_stats.get_mut(q as usize) {
+            s.interrupts += 1;
+        }
+        self.signal(vector, isr::QUEUE, io);
+    }
+
+    /// Reads queue `q`'s interrupt suppression flags again; an interrupt is owed
+    /// if they now allow it.
+    fn recheck_suppression(&mut self, q: u16, io: &mut dyn DeviceIo) {
+        let packed = self.packed();
+        let qs = &mut self.queues[q as usize];
+        qs.owed = true;
+        if qs.checking {
+            return;
+        }
+        let len = if packed { packed::EVENT_SIZE } else { 2 };
+        match io.dma_read(qs.config.driver, len) {
+            Ok(id) => {
+                qs.checking = true;
+                self.stats.ring_fetches += 1;
+                self.fetches.insert(id, Fetch::Suppression(q));
             }
-            self.signal(vector, isr::QUEUE, io);
+            Err(e) => self.fail_dma(e, io),
+        }
+    }
+
+    /// The suppression flags of queue `q` as read again: the owed interrupt now if
+    /// they allow it.
+    fn suppression_fetched(&mut self, q: u16, bytes: &[u8], io: &mut dyn DeviceIo) {
+        let packed = self.packed();
+        let Some(qs) = self.queues.get_mut(q as usize) else {
+            return;
+        };
+        qs.checking = false;
+        let flags = if packed {
+            bytes.get(2..4)
+        } else {
+            bytes.get(0..2)
+        };
+        let Some(f) = flags else {
+            return self.fail_dma(DmaError::BadCompletion, io);
+        };
+        let f = u16::from_le_bytes([f[0], f[1]]);
+        qs.no_interrupt = if packed {
+            f == packed::event::DISABLE
+        } else {
+            f & super::queue::AVAIL_F_NO_INTERRUPT != 0
+        };
+        if std::mem::take(&mut qs.owed) && !qs.no_interrupt {
+            self.used_interrupt(q, io);
         }
     }
 }
@@ -1584,6 +1663,7 @@ impl<D: VirtioDevice> Device for VirtioPci<D> {
                 self.release(request, io);
                 self.next_step(request, io);
             }
+            Fetch::Suppression(q) => self.suppression_fetched(q, &bytes, io),
             Fetch::Drain { queue, bytes } => {
                 if let Some(qs) = self.queues.get_mut(queue as usize) {
                     qs.buffered = qs.buffered.saturating_sub(bytes);
@@ -1603,6 +1683,7 @@ impl<D: VirtioDevice> Device for VirtioPci<D> {
         if self.device.poll() {
             self.config_changed(io);
         }
+        self.polling = true;
         for q in 0..self.queues.len() as u16 {
             if self.running() && !self.queues[q as usize].stalled.is_empty() {
                 self.retry_stalled(q, io);
@@ -1611,6 +1692,7 @@ impl<D: VirtioDevice> Device for VirtioPci<D> {
                 self.fill_queue(q, io);
             }
         }
+        self.polling = false;
     }
 
     fn wait_fds(&self, out: &mut Vec<std::os::fd::RawFd>) {
