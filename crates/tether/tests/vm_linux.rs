@@ -100,30 +100,10 @@ fn sha256_of_prefix(path: &Path, len: usize, dir: &Path) -> String {
     out.split_whitespace().next().unwrap().to_string()
 }
 
-fn value<'a>(text: &'a str, key: &str) -> &'a str {
-    text.lines()
-        .find_map(|l| l.split_once(key).map(|(_, v)| v.trim()))
-        .unwrap_or_else(|| panic!("no {key:?} in the guest's output:\n{text}"))
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Frontend {
     VfioUser,
     Proxy,
-}
-
-/// The root of the QEMU with `vfio-user-pci` (installed by its script), or `None`
-/// when the test cannot run (not root, no such QEMU): skipped, loudly.
-/// The QEMU 11.1 root for a vfio-user test, and the VM-test lock, held while the
-/// test runs (see `vm_lock`).
-fn vfio_user_qemu(test: &str) -> Option<(PathBuf, std::fs::File)> {
-    if !is_root() {
-        skip(test, "needs root (network namespaces, chroot)");
-        return None;
-    }
-    let root = dep(test, "qemu-vfio-user.sh")
-        .map(|r| PathBuf::from(r.lines().last().unwrap_or_default()))?;
-    Some((root, vm_lock()))
 }
 
 #[test]
@@ -359,7 +339,7 @@ fn set_up(
     script: &str,
     tools: &[&str],
 ) -> Option<Setup> {
-    let (kernel, initrd) = guest_image(test, d, script, tools)?;
+    let (kernel, initrd) = guest_image(test, d, script, tools, &[])?;
     let mut rig = Rig::for_test(test, &format!("t{tag}"))?;
     let bx = rig.host("box").unwrap();
     let hs = rig.host("host").unwrap();
@@ -393,37 +373,6 @@ fn set_up(
         kernel,
         initrd,
     })
-}
-
-/// The guest's kernel and an initramfs of its own (in `d`) that runs `script` with
-/// the guest `tools` built from tests/vm (failing to build one is never a skip).
-/// `None` when the guest image is missing (skipped, loudly, as `dep` says).
-fn guest_image(test: &str, d: &Path, script: &str, tools: &[&str]) -> Option<(String, String)> {
-    let kver = dep(test, "guest-linux.sh")?
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string();
-    let built: Vec<String> = tools
-        .iter()
-        .map(|t| match guest_tool(d, t) {
-            Ok(p) => p.display().to_string(),
-            Err(e) => panic!("{test}: cannot build guest tool {t}: {e}"),
-        })
-        .collect();
-    let script = write(d, "guest.sh", script);
-    let initrd = d.join("initrd.cpio.gz");
-    run_ok(
-        Command::new(repo_root().join("scripts/vm/initramfs.sh"))
-            .env("TETHER_GUEST_TOOLS", built.join(" "))
-            .arg(&initrd)
-            .arg(&script),
-    );
-    let vm_dir = std::env::var("TETHER_VM_DIR").unwrap_or("/var/tmp/tether-vm".into());
-    Some((
-        format!("{vm_dir}/guest/boot/vmlinuz-{kver}"),
-        initrd.display().to_string(),
-    ))
 }
 
 fn linux_guest(test: &str, frontend: Frontend, qemu_root: Option<&Path>) {
@@ -553,35 +502,6 @@ fn linux_guest(test: &str, frontend: Frontend, qemu_root: Option<&Path>) {
     );
 }
 
-/// Waits (up to `timeout`) for `pattern` from `p`; past it, prints the counters the
-/// bridges' control sockets `socks` give, then fails with the process's output.
-fn wait_or_dump(p: &mut Proc, pattern: &str, n: usize, timeout: Duration, socks: &[PathBuf]) {
-    let end = std::time::Instant::now() + timeout;
-    while p.count(pattern) < n && std::time::Instant::now() < end {
-        if let Ok(Some(_)) = p.child.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    if p.count(pattern) >= n {
-        return;
-    }
-    for sock in socks {
-        let out = tether()
-            .args(["ctl", "stats", "-s"])
-            .arg(sock)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let nonzero: Vec<&str> = text.lines().filter(|l| !l.ends_with(": 0")).collect();
-        eprintln!("counters of {}:\n{}", sock.display(), nonzero.join("\n"));
-    }
-    panic!(
-        "{pattern:?} x{n} not printed within {timeout:?}:\n{}",
-        p.text()
-    );
-}
-
 /// What the guest of the device-pool test runs: it waits for two disks (box 1) and a
 /// memdev (box 2), all hot-added; writes and reads back a pattern on each disk; then
 /// waits while the test kills box 2 (the memdev must leave while the disks go on
@@ -641,7 +561,7 @@ fn linux_guest_uses_devices_of_two_boxes_hot_plugged() {
     let root = root.display().to_string();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let Some((kernel, initrd)) = guest_image(test, d, POOL_GUEST, &["memdev-msi"]) else {
+    let Some((kernel, initrd)) = guest_image(test, d, POOL_GUEST, &["memdev-msi"], &[]) else {
         return;
     };
     let Some(mut rig) = Rig::for_test(test, "tpl") else {
@@ -837,7 +757,7 @@ fn a_disk_moves_between_running_vms() {
     let root = root.display().to_string();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let Some((kernel, initrd)) = guest_image(test, d, MOVES_GUEST, &["memdev-msi"]) else {
+    let Some((kernel, initrd)) = guest_image(test, d, MOVES_GUEST, &["memdev-msi"], &[]) else {
         return;
     };
     let Some(mut rig) = Rig::for_test(test, "tmv") else {

@@ -349,3 +349,93 @@ pub fn vm_lock() -> std::fs::File {
     assert_eq!(r, 0, "flock: {}", std::io::Error::last_os_error());
     f
 }
+
+/// The value after `key` on the first line of `text` (a guest's output) that has it,
+/// trimmed.
+pub fn value<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.split_once(key).map(|(_, v)| v.trim()))
+        .unwrap_or_else(|| panic!("no {key:?} in the guest's output:\n{text}"))
+}
+
+/// The QEMU 11.1 root (the QEMU with `vfio-user-pci`, installed by its script) for a
+/// vfio-user test, and the VM-test lock, held while the test runs (see `vm_lock`);
+/// `None` when the test cannot run (not root, no such QEMU): skipped, loudly.
+pub fn vfio_user_qemu(test: &str) -> Option<(PathBuf, std::fs::File)> {
+    if !is_root() {
+        skip(test, "needs root (network namespaces, chroot)");
+        return None;
+    }
+    let root = dep(test, "qemu-vfio-user.sh")
+        .map(|r| PathBuf::from(r.lines().last().unwrap_or_default()))?;
+    Some((root, vm_lock()))
+}
+
+/// The guest's kernel and an initramfs of its own (in `d`) that runs `script` with
+/// the guest `tools` built from tests/vm (failing to build one is never a skip) and
+/// loads the kernel `modules` (and what they depend on) before it; none means
+/// scripts/vm/initramfs.sh's default, virtio_pci and virtio_blk. `None` when the
+/// guest image is missing (skipped, loudly, as `dep` says).
+pub fn guest_image(
+    test: &str,
+    d: &Path,
+    script: &str,
+    tools: &[&str],
+    modules: &[&str],
+) -> Option<(String, String)> {
+    let kver = dep(test, "guest-linux.sh")?
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    let built: Vec<String> = tools
+        .iter()
+        .map(|t| match guest_tool(d, t) {
+            Ok(p) => p.display().to_string(),
+            Err(e) => panic!("{test}: cannot build guest tool {t}: {e}"),
+        })
+        .collect();
+    let script = write(d, "guest.sh", script);
+    let initrd = d.join("initrd.cpio.gz");
+    run_ok(
+        Command::new(repo_root().join("scripts/vm/initramfs.sh"))
+            .env("TETHER_GUEST_TOOLS", built.join(" "))
+            .arg(&initrd)
+            .arg(&script)
+            .args(modules),
+    );
+    let vm_dir = std::env::var("TETHER_VM_DIR").unwrap_or("/var/tmp/tether-vm".into());
+    Some((
+        format!("{vm_dir}/guest/boot/vmlinuz-{kver}"),
+        initrd.display().to_string(),
+    ))
+}
+
+/// Waits (up to `timeout`) for `pattern` from `p`; past it, prints the counters the
+/// bridges' control sockets `socks` give, then fails with the process's output.
+pub fn wait_or_dump(p: &mut Proc, pattern: &str, n: usize, timeout: Duration, socks: &[PathBuf]) {
+    let end = std::time::Instant::now() + timeout;
+    while p.count(pattern) < n && std::time::Instant::now() < end {
+        if let Ok(Some(_)) = p.child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if p.count(pattern) >= n {
+        return;
+    }
+    for sock in socks {
+        let out = tether()
+            .args(["ctl", "stats", "-s"])
+            .arg(sock)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let nonzero: Vec<&str> = text.lines().filter(|l| !l.ends_with(": 0")).collect();
+        eprintln!("counters of {}:\n{}", sock.display(), nonzero.join("\n"));
+    }
+    panic!(
+        "{pattern:?} x{n} not printed within {timeout:?}:\n{}",
+        p.text()
+    );
+}
