@@ -560,6 +560,11 @@ impl Pollable for IoBox {
         let mut fds = Vec::new();
         for s in &self.slots {
             s.function.wait_fds(&mut fds);
+            // A model waiting on something no descriptor signals (a backend that was
+            // full): polled again at the port's shortest timer.
+            if s.function.poll_soon() {
+                self.fp.timer(w, 0);
+            }
         }
         for fd in fds {
             w.fd(fd);
