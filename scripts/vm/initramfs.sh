@@ -7,7 +7,8 @@
 # usage: scripts/vm/initramfs.sh OUT.cpio.gz SCRIPT [MODULE...]
 #   (kernel and busybox from scripts/deps/guest-linux.sh; default modules:
 #    virtio_pci virtio_blk). TETHER_GUEST_TOOLS="PROG..." copies static programs
-#   into the guest's /bin.
+#   into the guest's /bin; TETHER_GUEST_BINS="NAME..." copies programs of this
+#   machine (found on PATH) with their shared libraries.
 set -euo pipefail
 out=$1
 script=$2
@@ -54,6 +55,16 @@ for p in "${order[@]}"; do
 done
 cp "$script" "$R/test.sh"
 for t in ${TETHER_GUEST_TOOLS:-}; do cp "$t" "$R/bin/"; done
+# Dynamically linked programs of this machine, with the shared libraries ldd names
+# (and the loader) at the same paths in the guest.
+for b in ${TETHER_GUEST_BINS:-}; do
+    p=$(command -v "$b")
+    cp "$p" "$R/bin/"
+    for lib in $(ldd "$p" | grep -o '/[^ ]*'); do
+        mkdir -p "$R$(dirname "$lib")"
+        cp -L "$lib" "$R$lib"
+    done
+done
 cat >"$R/init" <<'INIT'
 #!/bin/sh
 export PATH=/bin:/sbin

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# A stock Linux guest's network through tether's remote NIC against QEMU's own
+# virtio-net-pci: the same guest (Debian 6.1 under TCG, q35, QEMU 11.1 from the
+# trixie chroot, booted by `tether vm`), the same Linux bridge, the same peer.
+#
+# - remote: the virtio-net device of `tether iobox` (namespace tvnbox), its TAP on the
+#   bridge tvnbr there, hot-added into the guest over vfio-user by `tether vm` in
+#   namespace tvnhost, across a veth;
+# - local: QEMU's own virtio-net-pci (no vhost, QEMU's default) on a TAP on the same
+#   bridge, QEMU run by `tether vm` in tvnbox with no device in its group.
+#
+# The peer (namespace tvnpeer, 10.78.0.2, iperf3 server) sits behind a veth on the
+# bridge. In each boot the guest pings the peer PINGS times (64 bytes, 0.2 s apart)
+# and runs iperf3 for SECS seconds each: TCP guest -> peer (TX), TCP peer -> guest
+# (RX, -R), UDP TX and UDP RX at UDP_RATE. BOOTS pairs of boots, remote then local,
+# alternating, so that both see the same drift of this shared machine. Prints every
+# run, the medians over boots and the remote/local ratios. Needs root.
+#
+# usage: bench/vm-net.sh [BOOTS (default 3)] [MTU (default 1500)]
+#        PINGS=N (default 100), SECS=N (default 5), UDP_RATE=R (iperf3 -b, default 100M)
+#        MODE=remote|local: one kind only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BOOTS=${1:-3}
+MTU=${2:-1500}
+PINGS=${PINGS:-100}
+SECS=${SECS:-5}
+UDP_RATE=${UDP_RATE:-100M}
+scripts/deps/tools.sh
+ROOT=$(scripts/deps/qemu-vfio-user.sh | tail -n 1)
+KVER=$(scripts/deps/guest-linux.sh | tail -n 1)
+VM=${TETHER_VM_DIR:-/var/tmp/tether-vm}
+cargo build --release -q -p tether
+T=$PWD/target/release/tether
+W=$(mktemp -d /tmp/tether-vm-net.XXXXXX)
+cleanup() {
+    pkill -f "$W/" 2>/dev/null || true
+    for ns in tvnbox tvnhost tvnpeer; do ip netns del "$ns" 2>/dev/null || true; done
+    rm -rf "$W"
+}
+trap cleanup EXIT
+
+cat >"$W/guest.sh" <<GUEST
+i=0
+while [ ! -e /sys/class/net/eth0 ] && [ \$i -lt 600 ]; do usleep 100000; i=\$((i+1)); done
+echo "=== mac \$(cat /sys/class/net/eth0/address)"
+ip link set lo up
+ip link set eth0 mtu $MTU up
+ip addr add 10.78.0.1/24 dev eth0
+ping -c 3 -W 5 10.78.0.2 >/dev/null 2>&1
+ping -c $PINGS -i 0.2 -s 56 10.78.0.2 | sed -n 's/.*time=\([0-9.]*\) ms/=== rtt \1/p'
+for args in "tcp-tx:" "tcp-rx:-R" "udp-tx:-u -b $UDP_RATE" "udp-rx:-u -b $UDP_RATE -R"; do
+  name=\${args%%:*}
+  timeout -s KILL $((SECS + 30)) iperf3 -c 10.78.0.2 -t $SECS -f m \${args#*:} 2>&1 | grep receiver | sed "s/^/=== iperf \$name /"
+done
+GUEST
+TETHER_GUEST_BINS=iperf3 scripts/vm/initramfs.sh "$W/initrd" "$W/guest.sh" virtio_pci virtio_net
+
+for ns in tvnbox tvnhost tvnpeer; do
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+done
+ip -n tvnbox link add tvnbr type bridge
+ip -n tvnbox link set tvnbr up
+ip link add tvnbp type veth peer name tvnpe
+ip link set tvnbp netns tvnbox
+ip link set tvnpe netns tvnpeer
+ip -n tvnbox link set tvnbp mtu "$MTU" master tvnbr up
+ip -n tvnpeer link set tvnpe mtu "$MTU" up
+ip -n tvnpeer addr add 10.78.0.2/24 dev tvnpe
+ip link add tvnbf type veth peer name tvnhf
+ip link set tvnbf netns tvnbox
+ip link set tvnhf netns tvnhost
+ip -n tvnbox link set tvnbf mtu 1500 up
+ip -n tvnhost link set tvnhf mtu 1500 up
+# QEMU's own NIC's TAP, made now and put on the bridge; QEMU opens it by name.
+ip -n tvnbox tuntap add tvnl0 mode tap
+ip -n tvnbox link set tvnl0 mtu "$MTU" master tvnbr up
+ip netns exec tvnpeer iperf3 -s -D --logfile "$W/iperf3.log" --pidfile "$W/iperf3.pid"
+
+printf '[bridge]\nyield_after_us = 50\n[port]\ninterface = "tvnbf"\n[[device]]\nslot = 0\nmodel = "virtio-net"\ngid = 10\nmac = "52:54:00:12:34:01"\ntap = "tvnt0"\nbridge = "tvnbr"\n' >"$W/box.toml"
+printf 'gid = 10\n[port]\ninterface = "tvnhf"\n' >"$W/host.toml"
+# The local case's bridge has no device in its group (20).
+printf 'gid = 20\n[port]\ninterface = "tvnbf"\n' >"$W/host-local.toml"
+
+vm() { # vm NAME NAMESPACE HOST.toml [extra tether vm args]
+    local name=$1 ns=$2 host=$3
+    shift 3
+    ip netns exec "$ns" "$T" vm --config "$host" --frontend vfio-user \
+        --qemu-root "$ROOT" --kernel "$VM/guest/boot/vmlinuz-$KVER" --initrd "$W/initrd" \
+        --append "console=ttyS0 panic=-1" --accel tcg --memory 256 --timeout 900 "$@" 2>&1 |
+        tee "$W/$name.log" | grep '^=== \(mac\|rtt\|iperf\)' | sed "s/^=== /$name /" >>"$W/results"
+}
+for b in $(seq "$BOOTS"); do
+    if [ "${MODE:-both}" != local ]; then
+        ip netns exec tvnbox "$T" iobox --config "$W/box.toml" >"$W/box.log" 2>&1 &
+        vm "remote$b" tvnhost "$W/host.toml"
+        pkill -f "$W/box.toml" || true
+        wait
+    fi
+    if [ "${MODE:-both}" != remote ]; then
+        vm "local$b" tvnbox "$W/host-local.toml" -- \
+            -netdev tap,id=n0,ifname=tvnl0,script=no,downscript=no \
+            -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:02
+    fi
+done
+grep -v ' rtt ' "$W/results" || true
+for kind in remote local; do
+    n=$({ grep -c "^$kind[0-9]* rtt " "$W/results" || true; })
+    echo "$kind: $n ping replies"
+done
+
+median() { sort -g | awk '{a[NR]=$1} END {if (NR) print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+p99() { sort -g | awk '{a[NR]=$1} END {if (NR) {i = int(NR * 0.99 + 0.999); print a[i > NR ? NR : i]}}'; }
+echo
+echo "$BOOTS boots each, MTU $MTU, $PINGS pings and ${SECS}s iperf3 runs per boot:"
+for kind in remote local; do
+    # RTT: the median and p99 of each boot's pings, then the median over boots.
+    med=$(for b in $(seq "$BOOTS"); do { grep "^$kind$b rtt " "$W/results" || true; } | awk '{print $3}' | median; done | median)
+    p=$(for b in $(seq "$BOOTS"); do { grep "^$kind$b rtt " "$W/results" || true; } | awk '{print $3}' | p99; done | median)
+    echo "  $kind ping RTT: median ${med:-?} ms, p99 ${p:-?} ms"
+    eval "${kind}_rtt=${med:-0}"
+    for t in tcp-tx tcp-rx udp-tx udp-rx; do
+        v=$({ grep "^$kind[0-9]* iperf $t " "$W/results" || true; } | sed 's|.* \([0-9.]*\) Mbits/sec.*|\1|' | median)
+        echo "  $kind iperf3 $t: ${v:-?} Mbit/s"
+        eval "${kind}_${t//-/_}=${v:-0}"
+    done
+done
+awk -v r="$remote_rtt" -v l="$local_rtt" 'BEGIN { printf "  ping RTT, remote - local: %+.3f ms\n", r - l }'
+for t in tcp_tx tcp_rx udp_tx udp_rx; do
+    eval "r=\$remote_$t l=\$local_$t"
+    awk -v r="$r" -v l="$l" -v t="$t" 'BEGIN { if (l > 0) printf "  %s, remote/local: %.2f\n", t, r / l }'
+done
