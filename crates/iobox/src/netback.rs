@@ -528,6 +528,25 @@ impl TapBackend {
     }
 }
 
+impl NetbackStats {
+    /// The counters by name, for the device's list (`tether ctl stats`).
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("backend_frames_in", self.frames_in),
+            ("backend_bytes_in", self.bytes_in),
+            ("backend_frames_out", self.frames_out),
+            ("backend_bytes_out", self.bytes_out),
+            ("backend_tx_would_block", self.tx_would_block),
+            ("backend_tx_errors", self.tx_errors),
+            ("backend_rx_truncated", self.rx_truncated),
+            ("backend_rx_dropped", self.rx_dropped),
+            ("backend_rx_segmented", self.rx_segmented),
+            ("backend_rx_csum_completed", self.rx_csum_completed),
+            ("backend_rx_errors", self.rx_errors),
+        ]
+    }
+}
+
 impl NetBackend for TapBackend {
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {
         if let Err(e) = check_frame(frame) {
@@ -629,6 +648,10 @@ impl NetBackend for TapBackend {
 
     fn wait_fd(&self) -> Option<RawFd> {
         Some(self.fd.as_raw_fd())
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.stats.counters()
     }
 }
 
@@ -1046,6 +1069,10 @@ impl NetBackend for PacketBackend {
 
     fn wait_fd(&self) -> Option<RawFd> {
         Some(self.fd.as_raw_fd())
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.stats.counters()
     }
 }
 

@@ -262,6 +262,16 @@ fn a_tap_on_a_bridge_carries_frames_both_ways() {
     }
     let s = tap.stats();
     assert!(s.frames_in >= 2 && s.bytes_in >= 128, "{s:?}");
+    // The same counters as the device lists them (`tether ctl stats`).
+    let named = NetBackend::counters(&tap);
+    assert!(
+        named.contains(&("backend_frames_in", s.frames_in)),
+        "{named:?}"
+    );
+    assert!(
+        named.contains(&("backend_bytes_out", s.bytes_out)),
+        "{named:?}"
+    );
     assert_eq!(
         (s.rx_truncated, s.tx_errors, s.rx_errors),
         (0, 0, 0),

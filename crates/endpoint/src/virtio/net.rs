@@ -69,6 +69,11 @@ pub trait NetBackend: Send {
     fn wait_fd(&self) -> Option<RawFd> {
         None
     }
+    /// The backend's own counters, by name (shown with the device's in `tether ctl
+    /// stats`).
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// An in-memory backend (tests, fuzzing): frames for the guest wait in `inbox`,
@@ -673,5 +678,8 @@ impl<B: NetBackend> VirtioDevice for VirtioNet<B> {
             ("net_link_changes", s.link_changes),
             ("net_offload_errors", s.offload_errors),
         ]
+        .into_iter()
+        .chain(self.backend.counters())
+        .collect()
     }
 }
