@@ -423,6 +423,7 @@ fn linux_guest_uses_a_remote_nic_and_a_remote_disk() {
     eprintln!("the net box's counters:\n{}", net.join("\n"));
 
     // The net box dies: the NIC leaves the guest, the disk stays.
+    let killed = std::time::Instant::now();
     drop(netbox);
     vm.wait_for(
         "tether vm: hot-removing tether-p",
@@ -437,9 +438,26 @@ fn linux_guest_uses_a_remote_nic_and_a_remote_disk() {
         &[socks[0].clone(), socks[2].clone()],
     );
     let text = vm.text();
+    let after: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.contains("=== ready for kill"))
+        .collect();
+    eprintln!("{}", after.join("\n"));
     assert!(text.contains("=== nic gone after "), "{text}");
     assert!(text.contains("=== disk after same"), "{text}");
     vm.wait_for("removed by the guest", 1, Duration::from_secs(60));
+    let since = |p: &str| {
+        vm.seen_at(p)
+            .map(|t| format!("{:.1} s", t.saturating_duration_since(killed).as_secs_f64()))
+            .unwrap_or_else(|| "never".into())
+    };
+    eprintln!(
+        "measured (TCG guest, vfio-user, q35 pciehp): from the net box's death to the host \
+         bridge's hot-removal {}, the guest's link down {}, the NIC gone from the guest {}",
+        since("tether vm: hot-removing tether-p"),
+        since("=== nic link down"),
+        since("=== nic gone after "),
+    );
     // The host bridge still answers, with the disk as its only device.
     let out = run_ok(
         tether()
