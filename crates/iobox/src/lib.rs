@@ -389,6 +389,22 @@ impl IoBox {
         Ok(worked)
     }
 
+    /// The box is going: every device is told it is leaving its host (a virtio-net
+    /// device takes its link down, with a configuration interrupt to its driver), and
+    /// the box goes on serving for `linger`, so that what the devices send about it
+    /// reaches their hosts before the box falls silent.
+    pub fn leave(&mut self, linger: Duration) -> Result<(), PortError> {
+        let now = self.fp.micros(Instant::now());
+        for s in &mut self.slots {
+            s.function.set_leaving(now, true);
+        }
+        let end = Instant::now() + linger;
+        while Instant::now() < end {
+            self.poll(Duration::from_millis(1))?;
+        }
+        Ok(())
+    }
+
     /// One round at `now` (see [`IoBox::poll`]), never waiting.
     fn round_at(&mut self, now: Instant) -> Result<bool, PortError> {
         let mut worked = self.fp.round(now)?;

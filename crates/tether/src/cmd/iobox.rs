@@ -110,6 +110,10 @@ fn stats(b: &IoBox) -> serde_json::Value {
     })
 }
 
+/// How long a stopping box goes on serving after it told its devices they are
+/// leaving (SIGINT/SIGTERM), for their hosts to hear it.
+const LEAVE_LINGER: Duration = Duration::from_millis(100);
+
 pub fn run(path: &Path) -> Result<()> {
     let cfg = BoxConfig::load(path)?;
     signals::install();
@@ -144,6 +148,8 @@ pub fn run(path: &Path) -> Result<()> {
             }
         }
     }
+    // The devices' hosts hear of it first (a virtio-net link goes down).
+    b.leave(LEAVE_LINGER)?;
     let s = b.stats();
     let f = b.fabric().node().stats();
     println!(
