@@ -1,5 +1,8 @@
 //! What the fuzz targets share: the input read as a stream of values, the clock step
-//! of the targets that drive a timer, and the check that counters only grow.
+//! of the targets that drive a timer, the check that counters only grow, and the host
+//! side of a virtio function ([`virtio_host`]).
+
+pub mod virtio_host;
 
 /// The fuzz input, read front to back; past its end every number reads 0 and every
 /// byte string is empty.
