@@ -19,6 +19,7 @@
 # usage: bench/vm-net.sh [BOOTS (default 3)] [MTU (default 1500)]
 #        PINGS=N (default 100), SECS=N (default 5), UDP_RATE=R (iperf3 -b, default 100M)
 #        MODE=remote|local: one kind only
+#        RESULTS=FILE: where every run's lines are kept (default /tmp/vm-net-results.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BOOTS=${1:-3}
@@ -26,6 +27,7 @@ MTU=${2:-1500}
 PINGS=${PINGS:-100}
 SECS=${SECS:-5}
 UDP_RATE=${UDP_RATE:-100M}
+RESULTS=${RESULTS:-/tmp/vm-net-results.txt}
 scripts/deps/tools.sh
 ROOT=$(scripts/deps/qemu-vfio-user.sh | tail -n 1)
 KVER=$(scripts/deps/guest-linux.sh | tail -n 1)
@@ -34,6 +36,8 @@ cargo build --release -q -p tether
 T=$PWD/target/release/tether
 W=$(mktemp -d /tmp/tether-vm-net.XXXXXX)
 cleanup() {
+    # Every run's lines are kept.
+    [ -f "$W/results" ] && cp "$W/results" "$RESULTS"
     pkill -f "$W/" 2>/dev/null || true
     for ns in tvnbox tvnhost tvnpeer; do ip netns del "$ns" 2>/dev/null || true; done
     rm -rf "$W"
@@ -111,7 +115,7 @@ for kind in remote local; do
 done
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR) print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
-p99() { sort -g | awk '{a[NR]=$1} END {if (NR) {i = int(NR * 0.99 + 0.999); print a[i > NR ? NR : i]}}'; }
+p99() { sort -g | awk '{a[NR]=$1} END {if (NR) {i = int(NR * 0.99 + 0.999); if (i > NR) i = NR; print a[i]}}'; }
 echo
 echo "$BOOTS boots each, MTU $MTU, $PINGS pings and ${SECS}s iperf3 runs per boot:"
 for kind in remote local; do
