@@ -31,6 +31,28 @@ struct TpacketAuxdata {
     tp_vlan_tpid: u16,
 }
 
+/// Binds the AF_PACKET socket `fd` to the interface of index `ifindex`, for every
+/// protocol (ETH_P_ALL). A failure returns the OS error and leaves it in errno.
+pub fn bind_packet(fd: RawFd, ifindex: u32) -> io::Result<()> {
+    // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+    let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    addr.sll_ifindex = ifindex as i32;
+    // SAFETY: `addr` is an initialised sockaddr_ll and its size is passed.
+    let ret = unsafe {
+        libc::bind(
+            fd,
+            &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
+            mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// An AF_PACKET socket bound to one interface.
 pub struct PacketSocket {
     fd: OwnedFd,
@@ -157,20 +179,7 @@ impl PacketSocket {
         }
         // SAFETY: `raw` is a fresh descriptor nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sockaddr_ll is plain data; all-zero is valid.
-        let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = proto;
-        addr.sll_ifindex = ifindex as i32;
-        // SAFETY: `addr` is an initialised sockaddr_ll and its size is passed.
-        let ret = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
-                mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if ret < 0 {
+        if bind_packet(fd.as_raw_fd(), ifindex).is_err() {
             return Err(PortError::io("binding the AF_PACKET socket", interface));
         }
         setsockopt_int(fd.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_AUXDATA, 1)

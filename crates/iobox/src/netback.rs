@@ -792,21 +792,7 @@ impl PacketBackend {
         opt("PACKET_VNET_HDR", PACKET_VNET_HDR)?;
         opt("PACKET_AUXDATA", libc::PACKET_AUXDATA)?;
         opt("PACKET_IGNORE_OUTGOING", PACKET_IGNORE_OUTGOING)?;
-        let proto = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: sockaddr_ll is plain data; all-zero is valid.
-        let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = proto;
-        addr.sll_ifindex = index as i32;
-        // SAFETY: `addr` is an initialised sockaddr_ll and its size is passed.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
-                mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
+        if dataplane::sys::bind_packet(fd.as_raw_fd(), index).is_err() {
             return Err(NetbackError::os(
                 "binding the AF_PACKET socket",
                 interface,
