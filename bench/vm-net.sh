@@ -17,9 +17,16 @@
 # run, the medians over boots and the remote/local ratios. Needs root.
 #
 # usage: bench/vm-net.sh [BOOTS (default 3)] [MTU (default 1500)]
-#        PINGS=N (default 100), SECS=N (default 5), UDP_RATE=R (iperf3 -b, default 100M)
+#        PINGS=N (default 100), SECS=N (default 5; 0: no iperf3), UDP_RATE=R (iperf3 -b, default 100M)
 #        MODE=remote|local: one kind only
 #        RESULTS=FILE: where every run's lines are kept (default /tmp/vm-net-results.txt)
+#        MSIX=auto|hide|offer: `tether vm --msix` for the remote NIC (default auto: hidden
+#          on QEMU 11.1, whose unplug of a vfio-user device with MSI-X aborts; offer is
+#          safe for a NIC that stays in its VM, as here)
+#        KIND=auto|af-xdp|af-packet|socket: both bridges' port kind (default auto);
+#          socket is the per-packet kernel path the seed measured poll mode against
+#        SPIN_US=N: both bridges' `spin_us` (busy-poll this long after the last work)
+#        STATS=DIR: the box's `tether ctl stats` after each remote boot is kept there
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BOOTS=${1:-3}
@@ -28,6 +35,9 @@ PINGS=${PINGS:-100}
 SECS=${SECS:-5}
 UDP_RATE=${UDP_RATE:-100M}
 RESULTS=${RESULTS:-/tmp/vm-net-results.txt}
+MSIX=${MSIX:-auto}
+KIND=${KIND:-auto}
+SPIN=${SPIN_US:+"spin_us = $SPIN_US\\n"}
 scripts/deps/tools.sh
 ROOT=$(scripts/deps/qemu-vfio-user.sh | tail -n 1)
 KVER=$(scripts/deps/guest-linux.sh | tail -n 1)
@@ -38,6 +48,8 @@ W=$(mktemp -d /tmp/tether-vm-net.XXXXXX)
 cleanup() {
     # Every run's lines are kept.
     [ -f "$W/results" ] && cp "$W/results" "$RESULTS"
+    # and every log, for a run that went wrong
+    mkdir -p "$RESULTS.logs" && cp "$W"/*.log "$RESULTS.logs/" 2>/dev/null || true
     pkill -f "$W/" 2>/dev/null || true
     for ns in tvnbox tvnhost tvnpeer; do ip netns del "$ns" 2>/dev/null || true; done
     rm -rf "$W"
@@ -53,7 +65,7 @@ ip link set eth0 mtu $MTU up
 ip addr add 10.78.0.1/24 dev eth0
 ping -c 3 -W 5 10.78.0.2 >/dev/null 2>&1
 ping -c $PINGS -i 0.2 -s 56 10.78.0.2 | sed -n 's/.*time=\([0-9.]*\) ms/=== rtt \1/p'
-for args in "tcp-tx:" "tcp-rx:-R" "udp-tx:-u -b $UDP_RATE" "udp-rx:-u -b $UDP_RATE -R"; do
+[ $SECS -gt 0 ] && for args in "tcp-tx:" "tcp-rx:-R" "udp-tx:-u -b $UDP_RATE" "udp-rx:-u -b $UDP_RATE -R"; do
   name=\${args%%:*}
   timeout -s KILL $((SECS + 30)) iperf3 -c 10.78.0.2 -t $SECS -f m \${args#*:} 2>&1 | grep receiver | sed "s/^/=== iperf \$name /"
 done
@@ -82,8 +94,8 @@ ip -n tvnbox tuntap add tvnl0 mode tap
 ip -n tvnbox link set tvnl0 mtu "$MTU" master tvnbr up
 ip netns exec tvnpeer iperf3 -s -D --logfile "$W/iperf3.log" --pidfile "$W/iperf3.pid"
 
-printf '[bridge]\nyield_after_us = 50\n[port]\ninterface = "tvnbf"\n[[device]]\nslot = 0\nmodel = "virtio-net"\ngid = 10\nmac = "52:54:00:12:34:01"\ntap = "tvnt0"\nbridge = "tvnbr"\n' >"$W/box.toml"
-printf 'gid = 10\n[port]\ninterface = "tvnhf"\n' >"$W/host.toml"
+printf "[bridge]\n$SPIN"'yield_after_us = 50\ncontrol = "%s"\n[port]\ninterface = "tvnbf"\nkind = "%s"\n[[device]]\nslot = 0\nmodel = "virtio-net"\ngid = 10\nmac = "52:54:00:12:34:01"\ntap = "tvnt0"\nbridge = "tvnbr"\n' "$W/box.sock" "$KIND" >"$W/box.toml"
+printf "gid = 10\n[bridge]\n$SPIN"'[port]\ninterface = "tvnhf"\nkind = "%s"\n' "$KIND" >"$W/host.toml"
 # The local case's bridge has no device in its group (20).
 printf 'gid = 20\n[port]\ninterface = "tvnbf"\n' >"$W/host-local.toml"
 
@@ -98,7 +110,11 @@ vm() { # vm NAME NAMESPACE HOST.toml [extra tether vm args]
 for b in $(seq "$BOOTS"); do
     if [ "${MODE:-both}" != local ]; then
         ip netns exec tvnbox "$T" iobox --config "$W/box.toml" >"$W/box.log" 2>&1 &
-        vm "remote$b" tvnhost "$W/host.toml"
+        vm "remote$b" tvnhost "$W/host.toml" --msix "$MSIX"
+        if [ -n "${STATS:-}" ]; then
+            mkdir -p "$STATS"
+            "$T" ctl stats -s "$W/box.sock" >"$STATS/remote$b.box" 2>&1 || true
+        fi
         pkill -f "$W/box.toml" || true
         wait
     fi

@@ -11,8 +11,10 @@ use std::collections::VecDeque;
 
 use common::{Driver, BUFS};
 use endpoint::virtio::pci::{layout, QueueLimits};
+use endpoint::virtio::queue::need_event;
 use endpoint::virtio::{feature, ChainLens, Fill, Parked, Piece, VirtioDevice, VirtioPci};
 use endpoint::Device;
+use proptest::prelude::*;
 
 #[derive(Default)]
 struct Echo {
@@ -293,4 +295,233 @@ fn configuration_changes_raise_the_config_interrupt() {
     d.dev.set_leaving(true, &mut d.io);
     assert_eq!(d.io.vectors, vec![2]);
     assert_eq!(d.counter("virtio_config_changes"), 2);
+}
+
+/// A driver with event indexes and MSI-X (vector q for queue q), as Linux's.
+fn event_idx_driver() -> Driver<Echo> {
+    let echo = Echo {
+        accept: true,
+        ..Echo::default()
+    };
+    let mut d = Driver::new(VirtioPci::new(echo), 32, false);
+    d.io.msix = true;
+    let f = d
+        .init(feature::VERSION_1 | feature::EVENT_IDX)
+        .expect("features");
+    assert_ne!(f & feature::EVENT_IDX, 0, "offered with split rings");
+    d.set_vector(Some(0), 0);
+    d.set_vector(Some(1), 1);
+    d.run();
+    d
+}
+
+/// Adds a transmit chain of `len` bytes at BUFS + 0x1000 * `k` on queue 1 and
+/// notifies only if `avail_event` asks for it, as Linux's virtqueue_kick_prepare.
+/// Returns whether it notified.
+fn send_event_idx(d: &mut Driver<Echo>, k: u64, len: u32) -> bool {
+    d.put(BUFS + 0x1000 * k, &frame(len as usize, k as u8));
+    let old = d.avail_idx(1);
+    d.submit(1, &[(BUFS + 0x1000 * k, len, false)], false);
+    let kick = need_event(d.avail_event(1), d.avail_idx(1), old);
+    if kick {
+        d.notify(1);
+    }
+    kick
+}
+
+#[test]
+fn with_event_indexes_a_working_device_needs_no_notification_per_chain() {
+    let mut d = event_idx_driver();
+    assert!(send_event_idx(&mut d, 0, 60), "the first chain notifies");
+    // While the device fetches, the driver adds two more: avail_event still says 0,
+    // so it does not notify for them; the device finds them on its own.
+    assert!(!send_event_idx(&mut d, 1, 60));
+    assert!(!send_event_idx(&mut d, 2, 60));
+    d.run();
+    assert_eq!(d.take_used(1).len(), 3);
+    assert_eq!(d.counter("virtio_q1_notifications"), 1);
+    assert!(d.counter("virtio_ring_polls") >= 2);
+    // Idle again, the device asked for the next notification.
+    assert_eq!(d.avail_event(1), 3);
+    assert!(send_event_idx(&mut d, 3, 60));
+    d.run();
+    assert_eq!(d.take_used(1).len(), 1);
+    assert!(!d.needs_reset());
+}
+
+#[test]
+fn with_event_indexes_interrupts_come_only_past_used_event() {
+    let mut d = event_idx_driver();
+    // used_event 0 (memory as allocated): the first used element interrupts.
+    send_event_idx(&mut d, 0, 60);
+    d.run();
+    assert_eq!(d.io.vectors, vec![1]);
+    assert_eq!(d.take_used(1).len(), 1);
+    // Linux's enable_cb_delayed: "interrupt me after the 4th more".
+    d.set_used_event(1, 1 + 3);
+    d.io.vectors.clear();
+    for k in 1..=3 {
+        send_event_idx(&mut d, k, 60);
+        d.run();
+    }
+    assert!(d.io.vectors.is_empty(), "{:?}", d.io.vectors);
+    assert!(d.counter("virtio_interrupts_suppressed") >= 3);
+    send_event_idx(&mut d, 4, 60);
+    d.run();
+    assert_eq!(d.io.vectors, vec![1], "the 4th more passed used_event");
+    assert_eq!(d.take_used(1).len(), 4);
+    // The driver moved used_event after the device last read it (the device wrote
+    // a received frame on its own): the read behind the used writes finds it.
+    d.set_used_event(0, 0x8000);
+    for k in 0..4 {
+        post_rx(&mut d, 10 + k, 1, false);
+        d.notify(0);
+    }
+    d.run();
+    d.io.vectors.clear();
+    d.dev.device_mut().inbox.push_back(frame(50, 1));
+    d.poll();
+    assert!(d.io.vectors.is_empty(), "not wanted yet");
+    // Linux's NAPI: takes what is there, turns the interrupt on at what it has seen.
+    assert_eq!(d.take_used(0).len(), 1);
+    d.set_used_event(0, d.used_seen(0));
+    d.dev.device_mut().inbox.push_back(frame(50, 2));
+    d.poll();
+    assert_eq!(d.io.vectors, vec![0], "wanted once the driver said so");
+    assert!(!d.needs_reset());
+}
+
+#[test]
+fn with_event_indexes_used_writes_after_a_used_event_read_are_checked_again() {
+    let mut d = event_idx_driver();
+    d.io.delay_writes = true;
+    d.set_used_event(0, 0x8000);
+    for k in 0..2 {
+        post_rx(&mut d, k, 1, false);
+    }
+    d.notify(0);
+    d.run();
+    d.io.land(u64::MAX);
+    d.io.vectors.clear();
+    // Frame A's used writes, then a read of used_event behind them; frame B's used
+    // writes after that read was sent.
+    d.dev.device_mut().inbox.push_back(frame(50, 1));
+    d.dev.poll(&mut d.io);
+    d.dev.device_mut().inbox.push_back(frame(50, 2));
+    d.dev.poll(&mut d.io);
+    // The read finds the driver not wanting one; B has not landed yet.
+    d.serve(1);
+    assert!(d.io.vectors.is_empty());
+    // The driver takes A and turns its interrupt on at 1; B lands after.
+    assert_eq!(d.take_used(0).len(), 1);
+    d.set_used_event(0, d.used_seen(0));
+    assert_eq!(d.device_used_idx(0), 1);
+    d.io.land(u64::MAX);
+    d.run();
+    assert_eq!(d.io.vectors, vec![0], "B passed used_event 1");
+    assert_eq!(d.take_used(0).len(), 1);
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Send(u32),
+    PostRx,
+    Inject(usize),
+    Serve(usize),
+    Poll,
+    /// The device's posted writes so far reach memory.
+    Land,
+    /// The driver's NAPI poll of a queue: takes what is used, then turns its
+    /// interrupt on (used_event = what it has seen) and looks once more.
+    Napi(u16),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (20u32..200).prop_map(Op::Send),
+        Just(Op::PostRx),
+        (10usize..100).prop_map(Op::Inject),
+        (1usize..6).prop_map(Op::Serve),
+        Just(Op::Poll),
+        Just(Op::Land),
+        (0u16..2).prop_map(Op::Napi),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever the interleaving of the driver's work, the device's DMA and its
+    /// polls: no chain is stranded by a notification the driver left out, and a
+    /// driver that turned its interrupt on and has used elements waiting got an
+    /// interrupt after it did so.
+    #[test]
+    fn event_indexes_strand_no_chain_and_miss_no_interrupt(ops in proptest::collection::vec(op(), 1..120)) {
+        let mut d = event_idx_driver();
+        d.io.vectors.clear();
+        d.io.delay_writes = true;
+        let mut sleeping = [true; 2];
+        let mut woken = [false; 2];
+        let mut sent = 0u16;
+        let mut posted = 0u64;
+        let note = |d: &mut Driver<Echo>, sleeping: &[bool; 2], woken: &mut [bool; 2]| {
+            for v in d.io.vectors.drain(..) {
+                if sleeping[v as usize] {
+                    woken[v as usize] = true;
+                }
+            }
+        };
+        for op in ops {
+            match op {
+                Op::Send(len) => {
+                    if d.has_room(1, 1) {
+                        send_event_idx(&mut d, 100 + sent as u64 % 64, len);
+                        sent = sent.wrapping_add(1);
+                    }
+                }
+                Op::PostRx => {
+                    if d.has_room(0, 1) {
+                        let old = d.avail_idx(0);
+                        post_rx(&mut d, posted % 64, 1, false);
+                        posted += 1;
+                        if need_event(d.avail_event(0), d.avail_idx(0), old) {
+                            d.notify(0);
+                        }
+                    }
+                }
+                Op::Inject(n) => d.dev.device_mut().inbox.push_back(frame(n, n as u8)),
+                Op::Serve(n) => d.serve(n),
+                Op::Poll => d.dev.poll(&mut d.io),
+                Op::Land => d.io.land(u64::MAX),
+                Op::Napi(q) => {
+                    loop {
+                        d.take_used(q);
+                        let seen = d.used_seen(q);
+                        d.set_used_event(q, seen);
+                        if d.device_used_idx(q) == seen {
+                            break;
+                        }
+                    }
+                    sleeping[q as usize] = true;
+                    woken[q as usize] = false;
+                }
+            }
+            note(&mut d, &sleeping, &mut woken);
+        }
+        // Quiet: the device's DMA all served, its polls run, until nothing moves.
+        for _ in 0..50 {
+            d.poll();
+        }
+        d.io.land(u64::MAX);
+        prop_assert!(d.io.reads.is_empty());
+        note(&mut d, &sleeping, &mut woken);
+        prop_assert!(!d.needs_reset());
+        prop_assert_eq!(d.device_used_idx(1), d.avail_idx(1), "every transmit chain used");
+        prop_assert_eq!(d.dev.device().sent.len(), sent as usize);
+        for q in 0..2u16 {
+            if sleeping[q as usize] && d.device_used_idx(q) != d.used_seen(q) {
+                prop_assert!(woken[q as usize], "queue {} waits for an interrupt that never came", q);
+            }
+        }
+    }
 }

@@ -12,7 +12,7 @@ use endpoint::config::reg;
 use endpoint::memdev::{self, MemDev};
 use endpoint::virtio::blk::{self, BlockBackend, VirtioBlk};
 use endpoint::virtio::net::{self, NetBackend, VirtioNet};
-use endpoint::virtio::VirtioPci;
+use endpoint::virtio::{RingFeatures, VirtioPci};
 use endpoint::{ConfigError, Device, Function, FunctionConfig};
 use fabric::{FabricError, FabricEvent};
 use tlp::{Bdf, Header, Tlp, UrAnswer};
@@ -65,16 +65,16 @@ impl Slot {
     }
 
     /// A virtio-blk disk on `backend` in `slot`, group `gid`; `serial` answers GET_ID;
-    /// `packed_ring` offers packed virtqueues besides split ones.
+    /// `rings`: the ring features offered besides split rings.
     pub fn virtio_blk<B: BlockBackend + 'static>(
         slot: u8,
         gid: u16,
         backend: B,
         serial: &str,
-        packed_ring: bool,
+        rings: RingFeatures,
     ) -> Result<Slot, ConfigError> {
         let model: Box<dyn Device + Send> =
-            Box::new(VirtioPci::new(VirtioBlk::new(backend, serial)).with_packed_ring(packed_ring));
+            Box::new(VirtioPci::new(VirtioBlk::new(backend, serial)).with_rings(rings));
         let f = Function::new(blk::config_space()?, model, FunctionConfig::default());
         Ok(Slot::announced(slot, gid, f))
     }
@@ -82,18 +82,17 @@ impl Slot {
     /// A virtio-net NIC with MAC `mac` on `backend` (one of [`netback`]'s, or any
     /// other) in `slot`, group `gid`; `offloads`: the backend passes the virtio-net
     /// header (both of [`netback`]'s do), so checksum and segmentation offloads are
-    /// offered; `packed_ring` offers packed virtqueues besides split ones.
+    /// offered; `rings`: the ring features offered besides split rings.
     pub fn virtio_net<B: NetBackend + 'static>(
         slot: u8,
         gid: u16,
         backend: B,
         mac: [u8; 6],
         offloads: bool,
-        packed_ring: bool,
+        rings: RingFeatures,
     ) -> Result<Slot, ConfigError> {
-        let model: Box<dyn Device + Send> = Box::new(
-            VirtioPci::new(VirtioNet::new(backend, mac, offloads)).with_packed_ring(packed_ring),
-        );
+        let model: Box<dyn Device + Send> =
+            Box::new(VirtioPci::new(VirtioNet::new(backend, mac, offloads)).with_rings(rings));
         let f = Function::new(net::config_space()?, model, FunctionConfig::default());
         Ok(Slot::announced(slot, gid, f))
     }

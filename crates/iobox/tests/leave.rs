@@ -33,7 +33,7 @@ fn a_leaving_box_takes_its_nics_links_down() {
     let node = Node::new(config(mac, BridgeRole::IoBox, 0x5000_0001)).unwrap();
     let nic = [0x02, 0, 0, 0, 0, 0x01];
     let slots = vec![
-        Slot::virtio_net(0, 10, MemBackend::new(), nic, false, false).unwrap(),
+        Slot::virtio_net(0, 10, MemBackend::new(), nic, false, Default::default()).unwrap(),
         Slot::memdev(1, 10, 4096).unwrap(),
     ];
     let mut bx = IoBox::new(FabricPort::new(node, Box::new(port)), slots);

@@ -127,6 +127,9 @@ pub struct DeviceConfig {
     /// split always).
     #[serde(default)]
     pub packed_ring: bool,
+    /// virtio-blk, virtio-net: offer VIRTIO_F_EVENT_IDX (default true; as QEMU's
+    /// `event_idx=off`, false turns it off). Not offered with `packed_ring`.
+    pub event_idx: Option<bool>,
     /// virtio-net: the MAC address the guest reads (required: a unicast address,
     /// not all zeros; a locally administered one, 02:..., unless the box owns a range).
     #[serde(default, deserialize_with = "de_mac")]
@@ -141,6 +144,16 @@ pub struct DeviceConfig {
     pub interface: Option<String>,
     /// virtio-net: receive/transmit queue pairs (1: the model has one pair).
     pub queues: Option<u16>,
+}
+
+impl DeviceConfig {
+    /// The virtio ring features to offer.
+    pub fn rings(&self) -> endpoint::virtio::RingFeatures {
+        endpoint::virtio::RingFeatures {
+            packed: self.packed_ring,
+            event_idx: self.event_idx.unwrap_or(true),
+        }
+    }
 }
 
 /// The virtio-net queue pairs the model offers.
@@ -320,10 +333,10 @@ impl BoxConfig {
                 (Model::VirtioNet, Some(_)) => {
                     return Err(invalid(path, format!("{what}: virtio-net takes no path")));
                 }
-                (Model::Memdev, None) if d.packed_ring => {
+                (Model::Memdev, None) if d.packed_ring || d.event_idx.is_some() => {
                     return Err(invalid(
                         path,
-                        format!("{what}: packed_ring is a virtio-blk setting"),
+                        format!("{what}: packed_ring and event_idx are virtio settings"),
                     ));
                 }
                 _ => {}

@@ -20,7 +20,7 @@ pub mod packed;
 pub mod pci;
 pub mod queue;
 
-pub use pci::{VirtioPci, VirtioStats};
+pub use pci::{RingFeatures, VirtioPci, VirtioStats};
 
 /// "No MSI-X vector" in the vector registers.
 pub const NO_VECTOR: u16 = 0xffff;

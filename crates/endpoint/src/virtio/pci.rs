@@ -44,7 +44,8 @@ use crate::function::{Device, DeviceIo, DmaError, DmaId, MAX_DMA};
 
 use super::packed::{self, PackedDescriptor, RingPos};
 use super::queue::{
-    scatter, AvailRing, ChainError, ChainWalk, Descriptor, QueueConfig, WalkStep, DESC_SIZE,
+    need_event, scatter, AvailRing, ChainError, ChainWalk, Descriptor, QueueConfig, WalkStep,
+    DESC_SIZE,
 };
 use super::{feature, status, ChainLens, Fill, Parked, VirtioDevice, NO_VECTOR};
 
@@ -235,6 +236,24 @@ pub fn config_space(
         .build()
 }
 
+/// The ring features a transport offers besides split rings, as QEMU's virtio
+/// devices name them (`packed=on`, `event_idx=on`): by default event indexes and
+/// no packed rings. Event indexes are offered only without packed rings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingFeatures {
+    pub packed: bool,
+    pub event_idx: bool,
+}
+
+impl Default for RingFeatures {
+    fn default() -> RingFeatures {
+        RingFeatures {
+            packed: false,
+            event_idx: true,
+        }
+    }
+}
+
 /// Counters of the transport.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -273,6 +292,12 @@ pub struct VirtioStats {
     /// Configuration changes the device reported (each with an interrupt once the
     /// driver is ready).
     pub config_changes: u64,
+    /// VIRTIO_F_EVENT_IDX: fetches of an available ring the device made on its own
+    /// while it kept working (the driver does not notify meanwhile), and used
+    /// elements that went out without an interrupt because the driver's `used_event`
+    /// said it did not want one yet.
+    pub ring_polls: u64,
+    pub interrupts_suppressed: u64,
 }
 
 /// Counters of one queue (kept across resets).
@@ -321,6 +346,8 @@ enum Fetch {
     /// The driver's interrupt suppression flags of a queue, read again after used
     /// elements the device wrote on its own (see [`VirtioPci::write_used`]).
     Suppression(u16),
+    /// The driver's `used_event` of a queue (event indexes), read behind used writes.
+    UsedEvent(u16),
     /// The same after a request's last round: `bytes` of `queue`'s buffer come free.
     Drain {
         queue: u16,
@@ -341,6 +368,17 @@ struct QueueState {
     /// again (one such read at a time).
     owed: bool,
     checking: bool,
+    /// VIRTIO_F_EVENT_IDX: the driver's `used_event` as last read; the used index
+    /// up to which the driver has had its interrupt, or was seen not to want one;
+    /// the used index when the `used_event` read in flight was sent (it is ordered
+    /// behind the used writes before it, not those after).
+    used_event: u16,
+    signalled: u16,
+    checked_upto: u16,
+    /// VIRTIO_F_EVENT_IDX: `avail_event` was written with the available index last
+    /// seen, so the driver notifies again for the next chain. While it is not, the
+    /// device fetches the ring again after each fetch that found chains.
+    armed: bool,
     /// Packed ring: where the next available chain starts, where the next used
     /// descriptor goes, and the start of a chain the last window cut.
     packed_avail: RingPos,
@@ -372,6 +410,10 @@ impl QueueState {
             no_interrupt: false,
             owed: false,
             checking: false,
+            used_event: 0,
+            signalled: 0,
+            checked_upto: 0,
+            armed: false,
             packed_avail: RingPos::START,
             packed_used: RingPos::START,
             carry: Vec::new(),
@@ -426,6 +468,8 @@ pub struct VirtioPci<D: VirtioDevice> {
     requests: Vec<Option<InFlight<D::Job>>>,
     /// Offer VIRTIO_F_RING_PACKED.
     offer_packed: bool,
+    /// Offer VIRTIO_F_EVENT_IDX (split rings only: not with packed rings).
+    offer_event_idx: bool,
     limits: QueueLimits,
     /// Waiting requests are being started (see [`VirtioPci::pump`]).
     pumping: bool,
@@ -461,6 +505,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
             fetches: HashMap::new(),
             requests: Vec::new(),
             offer_packed: false,
+            offer_event_idx: true,
             limits: QueueLimits::default(),
             pumping: false,
             stats: VirtioStats::default(),
@@ -485,6 +530,20 @@ impl<D: VirtioDevice> VirtioPci<D> {
     /// Offers packed virtqueues too (the driver picks; Linux takes them).
     pub fn with_packed_ring(mut self, offer: bool) -> Self {
         self.offer_packed = offer;
+        self
+    }
+
+    /// Offers the ring features `rings` names.
+    pub fn with_rings(self, rings: RingFeatures) -> Self {
+        self.with_packed_ring(rings.packed)
+            .with_event_idx(rings.event_idx)
+    }
+
+    /// Offers VIRTIO_F_EVENT_IDX (the default; QEMU's `event_idx=off` is `false`).
+    /// It is offered only while packed rings are not, whose event structure this
+    /// transport does not implement.
+    pub fn with_event_idx(mut self, offer: bool) -> Self {
+        self.offer_event_idx = offer;
         self
     }
 
@@ -516,19 +575,26 @@ impl<D: VirtioDevice> VirtioPci<D> {
     }
 
     /// Features this transport offers: the device's plus version 1, indirect
-    /// descriptors and, when asked for, packed rings.
+    /// descriptors and, when asked for, packed rings or else event indexes.
     pub fn offered_features(&self) -> u64 {
-        let packed = if self.offer_packed {
+        let ring = if self.offer_packed {
             feature::RING_PACKED
+        } else if self.offer_event_idx {
+            feature::EVENT_IDX
         } else {
             0
         };
-        self.device.features() | feature::VERSION_1 | feature::INDIRECT_DESC | packed
+        self.device.features() | feature::VERSION_1 | feature::INDIRECT_DESC | ring
     }
 
     /// Whether the driver chose packed rings.
     fn packed(&self) -> bool {
         self.driver_features & feature::RING_PACKED != 0
+    }
+
+    /// Whether the driver chose event indexes (split rings; see `offered_features`).
+    fn event_idx(&self) -> bool {
+        self.driver_features & feature::EVENT_IDX != 0
     }
 
     fn msix_vectors(&self) -> u16 {
@@ -720,6 +786,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
             return;
         }
         let packed = self.packed();
+        let event_idx = self.event_idx();
         let Some(qs) = self.queues.get_mut(q as usize) else {
             return;
         };
@@ -742,7 +809,9 @@ impl<D: VirtioDevice> VirtioPci<D> {
             ));
             reads.push((qs.config.driver, packed::EVENT_SIZE, Fetch::DriverEvent(q)));
         } else {
-            reads.push((qs.config.driver, qs.config.avail_len(), Fetch::Avail(q)));
+            // With event indexes, `used_event` just after the entries comes along.
+            let len = qs.config.avail_len() + if event_idx { 2 } else { 0 };
+            reads.push((qs.config.driver, len, Fetch::Avail(q)));
         }
         qs.fetching = true;
         for (addr, len, fetch) in reads {
@@ -803,7 +872,16 @@ impl<D: VirtioDevice> VirtioPci<D> {
         }
     }
 
+    /// The available ring of queue `q` arrived: starts the chains made available.
+    ///
+    /// With event indexes the device does not want a notification for each chain
+    /// while it works: a fetch that found chains is followed by another, with no
+    /// `avail_event` written (the driver notifies only past the one it last saw).
+    /// A fetch that found none writes `avail_event` = the available index and
+    /// fetches once more, behind that write: a chain the driver made available
+    /// before it saw the write is found then; one after, it notifies for.
     fn avail_fetched(&mut self, q: u16, bytes: &[u8], io: &mut dyn DeviceIo) {
+        let event_idx = self.event_idx();
         let Some(qs) = self.queues.get_mut(q as usize) else {
             return;
         };
@@ -813,7 +891,14 @@ impl<D: VirtioDevice> VirtioPci<D> {
             Ok(r) => r,
             Err(e) => return self.fail_chain(e, io),
         };
-        qs.no_interrupt = ring.flags & super::queue::AVAIL_F_NO_INTERRUPT != 0;
+        if event_idx {
+            match AvailRing::used_event(bytes, size) {
+                Some(e) => qs.used_event = e,
+                None => return self.fail_chain(ChainError::ShortFetch, io),
+            }
+        } else {
+            qs.no_interrupt = ring.flags & super::queue::AVAIL_F_NO_INTERRUPT != 0;
+        }
         let new = ring.idx.wrapping_sub(qs.next_avail);
         if new > size {
             return self.fail_chain(ChainError::Loop, io);
@@ -822,7 +907,22 @@ impl<D: VirtioDevice> VirtioPci<D> {
             .map(|i| ring.entry(qs.next_avail.wrapping_add(i)))
             .collect();
         qs.next_avail = ring.idx;
-        let refetch = std::mem::take(&mut qs.refetch);
+        let mut refetch = std::mem::take(&mut qs.refetch);
+        if event_idx {
+            if new > 0 {
+                qs.armed = false;
+                self.stats.ring_polls += 1;
+                refetch = true;
+            } else if !qs.armed {
+                qs.armed = true;
+                let at = qs.config.avail_event_addr();
+                if let Err(e) = io.dma_write(at, &ring.idx.to_le_bytes()) {
+                    return self.fail_dma(e, io);
+                }
+                self.stats.ring_polls += 1;
+                refetch = true;
+            }
+        }
         for head in heads {
             if !self.running() {
                 // A head before this one broke the queue.
@@ -1487,6 +1587,9 @@ impl<D: VirtioDevice> VirtioPci<D> {
         if let Err(e) = written {
             return self.fail_dma(e, io);
         }
+        if self.event_idx() {
+            return self.used_event_decision(q, io);
+        }
         if !quiet {
             return self.used_interrupt(q, io);
         }
@@ -1497,6 +1600,63 @@ impl<D: VirtioDevice> VirtioPci<D> {
             // notifying). They are read again, behind these writes: still off, the
             // driver will see the elements when it turns them on; on, the interrupt.
             self.recheck_suppression(q, io);
+        }
+    }
+
+    /// Event indexes: used elements of queue `q` went out. An interrupt if the
+    /// `used_event` last read is among them; else `used_event` is read again behind
+    /// the writes (it may have moved since; a missed interrupt would leave the driver
+    /// waiting, a needless one costs it only a look).
+    fn used_event_decision(&mut self, q: u16, io: &mut dyn DeviceIo) {
+        let qs = &mut self.queues[q as usize];
+        if need_event(qs.used_event, qs.used_idx, qs.signalled) {
+            qs.signalled = qs.used_idx;
+            return self.used_interrupt(q, io);
+        }
+        self.stats.interrupts_suppressed += 1;
+        self.check_used_event(q, io);
+    }
+
+    /// Reads queue `q`'s `used_event` behind the used writes so far (one such read at
+    /// a time: the one in flight is followed by another if more went out meanwhile).
+    fn check_used_event(&mut self, q: u16, io: &mut dyn DeviceIo) {
+        let qs = &mut self.queues[q as usize];
+        if qs.checking {
+            return;
+        }
+        qs.checked_upto = qs.used_idx;
+        match io.dma_read(qs.config.used_event_addr(), 2) {
+            Ok(id) => {
+                qs.checking = true;
+                self.stats.ring_fetches += 1;
+                self.fetches.insert(id, Fetch::UsedEvent(q));
+            }
+            Err(e) => self.fail_dma(e, io),
+        }
+    }
+
+    /// `used_event` of queue `q` as read behind the used writes up to `checked_upto`.
+    fn used_event_fetched(&mut self, q: u16, bytes: &[u8], io: &mut dyn DeviceIo) {
+        let Some(qs) = self.queues.get_mut(q as usize) else {
+            return;
+        };
+        qs.checking = false;
+        let Some(b) = bytes.get(0..2) else {
+            return self.fail_dma(DmaError::BadCompletion, io);
+        };
+        qs.used_event = u16::from_le_bytes([b[0], b[1]]);
+        if need_event(qs.used_event, qs.used_idx, qs.signalled) {
+            qs.signalled = qs.used_idx;
+            return self.used_interrupt(q, io);
+        }
+        // The driver did not want one for the elements the read was behind: later
+        // decisions start there (unless an interrupt since went further).
+        let seen = qs.checked_upto.wrapping_sub(qs.signalled);
+        if seen <= qs.used_idx.wrapping_sub(qs.signalled) {
+            qs.signalled = qs.checked_upto;
+        }
+        if qs.used_idx != qs.checked_upto {
+            self.check_used_event(q, io);
         }
     }
 
@@ -1664,6 +1824,7 @@ impl<D: VirtioDevice> Device for VirtioPci<D> {
                 self.next_step(request, io);
             }
             Fetch::Suppression(q) => self.suppression_fetched(q, &bytes, io),
+            Fetch::UsedEvent(q) => self.used_event_fetched(q, &bytes, io),
             Fetch::Drain { queue, bytes } => {
                 if let Some(qs) = self.queues.get_mut(queue as usize) {
                     qs.buffered = qs.buffered.saturating_sub(bytes);
@@ -1737,6 +1898,8 @@ impl<D: VirtioDevice> Device for VirtioPci<D> {
             ("virtio_filled", s.filled),
             ("virtio_bad_fills", s.bad_fills),
             ("virtio_config_changes", s.config_changes),
+            ("virtio_ring_polls", s.ring_polls),
+            ("virtio_interrupts_suppressed", s.interrupts_suppressed),
         ];
         for (q, names) in self.queue_stats.iter().zip(QUEUE_COUNTER_NAMES) {
             v.push((names.0, q.notifications));

@@ -135,6 +135,26 @@ impl QueueConfig {
     pub fn used_idx_addr(&self) -> u64 {
         self.device.wrapping_add(2)
     }
+
+    /// Address of `used_event`, after the available ring's entries (VIRTIO_F_EVENT_IDX:
+    /// the driver wants an interrupt once the used index passes it).
+    pub fn used_event_addr(&self) -> u64 {
+        self.driver.wrapping_add(self.avail_len() as u64)
+    }
+
+    /// Address of `avail_event`, after the used ring's elements (VIRTIO_F_EVENT_IDX:
+    /// the device wants a notification once the available index passes it).
+    pub fn avail_event_addr(&self) -> u64 {
+        self.device.wrapping_add(4 + 8 * self.size as u64)
+    }
+}
+
+/// Whether an index that moved from `old` to `new` passed `event` (virtio 1.x,
+/// 2.7.10: the event is in `[old, new)`, in 16-bit wrapping arithmetic). Both sides
+/// of VIRTIO_F_EVENT_IDX decide with it: the driver whether to notify, the device
+/// whether to interrupt.
+pub fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
 /// The available ring as fetched: its flags, idx and entries.
@@ -157,6 +177,15 @@ impl<'a> AvailRing<'a> {
             idx: u16::from_le_bytes([bytes[2], bytes[3]]),
             ring: &bytes[4..need],
         })
+    }
+
+    /// `used_event` from bytes fetched as [`QueueConfig::avail_len`] + 2 (`None` when
+    /// they stop short of it).
+    pub fn used_event(bytes: &[u8], size: u16) -> Option<u16> {
+        let at = 4 + 2 * size as usize;
+        bytes
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
     }
 
     /// The head index the driver put at available index `idx`.
@@ -330,6 +359,41 @@ mod tests {
             flags,
             next,
         }
+    }
+
+    #[test]
+    fn need_event_is_the_half_open_window_old_to_new_with_wrap() {
+        // Moved 3 -> 7: events 3..=6 were passed, 7 not yet, 2 long ago.
+        assert!((3..7).all(|e| need_event(e, 7, 3)));
+        assert!(!need_event(7, 7, 3));
+        assert!(!need_event(2, 7, 3));
+        // Across the wrap: 0xfffe -> 2 passed 0xfffe, 0xffff, 0 and 1.
+        assert!([0xfffe, 0xffff, 0, 1]
+            .iter()
+            .all(|&e| need_event(e, 2, 0xfffe)));
+        assert!(!need_event(2, 2, 0xfffe));
+        assert!(!need_event(0xfffd, 2, 0xfffe));
+        // Nothing moved: never.
+        assert!(!(0..=u16::MAX).any(|e| need_event(e, 9, 9)));
+        // The driver's usual "next one": used_event = old.
+        assert!(need_event(41, 42, 41));
+    }
+
+    #[test]
+    fn the_event_fields_sit_after_each_ring() {
+        let q = QueueConfig {
+            size: 256,
+            desc: 0x1_0000,
+            driver: 0x1_1000,
+            device: 0x1_2000,
+            ..QueueConfig::new(256)
+        };
+        assert_eq!(q.used_event_addr(), 0x1_1000 + 4 + 2 * 256);
+        assert_eq!(q.avail_event_addr(), 0x1_2000 + 4 + 8 * 256);
+        let mut ring = vec![0u8; q.avail_len() + 2];
+        ring[4 + 2 * 256..].copy_from_slice(&0x1234u16.to_le_bytes());
+        assert_eq!(AvailRing::used_event(&ring, 256), Some(0x1234));
+        assert_eq!(AvailRing::used_event(&ring[..q.avail_len()], 256), None);
     }
 
     #[test]

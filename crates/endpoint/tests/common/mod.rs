@@ -35,6 +35,61 @@ pub struct FakeIo {
     pub reverse: bool,
     /// Bytes the device wrote, in total.
     pub written: u64,
+    /// Posted writes land late: held until a later read is served, an interrupt is
+    /// sent or the test lands them (PCIe: a read or an MSI does not pass the writes
+    /// before it). Off: they land at once.
+    pub delay_writes: bool,
+    pending: VecDeque<(u64, Vec<u8>)>,
+    /// Writes issued and landed so far; for each read, the writes issued before it.
+    issued: u64,
+    landed: u64,
+    fences: HashMap<DmaId, u64>,
+}
+
+impl FakeIo {
+    pub fn new(mem: usize) -> FakeIo {
+        FakeIo {
+            mem: vec![0; mem],
+            reads: VecDeque::new(),
+            next: 0,
+            intx: false,
+            msix: false,
+            vectors: Vec::new(),
+            reverse: false,
+            written: 0,
+            delay_writes: false,
+            pending: VecDeque::new(),
+            issued: 0,
+            landed: 0,
+            fences: HashMap::new(),
+        }
+    }
+
+    fn put(&mut self, addr: u64, data: &[u8]) {
+        // Writes outside the array are dropped (a garbage ring can point anywhere).
+        let a = addr as usize;
+        if let Some(dst) = self.mem.get_mut(a..a.saturating_add(data.len())) {
+            dst.copy_from_slice(data);
+        }
+    }
+
+    /// Lands the held writes issued before the `upto`th (all with `u64::MAX`).
+    pub fn land(&mut self, upto: u64) {
+        while self.landed < upto {
+            let Some((addr, data)) = self.pending.pop_front() else {
+                return;
+            };
+            self.put(addr, &data);
+            self.landed += 1;
+        }
+    }
+
+    /// The device's read `id` is answered: the writes before it land first.
+    fn answered(&mut self, id: DmaId) {
+        if let Some(w) = self.fences.remove(&id) {
+            self.land(w);
+        }
+    }
 }
 
 impl DeviceIo for FakeIo {
@@ -45,20 +100,25 @@ impl DeviceIo for FakeIo {
         let id = DmaId(self.next);
         self.next += 1;
         self.reads.push_back((id, addr, len));
+        if self.delay_writes {
+            self.fences.insert(id, self.issued);
+        }
         Ok(id)
     }
 
     fn dma_write(&mut self, addr: u64, data: &[u8]) -> Result<(), DmaError> {
-        // Writes outside the array are dropped (a garbage ring can point anywhere).
-        let a = addr as usize;
-        if let Some(dst) = self.mem.get_mut(a..a.saturating_add(data.len())) {
-            dst.copy_from_slice(data);
+        if self.delay_writes {
+            self.pending.push_back((addr, data.to_vec()));
+            self.issued += 1;
+        } else {
+            self.put(addr, data);
         }
         self.written += data.len() as u64;
         Ok(())
     }
 
     fn interrupt(&mut self, vector: u16) -> bool {
+        self.land(u64::MAX);
         if self.msix {
             self.vectors.push(vector);
         } else {
@@ -68,6 +128,7 @@ impl DeviceIo for FakeIo {
     }
 
     fn set_intx(&mut self, asserted: bool) {
+        self.land(u64::MAX);
         self.intx = asserted;
     }
 
@@ -141,16 +202,7 @@ impl<D: VirtioDevice> Driver<D> {
             .collect();
         Driver {
             dev,
-            io: FakeIo {
-                mem: vec![0; MEM],
-                reads: VecDeque::new(),
-                next: 0,
-                intx: false,
-                msix: false,
-                vectors: Vec::new(),
-                reverse: false,
-                written: 0,
-            },
+            io: FakeIo::new(MEM),
             queues,
             packed,
         }
@@ -421,6 +473,28 @@ impl<D: VirtioDevice> Driver<D> {
         }
     }
 
+    /// Split ring with VIRTIO_F_EVENT_IDX: the driver's available index, the used
+    /// index it has seen, the device's `avail_event` and used index as in memory.
+    pub fn avail_idx(&self, q: u16) -> u16 {
+        self.queues[q as usize].avail_idx
+    }
+    pub fn used_seen(&self, q: u16) -> u16 {
+        self.queues[q as usize].used_seen
+    }
+    pub fn avail_event(&self, q: u16) -> u16 {
+        self.u16_at(used(q) + 4 + 8 * self.queues[q as usize].size as u64)
+    }
+    pub fn device_used_idx(&self, q: u16) -> u16 {
+        self.u16_at(used(q) + 2)
+    }
+
+    /// Sets `used_event` of queue `q` (event indexes: an interrupt once the used index
+    /// passes it).
+    pub fn set_used_event(&mut self, q: u16, v: u16) {
+        let at = avail(q) + 4 + 2 * self.queues[q as usize].size as u64;
+        self.put(at, &v.to_le_bytes());
+    }
+
     pub fn notify(&mut self, q: u16) {
         self.wr(layout::NOTIFY + 4 * q as u64, 2, q as u64);
     }
@@ -436,12 +510,27 @@ impl<D: VirtioDevice> Driver<D> {
             let Some((id, addr, len)) = next else {
                 break;
             };
+            self.io.answered(id);
             let a = addr as usize;
             let result = Ok(self
                 .io
                 .mem
                 .get(a..a.saturating_add(len))
                 .map_or_else(|| vec![0xff; len], |s| s.to_vec()));
+            self.dev.dma_read_done(id, result, &mut self.io);
+        }
+    }
+
+    /// Serves at most `n` of the device's DMA reads, oldest first.
+    pub fn serve(&mut self, n: usize) {
+        for _ in 0..n {
+            let Some((id, addr, len)) = self.io.reads.pop_front() else {
+                return;
+            };
+            self.io.answered(id);
+            let a = addr as usize;
+            let bytes = self.io.mem.get(a..a.saturating_add(len));
+            let result = Ok(bytes.map_or_else(|| vec![0xff; len], |s| s.to_vec()));
             self.dev.dma_read_done(id, result, &mut self.io);
         }
     }

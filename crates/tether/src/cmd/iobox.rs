@@ -33,7 +33,7 @@ fn slot(d: &DeviceConfig) -> Result<Slot> {
                 .serial
                 .clone()
                 .unwrap_or_else(|| format!("tether-{}", d.slot));
-            Slot::virtio_blk(d.slot, d.gid, disk, &serial, d.packed_ring)?
+            Slot::virtio_blk(d.slot, d.gid, disk, &serial, d.rings())?
         }
         Model::VirtioNet => {
             let mac = d.mac.context("virtio-net needs a mac")?.0;
@@ -46,12 +46,12 @@ fn slot(d: &DeviceConfig) -> Result<Slot> {
                     };
                     let b = TapBackend::open(&cfg)
                         .with_context(|| format!("slot {}: TAP {tap}", d.slot))?;
-                    Slot::virtio_net(d.slot, d.gid, b, mac, true, d.packed_ring)?
+                    Slot::virtio_net(d.slot, d.gid, b, mac, true, d.rings())?
                 }
                 (None, Some(interface)) => {
                     let b = PacketBackend::open(interface)
                         .with_context(|| format!("slot {}: interface {interface}", d.slot))?;
-                    Slot::virtio_net(d.slot, d.gid, b, mac, true, d.packed_ring)?
+                    Slot::virtio_net(d.slot, d.gid, b, mac, true, d.rings())?
                 }
                 (None, None) => bail!("virtio-net needs a tap or an interface"),
             }
