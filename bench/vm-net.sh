@@ -25,6 +25,7 @@
 #          safe for a NIC that stays in its VM, as here)
 #        KIND=auto|af-xdp|af-packet|socket: both bridges' port kind (default auto);
 #          socket is the per-packet kernel path the seed measured poll mode against
+#        EVENT_IDX=true|false: the box's virtio-net offers VIRTIO_F_EVENT_IDX (default true)
 #        SPIN_US=N: both bridges' `spin_us` (busy-poll this long after the last work)
 #        STATS=DIR: the box's `tether ctl stats` after each remote boot is kept there
 set -euo pipefail
@@ -37,6 +38,7 @@ UDP_RATE=${UDP_RATE:-100M}
 RESULTS=${RESULTS:-/tmp/vm-net-results.txt}
 MSIX=${MSIX:-auto}
 KIND=${KIND:-auto}
+EVENT_IDX=${EVENT_IDX:-true}
 SPIN=${SPIN_US:+"spin_us = $SPIN_US\\n"}
 scripts/deps/tools.sh
 ROOT=$(scripts/deps/qemu-vfio-user.sh | tail -n 1)
@@ -94,7 +96,7 @@ ip -n tvnbox tuntap add tvnl0 mode tap
 ip -n tvnbox link set tvnl0 mtu "$MTU" master tvnbr up
 ip netns exec tvnpeer iperf3 -s -D --logfile "$W/iperf3.log" --pidfile "$W/iperf3.pid"
 
-printf "[bridge]\n$SPIN"'yield_after_us = 50\ncontrol = "%s"\n[port]\ninterface = "tvnbf"\nkind = "%s"\n[[device]]\nslot = 0\nmodel = "virtio-net"\ngid = 10\nmac = "52:54:00:12:34:01"\ntap = "tvnt0"\nbridge = "tvnbr"\n' "$W/box.sock" "$KIND" >"$W/box.toml"
+printf "[bridge]\n$SPIN"'yield_after_us = 50\ncontrol = "%s"\n[port]\ninterface = "tvnbf"\nkind = "%s"\n[[device]]\nslot = 0\nmodel = "virtio-net"\ngid = 10\nmac = "52:54:00:12:34:01"\ntap = "tvnt0"\nbridge = "tvnbr"\nevent_idx = %s\n' "$W/box.sock" "$KIND" "$EVENT_IDX" >"$W/box.toml"
 printf "gid = 10\n[bridge]\n$SPIN"'[port]\ninterface = "tvnhf"\nkind = "%s"\n' "$KIND" >"$W/host.toml"
 # The local case's bridge has no device in its group (20).
 printf 'gid = 20\n[port]\ninterface = "tvnbf"\n' >"$W/host-local.toml"
