@@ -4,7 +4,8 @@
 //! - Every bridge broadcasts an INFO frame in each of its groups every
 //!   `info_interval_us`: its role, its id, and (an I/O box) the devices that are in
 //!   that group. A peer is up from its first INFO; it is down after `missed_infos`
-//!   intervals of silence or when its efe session gives up. Devices come and go with
+//!   intervals of silence (no INFO, and no frame its session took) or when its efe
+//!   session gives up. Devices come and go with
 //!   the INFO lists: [`FabricEvent::DeviceAdded`] and [`FabricEvent::DeviceRemoved`].
 //! - TLPs travel in one efe session per (group, peer). A session is made when the
 //!   peer's INFO first arrives; a peer that went down and comes back gets a new one,
@@ -184,7 +185,9 @@ struct Peer {
     role: BridgeRole,
     bridge_id: u64,
     devices: Vec<DeviceInfo>,
-    last_info: u64,
+    /// Its last INFO, or frame its session took (a peer busy sending is alive, even
+    /// when its INFO is late or lost among its data).
+    last_heard: u64,
     /// The boot epoch of its INFO.
     boot_epoch: u32,
     /// Its boot epochs before its latest restarts (0: none).
@@ -503,7 +506,7 @@ impl Node {
         let liveness = self
             .peers
             .values()
-            .map(|p| p.last_info.saturating_add(self.silence_limit()));
+            .map(|p| p.last_heard.saturating_add(self.silence_limit()));
         sessions
             .chain(liveness)
             .chain(self.leaving.values().copied())
@@ -527,7 +530,7 @@ impl Node {
         let silent: Vec<_> = self
             .peers
             .iter()
-            .filter(|(_, p)| now >= p.last_info.saturating_add(limit))
+            .filter(|(_, p)| now >= p.last_heard.saturating_add(limit))
             .map(|(&k, _)| k)
             .collect();
         for k in silent {
@@ -720,11 +723,12 @@ impl Node {
                     self.stats.unknown_peer += 1;
                     return;
                 };
-                if p.session
+                match p
+                    .session
                     .handle_frame_since(now, since, &frame.header, frame.payload)
-                    .is_err()
                 {
-                    self.stats.session_refused += 1;
+                    Ok(_) => p.last_heard = now,
+                    Err(_) => self.stats.session_refused += 1,
                 }
                 self.collect_session_events();
             }
@@ -783,7 +787,7 @@ impl Node {
                     role: info.repr.role,
                     bridge_id: info.repr.bridge_id,
                     devices: Vec::new(),
-                    last_info: now,
+                    last_heard: now,
                     boot_epoch: epoch,
                     retired_boots: [0; RETIRED_BOOTS],
                 },
@@ -801,7 +805,7 @@ impl Node {
             self.announce_in(gid);
         }
         let p = self.peers.get_mut(&key).expect("present");
-        p.last_info = now;
+        p.last_heard = now;
         let mut had = [false; 256];
         for old in &p.devices {
             had[usize::from(old.slot)] = true;

@@ -8,7 +8,7 @@ mod common;
 use common::device;
 use fabric::{DownReason, FabricEvent, Node, NodeConfig, BROADCAST};
 use proptest::prelude::*;
-use wire::{BridgeRole, CtrlStatus, MacAddr};
+use wire::{BridgeRole, CtrlStatus, Frame, FrameKind, MacAddr};
 
 struct Segment {
     nodes: Vec<Node>,
@@ -17,6 +17,8 @@ struct Segment {
     events: Vec<Vec<FabricEvent>>,
     /// A bridge that takes no TLPs from one session: (bridge, (group, peer)).
     hold: Option<(usize, (u16, MacAddr))>,
+    /// Bridges whose INFO frames are lost (and nothing else).
+    info_lost: Vec<bool>,
 }
 
 fn mac(i: u8) -> MacAddr {
@@ -36,6 +38,7 @@ impl Segment {
             now: 1,
             events: vec![Vec::new(); n],
             hold: None,
+            info_lost: vec![false; n],
         }
     }
 
@@ -47,6 +50,11 @@ impl Segment {
                 while let Some(f) = self.nodes[i].poll_transmit(self.now) {
                     moved = true;
                     if self.down[i] {
+                        continue;
+                    }
+                    let info =
+                        Frame::parse(&f, None).is_ok_and(|f| f.header.kind == FrameKind::Info);
+                    if info && self.info_lost[i] {
                         continue;
                     }
                     let dst = MacAddr(f[..6].try_into().unwrap());
@@ -392,6 +400,44 @@ fn a_dead_box_is_hot_removed_and_comes_back() {
         gid: 10,
         peer: mac(1),
         tlp: b"again!!!".to_vec()
+    }));
+}
+
+#[test]
+fn a_peer_whose_info_is_lost_among_its_data_stays_up_while_the_data_flows() {
+    let mut s = segment();
+    s.run(300_000);
+    s.take(HOST_A);
+    // The box's INFO is lost (a per-frame socket overrun by its data, say) for a
+    // second, four times the silence limit, while it sends a TLP every 20 ms.
+    s.info_lost[BOX] = true;
+    for i in 0..50u32 {
+        s.nodes[BOX].send_tlp(10, mac(1), &i.to_le_bytes()).unwrap();
+        s.run(20_000);
+    }
+    let a = s.take(HOST_A);
+    assert!(
+        !a.iter().any(|e| matches!(e, FabricEvent::PeerDown { .. })),
+        "{a:?}"
+    );
+    let tlps = a
+        .iter()
+        .filter(|e| matches!(e, FabricEvent::Tlp { .. }))
+        .count();
+    assert_eq!(tlps, 50);
+    assert_eq!(
+        s.nodes[BOX]
+            .session_stats(10, mac(1))
+            .unwrap()
+            .peer_restarts,
+        0
+    );
+    // Its data stops too: now it is silent.
+    s.run(400_000);
+    assert!(s.take(HOST_A).contains(&FabricEvent::PeerDown {
+        gid: 10,
+        peer: mac(3),
+        reason: DownReason::Silent
     }));
 }
 
