@@ -84,7 +84,9 @@ END {
     bar(x, rtt[i], maxr, "#1f77b4", sprintf("%.2f", rtt[i])); label(x + bw / 2, name[i])
   }
   x0 = left + pw + 2 * left
-  panel(x0, "iperf3 TCP (Mbit/s): guest TX, guest RX", maxt, 2)
+  panel(x0, "iperf3 TCP (Mbit/s)", maxt, 2)
+  printf "<rect x=\"%d\" y=\"%d\" width=\"10\" height=\"10\" fill=\"#ff7f0e\"/><text x=\"%d\" y=\"%d\">guest TX</text>\n", x0 + 130, top - 17, x0 + 144, top - 8
+  printf "<rect x=\"%d\" y=\"%d\" width=\"10\" height=\"10\" fill=\"#2ca02c\"/><text x=\"%d\" y=\"%d\">guest RX</text>\n", x0 + 200, top - 17, x0 + 214, top - 8
   for (i = 1; i <= n; i++) {
     x = x0 + gap + (i - 1) * (2 * bw + gap)
     bar(x, tx[i], maxt, "#ff7f0e", sprintf("%d", tx[i])); bar(x + bw, rx[i], maxt, "#2ca02c", sprintf("%d", rx[i]))

@@ -200,6 +200,10 @@ impl IfReq {
         self.data[..4].copy_from_slice(&v.to_ne_bytes());
     }
 
+    fn int(&self) -> i32 {
+        i32::from_ne_bytes([self.data[0], self.data[1], self.data[2], self.data[3]])
+    }
+
     fn set_ptr(&mut self, p: *mut libc::c_void) {
         let n = mem::size_of::<usize>();
         self.data[..n].copy_from_slice(&(p as usize).to_ne_bytes());
@@ -334,6 +338,29 @@ fn bridge_has_port(sock: RawFd, bridge: &str, index: u32) -> io::Result<bool> {
     // call that follows the pointers.
     ifreq_ioctl(sock, SIOCDEVPRIVATE, &mut req)?;
     Ok(ports.iter().any(|&p| p > 0 && p as u32 == index))
+}
+
+/// The interface's MTU (SIOCGIFMTU).
+fn if_mtu(sock: RawFd, name: &str) -> io::Result<i32> {
+    let mut req = IfReq::new(name);
+    ifreq_ioctl(sock, libc::SIOCGIFMTU as _, &mut req)?;
+    Ok(req.int())
+}
+
+/// A TAP this backend made takes its bridge's MTU before it joins it (as libvirt
+/// does): at the kernel's default of 1500 it would drop every larger frame the bridge
+/// forwards to the guest, and lower the bridge's own MTU. A persistent TAP keeps the
+/// MTU its owner gave it.
+fn follow_bridge_mtu(sock: RawFd, bridge: &str, tap: &str) -> Result<(), NetbackError> {
+    let want = if_mtu(sock, bridge).map_err(|e| NetbackError::os("SIOCGIFMTU", bridge, e))?;
+    let have = if_mtu(sock, tap).map_err(|e| NetbackError::os("SIOCGIFMTU", tap, e))?;
+    if want != have {
+        let mut req = IfReq::new(tap);
+        req.set_int(want);
+        ifreq_ioctl(sock, libc::SIOCSIFMTU as _, &mut req)
+            .map_err(|e| NetbackError::os("setting the TAP's MTU to its bridge's", tap, e))?;
+    }
+    Ok(())
 }
 
 /// Puts interface `port` (index `index`) on Linux bridge `bridge` (SIOCBRADDIF). A port
@@ -492,6 +519,9 @@ impl TapBackend {
         let index =
             if_index(name).ok_or_else(|| NetbackError::NoSuchInterface { name: name.into() })?;
         if let Some(b) = &cfg.bridge {
+            if !existed && if_index(b).is_some() {
+                follow_bridge_mtu(sock.as_raw_fd(), b, name)?;
+            }
             add_to_bridge(sock.as_raw_fd(), b, name, index)?;
         }
         set_up(sock.as_raw_fd(), name)?;

@@ -369,6 +369,33 @@ fn a_tap_says_what_is_wrong_and_leaves_a_persistent_one_in_place() {
     // ... but not onto a second bridge.
     let e = open("nbkeep0", Some("nbbr1")).err().unwrap();
     assert!(matches!(e, NetbackError::BridgeBusy { .. }), "{e}");
+
+    // A TAP it makes takes its bridge's MTU (jumbo frames reach the guest); a
+    // persistent one keeps its own.
+    let mtu = |dev: &str| {
+        let link = ip_out(&["-n", rig.ns(b), "link", "show", "dev", dev]).unwrap();
+        let at = link.find(" mtu ").expect("mtu shown") + 5;
+        link[at..].split_whitespace().next().unwrap().to_string()
+    };
+    ip(&["-n", rig.ns(b), "link", "set", "nbbr1", "mtu", "9000"]);
+    let t = open("nbtap2", Some("nbbr1")).unwrap();
+    assert!(t.created());
+    assert_eq!(mtu("nbtap2"), "9000");
+    assert_eq!(mtu("nbbr1"), "9000", "the bridge's stays");
+    drop(t);
+    ip(&[
+        "-n",
+        rig.ns(b),
+        "tuntap",
+        "add",
+        "dev",
+        "nbkeep1",
+        "mode",
+        "tap",
+    ]);
+    let t = open("nbkeep1", Some("nbbr1")).unwrap();
+    assert_eq!(mtu("nbkeep1"), "1500");
+    drop(t);
 }
 
 #[test]
