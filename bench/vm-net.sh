@@ -27,6 +27,8 @@
 #          socket is the per-packet kernel path the seed measured poll mode against
 #        EVENT_IDX=true|false: the box's virtio-net offers VIRTIO_F_EVENT_IDX (default true)
 #        SPIN_US=N: both bridges' `spin_us` (busy-poll this long after the last work)
+#        TETHER_BIN=PATH: run this tether binary (another build, side by side) instead of
+#          building this tree's
 #        STATS=DIR: the box's `tether ctl stats` after each remote boot is kept there
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,8 +46,12 @@ scripts/deps/tools.sh
 ROOT=$(scripts/deps/qemu-vfio-user.sh | tail -n 1)
 KVER=$(scripts/deps/guest-linux.sh | tail -n 1)
 VM=${TETHER_VM_DIR:-/var/tmp/tether-vm}
-cargo build --release -q -p tether
-T=$PWD/target/release/tether
+if [ -n "${TETHER_BIN:-}" ]; then
+    T=$TETHER_BIN
+else
+    cargo build --release -q -p tether
+    T=$PWD/target/release/tether
+fi
 W=$(mktemp -d /tmp/tether-vm-net.XXXXXX)
 cleanup() {
     # Every run's lines are kept.

@@ -348,16 +348,9 @@ fn a_tap_says_what_is_wrong_and_leaves_a_persistent_one_in_place() {
 
     // A persistent TAP: attached to, put on the bridge, left there at drop, and
     // attached to again on the next run although it already is a port.
-    ip(&[
-        "-n",
-        rig.ns(b),
-        "tuntap",
-        "add",
-        "dev",
-        "nbkeep0",
-        "mode",
-        "tap",
-    ]);
+    let persistent_tap =
+        |dev: &str| ip(&["-n", rig.ns(b), "tuntap", "add", "dev", dev, "mode", "tap"]);
+    persistent_tap("nbkeep0");
     for _ in 0..2 {
         let t = open("nbkeep0", Some("nbbr0")).unwrap();
         assert!(!t.created());
@@ -383,16 +376,7 @@ fn a_tap_says_what_is_wrong_and_leaves_a_persistent_one_in_place() {
     assert_eq!(mtu("nbtap2"), "9000");
     assert_eq!(mtu("nbbr1"), "9000", "the bridge's stays");
     drop(t);
-    ip(&[
-        "-n",
-        rig.ns(b),
-        "tuntap",
-        "add",
-        "dev",
-        "nbkeep1",
-        "mode",
-        "tap",
-    ]);
+    persistent_tap("nbkeep1");
     let t = open("nbkeep1", Some("nbbr1")).unwrap();
     assert_eq!(mtu("nbkeep1"), "1500");
     drop(t);

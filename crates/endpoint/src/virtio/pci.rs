@@ -1621,15 +1621,24 @@ impl<D: VirtioDevice> VirtioPci<D> {
     /// a time: the one in flight is followed by another if more went out meanwhile).
     fn check_used_event(&mut self, q: u16, io: &mut dyn DeviceIo) {
         let qs = &mut self.queues[q as usize];
-        if qs.checking {
+        if !qs.checking {
+            qs.checked_upto = qs.used_idx;
+        }
+        let at = qs.config.used_event_addr();
+        self.check_ring(q, at, 2, Fetch::UsedEvent(q), io);
+    }
+
+    /// Reads `len` bytes at `at`, a field of queue `q`'s driver area, behind the used
+    /// writes so far, as `fetch`: one such read per queue at a time.
+    fn check_ring(&mut self, q: u16, at: u64, len: usize, fetch: Fetch, io: &mut dyn DeviceIo) {
+        if self.queues[q as usize].checking {
             return;
         }
-        qs.checked_upto = qs.used_idx;
-        match io.dma_read(qs.config.used_event_addr(), 2) {
+        match io.dma_read(at, len) {
             Ok(id) => {
-                qs.checking = true;
+                self.queues[q as usize].checking = true;
                 self.stats.ring_fetches += 1;
-                self.fetches.insert(id, Fetch::UsedEvent(q));
+                self.fetches.insert(id, fetch);
             }
             Err(e) => self.fail_dma(e, io),
         }
@@ -1679,18 +1688,9 @@ impl<D: VirtioDevice> VirtioPci<D> {
         let packed = self.packed();
         let qs = &mut self.queues[q as usize];
         qs.owed = true;
-        if qs.checking {
-            return;
-        }
         let len = if packed { packed::EVENT_SIZE } else { 2 };
-        match io.dma_read(qs.config.driver, len) {
-            Ok(id) => {
-                qs.checking = true;
-                self.stats.ring_fetches += 1;
-                self.fetches.insert(id, Fetch::Suppression(q));
-            }
-            Err(e) => self.fail_dma(e, io),
-        }
+        let at = qs.config.driver;
+        self.check_ring(q, at, len, Fetch::Suppression(q), io);
     }
 
     /// The suppression flags of queue `q` as read again: the owed interrupt now if
