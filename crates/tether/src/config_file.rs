@@ -738,7 +738,11 @@ queues = 1
             (format!("{port}{dev}path = \"/x\"\n"), "memdev takes no path"),
             (
                 format!("{port}{dev}packed_ring = true\n"),
-                "packed_ring is a virtio-blk setting",
+                "packed_ring and event_idx are virtio settings",
+            ),
+            (
+                format!("{port}{dev}event_idx = false\n"),
+                "packed_ring and event_idx are virtio settings",
             ),
             (
                 format!("{port}[[device]]\nslot = 1\nmodel = \"virtio-blk\"\n"),
