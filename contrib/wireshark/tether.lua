@@ -3,10 +3,13 @@
 -- Decodes the tether header (EtherType 0x88B5, normally behind an 802.1Q tag whose
 -- VLAN ID is the Group ID), verifies the frame check, decodes every TLP field, INFO
 -- and CTRL frames, and matches each completion to its request by
--- (GID, requester ID, tag), showing the request's frame and the latency.
+-- (GID, requester ID, tag), showing the request's frame and the latency. Frames with
+-- the AUTH flag carry a 16-byte authentication tag after the payload; the tag is
+-- checked when the "keys" preference holds the group's secret.
 --
 -- Use:  wireshark -X lua_script:contrib/wireshark/tether.lua capture.pcap
 --       tshark -r capture.pcap -X lua_script:contrib/wireshark/tether.lua -2 -V
+--       tshark ... -o "tether.keys:10=<64 hex digits>,20=<64 hex digits>"
 -- or copy it into ~/.local/lib/wireshark/plugins/.
 --
 -- docs/wire-format.md is the normative description of the format.
@@ -139,13 +142,27 @@ f.ctrl_gid = ProtoField.uint16("tether.ctrl.gid", "Group ID", base.DEC)
 f.ctrl_request = ProtoField.uint32("tether.ctrl.request_id", "Request ID", base.DEC)
 f.ctrl_target = ProtoField.uint64("tether.ctrl.target", "Target bridge ID", base.HEX)
 f.ctrl_slot = ProtoField.uint8("tether.ctrl.slot", "Slot", base.DEC)
+-- authentication tag (AUTH flag) and what follows the frame
+f.auth_tag = ProtoField.bytes("tether.auth.tag", "Authentication tag")
+f.auth_status = ProtoField.string("tether.auth.status", "Authentication status")
+f.auth_computed = ProtoField.bytes("tether.auth.computed", "Computed authentication tag")
+f.auth_key = ProtoField.string("tether.auth.key", "Key fingerprint")
+f.padding = ProtoField.bytes("tether.padding", "Padding")
 
 local e_bad_check = ProtoExpert.new("tether.check.bad", "Frame check mismatch", expert.group.CHECKSUM, expert.severity.ERROR)
 local e_malformed = ProtoExpert.new("tether.malformed", "Malformed", expert.group.MALFORMED, expert.severity.ERROR)
 local e_unmatched = ProtoExpert.new("tether.tlp.unmatched", "Completion without a request in this capture", expert.group.SEQUENCE, expert.severity.NOTE)
-tether.experts = { e_bad_check, e_malformed, e_unmatched }
+local e_bad_auth = ProtoExpert.new("tether.auth.bad", "Authentication tag mismatch", expert.group.SECURITY or expert.group.CHECKSUM, expert.severity.ERROR)
+tether.experts = { e_bad_check, e_malformed, e_unmatched, e_bad_auth }
+
+tether.prefs.keys = Pref.string("Group keys", "",
+    "Group secrets to check authentication tags with: GID=HEX[,GID=HEX...], each HEX "
+    .. "a group's 32-byte secret as 64 hexadecimal digits (a key file's contents). "
+    .. "Malformed entries are ignored.")
 
 local vlan_id = Field.new("vlan.id")
+local eth_dst = Field.new("eth.dst")
+local eth_src = Field.new("eth.src")
 
 -- CRC-32C (Castagnoli), reflected polynomial 0x82F63B78.
 local crc_table = {}
@@ -185,6 +202,186 @@ local function frame_check(gid, tvb, total)
     return bit.bxor(crc, 0xffffffff)
 end
 
+-- SHA-256 (FIPS 180-4) and HMAC-SHA-256 (RFC 2104) on Lua strings. Works with either
+-- bit library: Lua 5.2's bit32 returns unsigned results, LuaBitOp signed ones, so every
+-- sum is reduced with % 2^32, which maps both to 0 .. 2^32-1; the bit operations
+-- themselves take either form.
+local TWO32 = 4294967296
+
+local SHA256_K = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+}
+local SHA256_H0 = {
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+}
+
+local band, bor, bxor, bnot = bit.band, bit.bor, bit.bxor, bit.bnot
+local lshift, rshift = bit.lshift, bit.rshift
+
+-- Rotate right by n (0 < n < 32).
+local function ror(x, n)
+    return bor(rshift(x, n), lshift(x, 32 - n))
+end
+
+-- Absorbs the 64-byte block of s at 1-based index i into state h (8 words).
+local function sha256_block(h, s, i)
+    local w = {}
+    for j = 0, 15 do
+        local b1, b2, b3, b4 = s:byte(i + 4 * j, i + 4 * j + 3)
+        w[j] = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
+    end
+    for j = 16, 63 do
+        local x, y = w[j - 15], w[j - 2]
+        local s0 = bxor(ror(x, 7), ror(x, 18), rshift(x, 3))
+        local s1 = bxor(ror(y, 17), ror(y, 19), rshift(y, 10))
+        w[j] = (w[j - 16] + s0 + w[j - 7] + s1) % TWO32
+    end
+    local a, b, c, d, e, f_, g, hh = h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8]
+    for j = 0, 63 do
+        local S1 = bxor(ror(e, 6), ror(e, 11), ror(e, 25))
+        local ch = bxor(band(e, f_), band(bnot(e), g))
+        local t1 = (hh + S1 + ch + SHA256_K[j + 1] + w[j]) % TWO32
+        local S0 = bxor(ror(a, 2), ror(a, 13), ror(a, 22))
+        local maj = bxor(band(a, b), band(a, c), band(b, c))
+        local t2 = (S0 + maj) % TWO32
+        hh, g, f_, e, d, c, b, a = g, f_, e, (d + t1) % TWO32, c, b, a, (t1 + t2) % TWO32
+    end
+    h[1] = (h[1] + a) % TWO32
+    h[2] = (h[2] + b) % TWO32
+    h[3] = (h[3] + c) % TWO32
+    h[4] = (h[4] + d) % TWO32
+    h[5] = (h[5] + e) % TWO32
+    h[6] = (h[6] + f_) % TWO32
+    h[7] = (h[7] + g) % TWO32
+    h[8] = (h[8] + hh) % TWO32
+end
+
+-- The digest (32-byte string) of msg hashed after `done` bytes already absorbed into
+-- state h (a multiple of 64; 0 with the initial state). h is not changed.
+local function sha256_finish(h, done, msg)
+    local st = { h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8] }
+    local n = #msg
+    local bits = (done + n) * 8
+    local len = {}
+    for i = 8, 1, -1 do
+        len[i] = string.char(bits % 256)
+        bits = math.floor(bits / 256)
+    end
+    local m = msg .. "\128" .. string.rep("\0", (55 - n) % 64) .. table.concat(len)
+    for i = 1, #m, 64 do
+        sha256_block(st, m, i)
+    end
+    local out = {}
+    for i = 1, 8 do
+        local v = st[i]
+        out[i] = string.char(math.floor(v / 16777216) % 256, math.floor(v / 65536) % 256,
+            math.floor(v / 256) % 256, v % 256)
+    end
+    return table.concat(out)
+end
+
+local function sha256(msg)
+    return sha256_finish(SHA256_H0, 0, msg)
+end
+
+-- HMAC-SHA-256 with the key absorbed: the states after the inner and outer pads.
+local function hmac_sha256_key(key)
+    if #key > 64 then
+        key = sha256(key)
+    end
+    key = key .. string.rep("\0", 64 - #key)
+    local ipad, opad = {}, {}
+    for i = 1, 64 do
+        local k = key:byte(i)
+        ipad[i] = string.char(bxor(k, 0x36) % 256)
+        opad[i] = string.char(bxor(k, 0x5c) % 256)
+    end
+    local inner, outer = {}, {}
+    for i = 1, 8 do
+        inner[i], outer[i] = SHA256_H0[i], SHA256_H0[i]
+    end
+    sha256_block(inner, table.concat(ipad), 1)
+    sha256_block(outer, table.concat(opad), 1)
+    return { inner = inner, outer = outer }
+end
+
+local function hmac_sha256_with(k, msg)
+    return sha256_finish(k.outer, 64, sha256_finish(k.inner, 64, msg))
+end
+
+local function hmac_sha256(key, msg)
+    return hmac_sha256_with(hmac_sha256_key(key), msg)
+end
+
+local function tohex(s)
+    return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
+end
+
+local function fromhex(h)
+    return (h:gsub("%x%x", function(x) return string.char(tonumber(x, 16)) end))
+end
+-- end of SHA-256
+
+-- Frame-tag keys: K = HMAC-SHA-256(secret, AUTH_LABEL), each derived once per secret.
+local AUTH_LABEL = "tether 2026-12-07 frame authentication tag v1"
+local TAG_LEN = 16
+local derived = {}        -- secret (hex, lower case) -> { mac = HMAC state, id = fingerprint }
+local group_keys = {}     -- GID -> derived key
+local keys_pref = nil     -- the preference text group_keys was parsed from
+local auth_results = {}   -- "frame:offset:fingerprint" -> computed tag (raw)
+
+local function derive(secret_hex)
+    local d = derived[secret_hex]
+    if d == nil then
+        local k = hmac_sha256(fromhex(secret_hex), AUTH_LABEL)
+        d = { mac = hmac_sha256_key(k), id = tohex(hmac_sha256(k, "fingerprint"):sub(1, 4)) }
+        derived[secret_hex] = d
+    end
+    return d
+end
+
+-- Parses "GID=HEX64[,GID=HEX64...]"; entries that are not that are skipped.
+local function parse_keys(text)
+    local keys = {}
+    for entry in string.gmatch(text or "", "[^,;%s]+") do
+        local g, h = entry:match("^(%d+)=(%x+)$")
+        local gid = tonumber(g)
+        if gid ~= nil and gid <= 0x0fff and #h == 64 then
+            local ok, d = pcall(derive, h:lower())
+            if ok then
+                keys[gid] = d
+            end
+        end
+    end
+    return keys
+end
+
+local function key_for(gid)
+    local text = tether.prefs.keys or ""
+    if text ~= keys_pref then
+        local ok, keys = pcall(parse_keys, text)
+        group_keys = ok and keys or {}
+        keys_pref = text
+    end
+    return group_keys[gid]
+end
+
+local function mac_bytes(field)
+    local all = { field() }
+    local fi = all[#all]
+    if fi == nil or fi.range == nil or fi.len ~= 6 then
+        return nil
+    end
+    return fi.range:raw()
+end
+
 local function bdf(v)
     return string.format("%02x:%02x.%d", bit.rshift(v, 8), bit.band(bit.rshift(v, 3), 0x1f), bit.band(v, 7))
 end
@@ -220,6 +417,7 @@ function tether.init()
     outstanding = {}
     matches = {}
     responses = {}
+    auth_results = {}
 end
 
 local function dissect_tlp(tvb, pinfo, tree, gid, rec_no)
@@ -394,6 +592,39 @@ local function dissect_tlp(tvb, pinfo, tree, gid, rec_no)
     return summary
 end
 
+-- The authentication tag at tvb(total, TAG_LEN), checked with the group's key if the
+-- "keys" preference has one.
+local function dissect_auth(tvb, pinfo, tree, gid, total)
+    local range = tvb(total, TAG_LEN)
+    local t = tree:add(f.auth_tag, range)
+    local key = key_for(gid)
+    if key == nil then
+        t:add(f.auth_status, string.format("not checked (no key for group %d)", gid)):set_generated()
+        return
+    end
+    t:add(f.auth_key, key.id):set_generated()
+    local cache = pinfo.number .. ":" .. tvb:offset() .. ":" .. key.id
+    local computed = auth_results[cache]
+    if computed == nil then
+        local dst, src = mac_bytes(eth_dst), mac_bytes(eth_src)
+        if dst == nil or src == nil then
+            t:add(f.auth_status, "not checked (no Ethernet addresses)"):set_generated()
+            return
+        end
+        local g = band(gid, 0x0fff)
+        local msg = dst .. src .. string.char(math.floor(g / 256), g % 256) .. tvb:range(0, total):raw()
+        computed = hmac_sha256_with(key.mac, msg):sub(1, TAG_LEN)
+        auth_results[cache] = computed
+    end
+    if computed == range:raw() then
+        t:add(f.auth_status, "good"):set_generated()
+    else
+        t:add(f.auth_status, "bad"):set_generated()
+        t:add(f.auth_computed, range, computed):set_generated()
+        t:add_proto_expert_info(e_bad_auth)
+    end
+end
+
 local function dissect_info(tvb, tree)
     if tvb:len() < 24 then
         tree:add_proto_expert_info(e_malformed, "INFO payload shorter than 24 bytes")
@@ -486,6 +717,20 @@ function tether.dissector(tvb, pinfo, tree)
         ck:add(f.check_status, "bad"):set_generated()
         ck:add(f.check_computed, computed):set_generated()
         ck:add_proto_expert_info(e_bad_check)
+    end
+    -- After the payload: the authentication tag (AUTH flag), then padding.
+    local after = total
+    if bit.band(tvb(1, 1):uint(), 0x08) ~= 0 then
+        if total + TAG_LEN > tvb:len() then
+            root:add_proto_expert_info(e_malformed, "Authentication tag runs past the frame")
+            after = tvb:len()
+        else
+            dissect_auth(tvb, pinfo, root, gid, total)
+            after = total + TAG_LEN
+        end
+    end
+    if after < tvb:len() then
+        root:add(f.padding, tvb(after))
     end
     local name = kinds[kind] or string.format("kind %d", kind)
     root:set_text(string.format("tether %s, GID %d, Seq %d, Ack %d", name, gid, tvb(12, 4):uint(), tvb(16, 4):uint()))

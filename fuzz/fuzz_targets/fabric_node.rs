@@ -86,7 +86,7 @@ fn device(i: &mut Input) -> DeviceInfo {
     }
 }
 
-fn counters(s: &FabricStats) -> [u64; 15] {
+fn counters(s: &FabricStats) -> [u64; 18] {
     [
         s.frames_in,
         s.frames_out,
@@ -103,6 +103,9 @@ fn counters(s: &FabricStats) -> [u64; 15] {
         s.peers_refused,
         s.stale_infos,
         s.duplicate_devices,
+        s.auth_missing,
+        s.auth_bad,
+        s.auth_unexpected,
     ]
 }
 
@@ -186,6 +189,14 @@ fuzz_target!(|data: &[u8]| {
     cfg.session.rto_min_us = 1 + i.u16() as u64;
     cfg.session.rto_initial_us = cfg.session.rto_min_us + i.u16() as u64;
     cfg.session.rto_max_us = cfg.session.rto_initial_us + i.u16() as u64;
+    // Some groups keyed: the fuzzed peers tag their frames with the group's key, the
+    // wrong key or none.
+    let keys = [
+        wire::AuthKey::from_secret(&[1; 32]),
+        wire::AuthKey::from_secret(&[2; 32]),
+    ];
+    let keyed: Vec<u16> = (0..i.u8() % 3).map(|_| gid(&mut i)).collect();
+    cfg.keys = std::sync::Arc::new(keyed.iter().map(|&g| (g, keys[0].clone())).collect());
     let Ok(mut n) = Node::new(cfg.clone()) else {
         return;
     };
@@ -239,6 +250,12 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(f.ethernet.src, OURS);
                     let g = f.gid().expect("the node tags its frames");
                     assert!(wire::valid_gid(g), "sent in group {g}: {:?}", f.header.kind);
+                    assert_eq!(
+                        f.authenticate(cfg.keys.get(&g)),
+                        Ok(()),
+                        "a {:?} frame of group {g} not tagged as its key says",
+                        f.header.kind
+                    );
                     if matches!(
                         f.header.kind,
                         FrameKind::Data | FrameKind::Ack | FrameKind::Nak
@@ -299,6 +316,12 @@ fuzz_target!(|data: &[u8]| {
                     ethertype: ETHERTYPE,
                 };
                 let stripped = (tag_mode == 2).then_some(tag);
+                let key = match i.u8() % 4 {
+                    0 => None,
+                    1 => Some(&keys[1]),
+                    // Mostly the right one, where the group has one.
+                    _ => cfg.keys.get(&(g & 0xfff)),
+                };
                 let l = links.entry((g & 0xfff, src)).or_default();
                 let len = match i.u8() % 8 {
                     0 | 1 => {
@@ -316,7 +339,7 @@ fuzz_target!(|data: &[u8]| {
                         };
                         let devices: Vec<DeviceInfo> =
                             (0..i.u8() % 6).map(|_| device(&mut i)).collect();
-                        emit_info(&mut buf, &eth, &h, &info, &devices)
+                        emit_info(&mut buf, &eth, &h, &info, &devices, key)
                     }
                     2 => {
                         let mut h = TetherHeader::new(FrameKind::Ctrl);
@@ -342,7 +365,7 @@ fuzz_target!(|data: &[u8]| {
                             },
                             slot: i.u8() % 8,
                         };
-                        emit_ctrl(&mut buf, &eth, &h, &ctrl)
+                        emit_ctrl(&mut buf, &eth, &h, &ctrl, key)
                     }
                     k => {
                         let kind = match k {
@@ -388,7 +411,7 @@ fuzz_target!(|data: &[u8]| {
                         if kind == FrameKind::Data && h.seq == l.their_seq {
                             l.their_seq = l.their_seq.wrapping_add(1);
                         }
-                        FrameWriter::new(&mut buf, &eth).and_then(|mut w| {
+                        FrameWriter::keyed(&mut buf, &eth, key).and_then(|mut w| {
                             if kind == FrameKind::Data {
                                 for _ in 0..i.u8() % 9 {
                                     let len = i.u8() as usize;

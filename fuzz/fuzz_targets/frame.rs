@@ -1,5 +1,6 @@
 //! Frame parser, with the frame check repaired first (when the input asks for it by
-//! its first byte) so that mutations reach the header, record, INFO and CTRL decoders.
+//! its first byte) so that mutations reach the header, record, INFO and CTRL decoders,
+//! and the authentication tag check.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -32,6 +33,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let _ = f.gid();
+    // The tag check on whatever arrived: with a key, without, a tag or none.
+    let key = wire::AuthKey::from_secret(&[mode; 32]);
+    let _ = f.authenticate(Some(&key));
+    let _ = f.authenticate(None);
     match f.body() {
         Ok(Body::Data(records)) => {
             for r in records.flatten() {

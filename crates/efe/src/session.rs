@@ -121,13 +121,15 @@ pub struct Transmit<'a> {
 
 impl Transmit<'_> {
     /// Writes the whole frame into `buf`: `ethernet` (addresses, the group's VLAN tag),
-    /// the tether header, the payload and the frame check. Returns its length.
+    /// the tether header, the payload and the frame check, and the authentication tag
+    /// when the group has a `key`. Returns its length.
     pub fn write_frame(
         &self,
         buf: &mut [u8],
         ethernet: &wire::EthernetRepr,
+        key: Option<&wire::AuthKey>,
     ) -> Result<usize, wire::WireError> {
-        let mut w = wire::FrameWriter::new(buf, ethernet)?;
+        let mut w = wire::FrameWriter::keyed(buf, ethernet, key)?;
         w.append_with(|b| {
             let room = b.len();
             let dst = b

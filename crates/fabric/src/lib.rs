@@ -5,11 +5,14 @@
 //! node on a dataplane port ([`FabricPort`]) and makes a bridge's node from its settings.
 
 pub mod epoch;
+pub mod keys;
 pub mod manager;
 pub mod node;
 pub mod port;
 
 pub use epoch::{fresh_epoch, EpochSource};
 pub use manager::{Manager, ManagerEvent, ManagerStats, SeenBridge};
-pub use node::{DownReason, FabricError, FabricEvent, FabricStats, Node, NodeConfig, BROADCAST};
+pub use node::{
+    DownReason, FabricError, FabricEvent, FabricStats, GroupKeys, Node, NodeConfig, BROADCAST,
+};
 pub use port::FabricPort;

@@ -5,14 +5,15 @@
 //! Unlike a [`Node`](crate::Node) it is passive: it announces nothing and joins no
 //! group, so hosts and boxes never see it as a peer and never make a session with it.
 //! Its port must see every VLAN of the segment (a Linux bridge without VLAN filtering
-//! or a switch trunk port does).
+//! or a switch trunk port does). It reads a keyed group's frames, and sends CTRL into
+//! it, only with that group's key ([`Manager::with_keys`]): the same rule as a node's.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
 
 use wire::{BridgeRole, CtrlOp, CtrlStatus, DeviceInfo, Frame, FrameKind, MacAddr};
 
-use crate::node::{ctrl_frame, set_group_request};
+use crate::node::{ctrl_frame, set_group_request, GroupKeys};
 use crate::FabricError;
 
 /// A bridge seen on the segment, in one group.
@@ -43,6 +44,9 @@ pub struct ManagerStats {
     pub ignored: u64,
     pub ctrl_out: u64,
     pub results_in: u64,
+    /// Frames refused by the group-key rule (no tag in a keyed group, a bad tag, a
+    /// tag in a group we have no key for).
+    pub auth_refused: u64,
 }
 
 /// What the manager learned.
@@ -67,6 +71,7 @@ pub struct Manager {
     out: VecDeque<Vec<u8>>,
     events: VecDeque<ManagerEvent>,
     stats: ManagerStats,
+    keys: GroupKeys,
 }
 
 impl Manager {
@@ -79,7 +84,14 @@ impl Manager {
             out: VecDeque::new(),
             events: VecDeque::new(),
             stats: ManagerStats::default(),
+            keys: GroupKeys::default(),
         }
+    }
+
+    /// The keys of the groups that authenticate their frames.
+    pub fn with_keys(mut self, keys: GroupKeys) -> Manager {
+        self.keys = keys;
+        self
     }
 
     pub fn stats(&self) -> ManagerStats {
@@ -114,6 +126,10 @@ impl Manager {
             self.stats.ignored += 1;
             return;
         };
+        if frame.authenticate(self.keys.get(&gid)).is_err() {
+            self.stats.auth_refused += 1;
+            return;
+        }
         match (frame.header.kind, frame.body()) {
             (FrameKind::Info, Ok(wire::Body::Info(info))) => {
                 self.stats.infos_in += 1;
@@ -175,8 +191,10 @@ impl Manager {
             return Err(FabricError::BadGroup(via_gid));
         }
         let ctrl = set_group_request(&mut self.next_request, box_id, slot, new_gid)?;
-        self.out
-            .push_back(ctrl_frame(self.mac, self.epoch, via_gid, box_mac, &ctrl));
+        let key = self.keys.get(&via_gid);
+        self.out.push_back(ctrl_frame(
+            self.mac, self.epoch, via_gid, box_mac, &ctrl, key,
+        ));
         self.stats.ctrl_out += 1;
         Ok(ctrl.request_id)
     }

@@ -17,18 +17,23 @@
 //!   epoch the peer had before is refused (`stale_infos`).
 //! - Frames of groups this bridge is not in are dropped and counted, and so are frames
 //!   that fail the wire check, frames from unknown peers and our own echoes.
+//! - A group with a key ([`NodeConfig::keys`]) takes only frames whose authentication
+//!   tag is valid under it, checked before the frame changes anything; every frame
+//!   sent in it carries a tag. A group without one takes no tagged frame.
 //! - An I/O box obeys CTRL SET_GROUP addressed to it: the device moves to the new
 //!   group (its INFO entry leaves the old group's list, so the old host sees a
 //!   hot-remove, and appears in the new one's), and the box answers with RESULT.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound::{Excluded, Unbounded};
+use std::sync::Arc;
 
 use efe::Session;
 use thiserror::Error;
 use wire::{
-    emit_ctrl, emit_info, BridgeRole, CtrlOp, CtrlRepr, CtrlStatus, DeviceInfo, EthernetRepr,
-    Frame, FrameKind, InfoRepr, MacAddr, TetherHeader, VlanTag, ETHERTYPE,
+    emit_ctrl, emit_info, AuthKey, AuthRefusal, BridgeRole, CtrlOp, CtrlRepr, CtrlStatus,
+    DeviceInfo, EthernetRepr, Frame, FrameKind, InfoRepr, MacAddr, TetherHeader, VlanTag,
+    ETHERTYPE,
 };
 
 /// The broadcast address INFO goes to.
@@ -58,7 +63,13 @@ pub struct NodeConfig {
     /// PCIe sizes announced in INFO.
     pub max_payload: u16,
     pub max_read_request: u16,
+    /// Keys of the groups that authenticate their frames (docs/wire-format.md,
+    /// "Authentication"); a group not named here runs on a trusted segment.
+    pub keys: GroupKeys,
 }
+
+/// The groups' frame keys, shared by the node and whoever sends on its behalf.
+pub type GroupKeys = Arc<BTreeMap<u16, AuthKey>>;
 
 impl NodeConfig {
     pub fn new(mac: MacAddr, role: BridgeRole, bridge_id: u64, epoch: u32) -> NodeConfig {
@@ -74,6 +85,7 @@ impl NodeConfig {
             epoch: epoch.max(1),
             max_payload: 256,
             max_read_request: 512,
+            keys: GroupKeys::default(),
         }
     }
 }
@@ -161,6 +173,13 @@ pub struct FabricStats {
     pub peers_refused: u64,
     /// INFO device entries dropped for naming a slot listed before in the same INFO.
     pub duplicate_devices: u64,
+    /// Frames of a keyed group without a tag: dropped before anything else.
+    pub auth_missing: u64,
+    /// Frames whose tag is not valid under their group's key (forged, corrupted,
+    /// another key): dropped before anything else.
+    pub auth_bad: u64,
+    /// Tagged frames of a group this bridge has no key for: dropped.
+    pub auth_unexpected: u64,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -285,6 +304,7 @@ pub(crate) fn ctrl_frame(
     gid: u16,
     dst: MacAddr,
     ctrl: &CtrlRepr,
+    key: Option<&AuthKey>,
 ) -> Vec<u8> {
     let eth = EthernetRepr {
         dst,
@@ -295,7 +315,7 @@ pub(crate) fn ctrl_frame(
     let mut h = TetherHeader::new(FrameKind::Ctrl);
     h.epoch = epoch;
     let mut buf = vec![0u8; 256];
-    let n = emit_ctrl(&mut buf, &eth, &h, ctrl).expect("a CTRL frame fits its own size");
+    let n = emit_ctrl(&mut buf, &eth, &h, ctrl, key).expect("a CTRL frame fits its own size");
     buf.truncate(n);
     buf
 }
@@ -312,6 +332,12 @@ impl Node {
     pub fn new(mut cfg: NodeConfig) -> Result<Node, FabricError> {
         cfg.session.mtu = cfg.mtu as usize;
         cfg.session.validate()?;
+        if !cfg.keys.is_empty() {
+            // A keyed group's sessions have the tag's room less.
+            let mut keyed = cfg.session;
+            keyed.mtu = keyed.mtu.saturating_sub(wire::TAG_LEN);
+            keyed.validate()?;
+        }
         Ok(Node {
             session_epoch: cfg.epoch,
             buf: vec![0; cfg.mtu as usize + 64],
@@ -439,8 +465,25 @@ impl Node {
     }
 
     fn push_ctrl(&mut self, gid: u16, dst: MacAddr, ctrl: &CtrlRepr) {
-        self.out
-            .push_back(ctrl_frame(self.cfg.mac, self.cfg.epoch, gid, dst, ctrl));
+        let key = self.cfg.keys.get(&gid);
+        self.out.push_back(ctrl_frame(
+            self.cfg.mac,
+            self.cfg.epoch,
+            gid,
+            dst,
+            ctrl,
+            key,
+        ));
+    }
+
+    /// The session settings for a peer in group `gid`: a keyed group's frames keep
+    /// room for the tag within the MTU.
+    fn session_config(&self, gid: u16) -> efe::Config {
+        let mut c = self.cfg.session;
+        if self.cfg.keys.contains_key(&gid) {
+            c.mtu = c.mtu.saturating_sub(wire::TAG_LEN);
+        }
+        c
     }
 
     /// The next event: peers, devices and groups first, then TLPs, taken from the
@@ -585,7 +628,8 @@ impl Node {
         };
         let mut h = TetherHeader::new(FrameKind::Info);
         h.epoch = self.cfg.epoch;
-        if let Ok(n) = emit_info(&mut self.buf, &eth, &h, &info, &devices) {
+        let key = self.cfg.keys.get(&gid);
+        if let Ok(n) = emit_info(&mut self.buf, &eth, &h, &info, &devices, key) {
             self.out.push_back(self.buf[..n].to_vec());
             self.stats.infos_out += 1;
         }
@@ -663,8 +707,12 @@ impl Node {
                     vlan: tag(gid),
                     ethertype: ETHERTYPE,
                 };
-                let len = tx.payload.len() + eth.header_len() + wire::HEADER_LEN;
-                let written = tx.write_frame(buf, &eth).map_err(|_| len);
+                let key = self.cfg.keys.get(&gid);
+                let len = tx.payload.len()
+                    + eth.header_len()
+                    + wire::HEADER_LEN
+                    + key.map_or(0, |_| wire::TAG_LEN);
+                let written = tx.write_frame(buf, &eth, key).map_err(|_| len);
                 self.stats.frames_out += written.is_ok() as u64;
                 return Some(written);
             }
@@ -713,6 +761,14 @@ impl Node {
         if frame.ethernet.dst != self.cfg.mac && frame.ethernet.dst != BROADCAST {
             // Unicast for someone else (a flooding switch).
             self.stats.other_group += 1;
+            return;
+        }
+        if let Err(r) = frame.authenticate(self.cfg.keys.get(&gid)) {
+            *match r {
+                AuthRefusal::Missing => &mut self.stats.auth_missing,
+                AuthRefusal::Bad => &mut self.stats.auth_bad,
+                AuthRefusal::Unexpected => &mut self.stats.auth_unexpected,
+            } += 1;
             return;
         }
         match frame.header.kind {
@@ -777,7 +833,7 @@ impl Node {
                 return;
             }
             self.session_epoch = self.session_epoch.wrapping_add(1).max(1);
-            let Ok(session) = Session::new(self.cfg.session, self.session_epoch) else {
+            let Ok(session) = Session::new(self.session_config(gid), self.session_epoch) else {
                 return;
             };
             self.peers.insert(

@@ -28,6 +28,8 @@ pub struct NodeSettings {
     pub rto_min_us: u64,
     /// Queueing delay the rate control aims for above the base RTT.
     pub target_delay_us: u32,
+    /// The keys of the groups that authenticate their frames.
+    pub keys: crate::GroupKeys,
 }
 
 impl Default for NodeSettings {
@@ -39,6 +41,7 @@ impl Default for NodeSettings {
             max_tlps_per_frame: None,
             rto_min_us: 1000,
             target_delay_us: 50,
+            keys: crate::GroupKeys::default(),
         }
     }
 }
@@ -57,6 +60,7 @@ pub fn node_for(port: &dyn Port, role: BridgeRole, s: &NodeSettings) -> Result<N
     n.mtu = port.info().mtu.min(room).min(u16::MAX as usize) as u16;
     n.info_interval_us = s.info_interval_ms * 1000;
     n.missed_infos = s.missed_infos;
+    n.keys = s.keys.clone();
     n.session.rto_min_us = s.rto_min_us;
     n.session.rate.target_queueing_us = s.target_delay_us;
     n.session.rto_initial_us = n.session.rto_initial_us.max(2 * s.rto_min_us);
@@ -69,7 +73,13 @@ pub fn node_for(port: &dyn Port, role: BridgeRole, s: &NodeSettings) -> Result<N
 
 /// Frames a node received and dropped without acting on them.
 fn ignored(s: &crate::FabricStats) -> u64 {
-    s.other_group + s.own_frames + s.bad_frames + s.unknown_peer
+    s.other_group
+        + s.own_frames
+        + s.bad_frames
+        + s.unknown_peer
+        + s.auth_missing
+        + s.auth_bad
+        + s.auth_unexpected
 }
 
 /// A node and its port, on one clock.

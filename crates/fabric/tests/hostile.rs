@@ -42,7 +42,7 @@ fn info(src: MacAddr, gid: u16, devices: &[wire::DeviceInfo]) -> Vec<u8> {
         max_read_request: 512,
     };
     let mut buf = vec![0u8; 9000];
-    let n = emit_info(&mut buf, &eth, &h, &repr, devices).unwrap();
+    let n = emit_info(&mut buf, &eth, &h, &repr, devices, None).unwrap();
     buf.truncate(n);
     buf
 }

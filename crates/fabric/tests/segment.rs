@@ -680,3 +680,153 @@ fn epochs_never_repeat_even_when_the_source_does() {
     let (x, y) = (os.draw(), os.draw());
     assert!(x != 0 && y != 0 && x != y);
 }
+
+// --- Groups with keys -------------------------------------------------------------
+
+const ATTACKER: usize = 4;
+const WRONG_KEY: usize = 5;
+
+fn keys(list: &[(u16, u8)]) -> fabric::GroupKeys {
+    std::sync::Arc::new(
+        list.iter()
+            .map(|&(gid, k)| (gid, wire::AuthKey::from_secret(&[k; 32])))
+            .collect(),
+    )
+}
+
+fn keyed_node(i: u8, role: BridgeRole, keys: fabric::GroupKeys) -> Node {
+    let mut c = NodeConfig::new(mac(i), role, 100 + i as u64, 1000);
+    c.keys = keys;
+    Node::new(c).unwrap()
+}
+
+/// The segment of `segment()` with groups 10 and 4093 keyed, plus a bridge with no
+/// keys and one with the wrong keys, both in groups 10 and 4093.
+fn keyed_segment() -> Segment {
+    let k = || keys(&[(10, 0x10), (4093, 0x93)]);
+    let mut a = keyed_node(1, BridgeRole::Host, k());
+    a.join(10).unwrap();
+    let mut b = keyed_node(2, BridgeRole::Host, k());
+    b.join(20).unwrap();
+    let mut x = keyed_node(3, BridgeRole::IoBox, k());
+    x.add_device(device(0, 10)).unwrap();
+    x.add_device(device(1, 4093)).unwrap();
+    let mut m = keyed_node(4, BridgeRole::Manager, k());
+    m.join(4093).unwrap();
+    let mut stranger = node(5, BridgeRole::Manager, 1000);
+    stranger.join(10).unwrap();
+    stranger.join(4093).unwrap();
+    let mut wrong = keyed_node(6, BridgeRole::Manager, keys(&[(10, 0x11), (4093, 0x94)]));
+    wrong.join(10).unwrap();
+    wrong.join(4093).unwrap();
+    Segment::new(vec![a, b, x, m, stranger, wrong])
+}
+
+/// `frame` written again for `key`'s group (None: untagged), as a bridge that sniffed
+/// it could: the same addresses, header fields and payload.
+fn retag(frame: &[u8], key: Option<&wire::AuthKey>) -> Vec<u8> {
+    let f = Frame::parse(frame, None).unwrap();
+    let mut buf = vec![0u8; 2048];
+    let mut w = wire::FrameWriter::keyed(&mut buf, &f.ethernet, key).unwrap();
+    w.append_with(|b| {
+        b[..f.payload.len()].copy_from_slice(f.payload);
+        Ok(f.payload.len())
+    })
+    .unwrap();
+    let mut h = f.header;
+    h.flags &= !wire::flags::AUTH;
+    let n = w.finish(&h).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn a_keyed_group_works_and_takes_nothing_from_strangers() {
+    let mut s = keyed_segment();
+    s.run(300_000);
+    // The keyed bridges find each other and nobody else.
+    assert_eq!(added(&s.take(HOST_A)), vec![(10, 0)]);
+    let peers_of = |s: &Segment, i: usize| -> Vec<MacAddr> {
+        let mut v: Vec<MacAddr> = s.nodes[i].peers().map(|p| p.1).collect();
+        v.dedup();
+        v
+    };
+    assert_eq!(peers_of(&s, HOST_A), vec![mac(3)]);
+    assert_eq!(peers_of(&s, ATTACKER), Vec::<MacAddr>::new());
+    assert_eq!(peers_of(&s, WRONG_KEY), Vec::<MacAddr>::new());
+    let a = s.nodes[HOST_A].stats();
+    assert!(a.auth_missing > 0, "the stranger's INFO: {a:?}");
+    assert!(a.auth_bad > 0, "the wrong key's INFO: {a:?}");
+    assert!(s.nodes[ATTACKER].stats().auth_unexpected > 0);
+    assert!(s.nodes[WRONG_KEY].stats().auth_bad > 0);
+    // TLPs flow both ways in the keyed session.
+    s.nodes[HOST_A].send_tlp(10, mac(3), b"keyed-down").unwrap();
+    s.nodes[BOX].send_tlp(10, mac(1), b"keyed-up").unwrap();
+    s.run(5_000);
+    assert!(s.take(BOX).contains(&FabricEvent::Tlp {
+        gid: 10,
+        peer: mac(1),
+        tlp: b"keyed-down".to_vec()
+    }));
+    assert!(s.take(HOST_A).contains(&FabricEvent::Tlp {
+        gid: 10,
+        peer: mac(3),
+        tlp: b"keyed-up".to_vec()
+    }));
+}
+
+#[test]
+fn forged_ctrl_and_tlps_change_nothing_in_a_keyed_group() {
+    let mut s = keyed_segment();
+    s.run(300_000);
+    s.take(BOX);
+    s.take(HOST_A);
+    // The stranger and the wrong key ask the box to move slot 0 (group 10) and
+    // slot 1 (group 4093) into their group: the device stays.
+    for who in [ATTACKER, WRONG_KEY] {
+        s.nodes[who].set_group(10, mac(3), 103, 0, 66).unwrap();
+        s.nodes[who].set_group(4093, mac(3), 103, 1, 66).unwrap();
+    }
+    s.run(50_000);
+    assert_eq!(s.nodes[BOX].device_group(0), Some(10));
+    assert_eq!(s.nodes[BOX].device_group(1), Some(4093));
+    assert!(!s
+        .take(BOX)
+        .iter()
+        .any(|e| matches!(e, FabricEvent::GroupChanged { .. })));
+    assert!(removed(&s.take(HOST_A)).is_empty());
+
+    // A frame of the live session, sniffed and sent again without its tag or under
+    // another key (a forged TLP with the right epochs and sequence number), is
+    // dropped and counted; the genuine one is delivered once, its replay never.
+    s.nodes[HOST_A].send_tlp(10, mac(3), b"genuine").unwrap();
+    let f = s.nodes[HOST_A].poll_transmit(s.now).unwrap();
+    let before = s.nodes[BOX].stats();
+    s.nodes[BOX].handle_frame(s.now, &retag(&f, None), None);
+    let wrong = wire::AuthKey::from_secret(&[0x11; 32]);
+    s.nodes[BOX].handle_frame(s.now, &retag(&f, Some(&wrong)), None);
+    let after = s.nodes[BOX].stats();
+    assert_eq!(after.auth_missing, before.auth_missing + 1);
+    assert_eq!(after.auth_bad, before.auth_bad + 1);
+    assert_eq!(after.session_refused, before.session_refused);
+    s.pump();
+    assert!(s.take(BOX).is_empty(), "nothing was delivered");
+    s.nodes[BOX].handle_frame(s.now, &f, None);
+    s.nodes[BOX].handle_frame(s.now, &f, None);
+    s.pump();
+    let got: Vec<_> = s
+        .take(BOX)
+        .into_iter()
+        .filter(|e| matches!(e, FabricEvent::Tlp { .. }))
+        .collect();
+    assert_eq!(got.len(), 1, "delivered once: {got:?}");
+
+    // The manager holding the group's key does move a device (the refusals above are
+    // the keys' doing, not a broken CTRL path).
+    s.nodes[MANAGER]
+        .set_group(4093, mac(3), 103, 1, 10)
+        .unwrap();
+    s.run(300_000);
+    assert_eq!(s.nodes[BOX].device_group(1), Some(10));
+    assert!(added(&s.take(HOST_A)).contains(&(10, 1)));
+}

@@ -22,7 +22,19 @@ pub fn open_port(kind: PortKind, interface: &str) -> Result<(Box<dyn Port>, Stri
 }
 
 /// A fabric node for a bridge of `role` on `port`, with the `[bridge]` settings.
+/// Without `[bridge.keys]` it says so once per process, loudly: the segment is trusted.
 pub fn node(port: &dyn Port, role: BridgeRole, cfg: &BridgeSettings) -> Result<Node> {
+    if cfg.group_keys.is_empty() {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            eprintln!(
+                "tether: WARNING: no group keys ([bridge.keys]): frames are not \
+                 authenticated, and anyone on this Ethernet segment can join the groups, \
+                 move devices and reach their DMA; run only on a trusted segment \
+                 (docs/wire-format.md, \"Authentication\")"
+            )
+        });
+    }
     Ok(node_for(port, role, &cfg.node_settings())?)
 }
 

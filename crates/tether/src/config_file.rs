@@ -2,6 +2,7 @@
 //! reference). Unknown keys are errors, so a typo never silently falls back to a
 //! default.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -59,6 +60,13 @@ pub struct BridgeSettings {
     /// Queueing delay the rate control aims for above the base RTT. (A bridge's
     /// wake-up latency is not counted: the echo wait takes it out of the samples.)
     pub target_delay_us: u32,
+    /// `[bridge.keys]`: group → key file, for the groups whose frames are
+    /// authenticated (docs/wire-format.md, "Authentication"). Relative paths are from
+    /// the configuration file's directory.
+    pub keys: BTreeMap<String, PathBuf>,
+    /// The keys read from those files (when the configuration is loaded).
+    #[serde(skip)]
+    pub group_keys: fabric::GroupKeys,
 }
 
 impl BridgeSettings {
@@ -71,6 +79,7 @@ impl BridgeSettings {
             max_tlps_per_frame: self.max_tlps_per_frame,
             rto_min_us: self.rto_min_us,
             target_delay_us: self.target_delay_us,
+            keys: self.group_keys.clone(),
         }
     }
 }
@@ -87,6 +96,8 @@ impl Default for BridgeSettings {
             yield_after_us: None,
             rto_min_us: 1000,
             target_delay_us: 50,
+            keys: BTreeMap::new(),
+            group_keys: fabric::GroupKeys::default(),
         }
     }
 }
@@ -264,7 +275,24 @@ fn check_gid(path: &Path, what: &str, gid: u16) -> Result<(), ConfigError> {
     }
 }
 
-fn check_bridge(path: &Path, b: &BridgeSettings) -> Result<(), ConfigError> {
+/// Reads the key files `[bridge.keys]` names into `group_keys`.
+fn read_keys(path: &Path, b: &mut BridgeSettings) -> Result<(), ConfigError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut files = BTreeMap::new();
+    for (name, file) in &b.keys {
+        let gid: u16 = name
+            .parse()
+            .map_err(|_| invalid(path, format!("bridge.keys: {name:?} is not a group number")))?;
+        check_gid(path, "bridge.keys", gid)?;
+        files.insert(gid, dir.join(file));
+    }
+    b.group_keys = fabric::keys::read_group_keys(&files)
+        .map_err(|e| invalid(path, format!("bridge.keys: {e}")))?;
+    Ok(())
+}
+
+fn check_bridge(path: &Path, b: &mut BridgeSettings) -> Result<(), ConfigError> {
+    read_keys(path, b)?;
     if b.info_interval_ms == 0 || b.info_interval_ms > u16::MAX as u64 {
         return Err(invalid(
             path,
@@ -300,8 +328,8 @@ fn check_bridge(path: &Path, b: &BridgeSettings) -> Result<(), ConfigError> {
 
 impl BoxConfig {
     pub fn load(path: &Path) -> Result<BoxConfig, ConfigError> {
-        let c: BoxConfig = load(path)?;
-        check_bridge(path, &c.bridge)?;
+        let mut c: BoxConfig = load(path)?;
+        check_bridge(path, &mut c.bridge)?;
         if c.devices.is_empty() {
             return Err(invalid(
                 path,
@@ -477,8 +505,8 @@ impl HostConfig {
     }
 
     pub fn load(path: &Path) -> Result<HostConfig, ConfigError> {
-        let c: HostConfig = load(path)?;
-        check_bridge(path, &c.bridge)?;
+        let mut c: HostConfig = load(path)?;
+        check_bridge(path, &mut c.bridge)?;
         check_gid(path, "gid", c.gid)?;
         if c.memory.size == 0 || c.memory.size > 1 << 32 {
             return Err(invalid(path, "memory.size must be 1 B..=4 GiB".into()));

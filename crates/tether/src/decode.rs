@@ -47,8 +47,9 @@ impl RequestTracker {
     }
 }
 
-/// Prints every frame of a pcap file.
-pub fn print_pcap(path: &Path, out: &mut impl Write) -> Result<()> {
+/// Prints every frame of a pcap file; the tags of frames of the groups in `keys` are
+/// checked.
+pub fn print_pcap(path: &Path, keys: &fabric::GroupKeys, out: &mut impl Write) -> Result<()> {
     let frames = crate::pcap::read(path)?;
     let mut tracker = RequestTracker::default();
     let start = frames.first().map_or(0, |f| f.0);
@@ -81,6 +82,16 @@ pub fn print_pcap(path: &Path, out: &mut impl Write) -> Result<()> {
                 format!(" echo-wait {} us", h.echo_wait as u32 * wire::ECHO_WAIT_UNIT_US)
             }
         )?;
+        if frame.tag.is_some() {
+            let status = match keys.get(&gid) {
+                None => format!("not checked (no key for group {gid})"),
+                Some(k) => match frame.authenticate(Some(k)) {
+                    Ok(()) => format!("good (key {:08x})", k.id()),
+                    Err(_) => format!("BAD (key {:08x})", k.id()),
+                },
+            };
+            writeln!(out, "        authentication tag: {status}")?;
+        }
         match frame.body() {
             Ok(Body::Data(records)) => {
                 for r in records {

@@ -71,6 +71,9 @@ enum Command {
     /// running bridge's counters.
     #[command(subcommand)]
     Ctl(cmd::ctl::CtlCommand),
+    /// Make or inspect group key files (docs/wire-format.md, "Authentication").
+    #[command(subcommand)]
+    Key(cmd::key::KeyCommand),
     /// Measure MMIO round trips and DMA throughput vs transfer size, per port kind,
     /// TLP size and aggregation (box and host in two namespaces over veth; root).
     Bench(cmd::bench::BenchArgs),
@@ -125,12 +128,19 @@ enum WireCommand {
         /// Output pcap file.
         #[arg(long)]
         pcap: PathBuf,
+        /// Tag every frame under this group key file (docs/wire-format.md,
+        /// "Authentication").
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
     },
     /// Print the frames and TLPs of a pcap file.
     Decode {
         /// Input pcap file.
         #[arg(long)]
         pcap: PathBuf,
+        /// Check the tags of a keyed group's frames: GID=FILE (repeatable).
+        #[arg(long = "key", value_name = "GID=FILE")]
+        keys: Vec<String>,
     },
     /// Send the frames of a pcap file out of an interface (needs CAP_NET_RAW).
     Replay {
@@ -185,6 +195,7 @@ fn run(cli: Cli) -> Result<()> {
             vfio_user,
         } => cmd::vm_host::run(&config, proxy_fd, vfio_user.as_deref()),
         Command::Ctl(c) => cmd::ctl::run(c),
+        Command::Key(c) => cmd::key::run(c),
         Command::Vm(a) => {
             let status = cmd::vm::run(a)?;
             std::process::exit(status.code().unwrap_or(1));
@@ -209,16 +220,20 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Wire(WireCommand::Sample { pcap: path }) => {
-            let frames = wire::sample::frames();
+        Command::Wire(WireCommand::Sample { pcap: path, key }) => {
+            let frames = match key {
+                Some(k) => wire::sample::frames_keyed(&fabric::keys::read_key_file(&k)?),
+                None => wire::sample::frames(),
+            };
             let n = frames.len();
             pcap::write(&path, frames.into_iter().map(|f| (f.time_us, f.bytes)))?;
             eprintln!("wrote {n} sample frames to {}", path.display());
             Ok(())
         }
-        Command::Wire(WireCommand::Decode { pcap: path }) => {
+        Command::Wire(WireCommand::Decode { pcap: path, keys }) => {
             let stdout = std::io::stdout();
-            decode::print_pcap(&path, &mut stdout.lock())
+            let keys = cmd::ctl::read_keys(&keys)?;
+            decode::print_pcap(&path, &keys, &mut stdout.lock())
         }
         Command::Wire(WireCommand::Replay {
             pcap: path,

@@ -244,3 +244,112 @@ fn source_file_names_are_not_reused() {
         );
     }
 }
+
+#[test]
+fn group_key_files_are_private_and_a_readable_one_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = d.join("g10.key");
+    let made = run_ok(tether().args(["key", "generate"]).arg(&key));
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{made}");
+    let fp = run_ok(tether().args(["key", "fingerprint"]).arg(&key));
+    assert!(
+        made.contains(&format!("fingerprint {}", fp.trim())),
+        "{made} / {fp}"
+    );
+    // Never overwritten.
+    let again = tether()
+        .args(["key", "generate"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+    // A box whose key file others can read does not start, and says why.
+    let box_toml = write(
+        d,
+        "box.toml",
+        "[port]\ninterface = \"lo\"\n[bridge.keys]\n10 = \"g10.key\"\n\
+         [[device]]\nslot = 0\nmodel = \"memdev\"\ngid = 10\n",
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = tether()
+        .args(["iobox", "--config"])
+        .arg(&box_toml)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("g10.key: mode 0644 lets others read the group key")
+            && err.contains("chmod 600"),
+        "{err}"
+    );
+    // Nor one that names a group that cannot be.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let bad = write(
+        d,
+        "bad.toml",
+        "[port]\ninterface = \"lo\"\n[bridge.keys]\nten = \"g10.key\"\n\
+         [[device]]\nslot = 0\nmodel = \"memdev\"\ngid = 10\n",
+    );
+    let out = tether()
+        .args(["iobox", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("\"ten\" is not a group number"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn decode_checks_the_tags_of_a_keyed_capture() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, wrong) = (d.join("k"), d.join("w"));
+    run_ok(tether().args(["key", "generate"]).arg(&key));
+    run_ok(tether().args(["key", "generate"]).arg(&wrong));
+    let pcap = d.join("keyed.pcap");
+    run_ok(
+        tether()
+            .args(["wire", "sample", "--pcap"])
+            .arg(&pcap)
+            .arg("--key")
+            .arg(&key),
+    );
+    let n = wire::sample::frames().len();
+    let decode = |k: Option<&std::path::Path>| {
+        let mut c = tether();
+        c.args(["wire", "decode", "--pcap"]).arg(&pcap);
+        if let Some(k) = k {
+            c.arg("--key").arg(format!("10={}", k.display()));
+        }
+        run_ok(&mut c)
+    };
+    let good = decode(Some(&key));
+    assert_eq!(
+        good.matches("authentication tag: good").count(),
+        n,
+        "{good}"
+    );
+    let bad = decode(Some(&wrong));
+    assert_eq!(bad.matches("authentication tag: BAD").count(), n, "{bad}");
+    let none = decode(None);
+    assert_eq!(
+        none.matches("authentication tag: not checked (no key for group 10)")
+            .count(),
+        n,
+        "{none}"
+    );
+    // The TLPs decode as in the untagged capture.
+    assert!(
+        good.contains("Msg 01:00.0 Assert_INTA routing Local"),
+        "{good}"
+    );
+}

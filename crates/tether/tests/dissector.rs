@@ -45,7 +45,19 @@ fn lua() -> String {
 
 /// tshark -T fields for `fields`, one map per frame (field -> all occurrences).
 fn fields(pcap: &Path, fields: &[&str]) -> Vec<HashMap<String, Vec<String>>> {
+    fields_with(pcap, &[], fields)
+}
+
+/// [`fields`] with preferences `prefs` ("tether.keys:..."), each passed as `-o`.
+fn fields_with(
+    pcap: &Path,
+    prefs: &[String],
+    fields: &[&str],
+) -> Vec<HashMap<String, Vec<String>>> {
     let mut cmd = Command::new("tshark");
+    for p in prefs {
+        cmd.args(["-o", p]);
+    }
     cmd.arg("-r").arg(pcap).args([
         "-X",
         &lua(),
@@ -282,4 +294,177 @@ fn tshark_flags_a_corrupted_frame() {
     assert_eq!(get(&frames[2], "tether.check.status"), ["bad"]);
     assert_eq!(get(&frames[2], "tether.check.computed").len(), 1);
     assert_eq!(get(&frames[3], "tether.check.status"), ["good"]);
+}
+
+/// A key file (64 hex digits, mode 0600) for `secret` in `dir`; its hex text.
+fn key_file(dir: &Path, name: &str, secret: &[u8; 32]) -> (std::path::PathBuf, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{hex}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (path, hex)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn tshark_checks_authentication_tags() {
+    if !ensure_tshark("tshark_checks_authentication_tags") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret: [u8; 32] = std::array::from_fn(|i| i as u8);
+    let (keyfile, key_hex) = key_file(dir.path(), "group.key", &secret);
+    let key = wire::AuthKey::from_secret(&secret);
+    let pcap = dir.path().join("keyed.pcap");
+    run_ok(
+        tether()
+            .args(["wire", "sample", "--pcap"])
+            .arg(&pcap)
+            .arg("--key")
+            .arg(&keyfile),
+    );
+    let gid = wire::sample::SAMPLE_GID;
+    let keyed = wire::sample::frames_keyed(&key);
+    let n = wire::sample::frames().len();
+    assert_eq!(keyed.len(), n);
+    let auth_fields = [
+        "tether.flags.auth",
+        "tether.check.status",
+        "tether.auth.tag",
+        "tether.auth.status",
+        "tether.auth.key",
+        "tether.auth.computed",
+        "tether.payload_len",
+        "_ws.expert.message",
+    ];
+
+    // The right key: every tag good, the fingerprint the key's, and the tag shown is the
+    // one after the payload (as the wire crate parses it), not payload or padding.
+    let frames = fields_with(
+        &pcap,
+        &[format!("tether.keys:{gid}={key_hex}")],
+        &auth_fields,
+    );
+    assert_eq!(frames.len(), n);
+    let fingerprint = format!("{:08x}", key.id());
+    for (i, f) in frames.iter().enumerate() {
+        let at = format!("frame {}", i + 1);
+        let parsed = wire::Frame::parse(&keyed[i].bytes, None).unwrap();
+        assert_eq!(get(f, "tether.flags.auth"), ["1"], "{at}");
+        assert_eq!(get(f, "tether.check.status"), ["good"], "{at}");
+        assert_eq!(get(f, "tether.auth.status"), ["good"], "{at}");
+        assert_eq!(get(f, "tether.auth.key"), [fingerprint.as_str()], "{at}");
+        assert_eq!(
+            get(f, "tether.auth.tag"),
+            [hex(parsed.tag.unwrap()).as_str()],
+            "{at}"
+        );
+        assert_eq!(
+            get(f, "tether.payload_len"),
+            [parsed.payload.len().to_string().as_str()],
+            "{at}"
+        );
+        assert!(get(f, "tether.auth.computed").is_empty(), "{at}");
+        assert!(get(f, "_ws.expert.message").is_empty(), "{at}: {f:?}");
+    }
+
+    // A wrong key (another group secret): every tag bad, with the computed tag and the
+    // expert info; the frame check is still good.
+    let wrong: [u8; 32] = std::array::from_fn(|i| 0x20 + i as u8);
+    let wrong_hex = hex(&wrong);
+    let wrong_fp = format!("{:08x}", wire::AuthKey::from_secret(&wrong).id());
+    let frames = fields_with(
+        &pcap,
+        &[format!("tether.keys:{gid}={wrong_hex}")],
+        &auth_fields,
+    );
+    assert_eq!(frames.len(), n);
+    for (i, f) in frames.iter().enumerate() {
+        let at = format!("frame {}", i + 1);
+        assert_eq!(get(f, "tether.check.status"), ["good"], "{at}");
+        assert_eq!(get(f, "tether.auth.status"), ["bad"], "{at}");
+        assert_eq!(get(f, "tether.auth.key"), [wrong_fp.as_str()], "{at}");
+        let computed = get(f, "tether.auth.computed");
+        assert_eq!(computed.len(), 1, "{at}");
+        assert_eq!(computed[0].len(), 32, "{at}");
+        assert_ne!(computed, get(f, "tether.auth.tag"), "{at}");
+        assert!(
+            get(f, "_ws.expert.message").contains(&"Authentication tag mismatch"),
+            "{at}: {f:?}"
+        );
+    }
+
+    // No key for the group (none at all, or only another group's, and malformed
+    // entries, which are ignored): not checked.
+    let not_checked = format!("not checked (no key for group {gid})");
+    for prefs in [
+        vec![],
+        vec![format!(
+            "tether.keys:{}={key_hex},{gid}=12,x={key_hex},{gid}={key_hex}0",
+            gid + 1
+        )],
+    ] {
+        let frames = fields_with(&pcap, &prefs, &auth_fields);
+        assert_eq!(frames.len(), n);
+        for (i, f) in frames.iter().enumerate() {
+            let at = format!("frame {} with {prefs:?}", i + 1);
+            assert_eq!(get(f, "tether.auth.status"), [not_checked.as_str()], "{at}");
+            assert!(get(f, "tether.auth.key").is_empty(), "{at}");
+            assert!(get(f, "tether.auth.computed").is_empty(), "{at}");
+        }
+    }
+
+    // Frames changed after tagging: the first DATA frame's last payload byte flipped and
+    // its frame check recomputed (a deliberate change the CRC cannot catch), and one
+    // bit of the next frame's tag flipped. Only those two are bad.
+    let mut changed = keyed.clone();
+    {
+        let b = &mut changed[2].bytes;
+        let eth = 18; // Ethernet header with the 802.1Q tag
+        let hlen = b[eth + 30] as usize * 4;
+        let plen = u16::from_be_bytes([b[eth + 2], b[eth + 3]]) as usize;
+        assert!(plen > 0);
+        b[eth + hlen + plen - 1] ^= 0x01;
+        let check = wire::frame_check(gid, &b[eth..eth + hlen + plen]);
+        b[eth + 32..eth + 36].copy_from_slice(&check.to_be_bytes());
+    }
+    {
+        let b = &mut changed[3].bytes;
+        let eth = 18;
+        let hlen = b[eth + 30] as usize * 4;
+        let plen = u16::from_be_bytes([b[eth + 2], b[eth + 3]]) as usize;
+        b[eth + hlen + plen + wire::TAG_LEN - 1] ^= 0x80;
+    }
+    let tampered = dir.path().join("tampered.pcap");
+    write_pcap(&tampered, &changed);
+    let frames = fields_with(
+        &tampered,
+        &[format!("tether.keys:{gid}={key_hex}")],
+        &auth_fields,
+    );
+    assert_eq!(frames.len(), n);
+    for (i, f) in frames.iter().enumerate() {
+        let at = format!("frame {}", i + 1);
+        assert_eq!(get(f, "tether.check.status"), ["good"], "{at}");
+        if i == 2 || i == 3 {
+            assert_eq!(get(f, "tether.auth.status"), ["bad"], "{at}");
+            assert_eq!(get(f, "tether.auth.computed").len(), 1, "{at}");
+            assert!(get(f, "_ws.expert.message").contains(&"Authentication tag mismatch"));
+        } else {
+            assert_eq!(get(f, "tether.auth.status"), ["good"], "{at}");
+        }
+    }
+    // The changed tag's frame: the computed tag is the one that was sent.
+    assert_eq!(
+        get(&frames[3], "tether.auth.computed"),
+        [hex(wire::Frame::parse(&keyed[3].bytes, None)
+            .unwrap()
+            .tag
+            .unwrap())
+        .as_str()]
+    );
 }

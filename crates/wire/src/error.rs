@@ -20,8 +20,6 @@ pub enum WireError {
     BadHeaderLength(u8),
     #[error("frame check failed: carried {carried:#010x}, computed {computed:#010x}")]
     BadCheck { carried: u32, computed: u32 },
-    #[error("authenticated frames are not supported by this build")]
-    AuthNotSupported,
     #[error("record of type {0} is not known")]
     UnknownRecord(u8),
     #[error("bad TLP in record: {0}")]

@@ -2,10 +2,11 @@
 
 use tlp::Tlp;
 
+use crate::auth::{AuthKey, TAG_LEN};
 use crate::ctrl::CtrlRepr;
 use crate::error::WireError;
-use crate::ethernet::{EthernetRepr, VlanTag};
-use crate::header::{FrameKind, TetherHeader, HEADER_LEN};
+use crate::ethernet::{EthernetRepr, MacAddr, VlanTag};
+use crate::header::{flags, FrameKind, HeaderView, TetherHeader, HEADER_LEN};
 use crate::info::{DeviceInfo, Info, InfoRepr};
 use crate::records::{emit_record_header, RecordType, Records, RECORD_HEADER_LEN};
 use crate::ETHERTYPE;
@@ -16,6 +17,22 @@ pub struct Frame<'a> {
     pub ethernet: EthernetRepr,
     pub header: TetherHeader,
     pub payload: &'a [u8],
+    /// The header and payload as received (what the tag covers, after the addresses
+    /// and the Group ID).
+    covered: &'a [u8],
+    /// The authentication tag, when the AUTH flag is set.
+    pub tag: Option<&'a [u8; TAG_LEN]>,
+}
+
+/// Why a frame failed [`Frame::authenticate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthRefusal {
+    #[error("the group has a key and the frame carries no tag")]
+    Missing,
+    #[error("the frame carries a tag and the group has no key")]
+    Unexpected,
+    #[error("the tag does not match the group's key")]
+    Bad,
 }
 
 /// What a frame's payload holds, by kind.
@@ -37,12 +54,44 @@ impl<'a> Frame<'a> {
             return Err(WireError::NotTether(ethernet.ethertype));
         }
         let gid = ethernet.vlan.map_or(0, |t| t.vid);
-        let (header, payload) = TetherHeader::parse(&bytes[offset..], gid)?;
+        let HeaderView {
+            header,
+            payload,
+            covered,
+            tag,
+        } = TetherHeader::parse(&bytes[offset..], gid)?;
         Ok(Frame {
             ethernet,
             header,
             payload,
+            covered,
+            tag,
         })
+    }
+
+    /// Checks the frame against its group's key (`None`: the group has none). A
+    /// keyed group takes only frames with a valid tag; a group without a key takes
+    /// none with a tag (it cannot check them). Call before the frame changes anything.
+    pub fn authenticate(&self, key: Option<&AuthKey>) -> Result<(), AuthRefusal> {
+        match (key, self.tag) {
+            (None, None) => Ok(()),
+            (None, Some(_)) => Err(AuthRefusal::Unexpected),
+            (Some(_), None) => Err(AuthRefusal::Missing),
+            (Some(k), Some(t)) => {
+                let gid = self.gid().unwrap_or(0) & 0x0fff;
+                let parts: [&[u8]; 4] = [
+                    &self.ethernet.dst.0,
+                    &self.ethernet.src.0,
+                    &gid.to_be_bytes(),
+                    self.covered,
+                ];
+                if k.verify(t, &parts) {
+                    Ok(())
+                } else {
+                    Err(AuthRefusal::Bad)
+                }
+            }
+        }
     }
 
     /// The Group ID: the VLAN ID, when the frame is tagged.
@@ -75,31 +124,54 @@ pub struct FrameWriter<'b> {
     len: usize,
     records: usize,
     gid: u16,
+    /// Where the payload must end: the buffer's end, less the tag's room.
+    end: usize,
+    /// The group's key: the frame gets the AUTH flag and a tag.
+    key: Option<&'b AuthKey>,
+    dst: MacAddr,
+    src: MacAddr,
 }
 
 impl<'b> FrameWriter<'b> {
-    /// Writes the Ethernet header and reserves room for the tether header.
+    /// Writes the Ethernet header and reserves room for the tether header, for a
+    /// frame of a group without a key.
     pub fn new(buf: &'b mut [u8], ethernet: &EthernetRepr) -> Result<FrameWriter<'b>, WireError> {
+        FrameWriter::keyed(buf, ethernet, None)
+    }
+
+    /// The same for a frame of a group with `key` (if any): the frame gets the AUTH
+    /// flag and a tag, and the room for the tag is kept from the payload.
+    pub fn keyed(
+        buf: &'b mut [u8],
+        ethernet: &EthernetRepr,
+        key: Option<&'b AuthKey>,
+    ) -> Result<FrameWriter<'b>, WireError> {
         let at = ethernet.emit(buf)?;
         let len = at + HEADER_LEN;
-        if buf.len() < len {
+        let trailer = if key.is_some() { TAG_LEN } else { 0 };
+        if buf.len() < len + trailer {
             return Err(WireError::NoRoom {
-                needed: len,
+                needed: len + trailer,
                 got: buf.len(),
             });
         }
+        let end = buf.len() - trailer;
         Ok(FrameWriter {
             buf,
+            end,
             header_at: at,
             len,
             records: 0,
             gid: ethernet.vlan.map_or(0, |t| t.vid),
+            key,
+            dst: ethernet.dst,
+            src: ethernet.src,
         })
     }
 
-    /// Bytes left for payload.
+    /// Bytes left for payload (the tag's room already kept).
     pub fn room(&self) -> usize {
-        self.buf.len() - self.len
+        self.end - self.len
     }
 
     /// Number of records written so far.
@@ -122,7 +194,7 @@ impl<'b> FrameWriter<'b> {
                 tlp::EmitError::Invalid(p) => WireError::Tlp(p),
                 _ => WireError::NoRoom {
                     needed: n,
-                    got: self.buf.len() - at,
+                    got: self.end - at,
                 },
             })?;
         emit_record_header(&mut self.buf[at..], RecordType::Tlp, n);
@@ -158,7 +230,7 @@ impl<'b> FrameWriter<'b> {
         write: impl FnOnce(&mut [u8]) -> Result<usize, WireError>,
     ) -> Result<(), WireError> {
         let at = self.len;
-        let n = write(&mut self.buf[at..])?;
+        let n = write(&mut self.buf[at..self.end])?;
         self.reserve(n)?;
         self.len += n;
         Ok(())
@@ -166,29 +238,46 @@ impl<'b> FrameWriter<'b> {
 
     /// Writes the tether header (payload length and check included) and returns the
     /// frame's length.
+    /// With a key, the AUTH flag is set and the tag follows the payload.
     pub fn finish(self, header: &TetherHeader) -> Result<usize, WireError> {
         let payload = self.len - self.header_at - HEADER_LEN;
-        header.emit(&mut self.buf[self.header_at..self.len], payload, self.gid)?;
-        Ok(self.len)
+        let Some(key) = self.key else {
+            header.emit(&mut self.buf[self.header_at..self.len], payload, self.gid)?;
+            return Ok(self.len);
+        };
+        let mut h = *header;
+        h.flags |= flags::AUTH;
+        h.emit(&mut self.buf[self.header_at..self.len], payload, self.gid)?;
+        let gid = (self.gid & 0x0fff).to_be_bytes();
+        let tag = key.tag(&[
+            &self.dst.0,
+            &self.src.0,
+            &gid,
+            &self.buf[self.header_at..self.len],
+        ]);
+        self.buf[self.len..self.len + TAG_LEN].copy_from_slice(&tag);
+        Ok(self.len + TAG_LEN)
     }
 }
 
-/// Writes a frame with no payload (ACK, NAK).
+/// Writes a frame with no payload (ACK, NAK), tagged with `key` if the group has one.
 pub fn emit_bare(
     buf: &mut [u8],
     ethernet: &EthernetRepr,
     header: &TetherHeader,
+    key: Option<&AuthKey>,
 ) -> Result<usize, WireError> {
-    FrameWriter::new(buf, ethernet)?.finish(header)
+    FrameWriter::keyed(buf, ethernet, key)?.finish(header)
 }
 
-/// Writes an INFO frame.
+/// Writes an INFO frame, tagged with `key` if the group has one.
 pub fn emit_info(
     buf: &mut [u8],
     ethernet: &EthernetRepr,
     header: &TetherHeader,
     info: &InfoRepr,
     devices: &[DeviceInfo],
+    key: Option<&AuthKey>,
 ) -> Result<usize, WireError> {
     if header.kind != FrameKind::Info {
         return Err(WireError::WrongKind {
@@ -196,17 +285,18 @@ pub fn emit_info(
             kind: header.kind.name(),
         });
     }
-    let mut w = FrameWriter::new(buf, ethernet)?;
+    let mut w = FrameWriter::keyed(buf, ethernet, key)?;
     w.append_with(|b| info.emit(devices, b))?;
     w.finish(header)
 }
 
-/// Writes a CTRL frame.
+/// Writes a CTRL frame, tagged with `key` if the group has one.
 pub fn emit_ctrl(
     buf: &mut [u8],
     ethernet: &EthernetRepr,
     header: &TetherHeader,
     ctrl: &CtrlRepr,
+    key: Option<&AuthKey>,
 ) -> Result<usize, WireError> {
     if header.kind != FrameKind::Ctrl {
         return Err(WireError::WrongKind {
@@ -214,7 +304,7 @@ pub fn emit_ctrl(
             kind: header.kind.name(),
         });
     }
-    let mut w = FrameWriter::new(buf, ethernet)?;
+    let mut w = FrameWriter::keyed(buf, ethernet, key)?;
     w.append_with(|b| ctrl.emit(b))?;
     w.finish(header)
 }

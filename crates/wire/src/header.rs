@@ -18,6 +18,7 @@
 //!
 //! All fields are big-endian. docs/wire-format.md is the normative description.
 
+use crate::auth::TAG_LEN;
 use crate::error::WireError;
 
 /// Version of the frame format written by this code.
@@ -96,7 +97,7 @@ pub mod flags {
     pub const SYN: u8 = 0x02;
     /// A rate-control probe: the receiver acknowledges it at once.
     pub const PROBE: u8 = 0x04;
-    /// An authentication tag follows the payload (reserved; not produced by v1).
+    /// An authentication tag follows the payload (the frame's group has a key).
     pub const AUTH: u8 = 0x08;
 }
 
@@ -129,6 +130,19 @@ pub struct TetherHeader {
     pub echo_wait: u8,
 }
 
+/// A parsed tether header with the bytes around it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct HeaderView<'a> {
+    pub header: TetherHeader,
+    /// The payload (`payload length` bytes after the header).
+    pub payload: &'a [u8],
+    /// The header and payload as received: what the tag covers after the Ethernet
+    /// addresses and the Group ID.
+    pub covered: &'a [u8],
+    /// The authentication tag, when the AUTH flag is set.
+    pub tag: Option<&'a [u8; TAG_LEN]>,
+}
+
 /// Microseconds per unit of [`TetherHeader::echo_wait`].
 pub const ECHO_WAIT_UNIT_US: u32 = 8;
 
@@ -158,9 +172,10 @@ impl TetherHeader {
     }
 
     /// Parses the tether header and payload that start at `bytes[0]` of a frame in
-    /// group `gid` (0 when untagged). Bytes after the declared payload (Ethernet
-    /// padding) are ignored. Verifies the check.
-    pub fn parse(bytes: &[u8], gid: u16) -> Result<(TetherHeader, &[u8]), WireError> {
+    /// group `gid` (0 when untagged), and the authentication tag after the payload when
+    /// the AUTH flag is set. Bytes after them (Ethernet padding) are ignored. Verifies
+    /// the check; the tag is the receiver's to verify (it needs the group's key).
+    pub fn parse(bytes: &[u8], gid: u16) -> Result<HeaderView<'_>, WireError> {
         if bytes.len() < HEADER_LEN {
             return Err(WireError::Truncated {
                 what: "tether header",
@@ -193,9 +208,18 @@ impl TetherHeader {
             });
         }
         let flags = bytes[field::FLAGS];
-        if flags & flags::AUTH != 0 {
-            return Err(WireError::AuthNotSupported);
-        }
+        let tag = if flags & flags::AUTH != 0 {
+            let t = bytes
+                .get(total..total + TAG_LEN)
+                .ok_or(WireError::Truncated {
+                    what: "authentication tag",
+                    needed: total + TAG_LEN,
+                    got: bytes.len(),
+                })?;
+            Some(<&[u8; TAG_LEN]>::try_from(t).expect("TAG_LEN bytes"))
+        } else {
+            None
+        };
         let carried = be32(field::CHECK);
         let computed = frame_check(gid, &bytes[..total]);
         if carried != computed {
@@ -213,7 +237,12 @@ impl TetherHeader {
             window: be16(field::WINDOW),
             echo_wait: bytes[field::ECHO_WAIT],
         };
-        Ok((header, &bytes[hlen..total]))
+        Ok(HeaderView {
+            header,
+            payload: &bytes[hlen..total],
+            covered: &bytes[..total],
+            tag,
+        })
     }
 
     /// Writes the header into `buf[..HEADER_LEN]` for a payload of `payload_len` bytes

@@ -5,6 +5,7 @@
 //!
 //! Parsing never panics on any input; every failure is a [`WireError`].
 
+pub mod auth;
 pub mod ctrl;
 pub mod error;
 pub mod ethernet;
@@ -14,13 +15,16 @@ pub mod info;
 pub mod records;
 pub mod sample;
 
+pub use auth::{AuthKey, TAG_LEN};
 pub use ctrl::{CtrlOp, CtrlRepr, CtrlStatus};
 pub use error::WireError;
 pub use ethernet::{EthernetRepr, MacAddr, VlanTag};
-pub use frame::{emit_bare, emit_ctrl, emit_info, max_frame_len, Body, Frame, FrameWriter};
+pub use frame::{
+    emit_bare, emit_ctrl, emit_info, max_frame_len, AuthRefusal, Body, Frame, FrameWriter,
+};
 pub use header::{
-    echo_wait_units, flags, frame_check, FrameKind, TetherHeader, ECHO_WAIT_UNIT_US, HEADER_LEN,
-    VERSION,
+    echo_wait_units, flags, frame_check, FrameKind, HeaderView, TetherHeader, ECHO_WAIT_UNIT_US,
+    HEADER_LEN, VERSION,
 };
 pub use info::{BridgeRole, DeviceInfo, Info, InfoRepr, DEVICE_READY};
 pub use records::{Record, RecordType, Records};

@@ -152,6 +152,28 @@ fn atomic(op: AtomicOp, t: u16, address: u64) -> Header {
     })
 }
 
+/// The same conversation in a group with `key`: every frame carries the AUTH flag and
+/// its tag (for the dissector's and the decoder's tag checks).
+pub fn frames_keyed(key: &crate::AuthKey) -> Vec<SampleFrame> {
+    frames()
+        .into_iter()
+        .map(|f| {
+            let frame = crate::Frame::parse(&f.bytes, None).expect("sample frames parse");
+            let mut buf = vec![0u8; f.bytes.len() + crate::TAG_LEN];
+            let mut w = FrameWriter::keyed(&mut buf, &frame.ethernet, Some(key))
+                .expect("room for the headers");
+            w.append_with(|b| {
+                b[..frame.payload.len()].copy_from_slice(frame.payload);
+                Ok(frame.payload.len())
+            })
+            .expect("room for the payload");
+            let n = w.finish(&frame.header).expect("room for the tag");
+            buf.truncate(n);
+            SampleFrame { bytes: buf, ..f }
+        })
+        .collect()
+}
+
 /// The sample conversation, in time order.
 pub fn frames() -> Vec<SampleFrame> {
     let mut out = Vec::new();
@@ -216,6 +238,7 @@ pub fn frames() -> Vec<SampleFrame> {
         },
         &info(BridgeRole::IoBox, 0x0200_0000_0002),
         &devices,
+        None,
     )
     .expect("INFO fits");
     push(0, buf[..n].to_vec(), "INFO from the I/O box, two devices");
@@ -228,6 +251,7 @@ pub fn frames() -> Vec<SampleFrame> {
         },
         &info(BridgeRole::Host, 0x0200_0000_0001),
         &[],
+        None,
     )
     .expect("INFO fits");
     push(1_000, buf[..n].to_vec(), "INFO from the host bridge");
@@ -432,6 +456,7 @@ pub fn frames() -> Vec<SampleFrame> {
         &mut buf,
         &eth(BOX_MAC, HOST_MAC),
         &header(FrameKind::Ack, BOX_EPOCH, 0, 4, ts(())),
+        None,
     )
     .expect("ACK fits");
     push(10, buf[..n].to_vec(), "ACK");
@@ -439,6 +464,7 @@ pub fn frames() -> Vec<SampleFrame> {
         &mut buf,
         &eth(HOST_MAC, BOX_MAC),
         &header(FrameKind::Nak, HOST_EPOCH, 0, 5, ts(())),
+        None,
     )
     .expect("NAK fits");
     push(10, buf[..n].to_vec(), "NAK expecting seq 5");
@@ -460,6 +486,7 @@ pub fn frames() -> Vec<SampleFrame> {
             ..TetherHeader::new(FrameKind::Ctrl)
         },
         &set,
+        None,
     )
     .expect("CTRL fits");
     push(1_000, buf[..n].to_vec(), "CTRL set-group slot 1 -> GID 20");
@@ -474,6 +501,7 @@ pub fn frames() -> Vec<SampleFrame> {
             op: CtrlOp::Result,
             ..set
         },
+        None,
     )
     .expect("CTRL fits");
     push(150, buf[..n].to_vec(), "CTRL result OK");

@@ -96,7 +96,7 @@ fn exact_header_bytes() {
         window: 13,
         echo_wait: 14,
     };
-    let n = emit_bare(&mut buf, &eth, &hdr).unwrap();
+    let n = emit_bare(&mut buf, &eth, &hdr, None).unwrap();
     assert_eq!(n, 18 + 36);
     #[rustfmt::skip]
     let expected: [u8; 50] = [
@@ -299,7 +299,7 @@ proptest! {
         let eth = EthernetRepr { dst: MacAddr::BROADCAST, src: MacAddr([2,0,0,0,0,1]), vlan: Some(VlanTag { pcp: 0, dei: false, vid: 4093 }), ethertype: ETHERTYPE };
         let info = InfoRepr { role: BridgeRole::from_bits(role).unwrap(), flags: vals[0], bridge_id: id, mtu: vals[1], max_tlps_per_frame: vals[2], interval_ms: vals[3], max_payload: vals[4], max_read_request: vals[5] };
         let mut buf = vec![0u8; 1518];
-        let n = emit_info(&mut buf, &eth, &hdr, &info, &devices).unwrap();
+        let n = emit_info(&mut buf, &eth, &hdr, &info, &devices, None).unwrap();
         let frame = Frame::parse(&buf[..n], None).unwrap();
         let Body::Info(back) = frame.body().unwrap() else { panic!() };
         prop_assert_eq!(back.repr, info);
@@ -311,7 +311,7 @@ proptest! {
         let c = CtrlRepr { op: CtrlOp::from_bits(op).unwrap(), status: CtrlStatus::from_bits(status).unwrap(), gid, request_id: rid, target, slot };
         let eth = EthernetRepr { dst: MacAddr::BROADCAST, src: MacAddr::default(), vlan: None, ethertype: ETHERTYPE };
         let mut buf = [0u8; 128];
-        let n = emit_ctrl(&mut buf, &eth, &TetherHeader::new(FrameKind::Ctrl), &c).unwrap();
+        let n = emit_ctrl(&mut buf, &eth, &TetherHeader::new(FrameKind::Ctrl), &c, None).unwrap();
         let Body::Ctrl(back) = Frame::parse(&buf[..n], None).unwrap().body().unwrap() else { panic!() };
         prop_assert_eq!(back, c);
     }
@@ -342,4 +342,106 @@ proptest! {
         let _ = parse_all(&b);
         let _ = parse_all(&b[..cut]);
     }
+}
+
+/// The sample frames again, each written for a group with `key`.
+fn keyed_samples(key: &AuthKey) -> Vec<(String, Vec<u8>)> {
+    sample::frames_keyed(key)
+        .into_iter()
+        .map(|f| (f.summary.to_string(), f.bytes))
+        .collect()
+}
+
+#[test]
+fn keyed_frames_carry_a_tag_that_checks_only_under_their_key() {
+    let key = AuthKey::from_secret(&[0x11; 32]);
+    let other = AuthKey::from_secret(&[0x12; 32]);
+    for (summary, bytes) in keyed_samples(&key) {
+        let f = Frame::parse(&bytes, None).unwrap();
+        assert!(f.header.has_flag(flags::AUTH), "{summary}");
+        assert_eq!(
+            f.tag.map(|t| t.as_slice()),
+            Some(&bytes[bytes.len() - TAG_LEN..])
+        );
+        // The body reads as without a tag.
+        parse_all(&bytes).unwrap();
+        assert_eq!(f.authenticate(Some(&key)), Ok(()), "{summary}");
+        assert_eq!(f.authenticate(Some(&other)), Err(AuthRefusal::Bad));
+        assert_eq!(f.authenticate(None), Err(AuthRefusal::Unexpected));
+        // Padding after the tag is ignored.
+        let mut padded = bytes.clone();
+        padded.resize(bytes.len() + 40, 0xa5);
+        let p = Frame::parse(&padded, None).unwrap();
+        assert_eq!(p.authenticate(Some(&key)), Ok(()));
+        // A tag cut short is a truncated frame.
+        assert!(matches!(
+            Frame::parse(&bytes[..bytes.len() - 1], None),
+            Err(WireError::Truncated { .. })
+        ));
+    }
+    // An untagged frame in a keyed group is refused as such.
+    let plain = &sample::frames()[0].bytes;
+    let f = Frame::parse(plain, None).unwrap();
+    assert_eq!(f.authenticate(Some(&key)), Err(AuthRefusal::Missing));
+    assert_eq!(f.authenticate(None), Ok(()));
+}
+
+#[test]
+fn every_bit_the_tag_covers_is_checked() {
+    let key = AuthKey::from_secret(&[0x21; 32]);
+    for (summary, bytes) in keyed_samples(&key) {
+        // Everything but the PCP and DEI bits (the high 4 bits of byte 14), which a
+        // switch may rewrite: addresses, VLAN ID, EtherType, header, payload, tag.
+        let positions = (0..bytes.len())
+            .flat_map(|byte| (0..8).map(move |bit| (byte, bit)))
+            .filter(|&(byte, bit)| !(byte == 14 && bit >= 4));
+        for (byte, bit) in positions {
+            let mut b = bytes.clone();
+            b[byte] ^= 1 << bit;
+            let taken = Frame::parse(&b, None).is_ok_and(|f| f.authenticate(Some(&key)).is_ok());
+            assert!(
+                !taken,
+                "flip of bit {bit} in byte {byte} of keyed '{summary}' went unnoticed"
+            );
+        }
+        // The PCP is not covered: a switch rewriting it keeps the frame valid.
+        let mut b = bytes.clone();
+        b[14] ^= 0xe0;
+        let f = Frame::parse(&b, None).unwrap();
+        assert_eq!(f.authenticate(Some(&key)), Ok(()));
+    }
+}
+
+#[test]
+fn a_keyed_writer_keeps_room_for_the_tag() {
+    let key = AuthKey::from_secret(&[0x31; 32]);
+    let eth = EthernetRepr {
+        dst: MacAddr([2, 0, 0, 0, 0, 2]),
+        src: MacAddr([2, 0, 0, 0, 0, 1]),
+        vlan: Some(VlanTag {
+            pcp: 0,
+            dei: false,
+            vid: 7,
+        }),
+        ethertype: ETHERTYPE,
+    };
+    let limit = max_frame_len(1500);
+    let mut buf = vec![0u8; limit];
+    let plain_room = FrameWriter::new(&mut buf, &eth).unwrap().room();
+    let mut w = FrameWriter::keyed(&mut buf, &eth, Some(&key)).unwrap();
+    assert_eq!(w.room() + TAG_LEN, plain_room);
+    // Fill the payload to the last byte: the tag still fits.
+    let room = w.room();
+    w.append_with(|b| {
+        b[..room].fill(0x5a);
+        Ok(room)
+    })
+    .unwrap();
+    let n = w.finish(&TetherHeader::new(FrameKind::Data)).unwrap();
+    assert_eq!(n, limit);
+    let f = Frame::parse(&buf[..n], None).unwrap();
+    assert_eq!(f.authenticate(Some(&key)), Ok(()));
+    // A buffer with no room for header and tag is refused.
+    let mut small = vec![0u8; 18 + HEADER_LEN + TAG_LEN - 1];
+    assert!(FrameWriter::keyed(&mut small, &eth, Some(&key)).is_err());
 }

@@ -339,7 +339,7 @@ impl Sim {
             };
             while let Some(tx) = self.nodes[i].session.poll_transmit(now) {
                 let n = tx
-                    .write_frame(&mut self.buf, &eth)
+                    .write_frame(&mut self.buf, &eth, None)
                     .expect("the buffer holds a whole frame");
                 let frame = self.buf[..n].to_vec();
                 self.links[link].send(now, peer, frame, &mut self.rng);

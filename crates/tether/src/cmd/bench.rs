@@ -83,6 +83,11 @@ pub struct BenchArgs {
     /// Link MTU of the veth pair.
     #[arg(long, default_value_t = 1500)]
     pub mtu: usize,
+    /// Measure with the group unkeyed (false) and keyed (true: every frame carries
+    /// an authentication tag); both (false,true) alternate each configuration and
+    /// add a table of what the tags cost.
+    #[arg(long, value_delimiter = ',', default_values_t = [false])]
+    pub auth: Vec<bool>,
     /// Write the Markdown section and SVG plots into this docs directory
     /// (performance.md between its bench markers, perf-dma-*.svg).
     #[arg(long)]
@@ -94,6 +99,7 @@ struct Run {
     port: BenchPort,
     tlp: u16,
     aggregation: bool,
+    auth: bool,
     /// MMIO round trips, sorted (measured once per port, on its first run).
     mmio: Vec<Duration>,
     /// (size, read MB/s, write MB/s).
@@ -131,8 +137,14 @@ impl Drop for Pair {
     }
 }
 
-fn settings(kind: BenchPort, aggregation: bool, id: u64) -> BridgeSettings {
+fn settings(
+    kind: BenchPort,
+    aggregation: bool,
+    id: u64,
+    keys: &fabric::GroupKeys,
+) -> BridgeSettings {
     BridgeSettings {
+        group_keys: keys.clone(),
         id: Some(id),
         info_interval_ms: 50,
         missed_infos: 20,
@@ -167,8 +179,23 @@ fn ports(kind: BenchPort, mtu: usize) -> Result<Ports> {
     Ok((b, hp, Some(rig)))
 }
 
-fn pair(kind: BenchPort, tlp: u16, aggregation: bool, mtu: usize) -> Result<Pair> {
+/// The bench group's key when `auth` (a fresh random one), else none.
+fn bench_keys(auth: bool) -> Result<fabric::GroupKeys> {
+    if !auth {
+        return Ok(fabric::GroupKeys::default());
+    }
+    let mut secret = [0u8; wire::auth::SECRET_LEN];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut secret)?;
+    Ok(Arc::new(
+        [(GID, wire::AuthKey::from_secret(&secret))]
+            .into_iter()
+            .collect(),
+    ))
+}
+
+fn pair(kind: BenchPort, tlp: u16, aggregation: bool, auth: bool, mtu: usize) -> Result<Pair> {
     let (box_port, host_port, rig) = ports(kind, mtu)?;
+    let keys = bench_keys(auth)?;
     // The conventional path sleeps whenever it is idle; poll mode spins.
     let spin = if kind == BenchPort::Socket {
         Duration::ZERO
@@ -179,7 +206,7 @@ fn pair(kind: BenchPort, tlp: u16, aggregation: bool, mtu: usize) -> Result<Pair
     let box_node = bridge::node(
         &*box_port,
         BridgeRole::IoBox,
-        &settings(kind, aggregation, 0xb0),
+        &settings(kind, aggregation, 0xb0, &keys),
     )?;
     let box_thread = {
         let stop = stop.clone();
@@ -202,7 +229,7 @@ fn pair(kind: BenchPort, tlp: u16, aggregation: bool, mtu: usize) -> Result<Pair
     let mut n = bridge::node(
         &*host_port,
         BridgeRole::Host,
-        &settings(kind, aggregation, 0xa),
+        &settings(kind, aggregation, 0xa, &keys),
     )?;
     n.join(GID)?;
     let mut fp = FabricPort::new(n, host_port);
@@ -259,9 +286,10 @@ fn measure(
     port: BenchPort,
     tlp: u16,
     aggregation: bool,
+    auth: bool,
     mmio: bool,
 ) -> Result<Run> {
-    let mut p = pair(port, tlp, aggregation, args.mtu)?;
+    let mut p = pair(port, tlp, aggregation, auth, args.mtu)?;
     let drv = MemDevDriver::probe(&mut p.host, p.bdf)?;
     let mmio = if mmio {
         workload::mmio_round_trips(&mut p.host, p.bdf, args.mmio_reads)?
@@ -289,6 +317,7 @@ fn measure(
         port,
         tlp,
         aggregation,
+        auth,
         mmio,
         points,
         host,
@@ -319,14 +348,15 @@ fn us(d: Duration) -> f64 {
 
 fn label(r: &Run) -> String {
     format!(
-        "{} {} B TLPs, {}",
+        "{} {} B TLPs, {}{}",
         r.port.name(),
         r.tlp,
         if r.aggregation {
             "aggregation"
         } else {
             "1 TLP/frame"
-        }
+        },
+        if r.auth { ", keyed" } else { "" }
     )
 }
 
@@ -354,8 +384,9 @@ fn report(args: &BenchArgs, runs: &[Run]) -> String {
     for r in runs.iter().filter(|r| !r.mmio.is_empty()) {
         let _ = writeln!(
             s,
-            "| {} | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs |",
+            "| {}{} | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs |",
             r.port.name(),
+            if r.auth { ", keyed" } else { "" },
             us(workload::percentile(&r.mmio, 0.5)),
             us(workload::percentile(&r.mmio, 0.9)),
             us(workload::percentile(&r.mmio, 0.99)),
@@ -407,7 +438,7 @@ fn report(args: &BenchArgs, runs: &[Run]) -> String {
     // (READ + WRITE) MB/s over the same of the socket path.
     let find = |port, tlp, agg| {
         runs.iter()
-            .find(|r| r.port == port && r.tlp == tlp && r.aggregation == agg)
+            .find(|r| r.port == port && r.tlp == tlp && r.aggregation == agg && !r.auth)
     };
     let mut ratios = String::new();
     for &tlp in &args.tlp {
@@ -433,6 +464,7 @@ fn report(args: &BenchArgs, runs: &[Run]) -> String {
             }
         }
     }
+    s.push_str(&auth_cost(runs));
     if !ratios.is_empty() {
         let _ = writeln!(
             s,
@@ -443,6 +475,53 @@ fn report(args: &BenchArgs, runs: &[Run]) -> String {
         s.push_str(&ratios);
     }
     s
+}
+
+/// What the tags cost: each keyed run against the unkeyed run of the same
+/// configuration (measured next to it): MMIO median, and throughput at the largest
+/// transfer size.
+fn auth_cost(runs: &[Run]) -> String {
+    let mut rows = String::new();
+    for k in runs.iter().filter(|r| r.auth) {
+        let Some(p) = runs.iter().find(|r| {
+            !r.auth && r.port == k.port && r.tlp == k.tlp && r.aggregation == k.aggregation
+        }) else {
+            continue;
+        };
+        let (Some(kp), Some(pp)) = (k.points.last(), p.points.last()) else {
+            continue;
+        };
+        let mmio = if k.mmio.is_empty() || p.mmio.is_empty() {
+            "-".to_string()
+        } else {
+            let (a, b) = (
+                us(workload::percentile(&p.mmio, 0.5)),
+                us(workload::percentile(&k.mmio, 0.5)),
+            );
+            format!("{a:.1} / {b:.1} µs ({:+.1} µs)", b - a)
+        };
+        let _ = writeln!(
+            rows,
+            "| {} | {mmio} | {:.1} / {:.1} MB/s ({:+.1} %) | {:.1} / {:.1} MB/s ({:+.1} %) |",
+            label(p),
+            pp.1,
+            kp.1,
+            (kp.1 / pp.1.max(1e-9) - 1.0) * 100.0,
+            pp.2,
+            kp.2,
+            (kp.2 / pp.2.max(1e-9) - 1.0) * 100.0,
+        );
+    }
+    if rows.is_empty() {
+        return rows;
+    }
+    let size = runs[0].points.last().map_or(0.0, |p| p.0 as f64);
+    format!(
+        "\nWhat the authentication tags cost: unkeyed / keyed, measured one after the \
+         other (MMIO median; READ and WRITE at {}):\n\n\
+         | configuration | MMIO read median | READ | WRITE |\n|---|---|---|---|\n{rows}",
+        size_label(size)
+    )
 }
 
 fn plots(args: &BenchArgs, runs: &[Run], dir: &Path) -> Result<Vec<PathBuf>> {
@@ -467,7 +546,7 @@ fn plots(args: &BenchArgs, runs: &[Run], dir: &Path) -> Result<Vec<PathBuf>> {
                     * 2
                     + r.aggregation as usize)
                     % plot::COLORS.len()],
-                dashed: args.tlp.len() > 1 && r.tlp == args.tlp[0],
+                dashed: r.auth || (args.tlp.len() > 1 && r.tlp == args.tlp[0]),
                 points: r
                     .points
                     .iter()
@@ -520,28 +599,37 @@ pub fn run(args: BenchArgs) -> Result<()> {
             bail!("{} lacks the {BEGIN} / {END} markers", path.display());
         }
     }
-    let total = args.ports.len() * args.tlp.len() * args.aggregation.len();
+    if args.auth.is_empty() {
+        bail!("--auth needs at least one value");
+    }
+    let total = args.ports.len() * args.tlp.len() * args.aggregation.len() * args.auth.len();
     let mut runs = Vec::new();
     let started = Instant::now();
     for &port in &args.ports {
-        let mut first = true;
+        // MMIO is timed on the first run of each port, keyed and not.
+        let mut mmio_done = Vec::new();
         for &tlp in &args.tlp {
             for &agg in &args.aggregation {
-                eprintln!(
-                    "[{}/{total}] {} {tlp} B TLPs, {} ...",
-                    runs.len() + 1,
-                    port.name(),
-                    if agg { "aggregation" } else { "1 TLP/frame" }
-                );
-                let r = measure(&args, port, tlp, agg, first)
-                    .with_context(|| format!("{} {tlp} B TLPs aggregation {agg}", port.name()))?;
-                first = false;
-                let last = r.points.last().expect("sizes");
-                eprintln!(
-                    "      {} B: READ {:.1} MB/s, WRITE {:.1} MB/s",
-                    last.0, last.1, last.2
-                );
-                runs.push(r);
+                for &auth in &args.auth {
+                    eprintln!(
+                        "[{}/{total}] {} {tlp} B TLPs, {}{} ...",
+                        runs.len() + 1,
+                        port.name(),
+                        if agg { "aggregation" } else { "1 TLP/frame" },
+                        if auth { ", keyed" } else { "" }
+                    );
+                    let first = !mmio_done.contains(&auth);
+                    let r = measure(&args, port, tlp, agg, auth, first).with_context(|| {
+                        format!("{} {tlp} B TLPs aggregation {agg} auth {auth}", port.name())
+                    })?;
+                    mmio_done.push(auth);
+                    let last = r.points.last().expect("sizes");
+                    eprintln!(
+                        "      {} B: READ {:.1} MB/s, WRITE {:.1} MB/s",
+                        last.0, last.1, last.2
+                    );
+                    runs.push(r);
+                }
             }
         }
     }

@@ -33,6 +33,10 @@ pub enum CtlCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// The key file of a group whose frames are authenticated: GID=FILE
+        /// (repeatable). A keyed group's bridges are heard only with its key.
+        #[arg(long = "key", value_name = "GID=FILE")]
+        keys: Vec<String>,
     },
     /// Move a device to another group: its old host sees a hot-remove, the hosts of
     /// the new group a hot-plug.
@@ -47,6 +51,10 @@ pub enum CtlCommand {
         /// How long to look for the device and wait for the box's answer, in ms.
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
+        /// The key file of a group whose frames are authenticated: GID=FILE
+        /// (repeatable): the device's group, to find it and to be obeyed there.
+        #[arg(long = "key", value_name = "GID=FILE")]
+        keys: Vec<String>,
     },
     /// Print a running host bridge's virtual switch and its devices, as `lspci -tv`
     /// draws a tree (its `[bridge] control` socket).
@@ -96,6 +104,21 @@ fn parse_device(s: &str) -> Result<(u64, u8)> {
     Ok((id, slot))
 }
 
+/// `GID=FILE` arguments read into group keys.
+pub fn read_keys(args: &[String]) -> Result<fabric::GroupKeys> {
+    let mut files = std::collections::BTreeMap::new();
+    for a in args {
+        let (g, f) = a
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--key {a:?}: expected GID=FILE"))?;
+        let gid: u16 = g
+            .parse()
+            .map_err(|_| anyhow!("--key {a:?}: {g:?} is not a group number"))?;
+        files.insert(gid, PathBuf::from(f));
+    }
+    Ok(fabric::keys::read_group_keys(&files)?)
+}
+
 /// The manager on a socket of its own.
 struct Station {
     port: AfPacketPort,
@@ -105,11 +128,11 @@ struct Station {
 }
 
 impl Station {
-    fn open(interface: &str) -> Result<Station> {
+    fn open(interface: &str, keys: fabric::GroupKeys) -> Result<Station> {
         let pool = Mempool::new(1024, 2048)?;
         let port = AfPacketPort::open(interface, &pool, RingConfig::low_latency())
             .with_context(|| format!("opening {interface}"))?;
-        let m = Manager::new(MacAddr(port.info().mac), fabric::fresh_epoch());
+        let m = Manager::new(MacAddr(port.info().mac), fabric::fresh_epoch()).with_keys(keys);
         Ok(Station {
             port,
             m,
@@ -152,8 +175,8 @@ impl Station {
     }
 }
 
-fn list(interface: &str, listen: Duration, json: bool) -> Result<()> {
-    let mut st = Station::open(interface)?;
+fn list(interface: &str, listen: Duration, json: bool, keys: fabric::GroupKeys) -> Result<()> {
+    let mut st = Station::open(interface, keys)?;
     st.run_for(listen)?;
     let bridges: Vec<_> = st.m.bridges().cloned().collect();
     if json {
@@ -219,12 +242,18 @@ fn list(interface: &str, listen: Duration, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn set_group(interface: &str, device: &str, gid: u16, timeout: Duration) -> Result<()> {
+fn set_group(
+    interface: &str,
+    device: &str,
+    gid: u16,
+    timeout: Duration,
+    keys: fabric::GroupKeys,
+) -> Result<()> {
     let (box_id, slot) = parse_device(device)?;
     if !wire::valid_gid(gid) {
         bail!("group {gid} is not a valid GID (1..=4094)");
     }
-    let mut st = Station::open(interface)?;
+    let mut st = Station::open(interface, keys)?;
     let end = Instant::now() + timeout;
     let (from, mac, id) = loop {
         if let Some(found) = st.m.find_device(box_id, slot) {
@@ -303,13 +332,26 @@ pub fn run(cmd: CtlCommand) -> Result<()> {
             interface,
             listen_ms,
             json,
-        } => list(&interface, Duration::from_millis(listen_ms), json),
+            keys,
+        } => list(
+            &interface,
+            Duration::from_millis(listen_ms),
+            json,
+            read_keys(&keys)?,
+        ),
         CtlCommand::SetGroup {
             interface,
             device,
             gid,
             timeout_ms,
-        } => set_group(&interface, &device, gid, Duration::from_millis(timeout_ms)),
+            keys,
+        } => set_group(
+            &interface,
+            &device,
+            gid,
+            Duration::from_millis(timeout_ms),
+            read_keys(&keys)?,
+        ),
         CtlCommand::Tree { socket } => {
             let v = control::request(&socket, "tree")?;
             for l in v["tree"].as_array().into_iter().flatten() {

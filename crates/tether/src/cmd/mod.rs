@@ -8,5 +8,6 @@ pub mod demo;
 pub mod host;
 pub mod impair;
 pub mod iobox;
+pub mod key;
 pub mod vm;
 pub mod vm_host;

@@ -1,0 +1,328 @@
+//! The fabric under attack from a bridge on the same segment, with group keys: an I/O
+//! box, a host and a manager hold the keys of groups 10 and 4093; an attacker in a
+//! namespace of its own on the same Linux bridge holds none (then the wrong ones).
+//! Every process is the real `tether` binary; the test makes and removes the network.
+//!
+//! - the keyed bridges work: the host gets the box's device and verifies DMA copies;
+//! - the attacker hears nothing: `ctl list` shows no bridge, `ctl set-group` finds no
+//!   device (with no keys and with the wrong keys);
+//! - forged frames written with everything an eavesdropper knows (the box's address
+//!   and id, the group, a SET_GROUP for its device; INFO announcing a fake box in the
+//!   host's group; the sample conversation) are dropped and counted by the bridges,
+//!   untagged and tagged under a wrong key: the device stays, no fake device appears;
+//! - the manager with the key moves the free device into the host's group.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use dataplane::netns::Rig;
+use wire::{
+    emit_ctrl, emit_info, BridgeRole, CtrlOp, CtrlRepr, CtrlStatus, EthernetRepr, FrameKind,
+    InfoRepr, MacAddr, TetherHeader, VlanTag,
+};
+
+const BRIDGE: &str = "info_interval_ms = 50\nmissed_infos = 10\n";
+
+fn eth(src: MacAddr, dst: MacAddr, gid: u16) -> EthernetRepr {
+    EthernetRepr {
+        dst,
+        src,
+        vlan: Some(VlanTag {
+            pcp: 0,
+            dei: false,
+            vid: gid,
+        }),
+        ethertype: wire::ETHERTYPE,
+    }
+}
+
+/// Forged frames from `attacker`: SET_GROUP requests for both of the box's devices
+/// (to group 66), and INFO announcing a fake box with a device in group 10, each
+/// untagged and tagged under `wrong`.
+fn forgeries(
+    attacker: MacAddr,
+    box_mac: MacAddr,
+    box_id: u64,
+    wrong: &wire::AuthKey,
+) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    for key in [None, Some(wrong)] {
+        for (slot, gid) in [(0u8, 10u16), (1, 4093)] {
+            let ctrl = CtrlRepr {
+                op: CtrlOp::SetGroup,
+                status: CtrlStatus::Ok,
+                gid: 66,
+                request_id: 7 + slot as u32,
+                target: box_id,
+                slot,
+            };
+            let mut h = TetherHeader::new(FrameKind::Ctrl);
+            h.epoch = 0x0bad_0001;
+            let n = emit_ctrl(&mut buf, &eth(attacker, box_mac, gid), &h, &ctrl, key).unwrap();
+            out.push(buf[..n].to_vec());
+        }
+        let info = InfoRepr {
+            role: BridgeRole::IoBox,
+            flags: 0,
+            bridge_id: 0xbad,
+            mtu: 1500,
+            max_tlps_per_frame: 32,
+            interval_ms: 50,
+            max_payload: 256,
+            max_read_request: 512,
+        };
+        let mut h = TetherHeader::new(FrameKind::Info);
+        h.epoch = 0x0bad_0002;
+        let fake = wire::DeviceInfo {
+            slot: 3,
+            flags: wire::DEVICE_READY,
+            gid: 10,
+            vendor_id: 0x1de5,
+            device_id: 1,
+            class_code: 0x058000,
+            revision: 1,
+            subsystem_vendor_id: 0x1de5,
+            subsystem_id: 1,
+        };
+        let n = emit_info(
+            &mut buf,
+            &eth(attacker, MacAddr::BROADCAST, 10),
+            &h,
+            &info,
+            &[fake],
+            key,
+        )
+        .unwrap();
+        out.push(buf[..n].to_vec());
+    }
+    out
+}
+
+fn frames_to_pcap(path: &Path, frames: &[Vec<u8>]) {
+    let samples: Vec<wire::sample::SampleFrame> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| wire::sample::SampleFrame {
+            time_us: 1_765_000_000_000_000 + i as u64 * 100,
+            bytes: f.clone(),
+            summary: "forged",
+        })
+        .collect();
+    write_pcap(path, &samples);
+}
+
+#[test]
+fn a_keyed_fabric_takes_nothing_from_a_stranger_on_its_segment() {
+    let test = "a_keyed_fabric_takes_nothing_from_a_stranger_on_its_segment";
+    let Some(mut rig) = Rig::for_test(test, "tpk") else {
+        return;
+    };
+    let sw = rig.host("sw").unwrap();
+    let bx = rig.host("box").unwrap();
+    let ha = rig.host("ha").unwrap();
+    let mgr = rig.host("mgr").unwrap();
+    let atk = rig.host("atk").unwrap();
+    for (h, inner, outer) in [
+        (bx, "pkbox", "swbox"),
+        (ha, "pkha", "swha"),
+        (mgr, "pkmgr", "swmgr"),
+        (atk, "pkatk", "swatk"),
+    ] {
+        rig.veth(h, inner, sw, outer, 1500).unwrap();
+    }
+    rig.bridge(sw, "br0", &["swbox", "swha", "swmgr", "swatk"])
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = |p: &PathBuf| p.to_str().unwrap().to_string();
+    for k in ["g10.key", "g4093.key", "wrong10.key", "wrong4093.key"] {
+        run_ok(tether().args(["key", "generate"]).arg(d.join(k)));
+    }
+    let keys = "[bridge.keys]\n10 = \"g10.key\"\n4093 = \"g4093.key\"\n";
+    let box_toml = write(
+        d,
+        "box.toml",
+        &format!(
+            "[port]\ninterface = \"pkbox\"\n[bridge]\nid = 0xb0c5\n{BRIDGE}control = \"{}\"\n\
+             {keys}\
+             [[device]]\nslot = 0\nmodel = \"memdev\"\ngid = 10\n\
+             [[device]]\nslot = 1\nmodel = \"memdev\"\nbuffer_size = 65536\n",
+            d.join("box.sock").display()
+        ),
+    );
+    let ha_toml = write(
+        d,
+        "ha.toml",
+        &format!(
+            "gid = 10\nself_test = 20\n[port]\ninterface = \"pkha\"\n\
+             [bridge]\n{BRIDGE}control = \"{}\"\n{keys}",
+            d.join("ha.sock").display()
+        ),
+    );
+    let boxp = Proc::spawn(&rig, bx, "iobox", &["iobox", "--config", &cfg(&box_toml)]);
+    let mut a = Proc::spawn(&rig, ha, "host A", &["host", "--config", &cfg(&ha_toml)]);
+    let long = Duration::from_secs(30);
+    a.wait_for("hot-plug: group 10: slot 0 device 1de5:0001", 1, long);
+    a.wait_for("self-test: 20 DMA copies verified", 1, long);
+
+    let in_ns = |ns: usize, args: &[&str]| {
+        rig.command(ns, env!("CARGO_BIN_EXE_tether"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let key_args = |prefix: &str| {
+        vec![
+            "--key".to_string(),
+            format!("10={}", d.join(format!("{prefix}10.key")).display()),
+            "--key".to_string(),
+            format!("4093={}", d.join(format!("{prefix}4093.key")).display()),
+        ]
+    };
+    let with = |base: &[&str], extra: &[String]| -> Vec<String> {
+        base.iter()
+            .map(|s| s.to_string())
+            .chain(extra.iter().cloned())
+            .collect()
+    };
+    let stats = |sock: &str| -> serde_json::Value {
+        let out = in_ns(mgr, &["ctl", "stats", "--json", "-s", &cfg(&d.join(sock))]);
+        assert!(out.status.success());
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    // The manager with the keys hears both; the attacker, with none or the wrong
+    // ones, hears nothing and finds no device to move.
+    let mgr_keys = key_args("g");
+    let list = in_ns(
+        mgr,
+        &with(&["ctl", "list", "-i", "pkmgr", "--json"], &mgr_keys)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(list.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let box_entry = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["role"] == "iobox" && b["gid"] == 10)
+        .unwrap_or_else(|| panic!("the manager with the keys sees the box: {v}"))
+        .clone();
+    let box_mac: MacAddr = box_entry["mac"].as_str().unwrap().parse().unwrap();
+    for extra in [vec![], key_args("wrong")] {
+        let args = with(&["ctl", "list", "-i", "pkatk"], &extra);
+        let out = in_ns(atk, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("no bridge heard"),
+            "attacker {extra:?}: {text}"
+        );
+        let args = with(
+            &[
+                "ctl",
+                "set-group",
+                "-i",
+                "pkatk",
+                "0xb0c5/0",
+                "66",
+                "--timeout-ms",
+                "600",
+            ],
+            &extra,
+        );
+        let out = in_ns(atk, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no box announces 0xb0c5/0"), "{err}");
+    }
+
+    // Forged CTRL and INFO, with what an eavesdropper knows, untagged and under the
+    // wrong keys; and the sample conversation (untagged frames of group 10).
+    let box_before = stats("box.sock");
+    let a_before = stats("ha.sock");
+    let attacker_mac = {
+        let out = rig
+            .command(atk, "cat")
+            .arg("/sys/class/net/pkatk/address")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let wrong10 = fabric::keys::read_key_file(&d.join("wrong10.key")).unwrap();
+    let forged = forgeries(attacker_mac, box_mac, 0xb0c5, &wrong10);
+    let pcap = d.join("forged.pcap");
+    frames_to_pcap(&pcap, &forged);
+    write_pcap(&d.join("sample.pcap"), &wire::sample::frames());
+    for p in [&pcap, &d.join("sample.pcap")] {
+        let out = in_ns(
+            atk,
+            &[
+                "wire",
+                "replay",
+                "--pcap",
+                &cfg(p),
+                "-i",
+                "pkatk",
+                "--repeat",
+                "20",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let box_after = stats("box.sock");
+    let a_after = stats("ha.sock");
+    let grew = |before: &serde_json::Value, after: &serde_json::Value, c: &str| {
+        after["fabric"][c].as_u64().unwrap() - before["fabric"][c].as_u64().unwrap()
+    };
+    // The box got 2 CTRL x 20 untagged and 2 x 20 under the wrong key.
+    assert!(
+        grew(&box_before, &box_after, "auth_missing") >= 40,
+        "{box_after}"
+    );
+    assert!(
+        grew(&box_before, &box_after, "auth_bad") >= 40,
+        "{box_after}"
+    );
+    assert_eq!(grew(&box_before, &box_after, "ctrl_in"), 0, "{box_after}");
+    // The host got the fake INFO, both ways, and the sample's frames of group 10.
+    assert!(grew(&a_before, &a_after, "auth_missing") >= 20, "{a_after}");
+    assert!(grew(&a_before, &a_after, "auth_bad") >= 20, "{a_after}");
+    assert!(
+        grew(&a_before, &a_after, "infos_in") > 0,
+        "the box's INFO go on"
+    );
+    assert_eq!(a.count("hot-remove"), 0, "{}", a.text());
+    assert_eq!(a.count("hot-plug"), 1, "no fake device: {}", a.text());
+    assert_eq!(boxp.count("group change"), 0, "{}", boxp.text());
+
+    // The manager with the key moves the free device into the host's group.
+    let args = with(
+        &["ctl", "set-group", "-i", "pkmgr", "0xb0c5/1", "10"],
+        &mgr_keys,
+    );
+    let out = in_ns(mgr, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("from group 4093 to group 10"));
+    a.wait_for("hot-plug: group 10: slot 1", 1, long);
+    a.wait_for("self-test: 20 DMA copies verified", 2, long);
+
+    let a_out = a.stop();
+    boxp.stop();
+    assert!(!a_out.contains("failed"), "{a_out}");
+}
