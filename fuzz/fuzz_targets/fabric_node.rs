@@ -86,7 +86,7 @@ fn device(i: &mut Input) -> DeviceInfo {
     }
 }
 
-fn counters(s: &FabricStats) -> [u64; 18] {
+fn counters(s: &FabricStats) -> [u64; 22] {
     [
         s.frames_in,
         s.frames_out,
@@ -106,6 +106,10 @@ fn counters(s: &FabricStats) -> [u64; 18] {
         s.auth_missing,
         s.auth_bad,
         s.auth_unexpected,
+        s.replayed_infos,
+        s.replayed_ctrl,
+        s.ctrl_wrong_group,
+        s.stale_run_frames,
     ]
 }
 
@@ -327,6 +331,9 @@ fuzz_target!(|data: &[u8]| {
                     0 | 1 => {
                         let mut h = TetherHeader::new(FrameKind::Info);
                         h.epoch = i.u32();
+                        // A freshness counter near our clock, mostly rising.
+                        let c = now.wrapping_add(i.u8() as u64 * 1000).wrapping_sub(64_000);
+                        (h.seq, h.ack) = ((c >> 32) as u32, c as u32);
                         let info = InfoRepr {
                             role: pick_role(i.u8()),
                             flags: i.u16(),
@@ -344,6 +351,8 @@ fuzz_target!(|data: &[u8]| {
                     2 => {
                         let mut h = TetherHeader::new(FrameKind::Ctrl);
                         h.epoch = i.u32();
+                        let c = now.wrapping_add(i.u8() as u64 * 1000).wrapping_sub(64_000);
+                        (h.seq, h.ack) = ((c >> 32) as u32, c as u32);
                         let ctrl = CtrlRepr {
                             op: match i.u8() % 3 {
                                 0 => CtrlOp::SetGroup,

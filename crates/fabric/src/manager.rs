@@ -72,6 +72,10 @@ pub struct Manager {
     events: VecDeque<ManagerEvent>,
     stats: ManagerStats,
     keys: GroupKeys,
+    /// Wall clock = the caller's clock + this (see `NodeConfig::wall_offset_us`).
+    wall_offset_us: u64,
+    last_now: u64,
+    last_counter: u64,
 }
 
 impl Manager {
@@ -85,7 +89,17 @@ impl Manager {
             events: VecDeque::new(),
             stats: ManagerStats::default(),
             keys: GroupKeys::default(),
+            wall_offset_us: 0,
+            last_now: 0,
+            last_counter: 0,
         }
+    }
+
+    /// The wall clock is the caller's clock plus `offset` µs (CTRL frames carry a
+    /// counter from it, which boxes check: docs/wire-format.md, "Authentication").
+    pub fn with_wall_offset(mut self, offset: u64) -> Manager {
+        self.wall_offset_us = offset;
+        self
     }
 
     /// The keys of the groups that authenticate their frames.
@@ -118,6 +132,7 @@ impl Manager {
     /// Takes one frame from the port (`stripped_vlan`: a tag the port reported apart).
     pub fn handle_frame(&mut self, now: u64, bytes: &[u8], stripped_vlan: Option<wire::VlanTag>) {
         self.stats.frames_in += 1;
+        self.last_now = self.last_now.max(now);
         let Ok(frame) = Frame::parse(bytes, stripped_vlan) else {
             self.stats.bad_frames += 1;
             return;
@@ -191,9 +206,17 @@ impl Manager {
             return Err(FabricError::BadGroup(via_gid));
         }
         let ctrl = set_group_request(&mut self.next_request, box_id, slot, new_gid)?;
+        let wall = self.last_now.saturating_add(self.wall_offset_us);
+        self.last_counter = wall.max(self.last_counter.saturating_add(1));
         let key = self.keys.get(&via_gid);
         self.out.push_back(ctrl_frame(
-            self.mac, self.epoch, via_gid, box_mac, &ctrl, key,
+            self.mac,
+            self.epoch,
+            self.last_counter,
+            via_gid,
+            box_mac,
+            &ctrl,
+            key,
         ));
         self.stats.ctrl_out += 1;
         Ok(ctrl.request_id)

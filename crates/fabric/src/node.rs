@@ -66,6 +66,15 @@ pub struct NodeConfig {
     /// Keys of the groups that authenticate their frames (docs/wire-format.md,
     /// "Authentication"); a group not named here runs on a trusted segment.
     pub keys: GroupKeys,
+    /// Added to the caller's clock (`now`) to give the wall clock in µs since the
+    /// Unix epoch: the freshness counter of INFO and CTRL frames counts from it, so
+    /// that it keeps going up across restarts. 0: the caller's clock is the wall
+    /// clock (tests).
+    pub wall_offset_us: u64,
+    /// In a keyed group, a CTRL frame whose counter is further than this from our
+    /// wall clock (either way) is refused: a captured request cannot be replayed
+    /// after the box restarted, when it no longer remembers the last counter.
+    pub max_ctrl_age_us: u64,
 }
 
 /// The groups' frame keys, shared by the node and whoever sends on its behalf.
@@ -86,6 +95,8 @@ impl NodeConfig {
             max_payload: 256,
             max_read_request: 512,
             keys: GroupKeys::default(),
+            wall_offset_us: 0,
+            max_ctrl_age_us: 60_000_000,
         }
     }
 }
@@ -180,6 +191,18 @@ pub struct FabricStats {
     pub auth_bad: u64,
     /// Tagged frames of a group this bridge has no key for: dropped.
     pub auth_unexpected: u64,
+    /// INFO frames of a keyed group whose freshness counter is not above the last
+    /// one taken from that sender (replayed, or sent again): dropped.
+    pub replayed_infos: u64,
+    /// CTRL frames of a keyed group whose counter is not above the last one from
+    /// that sender, or too far from our clock (`max_ctrl_age_us`): dropped.
+    pub replayed_ctrl: u64,
+    /// SET_GROUP/RESET requests sent in another group than the device's: refused.
+    pub ctrl_wrong_group: u64,
+    /// Session frames of a keyed group whose epoch is neither the session's nor one
+    /// of the peer's current run (the boot epoch of its last fresh INFO): frames of
+    /// an earlier run, replayed, which would otherwise restart the session. Dropped.
+    pub stale_run_frames: u64,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -272,6 +295,50 @@ pub struct Node {
     next_tlp_from: Option<(u16, MacAddr)>,
     stats: FabricStats,
     buf: Vec<u8>,
+    /// The latest `now` the caller gave (for frames made between calls).
+    last_now: u64,
+    /// The freshness counter of our last INFO or CTRL frame.
+    last_counter: u64,
+    /// The last freshness counter taken from each sender of INFO, and of CTRL, in
+    /// keyed groups (only key holders add entries; bounded, see `remember`).
+    info_counters: BTreeMap<(u16, MacAddr), u64>,
+    ctrl_counters: BTreeMap<(u16, MacAddr), u64>,
+}
+
+/// The freshness counter an INFO or CTRL frame carries in its `seq` (high 32 bits)
+/// and `ack` (low 32 bits) fields: µs of the sender's wall clock, strictly rising.
+pub fn frame_counter(h: &TetherHeader) -> u64 {
+    (u64::from(h.seq) << 32) | u64::from(h.ack)
+}
+
+fn set_frame_counter(h: &mut TetherHeader, c: u64) {
+    h.seq = (c >> 32) as u32;
+    h.ack = c as u32;
+}
+
+/// Whether `counter` from `key` is above the last one remembered, remembering it if
+/// so. The map keeps at most `cap` senders: when full, those that are not `live`
+/// peers go first, then the one with the oldest counter.
+fn remember(
+    map: &mut BTreeMap<(u16, MacAddr), u64>,
+    key: (u16, MacAddr),
+    counter: u64,
+    cap: usize,
+    live: impl Fn(&(u16, MacAddr)) -> bool,
+) -> bool {
+    if map.get(&key).is_some_and(|&last| counter <= last) {
+        return false;
+    }
+    if !map.contains_key(&key) && map.len() >= cap {
+        map.retain(|k, _| live(k));
+        if map.len() >= cap {
+            if let Some(oldest) = map.iter().min_by_key(|(_, &c)| c).map(|(&k, _)| k) {
+                map.remove(&oldest);
+            }
+        }
+    }
+    map.insert(key, counter);
+    true
 }
 
 /// A SET_GROUP request for `slot` of bridge `target`, under the next request id
@@ -297,10 +364,11 @@ pub(crate) fn set_group_request(
     })
 }
 
-/// A CTRL frame from `src` to `dst` in group `gid`.
+/// A CTRL frame from `src` to `dst` in group `gid`, with freshness `counter`.
 pub(crate) fn ctrl_frame(
     src: MacAddr,
     epoch: u32,
+    counter: u64,
     gid: u16,
     dst: MacAddr,
     ctrl: &CtrlRepr,
@@ -314,6 +382,7 @@ pub(crate) fn ctrl_frame(
     };
     let mut h = TetherHeader::new(FrameKind::Ctrl);
     h.epoch = epoch;
+    set_frame_counter(&mut h, counter);
     let mut buf = vec![0u8; 256];
     let n = emit_ctrl(&mut buf, &eth, &h, ctrl, key).expect("a CTRL frame fits its own size");
     buf.truncate(n);
@@ -352,11 +421,33 @@ impl Node {
             events: VecDeque::new(),
             next_tlp_from: None,
             stats: FabricStats::default(),
+            last_now: 0,
+            last_counter: 0,
+            info_counters: BTreeMap::new(),
+            ctrl_counters: BTreeMap::new(),
         })
+    }
+
+    /// The next freshness counter: our wall clock in µs, and above the last one.
+    fn next_counter(&mut self) -> u64 {
+        let wall = self.last_now.saturating_add(self.cfg.wall_offset_us);
+        self.last_counter = wall.max(self.last_counter.saturating_add(1));
+        self.last_counter
+    }
+
+    /// How many senders' counters are remembered per kind.
+    fn counter_cap(&self) -> usize {
+        self.cfg.max_peers.saturating_mul(2).max(16)
     }
 
     pub fn config(&self) -> &NodeConfig {
         &self.cfg
+    }
+
+    /// Sets [`NodeConfig::wall_offset_us`]: the wall clock is the caller's clock plus
+    /// `offset` µs.
+    pub fn set_wall_offset(&mut self, offset: u64) {
+        self.cfg.wall_offset_us = offset;
     }
 
     pub fn stats(&self) -> FabricStats {
@@ -465,10 +556,12 @@ impl Node {
     }
 
     fn push_ctrl(&mut self, gid: u16, dst: MacAddr, ctrl: &CtrlRepr) {
+        let counter = self.next_counter();
         let key = self.cfg.keys.get(&gid);
         self.out.push_back(ctrl_frame(
             self.cfg.mac,
             self.cfg.epoch,
+            counter,
             gid,
             dst,
             ctrl,
@@ -565,6 +658,7 @@ impl Node {
     }
 
     pub fn handle_timeout(&mut self, now: u64) {
+        self.last_now = self.last_now.max(now);
         if now >= self.next_info {
             self.announce();
             self.next_info = now.saturating_add(self.cfg.info_interval_us);
@@ -628,6 +722,8 @@ impl Node {
         };
         let mut h = TetherHeader::new(FrameKind::Info);
         h.epoch = self.cfg.epoch;
+        let counter = self.next_counter();
+        set_frame_counter(&mut h, counter);
         let key = self.cfg.keys.get(&gid);
         if let Ok(n) = emit_info(&mut self.buf, &eth, &h, &info, &devices, key) {
             self.out.push_back(self.buf[..n].to_vec());
@@ -690,6 +786,7 @@ impl Node {
     /// `Err(length)` when it does not fit and was dropped (a session frame is sent
     /// again by the session's retransmission).
     pub fn poll_transmit_into(&mut self, now: u64, buf: &mut [u8]) -> Option<Result<usize, usize>> {
+        self.last_now = self.last_now.max(now);
         if let Some(f) = self.out.pop_front() {
             let Some(dst) = buf.get_mut(..f.len()) else {
                 return Some(Err(f.len()));
@@ -736,6 +833,7 @@ impl Node {
         stripped_vlan: Option<VlanTag>,
     ) {
         self.stats.frames_in += 1;
+        self.last_now = self.last_now.max(now);
         let frame = match Frame::parse(bytes, stripped_vlan) {
             Ok(f) => f,
             Err(_) => {
@@ -775,10 +873,22 @@ impl Node {
             FrameKind::Info => self.info(now, gid, src, &frame),
             FrameKind::Ctrl => self.ctrl(gid, src, &frame),
             _ => {
+                let keyed = self.cfg.keys.contains_key(&gid);
                 let Some(p) = self.peers.get_mut(&(gid, src)) else {
                     self.stats.unknown_peer += 1;
                     return;
                 };
+                // In a keyed group a new session epoch must belong to the run the
+                // peer's last fresh INFO announced: INFO cannot be replayed, session
+                // frames can.
+                let epoch = frame.header.epoch;
+                if keyed
+                    && epoch != p.session.peer_epoch()
+                    && !efe::epoch_of_run(p.boot_epoch, epoch)
+                {
+                    self.stats.stale_run_frames += 1;
+                    return;
+                }
                 match p
                     .session
                     .handle_frame_since(now, since, &frame.header, frame.payload)
@@ -796,6 +906,21 @@ impl Node {
             self.stats.bad_frames += 1;
             return;
         };
+        if self.cfg.keys.contains_key(&gid) {
+            let peers = &self.peers;
+            let cap = self.counter_cap();
+            let fresh = remember(
+                &mut self.info_counters,
+                (gid, src),
+                frame_counter(&frame.header),
+                cap,
+                |k| peers.contains_key(k),
+            );
+            if !fresh {
+                self.stats.replayed_infos += 1;
+                return;
+            }
+        }
         self.stats.infos_in += 1;
         // One device per slot: a list naming a slot again keeps its first entry.
         let mut devices: Vec<DeviceInfo> = Vec::with_capacity(info.device_count());
@@ -890,6 +1015,21 @@ impl Node {
             self.stats.bad_frames += 1;
             return;
         };
+        if self.cfg.keys.contains_key(&gid) {
+            let counter = frame_counter(&frame.header);
+            let wall = self.last_now.saturating_add(self.cfg.wall_offset_us);
+            let too_far = counter.abs_diff(wall) > self.cfg.max_ctrl_age_us;
+            let peers = &self.peers;
+            let cap = self.counter_cap();
+            if too_far
+                || !remember(&mut self.ctrl_counters, (gid, src), counter, cap, |k| {
+                    peers.contains_key(k)
+                })
+            {
+                self.stats.replayed_ctrl += 1;
+                return;
+            }
+        }
         self.stats.ctrl_in += 1;
         match c.op {
             CtrlOp::Result => self.events.push_back(FabricEvent::CtrlResult {
@@ -904,6 +1044,12 @@ impl Node {
                     // Already there (a manager retrying a request whose answer was
                     // lost): nothing changes hands, nothing is reset.
                     Some(d) if d.gid == c.gid => CtrlStatus::Ok,
+                    // In a keyed group only a request in the device's own group moves
+                    // it: a holder of another group's key has no say over it.
+                    Some(d) if d.gid != gid && self.cfg.keys.contains_key(&d.gid) => {
+                        self.stats.ctrl_wrong_group += 1;
+                        CtrlStatus::Refused
+                    }
                     Some(d) => {
                         let from = d.gid;
                         d.gid = c.gid;

@@ -71,6 +71,13 @@ pub fn node_for(port: &dyn Port, role: BridgeRole, s: &NodeSettings) -> Result<N
     Node::new(n)
 }
 
+/// The wall clock in µs since the Unix epoch (0 if the clock is before it).
+pub fn wall_clock_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// Frames a node received and dropped without acting on them.
 fn ignored(s: &crate::FabricStats) -> u64 {
     s.other_group
@@ -114,7 +121,10 @@ pub const TIMER_FLOOR: Duration = Duration::from_micros(50);
 impl FabricPort {
     /// A node on its port with the default [`IdlePolicy`] (busy-poll for 2 ms after
     /// the last activity, never yield).
-    pub fn new(node: Node, port: Box<dyn Port>) -> FabricPort {
+    pub fn new(mut node: Node, port: Box<dyn Port>) -> FabricPort {
+        // The port's clock starts at 0 now: the node's wall clock is that plus the
+        // time since the Unix epoch.
+        node.set_wall_offset(wall_clock_us());
         FabricPort {
             node,
             port,

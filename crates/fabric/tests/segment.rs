@@ -830,3 +830,177 @@ fn forged_ctrl_and_tlps_change_nothing_in_a_keyed_group() {
     assert_eq!(s.nodes[BOX].device_group(1), Some(10));
     assert!(added(&s.take(HOST_A)).contains(&(10, 1)));
 }
+
+#[test]
+fn replayed_info_and_ctrl_change_nothing_in_a_keyed_group() {
+    let mut s = keyed_segment();
+    s.run(300_000);
+    s.take(HOST_A);
+    s.take(BOX);
+    // An INFO of the box, captured now, sent again later: refused as a replay.
+    s.now += 100_000;
+    s.nodes[BOX].handle_timeout(s.now);
+    let info = std::iter::from_fn(|| s.nodes[BOX].poll_transmit(s.now))
+        .find(|f| {
+            Frame::parse(f, None)
+                .is_ok_and(|f| f.header.kind == FrameKind::Info && f.gid() == Some(10))
+        })
+        .expect("the box announces itself in group 10");
+    s.nodes[HOST_A].handle_frame(s.now, &info, None);
+    s.run(300_000);
+    let before = s.nodes[HOST_A].stats();
+    s.nodes[HOST_A].handle_frame(s.now, &info, None);
+    assert_eq!(
+        s.nodes[HOST_A].stats().replayed_infos,
+        before.replayed_infos + 1
+    );
+    assert_eq!(s.nodes[HOST_A].stats().infos_in, before.infos_in);
+
+    // The box restarts (a new boot epoch): its new run is seen as a restart; the old
+    // run's INFO, replayed after that, is refused and restarts nothing.
+    s.take(HOST_A);
+    let mut c = NodeConfig::new(mac(3), BridgeRole::IoBox, 103, 0x7777_0000);
+    c.keys = keys(&[(10, 0x10), (4093, 0x93)]);
+    let mut reborn = Node::new(c).unwrap();
+    reborn.add_device(device(0, 10)).unwrap();
+    reborn.add_device(device(1, 4093)).unwrap();
+    s.nodes[BOX] = reborn;
+    s.run(300_000);
+    let restarts = |ev: &[FabricEvent]| {
+        ev.iter()
+            .filter(|e| matches!(e, FabricEvent::PeerRestarted { .. }))
+            .count()
+    };
+    assert_eq!(restarts(&s.take(HOST_A)), 1, "the real restart is seen");
+    let before = s.nodes[HOST_A].stats();
+    for _ in 0..3 {
+        s.nodes[HOST_A].handle_frame(s.now, &info, None);
+    }
+    s.run(100_000);
+    let ev = s.take(HOST_A);
+    assert_eq!(restarts(&ev), 0, "{ev:?}");
+    assert!(removed(&ev).is_empty(), "{ev:?}");
+    assert_eq!(
+        s.nodes[HOST_A].stats().replayed_infos,
+        before.replayed_infos + 3
+    );
+
+    // The manager moves the free device into group 10 (request captured on the way),
+    // then back: the captured request, replayed, does not move it again.
+    s.nodes[MANAGER]
+        .set_group(4093, mac(3), 103, 1, 10)
+        .unwrap();
+    let to_10 = s.nodes[MANAGER].poll_transmit(s.now).unwrap();
+    s.nodes[BOX].handle_frame(s.now, &to_10, None);
+    s.run(300_000);
+    assert_eq!(s.nodes[BOX].device_group(1), Some(10));
+    s.nodes[MANAGER]
+        .set_group(10, mac(3), 103, 1, 4093)
+        .unwrap();
+    s.run(300_000);
+    assert_eq!(s.nodes[BOX].device_group(1), Some(4093));
+    let before = s.nodes[BOX].stats();
+    s.nodes[BOX].handle_frame(s.now, &to_10, None);
+    s.run(10_000);
+    assert_eq!(
+        s.nodes[BOX].device_group(1),
+        Some(4093),
+        "the replay moved it"
+    );
+    assert_eq!(s.nodes[BOX].stats().replayed_ctrl, before.replayed_ctrl + 1);
+
+    // A request held back for longer than max_ctrl_age_us is refused even by a box
+    // that never saw it (one that restarted since, say).
+    s.nodes[MANAGER]
+        .set_group(4093, mac(3), 103, 1, 10)
+        .unwrap();
+    let late = s.nodes[MANAGER].poll_transmit(s.now).unwrap();
+    s.run(61_000_000);
+    let before = s.nodes[BOX].stats();
+    s.nodes[BOX].handle_frame(s.now, &late, None);
+    assert_eq!(s.nodes[BOX].stats().replayed_ctrl, before.replayed_ctrl + 1);
+    assert_eq!(s.nodes[BOX].device_group(1), Some(4093));
+
+    // In a keyed group a request is taken only in the device's own group: the
+    // manager (holding the key of 4093) cannot move slot 0 (group 10) from there.
+    let before = s.nodes[BOX].stats();
+    let req = s.nodes[MANAGER]
+        .set_group(4093, mac(3), 103, 0, 20)
+        .unwrap();
+    s.run(10_000);
+    assert_eq!(s.nodes[BOX].device_group(0), Some(10));
+    assert_eq!(
+        s.nodes[BOX].stats().ctrl_wrong_group,
+        before.ctrl_wrong_group + 1
+    );
+    assert!(s.take(MANAGER).contains(&FabricEvent::CtrlResult {
+        from: mac(3),
+        request_id: req,
+        status: CtrlStatus::Refused
+    }));
+}
+
+#[test]
+fn a_session_frame_of_an_earlier_run_restarts_nothing_in_a_keyed_group() {
+    let mut s = keyed_segment();
+    s.run(300_000);
+    // A DATA frame of the box's first run, recorded on its way to host A.
+    s.nodes[BOX].send_tlp(10, mac(1), b"old run").unwrap();
+    let old = std::iter::from_fn(|| s.nodes[BOX].poll_transmit(s.now))
+        .find(|f| Frame::parse(f, None).is_ok_and(|f| f.header.kind == FrameKind::Data))
+        .expect("the box sends the TLP");
+    s.nodes[HOST_A].handle_frame(s.now, &old, None);
+    s.run(100_000);
+    // The box restarts five times (more runs than a session remembers epochs of: the
+    // first run's epoch is no longer refused as one of the peer's last four).
+    for run in 1..=5u32 {
+        let mut c = NodeConfig::new(
+            mac(3),
+            BridgeRole::IoBox,
+            103,
+            run.wrapping_mul(0x3000_0000),
+        );
+        c.keys = keys(&[(10, 0x10), (4093, 0x93)]);
+        let mut reborn = Node::new(c).unwrap();
+        reborn.add_device(device(0, 10)).unwrap();
+        reborn.add_device(device(1, 4093)).unwrap();
+        s.nodes[BOX] = reborn;
+        s.run(300_000);
+        // Traffic in each run, so that the host's session follows each run's epoch.
+        s.nodes[BOX].send_tlp(10, mac(1), b"a run").unwrap();
+        s.run(20_000);
+    }
+    s.nodes[HOST_A]
+        .send_tlp(10, mac(3), b"to the current run")
+        .unwrap();
+    s.run(50_000);
+    assert!(s.take(BOX).contains(&FabricEvent::Tlp {
+        gid: 10,
+        peer: mac(1),
+        tlp: b"to the current run".to_vec()
+    }));
+    s.take(HOST_A);
+    let before = s.nodes[HOST_A].stats();
+    s.nodes[HOST_A].handle_frame(s.now, &old, None);
+    s.run(50_000);
+    let ev = s.take(HOST_A);
+    assert!(
+        !ev.iter().any(|e| matches!(
+            e,
+            FabricEvent::PeerRestarted { .. } | FabricEvent::Tlp { .. }
+        )),
+        "{ev:?}"
+    );
+    assert_eq!(
+        s.nodes[HOST_A].stats().stale_run_frames,
+        before.stale_run_frames + 1
+    );
+    // The session goes on.
+    s.nodes[BOX].send_tlp(10, mac(1), b"still here").unwrap();
+    s.run(50_000);
+    assert!(s.take(HOST_A).contains(&FabricEvent::Tlp {
+        gid: 10,
+        peer: mac(3),
+        tlp: b"still here".to_vec()
+    }));
+}

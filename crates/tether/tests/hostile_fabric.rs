@@ -102,6 +102,17 @@ fn forgeries(
     out
 }
 
+/// The frames of a pcap file.
+fn wire_frames(path: &Path) -> Vec<Vec<u8>> {
+    let file = std::fs::File::open(path).unwrap();
+    let mut r = pcap_file::pcap::PcapReader::new(file).unwrap();
+    let mut out = Vec::new();
+    while let Some(p) = r.next_packet() {
+        out.push(p.unwrap().data.into_owned());
+    }
+    out
+}
+
 fn frames_to_pcap(path: &Path, frames: &[Vec<u8>]) {
     let samples: Vec<wire::sample::SampleFrame> = frames
         .iter()
@@ -136,6 +147,21 @@ fn a_keyed_fabric_takes_nothing_from_a_stranger_on_its_segment() {
     }
     rig.bridge(sw, "br0", &["swbox", "swha", "swmgr", "swatk"])
         .unwrap();
+    // A hub: with learning off the Linux bridge floods every frame to every port, so
+    // the attacker sees unicast CTRL too (a switch's mirror port, or a flooded MAC
+    // table).
+    for port in ["swbox", "swha", "swmgr", "swatk"] {
+        run_ok(rig.command(sw, "ip").args([
+            "link",
+            "set",
+            "dev",
+            port,
+            "type",
+            "bridge_slave",
+            "learning",
+            "off",
+        ]));
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -307,20 +333,91 @@ fn a_keyed_fabric_takes_nothing_from_a_stranger_on_its_segment() {
     assert_eq!(a.count("hot-plug"), 1, "no fake device: {}", a.text());
     assert_eq!(boxp.count("group change"), 0, "{}", boxp.text());
 
-    // The manager with the key moves the free device into the host's group.
-    let args = with(
-        &["ctl", "set-group", "-i", "pkmgr", "0xb0c5/1", "10"],
-        &mgr_keys,
+    // The manager with the key moves the free device into the host's group, while
+    // the attacker records everything; then back to the free group.
+    let sniffed = d.join("sniffed.pcap");
+    let mut sniffer = Proc::spawn(
+        &rig,
+        atk,
+        "capture",
+        &["capture", "-i", "pkatk", "-w", &cfg(&sniffed), "-d", "30"],
     );
-    let out = in_ns(mgr, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    std::thread::sleep(Duration::from_millis(300));
+    let set_group = |slot_gid: &[&str]| {
+        let args = with(
+            &[&["ctl", "set-group", "-i", "pkmgr"], slot_gid].concat(),
+            &mgr_keys,
+        );
+        let out = in_ns(mgr, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(set_group(&["0xb0c5/1", "10"]).contains("from group 4093 to group 10"));
+    a.wait_for("hot-plug: group 10: slot 1", 1, long);
+    a.wait_for("self-test: 20 DMA copies verified", 2, long);
+    // SIGTERM: capture writes what it has and stops.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(sniffer.child.id() as i32, libc::SIGTERM) };
+    assert!(
+        sniffer.child.wait().unwrap().success(),
+        "{}",
+        sniffer.text()
+    );
+    assert!(set_group(&["0xb0c5/1", "4093"]).contains("from group 10 to group 4093"));
+    a.wait_for("hot-remove: group 10: slot 1", 1, long);
+
+    // The attacker replays all it recorded (the manager's SET_GROUP among it, and
+    // every bridge's INFO): the device stays free, the host's device list stays.
+    let frames = wire_frames(&sniffed);
+    let ctrl_sniffed = frames
+        .iter()
+        .filter(|f| wire::Frame::parse(f, None).is_ok_and(|f| f.header.kind == FrameKind::Ctrl))
+        .count();
+    assert!(
+        ctrl_sniffed >= 1,
+        "the SET_GROUP was recorded ({} frames)",
+        frames.len()
+    );
+    let box_before = stats("box.sock");
+    let out = in_ns(
+        atk,
+        &[
+            "wire",
+            "replay",
+            "--pcap",
+            &cfg(&sniffed),
+            "-i",
+            "pkatk",
+            "--repeat",
+            "3",
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("from group 4093 to group 10"));
-    a.wait_for("hot-plug: group 10: slot 1", 1, long);
-    a.wait_for("self-test: 20 DMA copies verified", 2, long);
+    std::thread::sleep(Duration::from_millis(500));
+    let box_after = stats("box.sock");
+    assert!(
+        grew(&box_before, &box_after, "replayed_ctrl") >= 1,
+        "{box_after}"
+    );
+    assert!(
+        grew(&box_before, &box_after, "replayed_infos") >= 1,
+        "{box_after}"
+    );
+    assert_eq!(
+        boxp.count("moved from group 4093 to group 10"),
+        1,
+        "{}",
+        boxp.text()
+    );
+    assert_eq!(a.count("hot-plug: group 10: slot 1"), 1, "{}", a.text());
 
     let a_out = a.stop();
     boxp.stop();

@@ -132,7 +132,10 @@ impl Station {
         let pool = Mempool::new(1024, 2048)?;
         let port = AfPacketPort::open(interface, &pool, RingConfig::low_latency())
             .with_context(|| format!("opening {interface}"))?;
-        let m = Manager::new(MacAddr(port.info().mac), fabric::fresh_epoch()).with_keys(keys);
+        // Its clock starts at 0 now (`start`).
+        let m = Manager::new(MacAddr(port.info().mac), fabric::fresh_epoch())
+            .with_keys(keys)
+            .with_wall_offset(fabric::port::wall_clock_us());
         Ok(Station {
             port,
             m,
