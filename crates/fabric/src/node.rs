@@ -53,6 +53,13 @@ pub struct NodeConfig {
     /// the INFO of a new one beyond that is dropped (`FabricStats::peers_refused`),
     /// since anyone on the segment can send INFO from any address.
     pub max_peers: usize,
+    /// Most peers in one group: a new one beyond that is refused (`peers_refused`),
+    /// so that strangers filling one group leave the others alone.
+    pub max_peers_per_group: usize,
+    /// INFO frames from senders that are not peers taken per second at most (a
+    /// burst of as many): the rest are dropped (`infos_limited`) before anything is
+    /// made for them. Peers' INFO is never limited.
+    pub stranger_infos_per_s: u32,
     /// Session settings (its MTU is set from `mtu`).
     pub session: efe::Config,
     /// Boot epoch of this run of the bridge: non-zero, and random per run (tether
@@ -90,6 +97,8 @@ impl NodeConfig {
             info_interval_us: 100_000,
             missed_infos: 3,
             max_peers: 1024,
+            max_peers_per_group: 64,
+            stranger_infos_per_s: 100,
             session: efe::Config::default(),
             epoch: epoch.max(1),
             max_payload: 256,
@@ -180,8 +189,11 @@ pub struct FabricStats {
     pub ctrl_in: u64,
     pub peers_up: u64,
     pub peers_down: u64,
-    /// INFO of new peers dropped because `max_peers` were known already.
+    /// INFO of new peers dropped because `max_peers` (or `max_peers_per_group` in
+    /// its group) were known already.
     pub peers_refused: u64,
+    /// INFO from senders that are not peers, dropped over `stranger_infos_per_s`.
+    pub infos_limited: u64,
     /// INFO device entries dropped for naming a slot listed before in the same INFO.
     pub duplicate_devices: u64,
     /// Frames of a keyed group without a tag: dropped before anything else.
@@ -303,6 +315,12 @@ pub struct Node {
     /// keyed groups (only key holders add entries; bounded, see `remember`).
     info_counters: BTreeMap<(u16, MacAddr), u64>,
     ctrl_counters: BTreeMap<(u16, MacAddr), u64>,
+    /// Strangers' INFO the bucket still takes, and when it was last filled.
+    stranger_tokens: u64,
+    tokens_at: u64,
+    /// Per group, when we may next answer a newcomer's INFO at once (our answer is
+    /// a broadcast: one serves every newcomer of the moment).
+    answer_after: BTreeMap<u16, u64>,
 }
 
 /// The freshness counter an INFO or CTRL frame carries in its `seq` (high 32 bits)
@@ -425,7 +443,31 @@ impl Node {
             last_counter: 0,
             info_counters: BTreeMap::new(),
             ctrl_counters: BTreeMap::new(),
+            stranger_tokens: u64::MAX,
+            tokens_at: 0,
+            answer_after: BTreeMap::new(),
         })
+    }
+
+    /// Takes one token of the strangers' INFO bucket (`stranger_infos_per_s`, a burst
+    /// of as many), if there is one.
+    fn stranger_token(&mut self, now: u64) -> bool {
+        let rate = u64::from(self.cfg.stranger_infos_per_s.max(1));
+        if self.stranger_tokens == u64::MAX {
+            // The first call: a full bucket.
+            self.stranger_tokens = rate;
+            self.tokens_at = now;
+        }
+        let earned = now.saturating_sub(self.tokens_at).saturating_mul(rate) / 1_000_000;
+        if earned > 0 {
+            self.stranger_tokens = self.stranger_tokens.saturating_add(earned).min(rate);
+            self.tokens_at = now;
+        }
+        if self.stranger_tokens == 0 {
+            return false;
+        }
+        self.stranger_tokens -= 1;
+        true
     }
 
     /// The next freshness counter: our wall clock in µs, and above the last one.
@@ -906,6 +948,10 @@ impl Node {
             self.stats.bad_frames += 1;
             return;
         };
+        if !self.peers.contains_key(&(gid, src)) && !self.stranger_token(now) {
+            self.stats.infos_limited += 1;
+            return;
+        }
         if self.cfg.keys.contains_key(&gid) {
             let peers = &self.peers;
             let cap = self.counter_cap();
@@ -953,7 +999,11 @@ impl Node {
                 }
             }
         } else {
-            if self.peers.len() >= self.cfg.max_peers {
+            let in_group = self
+                .peers
+                .range((gid, MacAddr([0; 6]))..=(gid, MacAddr([0xff; 6])))
+                .count();
+            if self.peers.len() >= self.cfg.max_peers || in_group >= self.cfg.max_peers_per_group {
                 self.stats.peers_refused += 1;
                 return;
             }
@@ -982,8 +1032,14 @@ impl Node {
             });
             // Answer a newcomer at once, so that it knows us (and has a session with
             // us) within one round trip rather than one INFO interval: its first TLPs
-            // would otherwise come from a peer we do not know yet.
-            self.announce_in(gid);
+            // would otherwise come from a peer we do not know yet. At most once per
+            // tenth of an interval per group: the answer is a broadcast, and a flood
+            // of newcomers must not become a flood of answers.
+            if now >= self.answer_after.get(&gid).copied().unwrap_or(0) {
+                self.announce_in(gid);
+                let gap = (self.cfg.info_interval_us / 10).max(1);
+                self.answer_after.insert(gid, now.saturating_add(gap));
+            }
         }
         let p = self.peers.get_mut(&key).expect("present");
         p.last_heard = now;

@@ -30,6 +30,8 @@ pub struct NodeSettings {
     pub target_delay_us: u32,
     /// The keys of the groups that authenticate their frames.
     pub keys: crate::GroupKeys,
+    /// Most peers in one group (`NodeConfig::max_peers_per_group`).
+    pub max_peers_per_group: usize,
 }
 
 impl Default for NodeSettings {
@@ -42,6 +44,7 @@ impl Default for NodeSettings {
             rto_min_us: 1000,
             target_delay_us: 50,
             keys: crate::GroupKeys::default(),
+            max_peers_per_group: 64,
         }
     }
 }
@@ -61,6 +64,7 @@ pub fn node_for(port: &dyn Port, role: BridgeRole, s: &NodeSettings) -> Result<N
     n.info_interval_us = s.info_interval_ms * 1000;
     n.missed_infos = s.missed_infos;
     n.keys = s.keys.clone();
+    n.max_peers_per_group = s.max_peers_per_group;
     n.session.rto_min_us = s.rto_min_us;
     n.session.rate.target_queueing_us = s.target_delay_us;
     n.session.rto_initial_us = n.session.rto_initial_us.max(2 * s.rto_min_us);
@@ -87,6 +91,10 @@ fn ignored(s: &crate::FabricStats) -> u64 {
         + s.auth_missing
         + s.auth_bad
         + s.auth_unexpected
+        + s.replayed_infos
+        + s.replayed_ctrl
+        + s.stale_run_frames
+        + s.infos_limited
 }
 
 /// A node and its port, on one clock.

@@ -55,23 +55,66 @@ fn mac(i: u32) -> MacAddr {
 #[test]
 fn infos_from_many_addresses_make_a_bounded_number_of_peers() {
     let mut n = host();
+    let mut answers = 0;
     for i in 0..5000 {
         n.handle_frame(1, &info(mac(i), 1, &[]), None);
-        while n.poll_transmit(1).is_some() {}
+        answers += std::iter::from_fn(|| n.poll_transmit(1)).count();
         while n.poll_event().is_some() {}
     }
+    // A burst of strangers' INFO is taken (100), the rest dropped unread; of those
+    // taken, a group holds 64 peers.
+    let cfg = n.config().clone();
     let peers = n.peers().count();
-    assert!(
-        peers <= 1024,
-        "{peers} peers from one segment's forged INFOs"
-    );
-    assert_eq!(peers, n.config().max_peers);
-    assert_eq!(n.stats().peers_refused, 5000 - peers as u64);
-    // Silent ones time out and make room.
-    let later = 1 + n.config().info_interval_us * n.config().missed_infos as u64;
+    assert_eq!(peers, cfg.max_peers_per_group);
+    let taken = u64::from(cfg.stranger_infos_per_s);
+    assert_eq!(n.stats().infos_limited, 5000 - taken);
+    assert_eq!(n.stats().peers_refused, taken - peers as u64);
+    // No answer storm: our own first INFO and one answer to the newcomers.
+    assert!(answers <= 2, "{answers} frames sent for 5000 strangers");
+    // Silent ones time out and make room; the bucket has filled again meanwhile.
+    let later = 1 + cfg.info_interval_us * cfg.missed_infos as u64;
     n.handle_timeout(later);
     n.handle_frame(later, &info(mac(9999), 1, &[]), None);
     assert_eq!(n.peers().count(), 1);
+}
+
+#[test]
+fn peers_are_capped_in_all_and_per_group_and_strangers_by_rate() {
+    let mut c = NodeConfig::new(OURS, BridgeRole::Host, 1, 7);
+    c.max_peers = 100;
+    c.max_peers_per_group = 40;
+    c.stranger_infos_per_s = 1000;
+    c.info_interval_us = 10_000_000;
+    let mut n = Node::new(c).unwrap();
+    for g in 1..=4 {
+        n.join(g).unwrap();
+    }
+    // 4 groups x 60 strangers, 60 per second of the caller's clock: no INFO is
+    // limited, every group fills to 40, and all together stop at 100.
+    let mut now = 1;
+    for i in 0..240u32 {
+        let g = 1 + (i % 4) as u16;
+        n.handle_frame(now, &info(mac(i), g, &[]), None);
+        while n.poll_transmit(now).is_some() {}
+        while n.poll_event().is_some() {}
+        now += 1_000_000 / 60;
+    }
+    assert_eq!(n.stats().infos_limited, 0);
+    assert_eq!(n.peers().count(), 100);
+    for g in 1..=4u16 {
+        assert!(n.peers().filter(|p| p.0 == g).count() <= 40);
+    }
+    assert_eq!(n.stats().peers_refused, 140);
+    // Known peers are never limited: 10 000 INFO from them at one instant are all
+    // taken.
+    let known: Vec<(u16, MacAddr)> = n.peers().map(|p| (p.0, p.1)).collect();
+    let before = n.stats();
+    for k in 0..10_000 {
+        let (g, m) = known[k % known.len()];
+        n.handle_frame(now, &info(m, g, &[]), None);
+    }
+    assert_eq!(n.stats().infos_limited, before.infos_limited);
+    assert_eq!(n.stats().infos_in, before.infos_in + 10_000);
 }
 
 /// A ready device in `slot`, in group 1.

@@ -64,6 +64,9 @@ pub struct BridgeSettings {
     /// authenticated (docs/wire-format.md, "Authentication"). Relative paths are from
     /// the configuration file's directory.
     pub keys: BTreeMap<String, PathBuf>,
+    /// Most peers (bridges) in one group: INFO from more is refused, so that a flood
+    /// of strangers cannot fill the bridge.
+    pub max_peers_per_group: usize,
     /// The keys read from those files (when the configuration is loaded).
     #[serde(skip)]
     pub group_keys: fabric::GroupKeys,
@@ -80,6 +83,7 @@ impl BridgeSettings {
             rto_min_us: self.rto_min_us,
             target_delay_us: self.target_delay_us,
             keys: self.group_keys.clone(),
+            max_peers_per_group: self.max_peers_per_group,
         }
     }
 }
@@ -97,6 +101,7 @@ impl Default for BridgeSettings {
             rto_min_us: 1000,
             target_delay_us: 50,
             keys: BTreeMap::new(),
+            max_peers_per_group: 64,
             group_keys: fabric::GroupKeys::default(),
         }
     }
@@ -315,6 +320,12 @@ fn check_bridge(path: &Path, b: &mut BridgeSettings) -> Result<(), ConfigError> 
         return Err(invalid(
             path,
             "bridge.target_delay_us must be 1..=1000000".into(),
+        ));
+    }
+    if !(1..=1024).contains(&b.max_peers_per_group) {
+        return Err(invalid(
+            path,
+            "bridge.max_peers_per_group must be 1..=1024".into(),
         ));
     }
     if b.max_tlps_per_frame == Some(0) {

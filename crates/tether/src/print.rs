@@ -1,6 +1,8 @@
 //! What the bridge programs print: the lspci-style description of a device, a line
 //! per fabric event, and a node's sessions as JSON.
 
+use std::time::{Duration, Instant};
+
 use fabric::Node;
 use wire::BridgeRole;
 
@@ -46,6 +48,96 @@ pub fn lspci_line(d: &rootcomplex::DeviceInfo) -> String {
         );
     }
     s + &format!("\n        interrupts: {:?}", d.irq)
+}
+
+/// How long one window of the fabric log is: at most [`LINES_PER_WINDOW`] event lines
+/// in it, and one line at its end that counts what was left out and what the fabric
+/// refused.
+pub const LOG_WINDOW: Duration = Duration::from_secs(10);
+/// Event lines per window; the rest are counted.
+pub const LINES_PER_WINDOW: u32 = 100;
+
+/// The fabric's log: event lines, but not one per stranger on the segment. A flood
+/// of fake bridges (peer up, peer down, hot-plug of devices that do not answer) and
+/// of refused frames gives a few lines per [`LOG_WINDOW`] with counts.
+#[derive(Default)]
+pub struct FabricLog {
+    window_start: Option<Instant>,
+    lines: u32,
+    left_out: u64,
+    /// The refusal counters at the last summary.
+    refused: [u64; REFUSALS.len()],
+}
+
+/// A counter of the fabric's, as the summary names it.
+type Counter = (&'static str, fn(&fabric::FabricStats) -> u64);
+
+/// The fabric's refusal counters, as the summary names them.
+const REFUSALS: [Counter; 10] = [
+    ("INFO from strangers over the rate limit", |s| {
+        s.infos_limited
+    }),
+    ("new peers over the cap", |s| s.peers_refused),
+    ("frames without a tag", |s| s.auth_missing),
+    ("frames with a bad tag", |s| s.auth_bad),
+    ("tagged frames of an unkeyed group", |s| s.auth_unexpected),
+    ("replayed INFO", |s| s.replayed_infos),
+    ("replayed or stale CTRL", |s| s.replayed_ctrl),
+    ("CTRL from another group", |s| s.ctrl_wrong_group),
+    ("session frames of an earlier run", |s| s.stale_run_frames),
+    ("frames that failed the check", |s| s.bad_frames),
+];
+
+impl FabricLog {
+    /// The line for `e` at `now`, unless this window has had its lines (then it is
+    /// counted for the summary).
+    pub fn event(&mut self, now: Instant, e: &fabric::FabricEvent) -> Option<String> {
+        let line = describe(e)?;
+        let start = *self.window_start.get_or_insert(now);
+        if now.duration_since(start) >= LOG_WINDOW {
+            // A new window (the summary of the old one is `summary`'s to print).
+            self.window_start = Some(now);
+            self.lines = 0;
+        }
+        if self.lines >= LINES_PER_WINDOW {
+            self.left_out += 1;
+            return None;
+        }
+        self.lines += 1;
+        Some(line)
+    }
+
+    /// Once a window has passed: one line with the event lines left out and what the
+    /// fabric refused since the last summary; `None` when there is nothing to say or
+    /// the window is not over.
+    pub fn summary(&mut self, now: Instant, s: &fabric::FabricStats) -> Option<String> {
+        let start = *self.window_start.get_or_insert(now);
+        if now.duration_since(start) < LOG_WINDOW {
+            return None;
+        }
+        self.window_start = Some(now);
+        self.lines = 0;
+        let mut parts = Vec::new();
+        if self.left_out > 0 {
+            parts.push(format!("{} event lines left out", self.left_out));
+            self.left_out = 0;
+        }
+        for (i, (name, get)) in REFUSALS.iter().enumerate() {
+            let v = get(s);
+            let grew = v.saturating_sub(self.refused[i]);
+            self.refused[i] = v;
+            if grew > 0 {
+                parts.push(format!("{grew} {name}"));
+            }
+        }
+        (!parts.is_empty()).then(|| {
+            format!(
+                "fabric: in the last {} s: {}",
+                LOG_WINDOW.as_secs(),
+                parts.join(", ")
+            )
+        })
+    }
 }
 
 /// One log line for a fabric event (TLPs are not logged).
@@ -199,5 +291,46 @@ mod tests {
         assert_eq!(class_name(0x01, 0x08), "Non-Volatile memory controller");
         assert_eq!(class_name(0x02, 0x00), "Ethernet controller");
         assert_eq!(class_name(0xff, 0x00), "Unclassified device");
+    }
+
+    #[test]
+    fn a_flood_of_events_and_refusals_makes_a_few_lines() {
+        let mut log = FabricLog::default();
+        let t0 = Instant::now();
+        let up = |i: u8| fabric::FabricEvent::PeerUp {
+            gid: 10,
+            peer: wire::MacAddr([2, 0xee, 0, 0, 0, i]),
+            role: BridgeRole::IoBox,
+            bridge_id: i.into(),
+        };
+        let printed = (0..250u32)
+            .filter(|&i| log.event(t0, &up(i as u8)).is_some())
+            .count();
+        assert_eq!(printed, LINES_PER_WINDOW as usize);
+        let mut s = fabric::FabricStats {
+            infos_limited: 9_900,
+            auth_missing: 7,
+            ..Default::default()
+        };
+        assert_eq!(
+            log.summary(t0 + Duration::from_secs(1), &s),
+            None,
+            "not yet"
+        );
+        let line = log.summary(t0 + LOG_WINDOW, &s).unwrap();
+        assert_eq!(
+            line,
+            "fabric: in the last 10 s: 150 event lines left out, \
+             9900 INFO from strangers over the rate limit, 7 frames without a tag"
+        );
+        // A new window: lines again, and the counts from the last summary on.
+        assert!(log.event(t0 + LOG_WINDOW, &up(1)).is_some());
+        s.infos_limited += 5;
+        let line = log.summary(t0 + LOG_WINDOW * 2, &s).unwrap();
+        assert_eq!(
+            line,
+            "fabric: in the last 10 s: 5 INFO from strangers over the rate limit"
+        );
+        assert_eq!(log.summary(t0 + LOG_WINDOW * 3, &s), None, "nothing new");
     }
 }

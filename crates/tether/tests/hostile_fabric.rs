@@ -423,3 +423,178 @@ fn a_keyed_fabric_takes_nothing_from_a_stranger_on_its_segment() {
     boxp.stop();
     assert!(!a_out.contains("failed"), "{a_out}");
 }
+
+/// 10 000 INFO frames of fake I/O boxes in group 10, each from its own address.
+fn info_flood(gid: u16) -> Vec<Vec<u8>> {
+    let mut buf = vec![0u8; 512];
+    (0..10_000u32)
+        .map(|i| {
+            let b = i.to_be_bytes();
+            let src = MacAddr([0x02, 0xee, b[0], b[1], b[2], b[3]]);
+            let mut h = TetherHeader::new(FrameKind::Info);
+            h.epoch = 0x0bad_0000 | i;
+            let info = InfoRepr {
+                role: BridgeRole::IoBox,
+                flags: 0,
+                bridge_id: 0xbad_0000 + i as u64,
+                mtu: 1500,
+                max_tlps_per_frame: 32,
+                interval_ms: 50,
+                max_payload: 256,
+                max_read_request: 512,
+            };
+            let n = emit_info(
+                &mut buf,
+                &eth(src, MacAddr::BROADCAST, gid),
+                &h,
+                &info,
+                &[],
+                None,
+            )
+            .unwrap();
+            buf[..n].to_vec()
+        })
+        .collect()
+}
+
+/// CPU time (user + system) of process `pid` in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which ends with the last ')').
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[test]
+fn an_info_flood_from_10000_sources_leaves_the_bridges_bounded_and_serving() {
+    let test = "an_info_flood_from_10000_sources_leaves_the_bridges_bounded_and_serving";
+    let Some(mut rig) = Rig::for_test(test, "tpf") else {
+        return;
+    };
+    let sw = rig.host("sw").unwrap();
+    let bx = rig.host("box").unwrap();
+    let ha = rig.host("ha").unwrap();
+    let atk = rig.host("atk").unwrap();
+    for (h, inner, outer) in [
+        (bx, "pfbox", "swbox"),
+        (ha, "pfha", "swha"),
+        (atk, "pfatk", "swatk"),
+    ] {
+        rig.veth(h, inner, sw, outer, 1500).unwrap();
+    }
+    rig.bridge(sw, "br0", &["swbox", "swha", "swatk"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = |p: &PathBuf| p.to_str().unwrap().to_string();
+    run_ok(tether().args(["key", "generate"]).arg(d.join("g10.key")));
+    let flood = d.join("flood.pcap");
+    frames_to_pcap(&flood, &info_flood(10));
+
+    // Once with the group keyed, once on a trusted segment (no keys): the fake boxes
+    // are then taken as peers, up to the cap and the rate limit.
+    for keyed in [true, false] {
+        let keys = if keyed {
+            "[bridge.keys]\n10 = \"g10.key\"\n"
+        } else {
+            ""
+        };
+        let name = |n: &str| format!("{n}-{}", if keyed { "keyed" } else { "open" });
+        let box_toml = write(
+            d,
+            &name("box.toml"),
+            &format!(
+                "[port]\ninterface = \"pfbox\"\n[bridge]\nid = 0xb0c5\n{BRIDGE}{keys}\
+                 [[device]]\nslot = 0\nmodel = \"memdev\"\ngid = 10\n"
+            ),
+        );
+        let ha_toml = write(
+            d,
+            &name("ha.toml"),
+            &format!(
+                "gid = 10\nself_test = 1000\n[port]\ninterface = \"pfha\"\n\
+                 [bridge]\n{BRIDGE}control = \"{}\"\n{keys}",
+                d.join(name("ha.sock")).display()
+            ),
+        );
+        // The box and the host find each other; once the host has enumerated the
+        // device the flood starts, and goes on while the host runs its verified
+        // copies. (On a trusted segment a flood that starts first can keep a new box
+        // out: the strangers' rate limit and the peer cap bound the bridge's state,
+        // but cannot tell a stranger from a newcomer; docs/fabric.md.)
+        let boxp = Proc::spawn(&rig, bx, "iobox", &["iobox", "--config", &cfg(&box_toml)]);
+        let mut a = Proc::spawn(&rig, ha, "host A", &["host", "--config", &cfg(&ha_toml)]);
+        let long = Duration::from_secs(120);
+        a.wait_for("enumerated on port p0", 1, long);
+        let mut flooder = Proc::spawn(
+            &rig,
+            atk,
+            "flood",
+            &[
+                "wire",
+                "replay",
+                "--pcap",
+                &cfg(&flood),
+                "-i",
+                "pfatk",
+                "--repeat",
+                "1000",
+            ],
+        );
+        let cpu0 = cpu_seconds(a.child.id());
+        a.wait_for("self-test: 1000 DMA copies verified", 1, long);
+        let still_flooding = flooder.child.try_wait().unwrap().is_none();
+        assert!(
+            still_flooding,
+            "the flood ended before the copies did: {}",
+            flooder.text()
+        );
+        flooder.child.kill().unwrap();
+        flooder.child.wait().unwrap();
+        let cpu = cpu_seconds(a.child.id()) - cpu0;
+        let out = rig
+            .command(atk, env!("CARGO_BIN_EXE_tether"))
+            .args([
+                "ctl",
+                "stats",
+                "--json",
+                "-s",
+                &cfg(&d.join(name("ha.sock"))),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let f = &st["fabric"];
+        let (rss_a, rss_box) = (a.rss_bytes(), boxp.rss_bytes());
+        eprintln!(
+            "keyed {keyed}: copies verified while flooding; host CPU {cpu:.2} s; \
+             RSS host {} MiB, box {} MiB; fabric {f}",
+            rss_a >> 20,
+            rss_box >> 20
+        );
+        // Bounded: a few peers at most, memory well under what 10 000 peers with
+        // their sessions would take, and few log lines.
+        let peers = st["sessions"].as_array().unwrap().len();
+        assert!(peers <= 65, "{peers} sessions");
+        assert!(rss_a < 200 << 20, "host RSS {} MiB", rss_a >> 20);
+        assert!(rss_box < 200 << 20, "box RSS {} MiB", rss_box >> 20);
+        let a_out = a.stop();
+        boxp.stop();
+        let lines = a_out.lines().count();
+        assert!(lines < 250, "{lines} log lines:\n{a_out}");
+        if keyed {
+            assert!(f["auth_missing"].as_u64().unwrap() >= 10_000, "{f}");
+            assert_eq!(f["peers_up"], 1, "only the box: {f}");
+            assert!(!a_out.contains("0xbad"), "{a_out}");
+        } else {
+            assert!(
+                f["infos_limited"].as_u64().unwrap() + f["peers_refused"].as_u64().unwrap()
+                    >= 10_000,
+                "{f}"
+            );
+        }
+        assert!(!a_out.contains("self-test failed"), "{a_out}");
+    }
+}

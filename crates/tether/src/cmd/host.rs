@@ -93,11 +93,12 @@ fn handle(
     hb: &mut HostBridge,
     cfg: &HostConfig,
     bufs: &mut Option<workload::CopyBuffers>,
+    log: &mut print::FabricLog,
     c: Change,
 ) {
     match c {
         Change::Fabric(e) => {
-            if let Some(line) = print::describe(&e) {
+            if let Some(line) = log.event(Instant::now(), &e) {
                 println!("{line}");
             }
         }
@@ -170,10 +171,15 @@ pub fn run(path: &Path) -> Result<()> {
     let mut served = Instant::now();
     let mut changes = Vec::new();
     let mut bufs = None;
+    let mut log = print::FabricLog::default();
     while !signals::stop_requested() {
         hb.poll(Duration::from_millis(1), &mut changes);
         for c in changes.drain(..) {
-            handle(&mut hb, &cfg, &mut bufs, c);
+            handle(&mut hb, &cfg, &mut bufs, &mut log, c);
+        }
+        let fabric = hb.host().link().fabric().node().stats();
+        if let Some(line) = log.summary(Instant::now(), &fabric) {
+            println!("{line}");
         }
         if let Some(c) = &control {
             if served.elapsed() >= Duration::from_millis(10) {

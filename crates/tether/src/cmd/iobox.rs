@@ -131,12 +131,17 @@ pub fn run(path: &Path) -> Result<()> {
     let fp = bridge::fabric_port(node, port, &cfg.bridge);
     let mut b = IoBox::new(fp, slots);
     let mut served = Instant::now();
+    let mut log = print::FabricLog::default();
     while !signals::stop_requested() {
         b.poll(Duration::from_millis(1))?;
+        let now = Instant::now();
         while let Some(e) = b.events.pop_front() {
-            if let Some(line) = print::describe(&e) {
+            if let Some(line) = log.event(now, &e) {
                 println!("{line}");
             }
+        }
+        if let Some(line) = log.summary(now, &b.fabric().node().stats()) {
+            println!("{line}");
         }
         if let Some(c) = &control {
             if served.elapsed() >= Duration::from_millis(10) {

@@ -50,11 +50,11 @@ pub fn print_note(n: Note<'_>) {
 }
 
 /// Prints a change of the pool that is a log line (the others are the program's to
-/// act on).
-pub fn print_change(c: &VmChange) {
+/// act on); fabric events through `log`.
+pub fn print_change(log: &mut print::FabricLog, c: &VmChange) {
     match c {
         VmChange::Fabric(e) => {
-            if let Some(line) = print::describe(e) {
+            if let Some(line) = log.event(Instant::now(), e) {
                 println!("{line}");
             }
         }
@@ -169,6 +169,7 @@ struct Served<'a, F> {
     vh: &'a mut VmHost,
     control: Option<ControlServer>,
     answered: Instant,
+    log: print::FabricLog,
     each: F,
     stop: Stop,
     end: End,
@@ -178,7 +179,7 @@ impl<F: FnMut(&mut VmHost) -> bool> Pollable for Served<'_, F> {
     fn round(&mut self, now: Instant) -> std::io::Result<bool> {
         let worked = self.vh.round(now)?;
         for c in std::mem::take(&mut self.vh.changes) {
-            print_change(&c);
+            print_change(&mut self.log, &c);
             match c {
                 VmChange::Closed => {
                     self.end = End::Closed;
@@ -190,6 +191,10 @@ impl<F: FnMut(&mut VmHost) -> bool> Pollable for Served<'_, F> {
                 }
                 _ => {}
             }
+        }
+        let fabric = self.vh.pool.bridge().host().link().fabric().node().stats();
+        if let Some(line) = self.log.summary(now, &fabric) {
+            println!("{line}");
         }
         if let Some(c) = &self.control {
             if now.duration_since(self.answered) >= Duration::from_millis(10) {
@@ -232,6 +237,7 @@ pub fn serve(
         vh,
         control: bridge::control_socket(&cfg.bridge)?,
         answered: Instant::now(),
+        log: print::FabricLog::default(),
         each,
         stop: stop.clone(),
         end: End::Stopped,
@@ -276,8 +282,9 @@ pub fn one(
     let mut vp = VmPool::one(hb, fe, id, Box::new(print_note));
     let mut changes = Vec::new();
     let r = vp.wait_for_device(wait, &signals::stop_requested, &mut changes);
+    let mut log = print::FabricLog::default();
     for c in &changes {
-        print_change(c);
+        print_change(&mut log, c);
     }
     r?;
     Ok(vp)
