@@ -67,12 +67,18 @@ fn announce(cfg: &HostConfig, link: &hostbridge::FabricLink, what: &str) {
     );
 }
 
-/// The bridge's control socket, if its settings name one.
+/// The bridge's control socket, if its settings name one: mode 0600, or 0660 and
+/// owned by `control_group`.
 pub fn control_socket(cfg: &BridgeSettings) -> Result<Option<crate::control::ControlServer>> {
-    cfg.control
+    let Some(path) = cfg.control.as_deref() else {
+        return Ok(None);
+    };
+    let gid = cfg
+        .control_group
         .as_deref()
-        .map(crate::control::ControlServer::bind)
-        .transpose()
+        .map(crate::control::group_id)
+        .transpose()?;
+    Ok(Some(crate::control::ControlServer::bind_for(path, gid)?))
 }
 
 /// The node on its port, busy-polling as the settings say.

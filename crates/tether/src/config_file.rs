@@ -44,8 +44,10 @@ pub struct BridgeSettings {
     pub missed_infos: u32,
     /// TLPs per frame at most (1 turns aggregation off).
     pub max_tlps_per_frame: Option<usize>,
-    /// A Unix socket for `tether ctl stats`.
+    /// A Unix socket for `tether ctl stats` (mode 0600).
     pub control: Option<PathBuf>,
+    /// The group that may use the control socket too (mode 0660).
+    pub control_group: Option<String>,
     /// Busy-poll this long after the last activity before sleeping.
     pub spin_us: u64,
     /// While busy-polling, yield the core at each empty round from this long after
@@ -96,6 +98,7 @@ impl Default for BridgeSettings {
             missed_infos: 3,
             max_tlps_per_frame: None,
             control: None,
+            control_group: None,
             spin_us: 2000,
             yield_after_us: None,
             rto_min_us: 1000,

@@ -8,6 +8,7 @@ mod decode;
 mod pcap;
 mod plot;
 mod print;
+mod rundir;
 mod signals;
 mod workload;
 

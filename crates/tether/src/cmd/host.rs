@@ -154,7 +154,7 @@ pub fn run(path: &Path) -> Result<()> {
             cfg.max_devices
         ),
     )?;
-    let control = bridge::control_socket(&cfg.bridge)?;
+    let mut control = bridge::control_socket(&cfg.bridge)?;
     let h = workload::root_complex_with(
         hostbridge::settings::root_complex_config(cfg.max_payload),
         link,
@@ -181,7 +181,7 @@ pub fn run(path: &Path) -> Result<()> {
         if let Some(line) = log.summary(Instant::now(), &fabric) {
             println!("{line}");
         }
-        if let Some(c) = &control {
+        if let Some(c) = &mut control {
             if served.elapsed() >= Duration::from_millis(10) {
                 c.serve(|cmd| match cmd {
                     "tree" => serde_json::json!({ "tree": print::switch_tree(&hb) }),

@@ -127,7 +127,7 @@ pub fn run(path: &Path) -> Result<()> {
         cfg.port.interface
     );
     let slots = slots(&cfg)?;
-    let control = bridge::control_socket(&cfg.bridge)?;
+    let mut control = bridge::control_socket(&cfg.bridge)?;
     let fp = bridge::fabric_port(node, port, &cfg.bridge);
     let mut b = IoBox::new(fp, slots);
     let mut served = Instant::now();
@@ -143,7 +143,7 @@ pub fn run(path: &Path) -> Result<()> {
         if let Some(line) = log.summary(now, &b.fabric().node().stats()) {
             println!("{line}");
         }
-        if let Some(c) = &control {
+        if let Some(c) = &mut control {
             if served.elapsed() >= Duration::from_millis(10) {
                 c.serve(|cmd| match cmd {
                     "tree" => serde_json::json!({ "error": "an I/O box has no switch: `tree` is a host bridge's" }),

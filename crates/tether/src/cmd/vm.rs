@@ -341,8 +341,11 @@ fn run_pool(
 ) -> Result<ExitStatus> {
     let link = bridge::switched_host_link(cfg, port, what)?;
     let hb = vm_host::host_bridge(cfg, link, LEAVE_TIMEOUT_US)?;
-    let dir = PathBuf::from(format!("/tmp/tether-vm-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // The vfio-user sockets go next to QMP's, in the run's private directory.
+    let dir = qmp_path
+        .parent()
+        .context("the monitor's socket is in a directory")?
+        .to_path_buf();
     let argv = machine(a, accel, qmp_path).argv()?;
     let mut child = spawn_qemu(a, &argv, -1)?;
     let qmp = Qmp::connect(qmp_path, Duration::from_secs(10)).context("QEMU's monitor")?;
@@ -369,7 +372,6 @@ fn run_pool(
     let status = run_vm(a, cfg, &mut vh, &mut child, None);
     vm_host::report(&vh.pool);
     drop(vh);
-    let _ = std::fs::remove_dir_all(&dir);
     status
 }
 
@@ -496,7 +498,10 @@ pub fn run(a: VmArgs) -> Result<ExitStatus> {
         Accel::Auto => Accel::Tcg,
         x => x,
     };
-    let qmp_path = PathBuf::from(format!("/tmp/tether-vm-{}.qmp", std::process::id()));
+    // QMP's socket and the vfio-user sockets, in a directory of this run's own (mode
+    // 0700, removed at the end).
+    let run_dir = crate::rundir::RunDir::new("tether-vm", a.qemu_root.is_some())?;
+    let qmp_path = run_dir.path().join("qmp.sock");
     let pool = a.frontend == FrontendKind::VfioUser && a.connect.is_none();
     if a.dry_run {
         if pool {

@@ -196,7 +196,7 @@ impl<F: FnMut(&mut VmHost) -> bool> Pollable for Served<'_, F> {
         if let Some(line) = self.log.summary(now, &fabric) {
             println!("{line}");
         }
-        if let Some(c) = &self.control {
+        if let Some(c) = &mut self.control {
             if now.duration_since(self.answered) >= Duration::from_millis(10) {
                 c.serve(|cmd| match cmd {
                     "tree" => {
