@@ -86,7 +86,7 @@ fn device(i: &mut Input) -> DeviceInfo {
     }
 }
 
-fn counters(s: &FabricStats) -> [u64; 22] {
+fn counters(s: &FabricStats) -> [u64; 24] {
     [
         s.frames_in,
         s.frames_out,
@@ -110,6 +110,8 @@ fn counters(s: &FabricStats) -> [u64; 22] {
         s.replayed_ctrl,
         s.ctrl_wrong_group,
         s.stale_run_frames,
+        s.ctrl_unsigned,
+        s.infos_limited,
     ]
 }
 
@@ -201,6 +203,11 @@ fuzz_target!(|data: &[u8]| {
     ];
     let keyed: Vec<u16> = (0..i.u8() % 3).map(|_| gid(&mut i)).collect();
     cfg.keys = std::sync::Arc::new(keyed.iter().map(|&g| (g, keys[0].clone())).collect());
+    // Sometimes a box that obeys signed requests only (of nobody: the fuzzed ones are
+    // unsigned, or signed by no one it trusts).
+    if i.u8() & 1 == 1 {
+        cfg.managers = Some(std::sync::Arc::new(fabric::keys::TrustedManagers::default()));
+    }
     let Ok(mut n) = Node::new(cfg.clone()) else {
         return;
     };

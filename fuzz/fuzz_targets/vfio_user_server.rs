@@ -6,19 +6,32 @@
 //! away and comes back, and clients come and go. The device is the test double
 //! `vmm::fake_function`.
 //!
+//! DMA_MAP also comes well-formed, with flags the input picks (READ, WRITE, both,
+//! neither, other bits) and guest RAM of each kind: none (DMA by message), a memfd
+//! sealed as QEMU seals it, one that allows sealing, one that does not (`seal=off`),
+//! a regular file.
+//!
 //! Checked after every step: no panic, no config write reaches the registers the
 //! server must keep from the device (BARs, ROM BAR, the MSI capability, MSI-X
 //! Message Control, anything past 256 bytes), MSI and MSI-X are never on together,
-//! the counters never go down, and a client that leaves takes its mappings with it.
+//! the counters never go down, a client never holds more than `MAX_DMA_MAPS`
+//! mappings, and a client that leaves takes its mappings with it. After a DMA_MAP:
+//! only a memfd that cannot shrink was taken, with valid flags, and the device's DMA
+//! there writes the memfd only with WRITE and reads it only with READ.
 #![no_main]
 
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use tether_fuzz::{assert_counters_grew, Input};
 use vmm::fake_function::FakeFunction;
-use vmm::vfio_user::wire::{flags, Header, HEADER_LEN};
+use vmm::vfio_user::client::{guest_memfd_with, Seals};
+use vmm::vfio_user::wire::{cmd, flags, vfio, Body, Header, HEADER_LEN, MAX_DMA_MAPS};
 use vmm::vfio_user::{VfioUserServer, VfioUserStats};
 
 #[path = "vmm_client/mod.rs"]
@@ -39,8 +52,19 @@ fn size_of(h: &[u8]) -> Option<u64> {
     Some(h.body_len() as u64)
 }
 
-fn counters(s: &VfioUserStats) -> [u64; 14] {
+fn counters(s: &VfioUserStats) -> [u64; 25] {
     [
+        s.dma_maps_without_fd,
+        s.dma_maps_sealed_here,
+        s.dma_maps_unsealable,
+        s.dma_maps_invalid,
+        s.dma_maps_over_limit,
+        s.dma_write_to_readonly,
+        s.dma_read_from_writeonly,
+        s.queue_overflows,
+        s.unread_overflows,
+        s.stalled_clients,
+        s.dma_read_failures,
         s.connections,
         s.disconnects,
         s.requests,
@@ -132,6 +156,10 @@ fuzz_target!(|data: &[u8]| {
                 client.send(bytes, &fds);
             }
             4 => server.vector(input.u16() % 8),
+            // A well-formed DMA_MAP, where a message may start.
+            7 if client.framing.at_boundary() && !client.framing.dead => {
+                dma_map(&mut input, &mut client, &mut server, &mut dev)
+            }
             5 => server.set_intx(input.u8() & 1 != 0),
             6 => match input.u8() % 4 {
                 0 => server.device_changed(),
@@ -190,7 +218,131 @@ fn reconnect(
     Client::connect(path)
 }
 
+/// Guest RAM of a kind a VMM may hand over.
+enum Ram {
+    /// None: DMA by DMA_READ/DMA_WRITE messages.
+    Messages,
+    /// A memfd (64 KiB) sealed as `Seals` says.
+    Memfd(Seals),
+    /// A regular file (this program, opened read-only): it takes no seals.
+    File,
+}
+
+fn regular_file() -> &'static File {
+    static FILE: OnceLock<File> = OnceLock::new();
+    FILE.get_or_init(|| File::open(std::env::current_exe().expect("exe")).expect("open exe"))
+}
+
+/// A well-formed DMA_MAP with flags, range and guest RAM the input picks, served;
+/// then what the server took is checked, and the device's DMA into it.
+fn dma_map(
+    input: &mut Input,
+    client: &mut Client,
+    server: &mut VfioUserServer,
+    dev: &mut FakeFunction,
+) {
+    let (r, w) = (vfio::DMA_MAP_FLAG_READ, vfio::DMA_MAP_FLAG_WRITE);
+    let map_flags = match input.u8() % 8 {
+        0 => r,
+        1 => w,
+        2 => 0,
+        3 => input.u32(),
+        _ => r | w,
+    };
+    let ram = match input.u8() % 6 {
+        0 => Ram::Messages,
+        1 => Ram::Memfd(Seals::Sealable),
+        2 => Ram::Memfd(Seals::Unsealable),
+        3 => Ram::File,
+        _ => Ram::Memfd(Seals::Qemu),
+    };
+    let offset = [0, 4096, 60 << 10, u64::MAX - 4095][input.u8() as usize % 4];
+    let size = [4096, 64 << 10, 0, 8192][input.u8() as usize % 4];
+    let iova = (input.u16() as u64) << 16 | if input.u8() == 0 { u64::MAX << 48 } else { 0 };
+    let memfd: Option<OwnedFd> = match &ram {
+        Ram::Memfd(seals) => Some(guest_memfd_with(64 << 10, *seals).expect("memfd")),
+        Ram::File => Some(regular_file().try_clone().expect("dup").into()),
+        Ram::Messages => None,
+    };
+    let body = Body::default()
+        .u32(32)
+        .u32(map_flags)
+        .u64(offset)
+        .u64(iova)
+        .u64(size)
+        .0;
+    let mut m = Header {
+        id: input.u16(),
+        command: cmd::DMA_MAP,
+        size: (HEADER_LEN + body.len()) as u32,
+        flags: 0,
+        error: 0,
+    }
+    .emit()
+    .to_vec();
+    m.extend_from_slice(&body);
+    let fds = vmm_client::Attached {
+        fds: memfd.iter().map(|f| f.try_clone().expect("dup")).collect(),
+    };
+    let before = dev.ram.len();
+    let messages = server.stats().dma_messages;
+    client.send(&m, &fds);
+    if client.framing.dead {
+        return;
+    }
+    server.serve(dev, 64).expect("serve");
+    drain(&mut client.sock);
+    if dev.ram.len() == before {
+        return;
+    }
+    // Taken: it must be one mapping, of valid flags, of RAM that cannot shrink.
+    assert_eq!(dev.ram.len(), before + 1, "one DMA_MAP, one mapping");
+    assert!(
+        map_flags & !(r | w) == 0 && map_flags & (r | w) != 0,
+        "flags {map_flags:#x} taken"
+    );
+    assert!(
+        matches!(
+            ram,
+            Ram::Messages | Ram::Memfd(Seals::Qemu | Seals::Sealable)
+        ),
+        "guest RAM that may shrink taken"
+    );
+    let (read, write) = (map_flags & r != 0, map_flags & w != 0);
+    let (_, mem) = dev.ram.last_mut().expect("the new mapping");
+    let marker = *b"tether";
+    let mut got = [0u8; 6];
+    match memfd {
+        Some(fd) => {
+            let file = File::from(fd);
+            mem.write(16, &marker);
+            file.read_at(&mut got, offset + 16).expect("read the memfd");
+            assert_eq!(got == marker, write, "DMA write with WRITE {write}");
+            let mut seen = [0u8; 6];
+            assert_eq!(
+                mem.try_read(16, &mut seen).is_ok(),
+                read,
+                "DMA read with READ {read}"
+            );
+            if read {
+                assert_eq!(seen, got);
+            }
+        }
+        None => {
+            // Only what is refused at once: what is allowed waits for the client.
+            if !write {
+                mem.write(16, &marker);
+            }
+            if !read {
+                assert!(mem.try_read(16, &mut got).is_err());
+            }
+            assert_eq!(server.stats().dma_messages, messages, "no DMA message sent");
+        }
+    }
+}
+
 fn check(dev: &FakeFunction) {
+    assert!(dev.ram.len() <= MAX_DMA_MAPS, "{} mappings", dev.ram.len());
     for &(reg, _, be) in &dev.config_writes {
         assert!(reg < 0x100 && reg % 4 == 0, "config write at {reg:#x}");
         assert!(

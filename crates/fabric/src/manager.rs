@@ -13,7 +13,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use wire::{BridgeRole, CtrlOp, CtrlStatus, DeviceInfo, Frame, FrameKind, MacAddr};
 
-use crate::node::{ctrl_frame, set_group_request, GroupKeys};
+use crate::keys::ManagerSigner;
+use crate::node::{ctrl_frame, set_group_request, Credentials, GroupKeys};
 use crate::FabricError;
 
 /// A bridge seen on the segment, in one group.
@@ -76,6 +77,7 @@ pub struct Manager {
     wall_offset_us: u64,
     last_now: u64,
     last_counter: u64,
+    signer: Option<std::sync::Arc<ManagerSigner>>,
 }
 
 impl Manager {
@@ -92,7 +94,15 @@ impl Manager {
             wall_offset_us: 0,
             last_now: 0,
             last_counter: 0,
+            signer: None,
         }
+    }
+
+    /// Requests are signed with `signer` (boxes with `[bridge] managers` obey only
+    /// signed ones).
+    pub fn with_signer(mut self, signer: std::sync::Arc<ManagerSigner>) -> Manager {
+        self.signer = Some(signer);
+        self
     }
 
     /// The wall clock is the caller's clock plus `offset` µs (CTRL frames carry a
@@ -208,7 +218,10 @@ impl Manager {
         let ctrl = set_group_request(&mut self.next_request, box_id, slot, new_gid)?;
         let wall = self.last_now.saturating_add(self.wall_offset_us);
         self.last_counter = wall.max(self.last_counter.saturating_add(1));
-        let key = self.keys.get(&via_gid);
+        let creds = Credentials {
+            key: self.keys.get(&via_gid),
+            signer: self.signer.as_deref(),
+        };
         self.out.push_back(ctrl_frame(
             self.mac,
             self.epoch,
@@ -216,7 +229,7 @@ impl Manager {
             via_gid,
             box_mac,
             &ctrl,
-            key,
+            creds,
         ));
         self.stats.ctrl_out += 1;
         Ok(ctrl.request_id)

@@ -29,6 +29,8 @@ use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
 
 use efe::Session;
+
+use crate::keys::{ManagerSigner, TrustedManagers};
 use thiserror::Error;
 use wire::{
     emit_ctrl, emit_info, AuthKey, AuthRefusal, BridgeRole, CtrlOp, CtrlRepr, CtrlStatus,
@@ -82,6 +84,12 @@ pub struct NodeConfig {
     /// wall clock (either way) is refused: a captured request cannot be replayed
     /// after the box restarted, when it no longer remembers the last counter.
     pub max_ctrl_age_us: u64,
+    /// The managers whose signed SET_GROUP and RESET a box obeys (`[bridge]
+    /// managers`); `None`: unsigned requests are obeyed too (trusted management).
+    pub managers: Option<Arc<TrustedManagers>>,
+    /// The key this node signs its own SET_GROUP requests with (a node acting as a
+    /// manager), if any.
+    pub signer: Option<Arc<ManagerSigner>>,
 }
 
 /// The groups' frame keys, shared by the node and whoever sends on its behalf.
@@ -106,6 +114,8 @@ impl NodeConfig {
             keys: GroupKeys::default(),
             wall_offset_us: 0,
             max_ctrl_age_us: 60_000_000,
+            managers: None,
+            signer: None,
         }
     }
 }
@@ -211,6 +221,9 @@ pub struct FabricStats {
     pub replayed_ctrl: u64,
     /// SET_GROUP/RESET requests sent in another group than the device's: refused.
     pub ctrl_wrong_group: u64,
+    /// SET_GROUP/RESET requests without a trusted manager's valid signature, at a
+    /// box that has `managers`: dropped.
+    pub ctrl_unsigned: u64,
     /// Session frames of a keyed group whose epoch is neither the session's nor one
     /// of the peer's current run (the boot epoch of its last fresh INFO): frames of
     /// an earlier run, replayed, which would otherwise restart the session. Dropped.
@@ -390,7 +403,7 @@ pub(crate) fn ctrl_frame(
     gid: u16,
     dst: MacAddr,
     ctrl: &CtrlRepr,
-    key: Option<&AuthKey>,
+    creds: Credentials<'_>,
 ) -> Vec<u8> {
     let eth = EthernetRepr {
         dst,
@@ -402,9 +415,38 @@ pub(crate) fn ctrl_frame(
     h.epoch = epoch;
     set_frame_counter(&mut h, counter);
     let mut buf = vec![0u8; 256];
-    let n = emit_ctrl(&mut buf, &eth, &h, ctrl, key).expect("a CTRL frame fits its own size");
+    let n = match creds.signer {
+        None => emit_ctrl(&mut buf, &eth, &h, ctrl, creds.key),
+        Some(signer) => {
+            let mut body = [0u8; wire::ctrl::CTRL_LEN];
+            ctrl.emit(&mut body).expect("a CTRL body fits its size");
+            let message = wire::ctrl::ctrl_signed_message(dst.0, src.0, gid, counter, &body);
+            let block = signer.sign(&message);
+            wire::FrameWriter::keyed(&mut buf, &eth, creds.key).and_then(|mut w| {
+                w.append_with(|b| {
+                    let n = body.len() + block.len();
+                    let out = b
+                        .get_mut(..n)
+                        .ok_or(wire::WireError::NoRoom { needed: n, got: 0 })?;
+                    out[..body.len()].copy_from_slice(&body);
+                    out[body.len()..].copy_from_slice(&block);
+                    Ok(n)
+                })?;
+                w.finish(&h)
+            })
+        }
+    }
+    .expect("a CTRL frame fits its own size");
     buf.truncate(n);
     buf
+}
+
+/// What a CTRL frame is sent with: the group's key, and for a request the
+/// manager's signing key.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Credentials<'a> {
+    pub key: Option<&'a AuthKey>,
+    pub signer: Option<&'a ManagerSigner>,
 }
 
 pub(crate) fn tag(gid: u16) -> Option<VlanTag> {
@@ -599,7 +641,15 @@ impl Node {
 
     fn push_ctrl(&mut self, gid: u16, dst: MacAddr, ctrl: &CtrlRepr) {
         let counter = self.next_counter();
-        let key = self.cfg.keys.get(&gid);
+        let creds = Credentials {
+            key: self.cfg.keys.get(&gid),
+            // Requests are signed; answers need not be.
+            signer: if ctrl.op == CtrlOp::Result {
+                None
+            } else {
+                self.cfg.signer.as_deref()
+            },
+        };
         self.out.push_back(ctrl_frame(
             self.cfg.mac,
             self.cfg.epoch,
@@ -607,7 +657,7 @@ impl Node {
             gid,
             dst,
             ctrl,
-            key,
+            creds,
         ));
     }
 
@@ -1071,7 +1121,28 @@ impl Node {
             self.stats.bad_frames += 1;
             return;
         };
-        if self.cfg.keys.contains_key(&gid) {
+        // A request for us at a box that obeys signed requests only.
+        let request =
+            matches!(c.op, CtrlOp::SetGroup | CtrlOp::Reset) && c.target == self.cfg.bridge_id;
+        if let (true, Some(m)) = (request, &self.cfg.managers) {
+            let signed = wire::ctrl::ctrl_signature(frame.payload).is_some_and(|s| {
+                let mut body = [0u8; wire::ctrl::CTRL_LEN];
+                body.copy_from_slice(&frame.payload[..wire::ctrl::CTRL_LEN]);
+                let message = wire::ctrl::ctrl_signed_message(
+                    frame.ethernet.dst.0,
+                    src.0,
+                    gid,
+                    frame_counter(&frame.header),
+                    &body,
+                );
+                m.verify(s.key_id, s.signature, &message)
+            });
+            if !signed {
+                self.stats.ctrl_unsigned += 1;
+                return;
+            }
+        }
+        if self.cfg.keys.contains_key(&gid) || self.cfg.managers.is_some() {
             let counter = frame_counter(&frame.header);
             let wall = self.last_now.saturating_add(self.cfg.wall_offset_us);
             let too_far = counter.abs_diff(wall) > self.cfg.max_ctrl_age_us;

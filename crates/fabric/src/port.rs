@@ -32,6 +32,8 @@ pub struct NodeSettings {
     pub keys: crate::GroupKeys,
     /// Most peers in one group (`NodeConfig::max_peers_per_group`).
     pub max_peers_per_group: usize,
+    /// The managers whose signed requests a box obeys (`NodeConfig::managers`).
+    pub managers: Option<std::sync::Arc<crate::keys::TrustedManagers>>,
 }
 
 impl Default for NodeSettings {
@@ -45,6 +47,7 @@ impl Default for NodeSettings {
             target_delay_us: 50,
             keys: crate::GroupKeys::default(),
             max_peers_per_group: 64,
+            managers: None,
         }
     }
 }
@@ -65,6 +68,7 @@ pub fn node_for(port: &dyn Port, role: BridgeRole, s: &NodeSettings) -> Result<N
     n.missed_infos = s.missed_infos;
     n.keys = s.keys.clone();
     n.max_peers_per_group = s.max_peers_per_group;
+    n.managers = s.managers.clone();
     n.session.rto_min_us = s.rto_min_us;
     n.session.rate.target_queueing_us = s.target_delay_us;
     n.session.rto_initial_us = n.session.rto_initial_us.max(2 * s.rto_min_us);

@@ -1004,3 +1004,86 @@ fn a_session_frame_of_an_earlier_run_restarts_nothing_in_a_keyed_group() {
         tlp: b"still here".to_vec()
     }));
 }
+
+#[test]
+fn a_box_with_managers_obeys_only_their_signed_fresh_requests() {
+    use fabric::keys::{ManagerSigner, TrustedManagers};
+    use std::sync::Arc;
+    let other = ManagerSigner::from_seed(&[0x52; 32]);
+    let public = ed25519_dalek::SigningKey::from_bytes(&[0x51; 32]).verifying_key();
+    let mut s = segment();
+    // The box obeys the trusted manager only (an unkeyed segment: signatures alone).
+    let mut c = NodeConfig::new(mac(3), BridgeRole::IoBox, 103, 1000);
+    c.managers = Some(Arc::new(TrustedManagers::new([public])));
+    let mut x = Node::new(c).unwrap();
+    x.add_device(device(0, 10)).unwrap();
+    x.add_device(device(1, 4093)).unwrap();
+    s.nodes[BOX] = x;
+    let signing = |signer: Option<ManagerSigner>| {
+        let mut c = NodeConfig::new(mac(4), BridgeRole::Manager, 104, 1000);
+        c.signer = signer.map(Arc::new);
+        let mut m = Node::new(c).unwrap();
+        m.join(4093).unwrap();
+        m
+    };
+    s.run(300_000);
+    // Unsigned, and signed with a key the box does not trust: dropped, counted.
+    for signer in [None, Some(other)] {
+        s.nodes[MANAGER] = signing(signer);
+        let before = s.nodes[BOX].stats().ctrl_unsigned;
+        s.nodes[MANAGER]
+            .set_group(4093, mac(3), 103, 1, 20)
+            .unwrap();
+        s.run(50_000);
+        assert_eq!(s.nodes[BOX].device_group(1), Some(4093));
+        assert_eq!(s.nodes[BOX].stats().ctrl_unsigned, before + 1);
+    }
+    // Signed by the trusted manager: obeyed.
+    s.nodes[MANAGER] = signing(Some(ManagerSigner::from_seed(&[0x51; 32])));
+    s.nodes[MANAGER]
+        .set_group(4093, mac(3), 103, 1, 20)
+        .unwrap();
+    let signed = s.nodes[MANAGER].poll_transmit(s.now).unwrap();
+    s.nodes[BOX].handle_frame(s.now, &signed, None);
+    s.run(300_000);
+    assert_eq!(s.nodes[BOX].device_group(1), Some(20));
+    assert!(added(&s.take(HOST_B)).contains(&(20, 1)));
+    // Back to 4093 (signed, sent in group 20), then the first request replayed as
+    // it was, and re-sent in another group (its VLAN changed, the check redone: the
+    // signature covers the group): neither moves it.
+    s.nodes[MANAGER]
+        .set_group(20, mac(3), 103, 1, 4093)
+        .unwrap();
+    s.run(300_000);
+    assert_eq!(s.nodes[BOX].device_group(1), Some(4093));
+    let before = s.nodes[BOX].stats();
+    s.nodes[BOX].handle_frame(s.now, &signed, None);
+    let f = Frame::parse(&signed, None).unwrap();
+    let mut eth = f.ethernet;
+    eth.vlan = Some(wire::VlanTag {
+        pcp: 0,
+        dei: false,
+        vid: 10,
+    });
+    let mut buf = vec![0u8; 256];
+    let mut w = wire::FrameWriter::new(&mut buf, &eth).unwrap();
+    w.append_with(|b| {
+        b[..f.payload.len()].copy_from_slice(f.payload);
+        Ok(f.payload.len())
+    })
+    .unwrap();
+    let mut h = f.header;
+    // A later counter, as if fresh.
+    h.ack = h.ack.wrapping_add(1_000);
+    let n = w.finish(&h).unwrap();
+    s.nodes[BOX].handle_frame(s.now, &buf[..n], None);
+    s.run(50_000);
+    assert_eq!(s.nodes[BOX].device_group(1), Some(4093));
+    let after = s.nodes[BOX].stats();
+    assert_eq!(after.replayed_ctrl, before.replayed_ctrl + 1, "the replay");
+    assert_eq!(
+        after.ctrl_unsigned,
+        before.ctrl_unsigned + 1,
+        "the re-sent one"
+    );
+}

@@ -69,6 +69,12 @@ pub struct BridgeSettings {
     /// Most peers (bridges) in one group: INFO from more is refused, so that a flood
     /// of strangers cannot fill the bridge.
     pub max_peers_per_group: usize,
+    /// Public keys of the managers whose signed SET_GROUP/RESET a box obeys (and no
+    /// unsigned one); empty: requests need no signature.
+    pub managers: Vec<PathBuf>,
+    /// The managers read from those files.
+    #[serde(skip)]
+    pub trusted_managers: Option<std::sync::Arc<fabric::keys::TrustedManagers>>,
     /// The keys read from those files (when the configuration is loaded).
     #[serde(skip)]
     pub group_keys: fabric::GroupKeys,
@@ -86,6 +92,7 @@ impl BridgeSettings {
             target_delay_us: self.target_delay_us,
             keys: self.group_keys.clone(),
             max_peers_per_group: self.max_peers_per_group,
+            managers: self.trusted_managers.clone(),
         }
     }
 }
@@ -105,6 +112,8 @@ impl Default for BridgeSettings {
             target_delay_us: 50,
             keys: BTreeMap::new(),
             max_peers_per_group: 64,
+            managers: Vec::new(),
+            trusted_managers: None,
             group_keys: fabric::GroupKeys::default(),
         }
     }
@@ -296,6 +305,12 @@ fn read_keys(path: &Path, b: &mut BridgeSettings) -> Result<(), ConfigError> {
     }
     b.group_keys = fabric::keys::read_group_keys(&files)
         .map_err(|e| invalid(path, format!("bridge.keys: {e}")))?;
+    if !b.managers.is_empty() {
+        let files: Vec<PathBuf> = b.managers.iter().map(|f| dir.join(f)).collect();
+        let m = fabric::keys::TrustedManagers::read(&files)
+            .map_err(|e| invalid(path, format!("bridge.managers: {e}")))?;
+        b.trusted_managers = Some(std::sync::Arc::new(m));
+    }
     Ok(())
 }
 

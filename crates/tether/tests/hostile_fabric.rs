@@ -169,12 +169,19 @@ fn a_keyed_fabric_takes_nothing_from_a_stranger_on_its_segment() {
     for k in ["g10.key", "g4093.key", "wrong10.key", "wrong4093.key"] {
         run_ok(tether().args(["key", "generate"]).arg(d.join(k)));
     }
+    // The box obeys only requests signed with the manager's key.
+    run_ok(
+        tether()
+            .args(["key", "generate-manager"])
+            .arg(d.join("mgr.key")),
+    );
     let keys = "[bridge.keys]\n10 = \"g10.key\"\n4093 = \"g4093.key\"\n";
     let box_toml = write(
         d,
         "box.toml",
         &format!(
             "[port]\ninterface = \"pkbox\"\n[bridge]\nid = 0xb0c5\n{BRIDGE}control = \"{}\"\n\
+             managers = [\"mgr.key.pub\"]\n\
              {keys}\
              [[device]]\nslot = 0\nmodel = \"memdev\"\ngid = 10\n\
              [[device]]\nslot = 1\nmodel = \"memdev\"\nbuffer_size = 65536\n",
@@ -343,10 +350,39 @@ fn a_keyed_fabric_takes_nothing_from_a_stranger_on_its_segment() {
         &["capture", "-i", "pkatk", "-w", &cfg(&sniffed), "-d", "30"],
     );
     std::thread::sleep(Duration::from_millis(300));
+    let signed_keys: Vec<String> = mgr_keys
+        .iter()
+        .cloned()
+        .chain(["--sign".to_string(), cfg(&d.join("mgr.key"))])
+        .collect();
+    // A holder of the group keys who is no manager (a host's keys, stolen) finds the
+    // device but is not obeyed: its request is unsigned.
+    let box_before = stats("box.sock");
+    let args = with(
+        &[
+            "ctl",
+            "set-group",
+            "-i",
+            "pkatk",
+            "0xb0c5/1",
+            "10",
+            "--timeout-ms",
+            "800",
+        ],
+        &mgr_keys,
+    );
+    let out = in_ns(atk, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("did not answer") && err.contains("--sign"),
+        "{err}"
+    );
+    assert!(grew(&box_before, &stats("box.sock"), "ctrl_unsigned") >= 1);
     let set_group = |slot_gid: &[&str]| {
         let args = with(
             &[&["ctl", "set-group", "-i", "pkmgr"], slot_gid].concat(),
-            &mgr_keys,
+            &signed_keys,
         );
         let out = in_ns(mgr, &args.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(

@@ -4,11 +4,11 @@
 //! A file sealed against shrinking (F_SEAL_SHRINK, as QEMU's `memory-backend-memfd`
 //! seals it by default) is mapped and copied in and out of. Any other file could be
 //! truncated by the client after we mapped it, and a copy through the mapping past
-//! the new end would raise SIGBUS and kill the bridge: such a region is served with
-//! pread/pwrite on the descriptor instead, and an access past the file's end is a
-//! failed DMA (an error completion for a read, a lost write), counted in
-//! [`RamFaults`].
-
+//! the new end would raise SIGBUS and kill the bridge. The proxy serves such a region
+//! with pread/pwrite on the descriptor instead ([`GuestRam::map`]): an access past the
+//! file's end is a failed DMA (an error completion for a read, a lost write), counted
+//! in [`RamFaults`]. vfio-user takes only files sealed against shrinking, sealing a
+//! memfd that allows it itself ([`seal_against_shrinking`], [`GuestRam::map_sealed`]).
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::ptr::NonNull;
@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rootcomplex::{HostMemory, ReadFault};
+use thiserror::Error;
 
 /// DMA accesses to guest RAM that failed because the client shrank an unsealed file
 /// under its region (or the file refused the access). Clones share one count: a
@@ -53,6 +54,9 @@ enum Backing {
 pub struct GuestRam {
     backing: Backing,
     len: usize,
+    /// False for a region mapped read-only ([`GuestRam::map_sealed`]): writes are
+    /// dropped (and counted in `faults`), never made through the read-only mapping.
+    writable: bool,
     faults: RamFaults,
 }
 
@@ -66,6 +70,57 @@ fn sealed_against_shrinking(fd: &OwnedFd) -> bool {
     // SAFETY: fcntl with F_GET_SEALS only reads the file's seals.
     let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
     seals >= 0 && seals & libc::F_SEAL_SHRINK != 0
+}
+
+/// How a file came to be sealed against shrinking ([`seal_against_shrinking`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sealed {
+    /// It already was (QEMU's `memory-backend-memfd` with `seal=on`, its default).
+    Already,
+    /// It was not but allowed sealing: F_SEAL_SHRINK was added here.
+    Now,
+}
+
+/// Why a file cannot be sealed against shrinking.
+#[derive(Debug, Error)]
+pub enum SealError {
+    /// F_GET_SEALS fails: the file takes no seals (a regular file; not a memfd).
+    #[error("the file takes no seals, it is not a memfd (F_GET_SEALS: {0})")]
+    NoSeals(io::Error),
+    /// F_SEAL_SEAL without F_SEAL_SHRINK: no seal can be added (a memfd made
+    /// without MFD_ALLOW_SEALING, as QEMU's `seal=off` makes it, or a tmpfs or
+    /// hugetlbfs file opened by path).
+    #[error(
+        "the file cannot be sealed against shrinking (F_SEAL_SEAL is set, F_SEAL_SHRINK is not)"
+    )]
+    Locked,
+    /// F_ADD_SEALS refused (a descriptor opened read-only, or a seal race).
+    #[error("F_ADD_SEALS F_SEAL_SHRINK: {0}")]
+    Add(io::Error),
+}
+
+/// Makes sure the file behind `fd` can no longer shrink: it is sealed against
+/// shrinking already, or F_SEAL_SHRINK is added now if the file allows it. A seal
+/// cannot be removed, so once this returns the file's size only grows (if even that).
+pub fn seal_against_shrinking(fd: &OwnedFd) -> Result<Sealed, SealError> {
+    // SAFETY: fcntl with F_GET_SEALS only reads the file's seals.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 {
+        return Err(SealError::NoSeals(io::Error::last_os_error()));
+    }
+    if seals & libc::F_SEAL_SHRINK != 0 {
+        return Ok(Sealed::Already);
+    }
+    if seals & libc::F_SEAL_SEAL != 0 {
+        return Err(SealError::Locked);
+    }
+    // SAFETY: fcntl with F_ADD_SEALS adds a seal to the client's file; it touches no
+    // memory of ours. The client can no longer shrink the file, which it shared with
+    // us as guest RAM.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) } != 0 {
+        return Err(SealError::Add(io::Error::last_os_error()));
+    }
+    Ok(Sealed::Now)
 }
 
 fn file_size(fd: &OwnedFd) -> io::Result<u64> {
@@ -83,14 +138,72 @@ impl GuestRam {
     /// the VMM: mapped when the file is sealed against shrinking, else served by
     /// pread/pwrite. Failed accesses of the second kind are counted in `faults`.
     pub fn map(fd: &OwnedFd, offset: i64, len: u64, faults: &RamFaults) -> io::Result<GuestRam> {
+        Self::check(offset, len)?;
+        // The seals first: once the file cannot shrink, the size read next holds.
+        let sealed = sealed_against_shrinking(fd);
+        Self::check_size(fd, offset, len)?;
+        let backing = if sealed {
+            Self::mmap(fd, offset, len as usize, true)?
+        } else {
+            Backing::File {
+                fd: fd.try_clone()?,
+                offset: offset as u64,
+            }
+        };
+        Ok(GuestRam {
+            backing,
+            len: len as usize,
+            writable: true,
+            faults: faults.clone(),
+        })
+    }
+
+    /// Takes `len` bytes at `offset` in `fd` as guest RAM, always mapped: the file
+    /// must be sealed against shrinking already ([`seal_against_shrinking`]; an
+    /// unsealed one is refused), so the mapping can never lose its pages. Mapped
+    /// read-only (PROT_READ) unless `writable`; a write to a read-only region is
+    /// dropped and counted in `faults`.
+    pub fn map_sealed(
+        fd: &OwnedFd,
+        offset: u64,
+        len: u64,
+        writable: bool,
+        faults: &RamFaults,
+    ) -> io::Result<GuestRam> {
+        let offset = i64::try_from(offset).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("offset {offset:#x} out of range"),
+            )
+        })?;
+        Self::check(offset, len)?;
+        if !sealed_against_shrinking(fd) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the file is not sealed against shrinking",
+            ));
+        }
+        Self::check_size(fd, offset, len)?;
+        Ok(GuestRam {
+            backing: Self::mmap(fd, offset, len as usize, writable)?,
+            len: len as usize,
+            writable,
+            faults: faults.clone(),
+        })
+    }
+
+    fn check(offset: i64, len: u64) -> io::Result<()> {
         if offset < 0 || len == 0 || len > isize::MAX as u64 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("cannot map {len} bytes at offset {offset}"),
             ));
         }
-        // The seals first: once the file cannot shrink, the size read next holds.
-        let sealed = sealed_against_shrinking(fd);
+        Ok(())
+    }
+
+    /// The region must lie inside the file (read after the seals, so that it holds).
+    fn check_size(fd: &OwnedFd, offset: i64, len: u64) -> io::Result<()> {
         let size = file_size(fd)?;
         if (offset as u64)
             .checked_add(len)
@@ -103,35 +216,28 @@ impl GuestRam {
                 ),
             ));
         }
-        let backing = if sealed {
-            Self::mmap(fd, offset, len as usize)?
-        } else {
-            Backing::File {
-                fd: fd.try_clone()?,
-                offset: offset as u64,
-            }
-        };
-        Ok(GuestRam {
-            backing,
-            len: len as usize,
-            faults: faults.clone(),
-        })
+        Ok(())
     }
 
-    fn mmap(fd: &OwnedFd, offset: i64, len: usize) -> io::Result<Backing> {
+    fn mmap(fd: &OwnedFd, offset: i64, len: usize, writable: bool) -> io::Result<Backing> {
         // SAFETY: sysconf has no memory effects.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as i64;
         let lead = (offset % page) as usize;
         let map_len = len
             .checked_add(lead)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
         // SAFETY: a new shared mapping of the fd chosen by the kernel; the arguments
         // were checked by the caller and the result is checked below.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
+                prot,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
                 offset - lead as i64,
@@ -267,11 +373,17 @@ impl HostMemory for GuestRam {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         assert!(self.holds(offset, data.len()), "write outside guest RAM");
+        if !self.writable {
+            // The mapping is read-only: a copy into it would fault.
+            self.faults.add();
+            return;
+        }
         match &self.backing {
             Backing::Mapped { map, lead, .. } => {
                 // SAFETY: the range was checked against the region inside the mapping,
-                // which is writable, shared with the guest and cannot lose its file
-                // pages (sealed): this is the device's DMA write.
+                // which is writable (checked above: a read-only region is mapped
+                // PROT_READ), shared with the guest and cannot lose its file pages
+                // (sealed): this is the device's DMA write.
                 unsafe {
                     std::ptr::copy_nonoverlapping(
                         data.as_ptr(),
@@ -323,9 +435,120 @@ pub(crate) fn test_memfd(len: i64, seals: libc::c_int) -> OwnedFd {
     }
 }
 
+/// A memfd of `len` bytes made without MFD_ALLOW_SEALING, as QEMU's
+/// memory-backend-memfd makes it with `seal=off` (for the tests).
+#[cfg(test)]
+pub(crate) fn test_memfd_without_sealing(len: i64) -> OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain system calls on a fresh descriptor we own.
+    unsafe {
+        let fd = libc::memfd_create(c"tether-test".as_ptr(), libc::MFD_CLOEXEC);
+        assert!(fd >= 0);
+        assert_eq!(libc::ftruncate(fd, len), 0);
+        OwnedFd::from_raw_fd(fd)
+    }
+}
+
+/// A regular file of `len` bytes, already unlinked (for the tests).
+#[cfg(test)]
+pub(crate) fn test_regular_file(len: u64) -> OwnedFd {
+    use std::sync::atomic::AtomicUsize;
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "tether-test-ram-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    f.set_len(len).unwrap();
+    f.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// vfio-user's rule: a memfd sealed against shrinking is taken as it is; one
+    /// that allows sealing is sealed here, after which the client's shrink fails
+    /// (EPERM) and a mapping of it can never raise SIGBUS; a memfd made without
+    /// MFD_ALLOW_SEALING (QEMU's `seal=off`), one whose seals are locked, a regular
+    /// file and a read-only descriptor cannot be, and are not mapped.
+    #[test]
+    fn only_files_that_cannot_shrink_are_mapped_sealed() {
+        let f = RamFaults::default();
+        let all = libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+        let sealed = test_memfd(64 << 10, all);
+        assert_eq!(seal_against_shrinking(&sealed).unwrap(), Sealed::Already);
+        let open = test_memfd(64 << 10, 0);
+        assert!(
+            GuestRam::map_sealed(&open, 0, 4096, true, &f).is_err(),
+            "not yet"
+        );
+        assert_eq!(seal_against_shrinking(&open).unwrap(), Sealed::Now);
+        assert_eq!(seal_against_shrinking(&open).unwrap(), Sealed::Already);
+        // SAFETY: ftruncate on a descriptor we own; the seal refuses the shrink.
+        let r = unsafe { libc::ftruncate(open.as_raw_fd(), 0) };
+        assert_eq!(
+            (r, io::Error::last_os_error().raw_os_error()),
+            (-1, Some(libc::EPERM))
+        );
+        // Growing is still allowed (the mapping does not mind).
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::ftruncate(open.as_raw_fd(), 128 << 10) }, 0);
+        let mut ram = GuestRam::map_sealed(&open, 4096, 8192, true, &f).unwrap();
+        assert!(ram.is_mapped());
+        ram.write(0, b"sealed here");
+        let mut got = [0u8; 11];
+        assert!(ram.try_read(0, &mut got).is_ok());
+        assert_eq!(&got, b"sealed here");
+        assert!(matches!(
+            seal_against_shrinking(&test_memfd_without_sealing(4096)),
+            Err(SealError::Locked)
+        ));
+        assert!(matches!(
+            seal_against_shrinking(&test_memfd(4096, libc::F_SEAL_SEAL)),
+            Err(SealError::Locked)
+        ));
+        assert!(matches!(
+            seal_against_shrinking(&test_regular_file(4096)),
+            Err(SealError::NoSeals(_))
+        ));
+        // A read-only descriptor of a memfd that allows sealing: F_ADD_SEALS needs
+        // write access.
+        let rw = test_memfd(4096, 0);
+        let ro: OwnedFd = std::fs::File::open(format!("/proc/self/fd/{}", rw.as_raw_fd()))
+            .unwrap()
+            .into();
+        assert!(matches!(
+            seal_against_shrinking(&ro),
+            Err(SealError::Add(_))
+        ));
+        assert_eq!(f.count(), 0);
+    }
+
+    /// A read-only region is mapped PROT_READ: a write to it is dropped and
+    /// counted, never made (it would fault); reads work.
+    #[test]
+    fn a_read_only_region_is_never_written() {
+        let f = RamFaults::default();
+        let fd = test_memfd(8192, libc::F_SEAL_SHRINK);
+        let mut rw = GuestRam::map_sealed(&fd, 0, 8192, true, &f).unwrap();
+        rw.write(16, b"rom");
+        let mut ro = GuestRam::map_sealed(&fd, 0, 8192, false, &f).unwrap();
+        ro.write(16, b"RAM");
+        assert_eq!(f.count(), 1);
+        let mut got = [0u8; 3];
+        assert!(ro.try_read(16, &mut got).is_ok());
+        assert_eq!(&got, b"rom");
+        assert!(GuestRam::map_sealed(&fd, u64::MAX, 1, false, &f).is_err());
+        assert!(GuestRam::map_sealed(&fd, 4096, 8192, false, &f).is_err());
+    }
 
     #[test]
     #[should_panic(expected = "read outside guest RAM")]

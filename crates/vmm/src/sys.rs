@@ -92,6 +92,51 @@ pub fn send_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Sends what the socket takes of `data` now, without waiting: `Ok(None)` when it
+/// takes nothing (its buffer is full), else how many bytes went.
+pub fn send_now(fd: RawFd, data: &[u8]) -> io::Result<Option<usize>> {
+    loop {
+        // SAFETY: data is a live slice of the given length.
+        let r = unsafe {
+            libc::send(
+                fd,
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        match check(r) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            other => return other.map(Some),
+        }
+    }
+}
+
+/// Waits up to `timeout` until `fd` is readable (or hung up), or writable too when
+/// `write`; returns whether it is. A wait a signal interrupts reports false.
+pub fn wait_ready(fd: RawFd, write: bool, timeout: Duration) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN | if write { libc::POLLOUT } else { 0 },
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: p is one live pollfd; ts and the null sigmask are valid.
+    let r = unsafe { libc::ppoll(&mut p, 1, &ts, std::ptr::null()) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(e);
+    }
+    Ok(p.revents != 0)
+}
+
 /// Sends `bytes` in one message with `fds` attached (SCM_RIGHTS), as a VMM sends a
 /// message that carries descriptors.
 pub fn send_with_fds(fd: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {

@@ -63,16 +63,7 @@ impl AuthKey {
     /// Parses a key file's text: 64 hexadecimal digits, surrounding white space
     /// ignored.
     pub fn parse_hex(text: &str) -> Result<AuthKey, KeyTextError> {
-        let t = text.trim();
-        if t.len() != 2 * SECRET_LEN {
-            return Err(KeyTextError::Length(t.len()));
-        }
-        let mut secret = [0u8; SECRET_LEN];
-        for (i, pair) in t.as_bytes().chunks_exact(2).enumerate() {
-            let digit = |c: u8| (c as char).to_digit(16).ok_or(KeyTextError::NotHex);
-            secret[i] = (digit(pair[0])? << 4 | digit(pair[1])?) as u8;
-        }
-        Ok(AuthKey::from_secret(&secret))
+        Ok(AuthKey::from_secret(&parse_hex32(text)?))
     }
 
     /// The key's public fingerprint.
@@ -105,6 +96,21 @@ impl fmt::Debug for AuthKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "AuthKey({:08x})", self.id)
     }
+}
+
+/// 32 bytes written as 64 hexadecimal digits (a key file's text), surrounding white
+/// space ignored.
+pub fn parse_hex32(text: &str) -> Result<[u8; SECRET_LEN], KeyTextError> {
+    let t = text.trim();
+    if t.len() != 2 * SECRET_LEN {
+        return Err(KeyTextError::Length(t.len()));
+    }
+    let mut out = [0u8; SECRET_LEN];
+    for (i, pair) in t.as_bytes().chunks_exact(2).enumerate() {
+        let digit = |c: u8| (c as char).to_digit(16).ok_or(KeyTextError::NotHex);
+        out[i] = (digit(pair[0])? << 4 | digit(pair[1])?) as u8;
+    }
+    Ok(out)
 }
 
 /// The tag over one message (the benchmark's entry point).

@@ -5,11 +5,54 @@
 //!  4: request id (u32)
 //!  8: target bridge id (u64)
 //! 16: slot | reserved (3 bytes)
+//! 20: signature block, when present (SET_GROUP and RESET of a signing manager):
+//!     key id (8 bytes) | Ed25519 signature (64 bytes)
 //! ```
 
 use crate::error::WireError;
 
 pub const CTRL_LEN: usize = 20;
+/// Bytes of the signature block that may follow the CTRL body: the signing key's id
+/// and the Ed25519 signature.
+pub const SIGNATURE_BLOCK_LEN: usize = 8 + 64;
+
+/// A CTRL body's signature block (docs/wire-format.md, "Signed management").
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct CtrlSignature<'a> {
+    /// The first 8 bytes of SHA-256 of the signer's public key.
+    pub key_id: &'a [u8; 8],
+    pub signature: &'a [u8; 64],
+}
+
+/// The signature block after the CTRL body in `payload`, if there is one.
+pub fn ctrl_signature(payload: &[u8]) -> Option<CtrlSignature<'_>> {
+    let block = payload.get(CTRL_LEN..CTRL_LEN + SIGNATURE_BLOCK_LEN)?;
+    let (id, sig) = block.split_at(8);
+    Some(CtrlSignature {
+        key_id: id.try_into().ok()?,
+        signature: sig.try_into().ok()?,
+    })
+}
+
+/// What a manager signs for a CTRL frame: a label, the destination and source MAC
+/// addresses, the group the frame travels in, its freshness counter (the header's
+/// `seq` and `ack`) and the CTRL body's 20 bytes.
+pub fn ctrl_signed_message(
+    dst: [u8; 6],
+    src: [u8; 6],
+    gid: u16,
+    counter: u64,
+    body: &[u8; CTRL_LEN],
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(64);
+    m.extend_from_slice(b"tether 2026-12-07 signed CTRL v1");
+    m.extend_from_slice(&dst);
+    m.extend_from_slice(&src);
+    m.extend_from_slice(&(gid & 0x0fff).to_be_bytes());
+    m.extend_from_slice(&counter.to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum CtrlOp {

@@ -55,6 +55,10 @@ pub enum CtlCommand {
         /// (repeatable): the device's group, to find it and to be obeyed there.
         #[arg(long = "key", value_name = "GID=FILE")]
         keys: Vec<String>,
+        /// Sign the request with this manager key (`tether key generate-manager`):
+        /// boxes with `[bridge] managers` obey only signed requests.
+        #[arg(long, value_name = "FILE")]
+        sign: Option<PathBuf>,
     },
     /// Print a running host bridge's virtual switch and its devices, as `lspci -tv`
     /// draws a tree (its `[bridge] control` socket).
@@ -128,14 +132,21 @@ struct Station {
 }
 
 impl Station {
-    fn open(interface: &str, keys: fabric::GroupKeys) -> Result<Station> {
+    fn open(
+        interface: &str,
+        keys: fabric::GroupKeys,
+        signer: Option<fabric::keys::ManagerSigner>,
+    ) -> Result<Station> {
         let pool = Mempool::new(1024, 2048)?;
         let port = AfPacketPort::open(interface, &pool, RingConfig::low_latency())
             .with_context(|| format!("opening {interface}"))?;
         // Its clock starts at 0 now (`start`).
-        let m = Manager::new(MacAddr(port.info().mac), fabric::fresh_epoch())
+        let mut m = Manager::new(MacAddr(port.info().mac), fabric::fresh_epoch())
             .with_keys(keys)
             .with_wall_offset(fabric::port::wall_clock_us());
+        if let Some(s) = signer {
+            m = m.with_signer(std::sync::Arc::new(s));
+        }
         Ok(Station {
             port,
             m,
@@ -179,7 +190,7 @@ impl Station {
 }
 
 fn list(interface: &str, listen: Duration, json: bool, keys: fabric::GroupKeys) -> Result<()> {
-    let mut st = Station::open(interface, keys)?;
+    let mut st = Station::open(interface, keys, None)?;
     st.run_for(listen)?;
     let bridges: Vec<_> = st.m.bridges().cloned().collect();
     if json {
@@ -251,12 +262,13 @@ fn set_group(
     gid: u16,
     timeout: Duration,
     keys: fabric::GroupKeys,
+    signer: Option<fabric::keys::ManagerSigner>,
 ) -> Result<()> {
     let (box_id, slot) = parse_device(device)?;
     if !wire::valid_gid(gid) {
         bail!("group {gid} is not a valid GID (1..=4094)");
     }
-    let mut st = Station::open(interface, keys)?;
+    let mut st = Station::open(interface, keys, signer)?;
     let end = Instant::now() + timeout;
     let (from, mac, id) = loop {
         if let Some(found) = st.m.find_device(box_id, slot) {
@@ -277,7 +289,10 @@ fn set_group(
     // CTRL frames are not carried by a session: ask again until the box answers.
     let status = 'ask: loop {
         if Instant::now() >= end {
-            bail!("box {mac} did not answer the SET_GROUP request");
+            bail!(
+                "box {mac} did not answer the SET_GROUP request (a box with [bridge] managers \
+                 obeys only requests signed with one of their keys: --sign)"
+            );
         }
         let request = st.m.set_group(from, mac, id, slot, gid)?;
         let asked = Instant::now();
@@ -348,12 +363,16 @@ pub fn run(cmd: CtlCommand) -> Result<()> {
             gid,
             timeout_ms,
             keys,
+            sign,
         } => set_group(
             &interface,
             &device,
             gid,
             Duration::from_millis(timeout_ms),
             read_keys(&keys)?,
+            sign.as_deref()
+                .map(fabric::keys::ManagerSigner::read)
+                .transpose()?,
         ),
         CtlCommand::Tree { socket } => {
             let v = control::request(&socket, "tree")?;

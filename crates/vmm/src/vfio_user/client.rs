@@ -258,7 +258,8 @@ impl Client {
     }
 
     /// Maps `size` bytes of guest RAM at `iova` from `fd` at `offset` (QEMU's
-    /// memory-backend-memfd; see [`guest_memfd`]), readable and writable.
+    /// memory-backend-memfd; see [`guest_memfd`]: the server takes only memfds that
+    /// are or can be sealed against shrinking), readable and writable.
     pub fn dma_map(
         &mut self,
         iova: u64,
@@ -453,31 +454,50 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
+/// How a memfd of guest RAM is sealed ([`guest_memfd_with`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seals {
+    /// As QEMU's memory-backend-memfd makes it by default (`seal=on`): sealed
+    /// against growing, shrinking and further seals.
+    Qemu,
+    /// Made with MFD_ALLOW_SEALING and no seal yet (the server seals it).
+    Sealable,
+    /// Made without MFD_ALLOW_SEALING, as QEMU's `seal=off` makes it: it can never be
+    /// sealed (the server refuses it).
+    Unsealable,
+}
+
 /// Guest RAM as QEMU's memory-backend-memfd makes it: a memfd of `len` bytes,
 /// sealed against growing, shrinking and further seals (so the server maps it).
 pub fn guest_memfd(len: u64) -> io::Result<OwnedFd> {
+    guest_memfd_with(len, Seals::Qemu)
+}
+
+/// A memfd of `len` bytes of guest RAM, sealed as `seals` says.
+pub fn guest_memfd_with(len: u64, seals: Seals) -> io::Result<OwnedFd> {
     let len = libc::off_t::try_from(len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too large"))?;
-    // SAFETY: a plain system call; a valid result is a new descriptor we own.
-    let fd = unsafe {
-        libc::memfd_create(
-            c"tether-guest-ram".as_ptr(),
-            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-        )
+    let flags = match seals {
+        Seals::Unsealable => libc::MFD_CLOEXEC,
+        Seals::Qemu | Seals::Sealable => libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
     };
+    // SAFETY: a plain system call; a valid result is a new descriptor we own.
+    let fd = unsafe { libc::memfd_create(c"tether-guest-ram".as_ptr(), flags) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: fd is fresh and ours.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-    // SAFETY: ftruncate and fcntl on a descriptor we own.
-    let ok = unsafe {
-        libc::ftruncate(fd.as_raw_fd(), len) == 0
-            && libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) == 0
-    };
-    if !ok {
+    // SAFETY: ftruncate on a descriptor we own.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
         return Err(io::Error::last_os_error());
+    }
+    if seals == Seals::Qemu {
+        let all = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl on a descriptor we own.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, all) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
     }
     Ok(fd)
 }

@@ -21,12 +21,21 @@
 //!
 //! One connection at a time; when it closes, its DMA mappings and eventfds go and the
 //! server waits for the next one.
+//!
+//! The client is semi-trusted: the device's DMA honours the READ and WRITE flags of
+//! each DMA_MAP ([`Permitted`]), a client holds at most [`wire::MAX_DMA_MAPS`]
+//! mappings, guest RAM given by descriptor must be sealed against shrinking (a memfd
+//! that allows it is sealed here) so that it is always mapped and never raises SIGBUS,
+//! and the socket is non-blocking: messages are read as they come, replies the client
+//! does not read wait in a bounded queue ([`MAX_UNREAD`]), and a client that leaves a
+//! message half-sent or its replies unread for `sys::STALL_TIMEOUT` is dropped.
 
 use std::collections::VecDeque;
 use std::io;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,11 +46,12 @@ use thiserror::Error;
 
 use super::wire::{
     self, errno, vfio, Body, Header, ProtocolError, Request, HEADER_LEN, MAX_DATA_XFER,
+    MAX_DMA_MAPS,
 };
 use crate::bar_shadow::BarShadow;
 use crate::caps::{self, CapPatch, NoAnswer};
 use crate::device::{byte_enables, Bar, RemoteFunction};
-use crate::guest_ram::{GuestRam, RamFaults};
+use crate::guest_ram::{seal_against_shrinking, GuestRam, RamFaults, SealError, Sealed};
 use crate::sys;
 
 /// How long a DMA_READ/DMA_WRITE waits for the client's reply.
@@ -49,6 +59,11 @@ const DMA_REPLY_TIMEOUT: Duration = Duration::from_secs(1);
 /// Requests of the client kept while the server waits for the reply to its own DMA
 /// message (each at most a message's size).
 const MAX_QUEUED: usize = 32;
+/// Bytes of messages for the client (replies, DMA requests) that may wait for it to
+/// read them: a message more and the client is dropped. Four of the largest replies
+/// (a REGION_READ of `MAX_DATA_XFER`); QEMU reads its replies as they come, on its
+/// own thread.
+pub const MAX_UNREAD: usize = 4 * wire::MAX_MESSAGE;
 /// Config space size offered (conventional PCI).
 const CONFIG_SIZE: u64 = regs::CONVENTIONAL_END as u64;
 /// Multiple Message Capable, in the MSI capability's first dword.
@@ -77,12 +92,24 @@ pub struct VfioUserStats {
     /// Mappings without a descriptor: the device's DMA there goes through
     /// DMA_READ/DMA_WRITE messages.
     pub dma_maps_without_fd: u64,
-    /// Mappings whose descriptor's file was not sealed against shrinking: served by
-    /// pread/pwrite rather than mapped (QEMU's memory-backend-memfd seals them).
-    pub dma_maps_unsealed: u64,
-    /// The device's DMA into such a mapping that failed (the client shrank the file
-    /// under it): a read gets an error completion, a write is lost.
-    pub dma_faults: u64,
+    /// Mappings whose memfd was not sealed against shrinking but allowed it: sealed
+    /// here (F_SEAL_SHRINK), then mapped. (QEMU's memory-backend-memfd comes sealed.)
+    pub dma_maps_sealed_here: u64,
+    /// DMA_MAPs refused (EINVAL) because their file is not sealed against shrinking
+    /// and cannot be: a regular file, a memfd made without MFD_ALLOW_SEALING
+    /// (`seal=off`), a descriptor opened read-only.
+    pub dma_maps_unsealable: u64,
+    /// DMA_MAPs refused (EINVAL) for their flags (neither READ nor WRITE, or other
+    /// bits) or range (empty, or past 2^64).
+    pub dma_maps_invalid: u64,
+    /// DMA_MAPs refused (ENOSPC) because the client held `MAX_DMA_MAPS` already.
+    pub dma_maps_over_limit: u64,
+    /// The device's DMA writes into a mapping without WRITE: dropped, as a write to
+    /// an unmapped address is (posted, so the device is not told).
+    pub dma_write_to_readonly: u64,
+    /// The device's DMA reads of a mapping without READ: refused, so the device gets
+    /// an Unsupported Request completion, as for an unmapped address.
+    pub dma_read_from_writeonly: u64,
     pub dma_unmaps: u64,
     pub dma_messages: u64,
     /// DMA_READ messages the client refused, answered wrongly or never answered: the
@@ -97,6 +124,11 @@ pub struct VfioUserStats {
     /// Clients dropped for sending more than `MAX_QUEUED` requests while the server
     /// waited for the reply to a DMA message.
     pub queue_overflows: u64,
+    /// Clients dropped for leaving more than `MAX_UNREAD` bytes of replies unread.
+    pub unread_overflows: u64,
+    /// Clients dropped for leaving a message half-sent, or their replies unread (the
+    /// socket taking nothing), for `sys::STALL_TIMEOUT`.
+    pub stalled_clients: u64,
     pub set_irqs: u64,
     pub intx_signals: u64,
     pub msi_signals: u64,
@@ -113,9 +145,26 @@ pub struct VfioUserStats {
 /// A message read from the client, with its descriptors.
 type Message = (Header, Vec<u8>, Vec<OwnedFd>);
 
-/// The connection, shared with the DMA regions that talk to the client.
+/// The connection, shared with the DMA regions that talk to the client. The socket
+/// is non-blocking: nothing here waits for the client, except `call`, which waits for
+/// the reply to a DMA message at most `DMA_REPLY_TIMEOUT`.
 struct Channel {
     sock: OwnedFd,
+    /// The message being read: `rx_got` bytes of `rx` so far (`rx` is the header's 16
+    /// bytes until the header came, then the whole message), its descriptors, and
+    /// when its last bytes came (`None` between messages).
+    rx: Vec<u8>,
+    rx_got: usize,
+    rx_header: Option<Header>,
+    rx_fds: Vec<OwnedFd>,
+    rx_moved: Option<Instant>,
+    /// Messages for the client that the socket has not taken yet: `tx_sent` bytes of
+    /// the first went, `tx_bytes` in all are still to go; `tx_moved` is when the
+    /// socket last took some (or the first was queued).
+    tx: VecDeque<Vec<u8>>,
+    tx_sent: usize,
+    tx_bytes: usize,
+    tx_moved: Instant,
     /// Requests that arrived while the server waited for a reply to its own request.
     queued: VecDeque<Message>,
     next_id: u16,
@@ -126,9 +175,34 @@ struct Channel {
     dma_write_failures: u64,
     dma_timeouts: u64,
     queue_overflows: u64,
+    unread_overflows: u64,
 }
 
 impl Channel {
+    fn new(sock: OwnedFd) -> Channel {
+        Channel {
+            sock,
+            rx: vec![0; HEADER_LEN],
+            rx_got: 0,
+            rx_header: None,
+            rx_fds: Vec::new(),
+            rx_moved: None,
+            tx: VecDeque::new(),
+            tx_sent: 0,
+            tx_bytes: 0,
+            tx_moved: Instant::now(),
+            queued: VecDeque::new(),
+            next_id: 0,
+            closed: false,
+            dma_messages: 0,
+            dma_read_failures: 0,
+            dma_write_failures: 0,
+            dma_timeouts: 0,
+            queue_overflows: 0,
+            unread_overflows: 0,
+        }
+    }
+
     /// Adds this connection's counters to the server's.
     fn add_counters(&self, s: &mut VfioUserStats) {
         s.dma_messages += self.dma_messages;
@@ -136,23 +210,113 @@ impl Channel {
         s.dma_write_failures += self.dma_write_failures;
         s.dma_timeouts += self.dma_timeouts;
         s.queue_overflows += self.queue_overflows;
+        s.unread_overflows += self.unread_overflows;
     }
 
-    fn read_message(&mut self) -> Result<Option<Message>, VfioUserError> {
+    /// Reads what the socket holds, without waiting, up to the end of the message
+    /// being read (descriptors come with the first byte of what carried them, so
+    /// those read belong to this message; one more than `MAX_FDS` are kept). `Ok(Some)`:
+    /// a whole message; `Ok(None)`: not yet, or the client closed the connection
+    /// between two messages (`closed` is then set); `Err`: the stream is broken
+    /// (closed in the middle of a message, a header that cannot be framed) and the
+    /// client must go.
+    fn poll_message(&mut self) -> Result<Option<Message>, VfioUserError> {
         let fd = self.sock.as_raw_fd();
-        let mut fds = Vec::new();
-        let mut h = [0u8; HEADER_LEN];
-        if !sys::recv_exact(fd, &mut h, &mut fds)? {
-            self.closed = true;
-            return Ok(None);
+        loop {
+            // Never empty here: a whole message returns below.
+            let n = match sys::recv_with_fds(fd, &mut self.rx[self.rx_got..], &mut self.rx_fds) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            // More than a message may carry: the rest are closed now, and the
+            // message, one over, is refused whole (Request::parse) once read.
+            self.rx_fds.truncate(wire::MAX_FDS + 1);
+            if n == 0 {
+                if self.rx_got == 0 && self.rx_header.is_none() {
+                    self.closed = true;
+                    return Ok(None);
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the client closed the socket in the middle of a message",
+                )
+                .into());
+            }
+            self.rx_moved = Some(Instant::now());
+            self.rx_got += n;
+            if self.rx_got < self.rx.len() {
+                continue;
+            }
+            if self.rx_header.is_none() {
+                let mut raw = [0u8; HEADER_LEN];
+                raw.copy_from_slice(&self.rx[..HEADER_LEN]);
+                // At most MAX_MESSAGE bytes (Header::parse checks).
+                let h = Header::parse(&raw)?;
+                self.rx_header = Some(h);
+                if h.body_len() > 0 {
+                    self.rx.resize(h.size as usize, 0);
+                    continue;
+                }
+            }
+            let Some(h) = self.rx_header.take() else {
+                continue;
+            };
+            let body = self.rx.split_off(HEADER_LEN);
+            self.rx_got = 0;
+            self.rx_moved = None;
+            return Ok(Some((h, body, std::mem::take(&mut self.rx_fds))));
         }
-        let header = Header::parse(&h)?;
-        let mut body = vec![0u8; header.body_len()];
-        if !body.is_empty() && !sys::recv_exact(fd, &mut body, &mut fds)? {
-            self.closed = true;
-            return Ok(None);
+    }
+
+    /// Sends what the socket takes now of the messages waiting for the client. Err:
+    /// the client is gone.
+    fn flush(&mut self) -> io::Result<()> {
+        let fd = self.sock.as_raw_fd();
+        while let Some(front) = self.tx.front() {
+            let len = front.len();
+            let Some(n) = sys::send_now(fd, &front[self.tx_sent..])? else {
+                break;
+            };
+            self.tx_moved = Instant::now();
+            self.tx_sent += n;
+            self.tx_bytes -= n;
+            if self.tx_sent >= len {
+                self.tx.pop_front();
+                self.tx_sent = 0;
+            }
         }
-        Ok(Some((header, body, fds)))
+        Ok(())
+    }
+
+    /// Queues `msg` for the client and sends what the socket takes of it now. Err:
+    /// the client is dropped (`closed`): gone, or it left more than `MAX_UNREAD` bytes
+    /// unread.
+    fn send(&mut self, msg: Vec<u8>) -> Result<(), VfioUserError> {
+        if self.tx_bytes.saturating_add(msg.len()) > MAX_UNREAD {
+            self.unread_overflows += 1;
+            self.closed = true;
+            return Err(io::Error::other("the client leaves its replies unread").into());
+        }
+        if self.tx.is_empty() {
+            self.tx_moved = Instant::now();
+        }
+        self.tx_bytes += msg.len();
+        self.tx.push_back(msg);
+        self.flush().map_err(|e| {
+            self.closed = true;
+            e.into()
+        })
+    }
+
+    /// Whether the client left a message half-sent (nothing more of it came), or
+    /// its messages unread (the socket taking nothing), for longer than
+    /// `sys::STALL_TIMEOUT`. Asked right after reading and sending what could be, so
+    /// that a loop that was busy elsewhere does not take its own delay for the
+    /// client's.
+    fn stalled(&self, now: Instant) -> bool {
+        let over = |since: Instant| now.saturating_duration_since(since) > sys::STALL_TIMEOUT;
+        self.rx_moved.is_some_and(over) || (!self.tx.is_empty() && over(self.tx_moved))
     }
 
     /// Sends a request of ours and waits for its reply, keeping the client's requests
@@ -167,32 +331,128 @@ impl Channel {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         self.dma_messages += 1;
-        let fd = self.sock.as_raw_fd();
-        sys::send_all(fd, &make(id))?;
+        self.send(make(id))?;
         let deadline = Instant::now() + DMA_REPLY_TIMEOUT;
         loop {
+            let polled = match self.flush() {
+                Ok(()) => self.poll_message(),
+                Err(e) => Err(e.into()),
+            };
+            match polled {
+                Ok(Some((h, body, fds))) => {
+                    if h.is_reply() && h.id == id {
+                        return Ok((h, body));
+                    }
+                    // A late reply is skipped as any stray reply is.
+                    if !h.is_reply() {
+                        if self.queued.len() >= MAX_QUEUED {
+                            // Dropping a request would leave the client waiting for its
+                            // reply forever: the client goes instead (the server drops
+                            // it next).
+                            self.queue_overflows += 1;
+                            self.closed = true;
+                            return Err(
+                                io::Error::other("too many requests while a DMA waited").into()
+                            );
+                        }
+                        self.queued.push_back((h, body, fds));
+                    }
+                    continue;
+                }
+                Ok(None) if self.closed => {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "client gone").into());
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // The stream is out of step (or gone): the server drops the client.
+                    self.closed = true;
+                    return Err(e);
+                }
+            }
             let left = deadline.saturating_duration_since(Instant::now());
-            if !sys::wait_readable(&[fd], left)?[0] {
-                // A late reply is skipped as any stray reply is.
+            if left.is_zero() {
                 self.dma_timeouts += 1;
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "no reply").into());
             }
-            let Some((h, body, fds)) = self.read_message()? else {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "client gone").into());
-            };
-            if h.is_reply() && h.id == id {
-                return Ok((h, body));
-            }
-            if !h.is_reply() {
-                if self.queued.len() >= MAX_QUEUED {
-                    // Dropping a request would leave the client waiting for its reply
-                    // forever: the client goes instead (the server drops it next).
-                    self.queue_overflows += 1;
-                    self.closed = true;
-                    return Err(io::Error::other("too many requests while a DMA waited").into());
-                }
-                self.queued.push_back((h, body, fds));
-            }
+            sys::wait_ready(self.sock.as_raw_fd(), !self.tx.is_empty(), left)?;
+        }
+    }
+}
+
+/// DMA refused by a mapping's flags; shared by the server and its mappings.
+#[derive(Debug, Default)]
+struct Denials {
+    writes: AtomicU64,
+    reads: AtomicU64,
+}
+
+/// A DMA mapping as the client allowed it (DMA_MAP's READ and WRITE flags). A write
+/// to a mapping without WRITE is dropped, as a write to an unmapped address is (the
+/// root complex drops those; a write is posted, so the device is not told), and no
+/// DMA_WRITE message goes to the client; a read of a mapping without READ fails, so
+/// the root complex answers the device with an Unsupported Request completion, as
+/// for an unmapped address. Both are counted.
+struct Permitted {
+    mem: Box<dyn HostMemory>,
+    read: bool,
+    write: bool,
+    denials: Arc<Denials>,
+}
+
+impl HostMemory for Permitted {
+    fn len(&self) -> u64 {
+        self.mem.len()
+    }
+
+    /// For callers that cannot take an error: a refused read reads all-ones.
+    fn read(&self, offset: u64, buf: &mut [u8]) {
+        if self.try_read(offset, buf).is_err() {
+            buf.fill(0xff);
+        }
+    }
+
+    fn try_read(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadFault> {
+        if !self.read {
+            self.denials.reads.fetch_add(1, Ordering::Relaxed);
+            return Err(ReadFault);
+        }
+        self.mem.try_read(offset, buf)
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if !self.write {
+            self.denials.writes.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.mem.write(offset, data)
+    }
+}
+
+/// Why a DMA_MAP was refused: each is counted and answered with an errno.
+#[derive(Debug, Error)]
+enum MapRefusal {
+    #[error("flags {0:#x}: READ, WRITE or both, and nothing else")]
+    Flags(u32),
+    #[error("{size:#x} bytes at {iova:#x}: empty, or past 2^64")]
+    Range { iova: u64, size: u64 },
+    #[error("{MAX_DMA_MAPS} mappings held already")]
+    TooMany,
+    #[error("guest RAM that may shrink: {0}")]
+    Unsealable(#[from] SealError),
+    #[error("mapping guest RAM: {0}")]
+    Map(io::Error),
+    #[error("no client")]
+    NoClient,
+    #[error("the device's memory map: {0}")]
+    Device(String),
+}
+
+impl MapRefusal {
+    fn errno(&self) -> u32 {
+        match self {
+            // As the kernel's vfio answers beyond its dma_entry_limit.
+            MapRefusal::TooMany => errno::ENOSPC,
+            _ => errno::EINVAL,
         }
     }
 }
@@ -304,8 +564,14 @@ pub struct VfioUserServer {
     /// The device-request eventfd: signalled to ask the VMM to release the device
     /// (QEMU then unplugs it from the guest).
     req: Option<OwnedFd>,
-    /// Failed DMA into mappings served by pread/pwrite, shared with each of them.
-    faults: RamFaults,
+    /// The client's DMA mappings, (IOVA, size), as the device's memory map holds
+    /// them: at most `MAX_DMA_MAPS`.
+    maps: Vec<(u64, u64)>,
+    /// DMA refused by the mappings' flags, shared with each of them.
+    denials: Arc<Denials>,
+    /// An eventfd that is always readable: among the descriptors to wait on while
+    /// messages wait for the client to read them, so the loop does not sleep on them.
+    ready: OwnedFd,
     stats: VfioUserStats,
 }
 
@@ -359,14 +625,21 @@ impl VfioUserServer {
             vectors: Vectors::default(),
             bars: BarShadow::default(),
             req: None,
-            faults: RamFaults::default(),
+            maps: Vec::new(),
+            denials: Arc::default(),
+            ready: {
+                let fd = sys::eventfd()?;
+                sys::eventfd_signal(&fd)?;
+                fd
+            },
             stats: VfioUserStats::default(),
         })
     }
 
     pub fn stats(&self) -> VfioUserStats {
         let mut s = self.stats;
-        s.dma_faults = self.faults.count();
+        s.dma_write_to_readonly = self.denials.writes.load(Ordering::Relaxed);
+        s.dma_read_from_writeonly = self.denials.reads.load(Ordering::Relaxed);
         if let Some(c) = &self.channel {
             c.lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -379,10 +652,19 @@ impl VfioUserServer {
         self.channel.is_some()
     }
 
-    /// Descriptors to wait on: the listener or the client, and an unmask eventfd.
+    /// Descriptors to wait on: the listener or the client, and an unmask eventfd;
+    /// while messages wait for the client to read them, one that is always readable
+    /// (the socket's becoming writable is not among what the loop waits for).
     pub fn wait_fds(&self) -> Vec<RawFd> {
         let mut v = match &self.channel {
-            Some(c) => vec![c.lock().unwrap_or_else(|p| p.into_inner()).sock.as_raw_fd()],
+            Some(c) => {
+                let c = c.lock().unwrap_or_else(|p| p.into_inner());
+                let mut v = vec![c.sock.as_raw_fd()];
+                if !c.tx.is_empty() {
+                    v.push(self.ready.as_raw_fd());
+                }
+                v
+            }
             None => vec![self.listener.as_raw_fd()],
         };
         v.extend(self.intx.unmask_fd.as_ref().map(|f| f.as_raw_fd()));
@@ -448,7 +730,7 @@ impl VfioUserServer {
                     self.listener.as_raw_fd(),
                     std::ptr::null_mut(),
                     std::ptr::null_mut(),
-                    libc::SOCK_CLOEXEC,
+                    libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
                 )
             };
             if fd < 0 {
@@ -456,21 +738,22 @@ impl VfioUserServer {
             }
             // SAFETY: a fresh descriptor from accept4.
             let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-            sys::set_io_timeouts(fd, sys::STALL_TIMEOUT)?;
             self.stats.connections += 1;
-            self.channel = Some(Arc::new(Mutex::new(Channel {
-                sock,
-                queued: VecDeque::new(),
-                next_id: 0,
-                closed: false,
-                dma_messages: 0,
-                dma_read_failures: 0,
-                dma_write_failures: 0,
-                dma_timeouts: 0,
-                queue_overflows: 0,
-            })));
+            self.channel = Some(Arc::new(Mutex::new(Channel::new(sock))));
         }
         self.poll_unmask();
+        // What the socket did not take before goes first.
+        if let Some(ch) = self.channel.clone() {
+            if ch
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .flush()
+                .is_err()
+            {
+                self.disconnect(dev);
+                return Ok(0);
+            }
+        }
         let mut n = 0;
         while n < max {
             let Some(ch) = self.channel.clone() else {
@@ -482,15 +765,19 @@ impl VfioUserServer {
                     // A client dropped while a DMA waited: its queue is not served.
                     _ if c.closed => None,
                     Some(m) => Some(m),
-                    None if sys::wait_readable(&[c.sock.as_raw_fd()], Duration::ZERO)?[0] => {
+                    None => match c.poll_message() {
+                        Ok(Some(m)) => Some(m),
+                        // The client closed the connection.
+                        Ok(None) if c.closed => None,
+                        // Nothing whole yet: the rest comes later.
+                        Ok(None) => break,
                         // A message that cannot be framed leaves the stream out of
                         // step: the client is dropped, the server goes on.
-                        c.read_message().unwrap_or_else(|_| {
+                        Err(_) => {
                             self.stats.errors += 1;
                             None
-                        })
-                    }
-                    None => break,
+                        }
+                    },
                 }
             };
             let Some((h, body, fds)) = msg else {
@@ -510,15 +797,25 @@ impl VfioUserServer {
                 }
             };
             if h.flags & wire::flags::NO_REPLY == 0 {
-                let sock = ch
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .sock
-                    .as_raw_fd();
-                if sys::send_all(sock, &reply).is_err() {
+                // Queued when the socket does not take it whole; a client that leaves
+                // too much unread goes.
+                let sent = ch.lock().unwrap_or_else(|p| p.into_inner()).send(reply);
+                if sent.is_err() {
                     self.disconnect(dev);
                     break;
                 }
+            }
+        }
+        // Once read and sent what could be: a client that left a message half-sent,
+        // or its replies unread, too long goes.
+        if let Some(ch) = self.channel.clone() {
+            if ch
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .stalled(Instant::now())
+            {
+                self.stats.stalled_clients += 1;
+                self.disconnect(dev);
             }
         }
         Ok(n)
@@ -528,12 +825,15 @@ impl VfioUserServer {
     /// from a clean state.
     fn disconnect(&mut self, dev: &mut dyn RemoteFunction) {
         if let Some(c) = self.channel.take() {
-            c.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .add_counters(&mut self.stats);
+            let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
+            c.add_counters(&mut self.stats);
+            // A region still held elsewhere (another device of the VM mapped the same
+            // guest RAM) fails its DMA messages at once rather than on the socket.
+            c.closed = true;
         }
         self.stats.disconnects += 1;
         dev.clear_guest_ram();
+        self.maps.clear();
         self.intx = Intx::default();
         self.vectors = Vectors::default();
         self.bars.reset();
@@ -583,44 +883,46 @@ impl VfioUserServer {
                     return Err(errno::ENOTSUP);
                 }
                 let caps = format!(
-                    "{{\"capabilities\":{{\"max_msg_fds\":{},\"max_data_xfer_size\":{},\"pgsizes\":4096,\"max_dma_maps\":65535}}}}\0",
+                    "{{\"capabilities\":{{\"max_msg_fds\":{},\"max_data_xfer_size\":{},\"pgsizes\":4096,\"max_dma_maps\":{}}}}}\0",
                     wire::MAX_FDS,
-                    MAX_DATA_XFER
+                    MAX_DATA_XFER,
+                    MAX_DMA_MAPS
                 );
                 Ok(Body::default().u16(0).u16(minor).bytes(caps.as_bytes()).0)
             }
             Request::DmaMap {
-                offset, iova, size, ..
+                flags,
+                offset,
+                iova,
+                size,
             } => {
                 self.stats.dma_maps += 1;
-                let mem: Box<dyn HostMemory> = match fds.pop() {
-                    Some(fd) => {
-                        let ram = GuestRam::map(&fd, offset as i64, size, &self.faults)
-                            .map_err(|_| errno::EINVAL)?;
-                        if !ram.is_mapped() {
-                            self.stats.dma_maps_unsealed += 1;
+                match self.dma_map(flags, offset, iova, size, fds.pop(), dev) {
+                    Ok(()) => Ok(Vec::new()),
+                    Err(e) => {
+                        match e {
+                            MapRefusal::Flags(_) | MapRefusal::Range { .. } => {
+                                self.stats.dma_maps_invalid += 1
+                            }
+                            MapRefusal::TooMany => self.stats.dma_maps_over_limit += 1,
+                            MapRefusal::Unsealable(_) => self.stats.dma_maps_unsealable += 1,
+                            MapRefusal::Map(_) | MapRefusal::NoClient | MapRefusal::Device(_) => {}
                         }
-                        Box::new(ram)
+                        Err(e.errno())
                     }
-                    None => {
-                        self.stats.dma_maps_without_fd += 1;
-                        let channel = self.channel.clone().ok_or(errno::EINVAL)?;
-                        Box::new(MessageDma {
-                            channel,
-                            iova,
-                            len: size,
-                        })
-                    }
-                };
-                dev.map_guest_ram(iova, mem).map_err(|_| errno::EINVAL)?;
-                Ok(Vec::new())
+                }
             }
             Request::DmaUnmap { flags, iova, size } => {
                 self.stats.dma_unmaps += 1;
                 if flags & vfio::DMA_UNMAP_FLAG_ALL != 0 {
                     dev.clear_guest_ram();
+                    self.maps.clear();
                 } else {
                     dev.unmap_guest_ram(iova, size);
+                    // What the device's map lets go: the mappings wholly inside.
+                    let end = iova.saturating_add(size);
+                    self.maps
+                        .retain(|&(b, len)| !(b >= iova && b.saturating_add(len) <= end));
                 }
                 Ok(Body::default().u32(24).u32(flags).u64(iova).u64(size).0)
             }
@@ -715,6 +1017,65 @@ impl VfioUserServer {
             }
             Request::Unsupported(_) => Err(errno::ENOTSUP),
         }
+    }
+
+    /// DMA_MAP: `size` bytes at `iova`, from `fd` at `offset` (guest RAM, mapped) or,
+    /// without one, by DMA_READ/DMA_WRITE messages; the device's DMA there as `flags`
+    /// allow. Checked before anything changes: the flags, the range (checked
+    /// arithmetic), the number of mappings; then the file must be sealed against
+    /// shrinking, or be sealed here (a memfd that allows it), so that the mapping
+    /// never loses its pages under the bridge (SIGBUS).
+    fn dma_map(
+        &mut self,
+        flags: u32,
+        offset: u64,
+        iova: u64,
+        size: u64,
+        fd: Option<OwnedFd>,
+        dev: &mut dyn RemoteFunction,
+    ) -> Result<(), MapRefusal> {
+        let rw = vfio::DMA_MAP_FLAG_READ | vfio::DMA_MAP_FLAG_WRITE;
+        if flags & !rw != 0 || flags & rw == 0 {
+            return Err(MapRefusal::Flags(flags));
+        }
+        if size == 0 || iova.checked_add(size).is_none() {
+            return Err(MapRefusal::Range { iova, size });
+        }
+        if self.maps.len() >= MAX_DMA_MAPS {
+            return Err(MapRefusal::TooMany);
+        }
+        let read = flags & vfio::DMA_MAP_FLAG_READ != 0;
+        let write = flags & vfio::DMA_MAP_FLAG_WRITE != 0;
+        let mem: Box<dyn HostMemory> = match fd {
+            Some(fd) => {
+                if seal_against_shrinking(&fd)? == Sealed::Now {
+                    self.stats.dma_maps_sealed_here += 1;
+                }
+                // Read-only (PROT_READ) without WRITE. Nothing is counted in the
+                // faults: `Permitted` drops those writes before they get there.
+                let ram = GuestRam::map_sealed(&fd, offset, size, write, &RamFaults::default())
+                    .map_err(MapRefusal::Map)?;
+                Box::new(ram)
+            }
+            None => {
+                let channel = self.channel.clone().ok_or(MapRefusal::NoClient)?;
+                self.stats.dma_maps_without_fd += 1;
+                Box::new(MessageDma {
+                    channel,
+                    iova,
+                    len: size,
+                })
+            }
+        };
+        let mem = Box::new(Permitted {
+            mem,
+            read,
+            write,
+            denials: self.denials.clone(),
+        });
+        dev.map_guest_ram(iova, mem).map_err(MapRefusal::Device)?;
+        self.maps.push((iova, size));
+        Ok(())
     }
 
     /// Where the MSI-X capability is and its vector count; `Ok(None)`: the device has
@@ -1646,8 +2007,28 @@ mod tests {
         );
     }
 
+    /// Serves until the client is dropped (at most 10 `sys::STALL_TIMEOUT`s);
+    /// returns the longest one call to `serve` took: the loop is never held.
+    fn serve_until_dropped(s: &mut VfioUserServer, dev: &mut FakeFunction) -> Duration {
+        let deadline = Instant::now() + 10 * sys::STALL_TIMEOUT;
+        let mut longest = Duration::ZERO;
+        loop {
+            let t = Instant::now();
+            s.serve(dev, 64).unwrap();
+            longest = longest.max(t.elapsed());
+            if !s.connected() {
+                return longest;
+            }
+            assert!(Instant::now() < deadline, "the client was never dropped");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// A client that stops in the middle of a message is dropped after
-    /// sys::STALL_TIMEOUT; the server held in recv forever before.
+    /// sys::STALL_TIMEOUT without progress, and no call to `serve` waits for it
+    /// meanwhile, not even while the message comes a byte at a time. (The server
+    /// held in recv up to a second per byte before, so a trickle of bytes held it for
+    /// ever.)
     #[test]
     fn a_client_stalled_mid_message_is_dropped() {
         let (dir, mut s) = server();
@@ -1657,10 +2038,159 @@ mod tests {
         let m = wire::message(1, wire::cmd::DEVICE_GET_INFO, 0, 0, &[0; 16]);
         c.send_bytes(&m[..10], &[]).unwrap();
         let started = Instant::now();
+        let longest = serve_until_dropped(&mut s, &mut dev);
+        assert!(started.elapsed() >= sys::STALL_TIMEOUT);
+        assert!(
+            longest < Duration::from_millis(200),
+            "serve held {longest:?}"
+        );
+        let st = s.stats();
+        assert_eq!((st.stalled_clients, st.disconnects, st.requests), (1, 1, 0));
+        // A byte every 50 ms of a message that announces 1 MiB, for 1.5 s: served
+        // meanwhile without waiting, kept (it moves), dropped once it stops.
+        let mut c = connect(&dir.path.join("vfu.sock"));
+        let big = wire::message(2, wire::cmd::REGION_WRITE, 0, 0, &vec![0; 1 << 20]);
+        let trickle = std::thread::spawn(move || {
+            for b in big.iter().take(30) {
+                c.send_bytes(&[*b], &[]).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            c
+        });
+        let mut longest = Duration::ZERO;
+        while !trickle.is_finished() {
+            let t = Instant::now();
+            s.serve(&mut dev, 64).unwrap();
+            longest = longest.max(t.elapsed());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _c = trickle.join().unwrap();
+        assert!(s.connected(), "a message that moves is waited for");
+        let stopped = Instant::now();
+        longest = longest.max(serve_until_dropped(&mut s, &mut dev));
+        assert!(stopped.elapsed() >= sys::STALL_TIMEOUT - Duration::from_millis(60));
+        assert!(
+            longest < Duration::from_millis(200),
+            "serve held {longest:?}"
+        );
+        assert_eq!((s.stats().stalled_clients, s.stats().requests), (2, 0));
+    }
+
+    /// Descriptors beyond what a message may carry (`MAX_FDS`), in one piece or in
+    /// several: the server keeps one more than that, and refuses the message whole
+    /// (EINVAL); the stream stays in step.
+    #[test]
+    fn a_message_with_too_many_descriptors_is_refused() {
+        let (dir, mut s) = server();
+        let mut dev = fake();
+        let mut c = connect(&dir.path.join("vfu.sock"));
+        let fds: Vec<OwnedFd> = (0..3 * wire::MAX_FDS)
+            .map(|_| sys::eventfd().unwrap())
+            .collect();
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let info = Body::default().u32(16).u32(0).u32(0).u32(0).0;
+        let m = wire::message(7, wire::cmd::DEVICE_GET_INFO, 0, 0, &info);
+        c.send_bytes(&m, &raw[..wire::MAX_FDS + 1]).unwrap();
+        // Three pieces of 8 each.
+        let m = wire::message(8, wire::cmd::DEVICE_GET_INFO, 0, 0, &info);
+        for (k, piece) in m.chunks(12).enumerate() {
+            let at = k * wire::MAX_FDS;
+            c.send_bytes(piece, &raw[at..at + wire::MAX_FDS]).unwrap();
+        }
         pump(&mut s, &mut dev);
-        assert!(!s.connected());
-        assert!(started.elapsed() < 10 * sys::STALL_TIMEOUT);
-        assert_eq!((s.stats().errors, s.stats().disconnects), (1, 1));
+        for id in [7, 8] {
+            let (h, _) = c.wait_reply(id).unwrap();
+            assert_eq!(h.error, errno::EINVAL, "message {id}");
+        }
+        assert!(s.connected());
+        assert_eq!(
+            config_read(&mut c, &mut s, &mut dev, 0, 2),
+            [0xf4, 0x1a],
+            "still in step"
+        );
+    }
+
+    /// A REGION_READ of `n` bytes of BAR0 at 0.
+    fn bar0_read(n: u32) -> Vec<u8> {
+        Body::default().u64(0).u32(0).u32(n).0
+    }
+
+    /// A client that sends requests and never reads the replies: the server reads
+    /// on and queues the replies, at most MAX_UNREAD bytes, then drops the client
+    /// (counted); no call to `serve` waits for it, and the next client is served.
+    #[test]
+    fn a_client_that_never_reads_its_replies_is_dropped() {
+        let (dir, mut s) = server();
+        let mut dev = fake();
+        let path = dir.path.join("vfu.sock");
+        let mut c = connect(&path);
+        s.serve(&mut dev, 64).unwrap();
+        // 4 KiB replies: about a thousand fill MAX_UNREAD.
+        let reply = HEADER_LEN + 16 + 4096;
+        let flood = std::thread::spawn(move || {
+            let mut sent = 0;
+            while sent < 4 * MAX_UNREAD / reply
+                && c.send(wire::cmd::REGION_READ, &bar0_read(4096), &[])
+                    .is_ok()
+            {
+                sent += 1;
+            }
+            (c, sent)
+        });
+        let longest = serve_until_dropped(&mut s, &mut dev);
+        assert!(
+            longest < Duration::from_millis(500),
+            "serve held {longest:?}"
+        );
+        let (_c, sent) = flood.join().unwrap();
+        let st = s.stats();
+        assert_eq!((st.unread_overflows, st.stalled_clients), (1, 0));
+        // What was served fits in MAX_UNREAD and the socket's buffers (a few
+        // hundred KiB), far fewer than were sent.
+        let served = st.requests as usize;
+        assert!(
+            served > MAX_UNREAD / reply && served < MAX_UNREAD / reply + 256,
+            "{served} served"
+        );
+        assert!(sent > served, "{sent} sent, {served} served");
+        let mut c2 = connect(&path);
+        assert_eq!(
+            config_read(&mut c2, &mut s, &mut dev, 0, 4),
+            [0xf4, 0x1a, 0x42, 0x10]
+        );
+    }
+
+    /// A client that stops reading with fewer than MAX_UNREAD bytes of replies
+    /// waiting: while they wait, the server asks the loop not to sleep on them
+    /// (`wait_fds` has a descriptor that is always readable); when the socket has
+    /// taken nothing for sys::STALL_TIMEOUT the client is dropped.
+    #[test]
+    fn a_client_that_stops_reading_is_dropped_after_the_stall_timeout() {
+        let (dir, mut s) = server();
+        let mut dev = fake();
+        let mut c = connect(&dir.path.join("vfu.sock"));
+        assert_eq!(s.wait_fds().len(), 1, "the listener");
+        // 256 KiB of replies: more than the socket's buffer takes.
+        for _ in 0..64 {
+            c.send(wire::cmd::REGION_READ, &bar0_read(4096), &[])
+                .unwrap();
+        }
+        let started = Instant::now();
+        while s.stats().requests < 64 {
+            s.serve(&mut dev, 64).unwrap();
+        }
+        let fds = s.wait_fds();
+        assert_eq!(fds.len(), 2, "the client's socket, and one always ready");
+        assert!(sys::wait_readable(&fds[1..], Duration::ZERO).unwrap()[0]);
+        let longest = serve_until_dropped(&mut s, &mut dev);
+        assert!(started.elapsed() >= sys::STALL_TIMEOUT);
+        assert!(
+            longest < Duration::from_millis(200),
+            "serve held {longest:?}"
+        );
+        let st = s.stats();
+        assert_eq!((st.stalled_clients, st.unread_overflows), (1, 0));
+        drop(c);
     }
 
     /// Found by the vfio_user_server fuzz target: a config access while the device
@@ -1959,19 +2489,45 @@ mod tests {
         assert_eq!(h.error, errno::EINVAL);
     }
 
-    /// A client maps an unsealed memfd and then shrinks it: the device's DMA there
-    /// fails (error completion, lost write, counted) instead of raising SIGBUS in the
-    /// bridge. A sealed memfd (QEMU's default) is still mapped.
+    /// A DMA_MAP body with `flags`: `size` bytes at `iova`, at `offset` of the
+    /// descriptor (if one comes along).
+    fn dma_map_flags(flags: u32, iova: u64, size: u64, offset: u64) -> Vec<u8> {
+        Body::default()
+            .u32(32)
+            .u32(flags)
+            .u64(offset)
+            .u64(iova)
+            .u64(size)
+            .0
+    }
+
+    /// Guest RAM must not be able to shrink under the bridge (a mapping of it would
+    /// raise SIGBUS): a memfd sealed against shrinking (QEMU's default) is mapped; a
+    /// memfd that allows sealing is sealed here, after which the client cannot
+    /// shrink it (EPERM); a memfd made without MFD_ALLOW_SEALING (QEMU's `seal=off`)
+    /// and a regular file are refused (EINVAL), counted. (An unsealed file used to be
+    /// served by pread/pwrite, holding a descriptor per mapping.)
     #[test]
-    fn dma_into_a_truncated_unsealed_memfd_fails_without_sigbus() {
+    fn guest_ram_must_be_sealed_against_shrinking() {
+        use crate::guest_ram::{test_memfd, test_memfd_without_sealing, test_regular_file};
         let (dir, mut s) = server();
         let mut dev = fake();
         let mut c = connect(&dir.path.join("vfu.sock"));
-        let memfd = |seals| crate::guest_ram::test_memfd(1 << 16, seals);
-        let open = memfd(0);
-        let sealed = memfd(libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL);
-        for (iova, fd) in [(0x10_0000, &open), (0x20_0000, &sealed)] {
-            ask(
+        let sealed = test_memfd(
+            1 << 16,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+        );
+        let sealable = test_memfd(1 << 16, 0);
+        let seal_off = test_memfd_without_sealing(1 << 16);
+        let file = test_regular_file(1 << 16);
+        let mut errors = Vec::new();
+        for (iova, fd) in [
+            (0x10_0000, &sealed),
+            (0x20_0000, &sealable),
+            (0x30_0000, &seal_off),
+            (0x40_0000, &file),
+        ] {
+            let (h, _) = ask(
                 &mut c,
                 &mut s,
                 &mut dev,
@@ -1979,21 +2535,215 @@ mod tests {
                 &dma_map(iova, 1 << 16),
                 &[fd.as_raw_fd()],
             );
+            errors.push(h.error);
         }
+        assert_eq!(errors, [0, 0, errno::EINVAL, errno::EINVAL]);
+        let st = s.stats();
+        assert_eq!(
+            (st.dma_maps, st.dma_maps_sealed_here, st.dma_maps_unsealable),
+            (4, 1, 2)
+        );
         assert_eq!(dev.ram.len(), 2);
-        assert_eq!(s.stats().dma_maps_unsealed, 1);
-        // SAFETY: ftruncate on descriptors we own; the sealed one refuses.
-        unsafe {
-            assert_eq!(libc::ftruncate(open.as_raw_fd(), 0), 0);
-            assert_ne!(libc::ftruncate(sealed.as_raw_fd(), 0), 0);
-        }
-        let mut buf = [0u8; 32];
-        assert!(dev.ram[0].1.try_read(0x100, &mut buf).is_err());
-        dev.ram[0].1.write(0x100, &[1; 32]);
+        // The client's shrink fails now: no SIGBUS can come of it.
+        // SAFETY: ftruncate on a descriptor we own; the seal refuses it.
+        let r = unsafe { libc::ftruncate(sealable.as_raw_fd(), 0) };
+        assert_eq!(
+            (r, io::Error::last_os_error().raw_os_error()),
+            (-1, Some(libc::EPERM))
+        );
         dev.ram[1].1.write(0x100, &[2; 32]);
+        let mut buf = [0u8; 32];
         assert!(dev.ram[1].1.try_read(0x100, &mut buf).is_ok());
         assert_eq!(buf, [2; 32]);
-        assert_eq!(s.stats().dma_faults, 2);
+        // SAFETY: pread into a live buffer of its length, on a descriptor we own.
+        let n = unsafe { libc::pread(sealable.as_raw_fd(), buf.as_mut_ptr().cast(), 32, 0x100) };
+        assert_eq!(
+            (n, buf),
+            (32, [2; 32]),
+            "the device wrote the client's memfd"
+        );
+    }
+
+    /// DMA_MAP's flags are kept, with a descriptor or without: a write into a region
+    /// mapped without WRITE is dropped (the memory unchanged, no DMA_WRITE message),
+    /// a read of one without READ gets an Unsupported Request completion (no
+    /// DMA_READ message), as for an unmapped address; both counted. Neither flag, or
+    /// another bit, or an empty or wrapping range: refused.
+    #[test]
+    fn dma_honours_the_mapping_flags() {
+        use rootcomplex::{Bridge, BridgeConfig, MemoryMap};
+        use tlp::{Bdf, CompletionStatus, Header as TlpHeader, MemRead, MemWrite, Tag, Tlp};
+        let (dir, mut s) = server();
+        let mut dev = fake();
+        let mut c = connect(&dir.path.join("vfu.sock"));
+        let ram = crate::guest_ram::test_memfd(1 << 16, libc::F_SEAL_SHRINK);
+        // SAFETY: pwrite of a live buffer on a descriptor we own.
+        unsafe { libc::pwrite(ram.as_raw_fd(), b"ROM!".as_ptr().cast(), 4, 0x40) };
+        let (r, w) = (vfio::DMA_MAP_FLAG_READ, vfio::DMA_MAP_FLAG_WRITE);
+        // Read-only and write-only halves of the memfd; the same without one.
+        let maps = [
+            (r, 0x10_0000, 0x8000, 0, true),
+            (w, 0x20_0000, 0x8000, 0x8000, true),
+            (r, 0x30_0000, 0x1000, 0, false),
+            (w, 0x40_0000, 0x1000, 0, false),
+        ];
+        for (flags, iova, size, offset, with_fd) in maps {
+            let fds = if with_fd {
+                vec![ram.as_raw_fd()]
+            } else {
+                vec![]
+            };
+            let body = dma_map_flags(flags, iova, size, offset);
+            let (h, _) = ask(&mut c, &mut s, &mut dev, wire::cmd::DMA_MAP, &body, &fds);
+            assert_eq!(h.error, 0);
+        }
+        for (flags, iova, size) in [
+            (0, 0x50_0000, 0x1000),
+            (r | w | 4, 0x50_0000, 0x1000),
+            (r | w, 0x50_0000, 0),
+            (r | w, u64::MAX - 0xfff, 0x2000),
+        ] {
+            let body = dma_map_flags(flags, iova, size, 0);
+            let (h, _) = ask(&mut c, &mut s, &mut dev, wire::cmd::DMA_MAP, &body, &[]);
+            assert_eq!(h.error, errno::EINVAL, "flags {flags:#x} size {size:#x}");
+        }
+        assert_eq!(s.stats().dma_maps_invalid, 4);
+        let mut memory = MemoryMap::new();
+        for (base, mem) in dev.ram.drain(..) {
+            memory.add(base, mem).unwrap();
+        }
+        let mut rc = Bridge::new(BridgeConfig::default(), memory);
+        let requester = Bdf::new(1, 0, 0).unwrap();
+        let write = |rc: &mut Bridge, address: u64| {
+            let w = MemWrite {
+                requester,
+                tag: Tag::wrapping(0),
+                address,
+                first_be: 0xf,
+                last_be: 0,
+                hint: None,
+            };
+            rc.handle_tlp(
+                0,
+                &Tlp::new(TlpHeader::MemWrite(w), b"dev!").to_vec().unwrap(),
+            );
+        };
+        // Writes into the read-only regions: dropped.
+        write(&mut rc, 0x10_0040);
+        write(&mut rc, 0x30_0040);
+        let mut got = [0u8; 4];
+        // SAFETY: pread into a live buffer of its length, on a descriptor we own.
+        unsafe { libc::pread(ram.as_raw_fd(), got.as_mut_ptr().cast(), 4, 0x40) };
+        assert_eq!(&got, b"ROM!", "the read-only memory is unchanged");
+        // Into the write-only one: written.
+        write(&mut rc, 0x20_0040);
+        // SAFETY: as above.
+        unsafe { libc::pread(ram.as_raw_fd(), got.as_mut_ptr().cast(), 4, 0x8040) };
+        assert_eq!(&got, b"dev!");
+        let read = |rc: &mut Bridge, address: u64| {
+            let r = MemRead {
+                requester,
+                tag: Tag::wrapping(5),
+                address,
+                length_dw: 1,
+                first_be: 0xf,
+                last_be: 0,
+                locked: false,
+                hint: None,
+            };
+            rc.handle_tlp(0, &Tlp::new(TlpHeader::MemRead(r), &[]).to_vec().unwrap());
+            let out = rc.poll_transmit().expect("a completion");
+            let t = Tlp::parse(&out).unwrap();
+            let TlpHeader::Completion(cpl) = t.header else {
+                panic!("not a completion: {:?}", t.header);
+            };
+            (cpl.status, t.payload.to_vec())
+        };
+        // Reads of the write-only regions: Unsupported Request, as unmapped.
+        for address in [0x20_0040, 0x40_0040, 0x90_0000] {
+            assert_eq!(
+                read(&mut rc, address),
+                (CompletionStatus::UnsupportedRequest, vec![])
+            );
+        }
+        // Of the read-only one: the data.
+        assert_eq!(
+            read(&mut rc, 0x10_0040),
+            (CompletionStatus::Success, b"ROM!".to_vec())
+        );
+        let st = s.stats();
+        assert_eq!(
+            (st.dma_write_to_readonly, st.dma_read_from_writeonly),
+            (2, 2)
+        );
+        assert_eq!((st.dma_messages, rc.stats().dma_read_refused), (0, 3));
+        assert!(
+            !sys::wait_readable(&[c.socket().as_raw_fd()], Duration::ZERO).unwrap()[0],
+            "no DMA_READ or DMA_WRITE went to the client"
+        );
+    }
+
+    /// A client holds at most MAX_DMA_MAPS mappings, as VERSION announces: one more
+    /// is refused (ENOSPC, counted) and grows nothing; an unmap makes room again.
+    #[test]
+    fn dma_mappings_are_bounded() {
+        let (dir, mut s) = server();
+        let mut dev = fake();
+        let mut c = connect(&dir.path.join("vfu.sock"));
+        let (_, b) = ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::VERSION,
+            &Body::default().u16(0).u16(0).bytes(b"{}\0").0,
+            &[],
+        );
+        let caps = std::str::from_utf8(&b[4..b.len() - 1]).unwrap();
+        assert!(
+            caps.contains(&format!("\"max_dma_maps\":{MAX_DMA_MAPS}")),
+            "{caps}"
+        );
+        let page = |i: usize| 0x1_0000_0000 + (i as u64) * 0x1000;
+        // Each served at once (the request is whole in the socket when served).
+        let errors: Vec<u32> = (0..=MAX_DMA_MAPS)
+            .map(|i| {
+                let id = c
+                    .send(wire::cmd::DMA_MAP, &dma_map(page(i), 0x1000), &[])
+                    .unwrap();
+                assert_eq!(s.serve(&mut dev, 64).unwrap(), 1);
+                c.wait_reply(id).unwrap().0.error
+            })
+            .collect();
+        assert!(errors[..MAX_DMA_MAPS].iter().all(|&e| e == 0));
+        assert_eq!(errors[MAX_DMA_MAPS], errno::ENOSPC);
+        assert_eq!(dev.ram.len(), MAX_DMA_MAPS);
+        assert_eq!(s.stats().dma_maps_over_limit, 1);
+        // An unmap of one makes room for one.
+        let unmap = |iova: u64| Body::default().u32(24).u32(0).u64(iova).u64(0x1000).0;
+        ask(
+            &mut c,
+            &mut s,
+            &mut dev,
+            wire::cmd::DMA_UNMAP,
+            &unmap(page(3)),
+            &[],
+        );
+        let next = dma_map(page(MAX_DMA_MAPS), 0x1000);
+        let (h, _) = ask(&mut c, &mut s, &mut dev, wire::cmd::DMA_MAP, &next, &[]);
+        assert_eq!(h.error, 0);
+        let (h, _) = ask(&mut c, &mut s, &mut dev, wire::cmd::DMA_MAP, &next, &[]);
+        assert_eq!(h.error, errno::ENOSPC);
+        assert_eq!(dev.ram.len(), MAX_DMA_MAPS);
+        // Unmap all, and a new client, start from none.
+        let all = Body::default()
+            .u32(24)
+            .u32(vfio::DMA_UNMAP_FLAG_ALL)
+            .u64(0)
+            .u64(0)
+            .0;
+        ask(&mut c, &mut s, &mut dev, wire::cmd::DMA_UNMAP, &all, &[]);
+        let (h, _) = ask(&mut c, &mut s, &mut dev, wire::cmd::DMA_MAP, &next, &[]);
+        assert_eq!((h.error, s.stats().dma_maps_over_limit), (0, 2));
     }
 
     #[test]

@@ -18,6 +18,11 @@ pub const MAX_DATA_XFER: usize = 1 << 20;
 pub const MAX_MESSAGE: usize = MAX_DATA_XFER + 64;
 /// Descriptors one message may carry (`max_msg_fds`).
 pub const MAX_FDS: usize = 8;
+/// DMA mappings one client may hold at once (`max_dma_maps`, announced and enforced).
+/// QEMU maps each RAM section of the guest's address space once (guest RAM below and
+/// above 4 GiB, the firmware's ROMs, the PAM pieces below 1 MiB: tens); its client
+/// only takes the number for its check of virtio-mem (see docs/vmm.md).
+pub const MAX_DMA_MAPS: usize = 1024;
 
 pub mod cmd {
     pub const VERSION: u16 = 1;
@@ -80,6 +85,9 @@ pub mod errno {
     pub const E2BIG: u32 = 7;
     pub const ENOTSUP: u32 = 95;
     pub const EIO: u32 = 5;
+    /// No room for another DMA mapping (as the kernel's vfio answers VFIO_IOMMU_MAP_DMA
+    /// beyond its `dma_entry_limit`).
+    pub const ENOSPC: u32 = 28;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
