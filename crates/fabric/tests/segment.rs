@@ -97,6 +97,33 @@ impl Segment {
     fn take(&mut self, i: usize) -> Vec<FabricEvent> {
         std::mem::take(&mut self.events[i])
     }
+
+    /// The manager asks the box (from group 4093) to move `slot` to `gid`; the frame
+    /// is delivered, recorded on the way, and the segment runs 300 ms.
+    fn recorded_request(&mut self, slot: u8, gid: u16) -> Vec<u8> {
+        self.nodes[MANAGER]
+            .set_group(4093, mac(3), 103, slot, gid)
+            .unwrap();
+        let f = self.nodes[MANAGER].poll_transmit(self.now).unwrap();
+        self.nodes[BOX].handle_frame(self.now, &f, None);
+        self.run(300_000);
+        f
+    }
+
+    /// Bridge `from` sends `tlp` to bridge `to` in group `gid`; after `us` of the
+    /// clock it has arrived there (the events of `to` are taken).
+    fn tlp_arrives(&mut self, from: usize, to: usize, gid: u16, tlp: &[u8], us: u64) {
+        let (src, dst) = (self.nodes[from].config().mac, self.nodes[to].config().mac);
+        self.nodes[from].send_tlp(gid, dst, tlp).unwrap();
+        self.run(us);
+        let ev = self.take(to);
+        let want = FabricEvent::Tlp {
+            gid,
+            peer: src,
+            tlp: tlp.to_vec(),
+        };
+        assert!(ev.contains(&want), "{want:?} not among {ev:?}");
+    }
 }
 
 const HOST_A: usize = 0;
@@ -192,13 +219,7 @@ fn tlps_flow_both_ways_in_order() {
     for (i, t) in got.iter().enumerate() {
         assert_eq!(t, &(i as u32).to_be_bytes().repeat(4));
     }
-    s.nodes[BOX].send_tlp(10, mac(1), b"answer!!").unwrap();
-    s.run(5_000);
-    assert!(s.take(HOST_A).contains(&FabricEvent::Tlp {
-        gid: 10,
-        peer: mac(3),
-        tlp: b"answer!!".to_vec()
-    }));
+    s.tlp_arrives(BOX, HOST_A, 10, b"answer!!", 5_000);
     // No session to a bridge outside our groups.
     assert!(s.nodes[HOST_B].send_tlp(10, mac(3), b"x").is_err());
 }
@@ -394,13 +415,7 @@ fn a_dead_box_is_hot_removed_and_comes_back() {
     s.down[BOX] = false;
     s.run(300_000);
     assert_eq!(added(&s.take(HOST_A)), vec![(10, 0)], "hot-plug again");
-    s.nodes[HOST_A].send_tlp(10, mac(3), b"again!!!").unwrap();
-    s.run(5_000);
-    assert!(s.take(BOX).contains(&FabricEvent::Tlp {
-        gid: 10,
-        peer: mac(1),
-        tlp: b"again!!!".to_vec()
-    }));
+    s.tlp_arrives(HOST_A, BOX, 10, b"again!!!", 5_000);
 }
 
 #[test]
@@ -887,12 +902,7 @@ fn replayed_info_and_ctrl_change_nothing_in_a_keyed_group() {
 
     // The manager moves the free device into group 10 (request captured on the way),
     // then back: the captured request, replayed, does not move it again.
-    s.nodes[MANAGER]
-        .set_group(4093, mac(3), 103, 1, 10)
-        .unwrap();
-    let to_10 = s.nodes[MANAGER].poll_transmit(s.now).unwrap();
-    s.nodes[BOX].handle_frame(s.now, &to_10, None);
-    s.run(300_000);
+    let to_10 = s.recorded_request(1, 10);
     assert_eq!(s.nodes[BOX].device_group(1), Some(10));
     s.nodes[MANAGER]
         .set_group(10, mac(3), 103, 1, 4093)
@@ -970,15 +980,7 @@ fn a_session_frame_of_an_earlier_run_restarts_nothing_in_a_keyed_group() {
         s.nodes[BOX].send_tlp(10, mac(1), b"a run").unwrap();
         s.run(20_000);
     }
-    s.nodes[HOST_A]
-        .send_tlp(10, mac(3), b"to the current run")
-        .unwrap();
-    s.run(50_000);
-    assert!(s.take(BOX).contains(&FabricEvent::Tlp {
-        gid: 10,
-        peer: mac(1),
-        tlp: b"to the current run".to_vec()
-    }));
+    s.tlp_arrives(HOST_A, BOX, 10, b"to the current run", 50_000);
     s.take(HOST_A);
     let before = s.nodes[HOST_A].stats();
     s.nodes[HOST_A].handle_frame(s.now, &old, None);
@@ -996,13 +998,7 @@ fn a_session_frame_of_an_earlier_run_restarts_nothing_in_a_keyed_group() {
         before.stale_run_frames + 1
     );
     // The session goes on.
-    s.nodes[BOX].send_tlp(10, mac(1), b"still here").unwrap();
-    s.run(50_000);
-    assert!(s.take(HOST_A).contains(&FabricEvent::Tlp {
-        gid: 10,
-        peer: mac(3),
-        tlp: b"still here".to_vec()
-    }));
+    s.tlp_arrives(BOX, HOST_A, 10, b"still here", 50_000);
 }
 
 #[test]
@@ -1040,12 +1036,7 @@ fn a_box_with_managers_obeys_only_their_signed_fresh_requests() {
     }
     // Signed by the trusted manager: obeyed.
     s.nodes[MANAGER] = signing(Some(ManagerSigner::from_seed(&[0x51; 32])));
-    s.nodes[MANAGER]
-        .set_group(4093, mac(3), 103, 1, 20)
-        .unwrap();
-    let signed = s.nodes[MANAGER].poll_transmit(s.now).unwrap();
-    s.nodes[BOX].handle_frame(s.now, &signed, None);
-    s.run(300_000);
+    let signed = s.recorded_request(1, 20);
     assert_eq!(s.nodes[BOX].device_group(1), Some(20));
     assert!(added(&s.take(HOST_B)).contains(&(20, 1)));
     // Back to 4093 (signed, sent in group 20), then the first request replayed as

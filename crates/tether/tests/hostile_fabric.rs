@@ -102,6 +102,38 @@ fn forgeries(
     out
 }
 
+/// Namespaces `names` on a Linux bridge in a namespace "sw", each joined to it by
+/// a veth pair (`PREFIX<name>` inside, `sw<name>` on the bridge, MTU 1500), with
+/// learning off on the bridge's ports: it floods every frame to every port, as a hub
+/// (or a switch's mirror port) would, so a bridge on it sees unicast CTRL too.
+fn star<const N: usize>(rig: &mut Rig, prefix: &str, names: [&str; N]) -> [usize; N] {
+    let sw = rig.host("sw").unwrap();
+    let mut ports = Vec::new();
+    let hosts = names.map(|name| {
+        let h = rig.host(name).unwrap();
+        let outer = format!("sw{name}");
+        rig.veth(h, &format!("{prefix}{name}"), sw, &outer, 1500)
+            .unwrap();
+        ports.push(outer);
+        h
+    });
+    let refs: Vec<&str> = ports.iter().map(String::as_str).collect();
+    rig.bridge(sw, "br0", &refs).unwrap();
+    for port in &ports {
+        run_ok(rig.command(sw, "ip").args([
+            "link",
+            "set",
+            "dev",
+            port,
+            "type",
+            "bridge_slave",
+            "learning",
+            "off",
+        ]));
+    }
+    hosts
+}
+
 /// The frames of a pcap file.
 fn wire_frames(path: &Path) -> Vec<Vec<u8>> {
     let file = std::fs::File::open(path).unwrap();
@@ -132,36 +164,7 @@ fn a_keyed_fabric_takes_nothing_from_a_stranger_on_its_segment() {
     let Some(mut rig) = Rig::for_test(test, "tpk") else {
         return;
     };
-    let sw = rig.host("sw").unwrap();
-    let bx = rig.host("box").unwrap();
-    let ha = rig.host("ha").unwrap();
-    let mgr = rig.host("mgr").unwrap();
-    let atk = rig.host("atk").unwrap();
-    for (h, inner, outer) in [
-        (bx, "pkbox", "swbox"),
-        (ha, "pkha", "swha"),
-        (mgr, "pkmgr", "swmgr"),
-        (atk, "pkatk", "swatk"),
-    ] {
-        rig.veth(h, inner, sw, outer, 1500).unwrap();
-    }
-    rig.bridge(sw, "br0", &["swbox", "swha", "swmgr", "swatk"])
-        .unwrap();
-    // A hub: with learning off the Linux bridge floods every frame to every port, so
-    // the attacker sees unicast CTRL too (a switch's mirror port, or a flooded MAC
-    // table).
-    for port in ["swbox", "swha", "swmgr", "swatk"] {
-        run_ok(rig.command(sw, "ip").args([
-            "link",
-            "set",
-            "dev",
-            port,
-            "type",
-            "bridge_slave",
-            "learning",
-            "off",
-        ]));
-    }
+    let [bx, ha, mgr, atk] = star(&mut rig, "pk", ["box", "ha", "mgr", "atk"]);
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -208,6 +211,26 @@ fn a_keyed_fabric_takes_nothing_from_a_stranger_on_its_segment() {
             .args(args)
             .output()
             .unwrap()
+    };
+    // The attacker sends the frames of a pcap file, `repeat` times over.
+    let replay = |pcap: &Path, repeat: u32| {
+        let r = repeat.to_string();
+        let args = [
+            "wire",
+            "replay",
+            "--pcap",
+            &cfg(&pcap.to_path_buf()),
+            "-i",
+            "pkatk",
+            "--repeat",
+            &r,
+        ];
+        let out = in_ns(atk, &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     let key_args = |prefix: &str| {
         vec![
@@ -294,24 +317,7 @@ fn a_keyed_fabric_takes_nothing_from_a_stranger_on_its_segment() {
     frames_to_pcap(&pcap, &forged);
     write_pcap(&d.join("sample.pcap"), &wire::sample::frames());
     for p in [&pcap, &d.join("sample.pcap")] {
-        let out = in_ns(
-            atk,
-            &[
-                "wire",
-                "replay",
-                "--pcap",
-                &cfg(p),
-                "-i",
-                "pkatk",
-                "--repeat",
-                "20",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        replay(p, 20);
     }
     std::thread::sleep(Duration::from_millis(500));
     let box_after = stats("box.sock");
@@ -419,24 +425,7 @@ fn a_keyed_fabric_takes_nothing_from_a_stranger_on_its_segment() {
         frames.len()
     );
     let box_before = stats("box.sock");
-    let out = in_ns(
-        atk,
-        &[
-            "wire",
-            "replay",
-            "--pcap",
-            &cfg(&sniffed),
-            "-i",
-            "pkatk",
-            "--repeat",
-            "3",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    replay(&sniffed, 3);
     std::thread::sleep(Duration::from_millis(500));
     let box_after = stats("box.sock");
     assert!(
@@ -509,18 +498,7 @@ fn an_info_flood_from_10000_sources_leaves_the_bridges_bounded_and_serving() {
     let Some(mut rig) = Rig::for_test(test, "tpf") else {
         return;
     };
-    let sw = rig.host("sw").unwrap();
-    let bx = rig.host("box").unwrap();
-    let ha = rig.host("ha").unwrap();
-    let atk = rig.host("atk").unwrap();
-    for (h, inner, outer) in [
-        (bx, "pfbox", "swbox"),
-        (ha, "pfha", "swha"),
-        (atk, "pfatk", "swatk"),
-    ] {
-        rig.veth(h, inner, sw, outer, 1500).unwrap();
-    }
-    rig.bridge(sw, "br0", &["swbox", "swha", "swatk"]).unwrap();
+    let [bx, ha, atk] = star(&mut rig, "pf", ["box", "ha", "atk"]);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let cfg = |p: &PathBuf| p.to_str().unwrap().to_string();
