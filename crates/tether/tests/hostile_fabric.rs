@@ -444,6 +444,49 @@ fn a_keyed_fabric_takes_nothing_from_a_stranger_on_its_segment() {
     );
     assert_eq!(a.count("hot-plug: group 10: slot 1"), 1, "{}", a.text());
 
+    // The recorded session frames (the host's DMA with the box), forged as an
+    // attacker without the key can: untagged, under a guessed higher epoch (a
+    // restart), with the SYN flag, and with acknowledgements moved ahead. Nothing
+    // restarts, nothing is delivered: the tags are missing.
+    let mut forged = Vec::new();
+    for f in frames
+        .iter()
+        .filter_map(|f| wire::Frame::parse(f, None).ok())
+    {
+        if !matches!(f.header.kind, FrameKind::Data | FrameKind::Ack) {
+            continue;
+        }
+        for (de, flags, dack) in [(1u32, 0u8, 0u32), (0, wire::flags::SYN, 0), (0, 0, 5)] {
+            let mut h = f.header;
+            h.epoch = h.epoch.wrapping_add(de);
+            h.flags = (h.flags | flags) & !wire::flags::AUTH;
+            h.ack = h.ack.wrapping_add(dack);
+            let mut buf = vec![0u8; 2048];
+            let mut w = wire::FrameWriter::new(&mut buf, &f.ethernet).unwrap();
+            w.append_with(|b| {
+                b[..f.payload.len()].copy_from_slice(f.payload);
+                Ok(f.payload.len())
+            })
+            .unwrap();
+            let n = w.finish(&h).unwrap();
+            forged.push(buf[..n].to_vec());
+        }
+    }
+    assert!(forged.len() >= 30, "{} session frames forged", forged.len());
+    let forged_pcap = d.join("forged-session.pcap");
+    frames_to_pcap(&forged_pcap, &forged);
+    let (box_before, a_before) = (stats("box.sock"), stats("ha.sock"));
+    replay(&forged_pcap, 5);
+    std::thread::sleep(Duration::from_millis(500));
+    let (box_after, a_after) = (stats("box.sock"), stats("ha.sock"));
+    let missing =
+        grew(&box_before, &box_after, "auth_missing") + grew(&a_before, &a_after, "auth_missing");
+    assert!(missing >= 5 * forged.len() as u64, "{box_after} {a_after}");
+    for (name, p) in [("box", &boxp), ("host", &a)] {
+        assert_eq!(p.count("peer restarted"), 0, "{name}: {}", p.text());
+        assert_eq!(p.count("peer down"), 0, "{name}: {}", p.text());
+    }
+
     let a_out = a.stop();
     boxp.stop();
     assert!(!a_out.contains("failed"), "{a_out}");
