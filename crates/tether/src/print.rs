@@ -85,14 +85,24 @@ const REFUSALS: [Counter; 10] = [
     ("replayed or stale CTRL", |s| s.replayed_ctrl),
     ("CTRL from another group", |s| s.ctrl_wrong_group),
     ("session frames of an earlier run", |s| s.stale_run_frames),
-    ("frames that failed the check", |s| s.bad_frames),
+    ("frames that were not tether's or did not parse", |s| {
+        s.bad_frames
+    }),
 ];
 
 impl FabricLog {
     /// The line for `e` at `now`, unless this window has had its lines (then it is
-    /// counted for the summary).
+    /// counted for the summary). Only the lines that bridges on the segment cause by
+    /// being heard (peers up, down, restarted; devices added, removed) are limited:
+    /// a group change and a CTRL result are this bridge's own doing, and always told.
     pub fn event(&mut self, now: Instant, e: &fabric::FabricEvent) -> Option<String> {
         let line = describe(e)?;
+        if matches!(
+            e,
+            fabric::FabricEvent::GroupChanged { .. } | fabric::FabricEvent::CtrlResult { .. }
+        ) {
+            return Some(line);
+        }
         let start = *self.window_start.get_or_insert(now);
         if now.duration_since(start) >= LOG_WINDOW {
             // A new window (the summary of the old one is `summary`'s to print).
@@ -332,5 +342,16 @@ mod tests {
             "fabric: in the last 10 s: 5 INFO from strangers over the rate limit"
         );
         assert_eq!(log.summary(t0 + LOG_WINDOW * 3, &s), None, "nothing new");
+        // A group change is always told, however many lines the window had.
+        let t1 = t0 + LOG_WINDOW * 3;
+        for i in 0..LINES_PER_WINDOW + 5 {
+            let moved = fabric::FabricEvent::GroupChanged {
+                slot: 0,
+                from: 10,
+                to: 20 + i as u16,
+            };
+            assert!(log.event(t1, &up(1)).is_some() || i >= LINES_PER_WINDOW);
+            assert!(log.event(t1, &moved).is_some());
+        }
     }
 }
