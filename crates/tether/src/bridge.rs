@@ -35,6 +35,14 @@ pub fn node(port: &dyn Port, role: BridgeRole, cfg: &BridgeSettings) -> Result<N
             )
         });
     }
+    if role == BridgeRole::IoBox && cfg.trusted_managers.is_none() {
+        eprintln!(
+            "tether: WARNING: no [bridge] managers: this box obeys SET_GROUP and RESET \
+             from any bridge that can send in its devices' groups; list the managers' \
+             public keys to obey only their signed requests (docs/wire-format.md, \
+             \"Signed management\")"
+        );
+    }
     Ok(node_for(port, role, &cfg.node_settings())?)
 }
 

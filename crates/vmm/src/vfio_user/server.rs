@@ -603,6 +603,10 @@ fn listen(path: &Path) -> io::Result<OwnedFd> {
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
+    // Only its owner may connect (the VMM runs as the bridge's user); until now the
+    // umask's mode applied, whose usual 022 gives nobody else write permission,
+    // which connecting needs.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     // SAFETY: listen on our bound socket.
     if unsafe { libc::listen(fd, 1) } != 0 {
         return Err(io::Error::last_os_error());
@@ -1541,6 +1545,14 @@ mod tests {
     fn server() -> (tempfile_dir::Dir, VfioUserServer) {
         let dir = tempfile_dir::Dir::new();
         let s = VfioUserServer::bind(&dir.path.join("vfu.sock")).unwrap();
+        let mode = std::fs::metadata(dir.path.join("vfu.sock"))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600,
+            "only the owner may connect"
+        );
         (dir, s)
     }
 
