@@ -269,6 +269,11 @@ pub fn read_group_keys(files: &BTreeMap<u16, PathBuf>) -> Result<GroupKeys, KeyF
 
 /// Writes a new key file (mode 0600) with a secret from the operating system's random
 /// numbers; an existing file is never replaced. Returns the key.
+/// A new random group key that lives only in memory (a benchmark's).
+pub fn random_key() -> Result<AuthKey, KeyFileError> {
+    Ok(AuthKey::from_secret(&random32()?))
+}
+
 pub fn generate_key_file(path: &Path) -> Result<AuthKey, KeyFileError> {
     let secret = random32()?;
     write_new(path, &format!("{}\n", hex(&secret)), 0o600)?;

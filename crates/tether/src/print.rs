@@ -120,11 +120,16 @@ impl FabricLog {
     /// Once a window has passed: one line with the event lines left out and what the
     /// fabric refused since the last summary; `None` when there is nothing to say or
     /// the window is not over.
-    pub fn summary(&mut self, now: Instant, s: &fabric::FabricStats) -> Option<String> {
+    pub fn summary(
+        &mut self,
+        now: Instant,
+        stats: impl FnOnce() -> fabric::FabricStats,
+    ) -> Option<String> {
         let start = *self.window_start.get_or_insert(now);
         if now.duration_since(start) < LOG_WINDOW {
             return None;
         }
+        let s = &stats();
         self.window_start = Some(now);
         self.lines = 0;
         let mut parts = Vec::new();
@@ -323,11 +328,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            log.summary(t0 + Duration::from_secs(1), &s),
+            log.summary(t0 + Duration::from_secs(1), || s),
             None,
             "not yet"
         );
-        let line = log.summary(t0 + LOG_WINDOW, &s).unwrap();
+        let line = log.summary(t0 + LOG_WINDOW, || s).unwrap();
         assert_eq!(
             line,
             "fabric: in the last 10 s: 150 event lines left out, \
@@ -336,12 +341,12 @@ mod tests {
         // A new window: lines again, and the counts from the last summary on.
         assert!(log.event(t0 + LOG_WINDOW, &up(1)).is_some());
         s.infos_limited += 5;
-        let line = log.summary(t0 + LOG_WINDOW * 2, &s).unwrap();
+        let line = log.summary(t0 + LOG_WINDOW * 2, || s).unwrap();
         assert_eq!(
             line,
             "fabric: in the last 10 s: 5 INFO from strangers over the rate limit"
         );
-        assert_eq!(log.summary(t0 + LOG_WINDOW * 3, &s), None, "nothing new");
+        assert_eq!(log.summary(t0 + LOG_WINDOW * 3, || s), None, "nothing new");
         // A group change is always told, however many lines the window had.
         let t1 = t0 + LOG_WINDOW * 3;
         for i in 0..LINES_PER_WINDOW + 5 {

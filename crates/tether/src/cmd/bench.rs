@@ -184,13 +184,8 @@ fn bench_keys(auth: bool) -> Result<fabric::GroupKeys> {
     if !auth {
         return Ok(fabric::GroupKeys::default());
     }
-    let mut secret = [0u8; wire::auth::SECRET_LEN];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut secret)?;
-    Ok(Arc::new(
-        [(GID, wire::AuthKey::from_secret(&secret))]
-            .into_iter()
-            .collect(),
-    ))
+    let key = fabric::keys::random_key()?;
+    Ok(Arc::new([(GID, key)].into_iter().collect()))
 }
 
 fn pair(kind: BenchPort, tlp: u16, aggregation: bool, auth: bool, mtu: usize) -> Result<Pair> {

@@ -177,8 +177,8 @@ pub fn run(path: &Path) -> Result<()> {
         for c in changes.drain(..) {
             handle(&mut hb, &cfg, &mut bufs, &mut log, c);
         }
-        let fabric = hb.host().link().fabric().node().stats();
-        if let Some(line) = log.summary(Instant::now(), &fabric) {
+        if let Some(line) = log.summary(Instant::now(), || hb.host().link().fabric().node().stats())
+        {
             println!("{line}");
         }
         if let Some(c) = &mut control {

@@ -140,7 +140,7 @@ pub fn run(path: &Path) -> Result<()> {
                 println!("{line}");
             }
         }
-        if let Some(line) = log.summary(now, &b.fabric().node().stats()) {
+        if let Some(line) = log.summary(now, || b.fabric().node().stats()) {
             println!("{line}");
         }
         if let Some(c) = &mut control {

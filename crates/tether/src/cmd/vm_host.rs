@@ -192,8 +192,11 @@ impl<F: FnMut(&mut VmHost) -> bool> Pollable for Served<'_, F> {
                 _ => {}
             }
         }
-        let fabric = self.vh.pool.bridge().host().link().fabric().node().stats();
-        if let Some(line) = self.log.summary(now, &fabric) {
+        let pool = &self.vh.pool;
+        if let Some(line) = self
+            .log
+            .summary(now, || pool.bridge().host().link().fabric().node().stats())
+        {
             println!("{line}");
         }
         if let Some(c) = &mut self.control {
