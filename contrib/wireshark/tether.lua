@@ -3,9 +3,20 @@
 -- Decodes the tether header (EtherType 0x88B5, normally behind an 802.1Q tag whose
 -- VLAN ID is the Group ID), verifies the frame check, decodes every TLP field, INFO
 -- and CTRL frames, and matches each completion to its request by
--- (GID, requester ID, tag), showing the request's frame and the latency. Frames with
--- the AUTH flag carry a 16-byte authentication tag after the payload; the tag is
--- checked when the "keys" preference holds the group's secret.
+-- (GID, requester ID, tag), showing the request's frame and the latency.
+--
+-- Frames with the AUTH flag carry an authentication trailer right after the payload
+-- (anything after it is padding); the tag is checked when the "keys" preference holds
+-- the group's secret. Both tags derive from the group key
+-- K = HMAC-SHA-256(secret, "tether 2026-12-07 frame authentication tag v1") and cover
+-- AAD = dst MAC (6) .. src MAC (6) .. VID (2, big-endian, GID & 0x0fff) and the
+-- covered bytes = the tether header and payload as on the wire.
+--   INFO, CTRL:            tag (16) = HMAC-SHA-256(K, AAD .. covered), first 16 bytes.
+--   DATA, ACK, NAK:        nonce (12), then tag (16) = the AES-128-GCM tag of plaintext
+--     (session frames)     covered, additional data AAD and IV nonce under
+--                          Ks = first 16 bytes of HMAC-SHA-256(K,
+--                          "tether 2026-12-07 session frame key v1" .. src MAC);
+--                          the GCM ciphertext is not sent, the payload stays in clear.
 --
 -- Use:  wireshark -X lua_script:contrib/wireshark/tether.lua capture.pcap
 --       tshark -r capture.pcap -X lua_script:contrib/wireshark/tether.lua -2 -V
@@ -143,6 +154,7 @@ f.ctrl_request = ProtoField.uint32("tether.ctrl.request_id", "Request ID", base.
 f.ctrl_target = ProtoField.uint64("tether.ctrl.target", "Target bridge ID", base.HEX)
 f.ctrl_slot = ProtoField.uint8("tether.ctrl.slot", "Slot", base.DEC)
 -- authentication tag (AUTH flag) and what follows the frame
+f.auth_nonce = ProtoField.bytes("tether.auth.nonce", "Nonce")
 f.auth_tag = ProtoField.bytes("tether.auth.tag", "Authentication tag")
 f.auth_status = ProtoField.string("tether.auth.status", "Authentication status")
 f.auth_computed = ProtoField.bytes("tether.auth.computed", "Computed authentication tag")
@@ -329,10 +341,195 @@ local function fromhex(h)
 end
 -- end of SHA-256
 
+-- AES-128 (FIPS 197), encryption of single blocks only; decryption is never needed.
+-- Byte-oriented: a block is a table of 16 bytes (1-based, in wire order, so byte
+-- (row r, column c) of the state is at 4c + r + 1), a key schedule a table of the 176
+-- bytes of the 11 round keys. The S-box is built at load from inverses in GF(2^8)
+-- (via powers of the generator 3) and the affine map; MUL2 and MUL3 are the products
+-- MixColumns needs.
+local AES_SBOX, AES_MUL2, AES_MUL3, AES_SHIFT = {}, {}, {}, {}
+do
+    local exp, log = {}, {}
+    local x = 1
+    for i = 0, 254 do
+        exp[i], log[x] = x, i
+        local x2 = x * 2
+        if x2 >= 256 then
+            x2 = bxor(x2, 0x11b)
+        end
+        x = bxor(x2, x)                 -- x * 3
+    end
+    local function rotl8(b, n)
+        return band(bor(lshift(b, n), rshift(b, 8 - n)), 0xff)
+    end
+    for b = 0, 255 do
+        local inv = b == 0 and 0 or exp[(255 - log[b]) % 255]
+        AES_SBOX[b] = bxor(inv, rotl8(inv, 1), rotl8(inv, 2), rotl8(inv, 3), rotl8(inv, 4), 0x63)
+        local d = b * 2
+        if d >= 256 then
+            d = bxor(d, 0x11b)
+        end
+        AES_MUL2[b], AES_MUL3[b] = d, bxor(d, b)
+    end
+    -- ShiftRows: row r moves r columns to the left.
+    for c = 0, 3 do
+        for r = 0, 3 do
+            AES_SHIFT[4 * c + r + 1] = 4 * ((c + r) % 4) + r + 1
+        end
+    end
+end
+local AES_RCON = { 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0x1b, 0x36 }
+
+-- The key schedule of a 16-byte key (a string).
+local function aes128_schedule(key)
+    local rk = { key:byte(1, 16) }
+    for i = 17, 176, 4 do
+        local t1, t2, t3, t4 = rk[i - 4], rk[i - 3], rk[i - 2], rk[i - 1]
+        if i % 16 == 1 then
+            -- first word of a round key: RotWord, SubWord, Rcon
+            t1, t2, t3, t4 = bxor(AES_SBOX[t2], AES_RCON[(i - 1) / 16]), AES_SBOX[t3], AES_SBOX[t4], AES_SBOX[t1]
+        end
+        rk[i], rk[i + 1] = bxor(rk[i - 16], t1), bxor(rk[i - 15], t2)
+        rk[i + 2], rk[i + 3] = bxor(rk[i - 14], t3), bxor(rk[i - 13], t4)
+    end
+    return rk
+end
+
+-- The encryption of block `input` under key schedule rk (a new 16-byte table).
+local function aes128_encrypt(rk, input)
+    local sbox, mul2, mul3, shift = AES_SBOX, AES_MUL2, AES_MUL3, AES_SHIFT
+    local s = {}
+    for i = 1, 16 do
+        s[i] = bxor(input[i], rk[i])
+    end
+    for round = 1, 10 do
+        local t = {}
+        for i = 1, 16 do
+            t[i] = sbox[s[shift[i]]]     -- SubBytes and ShiftRows
+        end
+        local k = 16 * round
+        if round < 10 then
+            -- MixColumns and AddRoundKey
+            for c = 0, 12, 4 do
+                local a0, a1, a2, a3 = t[c + 1], t[c + 2], t[c + 3], t[c + 4]
+                s[c + 1] = bxor(mul2[a0], mul3[a1], a2, a3, rk[k + c + 1])
+                s[c + 2] = bxor(a0, mul2[a1], mul3[a2], a3, rk[k + c + 2])
+                s[c + 3] = bxor(a0, a1, mul2[a2], mul3[a3], rk[k + c + 3])
+                s[c + 4] = bxor(mul3[a0], a1, a2, mul2[a3], rk[k + c + 4])
+            end
+        else
+            for i = 1, 16 do
+                s[i] = bxor(t[i], rk[k + i])
+            end
+        end
+    end
+    return s
+end
+
+-- GHASH (NIST SP 800-38D) on 128-bit values held as four 32-bit words, the first word
+-- holding bytes 0-3 big-endian. GCM numbers the bits from the most significant bit of
+-- byte 0 (the coefficient of x^0) to the least significant bit of byte 15 (x^127), so
+-- multiplying by x shifts right by one bit, and the reduction by x^128 + x^7 + x^2 +
+-- x + 1 folds the bit shifted out back in as 0xe1 at the top of byte 0.
+
+-- h * x^i for i = 0 .. 127, at 4i + 1 .. 4i + 4 of a flat table.
+local function ghash_table(h0, h1, h2, h3)
+    local t = {}
+    for i = 0, 127 do
+        t[4 * i + 1], t[4 * i + 2], t[4 * i + 3], t[4 * i + 4] = h0, h1, h2, h3
+        local out = band(h3, 1)
+        h3 = bor(rshift(h3, 1), lshift(band(h2, 1), 31))
+        h2 = bor(rshift(h2, 1), lshift(band(h1, 1), 31))
+        h1 = bor(rshift(h1, 1), lshift(band(h0, 1), 31))
+        h0 = rshift(h0, 1)
+        if out ~= 0 then
+            h0 = bxor(h0, 0xe1000000)
+        end
+    end
+    return t
+end
+
+-- y * h in GF(2^128), ht = ghash_table(h): the xor of h * x^i over the bits i set in y.
+local function gf128_mul(ht, y0, y1, y2, y3)
+    local z0, z1, z2, z3 = 0, 0, 0, 0
+    local y = { y0 % TWO32, y1 % TWO32, y2 % TWO32, y3 % TWO32 }
+    for w = 1, 4 do
+        local v = y[w]
+        local i = (w - 1) * 128 + 1
+        while v ~= 0 do
+            if v >= 0x80000000 then
+                z0, z1 = bxor(z0, ht[i]), bxor(z1, ht[i + 1])
+                z2, z3 = bxor(z2, ht[i + 2]), bxor(z3, ht[i + 3])
+                v = v - 0x80000000
+            end
+            v = v * 2
+            i = i + 4
+        end
+    end
+    return z0, z1, z2, z3
+end
+
+-- Big-endian word of bytes at .. at + 3 of string s, zeros past its end.
+local function be_word(s, at)
+    local b1, b2, b3, b4 = s:byte(at, at + 3)
+    return (((b1 or 0) * 256 + (b2 or 0)) * 256 + (b3 or 0)) * 256 + (b4 or 0)
+end
+
+-- 16-byte GCM counter block: the 12-byte iv (a string) and a 32-bit block counter.
+local function gcm_counter(iv, n)
+    local b = { iv:byte(1, 12) }
+    b[13], b[14] = math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256
+    b[15], b[16] = math.floor(n / 256) % 256, n % 256
+    return b
+end
+
+-- The AES-128-GCM tag (16-byte string) of plaintext p with additional data aad under a
+-- 12-byte iv (all strings); s = { rk = key schedule, h = ghash_table(AES(0^128)) }.
+-- The ciphertext is only hashed, never kept.
+local function gcm_tag(s, iv, aad, p)
+    local rk, ht = s.rk, s.h
+    local y0, y1, y2, y3 = 0, 0, 0, 0
+    for i = 1, #aad, 16 do
+        y0, y1, y2, y3 = gf128_mul(ht, bxor(y0, be_word(aad, i)), bxor(y1, be_word(aad, i + 4)),
+            bxor(y2, be_word(aad, i + 8)), bxor(y3, be_word(aad, i + 12)))
+    end
+    -- C = P xor the keystream from counter 2 on (inc32(J0)), zero-padded to whole blocks.
+    local n = #p
+    for i = 1, n, 16 do
+        local ks = aes128_encrypt(rk, gcm_counter(iv, 2 + (i - 1) / 16))
+        local pb = { p:byte(i, i + 15) }
+        local c = {}
+        for j = 1, 16 do
+            c[j] = pb[j] and bxor(pb[j], ks[j]) or 0
+        end
+        y0, y1, y2, y3 = gf128_mul(ht,
+            bxor(y0, ((c[1] * 256 + c[2]) * 256 + c[3]) * 256 + c[4]),
+            bxor(y1, ((c[5] * 256 + c[6]) * 256 + c[7]) * 256 + c[8]),
+            bxor(y2, ((c[9] * 256 + c[10]) * 256 + c[11]) * 256 + c[12]),
+            bxor(y3, ((c[13] * 256 + c[14]) * 256 + c[15]) * 256 + c[16]))
+    end
+    -- the lengths in bits, 64-bit big-endian each (both fit the low word)
+    y0, y1, y2, y3 = gf128_mul(ht, y0, bxor(y1, #aad * 8), y2, bxor(y3, n * 8))
+    -- tag = S xor AES(J0), J0 = iv .. 00000001
+    local e = aes128_encrypt(rk, gcm_counter(iv, 1))
+    local out = {}
+    for w, v in ipairs({ y0 % TWO32, y1 % TWO32, y2 % TWO32, y3 % TWO32 }) do
+        local at = 4 * w - 3
+        out[w] = string.char(bxor(math.floor(v / 16777216), e[at]), bxor(math.floor(v / 65536) % 256, e[at + 1]),
+            bxor(math.floor(v / 256) % 256, e[at + 2]), bxor(v % 256, e[at + 3]))
+    end
+    return table.concat(out)
+end
+-- end of AES-128-GCM
+
 -- Frame-tag keys: K = HMAC-SHA-256(secret, AUTH_LABEL), each derived once per secret.
+-- Session frames are tagged under a key per sender, derived from K (session_for).
 local AUTH_LABEL = "tether 2026-12-07 frame authentication tag v1"
+local SESSION_LABEL = "tether 2026-12-07 session frame key v1"
 local TAG_LEN = 16
-local derived = {}        -- secret (hex, lower case) -> { mac = HMAC state, id = fingerprint }
+local NONCE_LEN = 12
+local derived = {}        -- secret (hex, lower case) -> { mac = HMAC state, id = fingerprint,
+                          --   sessions = source MAC (raw) -> session key (session_for) }
 local group_keys = {}     -- GID -> derived key
 local keys_pref = nil     -- the preference text group_keys was parsed from
 local auth_results = {}   -- "frame:offset:fingerprint" -> computed tag (raw)
@@ -341,10 +538,28 @@ local function derive(secret_hex)
     local d = derived[secret_hex]
     if d == nil then
         local k = hmac_sha256(fromhex(secret_hex), AUTH_LABEL)
-        d = { mac = hmac_sha256_key(k), id = tohex(hmac_sha256(k, "fingerprint"):sub(1, 4)) }
+        d = { mac = hmac_sha256_key(k), id = tohex(hmac_sha256(k, "fingerprint"):sub(1, 4)), sessions = {} }
         derived[secret_hex] = d
     end
     return d
+end
+
+-- The AES-128-GCM key of session frames from src (6 raw bytes) under derived key d:
+-- Ks = the first 16 bytes of HMAC-SHA-256(K, SESSION_LABEL .. src), with its key
+-- schedule and GHASH table, each derived once per (key, source).
+local function session_for(d, src)
+    local s = d.sessions[src]
+    if s == nil then
+        local rk = aes128_schedule(hmac_sha256_with(d.mac, SESSION_LABEL .. src):sub(1, 16))
+        local h = aes128_encrypt(rk, { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 })
+        local w = {}
+        for i = 1, 4 do
+            w[i] = ((h[4 * i - 3] * 256 + h[4 * i - 2]) * 256 + h[4 * i - 1]) * 256 + h[4 * i]
+        end
+        s = { rk = rk, h = ghash_table(w[1], w[2], w[3], w[4]) }
+        d.sessions[src] = s
+    end
+    return s
 end
 
 -- Parses "GID=HEX64[,GID=HEX64...]"; entries that are not that are skipped.
@@ -592,10 +807,19 @@ local function dissect_tlp(tvb, pinfo, tree, gid, rec_no)
     return summary
 end
 
--- The authentication tag at tvb(total, TAG_LEN), checked with the group's key if the
--- "keys" preference has one.
-local function dissect_auth(tvb, pinfo, tree, gid, total)
-    local range = tvb(total, TAG_LEN)
+-- The authentication trailer at tvb(total), total = the length of the covered bytes
+-- (header and payload): for session frames (session true) the nonce and the
+-- AES-128-GCM tag, otherwise the HMAC tag at tvb(total, TAG_LEN). The tag is checked
+-- with the group's key if the "keys" preference has one.
+local function dissect_auth(tvb, pinfo, tree, gid, total, session)
+    local nonce = nil
+    local tag_at = total
+    if session then
+        nonce = tvb(total, NONCE_LEN)
+        tree:add(f.auth_nonce, nonce)
+        tag_at = total + NONCE_LEN
+    end
+    local range = tvb(tag_at, TAG_LEN)
     local t = tree:add(f.auth_tag, range)
     local key = key_for(gid)
     if key == nil then
@@ -612,8 +836,13 @@ local function dissect_auth(tvb, pinfo, tree, gid, total)
             return
         end
         local g = band(gid, 0x0fff)
-        local msg = dst .. src .. string.char(math.floor(g / 256), g % 256) .. tvb:range(0, total):raw()
-        computed = hmac_sha256_with(key.mac, msg):sub(1, TAG_LEN)
+        local aad = dst .. src .. string.char(math.floor(g / 256), g % 256)
+        local covered = tvb:range(0, total):raw()
+        if session then
+            computed = gcm_tag(session_for(key, src), nonce:raw(), aad, covered)
+        else
+            computed = hmac_sha256_with(key.mac, aad .. covered):sub(1, TAG_LEN)
+        end
         auth_results[cache] = computed
     end
     if computed == range:raw() then
@@ -710,23 +939,31 @@ function tether.dissector(tvb, pinfo, tree)
         root:add_proto_expert_info(e_malformed, "Header or payload length runs past the frame")
         return tvb:len()
     end
-    local computed = frame_check(gid, tvb, total)
-    if computed == tvb(32, 4):uint() then
+    -- A frame with the AUTH flag carries 0: its tag covers what the check would.
+    local authenticated = bit.band(tvb(1, 1):uint(), 0x08) ~= 0
+    local computed = authenticated and 0 or frame_check(gid, tvb, total)
+    if authenticated and computed == tvb(32, 4):uint() then
+        ck:add(f.check_status, "not used (the authentication tag covers the frame)"):set_generated()
+    elseif computed == tvb(32, 4):uint() then
         ck:add(f.check_status, "good"):set_generated()
     else
         ck:add(f.check_status, "bad"):set_generated()
         ck:add(f.check_computed, computed):set_generated()
         ck:add_proto_expert_info(e_bad_check)
     end
-    -- After the payload: the authentication tag (AUTH flag), then padding.
+    -- After the payload: the authentication trailer (AUTH flag), then padding. Session
+    -- frames (DATA, ACK, NAK) carry a nonce before the tag.
     local after = total
     if bit.band(tvb(1, 1):uint(), 0x08) ~= 0 then
-        if total + TAG_LEN > tvb:len() then
-            root:add_proto_expert_info(e_malformed, "Authentication tag runs past the frame")
+        local session = kind == 1 or kind == 2 or kind == 3
+        local trailer = session and NONCE_LEN + TAG_LEN or TAG_LEN
+        if total + trailer > tvb:len() then
+            root:add_proto_expert_info(e_malformed, session and "Authentication nonce and tag run past the frame"
+                or "Authentication tag runs past the frame")
             after = tvb:len()
         else
-            dissect_auth(tvb, pinfo, root, gid, total)
-            after = total + TAG_LEN
+            dissect_auth(tvb, pinfo, root, gid, total, session)
+            after = total + trailer
         end
     end
     if after < tvb:len() then

@@ -202,6 +202,7 @@ fuzz_target!(|data: &[u8]| {
         wire::AuthKey::from_secret(&[2; 32]),
     ];
     let keyed: Vec<u16> = (0..i.u8() % 3).map(|_| gid(&mut i)).collect();
+    let mut nonces = wire::NonceSeq::new(0x0f0f, 1);
     cfg.keys = std::sync::Arc::new(keyed.iter().map(|&g| (g, keys[0].clone())).collect());
     // Sometimes a box that obeys signed requests only (of nobody: the fuzzed ones are
     // unsigned, or signed by no one it trusts).
@@ -427,7 +428,13 @@ fuzz_target!(|data: &[u8]| {
                         if kind == FrameKind::Data && h.seq == l.their_seq {
                             l.their_seq = l.their_seq.wrapping_add(1);
                         }
-                        FrameWriter::keyed(&mut buf, &eth, key).and_then(|mut w| {
+                        // Session frames are sealed with the sender's session key.
+                        let session_key = key.map(|k| k.session_key(src));
+                        let seal = session_key.as_ref().map(|key| wire::Seal {
+                            key,
+                            nonce: nonces.next(),
+                        });
+                        FrameWriter::sealed(&mut buf, &eth, seal).and_then(|mut w| {
                             if kind == FrameKind::Data {
                                 for _ in 0..i.u8() % 9 {
                                     let len = i.u8() as usize;

@@ -25,8 +25,11 @@ fuzz_target!(|data: &[u8]| {
         let end = (at + hlen + plen).min(frame.len());
         if hlen >= wire::HEADER_LEN && end >= at + 36 {
             frame[at + 32..at + 36].fill(0);
-            let c = wire::frame_check(gid, &frame[at..end]);
-            frame[at + 32..at + 36].copy_from_slice(&c.to_be_bytes());
+            // A frame with the AUTH flag carries 0; others their CRC.
+            if frame[at + 1] & wire::flags::AUTH == 0 {
+                let c = wire::frame_check(gid, &frame[at..end]);
+                frame[at + 32..at + 36].copy_from_slice(&c.to_be_bytes());
+            }
         }
     }
     let Ok(f) = Frame::parse(&frame, stripped) else {
@@ -37,6 +40,9 @@ fuzz_target!(|data: &[u8]| {
     let key = wire::AuthKey::from_secret(&[mode; 32]);
     let _ = f.authenticate(Some(&key));
     let _ = f.authenticate(None);
+    // And with a session key kept for the sender, or for someone else.
+    let _ = f.authenticate_sealed(Some(&key.session_key(f.ethernet.src)));
+    let _ = f.authenticate_sealed(Some(&key.session_key(wire::MacAddr([mode; 6]))));
     match f.body() {
         Ok(Body::Data(records)) => {
             for r in records.flatten() {

@@ -121,15 +121,16 @@ pub struct Transmit<'a> {
 
 impl Transmit<'_> {
     /// Writes the whole frame into `buf`: `ethernet` (addresses, the group's VLAN tag),
-    /// the tether header, the payload and the frame check, and the authentication tag
-    /// when the group has a `key`. Returns its length.
+    /// the tether header, the payload and the frame check, and the nonce and tag when
+    /// the group has a key (`seal`: the sender's session key and a fresh nonce).
+    /// Returns its length.
     pub fn write_frame(
         &self,
         buf: &mut [u8],
         ethernet: &wire::EthernetRepr,
-        key: Option<&wire::AuthKey>,
+        seal: Option<wire::Seal<'_>>,
     ) -> Result<usize, wire::WireError> {
-        let mut w = wire::FrameWriter::keyed(buf, ethernet, key)?;
+        let mut w = wire::FrameWriter::sealed(buf, ethernet, seal)?;
         w.append_with(|b| {
             let room = b.len();
             let dst = b

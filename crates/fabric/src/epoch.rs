@@ -55,7 +55,7 @@ impl EpochSource {
 /// 32 random bits from /dev/urandom; where it cannot be read, from the standard
 /// library's per-process random hash keys (themselves from the OS), mixed with the
 /// time and the process id.
-fn os_random() -> u32 {
+pub(crate) fn os_random() -> u32 {
     let mut b = [0u8; 4];
     let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
     if read.is_ok() {

@@ -151,6 +151,11 @@ impl Manager {
             self.stats.ignored += 1;
             return;
         };
+        if frame.header.kind.is_session() {
+            // Sessions are between bridges; a manager reads INFO and CTRL only.
+            self.stats.ignored += 1;
+            return;
+        }
         if frame.authenticate(self.keys.get(&gid)).is_err() {
             self.stats.auth_refused += 1;
             return;

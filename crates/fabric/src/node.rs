@@ -34,8 +34,8 @@ use crate::keys::{ManagerSigner, TrustedManagers};
 use thiserror::Error;
 use wire::{
     emit_ctrl, emit_info, AuthKey, AuthRefusal, BridgeRole, CtrlOp, CtrlRepr, CtrlStatus,
-    DeviceInfo, EthernetRepr, Frame, FrameKind, InfoRepr, MacAddr, TetherHeader, VlanTag,
-    ETHERTYPE,
+    DeviceInfo, EthernetRepr, Frame, FrameKind, InfoRepr, MacAddr, SessionKey, TetherHeader,
+    VlanTag, ETHERTYPE,
 };
 
 /// The broadcast address INFO goes to.
@@ -90,6 +90,10 @@ pub struct NodeConfig {
     /// The key this node signs its own SET_GROUP requests with (a node acting as a
     /// manager), if any.
     pub signer: Option<Arc<ManagerSigner>>,
+    /// The nonces this run seals its session frames with in keyed groups: a random
+    /// salt and a counter from the wall clock in ns, drawn by [`NodeConfig::new`]
+    /// (`wire::NonceSeq` says why they never repeat).
+    pub nonces: wire::NonceSeq,
 }
 
 /// The groups' frame keys, shared by the node and whoever sends on its behalf.
@@ -116,8 +120,16 @@ impl NodeConfig {
             max_ctrl_age_us: 60_000_000,
             managers: None,
             signer: None,
+            nonces: wire::NonceSeq::new(crate::epoch::os_random(), wall_clock_ns()),
         }
     }
+}
+
+/// The wall clock in ns since the Unix epoch (0 if the clock is before it).
+fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Why a peer went down.
@@ -249,6 +261,8 @@ const RETIRED_BOOTS: usize = 4;
 
 struct Peer {
     session: Session,
+    /// The key its session frames are sealed with, in a keyed group.
+    rx_key: Option<SessionKey>,
     role: BridgeRole,
     bridge_id: u64,
     devices: Vec<DeviceInfo>,
@@ -310,6 +324,8 @@ pub struct Node {
     leaving: BTreeMap<u16, u64>,
     devices: Vec<DeviceInfo>,
     peers: BTreeMap<(u16, MacAddr), Peer>,
+    /// Our own session key in each keyed group (our frames are sealed with it).
+    tx_keys: BTreeMap<u16, SessionKey>,
     /// Bumped for every new session, so a peer sees each one as a new epoch.
     session_epoch: u32,
     next_info: u64,
@@ -462,13 +478,19 @@ impl Node {
         cfg.session.mtu = cfg.mtu as usize;
         cfg.session.validate()?;
         if !cfg.keys.is_empty() {
-            // A keyed group's sessions have the tag's room less.
+            // A keyed group's sessions have the seal's room less.
             let mut keyed = cfg.session;
-            keyed.mtu = keyed.mtu.saturating_sub(wire::TAG_LEN);
+            keyed.mtu = keyed.mtu.saturating_sub(wire::SEAL_LEN);
             keyed.validate()?;
         }
+        let tx_keys = cfg
+            .keys
+            .iter()
+            .map(|(&gid, k)| (gid, k.session_key(cfg.mac)))
+            .collect();
         Ok(Node {
             session_epoch: cfg.epoch,
+            tx_keys,
             buf: vec![0; cfg.mtu as usize + 64],
             cfg,
             groups: BTreeSet::new(),
@@ -662,11 +684,11 @@ impl Node {
     }
 
     /// The session settings for a peer in group `gid`: a keyed group's frames keep
-    /// room for the tag within the MTU.
+    /// room for the seal within the MTU.
     fn session_config(&self, gid: u16) -> efe::Config {
         let mut c = self.cfg.session;
         if self.cfg.keys.contains_key(&gid) {
-            c.mtu = c.mtu.saturating_sub(wire::TAG_LEN);
+            c.mtu = c.mtu.saturating_sub(wire::SEAL_LEN);
         }
         c
     }
@@ -896,12 +918,15 @@ impl Node {
                     vlan: tag(gid),
                     ethertype: ETHERTYPE,
                 };
-                let key = self.cfg.keys.get(&gid);
+                let seal = self.tx_keys.get(&gid).map(|key| wire::Seal {
+                    key,
+                    nonce: self.cfg.nonces.next(),
+                });
                 let len = tx.payload.len()
                     + eth.header_len()
                     + wire::HEADER_LEN
-                    + key.map_or(0, |_| wire::TAG_LEN);
-                let written = tx.write_frame(buf, &eth, key).map_err(|_| len);
+                    + seal.map_or(0, |_| wire::SEAL_LEN);
+                let written = tx.write_frame(buf, &eth, seal).map_err(|_| len);
                 self.stats.frames_out += written.is_ok() as u64;
                 return Some(written);
             }
@@ -953,7 +978,17 @@ impl Node {
             self.stats.other_group += 1;
             return;
         }
-        if let Err(r) = frame.authenticate(self.cfg.keys.get(&gid)) {
+        // A session frame from a peer is checked with the key kept for it; anything
+        // else with the group's key (a session frame from a stranger derives its
+        // sender's key first).
+        let group_key = self.cfg.keys.get(&gid);
+        let auth = match self.peers.get(&(gid, src)) {
+            Some(p) if group_key.is_some() && frame.header.kind.is_session() => {
+                frame.authenticate_sealed(p.rx_key.as_ref())
+            }
+            _ => frame.authenticate(group_key),
+        };
+        if let Err(r) = auth {
             *match r {
                 AuthRefusal::Missing => &mut self.stats.auth_missing,
                 AuthRefusal::Bad => &mut self.stats.auth_bad,
@@ -1065,6 +1100,7 @@ impl Node {
                 key,
                 Peer {
                     session,
+                    rx_key: self.cfg.keys.get(&gid).map(|k| k.session_key(src)),
                     role: info.repr.role,
                     bridge_id: info.repr.bridge_id,
                     devices: Vec::new(),

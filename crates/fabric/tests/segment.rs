@@ -738,11 +738,22 @@ fn keyed_segment() -> Segment {
 }
 
 /// `frame` written again for `key`'s group (None: untagged), as a bridge that sniffed
-/// it could: the same addresses, header fields and payload.
+/// it could: the same addresses, header fields and payload (a session frame sealed
+/// with the session key `key` gives its sender, under a fresh nonce).
 fn retag(frame: &[u8], key: Option<&wire::AuthKey>) -> Vec<u8> {
     let f = Frame::parse(frame, None).unwrap();
     let mut buf = vec![0u8; 2048];
-    let mut w = wire::FrameWriter::keyed(&mut buf, &f.ethernet, key).unwrap();
+    let session_key = key.map(|k| k.session_key(f.ethernet.src));
+    let mut w = if f.header.kind.is_session() {
+        let seal = session_key.as_ref().map(|key| wire::Seal {
+            key,
+            nonce: wire::NonceSeq::new(0xf0f0, 1).next(),
+        });
+        wire::FrameWriter::sealed(&mut buf, &f.ethernet, seal)
+    } else {
+        wire::FrameWriter::keyed(&mut buf, &f.ethernet, key)
+    }
+    .unwrap();
     w.append_with(|b| {
         b[..f.payload.len()].copy_from_slice(f.payload);
         Ok(f.payload.len())

@@ -90,7 +90,11 @@ pub fn print_pcap(path: &Path, keys: &fabric::GroupKeys, out: &mut impl Write) -
                     Err(_) => format!("BAD (key {:08x})", k.id()),
                 },
             };
-            writeln!(out, "        authentication tag: {status}")?;
+            let nonce = frame.nonce.map_or(String::new(), |n| {
+                let hex: String = n.iter().map(|b| format!("{b:02x}")).collect();
+                format!(", nonce {hex}")
+            });
+            writeln!(out, "        authentication tag: {status}{nonce}")?;
         }
         match frame.body() {
             Ok(Body::Data(records)) => {

@@ -312,6 +312,8 @@ fn hex(bytes: &[u8]) -> String {
 
 #[test]
 fn tshark_checks_authentication_tags() {
+    // A keyed frame's check field is 0: its tag covers the frame instead.
+    const NOT_USED: &str = "not used (the authentication tag covers the frame)";
     if !ensure_tshark("tshark_checks_authentication_tags") {
         return;
     }
@@ -335,6 +337,7 @@ fn tshark_checks_authentication_tags() {
         "tether.flags.auth",
         "tether.check.status",
         "tether.auth.tag",
+        "tether.auth.nonce",
         "tether.auth.status",
         "tether.auth.key",
         "tether.auth.computed",
@@ -355,7 +358,7 @@ fn tshark_checks_authentication_tags() {
         let at = format!("frame {}", i + 1);
         let parsed = wire::Frame::parse(&keyed[i].bytes, None).unwrap();
         assert_eq!(get(f, "tether.flags.auth"), ["1"], "{at}");
-        assert_eq!(get(f, "tether.check.status"), ["good"], "{at}");
+        assert_eq!(get(f, "tether.check.status"), [NOT_USED], "{at}");
         assert_eq!(get(f, "tether.auth.status"), ["good"], "{at}");
         assert_eq!(get(f, "tether.auth.key"), [fingerprint.as_str()], "{at}");
         assert_eq!(
@@ -363,6 +366,10 @@ fn tshark_checks_authentication_tags() {
             [hex(parsed.tag.unwrap()).as_str()],
             "{at}"
         );
+        // A session frame shows its nonce; INFO and CTRL have none.
+        assert_eq!(parsed.nonce.is_some(), parsed.header.kind.is_session());
+        let nonce: Vec<String> = parsed.nonce.iter().map(|n| hex(*n)).collect();
+        assert_eq!(get(f, "tether.auth.nonce"), nonce, "{at}");
         assert_eq!(
             get(f, "tether.payload_len"),
             [parsed.payload.len().to_string().as_str()],
@@ -385,7 +392,7 @@ fn tshark_checks_authentication_tags() {
     assert_eq!(frames.len(), n);
     for (i, f) in frames.iter().enumerate() {
         let at = format!("frame {}", i + 1);
-        assert_eq!(get(f, "tether.check.status"), ["good"], "{at}");
+        assert_eq!(get(f, "tether.check.status"), [NOT_USED], "{at}");
         assert_eq!(get(f, "tether.auth.status"), ["bad"], "{at}");
         assert_eq!(get(f, "tether.auth.key"), [wrong_fp.as_str()], "{at}");
         let computed = get(f, "tether.auth.computed");
@@ -418,8 +425,8 @@ fn tshark_checks_authentication_tags() {
         }
     }
 
-    // Frames changed after tagging: the first DATA frame's last payload byte flipped and
-    // its frame check recomputed (a deliberate change the CRC cannot catch), and one
+    // Frames changed after tagging: the first DATA frame's last payload byte flipped
+    // (a keyed frame's check field is 0, so nothing but the tag can catch it), and one
     // bit of the next frame's tag flipped. Only those two are bad.
     let mut changed = keyed.clone();
     {
@@ -429,15 +436,16 @@ fn tshark_checks_authentication_tags() {
         let plen = u16::from_be_bytes([b[eth + 2], b[eth + 3]]) as usize;
         assert!(plen > 0);
         b[eth + hlen + plen - 1] ^= 0x01;
-        let check = wire::frame_check(gid, &b[eth..eth + hlen + plen]);
-        b[eth + 32..eth + 36].copy_from_slice(&check.to_be_bytes());
+        assert_eq!(b[eth + 32..eth + 36], [0; 4]);
     }
     {
         let b = &mut changed[3].bytes;
         let eth = 18;
         let hlen = b[eth + 30] as usize * 4;
         let plen = u16::from_be_bytes([b[eth + 2], b[eth + 3]]) as usize;
-        b[eth + hlen + plen + wire::TAG_LEN - 1] ^= 0x80;
+        // The tag is the trailer's last 16 bytes (after a session frame's nonce).
+        let kind = wire::Frame::parse(b, None).unwrap().header.kind;
+        b[eth + hlen + plen + kind.auth_trailer_len() - 1] ^= 0x80;
     }
     let tampered = dir.path().join("tampered.pcap");
     write_pcap(&tampered, &changed);
@@ -449,7 +457,7 @@ fn tshark_checks_authentication_tags() {
     assert_eq!(frames.len(), n);
     for (i, f) in frames.iter().enumerate() {
         let at = format!("frame {}", i + 1);
-        assert_eq!(get(f, "tether.check.status"), ["good"], "{at}");
+        assert_eq!(get(f, "tether.check.status"), [NOT_USED], "{at}");
         if i == 2 || i == 3 {
             assert_eq!(get(f, "tether.auth.status"), ["bad"], "{at}");
             assert_eq!(get(f, "tether.auth.computed").len(), 1, "{at}");

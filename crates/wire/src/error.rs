@@ -41,6 +41,11 @@ pub enum WireError {
     NoRoom { needed: usize, got: usize },
     #[error("too many devices for one INFO frame: {0}")]
     TooManyDevices(usize),
+    #[error("a session key is for its sender's frames only: {key} is not {src}")]
+    NotTheSender {
+        key: crate::MacAddr,
+        src: crate::MacAddr,
+    },
     #[error("malformed MAC address (expected aa:bb:cc:dd:ee:ff)")]
     BadMacAddress,
 }

@@ -2,7 +2,7 @@
 
 use tlp::Tlp;
 
-use crate::auth::{AuthKey, TAG_LEN};
+use crate::auth::{AuthKey, Nonce, SessionKey, AAD_LEN, NONCE_LEN, TAG_LEN};
 use crate::ctrl::CtrlRepr;
 use crate::error::WireError;
 use crate::ethernet::{EthernetRepr, MacAddr, VlanTag};
@@ -22,6 +22,8 @@ pub struct Frame<'a> {
     covered: &'a [u8],
     /// The authentication tag, when the AUTH flag is set.
     pub tag: Option<&'a [u8; TAG_LEN]>,
+    /// A session frame's nonce, when the AUTH flag is set.
+    pub nonce: Option<&'a [u8; NONCE_LEN]>,
 }
 
 /// Why a frame failed [`Frame::authenticate`].
@@ -59,6 +61,7 @@ impl<'a> Frame<'a> {
             payload,
             covered,
             tag,
+            nonce,
         } = TetherHeader::parse(&bytes[offset..], gid)?;
         Ok(Frame {
             ethernet,
@@ -66,32 +69,70 @@ impl<'a> Frame<'a> {
             payload,
             covered,
             tag,
+            nonce,
         })
     }
 
     /// Checks the frame against its group's key (`None`: the group has none). A
     /// keyed group takes only frames with a valid tag; a group without a key takes
     /// none with a tag (it cannot check them). Call before the frame changes anything.
+    /// A session frame is checked with its sender's session key, derived here; a
+    /// receiver that knows the sender passes the key it keeps to
+    /// [`Frame::authenticate_sealed`] instead.
     pub fn authenticate(&self, key: Option<&AuthKey>) -> Result<(), AuthRefusal> {
-        match (key, self.tag) {
-            (None, None) => Ok(()),
-            (None, Some(_)) => Err(AuthRefusal::Unexpected),
-            (Some(_), None) => Err(AuthRefusal::Missing),
-            (Some(k), Some(t)) => {
-                let gid = self.gid().unwrap_or(0) & 0x0fff;
-                let parts: [&[u8]; 4] = [
-                    &self.ethernet.dst.0,
-                    &self.ethernet.src.0,
-                    &gid.to_be_bytes(),
-                    self.covered,
-                ];
-                if k.verify(t, &parts) {
-                    Ok(())
-                } else {
-                    Err(AuthRefusal::Bad)
-                }
-            }
+        let (Some(k), Some(tag)) = (key, self.tag_for(key.is_some())?) else {
+            return Ok(());
+        };
+        if self.header.kind.is_session() {
+            return self.check_sealed(&k.session_key(self.ethernet.src), tag);
         }
+        let aad = self.aad();
+        if k.verify(tag, &[&aad, self.covered]) {
+            Ok(())
+        } else {
+            Err(AuthRefusal::Bad)
+        }
+    }
+
+    /// Checks a session frame (DATA, ACK, NAK) with its sender's session key (`None`:
+    /// the group has no key), as [`Frame::authenticate`] does. Any other frame, or a
+    /// key that is not the frame's sender's, is refused as a bad tag.
+    pub fn authenticate_sealed(&self, key: Option<&SessionKey>) -> Result<(), AuthRefusal> {
+        let (Some(k), Some(tag)) = (key, self.tag_for(key.is_some())?) else {
+            return Ok(());
+        };
+        if !self.header.kind.is_session() || k.sender() != self.ethernet.src {
+            return Err(AuthRefusal::Bad);
+        }
+        self.check_sealed(k, tag)
+    }
+
+    /// The tag, if the frame must have one (`keyed`), or the refusal.
+    fn tag_for(&self, keyed: bool) -> Result<Option<&'a [u8; TAG_LEN]>, AuthRefusal> {
+        match (keyed, self.tag) {
+            (false, None) => Ok(None),
+            (false, Some(_)) => Err(AuthRefusal::Unexpected),
+            (true, None) => Err(AuthRefusal::Missing),
+            (true, Some(t)) => Ok(Some(t)),
+        }
+    }
+
+    fn check_sealed(&self, key: &SessionKey, tag: &[u8; TAG_LEN]) -> Result<(), AuthRefusal> {
+        let nonce = self.nonce.ok_or(AuthRefusal::Bad)?;
+        if key.verify(tag, &Nonce(*nonce), &self.aad(), self.covered) {
+            Ok(())
+        } else {
+            Err(AuthRefusal::Bad)
+        }
+    }
+
+    /// What a tag covers before the tether header: the addresses and the Group ID.
+    fn aad(&self) -> [u8; AAD_LEN] {
+        aad(
+            self.ethernet.dst,
+            self.ethernet.src,
+            self.gid().unwrap_or(0),
+        )
     }
 
     /// The Group ID: the VLAN ID, when the frame is tagged.
@@ -111,6 +152,45 @@ impl<'a> Frame<'a> {
     }
 }
 
+/// The bytes a tag covers before the tether header: destination and source MAC
+/// addresses, the Group ID's 12 bits as two big-endian bytes.
+fn aad(dst: MacAddr, src: MacAddr, gid: u16) -> [u8; AAD_LEN] {
+    let mut a = [0u8; AAD_LEN];
+    a[..6].copy_from_slice(&dst.0);
+    a[6..12].copy_from_slice(&src.0);
+    a[12..].copy_from_slice(&(gid & 0x0fff).to_be_bytes());
+    a
+}
+
+/// What a session frame is sealed with: its sender's key and a nonce never used
+/// before with it ([`crate::auth::NonceSeq`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Seal<'a> {
+    pub key: &'a SessionKey,
+    pub nonce: Nonce,
+}
+
+/// How a frame being written is authenticated.
+#[derive(Clone, Copy)]
+enum Auth<'b> {
+    /// A group without a key.
+    Open,
+    /// INFO, CTRL: the group key's tag.
+    Tag(&'b AuthKey),
+    /// DATA, ACK, NAK: the sender's session key, a nonce and its tag.
+    Seal(Seal<'b>),
+}
+
+impl Auth<'_> {
+    fn trailer_len(&self) -> usize {
+        match self {
+            Auth::Open => 0,
+            Auth::Tag(_) => TAG_LEN,
+            Auth::Seal(_) => NONCE_LEN + TAG_LEN,
+        }
+    }
+}
+
 /// Largest frame for an MTU (the MTU counts from after the Ethernet header; the
 /// 802.1Q tag is extra, as on Linux).
 pub const fn max_frame_len(mtu: usize) -> usize {
@@ -124,10 +204,10 @@ pub struct FrameWriter<'b> {
     len: usize,
     records: usize,
     gid: u16,
-    /// Where the payload must end: the buffer's end, less the tag's room.
+    /// Where the payload must end: the buffer's end, less the trailer's room.
     end: usize,
-    /// The group's key: the frame gets the AUTH flag and a tag.
-    key: Option<&'b AuthKey>,
+    /// With a key, the frame gets the AUTH flag and a trailer.
+    auth: Auth<'b>,
     dst: MacAddr,
     src: MacAddr,
 }
@@ -139,16 +219,43 @@ impl<'b> FrameWriter<'b> {
         FrameWriter::keyed(buf, ethernet, None)
     }
 
-    /// The same for a frame of a group with `key` (if any): the frame gets the AUTH
-    /// flag and a tag, and the room for the tag is kept from the payload.
+    /// The same for an INFO or CTRL frame of a group with `key` (if any): the frame
+    /// gets the AUTH flag and a tag, and the room for the tag is kept from the payload.
     pub fn keyed(
         buf: &'b mut [u8],
         ethernet: &EthernetRepr,
         key: Option<&'b AuthKey>,
     ) -> Result<FrameWriter<'b>, WireError> {
+        FrameWriter::with_auth(buf, ethernet, key.map_or(Auth::Open, Auth::Tag))
+    }
+
+    /// The same for a session frame (DATA, ACK, NAK) of a group with a key, `seal`
+    /// holding the sender's session key and a fresh nonce: the frame gets the AUTH
+    /// flag, the nonce and a tag, and their room is kept from the payload.
+    pub fn sealed(
+        buf: &'b mut [u8],
+        ethernet: &EthernetRepr,
+        seal: Option<Seal<'b>>,
+    ) -> Result<FrameWriter<'b>, WireError> {
+        if let Some(s) = seal {
+            if s.key.sender() != ethernet.src {
+                return Err(WireError::NotTheSender {
+                    key: s.key.sender(),
+                    src: ethernet.src,
+                });
+            }
+        }
+        FrameWriter::with_auth(buf, ethernet, seal.map_or(Auth::Open, Auth::Seal))
+    }
+
+    fn with_auth(
+        buf: &'b mut [u8],
+        ethernet: &EthernetRepr,
+        auth: Auth<'b>,
+    ) -> Result<FrameWriter<'b>, WireError> {
         let at = ethernet.emit(buf)?;
         let len = at + HEADER_LEN;
-        let trailer = if key.is_some() { TAG_LEN } else { 0 };
+        let trailer = auth.trailer_len();
         if buf.len() < len + trailer {
             return Err(WireError::NoRoom {
                 needed: len + trailer,
@@ -163,13 +270,13 @@ impl<'b> FrameWriter<'b> {
             len,
             records: 0,
             gid: ethernet.vlan.map_or(0, |t| t.vid),
-            key,
+            auth,
             dst: ethernet.dst,
             src: ethernet.src,
         })
     }
 
-    /// Bytes left for payload (the tag's room already kept).
+    /// Bytes left for payload (the trailer's room already kept).
     pub fn room(&self) -> usize {
         self.end - self.len
     }
@@ -238,36 +345,56 @@ impl<'b> FrameWriter<'b> {
 
     /// Writes the tether header (payload length and check included) and returns the
     /// frame's length.
-    /// With a key, the AUTH flag is set and the tag follows the payload.
+    /// With a key, the AUTH flag is set and the trailer follows the payload. A session
+    /// frame takes only a seal ([`FrameWriter::sealed`]) and INFO or CTRL only the
+    /// group key ([`FrameWriter::keyed`]).
     pub fn finish(self, header: &TetherHeader) -> Result<usize, WireError> {
         let payload = self.len - self.header_at - HEADER_LEN;
-        let Some(key) = self.key else {
-            header.emit(&mut self.buf[self.header_at..self.len], payload, self.gid)?;
-            return Ok(self.len);
+        let wrong = |what| WireError::WrongKind {
+            what,
+            kind: header.kind.name(),
         };
+        match self.auth {
+            Auth::Open => {
+                header.emit(&mut self.buf[self.header_at..self.len], payload, self.gid)?;
+                return Ok(self.len);
+            }
+            Auth::Tag(_) if header.kind.is_session() => {
+                return Err(wrong("a group key's tag (session frames are sealed)"))
+            }
+            Auth::Seal(_) if !header.kind.is_session() => return Err(wrong("a session seal")),
+            _ => {}
+        }
         let mut h = *header;
         h.flags |= flags::AUTH;
         h.emit(&mut self.buf[self.header_at..self.len], payload, self.gid)?;
-        let gid = (self.gid & 0x0fff).to_be_bytes();
-        let tag = key.tag(&[
-            &self.dst.0,
-            &self.src.0,
-            &gid,
-            &self.buf[self.header_at..self.len],
-        ]);
-        self.buf[self.len..self.len + TAG_LEN].copy_from_slice(&tag);
-        Ok(self.len + TAG_LEN)
+        let aad = aad(self.dst, self.src, self.gid);
+        let (covered, trailer) = self.buf[self.header_at..].split_at_mut(self.len - self.header_at);
+        let n = match self.auth {
+            Auth::Tag(key) => {
+                trailer[..TAG_LEN].copy_from_slice(&key.tag(&[&aad, covered]));
+                TAG_LEN
+            }
+            Auth::Seal(Seal { key, nonce }) => {
+                trailer[..NONCE_LEN].copy_from_slice(&nonce.0);
+                let tag = key.tag(&nonce, &aad, covered);
+                trailer[NONCE_LEN..NONCE_LEN + TAG_LEN].copy_from_slice(&tag);
+                NONCE_LEN + TAG_LEN
+            }
+            Auth::Open => 0,
+        };
+        Ok(self.len + n)
     }
 }
 
-/// Writes a frame with no payload (ACK, NAK), tagged with `key` if the group has one.
+/// Writes a frame with no payload (ACK, NAK), sealed if the group has a key.
 pub fn emit_bare(
     buf: &mut [u8],
     ethernet: &EthernetRepr,
     header: &TetherHeader,
-    key: Option<&AuthKey>,
+    seal: Option<Seal<'_>>,
 ) -> Result<usize, WireError> {
-    FrameWriter::keyed(buf, ethernet, key)?.finish(header)
+    FrameWriter::sealed(buf, ethernet, seal)?.finish(header)
 }
 
 /// Writes an INFO frame, tagged with `key` if the group has one.

@@ -18,7 +18,7 @@
 //!
 //! All fields are big-endian. docs/wire-format.md is the normative description.
 
-use crate::auth::TAG_LEN;
+use crate::auth::{NONCE_LEN, TAG_LEN};
 use crate::error::WireError;
 
 /// Version of the frame format written by this code.
@@ -78,6 +78,22 @@ impl FrameKind {
         }
     }
 
+    /// Whether frames of this kind belong to a session (DATA, ACK, NAK): keyed, they
+    /// are sealed with the sender's session key (a nonce and a tag), where INFO and
+    /// CTRL carry the group key's tag alone.
+    pub const fn is_session(self) -> bool {
+        matches!(self, FrameKind::Data | FrameKind::Ack | FrameKind::Nak)
+    }
+
+    /// Bytes after the payload of a frame of this kind with the AUTH flag.
+    pub const fn auth_trailer_len(self) -> usize {
+        if self.is_session() {
+            NONCE_LEN + TAG_LEN
+        } else {
+            TAG_LEN
+        }
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             FrameKind::Data => "DATA",
@@ -106,7 +122,8 @@ pub mod flags {
 /// The check is mandatory: a CRC-32C over the Group ID (as a 2-byte pseudo-header),
 /// the tether header with the check field zero, and the payload. veth and AF_PACKET
 /// give no Ethernet FCS to rely on, and covering the GID keeps a corrupted tag from
-/// delivering a frame into another group.
+/// delivering a frame into another group. A frame with the AUTH flag carries 0
+/// instead: its authentication tag covers the same bytes and more.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct TetherHeader {
     pub kind: FrameKind,
@@ -141,6 +158,8 @@ pub struct HeaderView<'a> {
     pub covered: &'a [u8],
     /// The authentication tag, when the AUTH flag is set.
     pub tag: Option<&'a [u8; TAG_LEN]>,
+    /// A session frame's nonce (before its tag), when the AUTH flag is set.
+    pub nonce: Option<&'a [u8; NONCE_LEN]>,
 }
 
 /// Microseconds per unit of [`TetherHeader::echo_wait`].
@@ -173,8 +192,9 @@ impl TetherHeader {
 
     /// Parses the tether header and payload that start at `bytes[0]` of a frame in
     /// group `gid` (0 when untagged), and the authentication tag after the payload when
-    /// the AUTH flag is set. Bytes after them (Ethernet padding) are ignored. Verifies
-    /// the check; the tag is the receiver's to verify (it needs the group's key).
+    /// the AUTH flag is set (a session frame's nonce before it). Bytes after them
+    /// (Ethernet padding) are ignored. Verifies the check; the tag is the receiver's to
+    /// verify (it needs the group's key).
     pub fn parse(bytes: &[u8], gid: u16) -> Result<HeaderView<'_>, WireError> {
         if bytes.len() < HEADER_LEN {
             return Err(WireError::Truncated {
@@ -208,20 +228,29 @@ impl TetherHeader {
             });
         }
         let flags = bytes[field::FLAGS];
-        let tag = if flags & flags::AUTH != 0 {
-            let t = bytes
-                .get(total..total + TAG_LEN)
-                .ok_or(WireError::Truncated {
-                    what: "authentication tag",
-                    needed: total + TAG_LEN,
-                    got: bytes.len(),
-                })?;
-            Some(<&[u8; TAG_LEN]>::try_from(t).expect("TAG_LEN bytes"))
+        let (nonce, tag) = if flags & flags::AUTH != 0 {
+            let n = kind.auth_trailer_len();
+            let t = bytes.get(total..total + n).ok_or(WireError::Truncated {
+                what: "authentication tag",
+                needed: total + n,
+                got: bytes.len(),
+            })?;
+            let (nonce, tag) = t.split_at(n - TAG_LEN);
+            (
+                <&[u8; NONCE_LEN]>::try_from(nonce).ok(),
+                Some(<&[u8; TAG_LEN]>::try_from(tag).expect("TAG_LEN bytes")),
+            )
         } else {
-            None
+            (None, None)
         };
+        // A frame with the AUTH flag carries 0: its tag covers all the check would,
+        // and more strongly. (A receiver without the group's key refuses it.)
         let carried = be32(field::CHECK);
-        let computed = frame_check(gid, &bytes[..total]);
+        let computed = if flags & flags::AUTH != 0 {
+            0
+        } else {
+            frame_check(gid, &bytes[..total])
+        };
         if carried != computed {
             return Err(WireError::BadCheck { carried, computed });
         }
@@ -242,6 +271,7 @@ impl TetherHeader {
             payload: &bytes[hlen..total],
             covered: &bytes[..total],
             tag,
+            nonce,
         })
     }
 
@@ -272,7 +302,12 @@ impl TetherHeader {
         buf[field::WINDOW..field::WINDOW + 2].copy_from_slice(&self.window.to_be_bytes());
         buf[field::HLEN] = (HEADER_LEN / 4) as u8;
         buf[field::ECHO_WAIT] = self.echo_wait;
-        let check = frame_check(gid, &buf[..total]);
+        let check = if self.flags & flags::AUTH != 0 {
+            // The tag that follows covers the frame instead.
+            0
+        } else {
+            frame_check(gid, &buf[..total])
+        };
         buf[field::CHECK..field::CHECK + 4].copy_from_slice(&check.to_be_bytes());
         Ok(total)
     }

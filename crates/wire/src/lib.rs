@@ -15,12 +15,12 @@ pub mod info;
 pub mod records;
 pub mod sample;
 
-pub use auth::{AuthKey, TAG_LEN};
+pub use auth::{AuthKey, Nonce, NonceSeq, SessionKey, NONCE_LEN, SEAL_LEN, TAG_LEN};
 pub use ctrl::{CtrlOp, CtrlRepr, CtrlStatus};
 pub use error::WireError;
 pub use ethernet::{EthernetRepr, MacAddr, VlanTag};
 pub use frame::{
-    emit_bare, emit_ctrl, emit_info, max_frame_len, AuthRefusal, Body, Frame, FrameWriter,
+    emit_bare, emit_ctrl, emit_info, max_frame_len, AuthRefusal, Body, Frame, FrameWriter, Seal,
 };
 pub use header::{
     echo_wait_units, flags, frame_check, FrameKind, HeaderView, TetherHeader, ECHO_WAIT_UNIT_US,

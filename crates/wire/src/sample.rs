@@ -153,15 +153,35 @@ fn atomic(op: AtomicOp, t: u16, address: u64) -> Header {
 }
 
 /// The same conversation in a group with `key`: every frame carries the AUTH flag and
-/// its tag (for the dissector's and the decoder's tag checks).
+/// its trailer (for the dissector's and the decoder's tag checks): the group key's tag
+/// on INFO and CTRL, its sender's seal (nonce and tag) on a session frame.
 pub fn frames_keyed(key: &crate::AuthKey) -> Vec<SampleFrame> {
+    // Each sender's nonces, as its run would draw them (fixed here: the same sample
+    // every time).
+    let mut nonces = std::collections::BTreeMap::new();
     frames()
         .into_iter()
         .map(|f| {
             let frame = crate::Frame::parse(&f.bytes, None).expect("sample frames parse");
-            let mut buf = vec![0u8; f.bytes.len() + crate::TAG_LEN];
-            let mut w = FrameWriter::keyed(&mut buf, &frame.ethernet, Some(key))
-                .expect("room for the headers");
+            let src = frame.ethernet.src;
+            let mut buf = vec![0u8; f.bytes.len() + crate::SEAL_LEN];
+            let session_key = key.session_key(src);
+            let mut w = if frame.header.kind.is_session() {
+                let seq = nonces.entry(src).or_insert_with(|| {
+                    crate::NonceSeq::new(
+                        u32::from_be_bytes([src.0[2], src.0[3], src.0[4], src.0[5]]),
+                        f.time_us * 1000,
+                    )
+                });
+                let seal = crate::Seal {
+                    key: &session_key,
+                    nonce: seq.next(),
+                };
+                FrameWriter::sealed(&mut buf, &frame.ethernet, Some(seal))
+            } else {
+                FrameWriter::keyed(&mut buf, &frame.ethernet, Some(key))
+            }
+            .expect("room for the headers");
             w.append_with(|b| {
                 b[..frame.payload.len()].copy_from_slice(frame.payload);
                 Ok(frame.payload.len())

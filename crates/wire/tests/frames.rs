@@ -373,6 +373,18 @@ fn keyed_frames_carry_a_tag_that_checks_only_under_their_key() {
         padded.resize(bytes.len() + 40, 0xa5);
         let p = Frame::parse(&padded, None).unwrap();
         assert_eq!(p.authenticate(Some(&key)), Ok(()));
+        // The check field is 0 (the tag covers the frame); any other value is refused.
+        assert_eq!(bytes[18 + 32..18 + 36], [0; 4], "{summary}");
+        let mut checked = bytes.clone();
+        let crc = frame_check(
+            f.gid().unwrap(),
+            &bytes[18..18 + HEADER_LEN + f.payload.len()],
+        );
+        checked[18 + 32..18 + 36].copy_from_slice(&crc.to_be_bytes());
+        assert!(matches!(
+            Frame::parse(&checked, None),
+            Err(WireError::BadCheck { computed: 0, .. })
+        ));
         // A tag cut short is a truncated frame.
         assert!(matches!(
             Frame::parse(&bytes[..bytes.len() - 1], None),
@@ -413,7 +425,7 @@ fn every_bit_the_tag_covers_is_checked() {
 }
 
 #[test]
-fn a_keyed_writer_keeps_room_for_the_tag() {
+fn a_keyed_writer_keeps_room_for_the_trailer() {
     let key = AuthKey::from_secret(&[0x31; 32]);
     let eth = EthernetRepr {
         dst: MacAddr([2, 0, 0, 0, 0, 2]),
@@ -425,12 +437,22 @@ fn a_keyed_writer_keeps_room_for_the_tag() {
         }),
         ethertype: ETHERTYPE,
     };
+    let session_key = key.session_key(eth.src);
+    let mut nonces = NonceSeq::new(1, 2);
     let limit = max_frame_len(1500);
     let mut buf = vec![0u8; limit];
     let plain_room = FrameWriter::new(&mut buf, &eth).unwrap().room();
-    let mut w = FrameWriter::keyed(&mut buf, &eth, Some(&key)).unwrap();
-    assert_eq!(w.room() + TAG_LEN, plain_room);
-    // Fill the payload to the last byte: the tag still fits.
+    let room = FrameWriter::keyed(&mut buf, &eth, Some(&key))
+        .unwrap()
+        .room();
+    assert_eq!(room + TAG_LEN, plain_room);
+    let seal = Seal {
+        key: &session_key,
+        nonce: nonces.next(),
+    };
+    let mut w = FrameWriter::sealed(&mut buf, &eth, Some(seal)).unwrap();
+    assert_eq!(w.room() + SEAL_LEN, plain_room);
+    // Fill the payload to the last byte: nonce and tag still fit.
     let room = w.room();
     w.append_with(|b| {
         b[..room].fill(0x5a);
@@ -440,8 +462,64 @@ fn a_keyed_writer_keeps_room_for_the_tag() {
     let n = w.finish(&TetherHeader::new(FrameKind::Data)).unwrap();
     assert_eq!(n, limit);
     let f = Frame::parse(&buf[..n], None).unwrap();
+    assert_eq!(f.nonce, Some(&seal.nonce.0));
     assert_eq!(f.authenticate(Some(&key)), Ok(()));
-    // A buffer with no room for header and tag is refused.
+    assert_eq!(f.authenticate_sealed(Some(&session_key)), Ok(()));
+    // Another sender's key (the receiver's own, say) does not check it.
+    let theirs = key.session_key(eth.dst);
+    assert_eq!(f.authenticate_sealed(Some(&theirs)), Err(AuthRefusal::Bad));
+    assert_eq!(f.authenticate_sealed(None), Err(AuthRefusal::Unexpected));
+    // The same frame sealed again under the next nonce: another tag, also good.
+    let again = Seal {
+        key: &session_key,
+        nonce: nonces.next(),
+    };
+    let mut buf2 = vec![0u8; limit];
+    let mut w = FrameWriter::sealed(&mut buf2, &eth, Some(again)).unwrap();
+    w.append_with(|b| {
+        b[..room].fill(0x5a);
+        Ok(room)
+    })
+    .unwrap();
+    let n2 = w.finish(&TetherHeader::new(FrameKind::Data)).unwrap();
+    assert_ne!(buf[n - TAG_LEN..n], buf2[n2 - TAG_LEN..n2]);
+    let f2 = Frame::parse(&buf2[..n2], None).unwrap();
+    assert_eq!(f2.authenticate_sealed(Some(&session_key)), Ok(()));
+    // A tag and nonce moved from one onto the other do not check.
+    let mut mixed = buf2[..n2].to_vec();
+    mixed[n2 - SEAL_LEN..].copy_from_slice(&buf[n - SEAL_LEN..n]);
+    mixed[n2 - SEAL_LEN..n2 - TAG_LEN].copy_from_slice(&again.nonce.0);
+    let m = Frame::parse(&mixed, None).unwrap();
+    assert_eq!(
+        m.authenticate_sealed(Some(&session_key)),
+        Err(AuthRefusal::Bad)
+    );
+
+    // Each kind takes only its own kind of key.
+    let mut w = FrameWriter::keyed(&mut buf, &eth, Some(&key)).unwrap();
+    w.append_with(|_| Ok(0)).unwrap();
+    assert!(matches!(
+        w.finish(&TetherHeader::new(FrameKind::Ack)),
+        Err(WireError::WrongKind { .. })
+    ));
+    let w = FrameWriter::sealed(&mut buf, &eth, Some(seal)).unwrap();
+    assert!(matches!(
+        w.finish(&TetherHeader::new(FrameKind::Info)),
+        Err(WireError::WrongKind { .. })
+    ));
+    // A session key seals its sender's frames only.
+    let back = EthernetRepr {
+        dst: eth.src,
+        src: eth.dst,
+        ..eth
+    };
+    assert!(matches!(
+        FrameWriter::sealed(&mut buf, &back, Some(seal)),
+        Err(WireError::NotTheSender { .. })
+    ));
+    // A buffer with no room for header and trailer is refused.
     let mut small = vec![0u8; 18 + HEADER_LEN + TAG_LEN - 1];
     assert!(FrameWriter::keyed(&mut small, &eth, Some(&key)).is_err());
+    let mut small = vec![0u8; 18 + HEADER_LEN + SEAL_LEN - 1];
+    assert!(FrameWriter::sealed(&mut small, &eth, Some(seal)).is_err());
 }
