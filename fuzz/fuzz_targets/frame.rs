@@ -41,8 +41,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = f.authenticate(Some(&key));
     let _ = f.authenticate(None);
     // And with a session key kept for the sender, or for someone else.
-    let _ = f.authenticate_sealed(Some(&key.session_key(f.ethernet.src)));
-    let _ = f.authenticate_sealed(Some(&key.session_key(wire::MacAddr([mode; 6]))));
+    let _ = f.authenticate_sealed(&key.session_key(f.ethernet.src));
+    let _ = f.authenticate_sealed(&key.session_key(wire::MacAddr([mode; 6])));
     match f.body() {
         Ok(Body::Data(records)) => {
             for r in records.flatten() {

@@ -90,10 +90,6 @@ pub struct NodeConfig {
     /// The key this node signs its own SET_GROUP requests with (a node acting as a
     /// manager), if any.
     pub signer: Option<Arc<ManagerSigner>>,
-    /// The nonces this run seals its session frames with in keyed groups: a random
-    /// salt and a counter from the wall clock in ns, drawn by [`NodeConfig::new`]
-    /// (`wire::NonceSeq` says why they never repeat).
-    pub nonces: wire::NonceSeq,
 }
 
 /// The groups' frame keys, shared by the node and whoever sends on its behalf.
@@ -120,16 +116,8 @@ impl NodeConfig {
             max_ctrl_age_us: 60_000_000,
             managers: None,
             signer: None,
-            nonces: wire::NonceSeq::new(crate::epoch::os_random(), wall_clock_ns()),
         }
     }
-}
-
-/// The wall clock in ns since the Unix epoch (0 if the clock is before it).
-fn wall_clock_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Why a peer went down.
@@ -326,6 +314,10 @@ pub struct Node {
     peers: BTreeMap<(u16, MacAddr), Peer>,
     /// Our own session key in each keyed group (our frames are sealed with it).
     tx_keys: BTreeMap<u16, SessionKey>,
+    /// The nonces this node seals its session frames with: drawn from the operating
+    /// system's random numbers by [`Node::new`], never taken from a config that could
+    /// be reused (`wire::NonceSeq` says why they do not repeat).
+    nonces: wire::NonceSeq,
     /// Bumped for every new session, so a peer sees each one as a new epoch.
     session_epoch: u32,
     next_info: u64,
@@ -488,9 +480,12 @@ impl Node {
             .iter()
             .map(|(&gid, k)| (gid, k.session_key(cfg.mac)))
             .collect();
+        let random64 =
+            (u64::from(crate::epoch::os_random()) << 32) | u64::from(crate::epoch::os_random());
         Ok(Node {
             session_epoch: cfg.epoch,
             tx_keys,
+            nonces: wire::NonceSeq::new(crate::epoch::os_random(), random64),
             buf: vec![0; cfg.mtu as usize + 64],
             cfg,
             groups: BTreeSet::new(),
@@ -920,7 +915,7 @@ impl Node {
                 };
                 let seal = self.tx_keys.get(&gid).map(|key| wire::Seal {
                     key,
-                    nonce: self.cfg.nonces.next(),
+                    nonce: self.nonces.next(),
                 });
                 let len = tx.payload.len()
                     + eth.header_len()
@@ -982,10 +977,13 @@ impl Node {
         // else with the group's key (a session frame from a stranger derives its
         // sender's key first).
         let group_key = self.cfg.keys.get(&gid);
-        let auth = match self.peers.get(&(gid, src)) {
-            Some(p) if group_key.is_some() && frame.header.kind.is_session() => {
-                frame.authenticate_sealed(p.rx_key.as_ref())
-            }
+        let auth = match (group_key, self.peers.get(&(gid, src))) {
+            (Some(k), Some(p)) if frame.header.kind.is_session() => match &p.rx_key {
+                Some(rx) => frame.authenticate_sealed(rx),
+                // A peer of a keyed group always has one (keys never change); if it
+                // had none, the frame is checked the slow way.
+                None => frame.authenticate(Some(k)),
+            },
             _ => frame.authenticate(group_key),
         };
         if let Err(r) = auth {

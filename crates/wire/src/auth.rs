@@ -210,20 +210,20 @@ impl fmt::Debug for SessionKey {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct Nonce(pub [u8; NONCE_LEN]);
 
-/// The nonces of one run of a sender: a random salt drawn at start, and a counter
-/// that starts at the wall clock in ns and goes up by one per frame. A nonce repeats
-/// under a sender's key only if two of its runs drew the same salt *and* their
-/// counters overlap, which takes a clock set back across a restart as well as odds of
-/// 2^-32; a sender sends far fewer than 10^9 frames per second, so a run never
-/// catches up with the clock of a later one.
-#[derive(Clone, Debug)]
+/// The nonces of one run of a sender: 96 bits drawn at random at start (a 32-bit salt
+/// and the start of a 64-bit counter), then the counter goes up by one per frame. No
+/// nonce repeats within a run; two runs of one sender share one only if their salts
+/// are equal and their counter ranges overlap: odds of (frames of both runs) / 2^96,
+/// with no clock involved (2^-56 for two runs of 2^40 frames each). Not `Clone`: a
+/// copy would give the same nonces again.
+#[derive(Debug)]
 pub struct NonceSeq {
     salt: u32,
     next: u64,
 }
 
 impl NonceSeq {
-    /// Nonces from `salt` and a counter from `start` (the wall clock in ns).
+    /// Nonces from `salt` and a counter from `start` (both random, for a real run).
     pub fn new(salt: u32, start: u64) -> NonceSeq {
         NonceSeq { salt, next: start }
     }
@@ -232,7 +232,7 @@ impl NonceSeq {
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Nonce {
         let c = self.next;
-        // 2^64 ns from 1970 is the year 2554.
+        // A run would need 2^64 frames to come back to its start.
         self.next = c.wrapping_add(1);
         let mut n = [0u8; NONCE_LEN];
         n[..4].copy_from_slice(&self.salt.to_be_bytes());

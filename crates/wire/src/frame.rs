@@ -94,12 +94,12 @@ impl<'a> Frame<'a> {
         }
     }
 
-    /// Checks a session frame (DATA, ACK, NAK) with its sender's session key (`None`:
-    /// the group has no key), as [`Frame::authenticate`] does. Any other frame, or a
-    /// key that is not the frame's sender's, is refused as a bad tag.
-    pub fn authenticate_sealed(&self, key: Option<&SessionKey>) -> Result<(), AuthRefusal> {
-        let (Some(k), Some(tag)) = (key, self.tag_for(key.is_some())?) else {
-            return Ok(());
+    /// Checks a session frame (DATA, ACK, NAK) of a keyed group with its sender's
+    /// session key, as [`Frame::authenticate`] does. Any other frame, or a key that is
+    /// not the frame's sender's, is refused as a bad tag.
+    pub fn authenticate_sealed(&self, k: &SessionKey) -> Result<(), AuthRefusal> {
+        let Some(tag) = self.tag_for(true)? else {
+            return Err(AuthRefusal::Missing);
         };
         if !self.header.kind.is_session() || k.sender() != self.ethernet.src {
             return Err(AuthRefusal::Bad);

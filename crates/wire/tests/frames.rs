@@ -464,11 +464,24 @@ fn a_keyed_writer_keeps_room_for_the_trailer() {
     let f = Frame::parse(&buf[..n], None).unwrap();
     assert_eq!(f.nonce, Some(&seal.nonce.0));
     assert_eq!(f.authenticate(Some(&key)), Ok(()));
-    assert_eq!(f.authenticate_sealed(Some(&session_key)), Ok(()));
+    assert_eq!(f.authenticate_sealed(&session_key), Ok(()));
     // Another sender's key (the receiver's own, say) does not check it.
     let theirs = key.session_key(eth.dst);
-    assert_eq!(f.authenticate_sealed(Some(&theirs)), Err(AuthRefusal::Bad));
-    assert_eq!(f.authenticate_sealed(None), Err(AuthRefusal::Unexpected));
+    assert_eq!(f.authenticate_sealed(&theirs), Err(AuthRefusal::Bad));
+    // The same frame with no trailer: refused as untagged.
+    let mut plain = vec![0u8; limit];
+    let mut w = FrameWriter::new(&mut plain, &eth).unwrap();
+    w.append_with(|b| {
+        b[..room].fill(0x5a);
+        Ok(room)
+    })
+    .unwrap();
+    let pn = w.finish(&TetherHeader::new(FrameKind::Data)).unwrap();
+    let p = Frame::parse(&plain[..pn], None).unwrap();
+    assert_eq!(
+        p.authenticate_sealed(&session_key),
+        Err(AuthRefusal::Missing)
+    );
     // The same frame sealed again under the next nonce: another tag, also good.
     let again = Seal {
         key: &session_key,
@@ -484,16 +497,13 @@ fn a_keyed_writer_keeps_room_for_the_trailer() {
     let n2 = w.finish(&TetherHeader::new(FrameKind::Data)).unwrap();
     assert_ne!(buf[n - TAG_LEN..n], buf2[n2 - TAG_LEN..n2]);
     let f2 = Frame::parse(&buf2[..n2], None).unwrap();
-    assert_eq!(f2.authenticate_sealed(Some(&session_key)), Ok(()));
+    assert_eq!(f2.authenticate_sealed(&session_key), Ok(()));
     // A tag and nonce moved from one onto the other do not check.
     let mut mixed = buf2[..n2].to_vec();
     mixed[n2 - SEAL_LEN..].copy_from_slice(&buf[n - SEAL_LEN..n]);
     mixed[n2 - SEAL_LEN..n2 - TAG_LEN].copy_from_slice(&again.nonce.0);
     let m = Frame::parse(&mixed, None).unwrap();
-    assert_eq!(
-        m.authenticate_sealed(Some(&session_key)),
-        Err(AuthRefusal::Bad)
-    );
+    assert_eq!(m.authenticate_sealed(&session_key), Err(AuthRefusal::Bad));
 
     // Each kind takes only its own kind of key.
     let mut w = FrameWriter::keyed(&mut buf, &eth, Some(&key)).unwrap();
