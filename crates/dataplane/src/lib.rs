@@ -3,6 +3,7 @@
 //! every loop of tether ([`poll`]: busy-poll after work, then sleep in poll(2) on the
 //! loop's descriptors and timers) and the engines built on it ([`engine`]).
 
+pub mod allocs;
 pub mod mempool;
 pub mod ring;
 

@@ -215,8 +215,14 @@ pub struct Session {
     window_was_low: bool,
     events: VecDeque<Event>,
     stats: Stats,
-    scratch: Vec<u8>,
+    /// Buffers of TLPs sent, frames acknowledged and TLPs taken back by
+    /// [`Session::recycle`], kept for reuse so that a session in steady state does not
+    /// allocate per TLP (at most [`SPARE_BUFFERS`]).
+    spare: Vec<Vec<u8>>,
 }
+
+/// Buffers a session keeps for reuse, at most (each of at most twice the MTU).
+pub const SPARE_BUFFERS: usize = 64;
 
 impl Session {
     /// A session with our `local_epoch`, which must be non-zero and must not repeat an
@@ -261,7 +267,7 @@ impl Session {
             window_was_low: false,
             events: VecDeque::new(),
             stats: Stats::default(),
-            scratch: Vec::new(),
+            spare: Vec::new(),
         })
     }
 
@@ -317,7 +323,9 @@ impl Session {
         if self.pending.len() >= self.cfg.send_queue {
             return Err(SendError::QueueFull(self.cfg.send_queue));
         }
-        self.pending.push_back(tlp.to_vec());
+        let mut b = self.take_buffer();
+        b.extend_from_slice(tlp);
+        self.pending.push_back(b);
         Ok(())
     }
 
@@ -344,6 +352,23 @@ impl Session {
 
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// Gives back a buffer (a TLP [`Session::recv`] returned, once its bytes are
+    /// used) for the session to reuse: it keeps up to [`SPARE_BUFFERS`], so that the
+    /// steady state allocates nothing per TLP. Optional: a buffer not given back is
+    /// simply freed.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        // A buffer much larger than a frame (never one of ours) is not kept.
+        if self.spare.len() < SPARE_BUFFERS && buf.capacity() <= 2 * self.cfg.mtu {
+            buf.clear();
+            self.spare.push(buf);
+        }
+    }
+
+    /// An empty buffer: a spare one, or a new one.
+    fn take_buffer(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_default()
     }
 
     fn advertised_window(&self) -> u32 {
@@ -506,7 +531,9 @@ impl Session {
             }
             acked_bytes += f.payload.len();
             newest = Some((f.sent_at, f.resent));
-            self.unacked.pop_front();
+            if let Some(f) = self.unacked.pop_front() {
+                self.recycle(f.payload);
+            }
         }
         self.snd_una = ack;
         if let Some(undo) = self.timeout_undo.take() {
@@ -623,7 +650,9 @@ impl Session {
             return Err(Refused::NoRoom);
         }
         for r in Records::new(payload).flatten() {
-            self.delivered.push_back(r.body.to_vec());
+            let mut b = self.take_buffer();
+            b.extend_from_slice(r.body);
+            self.delivered.push_back(b);
         }
         self.stats.tlps_in += count as u64;
         self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
@@ -783,25 +812,27 @@ impl Session {
     /// Packs pending TLPs into a new frame at the back of `unacked`.
     fn build_frame(&mut self) {
         let max = self.cfg.max_payload();
-        self.scratch.clear();
+        let mut payload = self.take_buffer();
+        // Once, if it was a TLP's: spare buffers grow to a frame's payload and stay so.
+        payload.reserve(max);
         let mut tlps = 0u32;
         while let Some(t) = self.pending.front() {
             if tlps as usize >= self.cfg.max_tlps_per_frame
-                || self.scratch.len() + RECORD_HEADER_LEN + t.len() > max
+                || payload.len() + RECORD_HEADER_LEN + t.len() > max
             {
                 break;
             }
             let t = self.pending.pop_front().expect("front exists");
-            self.scratch
-                .extend_from_slice(&(t.len() as u16).to_be_bytes());
-            self.scratch.push(RecordType::Tlp as u8);
-            self.scratch.push(0);
-            self.scratch.extend_from_slice(&t);
+            payload.extend_from_slice(&(t.len() as u16).to_be_bytes());
+            payload.push(RecordType::Tlp as u8);
+            payload.push(0);
+            payload.extend_from_slice(&t);
+            self.recycle(t);
             tlps += 1;
         }
         self.unacked.push_back(SentFrame {
             seq: self.next_seq,
-            payload: self.scratch.clone(),
+            payload,
             tlps,
             sent_at: 0,
             resent: false,
@@ -886,5 +917,32 @@ impl Session {
         self.nak_sent_for = None;
         self.acked_sent();
         self.nak_now = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recycled_buffers_are_bounded_cleared_and_reused() {
+        let mut s = Session::new(Config::default(), 1).unwrap();
+        // At most SPARE_BUFFERS are kept; one far larger than a frame is not.
+        for _ in 0..SPARE_BUFFERS + 10 {
+            s.recycle(vec![0xee; 100]);
+        }
+        assert_eq!(s.spare.len(), SPARE_BUFFERS);
+        s.spare.clear();
+        s.recycle(Vec::with_capacity(4 * s.cfg.mtu));
+        assert!(s.spare.is_empty());
+        // A kept buffer comes back empty, with its room, for the next TLP sent.
+        let mut b = Vec::with_capacity(512);
+        b.extend_from_slice(b"stale bytes");
+        let at = b.as_ptr();
+        s.recycle(b);
+        s.send(b"tlp").unwrap();
+        let queued = s.pending.back().unwrap();
+        assert_eq!(queued.as_slice(), b"tlp");
+        assert_eq!(queued.as_ptr(), at);
     }
 }

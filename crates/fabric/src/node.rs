@@ -630,6 +630,14 @@ impl Node {
         Ok(())
     }
 
+    /// Gives back the buffer of a TLP from `peer` ([`FabricEvent::Tlp`]) once it is
+    /// used, for its session to reuse (`efe::Session::recycle`); optional.
+    pub fn recycle(&mut self, gid: u16, peer: MacAddr, buf: Vec<u8>) {
+        if let Some(p) = self.peers.get_mut(&(gid, peer)) {
+            p.session.recycle(buf);
+        }
+    }
+
     /// Room in the session's send queue for more TLPs to `peer`.
     pub fn send_room(&self, gid: u16, peer: MacAddr) -> usize {
         self.peers

@@ -337,9 +337,35 @@ impl Link for FabricLink {
                 return Err(LinkFull);
             }
         }
+        if !self.outboxes.contains_key(&to) {
+            // Nothing waits before it: straight into the session when it has room
+            // (the session copies it; no buffer of our own per TLP).
+            let (gid, peer) = to;
+            match self.fp.node_mut().send_tlp(gid, peer, tlp) {
+                Ok(()) => return Ok(()),
+                Err(FabricError::Send(SendError::QueueFull(_))) => {}
+                Err(FabricError::Send(SendError::TooLarge { .. } | SendError::Empty)) => {
+                    self.stats.outbox_refused += 1;
+                    return Ok(());
+                }
+                // No session (the peer is gone), or it is down: thrown away as a
+                // cleared outbox is.
+                Err(_) => {
+                    self.stats.outbox_cleared += 1;
+                    return Ok(());
+                }
+            }
+        }
         self.outboxes.entry(to).or_default().push(tlp.to_vec());
         self.queue_in(to);
         Ok(())
+    }
+
+    /// The buffer of a TLP `recv` returned, back to the session of its box for reuse.
+    fn recycle(&mut self, tlp: Vec<u8>) {
+        if let Some((gid, peer)) = self.target() {
+            self.fp.node_mut().recycle(gid, peer, tlp);
+        }
     }
 
     fn flush(&mut self) {

@@ -449,6 +449,8 @@ impl IoBox {
                                 // deadlocks).
                                 s.function.handle_parsed(now, t);
                                 s.pull_output();
+                                // Its buffer goes back to the session for reuse.
+                                self.fp.node_mut().recycle(gid, peer, tlp);
                             } else {
                                 // A non-posted request waits for room for its
                                 // answer, behind the others that wait (never past a

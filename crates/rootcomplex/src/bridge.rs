@@ -161,7 +161,12 @@ pub struct Bridge {
 struct TxQueue {
     tlps: VecDeque<Vec<u8>>,
     bytes: usize,
+    /// Buffers of TLPs sent, for the next ones ([`Bridge::recycle`]).
+    spare: Vec<Vec<u8>>,
 }
+
+/// Sent TLPs' buffers a bridge keeps for reuse, at most.
+const SPARE_BUFFERS: usize = 64;
 
 impl TxQueue {
     fn pop(&mut self) -> Option<Vec<u8>> {
@@ -172,10 +177,13 @@ impl TxQueue {
 }
 
 fn emit(out: &mut TxQueue, t: &Tlp) {
+    let mut b = out.spare.pop().unwrap_or_default();
+    b.resize(t.buffer_len(), 0);
     // Every TLP built here is valid by construction; a failure is a bug.
-    match t.to_vec() {
-        Ok(b) => {
-            out.bytes += b.len();
+    match t.emit(&mut b) {
+        Ok(n) => {
+            b.truncate(n);
+            out.bytes += n;
             out.tlps.push_back(b);
         }
         Err(e) => debug_assert!(false, "emitting {t:?}: {e}"),
@@ -216,6 +224,16 @@ impl Bridge {
     /// Takes the next TLP for the link.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.out.pop()
+    }
+
+    /// Gives back a buffer [`Bridge::poll_transmit`] returned, once sent, for the next
+    /// TLPs (so that steady traffic allocates nothing per TLP). Optional.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        // The largest TLP: a 4DW header, 4 KiB of data and a digest.
+        if self.out.spare.len() < SPARE_BUFFERS && buf.capacity() <= 2 * (16 + 4096 + 4) {
+            buf.clear();
+            self.out.spare.push(buf);
+        }
     }
 
     /// The next TLP for the link, left queued (for a link that may refuse it).

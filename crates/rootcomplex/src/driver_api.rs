@@ -34,6 +34,9 @@ pub trait Link {
     fn flush(&mut self) {}
     /// The next TLP from a device, waiting up to `timeout` for one.
     fn recv(&mut self, timeout: Duration) -> Option<Vec<u8>>;
+    /// Takes back the buffer of a TLP [`Link::recv`] returned, once it is used, so that
+    /// the link can reuse it instead of allocating per TLP. Optional.
+    fn recycle(&mut self, _tlp: Vec<u8>) {}
 }
 
 /// TLPs handled in one step before the answers go out together.
@@ -427,6 +430,7 @@ impl<L: Link> Host<L> {
             worked = true;
             let now = self.now();
             self.bridge.handle_tlp(now, &t);
+            self.link.recycle(t);
             // What else has arrived is handled too, so that the answers (completions
             // of device reads) go out together and share frames.
             for _ in 1..STEP_BURST {
@@ -434,6 +438,7 @@ impl<L: Link> Host<L> {
                     break;
                 };
                 self.bridge.handle_tlp(now, &t);
+                self.link.recycle(t);
             }
             self.transmit();
         }
@@ -504,7 +509,9 @@ impl<L: Link> Host<L> {
             if self.link.send(t).is_err() {
                 break;
             }
-            self.bridge.poll_transmit();
+            if let Some(b) = self.bridge.poll_transmit() {
+                self.bridge.recycle(b);
+            }
             sent = true;
         }
         self.link.flush();

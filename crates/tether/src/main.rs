@@ -2,6 +2,11 @@
 
 mod bridge;
 mod cmd;
+
+/// Every thread's heap allocations are counted (a thread-local add each), so that
+/// `tether bench` can show what the data path allocates per TLP.
+#[global_allocator]
+static ALLOCATOR: dataplane::allocs::Counting = dataplane::allocs::Counting;
 mod config_file;
 mod control;
 mod decode;

@@ -304,6 +304,9 @@ impl Sim {
                 f.bytes_delivered += f.payload as u64;
                 f.first_delivery.get_or_insert(now);
                 f.last_delivery = Some(now);
+                // Its buffer goes back for reuse, as the bridges' do: every later TLP
+                // and frame that takes it must come out whole.
+                s.recycle(tlp);
             }
         }
         for (i, n) in self.nodes.iter_mut().enumerate() {

@@ -12,12 +12,13 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::iobox::{IoBox, Slot};
 use anyhow::{anyhow, bail, Context, Result};
+use dataplane::allocs::{self, Counts};
 use dataplane::netns::Rig;
 use dataplane::ports::mem;
 use dataplane::{Mempool, Port};
@@ -107,11 +108,16 @@ struct Run {
     /// The host's session over the throughput part, and the box's over its life.
     host: efe::Stats,
     boxs: efe::Stats,
+    /// Heap allocations over the throughput part: the host thread's, the box
+    /// thread's, and the TLPs the host sent and received meanwhile.
+    allocs: (Counts, Counts, u64),
 }
 
 /// A box and a host on two ports.
 struct Pair {
     stop: Arc<AtomicBool>,
+    /// The box thread's allocation counts, as of its last poll.
+    box_allocs: Arc<[AtomicU64; 2]>,
     /// Ends with the box's session counters.
     box_thread: Option<std::thread::JoinHandle<Result<efe::Stats>>>,
     host: Host<FabricLink>,
@@ -120,6 +126,14 @@ struct Pair {
 }
 
 impl Pair {
+    /// The box thread's allocation counts as of its last poll.
+    fn box_counts(&self) -> Counts {
+        Counts {
+            allocations: self.box_allocs[0].load(Ordering::Relaxed),
+            bytes: self.box_allocs[1].load(Ordering::Relaxed),
+        }
+    }
+
     /// Stops the box; its session's counters.
     fn finish(mut self) -> Result<efe::Stats> {
         self.stop.store(true, Ordering::Relaxed);
@@ -198,6 +212,7 @@ fn pair(kind: BenchPort, tlp: u16, aggregation: bool, auth: bool, mtu: usize) ->
         Duration::from_millis(2)
     };
     let stop = Arc::new(AtomicBool::new(false));
+    let box_allocs: Arc<[AtomicU64; 2]> = Arc::default();
     let box_node = bridge::node(
         &*box_port,
         BridgeRole::IoBox,
@@ -205,6 +220,7 @@ fn pair(kind: BenchPort, tlp: u16, aggregation: bool, auth: bool, mtu: usize) ->
     )?;
     let box_thread = {
         let stop = stop.clone();
+        let published = box_allocs.clone();
         std::thread::Builder::new().name("bench-box".into()).spawn(
             move || -> Result<efe::Stats> {
                 let mut fp = FabricPort::new(box_node, box_port);
@@ -212,6 +228,9 @@ fn pair(kind: BenchPort, tlp: u16, aggregation: bool, auth: bool, mtu: usize) ->
                 let mut b = IoBox::new(fp, vec![Slot::memdev(0, GID, 1 << 20)?]);
                 while !stop.load(Ordering::Relaxed) {
                     b.poll(Duration::from_millis(1))?;
+                    let c = allocs::thread();
+                    published[0].store(c.allocations, Ordering::Relaxed);
+                    published[1].store(c.bytes, Ordering::Relaxed);
                 }
                 let node = b.fabric().node();
                 let host = node.peers().find(|p| p.0 == GID).map(|p| p.1);
@@ -243,6 +262,7 @@ fn pair(kind: BenchPort, tlp: u16, aggregation: bool, auth: bool, mtu: usize) ->
     host.enumerate(bdf)?;
     Ok(Pair {
         stop,
+        box_allocs,
         box_thread: Some(box_thread),
         host,
         bdf,
@@ -292,6 +312,7 @@ fn measure(
         Vec::new()
     };
     let before = session(&p);
+    let (host_allocs, box_allocs) = (allocs::thread(), p.box_counts());
     let time = Duration::from_millis(args.ms_per_point);
     let mut points = Vec::new();
     for &size in &args.sizes {
@@ -300,6 +321,11 @@ fn measure(
         points.push((size, r, w));
     }
     let after = session(&p);
+    let allocs = (
+        allocs::thread().since(host_allocs),
+        p.box_counts().since(box_allocs),
+        (after.tlps_out - before.tlps_out) + (after.tlps_in - before.tlps_in),
+    );
     let host = efe::Stats {
         data_frames_out: after.data_frames_out - before.data_frames_out,
         tlps_out: after.tlps_out - before.tlps_out,
@@ -317,6 +343,7 @@ fn measure(
         points,
         host,
         boxs,
+        allocs,
     })
 }
 
@@ -428,6 +455,29 @@ fn report(args: &BenchArgs, runs: &[Run]) -> String {
                 st.rate_bytes_per_s / 1e6
             );
         }
+    }
+    let _ = writeln!(
+        s,
+        "\nHeap allocations over the throughput points (steady state: the pair was up \
+         and had run its MMIO reads before), per TLP the host sent or received; each \
+         bridge is one thread, counted by `tether`'s counting global allocator:\n"
+    );
+    let _ = writeln!(
+        s,
+        "| configuration | TLPs | host allocations per TLP | host bytes per TLP | box allocations per TLP | box bytes per TLP |\n|---|---|---|---|---|---|"
+    );
+    for r in runs {
+        let (h, b, tlps) = r.allocs;
+        let per = |v: u64| v as f64 / tlps.max(1) as f64;
+        let _ = writeln!(
+            s,
+            "| {} | {tlps} | {:.2} | {:.0} | {:.2} | {:.0} |",
+            label(r),
+            per(h.allocations),
+            per(h.bytes),
+            per(b.allocations),
+            per(b.bytes)
+        );
     }
     // Poll mode against the per-packet socket path without aggregation, per size:
     // (READ + WRITE) MB/s over the same of the socket path.
