@@ -217,8 +217,8 @@ pub struct Session {
     stats: Stats,
     /// Buffers of TLPs sent, frames acknowledged and TLPs taken back by
     /// [`Session::recycle`], kept for reuse so that a session in steady state does not
-    /// allocate per TLP (at most [`SPARE_BUFFERS`]).
-    spare: Vec<Vec<u8>>,
+    /// allocate per TLP (at most [`SPARE_BUFFERS`], each of at most twice the MTU).
+    spare: tlp::Buffers,
 }
 
 /// Buffers a session keeps for reuse, at most (each of at most twice the MTU).
@@ -267,7 +267,7 @@ impl Session {
             window_was_low: false,
             events: VecDeque::new(),
             stats: Stats::default(),
-            spare: Vec::new(),
+            spare: tlp::Buffers::new(SPARE_BUFFERS, 2 * cfg.mtu),
         })
     }
 
@@ -358,17 +358,13 @@ impl Session {
     /// used) for the session to reuse: it keeps up to [`SPARE_BUFFERS`], so that the
     /// steady state allocates nothing per TLP. Optional: a buffer not given back is
     /// simply freed.
-    pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        // A buffer much larger than a frame (never one of ours) is not kept.
-        if self.spare.len() < SPARE_BUFFERS && buf.capacity() <= 2 * self.cfg.mtu {
-            buf.clear();
-            self.spare.push(buf);
-        }
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.spare.give(buf);
     }
 
     /// An empty buffer: a spare one, or a new one.
     fn take_buffer(&mut self) -> Vec<u8> {
-        self.spare.pop().unwrap_or_default()
+        self.spare.take()
     }
 
     fn advertised_window(&self) -> u32 {
@@ -932,7 +928,9 @@ mod tests {
             s.recycle(vec![0xee; 100]);
         }
         assert_eq!(s.spare.len(), SPARE_BUFFERS);
-        s.spare.clear();
+        while !s.spare.is_empty() {
+            s.spare.take();
+        }
         s.recycle(Vec::with_capacity(4 * s.cfg.mtu));
         assert!(s.spare.is_empty());
         // A kept buffer comes back empty, with its room, for the next TLP sent.

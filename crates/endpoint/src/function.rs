@@ -186,6 +186,8 @@ struct Core {
     bdf: Bdf,
     now: u64,
     out: VecDeque<Vec<u8>>,
+    /// Buffers of TLPs sent, for the next ones ([`Function::recycle`]).
+    spare: tlp::Buffers,
     /// The function's outstanding read requests, on tags of `tag_width`.
     tags: TagTable<PendingRead>,
     /// The width `tags` was made for: the one of the transfers whose requests are out.
@@ -216,9 +218,9 @@ pub struct Function<D: Device> {
     device: D,
 }
 
-fn emit(out: &mut VecDeque<Vec<u8>>, tlp: &Tlp) {
+fn emit(out: &mut VecDeque<Vec<u8>>, spare: &mut tlp::Buffers, tlp: &Tlp) {
     // Every TLP built here is valid by construction; a failure is a bug.
-    match tlp.to_vec() {
+    match spare.encode(tlp) {
         Ok(b) => out.push_back(b),
         Err(e) => debug_assert!(false, "emitting {tlp:?}: {e}"),
     }
@@ -243,7 +245,11 @@ impl Core {
             lower_address: la,
             locked: false,
         };
-        emit(&mut self.out, &Tlp::new(Header::Completion(cpl), data));
+        emit(
+            &mut self.out,
+            &mut self.spare,
+            &Tlp::new(Header::Completion(cpl), data),
+        );
     }
 
     /// Counts an Unsupported Request and answers it with a UR completion, when it is
@@ -315,7 +321,11 @@ impl Core {
                 offset: c.offset,
                 reassembly: ReadReassembly::new(&read, self.settings.rcb),
             });
-            emit(&mut self.out, &Tlp::new(Header::MemRead(read), &[]));
+            emit(
+                &mut self.out,
+                &mut self.spare,
+                &Tlp::new(Header::MemRead(read), &[]),
+            );
         }
     }
 
@@ -329,7 +339,11 @@ impl Core {
             last_be: 0,
             hint: None,
         };
-        emit(&mut self.out, &Tlp::new(Header::MemWrite(w), &payload));
+        emit(
+            &mut self.out,
+            &mut self.spare,
+            &Tlp::new(Header::MemWrite(w), &payload),
+        );
         self.stats.interrupts += 1;
     }
 
@@ -403,9 +417,9 @@ impl DeviceIo for Core {
             return Err(DmaError::TooLong(data.len()));
         }
         let (mps, _) = self.sizes();
-        let out = &mut self.out;
+        let (out, spare) = (&mut self.out, &mut self.spare);
         for_each_write(self.bdf, addr, data, mps, |w, payload| {
-            emit(out, &Tlp::new(Header::MemWrite(w), payload))
+            emit(out, spare, &Tlp::new(Header::MemWrite(w), payload))
         })
         .map_err(|_| DmaError::AddressOverflow)?;
         self.stats.dma_writes += 1;
@@ -465,7 +479,11 @@ impl DeviceIo for Core {
         if line != self.intx {
             self.intx = line;
             let m = Message::intx(self.bdf, pin, line);
-            emit(&mut self.out, &Tlp::new(Header::Message(m), &[]));
+            emit(
+                &mut self.out,
+                &mut self.spare,
+                &Tlp::new(Header::Message(m), &[]),
+            );
             if line {
                 self.stats.interrupts += 1;
             }
@@ -494,6 +512,8 @@ impl<D: Device> Function<D> {
                 bdf: Bdf::from_u16(0),
                 now: 0,
                 out: VecDeque::new(),
+                // 64 of at most the largest TLP (a 4DW header, 4 KiB, a digest).
+                spare: tlp::Buffers::new(64, 16 + 4096 + 4),
                 tags: TagTable::new(tag_width),
                 tag_width,
                 reads: Vec::new(),
@@ -533,6 +553,13 @@ impl<D: Device> Function<D> {
     /// The next TLP for the host.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.core.out.pop_front()
+    }
+
+    /// Gives back a buffer [`Function::poll_transmit`] returned, once sent, for the
+    /// function's next TLPs (so that steady traffic allocates nothing per TLP).
+    /// Optional.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.core.spare.give(buf);
     }
 
     /// Lets the model do work of its own at `now` ([`Device::poll`]): the box calls

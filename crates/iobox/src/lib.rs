@@ -542,7 +542,9 @@ impl IoBox {
                         // cannot go, and must not hold the backlog.
                         Err(_) => self.stats.undeliverable += 1,
                     }
-                    s.backlog.pop_front();
+                    if let Some(t) = s.backlog.pop_front() {
+                        s.function.recycle(t);
+                    }
                     worked = true;
                 }
                 // Room made: the requests that waited for it, then their answers.

@@ -22,8 +22,8 @@ use std::collections::VecDeque;
 
 use thiserror::Error;
 use tlp::{
-    enabled_runs, for_each_read_completion, for_each_write, split_requests, Bdf, Completion,
-    CompletionStatus, ConfigRequest, Header, IntxPin, MaxSize, MemRead, MemWrite, Rcb,
+    enabled_runs, for_each_read_completion, for_each_write, split_requests, Bdf, Buffers,
+    Completion, CompletionStatus, ConfigRequest, Header, IntxPin, MaxSize, MemRead, MemWrite, Rcb,
     ReadReassembly, Tag, TagTable, TagWidth, Tlp, UrAnswer,
 };
 
@@ -157,16 +157,23 @@ pub struct Bridge {
 }
 
 /// TLPs for the link, with their total size.
-#[derive(Default)]
 struct TxQueue {
     tlps: VecDeque<Vec<u8>>,
     bytes: usize,
     /// Buffers of TLPs sent, for the next ones ([`Bridge::recycle`]).
-    spare: Vec<Vec<u8>>,
+    spare: Buffers,
 }
 
-/// Sent TLPs' buffers a bridge keeps for reuse, at most.
-const SPARE_BUFFERS: usize = 64;
+impl Default for TxQueue {
+    fn default() -> TxQueue {
+        TxQueue {
+            tlps: VecDeque::new(),
+            bytes: 0,
+            // 64 of at most the largest TLP (a 4DW header, 4 KiB of data, a digest).
+            spare: Buffers::new(64, 16 + 4096 + 4),
+        }
+    }
+}
 
 impl TxQueue {
     fn pop(&mut self) -> Option<Vec<u8>> {
@@ -177,13 +184,10 @@ impl TxQueue {
 }
 
 fn emit(out: &mut TxQueue, t: &Tlp) {
-    let mut b = out.spare.pop().unwrap_or_default();
-    b.resize(t.buffer_len(), 0);
     // Every TLP built here is valid by construction; a failure is a bug.
-    match t.emit(&mut b) {
-        Ok(n) => {
-            b.truncate(n);
-            out.bytes += n;
+    match out.spare.encode(t) {
+        Ok(b) => {
+            out.bytes += b.len();
             out.tlps.push_back(b);
         }
         Err(e) => debug_assert!(false, "emitting {t:?}: {e}"),
@@ -228,12 +232,8 @@ impl Bridge {
 
     /// Gives back a buffer [`Bridge::poll_transmit`] returned, once sent, for the next
     /// TLPs (so that steady traffic allocates nothing per TLP). Optional.
-    pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        // The largest TLP: a 4DW header, 4 KiB of data and a digest.
-        if self.out.spare.len() < SPARE_BUFFERS && buf.capacity() <= 2 * (16 + 4096 + 4) {
-            buf.clear();
-            self.out.spare.push(buf);
-        }
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.out.spare.give(buf);
     }
 
     /// The next TLP for the link, left queued (for a link that may refuse it).

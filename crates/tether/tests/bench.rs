@@ -17,11 +17,16 @@ fn docs_dir() -> tempfile::TempDir {
 
 fn check_report(out: &str, configs: &[&str], sizes: &[&str]) {
     assert!(out.contains("MMIO read round trip"), "{out}");
+    assert!(
+        out.contains("Heap allocations over the throughput points"),
+        "{out}"
+    );
     for c in configs {
-        // A row per direction and two in the session table (host, box); poll-mode
-        // rows have one more in the ratio table when the socket path ran too.
+        // A row per direction, two in the session table (host, box) and one in the
+        // allocations table; poll-mode rows have one more in the ratio table when the
+        // socket path ran too.
         let rows = out.matches(&format!("| {c} |")).count();
-        assert!((4..=5).contains(&rows), "{c}: {rows} rows\n{out}");
+        assert!((5..=6).contains(&rows), "{c}: {rows} rows\n{out}");
     }
     for z in sizes {
         assert!(out.contains(&format!(" {z} |")), "{z}:\n{out}");
@@ -149,10 +154,11 @@ fn bench_over_veth_compares_poll_mode_with_the_socket_path() {
         out.contains("Poll mode against the per-packet socket path"),
         "{out}"
     );
-    // A ratio row per poll-mode configuration.
+    // A ratio row per poll-mode configuration (two throughput rows, two session
+    // rows, an allocations row and the ratio row).
     assert_eq!(
         out.matches("| af_packet 256 B TLPs, 1 TLP/frame |").count(),
-        5,
+        6,
         "{out}"
     );
 }

@@ -8,6 +8,7 @@
 //!
 //! Parsing never panics: any byte string either decodes or yields a [`ParseError`].
 
+pub mod buffers;
 pub mod byte_enables;
 pub mod error;
 pub mod packet;
@@ -18,6 +19,7 @@ pub mod tags;
 pub mod types;
 mod words;
 
+pub use buffers::Buffers;
 pub use byte_enables::{check_byte_enables, enabled_bytes, enabled_runs, DwSpan};
 pub use error::{EmitError, ParseError};
 pub use packet::TlpPacket;
