@@ -285,25 +285,42 @@ impl FabricLink {
 
     /// Moves the TLPs queued for box `to` into its session (as many as it takes now).
     fn queue_in(&mut self, to: (u16, MacAddr)) {
-        let (gid, peer) = to;
         let Some(q) = self.outboxes.get_mut(&to) else {
             return;
         };
         while let Some(t) = q.tlps.front() {
-            match self.fp.node_mut().send_tlp(gid, peer, t) {
-                Ok(()) => {}
+            match offer(&mut self.fp, &mut self.stats, to, t) {
+                Offer::Taken => {}
                 // No room now: later.
-                Err(FabricError::Send(SendError::QueueFull(_))) => return,
-                Err(FabricError::Send(SendError::TooLarge { .. } | SendError::Empty)) => {
-                    self.stats.outbox_refused += 1
-                }
-                // No session (the peer is gone), or it is down: nothing queued for it
-                // will go.
-                Err(_) => return self.clear_outbox(Some(to)),
+                Offer::Full => return,
+                // Nothing queued for it will go.
+                Offer::Gone => return self.clear_outbox(Some(to)),
             }
             q.pop();
         }
         self.outboxes.remove(&to);
+    }
+}
+
+/// What became of a TLP offered to a box's session.
+enum Offer {
+    /// Queued, or refused for good (too large or empty: counted, `outbox_refused`).
+    Taken,
+    /// No room in the session's send queue now.
+    Full,
+    /// No session (the peer is gone), or it is down.
+    Gone,
+}
+
+fn offer(fp: &mut FabricPort, stats: &mut LinkStats, to: (u16, MacAddr), tlp: &[u8]) -> Offer {
+    match fp.node_mut().send_tlp(to.0, to.1, tlp) {
+        Ok(()) => Offer::Taken,
+        Err(FabricError::Send(SendError::QueueFull(_))) => Offer::Full,
+        Err(FabricError::Send(SendError::TooLarge { .. } | SendError::Empty)) => {
+            stats.outbox_refused += 1;
+            Offer::Taken
+        }
+        Err(_) => Offer::Gone,
     }
 }
 
@@ -340,17 +357,11 @@ impl Link for FabricLink {
         if !self.outboxes.contains_key(&to) {
             // Nothing waits before it: straight into the session when it has room
             // (the session copies it; no buffer of our own per TLP).
-            let (gid, peer) = to;
-            match self.fp.node_mut().send_tlp(gid, peer, tlp) {
-                Ok(()) => return Ok(()),
-                Err(FabricError::Send(SendError::QueueFull(_))) => {}
-                Err(FabricError::Send(SendError::TooLarge { .. } | SendError::Empty)) => {
-                    self.stats.outbox_refused += 1;
-                    return Ok(());
-                }
-                // No session (the peer is gone), or it is down: thrown away as a
-                // cleared outbox is.
-                Err(_) => {
+            match offer(&mut self.fp, &mut self.stats, to, tlp) {
+                Offer::Taken => return Ok(()),
+                Offer::Full => {}
+                // Thrown away as a cleared outbox is.
+                Offer::Gone => {
                     self.stats.outbox_cleared += 1;
                     return Ok(());
                 }
