@@ -11,6 +11,7 @@
 pub mod buffers;
 pub mod byte_enables;
 pub mod error;
+mod fast;
 pub mod packet;
 pub mod reassembly;
 pub mod repr;

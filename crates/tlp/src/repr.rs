@@ -399,6 +399,15 @@ impl<'a> Tlp<'a> {
     /// Decodes and validates one TLP that fills `bytes` exactly.
     #[inline]
     pub fn parse(bytes: &'a [u8]) -> Result<Tlp<'a>, ParseError> {
+        match crate::fast::parse(bytes) {
+            Some(tlp) => Ok(tlp),
+            None => Self::parse_general(bytes),
+        }
+    }
+
+    /// [`Tlp::parse`] for every kind of TLP: the reference the short path agrees with.
+    #[inline(never)]
+    pub(crate) fn parse_general(bytes: &'a [u8]) -> Result<Tlp<'a>, ParseError> {
         let h = HeaderWords::read(bytes)?;
         let tlp = Self::decode(&h, bytes)?;
         tlp.check()?;
@@ -634,7 +643,7 @@ impl<'a> Tlp<'a> {
         }
         match &self.header {
             Header::MemRead(r) => {
-                if !(1..=1024).contains(&r.length_dw) {
+                if data || !(1..=1024).contains(&r.length_dw) {
                     return Err(ParseError::InvalidLength {
                         length_dw: r.length_dw,
                     });
@@ -744,6 +753,15 @@ impl<'a> Tlp<'a> {
     /// Writes the TLP at the start of `buf` and returns its size. Reserved fields are zero.
     #[inline]
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, EmitError> {
+        match crate::fast::emit(self, buf) {
+            Some(len) => Ok(len),
+            None => self.emit_general(buf),
+        }
+    }
+
+    /// [`Tlp::emit`] for every kind of TLP: the reference the short path agrees with.
+    #[inline(never)]
+    pub(crate) fn emit_general(&self, buf: &mut [u8]) -> Result<usize, EmitError> {
         self.check()?;
         let len = self.buffer_len();
         if buf.len() < len {

@@ -218,7 +218,7 @@ impl HeaderWords {
 
 /// DW0 from its fields.
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(always)]
 pub(crate) fn make_dw0(
     fmt: Fmt,
     type_bits: u8,

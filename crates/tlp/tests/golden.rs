@@ -348,4 +348,22 @@ fn emit_rejects_invalid_reprs() {
         small.emit(&mut buf[..8]),
         Err(EmitError::BufferTooSmall { needed: 16, got: 8 })
     );
+    // A read carries no data: given a payload it would go out as a write.
+    let read_with_data = Tlp::new(
+        Header::MemRead(MemRead {
+            requester: Bdf::default(),
+            tag: Tag::default(),
+            address: 0x1000,
+            length_dw: 1,
+            first_be: 0xf,
+            last_be: 0,
+            locked: false,
+            hint: None,
+        }),
+        &[1, 2, 3, 4],
+    );
+    assert_eq!(
+        read_with_data.emit(&mut buf),
+        Err(EmitError::Invalid(ParseError::InvalidLength { length_dw: 1 }))
+    );
 }
