@@ -12,7 +12,9 @@ use std::collections::VecDeque;
 use common::{Driver, BUFS};
 use endpoint::virtio::pci::{layout, QueueLimits};
 use endpoint::virtio::queue::need_event;
-use endpoint::virtio::{feature, ChainLens, Fill, Parked, Piece, VirtioDevice, VirtioPci};
+use endpoint::virtio::{
+    feature, ChainLens, Fill, Parked, Piece, RingFeatures, VirtioDevice, VirtioPci,
+};
 use endpoint::Device;
 use proptest::prelude::*;
 
@@ -295,6 +297,19 @@ fn configuration_changes_raise_the_config_interrupt() {
     d.dev.set_leaving(true, &mut d.io);
     assert_eq!(d.io.vectors, vec![2]);
     assert_eq!(d.counter("virtio_config_changes"), 2);
+}
+
+#[test]
+fn indirect_descriptors_are_offered_unless_turned_off() {
+    let want = feature::VERSION_1 | feature::INDIRECT_DESC;
+    let mut d = Driver::new(VirtioPci::new(Echo::default()), 32, false);
+    assert_eq!(d.init(want), Some(want), "offered by default");
+    let rings = RingFeatures {
+        indirect_desc: false,
+        ..RingFeatures::default()
+    };
+    let mut d = Driver::new(VirtioPci::new(Echo::default()).with_rings(rings), 32, false);
+    assert_eq!(d.init(want), Some(feature::VERSION_1), "not offered when off");
 }
 
 /// A driver with event indexes and MSI-X (vector q for queue q), as Linux's.

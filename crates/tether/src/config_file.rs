@@ -158,6 +158,9 @@ pub struct DeviceConfig {
     /// virtio-blk, virtio-net: offer VIRTIO_F_EVENT_IDX (default true; as QEMU's
     /// `event_idx=off`, false turns it off). Not offered with `packed_ring`.
     pub event_idx: Option<bool>,
+    /// virtio-blk, virtio-net: offer VIRTIO_F_INDIRECT_DESC (default true; as QEMU's
+    /// `indirect_desc=off`, false turns it off: one DMA round trip less per request).
+    pub indirect_desc: Option<bool>,
     /// virtio-net: the MAC address the guest reads (required: a unicast address,
     /// not all zeros; a locally administered one, 02:..., unless the box owns a range).
     #[serde(default, deserialize_with = "de_mac")]
@@ -180,6 +183,7 @@ impl DeviceConfig {
         endpoint::virtio::RingFeatures {
             packed: self.packed_ring,
             event_idx: self.event_idx.unwrap_or(true),
+            indirect_desc: self.indirect_desc.unwrap_or(true),
         }
     }
 }
@@ -390,10 +394,14 @@ impl BoxConfig {
                 (Model::VirtioNet, Some(_)) => {
                     return Err(invalid(path, format!("{what}: virtio-net takes no path")));
                 }
-                (Model::Memdev, None) if d.packed_ring || d.event_idx.is_some() => {
+                (Model::Memdev, None)
+                    if d.packed_ring || d.event_idx.is_some() || d.indirect_desc.is_some() =>
+                {
                     return Err(invalid(
                         path,
-                        format!("{what}: packed_ring and event_idx are virtio settings"),
+                        format!(
+                            "{what}: packed_ring, event_idx and indirect_desc are virtio settings"
+                        ),
                     ));
                 }
                 _ => {}
@@ -659,6 +667,20 @@ queues = 1
             (Some("eth2"), None)
         );
         assert_eq!((b.gid, b.queues), (20, Some(1)));
+        // Ring features: packed asked for, event indexes and indirect tables by default.
+        let r = a.rings();
+        assert_eq!((r.packed, r.event_idx, r.indirect_desc), (true, true, true));
+        let r = b.rings();
+        assert_eq!((r.packed, r.event_idx, r.indirect_desc), (false, true, true));
+    }
+
+    #[test]
+    fn indirect_descriptors_can_be_turned_off() {
+        let f = write(
+            "[port]\ninterface = \"x\"\n[[device]]\nslot = 0\nmodel = \"virtio-blk\"\npath = \"/d\"\nindirect_desc = false\n",
+        );
+        let c = BoxConfig::load(f.path()).unwrap();
+        assert!(!c.devices[0].rings().indirect_desc);
     }
 
     #[test]
@@ -795,11 +817,15 @@ queues = 1
             (format!("{port}{dev}path = \"/x\"\n"), "memdev takes no path"),
             (
                 format!("{port}{dev}packed_ring = true\n"),
-                "packed_ring and event_idx are virtio settings",
+                "packed_ring, event_idx and indirect_desc are virtio settings",
             ),
             (
                 format!("{port}{dev}event_idx = false\n"),
-                "packed_ring and event_idx are virtio settings",
+                "packed_ring, event_idx and indirect_desc are virtio settings",
+            ),
+            (
+                format!("{port}{dev}indirect_desc = false\n"),
+                "packed_ring, event_idx and indirect_desc are virtio settings",
             ),
             (
                 format!("{port}[[device]]\nslot = 1\nmodel = \"virtio-blk\"\n"),

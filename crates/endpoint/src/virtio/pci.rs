@@ -237,12 +237,17 @@ pub fn config_space(
 }
 
 /// The ring features a transport offers besides split rings, as QEMU's virtio
-/// devices name them (`packed=on`, `event_idx=on`): by default event indexes and
-/// no packed rings. Event indexes are offered only without packed rings.
+/// devices name them (`packed=on`, `event_idx=on`, `indirect_desc=on`): by default
+/// event indexes and indirect descriptors, no packed rings. Event indexes are offered
+/// only without packed rings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RingFeatures {
     pub packed: bool,
     pub event_idx: bool,
+    /// VIRTIO_F_INDIRECT_DESC. A driver that takes it puts a request's descriptors in
+    /// a table of their own, which the device reads after the ring's descriptor: one
+    /// more DMA round trip per request, which a remote device pays on its link.
+    pub indirect_desc: bool,
 }
 
 impl Default for RingFeatures {
@@ -250,6 +255,7 @@ impl Default for RingFeatures {
         RingFeatures {
             packed: false,
             event_idx: true,
+            indirect_desc: true,
         }
     }
 }
@@ -470,6 +476,8 @@ pub struct VirtioPci<D: VirtioDevice> {
     offer_packed: bool,
     /// Offer VIRTIO_F_EVENT_IDX (split rings only: not with packed rings).
     offer_event_idx: bool,
+    /// Offer VIRTIO_F_INDIRECT_DESC.
+    offer_indirect: bool,
     limits: QueueLimits,
     /// Waiting requests are being started (see [`VirtioPci::pump`]).
     pumping: bool,
@@ -506,6 +514,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
             requests: Vec::new(),
             offer_packed: false,
             offer_event_idx: true,
+            offer_indirect: true,
             limits: QueueLimits::default(),
             pumping: false,
             stats: VirtioStats::default(),
@@ -535,8 +544,11 @@ impl<D: VirtioDevice> VirtioPci<D> {
 
     /// Offers the ring features `rings` names.
     pub fn with_rings(self, rings: RingFeatures) -> Self {
-        self.with_packed_ring(rings.packed)
-            .with_event_idx(rings.event_idx)
+        let mut s = self
+            .with_packed_ring(rings.packed)
+            .with_event_idx(rings.event_idx);
+        s.offer_indirect = rings.indirect_desc;
+        s
     }
 
     /// Offers VIRTIO_F_EVENT_IDX (the default; QEMU's `event_idx=off` is `false`).
@@ -574,8 +586,8 @@ impl<D: VirtioDevice> VirtioPci<D> {
         self.status
     }
 
-    /// Features this transport offers: the device's plus version 1, indirect
-    /// descriptors and, when asked for, packed rings or else event indexes.
+    /// Features this transport offers: the device's plus version 1 and, as asked for,
+    /// indirect descriptors and packed rings or else event indexes.
     pub fn offered_features(&self) -> u64 {
         let ring = if self.offer_packed {
             feature::RING_PACKED
@@ -584,7 +596,12 @@ impl<D: VirtioDevice> VirtioPci<D> {
         } else {
             0
         };
-        self.device.features() | feature::VERSION_1 | feature::INDIRECT_DESC | ring
+        let indirect = if self.offer_indirect {
+            feature::INDIRECT_DESC
+        } else {
+            0
+        };
+        self.device.features() | feature::VERSION_1 | indirect | ring
     }
 
     /// Whether the driver chose packed rings.
