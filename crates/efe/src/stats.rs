@@ -29,6 +29,24 @@ pub struct Stats {
     pub drop_stale_epoch: u64,
     pub drop_malformed: u64,
     pub drop_down: u64,
+    /// Out-of-order frames within reach of the reorder buffer (`reorder_frames`)
+    /// refused because their TLPs would not fit in the receive queue beside the ones
+    /// delivered and held (counted here, not in `drop_out_of_order`).
+    pub drop_reorder_full: u64,
+    /// Copies of frames already held in the reorder buffer (counted here, not in
+    /// `drop_duplicate`).
+    pub drop_held_duplicate: u64,
+    /// Out-of-order frames held in the reorder buffer...
+    pub reorder_held: u64,
+    /// ...of which delivered once the gap before them filled...
+    pub reorder_delivered: u64,
+    /// ...or dropped again to make room for a frame in order (their TLPs would not
+    /// have fitted beside it in the receive queue). The rest are still held, or were
+    /// discarded when the peer or this session restarted.
+    pub reorder_evicted: u64,
+    /// NAKs held back (`reorder_wait_max_us`) that the gap's frame made unnecessary:
+    /// it arrived, reordered, before the wait ran out.
+    pub naks_avoided: u64,
     /// TLPs discarded because the session went down or the peer restarted.
     pub tlps_lost: u64,
     pub srtt_us: u32,
