@@ -65,6 +65,10 @@ const fn tsval_le(a: u32, b: u32) -> bool {
     seq::le(a, b)
 }
 
+/// How many gaps filled by retransmissions a session remembers, to learn from their
+/// originals if they still come.
+const FILLED_KEPT: usize = 4;
+
 /// How many earlier epochs of the peer a session remembers (and refuses).
 const RETIRED_EPOCHS: usize = 4;
 
@@ -262,8 +266,8 @@ pub struct Session {
     held_tlps: usize,
     /// The gap at `rcv_nxt`, while frames after it came.
     gap: Option<Gap>,
-    /// The last gap a retransmission filled.
-    filled: Option<Filled>,
+    /// The last gaps retransmissions filled, newest first.
+    filled: [Option<Filled>; FILLED_KEPT],
     /// When the NAK for the open gap is due (the reordering wait runs out).
     nak_deadline: Option<Micros>,
     /// How long a gap may stay open before it is NAKed: the reordering this path has
@@ -324,7 +328,7 @@ impl Session {
             held: VecDeque::new(),
             held_tlps: 0,
             gap: None,
-            filled: None,
+            filled: [None; FILLED_KEPT],
             nak_deadline: None,
             reorder_wait: 0,
             window_was_low: false,
@@ -400,6 +404,12 @@ impl Session {
     /// TLPs received in order and not taken yet (`recv`); at most `recv_queue`.
     pub fn received(&self) -> usize {
         self.delivered.len()
+    }
+
+    /// Out-of-order frames held now, waiting for the gap before them to fill; at most
+    /// `reorder_frames`.
+    pub fn held_frames(&self) -> usize {
+        self.held.iter().filter(|f| f.is_some()).count()
     }
 
     /// The next TLP delivered in order, exactly once.
@@ -890,7 +900,7 @@ impl Session {
         }
         self.held_tlps = 0;
         self.gap = None;
-        self.filled = None;
+        self.filled = [None; FILLED_KEPT];
         self.nak_deadline = None;
     }
 
@@ -899,7 +909,6 @@ impl Session {
     fn gap_filled(&mut self, now: Micros, h: &TetherHeader, gap: Gap, nak_waiting: bool) {
         if tsval_le(h.tsval, gap.first_tsval) {
             // Sent before the frames that overtook it: reordered, not lost.
-            self.filled = None;
             if nak_waiting {
                 self.stats.naks_avoided += 1;
             }
@@ -907,7 +916,8 @@ impl Session {
         } else {
             // A retransmission: a loss, or a NAK that came too soon (then its original
             // still arrives, `late_original`). Either way, wait a little less.
-            self.filled = Some(Filled { seq: h.seq, gap });
+            self.filled.rotate_right(1);
+            self.filled[0] = Some(Filled { seq: h.seq, gap });
             self.reorder_wait -= self.reorder_wait / 8;
         }
     }
@@ -915,10 +925,14 @@ impl Session {
     /// A duplicate of a frame already taken: the original of a retransmission that
     /// filled a gap shows the gap was reordering.
     fn late_original(&mut self, now: Micros, h: &TetherHeader) {
-        if let Some(f) = self.filled {
-            if f.seq == h.seq && tsval_le(h.tsval, f.gap.first_tsval) {
-                self.filled = None;
-                self.reordered(now.saturating_sub(f.gap.since));
+        for slot in &mut self.filled {
+            if let Some(f) = *slot {
+                if f.seq == h.seq && tsval_le(h.tsval, f.gap.first_tsval) {
+                    *slot = None;
+                    let extent = now.saturating_sub(f.gap.since);
+                    self.reordered(extent);
+                    return;
+                }
             }
         }
     }
