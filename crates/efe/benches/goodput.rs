@@ -1,5 +1,6 @@
 //! Goodput against loss and against reordering in the deterministic simulator, for
-//! several send windows, with and without the NAK fast path. Prints a Markdown table,
+//! several send windows, with and without the NAK fast path, and for the default
+//! window without the reorder buffer (plain Go-Back-N). Prints a Markdown table,
 //! and with `--write-docs` rewrites the results section of docs/transport.md and
 //! docs/transport-goodput.svg.
 //!
@@ -43,7 +44,7 @@ const COLUMNS: [Impairment; 8] = [
 ];
 /// How long a reordered frame is held back: at 10 Gbit/s about 17 full frames pass it.
 const REORDER_US: u64 = 20;
-const WINDOWS: [u32; 3] = [16, 64, 256];
+const WINDOWS: [u32; 4] = [16, 64, 128, 256];
 const SEEDS: [u64; 3] = [1, 2, 3];
 const TLPS: u64 = 60_000;
 const PAYLOAD: usize = 256;
@@ -88,26 +89,72 @@ fn median(mut v: Vec<f64>) -> f64 {
 struct Row {
     window: u32,
     nak: bool,
+    reorder_frames: u32,
     gbps: Vec<f64>,
+}
+
+impl Row {
+    fn color(&self) -> &'static str {
+        const COLORS: [&str; 4] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"];
+        if self.reorder_frames == 0 {
+            return "#7f7f7f";
+        }
+        COLORS[WINDOWS.iter().position(|&w| w == self.window).unwrap_or(0) % COLORS.len()]
+    }
+
+    fn dash(&self) -> &'static str {
+        match (self.nak, self.reorder_frames) {
+            (false, _) => r#" stroke-dasharray="5,4""#,
+            (true, 0) => r#" stroke-dasharray="2,3""#,
+            (true, _) => "",
+        }
+    }
+
+    fn label(&self) -> String {
+        let mut l = format!(
+            "window {}, NAK {}",
+            self.window,
+            if self.nak { "on" } else { "off" }
+        );
+        if self.reorder_frames == 0 {
+            l.push_str(", no reorder buffer");
+        }
+        l
+    }
 }
 
 fn main() {
     let write_docs = std::env::args().any(|a| a == "--write-docs");
+    let default = Config::default();
+    let mut configs: Vec<(u32, bool, u32)> = WINDOWS
+        .iter()
+        .flat_map(|&w| {
+            [
+                (w, true, default.reorder_frames),
+                (w, false, default.reorder_frames),
+            ]
+        })
+        .collect();
+    configs.push((default.window, true, 0));
     let mut rows = Vec::new();
-    for &window in &WINDOWS {
-        for nak in [true, false] {
-            let cfg = Config {
-                window,
-                nak,
-                retry_limit: 30,
-                ..Config::default()
-            };
-            let gbps = COLUMNS
-                .iter()
-                .map(|&imp| median(SEEDS.iter().map(|&s| run(imp, cfg, s)).collect()))
-                .collect();
-            rows.push(Row { window, nak, gbps });
-        }
+    for (window, nak, reorder_frames) in configs {
+        let cfg = Config {
+            window,
+            nak,
+            reorder_frames,
+            retry_limit: 30,
+            ..default
+        };
+        let gbps = COLUMNS
+            .iter()
+            .map(|&imp| median(SEEDS.iter().map(|&s| run(imp, cfg, s)).collect()))
+            .collect();
+        rows.push(Row {
+            window,
+            nak,
+            reorder_frames,
+            gbps,
+        });
     }
     let table = table(&rows);
     print!("{table}");
@@ -151,16 +198,26 @@ fn table(rows: &[Row]) -> String {
          impairment on data and acknowledgements: a loss rate, or a share of frames held \
          back {REORDER_US} us (reordered: about 17 full frames overtake each); median of \
          seeds {SEEDS:?}. Gbit/s of TLP payload, and in parentheses the share of the same \
-         configuration's lossless goodput.\n"
+         configuration's lossless goodput. The reorder buffer holds up to the frames shown \
+         (0: none, plain Go-Back-N); the default configuration is window {}, NAK on, {} \
+         frames.\n",
+        Config::default().window,
+        Config::default().reorder_frames
     );
-    let _ = write!(s, "| window | NAK |");
+    let _ = write!(s, "| window | NAK | reorder buffer |");
     for imp in COLUMNS {
         let _ = write!(s, " {} |", label(imp));
     }
     let _ = writeln!(s);
-    let _ = writeln!(s, "|---|---|{}", "---|".repeat(COLUMNS.len()));
+    let _ = writeln!(s, "|---|---|---|{}", "---|".repeat(COLUMNS.len()));
     for r in rows {
-        let _ = write!(s, "| {} | {} |", r.window, if r.nak { "on" } else { "off" });
+        let _ = write!(
+            s,
+            "| {} | {} | {} |",
+            r.window,
+            if r.nak { "on" } else { "off" },
+            r.reorder_frames
+        );
         for g in &r.gbps {
             let _ = write!(s, " {:.2} ({:.0}%) |", g, 100.0 * g / r.gbps[0]);
         }
@@ -182,10 +239,9 @@ fn svg(rows: &[Row]) -> String {
         (&loss_cols, "frame loss rate (each direction)", false),
         (&reorder_cols, "frames reordered (each direction)", true),
     ];
-    let (w, h, left, top, pw, gap, bottom) = (900.0, 400.0, 60.0, 40.0, 280.0, 60.0, 50.0);
+    let (w, h, left, top, pw, gap, bottom) = (1000.0, 400.0, 60.0, 40.0, 280.0, 60.0, 50.0);
     let ph = h - top - bottom;
     let y = |frac: f64| top + ph * (1.0 - frac.clamp(0.0, 1.0));
-    let colors = ["#1f77b4", "#ff7f0e", "#2ca02c"];
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -233,13 +289,7 @@ fn svg(rows: &[Row]) -> String {
             h - 10.0
         );
         for r in rows {
-            let color =
-                colors[WINDOWS.iter().position(|&w| w == r.window).unwrap_or(0) % colors.len()];
-            let dash = if r.nak {
-                ""
-            } else {
-                r#" stroke-dasharray="5,4""#
-            };
+            let (color, dash) = (r.color(), r.dash());
             let points: Vec<String> = cols
                 .iter()
                 .enumerate()
@@ -254,21 +304,15 @@ fn svg(rows: &[Row]) -> String {
     }
     let lx = left + 2.0 * pw + gap + 20.0;
     for (k, r) in rows.iter().enumerate() {
-        let color = colors[WINDOWS.iter().position(|&w| w == r.window).unwrap_or(0) % colors.len()];
-        let dash = if r.nak {
-            ""
-        } else {
-            r#" stroke-dasharray="5,4""#
-        };
+        let (color, dash) = (r.color(), r.dash());
         let ly = top + 16.0 * k as f64 + 10.0;
         let _ = writeln!(
             s,
-            r#"<line x1="{lx}" x2="{}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="2"{dash}/><text x="{}" y="{}">window {}, NAK {}</text>"#,
+            r#"<line x1="{lx}" x2="{}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="2"{dash}/><text x="{}" y="{}">{}</text>"#,
             lx + 24.0,
             lx + 30.0,
             ly + 4.0,
-            r.window,
-            if r.nak { "on" } else { "off" }
+            r.label()
         );
     }
     let _ = writeln!(s, "</svg>");
