@@ -17,13 +17,16 @@ pub struct Stats {
     pub naks_in: u64,
     pub timeouts: u64,
     /// Of those, the ones that proved spurious (the first acknowledgement after them
-    /// was for frames sent before): their rate decreases were undone and the
+    /// echoed a frame sent before them): their rate decreases were undone and the
     /// timeout's floor raised.
     pub spurious_timeouts: u64,
     pub go_backs: u64,
     pub peer_restarts: u64,
     /// Frames dropped on receive, by reason.
     pub drop_duplicate: u64,
+    /// Out of order and beyond the reorder buffer's reach (more than `reorder_frames`
+    /// ahead, or larger than a frame's payload; every out-of-order frame when
+    /// `reorder_frames` is 0).
     pub drop_out_of_order: u64,
     pub drop_no_room: u64,
     pub drop_stale_epoch: u64,
