@@ -772,7 +772,8 @@ impl Session {
     /// A frame `ahead` (> 0) sequence numbers after the one expected: held if the
     /// reorder buffer reaches it and the receive queue has room for its TLPs, dropped
     /// otherwise. Either way the gap in front of it is NAKed, at once or when the
-    /// reordering wait runs out.
+    /// reordering wait runs out (a frame within reach with malformed records is
+    /// refused and changes nothing else).
     fn out_of_order(
         &mut self,
         now: Micros,
