@@ -11,9 +11,12 @@
 //! `since` is at most `now`.
 //!
 //! Checked after every step: no panic; the counters never decrease; what `recv`
-//! returns is exactly the TLPs of the DATA frames the session accepted, in order,
-//! once each, where the accepted frames of one peer epoch have sequence numbers 0, 1,
-//! 2, ...; the receive queue never holds more than `recv_queue` TLPs; each DATA frame
+//! returns is exactly the TLPs of the DATA frames the session accepted, in sequence
+//! order 0, 1, 2, ... within one peer epoch, once each: a frame accepted out of order
+//! is held (within `reorder_frames` of the next one expected, no larger than a frame's
+//! payload, never a copy of one held) until the frames before it are in, and dropped
+//! again only to make room for a frame in order, farthest first, as the session counts
+//! it; the TLPs received and held never exceed `recv_queue`; each DATA frame
 //! the session sends carries the TLPs given to `send` in order, and a retransmission
 //! carries the same TLPs as the first transmission; every frame sent acknowledges
 //! exactly the frames taken and advertises no more room than is left; the TLPs queued
@@ -23,7 +26,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use efe::{Config, Event, Session, State, Stats};
+use efe::seq;
+
+use efe::{Config, Event, Refused, Session, State, Stats};
 use libfuzzer_sys::fuzz_target;
 use tether_fuzz::{assert_counters_grew, Input};
 use wire::records::RecordType;
@@ -45,6 +50,9 @@ fn config(i: &mut Input) -> Config {
         probe_every: i.u8() as u32 % 8,
         ..Config::default()
     };
+    // Read last, so that the seeds written before the reorder buffer keep the rest.
+    c.reorder_frames = i.u8() as u32 % 24;
+    c.reorder_wait_max_us = i.u8() as u64 * 4;
     c.nak = i.u8() & 1 == 0;
     c.rto_min_us = 1 + i.u16() as u64;
     c.rto_initial_us = c.rto_min_us + i.u16() as u64;
@@ -53,7 +61,7 @@ fn config(i: &mut Input) -> Config {
 }
 
 /// The counters that only grow.
-fn counters(s: &Stats) -> [u64; 22] {
+fn counters(s: &Stats) -> [u64; 28] {
     [
         s.frames_out,
         s.bytes_out,
@@ -76,6 +84,12 @@ fn counters(s: &Stats) -> [u64; 22] {
         s.drop_stale_epoch,
         s.drop_malformed,
         s.drop_down,
+        s.drop_reorder_full,
+        s.drop_held_duplicate,
+        s.reorder_held,
+        s.reorder_delivered,
+        s.reorder_evicted,
+        s.naks_avoided,
         s.tlps_lost,
     ]
 }
@@ -100,6 +114,10 @@ struct Model {
     rcv_nxt: u32,
     /// TLPs accepted and not yet returned by `recv`, in order.
     delivered: VecDeque<Vec<u8>>,
+    /// Frames accepted out of order, by sequence number: their TLPs.
+    held: BTreeMap<u32, Vec<Vec<u8>>>,
+    /// Held frames dropped again to make room (the session's `reorder_evicted`).
+    evicted: u64,
     // Sending.
     /// TLPs given to `send` that no DATA frame carried yet.
     unsent: VecDeque<Vec<u8>>,
@@ -126,8 +144,47 @@ impl Model {
                 // A restart of the peer: what it sent before is gone.
                 self.delivered.clear();
             }
+            self.held.clear();
             self.peer_epoch = s.peer_epoch();
             self.rcv_nxt = 0;
+        }
+    }
+
+    fn held_tlps(&self) -> usize {
+        self.held.values().map(Vec::len).sum()
+    }
+
+    /// The session took the DATA frame `seq` with these TLPs.
+    fn accepted(&mut self, seq: u32, tlps: Vec<Vec<u8>>) {
+        let ahead = seq::diff(seq, self.rcv_nxt);
+        assert!(ahead >= 0, "accepted frame {seq} behind {}", self.rcv_nxt);
+        let room = self.cfg.recv_queue;
+        if ahead > 0 {
+            // Held: within reach, not held already, room for it beside the rest.
+            assert!(
+                ahead as u32 <= self.cfg.reorder_frames,
+                "held {seq} beyond reach"
+            );
+            assert!(!self.held.contains_key(&seq), "held {seq} twice");
+            assert!(self.delivered.len() + self.held_tlps() + tlps.len() <= room);
+            self.held.insert(seq, tlps);
+            return;
+        }
+        // In order: held frames give way, farthest first, until its TLPs fit.
+        while self.delivered.len() + self.held_tlps() + tlps.len() > room {
+            let farthest = *self
+                .held
+                .keys()
+                .max_by_key(|&&k| seq::diff(k, self.rcv_nxt))
+                .expect("a frame in order is refused, not taken, when it cannot fit");
+            self.held.remove(&farthest);
+            self.evicted += 1;
+        }
+        self.delivered.extend(tlps);
+        self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
+        while let Some(next) = self.held.remove(&self.rcv_nxt) {
+            self.delivered.extend(next);
+            self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
         }
     }
 
@@ -208,6 +265,8 @@ fuzz_target!(|data: &[u8]| {
         peer_epoch: 0,
         rcv_nxt: 0,
         delivered: VecDeque::new(),
+        held: BTreeMap::new(),
+        evicted: 0,
         unsent: VecDeque::new(),
         frames: BTreeMap::new(),
         next_seq: 0,
@@ -260,6 +319,7 @@ fuzz_target!(|data: &[u8]| {
                     }
                     m.discard_outgoing();
                     m.delivered.clear();
+                    m.held.clear();
                     m.peer_epoch = 0;
                     m.rcv_nxt = 0;
                 }
@@ -287,7 +347,11 @@ fuzz_target!(|data: &[u8]| {
                     _ => i.u32(),
                 };
                 let seq = match (sel >> 5) & 3 {
-                    0 | 1 => m.rcv_nxt,
+                    0 => m.rcv_nxt,
+                    // Around the reorder buffer's reach.
+                    1 => m
+                        .rcv_nxt
+                        .wrapping_add(i.u8() as u32 % (cfg.reorder_frames + 3)),
                     2 => m.rcv_nxt.wrapping_add(i.u8() as u32).wrapping_sub(128),
                     _ => i.u32(),
                 };
@@ -346,20 +410,26 @@ fuzz_target!(|data: &[u8]| {
                 });
                 let r = s.handle_frame_since(now, since, &h, &payload);
                 m.follow_peer(&s);
+                if r == Err(Refused::Duplicate) && seq::diff(h.seq, m.rcv_nxt) > 0 {
+                    assert!(m.held.contains_key(&h.seq), "a copy of what is not held");
+                }
                 if r.is_ok() && kind == FrameKind::Data {
-                    assert_eq!(h.seq, m.rcv_nxt, "accepted out of order");
-                    m.rcv_nxt = m.rcv_nxt.wrapping_add(1);
-                    for r in Records::new(&payload) {
-                        m.delivered
-                            .push_back(r.expect("accepted records parse").body.to_vec());
+                    if h.seq != m.rcv_nxt {
+                        assert!(payload.len() <= cfg.max_payload(), "held an oversize frame");
                     }
+                    let tlps = Records::new(&payload)
+                        .map(|r| r.expect("accepted records parse").body.to_vec())
+                        .collect();
+                    m.accepted(h.seq, tlps);
                 }
             }
         }
         m.events(&mut s);
         // Invariants.
         assert_counters_grew(&mut before, counters(&s.stats()));
-        assert!(m.delivered.len() <= cfg.recv_queue);
+        assert!(m.delivered.len() + m.held_tlps() <= cfg.recv_queue);
+        assert_eq!(s.held_frames(), m.held.len());
+        assert_eq!(s.stats().reorder_evicted, m.evicted);
         assert!(s.send_room() <= cfg.send_queue);
         let outstanding = s.outstanding_tlps();
         assert!(outstanding >= m.unsent.len());

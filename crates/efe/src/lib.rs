@@ -17,5 +17,5 @@ pub mod stats;
 pub use session::{
     epoch_of_run, Event, Micros, Refused, SendError, Session, State, Transmit, EPOCH_RUN_SPAN,
 };
-pub use settings::{Config, ConfigError, RateConfig};
+pub use settings::{Config, ConfigError, RateConfig, MAX_REORDER_FRAMES};
 pub use stats::Stats;

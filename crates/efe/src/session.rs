@@ -2,12 +2,18 @@
 //! two bridges in one group, as a sans-IO state machine (quinn-proto style). It does
 //! no I/O and reads no clock: the caller passes `now` (µs) in and moves frames.
 //!
-//! - Go-Back-N: frames carry sequence numbers; the receiver takes only the next one in
-//!   order, acknowledges cumulatively (piggybacked, or after `ack_every` frames or
+//! - Go-Back-N: frames carry sequence numbers; the receiver delivers them in order,
+//!   acknowledges cumulatively (piggybacked, or after `ack_every` frames or
 //!   `ack_delay_us`), and answers a gap with one NAK naming the frame it needs; the
-//!   sender then goes back to it. A retransmission timer (RFC 6298 RTO with
+//!   sender then goes back to it, and skips ahead again when an acknowledgement shows
+//!   that the receiver has more. A retransmission timer (RFC 6298 RTO with
 //!   exponential backoff) covers lost NAKs and tails; after `retry_limit` expiries in a
 //!   row the session goes down.
+//! - Reordering: the receiver holds up to `reorder_frames` frames that arrive ahead of
+//!   a gap and delivers them when it fills. It learns how long the path reorders (a
+//!   gap filled by a frame sent before the ones that overtook it) and waits that long,
+//!   at most `reorder_wait_max_us`, before it NAKs a gap, so that a frame merely late
+//!   does not cost a go-back.
 //! - Epochs: each run of a bridge draws a random boot epoch, and its sessions count
 //!   up from it (boot + 1, boot + 2, ...: [`EPOCH_RUN_SPAN`]). Frames carry the
 //!   sender's epoch and the epoch it believes the receiver has. A new epoch from the
@@ -54,6 +60,15 @@ pub const fn epoch_of_run(boot: u32, epoch: u32) -> bool {
     epoch.wrapping_sub(boot) < EPOCH_RUN_SPAN
 }
 
+/// Whether the peer's timestamp `a` is no later than `b` (its clock, wrapping).
+const fn tsval_le(a: u32, b: u32) -> bool {
+    seq::le(a, b)
+}
+
+/// How many gaps filled by retransmissions a session remembers, to learn from their
+/// originals if they still come.
+const FILLED_KEPT: usize = 4;
+
 /// How many earlier epochs of the peer a session remembers (and refuses).
 const RETIRED_EPOCHS: usize = 4;
 
@@ -97,10 +112,13 @@ pub enum Refused {
     StalePeerEpoch,
     #[error("frame addressed to an older epoch of ours")]
     StaleLocalEpoch,
+    /// A copy of a frame already taken, or already held.
     #[error("duplicate frame")]
     Duplicate,
-    #[error("out-of-order frame")]
+    #[error("out-of-order frame beyond the reorder buffer's reach")]
     OutOfOrder,
+    /// The frame's TLPs do not fit in the receive queue (beside the ones delivered,
+    /// and for a frame out of order, the ones held).
     #[error("no room in the receive queue")]
     NoRoom,
     #[error("malformed records")]
@@ -154,6 +172,35 @@ struct SentFrame {
     /// When it was first sent; a retransmitted frame gives no RTT sample (Karn).
     sent_at: Micros,
     resent: bool,
+}
+
+/// An out-of-order frame held until the frames before it arrive: its records, all
+/// validated, in a buffer of the session's spares.
+#[derive(Debug)]
+struct Held {
+    payload: Vec<u8>,
+    tlps: usize,
+    tsval: u32,
+}
+
+/// The gap in front of the held frames: `rcv_nxt` is missing and later frames came.
+#[derive(Clone, Copy, Debug)]
+struct Gap {
+    /// When it opened (the first later frame arrived, or it was left over when the
+    /// gap before it filled).
+    since: Micros,
+    /// The peer's tsval of the first later frame: a frame that fills the gap with a
+    /// tsval no later than this was sent before it (reordered); one with a later tsval
+    /// is a retransmission.
+    first_tsval: u32,
+}
+
+/// A gap that a retransmission filled: if the frame's original still arrives, the gap
+/// was reordering, not loss, and the NAK that caused the retransmission came too soon.
+#[derive(Clone, Copy, Debug)]
+struct Filled {
+    seq: u32,
+    gap: Gap,
 }
 
 /// What the first timeout of a series changed.
@@ -212,11 +259,25 @@ pub struct Session {
     nak_sent_for: Option<u32>,
     /// Out-of-order frames seen since that NAK.
     out_of_order_since_nak: u32,
+    /// The reorder buffer: `held[i]` is frame `rcv_nxt + 1 + i`, if it came. At most
+    /// `reorder_frames` long, and its last slot, if any, is occupied.
+    held: VecDeque<Option<Held>>,
+    /// TLPs in `held`: `delivered.len() + held_tlps <= recv_queue` always.
+    held_tlps: usize,
+    /// The gap at `rcv_nxt`, while frames after it came.
+    gap: Option<Gap>,
+    /// The last gaps retransmissions filled, newest first.
+    filled: [Option<Filled>; FILLED_KEPT],
+    /// When the NAK for the open gap is due (the reordering wait runs out).
+    nak_deadline: Option<Micros>,
+    /// How long a gap may stay open before it is NAKed: the reordering this path has
+    /// shown (0 until it shows any), up to `reorder_wait_max_us`.
+    reorder_wait: u64,
     window_was_low: bool,
     events: VecDeque<Event>,
     stats: Stats,
-    /// Buffers of TLPs sent, frames acknowledged and TLPs taken back by
-    /// [`Session::recycle`], kept for reuse so that a session in steady state does not
+    /// Buffers of TLPs sent, frames acknowledged, held frames delivered and TLPs taken
+    /// back by [`Session::recycle`], kept for reuse so that a session in steady state does not
     /// allocate per TLP (at most [`SPARE_BUFFERS`], each of at most twice the MTU).
     spare: tlp::Buffers,
 }
@@ -264,6 +325,12 @@ impl Session {
             nak_now: false,
             nak_sent_for: None,
             out_of_order_since_nak: 0,
+            held: VecDeque::new(),
+            held_tlps: 0,
+            gap: None,
+            filled: [None; FILLED_KEPT],
+            nak_deadline: None,
+            reorder_wait: 0,
             window_was_low: false,
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -337,6 +404,12 @@ impl Session {
     /// TLPs received in order and not taken yet (`recv`); at most `recv_queue`.
     pub fn received(&self) -> usize {
         self.delivered.len()
+    }
+
+    /// Out-of-order frames held now, waiting for the gap before them to fill; at most
+    /// `reorder_frames`.
+    pub fn held_frames(&self) -> usize {
+        self.held.iter().filter(|f| f.is_some()).count()
     }
 
     /// The next TLP delivered in order, exactly once.
@@ -491,6 +564,7 @@ impl Session {
         let lost = self.delivered.len() as u64;
         self.stats.tlps_lost += lost;
         self.delivered.clear();
+        self.discard_held();
         self.window_was_low = false;
         lost
     }
@@ -520,20 +594,23 @@ impl Session {
             return; // Nothing new, or acknowledging what was never sent.
         }
         let mut acked_bytes = 0;
+        // The newest frame acknowledged, and whether any of them was resent.
         let mut newest = None;
+        let mut resent = false;
         while let Some(f) = self.unacked.front() {
             if !seq::lt(f.seq, ack) {
                 break;
             }
             acked_bytes += f.payload.len();
-            newest = Some((f.sent_at, f.resent));
+            newest = Some(f.sent_at);
+            resent |= f.resent;
             if let Some(f) = self.unacked.pop_front() {
                 self.recycle(f.payload);
             }
         }
         self.snd_una = ack;
         if let Some(undo) = self.timeout_undo.take() {
-            if Self::spurious(&undo, self.snd_nxt, ack, tsecr) {
+            if Self::spurious(&undo, tsecr) {
                 // Every expiry of the series (the timer backs off while the peer is
                 // silent).
                 self.stats.spurious_timeouts += self.backoffs as u64;
@@ -546,7 +623,12 @@ impl Session {
             self.snd_nxt = ack;
         }
         self.backoffs = 0;
-        if let Some(sent_at) = newest.filter(|f| !f.1).map(|f| f.0) {
+        // Karn: an acknowledgement that covers a retransmission gives no sample. The
+        // receiver may have held the newer frames until the retransmission of an
+        // older one arrived, so not even the newest frame's sample is clean then: its
+        // time since it was sent may be the whole retransmission timeout, and the
+        // timeout would grow on itself.
+        if let Some(sent_at) = newest.filter(|_| !resent) {
             self.rtt.sample(now.saturating_sub(sent_at).max(1) as u32);
         }
         if tsecr != 0 {
@@ -576,11 +658,11 @@ impl Session {
     /// Whether the first acknowledgement after a timeout shows that nothing was lost
     /// (Eifel's detection, RFC 3522): it echoes the timestamp of a frame sent before
     /// the timeout (the receiver echoes the frame that completed its in-order run, and
-    /// a lost frame's successors are not in order until its retransmission arrives), or
-    /// it covers frames that were not resent yet (Go-Back-N resends from the oldest).
-    fn spurious(undo: &TimeoutUndo, snd_nxt: u32, ack: u32, tsecr: u32) -> bool {
-        let echoed_before = tsecr != 0 && ((undo.at as u32).wrapping_sub(tsecr) as i32) > 0;
-        echoed_before || seq::lt(snd_nxt, ack)
+    /// a lost frame's successors are not in order until its retransmission arrives).
+    /// That it covers frames not resent yet proves nothing: the receiver may have held
+    /// them while it waited for the retransmission of the lost one.
+    fn spurious(undo: &TimeoutUndo, tsecr: u32) -> bool {
+        tsecr != 0 && ((undo.at as u32).wrapping_sub(tsecr) as i32) > 0
     }
 
     fn on_nak(&mut self, now: Micros, expected: u32) {
@@ -612,23 +694,58 @@ impl Session {
         if h.has_flag(flags::PROBE) {
             self.ack_now = true;
         }
-        if h.seq != self.rcv_nxt {
-            if seq::lt(h.seq, self.rcv_nxt) {
-                self.stats.drop_duplicate += 1;
-                self.ack_now = true;
-                return Err(Refused::Duplicate);
-            }
-            self.stats.drop_out_of_order += 1;
-            self.out_of_order_since_nak += 1;
-            let renak = self.out_of_order_since_nak >= self.cfg.renak_after;
-            if self.cfg.nak && (self.nak_sent_for != Some(self.rcv_nxt) || renak) {
-                self.nak_now = true;
-                self.nak_sent_for = Some(self.rcv_nxt);
-                self.out_of_order_since_nak = 0;
-            }
-            return Err(Refused::OutOfOrder);
+        let ahead = seq::diff(h.seq, self.rcv_nxt);
+        if ahead < 0 {
+            self.stats.drop_duplicate += 1;
+            self.ack_now = true;
+            self.late_original(now, h);
+            return Err(Refused::Duplicate);
         }
-        // Validate every record before taking any.
+        if ahead > 0 {
+            return self.out_of_order(now, h, payload, ahead as u32);
+        }
+        let count = self.validate(payload)?;
+        if self.delivered.len() + count > self.cfg.recv_queue {
+            self.stats.drop_no_room += 1;
+            self.window_was_low = true;
+            self.ack_now = true;
+            return Err(Refused::NoRoom);
+        }
+        // Held frames give way to the one in order: they are not acknowledged, and the
+        // sender resends them after this one anyway.
+        while !self.held.is_empty()
+            && self.delivered.len() + self.held_tlps + count > self.cfg.recv_queue
+        {
+            self.evict_farthest();
+        }
+        self.take_records(payload, count);
+        self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
+        self.ts_recent = h.tsval;
+        self.ts_recent_at = now;
+        self.ts_recent_wait = now.saturating_sub(since);
+        let nak_waiting = self.nak_deadline.take().is_some();
+        self.nak_sent_for = None;
+        self.unacked_rx += 1;
+        if let Some(gap) = self.gap.take() {
+            self.gap_filled(now, h, gap, nak_waiting);
+            self.ack_now = true;
+        }
+        // The frames held behind it follow, and the acknowledgement jumps: the sender,
+        // if it went back, skips what it need not resend.
+        self.deliver_held(now);
+        if self.advertised_window() < self.cfg.window / 4 {
+            self.window_was_low = true;
+        }
+        if self.unacked_rx >= self.cfg.ack_every {
+            self.ack_now = true;
+        } else if self.ack_deadline.is_none() {
+            self.ack_deadline = Some(now.saturating_add(self.cfg.ack_delay_us));
+        }
+        Ok(())
+    }
+
+    /// The number of TLPs in `payload` if its records are all well formed TLPs.
+    fn validate(&mut self, payload: &[u8]) -> Result<usize, Refused> {
         let mut count = 0usize;
         for r in Records::new(payload) {
             match r {
@@ -639,33 +756,195 @@ impl Session {
                 }
             }
         }
-        if self.delivered.len() + count > self.cfg.recv_queue {
-            self.stats.drop_no_room += 1;
-            self.window_was_low = true;
-            self.ack_now = true;
-            return Err(Refused::NoRoom);
-        }
+        Ok(count)
+    }
+
+    /// Queues the `count` TLPs of validated records for `recv`.
+    fn take_records(&mut self, payload: &[u8], count: usize) {
         for r in Records::new(payload).flatten() {
             let mut b = self.take_buffer();
             b.extend_from_slice(r.body);
             self.delivered.push_back(b);
         }
         self.stats.tlps_in += count as u64;
-        self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
-        self.ts_recent = h.tsval;
-        self.ts_recent_at = now;
-        self.ts_recent_wait = now.saturating_sub(since);
-        self.nak_sent_for = None;
-        self.unacked_rx += 1;
-        if self.advertised_window() < self.cfg.window / 4 {
-            self.window_was_low = true;
+    }
+
+    /// A frame `ahead` (> 0) sequence numbers after the one expected: held if the
+    /// reorder buffer reaches it and the receive queue has room for its TLPs, dropped
+    /// otherwise. Either way the gap in front of it is NAKed, at once or when the
+    /// reordering wait runs out (a frame within reach with malformed records is
+    /// refused and changes nothing else).
+    fn out_of_order(
+        &mut self,
+        now: Micros,
+        h: &TetherHeader,
+        payload: &[u8],
+        ahead: u32,
+    ) -> Result<(), Refused> {
+        let reach = ahead <= self.cfg.reorder_frames && payload.len() <= self.cfg.max_payload();
+        let slot = (ahead - 1) as usize;
+        let taken = if !reach {
+            self.stats.drop_out_of_order += 1;
+            Err(Refused::OutOfOrder)
+        } else if self.held.get(slot).is_some_and(Option::is_some) {
+            self.stats.drop_held_duplicate += 1;
+            Err(Refused::Duplicate)
+        } else {
+            let count = self.validate(payload)?;
+            if self.delivered.len() + self.held_tlps + count > self.cfg.recv_queue {
+                self.stats.drop_reorder_full += 1;
+                Err(Refused::NoRoom)
+            } else {
+                self.hold(slot, h.tsval, payload, count);
+                Ok(())
+            }
+        };
+        if self.gap.is_none() {
+            self.gap = Some(Gap {
+                since: now,
+                first_tsval: h.tsval,
+            });
         }
-        if self.unacked_rx >= self.cfg.ack_every {
-            self.ack_now = true;
-        } else if self.ack_deadline.is_none() {
-            self.ack_deadline = Some(now.saturating_add(self.cfg.ack_delay_us));
+        self.out_of_order_since_nak += 1;
+        if !self.cfg.nak {
+            return taken;
         }
-        Ok(())
+        let nak_now = if self.nak_sent_for == Some(self.rcv_nxt) {
+            // Again if the gap stays open: the NAK or the retransmission may have been
+            // lost too.
+            self.out_of_order_since_nak >= self.cfg.renak_after
+        } else {
+            // A frame dropped must be resent anyway: no reason to wait then.
+            let dropped = matches!(taken, Err(Refused::OutOfOrder | Refused::NoRoom));
+            dropped || self.reorder_wait == 0
+        };
+        if nak_now {
+            self.send_nak();
+        } else if self.nak_sent_for != Some(self.rcv_nxt) && self.nak_deadline.is_none() {
+            self.nak_deadline = Some(now.saturating_add(self.reorder_wait));
+        }
+        taken
+    }
+
+    /// NAKs the gap at `rcv_nxt` with the next frame sent.
+    fn send_nak(&mut self) {
+        self.nak_now = true;
+        self.nak_sent_for = Some(self.rcv_nxt);
+        self.out_of_order_since_nak = 0;
+        self.nak_deadline = None;
+    }
+
+    /// Keeps a copy of a validated out-of-order frame in `held[slot]`.
+    fn hold(&mut self, slot: usize, tsval: u32, payload: &[u8], tlps: usize) {
+        let mut b = self.take_buffer();
+        b.extend_from_slice(payload);
+        if self.held.len() <= slot {
+            self.held.resize_with(slot + 1, || None);
+        }
+        self.held[slot] = Some(Held {
+            payload: b,
+            tlps,
+            tsval,
+        });
+        self.held_tlps += tlps;
+        self.stats.reorder_held += 1;
+    }
+
+    /// Drops the held frame farthest ahead.
+    fn evict_farthest(&mut self) {
+        if let Some(Some(f)) = self.held.pop_back() {
+            self.held_tlps -= f.tlps;
+            self.stats.reorder_evicted += 1;
+            self.recycle(f.payload);
+        }
+        while matches!(self.held.back(), Some(None)) {
+            self.held.pop_back();
+        }
+    }
+
+    /// Delivers the held frames that are now in order; if frames stay held behind
+    /// another gap, that gap opens now.
+    fn deliver_held(&mut self, now: Micros) {
+        while let Some(slot) = self.held.pop_front() {
+            let Some(f) = slot else {
+                break;
+            };
+            self.held_tlps -= f.tlps;
+            self.take_records(&f.payload, f.tlps);
+            self.recycle(f.payload);
+            self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
+            self.unacked_rx += 1;
+            self.stats.reorder_delivered += 1;
+        }
+        if let Some(Some(f)) = self.held.iter().find(|f| f.is_some()) {
+            self.gap = Some(Gap {
+                since: now,
+                first_tsval: f.tsval,
+            });
+            self.nak_deadline = None;
+            if self.cfg.nak {
+                if self.reorder_wait == 0 {
+                    self.send_nak();
+                } else {
+                    self.nak_deadline = Some(now.saturating_add(self.reorder_wait));
+                }
+            }
+        }
+    }
+
+    /// Drops the held frames (the peer or this session restarted).
+    fn discard_held(&mut self) {
+        while let Some(slot) = self.held.pop_front() {
+            if let Some(f) = slot {
+                self.recycle(f.payload);
+            }
+        }
+        self.held_tlps = 0;
+        self.gap = None;
+        self.filled = [None; FILLED_KEPT];
+        self.nak_deadline = None;
+    }
+
+    /// The frame `h` filled `gap`: learn from it whether the gap was reordering.
+    /// `nak_waiting`: its NAK was held back, not sent yet.
+    fn gap_filled(&mut self, now: Micros, h: &TetherHeader, gap: Gap, nak_waiting: bool) {
+        if tsval_le(h.tsval, gap.first_tsval) {
+            // Sent before the frames that overtook it: reordered, not lost.
+            if nak_waiting {
+                self.stats.naks_avoided += 1;
+            }
+            self.reordered(now.saturating_sub(gap.since));
+        } else {
+            // A retransmission: a loss, or a NAK that came too soon (then its original
+            // still arrives, `late_original`). Either way, wait a little less.
+            self.filled.rotate_right(1);
+            self.filled[0] = Some(Filled { seq: h.seq, gap });
+            self.reorder_wait -= self.reorder_wait / 8;
+        }
+    }
+
+    /// A duplicate of a frame already taken: the original of a retransmission that
+    /// filled a gap shows the gap was reordering.
+    fn late_original(&mut self, now: Micros, h: &TetherHeader) {
+        for slot in &mut self.filled {
+            if let Some(f) = *slot {
+                if f.seq == h.seq && tsval_le(h.tsval, f.gap.first_tsval) {
+                    *slot = None;
+                    let extent = now.saturating_sub(f.gap.since);
+                    self.reordered(extent);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The path reordered a frame by `extent` µs: NAK gaps only after that long.
+    fn reordered(&mut self, extent: u64) {
+        let wait = extent.saturating_add(extent / 4).saturating_add(1);
+        self.reorder_wait = self
+            .reorder_wait
+            .max(wait)
+            .min(self.cfg.reorder_wait_max_us);
     }
 
     /// Frames in flight allowed now: our window and the peer's advertised one, with one
@@ -849,6 +1128,7 @@ impl Session {
         };
         consider(self.rto_deadline);
         consider(self.ack_deadline);
+        consider(self.nak_deadline);
         let data_waiting = seq::lt(self.snd_nxt, self.next_seq)
             || (!self.pending.is_empty()
                 && (seq::diff(self.next_seq, self.snd_una) as u32) < self.send_window());
@@ -865,6 +1145,10 @@ impl Session {
         }
         if self.ack_deadline.is_some_and(|d| now >= d) {
             self.ack_now = true;
+        }
+        if self.nak_deadline.is_some_and(|d| now >= d) {
+            // The gap outlasted the reordering this path has shown: a loss.
+            self.send_nak();
         }
         if let Some(d) = self.rto_deadline {
             if now >= d {

@@ -59,6 +59,15 @@ pub struct Config {
     /// While a gap stays open, NAK again after this many more out-of-order frames (the
     /// first NAK or the retransmission may have been lost too).
     pub renak_after: u32,
+    /// Out-of-order frames the receiver holds until the gap before them fills, at most
+    /// this many sequence numbers ahead of the next expected one (0: none; every
+    /// out-of-order frame is dropped, plain Go-Back-N). Their TLPs count against
+    /// `recv_queue`, so they occupy at most `reorder_frames` frames' payloads.
+    pub reorder_frames: u32,
+    /// Longest the receiver waits, with a gap open and the frames after it held, before
+    /// it NAKs the gap: the wait adapts to the reordering it sees on the path, from 0
+    /// (NAK at once, as without a reorder buffer) up to this.
+    pub reorder_wait_max_us: u64,
     /// Data frames sent as rate probes (acknowledged at once) at session start.
     pub startup_probes: u32,
     /// Then one probe every this many data frames (0: none).
@@ -82,12 +91,17 @@ impl Default for Config {
             retry_limit: 10,
             nak: true,
             renak_after: 16,
+            reorder_frames: 64,
+            reorder_wait_max_us: 100,
             startup_probes: 4,
             probe_every: 16,
             rate: RateConfig::default(),
         }
     }
 }
+
+/// Largest `reorder_frames`: a session holds at most that many frames' payloads.
+pub const MAX_REORDER_FRAMES: u32 = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 pub enum ConfigError {
@@ -97,6 +111,8 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("window {0} exceeds 2^30 frames")]
     WindowTooLarge(u32),
+    #[error("reorder_frames {0} exceeds {MAX_REORDER_FRAMES}")]
+    ReorderTooLarge(u32),
     #[error("RTO bounds out of order (min <= initial <= max required)")]
     RtoBounds,
     #[error("rate bounds out of order or not positive (0 < min <= initial <= max required)")]
@@ -138,6 +154,9 @@ impl Config {
         }
         if self.window > 1 << 30 {
             return Err(ConfigError::WindowTooLarge(self.window));
+        }
+        if self.reorder_frames > MAX_REORDER_FRAMES {
+            return Err(ConfigError::ReorderTooLarge(self.reorder_frames));
         }
         if !(self.rto_min_us <= self.rto_initial_us && self.rto_initial_us <= self.rto_max_us) {
             return Err(ConfigError::RtoBounds);

@@ -304,8 +304,12 @@ fn stale_epoch_frames_are_refused() {
     h.seq = 0;
     h.flags = flags::ACK;
     assert_eq!(s.handle_frame(4, &h, &rec), Err(efe::Refused::Duplicate));
-    h.seq = 5;
+    // A frame beyond the reorder buffer's reach is dropped; one within it is held.
+    h.seq = 1 + Config::default().reorder_frames + 1;
     assert_eq!(s.handle_frame(5, &h, &rec), Err(efe::Refused::OutOfOrder));
+    h.seq = 5;
+    assert_eq!(s.handle_frame(5, &h, &rec), Ok(()));
+    assert_eq!(s.recv(), None);
     // The gap is answered with one NAK naming seq 1.
     let t = s.poll_transmit(6).unwrap();
     assert_eq!((t.header.kind, t.header.ack), (FrameKind::Nak, 1));
