@@ -309,7 +309,11 @@ fn indirect_descriptors_are_offered_unless_turned_off() {
         ..RingFeatures::default()
     };
     let mut d = Driver::new(VirtioPci::new(Echo::default()).with_rings(rings), 32, false);
-    assert_eq!(d.init(want), Some(feature::VERSION_1), "not offered when off");
+    assert_eq!(
+        d.init(want),
+        Some(feature::VERSION_1),
+        "not offered when off"
+    );
 }
 
 /// A driver with event indexes and MSI-X (vector q for queue q), as Linux's.

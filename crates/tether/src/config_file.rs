@@ -671,7 +671,10 @@ queues = 1
         let r = a.rings();
         assert_eq!((r.packed, r.event_idx, r.indirect_desc), (true, true, true));
         let r = b.rings();
-        assert_eq!((r.packed, r.event_idx, r.indirect_desc), (false, true, true));
+        assert_eq!(
+            (r.packed, r.event_idx, r.indirect_desc),
+            (false, true, true)
+        );
     }
 
     #[test]

@@ -364,6 +364,8 @@ fn emit_rejects_invalid_reprs() {
     );
     assert_eq!(
         read_with_data.emit(&mut buf),
-        Err(EmitError::Invalid(ParseError::InvalidLength { length_dw: 1 }))
+        Err(EmitError::Invalid(ParseError::InvalidLength {
+            length_dw: 1
+        }))
     );
 }

@@ -163,12 +163,14 @@ pub enum End {
 }
 
 /// The host bridge under a VMM as the program runs it: each round's log lines
-/// printed, its counters on the control socket, `each` asked after every round
-/// whether to stop.
+/// printed, its counters on the control socket, `each` asked every
+/// [`CHECK_EVERY`] whether to stop.
 struct Served<'a, F> {
     vh: &'a mut VmHost,
     control: Option<ControlServer>,
     answered: Instant,
+    /// When `each` was last asked.
+    checked: Instant,
     log: print::FabricLog,
     each: F,
     stop: Stop,
@@ -210,8 +212,16 @@ impl<F: FnMut(&mut VmHost) -> bool> Pollable for Served<'_, F> {
                 self.answered = now;
             }
         }
-        if signals::stop_requested() || (self.each)(self.vh) {
+        if signals::stop_requested() {
             self.stop.request();
+        }
+        // The program's checks (has QEMU exited: a system call) at most this often,
+        // not at every round of a busy-polling loop.
+        if now.duration_since(self.checked) >= CHECK_EVERY {
+            self.checked = now;
+            if (self.each)(self.vh) {
+                self.stop.request();
+            }
         }
         Ok(worked)
     }
@@ -219,12 +229,15 @@ impl<F: FnMut(&mut VmHost) -> bool> Pollable for Served<'_, F> {
     fn wake(&self, w: &mut Waker) {
         self.vh.wake(w);
         // Stop requests and the program's checks come at least this often.
-        w.deadline(Instant::now() + Duration::from_millis(10));
+        w.deadline(Instant::now() + CHECK_EVERY);
     }
 }
 
+/// How often the serving loop asks the program's `each` whether to stop.
+const CHECK_EVERY: Duration = Duration::from_millis(10);
+
 /// Serves the VMM until it closes the one front-end's connection, its monitor fails,
-/// `each()` (after every round) says to stop, or SIGINT/SIGTERM; with the control
+/// `each()` (every [`CHECK_EVERY`]) says to stop, or SIGINT/SIGTERM; with the control
 /// socket of `cfg`. Returns why it ended.
 pub fn serve(
     cfg: &HostConfig,
@@ -240,6 +253,7 @@ pub fn serve(
         vh,
         control: bridge::control_socket(&cfg.bridge)?,
         answered: Instant::now(),
+        checked: Instant::now(),
         log: print::FabricLog::default(),
         each,
         stop: stop.clone(),
