@@ -683,10 +683,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
          network namespaces joined by one veth pair (MTU {}); one box thread and the host \
          thread, each busy-polling (the socket rows sleep in ppoll(2) when idle, and aim at \
          500 µs of queueing delay instead of 50, as a sleeping bridge must).\n\n",
-        std::env::args()
-            .skip(2)
-            .filter(|a| !a.starts_with("--write-docs"))
-            .fold(String::new(), |s, a| s + " " + &a),
+        command_args(std::env::args().skip(2)),
         started.elapsed().as_secs(),
         args.mtu
     );
@@ -707,4 +704,42 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The command's arguments as the docs show them: without `--write-docs` and its
+/// directory, which say where the section went, not how it was measured.
+fn command_args(args: impl Iterator<Item = String>) -> String {
+    let mut out = String::new();
+    let mut skip_value = false;
+    for a in args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        if a == "--write-docs" {
+            skip_value = true;
+            continue;
+        }
+        if a.starts_with("--write-docs=") {
+            continue;
+        }
+        out.push(' ');
+        out.push_str(&a);
+    }
+    out
+}
+
+#[cfg(test)]
+mod command_args_tests {
+    use super::command_args;
+
+    #[test]
+    fn the_docs_directory_is_not_an_argument() {
+        let args = |s: &str| command_args(s.split(' ').map(String::from));
+        assert_eq!(args("--write-docs docs"), "");
+        assert_eq!(
+            args("--ports memory --write-docs docs --mtu 9000"),
+            " --ports memory --mtu 9000"
+        );
+        assert_eq!(args("--write-docs=docs --tlp 256"), " --tlp 256");
+    }
 }
