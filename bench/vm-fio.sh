@@ -42,26 +42,8 @@ JOBS=${JOBS:-seqread seqwrite randread randread32 randwrite}
 KIND=${KIND:-auto}
 MEMORY=${MEMORY:-512}
 RESULTS=${RESULTS:-/tmp/vm-fio-results.txt}
-scripts/deps/tools.sh
-ROOT=$(scripts/deps/qemu-vfio-user.sh | tail -n 1)
-KVER=$(scripts/deps/guest-linux.sh | tail -n 1)
-VM=${TETHER_VM_DIR:-/var/tmp/tether-vm}
-if [ -n "${TETHER_BIN:-}" ]; then
-    T=$TETHER_BIN
-else
-    cargo build --release -q -p tether
-    T=$PWD/target/release/tether
-fi
-# Under /tmp: QEMU runs in the chroot, which sees this machine's /tmp.
-W=$(mktemp -d /tmp/tether-vm-fio.XXXXXX)
-cleanup() {
-    [ -f "$W/results" ] && cp "$W/results" "$RESULTS"
-    mkdir -p "$RESULTS.logs" && cp "$W"/*.log "$RESULTS.logs/" 2>/dev/null || true
-    pkill -f "$W/" 2>/dev/null || true
-    for ns in tvfbox tvfhost; do ip netns del "$ns" 2>/dev/null || true; done
-    rm -rf "$W"
-}
-trap cleanup EXIT
+. bench/vm-lib.sh
+vm_setup vm-fio tvfbox tvfhost
 
 job_args() { # the fio arguments of job $1
     case $1 in
@@ -119,14 +101,7 @@ vm() { # vm NAME HOST.toml [extra tether vm args]
 }
 for b in $(seq "$BOOTS"); do
     if [ "${MODE:-both}" != local ]; then
-        ip netns exec tvfbox "$T" iobox --config "$W/box.toml" >"$W/box$b.log" 2>&1 &
-        vm "remote$b" "$W/host.toml" --msix "${MSIX:-auto}"
-        if [ -n "${STATS:-}" ]; then
-            mkdir -p "$STATS"
-            "$T" ctl stats -s "$W/box.sock" >"$STATS/remote$b.box" 2>&1 || true
-        fi
-        pkill -f "$W/box.toml" || true
-        wait
+        vm_with_box "$b" tvfbox vm "remote$b" "$W/host.toml" --msix "${MSIX:-auto}"
     fi
     if [ "${MODE:-both}" != remote ]; then
         vm "local$b" "$W/host-local.toml" -- \
@@ -136,7 +111,6 @@ for b in $(seq "$BOOTS"); do
 done
 cat "$W/results"
 
-median() { sort -g | awk '{a[NR]=$1} END {if (NR) print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 echo
 echo "$BOOTS boots each, MTU $MTU, max_payload ${MAX_PAYLOAD:-256}, ${SECS}s per job:"
 for j in $JOBS; do

@@ -42,27 +42,8 @@ MSIX=${MSIX:-auto}
 KIND=${KIND:-auto}
 EVENT_IDX=${EVENT_IDX:-true}
 SPIN=${SPIN_US:+"spin_us = $SPIN_US\\n"}
-scripts/deps/tools.sh
-ROOT=$(scripts/deps/qemu-vfio-user.sh | tail -n 1)
-KVER=$(scripts/deps/guest-linux.sh | tail -n 1)
-VM=${TETHER_VM_DIR:-/var/tmp/tether-vm}
-if [ -n "${TETHER_BIN:-}" ]; then
-    T=$TETHER_BIN
-else
-    cargo build --release -q -p tether
-    T=$PWD/target/release/tether
-fi
-W=$(mktemp -d /tmp/tether-vm-net.XXXXXX)
-cleanup() {
-    # Every run's lines are kept.
-    [ -f "$W/results" ] && cp "$W/results" "$RESULTS"
-    # and every log, for a run that went wrong
-    mkdir -p "$RESULTS.logs" && cp "$W"/*.log "$RESULTS.logs/" 2>/dev/null || true
-    pkill -f "$W/" 2>/dev/null || true
-    for ns in tvnbox tvnhost tvnpeer; do ip netns del "$ns" 2>/dev/null || true; done
-    rm -rf "$W"
-}
-trap cleanup EXIT
+. bench/vm-lib.sh
+vm_setup vm-net tvnbox tvnhost tvnpeer
 
 cat >"$W/guest.sh" <<GUEST
 i=0
@@ -117,14 +98,7 @@ vm() { # vm NAME NAMESPACE HOST.toml [extra tether vm args]
 }
 for b in $(seq "$BOOTS"); do
     if [ "${MODE:-both}" != local ]; then
-        ip netns exec tvnbox "$T" iobox --config "$W/box.toml" >"$W/box.log" 2>&1 &
-        vm "remote$b" tvnhost "$W/host.toml" --msix "$MSIX"
-        if [ -n "${STATS:-}" ]; then
-            mkdir -p "$STATS"
-            "$T" ctl stats -s "$W/box.sock" >"$STATS/remote$b.box" 2>&1 || true
-        fi
-        pkill -f "$W/box.toml" || true
-        wait
+        vm_with_box "$b" tvnbox vm "remote$b" tvnhost "$W/host.toml" --msix "$MSIX"
     fi
     if [ "${MODE:-both}" != remote ]; then
         vm "local$b" tvnbox "$W/host-local.toml" -- \
@@ -138,8 +112,6 @@ for kind in remote local; do
     echo "$kind: $n ping replies"
 done
 
-median() { sort -g | awk '{a[NR]=$1} END {if (NR) print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
-p99() { sort -g | awk '{a[NR]=$1} END {if (NR) {i = int(NR * 0.99 + 0.999); if (i > NR) i = NR; print a[i]}}'; }
 echo
 echo "$BOOTS boots each, MTU $MTU, $PINGS pings and ${SECS}s iperf3 runs per boot:"
 for kind in remote local; do

@@ -57,24 +57,25 @@ pub(crate) fn parse(bytes: &[u8]) -> Option<Tlp<'_>> {
     let requester = w::id(w1);
     let first_be = w::byte7(w1) & 0xf;
     let last_be = w::byte7(w1) >> 4;
-    // A memory request's address and header size; a 4DW header must carry one >= 4 GiB.
-    let memory = |four: bool| -> Option<(u64, usize)> {
-        if four {
+    // A memory request (`data`: with its payload): its address and header size, once
+    // its size, byte enables and 4 KiB page are right (a 4DW header must carry an
+    // address >= 4 GiB).
+    let memory = |four: bool, data: bool| -> Option<(u64, usize)> {
+        let (address, len) = if four {
             let address = w::address(true, w2, w::word(bytes.get(..16)?, 3));
-            (address >= 1 << 32).then_some((address, 16))
+            (address >= 1 << 32).then_some((address, 16))?
         } else {
-            Some((w::address(false, w2, 0), 12))
-        }
+            (w::address(false, w2, 0), 12)
+        };
+        let data_len = if data { length_dw as usize * 4 } else { 0 };
+        (bytes.len() == len + data_len
+            && byte_enables_valid(length_dw, first_be, last_be, address)
+            && within_page(address, length_dw))
+        .then_some((address, len))
     };
     let (header, payload) = match (w0 >> 24) as u8 {
         b @ (byte0::MRD3 | byte0::MRD4) => {
-            let (address, len) = memory(b == byte0::MRD4)?;
-            if bytes.len() != len
-                || !byte_enables_valid(length_dw, first_be, last_be, address)
-                || !within_page(address, length_dw)
-            {
-                return None;
-            }
+            let (address, len) = memory(b == byte0::MRD4, false)?;
             let read = MemRead {
                 requester,
                 tag: w::tag(w0, w::byte6(w1)),
@@ -88,13 +89,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Option<Tlp<'_>> {
             (Header::MemRead(read), &bytes[len..])
         }
         b @ (byte0::MWR3 | byte0::MWR4) => {
-            let (address, len) = memory(b == byte0::MWR4)?;
-            if bytes.len() != len + length_dw as usize * 4
-                || !byte_enables_valid(length_dw, first_be, last_be, address)
-                || !within_page(address, length_dw)
-            {
-                return None;
-            }
+            let (address, len) = memory(b == byte0::MWR4, true)?;
             let write = MemWrite {
                 requester,
                 tag: w::tag(w0, w::byte6(w1)),
