@@ -8,7 +8,7 @@
 //! whoever holds the handle is the only one who can reach the bytes, and giving it back
 //! (`put`) is explicit, as in DPDK. `available()` shows leaks.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -41,6 +41,11 @@ pub enum PoolError {
         "pool of {count} buffers of {buf_size} bytes is invalid (count 1..2^31, size 64..=32768)"
     )]
     BadSize { count: usize, buf_size: usize },
+    #[error(
+        "no buffer numbers left for a pool of {count}: this process has created pools of \
+         2^32 buffers in all"
+    )]
+    OutOfIds { count: usize },
     #[error("mapping {bytes} bytes for the pool failed: {source}")]
     Map {
         bytes: usize,
@@ -52,64 +57,71 @@ pub enum PoolError {
 /// each fit 16 bits.
 pub const MAX_BUF_SIZE: usize = 32768;
 
-/// A handle on one pool buffer: where the frame starts in it (0 unless a port placed
-/// it further in, as AF_XDP does), the frame's length, and its VLAN tag as AF_PACKET
-/// reports it (`None` when the tag is in the frame or absent).
-#[derive(Debug, PartialEq, Eq)]
-pub struct Mbuf {
-    pool: u32,
-    idx: u32,
-    len: u16,
-    off: u16,
-    vlan_tci: Option<u16>,
-}
+/// A handle on one pool buffer: which buffer, where the frame starts in it (0 unless a
+/// port placed it further in, as AF_XDP does) and the frame's length. Eight bytes, so
+/// that bursts of handles move as cheaply as DPDK's object pointers.
+///
+/// The buffer is named by a number unique in the process: every pool takes its own
+/// range of numbers when it is created and never gives it back, so a handle can only
+/// ever be accepted by the pool it came from.
+#[derive(PartialEq, Eq)]
+#[repr(transparent)]
+pub struct Mbuf(u64);
 
 /// An `Mbuf` flattened for a ring; see [`Mbuf::into_raw`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RawMbuf {
-    pool: u32,
-    idx: u32,
-    /// Offset in the high half, length in the low half.
-    off_len: u32,
-    vlan: u32,
+pub struct RawMbuf(u64);
+
+// The handle's bits: the buffer's number, then the frame's offset and length.
+const ID_BITS: u64 = 0xffff_ffff;
+const OFF_SHIFT: u32 = 32;
+const LEN_SHIFT: u32 = 48;
+
+impl std::fmt::Debug for Mbuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mbuf")
+            .field("id", &self.id())
+            .field("off", &self.data_offset())
+            .field("len", &self.len())
+            .finish()
+    }
 }
 
 impl Mbuf {
+    /// A handle on buffer `id` with no frame in it.
+    #[inline(always)]
+    fn empty(id: u32) -> Mbuf {
+        Mbuf(u64::from(id))
+    }
+
+    #[inline(always)]
+    fn id(&self) -> u32 {
+        self.0 as u32
+    }
+
+    #[inline(always)]
+    fn set_frame(&mut self, off: usize, len: usize) {
+        debug_assert!(off <= MAX_BUF_SIZE && len <= MAX_BUF_SIZE);
+        self.0 = self.0 & ID_BITS | (off as u64) << OFF_SHIFT | (len as u64) << LEN_SHIFT;
+    }
+
     pub fn len(&self) -> usize {
-        self.len as usize
+        (self.0 >> LEN_SHIFT) as usize
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn vlan_tci(&self) -> Option<u16> {
-        self.vlan_tci
-    }
-
-    pub fn set_vlan_tci(&mut self, tci: Option<u16>) {
-        self.vlan_tci = tci;
-    }
-
-    /// Index of the buffer in its pool.
-    pub fn index(&self) -> u32 {
-        self.idx
+        self.len() == 0
     }
 
     /// Where the frame starts in the buffer.
     pub fn data_offset(&self) -> usize {
-        self.off as usize
+        (self.0 >> OFF_SHIFT) as u16 as usize
     }
 
     /// Flattens the handle for a ring. The buffer stays owned by whoever turns the raw
     /// value back into an `Mbuf`, which must happen exactly once.
     pub fn into_raw(self) -> RawMbuf {
-        RawMbuf {
-            pool: self.pool,
-            idx: self.idx,
-            off_len: (self.off as u32) << 16 | self.len as u32,
-            vlan: self.vlan_tci.map_or(u32::MAX, u32::from),
-        }
+        RawMbuf(self.0)
     }
 
     /// Rebuilds a handle flattened by `into_raw`.
@@ -118,13 +130,7 @@ impl Mbuf {
     /// `raw` must come from `into_raw` and be turned back into an `Mbuf` only once;
     /// otherwise two handles would reach the same bytes.
     pub unsafe fn from_raw(raw: RawMbuf) -> Mbuf {
-        Mbuf {
-            pool: raw.pool,
-            idx: raw.idx,
-            len: raw.off_len as u16,
-            off: (raw.off_len >> 16) as u16,
-            vlan_tci: (raw.vlan != u32::MAX).then_some(raw.vlan as u16),
-        }
+        Mbuf(raw.0)
     }
 }
 
@@ -200,16 +206,48 @@ impl Drop for Region {
     }
 }
 
-static NEXT_POOL_ID: AtomicU32 = AtomicU32::new(1);
+/// The next free buffer number: pools take consecutive ranges and never give them
+/// back (see [`Mbuf`]).
+static NEXT_BUFFER_ID: AtomicU64 = AtomicU64::new(0);
+
+/// Takes the buffer numbers of a pool of `count`: a range of `count.next_power_of_two()`
+/// numbers aligned to its size, so that whether a number is in it is one mask and
+/// compare (numbers past `count` in the range name no buffer and are never handed
+/// out). `None` if the process has used them all up.
+fn take_ids(count: usize) -> Option<u32> {
+    let mut first = 0;
+    NEXT_BUFFER_ID
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |next| {
+            let (f, after) = id_range(next, count)?;
+            first = f;
+            Some(after)
+        })
+        .ok()
+        .map(|_| first)
+}
+
+/// The range `take_ids` takes when `next` is the next free number: its first number and
+/// the next free number after it.
+fn id_range(next: u64, count: usize) -> Option<(u32, u64)> {
+    let span = (count as u64).next_power_of_two();
+    let first = next.checked_next_multiple_of(span)?;
+    (first + span <= 1 << 32).then_some((first as u32, first + span))
+}
 
 #[cold]
 #[inline(never)]
-fn wrong_pool(buf_pool: u32, pool: u32) -> ! {
-    panic!("Mbuf of pool {buf_pool} used with pool {pool}");
+fn wrong_pool(id: u32, first: u32, count: usize) -> ! {
+    panic!(
+        "Mbuf {id} used with the pool of buffers {first}..{}",
+        first as u64 + count as u64
+    );
 }
 
 pub struct Mempool {
-    id: u32,
+    /// The number of the pool's buffer 0; buffer `i` is `first + i`.
+    first: u32,
+    /// The bits that name the pool's range of numbers (see `take_ids`).
+    range_mask: u64,
     region: Region,
     buf_size: usize,
     count: usize,
@@ -221,7 +259,7 @@ pub struct Mempool {
 impl std::fmt::Debug for Mempool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mempool")
-            .field("id", &self.id)
+            .field("first", &self.first)
             .field("buf_size", &self.buf_size)
             .field("count", &self.count)
             .field("backing", &self.backing)
@@ -238,12 +276,15 @@ impl Mempool {
         }
         let buf_size = buf_size.div_ceil(64) * 64;
         let (region, backing) = Region::map(count * buf_size)?;
-        let (free_in, free_out) = mpmc::<u32>(count.next_power_of_two());
+        let first = take_ids(count).ok_or(PoolError::OutOfIds { count })?;
+        // (A ring has at least two slots.)
+        let (free_in, free_out) = mpmc::<u32>(count.next_power_of_two().max(2));
         for i in 0..count as u32 {
-            free_in.enqueue(i);
+            free_in.enqueue(first + i);
         }
         Ok(Arc::new(Mempool {
-            id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
+            first,
+            range_mask: ID_BITS & !((count as u64).next_power_of_two() - 1),
             region,
             buf_size,
             count,
@@ -270,19 +311,21 @@ impl Mempool {
         self.free_out.len()
     }
 
-    fn handle(&self, idx: u32) -> Mbuf {
-        Mbuf {
-            pool: self.id,
-            idx,
-            len: 0,
-            off: 0,
-            vlan_tci: None,
-        }
+    /// Where buffer `id` is in this pool, if it is one of this pool's.
+    #[inline(always)]
+    fn slot(&self, id: u32) -> Option<usize> {
+        let i = id.wrapping_sub(self.first) as usize;
+        (i < self.count).then_some(i)
     }
 
     /// Whether `m` is a buffer of this pool.
     pub fn owns(&self, m: &Mbuf) -> bool {
-        m.pool == self.id && (m.idx as usize) < self.count
+        self.slot(m.id()).is_some()
+    }
+
+    /// Index of the buffer in this pool (0 to count - 1).
+    pub fn index(&self, m: &Mbuf) -> u32 {
+        self.check(m) as u32
     }
 
     /// The start and length of the buffers' region, for handing it to the kernel
@@ -293,44 +336,46 @@ impl Mempool {
 
     /// Where the frame of `m` starts, counted from the start of the region.
     pub(crate) fn region_offset(&self, m: &Mbuf) -> u64 {
-        self.check(m);
-        (m.idx as usize * self.buf_size + m.off as usize) as u64
+        (self.check(m) * self.buf_size + m.data_offset()) as u64
     }
 
-    /// The handle of buffer `idx`, which was given away by forgetting its handle
+    /// The handle of buffer `index`, which was given away by forgetting its handle
     /// (to the kernel, as an AF_XDP frame address) and has now come back.
     ///
     /// # Safety
-    /// No other handle on buffer `idx` may exist, and it is rebuilt once per giving away.
-    pub(crate) unsafe fn reclaim(&self, idx: u32) -> Mbuf {
-        debug_assert!((idx as usize) < self.count);
-        self.handle(idx)
+    /// No other handle on buffer `index` may exist, and it is rebuilt once per giving
+    /// away.
+    pub(crate) unsafe fn reclaim(&self, index: u32) -> Mbuf {
+        debug_assert!((index as usize) < self.count);
+        Mbuf::empty(self.first + index)
     }
 
     /// One buffer from the shared ring (prefer a [`PoolCache`] on hot paths).
     pub fn get(&self) -> Option<Mbuf> {
-        self.free_out.dequeue().map(|i| self.handle(i))
+        self.free_out.dequeue().map(Mbuf::empty)
     }
 
     /// Gives a buffer back.
     pub fn put(&self, m: Mbuf) {
         self.check(&m);
         // The ring has room for every buffer of the pool, so this cannot fail.
-        let ok = self.free_in.enqueue(m.idx);
+        let ok = self.free_in.enqueue(m.id());
         debug_assert!(ok);
     }
 
+    /// The index of `m` in this pool; panics on a buffer of another pool.
     #[inline]
-    fn check(&self, m: &Mbuf) {
-        if m.pool != self.id || m.idx as usize >= self.count {
-            wrong_pool(m.pool, self.id);
+    fn check(&self, m: &Mbuf) -> usize {
+        match self.slot(m.id()) {
+            Some(i) => i,
+            None => wrong_pool(m.id(), self.first, self.count),
         }
     }
 
     fn buf_ptr(&self, m: &Mbuf) -> *mut u8 {
-        self.check(m);
-        // SAFETY: idx < count, so the offset is inside the mapped region.
-        unsafe { self.region.base.add(m.idx as usize * self.buf_size) }
+        let i = self.check(m);
+        // SAFETY: i < count, so the offset is inside the mapped region.
+        unsafe { self.region.base.add(i * self.buf_size) }
     }
 
     /// The frame in a buffer (`len` bytes from the data offset).
@@ -338,13 +383,13 @@ impl Mempool {
         // SAFETY: the buffer lies inside the region (buf_ptr checks), off + len <=
         // buf_size (set_len and set_data check), and the shared borrow of the unique
         // handle excludes writers.
-        unsafe { std::slice::from_raw_parts(self.buf_ptr(m).add(m.off as usize), m.len as usize) }
+        unsafe { std::slice::from_raw_parts(self.buf_ptr(m).add(m.data_offset()), m.len()) }
     }
 
     /// The buffer from the data offset to its end, for writing a frame into; then call
     /// [`Mempool::set_len`].
     pub fn buf_mut<'a>(&'a self, m: &'a mut Mbuf) -> &'a mut [u8] {
-        let off = m.off as usize;
+        let off = m.data_offset();
         // SAFETY: the buffer lies inside the region, off <= buf_size, and the mutable
         // borrow of its unique handle makes this the only reference to those bytes.
         unsafe { std::slice::from_raw_parts_mut(self.buf_ptr(m).add(off), self.buf_size - off) }
@@ -353,12 +398,12 @@ impl Mempool {
     /// Sets the frame length (at most the room after the data offset).
     pub fn set_len(&self, m: &mut Mbuf, len: usize) {
         assert!(
-            m.off as usize + len <= self.buf_size,
+            m.data_offset() + len <= self.buf_size,
             "frame of {len} bytes at offset {} in a {}-byte buffer",
-            m.off,
+            m.data_offset(),
             self.buf_size
         );
-        m.len = len as u16;
+        m.set_frame(m.data_offset(), len);
     }
 
     /// Places the frame at `off` bytes into the buffer, `len` bytes long.
@@ -368,8 +413,7 @@ impl Mempool {
             "frame of {len} bytes at offset {off} in a {}-byte buffer",
             self.buf_size
         );
-        m.off = off as u16;
-        m.len = len as u16;
+        m.set_frame(off, len);
     }
 
     /// Copies `frame` into a buffer and sets its length.
@@ -380,19 +424,25 @@ impl Mempool {
 
     /// A per-thread cache of up to `size` free buffers in front of the shared ring.
     pub fn cache(self: &Arc<Self>, size: usize) -> PoolCache {
+        let size = size.max(1);
         PoolCache {
             pool: self.clone(),
             objs: Vec::with_capacity(size * 2),
-            size: size.max(1),
+            size,
         }
     }
 }
 
 /// A per-thread cache in front of a pool (rte_mempool_cache): gets and puts work on a
 /// local stack and touch the shared ring only in bulk.
+///
+/// The stack holds ready handles (empty frames), so that a get is a copy of handles
+/// out of it, as DPDK's is a copy of object pointers; a put checks that every handle
+/// is the pool's and copies it back with its frame emptied.
 pub struct PoolCache {
     pool: Arc<Mempool>,
-    objs: Vec<u32>,
+    /// Free buffers, each as an empty handle; no two name the same buffer.
+    objs: Vec<Mbuf>,
     size: usize,
 }
 
@@ -406,16 +456,27 @@ impl PoolCache {
         self.objs.len()
     }
 
-    /// Takes `n` buffers from the shared ring into the cache (fewer if it runs dry).
+    /// Takes up to `n` buffers from the shared ring into the cache.
+    #[cold]
     fn refill(&mut self, n: usize) {
-        self.pool.free_out.dequeue_into(&mut self.objs, n);
+        let mut ids = [0u32; 64];
+        let mut left = n;
+        while left > 0 {
+            let got = self.pool.free_out.dequeue_burst(&mut ids[..left.min(64)]);
+            self.objs
+                .extend(ids[..got].iter().map(|&id| Mbuf::empty(id)));
+            if got < left.min(64) {
+                break;
+            }
+            left -= got;
+        }
     }
 
     pub fn get(&mut self) -> Option<Mbuf> {
         if self.objs.is_empty() {
             self.refill(self.size);
         }
-        self.objs.pop().map(|i| self.pool.handle(i))
+        self.objs.pop()
     }
 
     /// Appends `n` buffers to `out`, or none when the pool cannot supply them all.
@@ -427,15 +488,25 @@ impl PoolCache {
             }
         }
         let from = self.objs.len() - n;
-        let pool = &*self.pool;
-        out.extend(self.objs[from..].iter().map(|&i| pool.handle(i)));
-        self.objs.truncate(from);
+        out.reserve(n);
+        // SAFETY: `out` has room for n more handles (reserved above); the n handles at
+        // the top of the stack are moved, not duplicated: the stack forgets them by
+        // shrinking to `from` right after, and `Mbuf` has no drop code to run twice.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.objs.as_ptr().add(from),
+                out.as_mut_ptr().add(out.len()),
+                n,
+            );
+            out.set_len(out.len() + n);
+            self.objs.set_len(from);
+        }
         true
     }
 
     pub fn put(&mut self, m: Mbuf) {
         self.pool.check(&m);
-        self.objs.push(m.idx);
+        self.objs.push(Mbuf::empty(m.id()));
         if self.objs.len() >= self.size * 2 {
             self.flush_to(self.size);
         }
@@ -444,34 +515,56 @@ impl PoolCache {
     /// Gives every buffer in `bufs` back, leaving it empty.
     pub fn put_all(&mut self, bufs: &mut Vec<Mbuf>) {
         let pool = &*self.pool;
-        let (id, count) = (pool.id, pool.count);
-        let before = self.objs.len();
-        // One pass, one branch for the whole burst: a foreign buffer is taken out again
-        // before the panic, so it never reaches the free list, even while unwinding.
-        let mut foreign = false;
-        self.objs.extend(bufs.iter().map(|m| {
-            foreign |= (m.pool != id) | (m.idx as usize >= count);
-            m.idx
-        }));
-        if foreign {
-            self.objs.truncate(before);
+        let (first, count) = (pool.first, pool.count);
+        let n = bufs.len();
+        self.objs.reserve(n);
+        // One pass and one branch for the whole burst: each handle is written past the
+        // stack's end with its frame emptied while its pool is checked, and the
+        // written handles become part of the stack only if all were this pool's, so a
+        // foreign buffer never reaches the free list, even while unwinding. The check
+        // is whether the number lies in the pool's aligned range (numbers in the range
+        // past `count` are never handed out, so no handle has one): 64-bit masks and no
+        // early exit, which vectorises.
+        let (first64, mask) = (u64::from(first), pool.range_mask);
+        let mut foreign = 0u64;
+        for (to, m) in self.objs.spare_capacity_mut().iter_mut().zip(bufs.iter()) {
+            foreign |= (m.0 ^ first64) & mask;
+            to.write(Mbuf(m.0 & ID_BITS));
+        }
+        if foreign != 0 {
             let m = bufs
                 .iter()
                 .find(|m| !pool.owns(m))
                 .expect("a foreign buffer");
-            wrong_pool(m.pool, id);
+            wrong_pool(m.id(), first, count);
         }
-        bufs.clear();
+        // SAFETY: the reserve above left room for all n handles, so the pass above
+        // wrote n after the stack's end; the burst's handles are moved, not duplicated:
+        // `bufs` forgets them (length 0 without drop code, which `Mbuf` has none of),
+        // so each buffer still has exactly one handle.
+        unsafe {
+            let at = self.objs.len();
+            self.objs.set_len(at + n);
+            bufs.set_len(0);
+        }
         if self.objs.len() >= self.size * 2 {
             self.flush_to(self.size);
         }
     }
 
+    #[cold]
     fn flush_to(&mut self, keep: usize) {
-        if self.objs.len() > keep {
-            let n = self.pool.free_in.enqueue_burst(&self.objs[keep..]);
-            debug_assert_eq!(n, self.objs.len() - keep);
-            self.objs.truncate(keep);
+        let mut ids = [0u32; 64];
+        while self.objs.len() > keep {
+            let k = (self.objs.len() - keep).min(64);
+            let from = self.objs.len() - k;
+            for (id, m) in ids.iter_mut().zip(&self.objs[from..]) {
+                *id = m.id();
+            }
+            // The ring has room for every buffer of the pool, so this takes all.
+            let sent = self.pool.free_in.enqueue_burst(&ids[..k]);
+            debug_assert_eq!(sent, k);
+            self.objs.truncate(from);
         }
     }
 }
@@ -509,7 +602,7 @@ mod tests {
         }
         assert_eq!(all.len(), 1000);
         assert!(!c.get_bulk(&mut held, 1));
-        let idx: std::collections::BTreeSet<u32> = all.iter().map(Mbuf::index).collect();
+        let idx: std::collections::BTreeSet<u32> = all.iter().map(|m| pool.index(m)).collect();
         assert_eq!(idx.len(), 1000, "every buffer handed out once");
         c.put_all(&mut all);
         drop(c);
@@ -517,7 +610,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "used with pool")]
+    #[should_panic(expected = "used with the pool of buffers")]
     fn a_buffer_of_another_pool_is_refused() {
         let a = Mempool::new(4, 256).unwrap();
         let b = Mempool::new(4, 256).unwrap();
@@ -546,11 +639,10 @@ mod tests {
         let pool = Mempool::new(4, 256).unwrap();
         let mut m = pool.get().unwrap();
         pool.set_len(&mut m, 100);
-        m.set_vlan_tci(Some(0xa00a));
         let raw = m.into_raw();
         // SAFETY: raw came from into_raw and is rebuilt once.
         let mut m = unsafe { Mbuf::from_raw(raw) };
-        assert_eq!((m.len(), m.vlan_tci()), (100, Some(0xa00a)));
+        assert_eq!((m.len(), m.data_offset()), (100, 0));
         // A frame placed further into the buffer keeps its place through a ring.
         pool.set_data(&mut m, 200, 56);
         pool.buf_mut(&mut m)[..56].copy_from_slice(&[7; 56]);
@@ -558,7 +650,7 @@ mod tests {
         // SAFETY: as above.
         let m = unsafe { Mbuf::from_raw(m.into_raw()) };
         assert_eq!((m.data_offset(), pool.data(&m)), (200, &[7u8; 56][..]));
-        assert_eq!(pool.region_offset(&m), m.index() as u64 * 256 + 200);
+        assert_eq!(pool.region_offset(&m), pool.index(&m) as u64 * 256 + 200);
         pool.put(m);
         // Handed out again, a buffer starts at offset 0.
         let mut again = Vec::new();
@@ -575,5 +667,83 @@ mod tests {
         let pool = Mempool::new(4, 256).unwrap();
         let mut m = pool.get().unwrap();
         pool.set_data(&mut m, 200, 57);
+    }
+
+    #[test]
+    fn pools_take_aligned_ranges_of_numbers_until_none_are_left() {
+        assert_eq!(id_range(0, 1000), Some((0, 1024)));
+        assert_eq!(id_range(1024, 5), Some((1024, 1032)));
+        assert_eq!(id_range(1030, 5), Some((1032, 1040)));
+        assert_eq!(id_range(1030, 4096), Some((4096, 8192)));
+        assert_eq!(id_range((1 << 32) - 8, 8), Some((u32::MAX - 7, 1 << 32)));
+        assert_eq!(id_range((1 << 32) - 8, 9), None);
+        assert_eq!(id_range(1 << 32, 1), None);
+        assert_eq!(id_range(u64::MAX - 3, 8), None);
+    }
+
+    #[test]
+    fn no_pool_takes_a_buffer_of_another() {
+        // Sizes that are not powers of two leave numbers in a pool's range that name
+        // no buffer; a neighbour's numbers still fall outside.
+        let pools: Vec<_> = [5, 3, 8, 1, 700]
+            .iter()
+            .map(|&n| Mempool::new(n, 64).unwrap())
+            .collect();
+        for (i, a) in pools.iter().enumerate() {
+            let mut mine = Vec::new();
+            while let Some(m) = a.get() {
+                mine.push(m);
+            }
+            assert_eq!(mine.len(), a.count());
+            for (j, b) in pools.iter().enumerate() {
+                for m in &mine {
+                    assert_eq!(b.owns(m), i == j, "pool {j} and a buffer of pool {i}");
+                }
+                if i != j {
+                    let mut burst = vec![mine.pop().unwrap()];
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        b.cache(4).put_all(&mut burst);
+                    }));
+                    assert!(r.is_err(), "pool {j} took a buffer of pool {i}");
+                    mine.append(&mut burst);
+                }
+            }
+            a.cache(4).put_all(&mut mine);
+            assert_eq!(a.available(), a.count());
+        }
+    }
+
+    #[test]
+    fn a_buffer_comes_back_from_the_cache_empty() {
+        let pool = Mempool::new(64, 256).unwrap();
+        let mut c = pool.cache(64);
+        let mut held = Vec::new();
+        assert!(c.get_bulk(&mut held, 8));
+        for (k, m) in held.iter_mut().enumerate() {
+            pool.set_data(m, 10 + k, 100);
+        }
+        let ids: Vec<u32> = held.iter().map(|m| pool.index(m)).collect();
+        c.put_all(&mut held);
+        assert!(held.is_empty());
+        assert!(c.get_bulk(&mut held, 8));
+        let mut again: Vec<u32> = held.iter().map(|m| pool.index(m)).collect();
+        again.sort_unstable();
+        let mut ids = ids;
+        ids.sort_unstable();
+        assert_eq!(again, ids, "the same buffers, from the top of the stack");
+        for m in &held {
+            assert_eq!((m.data_offset(), m.len()), (0, 0));
+        }
+        let one = held.pop().unwrap();
+        c.put(one);
+        let one = c.get().unwrap();
+        assert_eq!((one.data_offset(), one.len()), (0, 0));
+        held.push(one);
+        c.put_all(&mut held);
+    }
+
+    #[test]
+    fn a_handle_is_eight_bytes() {
+        assert_eq!(std::mem::size_of::<Mbuf>(), 8);
     }
 }

@@ -541,7 +541,7 @@ impl AfXdpPort {
         while n < room {
             let Some(m) = self.cache.get() else { break };
             self.fill.write(n, pool.region_offset(&m));
-            self.lent.set(m.index());
+            self.lent.set(pool.index(&m));
             n += 1;
         }
         self.fill.submit(n);
@@ -684,7 +684,7 @@ impl Port for AfXdpPort {
                 },
             );
             self.stats.tx_bytes += m.len() as u64;
-            self.lent.set(m.index());
+            self.lent.set(pool.index(&m));
             queued += 1;
         }
         self.tx.submit(queued);
