@@ -64,11 +64,14 @@ f.flag_ack = ProtoField.bool("tether.flags.ack", "ACK valid", 8, nil, 0x01)
 f.flag_syn = ProtoField.bool("tether.flags.syn", "SYN (session start)", 8, nil, 0x02)
 f.flag_probe = ProtoField.bool("tether.flags.probe", "Rate probe", 8, nil, 0x04)
 f.flag_auth = ProtoField.bool("tether.flags.auth", "Authenticated", 8, nil, 0x08)
+f.flag_gap_end = ProtoField.bool("tether.flags.gap_end", "Gap end (NAK: the sequence number is the first frame held after the gap)", 8, nil, 0x10)
+f.flag_reserved = ProtoField.uint8("tether.flags.reserved", "Reserved", base.HEX, nil, 0xe0)
 f.payload_len = ProtoField.uint16("tether.payload_len", "Payload length", base.DEC)
 f.epoch = ProtoField.uint32("tether.epoch", "Epoch", base.HEX)
 f.peer_epoch = ProtoField.uint32("tether.peer_epoch", "Peer epoch", base.HEX)
 f.seq = ProtoField.uint32("tether.seq", "Sequence number", base.DEC)
 f.ack = ProtoField.uint32("tether.ack", "Acknowledgement", base.DEC)
+f.gap_end = ProtoField.uint32("tether.nak.gap_end", "Gap end (resend from the acknowledgement up to this)", base.DEC)
 f.tsval = ProtoField.uint32("tether.tsval", "Timestamp value (us)", base.DEC)
 f.tsecr = ProtoField.uint32("tether.tsecr", "Timestamp echo (us)", base.DEC)
 f.window = ProtoField.uint16("tether.window", "Receive window (frames)", base.DEC)
@@ -921,11 +924,18 @@ function tether.dissector(tvb, pinfo, tree)
     fl:add(f.flag_syn, tvb(1, 1))
     fl:add(f.flag_probe, tvb(1, 1))
     fl:add(f.flag_auth, tvb(1, 1))
+    fl:add(f.flag_gap_end, tvb(1, 1))
+    fl:add(f.flag_reserved, tvb(1, 1))
     root:add(f.payload_len, tvb(2, 2))
     root:add(f.epoch, tvb(4, 4))
     root:add(f.peer_epoch, tvb(8, 4))
     root:add(f.seq, tvb(12, 4))
     root:add(f.ack, tvb(16, 4))
+    -- A NAK with the GAP_END flag: the sequence number field is where the gap ends.
+    local gap_end = kind == 3 and bit.band(tvb(1, 1):uint(), 0x10) ~= 0
+    if gap_end then
+        root:add(f.gap_end, tvb(12, 4))
+    end
     root:add(f.tsval, tvb(20, 4))
     root:add(f.tsecr, tvb(24, 4))
     root:add(f.window, tvb(28, 2))
@@ -973,6 +983,9 @@ function tether.dissector(tvb, pinfo, tree)
     root:set_text(string.format("tether %s, GID %d, Seq %d, Ack %d", name, gid, tvb(12, 4):uint(), tvb(16, 4):uint()))
     local payload = plen > 0 and tvb(hlen, plen) or nil
     local info = name .. string.format(" seq=%d ack=%d", tvb(12, 4):uint(), tvb(16, 4):uint())
+    if gap_end then
+        info = info .. string.format(" resend %d..%d", tvb(16, 4):uint(), tvb(12, 4):uint())
+    end
     if payload == nil then
         -- ACK, NAK, or an empty DATA frame.
     elseif kind == 1 then

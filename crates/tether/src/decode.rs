@@ -67,7 +67,7 @@ pub fn print_pcap(path: &Path, keys: &fabric::GroupKeys, out: &mut impl Write) -
         let gid = frame.gid().unwrap_or(0);
         writeln!(
             out,
-            "{no:>4} {rel:>10.6}  {} > {} GID {gid} {} epoch {:#010x} seq {} ack {} win {} flags {:#04x}{}",
+            "{no:>4} {rel:>10.6}  {} > {} GID {gid} {} epoch {:#010x} seq {} ack {} win {} flags {:#04x}{}{}",
             frame.ethernet.src,
             frame.ethernet.dst,
             h.kind.name(),
@@ -76,6 +76,11 @@ pub fn print_pcap(path: &Path, keys: &fabric::GroupKeys, out: &mut impl Write) -
             h.ack,
             h.window,
             h.flags,
+            if h.kind == wire::FrameKind::Nak && h.has_flag(wire::flags::GAP_END) {
+                format!(" gap-end {} (resend {}..{})", h.seq, h.ack, h.seq)
+            } else {
+                String::new()
+            },
             if h.echo_wait == 0 {
                 String::new()
             } else {

@@ -40,6 +40,11 @@ fn sample_decodes_with_matched_completions() {
         "{out}"
     );
     assert!(out.contains("SetGroup request 77"), "{out}");
+    // The NAK says where its gap ends.
+    assert!(
+        out.contains("NAK epoch 0x11110001 seq 8 ack 5 win 64 flags 0x11 gap-end 8 (resend 5..8)"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -110,6 +110,8 @@ fn tshark_decodes_the_sample_capture() {
             "tether.gid",
             "tether.seq",
             "tether.ack",
+            "tether.flags.gap_end",
+            "tether.nak.gap_end",
             "tether.check.status",
             "tether.tlp.name",
             "tether.tlp.tag",
@@ -272,6 +274,10 @@ fn tshark_decodes_the_sample_capture() {
     // ACK/NAK and CTRL.
     assert_eq!(get(&frames[9], "tether.ack"), ["4"]);
     assert_eq!(get(&frames[10], "tether.ack"), ["5"]);
+    assert_eq!(get(&frames[10], "tether.flags.gap_end"), ["1"]);
+    assert_eq!(get(&frames[10], "tether.nak.gap_end"), ["8"]);
+    assert_eq!(get(&frames[9], "tether.flags.gap_end"), ["0"]);
+    assert!(get(&frames[9], "tether.nak.gap_end").is_empty());
     assert_eq!(get(&frames[11], "tether.ctrl.op"), ["1"]);
     assert_eq!(get(&frames[11], "tether.ctrl.gid"), ["20"]);
     assert_eq!(get(&frames[11], "tether.ctrl.slot"), ["1"]);

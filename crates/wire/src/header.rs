@@ -49,7 +49,9 @@ pub enum FrameKind {
     Data = 1,
     /// A cumulative acknowledgement with no records.
     Ack = 2,
-    /// A negative acknowledgement: `ack` names the sequence number expected next.
+    /// A negative acknowledgement: `ack` names the sequence number expected next; with
+    /// [`flags::GAP_END`], `seq` names the first frame after the gap that the receiver
+    /// holds.
     Nak = 3,
     /// A bridge announcing itself and its devices.
     Info = 4,
@@ -115,6 +117,13 @@ pub mod flags {
     pub const PROBE: u8 = 0x04;
     /// An authentication tag follows the payload (the frame's group has a key).
     pub const AUTH: u8 = 0x08;
+    /// NAK only: the `seq` field carries the end of the gap, the first sequence number
+    /// after `ack` that the receiver already holds, so that the sender need resend only
+    /// `ack..seq`. Without it (a peer from before 2026-12-07, or nothing held) `seq` is
+    /// 0. Ignored on other kinds; docs/wire-format.md, "ACK and NAK".
+    pub const GAP_END: u8 = 0x10;
+    /// Bits no version-1 sender sets yet: sent as 0, ignored on receipt.
+    pub const RESERVED: u8 = 0xe0;
 }
 
 /// The fields of a tether header. `payload_len` and `check` are computed on emit.

@@ -480,14 +480,11 @@ pub fn frames() -> Vec<SampleFrame> {
     )
     .expect("ACK fits");
     push(10, buf[..n].to_vec(), "ACK");
-    let n = emit_bare(
-        &mut buf,
-        &eth(HOST_MAC, BOX_MAC),
-        &header(FrameKind::Nak, HOST_EPOCH, 0, 5, ts(())),
-        None,
-    )
-    .expect("NAK fits");
-    push(10, buf[..n].to_vec(), "NAK expecting seq 5");
+    // Frame 5 is missing and the box holds 8 on: resend 5..8.
+    let mut nak = header(FrameKind::Nak, HOST_EPOCH, 8, 5, ts(()));
+    nak.flags |= flags::GAP_END;
+    let n = emit_bare(&mut buf, &eth(HOST_MAC, BOX_MAC), &nak, None).expect("NAK fits");
+    push(10, buf[..n].to_vec(), "NAK expecting seq 5, gap end 8");
 
     // Management: move slot 1 to group 20, and the box's answer.
     let set = CtrlRepr {

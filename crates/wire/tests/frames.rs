@@ -117,6 +117,85 @@ fn exact_header_bytes() {
 }
 
 #[test]
+fn a_nak_carries_its_gap_end_in_the_sequence_number_field() {
+    let mut buf = [0u8; 64];
+    let eth = EthernetRepr {
+        dst: MacAddr([2, 0, 0, 0, 0, 2]),
+        src: MacAddr([2, 0, 0, 0, 0, 1]),
+        vlan: Some(VlanTag {
+            pcp: 0,
+            dei: false,
+            vid: 10,
+        }),
+        ethertype: ETHERTYPE,
+    };
+    let hdr = TetherHeader {
+        kind: FrameKind::Nak,
+        flags: flags::ACK | flags::GAP_END,
+        seq: 0x0102_0308,
+        ack: 0x0102_0305,
+        ..TetherHeader::new(FrameKind::Nak)
+    };
+    let n = emit_bare(&mut buf, &eth, &hdr, None).unwrap();
+    #[rustfmt::skip]
+    let expected: [u8; 32] = [
+        0x13, 0x11, 0x00, 0x00,   // version 1 kind NAK, flags ACK and GAP_END, no payload
+        0, 0, 0, 0, 0, 0, 0, 0,   // epoch, peer epoch
+        0x01, 0x02, 0x03, 0x08,   // sequence number: the gap's end
+        0x01, 0x02, 0x03, 0x05,   // acknowledgement: the go-back point
+        0, 0, 0, 0, 0, 0, 0, 0,   // tsval, tsecr
+        0, 0, 9, 0,               // window, header length 9 words, echo wait
+    ];
+    assert_eq!(&buf[18..50], &expected);
+    let f = Frame::parse(&buf[..n], None).unwrap();
+    assert!(f.header.has_flag(flags::GAP_END));
+    assert_eq!((f.header.seq, f.header.ack), (0x0102_0308, 0x0102_0305));
+    // The sample conversation has one.
+    let nak = sample::frames()
+        .into_iter()
+        .find(|f| f.summary.starts_with("NAK"))
+        .unwrap();
+    let h = Frame::parse(&nak.bytes, None).unwrap().header;
+    assert_eq!(h.kind, FrameKind::Nak);
+    assert!(h.has_flag(flags::GAP_END));
+    assert_eq!((h.ack, h.seq), (5, 8));
+}
+
+#[test]
+fn flag_bits_are_distinct_and_the_rest_reserved() {
+    let defined = [
+        flags::ACK,
+        flags::SYN,
+        flags::PROBE,
+        flags::AUTH,
+        flags::GAP_END,
+    ];
+    let mut all = 0u8;
+    for f in defined {
+        assert_eq!(f.count_ones(), 1);
+        assert_eq!(all & f, 0, "{f:#04x} used twice");
+        all |= f;
+    }
+    assert_eq!(flags::GAP_END, 0x10, "bit 4 (docs/wire-format.md)");
+    assert_eq!(all | flags::RESERVED, 0xff);
+    assert_eq!(all & flags::RESERVED, 0);
+    // Reserved bits are carried, not refused: a later version may use them.
+    let mut buf = [0u8; 64];
+    let eth = EthernetRepr {
+        dst: MacAddr([2, 0, 0, 0, 0, 2]),
+        src: MacAddr([2, 0, 0, 0, 0, 1]),
+        vlan: None,
+        ethertype: ETHERTYPE,
+    };
+    let hdr = TetherHeader {
+        flags: flags::ACK | flags::RESERVED,
+        ..TetherHeader::new(FrameKind::Ack)
+    };
+    let n = emit_bare(&mut buf, &eth, &hdr, None).unwrap();
+    assert_eq!(Frame::parse(&buf[..n], None).unwrap().header, hdr);
+}
+
+#[test]
 fn stripped_vlan_tag_supplies_the_gid() {
     let f = &sample::frames()[2].bytes;
     // What AF_PACKET hands over: the tag removed from the frame, reported aside.
