@@ -19,7 +19,9 @@
 //! it; the TLPs received and held never exceed `recv_queue`; each DATA frame
 //! the session sends carries the TLPs given to `send` in order, and a retransmission
 //! carries the same TLPs as the first transmission; every frame sent acknowledges
-//! exactly the frames taken and advertises no more room than is left; the TLPs queued
+//! exactly the frames taken and advertises no more room than is left, and a NAK names
+//! the first frame held after its gap (`GAP_END`) exactly when one is held (the NAKs
+//! it takes carry gap ends around the frames it sent, honest or not); the TLPs queued
 //! or in flight stay within the send queue and the window; a session with TLPs
 //! outstanding always has a timer.
 #![no_main]
@@ -61,7 +63,7 @@ fn config(i: &mut Input) -> Config {
 }
 
 /// The counters that only grow.
-fn counters(s: &Stats) -> [u64; 28] {
+fn counters(s: &Stats) -> [u64; 31] {
     [
         s.frames_out,
         s.bytes_out,
@@ -77,6 +79,9 @@ fn counters(s: &Stats) -> [u64; 28] {
         s.timeouts,
         s.spurious_timeouts,
         s.go_backs,
+        s.nak_hints,
+        s.nak_hints_refused,
+        s.window_probes,
         s.peer_restarts,
         s.drop_duplicate,
         s.drop_out_of_order,
@@ -217,8 +222,22 @@ impl Model {
         assert!(h.window as usize * self.cfg.max_tlps_per_frame <= room);
         match h.kind {
             FrameKind::Data => {}
-            FrameKind::Ack | FrameKind::Nak => {
+            FrameKind::Nak => {
                 assert!(payload.is_empty());
+                // The gap's end: the first frame held after it, if any is.
+                let first_held = self
+                    .held
+                    .keys()
+                    .copied()
+                    .min_by_key(|&k| seq::diff(k, self.rcv_nxt));
+                assert_eq!(h.has_flag(flags::GAP_END), first_held.is_some());
+                assert_eq!(h.seq, first_held.unwrap_or(0));
+                return;
+            }
+            FrameKind::Ack => {
+                assert!(payload.is_empty());
+                assert!(!h.has_flag(flags::GAP_END));
+                assert_eq!(h.seq, 0);
                 return;
             }
             k => panic!("a session sent {k:?}"),
@@ -347,6 +366,12 @@ fuzz_target!(|data: &[u8]| {
                     _ => i.u32(),
                 };
                 let seq = match (sel >> 5) & 3 {
+                    // A NAK's gap end (GAP_END among the random flags): around the
+                    // frames the session sent.
+                    0 | 1 if kind == FrameKind::Nak => m
+                        .next_seq
+                        .wrapping_sub(i.u8() as u32 % (cfg.window + 2))
+                        .wrapping_add(i.u8() as u32 % 3),
                     0 => m.rcv_nxt,
                     // Around the reorder buffer's reach.
                     1 => m

@@ -4,11 +4,14 @@
 //!
 //! - Go-Back-N: frames carry sequence numbers; the receiver delivers them in order,
 //!   acknowledges cumulatively (piggybacked, or after `ack_every` frames or
-//!   `ack_delay_us`), and answers a gap with one NAK naming the frame it needs; the
-//!   sender then goes back to it, and skips ahead again when an acknowledgement shows
-//!   that the receiver has more. A retransmission timer (RFC 6298 RTO with
-//!   exponential backoff) covers lost NAKs and tails; after `retry_limit` expiries in a
-//!   row the session goes down.
+//!   `ack_delay_us`), and answers a gap with one NAK naming the frame it needs, and the
+//!   first frame after the gap it holds, if any (the gap's end); the sender then goes
+//!   back to it, resending only the gap when the NAK says where it ends (a gap end it
+//!   checks: one no honest receiver sends makes the NAK a plain go-back), and skips
+//!   ahead again when an acknowledgement shows that the receiver has more. A sender the
+//!   window holds back probes with its oldest frame after two RTTs without progress; a
+//!   retransmission timer (RFC 6298 RTO with exponential backoff) covers lost NAKs and
+//!   tails; after `retry_limit` expiries in a row the session goes down.
 //! - Reordering: the receiver holds up to `reorder_frames` frames that arrive ahead of
 //!   a gap and delivers them when it fills. It learns how long the path reorders (a
 //!   gap filled by a frame sent before the ones that overtook it) and waits that long,
@@ -36,7 +39,7 @@ use wire::{flags, FrameKind, Records, TetherHeader};
 use crate::rate::RateControl;
 use crate::rtt::RttEstimator;
 use crate::seq;
-use crate::settings::{Config, ConfigError};
+use crate::settings::{Config, ConfigError, MAX_REORDER_FRAMES};
 use crate::stats::Stats;
 
 /// Time in microseconds, from any origin the caller keeps, never going back: the `now`
@@ -236,6 +239,16 @@ pub struct Session {
     timeout_undo: Option<TimeoutUndo>,
     /// The NAK we last went back for, and when: duplicates within an RTT are ignored.
     last_go_back: Option<(u32, Micros)>,
+    /// After a NAK that told where its gap ends (`flags::GAP_END`): when `snd_nxt`
+    /// reaches the first (`.0`), it jumps to the second, where the sender was before it
+    /// went back; the frames between were sent and the receiver holds them.
+    skip: Option<(u32, u32)>,
+    /// When the latest data frame left, and when an acknowledgement last made
+    /// progress: a sender held back by the window probes 2 srtt after the later.
+    last_sent_at: Micros,
+    progress_at: Micros,
+    /// The window probe was sent since the last progress.
+    probed: bool,
     frames_since_probe: u32,
     /// Round trips from sending a frame to its ack, everything included: the RTO.
     rtt: RttEstimator,
@@ -313,6 +326,10 @@ impl Session {
             backoffs: 0,
             timeout_undo: None,
             last_go_back: None,
+            skip: None,
+            last_sent_at: 0,
+            progress_at: 0,
+            probed: false,
             frames_since_probe: 0,
             rcv_nxt: 0,
             delivered: VecDeque::new(),
@@ -415,7 +432,7 @@ impl Session {
     /// The next TLP delivered in order, exactly once.
     pub fn recv(&mut self) -> Option<Vec<u8>> {
         let tlp = self.delivered.pop_front()?;
-        if self.window_was_low && self.advertised_window() >= self.cfg.window / 2 {
+        if self.window_was_low && self.queue_window() >= self.cfg.window / 2 {
             // The peer may be waiting on a closed window: tell it.
             self.window_was_low = false;
             self.ack_now = true;
@@ -440,9 +457,23 @@ impl Session {
         self.spare.take()
     }
 
-    fn advertised_window(&self) -> u32 {
+    /// The room left in the receive queue, in frames, counted from the next frame
+    /// expected (at most our window).
+    fn queue_window(&self) -> u32 {
         let free = self.cfg.recv_queue.saturating_sub(self.delivered.len());
         ((free / self.cfg.max_tlps_per_frame) as u32).min(self.cfg.window)
+    }
+
+    /// The window we advertise: the room in the receive queue, and while a gap is open,
+    /// no further than the reorder buffer reaches (frames beyond it would be dropped:
+    /// a sender that resends only the gap goes on sending new frames meanwhile).
+    fn advertised_window(&self) -> u32 {
+        let room = self.queue_window();
+        if self.gap.is_some() && self.cfg.reorder_frames > 0 && self.cfg.nak {
+            room.min(self.cfg.reorder_frames + 1)
+        } else {
+            room
+        }
     }
 
     /// Takes a frame that arrived from the peer (already parsed, its check verified).
@@ -508,7 +539,8 @@ impl Session {
             FrameKind::Nak => {
                 self.stats.naks_in += 1;
                 if h.peer_epoch == self.local_epoch {
-                    self.on_nak(now, h.ack);
+                    let gap_end = h.has_flag(flags::GAP_END).then_some(h.seq);
+                    self.on_nak(now, h.ack, gap_end);
                 }
                 Ok(())
             }
@@ -582,6 +614,7 @@ impl Session {
         self.backoffs = 0;
         self.timeout_undo = None;
         self.last_go_back = None;
+        self.skip = None;
         self.frames_since_probe = 0;
         self.peer_window = self.cfg.window;
         lost
@@ -622,6 +655,9 @@ impl Session {
         if seq::lt(self.snd_nxt, ack) {
             self.snd_nxt = ack;
         }
+        self.skip_held();
+        self.progress_at = now;
+        self.probed = false;
         self.backoffs = 0;
         // Karn: an acknowledgement that covers a retransmission gives no sample. The
         // receiver may have held the newer frames until the retransmission of an
@@ -665,7 +701,9 @@ impl Session {
         tsecr != 0 && ((undo.at as u32).wrapping_sub(tsecr) as i32) > 0
     }
 
-    fn on_nak(&mut self, now: Micros, expected: u32) {
+    /// A NAK for `expected`; `gap_end`: the first frame after it that the receiver
+    /// holds, if the NAK says (`flags::GAP_END`).
+    fn on_nak(&mut self, now: Micros, expected: u32, gap_end: Option<u32>) {
         if !self.cfg.nak || !seq::lt(expected, self.next_seq) || seq::lt(expected, self.snd_una) {
             return;
         }
@@ -675,13 +713,76 @@ impl Session {
                 return; // Already going back for this gap.
             }
         }
+        // Only a frame after the gap that was sent can be held, and no further than a
+        // reorder buffer reaches; anything else is a confused or hostile peer, and its
+        // NAK is a plain go-back.
+        let gap_end = gap_end.and_then(|end| {
+            let ahead = seq::diff(end, expected);
+            let held =
+                ahead > 0 && ahead as u32 <= MAX_REORDER_FRAMES && seq::lt(end, self.next_seq);
+            if !held {
+                self.stats.nak_hints_refused += 1;
+            }
+            held.then_some(end)
+        });
+        // Where the sender is: the frame it would send next, or, if it is resending an
+        // earlier gap, the one it goes on with after that.
+        let at = self.skip.map_or(self.snd_nxt, |(_, resume)| resume);
         self.go_back(now, expected);
+        if let Some(end) = gap_end {
+            // Resend the gap only, then go on from where we were (or from its end, if
+            // this pass had not got that far).
+            self.stats.nak_hints += 1;
+            self.skip = Some((end, if seq::lt(at, end) { end } else { at }));
+        }
     }
 
+    /// Plain Go-Back-N: the next frame sent is `to`, and everything after it follows
+    /// in order.
     fn go_back(&mut self, now: Micros, to: u32) {
         self.stats.go_backs += 1;
         self.snd_nxt = to;
+        self.skip = None;
         self.last_go_back = Some((to, now));
+    }
+
+    /// When a sender that the window holds back, with nothing to resend, sends its
+    /// oldest frame once more (NAKs on): two smoothed RTTs after the latest frame left
+    /// or the latest progress, whichever is later, once per progress. A NAK, the
+    /// retransmission of a gap or an acknowledgement may have been lost, and no more
+    /// frames go that would make the receiver send another; the oldest frame either
+    /// fills the gap or, a copy, is acknowledged at once. Before any RTT sample, never
+    /// before the retransmission timeout.
+    fn probe_deadline(&self) -> Option<Micros> {
+        let blocked = !self.pending.is_empty()
+            && (seq::diff(self.next_seq, self.snd_una) as u32) >= self.send_window();
+        if !self.cfg.nak
+            || self.probed
+            || self.unacked.is_empty()
+            || seq::lt(self.snd_nxt, self.next_seq)
+            || !blocked
+        {
+            return None;
+        }
+        let srtt = self.rtt.srtt().map_or(self.rtt.rto(), |s| s as u64);
+        Some(
+            self.last_sent_at
+                .max(self.progress_at)
+                .saturating_add(2 * srtt.max(1)),
+        )
+    }
+
+    /// Once `snd_nxt` has reached the end of the gap a NAK named, it jumps past the
+    /// frames the receiver holds, to where the sender was before it went back.
+    fn skip_held(&mut self) {
+        if let Some((end, resume)) = self.skip {
+            if !seq::lt(self.snd_nxt, end) {
+                if seq::lt(self.snd_nxt, resume) {
+                    self.snd_nxt = resume;
+                }
+                self.skip = None;
+            }
+        }
     }
 
     fn on_data(
@@ -733,7 +834,7 @@ impl Session {
         // The frames held behind it follow, and the acknowledgement jumps: the sender,
         // if it went back, skips what it need not resend.
         self.deliver_held(now);
-        if self.advertised_window() < self.cfg.window / 4 {
+        if self.queue_window() < self.cfg.window / 4 {
             self.window_was_low = true;
         }
         if self.unacked_rx >= self.cfg.ack_every {
@@ -832,6 +933,13 @@ impl Session {
         self.nak_sent_for = Some(self.rcv_nxt);
         self.out_of_order_since_nak = 0;
         self.nak_deadline = None;
+    }
+
+    /// The first frame after the gap at `rcv_nxt` that we hold, if any: a NAK tells
+    /// it, so that the sender resends only the gap.
+    fn gap_end(&self) -> Option<u32> {
+        let i = self.held.iter().position(Option::is_some)?;
+        Some(self.rcv_nxt.wrapping_add(1).wrapping_add(i as u32))
     }
 
     /// Keeps a copy of a validated out-of-order frame in `held[slot]`.
@@ -1029,7 +1137,13 @@ impl Session {
     }
 
     fn control(&mut self, now: Micros, kind: FrameKind) -> Transmit<'_> {
-        let header = self.base_header(kind, now);
+        let mut header = self.base_header(kind, now);
+        if kind == FrameKind::Nak {
+            if let Some(end) = self.gap_end() {
+                header.flags |= flags::GAP_END;
+                header.seq = end;
+            }
+        }
         self.acked_sent();
         self.stats.frames_out += 1;
         self.stats.bytes_out += wire::HEADER_LEN as u64;
@@ -1047,6 +1161,7 @@ impl Session {
         let idx = seq::diff(self.snd_nxt, self.snd_una) as usize;
         let seq_no = self.snd_nxt;
         self.snd_nxt = self.snd_nxt.wrapping_add(1);
+        self.skip_held();
         let mut header = self.base_header(FrameKind::Data, now);
         header.seq = seq_no;
         self.frames_since_probe += 1;
@@ -1073,6 +1188,7 @@ impl Session {
             self.stats.tlps_out += frame.tlps as u64;
         }
         self.rate.on_send(now, bytes + 18);
+        self.last_sent_at = now;
         // The timer runs from the oldest frame's latest transmission: a retransmission
         // that waited for the pacer must not time out before it has even left.
         if self.rto_deadline.is_none() || (retransmit && seq_no == self.snd_una) {
@@ -1129,6 +1245,7 @@ impl Session {
         consider(self.rto_deadline);
         consider(self.ack_deadline);
         consider(self.nak_deadline);
+        consider(self.probe_deadline());
         let data_waiting = seq::lt(self.snd_nxt, self.next_seq)
             || (!self.pending.is_empty()
                 && (seq::diff(self.next_seq, self.snd_una) as u32) < self.send_window());
@@ -1149,6 +1266,13 @@ impl Session {
         if self.nak_deadline.is_some_and(|d| now >= d) {
             // The gap outlasted the reordering this path has shown: a loss.
             self.send_nak();
+        }
+        if self.probe_deadline().is_some_and(|d| now >= d) {
+            // The oldest frame alone, then on with new frames when the window opens.
+            self.probed = true;
+            self.stats.window_probes += 1;
+            self.skip = Some((self.snd_una.wrapping_add(1), self.next_seq));
+            self.snd_nxt = self.snd_una;
         }
         if let Some(d) = self.rto_deadline {
             if now >= d {

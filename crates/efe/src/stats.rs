@@ -21,6 +21,16 @@ pub struct Stats {
     /// timeout's floor raised.
     pub spurious_timeouts: u64,
     pub go_backs: u64,
+    /// NAKs that told where their gap ends (`wire::flags::GAP_END`): of the go-backs,
+    /// the ones that resent only the gap and went on where they were.
+    pub nak_hints: u64,
+    /// NAKs with a gap end that was not a frame sent after the gap (a confused or
+    /// hostile peer): taken as plain go-backs.
+    pub nak_hints_refused: u64,
+    /// The oldest frame resent by a sender that the window held back, with no
+    /// progress for two smoothed RTTs (NAKs on; once per progress): a NAK, a
+    /// retransmission or an acknowledgement was lost.
+    pub window_probes: u64,
     pub peer_restarts: u64,
     /// Frames dropped on receive, by reason.
     pub drop_duplicate: u64,
