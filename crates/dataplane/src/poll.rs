@@ -133,6 +133,15 @@ impl Poller {
         self.stats
     }
 
+    /// Whether a round at `now` that did no work would be followed by a sleep (rather
+    /// than a spin or a yield): only then does the loop need to collect what could
+    /// wake it ([`Pollable::wake`]), which costs clock reads and timer scans a
+    /// spinning loop does not need. Answers for the same `now` as [`Poller::decide`].
+    pub fn would_sleep(&self, now: Instant) -> bool {
+        let last = self.last_work.unwrap_or(now);
+        now.saturating_duration_since(last) >= self.policy.spin
+    }
+
     /// What to do after a round that ran at `now` and did work (`worked`) or not.
     /// `until` is the earliest moment something needs the loop (a timer; see
     /// [`Waker::until`]): a sleep never goes past it, and once it has come the loop
@@ -371,9 +380,12 @@ pub fn run(p: &mut impl Pollable, policy: IdlePolicy, stop: &Stop) -> io::Result
             poller.decide(now, true, None);
             continue;
         }
+        // What can wake the loop is collected only when it is going to sleep.
         waker.clear();
-        p.wake(&mut waker);
         let now = Instant::now();
+        if poller.would_sleep(now) {
+            p.wake(&mut waker);
+        }
         let idle = poller.decide(now, false, waker.until(now));
         waker.apply(idle)?;
     }
@@ -432,6 +444,17 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Poller::new(policy);
         for (i, &(at, worked, until, want)) in rows.iter().enumerate() {
+            // A loop collects its wake sources only when `would_sleep` says so: it
+            // must say so before every sleep, and never before a yield.
+            if !worked {
+                let would = p.would_sleep(t0 + ms(at));
+                if matches!(want, Idle::Sleep(_)) {
+                    assert!(would, "row {i}: a sleep without wake sources");
+                }
+                if want == Idle::Yield {
+                    assert!(!would, "row {i}: wake sources collected for a yield");
+                }
+            }
             let got = p.decide(t0 + ms(at), worked, until.map(|u| t0 + ms(u)));
             assert_eq!(got, want, "row {i}: {:?}", rows[i]);
         }

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use dataplane::poll::{Idle, IdlePolicy, Poller, Waker};
-use dataplane::{Mbuf, Port, PortError};
+use dataplane::{Mbuf, PoolCache, Port, PortError};
 use wire::{BridgeRole, MacAddr};
 
 use crate::{FabricError, FabricEvent, Node, NodeConfig};
@@ -118,12 +118,19 @@ pub struct FabricPort {
     poller: Poller,
     /// Reused by each sleep of [`FabricPort::poll`].
     waker: Waker,
+    /// Buffers for the frames the node writes, and where received frames go back:
+    /// a per-thread cache, so that a round touches the pool's shared ring only in
+    /// bulk (not for the buffer each round takes and, with nothing to send, returns).
+    bufs: PoolCache,
     /// Frames the node made that did not fit a pool buffer (never, with a sane MTU).
     pub oversize: u64,
 }
 
 /// Frames taken from the port per round.
 const RX_BURST: usize = 64;
+
+/// Buffers a port's cache holds (up to twice this before it gives back to the pool).
+const BUF_CACHE: usize = 64;
 
 /// The soonest a timer that is due (or overdue: one the round could not act on, such
 /// as a paced frame behind a full TX ring) brings a sleeping loop back: it is looked
@@ -137,9 +144,11 @@ impl FabricPort {
         // The port's clock starts at 0 now: the node's wall clock is that plus the
         // time since the Unix epoch.
         node.set_wall_offset(wall_clock_us());
+        let bufs = port.pool().cache(BUF_CACHE);
         FabricPort {
             node,
             port,
+            bufs,
             epoch: Instant::now(),
             rx: Vec::with_capacity(64),
             tx: Vec::with_capacity(64),
@@ -261,11 +270,10 @@ impl FabricPort {
             now = self.now();
             let pool = self.port.pool().clone();
             let since = self.looked_at;
-            for m in self.rx.drain(..) {
-                self.node
-                    .handle_frame_since(now, since, pool.data(&m), None);
-                pool.put(m);
+            for m in &self.rx {
+                self.node.handle_frame_since(now, since, pool.data(m), None);
             }
+            self.bufs.put_all(&mut self.rx);
             worked |= ignored(&self.node.stats()) - before < n as u64;
             self.flush(now)?;
         }
@@ -297,17 +305,25 @@ impl FabricPort {
         }
     }
 
-    /// The idle step of a loop built around this port, after a round that did work
-    /// (`worked`) or not: as the port's policy says, nothing (spin), a yield, or a
+    /// Whether the idle step at `now` after a round that did work (`worked`) or not,
+    /// allowed to wait `wait`, may sleep, so that the caller must collect in a waker
+    /// what could wake it before [`FabricPort::settle`]. A spinning loop skips that.
+    pub fn needs_waker(&self, now: Instant, worked: bool, wait: Duration) -> bool {
+        !worked && !wait.is_zero() && self.poller.would_sleep(now)
+    }
+
+    /// The idle step at `now` of a loop built around this port, after a round that did
+    /// work (`worked`) or not: as the port's policy says, nothing (spin), a yield, or a
     /// sleep of at most `wait` on what `waker` collected (the caller's
-    /// [`FabricPort::wake`] and its own inputs). A zero `wait` never yields nor sleeps.
+    /// [`FabricPort::wake`] and its own inputs, when [`FabricPort::needs_waker`] said
+    /// so for the same `now`). A zero `wait` never yields nor sleeps.
     pub fn settle(
         &mut self,
+        now: Instant,
         worked: bool,
         wait: Duration,
         waker: &mut Waker,
     ) -> Result<Idle, PortError> {
-        let now = Instant::now();
         if worked {
             return Ok(self.poller.decide(now, true, None));
         }
@@ -333,10 +349,11 @@ impl FabricPort {
         let worked = self.round(Instant::now())?;
         let mut waker = std::mem::take(&mut self.waker);
         waker.clear();
-        if !worked && !wait.is_zero() {
+        let now = Instant::now();
+        if self.needs_waker(now, worked, wait) {
             self.wake(&mut waker);
         }
-        let settled = self.settle(worked, wait, &mut waker);
+        let settled = self.settle(now, worked, wait, &mut waker);
         self.waker = waker;
         settled?;
         Ok(worked)
@@ -349,7 +366,7 @@ impl FabricPort {
         let mut moved = false;
         while self.tx.len() < 64 {
             // A buffer first: with the pool exhausted the frame stays with the node.
-            let Some(mut m) = pool.get() else { break };
+            let Some(mut m) = self.bufs.get() else { break };
             // The node writes the frame straight into the pool buffer.
             match self.node.poll_transmit_into(now, pool.buf_mut(&mut m)) {
                 Some(Ok(n)) => {
@@ -358,10 +375,10 @@ impl FabricPort {
                 }
                 Some(Err(_)) => {
                     self.oversize += 1;
-                    pool.put(m);
+                    self.bufs.put(m);
                 }
                 None => {
-                    pool.put(m);
+                    self.bufs.put(m);
                     break;
                 }
             }

@@ -379,10 +379,11 @@ impl IoBox {
         let worked = self.round_at(Instant::now())?;
         let mut waker = std::mem::take(&mut self.waker);
         waker.clear();
-        if !worked && !wait.is_zero() {
+        let now = Instant::now();
+        if self.fp.needs_waker(now, worked, wait) {
             Pollable::wake(self, &mut waker);
         }
-        let settled = self.fp.settle(worked, wait, &mut waker);
+        let settled = self.fp.settle(now, worked, wait, &mut waker);
         self.waker = waker;
         settled?;
         Ok(worked)
