@@ -16,9 +16,10 @@ case "${1:-}" in
     --autotest) autotest=1 ;;
     *) echo "usage: bench/dpdk-compare.sh [--autotest]" >&2; exit 2 ;;
 esac
-if ! command -v dpdk-testpmd >/dev/null || ! command -v dpdk-test >/dev/null; then
-    echo "installing Debian's DPDK (dpdk-dev)..." >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dpdk-dev >/tmp/tether-apt-dpdk.log 2>&1
+if ! command -v dpdk-testpmd >/dev/null || ! command -v dpdk-test >/dev/null \
+    || ! command -v pkg-config >/dev/null || ! command -v gcc >/dev/null; then
+    echo "installing Debian's DPDK (dpdk-dev), pkg-config and gcc..." >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dpdk-dev pkg-config gcc >/tmp/tether-apt-dpdk.log 2>&1
 fi
 cargo build --quiet --release -p dataplane --example perf
 perf=target/release/examples/perf
