@@ -154,6 +154,9 @@ pub struct Bridge {
     out: TxQueue,
     events: VecDeque<Event>,
     stats: BridgeStats,
+    /// What a device's memory read reads into, kept for the next one (at most the
+    /// largest read, 4 KiB).
+    read_buf: Vec<u8>,
 }
 
 /// TLPs for the link, with their total size.
@@ -206,6 +209,7 @@ impl Bridge {
             out: TxQueue::default(),
             events: VecDeque::new(),
             stats: BridgeStats::default(),
+            read_buf: Vec::new(),
         }
     }
 
@@ -472,8 +476,13 @@ impl Bridge {
             return;
         }
         let (first, count) = tlp::split::read_extent(&r);
-        let mut data = vec![0u8; count as usize];
-        if self.memory.read(first, &mut data).is_err() {
+        // The bridge's own buffer, not one per request (an allocation per TLP).
+        let mut data = std::mem::take(&mut self.read_buf);
+        data.clear();
+        data.resize(count as usize, 0);
+        let read = self.memory.read(first, &mut data).is_ok();
+        if !read {
+            self.read_buf = data;
             self.stats.dma_read_refused += 1;
             return self.answer_ur(UrAnswer {
                 requester: r.requester,
@@ -494,6 +503,7 @@ impl Bridge {
                 payload,
             )
         });
+        self.read_buf = data;
     }
 
     fn serve_write(&mut self, w: MemWrite, payload: &[u8]) {

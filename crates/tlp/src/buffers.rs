@@ -62,8 +62,14 @@ impl Buffers {
 
     /// `tlp` encoded into a spare buffer (or a new one), exactly its size.
     pub fn encode(&mut self, tlp: &Tlp) -> Result<Vec<u8>, EmitError> {
-        let mut b = self.take();
-        b.resize(tlp.buffer_len(), 0);
+        let len = tlp.buffer_len();
+        // A spare with room for it if there is one (the latest given back may be the
+        // buffer of a short TLP, which would have to grow), else the latest.
+        let mut b = match self.spare.iter().rposition(|b| b.capacity() >= len) {
+            Some(i) => self.spare.swap_remove(i),
+            None => self.take(),
+        };
+        b.resize(len, 0);
         match tlp.emit(&mut b) {
             Ok(n) => {
                 b.truncate(n);
@@ -107,5 +113,40 @@ mod tests {
         assert!(t.is_empty() && t.capacity() >= 50);
         // Nothing kept: a new one.
         assert_eq!(b.take().capacity(), 0);
+    }
+
+    #[test]
+    fn a_tlp_goes_into_a_spare_with_room_for_it() {
+        use crate::{Bdf, Header, MemWrite, Tag};
+        let write = |n: usize| {
+            let h = Header::MemWrite(MemWrite {
+                requester: Bdf::from_u16(0x100),
+                tag: Tag::wrapping(0),
+                address: 0x1000,
+                first_be: 0xf,
+                last_be: if n > 4 { 0xf } else { 0 },
+                hint: None,
+            });
+            (h, vec![0xab; n])
+        };
+        let mut b = Buffers::new(4, 16 + 4096 + 4);
+        let big = Vec::with_capacity(300);
+        let at = big.as_ptr();
+        b.give(big);
+        // A short TLP's buffer comes back last; a long TLP goes into the one with room.
+        b.give(Vec::with_capacity(16));
+        let (h, data) = write(256);
+        let t = b.encode(&Tlp::new(h, &data)).unwrap();
+        assert_eq!((t.as_ptr(), t.len()), (at, 12 + 256));
+        // A short one takes the short buffer.
+        let (h, data) = write(4);
+        let s = b.encode(&Tlp::new(h, &data)).unwrap();
+        assert_eq!((s.capacity(), s.len()), (16, 12 + 4));
+        // None with room: the latest, grown.
+        b.give(s);
+        let (h, data) = write(4096);
+        let t = b.encode(&Tlp::new(h, &data)).unwrap();
+        assert_eq!(t.len(), 12 + 4096);
+        assert!(b.is_empty());
     }
 }

@@ -230,11 +230,22 @@ pub fn for_each_read_completion(
     mps: MaxSize,
     mut f: impl FnMut(&CompletionChunk, &[u8]),
 ) {
-    let mut payload = Vec::with_capacity(mps.bytes() + 8);
+    // A completion's payload stays within MPS (room for 8 more bytes, as ever): on
+    // the stack for the usual sizes (no allocation per read), on the heap for larger
+    // ones (a 4 KiB array would cost a 4 KiB memset per read).
+    let room = mps.bytes() + 8;
+    let mut small = [0u8; 512 + 8];
+    let mut large = Vec::new();
+    let buf: &mut [u8] = if room <= small.len() {
+        &mut small
+    } else {
+        large.resize(room, 0);
+        &mut large
+    };
     for c in split_read_completions(read, rcb, mps) {
-        payload.resize(c.payload_len(), 0);
-        c.fill_payload(&data[c.offset..c.offset + c.len], &mut payload);
-        f(&c, &payload);
+        let payload = &mut buf[..c.payload_len()];
+        c.fill_payload(&data[c.offset..c.offset + c.len], payload);
+        f(&c, payload);
     }
 }
 
