@@ -87,6 +87,7 @@ fn bench_refuses_bad_arguments() {
         (&["--sizes", "2097152"][..], "transfer size"),
         (&["--tlp", "100"][..], "TLP payload sizes"),
         (&["--mmio-reads", "0"][..], "--mmio-reads"),
+        (&["--load-pair"][..], "--load-pair needs veth ports"),
     ] {
         let out = tether()
             .args(["bench", "--ports", "memory"])
@@ -161,4 +162,47 @@ fn bench_over_veth_compares_poll_mode_with_the_socket_path() {
         6,
         "{out}"
     );
+}
+
+#[test]
+fn bench_times_mmio_while_a_second_pair_runs_dma() {
+    if !is_root() {
+        return skip(
+            "bench_times_mmio_while_a_second_pair_runs_dma",
+            "needs root for network namespaces",
+        );
+    }
+    let out = run_ok(tether().args([
+        "bench",
+        "--ports",
+        "af-packet",
+        "--sizes",
+        "4096",
+        "--tlp",
+        "256",
+        "--aggregation",
+        "true",
+        "--ms-per-point",
+        "50",
+        "--mmio-reads",
+        "400",
+        "--load-pair",
+    ]));
+    assert!(
+        out.contains("a second box and host pair on the same segment"),
+        "{out}"
+    );
+    assert_eq!(out.matches("| af_packet | idle | ").count(), 1, "{out}");
+    // The busy row carries the second pair's DMA rate, which must be a real one.
+    let busy = out
+        .lines()
+        .find(|l| l.starts_with("| af_packet | DMA, "))
+        .unwrap_or_else(|| panic!("no busy row:\n{out}"));
+    let rate: f64 = busy["| af_packet | DMA, ".len()..]
+        .split(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{busy}"));
+    assert!(rate > 0.0, "{busy}");
+    check_report(&out, &["af_packet 256 B TLPs, aggregation"], &["4K"]);
 }

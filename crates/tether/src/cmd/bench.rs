@@ -8,6 +8,10 @@
 //!   out, CplD back) and WRITE (the device writes host memory: MWr), each a doorbell,
 //!   the transfer and an MSI-X interrupt, repeated for a fixed time per point.
 //!
+//! With `--load-pair`, a Linux bridge in a fifth namespace joins the box and the host
+//! with a second box and host pair (group 11), and the MMIO reads alternate between
+//! blocks with the second pair idle and blocks with it running DMA back to back.
+//!
 //! Reported, never asserted on: numbers on a shared 2-core machine are noisy.
 
 use std::fmt::Write as _;
@@ -34,6 +38,13 @@ use crate::plot::{self, Series};
 use crate::{bridge, workload};
 
 const GID: u16 = 10;
+/// The second pair's group (`--load-pair`).
+const LOAD_GID: u16 = 11;
+/// What the second pair runs while it is busy: memdev WRITEs of this size, back to back.
+const LOAD_SIZE: usize = 64 << 10;
+/// Blocks the MMIO reads are cut into with `--load-pair`, the second pair idle in the
+/// even ones and busy in the odd ones.
+const LOAD_BLOCKS: usize = 8;
 const RAM: u64 = 0x1_0000_0000;
 const RAM_SIZE: usize = 8 << 20;
 
@@ -89,6 +100,12 @@ pub struct BenchArgs {
     /// add a table of what the tags cost.
     #[arg(long, value_delimiter = ',', default_values_t = [false])]
     pub auth: Vec<bool>,
+    /// Put the pair on a Linux bridge with a second box and host pair, and time the
+    /// MMIO reads in blocks that alternate between the second pair idle and the
+    /// second pair running DMA (memdev WRITEs of 64 KiB back to back). Veth ports
+    /// only.
+    #[arg(long)]
+    pub load_pair: bool,
     /// Write the Markdown section and SVG plots into this docs directory
     /// (performance.md between its bench markers, perf-dma-*.svg).
     #[arg(long)]
@@ -101,8 +118,12 @@ struct Run {
     tlp: u16,
     aggregation: bool,
     auth: bool,
-    /// MMIO round trips, sorted (measured once per port, on its first run).
+    /// MMIO round trips, sorted (measured once per port, on its first run; with a
+    /// second pair, those of the blocks it was idle).
     mmio: Vec<Duration>,
+    /// With a second pair: the MMIO round trips of the blocks it ran DMA, sorted,
+    /// and its DMA rate over those blocks (MB/s).
+    loaded: Option<(Vec<Duration>, f64)>,
     /// (size, read MB/s, write MB/s).
     points: Vec<(usize, f64, f64)>,
     /// The host's session over the throughput part, and the box's over its life.
@@ -171,40 +192,103 @@ fn settings(
     }
 }
 
-/// The box's port, the host's, and the namespaces they live in (none in memory).
-type Ports = (Box<dyn Port>, Box<dyn Port>, Option<Rig>);
+/// A box's port and its host's.
+type PortPair = (Box<dyn Port>, Box<dyn Port>);
 
-fn ports(kind: BenchPort, mtu: usize) -> Result<Ports> {
+/// The pair's ports, the second pair's (`--load-pair`), and the namespaces they live
+/// in (none in memory).
+struct Ports {
+    main: PortPair,
+    second: Option<PortPair>,
+    rig: Option<Rig>,
+}
+
+/// With `second`, the four namespaces hang off a Linux bridge in a fifth, the
+/// segment both pairs share; without it, one veth pair joins box and host.
+fn ports(kind: BenchPort, mtu: usize, second: bool) -> Result<Ports> {
     if kind == BenchPort::Memory {
+        if second {
+            bail!("--load-pair needs veth ports (af-xdp, af-packet, socket): memory ports share no segment");
+        }
         let pool = Mempool::new(32768, 2048)?;
         let (a, b) = mem::pair(&pool, 4096, mtu);
-        return Ok((Box::new(a), Box::new(b), None));
+        return Ok(Ports {
+            main: (Box::new(a), Box::new(b)),
+            second: None,
+            rig: None,
+        });
     }
     let mut rig = Rig::new("tbn").context("network namespaces (tether bench needs root)")?;
-    let (bx, h) = (rig.host("box")?, rig.host("host")?);
-    rig.veth(bx, "tbnbox", h, "tbnhost", mtu)?;
     let pk = match kind {
         BenchPort::AfXdp => PortKind::AfXdp,
         BenchPort::AfPacket => PortKind::AfPacket,
         _ => PortKind::Socket,
     };
-    let (b, _) = rig.within(bx, move || bridge::open_port(pk, "tbnbox"))?;
-    let (hp, _) = rig.within(h, move || bridge::open_port(pk, "tbnhost"))?;
-    Ok((b, hp, Some(rig)))
+    let open = |rig: &Rig, ns: usize, ifname: &'static str| {
+        rig.within(ns, move || bridge::open_port(pk, ifname))
+            .map(|(p, _)| p)
+    };
+    let (bx, h) = (rig.host("box")?, rig.host("host")?);
+    if !second {
+        rig.veth(bx, "tbnbox", h, "tbnhost", mtu)?;
+        let main = (open(&rig, bx, "tbnbox")?, open(&rig, h, "tbnhost")?);
+        return Ok(Ports {
+            main,
+            second: None,
+            rig: Some(rig),
+        });
+    }
+    let (bx2, h2, sw) = (rig.host("box2")?, rig.host("host2")?, rig.host("sw")?);
+    rig.veth(bx, "tbnbox", sw, "tbnsw0", mtu)?;
+    rig.veth(h, "tbnhost", sw, "tbnsw1", mtu)?;
+    rig.veth(bx2, "tbnbox2", sw, "tbnsw2", mtu)?;
+    rig.veth(h2, "tbnhost2", sw, "tbnsw3", mtu)?;
+    rig.bridge(sw, "tbnbr", &["tbnsw0", "tbnsw1", "tbnsw2", "tbnsw3"])?;
+    let main = (open(&rig, bx, "tbnbox")?, open(&rig, h, "tbnhost")?);
+    let second = (open(&rig, bx2, "tbnbox2")?, open(&rig, h2, "tbnhost2")?);
+    Ok(Ports {
+        main,
+        second: Some(second),
+        rig: Some(rig),
+    })
 }
 
-/// The bench group's key when `auth` (a fresh random one), else none.
+/// The bench groups' keys when `auth` (fresh random ones), else none.
 fn bench_keys(auth: bool) -> Result<fabric::GroupKeys> {
     if !auth {
         return Ok(fabric::GroupKeys::default());
     }
-    let key = fabric::keys::random_key()?;
-    Ok(Arc::new([(GID, key)].into_iter().collect()))
+    let mut keys = std::collections::HashMap::new();
+    for gid in [GID, LOAD_GID] {
+        keys.insert(gid, fabric::keys::random_key()?);
+    }
+    Ok(Arc::new(keys.into_iter().collect()))
 }
 
-fn pair(kind: BenchPort, tlp: u16, aggregation: bool, auth: bool, mtu: usize) -> Result<Pair> {
-    let (box_port, host_port, rig) = ports(kind, mtu)?;
-    let keys = bench_keys(auth)?;
+/// What one pair is: its group, its bridges' ids, and how it runs.
+#[derive(Clone, Copy)]
+struct PairSpec {
+    kind: BenchPort,
+    gid: u16,
+    /// The box's bridge id and the host's.
+    ids: (u64, u64),
+    tlp: u16,
+    aggregation: bool,
+}
+
+fn pair(
+    spec: PairSpec,
+    (box_port, host_port): PortPair,
+    keys: &fabric::GroupKeys,
+    rig: Option<Rig>,
+) -> Result<Pair> {
+    let PairSpec {
+        kind,
+        gid,
+        ids,
+        tlp,
+        aggregation,
+    } = spec;
     // The conventional path sleeps whenever it is idle; poll mode spins.
     let spin = if kind == BenchPort::Socket {
         Duration::ZERO
@@ -216,7 +300,7 @@ fn pair(kind: BenchPort, tlp: u16, aggregation: bool, auth: bool, mtu: usize) ->
     let box_node = bridge::node(
         &*box_port,
         BridgeRole::IoBox,
-        &settings(kind, aggregation, 0xb0, &keys),
+        &settings(kind, aggregation, ids.0, keys),
     )?;
     let box_thread = {
         let stop = stop.clone();
@@ -225,7 +309,7 @@ fn pair(kind: BenchPort, tlp: u16, aggregation: bool, auth: bool, mtu: usize) ->
             move || -> Result<efe::Stats> {
                 let mut fp = FabricPort::new(box_node, box_port);
                 fp.set_spin(spin);
-                let mut b = IoBox::new(fp, vec![Slot::memdev(0, GID, 1 << 20)?]);
+                let mut b = IoBox::new(fp, vec![Slot::memdev(0, gid, 1 << 20)?]);
                 while !stop.load(Ordering::Relaxed) {
                     b.poll(Duration::from_millis(1))?;
                     let c = allocs::thread();
@@ -233,9 +317,9 @@ fn pair(kind: BenchPort, tlp: u16, aggregation: bool, auth: bool, mtu: usize) ->
                     published[1].store(c.bytes, Ordering::Relaxed);
                 }
                 let node = b.fabric().node();
-                let host = node.peers().find(|p| p.0 == GID).map(|p| p.1);
+                let host = node.peers().find(|p| p.0 == gid).map(|p| p.1);
                 Ok(host
-                    .and_then(|h| node.session_stats(GID, h))
+                    .and_then(|h| node.session_stats(gid, h))
                     .unwrap_or_default())
             },
         )?
@@ -243,16 +327,16 @@ fn pair(kind: BenchPort, tlp: u16, aggregation: bool, auth: bool, mtu: usize) ->
     let mut n = bridge::node(
         &*host_port,
         BridgeRole::Host,
-        &settings(kind, aggregation, 0xa, &keys),
+        &settings(kind, aggregation, ids.1, keys),
     )?;
-    n.join(GID)?;
+    n.join(gid)?;
     let mut fp = FabricPort::new(n, host_port);
     fp.set_spin(spin);
     let mut link = FabricLink::new(fp);
     let (peer, dev) = link
-        .wait_for_device(GID, Duration::from_secs(10))
-        .ok_or_else(|| anyhow!("no device announced within 10 s"))?;
-    link.set_target(GID, peer);
+        .wait_for_device(gid, Duration::from_secs(10))
+        .ok_or_else(|| anyhow!("no device announced in group {gid} within 10 s"))?;
+    link.set_target(gid, peer);
     let cfg = BridgeConfig {
         max_payload: MaxSize::new(tlp).ok_or_else(|| anyhow!("TLP size {tlp}: not a PCIe size"))?,
         ..BridgeConfig::default()
@@ -304,12 +388,29 @@ fn measure(
     auth: bool,
     mmio: bool,
 ) -> Result<Run> {
-    let mut p = pair(port, tlp, aggregation, auth, args.mtu)?;
+    let Ports { main, second, rig } = ports(port, args.mtu, args.load_pair)?;
+    let keys = bench_keys(auth)?;
+    let spec = |gid, ids| PairSpec {
+        kind: port,
+        gid,
+        ids,
+        tlp,
+        aggregation,
+    };
+    let mut p = pair(spec(GID, (0xb0, 0xa)), main, &keys, rig)?;
     let drv = MemDevDriver::probe(&mut p.host, p.bdf)?;
-    let mmio = if mmio {
-        workload::mmio_round_trips(&mut p.host, p.bdf, args.mmio_reads)?
-    } else {
-        Vec::new()
+    let (mmio, loaded) = match (mmio, second) {
+        (false, _) => (Vec::new(), None),
+        (true, None) => (
+            workload::mmio_round_trips(&mut p.host, p.bdf, args.mmio_reads)?,
+            None,
+        ),
+        (true, Some(ports)) => {
+            let load = Load::start(spec(LOAD_GID, (0xb1, 0xb)), ports, keys.clone())?;
+            let (idle, busy) = mmio_under_load(&mut p, args.mmio_reads, &load);
+            let rate = load.finish()?;
+            (idle?, Some((busy?, rate)))
+        }
     };
     let before = session(&p);
     let (host_allocs, box_allocs) = (allocs::thread(), p.box_counts());
@@ -340,11 +441,132 @@ fn measure(
         aggregation,
         auth,
         mmio,
+        loaded,
         points,
         host,
         boxs,
         allocs,
     })
+}
+
+/// The second pair of `--load-pair`, on its own thread: memdev WRITEs back to back
+/// while `busy`, the link kept up otherwise.
+struct Load {
+    busy: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    /// Transfers done so far (the reader waits for the first of a busy block).
+    done: Arc<AtomicU64>,
+    /// Ends with the bytes moved and the time spent moving them.
+    thread: std::thread::JoinHandle<Result<(u64, Duration)>>,
+}
+
+impl Load {
+    /// Brings the second pair up (its device enumerated and probed) and leaves it idle.
+    fn start(spec: PairSpec, ports: PortPair, keys: fabric::GroupKeys) -> Result<Load> {
+        let (busy, stop, done) = (
+            Arc::<AtomicBool>::default(),
+            Arc::<AtomicBool>::default(),
+            Arc::<AtomicU64>::default(),
+        );
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let (busy, stop, done) = (busy.clone(), stop.clone(), done.clone());
+            std::thread::Builder::new()
+                .name("bench-load".into())
+                .spawn(move || {
+                    let up = pair(spec, ports, &keys, None)
+                        .and_then(|mut p| Ok((MemDevDriver::probe(&mut p.host, p.bdf)?, p)));
+                    let (drv, mut p) = match up {
+                        Ok(v) => {
+                            let _ = ready_tx.send(Ok(()));
+                            v
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(anyhow!("the second pair: {e:#}")));
+                            return Ok((0, Duration::ZERO));
+                        }
+                    };
+                    let (mut bytes, mut time) = (0u64, Duration::ZERO);
+                    while !stop.load(Ordering::Relaxed) {
+                        if !busy.load(Ordering::Relaxed) {
+                            p.host.run_for(Duration::from_millis(1));
+                            continue;
+                        }
+                        let t = Instant::now();
+                        drv.run(
+                            &mut p.host,
+                            memdev::op::WRITE,
+                            RAM,
+                            RAM + (2 << 20),
+                            LOAD_SIZE as u32,
+                            Duration::from_secs(30),
+                        )
+                        .context("the second pair's DMA")?;
+                        time += t.elapsed();
+                        bytes += LOAD_SIZE as u64;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    p.finish()?;
+                    Ok((bytes, time))
+                })?
+        };
+        ready_rx
+            .recv()
+            .map_err(|_| anyhow!("the second pair's thread ended before it was up"))??;
+        Ok(Load {
+            busy,
+            stop,
+            done,
+            thread,
+        })
+    }
+
+    /// Stops it; its DMA rate over the time it was busy, MB/s.
+    fn finish(self) -> Result<f64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let (bytes, time) = self
+            .thread
+            .join()
+            .map_err(|_| anyhow!("the second pair's thread panicked"))??;
+        Ok(bytes as f64 / time.as_secs_f64().max(1e-9) / 1e6)
+    }
+}
+
+/// `reads` MMIO round trips in [`LOAD_BLOCKS`] blocks, the second pair idle in the
+/// even blocks and running DMA in the odd ones (each busy block starts once its first
+/// transfer is done): the idle blocks' round trips and the busy blocks', each sorted.
+fn mmio_under_load(
+    p: &mut Pair,
+    reads: usize,
+    load: &Load,
+) -> (Result<Vec<Duration>>, Result<Vec<Duration>>) {
+    let (mut idle, mut busy) = (Vec::new(), Vec::new());
+    for block in 0..LOAD_BLOCKS {
+        let loaded = block % 2 == 1;
+        load.busy.store(loaded, Ordering::Relaxed);
+        if loaded {
+            let from = load.done.load(Ordering::Relaxed);
+            let t = Instant::now();
+            while load.done.load(Ordering::Relaxed) == from && t.elapsed() < Duration::from_secs(10)
+            {
+                p.host.run_for(Duration::from_micros(100));
+            }
+        }
+        // The reads shared out: the first blocks take the remainder.
+        let n = reads / LOAD_BLOCKS + usize::from(block < reads % LOAD_BLOCKS);
+        match workload::mmio_round_trips(&mut p.host, p.bdf, n) {
+            Ok(v) if loaded => busy.extend(v),
+            Ok(v) => idle.extend(v),
+            Err(e) => {
+                load.busy.store(false, Ordering::Relaxed);
+                return (Err(e), Err(anyhow!("not measured")));
+            }
+        }
+    }
+    load.busy.store(false, Ordering::Relaxed);
+    idle.sort();
+    busy.sort();
+    (Ok(idle), Ok(busy))
 }
 
 fn session(p: &Pair) -> efe::Stats {
@@ -414,6 +636,37 @@ fn report(args: &BenchArgs, runs: &[Run]) -> String {
             us(workload::percentile(&r.mmio, 0.99)),
             us(*r.mmio.last().unwrap_or(&Duration::ZERO)),
         );
+    }
+    let loaded: Vec<_> = runs
+        .iter()
+        .filter_map(|r| r.loaded.as_ref().map(|l| (r, l)))
+        .collect();
+    if !loaded.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nMMIO read round trip with a second box and host pair on the same segment \
+             (the reads in {LOAD_BLOCKS} blocks, alternately with the second pair idle \
+             and running memdev WRITEs of {} back to back):\n\n\
+             | port | second pair | median | p90 | p99 | max |\n|---|---|---|---|---|---|",
+            size_label(LOAD_SIZE as f64)
+        );
+        for (r, (busy, rate)) in loaded {
+            let keyed = if r.auth { ", keyed" } else { "" };
+            for (what, v) in [
+                ("idle".to_string(), &r.mmio),
+                (format!("DMA, {rate:.0} MB/s"), busy),
+            ] {
+                let _ = writeln!(
+                    s,
+                    "| {}{keyed} | {what} | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs |",
+                    r.port.name(),
+                    us(workload::percentile(v, 0.5)),
+                    us(workload::percentile(v, 0.9)),
+                    us(workload::percentile(v, 0.99)),
+                    us(*v.last().unwrap_or(&Duration::ZERO)),
+                );
+            }
+        }
     }
     for (dir, pick) in [
         ("READ (device reads host memory)", 1usize),
@@ -647,6 +900,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.auth.is_empty() {
         bail!("--auth needs at least one value");
     }
+    if args.load_pair && args.ports.contains(&BenchPort::Memory) {
+        bail!("--load-pair needs veth ports (af-xdp, af-packet, socket): memory ports share no segment");
+    }
     let total = args.ports.len() * args.tlp.len() * args.aggregation.len() * args.auth.len();
     let mut runs = Vec::new();
     let started = Instant::now();
@@ -678,14 +934,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
         }
     }
+    let joined = if args.load_pair {
+        "joined by veth pairs to a Linux bridge (MTU {}) that a second box and host \
+         pair share (it runs during the MMIO reads)"
+    } else {
+        "joined by one veth pair (MTU {})"
+    }
+    .replace("{}", &args.mtu.to_string());
     let mut section = format!(
         "Command: `tether bench{}` (release build, as root; {} s). Box and host in two \
-         network namespaces joined by one veth pair (MTU {}); one box thread and the host \
+         network namespaces {joined}; one box thread and the host \
          thread, each busy-polling (the socket rows sleep in ppoll(2) when idle, and aim at \
          500 µs of queueing delay instead of 50, as a sleeping bridge must).\n\n",
         command_args(std::env::args().skip(2)),
         started.elapsed().as_secs(),
-        args.mtu
     );
     section.push_str(&report(&args, &runs));
     println!("{section}");
