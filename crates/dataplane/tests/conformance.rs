@@ -374,3 +374,63 @@ fn hub_ports_flood_a_copy_to_every_other_port() {
     drop(ports);
     assert_eq!(pool.available(), pool.count(), "buffers leaked");
 }
+
+/// On a jumbo-frame link (MTU 9000) a bridge's pool has 4096-byte buffers and its
+/// frames are up to 4096 - 320 bytes: they cross between AF_PACKET (both ring kinds)
+/// and AF_XDP whole. A frame longer than the ring's slots is dropped and counted at
+/// the AF_PACKET port, never handed up cut short.
+#[test]
+fn jumbo_frames_cross_af_packet_and_af_xdp() {
+    let test = "jumbo_frames_cross_af_packet_and_af_xdp";
+    let Some(mut rig) = Rig::for_test(test, "dpj") else {
+        return;
+    };
+    let (h0, h1) = (rig.host("a").unwrap(), rig.host("b").unwrap());
+    rig.veth(h0, "dpa", h1, "dpb", 9000).unwrap();
+    let pool = dataplane::open::pool_for(9000).unwrap();
+    assert_eq!(pool.buf_size(), 4096);
+    let longest = 4096 - dataplane::open::FRAME_OVERHEAD + 18;
+    for ring in [RingConfig::low_latency(), RingConfig::default()] {
+        let (p1, p2) = (pool.clone(), pool.clone());
+        let mut a: Box<dyn Port> = rig.within(h0, move || {
+            Box::new(AfPacketPort::open("dpa", &p1, ring).unwrap())
+        });
+        let mut b: Box<dyn Port> = rig.within(h1, move || {
+            Box::new(AfXdpPort::open("dpb", &p2, XdpConfig::default()).unwrap())
+        });
+        for len in [64, 1518, longest] {
+            let there = stream(&mut *a, &mut *b, 500, len, Duration::from_secs(10));
+            let back = stream(&mut *b, &mut *a, 500, len, Duration::from_secs(10));
+            assert_eq!(
+                (there, back),
+                (500, 500),
+                "{len}-byte frames, {:?}",
+                ring.version
+            );
+        }
+        drop((a, b));
+    }
+    assert_eq!(pool.available(), pool.count(), "buffers leaked");
+
+    // 6000-byte frames from a port whose buffers hold them, into AF_PACKET rings
+    // sized for 4096-byte buffers.
+    let big = Arc::new(Mempool::new(512, 8192).unwrap());
+    for ring in [RingConfig::low_latency(), RingConfig::default()] {
+        let (p1, p2) = (pool.clone(), big.clone());
+        let mut a: Box<dyn Port> = rig.within(h0, move || {
+            Box::new(AfPacketPort::open("dpa", &p1, ring).unwrap())
+        });
+        let mut b: Box<dyn Port> =
+            rig.within(h1, move || Box::new(SocketPort::open("dpb", &p2).unwrap()));
+        let got = stream(&mut *b, &mut *a, 50, 6000, Duration::from_secs(4));
+        assert_eq!(got, 0, "no cut frame handed up ({:?})", ring.version);
+        assert!(
+            a.stats().rx_dropped >= 50,
+            "{:?}: {:?}",
+            ring.version,
+            a.stats()
+        );
+        drop((a, b));
+    }
+    assert_eq!(pool.available(), pool.count(), "buffers leaked");
+}

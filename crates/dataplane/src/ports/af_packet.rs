@@ -152,7 +152,10 @@ pub struct RingConfig {
     pub rx_blocks: u32,
     /// Milliseconds after which the kernel hands over a partly filled block.
     pub rx_block_timeout_ms: u32,
-    pub tx_frame_size: u32,
+    /// Bytes per frame slot: every TX slot, and every RX slot of TPACKET_V2. The port
+    /// makes the slots larger where the pool's buffers hold larger frames (a
+    /// jumbo-frame link), so that any frame a buffer holds fits a slot.
+    pub frame_size: u32,
     pub tx_frames: u32,
 }
 
@@ -173,7 +176,7 @@ impl Default for RingConfig {
             rx_block_size: 1 << 20,
             rx_blocks: 16,
             rx_block_timeout_ms: 1,
-            tx_frame_size: 2048,
+            frame_size: 2048,
             tx_frames: 2048,
         }
     }
@@ -192,22 +195,31 @@ pub struct AfPacketPort {
     stats: PortStats,
 }
 
+/// The frame slot for a pool of `buf_size`-byte buffers: the buffer, the ring's
+/// per-frame header in front of it (the kernel puts a received frame's MAC header
+/// at most 128 bytes into its slot), rounded to the kernel's 16-byte alignment.
+fn slot_size_for(buf_size: usize) -> u32 {
+    let slot = (buf_size + 128).next_multiple_of(16);
+    // A TX block is 64 KiB and must hold at least one slot.
+    slot.min(1 << 16) as u32
+}
+
 fn req_for(cfg: &RingConfig, rx: bool) -> TpacketReq3 {
     if rx {
         TpacketReq3 {
             block_size: cfg.rx_block_size,
             block_nr: cfg.rx_blocks,
-            frame_size: 2048,
-            frame_nr: cfg.rx_block_size / 2048 * cfg.rx_blocks,
+            frame_size: cfg.frame_size,
+            frame_nr: cfg.rx_block_size / cfg.frame_size * cfg.rx_blocks,
             retire_blk_tov: cfg.rx_block_timeout_ms,
             ..TpacketReq3::default()
         }
     } else {
-        let per_block = (1u32 << 16) / cfg.tx_frame_size;
+        let per_block = (1u32 << 16) / cfg.frame_size;
         TpacketReq3 {
             block_size: 1 << 16,
             block_nr: cfg.tx_frames.div_ceil(per_block),
-            frame_size: cfg.tx_frame_size,
+            frame_size: cfg.frame_size,
             frame_nr: cfg.tx_frames.div_ceil(per_block) * per_block,
             ..TpacketReq3::default()
         }
@@ -220,6 +232,8 @@ impl AfPacketPort {
         pool: &Arc<Mempool>,
         cfg: RingConfig,
     ) -> Result<AfPacketPort, PortError> {
+        let mut cfg = cfg;
+        cfg.frame_size = cfg.frame_size.max(slot_size_for(pool.buf_size()));
         let sock = PacketSocket::open(interface, true, false)?;
         let (mac, mtu) = sock.link_info()?;
         let fd = sock.fd();
@@ -256,7 +270,6 @@ impl AfPacketPort {
         let map = SharedMapping::new(fd, rx_len + tx_len, 0, libc::MAP_LOCKED)
             .or_else(|_| SharedMapping::new(fd, rx_len + tx_len, 0, 0))
             .map_err(|_| PortError::io("mapping the packet rings", interface))?;
-        let mut cfg = cfg;
         cfg.tx_frames = tx.frame_nr;
         Ok(AfPacketPort {
             info: LinkInfo {
@@ -328,7 +341,9 @@ impl AfPacketPort {
                 };
                 let snap = h.snaplen as usize;
                 let vlan = stripped_tag(h.status, h.vlan_tci as u16, h.vlan_tpid);
-                let copied = if pkt + h.mac as usize + snap > self.rx_len() {
+                // A frame the kernel cut short (longer than the ring takes) is dropped
+                // here, not handed up as a damaged one.
+                let copied = if h.len != h.snaplen || pkt + h.mac as usize + snap > self.rx_len() {
                     None
                 } else {
                     // SAFETY: the frame bytes lie inside the block (checked above).
@@ -358,7 +373,10 @@ impl AfPacketPort {
     /// TPACKET_V2: one frame slot at a time, each visible as soon as it is written.
     fn rx_frames(&mut self, out: &mut Vec<Mbuf>, max: usize) -> usize {
         let pool = self.cache.pool().clone();
-        let (bs, fs) = (self.cfg.rx_block_size as usize, 2048usize);
+        let (bs, fs) = (
+            self.cfg.rx_block_size as usize,
+            self.cfg.frame_size as usize,
+        );
         let per_block = bs / fs;
         let slots = per_block * self.cfg.rx_blocks as usize;
         let mut n = 0;
@@ -374,13 +392,15 @@ impl AfPacketPort {
                 break;
             };
             let snap = self.read_u32(slot + V2_SLOT.snaplen) as usize;
+            let whole = self.read_u32(slot + V2_SLOT.len) as usize == snap;
             let mac = self.read_u16(slot + v2::MAC) as usize;
             let vlan = stripped_tag(
                 status,
                 self.read_u16(slot + v2::VLAN_TCI),
                 self.read_u16(slot + v2::VLAN_TPID),
             );
-            let copied = if mac + snap > fs {
+            // A frame the kernel cut short (longer than a slot) is dropped here.
+            let copied = if !whole || mac + snap > fs {
                 None
             } else {
                 // SAFETY: the frame lies inside its slot (checked above), which the
@@ -446,7 +466,7 @@ impl Port for AfPacketPort {
 
     fn tx_burst(&mut self, bufs: &mut Vec<Mbuf>) -> Result<usize, PortError> {
         let pool = self.cache.pool().clone();
-        let fs = self.cfg.tx_frame_size as usize;
+        let fs = self.cfg.frame_size as usize;
         let layout = match self.cfg.version {
             RingVersion::Blocks => V3_SLOT,
             RingVersion::Frames => V2_SLOT,
