@@ -715,6 +715,21 @@ impl Node {
         if let Some(e) = self.events.pop_front() {
             return Some(e);
         }
+        if self.peers.len() == 1 {
+            // One session (a box serving one host, a host using one box): no turn to
+            // take, and no searches of the map for it.
+            let (&key, p) = self.peers.iter_mut().next()?;
+            if p.session.received() == 0 || !take(key.0, key.1) {
+                return None;
+            }
+            let tlp = p.session.recv()?;
+            self.next_tlp_from = Some(key);
+            return Some(FabricEvent::Tlp {
+                gid: key.0,
+                peer: key.1,
+                tlp,
+            });
+        }
         let after = self.next_tlp_from;
         let key = {
             let mut ready = |(k, p): (&(u16, MacAddr), &Peer)| {
