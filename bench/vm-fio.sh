@@ -102,6 +102,12 @@ vm() { # vm NAME HOST.toml [extra tether vm args]
 for b in $(seq "$BOOTS"); do
     if [ "${MODE:-both}" != local ]; then
         vm_with_box "$b" tvfbox vm "remote$b" "$W/host.toml" --msix "${MSIX:-auto}"
+        # The port each bridge opened (`auto` falls back to AF_PACKET where AF_XDP
+        # cannot be set up, and says why).
+        {
+            grep -a -m1 ' on tvfh: ' "$W/remote$b.log" | sed "s/.* on tvfh: /remote$b port host: /"
+            grep -a -m1 ' on tvfb: ' "$W/box$b.log" | sed "s/.* on tvfb: /remote$b port box: /"
+        } >>"$W/results" || true
     fi
     if [ "${MODE:-both}" != remote ]; then
         vm "local$b" "$W/host-local.toml" -- \
@@ -113,6 +119,7 @@ cat "$W/results"
 
 echo
 echo "$BOOTS boots each, MTU $MTU, max_payload ${MAX_PAYLOAD:-256}, ${SECS}s per job:"
+grep ' port ' "$W/results" | sed 's/^/  /' || true
 for j in $JOBS; do
     case $j in
     seq*) unit=MB/s ;;
