@@ -52,10 +52,12 @@ fn size_of(h: &[u8]) -> Option<u64> {
     Some(h.body_len() as u64)
 }
 
-fn counters(s: &VfioUserStats) -> [u64; 25] {
+fn counters(s: &VfioUserStats) -> [u64; 27] {
     [
         s.dma_maps_without_fd,
         s.dma_maps_sealed_here,
+        s.dma_maps_by_file,
+        s.dma_file_faults,
         s.dma_maps_unsealable,
         s.dma_maps_invalid,
         s.dma_maps_over_limit,
@@ -286,6 +288,7 @@ fn dma_map(
     };
     let before = dev.ram.len();
     let messages = server.stats().dma_messages;
+    let by_file_before = server.stats().dma_maps_by_file;
     client.send(&m, &fds);
     if client.framing.dead {
         return;
@@ -295,18 +298,18 @@ fn dma_map(
     if dev.ram.len() == before {
         return;
     }
-    // Taken: it must be one mapping, of valid flags, of RAM that cannot shrink.
+    // Taken: it must be one mapping, of valid flags; RAM that may shrink is served
+    // by pread/pwrite on its file, never mapped (a shrink would raise SIGBUS).
     assert_eq!(dev.ram.len(), before + 1, "one DMA_MAP, one mapping");
     assert!(
         map_flags & !(r | w) == 0 && map_flags & (r | w) != 0,
         "flags {map_flags:#x} taken"
     );
-    assert!(
-        matches!(
-            ram,
-            Ram::Messages | Ram::Memfd(Seals::Qemu | Seals::Sealable)
-        ),
-        "guest RAM that may shrink taken"
+    let by_file = server.stats().dma_maps_by_file > by_file_before;
+    assert_eq!(
+        by_file,
+        matches!(ram, Ram::Memfd(Seals::Unsealable) | Ram::File),
+        "guest RAM that may shrink mapped, or RAM that cannot served by file"
     );
     let (read, write) = (map_flags & r != 0, map_flags & w != 0);
     let (_, mem) = dev.ram.last_mut().expect("the new mapping");

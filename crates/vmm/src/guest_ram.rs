@@ -133,6 +133,16 @@ fn file_size(fd: &OwnedFd) -> io::Result<u64> {
     Ok(st.st_size.max(0) as u64)
 }
 
+/// Whether `fd` was opened for writing (O_WRONLY or O_RDWR).
+pub fn opened_for_writing(fd: &OwnedFd) -> io::Result<bool> {
+    // SAFETY: fcntl with F_GETFL only reads the descriptor's status flags.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(flags & libc::O_ACCMODE != libc::O_RDONLY)
+}
+
 impl GuestRam {
     /// Takes `len` bytes at `offset` in `fd` as guest RAM, read-write and shared with
     /// the VMM: mapped when the file is sealed against shrinking, else served by

@@ -24,8 +24,10 @@
 //!
 //! The client is semi-trusted: the device's DMA honours the READ and WRITE flags of
 //! each DMA_MAP ([`Permitted`]), a client holds at most [`wire::MAX_DMA_MAPS`]
-//! mappings, guest RAM given by descriptor must be sealed against shrinking (a memfd
-//! that allows it is sealed here) so that it is always mapped and never raises SIGBUS,
+//! mappings, guest RAM given by descriptor is mapped only when it is sealed against
+//! shrinking (a memfd that allows it is sealed here), so that a mapping never raises
+//! SIGBUS; a file that cannot be sealed (cloud-hypervisor's guest RAM) is served by
+//! pread/pwrite on its descriptor instead, at most [`MAX_FILE_MAPS`] of them,
 //! and the socket is non-blocking: messages are read as they come, replies the client
 //! does not read wait in a bounded queue ([`MAX_UNREAD`]), and a client that leaves a
 //! message half-sent or its replies unread for `sys::STALL_TIMEOUT` is dropped.
@@ -51,7 +53,9 @@ use super::wire::{
 use crate::bar_shadow::BarShadow;
 use crate::caps::{self, CapPatch, NoAnswer};
 use crate::device::{byte_enables, Bar, RemoteFunction};
-use crate::guest_ram::{seal_against_shrinking, GuestRam, RamFaults, SealError, Sealed};
+use crate::guest_ram::{
+    opened_for_writing, seal_against_shrinking, GuestRam, RamFaults, SealError, Sealed,
+};
 use crate::sys;
 
 /// How long a DMA_READ/DMA_WRITE waits for the client's reply.
@@ -64,6 +68,11 @@ const MAX_QUEUED: usize = 32;
 /// (a REGION_READ of `MAX_DATA_XFER`); QEMU reads its replies as they come, on its
 /// own thread.
 pub const MAX_UNREAD: usize = 4 * wire::MAX_MESSAGE;
+
+/// Mappings of guest RAM that may shrink (served by pread/pwrite on a descriptor the
+/// server keeps) one client may hold: each costs one of the bridge's descriptors. A
+/// VMM maps each RAM region once (cloud-hypervisor: one per memory zone's region).
+pub const MAX_FILE_MAPS: usize = 64;
 /// Config space size offered (conventional PCI).
 const CONFIG_SIZE: u64 = regs::CONVENTIONAL_END as u64;
 /// Multiple Message Capable, in the MSI capability's first dword.
@@ -95,9 +104,17 @@ pub struct VfioUserStats {
     /// Mappings whose memfd was not sealed against shrinking but allowed it: sealed
     /// here (F_SEAL_SHRINK), then mapped. (QEMU's memory-backend-memfd comes sealed.)
     pub dma_maps_sealed_here: u64,
-    /// DMA_MAPs refused (EINVAL) because their file is not sealed against shrinking
-    /// and cannot be: a regular file, a memfd made without MFD_ALLOW_SEALING
-    /// (`seal=off`), a descriptor opened read-only.
+    /// Mappings whose file is not sealed against shrinking and cannot be (a memfd
+    /// made without MFD_ALLOW_SEALING, as cloud-hypervisor's guest RAM and QEMU's
+    /// `seal=off`; a regular file; a descriptor opened read-only): served by
+    /// pread/pwrite on the descriptor, which the server keeps. A shrink under it makes
+    /// the device's DMA there fail (`dma_file_faults`), never SIGBUS.
+    pub dma_maps_by_file: u64,
+    /// The device's DMA into mappings served by file that failed (past the file's
+    /// end after a shrink, or a write through a read-only descriptor).
+    pub dma_file_faults: u64,
+    /// DMA_MAPs of such files refused (ENOSPC) because the client held
+    /// [`MAX_FILE_MAPS`] of them already (each holds one of the bridge's descriptors).
     pub dma_maps_unsealable: u64,
     /// DMA_MAPs refused (EINVAL) for their flags (neither READ nor WRITE, or other
     /// bits) or range (empty, or past 2^64).
@@ -437,8 +454,8 @@ enum MapRefusal {
     Range { iova: u64, size: u64 },
     #[error("{MAX_DMA_MAPS} mappings held already")]
     TooMany,
-    #[error("guest RAM that may shrink: {0}")]
-    Unsealable(#[from] SealError),
+    #[error("guest RAM that may shrink ({0}), and {MAX_FILE_MAPS} such mappings held already")]
+    Unsealable(SealError),
     #[error("mapping guest RAM: {0}")]
     Map(io::Error),
     #[error("no client")]
@@ -451,7 +468,7 @@ impl MapRefusal {
     fn errno(&self) -> u32 {
         match self {
             // As the kernel's vfio answers beyond its dma_entry_limit.
-            MapRefusal::TooMany => errno::ENOSPC,
+            MapRefusal::TooMany | MapRefusal::Unsealable(_) => errno::ENOSPC,
             _ => errno::EINVAL,
         }
     }
@@ -564,9 +581,12 @@ pub struct VfioUserServer {
     /// The device-request eventfd: signalled to ask the VMM to release the device
     /// (QEMU then unplugs it from the guest).
     req: Option<OwnedFd>,
-    /// The client's DMA mappings, (IOVA, size), as the device's memory map holds
-    /// them: at most `MAX_DMA_MAPS`.
-    maps: Vec<(u64, u64)>,
+    /// The client's DMA mappings, (IOVA, size, served by file), as the device's
+    /// memory map holds them: at most `MAX_DMA_MAPS`, of which at most
+    /// [`MAX_FILE_MAPS`] by file.
+    maps: Vec<(u64, u64, bool)>,
+    /// Failed accesses of the mappings served by file.
+    file_faults: RamFaults,
     /// DMA refused by the mappings' flags, shared with each of them.
     denials: Arc<Denials>,
     /// An eventfd that is always readable: among the descriptors to wait on while
@@ -630,6 +650,7 @@ impl VfioUserServer {
             bars: BarShadow::default(),
             req: None,
             maps: Vec::new(),
+            file_faults: RamFaults::default(),
             denials: Arc::default(),
             ready: {
                 let fd = sys::eventfd()?;
@@ -644,6 +665,7 @@ impl VfioUserServer {
         let mut s = self.stats;
         s.dma_write_to_readonly = self.denials.writes.load(Ordering::Relaxed);
         s.dma_read_from_writeonly = self.denials.reads.load(Ordering::Relaxed);
+        s.dma_file_faults = self.file_faults.count();
         if let Some(c) = &self.channel {
             c.lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -926,7 +948,7 @@ impl VfioUserServer {
                     // What the device's map lets go: the mappings wholly inside.
                     let end = iova.saturating_add(size);
                     self.maps
-                        .retain(|&(b, len)| !(b >= iova && b.saturating_add(len) <= end));
+                        .retain(|&(b, len, _)| !(b >= iova && b.saturating_add(len) <= end));
                 }
                 Ok(Body::default().u32(24).u32(flags).u64(iova).u64(size).0)
             }
@@ -1050,17 +1072,41 @@ impl VfioUserServer {
         }
         let read = flags & vfio::DMA_MAP_FLAG_READ != 0;
         let write = flags & vfio::DMA_MAP_FLAG_WRITE != 0;
+        let mut by_file = false;
         let mem: Box<dyn HostMemory> = match fd {
-            Some(fd) => {
-                if seal_against_shrinking(&fd)? == Sealed::Now {
-                    self.stats.dma_maps_sealed_here += 1;
+            Some(fd) => match seal_against_shrinking(&fd) {
+                Ok(sealed) => {
+                    if sealed == Sealed::Now {
+                        self.stats.dma_maps_sealed_here += 1;
+                    }
+                    // Read-only (PROT_READ) without WRITE. Nothing is counted in the
+                    // faults: `Permitted` drops those writes before they get there.
+                    let ram = GuestRam::map_sealed(&fd, offset, size, write, &RamFaults::default())
+                        .map_err(MapRefusal::Map)?;
+                    Box::new(ram)
                 }
-                // Read-only (PROT_READ) without WRITE. Nothing is counted in the
-                // faults: `Permitted` drops those writes before they get there.
-                let ram = GuestRam::map_sealed(&fd, offset, size, write, &RamFaults::default())
-                    .map_err(MapRefusal::Map)?;
-                Box::new(ram)
-            }
+                Err(e) => {
+                    // A file that may shrink is never mapped (a shrink would raise
+                    // SIGBUS in the bridge): pread/pwrite on its descriptor, kept
+                    // here, for a bounded number of them.
+                    if self.maps.iter().filter(|m| m.2).count() >= MAX_FILE_MAPS {
+                        return Err(MapRefusal::Unsealable(e));
+                    }
+                    // As a mapping with PROT_WRITE would be, WRITE on a descriptor
+                    // opened read-only is refused, not left to fail at each DMA.
+                    if write && !opened_for_writing(&fd).map_err(MapRefusal::Map)? {
+                        return Err(MapRefusal::Map(io::Error::new(
+                            io::ErrorKind::PermissionDenied,
+                            "WRITE asked of a descriptor opened read-only",
+                        )));
+                    }
+                    let at = i64::try_from(offset).map_err(|_| MapRefusal::Range { iova, size })?;
+                    let ram =
+                        GuestRam::map(&fd, at, size, &self.file_faults).map_err(MapRefusal::Map)?;
+                    by_file = true;
+                    Box::new(ram)
+                }
+            },
             None => {
                 let channel = self.channel.clone().ok_or(MapRefusal::NoClient)?;
                 self.stats.dma_maps_without_fd += 1;
@@ -1078,7 +1124,8 @@ impl VfioUserServer {
             denials: self.denials.clone(),
         });
         dev.map_guest_ram(iova, mem).map_err(MapRefusal::Device)?;
-        self.maps.push((iova, size));
+        self.maps.push((iova, size, by_file));
+        self.stats.dma_maps_by_file += u64::from(by_file);
         Ok(())
     }
 
@@ -2513,14 +2560,16 @@ mod tests {
             .0
     }
 
-    /// Guest RAM must not be able to shrink under the bridge (a mapping of it would
-    /// raise SIGBUS): a memfd sealed against shrinking (QEMU's default) is mapped; a
+    /// Guest RAM that can shrink is never mapped (a mapping of it would raise SIGBUS
+    /// in the bridge): a memfd sealed against shrinking (QEMU's default) is mapped; a
     /// memfd that allows sealing is sealed here, after which the client cannot
-    /// shrink it (EPERM); a memfd made without MFD_ALLOW_SEALING (QEMU's `seal=off`)
-    /// and a regular file are refused (EINVAL), counted. (An unsealed file used to be
-    /// served by pread/pwrite, holding a descriptor per mapping.)
+    /// shrink it (EPERM); a memfd made without MFD_ALLOW_SEALING (QEMU's `seal=off`,
+    /// cloud-hypervisor's guest RAM) and a regular file are served by pread/pwrite on
+    /// the descriptor: after a shrink, the device's DMA past the new end fails,
+    /// counted. (Such files used to be refused, which left cloud-hypervisor without
+    /// DMA.)
     #[test]
-    fn guest_ram_must_be_sealed_against_shrinking() {
+    fn guest_ram_that_may_shrink_is_never_mapped() {
         use crate::guest_ram::{test_memfd, test_memfd_without_sealing, test_regular_file};
         let (dir, mut s) = server();
         let mut dev = fake();
@@ -2549,13 +2598,29 @@ mod tests {
             );
             errors.push(h.error);
         }
-        assert_eq!(errors, [0, 0, errno::EINVAL, errno::EINVAL]);
+        assert_eq!(errors, [0, 0, 0, 0]);
         let st = s.stats();
         assert_eq!(
-            (st.dma_maps, st.dma_maps_sealed_here, st.dma_maps_unsealable),
-            (4, 1, 2)
+            (
+                st.dma_maps,
+                st.dma_maps_sealed_here,
+                st.dma_maps_by_file,
+                st.dma_maps_unsealable
+            ),
+            (4, 1, 2, 0)
         );
-        assert_eq!(dev.ram.len(), 2);
+        assert_eq!(dev.ram.len(), 4);
+        // The unsealable memfd shrinks under the device: its DMA past the new end
+        // fails and is counted, before it the data is there.
+        dev.ram[2].1.write(0x10, b"by file");
+        // SAFETY: ftruncate on a descriptor we own; nothing of ours maps it.
+        assert_eq!(unsafe { libc::ftruncate(seal_off.as_raw_fd(), 0x1000) }, 0);
+        let mut seven = [0u8; 7];
+        assert!(dev.ram[2].1.try_read(0x10, &mut seven).is_ok());
+        assert_eq!(&seven, b"by file");
+        assert!(dev.ram[2].1.try_read(0x8000, &mut seven).is_err());
+        dev.ram[2].1.write(0x8000, b"by file");
+        assert_eq!(s.stats().dma_file_faults, 2);
         // The client's shrink fails now: no SIGBUS can come of it.
         // SAFETY: ftruncate on a descriptor we own; the seal refuses it.
         let r = unsafe { libc::ftruncate(sealable.as_raw_fd(), 0) };
@@ -2573,6 +2638,90 @@ mod tests {
             (n, buf),
             (32, [2; 32]),
             "the device wrote the client's memfd"
+        );
+    }
+
+    /// Each mapping served by file keeps a descriptor of the bridge's: a client holds
+    /// at most `MAX_FILE_MAPS` of them (ENOSPC beyond, counted); unmapping one makes
+    /// room for another.
+    #[test]
+    fn mappings_served_by_file_are_bounded() {
+        use crate::guest_ram::test_memfd_without_sealing;
+        let (dir, mut s) = server();
+        let mut dev = fake();
+        let mut c = connect(&dir.path.join("vfu.sock"));
+        let fd = test_memfd_without_sealing(1 << 12);
+        let map = |c: &mut Client, s: &mut VfioUserServer, dev: &mut FakeFunction, i: u64| {
+            let (h, _) = ask(
+                c,
+                s,
+                dev,
+                wire::cmd::DMA_MAP,
+                &dma_map(0x100_0000 + (i << 12), 1 << 12),
+                &[fd.as_raw_fd()],
+            );
+            h.error
+        };
+        for i in 0..MAX_FILE_MAPS as u64 {
+            assert_eq!(map(&mut c, &mut s, &mut dev, i), 0, "mapping {i}");
+        }
+        let over = MAX_FILE_MAPS as u64;
+        assert_eq!(map(&mut c, &mut s, &mut dev, over), errno::ENOSPC);
+        let st = s.stats();
+        assert_eq!(
+            (st.dma_maps_by_file, st.dma_maps_unsealable),
+            (MAX_FILE_MAPS as u64, 1)
+        );
+        let unmap = Body::default()
+            .u32(24)
+            .u32(0)
+            .u64(0x100_0000)
+            .u64(1 << 12)
+            .0;
+        let (h, _) = ask(&mut c, &mut s, &mut dev, wire::cmd::DMA_UNMAP, &unmap, &[]);
+        assert_eq!(h.error, 0);
+        assert_eq!(map(&mut c, &mut s, &mut dev, over), 0, "room again");
+    }
+
+    /// A file served by pread/pwrite through a descriptor opened read-only: READ is
+    /// taken, WRITE refused (as a writable mapping of it would be), counted nowhere
+    /// as a fault.
+    #[test]
+    fn write_is_refused_on_a_read_only_descriptor() {
+        let (dir, mut s) = server();
+        let mut dev = fake();
+        let mut c = connect(&dir.path.join("vfu.sock"));
+        let exe = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
+        let fd: OwnedFd = exe.into();
+        let mut ask_map = |flags: u32, iova: u64| {
+            let body = Body::default()
+                .u32(32)
+                .u32(flags)
+                .u64(0)
+                .u64(iova)
+                .u64(4096)
+                .0;
+            let (h, _) = ask(
+                &mut c,
+                &mut s,
+                &mut dev,
+                wire::cmd::DMA_MAP,
+                &body,
+                &[fd.as_raw_fd()],
+            );
+            h.error
+        };
+        let (r, w) = (vfio::DMA_MAP_FLAG_READ, vfio::DMA_MAP_FLAG_WRITE);
+        assert_eq!(ask_map(r | w, 0x10_0000), errno::EINVAL);
+        assert_eq!(ask_map(w, 0x20_0000), errno::EINVAL);
+        assert_eq!(ask_map(r, 0x30_0000), 0);
+        assert_eq!(dev.ram.len(), 1);
+        let mut elf = [0u8; 4];
+        assert!(dev.ram[0].1.try_read(0, &mut elf).is_ok());
+        assert_eq!(&elf, b"\x7fELF");
+        assert_eq!(
+            (s.stats().dma_maps_by_file, s.stats().dma_file_faults),
+            (1, 0)
         );
     }
 
