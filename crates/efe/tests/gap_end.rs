@@ -9,24 +9,12 @@ use efe::sim::{LinkConfig, Sim};
 use efe::{Config, Refused, Session, MAX_REORDER_FRAMES};
 use wire::{flags, FrameKind, TetherHeader};
 
-/// Our epoch (the session under test) and the peer's.
-const LOCAL: u32 = 5;
-const PEER: u32 = 9;
+mod common;
+use common::{ack_with_window, data_with_window, flow_pair, receiver, started_sender, LOCAL};
 
 /// A DATA frame of the peer with sequence number `seq`, sent at `tsval` (its clock).
 fn data(seq: u32, tsval: u32) -> TetherHeader {
-    TetherHeader {
-        kind: FrameKind::Data,
-        flags: flags::ACK,
-        epoch: PEER,
-        peer_epoch: LOCAL,
-        seq,
-        ack: 0,
-        tsval,
-        tsecr: 0,
-        window: 128,
-        echo_wait: 0,
-    }
+    data_with_window(seq, tsval, 128)
 }
 
 /// One TLP of 4 bytes naming frame `seq`.
@@ -38,13 +26,7 @@ fn records(seq: u32) -> Vec<u8> {
 
 /// The peer's acknowledgement of everything before `ack`, echoing `tsecr`.
 fn ack(ack: u32, tsecr: u32) -> TetherHeader {
-    TetherHeader {
-        kind: FrameKind::Ack,
-        ack,
-        tsecr,
-        seq: 0,
-        ..data(0, 1)
-    }
+    ack_with_window(ack, tsecr, 128)
 }
 
 /// The peer's NAK for `expected`, with the gap's end if `end` is given.
@@ -77,10 +59,6 @@ fn naks(s: &mut Session, now: u64) -> Vec<(u32, Option<u32>, u32)> {
         .collect()
 }
 
-fn receiver(cfg: Config) -> Session {
-    Session::new(cfg, LOCAL).unwrap()
-}
-
 fn sender_cfg() -> Config {
     Config {
         max_tlps_per_frame: 1,
@@ -93,23 +71,7 @@ fn sender_cfg() -> Config {
 /// A sender with frames 0..n in flight, one TLP each, started up by the peer, and the
 /// time the last one left.
 fn sender_with(cfg: Config, n: u8) -> (Session, u64) {
-    let mut s = Session::new(cfg, LOCAL).unwrap();
-    s.handle_frame(0, &ack(0, 0), &[]).unwrap();
-    for i in 0..n {
-        s.send(&[i; 8]).unwrap();
-    }
-    let (mut count, mut now) = (0, 1);
-    while count < n.min(cfg.window as u8) as u32 {
-        match s.poll_transmit(now) {
-            Some(t) => {
-                assert_eq!(t.header.seq, count);
-                count += 1;
-            }
-            // The pacer spaces them.
-            None => now = s.poll_timeout().unwrap().max(now + 1),
-        }
-    }
-    (s, now)
+    started_sender(cfg, n, 128)
 }
 
 fn sender() -> (Session, u64) {
@@ -435,14 +397,7 @@ fn lossy_pair(loss: f64, seed: u64) -> Sim {
         retry_limit: 30,
         ..Config::default()
     };
-    let mut sim = Sim::new(seed);
-    let f = sim.add_link(link.clone());
-    let r = sim.add_link(link);
-    let a = sim.add_node(Session::new(cfg, 1).unwrap(), f);
-    let b = sim.add_node(Session::new(cfg, 2).unwrap(), r);
-    sim.connect(a, b);
-    sim.add_flow(a, b, 20_000, 256);
-    sim
+    flow_pair(link, cfg, seed)
 }
 
 #[test]

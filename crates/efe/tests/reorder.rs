@@ -6,26 +6,14 @@
 
 use efe::sim::{LinkConfig, Rng, Sim};
 use efe::{Config, Refused, Session};
-use wire::{flags, FrameKind, TetherHeader};
+use wire::{FrameKind, TetherHeader};
 
-/// Our epoch (the session under test) and the peer's.
-const LOCAL: u32 = 5;
-const PEER: u32 = 9;
+mod common;
+use common::{ack_with_window, data_with_window, flow_pair, receiver, started_sender, LOCAL, PEER};
 
 /// A DATA frame of the peer with sequence number `seq`, sent at `tsval` (its clock).
 fn data(seq: u32, tsval: u32) -> TetherHeader {
-    TetherHeader {
-        kind: FrameKind::Data,
-        flags: flags::ACK,
-        epoch: PEER,
-        peer_epoch: LOCAL,
-        seq,
-        ack: 0,
-        tsval,
-        tsecr: 0,
-        window: 64,
-        echo_wait: 0,
-    }
+    data_with_window(seq, tsval, 64)
 }
 
 /// The records of `n` TLPs whose 4 bytes name frame `seq` and the TLP's index in it.
@@ -48,10 +36,6 @@ fn tlps(seq: u32, n: u8) -> Vec<Vec<u8>> {
             t
         })
         .collect()
-}
-
-fn receiver(cfg: Config) -> Session {
-    Session::new(cfg, LOCAL).unwrap()
 }
 
 fn drain(s: &mut Session) -> Vec<Vec<u8>> {
@@ -427,13 +411,7 @@ fn a_restart_drops_what_is_held() {
 
 /// The peer's acknowledgement of everything before `ack`, echoing `tsecr`.
 fn ack(ack: u32, tsecr: u32) -> TetherHeader {
-    TetherHeader {
-        kind: FrameKind::Ack,
-        ack,
-        tsecr,
-        seq: 0,
-        ..data(0, 1)
-    }
+    ack_with_window(ack, tsecr, 64)
 }
 
 /// A sender with frames 0..10 in flight, one TLP each, started up by the peer, and
@@ -445,23 +423,7 @@ fn sender() -> (Session, u64) {
         probe_every: 0,
         ..Config::default()
     };
-    let mut s = Session::new(cfg, LOCAL).unwrap();
-    s.handle_frame(0, &ack(0, 0), &[]).unwrap();
-    for i in 0..10u8 {
-        s.send(&[i; 8]).unwrap();
-    }
-    let (mut sent, mut now) = (0, 1);
-    while sent < 10 {
-        match s.poll_transmit(now) {
-            Some(t) => {
-                assert_eq!(t.header.seq, sent);
-                sent += 1;
-            }
-            // The pacer spaces them.
-            None => now = s.poll_timeout().unwrap().max(now + 1),
-        }
-    }
-    (s, now)
+    started_sender(cfg, 10, 64)
 }
 
 #[test]
@@ -530,14 +492,7 @@ fn reordering_pair(reorder: f64, loss: f64, nak: bool) -> Sim {
         retry_limit: 30,
         ..Config::default()
     };
-    let mut sim = Sim::new(21);
-    let f = sim.add_link(link.clone());
-    let r = sim.add_link(link);
-    let a = sim.add_node(Session::new(cfg, 1).unwrap(), f);
-    let b = sim.add_node(Session::new(cfg, 2).unwrap(), r);
-    sim.connect(a, b);
-    sim.add_flow(a, b, 20_000, 256);
-    sim
+    flow_pair(link, cfg, 21)
 }
 
 #[test]

@@ -71,19 +71,24 @@ fn sample_info_and_ctrl_decode() {
     assert_eq!((c.op, c.gid, c.slot), (CtrlOp::SetGroup, 20, 1));
 }
 
-#[test]
-fn exact_header_bytes() {
-    let mut buf = [0u8; 64];
-    let eth = EthernetRepr {
+/// The Ethernet part of a test frame: 2:0:0:0:0:1 to 2:0:0:0:0:2, VID 10, `pcp`.
+fn eth_vid10(pcp: u8) -> EthernetRepr {
+    EthernetRepr {
         dst: MacAddr([2, 0, 0, 0, 0, 2]),
         src: MacAddr([2, 0, 0, 0, 0, 1]),
         vlan: Some(VlanTag {
-            pcp: 5,
+            pcp,
             dei: false,
             vid: 10,
         }),
         ethertype: ETHERTYPE,
-    };
+    }
+}
+
+#[test]
+fn exact_header_bytes() {
+    let mut buf = [0u8; 64];
+    let eth = eth_vid10(5);
     let hdr = TetherHeader {
         kind: FrameKind::Ack,
         flags: flags::ACK,
@@ -119,16 +124,7 @@ fn exact_header_bytes() {
 #[test]
 fn a_nak_carries_its_gap_end_in_the_sequence_number_field() {
     let mut buf = [0u8; 64];
-    let eth = EthernetRepr {
-        dst: MacAddr([2, 0, 0, 0, 0, 2]),
-        src: MacAddr([2, 0, 0, 0, 0, 1]),
-        vlan: Some(VlanTag {
-            pcp: 0,
-            dei: false,
-            vid: 10,
-        }),
-        ethertype: ETHERTYPE,
-    };
+    let eth = eth_vid10(0);
     let hdr = TetherHeader {
         kind: FrameKind::Nak,
         flags: flags::ACK | flags::GAP_END,
