@@ -30,6 +30,18 @@ pub enum PortKind {
     Socket,
 }
 
+impl PortKind {
+    /// The name a configuration file gives it (`[port] kind`).
+    pub fn name(self) -> &'static str {
+        match self {
+            PortKind::Auto => "auto",
+            PortKind::AfXdp => "af-xdp",
+            PortKind::AfPacket => "af-packet",
+            PortKind::Socket => "socket",
+        }
+    }
+}
+
 /// Bytes in a bridge's pool (each port has its own: AF_XDP registers it as UMEM):
 /// 16384 buffers of 2048 bytes, or 8192 of 4096 on a jumbo-frame link.
 const POOL_BYTES: usize = 32 << 20;

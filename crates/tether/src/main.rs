@@ -80,6 +80,14 @@ enum Command {
     /// Make or inspect group key files (docs/wire-format.md, "Authentication").
     #[command(subcommand)]
     Key(cmd::key::KeyCommand),
+    /// Check box and host configuration files as `iobox` and `host` load them (every
+    /// value, the key files they name, a virtio-blk device's disk) without opening a
+    /// port; print a summary of each valid file, and fail if any is not valid.
+    CheckConfig {
+        /// The files (a box's has [[device]] tables, a host's a gid).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Measure MMIO round trips and DMA throughput vs transfer size, per port kind,
     /// TLP size and aggregation (box and host in two namespaces over veth; root).
     Bench(cmd::bench::BenchArgs),
@@ -190,6 +198,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Demo(a) => cmd::demo::run(a),
         Command::Iobox { config } => cmd::iobox::run(&config),
+        Command::CheckConfig { files } => cmd::check::run(&files),
         Command::Host {
             config,
             proxy_fd: None,

@@ -358,3 +358,108 @@ fn decode_checks_the_tags_of_a_keyed_capture() {
         "{good}"
     );
 }
+
+/// The repository's example configurations (examples/), as a new user copies them.
+fn example(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
+}
+
+#[test]
+fn check_config_accepts_the_example_configurations() {
+    let out = run_ok(
+        tether()
+            .arg("check-config")
+            .arg(example("box.toml"))
+            .arg(example("host.toml")),
+    );
+    assert!(
+        out.contains("box.toml: valid: an I/O box on eth1 (auto), 0 group key(s); slot 0 memdev in group 10 (1048576 bytes)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("host.toml: valid: a host in group 10 on eth1 (auto), 0 group key(s)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_config_names_each_invalid_file_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let box_with = |device: &str| format!("[port]\ninterface = \"eth1\"\n[[device]]\n{device}");
+    let files = [
+        (
+            "good-box.toml",
+            box_with(&format!(
+                "slot = 3\nmodel = \"virtio-blk\"\ngid = 20\npath = {:?}\n",
+                disk.display().to_string()
+            )),
+            None,
+        ),
+        (
+            "typo.toml",
+            "gid = 10\n[port]\ninterface = \"eth1\"\nkindd = \"auto\"\n".into(),
+            Some("kindd"),
+        ),
+        (
+            "slot.toml",
+            box_with("slot = 40\nmodel = \"memdev\"\n"),
+            Some("slots are 0..=31"),
+        ),
+        (
+            "nodisk.toml",
+            box_with("slot = 1\nmodel = \"virtio-blk\"\npath = \"/nonexistent/disk.img\"\n"),
+            Some("opening /nonexistent/disk.img"),
+        ),
+        (
+            "neither.toml",
+            "[port]\ninterface = \"eth1\"\n".into(),
+            Some("neither a box's configuration"),
+        ),
+        (
+            "badgid.toml",
+            "gid = 0\n[port]\ninterface = \"eth1\"\n".into(),
+            Some("not a valid GID"),
+        ),
+    ];
+    let mut cmd = tether();
+    cmd.arg("check-config");
+    for (name, text, _) in &files {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        cmd.arg(p);
+    }
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.contains("good-box.toml: valid: an I/O box on eth1 (auto), 0 group key(s); slot 3 virtio-blk in group 20"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("of 4096 bytes)"), "{stdout}");
+    // One message per invalid file (a parse error spans lines), each starting
+    // with the file's name.
+    let messages: Vec<&str> = stderr.split("tether: ").skip(1).collect();
+    for (name, _, why) in &files {
+        let Some(why) = why else { continue };
+        let m = messages
+            .iter()
+            .find(|m| {
+                m.lines()
+                    .next()
+                    .is_some_and(|l| l.contains(&format!("{name}:")))
+            })
+            .unwrap_or_else(|| panic!("{name} not named:\n{stderr}"));
+        assert!(m.contains(why), "{name}: {m}");
+    }
+    assert!(
+        stderr.contains("5 of 6 configuration files not valid"),
+        "{stderr}"
+    );
+}

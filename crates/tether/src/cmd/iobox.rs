@@ -14,21 +14,28 @@ use wire::BridgeRole;
 use crate::config_file::{BoxConfig, DeviceConfig, Model};
 use crate::{bridge, print, signals};
 
+/// The backing file of a virtio-blk device, opened as the box uses it and checked: a
+/// whole number of 512-byte sectors.
+pub fn open_disk(d: &DeviceConfig) -> Result<FileBackend> {
+    let path = d.path.as_deref().context("virtio-blk needs a path")?;
+    let disk = FileBackend::open(path, d.read_only)
+        .with_context(|| format!("slot {}: opening {}", d.slot, path.display()))?;
+    if disk.len() % 512 != 0 || disk.is_empty() {
+        bail!(
+            "slot {}: {} is {} bytes, not a whole number of 512-byte sectors",
+            d.slot,
+            path.display(),
+            disk.len()
+        );
+    }
+    Ok(disk)
+}
+
 fn slot(d: &DeviceConfig) -> Result<Slot> {
     Ok(match d.model {
         Model::Memdev => Slot::memdev(d.slot, d.gid, d.buffer_size as usize)?,
         Model::VirtioBlk => {
-            let path = d.path.as_deref().context("virtio-blk needs a path")?;
-            let disk = FileBackend::open(path, d.read_only)
-                .with_context(|| format!("slot {}: opening {}", d.slot, path.display()))?;
-            if disk.len() % 512 != 0 || disk.is_empty() {
-                bail!(
-                    "slot {}: {} is {} bytes, not a whole number of 512-byte sectors",
-                    d.slot,
-                    path.display(),
-                    disk.len()
-                );
-            }
+            let disk = open_disk(d)?;
             let serial = d
                 .serial
                 .clone()
@@ -77,7 +84,7 @@ pub fn slots(cfg: &BoxConfig) -> Result<Vec<Slot>> {
     Ok(slots)
 }
 
-fn model_name(m: Model) -> &'static str {
+pub fn model_name(m: Model) -> &'static str {
     match m {
         Model::Memdev => "memdev",
         Model::VirtioBlk => "virtio-blk",

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod capture;
+pub mod check;
 pub mod ctl;
 pub mod demo;
 pub mod host;

@@ -1,0 +1,117 @@
+//! `tether check-config FILE...`: configuration files checked as `tether iobox` and
+//! `tether host` load them (every value, the key files they name, a virtio-blk
+//! device's disk), without opening a port or touching the network; a summary of each
+//! valid file, the reason for each invalid one.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmd::iobox::{model_name, open_disk};
+use crate::config_file::{BoxConfig, HostConfig, Model};
+
+/// What a file is, from its keys: a box has `[[device]]` tables, a host a `gid`.
+enum Kind {
+    Box,
+    Host,
+}
+
+fn kind(path: &Path) -> Result<Kind> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    // A file that does not parse is named by the loader's own message below.
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return Ok(if text.contains("[[device]]") {
+            Kind::Box
+        } else {
+            Kind::Host
+        });
+    };
+    match (table.contains_key("device"), table.contains_key("gid")) {
+        (true, false) => Ok(Kind::Box),
+        (false, true) => Ok(Kind::Host),
+        (true, true) => bail!(
+            "{}: both [[device]] (a box's) and gid (a host's): which is it?",
+            path.display()
+        ),
+        (false, false) => bail!(
+            "{}: neither a box's configuration ([[device]] tables) nor a host's (gid = N)",
+            path.display()
+        ),
+    }
+}
+
+/// The one-line summary of a valid file.
+fn check(path: &Path) -> Result<String> {
+    match kind(path)? {
+        Kind::Box => {
+            let c = BoxConfig::load(path)?;
+            let mut devices = Vec::new();
+            for d in &c.devices {
+                let what = match d.model {
+                    Model::VirtioBlk => {
+                        let disk = open_disk(d)?;
+                        format!(
+                            "{} of {} bytes{}",
+                            d.path.as_deref().unwrap_or(Path::new("?")).display(),
+                            endpoint::virtio::blk::BlockBackend::len(&disk),
+                            if d.read_only { ", read-only" } else { "" }
+                        )
+                    }
+                    Model::VirtioNet => match (&d.tap, &d.interface) {
+                        (Some(t), _) => format!("TAP {t}"),
+                        (None, Some(i)) => format!("interface {i}"),
+                        (None, None) => String::new(),
+                    },
+                    Model::Memdev => format!("{} bytes", d.buffer_size),
+                };
+                devices.push(format!(
+                    "slot {} {} in group {} ({what})",
+                    d.slot,
+                    model_name(d.model),
+                    d.gid
+                ));
+            }
+            Ok(format!(
+                "an I/O box on {} ({}), {} group key(s); {}",
+                c.port.interface,
+                c.port.kind.name(),
+                c.bridge.group_keys.len(),
+                devices.join("; ")
+            ))
+        }
+        Kind::Host => {
+            let c = HostConfig::load(path)?;
+            Ok(format!(
+                "a host in group {} on {} ({}), {} group key(s); memory {:#x}+{:#x}, \
+                 max_payload {}, {} switch ports",
+                c.gid,
+                c.port.interface,
+                c.port.kind.name(),
+                c.bridge.group_keys.len(),
+                c.memory.base,
+                c.memory.size,
+                c.max_payload,
+                c.max_devices
+            ))
+        }
+    }
+}
+
+/// Checks every file; fails when any is not valid (each said why on stderr).
+pub fn run(files: &[PathBuf]) -> Result<()> {
+    let mut bad = 0;
+    for f in files {
+        match check(f) {
+            Ok(summary) => println!("{}: valid: {summary}", f.display()),
+            Err(e) => {
+                eprintln!("tether: {}: {e:#}", f.display());
+                bad += 1;
+            }
+        }
+    }
+    if bad > 0 {
+        bail!("{bad} of {} configuration files not valid", files.len());
+    }
+    Ok(())
+}
