@@ -41,7 +41,8 @@ fn kind(path: &Path) -> Result<Kind> {
     }
 }
 
-/// The one-line summary of a valid file.
+/// The one-line summary of a valid file; an error names the file (as the loaders'
+/// errors do).
 fn check(path: &Path) -> Result<String> {
     match kind(path)? {
         Kind::Box => {
@@ -50,7 +51,7 @@ fn check(path: &Path) -> Result<String> {
             for d in &c.devices {
                 let what = match d.model {
                     Model::VirtioBlk => {
-                        let disk = open_disk(d)?;
+                        let disk = open_disk(d).with_context(|| path.display().to_string())?;
                         format!(
                             "{} of {} bytes{}",
                             d.path.as_deref().unwrap_or(Path::new("?")).display(),
@@ -105,7 +106,7 @@ pub fn run(files: &[PathBuf]) -> Result<()> {
         match check(f) {
             Ok(summary) => println!("{}: valid: {summary}", f.display()),
             Err(e) => {
-                eprintln!("tether: {}: {e:#}", f.display());
+                eprintln!("tether: {e:#}");
                 bad += 1;
             }
         }
