@@ -105,8 +105,8 @@ for b in $(seq "$BOOTS"); do
         # The port each bridge opened (`auto` falls back to AF_PACKET where AF_XDP
         # cannot be set up, and says why).
         {
-            grep -a -m1 '^tether host: .* on tvfh: ' "$W/remote$b.log" | sed "s/.* on tvfh: /remote$b port host: /"
-            grep -a -m1 '^tether iobox: .* on tvfb: ' "$W/box$b.log" | sed "s/.* on tvfb: /remote$b port box: /"
+            grep -a -m1 ' tether host: .* on tvfh: ' "$W/remote$b.log" | sed "s/.* on tvfh: /remote$b port host: /"
+            grep -a -m1 ' tether iobox: .* on tvfb: ' "$W/box$b.log" | sed "s/.* on tvfb: /remote$b port box: /"
         } >>"$W/results" || true
     fi
     if [ "${MODE:-both}" != remote ]; then

@@ -30,8 +30,8 @@ pub enum FunctionError {
 pub enum Note<'a> {
     /// The bridge enumerated a device on its side.
     Enumerated(&'a rootcomplex::DeviceInfo),
-    /// A line as it is.
-    Line(String),
+    /// A line about something that failed.
+    Warning(String),
 }
 
 /// Where the bridge's notes go.
@@ -183,8 +183,8 @@ impl RemoteFunction for HostFunction<'_> {
     fn set_msi(&mut self, enabled: bool) {
         if let Some(cap) = vmm::caps::find(self, CAP_MSI) {
             if let Err(e) = self.host.set_msi(self.bdf, cap, enabled) {
-                (self.notes)(Note::Line(format!(
-                    "  MSI {}: {e}",
+                (self.notes)(Note::Warning(format!(
+                    "MSI {}: {e}",
                     if enabled { "on" } else { "off" }
                 )));
             }
@@ -201,7 +201,7 @@ impl RemoteFunction for HostFunction<'_> {
             .config_write_be(self.bdf, pcie + DEVCTL, DEVCTL_FLR, 0b0011);
         // The reset cleared the BARs and the MSI-X table the bridge had set up.
         if let Err(e) = self.setup() {
-            (self.notes)(Note::Line(format!("  after the reset: {e}")));
+            (self.notes)(Note::Warning(format!("after the reset: {e}")));
         }
     }
 }

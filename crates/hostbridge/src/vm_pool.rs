@@ -84,6 +84,8 @@ pub enum VmChange {
     Fabric(FabricEvent),
     /// A line for the log.
     Line(String),
+    /// A line for the log about something that failed.
+    Warning(String),
     /// Hot-add a `vfio-user-pci` device with id `id` on the guest's root port `port`,
     /// its server listening on `socket`.
     Plug {
@@ -463,14 +465,14 @@ impl VmPool {
                     s.added = true;
                 }
                 self.pending.push(VmChange::Line(format!(
-                    "  {id}: the guest let go of {key} while it is in the group: hot-adding it again"
+                    "{id}: the guest let go of {key} while it is in the group: hot-adding it again"
                 )));
                 self.pending.push(plug);
             }
             Err(e) => {
                 self.stats.attach_failures += 1;
                 self.pending
-                    .push(VmChange::Line(format!("  {key} not served again: {e}")));
+                    .push(VmChange::Warning(format!("{key} not served again: {e}")));
             }
         }
     }
@@ -492,13 +494,13 @@ impl VmPool {
         match c {
             Change::Fabric(e) => out.push(VmChange::Fabric(e)),
             Change::Unaddressable { key } => out.push(VmChange::Line(format!(
-                "  left alone: {key}: a slot number above 31 is no device number"
+                "left alone: {key}: a slot number above 31 is no device number"
             ))),
             Change::Enumerated { info, .. } => (self.notes)(Note::Enumerated(&info)),
             Change::EnumerationFailed {
                 key, port, error, ..
-            } => out.push(VmChange::Line(format!(
-                "  enumeration of {key} on port {port} failed: {error}"
+            } => out.push(VmChange::Warning(format!(
+                "enumeration of {key} on port {port} failed: {error}"
             ))),
             Change::Attach {
                 key,
@@ -519,7 +521,7 @@ impl VmPool {
                 }
                 Err(e) => {
                     self.stats.attach_failures += 1;
-                    out.push(VmChange::Line(format!("  {key} not served: {e}")));
+                    out.push(VmChange::Warning(format!("{key} not served: {e}")));
                     self.hb.attach_failed(key, gen);
                 }
             },
@@ -586,7 +588,7 @@ impl VmPool {
         if !ours {
             self.stats.unserved += 1;
             out.push(VmChange::Line(format!(
-                "  {key}: enumerated and left alone (the front-end serves {})",
+                "{key}: enumerated and left alone (the front-end serves {})",
                 o.key.map_or("another device".into(), |k| k.to_string())
             )));
             self.hb.attached(key, gen);
@@ -604,7 +606,7 @@ impl VmPool {
             HostFunction::on_port(self.hb.host_mut(), bdf, windows, ONE_OWNER, &mut self.notes);
         if let Err(e) = f.hand_to_vmm() {
             self.stats.attach_failures += 1;
-            out.push(VmChange::Line(format!("  {key} not served: {e}")));
+            out.push(VmChange::Warning(format!("{key} not served: {e}")));
             self.hb.attach_failed(key, gen);
             return;
         }
@@ -712,8 +714,8 @@ impl VmPool {
             Ok(n) => n,
             Err(e) => {
                 self.stats.vmm_errors += 1;
-                out.push(VmChange::Line(format!(
-                    "  {} {}: {e}",
+                out.push(VmChange::Warning(format!(
+                    "{} {}: {e}",
                     s.server.name(),
                     s.id
                 )));
@@ -723,7 +725,7 @@ impl VmPool {
         let now = s.server.connected();
         if was != now {
             out.push(VmChange::Line(format!(
-                "  {} {}: client {}",
+                "{} {}: client {}",
                 s.server.name(),
                 s.id,
                 if now { "connected" } else { "disconnected" }
@@ -775,7 +777,7 @@ impl VmPool {
             }
             Err(e) => {
                 self.stats.vmm_errors += 1;
-                out.push(VmChange::Line(format!("  {}: {e}", o.fe.name())));
+                out.push(VmChange::Warning(format!("{}: {e}", o.fe.name())));
                 0
             }
         };
@@ -913,8 +915,9 @@ impl QemuSlots {
                             "tether vm: hot-adding {id} on {bus}"
                         ))),
                         Err(e) => {
-                            changes
-                                .push(VmChange::Line(format!("tether vm: device_add {id}: {e}")));
+                            changes.push(VmChange::Warning(format!(
+                                "tether vm: device_add {id}: {e}"
+                            )));
                             pool.plug_failed(&id);
                         }
                     }
@@ -928,7 +931,9 @@ impl QemuSlots {
                     let args = Ok(serde_json::json!({ "id": id }));
                     if let Err(e) = self.send("device_del", args, &id) {
                         // The ghost answers until the leave timeout quarantines it.
-                        changes.push(VmChange::Line(format!("tether vm: device_del {id}: {e}")));
+                        changes.push(VmChange::Warning(format!(
+                            "tether vm: device_del {id}: {e}"
+                        )));
                     }
                 }
                 other => changes.push(other),
@@ -949,11 +954,11 @@ impl QemuSlots {
                 // The guest lets go later: DEVICE_DELETED.
                 (Ok(_), false) => {}
                 (Err(e), true) => {
-                    changes.push(VmChange::Line(format!("tether vm: device_add {id}: {e}")));
+                    changes.push(VmChange::Warning(format!("tether vm: device_add {id}: {e}")));
                     pool.plug_failed(id);
                 }
                 (Err(e), false) => {
-                    changes.push(VmChange::Line(format!("tether vm: device_del {id}: {e}")));
+                    changes.push(VmChange::Warning(format!("tether vm: device_del {id}: {e}")));
                     // Not in the VM (never added, or gone already): nothing holds it.
                     if matches!(&e, vmm::qmp::QmpError::Command { class, .. } if class == "DeviceNotFound")
                     {

@@ -122,7 +122,7 @@ fn a_vmm_gets_each_device_on_its_own_socket_and_a_ghost_when_it_leaves() {
         assert!(Instant::now() < end, "stuck: {out:?}");
         vp.round(&mut out);
         for c in out.drain(..) {
-            if let VmChange::Line(l) = &c {
+            if let VmChange::Line(l) | VmChange::Warning(l) = &c {
                 eprintln!("{l}");
             }
             if let VmChange::Plug { id, port, socket } = c {
@@ -323,7 +323,7 @@ fn qemu_slots_send_device_del_and_take_its_reply_not_an_event() {
         slots.round(&mut vp, &mut changes).unwrap();
         for c in changes.drain(..) {
             match c {
-                VmChange::Line(l) => lines.push(l),
+                VmChange::Line(l) | VmChange::Warning(l) => lines.push(l),
                 other => panic!("{other:?}"),
             }
         }

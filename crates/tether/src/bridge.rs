@@ -16,7 +16,10 @@ pub use dataplane::open::{interface_mtu, pool_for};
 pub fn open_port(kind: PortKind, interface: &str) -> Result<(Box<dyn Port>, String)> {
     let opened = dataplane::open::open_port(kind, interface)?;
     if let Some(e) = &opened.xdp_unavailable {
-        eprintln!("  AF_XDP on {interface} not available ({e}); using AF_PACKET");
+        tracing::warn!(
+            target: "tether::port",
+            "AF_XDP on {interface} not available ({e}); using AF_PACKET"
+        );
     }
     Ok((opened.port, opened.what))
 }
@@ -27,8 +30,9 @@ pub fn node(port: &dyn Port, role: BridgeRole, cfg: &BridgeSettings) -> Result<N
     if cfg.group_keys.is_empty() {
         static WARNED: std::sync::Once = std::sync::Once::new();
         WARNED.call_once(|| {
-            eprintln!(
-                "tether: WARNING: no group keys ([bridge.keys]): frames are not \
+            tracing::warn!(
+                target: "tether::fabric",
+                "no group keys ([bridge.keys]): frames are not \
                  authenticated, and anyone on this Ethernet segment can join the groups, \
                  move devices and reach their DMA; run only on a trusted segment \
                  (docs/wire-format.md, \"Authentication\")"
@@ -36,8 +40,9 @@ pub fn node(port: &dyn Port, role: BridgeRole, cfg: &BridgeSettings) -> Result<N
         });
     }
     if role == BridgeRole::IoBox && cfg.trusted_managers.is_none() {
-        eprintln!(
-            "tether: WARNING: no [bridge] managers: this box obeys SET_GROUP and RESET \
+        tracing::warn!(
+            target: "tether::fabric",
+            "no [bridge] managers: this box obeys SET_GROUP and RESET \
              from any bridge that can send in its devices' groups; list the managers' \
              public keys to obey only their signed requests (docs/wire-format.md, \
              \"Signed management\")"
@@ -47,7 +52,7 @@ pub fn node(port: &dyn Port, role: BridgeRole, cfg: &BridgeSettings) -> Result<N
 }
 
 /// A host bridge's link through its virtual switch of `max_devices` ports, to the
-/// devices of every box in its group, announced on stdout.
+/// devices of every box in its group, announced in the log.
 pub fn switched_host_link(
     cfg: &HostConfig,
     port: Box<dyn Port>,
@@ -66,7 +71,8 @@ pub fn switched_host_link(
 
 fn announce(cfg: &HostConfig, link: &hostbridge::FabricLink, what: &str) {
     let node = link.fabric().node();
-    println!(
+    tracing::info!(
+        target: "tether::host",
         "tether host: {} (id {:#x}) in group {} on {}: {what}",
         node.config().mac,
         node.config().bridge_id,

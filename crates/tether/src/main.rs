@@ -10,6 +10,7 @@ static ALLOCATOR: dataplane::allocs::Counting = dataplane::allocs::Counting;
 mod config_file;
 mod control;
 mod decode;
+mod log;
 mod pcap;
 mod plot;
 mod print;
@@ -32,6 +33,22 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// More log lines: -v adds debug events, -vv trace events. The log goes to
+    /// standard error; RUST_LOG, when set, takes the place of -v and -q.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Fewer log lines: -q warnings and errors only, -qq errors only, -qqq none.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    quiet: u8,
+    /// How log lines are written: text, or one JSON object per line for collectors.
+    #[arg(
+        long,
+        value_enum,
+        default_value_t,
+        global = true,
+        value_name = "FORMAT"
+    )]
+    log_format: log::Format,
 }
 
 #[derive(Subcommand)]
@@ -54,8 +71,9 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
-    /// Run a host bridge: enumerate the devices of its group as they arrive, serve
-    /// their DMA, until SIGINT/SIGTERM.
+    /// Run a host bridge until SIGINT/SIGTERM: enumerate the devices of its group as
+    /// they arrive and serve their DMA, or serve the group's device to a VMM
+    /// (--proxy-fd, --vfio-user).
     Host {
         /// The host's configuration (docs/cli.md).
         #[arg(short, long)]
@@ -70,11 +88,13 @@ enum Command {
         #[arg(long, value_name = "SOCKET")]
         vfio_user: Option<PathBuf>,
     },
-    /// Start the host bridge and an unmodified QEMU whose guest uses the group's
-    /// device (QEMU's multi-process proxy); the guest's console is standard output.
+    /// Start an unmodified QEMU and a host bridge for it: the guest uses the group's
+    /// device through QEMU's proxy, or, with vfio-user, every device of the group,
+    /// hot-plugged as they come and go; the guest's console on standard output (or
+    /// --console FILE), the log on standard error.
     Vm(cmd::vm::VmArgs),
     /// The management station: list the segment, move devices between groups, read a
-    /// running bridge's counters.
+    /// running bridge's counters and switch tree.
     #[command(subcommand)]
     Ctl(cmd::ctl::CtlCommand),
     /// Make or inspect group key files (docs/wire-format.md, "Authentication").
@@ -174,7 +194,9 @@ enum WireCommand {
 }
 
 fn main() {
-    if let Err(e) = run(Cli::parse()) {
+    let cli = Cli::parse();
+    log::init(log::level(cli.verbose, cli.quiet), cli.log_format);
+    if let Err(e) = run(cli) {
         eprintln!("tether: {e:#}");
         std::process::exit(1);
     }
@@ -190,7 +212,8 @@ fn run(cli: Cli) -> Result<()> {
                 duration: a.duration.map(Duration::from_secs_f64),
                 all: a.all,
             })?;
-            eprintln!(
+            tracing::info!(
+                target: "tether::capture",
                 "tether capture: {} frames written, {} seen, {} not tether",
                 stats.written, stats.seen, stats.filtered
             );
@@ -225,11 +248,13 @@ fn run(cli: Cli) -> Result<()> {
                 seed: a.seed,
                 duration: a.duration.map(Duration::from_secs_f64),
             })?;
-            eprintln!(
+            tracing::info!(
+                target: "tether::impair",
                 "{}",
                 cmd::impair::describe(&format!("{} -> {}", a.a, a.b), &stats[0].0, stats[0].1)
             );
-            eprintln!(
+            tracing::info!(
+                target: "tether::impair",
                 "{}",
                 cmd::impair::describe(&format!("{} -> {}", a.b, a.a), &stats[1].0, stats[1].1)
             );
@@ -242,7 +267,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let n = frames.len();
             pcap::write(&path, frames.into_iter().map(|f| (f.time_us, f.bytes)))?;
-            eprintln!("wrote {n} sample frames to {}", path.display());
+            tracing::info!("wrote {n} sample frames to {}", path.display());
             Ok(())
         }
         Command::Wire(WireCommand::Decode { pcap: path, keys }) => {
@@ -258,8 +283,51 @@ fn run(cli: Cli) -> Result<()> {
         }) => {
             let sent =
                 cmd::capture::replay(&path, &interface, Duration::from_micros(gap_us), repeat)?;
-            eprintln!("sent {sent} frames on {interface}");
+            tracing::info!("sent {sent} frames on {interface}");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every command has a summary and every option a description: `--help` leaves
+    /// nothing to guess (the names of all that lack one, at once).
+    #[test]
+    fn every_command_and_option_is_described() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name()).trim().to_string();
+            if cmd.get_about().is_none() && path != "tether" {
+                missing.push(format!("{path}: no summary"));
+            }
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path}: {id}"));
+                }
+                for v in a.get_possible_values() {
+                    if v.get_help().is_none()
+                        && a.get_value_parser().type_id()
+                            != clap::builder::ValueParser::bool().type_id()
+                    {
+                        missing.push(format!("{path}: {id}={}", v.get_name()));
+                    }
+                }
+            }
+            for s in cmd.get_subcommands() {
+                walk(s, &path, missing);
+            }
+        }
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&cmd, "", &mut missing);
+        assert!(missing.is_empty(), "undescribed:\n{}", missing.join("\n"));
     }
 }

@@ -155,6 +155,64 @@ impl FabricLog {
     }
 }
 
+impl FabricLog {
+    /// Logs `e` (target `tether::fabric`), unless this window has had its lines.
+    pub fn log(&mut self, now: Instant, e: &fabric::FabricEvent) {
+        if let Some(line) = self.event(now, e) {
+            emit(e, &line);
+        }
+    }
+
+    /// Logs the window's summary when it is due (a warning: frames were refused or
+    /// lines left out).
+    pub fn log_summary(&mut self, now: Instant, stats: impl FnOnce() -> fabric::FabricStats) {
+        if let Some(line) = self.summary(now, stats) {
+            tracing::warn!(target: "tether::fabric", event = "summary", "{line}");
+        }
+    }
+}
+
+/// Logs the line of a fabric event at its level, with its group and peer as fields:
+/// what goes wrong (a peer lost, restarted; a CTRL request refused) is a warning, the
+/// rest is information.
+fn emit(e: &fabric::FabricEvent, line: &str) {
+    use fabric::{DownReason, FabricEvent as E};
+    use tracing::{info, warn};
+    const T: &str = "tether::fabric";
+    match e {
+        E::PeerUp { gid, peer, .. } => {
+            info!(target: T, event = "peer_up", gid, peer = %peer, "{line}")
+        }
+        E::PeerDown {
+            gid,
+            peer,
+            reason: DownReason::Left,
+        } => info!(target: T, event = "peer_down", gid, peer = %peer, "{line}"),
+        E::PeerDown { gid, peer, .. } => {
+            warn!(target: T, event = "peer_down", gid, peer = %peer, "{line}")
+        }
+        E::PeerRestarted { gid, peer, .. } => {
+            warn!(target: T, event = "peer_restarted", gid, peer = %peer, "{line}")
+        }
+        E::DeviceAdded { gid, peer, device } => {
+            info!(target: T, event = "hot_plug", gid, peer = %peer, slot = device.slot, "{line}")
+        }
+        E::DeviceRemoved { gid, peer, slot } => {
+            info!(target: T, event = "hot_remove", gid, peer = %peer, slot, "{line}")
+        }
+        E::GroupChanged { slot, from, to } => {
+            info!(target: T, event = "group_change", slot, from, to, "{line}")
+        }
+        E::CtrlResult { from, status, .. } if *status == wire::CtrlStatus::Ok => {
+            info!(target: T, event = "ctrl_result", peer = %from, "{line}")
+        }
+        E::CtrlResult { from, .. } => {
+            warn!(target: T, event = "ctrl_result", peer = %from, "{line}")
+        }
+        E::Tlp { .. } => {}
+    }
+}
+
 /// One log line for a fabric event (TLPs are not logged).
 pub fn describe(e: &fabric::FabricEvent) -> Option<String> {
     use fabric::{DownReason, FabricEvent as E};

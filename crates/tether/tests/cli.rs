@@ -149,6 +149,22 @@ fn vm_dry_run_shows_the_qemu_command_for_each_front_end() {
     }
     assert!(!out.contains("tether-rp3"), "{out}");
     assert!(!out.contains("vfio-user-pci"), "{out}");
+    assert!(out.contains("-serial stdio"), "{out}");
+    // --console: the guest's serial port into a file, for either front-end.
+    for frontend in ["proxy", "vfio-user"] {
+        let out = run_ok(tether().args([
+            "vm",
+            "--config",
+            "unused.toml",
+            "--dry-run",
+            "--frontend",
+            frontend,
+            "--console",
+            "/tmp/guest.log",
+        ]));
+        assert!(out.contains("-serial file:/tmp/guest.log"), "{out}");
+        assert!(!out.contains("-serial stdio"), "{out}");
+    }
     // --initrd needs --kernel; an unknown front-end is refused.
     for args in [
         &["vm", "--config", "x.toml", "--initrd", "/tmp/i"][..],
@@ -461,5 +477,56 @@ fn check_config_names_each_invalid_file_and_why() {
     assert!(
         stderr.contains("5 of 6 configuration files not valid"),
         "{stderr}"
+    );
+}
+
+/// The log is on standard error, a level and a UTC timestamp on each line; `-q`
+/// silences information, `--log-format json` gives one JSON object per line, and
+/// RUST_LOG takes the place of -v/-q. Standard output keeps only what was asked for.
+#[test]
+fn the_log_goes_to_stderr_with_levels_timestamps_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("s.pcap");
+    let run = |args: &[&str], rust_log: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tether"));
+        c.args(args).args(["wire", "sample", "--pcap"]).arg(&pcap);
+        c.env_remove("RUST_LOG");
+        if let Some(v) = rust_log {
+            c.env("RUST_LOG", v);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let text = run(&[], None);
+    let line = text.lines().next().expect("a log line");
+    let (stamp, rest) = line.split_once(' ').unwrap();
+    assert!(
+        stamp.len() >= 20 && stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+        "{line}"
+    );
+    let rest = rest.trim_start();
+    assert!(
+        rest.starts_with("INFO tether: wrote ") && rest.contains("sample frames"),
+        "{line}"
+    );
+    assert_eq!(run(&["-q"], None), "");
+    assert_eq!(run(&[], Some("warn")), "");
+    // RUST_LOG wins over -q.
+    assert!(run(&["-q"], Some("info")).contains("sample frames"));
+    // A RUST_LOG that does not parse is said, then -v/-q apply.
+    let bad = run(&[], Some("tether=loud"));
+    assert!(bad.contains("RUST_LOG=\"tether=loud\" ignored"), "{bad}");
+    assert!(bad.contains("sample frames"), "{bad}");
+
+    let json = run(&["--log-format", "json"], None);
+    let v: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(v["level"], "INFO", "{v}");
+    assert_eq!(v["target"], "tether", "{v}");
+    assert!(v["timestamp"].as_str().unwrap().ends_with('Z'), "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("sample frames"),
+        "{v}"
     );
 }

@@ -90,7 +90,7 @@ fn relay_applies_seeded_faults_between_namespaces() {
     // The relay's counters for host -> box.
     let ab = report
         .lines()
-        .find(|l| l.starts_with("tia -> tib"))
+        .find_map(|l| l.find("tia -> tib").map(|i| &l[i..]))
         .expect("A->B counters");
     let field = |name: &str| -> u64 {
         let rest = &ab[ab

@@ -907,8 +907,8 @@ fn a_disk_moves_between_running_vms() {
         // The new owner's bridge enumerates the device once per arrival (again at
         // each reset QEMU makes, which comes later).
         let arrival = to.count("tether vm: hot-adding");
-        let enum_at = (1..=to.count("  bridge side: "))
-            .filter_map(|k| to.nth_seen_at("  bridge side: ", k))
+        let enum_at = (1..=to.count("bridge side: "))
+            .filter_map(|k| to.nth_seen_at("bridge side: ", k))
             .find(|at| *at >= t)
             .expect("the new owner's bridge enumerated the disk");
         enumerated.push(since(enum_at));

@@ -51,6 +51,7 @@ const RAM_SIZE: usize = 8 << 20;
 /// A port to benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchPort {
+    /// AF_XDP, poll mode.
     AfXdp,
     /// AF_PACKET, TPACKET_V2 frame ring, poll mode.
     AfPacket,
@@ -912,23 +913,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
         for &tlp in &args.tlp {
             for &agg in &args.aggregation {
                 for &auth in &args.auth {
-                    eprintln!(
-                        "[{}/{total}] {} {tlp} B TLPs, {}{} ...",
-                        runs.len() + 1,
-                        port.name(),
-                        if agg { "aggregation" } else { "1 TLP/frame" },
-                        if auth { ", keyed" } else { "" }
-                    );
+                    tracing::info!(
+                    target: "tether::bench",
+                                           "[{}/{total}] {} {tlp} B TLPs, {}{} ...",
+                                           runs.len() + 1,
+                                           port.name(),
+                                           if agg { "aggregation" } else { "1 TLP/frame" },
+                                           if auth { ", keyed" } else { "" }
+                                       );
                     let first = !mmio_done.contains(&auth);
                     let r = measure(&args, port, tlp, agg, auth, first).with_context(|| {
                         format!("{} {tlp} B TLPs aggregation {agg} auth {auth}", port.name())
                     })?;
                     mmio_done.push(auth);
                     let last = r.points.last().expect("sizes");
-                    eprintln!(
-                        "      {} B: READ {:.1} MB/s, WRITE {:.1} MB/s",
-                        last.0, last.1, last.2
-                    );
+                    tracing::info!(
+                    target: "tether::bench",
+                                           "      {} B: READ {:.1} MB/s, WRITE {:.1} MB/s",
+                                           last.0, last.1, last.2
+                                       );
                     runs.push(r);
                 }
             }
@@ -959,11 +962,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let _ = write!(with_plots, "\n![{name}]({name})\n");
         }
         write_docs(dir, &with_plots)?;
-        eprintln!(
-            "wrote {} and {} plots",
-            dir.join("performance.md").display(),
-            files.len()
-        );
+        tracing::info!(
+        target: "tether::bench",
+                   "wrote {} and {} plots",
+                   dir.join("performance.md").display(),
+                   files.len()
+               );
     }
     Ok(())
 }

@@ -42,15 +42,16 @@ pub fn run(opts: &Options) -> Result<Stats> {
     let sock = PacketSocket::open(&opts.interface, false, true)?;
     let mut out = pcap::Writer::create(&opts.output)?;
     signals::install();
-    eprintln!(
-        "tether capture: listening on {} ({})",
-        opts.interface,
-        if opts.all {
-            "all frames"
-        } else {
-            "tether frames"
-        }
-    );
+    tracing::info!(
+    target: "tether::capture",
+           "tether capture: listening on {} ({})",
+           opts.interface,
+           if opts.all {
+               "all frames"
+           } else {
+               "tether frames"
+           }
+       );
     let start = Instant::now();
     let mut stats = Stats::default();
     let mut buf = vec![0u8; 65536 + 4];

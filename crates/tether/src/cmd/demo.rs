@@ -34,7 +34,9 @@ const RAM_SIZE: usize = 32 << 20;
 pub enum DemoPort {
     /// AF_XDP, falling back to AF_PACKET where it cannot be set up.
     Auto,
+    /// AF_XDP zero-copy or copy mode, poll mode; fails where it cannot be set up.
     AfXdp,
+    /// AF_PACKET, TPACKET_V2 frame ring, poll mode.
     AfPacket,
     /// In-memory ports, no kernel network (what runs without root).
     Memory,

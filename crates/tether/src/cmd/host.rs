@@ -3,7 +3,7 @@
 //! boxes, gets a port of the switch and is enumerated behind it (BARs in the port's
 //! windows, MSI-X or MSI set up); a device that leaves is forgotten and its port
 //! reused. It serves the devices' DMA from its memory, optionally checks each memdev
-//! with verified DMA copies, and runs until SIGINT/SIGTERM, logging on stdout.
+//! with verified DMA copies, and runs until SIGINT/SIGTERM, logging on standard error.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use hostbridge::host_bridge::{Change, HostBridge, HostBridgeConfig};
 use hostbridge::MemDevDriver;
+use tracing::{info, warn};
 
 use crate::config_file::HostConfig;
 use crate::{bridge, print, signals, workload};
@@ -18,6 +19,9 @@ use crate::{bridge, print, signals, workload};
 /// How long a device may take to leave before its port is quarantined. A driver here
 /// lets go at once; this only bounds a bug.
 const LEAVE_TIMEOUT_US: u64 = 5_000_000;
+
+/// The target of the host bridge's own log events.
+const T: &str = "tether::host";
 
 /// Every counter of the host.
 fn stats(hb: &HostBridge) -> serde_json::Value {
@@ -79,11 +83,12 @@ fn self_test(hb: &mut HostBridge, bufs: &mut Option<workload::CopyBuffers>, bdf:
             workload::copies_in(h, &drv, &b, n as usize, 1, false)
         });
     match r {
-        Ok((bytes, took)) => println!(
-            "  self-test: {n} DMA copies verified through {bdf} ({bytes} bytes in {:.3} s)",
+        Ok((bytes, took)) => info!(
+            target: T,
+            "self-test: {n} DMA copies verified through {bdf} ({bytes} bytes in {:.3} s)",
             took.as_secs_f64()
         ),
-        Err(e) => println!("  self-test of {bdf} failed: {e:#}"),
+        Err(e) => warn!(target: T, "self-test of {bdf} failed: {e:#}"),
     }
 }
 
@@ -97,20 +102,16 @@ fn handle(
     c: Change,
 ) {
     match c {
-        Change::Fabric(e) => {
-            if let Some(line) = log.event(Instant::now(), &e) {
-                println!("{line}");
-            }
-        }
+        Change::Fabric(e) => log.log(Instant::now(), &e),
         Change::Unaddressable { key } => {
-            println!("  left alone: {key}: a slot number above 31 is no device number")
+            warn!(target: T, "left alone: {key}: a slot number above 31 is no device number")
         }
         Change::Enumerated { port, info, .. } => {
-            println!("  enumerated on port {port}: {}", print::lspci_line(&info))
+            info!(target: T, "enumerated on port {port}: {}", print::lspci_line(&info))
         }
         Change::EnumerationFailed {
             key, port, error, ..
-        } => println!("  enumeration of {key} on port {port} failed: {error}"),
+        } => warn!(target: T, "enumeration of {key} on port {port} failed: {error}"),
         Change::Attach { key, gen, bdf, .. } => {
             let memdev = hb.host().devices().iter().any(|d| {
                 d.bdf == bdf
@@ -134,7 +135,7 @@ fn handle(
             } else {
                 "removed"
             };
-            println!("  {bdf} ({key}): {how}");
+            info!(target: T, "{bdf} ({key}): {how}");
             hb.detached(key, gen);
         }
         Change::Freed { .. } => {}
@@ -177,10 +178,7 @@ pub fn run(path: &Path) -> Result<()> {
         for c in changes.drain(..) {
             handle(&mut hb, &cfg, &mut bufs, &mut log, c);
         }
-        if let Some(line) = log.summary(Instant::now(), || hb.host().link().fabric().node().stats())
-        {
-            println!("{line}");
-        }
+        log.log_summary(Instant::now(), || hb.host().link().fabric().node().stats());
         if let Some(c) = &mut control {
             if served.elapsed() >= Duration::from_millis(10) {
                 c.serve(|cmd| match cmd {
@@ -193,7 +191,8 @@ pub fn run(path: &Path) -> Result<()> {
     }
     let f = hb.host().link().fabric().node().stats();
     let b = hb.host().bridge().stats();
-    println!(
+    info!(
+        target: T,
         "tether host: stopped; {} frames in, {} out; {} requests, {} completion timeouts, {} DMA reads, {} DMA writes, {} refused",
         f.frames_in,
         f.frames_out,

@@ -195,10 +195,11 @@ pub fn run(opts: Options) -> Result<[(LinkStats, u64); 2]> {
     let a = SocketPort::open(&opts.a, &pool)?;
     let b = SocketPort::open(&opts.b, &pool)?;
     signals::install();
-    eprintln!(
-        "tether impair: relaying {} <-> {} (seed {})",
-        opts.a, opts.b, opts.seed
-    );
+    tracing::info!(
+    target: "tether::impair",
+           "tether impair: relaying {} <-> {} (seed {})",
+           opts.a, opts.b, opts.seed
+       );
     let start = Instant::now();
     let mut relay = Relay {
         a,

@@ -1,6 +1,6 @@
 //! `tether iobox --config box.toml`: an I/O box. Its devices wait in their groups
 //! until a host there uses them; it runs until SIGINT/SIGTERM and logs the fabric's
-//! events (peers, group changes) on stdout.
+//! events (peers, group changes) on standard error (`crate::log`).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -71,8 +71,9 @@ pub fn slots(cfg: &BoxConfig) -> Result<Vec<Slot>> {
     let mut slots = Vec::new();
     for d in &cfg.devices {
         let s = slot(d).with_context(|| format!("device in slot {}", d.slot))?;
-        println!(
-            "  slot {}: {} ({:04x}:{:04x}) in group {}",
+        tracing::info!(
+            target: "tether::iobox",
+            "slot {}: {} ({:04x}:{:04x}) in group {}",
             d.slot,
             model_name(d.model),
             s.info.vendor_id,
@@ -127,7 +128,8 @@ pub fn run(path: &Path) -> Result<()> {
     let (port, what) = bridge::open_port(cfg.port.kind, &cfg.port.interface)
         .with_context(|| format!("opening {}", cfg.port.interface))?;
     let node = bridge::node(&*port, BridgeRole::IoBox, &cfg.bridge)?;
-    println!(
+    tracing::info!(
+        target: "tether::iobox",
         "tether iobox: {} (id {:#x}) on {}: {what}",
         node.config().mac,
         node.config().bridge_id,
@@ -143,13 +145,9 @@ pub fn run(path: &Path) -> Result<()> {
         b.poll(Duration::from_millis(1))?;
         let now = Instant::now();
         while let Some(e) = b.events.pop_front() {
-            if let Some(line) = log.event(now, &e) {
-                println!("{line}");
-            }
+            log.log(now, &e);
         }
-        if let Some(line) = log.summary(now, || b.fabric().node().stats()) {
-            println!("{line}");
-        }
+        log.log_summary(now, || b.fabric().node().stats());
         if let Some(c) = &mut control {
             if served.elapsed() >= Duration::from_millis(10) {
                 c.serve(|cmd| match cmd {
@@ -164,7 +162,8 @@ pub fn run(path: &Path) -> Result<()> {
     b.leave(LEAVE_LINGER)?;
     let s = b.stats();
     let f = b.fabric().node().stats();
-    println!(
+    tracing::info!(
+        target: "tether::iobox",
         "tether iobox: stopped; {} frames in, {} out; {} device resets, {} TLPs unrouted, {} bad frames, {} of other groups",
         f.frames_in, f.frames_out, s.resets, s.unrouted, f.bad_frames, f.other_group
     );

@@ -10,8 +10,9 @@
 //!   `x-pci-proxy-dev` on one end of a socketpair with the bridge on the other;
 //! - `--connect`: one device on a bridge that runs elsewhere.
 //!
-//! The guest's serial console is this command's standard output; the command ends
-//! with QEMU's exit status.
+//! The guest's serial console is this command's standard output (or `--console
+//! FILE`), the bridge's log its standard error; the command ends with QEMU's exit
+//! status.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -36,13 +37,18 @@ use crate::cmd::iobox;
 use crate::cmd::vm_host::{self, End};
 use crate::config_file::{BoxConfig, BridgeSettings, HostConfig};
 use crate::signals;
+
+/// The target of `tether vm`'s own log events.
+const T: &str = "tether::vm";
 use hostbridge::vm_pool::{QemuSlots, VmHost, VmPool, VmPoolConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Accel {
     /// KVM when /dev/kvm can run the guest, else TCG.
     Auto,
+    /// KVM (/dev/kvm).
     Kvm,
+    /// QEMU's emulation, no hardware help.
     Tcg,
 }
 
@@ -58,7 +64,9 @@ pub enum FrontendKind {
 pub enum MsixPolicy {
     /// Hidden on QEMU versions whose vfio-user hot-removal aborts with MSI-X.
     Auto,
+    /// Always hidden: the guest's driver uses MSI or INTx.
     Hide,
+    /// Always offered.
     Offer,
 }
 
@@ -83,18 +91,27 @@ pub struct VmArgs {
     /// Guest RAM in MiB.
     #[arg(long, default_value_t = 512)]
     memory: u64,
+    /// How QEMU runs the guest: KVM where it can run it (this machine's PVM-backed
+    /// KVM runs firmware but not a Linux kernel), else TCG.
     #[arg(long, value_enum, default_value = "auto")]
     accel: Accel,
     /// Linux kernel to boot (without it, the firmware boots from the disks, the
     /// remote one included).
     #[arg(long)]
     kernel: Option<PathBuf>,
+    /// Initial RAM disk for --kernel.
     #[arg(long, requires = "kernel")]
     initrd: Option<PathBuf>,
+    /// The kernel's command line (with --kernel).
     #[arg(long, default_value = "console=ttyS0 panic=-1")]
     append: String,
+    /// The QEMU program (looked up in PATH, or in --qemu-root).
     #[arg(long, default_value = "qemu-system-x86_64")]
     qemu: String,
+    /// Write the guest's serial console to this file instead of standard output (with
+    /// --qemu-root it must lie under /tmp or /var/tmp, which the root shares).
+    #[arg(long, value_name = "FILE")]
+    console: Option<PathBuf>,
     /// Stop the guest after this many seconds.
     #[arg(long)]
     timeout: Option<f64>,
@@ -134,6 +151,14 @@ fn kvm_usable(kernel: bool) -> bool {
     open && !(kernel && std::path::Path::new("/sys/module/kvm_pvm").exists())
 }
 
+/// Where QEMU's serial port goes (`-serial`): standard output, or `--console`'s file.
+fn serial(a: &VmArgs) -> String {
+    match &a.console {
+        Some(f) => format!("file:{}", f.display()),
+        None => "stdio".into(),
+    }
+}
+
 /// How QEMU finds the device.
 enum Attach {
     ProxyFd(i32),
@@ -147,7 +172,7 @@ fn qemu_command(a: &VmArgs, accel: Accel, attach: &Attach, qmp: &Path) -> Vec<St
         _ => qemu::Accel::Tcg,
     };
     // Machine type pc: the device is present from the start, unplugged through ACPI.
-    let mut v = qemu::base_argv(&a.qemu, accel, a.memory, "pc", "stdio", qmp);
+    let mut v = qemu::base_argv(&a.qemu, accel, a.memory, "pc", &serial(a), qmp);
     v.push("-device".into());
     v.push(match attach {
         Attach::ProxyFd(fd) => format!("x-pci-proxy-dev,id=tether0,fd={fd}"),
@@ -171,7 +196,7 @@ fn qemu_command(a: &VmArgs, accel: Accel, attach: &Attach, qmp: &Path) -> Vec<St
 /// The I/O box of `--local-box`, on the other end of the bridge's in-memory port,
 /// until `stop`.
 fn local_box(cfg: BoxConfig, port: MemPort, stop: Arc<AtomicBool>) -> Result<()> {
-    println!("tether vm: I/O box in this process on an in-memory port");
+    tracing::info!(target: T, "tether vm: I/O box in this process on an in-memory port");
     let slots = iobox::slots(&cfg)?;
     box_on_port(&cfg.bridge, slots, port, stop)
 }
@@ -261,7 +286,7 @@ fn machine(a: &VmArgs, accel: Accel, qmp: &Path) -> qemu::MachineSpec {
         root_ports: a.root_ports,
         pref64_reserve: qemu::ByteSize::mib(64),
         qmp: qmp.to_path_buf(),
-        serial: "stdio".into(),
+        serial: serial(a),
         boot: a.kernel.as_ref().map(|k| qemu::KernelBoot {
             kernel: k.clone(),
             initrd: a.initrd.clone(),
@@ -299,7 +324,7 @@ fn run_vm(
             match connecting.take().map(|t| t.join()) {
                 Some(Ok(Ok(qmp))) => vh.qemu = Some(QemuSlots::new(qmp)),
                 Some(Ok(Err(e))) => {
-                    println!("tether vm: QEMU's monitor: {e}; stopping QEMU");
+                    tracing::error!(target: T, "tether vm: QEMU's monitor: {e}; stopping QEMU");
                     return true;
                 }
                 _ => return true,
@@ -321,7 +346,7 @@ fn run_vm(
             wait_qemu(child, Some(deadline.map_or(end, |d| d.min(end))))
         }
         End::Stopped | End::MonitorFailed => {
-            eprintln!("tether vm: stopping QEMU");
+            tracing::info!(target: T, "tether vm: stopping QEMU");
             let _ = child.kill();
             Ok(child.wait()?)
         }
@@ -355,7 +380,8 @@ fn run_pool(
         MsixPolicy::Hide => true,
         MsixPolicy::Offer => false,
     };
-    println!(
+    tracing::info!(
+        target: T,
         "tether vm: QEMU {version}, {} root ports; MSI-X of hot-plugged devices {}",
         a.root_ports,
         if hide_msix { "hidden" } else { "offered" }
@@ -432,7 +458,7 @@ fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
 /// Starts QEMU with `argv` (in its root's mount namespace with --qemu-root); the
 /// descriptor `child_fd` (if not -1) is left open for it.
 fn spawn_qemu(a: &VmArgs, argv: &[String], child_fd: i32) -> Result<std::process::Child> {
-    eprintln!("tether vm: {}", argv.join(" "));
+    tracing::info!(target: T, "tether vm: {}", argv.join(" "));
     let mut cmd = match &a.qemu_root {
         Some(root) => qemu::in_root(root, argv),
         None => {
@@ -484,7 +510,7 @@ fn wait_qemu(child: &mut std::process::Child, until: Option<Instant>) -> Result<
             return Ok(s);
         }
         if signals::stop_requested() || until.is_some_and(|d| Instant::now() >= d) {
-            eprintln!("tether vm: stopping QEMU");
+            tracing::info!(target: T, "tether vm: stopping QEMU");
             let _ = child.kill();
             return Ok(child.wait()?);
         }

@@ -19,6 +19,7 @@ use dataplane::poll::{self, IdlePolicy, Pollable, Stop, Waker};
 use hostbridge::host_bridge::{HostBridge, HostBridgeConfig};
 use hostbridge::vm::{Note, VMM_YIELD_AFTER_US};
 use hostbridge::vm_pool::{VmChange, VmHost, VmPool};
+use tracing::{error, info, warn};
 use vmm::frontend::{Frontend, FrontendStats};
 use vmm::proxy::ProxyServer;
 use vmm::vfio_user::VfioUserServer;
@@ -26,6 +27,9 @@ use vmm::vfio_user::VfioUserServer;
 use crate::config_file::HostConfig;
 use crate::control::ControlServer;
 use crate::{bridge, print, signals};
+
+/// The target of the host bridge's log events under a VMM.
+const T: &str = "tether::host";
 
 /// How long the bridge waits for its device before giving up (QEMU waits meanwhile).
 pub const DEVICE_WAIT: Duration = Duration::from_secs(60);
@@ -44,8 +48,8 @@ pub fn inherited_fd(fd: RawFd) -> Result<OwnedFd> {
 /// How the bridge's notes are printed.
 pub fn print_note(n: Note<'_>) {
     match n {
-        Note::Enumerated(d) => println!("  bridge side: {}", print::lspci_line(d)),
-        Note::Line(line) => println!("{line}"),
+        Note::Enumerated(d) => info!(target: T, "bridge side: {}", print::lspci_line(d)),
+        Note::Warning(line) => warn!(target: T, "{line}"),
     }
 }
 
@@ -53,14 +57,11 @@ pub fn print_note(n: Note<'_>) {
 /// act on); fabric events through `log`.
 pub fn print_change(log: &mut print::FabricLog, c: &VmChange) {
     match c {
-        VmChange::Fabric(e) => {
-            if let Some(line) = log.event(Instant::now(), e) {
-                println!("{line}");
-            }
-        }
-        VmChange::Line(l) => println!("{l}"),
+        VmChange::Fabric(e) => log.log(Instant::now(), e),
+        VmChange::Line(l) => info!(target: T, "{l}"),
+        VmChange::Warning(l) => warn!(target: T, "{l}"),
         VmChange::MonitorFailed(e) => {
-            println!("tether vm: QEMU's monitor failed ({e}); stopping QEMU")
+            error!(target: T, "tether vm: QEMU's monitor failed ({e}); stopping QEMU")
         }
         VmChange::Plug { .. } | VmChange::Unplug { .. } | VmChange::Closed => {}
     }
@@ -195,12 +196,8 @@ impl<F: FnMut(&mut VmHost) -> bool> Pollable for Served<'_, F> {
             }
         }
         let pool = &self.vh.pool;
-        if let Some(line) = self
-            .log
-            .summary(now, || pool.bridge().host().link().fabric().node().stats())
-        {
-            println!("{line}");
-        }
+        self.log
+            .log_summary(now, || pool.bridge().host().link().fabric().node().stats());
         if let Some(c) = &mut self.control {
             if now.duration_since(self.answered) >= Duration::from_millis(10) {
                 c.serve(|cmd| match cmd {
@@ -274,7 +271,8 @@ pub fn report(vp: &VmPool) {
             s.plugged, s.unplugged, s.ghost_accesses, s.vmm_errors
         ),
     };
-    println!(
+    info!(
+        target: T,
         "tether host: stopped; {front}; {} DMA reads, {} DMA writes, {} refused, {} completion timeouts",
         b.dma_reads,
         b.dma_writes,
@@ -312,13 +310,13 @@ pub fn run(path: &Path, proxy_fd: Option<RawFd>, vfio_user: Option<&Path>) -> Re
     signals::install();
     let fe: Box<dyn Frontend> = match (proxy_fd, vfio_user) {
         (Some(fd), None) => {
-            println!("serving QEMU's proxy on descriptor {fd}");
+            info!(target: T, "serving QEMU's proxy on descriptor {fd}");
             Box::new(ProxyServer::new(inherited_fd(fd)?))
         }
         (None, Some(p)) => {
             let s =
                 VfioUserServer::bind(p).with_context(|| format!("listening on {}", p.display()))?;
-            println!("vfio-user server on {}", p.display());
+            info!(target: T, "vfio-user server on {}", p.display());
             Box::new(s)
         }
         _ => bail!("one front-end: --proxy-fd or --vfio-user"),
