@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The build and system tools the tests call (iproute2 for network namespaces, gcc with a
 # static libc and binutils for the guest tools and the boot sector, util-linux for
-# unshare/nsenter, iperf3 and fio for the network and disk benchmarks). Installs the Debian package of
+# unshare/nsenter, iperf3 and fio for the network and disk benchmarks, curl for the HTTP
+# endpoints). Installs the Debian package of
 # each one that is missing.
 # Idempotent and safe to run concurrently (scripts/deps/lib.sh). Needs root to install.
 set -euo pipefail
@@ -19,6 +20,7 @@ need gzip gzip
 need sha256sum coreutils
 need iperf3 iperf3
 need fio fio
+need curl curl
 [ -n "$(gcc -print-file-name=libc.a 2>/dev/null | grep /)" ] || missing+=(libc6-dev)
 [ ${#missing[@]} -eq 0 ] && exit 0
 deps_need_root "${missing[*]}"

@@ -81,18 +81,33 @@ fn announce(cfg: &HostConfig, link: &hostbridge::FabricLink, what: &str) {
     );
 }
 
-/// The bridge's control socket, if its settings name one: mode 0600, or 0660 and
-/// owned by `control_group`.
-pub fn control_socket(cfg: &BridgeSettings) -> Result<Option<crate::control::ControlServer>> {
-    let Some(path) = cfg.control.as_deref() else {
-        return Ok(None);
+/// The bridge's control socket and metrics endpoint, those its settings name: the
+/// socket with mode 0600, or 0660 and owned by `control_group`.
+pub fn endpoints(cfg: &BridgeSettings) -> Result<crate::control::Endpoints> {
+    let control = match cfg.control.as_deref() {
+        None => None,
+        Some(path) => {
+            let gid = cfg
+                .control_group
+                .as_deref()
+                .map(crate::control::group_id)
+                .transpose()?;
+            Some(crate::control::ControlServer::bind_for(path, gid)?)
+        }
     };
-    let gid = cfg
-        .control_group
-        .as_deref()
-        .map(crate::control::group_id)
-        .transpose()?;
-    Ok(Some(crate::control::ControlServer::bind_for(path, gid)?))
+    let metrics = match cfg.metrics {
+        None => None,
+        Some(addr) => {
+            let m = crate::control::MetricsServer::bind(addr)?;
+            tracing::info!(
+                target: "tether::metrics",
+                "metrics: http://{}/metrics",
+                m.local_addr()
+            );
+            Some(m)
+        }
+    };
+    Ok(crate::control::Endpoints::new(control, metrics))
 }
 
 /// The node on its port, busy-polling as the settings say.

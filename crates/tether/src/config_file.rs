@@ -48,6 +48,8 @@ pub struct BridgeSettings {
     pub control: Option<PathBuf>,
     /// The group that may use the control socket too (mode 0660).
     pub control_group: Option<String>,
+    /// Serve the counters in Prometheus's text format at `http://ADDR:PORT/metrics`.
+    pub metrics: Option<std::net::SocketAddr>,
     /// Busy-poll this long after the last activity before sleeping.
     pub spin_us: u64,
     /// While busy-polling, yield the core at each empty round from this long after
@@ -106,6 +108,7 @@ impl Default for BridgeSettings {
             max_tlps_per_frame: None,
             control: None,
             control_group: None,
+            metrics: None,
             spin_us: 2000,
             yield_after_us: None,
             rto_min_us: 1000,

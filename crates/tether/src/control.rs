@@ -9,8 +9,13 @@
 //! [`CLIENT_DEADLINE`]. So answering never needs a lock on the bridge's state, and a
 //! client that connects and says nothing costs the loop nothing. The socket is made
 //! with mode 0600 (0660 with `[bridge] control_group`).
+//!
+//! The metrics endpoint (`[bridge] metrics = "ADDR:PORT"`) is served the same way on
+//! TCP: `GET /metrics` gives the `stats` document's numbers in Prometheus's text
+//! format (`crate::metrics`), one request per connection.
 
 use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -20,34 +25,159 @@ use anyhow::{bail, Context, Result};
 
 /// Longest command line accepted.
 const MAX_LINE: usize = 256;
-/// Clients served at once; more wait in the listen queue.
+/// Longest HTTP request (request line and headers) accepted.
+const MAX_HTTP_REQUEST: usize = 8192;
+/// Clients served at once, per listener; more wait in the listen queue.
 const MAX_CLIENTS: usize = 8;
 /// A client has this long from its connection to send its command and take the
 /// answer, or it is dropped.
 pub const CLIENT_DEADLINE: Duration = Duration::from_secs(1);
 
 /// One connected client: what it sent so far, or the answer still to be written.
-struct Client {
-    stream: UnixStream,
+struct Client<S> {
+    stream: S,
     since: Instant,
-    line: Vec<u8>,
+    request: Vec<u8>,
     /// The answer and how much of it is written.
     out: Option<(Vec<u8>, usize)>,
 }
 
-/// Counters of the control socket.
+/// Counters of a listener.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ControlStats {
     pub answered: u64,
-    /// Clients dropped: too slow, too long a line, or an I/O error.
+    /// Clients dropped: too slow, too long a request, or an I/O error.
     pub dropped: u64,
 }
 
-pub struct ControlServer {
-    listener: UnixListener,
-    path: PathBuf,
-    clients: Vec<Client>,
+/// A listening socket whose clients are served without waiting.
+trait Listen {
+    type Stream: Read + Write;
+    /// A new client, non-blocking; `None` when none waits.
+    fn next_client(&self) -> Option<std::io::Result<Self::Stream>>;
+}
+
+impl Listen for UnixListener {
+    type Stream = UnixStream;
+    fn next_client(&self) -> Option<std::io::Result<UnixStream>> {
+        let (s, _) = self.accept().ok()?;
+        Some(s.set_nonblocking(true).map(|()| s))
+    }
+}
+
+impl Listen for TcpListener {
+    type Stream = TcpStream;
+    fn next_client(&self) -> Option<std::io::Result<TcpStream>> {
+        let (s, _) = self.accept().ok()?;
+        Some(s.set_nonblocking(true).map(|()| s))
+    }
+}
+
+/// How a request ends and how long it may be.
+struct Protocol {
+    max_request: usize,
+    /// Whether `request` holds a whole request.
+    complete: fn(&[u8]) -> bool,
+}
+
+/// The clients of one listener, each moved on as far as it can go without waiting.
+struct Clients<L: Listen> {
+    listener: L,
+    clients: Vec<Client<L::Stream>>,
     stats: ControlStats,
+    protocol: Protocol,
+}
+
+impl<L: Listen> Clients<L> {
+    fn new(listener: L, protocol: Protocol) -> Self {
+        Clients {
+            listener,
+            clients: Vec::new(),
+            stats: ControlStats::default(),
+            protocol,
+        }
+    }
+
+    /// Takes new clients, reads what they sent, answers whole requests
+    /// (`answer(request)` gives the bytes to send back) and writes what fits; drops
+    /// the ones past [`CLIENT_DEADLINE`]. Errors of one client never reach the caller.
+    fn serve(&mut self, mut answer: impl FnMut(&[u8]) -> Vec<u8>) {
+        let now = Instant::now();
+        while self.clients.len() < MAX_CLIENTS {
+            match self.listener.next_client() {
+                None => break,
+                Some(Err(_)) => self.stats.dropped += 1,
+                Some(Ok(stream)) => self.clients.push(Client {
+                    stream,
+                    since: now,
+                    request: Vec::new(),
+                    out: None,
+                }),
+            }
+        }
+        let mut i = 0;
+        while i < self.clients.len() {
+            match step(&mut self.clients[i], &self.protocol, &mut answer) {
+                Step::Waiting if now.duration_since(self.clients[i].since) < CLIENT_DEADLINE => {
+                    i += 1;
+                    continue;
+                }
+                Step::Done => self.stats.answered += 1,
+                Step::Waiting | Step::Failed => self.stats.dropped += 1,
+            }
+            self.clients.swap_remove(i);
+        }
+    }
+}
+
+/// What a bridge answers on besides the fabric, as its settings name them: the
+/// control socket and the metrics endpoint, served from the bridge's own loop every
+/// [`SERVE_EVERY`] at most.
+pub struct Endpoints {
+    control: Option<ControlServer>,
+    metrics: Option<MetricsServer>,
+    served: Option<Instant>,
+}
+
+/// How often a bridge's loop looks at its control and metrics clients.
+pub const SERVE_EVERY: Duration = Duration::from_millis(10);
+
+impl Endpoints {
+    pub fn new(control: Option<ControlServer>, metrics: Option<MetricsServer>) -> Self {
+        Endpoints {
+            control,
+            metrics,
+            served: None,
+        }
+    }
+
+    /// Serves the clients if [`SERVE_EVERY`] has passed: `answer(command)` gives the
+    /// JSON of a control command (`stats`, `tree`); a scrape takes `stats`'s.
+    pub fn serve(&mut self, mut answer: impl FnMut(&str) -> serde_json::Value) {
+        if self.control.is_none() && self.metrics.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .served
+            .is_some_and(|t| now.duration_since(t) < SERVE_EVERY)
+        {
+            return;
+        }
+        self.served = Some(now);
+        if let Some(c) = &mut self.control {
+            c.serve(&mut answer);
+        }
+        if let Some(m) = &mut self.metrics {
+            m.serve(|| crate::metrics::exposition(&answer("stats")));
+        }
+    }
+}
+
+/// A bridge's control socket: one command line in, one JSON document out.
+pub struct ControlServer {
+    clients: Clients<UnixListener>,
+    path: PathBuf,
 }
 
 impl ControlServer {
@@ -79,51 +209,146 @@ impl ControlServer {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("setting the mode of {}", path.display()))?;
         listener.set_nonblocking(true)?;
+        let line = Protocol {
+            max_request: MAX_LINE,
+            complete: |r| r.contains(&b'\n'),
+        };
         Ok(ControlServer {
-            listener,
+            clients: Clients::new(listener, line),
             path: path.into(),
-            clients: Vec::new(),
-            stats: ControlStats::default(),
         })
     }
 
     #[cfg(test)]
     pub fn stats(&self) -> ControlStats {
-        self.stats
+        self.clients.stats
     }
 
     /// Moves every client on as far as it can go now, without waiting:
     /// `answer(command)` gives the JSON for a command that has arrived. Errors of one
     /// client never reach the bridge.
     pub fn serve(&mut self, mut answer: impl FnMut(&str) -> serde_json::Value) {
-        let now = Instant::now();
-        while self.clients.len() < MAX_CLIENTS {
-            let Ok((stream, _)) = self.listener.accept() else {
-                break;
+        self.clients.serve(|request| {
+            let end = request
+                .iter()
+                .position(|&b| b == b'\n')
+                .unwrap_or(request.len());
+            let command = String::from_utf8_lossy(&request[..end]).trim().to_string();
+            let reply = match command.as_str() {
+                "ping" => serde_json::json!({ "pong": true }),
+                cmd @ ("stats" | "tree") => answer(cmd),
+                other => serde_json::json!({
+                    "error": format!("unknown command {other:?}; commands: stats, tree, ping")
+                }),
             };
-            if stream.set_nonblocking(true).is_err() {
-                self.stats.dropped += 1;
-                continue;
-            }
-            self.clients.push(Client {
-                stream,
-                since: now,
-                line: Vec::new(),
-                out: None,
-            });
+            let mut text = reply.to_string().into_bytes();
+            text.push(b'\n');
+            text
+        });
+    }
+}
+
+/// A bridge's metrics endpoint: HTTP on TCP, `GET /metrics` answered with the
+/// counters in Prometheus's text format, one request per connection.
+pub struct MetricsServer {
+    clients: Clients<TcpListener>,
+    addr: std::net::SocketAddr,
+}
+
+impl MetricsServer {
+    pub fn bind(addr: std::net::SocketAddr) -> Result<MetricsServer> {
+        let listener =
+            TcpListener::bind(addr).with_context(|| format!("metrics: listening on {addr}"))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let http = Protocol {
+            max_request: MAX_HTTP_REQUEST,
+            complete: |r| {
+                r.windows(4).any(|w| w == b"\r\n\r\n") || r.windows(2).any(|w| w == b"\n\n")
+            },
+        };
+        Ok(MetricsServer {
+            clients: Clients::new(listener, http),
+            addr,
+        })
+    }
+
+    /// The address it listens on (the port the kernel chose for port 0).
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    #[cfg(test)]
+    pub fn stats(&self) -> ControlStats {
+        self.clients.stats
+    }
+
+    /// Moves every client on as far as it can go now, without waiting; `metrics()`
+    /// gives the exposition text, asked for only when a scrape has arrived.
+    pub fn serve(&mut self, mut metrics: impl FnMut() -> String) {
+        self.clients
+            .serve(|request| http_answer(request, &mut metrics));
+    }
+}
+
+/// The answer to an HTTP request: `GET /metrics` (or `HEAD`), a pointer to it at
+/// `/`, 404 elsewhere, 405 for other methods, 400 for what is not HTTP.
+fn http_answer(request: &[u8], metrics: &mut impl FnMut() -> String) -> Vec<u8> {
+    let first = request.split(|&b| b == b'\n').next().unwrap_or_default();
+    let first = String::from_utf8_lossy(first);
+    let mut words = first.split_whitespace();
+    let (method, target, version) = (words.next(), words.next(), words.next());
+    let reply = |status: &str, kind: &str, body: String, head: bool, extra: &str| {
+        let mut out = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        if !head {
+            out.extend_from_slice(body.as_bytes());
         }
-        let mut i = 0;
-        while i < self.clients.len() {
-            match step(&mut self.clients[i], &mut answer) {
-                Step::Waiting if now.duration_since(self.clients[i].since) < CLIENT_DEADLINE => {
-                    i += 1;
-                    continue;
-                }
-                Step::Done => self.stats.answered += 1,
-                Step::Waiting | Step::Failed => self.stats.dropped += 1,
-            }
-            self.clients.swap_remove(i);
-        }
+        out
+    };
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let (Some(method), Some(target), Some(version)) = (method, target, version) else {
+        return reply(
+            "400 Bad Request",
+            TEXT,
+            "not an HTTP request\n".into(),
+            false,
+            "",
+        );
+    };
+    if !version.starts_with("HTTP/1.") {
+        return reply("400 Bad Request", TEXT, "HTTP/1.x only\n".into(), false, "");
+    }
+    let head = method == "HEAD";
+    if method != "GET" && !head {
+        let body = "GET /metrics\n".to_string();
+        return reply(
+            "405 Method Not Allowed",
+            TEXT,
+            body,
+            false,
+            "Allow: GET, HEAD\r\n",
+        );
+    }
+    match target.split('?').next().unwrap_or_default() {
+        "/metrics" => reply(
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics(),
+            head,
+            "",
+        ),
+        "/" => reply(
+            "200 OK",
+            TEXT,
+            "tether bridge: the counters are at /metrics\n".into(),
+            head,
+            "",
+        ),
+        _ => reply("404 Not Found", TEXT, "GET /metrics\n".into(), head, ""),
     }
 }
 
@@ -135,21 +360,25 @@ enum Step {
     Failed,
 }
 
-/// Reads what the client sent, answers a whole line, writes what fits.
-fn step(c: &mut Client, answer: &mut impl FnMut(&str) -> serde_json::Value) -> Step {
+/// Reads what the client sent, answers a whole request, writes what fits.
+fn step<S: Read + Write>(
+    c: &mut Client<S>,
+    protocol: &Protocol,
+    answer: &mut impl FnMut(&[u8]) -> Vec<u8>,
+) -> Step {
     if c.out.is_none() {
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; 512];
         loop {
             match c.stream.read(&mut buf) {
-                // Closed before a whole line: take what came as the line.
-                Ok(0) if c.line.is_empty() => return Step::Failed,
+                // Closed before a whole request: take what came as the request.
+                Ok(0) if c.request.is_empty() => return Step::Failed,
                 Ok(0) => break,
                 Ok(n) => {
-                    c.line.extend_from_slice(&buf[..n]);
-                    if c.line.contains(&b'\n') {
+                    c.request.extend_from_slice(&buf[..n]);
+                    if (protocol.complete)(&c.request) {
                         break;
                     }
-                    if c.line.len() > MAX_LINE {
+                    if c.request.len() > protocol.max_request {
                         return Step::Failed;
                     }
                 }
@@ -158,22 +387,7 @@ fn step(c: &mut Client, answer: &mut impl FnMut(&str) -> serde_json::Value) -> S
                 Err(_) => return Step::Failed,
             }
         }
-        let end = c
-            .line
-            .iter()
-            .position(|&b| b == b'\n')
-            .unwrap_or(c.line.len());
-        let command = String::from_utf8_lossy(&c.line[..end]).trim().to_string();
-        let reply = match command.as_str() {
-            "ping" => serde_json::json!({ "pong": true }),
-            cmd @ ("stats" | "tree") => answer(cmd),
-            other => serde_json::json!({
-                "error": format!("unknown command {other:?}; commands: stats, tree, ping")
-            }),
-        };
-        let mut text = reply.to_string().into_bytes();
-        text.push(b'\n');
-        c.out = Some((text, 0));
+        c.out = Some((answer(&c.request), 0));
     }
     let Some((text, done)) = &mut c.out else {
         return Step::Failed;
@@ -335,8 +549,91 @@ mod tests {
         }
         assert_eq!(server.stats().answered, 1);
         assert_eq!(server.stats().dropped, 2);
-        assert!(server.clients.is_empty());
+        assert!(server.clients.clients.is_empty());
         drop(silent);
         drop(deaf);
+    }
+
+    /// HTTP on the metrics endpoint: a scrape gets the text with Prometheus's content
+    /// type (the text made only then), HEAD no body, other paths and methods their
+    /// status; a request longer than 8 KiB without an end is dropped, and a client
+    /// that sends its request in pieces between two calls is answered.
+    #[test]
+    fn metrics_endpoint_speaks_http() {
+        use std::net::TcpStream;
+        let mut server = MetricsServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = server.local_addr();
+        assert_ne!(addr.port(), 0);
+        let ask = |server: &mut MetricsServer, made: &mut u32, request: &[u8]| -> String {
+            let mut c = TcpStream::connect(addr).unwrap();
+            let (first, rest) = request.split_at(request.len() / 2);
+            c.write_all(first).unwrap();
+            server.serve(|| unreachable!("half a request"));
+            c.write_all(rest).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let t = std::thread::spawn(move || {
+                let mut answer = String::new();
+                let _ = c.read_to_string(&mut answer);
+                answer
+            });
+            while !t.is_finished() {
+                server.serve(|| {
+                    *made += 1;
+                    "tether_x_total 3\n".into()
+                });
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            t.join().unwrap()
+        };
+        let mut made = 0;
+        let ok = ask(
+            &mut server,
+            &mut made,
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n",
+        );
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(
+            ok.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+            "{ok}"
+        );
+        assert!(ok.contains("Content-Length: 17\r\n"), "{ok}");
+        assert!(ok.ends_with("\r\n\r\ntether_x_total 3\n"), "{ok}");
+        assert_eq!(made, 1);
+        let head = ask(
+            &mut server,
+            &mut made,
+            b"HEAD /metrics?x=1 HTTP/1.0\r\n\r\n",
+        );
+        assert!(
+            head.starts_with("HTTP/1.1 200 OK") && head.ends_with("\r\n\r\n"),
+            "{head}"
+        );
+        let nf = ask(&mut server, &mut made, b"GET /stats HTTP/1.1\r\n\r\n");
+        assert!(nf.starts_with("HTTP/1.1 404 Not Found"), "{nf}");
+        let post = ask(&mut server, &mut made, b"POST /metrics HTTP/1.1\r\n\r\n");
+        assert!(
+            post.starts_with("HTTP/1.1 405 Method Not Allowed")
+                && post.contains("Allow: GET, HEAD"),
+            "{post}"
+        );
+        let junk = ask(&mut server, &mut made, b"\x16\x03\x01 hello\n\n");
+        assert!(junk.starts_with("HTTP/1.1 400 Bad Request"), "{junk}");
+        assert_eq!(made, 2, "only the two scrapes made the text");
+        assert_eq!(server.stats().answered, 5);
+        // Endless headers: dropped once past the bound, answered nothing.
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+        let mut sent = 0;
+        while server.stats().dropped == 0 && sent < 4 * MAX_HTTP_REQUEST {
+            if c.write_all(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n")
+                .is_err()
+            {
+                break;
+            }
+            sent += 52;
+            server.serve(|| unreachable!("never complete"));
+        }
+        assert_eq!(server.stats().dropped, 1);
+        assert!(sent <= MAX_HTTP_REQUEST + 1024, "{sent}");
     }
 }

@@ -11,6 +11,7 @@ mod config_file;
 mod control;
 mod decode;
 mod log;
+mod metrics;
 mod pcap;
 mod plot;
 mod print;

@@ -57,7 +57,7 @@ fn iobox_hosts_and_ctl_as_processes() {
         d,
         "box.toml",
         &format!(
-            "[port]\ninterface = \"pbbox\"\n[bridge]\nid = 0xb0c5\n{BRIDGE}\
+            "[port]\ninterface = \"pbbox\"\n[bridge]\nid = 0xb0c5\nmetrics = \"127.0.0.1:0\"\n{BRIDGE}\
              [[device]]\nslot = 0\nmodel = \"memdev\"\ngid = 10\n\
              [[device]]\nslot = 1\nmodel = \"memdev\"\nbuffer_size = 65536\n"
         ),
@@ -76,7 +76,7 @@ fn iobox_hosts_and_ctl_as_processes() {
             &format!("{name}.toml"),
             &format!(
                 "gid = {gid}\nself_test = 20\n[port]\ninterface = \"{iface}\"\n\
-                 [bridge]\n{BRIDGE}control = \"{}\"\n",
+                 [bridge]\n{BRIDGE}control = \"{}\"\nmetrics = \"127.0.0.1:0\"\n",
                 d.join(format!("{name}.sock")).display()
             ),
         )
@@ -149,6 +149,83 @@ fn iobox_hosts_and_ctl_as_processes() {
     let sb: serde_json::Value =
         serde_json::from_str(&ctl(&["stats", "-s", &sock("hb"), "--json"])).unwrap();
     assert_eq!(sb["devices"].as_array().unwrap().len(), 0, "{sb}");
+    // The same counters for Prometheus, scraped with curl in each bridge's namespace
+    // (the port the kernel chose is in the log).
+    let metrics_port = |p: &Proc| -> u16 {
+        let text = p.text();
+        text.split("metrics: http://127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split('/').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no metrics address in the log:\n{text}"))
+    };
+    let curl = |ns: usize, args: &[&str]| {
+        run_ok(
+            rig.command(ns, "curl")
+                .args(["-sS", "--max-time", "5"])
+                .args(args),
+        )
+    };
+    let scrape = |p: &Proc, ns: usize| {
+        let url = format!("http://127.0.0.1:{}/metrics", metrics_port(p));
+        curl(ns, &["--fail", &url])
+    };
+    let metric = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    let ma = scrape(&a, ha);
+    assert!(
+        ma.contains("# TYPE tether_root_complex_dma_reads_total counter"),
+        "{ma}"
+    );
+    assert!(
+        metric(&ma, "tether_root_complex_dma_reads_total") > 0.0,
+        "{ma}"
+    );
+    assert!(metric(&ma, "tether_port_rx_packets_total") > 0.0, "{ma}");
+    assert!(ma.contains("tether_bridge_info{"), "{ma}");
+    assert!(ma.contains("role=\"host\""), "{ma}");
+    let session = ma
+        .lines()
+        .find(|l| {
+            l.starts_with("tether_session_efe_tlps_in_total{") && l.contains("gid=\"10\",peer=")
+        })
+        .unwrap_or_else(|| panic!("no per-session series in\n{ma}"));
+    assert!(session.contains("role=\"iobox\""), "{session}");
+    let mbox = scrape(&boxp, bx);
+    let dev0 = "tether_slot_function_dma_reads_total{device=\"0001\",gid=\"10\",slot=\"0\",vendor=\"1de5\"}";
+    assert!(metric(&mbox, dev0) > 0.0, "{mbox}");
+    assert!(
+        mbox.contains(
+            "tether_slot_function_dma_reads_total{device=\"0001\",gid=\"4093\",slot=\"1\""
+        ),
+        "{mbox}"
+    );
+    // Anything but GET /metrics is refused as HTTP says.
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", metrics_port(&a));
+    let code = |args: &[&str]| {
+        curl(
+            ha,
+            &[&["-o", "/dev/null", "-w", "%{http_code}"], args].concat(),
+        )
+    };
+    let refused = code(&[&url("/nothing")]);
+    assert_eq!(code(&["-X", "POST", &url("/metrics")]), "405");
+    assert_eq!(refused, "404");
+    // Rates, in the manner of testpmd: two reports 0.3 s apart while copies run.
+    let watched = ctl(&["stats", "-s", &sock("ha"), "--watch", "0.3", "--count", "2"]);
+    eprintln!("ctl stats --watch:\n{watched}");
+    assert_eq!(
+        watched.matches("######## statistics of host").count(),
+        2,
+        "{watched}"
+    );
+    assert!(
+        watched.contains("Throughput (since last show)"),
+        "{watched}"
+    );
+    assert!(watched.contains("Rx-pps:"), "{watched}");
     // The switch as `lspci -tv` draws it, from the config images it presents: root
     // port, upstream port, and the one downstream port with the device behind it.
     let tree = ctl(&["tree", "-s", &sock("ha")]);

@@ -391,11 +391,11 @@ fn check_config_accepts_the_example_configurations() {
             .arg(example("host.toml")),
     );
     assert!(
-        out.contains("box.toml: valid: an I/O box on eth1 (auto), 0 group key(s); slot 0 memdev in group 10 (1048576 bytes)"),
+        out.contains("box.toml: valid: an I/O box on eth1 (auto), 0 group key(s), control /run/tether/box.sock, metrics 127.0.0.1:9370; slot 0 memdev in group 10 (1048576 bytes)"),
         "{out}"
     );
     assert!(
-        out.contains("host.toml: valid: a host in group 10 on eth1 (auto), 0 group key(s)"),
+        out.contains("host.toml: valid: a host in group 10 on eth1 (auto), 0 group key(s), control /run/tether/host.sock, metrics 127.0.0.1:9371;"),
         "{out}"
     );
 }
@@ -440,6 +440,11 @@ fn check_config_names_each_invalid_file_and_why() {
             "gid = 0\n[port]\ninterface = \"eth1\"\n".into(),
             Some("not a valid GID"),
         ),
+        (
+            "badmetrics.toml",
+            "gid = 10\n[port]\ninterface = \"eth1\"\n[bridge]\nmetrics = \"localhost:9\"\n".into(),
+            Some("invalid socket address syntax"),
+        ),
     ];
     let mut cmd = tether();
     cmd.arg("check-config");
@@ -475,7 +480,7 @@ fn check_config_names_each_invalid_file_and_why() {
         assert!(m.contains(why), "{name}: {m}");
     }
     assert!(
-        stderr.contains("5 of 6 configuration files not valid"),
+        stderr.contains("6 of 7 configuration files not valid"),
         "{stderr}"
     );
 }

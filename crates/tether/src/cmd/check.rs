@@ -74,22 +74,24 @@ fn check(path: &Path) -> Result<String> {
                 ));
             }
             Ok(format!(
-                "an I/O box on {} ({}), {} group key(s); {}",
+                "an I/O box on {} ({}), {} group key(s){}; {}",
                 c.port.interface,
                 c.port.kind.name(),
                 c.bridge.group_keys.len(),
+                endpoints(&c.bridge),
                 devices.join("; ")
             ))
         }
         Kind::Host => {
             let c = HostConfig::load(path)?;
             Ok(format!(
-                "a host in group {} on {} ({}), {} group key(s); memory {:#x}+{:#x}, \
+                "a host in group {} on {} ({}), {} group key(s){}; memory {:#x}+{:#x}, \
                  max_payload {}, {} switch ports",
                 c.gid,
                 c.port.interface,
                 c.port.kind.name(),
                 c.bridge.group_keys.len(),
+                endpoints(&c.bridge),
                 c.memory.base,
                 c.memory.size,
                 c.max_payload,
@@ -115,4 +117,16 @@ pub fn run(files: &[PathBuf]) -> Result<()> {
         bail!("{bad} of {} configuration files not valid", files.len());
     }
     Ok(())
+}
+
+/// The control socket and metrics address a bridge's settings name, for the summary.
+fn endpoints(b: &crate::config_file::BridgeSettings) -> String {
+    let mut s = String::new();
+    if let Some(c) = &b.control {
+        s += &format!(", control {}", c.display());
+    }
+    if let Some(m) = &b.metrics {
+        s += &format!(", metrics {m}");
+    }
+    s
 }

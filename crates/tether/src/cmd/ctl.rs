@@ -67,7 +67,8 @@ pub enum CtlCommand {
         #[arg(short, long)]
         socket: PathBuf,
     },
-    /// Print the counters of a running bridge (its `[bridge] control` socket).
+    /// Print the counters of a running bridge (its `[bridge] control` socket), once
+    /// or every few seconds with their rates.
     Stats {
         /// The bridge's control socket.
         #[arg(short, long)]
@@ -75,6 +76,14 @@ pub enum CtlCommand {
         /// Print the JSON document as it came.
         #[arg(long)]
         json: bool,
+        /// Print a report every SECS seconds, as testpmd's port statistics: the port's
+        /// totals and rates (packets, bits per second), then every other counter
+        /// that moved, with its rate per second.
+        #[arg(long, value_name = "SECS")]
+        watch: Option<f64>,
+        /// With --watch: stop after this many reports (default: until interrupted).
+        #[arg(long, requires = "watch", value_name = "N")]
+        count: Option<u64>,
     },
 }
 
@@ -319,8 +328,13 @@ fn set_group(
     Ok(())
 }
 
-/// `a.b.c: value` lines, the way `ethtool -S` lists counters.
-fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+/// The leaves of a stats document by path (`a.b.0.c`), the way `ethtool -S` lists
+/// counters.
+fn leaves<'a>(
+    prefix: &str,
+    v: &'a serde_json::Value,
+    out: &mut Vec<(String, &'a serde_json::Value)>,
+) {
     let key = |k: &str| {
         if prefix.is_empty() {
             k.to_string()
@@ -331,16 +345,149 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
     match v {
         serde_json::Value::Object(m) => {
             for (k, x) in m {
-                flatten(&key(k), x, out);
+                leaves(&key(k), x, out);
             }
         }
         serde_json::Value::Array(a) => {
             for (i, x) in a.iter().enumerate() {
-                flatten(&key(&i.to_string()), x, out);
+                leaves(&key(&i.to_string()), x, out);
             }
         }
-        serde_json::Value::String(s) => out.push(format!("{prefix}: {s}")),
-        other => out.push(format!("{prefix}: {other}")),
+        other => out.push((prefix.to_string(), other)),
+    }
+}
+
+/// `a.b.c: value` lines.
+fn flatten(v: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    leaves("", v, &mut out);
+    out.into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => format!("{k}: {s}"),
+            other => format!("{k}: {other}"),
+        })
+        .collect()
+}
+
+/// The numbers of a stats document by path.
+fn numbers(v: &serde_json::Value) -> std::collections::BTreeMap<String, f64> {
+    let mut out = Vec::new();
+    leaves("", v, &mut out);
+    out.into_iter()
+        .filter_map(|(k, v)| v.as_f64().map(|x| (k, x)))
+        .collect()
+}
+
+/// One report of `stats --watch`, in the manner of testpmd's `show port stats`: the
+/// port's totals, its rates since the last report, then every other number that
+/// moved (counters with their rate per second, gauges with their value).
+fn watch_report(
+    doc: &serde_json::Value,
+    now: &std::collections::BTreeMap<String, f64>,
+    before: Option<(&std::collections::BTreeMap<String, f64>, f64)>,
+) -> String {
+    use std::fmt::Write;
+    let get = |k: &str| now.get(k).copied().unwrap_or(0.0);
+    let rate = |k: &str| {
+        before.map(|(b, secs)| (get(k) - b.get(k).copied().unwrap_or(0.0)).max(0.0) / secs)
+    };
+    let who = format!(
+        "{} {} ({})",
+        doc["role"].as_str().unwrap_or("bridge"),
+        doc["mac"].as_str().unwrap_or("?"),
+        doc["bridge_id"].as_str().unwrap_or("?")
+    );
+    let mut s = String::new();
+    let _ = writeln!(s, "  ######## statistics of {who} ########");
+    let _ = writeln!(
+        s,
+        "  RX-packets: {:<12} RX-dropped: {:<12} RX-bytes: {}",
+        get("port.rx_packets"),
+        get("port.rx_dropped"),
+        get("port.rx_bytes")
+    );
+    let _ = writeln!(
+        s,
+        "  RX-nombuf:  {:<12} RX-errors:  {}",
+        get("port.rx_nombuf"),
+        get("port.rx_errors")
+    );
+    let _ = writeln!(
+        s,
+        "  TX-packets: {:<12} TX-busy:    {:<12} TX-bytes: {}",
+        get("port.tx_packets"),
+        get("port.tx_busy"),
+        get("port.tx_bytes")
+    );
+    let _ = writeln!(s, "  TX-errors:  {}", get("port.tx_errors"));
+    if let (Some(rx), Some(rxb), Some(tx), Some(txb)) = (
+        rate("port.rx_packets"),
+        rate("port.rx_bytes"),
+        rate("port.tx_packets"),
+        rate("port.tx_bytes"),
+    ) {
+        let _ = writeln!(s, "\n  Throughput (since last show)");
+        let _ = writeln!(
+            s,
+            "  Rx-pps: {:>12.0}          Rx-bps: {:>14.0}",
+            rx,
+            rxb * 8.0
+        );
+        let _ = writeln!(
+            s,
+            "  Tx-pps: {:>12.0}          Tx-bps: {:>14.0}",
+            tx,
+            txb * 8.0
+        );
+        let moved: Vec<String> = now
+            .iter()
+            .filter(|(k, _)| !k.starts_with("port."))
+            .filter_map(|(k, v)| {
+                let leaf = k.rsplit('.').next().unwrap_or(k);
+                let old = before.and_then(|(b, _)| b.get(k).copied());
+                if old == Some(*v) {
+                    return None;
+                }
+                Some(if crate::metrics::GAUGES.contains(&leaf) {
+                    format!("    {k:<48} {v:>14} (now)")
+                } else {
+                    format!("    {k:<48} {v:>14} {:>12.1}/s", rate(k).unwrap_or(0.0))
+                })
+            })
+            .collect();
+        if !moved.is_empty() {
+            let _ = writeln!(s, "\n  Moved since last show (total, per second):");
+            for l in moved {
+                let _ = writeln!(s, "{l}");
+            }
+        }
+    }
+    let _ = writeln!(s, "  ################################################");
+    s
+}
+
+/// `stats --watch SECS`: a report every `every` (`count` of them, or until the
+/// bridge goes away or the command is interrupted).
+fn watch(socket: &std::path::Path, every: Duration, count: Option<u64>) -> Result<()> {
+    use std::io::Write;
+    let mut before: Option<(std::collections::BTreeMap<String, f64>, Instant)> = None;
+    let mut n = 0u64;
+    loop {
+        let doc = control::request(socket, "stats")?;
+        let at = Instant::now();
+        let now = numbers(&doc);
+        let prev = before
+            .as_ref()
+            .map(|(b, t)| (b, at.duration_since(*t).as_secs_f64().max(1e-6)));
+        let mut out = std::io::stdout().lock();
+        write!(out, "{}", watch_report(&doc, &now, prev))?;
+        out.flush()?;
+        n += 1;
+        if count.is_some_and(|c| n >= c) {
+            return Ok(());
+        }
+        before = Some((now, at));
+        std::thread::sleep(every.saturating_sub(at.elapsed()));
     }
 }
 
@@ -381,14 +528,31 @@ pub fn run(cmd: CtlCommand) -> Result<()> {
             }
             Ok(())
         }
-        CtlCommand::Stats { socket, json } => {
+        CtlCommand::Stats {
+            socket,
+            json,
+            watch: Some(secs),
+            count,
+        } => {
+            if json {
+                bail!("--watch prints reports, not JSON: leave out --json");
+            }
+            if !(secs.is_finite() && (0.1..=3600.0).contains(&secs)) {
+                bail!("--watch {secs}: the period must be 0.1 to 3600 seconds");
+            }
+            watch(&socket, Duration::from_secs_f64(secs), count)
+        }
+        CtlCommand::Stats {
+            socket,
+            json,
+            watch: None,
+            ..
+        } => {
             let v = control::request(&socket, "stats")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                let mut lines = Vec::new();
-                flatten("", &v, &mut lines);
-                for l in lines {
+                for l in flatten(&v) {
                     println!("{l}");
                 }
             }
@@ -400,6 +564,47 @@ pub fn run(cmd: CtlCommand) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The watch report: the port's totals, then rates over the interval; of the
+    /// rest only what moved, counters with a rate, gauges with their value.
+    #[test]
+    fn watch_reports_rates_of_what_moved() {
+        let doc = |rx: u64, frames: u64, srtt: u64| {
+            serde_json::json!({
+                "role": "host", "mac": "02:00:00:00:00:0a", "bridge_id": "0xa",
+                "port": { "rx_packets": rx, "rx_bytes": rx * 100, "tx_packets": 3, "tx_bytes": 300 },
+                "fabric": { "frames_in": frames, "bad_frames": 0 },
+                "sessions": [ { "gid": 10, "efe": { "srtt_us": srtt } } ],
+            })
+        };
+        let (a, b) = (doc(1000, 50, 20), doc(3000, 250, 30));
+        let first = watch_report(&a, &numbers(&a), None);
+        assert!(
+            first.contains("statistics of host 02:00:00:00:00:0a (0xa)"),
+            "{first}"
+        );
+        assert!(first.contains("RX-packets: 1000"), "{first}");
+        assert!(!first.contains("Throughput"), "{first}");
+        let na = numbers(&a);
+        let second = watch_report(&b, &numbers(&b), Some((&na, 2.0)));
+        // 2000 packets and 200 000 bytes in 2 s.
+        assert!(second.contains("Rx-pps:         1000"), "{second}");
+        assert!(second.contains("Rx-bps:         800000"), "{second}");
+        assert!(second.contains("Tx-pps:            0"), "{second}");
+        let line = |k: &str| {
+            second
+                .lines()
+                .find(|l| l.contains(k))
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(line("fabric.frames_in").ends_with("100.0/s"), "{second}");
+        assert!(
+            line("sessions.0.efe.srtt_us").ends_with("30 (now)"),
+            "{second}"
+        );
+        assert_eq!(line("fabric.bad_frames"), "", "{second}");
+    }
 
     #[test]
     fn device_names() {
@@ -424,10 +629,8 @@ mod tests {
     #[test]
     fn counters_flatten_like_ethtool() {
         let v = serde_json::json!({"port": {"rx_packets": 3}, "role": "host", "sessions": [{"gid": 10}]});
-        let mut out = Vec::new();
-        flatten("", &v, &mut out);
         assert_eq!(
-            out,
+            flatten(&v),
             vec!["port.rx_packets: 3", "role: host", "sessions.0.gid: 10"]
         );
     }

@@ -155,7 +155,7 @@ pub fn run(path: &Path) -> Result<()> {
             cfg.max_devices
         ),
     )?;
-    let mut control = bridge::control_socket(&cfg.bridge)?;
+    let mut endpoints = bridge::endpoints(&cfg.bridge)?;
     let h = workload::root_complex_with(
         hostbridge::settings::root_complex_config(cfg.max_payload),
         link,
@@ -169,7 +169,6 @@ pub fn run(path: &Path) -> Result<()> {
         },
         h,
     )?;
-    let mut served = Instant::now();
     let mut changes = Vec::new();
     let mut bufs = None;
     let mut log = print::FabricLog::default();
@@ -179,15 +178,10 @@ pub fn run(path: &Path) -> Result<()> {
             handle(&mut hb, &cfg, &mut bufs, &mut log, c);
         }
         log.log_summary(Instant::now(), || hb.host().link().fabric().node().stats());
-        if let Some(c) = &mut control {
-            if served.elapsed() >= Duration::from_millis(10) {
-                c.serve(|cmd| match cmd {
-                    "tree" => serde_json::json!({ "tree": print::switch_tree(&hb) }),
-                    _ => stats(&hb),
-                });
-                served = Instant::now();
-            }
-        }
+        endpoints.serve(|cmd| match cmd {
+            "tree" => serde_json::json!({ "tree": print::switch_tree(&hb) }),
+            _ => stats(&hb),
+        });
     }
     let f = hb.host().link().fabric().node().stats();
     let b = hb.host().bridge().stats();

@@ -136,10 +136,9 @@ pub fn run(path: &Path) -> Result<()> {
         cfg.port.interface
     );
     let slots = slots(&cfg)?;
-    let mut control = bridge::control_socket(&cfg.bridge)?;
+    let mut endpoints = bridge::endpoints(&cfg.bridge)?;
     let fp = bridge::fabric_port(node, port, &cfg.bridge);
     let mut b = IoBox::new(fp, slots);
-    let mut served = Instant::now();
     let mut log = print::FabricLog::default();
     while !signals::stop_requested() {
         b.poll(Duration::from_millis(1))?;
@@ -148,15 +147,10 @@ pub fn run(path: &Path) -> Result<()> {
             log.log(now, &e);
         }
         log.log_summary(now, || b.fabric().node().stats());
-        if let Some(c) = &mut control {
-            if served.elapsed() >= Duration::from_millis(10) {
-                c.serve(|cmd| match cmd {
-                    "tree" => serde_json::json!({ "error": "an I/O box has no switch: `tree` is a host bridge's" }),
-                    _ => stats(&b),
-                });
-                served = Instant::now();
-            }
-        }
+        endpoints.serve(|cmd| match cmd {
+            "tree" => serde_json::json!({ "error": "an I/O box has no switch: `tree` is a host bridge's" }),
+            _ => stats(&b),
+        });
     }
     // The devices' hosts hear of it first (a virtio-net link goes down).
     b.leave(LEAVE_LINGER)?;

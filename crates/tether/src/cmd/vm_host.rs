@@ -25,7 +25,7 @@ use vmm::proxy::ProxyServer;
 use vmm::vfio_user::VfioUserServer;
 
 use crate::config_file::HostConfig;
-use crate::control::ControlServer;
+use crate::control::Endpoints;
 use crate::{bridge, print, signals};
 
 /// The target of the host bridge's log events under a VMM.
@@ -164,12 +164,11 @@ pub enum End {
 }
 
 /// The host bridge under a VMM as the program runs it: each round's log lines
-/// printed, its counters on the control socket, `each` asked every
+/// printed, its counters on the control socket and the metrics endpoint, `each` asked every
 /// [`CHECK_EVERY`] whether to stop.
 struct Served<'a, F> {
     vh: &'a mut VmHost,
-    control: Option<ControlServer>,
-    answered: Instant,
+    endpoints: Endpoints,
     /// When `each` was last asked.
     checked: Instant,
     log: print::FabricLog,
@@ -198,17 +197,11 @@ impl<F: FnMut(&mut VmHost) -> bool> Pollable for Served<'_, F> {
         let pool = &self.vh.pool;
         self.log
             .log_summary(now, || pool.bridge().host().link().fabric().node().stats());
-        if let Some(c) = &mut self.control {
-            if now.duration_since(self.answered) >= Duration::from_millis(10) {
-                c.serve(|cmd| match cmd {
-                    "tree" => {
-                        serde_json::json!({ "tree": print::switch_tree(self.vh.pool.bridge()) })
-                    }
-                    _ => stats(&self.vh.pool),
-                });
-                self.answered = now;
-            }
-        }
+        let pool = &self.vh.pool;
+        self.endpoints.serve(|cmd| match cmd {
+            "tree" => serde_json::json!({ "tree": print::switch_tree(pool.bridge()) }),
+            _ => stats(pool),
+        });
         if signals::stop_requested() {
             self.stop.request();
         }
@@ -248,8 +241,7 @@ pub fn serve(
     let stop = Stop::new();
     let mut s = Served {
         vh,
-        control: bridge::control_socket(&cfg.bridge)?,
-        answered: Instant::now(),
+        endpoints: bridge::endpoints(&cfg.bridge)?,
         checked: Instant::now(),
         log: print::FabricLog::default(),
         each,
