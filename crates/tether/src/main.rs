@@ -112,6 +112,18 @@ enum Command {
     /// Measure MMIO round trips and DMA throughput vs transfer size, per port kind,
     /// TLP size and aggregation (box and host in two namespaces over veth; root).
     Bench(cmd::bench::BenchArgs),
+    /// Print the shell completion script for SHELL (e.g. `tether completions bash >
+    /// /usr/share/bash-completion/completions/tether`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (tether.1, tether-iobox.1, tether-ctl-stats.1, ...) into
+    /// DIR, from the same descriptions as --help.
+    Man {
+        /// Where to write them (made if missing), e.g. /usr/local/share/man/man1.
+        dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -240,6 +252,16 @@ fn run(cli: Cli) -> Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "tether", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir } => {
+            let n = man_pages(&dir)?;
+            println!("wrote {n} manual pages to {}", dir.display());
+            Ok(())
+        }
         Command::Impair(a) => {
             let stats = cmd::impair::run(cmd::impair::Options {
                 a_to_b: cmd::impair::parse_spec(&a.ab)?,
@@ -288,6 +310,28 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Writes a page for the command and one for each subcommand, at every depth
+/// (`tether-ctl-stats.1`); returns how many.
+fn man_pages(dir: &std::path::Path) -> Result<usize> {
+    use anyhow::Context;
+    fn write(cmd: clap::Command, name: String, dir: &std::path::Path) -> Result<usize> {
+        let cmd = cmd.name(name.clone()).bin_name(name.replace('-', " "));
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).render(&mut out)?;
+        std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+        let mut n = 1;
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            n += write(sub.clone(), format!("{name}-{}", sub.get_name()), dir)?;
+        }
+        Ok(n)
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    cmd.build();
+    write(cmd, "tether".into(), dir)
 }
 
 #[cfg(test)]

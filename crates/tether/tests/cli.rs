@@ -535,3 +535,57 @@ fn the_log_goes_to_stderr_with_levels_timestamps_and_json() {
         "{v}"
     );
 }
+
+/// Shell completions and manual pages come from the same CLI as --help: bash's script
+/// is valid bash that completes the subcommands, and there is a page for the command
+/// and every subcommand at every depth.
+#[test]
+fn completions_and_manual_pages_cover_every_command() {
+    let bash = run_ok(tether().args(["completions", "bash"]));
+    for word in ["iobox", "check-config", "set-group", "--log-format"] {
+        assert!(bash.contains(word), "no {word} in the bash completions");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("tether.bash");
+    std::fs::write(&script, &bash).unwrap();
+    let check = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    for shell in ["zsh", "fish"] {
+        assert!(run_ok(tether().args(["completions", shell])).contains("set-group"));
+    }
+    assert!(!tether()
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap()
+        .status
+        .success());
+
+    let man = dir.path().join("man1");
+    let said = run_ok(tether().arg("man").arg(&man));
+    let pages: Vec<String> = std::fs::read_dir(&man)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        said.contains(&format!("wrote {} manual pages", pages.len())),
+        "{said}"
+    );
+    for want in [
+        "tether.1",
+        "tether-iobox.1",
+        "tether-host.1",
+        "tether-ctl.1",
+        "tether-ctl-stats.1",
+        "tether-wire-decode.1",
+        "tether-check-config.1",
+    ] {
+        assert!(pages.iter().any(|p| p == want), "no {want} in {pages:?}");
+    }
+    let stats = std::fs::read_to_string(man.join("tether-ctl-stats.1")).unwrap();
+    assert!(stats.contains("\n.TH tether-ctl-stats 1 "), "{stats}");
+    assert!(stats.contains("\\-\\-watch"), "{stats}");
+}

@@ -76,8 +76,19 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(rig: &Rig, ns: usize, name: &'static str, args: &[&str]) -> Proc {
+        Proc::spawn_program(rig, ns, name, env!("CARGO_BIN_EXE_tether"), args)
+    }
+
+    /// `program` with `args` in host `ns` (a wrapper such as setpriv around tether).
+    pub fn spawn_program(
+        rig: &Rig,
+        ns: usize,
+        name: &'static str,
+        program: &str,
+        args: &[&str],
+    ) -> Proc {
         let mut child = rig
-            .command(ns, env!("CARGO_BIN_EXE_tether"))
+            .command(ns, program)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
