@@ -64,6 +64,12 @@ pub fn read_key_file(path: &Path) -> Result<AuthKey, KeyFileError> {
     Ok(AuthKey::from_secret(&secret))
 }
 
+/// The bearer token of a file made like a group key (`tether key generate`): its 64
+/// hexadecimal digits, from a file only its owner may read, as for a key.
+pub fn read_token_file(path: &Path) -> Result<String, KeyFileError> {
+    Ok(hex(&read_secret(path)?))
+}
+
 /// The 32 secret bytes of a private key file (group key or manager seed).
 fn read_secret(path: &Path) -> Result<[u8; SECRET_LEN], KeyFileError> {
     let mut f = File::open(path).map_err(io(path))?;

@@ -48,7 +48,13 @@ pub struct ManagerStats {
     /// Frames refused by the group-key rule (no tag in a keyed group, a bad tag, a
     /// tag in a group we have no key for).
     pub auth_refused: u64,
+    /// INFO of (group, bridge) pairs not yet known, dropped because
+    /// [`Manager::with_max_bridges`] were known already.
+    pub bridges_refused: u64,
 }
+
+/// (group, bridge) pairs a manager keeps by default.
+pub const MAX_BRIDGES: usize = 4096;
 
 /// What the manager learned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +84,7 @@ pub struct Manager {
     last_now: u64,
     last_counter: u64,
     signer: Option<std::sync::Arc<ManagerSigner>>,
+    max_bridges: usize,
 }
 
 impl Manager {
@@ -95,7 +102,16 @@ impl Manager {
             last_now: 0,
             last_counter: 0,
             signer: None,
+            max_bridges: MAX_BRIDGES,
         }
+    }
+
+    /// Keeps at most `n` (group, bridge) pairs: INFO of new ones beyond that is
+    /// dropped (and counted) until [`Manager::expire`] makes room, so that a flood of
+    /// strangers cannot grow a long-running manager without bound.
+    pub fn with_max_bridges(mut self, n: usize) -> Manager {
+        self.max_bridges = n;
+        self
     }
 
     /// Requests are signed with `signer` (boxes with `[bridge] managers` obey only
@@ -175,7 +191,9 @@ impl Manager {
                     last_seen: now,
                     infos: 1,
                 };
+                let full = self.bridges.len() >= self.max_bridges;
                 match self.bridges.entry((gid, mac)) {
+                    Entry::Vacant(_) if full => self.stats.bridges_refused += 1,
                     Entry::Vacant(v) => {
                         self.events.push_back(ManagerEvent::Seen { gid, mac });
                         v.insert(seen);
@@ -396,5 +414,47 @@ mod tests {
         assert_eq!(m.bridges().count(), 0);
         m.expire(10);
         assert_eq!(m.poll_event(), None);
+    }
+
+    /// A manager keeps at most its cap of (group, bridge) pairs: a flood of new ones
+    /// is counted and dropped, known ones still refresh, and expiry makes room again.
+    #[test]
+    fn a_flood_of_bridges_stays_within_the_cap() {
+        let mut m = Manager::new(mac(9), 1).with_max_bridges(3);
+        let mut nodes: Vec<Node> = (1..=5u8)
+            .map(|i| {
+                let mut n =
+                    Node::new(NodeConfig::new(mac(i), BridgeRole::Host, i as u64, 1)).unwrap();
+                n.join(10).unwrap();
+                n
+            })
+            .collect();
+        let info = |n: &mut Node, now: u64| {
+            n.handle_timeout(now);
+            let mut v = Vec::new();
+            while let Some(f) = n.poll_transmit(now) {
+                v.push(f);
+            }
+            v
+        };
+        for (i, n) in nodes.iter_mut().enumerate() {
+            for f in info(n, i as u64) {
+                m.handle_frame(i as u64, &f, None);
+            }
+        }
+        assert_eq!(m.bridges().count(), 3);
+        assert_eq!(m.stats().bridges_refused, 2);
+        // The first ones were heard again later; the rest expire.
+        for n in nodes.iter_mut().take(1) {
+            for f in info(n, 1_000_000) {
+                m.handle_frame(1_000_000, &f, None);
+            }
+        }
+        m.expire(500_000);
+        assert_eq!(m.bridges().count(), 1);
+        for f in info(&mut nodes[4], 2_000_000) {
+            m.handle_frame(2_000_000, &f, None);
+        }
+        assert_eq!(m.bridges().count(), 2);
     }
 }

@@ -299,19 +299,29 @@ fn check_gid(path: &Path, what: &str, gid: u16) -> Result<(), ConfigError> {
     }
 }
 
+/// The group keys of a `keys` table (`what` names it in errors): group number ->
+/// key file, relative to the configuration file's directory.
+fn group_keys(
+    path: &Path,
+    what: &str,
+    keys: &BTreeMap<String, PathBuf>,
+) -> Result<fabric::GroupKeys, ConfigError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut files = BTreeMap::new();
+    for (name, file) in keys {
+        let gid: u16 = name
+            .parse()
+            .map_err(|_| invalid(path, format!("{what}: {name:?} is not a group number")))?;
+        check_gid(path, what, gid)?;
+        files.insert(gid, dir.join(file));
+    }
+    fabric::keys::read_group_keys(&files).map_err(|e| invalid(path, format!("{what}: {e}")))
+}
+
 /// Reads the key files `[bridge.keys]` names into `group_keys`.
 fn read_keys(path: &Path, b: &mut BridgeSettings) -> Result<(), ConfigError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut files = BTreeMap::new();
-    for (name, file) in &b.keys {
-        let gid: u16 = name
-            .parse()
-            .map_err(|_| invalid(path, format!("bridge.keys: {name:?} is not a group number")))?;
-        check_gid(path, "bridge.keys", gid)?;
-        files.insert(gid, dir.join(file));
-    }
-    b.group_keys = fabric::keys::read_group_keys(&files)
-        .map_err(|e| invalid(path, format!("bridge.keys: {e}")))?;
+    b.group_keys = group_keys(path, "bridge.keys", &b.keys)?;
     if !b.managers.is_empty() {
         let files: Vec<PathBuf> = b.managers.iter().map(|f| dir.join(f)).collect();
         let m = fabric::keys::TrustedManagers::read(&files)
@@ -572,6 +582,69 @@ impl HostConfig {
                     c.max_payload
                 ),
             ));
+        }
+        Ok(c)
+    }
+}
+
+/// `tether manager --config manager.toml`: the management service.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerConfig {
+    /// Where the HTTP API listens.
+    pub listen: std::net::SocketAddr,
+    /// The interface on the segment (it must see every VLAN; not one with AF_XDP).
+    pub interface: String,
+    /// The bearer token requests must carry: a file made by `tether key generate`,
+    /// readable by its owner only. Relative to this file's directory.
+    pub token_file: PathBuf,
+    /// Sign the CTRL requests with this manager key (`tether key generate-manager`).
+    #[serde(default)]
+    pub sign: Option<PathBuf>,
+    /// A bridge not heard from for this long is forgotten.
+    #[serde(default = "default_stale_ms")]
+    pub stale_ms: u64,
+    /// How long a move waits for its box's answer.
+    #[serde(default = "default_move_timeout_ms")]
+    pub move_timeout_ms: u64,
+    /// `[keys]`: group -> key file, for the groups whose frames are authenticated.
+    #[serde(default)]
+    pub keys: BTreeMap<String, PathBuf>,
+    /// The token read from `token_file`.
+    #[serde(skip)]
+    pub token: String,
+    /// The keys read from `keys`.
+    #[serde(skip)]
+    pub group_keys: fabric::GroupKeys,
+}
+
+fn default_stale_ms() -> u64 {
+    2000
+}
+
+fn default_move_timeout_ms() -> u64 {
+    3000
+}
+
+impl ManagerConfig {
+    /// Reads and checks the file, and the token, key and signing files it names.
+    pub fn load(path: &Path) -> Result<ManagerConfig, ConfigError> {
+        let mut c: ManagerConfig = load(path)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        c.token_file = dir.join(&c.token_file);
+        c.token = fabric::keys::read_token_file(&c.token_file)
+            .map_err(|e| invalid(path, format!("token_file: {e}")))?;
+        c.group_keys = group_keys(path, "keys", &c.keys)?;
+        if let Some(s) = &mut c.sign {
+            *s = dir.join(&*s);
+            fabric::keys::ManagerSigner::read(s)
+                .map_err(|e| invalid(path, format!("sign: {e}")))?;
+        }
+        if !(100..=3_600_000).contains(&c.stale_ms) {
+            return Err(invalid(path, "stale_ms must be 100..=3600000".into()));
+        }
+        if !(100..=60_000).contains(&c.move_timeout_ms) {
+            return Err(invalid(path, "move_timeout_ms must be 100..=60000".into()));
         }
         Ok(c)
     }

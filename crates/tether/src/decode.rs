@@ -1,7 +1,8 @@
 //! Human-readable decoding of captured frames (`tether wire decode`), with each
-//! completion matched to its request by (GID, requester ID, tag).
+//! completion matched to its request by (GID, requester ID, tag), and the completion
+//! latencies of a capture by request type (`--stats`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
 
@@ -9,50 +10,151 @@ use anyhow::Result;
 use tlp::{Bdf, Header, Tag};
 use wire::{Body, Frame};
 
-/// Outstanding non-posted requests: (GID, requester, tag) -> (frame number, time µs).
-#[derive(Default)]
-pub struct RequestTracker {
-    outstanding: HashMap<(u16, Bdf, Tag), (usize, u64)>,
+/// A completion matched to its request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Matched {
+    /// The request's frame number.
+    pub request_frame: usize,
+    /// From the request to this completion, µs.
+    pub latency_us: u64,
+    /// The request's mnemonic (`MRd`, `CfgRd0`, ...).
+    pub kind: &'static str,
+    /// This completion finished the request (the last of a split read).
+    pub last: bool,
 }
 
+/// Outstanding non-posted requests: (GID, requester, tag) -> (frame number, time µs,
+/// mnemonic). At most [`MAX_OUTSTANDING`]: a capture of requests that never complete
+/// forgets the oldest rather than growing.
+#[derive(Default)]
+pub struct RequestTracker {
+    outstanding: HashMap<(u16, Bdf, Tag), (usize, u64, &'static str)>,
+    /// Requests seen, by mnemonic.
+    pub requests: BTreeMap<&'static str, u64>,
+}
+
+/// Requests kept waiting for their completions (a host has at most 256 tags per
+/// requester; this is far beyond a real capture's need).
+pub const MAX_OUTSTANDING: usize = 1 << 16;
+
 impl RequestTracker {
-    /// Records a request, or matches a completion. For a completion returns the
-    /// request's frame number and the latency in µs; the last completion (byte count
-    /// equal to what it carries) retires the request.
+    /// Records a request, or matches a completion to one. The last completion (byte
+    /// count equal to what it carries) retires the request.
     pub fn observe(
         &mut self,
         gid: u16,
         frame_no: usize,
         time_us: u64,
         t: &tlp::Tlp<'_>,
-    ) -> Option<(usize, u64)> {
+    ) -> Option<Matched> {
         if let Some((req, tag)) = t.header.transaction_id() {
+            let kind = t.header.mnemonic(!t.payload.is_empty());
+            *self.requests.entry(kind).or_default() += 1;
+            if self.outstanding.len() >= MAX_OUTSTANDING {
+                if let Some(oldest) = self
+                    .outstanding
+                    .iter()
+                    .min_by_key(|(_, v)| v.0)
+                    .map(|(k, _)| *k)
+                {
+                    self.outstanding.remove(&oldest);
+                }
+            }
             self.outstanding
-                .insert((gid, req, tag), (frame_no, time_us));
+                .insert((gid, req, tag), (frame_no, time_us, kind));
             return None;
         }
         let Header::Completion(c) = t.header else {
             return None;
         };
         let key = (gid, c.requester, c.tag);
-        let &(no, at) = self.outstanding.get(&key)?;
+        let &(no, at, kind) = self.outstanding.get(&key)?;
         let data_bytes = t
             .payload
             .len()
             .saturating_sub((c.lower_address & 3) as usize);
-        if t.payload.is_empty() || data_bytes >= c.byte_count as usize {
+        let last = t.payload.is_empty() || data_bytes >= c.byte_count as usize;
+        if last {
             self.outstanding.remove(&key);
         }
-        Some((no, time_us.saturating_sub(at)))
+        Some(Matched {
+            request_frame: no,
+            latency_us: time_us.saturating_sub(at),
+            kind,
+            last,
+        })
+    }
+}
+
+/// Completion latencies by request type: from each request to the completion that
+/// finished it.
+#[derive(Default)]
+pub struct LatencyStats {
+    by_kind: BTreeMap<&'static str, Vec<u64>>,
+}
+
+impl LatencyStats {
+    pub fn add(&mut self, m: Matched) {
+        if m.last {
+            self.by_kind.entry(m.kind).or_default().push(m.latency_us);
+        }
+    }
+
+    /// The table: per request type, requests seen, answered, and the latency's
+    /// minimum, median, 90th, 99th percentile and maximum (nearest rank), µs.
+    pub fn table(&mut self, requests: &BTreeMap<&'static str, u64>) -> String {
+        let mut s = format!(
+            "{:<9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+            "TYPE", "REQUESTS", "ANSWERED", "MIN", "P50", "P90", "P99", "MAX"
+        );
+        for (kind, seen) in requests {
+            let v = self.by_kind.entry(kind).or_default();
+            v.sort_unstable();
+            let rank = |q: f64| -> String {
+                if v.is_empty() {
+                    return "-".into();
+                }
+                let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+                v[i].to_string()
+            };
+            s += &format!(
+                "{kind:<9} {seen:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+                v.len(),
+                rank(0.0),
+                rank(0.5),
+                rank(0.9),
+                rank(0.99),
+                rank(1.0)
+            );
+        }
+        s
     }
 }
 
 /// Prints every frame of a pcap file; the tags of frames of the groups in `keys` are
 /// checked.
 pub fn print_pcap(path: &Path, keys: &fabric::GroupKeys, out: &mut impl Write) -> Result<()> {
+    decode_pcap(path, keys, false, out)
+}
+
+/// Prints the completion-latency table of a pcap file instead of its frames.
+pub fn print_stats(path: &Path, keys: &fabric::GroupKeys, out: &mut impl Write) -> Result<()> {
+    decode_pcap(path, keys, true, out)
+}
+
+fn decode_pcap(
+    path: &Path,
+    keys: &fabric::GroupKeys,
+    stats_only: bool,
+    out: &mut impl Write,
+) -> Result<()> {
     let frames = crate::pcap::read(path)?;
     let mut tracker = RequestTracker::default();
+    let mut stats = LatencyStats::default();
     let start = frames.first().map_or(0, |f| f.0);
+    let mut sink = std::io::sink();
+    let real: &mut dyn Write = out;
+    let out: &mut dyn Write = if stats_only { &mut sink } else { real };
     for (i, (time_us, bytes)) in frames.iter().enumerate() {
         let no = i + 1;
         let rel = (*time_us - start.min(*time_us)) as f64 / 1e6;
@@ -107,8 +209,13 @@ pub fn print_pcap(path: &Path, keys: &fabric::GroupKeys, out: &mut impl Write) -
                     match r.and_then(|r| r.tlp()) {
                         Ok(t) => {
                             write!(out, "        {t}")?;
-                            if let Some((req_no, lat)) = tracker.observe(gid, no, *time_us, &t) {
-                                write!(out, "  [request in frame {req_no}, {lat} µs]")?;
+                            if let Some(m) = tracker.observe(gid, no, *time_us, &t) {
+                                write!(
+                                    out,
+                                    "  [request in frame {}, {} µs]",
+                                    m.request_frame, m.latency_us
+                                )?;
+                                stats.add(m);
                             }
                             writeln!(out)?;
                         }
@@ -153,6 +260,18 @@ pub fn print_pcap(path: &Path, keys: &fabric::GroupKeys, out: &mut impl Write) -
             Ok(Body::Ack | Body::Nak) => {}
             Err(e) => writeln!(out, "        malformed payload: {e}")?,
         }
+    }
+    if stats_only {
+        let span = frames.last().map_or(0, |f| f.0.saturating_sub(start));
+        writeln!(
+            real,
+            "{}: {} frames in {:.3} s; completion latency by request type \
+             (µs, from the request to the completion that finished it):",
+            path.display(),
+            frames.len(),
+            span as f64 / 1e6
+        )?;
+        write!(real, "{}", stats.table(&tracker.requests))?;
     }
     Ok(())
 }

@@ -98,6 +98,10 @@ enum Command {
     /// running bridge's counters and switch tree.
     #[command(subcommand)]
     Ctl(cmd::ctl::CtlCommand),
+    /// The management service: watch the segment and serve an HTTP JSON API to list
+    /// its devices and bridges and move devices between groups (a bearer token
+    /// guards it), until SIGINT/SIGTERM.
+    Manager(cmd::manager::ManagerArgs),
     /// Make or inspect group key files (docs/wire-format.md, "Authentication").
     #[command(subcommand)]
     Key(cmd::key::KeyCommand),
@@ -116,7 +120,7 @@ enum Command {
     /// /usr/share/bash-completion/completions/tether`).
     Completions {
         /// The shell.
-        shell: clap_complete::Shell,
+        shell: Shell,
     },
     /// Write the manual pages (tether.1, tether-iobox.1, tether-ctl-stats.1, ...) into
     /// DIR, from the same descriptions as --help.
@@ -124,6 +128,33 @@ enum Command {
         /// Where to write them (made if missing), e.g. /usr/local/share/man/man1.
         dir: PathBuf,
     },
+}
+
+/// The shells `tether completions` writes for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Shell {
+    /// bash: /usr/share/bash-completion/completions/tether
+    Bash,
+    /// zsh: a file `_tether` in a directory of $fpath
+    Zsh,
+    /// fish: ~/.config/fish/completions/tether.fish
+    Fish,
+    /// Elvish
+    Elvish,
+    /// PowerShell
+    Powershell,
+}
+
+impl Shell {
+    fn into_generator(self) -> clap_complete::Shell {
+        match self {
+            Shell::Bash => clap_complete::Shell::Bash,
+            Shell::Zsh => clap_complete::Shell::Zsh,
+            Shell::Fish => clap_complete::Shell::Fish,
+            Shell::Elvish => clap_complete::Shell::Elvish,
+            Shell::Powershell => clap_complete::Shell::PowerShell,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -180,7 +211,7 @@ enum WireCommand {
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
     },
-    /// Print the frames and TLPs of a pcap file.
+    /// Print the frames and TLPs of a pcap file, or their completion latencies.
     Decode {
         /// Input pcap file.
         #[arg(long)]
@@ -188,6 +219,11 @@ enum WireCommand {
         /// Check the tags of a keyed group's frames: GID=FILE (repeatable).
         #[arg(long = "key", value_name = "GID=FILE")]
         keys: Vec<String>,
+        /// Print, instead of the frames, the completion latency per request type
+        /// (requests, answered, min, p50, p90, p99, max in µs), each request matched
+        /// to the completion that finished it.
+        #[arg(long)]
+        stats: bool,
     },
     /// Send the frames of a pcap file out of an interface (needs CAP_NET_RAW).
     Replay {
@@ -247,6 +283,7 @@ fn run(cli: Cli) -> Result<()> {
         } => cmd::vm_host::run(&config, proxy_fd, vfio_user.as_deref()),
         Command::Ctl(c) => cmd::ctl::run(c),
         Command::Key(c) => cmd::key::run(c),
+        Command::Manager(a) => cmd::manager::run(a),
         Command::Vm(a) => {
             let status = cmd::vm::run(a)?;
             std::process::exit(status.code().unwrap_or(1));
@@ -254,7 +291,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => cmd::bench::run(a),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "tether", &mut std::io::stdout());
+            clap_complete::generate(
+                shell.into_generator(),
+                &mut cmd,
+                "tether",
+                &mut std::io::stdout(),
+            );
             Ok(())
         }
         Command::Man { dir } => {
@@ -293,10 +335,18 @@ fn run(cli: Cli) -> Result<()> {
             tracing::info!("wrote {n} sample frames to {}", path.display());
             Ok(())
         }
-        Command::Wire(WireCommand::Decode { pcap: path, keys }) => {
+        Command::Wire(WireCommand::Decode {
+            pcap: path,
+            keys,
+            stats,
+        }) => {
             let stdout = std::io::stdout();
             let keys = cmd::ctl::read_keys(&keys)?;
-            decode::print_pcap(&path, &keys, &mut stdout.lock())
+            if stats {
+                decode::print_stats(&path, &keys, &mut stdout.lock())
+            } else {
+                decode::print_pcap(&path, &keys, &mut stdout.lock())
+            }
         }
         Command::Wire(WireCommand::Replay {
             pcap: path,

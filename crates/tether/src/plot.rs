@@ -20,6 +20,9 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// More distinct x values than this are labelled at powers of two.
+const MAX_TICKS: usize = 16;
+
 /// A plot with a log2 x axis labelled by `x_label_of` and a linear y axis from 0.
 pub fn log_x(
     title: &str,
@@ -72,9 +75,16 @@ pub fn log_x(
             yy = y(v)
         );
     }
+    // A label at each x the series share (transfer sizes); for many distinct x
+    // (a distribution), at each power of two between the ends instead.
     let mut ticks: Vec<f64> = xs.clone();
     ticks.sort_by(f64::total_cmp);
     ticks.dedup();
+    if ticks.len() > MAX_TICKS {
+        ticks = (l0.ceil() as i32..=l1.floor() as i32)
+            .map(|e| 2f64.powi(e))
+            .collect();
+    }
     for t in ticks {
         let _ = writeln!(
             s,
@@ -149,6 +159,26 @@ fn trim(v: f64) -> String {
     }
 }
 
+/// The empirical CDF of `samples` as at most `points` (x, fraction) points: the
+/// fraction of samples at or below each x, x > 0 (for [`log_x`]).
+pub fn cdf(samples: &[f64], points: usize) -> Vec<(f64, f64)> {
+    let mut v: Vec<f64> = samples.iter().copied().filter(|x| x.is_finite()).collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 || points == 0 {
+        return Vec::new();
+    }
+    let step = n.div_ceil(points).max(1);
+    let mut out: Vec<(f64, f64)> = (step - 1..n)
+        .step_by(step)
+        .map(|i| (v[i].max(1e-9), (i + 1) as f64 / n as f64))
+        .collect();
+    if out.last().is_none_or(|p| p.1 < 1.0) {
+        out.push((v[n - 1].max(1e-9), 1.0));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +204,38 @@ mod tests {
         assert_eq!(nice_ceiling(31.0), 50.0);
         assert_eq!(nice_ceiling(224.0), 250.0);
         assert_eq!(nice_ceiling(0.7), 1.0);
+    }
+
+    #[test]
+    fn a_cdf_rises_to_one_and_labels_powers_of_two() {
+        let samples: Vec<f64> = (1..=1000).map(|i| i as f64 / 10.0).collect();
+        let c = cdf(&samples, 100);
+        assert!(c.len() <= 101, "{}", c.len());
+        assert!(c.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 < w[1].1));
+        assert_eq!(c.last().unwrap(), &(100.0, 1.0));
+        assert!(
+            (c[49].1 - 0.5).abs() < 1e-9 && (c[49].0 - 50.0).abs() < 1e-9,
+            "{:?}",
+            c[49]
+        );
+        assert!(cdf(&[], 10).is_empty());
+        let svg = log_x(
+            "cdf",
+            "us",
+            "fraction",
+            |v| format!("{v}"),
+            &[Series {
+                name: "x".into(),
+                color: COLORS[0],
+                dashed: false,
+                points: c,
+            }],
+        );
+        // Labels at 1, 2, 4, ... 64 (0.1 to 100 spans them), not at 100 points.
+        assert!(
+            svg.contains(">64</text>") && svg.contains(">1</text>"),
+            "{svg}"
+        );
+        assert!(!svg.contains(">50</text>"), "{svg}");
     }
 }

@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use fabric::Node;
-use wire::BridgeRole;
 
 /// The name lspci gives a class (base class, subclass), for the classes tether's
 /// devices use and their families.
@@ -256,13 +255,7 @@ pub fn describe(e: &fabric::FabricEvent) -> Option<String> {
     })
 }
 
-pub fn role_name(r: BridgeRole) -> &'static str {
-    match r {
-        BridgeRole::Host => "host",
-        BridgeRole::IoBox => "iobox",
-        BridgeRole::Manager => "manager",
-    }
-}
+pub use manager::inventory::role_name;
 
 /// The sessions of a node as JSON: one entry per (group, peer).
 pub fn sessions_json(node: &Node) -> serde_json::Value {
@@ -356,6 +349,7 @@ pub fn switch_tree(hb: &hostbridge::host_bridge::HostBridge) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wire::BridgeRole;
 
     #[test]
     fn class_names_follow_lspci() {

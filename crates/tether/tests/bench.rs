@@ -78,6 +78,18 @@ fn bench_over_memory_ports_writes_tables_and_plots() {
         assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{f}");
         assert_eq!(svg.matches("<polyline").count(), 2, "{f}");
     }
+    // The MMIO latency CDF: one line (memory ports, timed on the first run) that
+    // reaches 1, next to the throughput plots.
+    assert!(
+        doc.contains("![perf-mmio-cdf.svg](perf-mmio-cdf.svg)"),
+        "{doc}"
+    );
+    let cdf = std::fs::read_to_string(d.path().join("perf-mmio-cdf.svg")).unwrap();
+    assert_eq!(cdf.matches("<polyline").count(), 1, "{cdf}");
+    assert!(
+        cdf.contains("fraction of reads") && cdf.contains("round trip (µs)"),
+        "{cdf}"
+    );
 }
 
 #[test]

@@ -398,6 +398,27 @@ fn check_config_accepts_the_example_configurations() {
         out.contains("host.toml: valid: a host in group 10 on eth1 (auto), 0 group key(s), control /run/tether/host.sock, metrics 127.0.0.1:9371;"),
         "{out}"
     );
+    // The manager's names a token file, made as its comment says, next to it.
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("manager.toml");
+    std::fs::copy(example("manager.toml"), &m).unwrap();
+    let out = tether().arg("check-config").arg(&m).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("token_file") && err.contains("manager.token"),
+        "{err}"
+    );
+    run_ok(
+        tether()
+            .args(["key", "generate"])
+            .arg(dir.path().join("manager.token")),
+    );
+    let out = run_ok(tether().arg("check-config").arg(&m));
+    assert!(
+        out.contains("manager.toml: valid: a manager on eth2, API on 127.0.0.1:9380, 0 group key(s), requests unsigned"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -588,4 +609,74 @@ fn completions_and_manual_pages_cover_every_command() {
     let stats = std::fs::read_to_string(man.join("tether-ctl-stats.1")).unwrap();
     assert!(stats.contains("\n.TH tether-ctl-stats 1 "), "{stats}");
     assert!(stats.contains("\\-\\-watch"), "{stats}");
+}
+
+/// `wire decode --stats`: the completion latency per request type, on the sample and
+/// on the committed capture of a real memdev run (bench/capture-memdev.sh): the
+/// enumeration's configuration requests and the device's DMA reads, each answered,
+/// with ordered percentiles.
+#[test]
+fn decode_stats_gives_latency_percentiles_per_request_type() {
+    let rows = |pcap: &std::path::Path| -> Vec<Vec<String>> {
+        let out = run_ok(
+            tether()
+                .args(["wire", "decode", "--stats", "--pcap"])
+                .arg(pcap),
+        );
+        let mut lines = out.lines();
+        let head = lines.next().unwrap_or_default();
+        assert!(head.contains("completion latency by request type"), "{out}");
+        assert!(
+            lines
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                == ["TYPE", "REQUESTS", "ANSWERED", "MIN", "P50", "P90", "P99", "MAX"],
+            "{out}"
+        );
+        lines
+            .map(|l| l.split_whitespace().map(String::from).collect())
+            .collect()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sample = dir.path().join("s.pcap");
+    run_ok(tether().args(["wire", "sample", "--pcap"]).arg(&sample));
+    let s = rows(&sample);
+    for kind in ["MRd", "CfgRd0", "CfgWr1", "IORd", "FetchAdd", "CAS"] {
+        let r = s
+            .iter()
+            .find(|r| r[0] == kind)
+            .unwrap_or_else(|| panic!("{kind}: {s:?}"));
+        assert_eq!(r[1], r[2], "{r:?}");
+    }
+    assert!(
+        !s.iter().any(|r| r[0] == "MWr"),
+        "posted writes have no completion"
+    );
+
+    let capture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/captures/memdev.pcap");
+    let c = rows(&capture);
+    for kind in ["CfgRd0", "CfgWr0", "MRd"] {
+        let r = c
+            .iter()
+            .find(|r| r[0] == kind)
+            .unwrap_or_else(|| panic!("{kind}: {c:?}"));
+        let n: Vec<u64> = r[1..].iter().map(|x| x.parse().unwrap()).collect();
+        assert!(n[0] > 0 && n[1] == n[0], "every {kind} answered: {r:?}");
+        assert!(
+            n[2] <= n[3] && n[3] <= n[4] && n[4] <= n[5] && n[5] <= n[6],
+            "{r:?}"
+        );
+    }
+    let all = run_ok(tether().args(["wire", "decode", "--pcap"]).arg(&capture));
+    assert!(
+        !all.contains("malformed") && !all.contains("bytes: "),
+        "{all}"
+    );
+    assert!(
+        all.contains(" INFO ") && all.contains("MRd"),
+        "a real run's frames"
+    );
 }

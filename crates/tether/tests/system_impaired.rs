@@ -186,7 +186,7 @@ fn dma_copies_survive_loss_duplication_reordering_and_corruption() {
     for dir in ["tsia -> tsib", "tsib -> tsia"] {
         let l = report
             .lines()
-            .find(|l| l.starts_with(dir))
+            .find_map(|l| l.find(dir).map(|i| &l[i..]))
             .expect("relay counters");
         for what in ["lost", "duplicated", "reordered"] {
             let n: u64 = l[l.find(&format!(" {what} ")).unwrap() + what.len() + 2..]

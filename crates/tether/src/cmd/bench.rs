@@ -858,6 +858,45 @@ fn plots(args: &BenchArgs, runs: &[Run], dir: &Path) -> Result<Vec<PathBuf>> {
         std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
         files.push(path);
     }
+    // The MMIO round trips' distribution: one line per port (and keyed, and with the
+    // second pair busy), as the fraction of reads done within each time.
+    let mut series = Vec::new();
+    for (k, r) in runs.iter().filter(|r| !r.mmio.is_empty()).enumerate() {
+        let keyed = if r.auth { ", keyed" } else { "" };
+        let color = plot::COLORS[k % plot::COLORS.len()];
+        let mut add = |name: String, v: &[Duration], dashed: bool| {
+            let micros: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+            series.push(Series {
+                name,
+                color,
+                dashed,
+                points: plot::cdf(&micros, 200),
+            });
+        };
+        add(format!("{}{keyed}", r.port.name()), &r.mmio, r.auth);
+        if let Some((busy, _)) = &r.loaded {
+            add(
+                format!("{}{keyed}, second pair busy", r.port.name()),
+                busy,
+                true,
+            );
+        }
+    }
+    if !series.is_empty() {
+        let svg = plot::log_x(
+            &format!(
+                "MMIO read round trip, {} reads per port: cumulative distribution",
+                args.mmio_reads
+            ),
+            "round trip (µs)",
+            "fraction of reads",
+            |v| format!("{v}"),
+            &series,
+        );
+        let path = dir.join("perf-mmio-cdf.svg");
+        std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+        files.push(path);
+    }
     Ok(files)
 }
 

@@ -1,19 +1,21 @@
-//! `tether check-config FILE...`: configuration files checked as `tether iobox` and
-//! `tether host` load them (every value, the key files they name, a virtio-blk
-//! device's disk), without opening a port or touching the network; a summary of each
-//! valid file, the reason for each invalid one.
+//! `tether check-config FILE...`: configuration files checked as `tether iobox`,
+//! `tether host` and `tether manager` load them (every value, the key and token files
+//! they name, a virtio-blk device's disk), without opening a port or touching the
+//! network; a summary of each valid file, the reason for each invalid one.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
 use crate::cmd::iobox::{model_name, open_disk};
-use crate::config_file::{BoxConfig, HostConfig, Model};
+use crate::config_file::{BoxConfig, HostConfig, ManagerConfig, Model};
 
-/// What a file is, from its keys: a box has `[[device]]` tables, a host a `gid`.
+/// What a file is, from its keys: a box has `[[device]]` tables, a host a `gid`, a
+/// manager a `listen` address.
 enum Kind {
     Box,
     Host,
+    Manager,
 }
 
 fn kind(path: &Path) -> Result<Kind> {
@@ -27,16 +29,30 @@ fn kind(path: &Path) -> Result<Kind> {
             Kind::Host
         });
     };
-    match (table.contains_key("device"), table.contains_key("gid")) {
-        (true, false) => Ok(Kind::Box),
-        (false, true) => Ok(Kind::Host),
-        (true, true) => bail!(
-            "{}: both [[device]] (a box's) and gid (a host's): which is it?",
+    let found: Vec<(Kind, &str)> = [
+        (Kind::Box, "device", "[[device]] (a box's)"),
+        (Kind::Host, "gid", "gid (a host's)"),
+        (Kind::Manager, "listen", "listen (a manager's)"),
+    ]
+    .into_iter()
+    .filter(|(_, key, _)| table.contains_key(*key))
+    .map(|(k, _, what)| (k, what))
+    .collect();
+    match found.len() {
+        1 => Ok(found.into_iter().next().expect("one").0),
+        0 => bail!(
+            "{}: neither a box's configuration ([[device]] tables) nor a host's (gid = N) \
+             nor a manager's (listen = ADDR:PORT)",
             path.display()
         ),
-        (false, false) => bail!(
-            "{}: neither a box's configuration ([[device]] tables) nor a host's (gid = N)",
-            path.display()
+        _ => bail!(
+            "{}: {}: which is it?",
+            path.display(),
+            found
+                .iter()
+                .map(|(_, w)| *w)
+                .collect::<Vec<_>>()
+                .join(" and ")
         ),
     }
 }
@@ -80,6 +96,20 @@ fn check(path: &Path) -> Result<String> {
                 c.bridge.group_keys.len(),
                 endpoints(&c.bridge),
                 devices.join("; ")
+            ))
+        }
+        Kind::Manager => {
+            let c = ManagerConfig::load(path)?;
+            Ok(format!(
+                "a manager on {}, API on {}, {} group key(s), requests {}",
+                c.interface,
+                c.listen,
+                c.group_keys.len(),
+                if c.sign.is_some() {
+                    "signed"
+                } else {
+                    "unsigned"
+                }
             ))
         }
         Kind::Host => {

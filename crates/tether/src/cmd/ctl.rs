@@ -1,9 +1,11 @@
 //! `tether ctl`: the management station.
 //!
 //! - `list` and `set-group` work on the segment itself, as ExpEther's manager does:
-//!   a passive [`fabric::Manager`] on an AF_PACKET socket reads the INFO frames of
-//!   every group, and moves a device by sending its box a CTRL SET_GROUP frame (sent
-//!   again until the RESULT comes back; a repeat is harmless). The interface must see
+//!   the station of the `manager` crate (a passive [`fabric::Manager`] on an
+//!   AF_PACKET socket) reads the INFO frames of every group, and moves a device by
+//!   sending its box a CTRL SET_GROUP frame (sent again until the RESULT comes back;
+//!   a repeat is harmless). `tether manager` runs the same station as a service. The
+//!   interface must see
 //!   every VLAN of the segment and must not be one a bridge has AF_XDP on (its XDP
 //!   program takes tether's frames away from sockets).
 //! - `stats` asks a running bridge over its control socket.
@@ -11,11 +13,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
-use dataplane::ports::af_packet::{AfPacketPort, RingConfig};
-use dataplane::{Mempool, Port};
-use fabric::{Manager, ManagerEvent};
-use wire::{CtrlStatus, MacAddr};
+use anyhow::{anyhow, bail, Result};
+use manager::Station;
+use wire::CtrlStatus;
 
 use crate::{control, print};
 
@@ -89,32 +89,7 @@ pub enum CtlCommand {
 
 /// BOX/SLOT: a bridge id (decimal or 0x-hex) or a MAC, and a slot number.
 fn parse_device(s: &str) -> Result<(u64, u8)> {
-    let (b, slot) = s
-        .rsplit_once('/')
-        .ok_or_else(|| anyhow!("device {s:?}: expected BOX/SLOT, e.g. 0xb0c5/0"))?;
-    let slot: u8 = slot
-        .parse()
-        .ok()
-        .filter(|n| *n < 32)
-        .ok_or_else(|| anyhow!("device {s:?}: slot must be 0..=31"))?;
-    let id = if let Some(h) = b.strip_prefix("0x") {
-        u64::from_str_radix(h, 16).ok()
-    } else if b.contains(':') {
-        let bytes: Vec<u8> = b
-            .split(':')
-            .filter_map(|x| u8::from_str_radix(x, 16).ok())
-            .collect();
-        (bytes.len() == 6 && b.split(':').count() == 6)
-            .then(|| fabric::manager::mac_value(MacAddr(bytes.try_into().expect("6 bytes"))))
-    } else {
-        b.parse().ok()
-    };
-    let id = id.ok_or_else(|| {
-        anyhow!(
-            "device {s:?}: box must be a bridge id (0xb0c5, 45253) or a MAC (02:00:00:00:00:01)"
-        )
-    })?;
-    Ok((id, slot))
+    Ok(manager::parse_device(s)?)
 }
 
 /// `GID=FILE` arguments read into group keys.
@@ -130,72 +105,6 @@ pub fn read_keys(args: &[String]) -> Result<fabric::GroupKeys> {
         files.insert(gid, PathBuf::from(f));
     }
     Ok(fabric::keys::read_group_keys(&files)?)
-}
-
-/// The manager on a socket of its own.
-struct Station {
-    port: AfPacketPort,
-    m: Manager,
-    start: Instant,
-    rx: Vec<dataplane::Mbuf>,
-}
-
-impl Station {
-    fn open(
-        interface: &str,
-        keys: fabric::GroupKeys,
-        signer: Option<fabric::keys::ManagerSigner>,
-    ) -> Result<Station> {
-        let pool = Mempool::new(1024, 2048)?;
-        let port = AfPacketPort::open(interface, &pool, RingConfig::low_latency())
-            .with_context(|| format!("opening {interface}"))?;
-        // Its clock starts at 0 now (`start`).
-        let mut m = Manager::new(MacAddr(port.info().mac), fabric::fresh_epoch())
-            .with_keys(keys)
-            .with_wall_offset(fabric::port::wall_clock_us());
-        if let Some(s) = signer {
-            m = m.with_signer(std::sync::Arc::new(s));
-        }
-        Ok(Station {
-            port,
-            m,
-            start: Instant::now(),
-            rx: Vec::new(),
-        })
-    }
-
-    fn now(&self) -> u64 {
-        self.start.elapsed().as_micros() as u64
-    }
-
-    /// Sends what the manager has and reads what arrives for up to `d`.
-    fn run_for(&mut self, d: Duration) -> Result<()> {
-        let end = Instant::now() + d;
-        loop {
-            let pool = self.port.pool().clone();
-            while let Some(f) = self.m.poll_transmit() {
-                let Some(mut b) = pool.get() else { break };
-                pool.buf_mut(&mut b)[..f.len()].copy_from_slice(&f);
-                pool.set_len(&mut b, f.len());
-                let mut v = vec![b];
-                self.port.tx_burst(&mut v)?;
-                for b in v {
-                    pool.put(b);
-                }
-            }
-            self.port.rx_burst(&mut self.rx, 64)?;
-            let now = self.now();
-            for b in self.rx.drain(..) {
-                self.m.handle_frame(now, pool.data(&b), None);
-                pool.put(b);
-            }
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(());
-            }
-            self.port.wait_rx(left.min(Duration::from_millis(5)));
-        }
-    }
 }
 
 fn list(interface: &str, listen: Duration, json: bool, keys: fabric::GroupKeys) -> Result<()> {
@@ -296,30 +205,26 @@ fn set_group(
         return Ok(());
     }
     // CTRL frames are not carried by a session: ask again until the box answers.
-    let status = 'ask: loop {
+    let device_now = manager::station::Located {
+        gid: from,
+        box_mac: mac,
+        box_id: id,
+        slot,
+    };
+    let mut mv = manager::PendingMove::new(device_now, gid, end);
+    let status = loop {
+        if let Some(s) = st.poll_result(&mv) {
+            break s;
+        }
+        st.forget_events();
         if Instant::now() >= end {
             bail!(
                 "box {mac} did not answer the SET_GROUP request (a box with [bridge] managers \
                  obeys only requests signed with one of their keys: --sign)"
             );
         }
-        let request = st.m.set_group(from, mac, id, slot, gid)?;
-        let asked = Instant::now();
-        while asked.elapsed() < Duration::from_millis(200) {
-            st.run_for(Duration::from_millis(10))?;
-            while let Some(e) = st.m.poll_event() {
-                if let ManagerEvent::Result {
-                    from: f,
-                    request_id,
-                    status,
-                } = e
-                {
-                    if f == mac && request_id == request {
-                        break 'ask status;
-                    }
-                }
-            }
-        }
+        mv.poll_resend(&mut st, Instant::now())?;
+        st.pump(Duration::from_millis(10))?;
     };
     if status != CtrlStatus::Ok {
         bail!("box {mac} refused to move slot {slot}: {status:?}");

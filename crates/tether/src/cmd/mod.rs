@@ -10,5 +10,6 @@ pub mod host;
 pub mod impair;
 pub mod iobox;
 pub mod key;
+pub mod manager;
 pub mod vm;
 pub mod vm_host;
