@@ -33,23 +33,10 @@ fn iobox_hosts_and_ctl_as_processes() {
     let Some(mut rig) = Rig::for_test(test, "tpb") else {
         return;
     };
-    let sw = rig.host("sw").unwrap();
-    let bx = rig.host("box").unwrap();
-    let bx2 = rig.host("box2").unwrap();
-    let ha = rig.host("ha").unwrap();
-    let hb = rig.host("hb").unwrap();
-    let mgr = rig.host("mgr").unwrap();
-    for (h, inner, outer) in [
-        (bx, "pbbox", "swbox"),
-        (bx2, "pbbox2", "swbox2"),
-        (ha, "pbha", "swha"),
-        (hb, "pbhb", "swhb"),
-        (mgr, "pbmgr", "swmgr"),
-    ] {
-        rig.veth(h, inner, sw, outer, 1500).unwrap();
-    }
-    rig.bridge(sw, "br0", &["swbox", "swbox2", "swha", "swhb", "swmgr"])
-        .unwrap();
+    let [bx, bx2, ha, hb, mgr] = star(&mut rig, "pb", &["box", "box2", "ha", "hb", "mgr"])[..]
+    else {
+        unreachable!()
+    };
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

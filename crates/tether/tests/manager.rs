@@ -6,7 +6,8 @@
 //! - `GET /devices` lists the box's two devices with their groups and the host that
 //!   has each; `GET /bridges` the box and both hosts with their groups;
 //! - `PUT /devices/0xb0c5/0/group {"gid": 20}` moves the device from host A to host B
-//!   (hot-remove at A, hot-plug and verified DMA at B); `DELETE` frees it (4093);
+//!   (hot-remove at A, hot-plug and verified DMA at B); `DELETE` frees it (4093); the
+//!   box obeys only signed moves (`[bridge] managers`), and the manager signs them;
 //! - bad input gets 400, an unknown device 404, other paths 404, other methods 405;
 //! - every path and method of docs/manager-openapi.json is served, and every status
 //!   the test met is documented for its operation.
@@ -42,30 +43,24 @@ fn manager_api_lists_and_moves_devices() {
     let Some(_) = dep(test, "tools.sh") else {
         return;
     };
-    let sw = rig.host("sw").unwrap();
-    let bx = rig.host("box").unwrap();
-    let ha = rig.host("ha").unwrap();
-    let hb = rig.host("hb").unwrap();
-    let mgr = rig.host("mgr").unwrap();
-    for (h, inner, outer) in [
-        (bx, "mgbox", "swbox"),
-        (ha, "mgha", "swha"),
-        (hb, "mghb", "swhb"),
-        (mgr, "mgmgr", "swmgr"),
-    ] {
-        rig.veth(h, inner, sw, outer, 1500).unwrap();
-    }
-    rig.bridge(sw, "br0", &["swbox", "swha", "swhb", "swmgr"])
-        .unwrap();
+    let [bx, ha, hb, mgr] = star(&mut rig, "mg", &["box", "ha", "hb", "mgr"])[..] else {
+        unreachable!()
+    };
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let path = |p: &PathBuf| p.to_str().unwrap().to_string();
+    // The box obeys only moves signed by the manager's key.
+    run_ok(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(["key", "generate-manager"])
+            .arg(d.join("mgr.key")),
+    );
     let box_toml = write(
         d,
         "box.toml",
         &format!(
-            "[port]\ninterface = \"mgbox\"\n[bridge]\nid = 0xb0c5\n{BRIDGE}\
+            "[port]\ninterface = \"mgbox\"\n[bridge]\nid = 0xb0c5\nmanagers = [\"mgr.key.pub\"]\n{BRIDGE}\
              [[device]]\nslot = 0\nmodel = \"memdev\"\ngid = 10\n\
              [[device]]\nslot = 1\nmodel = \"memdev\"\nbuffer_size = 65536\n"
         ),
@@ -93,7 +88,7 @@ fn manager_api_lists_and_moves_devices() {
         d,
         "manager.toml",
         "listen = \"127.0.0.1:9380\"\ninterface = \"mgmgr\"\ntoken_file = \"api.token\"\n\
-         stale_ms = 1000\n",
+         sign = \"mgr.key\"\nstale_ms = 1000\n",
     );
 
     let boxp = Proc::spawn(&rig, bx, "iobox", &["iobox", "--config", &path(&box_toml)]);

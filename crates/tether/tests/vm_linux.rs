@@ -763,21 +763,9 @@ fn a_disk_moves_between_running_vms() {
     let Some(mut rig) = Rig::for_test(test, "tmv") else {
         return;
     };
-    let sw = rig.host("sw").unwrap();
-    let bx = rig.host("box").unwrap();
-    let ha = rig.host("ha").unwrap();
-    let hb = rig.host("hb").unwrap();
-    let mgr = rig.host("mgr").unwrap();
-    for (h, inner, outer) in [
-        (bx, "mvbox", "swbox"),
-        (ha, "mvha", "swha"),
-        (hb, "mvhb", "swhb"),
-        (mgr, "mvmgr", "swmgr"),
-    ] {
-        rig.veth(h, inner, sw, outer, 1500).unwrap();
-    }
-    rig.bridge(sw, "br0", &["swbox", "swha", "swhb", "swmgr"])
-        .unwrap();
+    let [bx, ha, hb, mgr] = star(&mut rig, "mv", &["box", "ha", "hb", "mgr"])[..] else {
+        unreachable!()
+    };
     let path = |p: &Path| p.to_str().unwrap().to_string();
     let disk = d.join("disk.img");
     std::fs::write(&disk, vec![0u8; 16 << 20]).unwrap();

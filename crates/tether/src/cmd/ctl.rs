@@ -512,26 +512,6 @@ mod tests {
     }
 
     #[test]
-    fn device_names() {
-        assert_eq!(parse_device("0xb0c5/0").unwrap(), (0xb0c5, 0));
-        assert_eq!(parse_device("45253/31").unwrap(), (0xb0c5, 31));
-        assert_eq!(
-            parse_device("02:00:00:00:00:01/2").unwrap(),
-            (0x0200_0000_0001, 2)
-        );
-        for bad in [
-            "0xb0c5",
-            "0xb0c5/32",
-            "0xzz/1",
-            "02:00:00:00:01/0",
-            "box/1",
-            "/1",
-        ] {
-            assert!(parse_device(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn counters_flatten_like_ethtool() {
         let v = serde_json::json!({"port": {"rx_packets": 3}, "role": "host", "sessions": [{"gid": 10}]});
         assert_eq!(

@@ -450,3 +450,22 @@ pub fn wait_or_dump(p: &mut Proc, pattern: &str, n: usize, timeout: Duration, so
         p.text()
     );
 }
+
+/// A segment: a namespace `sw` with a Linux bridge `br0`, and a namespace for each of
+/// `names`, joined to it by a veth pair (`{tag}{name}` inside, `sw{name}` on the
+/// bridge, MTU 1500). Returns the namespaces of `names`, in order.
+pub fn star(rig: &mut Rig, tag: &str, names: &[&str]) -> Vec<usize> {
+    let sw = rig.host("sw").unwrap();
+    let mut hosts = Vec::new();
+    let mut ports = Vec::new();
+    for n in names {
+        let h = rig.host(n).unwrap();
+        let outer = format!("sw{n}");
+        rig.veth(h, &format!("{tag}{n}"), sw, &outer, 1500).unwrap();
+        hosts.push(h);
+        ports.push(outer);
+    }
+    let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
+    rig.bridge(sw, "br0", &ports).unwrap();
+    hosts
+}
