@@ -283,17 +283,7 @@ mod tests {
     }
 
     fn memdev(slot: u8, gid: u16) -> DeviceInfo {
-        DeviceInfo {
-            slot,
-            flags: wire::DEVICE_READY,
-            gid,
-            vendor_id: 0x1de5,
-            device_id: 1,
-            class_code: 0x058000,
-            revision: 1,
-            subsystem_vendor_id: 0,
-            subsystem_id: 0,
-        }
+        wire::sample::memdev(slot, gid)
     }
 
     /// Runs frames between the nodes and the manager (a shared segment) until quiet.

@@ -129,7 +129,7 @@ pub fn bridges<'a>(seen: impl Iterator<Item = &'a SeenBridge>, now: u64) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wire::{DeviceInfo, MacAddr};
+    use wire::MacAddr;
 
     fn bridge(gid: u16, n: u8, role: BridgeRole, slots: &[u8], last_seen: u64) -> SeenBridge {
         SeenBridge {
@@ -139,17 +139,7 @@ mod tests {
             bridge_id: n as u64,
             devices: slots
                 .iter()
-                .map(|&slot| DeviceInfo {
-                    slot,
-                    flags: wire::DEVICE_READY,
-                    gid,
-                    vendor_id: 0x1de5,
-                    device_id: 1,
-                    class_code: 0x058000,
-                    revision: 1,
-                    subsystem_vendor_id: 0,
-                    subsystem_id: 0,
-                })
+                .map(|&slot| wire::sample::memdev(slot, gid))
                 .collect(),
             mtu: 1500,
             interval_ms: 100,

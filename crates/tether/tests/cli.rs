@@ -127,18 +127,21 @@ fn vm_dry_run_shows_the_qemu_command_for_each_front_end() {
     }
     // vfio-user: a q35 machine with the root ports its devices are hot-added on, and
     // no device at boot.
-    let out = run_ok(tether().args([
-        "vm",
-        "--config",
-        "unused.toml",
-        "--dry-run",
-        "--frontend",
-        "vfio-user",
-        "--accel",
-        "tcg",
-        "--root-ports",
-        "3",
-    ]));
+    let dry_run = |frontend: &str, more: &[&str]| {
+        run_ok(
+            tether()
+                .args([
+                    "vm",
+                    "--config",
+                    "unused.toml",
+                    "--dry-run",
+                    "--frontend",
+                    frontend,
+                ])
+                .args(more),
+        )
+    };
+    let out = dry_run("vfio-user", &["--accel", "tcg", "--root-ports", "3"]);
     for want in [
         "-machine q35,memory-backend=tether-ram",
         "-global ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
@@ -152,16 +155,7 @@ fn vm_dry_run_shows_the_qemu_command_for_each_front_end() {
     assert!(out.contains("-serial stdio"), "{out}");
     // --console: the guest's serial port into a file, for either front-end.
     for frontend in ["proxy", "vfio-user"] {
-        let out = run_ok(tether().args([
-            "vm",
-            "--config",
-            "unused.toml",
-            "--dry-run",
-            "--frontend",
-            frontend,
-            "--console",
-            "/tmp/guest.log",
-        ]));
+        let out = dry_run(frontend, &["--console", "/tmp/guest.log"]);
         assert!(out.contains("-serial file:/tmp/guest.log"), "{out}");
         assert!(!out.contains("-serial stdio"), "{out}");
     }

@@ -77,17 +77,7 @@ fn forgeries(
         };
         let mut h = TetherHeader::new(FrameKind::Info);
         h.epoch = 0x0bad_0002;
-        let fake = wire::DeviceInfo {
-            slot: 3,
-            flags: wire::DEVICE_READY,
-            gid: 10,
-            vendor_id: 0x1de5,
-            device_id: 1,
-            class_code: 0x058000,
-            revision: 1,
-            subsystem_vendor_id: 0x1de5,
-            subsystem_id: 1,
-        };
+        let fake = wire::sample::memdev(3, 10);
         let n = emit_info(
             &mut buf,
             &eth(attacker, MacAddr::BROADCAST, 10),

@@ -24,6 +24,22 @@ pub const MANAGER_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x03]);
 /// The group the sample's host and device share.
 pub const SAMPLE_GID: u16 = 10;
 
+/// A ready memdev (tether's DMA test device: 1de5:0001, memory controller 058000) in
+/// `slot` of group `gid`, as a box announces it in INFO: for tests that need one.
+pub fn memdev(slot: u8, gid: u16) -> DeviceInfo {
+    DeviceInfo {
+        slot,
+        flags: DEVICE_READY,
+        gid,
+        vendor_id: 0x1de5,
+        device_id: 0x0001,
+        class_code: 0x058000,
+        revision: 1,
+        subsystem_vendor_id: 0x1de5,
+        subsystem_id: 0x0001,
+    }
+}
+
 /// One frame of the sample with its capture time.
 #[derive(Clone, Debug)]
 pub struct SampleFrame {
