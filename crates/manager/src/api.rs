@@ -223,6 +223,10 @@ async fn move_to(api: &Api, box_id: u64, slot: u8, to: u16) -> Result<Response, 
             StatusCode::SERVICE_UNAVAILABLE,
             "too many moves in flight".into(),
         )),
+        MoveOutcome::NotSent => Err(Fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the request could not be made (the manager's log says why)".into(),
+        )),
     }
 }
 

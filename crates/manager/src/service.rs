@@ -66,6 +66,9 @@ pub enum MoveOutcome {
     },
     /// Too many moves in flight.
     Busy,
+    /// The request could not be made (a device the inventory has in a group that
+    /// is not valid, as a hostile INFO could claim): logged, nothing sent.
+    NotSent,
 }
 
 /// A request to the station thread.
@@ -152,10 +155,13 @@ pub fn run_station(
                 None if now >= f.mv.deadline => Some(MoveOutcome::NoAnswer {
                     device: f.mv.device,
                 }),
-                None => {
-                    f.mv.poll_resend(&mut st, now)?;
-                    None
-                }
+                None => match f.mv.poll_resend(&mut st, now) {
+                    Ok(()) => None,
+                    Err(e) => {
+                        tracing::warn!(target: "tether::manager", "a move not sent: {e}");
+                        Some(MoveOutcome::NotSent)
+                    }
+                },
             };
             match outcome {
                 Some(o) => {
@@ -203,12 +209,18 @@ pub fn serve(cfg: ServiceConfig, listening: impl FnOnce(SocketAddr)) -> Result<(
     let st = Station::open(&cfg.interface, cfg.keys, cfg.signer)?;
     let (tx, rx) = mpsc::sync_channel(MAX_QUEUED);
     let stop = Arc::new(AtomicBool::new(false));
+    // The API stops with the station: a station that fails (its port) ends the run.
+    let (ended_tx, ended_rx) = oneshot::channel::<()>();
     let station = {
         let stop = stop.clone();
         let (stale, timeout) = (cfg.stale, cfg.move_timeout);
         std::thread::Builder::new()
             .name("station".into())
-            .spawn(move || run_station(st, rx, &stop, stale, timeout))
+            .spawn(move || {
+                let r = run_station(st, rx, &stop, stale, timeout);
+                let _ = ended_tx.send(());
+                r
+            })
             .map_err(|e| Error::Port(format!("starting the station thread: {e}")))?
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -224,7 +236,13 @@ pub fn serve(cfg: ServiceConfig, listening: impl FnOnce(SocketAddr)) -> Result<(
             .local_addr()
             .map_err(|e| Error::Http(e.to_string()))?;
         listening(addr);
-        crate::api::serve(listener, api, shutdown()).await
+        crate::api::serve(listener, api, async move {
+            tokio::select! {
+                _ = shutdown() => {}
+                _ = ended_rx => {}
+            }
+        })
+        .await
     });
     stop.store(true, Ordering::Relaxed);
     let ended = station

@@ -674,3 +674,39 @@ fn decode_stats_gives_latency_percentiles_per_request_type() {
         "a real run's frames"
     );
 }
+
+/// `tether manager` refuses to start, naming the reason, on a token file others can
+/// read and on an interface that does not exist; it serves nothing then.
+#[test]
+fn manager_refuses_a_readable_token_and_a_missing_interface() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("api.token");
+    run_ok(tether().args(["key", "generate"]).arg(&token));
+    let cfg = dir.path().join("manager.toml");
+    std::fs::write(
+        &cfg,
+        "listen = \"127.0.0.1:0\"\ninterface = \"tether-none0\"\ntoken_file = \"api.token\"\n",
+    )
+    .unwrap();
+    let out = tether()
+        .args(["manager", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tether-none0"), "{err}");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = tether()
+        .args(["manager", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("token_file") && err.contains("chmod 600"),
+        "{err}"
+    );
+}
