@@ -34,8 +34,15 @@ fn device() -> FakeFunction {
         dev.config[at] = id;
         dev.config[at + 1] = next;
     }
+    dev.config[DEVCTL as usize..DEVCTL as usize + 2].copy_from_slice(&FABRIC_DEVCTL.to_le_bytes());
     dev
 }
+
+/// Device Control of the PCI Express capability at 0x40, and its value on the fabric
+/// (MPS 512, MRRS 512): no guest write changes its Max Payload Size, nor sets a Max
+/// Read Request Size below it (vmm::payload).
+const DEVCTL: u16 = 0x48;
+const FABRIC_DEVCTL: u16 = 2 << 5 | 2 << 12;
 
 /// The payload size a header announces, when the server frames it.
 fn size_of(h: &[u8]) -> Option<u64> {
@@ -156,8 +163,11 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn check(dev: &FakeFunction) {
-    for &(reg, _, be) in &dev.config_writes {
+    for &(reg, value, be) in &dev.config_writes {
         assert!(reg < 0x1000 && reg % 4 == 0, "config write at {reg:#x}");
         assert!(be != 0 && be <= 0xf, "byte enables {be:#x}");
+        if reg == DEVCTL {
+            vmm_client::check_devctl(value, be, FABRIC_DEVCTL);
+        }
     }
 }

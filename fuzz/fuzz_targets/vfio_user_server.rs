@@ -38,10 +38,20 @@ use vmm::vfio_user::{VfioUserServer, VfioUserStats};
 mod vmm_client;
 use vmm_client::{drain, Attached, Framing};
 
-/// BAR0 (4 KiB), MSI at 0x40 (64-bit, 16 bytes) and MSI-X at 0x50 (4 vectors).
+/// BAR0 (4 KiB), MSI at 0x40 (64-bit, 16 bytes), MSI-X at 0x50 (4 vectors) and PCI
+/// Express at 0x60, its Device Control as a root complex left it (MPS 512, MRRS 512).
 fn device() -> FakeFunction {
-    FakeFunction::with_msi_and_msix(0xe000_0000, 0x80)
+    let mut dev = FakeFunction::with_msi_and_msix(0xe000_0000, 0x80);
+    dev.config[0x51] = 0x60;
+    dev.config[0x60] = 0x10;
+    dev.config[DEVCTL as usize..DEVCTL as usize + 2].copy_from_slice(&FABRIC_DEVCTL.to_le_bytes());
+    dev
 }
+
+/// Device Control, and its value on the fabric: no guest write changes its Max Payload
+/// Size, nor sets a Max Read Request Size below it (vmm::payload).
+const DEVCTL: u16 = 0x68;
+const FABRIC_DEVCTL: u16 = 2 << 5 | 2 << 12;
 
 const MSI: std::ops::Range<u16> = 0x40..0x50;
 const MSIX_CONTROL: u16 = 0x50;
@@ -346,7 +356,7 @@ fn dma_map(
 
 fn check(dev: &FakeFunction) {
     assert!(dev.ram.len() <= MAX_DMA_MAPS, "{} mappings", dev.ram.len());
-    for &(reg, _, be) in &dev.config_writes {
+    for &(reg, value, be) in &dev.config_writes {
         assert!(reg < 0x100 && reg % 4 == 0, "config write at {reg:#x}");
         assert!(
             !(0x10..0x28).contains(&reg) && reg != 0x30,
@@ -355,6 +365,9 @@ fn check(dev: &FakeFunction) {
         assert!(!MSI.contains(&reg), "MSI capability written at {reg:#x}");
         if reg == MSIX_CONTROL {
             assert_eq!(be & 0b1100, 0, "MSI-X Message Control written");
+        }
+        if reg == DEVCTL {
+            vmm_client::check_devctl(value, be, FABRIC_DEVCTL);
         }
     }
     let on = |v: &[bool]| v.last().copied().unwrap_or(false);

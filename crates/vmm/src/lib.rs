@@ -11,6 +11,8 @@
 //! - [`bar_shadow`]: the BAR registers the guest sees, kept by the front-ends (the
 //!   device's own hold the bridge's addresses), and guest addresses resolved to the
 //!   device's.
+//! - [`payload`]: the Max Payload Size the guest sees, kept apart from the fabric's
+//!   (as vfio-pci keeps it for an assigned device).
 //! - [`qmp`]: a client of QEMU's machine protocol (commands, replies, events) that
 //!   hot-plugs devices into a running guest.
 //! - [`qemu`]: QEMU versions and their bugs, the q35 command line with PCIe root ports.
@@ -27,6 +29,7 @@ pub mod device;
 pub mod fake_function;
 pub mod frontend;
 pub mod guest_ram;
+pub mod payload;
 pub mod proxy;
 pub mod qemu;
 pub mod qmp;

@@ -142,3 +142,20 @@ impl Framing {
         }
     }
 }
+
+/// A write of `value` (bytes `be`) that reached a device's Device Control, whose value
+/// on the fabric is `fabric`: its Max Payload Size is the fabric's and its Max Read
+/// Request Size no smaller (vmm::payload), whatever the client wrote.
+pub fn check_devctl(value: u32, be: u8, fabric: u16) {
+    let (mps, mrrs) = ((value >> 5) & 7, (value >> 12) & 7);
+    let fabric = u32::from(fabric >> 5) & 7;
+    if be & 1 != 0 {
+        assert_eq!(mps, fabric, "Max Payload Size written: {value:#x}");
+    }
+    if be & 2 != 0 {
+        assert!(
+            mrrs >= fabric,
+            "Max Read Request Size below the MPS: {value:#x}"
+        );
+    }
+}

@@ -28,6 +28,7 @@ use crate::bar_shadow::BarShadow;
 use crate::caps::CapPatch;
 use crate::device::{byte_enables, RemoteFunction};
 use crate::guest_ram::{GuestRam, RamFaults};
+use crate::payload::PayloadShadow;
 use crate::sys;
 
 #[derive(Debug, Error)]
@@ -63,6 +64,9 @@ pub struct ProxyStats {
     /// DMA accesses of the device to such a region that failed (the client shrank
     /// the file under it): a read gets an error completion, a write is lost.
     pub dma_faults: u64,
+    /// Device Control writes whose Max Payload Size or Max Read Request Size was
+    /// changed on the way to the device ([`crate::payload`]).
+    pub devctl_adjusted: u64,
     pub resets: u64,
     /// SET_IRQFD messages (QEMU sends one when the guest routes INTx, under KVM).
     pub irqfd_sets: u64,
@@ -89,6 +93,8 @@ pub struct ProxyServer {
     /// The guest's BAR registers: where it placed the device's BARs, which BAR
     /// accesses must fall inside.
     bars: BarShadow,
+    /// The Max Payload Size the guest sees ([`crate::payload`]).
+    payload: PayloadShadow,
     /// Failed DMA into guest RAM regions, shared with every region mapped.
     faults: RamFaults,
     stats: ProxyStats,
@@ -108,6 +114,7 @@ impl ProxyServer {
             level: false,
             caps: None,
             bars: BarShadow::default(),
+            payload: PayloadShadow::default(),
             faults: RamFaults::default(),
             stats: ProxyStats::default(),
         }
@@ -116,6 +123,7 @@ impl ProxyServer {
     pub fn stats(&self) -> ProxyStats {
         ProxyStats {
             dma_faults: self.faults.count(),
+            devctl_adjusted: self.payload.adjusted(),
             ..self.stats
         }
     }
@@ -132,6 +140,7 @@ impl ProxyServer {
     /// restart; the bridge placed the device's BARs again on its side).
     pub fn device_changed(&mut self) {
         self.caps = None;
+        self.payload.device_changed();
     }
 
     /// Handles the messages that are waiting (up to `max`), answering each. Returns
@@ -199,9 +208,10 @@ impl ProxyServer {
                 let register = addr as u16 & !3;
                 let dword = match (self.bars.read(dev, register), &self.caps) {
                     (Some(shadowed), _) => shadowed,
-                    (None, Some(caps)) => dev
-                        .config_read(register)
-                        .map_or(u32::MAX, |d| caps.apply(register, d)),
+                    (None, Some(caps)) => match dev.config_read(register) {
+                        Some(d) => self.payload.read(dev, register, caps.apply(register, d)),
+                        None => u32::MAX,
+                    },
                     // The list could not be read: nothing of it is shown.
                     (None, None) => u32::MAX,
                 };
@@ -219,8 +229,13 @@ impl ProxyServer {
                 let be = byte_enables(shift as usize, len as usize);
                 let register = addr as u16 & !3;
                 // BAR and ROM registers stay here; the rest reaches the device.
+                // Device Control's Max Payload Size stays the fabric's.
                 if !self.bars.write(register, value << (8 * shift), be) {
-                    dev.config_write(register, value << (8 * shift), be);
+                    if let Some((v, be)) =
+                        self.payload.write(dev, register, value << (8 * shift), be)
+                    {
+                        dev.config_write(register, v, be);
+                    }
                 }
                 Some(wire::ret(0).to_vec())
             }
@@ -286,6 +301,7 @@ impl ProxyServer {
                 // The guest's BARs read unassigned again, as a real device's after a
                 // reset (QEMU resets its own copy of them too).
                 self.bars.reset();
+                self.payload.reset();
                 self.level = false;
                 Some(wire::ret_empty().to_vec())
             }
@@ -393,6 +409,28 @@ mod tests {
         send_with_fds(q, &r.emit(), &[]);
         assert_eq!(s.serve(dev, 8).unwrap(), 1);
         read_ret(q).1
+    }
+
+    /// As the vfio-user server: the guest's Max Payload Size stays its own
+    /// (crate::payload); the device keeps the fabric's and an MRRS at least as large.
+    #[test]
+    fn the_guest_sets_its_own_max_payload_size_not_the_devices() {
+        let (q, r) = pair();
+        let mut s = ProxyServer::new(r);
+        let mut dev = fake();
+        // Device Control of the PCIe capability at 0x40: MPS 512, MRRS 128.
+        dev.config[0x48] = 2 << 5;
+        let w = Request::ConfigWrite {
+            addr: 0x48,
+            value: 0x0010,
+            len: 2,
+        };
+        ask(&q, &mut s, &mut dev, w);
+        assert_eq!(dev.config_writes, vec![(0x48, 0x2050, 0b0011)]);
+        dev.config[0x48..0x4a].copy_from_slice(&0x2050u16.to_le_bytes());
+        let r = Request::ConfigRead { addr: 0x48, len: 2 };
+        assert_eq!(ask(&q, &mut s, &mut dev, r), Some(0x2010));
+        assert_eq!(s.stats().devctl_adjusted, 1);
     }
 
     #[test]

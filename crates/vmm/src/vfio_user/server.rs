@@ -56,6 +56,7 @@ use crate::device::{byte_enables, Bar, RemoteFunction};
 use crate::guest_ram::{
     opened_for_writing, seal_against_shrinking, GuestRam, RamFaults, SealError, Sealed,
 };
+use crate::payload::PayloadShadow;
 use crate::sys;
 
 /// How long a DMA_READ/DMA_WRITE waits for the client's reply.
@@ -155,6 +156,9 @@ pub struct VfioUserStats {
     pub resets: u64,
     /// Device-request interrupts sent (the device went away).
     pub release_requests: u64,
+    /// Device Control writes whose Max Payload Size or Max Read Request Size was
+    /// changed on the way to the device ([`crate::payload`]).
+    pub devctl_adjusted: u64,
     /// Requests answered with an error.
     pub errors: u64,
 }
@@ -578,6 +582,8 @@ pub struct VfioUserServer {
     /// The BAR registers as the client sees them (the device's hold the bridge's
     /// addresses); a new client or a reset finds them unassigned.
     bars: BarShadow,
+    /// The Max Payload Size the guest sees ([`crate::payload`]).
+    payload: PayloadShadow,
     /// The device-request eventfd: signalled to ask the VMM to release the device
     /// (QEMU then unplugs it from the guest).
     req: Option<OwnedFd>,
@@ -648,6 +654,7 @@ impl VfioUserServer {
             intx: Intx::default(),
             vectors: Vectors::default(),
             bars: BarShadow::default(),
+            payload: PayloadShadow::default(),
             req: None,
             maps: Vec::new(),
             file_faults: RamFaults::default(),
@@ -663,6 +670,7 @@ impl VfioUserServer {
 
     pub fn stats(&self) -> VfioUserStats {
         let mut s = self.stats;
+        s.devctl_adjusted = self.payload.adjusted();
         s.dma_write_to_readonly = self.denials.writes.load(Ordering::Relaxed);
         s.dma_read_from_writeonly = self.denials.reads.load(Ordering::Relaxed);
         s.dma_file_faults = self.file_faults.count();
@@ -702,6 +710,7 @@ impl VfioUserServer {
         self.msix_cap = None;
         self.msi_cap = None;
         self.cap_patch = None;
+        self.payload.device_changed();
     }
 
     /// Hides the capabilities `ids` from clients (replacing any earlier set; empty:
@@ -863,6 +872,7 @@ impl VfioUserServer {
         self.intx = Intx::default();
         self.vectors = Vectors::default();
         self.bars.reset();
+        self.payload.reset();
         self.req = None;
         dev.set_msix(false);
         dev.set_msi(false);
@@ -1038,6 +1048,7 @@ impl VfioUserServer {
                 dev.reset();
                 // Unassigned again, as a real device's BARs after a reset.
                 self.bars.reset();
+                self.payload.reset();
                 self.device_changed();
                 Ok(Vec::new())
             }
@@ -1179,6 +1190,7 @@ impl VfioUserServer {
             };
             patch.apply(register, v)
         };
+        let v = self.payload.read(dev, register, v);
         match self.msi_info(dev).ok().flatten() {
             // One vector: the bridge routes one message per device.
             Some((cap, _)) if cap == register => v & !MSI_MULTIPLE_CAPABLE,
@@ -1266,7 +1278,11 @@ impl VfioUserServer {
                         be = 0;
                     }
                     if be != 0 {
-                        dev.config_write(reg, u32::from_le_bytes(word), be);
+                        // Device Control's Max Payload Size stays the fabric's.
+                        let word = u32::from_le_bytes(word);
+                        if let Some((v, be)) = self.payload.write(dev, reg, word, be) {
+                            dev.config_write(reg, v, be);
+                        }
                     }
                     at += n as u64;
                     rest = &rest[n..];
@@ -1847,6 +1863,25 @@ mod tests {
             .0;
         let (h, _) = ask(c, s, dev, wire::cmd::REGION_WRITE, &body, &[]);
         assert_eq!(h.flags & wire::flags::ERROR, 0);
+    }
+
+    /// A guest under QEMU's root port (128-byte Max Payload Size) writes Device
+    /// Control: the device keeps the fabric's 1024 bytes and gets an MRRS of 1024,
+    /// the guest reads back its 128 (crate::payload), and the write is counted.
+    #[test]
+    fn the_guest_sets_its_own_max_payload_size_not_the_devices() {
+        let (dir, mut s) = server();
+        let mut dev = fake();
+        // PCI Express at 0x60, after MSI-X; Device Control MPS 1024, MRRS 512.
+        dev.config[0x51] = 0x60;
+        dev.config[0x60] = 0x10;
+        dev.config[0x68..0x6a].copy_from_slice(&(3u16 << 5 | 2 << 12).to_le_bytes());
+        let mut c = connect(&dir.path.join("vfu.sock"));
+        config_write(&mut c, &mut s, &mut dev, 0x68, &[0x0f, 0x20]);
+        assert_eq!(dev.config_writes, vec![(0x68, 0x306f, 0b0011)]);
+        dev.config[0x68..0x6a].copy_from_slice(&0x306fu16.to_le_bytes());
+        assert_eq!(config_read(&mut c, &mut s, &mut dev, 0x68, 2), [0x0f, 0x30]);
+        assert_eq!(s.stats().devctl_adjusted, 1);
     }
 
     /// cloud-hypervisor sizes each BAR through config space (all-ones written, read
