@@ -14,7 +14,8 @@
 # and runs iperf3 for SECS seconds each: TCP guest -> peer (TX), TCP peer -> guest
 # (RX, -R), UDP TX and UDP RX at UDP_RATE. BOOTS pairs of boots, remote then local,
 # alternating, so that both see the same drift of this shared machine. Prints every
-# run, the medians over boots and the remote/local ratios. Needs root.
+# run, the medians over boots and the remote/local ratios, and the CPU time QEMU, the
+# host bridge and the box took in each boot. Needs root.
 #
 # usage: bench/vm-net.sh [BOOTS (default 3)] [MTU (default 1500)]
 #        PINGS=N (default 100), SECS=N (default 5; 0: no iperf3), UDP_RATE=R (iperf3 -b, default 100M)
@@ -159,6 +160,41 @@ vm_paired() { # vm_paired B
         tee "$W/paired$b.log" | grep '^=== \(mac\|rtt\|iperf\)' |
         sed -E "s/^=== mac /paired$b mac /; s/^=== (rtt|iperf) (remote|local) /\2$b \1 /" >>"$W/results"
 }
+# cpu NAME COMMAND...: runs COMMAND and adds "NAME cpu qemu S host S box S" to the
+# results: the CPU time (user + system, seconds) QEMU, the host bridge (`tether vm`)
+# and the box took during it, read from /proc every 0.2 s (a process's last reading).
+cpu() {
+    local name=$1 tick
+    shift
+    tick=$(getconf CLK_TCK)
+    # Started from a subshell that leaves at once: not a job of this shell, which
+    # vm_with_box's `wait` would wait for.
+    ( (
+        declare -A seen=()
+        # Ends with the run's directory, should this script be stopped before it.
+        while [ -d "$W" ]; do
+            for role in qemu host box; do
+                case $role in
+                qemu) pat="qemu-system.*$W/initrd" ;;
+                host) pat="vm --config $W/host" ;;
+                box) pat="iobox --config $W/box.toml" ;;
+                esac
+                for pid in $(pgrep -f "$pat" || true); do
+                    t=$(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null) || continue
+                    [ -n "$t" ] && seen["$role $pid"]=$t
+                done
+            done
+            for k in "${!seen[@]}"; do echo "$k ${seen[$k]}"; done >"$W/cpu.now"
+            sleep 0.2
+        done
+    ) & echo $! >"$W/cpu.pid" )
+    "$@"
+    kill "$(cat "$W/cpu.pid")" 2>/dev/null || true
+    sleep 0.3
+    awk -v n="$name" -v hz="$tick" '{ t[$1] += $3 }
+        END { printf "%s cpu qemu %.2f host %.2f box %.2f\n", n, t["qemu"] / hz, t["host"] / hz, t["box"] / hz }' \
+        "$W/cpu.now" >>"$W/results"
+}
 for b in $(seq "$BOOTS"); do
     if [ "${MODE:-both}" = paired ]; then
         # QEMU opens its own NIC's TAP, on the bridge in tvnbox: the host bridge and
@@ -167,14 +203,14 @@ for b in $(seq "$BOOTS"); do
             ip -n tvnhost link set tvnhf netns tvnbox
             ip -n tvnbox link set tvnhf mtu 1500 up
         fi
-        vm_with_box "$b" tvnbox vm_paired "$b"
+        cpu "paired$b" vm_with_box "$b" tvnbox vm_paired "$b"
         continue
     fi
     if [ "${MODE:-both}" != local ]; then
-        vm_with_box "$b" tvnbox vm "remote$b" tvnhost "$W/host.toml" --msix "$MSIX"
+        cpu "remote$b" vm_with_box "$b" tvnbox vm "remote$b" tvnhost "$W/host.toml" --msix "$MSIX"
     fi
     if [ "${MODE:-both}" != remote ]; then
-        vm "local$b" tvnbox "$W/host-local.toml" -- \
+        cpu "local$b" vm "local$b" tvnbox "$W/host-local.toml" -- \
             -netdev tap,id=n0,ifname=tvnl0,script=no,downscript=no \
             -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:02
     fi
@@ -198,6 +234,13 @@ for kind in remote local; do
         echo "  $kind iperf3 $t: ${v:-?} Mbit/s"
         eval "${kind}_${t//-/_}=${v:-0}"
     done
+    c=""
+    for role in qemu host box; do
+        v=$({ grep "^$kind[0-9]* cpu " "$W/results" || true; } |
+            awk -v r="$role" '{ for (i = 3; i < NF; i += 2) if ($i == r) print $(i + 1) }' | median)
+        c="$c $role ${v:-?} s"
+    done
+    echo "  $kind CPU time per boot (median):$c"
 done
 awk -v r="$remote_rtt" -v l="$local_rtt" 'BEGIN { printf "  ping RTT, remote - local: %+.3f ms\n", r - l }'
 if [ "${MODE:-both}" = paired ]; then
