@@ -162,7 +162,9 @@ vm_paired() { # vm_paired B
 }
 # cpu NAME COMMAND...: runs COMMAND and adds "NAME cpu qemu S host S box S" to the
 # results: the CPU time (user + system, seconds) QEMU, the host bridge (`tether vm`)
-# and the box took during it, read from /proc every 0.2 s (a process's last reading).
+# and the box took during it, read from /proc every 0.2 s (a process's last reading);
+# and "NAME wait qemu S ...": the time their threads were ready to run but waited
+# for a core (the second field of each thread's /proc/PID/task/TID/schedstat).
 cpu() {
     local name=$1 tick
     shift
@@ -181,7 +183,8 @@ cpu() {
                 esac
                 for pid in $(pgrep -f "$pat" || true); do
                     t=$(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null) || continue
-                    [ -n "$t" ] && seen["$role $pid"]=$t
+                    w=$(cat /proc/"$pid"/task/*/schedstat 2>/dev/null | awk '{ w += $2 } END { print w + 0 }')
+                    [ -n "$t" ] && seen["$role $pid"]="$t $w"
                 done
             done
             for k in "${!seen[@]}"; do echo "$k ${seen[$k]}"; done >"$W/cpu.now"
@@ -191,9 +194,11 @@ cpu() {
     "$@"
     kill "$(cat "$W/cpu.pid")" 2>/dev/null || true
     sleep 0.3
-    awk -v n="$name" -v hz="$tick" '{ t[$1] += $3 }
-        END { printf "%s cpu qemu %.2f host %.2f box %.2f\n", n, t["qemu"] / hz, t["host"] / hz, t["box"] / hz }' \
-        "$W/cpu.now" >>"$W/results"
+    awk -v n="$name" -v hz="$tick" '{ t[$1] += $3; w[$1] += $4 }
+        END {
+            printf "%s cpu qemu %.2f host %.2f box %.2f\n", n, t["qemu"] / hz, t["host"] / hz, t["box"] / hz
+            printf "%s wait qemu %.2f host %.2f box %.2f\n", n, w["qemu"] / 1e9, w["host"] / 1e9, w["box"] / 1e9
+        }' "$W/cpu.now" >>"$W/results"
 }
 for b in $(seq "$BOOTS"); do
     if [ "${MODE:-both}" = paired ]; then
@@ -234,13 +239,18 @@ for kind in remote local; do
         echo "  $kind iperf3 $t: ${v:-?} Mbit/s"
         eval "${kind}_${t//-/_}=${v:-0}"
     done
-    c=""
-    for role in qemu host box; do
-        v=$({ grep "^$kind[0-9]* cpu " "$W/results" || true; } |
-            awk -v r="$role" '{ for (i = 3; i < NF; i += 2) if ($i == r) print $(i + 1) }' | median)
-        c="$c $role ${v:-?} s"
+    for what in cpu wait; do
+        c=""
+        for role in qemu host box; do
+            v=$({ grep "^$kind[0-9]* $what " "$W/results" || true; } |
+                awk -v r="$role" '{ for (i = 3; i < NF; i += 2) if ($i == r) print $(i + 1) }' | median)
+            c="$c $role ${v:-?} s"
+        done
+        case $what in
+        cpu) echo "  $kind CPU time per boot (median):$c" ;;
+        wait) echo "  $kind time ready to run but waiting for a core, per boot (median):$c" ;;
+        esac
     done
-    echo "  $kind CPU time per boot (median):$c"
 done
 awk -v r="$remote_rtt" -v l="$local_rtt" 'BEGIN { printf "  ping RTT, remote - local: %+.3f ms\n", r - l }'
 if [ "${MODE:-both}" = paired ]; then
