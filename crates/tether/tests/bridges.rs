@@ -402,32 +402,19 @@ fn bad_configs_are_refused_with_the_reason() {
         "box.toml",
         "[port]\ninterface = \"x\"\n[[device]]\nslot = 0\nmodel = \"memdev\"\ngid = 4095\n",
     );
-    let out = tether()
-        .args(["iobox", "--config"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fails(tether().args(["iobox", "--config"]).arg(&p));
     assert!(err.contains("group 4095 is not a valid GID"), "{err}");
     let p = write(
         dir.path(),
         "host.toml",
         "gid = 10\n[port]\ninterface = \"nonexistent0\"\n",
     );
-    let out = tether()
-        .args(["host", "--config"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fails(tether().args(["host", "--config"]).arg(&p));
     assert!(err.contains("nonexistent0"), "{err}");
-    let out = tether()
-        .args(["ctl", "stats", "--socket"])
-        .arg(dir.path().join("none.sock"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is the bridge running?"));
+    assert!(fails(
+        tether()
+            .args(["ctl", "stats", "--socket"])
+            .arg(dir.path().join("none.sock"))
+    )
+    .contains("is the bridge running?"));
 }

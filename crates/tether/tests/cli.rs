@@ -67,29 +67,19 @@ fn bad_input_gives_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let not_pcap = dir.path().join("x.pcap");
     std::fs::write(&not_pcap, b"hello").unwrap();
-    let out = tether()
-        .args(["wire", "decode", "--pcap"])
-        .arg(&not_pcap)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fails(tether().args(["wire", "decode", "--pcap"]).arg(&not_pcap));
     assert!(err.contains("is not a pcap file"), "{err}");
 
-    let out = tether()
-        .args(["wire", "decode", "--pcap", "/nonexistent/x.pcap"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("opening /nonexistent/x.pcap"));
+    assert!(
+        fails(tether().args(["wire", "decode", "--pcap", "/nonexistent/x.pcap"]))
+            .contains("opening /nonexistent/x.pcap")
+    );
 
-    let out = tether()
-        .args(["capture", "--interface", "no-such-if0", "-w"])
-        .arg(dir.path().join("c.pcap"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fails(
+        tether()
+            .args(["capture", "--interface", "no-such-if0", "-w"])
+            .arg(dir.path().join("c.pcap")),
+    );
     assert!(
         err.contains("no interface named \"no-such-if0\"") || err.contains("CAP_NET_RAW"),
         "{err}"
@@ -168,12 +158,10 @@ fn vm_dry_run_shows_the_qemu_command_for_each_front_end() {
         assert!(!out.status.success(), "{args:?} was accepted");
     }
     // A missing configuration is named.
-    let out = tether()
-        .args(["vm", "--config", "/nonexistent/host.toml", "--accel", "tcg"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/host.toml"));
+    assert!(
+        fails(tether().args(["vm", "--config", "/nonexistent/host.toml", "--accel", "tcg"]))
+            .contains("/nonexistent/host.toml")
+    );
     // --connect: QEMU on a given bridge socket, no configuration; with --config or
     // --local-box it is refused, and a socket that is not there is named.
     let out = run_ok(tether().args([
@@ -196,18 +184,13 @@ fn vm_dry_run_shows_the_qemu_command_for_each_front_end() {
         let out = tether().args(args).output().unwrap();
         assert!(!out.status.success(), "{args:?} was accepted");
     }
-    let out = tether()
-        .args([
-            "vm",
-            "--connect",
-            "/nonexistent/bridge.sock",
-            "--accel",
-            "tcg",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fails(tether().args([
+        "vm",
+        "--connect",
+        "/nonexistent/bridge.sock",
+        "--accel",
+        "tcg",
+    ]));
     assert!(
         err.contains("/nonexistent/bridge.sock: no socket there (start `tether host --vfio-user"),
         "{err}"
@@ -290,13 +273,7 @@ fn group_key_files_are_private_and_a_readable_one_is_refused() {
          [[device]]\nslot = 0\nmodel = \"memdev\"\ngid = 10\n",
     );
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = tether()
-        .args(["iobox", "--config"])
-        .arg(&box_toml)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fails(tether().args(["iobox", "--config"]).arg(&box_toml));
     assert!(
         err.contains("g10.key: mode 0644 lets others read the group key")
             && err.contains("chmod 600"),
@@ -310,17 +287,8 @@ fn group_key_files_are_private_and_a_readable_one_is_refused() {
         "[port]\ninterface = \"lo\"\n[bridge.keys]\nten = \"g10.key\"\n\
          [[device]]\nslot = 0\nmodel = \"memdev\"\ngid = 10\n",
     );
-    let out = tether()
-        .args(["iobox", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("\"ten\" is not a group number"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = fails(tether().args(["iobox", "--config"]).arg(&bad));
+    assert!(err.contains("\"ten\" is not a group number"), "{err}");
 }
 
 #[test]
@@ -396,9 +364,7 @@ fn check_config_accepts_the_example_configurations() {
     let dir = tempfile::tempdir().unwrap();
     let m = dir.path().join("manager.toml");
     std::fs::copy(example("manager.toml"), &m).unwrap();
-    let out = tether().arg("check-config").arg(&m).output().unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fails(tether().arg("check-config").arg(&m));
     assert!(
         err.contains("token_file") && err.contains("manager.token"),
         "{err}"
@@ -689,22 +655,10 @@ fn manager_refuses_a_readable_token_and_a_missing_interface() {
         "listen = \"127.0.0.1:0\"\ninterface = \"tether-none0\"\ntoken_file = \"api.token\"\n",
     )
     .unwrap();
-    let out = tether()
-        .args(["manager", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fails(tether().args(["manager", "--config"]).arg(&cfg));
     assert!(err.contains("tether-none0"), "{err}");
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = tether()
-        .args(["manager", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fails(tether().args(["manager", "--config"]).arg(&cfg));
     assert!(
         err.contains("token_file") && err.contains("chmod 600"),
         "{err}"

@@ -22,6 +22,19 @@ pub fn tether() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tether"))
 }
 
+/// Runs a command that must fail; returns what it said on standard error (the whole
+/// output is in the panic message when it succeeds instead).
+pub fn fails(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "{cmd:?} succeeded: {}{err}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    err
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
